@@ -1,0 +1,316 @@
+//! Unit and property tests of the grid.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::codec;
+
+const NS: [&str; 2] = ["shared/a", "instance/agent/i1"];
+const KEYS: [&str; 4] = ["k1", "k2", "p/x", "p/y"];
+
+fn limits() -> Limits {
+    Limits {
+        max_value_bytes: 16,
+        max_key_bytes: 8,
+        max_list_page: 10,
+    }
+}
+
+fn put(ns: &str, key: &str, value: &[u8]) -> Command {
+    Command::Put {
+        namespace: ns.into(),
+        key: key.into(),
+        value: value.to_vec(),
+        ttl_ms: None,
+        if_absent: false,
+    }
+}
+
+fn cas(ns: &str, key: &str, expected: u64, value: &[u8]) -> Command {
+    Command::CompareAndSet {
+        namespace: ns.into(),
+        key: key.into(),
+        expected_version: expected,
+        value: value.to_vec(),
+        ttl_ms: None,
+    }
+}
+
+#[test]
+fn put_get_delete() {
+    let mut g = Grid::default();
+    let l = limits();
+    assert_eq!(
+        g.apply(&put(NS[0], "k1", b"v"), &l),
+        Ok(Output::Written { version: 1 })
+    );
+    assert_eq!(g.get(NS[0], "k1").unwrap().data, b"v");
+    assert_eq!(g.get(NS[1], "k1"), None, "namespaces are separate");
+    let del = Command::Delete {
+        namespace: NS[0].into(),
+        key: "k1".into(),
+        expected_version: None,
+    };
+    assert_eq!(g.apply(&del, &l), Ok(Output::Deleted { existed: true }));
+    assert_eq!(g.apply(&del, &l), Ok(Output::Deleted { existed: false }));
+    assert_eq!(g.get(NS[0], "k1"), None);
+}
+
+#[test]
+fn versions_are_never_reused() {
+    let mut g = Grid::default();
+    let l = limits();
+    g.apply(&put(NS[0], "k1", b"a"), &l).unwrap();
+    let del = Command::Delete {
+        namespace: NS[0].into(),
+        key: "k1".into(),
+        expected_version: None,
+    };
+    g.apply(&del, &l).unwrap();
+    // A CAS holding the old version 1 must not succeed against the re-created key.
+    assert_eq!(
+        g.apply(&put(NS[0], "k1", b"b"), &l),
+        Ok(Output::Written { version: 3 })
+    );
+    assert_eq!(
+        g.apply(&cas(NS[0], "k1", 1, b"c"), &l),
+        Err(Error::VersionMismatch {
+            expected: 1,
+            current: 3
+        })
+    );
+}
+
+#[test]
+fn bad_commands_change_nothing() {
+    let mut g = Grid::default();
+    let l = limits();
+    g.apply(&put(NS[0], "k1", b"a"), &l).unwrap();
+    let before = g.clone();
+    let bad = [
+        put("nope", "k1", b"a"),
+        put(NS[0], "", b"a"),
+        put(NS[0], "waytoolongkey", b"a"),
+        put(NS[0], "k2", &[0; 17]),
+        cas(NS[0], "k1", 7, b"x"),
+        Command::Put {
+            namespace: NS[0].into(),
+            key: "k1".into(),
+            value: b"x".to_vec(),
+            ttl_ms: None,
+            if_absent: true,
+        },
+        Command::Delete {
+            namespace: NS[0].into(),
+            key: "k1".into(),
+            expected_version: Some(9),
+        },
+    ];
+    for c in &bad {
+        assert!(g.apply(c, &l).is_err(), "{c:?} should fail");
+        assert_eq!(g, before, "{c:?} changed the grid");
+    }
+    assert!(matches!(
+        g.apply(&put(NS[0], "k2", &[0; 17]), &l),
+        Err(Error::ValueTooLarge {
+            size: 17,
+            limit: 16
+        })
+    ));
+}
+
+#[test]
+fn ttl_expires_by_entry_time_and_clock_never_goes_back() {
+    let mut g = Grid::default();
+    let l = limits();
+    let with_ttl = Command::Put {
+        namespace: NS[0].into(),
+        key: "k1".into(),
+        value: b"v".to_vec(),
+        ttl_ms: Some(100),
+        if_absent: false,
+    };
+    g.apply_batch(1_000, &[with_ttl], &l);
+    assert_eq!(g.get(NS[0], "k1").unwrap().expires_at_ms, Some(1_100));
+    assert_eq!(g.next_expiry_ms(), Some(1_100));
+    // A new leader with a slow clock does not bring time back.
+    g.apply_batch(500, &[], &l);
+    assert_eq!(g.now_ms(), 1_000);
+    assert!(g.get(NS[0], "k1").is_some());
+    g.apply_batch(1_100, &[], &l);
+    assert!(
+        g.get(NS[0], "k1").is_none(),
+        "invisible once the clock passes expiry"
+    );
+    // An expired key counts as absent for put-if-absent and CAS(0).
+    assert!(g.apply(&cas(NS[0], "k1", 0, b"w"), &l).is_ok());
+    assert_eq!(g.next_expiry_ms(), None, "overwriting drops the old expiry");
+    let ttl2 = Command::Put {
+        namespace: NS[0].into(),
+        key: "k2".into(),
+        value: b"v".to_vec(),
+        ttl_ms: Some(10),
+        if_absent: false,
+    };
+    g.apply_batch(2_000, &[ttl2], &l);
+    let out = g.apply_batch(2_010, &[Command::Expire], &l);
+    assert_eq!(out, vec![Ok(Output::Expired { count: 1 })]);
+    assert_eq!(g.key_count(), 1, "expire drops the stored key");
+}
+
+#[test]
+fn list_pages_through_a_prefix() {
+    let mut g = Grid::default();
+    let l = limits();
+    for k in ["a", "p/1", "p/2", "p/3", "q"] {
+        g.apply(&put(NS[0], k, b"v"), &l).unwrap();
+    }
+    let page = g.list(NS[0], "p/", None, 2, &l).unwrap();
+    assert_eq!(
+        page.entries
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["p/1", "p/2"]
+    );
+    assert_eq!(page.next.as_deref(), Some("p/2"));
+    let page = g.list(NS[0], "p/", page.next.as_deref(), 2, &l).unwrap();
+    assert_eq!(
+        page.entries
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["p/3"]
+    );
+    assert_eq!(page.next, None);
+    assert!(g.list(NS[0], "", None, 0, &l).is_err());
+    assert!(g.list(NS[0], "", None, 11, &l).is_err());
+    assert!(g.list("bad", "", None, 1, &l).is_err());
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let ns = prop::sample::select(NS.to_vec()).prop_map(String::from);
+    let key = prop::sample::select(KEYS.to_vec()).prop_map(String::from);
+    let value = prop::collection::vec(any::<u8>(), 0..=16);
+    let ttl = prop::option::of(1u64..50);
+    prop_oneof![
+        4 => (ns.clone(), key.clone(), value.clone(), ttl.clone(), any::<bool>()).prop_map(
+            |(namespace, key, value, ttl_ms, if_absent)| Command::Put { namespace, key, value, ttl_ms, if_absent }
+        ),
+        3 => (ns.clone(), key.clone(), 0u64..12, value, ttl).prop_map(
+            |(namespace, key, expected_version, value, ttl_ms)| Command::CompareAndSet {
+                namespace, key, expected_version, value, ttl_ms
+            }
+        ),
+        2 => (ns, key, prop::option::of(0u64..12)).prop_map(
+            |(namespace, key, expected_version)| Command::Delete { namespace, key, expected_version }
+        ),
+        1 => Just(Command::Expire),
+    ]
+}
+
+/// A log: batches of commands, each stamped with a time that may jump back (leader changes).
+fn arb_log() -> impl Strategy<Value = Vec<(u64, Vec<Command>)>> {
+    prop::collection::vec(
+        (0u64..200, prop::collection::vec(arb_command(), 0..5)),
+        0..40,
+    )
+}
+
+fn replay(grid: &mut Grid, log: &[(u64, Vec<Command>)]) -> Vec<Vec<Result<Output, Error>>> {
+    log.iter()
+        .map(|(now, cmds)| grid.apply_batch(*now, cmds, &limits()))
+        .collect()
+}
+
+proptest! {
+    /// Restoring a snapshot taken at any point and replaying the rest gives the same grid and
+    /// the same responses as replaying the whole log.
+    #[test]
+    fn replay_equals_snapshot_plus_replay(log in arb_log(), cut in any::<prop::sample::Index>()) {
+        let cut = cut.index(log.len() + 1);
+        let mut full = Grid::default();
+        let full_out = replay(&mut full, &log);
+
+        let mut before = Grid::default();
+        replay(&mut before, &log[..cut]);
+        let mut restored: Grid = codec::decode(&codec::encode(&before)).unwrap();
+        let rest_out = replay(&mut restored, &log[cut..]);
+        prop_assert_eq!(&restored, &full);
+        prop_assert_eq!(&rest_out[..], &full_out[cut..]);
+    }
+
+    /// Two replicas applying the same log are equal, entry by entry.
+    #[test]
+    fn same_log_same_replica(log in arb_log()) {
+        let (mut a, mut b) = (Grid::default(), Grid::default());
+        for (now, cmds) in &log {
+            prop_assert_eq!(a.apply_batch(*now, cmds, &limits()), b.apply_batch(*now, cmds, &limits()));
+            prop_assert_eq!(&a, &b);
+        }
+    }
+
+    /// Compare-and-set, put-if-absent and conditional delete agree with a simple model: a map
+    /// from key to (value, version) with a global revision counter (no TTLs here).
+    #[test]
+    fn cas_semantics_match_a_model(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        let mut grid = Grid::default();
+        let mut model: BTreeMap<(String, String), (Vec<u8>, u64)> = BTreeMap::new();
+        let mut revision = 0u64;
+        for cmd in cmds {
+            let cmd = match cmd {
+                Command::Put { namespace, key, value, if_absent, .. } =>
+                    Command::Put { namespace, key, value, ttl_ms: None, if_absent },
+                Command::CompareAndSet { namespace, key, expected_version, value, .. } =>
+                    Command::CompareAndSet { namespace, key, expected_version, value, ttl_ms: None },
+                other => other,
+            };
+            let expected = match &cmd {
+                Command::Put { namespace, key, value, if_absent, .. } => {
+                    let k = (namespace.clone(), key.clone());
+                    match model.get(&k) {
+                        Some((_, v)) if *if_absent => Err(Error::AlreadyExists { version: *v }),
+                        _ => {
+                            revision += 1;
+                            model.insert(k, (value.clone(), revision));
+                            Ok(Output::Written { version: revision })
+                        }
+                    }
+                }
+                Command::CompareAndSet { namespace, key, expected_version, value, .. } => {
+                    let k = (namespace.clone(), key.clone());
+                    let current = model.get(&k).map_or(0, |(_, v)| *v);
+                    if current == *expected_version {
+                        revision += 1;
+                        model.insert(k, (value.clone(), revision));
+                        Ok(Output::Written { version: revision })
+                    } else {
+                        Err(Error::VersionMismatch { expected: *expected_version, current })
+                    }
+                }
+                Command::Delete { namespace, key, expected_version } => {
+                    let k = (namespace.clone(), key.clone());
+                    let current = model.get(&k).map_or(0, |(_, v)| *v);
+                    match expected_version {
+                        Some(e) if *e != current =>
+                            Err(Error::VersionMismatch { expected: *e, current }),
+                        _ => {
+                            let existed = model.remove(&k).is_some();
+                            if existed { revision += 1; }
+                            Ok(Output::Deleted { existed })
+                        }
+                    }
+                }
+                Command::Expire => Ok(Output::Expired { count: 0 }),
+            };
+            prop_assert_eq!(grid.apply(&cmd, &limits()), expected, "command {:?}", cmd);
+            for ((ns, key), (value, version)) in &model {
+                let got = grid.get(ns, key).expect("model key present in grid");
+                prop_assert_eq!((&got.data, got.version), (value, *version));
+            }
+            prop_assert_eq!(grid.key_count(), model.len());
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The Raft log and vote, stored in sled.
+//!
+//! One sled tree holds everything, so a purge and the record of what was purged land in one
+//! atomic batch:
+//!
+//! ```text
+//!   "l" + index (u64 big-endian)  ->  codec(Entry)        the log
+//!   "m/vote"                      ->  codec(Vote)         flushed before save_vote returns
+//!   "m/committed"                 ->  codec(LogId)        written lazily (openraft allows it)
+//!   "m/purged"                    ->  codec(LogId)        last purged log id
+//! ```
+//!
+//! Appends are acknowledged to openraft only after an fsync. A single flusher task does the
+//! fsyncs: it takes every append callback waiting for it, flushes once, then acknowledges them
+//! all (group commit), so many appends share one fsync.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{LogId, OptionalSend, StorageIOError, Vote};
+use tokio::sync::mpsc;
+
+use super::{NodeId, StorageError, TypeConfig};
+use crate::codec;
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// How many append acknowledgements may wait for the flusher; appends wait when it is full.
+pub const MAX_PENDING_FLUSHES: usize = 4096;
+
+const LOG_PREFIX: u8 = b'l';
+const KEY_VOTE: &[u8] = b"m/vote";
+const KEY_COMMITTED: &[u8] = b"m/committed";
+const KEY_PURGED: &[u8] = b"m/purged";
+
+fn log_key(index: u64) -> [u8; 9] {
+    let mut key = [LOG_PREFIX; 9];
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn io_err<E: std::error::Error + 'static>(
+    make: fn(openraft::AnyError) -> StorageIOError<NodeId>,
+    e: E,
+) -> StorageError {
+    StorageError::IO {
+        source: make(openraft::AnyError::new(&e)),
+    }
+}
+
+/// The sled-backed log store. Cheap to clone: clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir` and starts its flusher task on the current runtime.
+    pub fn open(dir: &Path) -> Result<Self, sled::Error> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Self::with_db(db)
+    }
+
+    /// Builds a store on an already open database.
+    pub fn with_db(db: sled::Db) -> Result<Self, sled::Error> {
+        let tree = db.open_tree("raft")?;
+        let (tx, rx) = mpsc::channel(MAX_PENDING_FLUSHES);
+        tokio::spawn(flush_loop(db.clone(), rx));
+        Ok(Self {
+            db,
+            tree,
+            flusher: tx,
+        })
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        err: fn(openraft::AnyError) -> StorageIOError<NodeId>,
+    ) -> Result<Option<T>, StorageError> {
+        match self.tree.get(key).map_err(|e| io_err(err, e))? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| io_err(err, e)),
+        }
+    }
+}
+
+/// Group commit: one fsync acknowledges every append that was waiting when it started.
+async fn flush_loop(db: sled::Db, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut waiting = Vec::new();
+    while rx.recv_many(&mut waiting, MAX_PENDING_FLUSHES).await > 0 {
+        let result = db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
+        for callback in waiting.drain(..) {
+            let result = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(result);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(log_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(log_key(*i)),
+            Bound::Unbounded => Bound::Included(log_key(0)),
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(log_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(log_key(*i)),
+            Bound::Unbounded => Bound::Included(log_key(u64::MAX)),
+        };
+        let mut entries = Vec::new();
+        for item in self.tree.range((start, end)) {
+            let (_, bytes) = item.map_err(|e| io_err(StorageIOError::read_logs, e))?;
+            entries.push(codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_logs, e))?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId<NodeId>> =
+            self.get_meta(KEY_PURGED, StorageIOError::read_logs)?;
+        let last = self
+            .tree
+            .range(log_key(0)..=log_key(u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(|e| io_err(StorageIOError::read_logs, e))?;
+        let last_log_id = match last {
+            Some((_, bytes)) => {
+                let entry: Entry =
+                    codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_logs, e))?;
+                Some(entry.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.tree
+            .insert(KEY_VOTE, codec::encode(vote))
+            .map_err(|e| io_err(StorageIOError::write_vote, e))?;
+        // A vote must be durable before the node acts on it.
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_err(StorageIOError::write_vote, e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta(KEY_VOTE, StorageIOError::read_vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError> {
+        self.tree
+            .insert(KEY_COMMITTED, codec::encode(&committed))
+            .map_err(|e| io_err(StorageIOError::write, e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED, StorageIOError::read)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&log_key(entry.log_id.index), codec::encode(&entry));
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        // The flusher acknowledges once the entries are on disk.
+        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback).await {
+            callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in self
+            .tree
+            .range(log_key(log_id.index)..=log_key(u64::MAX))
+            .keys()
+        {
+            batch.remove(key.map_err(|e| io_err(StorageIOError::write_logs, e))?);
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_PURGED, codec::encode(&log_id));
+        for key in self.tree.range(log_key(0)..=log_key(log_id.index)).keys() {
+            batch.remove(key.map_err(|e| io_err(StorageIOError::write_logs, e))?);
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        Ok(())
+    }
+}

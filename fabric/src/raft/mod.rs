@@ -1,0 +1,72 @@
+//! Raft: openraft's type configuration and the pieces the node wires together.
+//!
+//! The split follows openraft's examples: [`log_store`] (sled-backed log and vote),
+//! [`state_machine`] (the grid plus snapshot files), [`network`] (tonic client to peers) and
+//! [`raft_service`] (the gRPC service that receives peers' Raft RPCs).
+//!
+//! A log entry's application payload is a [`Request`]: a batch of grid commands stamped with
+//! the leader's clock. Batching many client writes into one entry is how the leader turns
+//! 64 concurrent clients into one fsync'd append.
+
+pub mod log_store;
+pub mod network;
+pub mod raft_service;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::grid;
+
+/// Node ids are small integers chosen by the operator (`--node-id`).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Weft's openraft type configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The running Raft node.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The application payload of a log entry. New variants are added, never changed, so old logs
+/// stay readable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Grid commands applied in order at the leader-stamped time `now_ms`.
+    Batch {
+        now_ms: u64,
+        commands: Vec<grid::Command>,
+    },
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Batch { now_ms, commands } => {
+                write!(f, "Batch(now_ms={now_ms}, commands={})", commands.len())
+            }
+        }
+    }
+}
+
+/// What applying a [`Request`] returned: one result per command, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// One result per command of the batch (empty for membership and blank entries).
+    pub results: Vec<Result<grid::Output, grid::Error>>,
+}
+
+/// Shorthand for openraft's storage error with our node id.
+pub type StorageError = openraft::StorageError<NodeId>;
+
+#[cfg(test)]
+mod suite_test;

@@ -1,0 +1,185 @@
+//! The Raft network: a tonic client per peer, reusing one HTTP/2 connection per address.
+//!
+//! Raft messages travel as versioned opaque payloads (see `weft.cluster.v1.Raft`); snapshots
+//! go in chunks of `snapshot_max_chunk_size` bytes, which openraft cuts for us.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use weft_proto::cluster::v1::{RaftPayload, SnapshotChunk, raft_client::RaftClient};
+
+use super::{NodeId, TypeConfig};
+use crate::codec;
+
+/// Creates connections to peers; channels are shared by address and reconnect on their own.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    cluster: String,
+    max_message_bytes: usize,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl NetworkFactory {
+    /// A factory for the cluster named `cluster`; messages are limited to `max_message_bytes`.
+    pub fn new(cluster: String, max_message_bytes: usize) -> Self {
+        Self {
+            cluster,
+            max_message_bytes,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        let client = self
+            .channel(&node.addr)
+            .map(|channel| {
+                RaftClient::new(channel)
+                    .max_decoding_message_size(self.max_message_bytes)
+                    .max_encoding_message_size(self.max_message_bytes)
+            })
+            .map_err(|e| format!("bad peer address '{}': {e}", node.addr));
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            cluster: self.cluster.clone(),
+            client,
+        }
+    }
+}
+
+/// A connection to one peer.
+pub struct Connection {
+    target: NodeId,
+    addr: String,
+    cluster: String,
+    /// The error says why no client could be made (an address that is not a valid URI).
+    client: Result<RaftClient<Channel>, String>,
+}
+
+type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl Connection {
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
+        self.client
+            .clone()
+            .map_err(|e| Unreachable::new(&std::io::Error::other(e)))
+    }
+
+    fn request<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(option.hard_ttl());
+        req
+    }
+
+    fn payload<T: serde::Serialize>(&self, msg: &T) -> RaftPayload {
+        RaftPayload {
+            format: u32::from(codec::FORMAT_BINCODE_V1),
+            payload: codec::encode(msg),
+            cluster: self.cluster.clone(),
+        }
+    }
+
+    fn reply<T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
+        result: Result<tonic::Response<RaftPayload>, tonic::Status>,
+    ) -> Result<T, RpcError<E>> {
+        let reply = result
+            .map_err(|status| status_to_rpc_error(&self.addr, status))?
+            .into_inner();
+        let decoded: Result<T, RaftError<NodeId, E>> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn status_to_rpc_error<E: std::error::Error>(addr: &str, status: tonic::Status) -> RpcError<E> {
+    match status.code() {
+        // The peer is down or its port is closed: back off instead of retrying hot.
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            tracing::debug!(%addr, %status, "peer unreachable");
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let req = self.request(self.payload(&rpc), &option);
+        self.reply(client.append_entries(req).await)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let chunk = SnapshotChunk {
+            format: u32::from(codec::FORMAT_BINCODE_V1),
+            meta: codec::encode(&(&rpc.vote, &rpc.meta)),
+            offset: rpc.offset,
+            data: rpc.data,
+            done: rpc.done,
+            cluster: self.cluster.clone(),
+        };
+        let req = self.request(chunk, &option);
+        self.reply(client.install_snapshot(req).await)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let req = self.request(self.payload(&rpc), &option);
+        self.reply(client.vote(req).await)
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // Retry an unreachable peer quickly at first, then every 500 ms.
+        openraft::network::Backoff::new(
+            [50, 100, 200]
+                .into_iter()
+                .chain(std::iter::repeat(500))
+                .map(Duration::from_millis),
+        )
+    }
+}

@@ -1,0 +1,335 @@
+//! The state machine openraft drives: the grid in memory, snapshots as files on disk.
+//!
+//! ```text
+//!   <data-dir>/snapshots/<snapshot-id>.snap   codec(SnapshotFile { meta, grid })
+//! ```
+//!
+//! A snapshot is written to a temporary file, fsync'd and renamed into place; older snapshot
+//! files are removed only after the new one is durable. On start the newest snapshot is
+//! loaded, and openraft re-applies the committed log after it.
+//!
+//! Reads share the grid through [`Handle`]: a read lock on the in-memory grid, never I/O.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{NodeId, Request, Response, StorageError, TypeConfig};
+use crate::codec;
+use crate::grid::{Grid, Limits};
+
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// What a snapshot file holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: Meta,
+    grid: Grid,
+}
+
+/// The applied state shared between the state machine and readers.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The grid as of `last_applied`.
+    pub grid: Grid,
+    /// The last log entry applied.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The last membership applied.
+    pub last_membership: StoredMembership<NodeId, openraft::BasicNode>,
+}
+
+/// Read access to the applied state and state-machine counters, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    applied: Arc<RwLock<Applied>>,
+    counters: Arc<Counters>,
+}
+
+/// Counters the state machine keeps for `/metrics` and for tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: AtomicU64,
+    /// Snapshots built locally.
+    pub snapshots_built: AtomicU64,
+    /// Grid commands applied.
+    pub commands_applied: AtomicU64,
+}
+
+impl Handle {
+    /// Runs `f` with the applied state under a read lock. Keep `f` short: applies wait for it.
+    pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
+        f(&self
+            .applied
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// The state machine's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// The grid state machine with its snapshot directory.
+pub struct StateMachine {
+    handle: Handle,
+    limits: Limits,
+    dir: PathBuf,
+    current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
+}
+
+impl StateMachine {
+    /// Opens the snapshot directory and restores the newest snapshot in it, if any.
+    pub fn open(dir: &Path, limits: Limits) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| read_err(None, e))?;
+        let mut sm = Self {
+            handle: Handle {
+                applied: Arc::new(RwLock::new(Applied::default())),
+                counters: Arc::default(),
+            },
+            limits,
+            dir: dir.to_owned(),
+            current: Arc::default(),
+        };
+        if let Some(path) = newest_snapshot(dir).map_err(|e| read_err(None, e))? {
+            let bytes = std::fs::read(&path).map_err(|e| read_err(None, e))?;
+            let file: SnapshotFile = codec::decode(&bytes).map_err(|e| read_err(None, e))?;
+            tracing::info!(path = %path.display(), last_log_id = ?file.meta.last_log_id, "restored snapshot");
+            sm.restore(file, Arc::new(bytes));
+        }
+        Ok(sm)
+    }
+
+    /// A read handle on the applied state.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    fn restore(&mut self, file: SnapshotFile, bytes: Arc<Vec<u8>>) {
+        let mut applied = self
+            .handle
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        applied.grid = file.grid;
+        applied.last_applied = file.meta.last_log_id;
+        applied.last_membership = file.meta.last_membership.clone();
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((file.meta, bytes));
+    }
+}
+
+fn read_err<E: std::error::Error + 'static>(meta: Option<&Meta>, e: E) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::read_snapshot(meta.map(|m| m.signature()), AnyError::new(&e)),
+    }
+}
+
+fn write_err<E: std::error::Error + 'static>(meta: &Meta, e: E) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)),
+    }
+}
+
+const SNAPSHOT_SUFFIX: &str = ".snap";
+
+/// Snapshot ids start with the zero-padded last log index, so names sort by age.
+fn snapshot_id(last_log_id: Option<LogId<NodeId>>, seq: u64) -> String {
+    match last_log_id {
+        Some(id) => format!("{:020}-{:020}-{seq}", id.index, id.leader_id.term),
+        None => format!("{:020}-{:020}-{seq}", 0, 0),
+    }
+}
+
+fn newest_snapshot(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let mut newest: Option<PathBuf> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.to_string_lossy().ends_with(SNAPSHOT_SUFFIX)
+            && newest
+                .as_ref()
+                .is_none_or(|n| path.file_name() > n.file_name())
+        {
+            newest = Some(path);
+        }
+    }
+    Ok(newest)
+}
+
+/// Writes a snapshot durably and removes the older ones.
+fn persist(dir: &Path, meta: &Meta, bytes: &[u8]) -> Result<(), StorageError> {
+    use std::io::Write;
+    let final_path = dir.join(format!("{}{SNAPSHOT_SUFFIX}", meta.snapshot_id));
+    let tmp_path = dir.join(format!("{}.tmp", meta.snapshot_id));
+    let mut file = std::fs::File::create(&tmp_path).map_err(|e| write_err(meta, e))?;
+    file.write_all(bytes).map_err(|e| write_err(meta, e))?;
+    file.sync_all().map_err(|e| write_err(meta, e))?;
+    std::fs::rename(&tmp_path, &final_path).map_err(|e| write_err(meta, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| write_err(meta, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| write_err(meta, e))? {
+        let path = entry.map_err(|e| write_err(meta, e))?.path();
+        if path != final_path {
+            // Stale snapshots and leftovers of interrupted writes; the new one is durable.
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
+/// Builds snapshots from a copy of the grid taken under a short read lock.
+pub struct Builder {
+    handle: Handle,
+    dir: PathBuf,
+    current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (grid, last_log_id, last_membership) = self
+            .handle
+            .read(|a| (a.grid.clone(), a.last_applied, a.last_membership.clone()));
+        let meta = Meta {
+            last_log_id,
+            last_membership,
+            snapshot_id: snapshot_id(last_log_id, self.seq),
+        };
+        let dir = self.dir.clone();
+        let file = SnapshotFile { meta, grid };
+        // Encoding and fsync are slow for a big grid: keep them off the async workers.
+        let (meta, bytes) = tokio::task::spawn_blocking(move || {
+            let bytes = codec::encode(&file);
+            persist(&dir, &file.meta, &bytes).map(|()| (file.meta, bytes))
+        })
+        .await
+        .map_err(|e| StorageError::IO {
+            source: StorageIOError::write_snapshot(None, AnyError::new(&e)),
+        })??;
+        self.handle
+            .counters
+            .snapshots_built
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((meta.clone(), Arc::new(bytes.clone())));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        StorageError,
+    > {
+        Ok(self
+            .handle
+            .read(|a| (a.last_applied, a.last_membership.clone())))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut applied = self
+            .handle
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut responses = Vec::new();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::default(),
+                EntryPayload::Normal(Request::Batch { now_ms, commands }) => {
+                    self.handle
+                        .counters
+                        .commands_applied
+                        .fetch_add(commands.len() as u64, Ordering::Relaxed);
+                    Response {
+                        results: applied.grid.apply_batch(now_ms, &commands, &self.limits),
+                    }
+                }
+                EntryPayload::Membership(membership) => {
+                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Response::default()
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let seq = self.handle.counters.snapshots_built.load(Ordering::Relaxed);
+        Builder {
+            handle: self.handle.clone(),
+            dir: self.dir.clone(),
+            current: self.current.clone(),
+            seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let file: SnapshotFile = codec::decode(&bytes).map_err(|e| read_err(Some(meta), e))?;
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            grid: file.grid,
+        };
+        let dir = self.dir.clone();
+        let bytes = Arc::new(bytes);
+        let to_write = bytes.clone();
+        let meta_w = meta.clone();
+        tokio::task::spawn_blocking(move || persist(&dir, &meta_w, &to_write))
+            .await
+            .map_err(|e| write_err(meta, e))??;
+        self.restore(file, bytes);
+        self.handle
+            .counters
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot from leader");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(current.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
+        }))
+    }
+}

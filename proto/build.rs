@@ -1,0 +1,19 @@
+//! Compiles the `.proto` files with protox (pure Rust, no system `protoc`) and generates the
+//! tonic clients and servers.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/weft/cluster/v1/raft.proto",
+        "proto/weft/fabric/v1/state.proto",
+        "proto/weft/fabric/v1/cluster.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

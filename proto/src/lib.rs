@@ -1,0 +1,24 @@
+//! Weft's wire protocol: the protobuf packages and the tonic code generated from them.
+//!
+//! # Layout
+//! - [`cluster::v1`]: node-to-node services (`Raft`: vote, append entries, chunked snapshots).
+//! - [`fabric::v1`]: services for agents, tools and operators (`State`, `Cluster`).
+//!
+//! The generated types stay at the edge: the fabric converts them to its domain types in one
+//! place (`weft_fabric::api::convert`).
+
+/// Node-to-node services.
+pub mod cluster {
+    /// Version 1 of the node-to-node protocol.
+    pub mod v1 {
+        tonic::include_proto!("weft.cluster.v1");
+    }
+}
+
+/// Services for agents, tools and operators.
+pub mod fabric {
+    /// Version 1 of the agent-facing protocol.
+    pub mod v1 {
+        tonic::include_proto!("weft.fabric.v1");
+    }
+}
