@@ -1,8 +1,27 @@
 //! The Weft fabric node.
 //!
+//! A node is one process (`weft node`): it stores a Raft log in sled, replicates the grid with
+//! openraft, and serves gRPC (agents, tools, peers) and HTTP on one TCP port.
+//!
 //! # Layout
+//! - [`node`]: wires every subsystem together and stops them with one signal.
+//! - [`config`]: configuration layering (defaults < TOML < `WEFT_*` env < flags), validation.
+//! - [`data_dir`]: the data directory's identity and layout; refuses foreign directories.
 //! - [`grid`]: the replicated state machine: pure, deterministic `apply` over in-memory maps.
+//! - [`raft`]: openraft type config, sled log store, snapshotting state machine, network, and
+//!   the Raft gRPC service.
+//! - [`api`]: the agent-facing gRPC services, leader routing, the write batcher, and the one
+//!   place domain errors become `tonic::Status`.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`codec`]: versioned binary encoding of everything persisted or sent between nodes.
+//! - [`cli`]: the `weft` command line (node, dev, status, state).
+
+pub mod api;
+pub mod cli;
 pub mod codec;
+pub mod config;
+pub mod data_dir;
 pub mod grid;
+pub mod http;
+pub mod node;
 pub mod raft;

@@ -71,8 +71,10 @@ pub enum Command {
 }
 
 impl Command {
-    /// Checks the command against the limits without touching any state. Proposers call it
-    /// before proposing; `apply` calls it again so a bad entry can never change the grid.
+    /// Checks the command against the limits without touching any state. The node that
+    /// receives a write calls it before proposing, so an over-limit command never reaches the
+    /// log. (`apply` checks only [`Command::validate_shape`]: limits are configuration and may
+    /// differ between nodes, and `apply` must give the same answer on every replica.)
     pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
         match self {
             Command::Put {
@@ -97,6 +99,24 @@ impl Command {
                 Ok(())
             }
             Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
+            Command::Expire => Ok(()),
+        }
+    }
+
+    /// Checks what does not depend on configuration: namespace format and a non-empty key.
+    pub fn validate_shape(&self) -> Result<(), Error> {
+        match self {
+            Command::Put { namespace, key, .. }
+            | Command::CompareAndSet { namespace, key, .. }
+            | Command::Delete { namespace, key, .. } => {
+                namespace::parse(namespace)?;
+                if key.is_empty() {
+                    return Err(Error::InvalidKey {
+                        reason: "the key is empty".into(),
+                    });
+                }
+                Ok(())
+            }
             Command::Expire => Ok(()),
         }
     }
@@ -197,14 +217,9 @@ pub struct Grid {
 
 impl Grid {
     /// Applies a batch of commands stamped with the leader's clock, in order.
-    pub fn apply_batch(
-        &mut self,
-        now_ms: u64,
-        commands: &[Command],
-        limits: &Limits,
-    ) -> Vec<Result<Output, Error>> {
+    pub fn apply_batch(&mut self, now_ms: u64, commands: &[Command]) -> Vec<Result<Output, Error>> {
         self.advance_clock(now_ms);
-        commands.iter().map(|c| self.apply(c, limits)).collect()
+        commands.iter().map(|c| self.apply(c)).collect()
     }
 
     /// Moves the grid's clock forward to `now_ms` (it never goes back, so a new leader with a
@@ -214,8 +229,8 @@ impl Grid {
     }
 
     /// Applies one command at the grid's current time.
-    pub fn apply(&mut self, command: &Command, limits: &Limits) -> Result<Output, Error> {
-        command.validate(limits)?;
+    pub fn apply(&mut self, command: &Command) -> Result<Output, Error> {
+        command.validate_shape()?;
         match command {
             Command::Put {
                 namespace,

@@ -18,6 +18,14 @@ fn limits() -> Limits {
     }
 }
 
+impl Grid {
+    /// What a proposing node does: validate against the limits, then apply.
+    fn apply_checked(&mut self, command: &Command, limits: &Limits) -> Result<Output, Error> {
+        command.validate(limits)?;
+        self.apply(command)
+    }
+}
+
 fn put(ns: &str, key: &str, value: &[u8]) -> Command {
     Command::Put {
         namespace: ns.into(),
@@ -43,7 +51,7 @@ fn put_get_delete() {
     let mut g = Grid::default();
     let l = limits();
     assert_eq!(
-        g.apply(&put(NS[0], "k1", b"v"), &l),
+        g.apply_checked(&put(NS[0], "k1", b"v"), &l),
         Ok(Output::Written { version: 1 })
     );
     assert_eq!(g.get(NS[0], "k1").unwrap().data, b"v");
@@ -53,8 +61,14 @@ fn put_get_delete() {
         key: "k1".into(),
         expected_version: None,
     };
-    assert_eq!(g.apply(&del, &l), Ok(Output::Deleted { existed: true }));
-    assert_eq!(g.apply(&del, &l), Ok(Output::Deleted { existed: false }));
+    assert_eq!(
+        g.apply_checked(&del, &l),
+        Ok(Output::Deleted { existed: true })
+    );
+    assert_eq!(
+        g.apply_checked(&del, &l),
+        Ok(Output::Deleted { existed: false })
+    );
     assert_eq!(g.get(NS[0], "k1"), None);
 }
 
@@ -62,20 +76,20 @@ fn put_get_delete() {
 fn versions_are_never_reused() {
     let mut g = Grid::default();
     let l = limits();
-    g.apply(&put(NS[0], "k1", b"a"), &l).unwrap();
+    g.apply_checked(&put(NS[0], "k1", b"a"), &l).unwrap();
     let del = Command::Delete {
         namespace: NS[0].into(),
         key: "k1".into(),
         expected_version: None,
     };
-    g.apply(&del, &l).unwrap();
+    g.apply_checked(&del, &l).unwrap();
     // A CAS holding the old version 1 must not succeed against the re-created key.
     assert_eq!(
-        g.apply(&put(NS[0], "k1", b"b"), &l),
+        g.apply_checked(&put(NS[0], "k1", b"b"), &l),
         Ok(Output::Written { version: 3 })
     );
     assert_eq!(
-        g.apply(&cas(NS[0], "k1", 1, b"c"), &l),
+        g.apply_checked(&cas(NS[0], "k1", 1, b"c"), &l),
         Err(Error::VersionMismatch {
             expected: 1,
             current: 3
@@ -87,7 +101,7 @@ fn versions_are_never_reused() {
 fn bad_commands_change_nothing() {
     let mut g = Grid::default();
     let l = limits();
-    g.apply(&put(NS[0], "k1", b"a"), &l).unwrap();
+    g.apply_checked(&put(NS[0], "k1", b"a"), &l).unwrap();
     let before = g.clone();
     let bad = [
         put("nope", "k1", b"a"),
@@ -109,16 +123,34 @@ fn bad_commands_change_nothing() {
         },
     ];
     for c in &bad {
-        assert!(g.apply(c, &l).is_err(), "{c:?} should fail");
+        assert!(g.apply_checked(c, &l).is_err(), "{c:?} should fail");
         assert_eq!(g, before, "{c:?} changed the grid");
     }
     assert!(matches!(
-        g.apply(&put(NS[0], "k2", &[0; 17]), &l),
+        g.apply_checked(&put(NS[0], "k2", &[0; 17]), &l),
         Err(Error::ValueTooLarge {
             size: 17,
             limit: 16
         })
     ));
+}
+
+#[test]
+fn apply_checks_shape_but_not_configured_limits() {
+    // Limits are configuration: a replica must apply what its leader accepted even if its own
+    // limits are smaller, or replicas would diverge.
+    let mut g = Grid::default();
+    assert!(g.apply(&put(NS[0], "k1", &[0; 64])).is_ok());
+    let before = g.clone();
+    assert!(matches!(
+        g.apply(&put("bad", "k", b"v")),
+        Err(Error::InvalidNamespace { .. })
+    ));
+    assert!(matches!(
+        g.apply(&put(NS[0], "", b"v")),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert_eq!(g, before);
 }
 
 #[test]
@@ -132,20 +164,20 @@ fn ttl_expires_by_entry_time_and_clock_never_goes_back() {
         ttl_ms: Some(100),
         if_absent: false,
     };
-    g.apply_batch(1_000, &[with_ttl], &l);
+    g.apply_batch(1_000, &[with_ttl]);
     assert_eq!(g.get(NS[0], "k1").unwrap().expires_at_ms, Some(1_100));
     assert_eq!(g.next_expiry_ms(), Some(1_100));
     // A new leader with a slow clock does not bring time back.
-    g.apply_batch(500, &[], &l);
+    g.apply_batch(500, &[]);
     assert_eq!(g.now_ms(), 1_000);
     assert!(g.get(NS[0], "k1").is_some());
-    g.apply_batch(1_100, &[], &l);
+    g.apply_batch(1_100, &[]);
     assert!(
         g.get(NS[0], "k1").is_none(),
         "invisible once the clock passes expiry"
     );
     // An expired key counts as absent for put-if-absent and CAS(0).
-    assert!(g.apply(&cas(NS[0], "k1", 0, b"w"), &l).is_ok());
+    assert!(g.apply_checked(&cas(NS[0], "k1", 0, b"w"), &l).is_ok());
     assert_eq!(g.next_expiry_ms(), None, "overwriting drops the old expiry");
     let ttl2 = Command::Put {
         namespace: NS[0].into(),
@@ -154,8 +186,8 @@ fn ttl_expires_by_entry_time_and_clock_never_goes_back() {
         ttl_ms: Some(10),
         if_absent: false,
     };
-    g.apply_batch(2_000, &[ttl2], &l);
-    let out = g.apply_batch(2_010, &[Command::Expire], &l);
+    g.apply_batch(2_000, &[ttl2]);
+    let out = g.apply_batch(2_010, &[Command::Expire]);
     assert_eq!(out, vec![Ok(Output::Expired { count: 1 })]);
     assert_eq!(g.key_count(), 1, "expire drops the stored key");
 }
@@ -165,7 +197,7 @@ fn list_pages_through_a_prefix() {
     let mut g = Grid::default();
     let l = limits();
     for k in ["a", "p/1", "p/2", "p/3", "q"] {
-        g.apply(&put(NS[0], k, b"v"), &l).unwrap();
+        g.apply_checked(&put(NS[0], k, b"v"), &l).unwrap();
     }
     let page = g.list(NS[0], "p/", None, 2, &l).unwrap();
     assert_eq!(
@@ -221,7 +253,7 @@ fn arb_log() -> impl Strategy<Value = Vec<(u64, Vec<Command>)>> {
 
 fn replay(grid: &mut Grid, log: &[(u64, Vec<Command>)]) -> Vec<Vec<Result<Output, Error>>> {
     log.iter()
-        .map(|(now, cmds)| grid.apply_batch(*now, cmds, &limits()))
+        .map(|(now, cmds)| grid.apply_batch(*now, cmds))
         .collect()
 }
 
@@ -247,7 +279,7 @@ proptest! {
     fn same_log_same_replica(log in arb_log()) {
         let (mut a, mut b) = (Grid::default(), Grid::default());
         for (now, cmds) in &log {
-            prop_assert_eq!(a.apply_batch(*now, cmds, &limits()), b.apply_batch(*now, cmds, &limits()));
+            prop_assert_eq!(a.apply_batch(*now, cmds), b.apply_batch(*now, cmds));
             prop_assert_eq!(&a, &b);
         }
     }
@@ -305,7 +337,7 @@ proptest! {
                 }
                 Command::Expire => Ok(Output::Expired { count: 0 }),
             };
-            prop_assert_eq!(grid.apply(&cmd, &limits()), expected, "command {:?}", cmd);
+            prop_assert_eq!(grid.apply_checked(&cmd, &limits()), expected, "command {:?}", cmd);
             for ((ns, key), (value, version)) in &model {
                 let got = grid.get(ns, key).expect("model key present in grid");
                 prop_assert_eq!((&got.data, got.version), (value, *version));

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
-use crate::grid::{Grid, Limits};
+use crate::grid::Grid;
 
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 
@@ -82,21 +82,19 @@ impl Handle {
 /// The grid state machine with its snapshot directory.
 pub struct StateMachine {
     handle: Handle,
-    limits: Limits,
     dir: PathBuf,
     current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
 }
 
 impl StateMachine {
     /// Opens the snapshot directory and restores the newest snapshot in it, if any.
-    pub fn open(dir: &Path, limits: Limits) -> Result<Self, StorageError> {
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| read_err(None, e))?;
         let mut sm = Self {
             handle: Handle {
                 applied: Arc::new(RwLock::new(Applied::default())),
                 counters: Arc::default(),
             },
-            limits,
             dir: dir.to_owned(),
             current: Arc::default(),
         };
@@ -267,7 +265,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .commands_applied
                         .fetch_add(commands.len() as u64, Ordering::Relaxed);
                     Response {
-                        results: applied.grid.apply_batch(now_ms, &commands, &self.limits),
+                        results: applied.grid.apply_batch(now_ms, &commands),
                     }
                 }
                 EntryPayload::Membership(membership) => {

@@ -7,7 +7,6 @@ use openraft::testing::{StoreBuilder, Suite};
 use super::log_store::LogStore;
 use super::state_machine::StateMachine;
 use super::{NodeId, TypeConfig};
-use crate::grid::Limits;
 
 struct SledBuilder;
 
@@ -17,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = LogStore::open(&dir.path().join("raft")).expect("open sled");
-        let sm = StateMachine::open(&dir.path().join("snapshots"), Limits::default())?;
+        let sm = StateMachine::open(&dir.path().join("snapshots"))?;
         Ok((dir, log, sm))
     }
 }

@@ -1,0 +1,271 @@
+//! The proposer: batches the leader's writes into log entries.
+//!
+//! Writes queue in a bounded channel (`max_pending_writes`; a full queue refuses new writes
+//! with RESOURCE_EXHAUSTED). The loop takes what is waiting, up to `max_batch_commands` and
+//! `max_batch_bytes`, stamps it with the leader's clock and proposes it as one entry; up to
+//! `max_inflight_batches` entries replicate at once. One fsync'd append then carries many
+//! clients' writes.
+//!
+//! The loop also expires keys: when the grid's next expiry has passed by the leader's clock, it
+//! proposes `Command::Expire`, so expiry is an ordinary replicated entry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::Error;
+use crate::grid::{Command, Output};
+use crate::raft::state_machine;
+use crate::raft::{NodeId, Raft, Request};
+
+/// Sizes of the proposer's queue and batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Writes that may wait in the queue.
+    pub max_pending_writes: usize,
+    /// Most commands per entry.
+    pub max_batch_commands: usize,
+    /// Most payload bytes per entry.
+    pub max_batch_bytes: usize,
+    /// Entries replicating at once.
+    pub max_inflight_batches: usize,
+    /// How often to look for expired keys.
+    pub ttl_check_interval: Duration,
+}
+
+struct Proposal {
+    command: Command,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Output, Error>>,
+}
+
+/// Submits writes to the proposer.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Proposal>,
+}
+
+impl Handle {
+    /// Proposes one command and waits for its result. The command must already be validated.
+    pub async fn propose(&self, command: Command) -> Result<Output, Error> {
+        let (reply, rx) = oneshot::channel();
+        let bytes = command_bytes(&command);
+        self.tx
+            .try_send(Proposal {
+                command,
+                bytes,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Overloaded(
+                    "too many writes waiting on this node (max_pending_writes); retry later".into(),
+                ),
+                mpsc::error::TrySendError::Closed(_) => {
+                    Error::Unavailable("node is shutting down".into())
+                }
+            })?;
+        rx.await.map_err(|_| {
+            Error::Indeterminate("node shut down while the write was in flight".into())
+        })?
+    }
+}
+
+fn command_bytes(command: &Command) -> usize {
+    match command {
+        Command::Put {
+            namespace,
+            key,
+            value,
+            ..
+        }
+        | Command::CompareAndSet {
+            namespace,
+            key,
+            value,
+            ..
+        } => namespace.len() + key.len() + value.len() + 32,
+        Command::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
+        Command::Expire => 8,
+    }
+}
+
+/// The proposer's loop.
+pub struct Service {
+    node_id: NodeId,
+    raft: Raft,
+    applied: state_machine::Handle,
+    options: Options,
+    rx: mpsc::Receiver<Proposal>,
+    tx: mpsc::Sender<Proposal>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Service {
+    /// A proposer for `raft`.
+    pub fn new(
+        node_id: NodeId,
+        raft: Raft,
+        applied: state_machine::Handle,
+        options: Options,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(options.max_pending_writes);
+        Self {
+            node_id,
+            raft,
+            applied,
+            options,
+            rx,
+            tx,
+        }
+    }
+
+    /// A handle to submit writes.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Runs until `shutdown`; writes still queued then are answered "not applied".
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let inflight = Arc::new(Semaphore::new(self.options.max_inflight_batches));
+        let expiring = Arc::new(AtomicBool::new(false));
+        let mut ttl_tick = tokio::time::interval(self.options.ttl_check_interval);
+        ttl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut carry: Option<Proposal> = None;
+        // Only handles keep the queue open, so it closes when the last handle is gone.
+        let (closed_tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed_tx));
+        loop {
+            let first = match carry.take() {
+                Some(p) => p,
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = ttl_tick.tick() => {
+                        self.maybe_expire(&expiring);
+                        continue;
+                    }
+                    p = self.rx.recv() => match p {
+                        Some(p) => p,
+                        None => break,
+                    },
+                },
+            };
+            let mut bytes = first.bytes;
+            let mut batch = vec![first];
+            while batch.len() < self.options.max_batch_commands {
+                match self.rx.try_recv() {
+                    Ok(p) if bytes + p.bytes > self.options.max_batch_bytes => {
+                        carry = Some(p);
+                        break;
+                    }
+                    Ok(p) => {
+                        bytes += p.bytes;
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                permit = inflight.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                let (commands, replies): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+                let result = raft
+                    .client_write(Request::Batch {
+                        now_ms: now_ms(),
+                        commands,
+                    })
+                    .await;
+                drop(permit);
+                deliver(result, replies);
+            });
+        }
+        // Answer what is still queued: it was never proposed.
+        self.rx.close();
+        for p in carry
+            .into_iter()
+            .chain(std::iter::from_fn(|| self.rx.try_recv().ok()))
+        {
+            let _ = p
+                .reply
+                .send(Err(Error::Unavailable("node is shutting down".into())));
+        }
+    }
+
+    fn maybe_expire(&self, expiring: &Arc<AtomicBool>) {
+        if self.raft.metrics().borrow().current_leader != Some(self.node_id) {
+            return;
+        }
+        let due = self
+            .applied
+            .read(|a| a.grid.next_expiry_ms())
+            .is_some_and(|at| at <= now_ms());
+        if !due || expiring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let raft = self.raft.clone();
+        let expiring = expiring.clone();
+        tokio::spawn(async move {
+            let result = raft
+                .client_write(Request::Batch {
+                    now_ms: now_ms(),
+                    commands: vec![Command::Expire],
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "expiry proposal failed; the next leader retries");
+            }
+            expiring.store(false, Ordering::Release);
+        });
+    }
+}
+
+type WriteResult = Result<
+    openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+>;
+
+fn deliver(result: WriteResult, replies: Vec<oneshot::Sender<Result<Output, Error>>>) {
+    match result {
+        Ok(response) => {
+            let mut results = response.data.results.into_iter();
+            for reply in replies {
+                let r = match results.next() {
+                    Some(r) => r.map_err(Error::Grid),
+                    None => Err(Error::Indeterminate(
+                        "the entry returned fewer results than commands".into(),
+                    )),
+                };
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            let error = || match &e {
+                // openraft answers ForwardToLeader only for entries it never appended or has
+                // truncated: they are certainly not applied, so the caller may retry.
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+                    leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                },
+                other => Error::Indeterminate(other.to_string()),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(error()));
+            }
+        }
+    }
+}

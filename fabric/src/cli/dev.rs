@@ -1,0 +1,101 @@
+//! `weft dev`: a local cluster in one process, for trying Weft and developing agents.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::node::Node;
+
+/// Most nodes `weft dev` starts.
+pub const MAX_DEV_NODES: u8 = 9;
+
+/// Flags of `weft dev`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many nodes to start (1 to 9).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_DEV_NODES as i64))]
+    pub nodes: u8,
+    /// Where the nodes keep their data (one folder per node). Data survives restarts.
+    #[arg(long, value_name = "DIR", default_value = ".weft-dev")]
+    pub data_dir: PathBuf,
+    /// Port of node 1; node N listens on PORT + N - 1.
+    #[arg(long, default_value_t = 7400)]
+    pub port: u16,
+}
+
+/// Starts the cluster, prints how to reach it, and runs until ctrl-c.
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let n = u16::from(args.nodes);
+    anyhow::ensure!(
+        args.port.checked_add(n - 1).is_some(),
+        "--port {} leaves no room for {n} nodes below 65536",
+        args.port
+    );
+    let addr = |i: u16| format!("127.0.0.1:{}", args.port + i - 1);
+    let members = if n == 1 {
+        String::new()
+    } else {
+        (1..=n)
+            .map(|i| format!("{i}={}", addr(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let config = Config {
+            node_id: u64::from(i),
+            cluster: "dev".into(),
+            data_dir: args.data_dir.join(format!("node-{i}")),
+            listen: addr(i),
+            initial_members: members.clone(),
+            ..Config::default()
+        };
+        match Node::start(config).await {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                eprintln!("error: node {i}: {e}");
+                for node in nodes {
+                    node.shutdown().await;
+                }
+                return Ok(1);
+            }
+        }
+    }
+    let mut metrics = nodes[0].raft().metrics();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while metrics.borrow_and_update().current_leader.is_none() {
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .context("no leader was elected within 10 s")?;
+    let endpoint = addr(1);
+    let export = if endpoint == crate::config::DEFAULT_LISTEN {
+        String::new()
+    } else {
+        format!("  export WEFT_ENDPOINT={endpoint}\n")
+    };
+    println!("Weft dev cluster 'dev' is up with {n} node(s):");
+    for (i, node) in nodes.iter().enumerate() {
+        println!(
+            "  node {}  grpc+http {}  data {}",
+            node.id(),
+            node.addr(),
+            args.data_dir.join(format!("node-{}", i + 1)).display()
+        );
+    }
+    println!(
+        "\nTry, in another terminal:\n{export}  weft status\n  weft state put shared/demo greeting hello\n  \
+         weft state get shared/demo greeting\n  curl http://{endpoint}/metrics\n\nPress ctrl-c to stop \
+         (data stays in {}).",
+        args.data_dir.display()
+    );
+    super::shutdown_signal().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(0)
+}

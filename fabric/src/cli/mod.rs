@@ -1,0 +1,67 @@
+//! The `weft` command line: `node` and `dev` run fabric nodes; `status` and `state` talk to
+//! any node of a running cluster.
+//!
+//! # Layout
+//! - [`node_cmd`]: `weft node`: one fabric node from layered configuration.
+//! - [`dev`]: `weft dev`: a local cluster of N nodes in one process.
+//! - [`client`]: `weft status` and `weft state ...` over gRPC.
+
+pub mod client;
+pub mod dev;
+pub mod node_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Weft: a peer-to-peer clustered fabric for agent processes.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `weft` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a fabric node.
+    Node(node_cmd::Args),
+    /// Run a local development cluster (the embedded default): N nodes on localhost ports.
+    Dev(dev::Args),
+    /// Show the cluster: leader, term, and each member's role and progress.
+    Status(client::StatusArgs),
+    /// Read and write key/value state in the grid.
+    State(client::StateArgs),
+}
+
+impl Cli {
+    /// Whether the command runs nodes (and so wants info-level logs by default).
+    pub fn runs_nodes(&self) -> bool {
+        matches!(self.command, Command::Node(_) | Command::Dev(_))
+    }
+
+    /// Runs the command; the returned code is the process exit status.
+    pub async fn run(self) -> anyhow::Result<i32> {
+        match self.command {
+            Command::Node(args) => node_cmd::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Status(args) => client::status(args).await,
+            Command::State(args) => client::state(args).await,
+        }
+    }
+}
+
+/// Waits for ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,70 @@
+//! `weft node`: one fabric node.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::node::Node;
+
+/// Flags of `weft node`. Each overrides the config file and `WEFT_*` environment.
+#[derive(Debug, clap::Args, Serialize)]
+pub struct Args {
+    /// TOML configuration file (see `--dump-config` for every key).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the merged configuration as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub dump_config: bool,
+    /// This node's id (1 or more).
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// The cluster's name; peers and data dirs of other clusters are refused.
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Where to keep the Raft log, vote and snapshots.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// TCP address for gRPC and HTTP (default 127.0.0.1:7400).
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Address others use to reach this node (default: the listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Static membership, e.g. 1=10.0.0.1:7400,2=10.0.0.2:7400,3=10.0.0.3:7400.
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_members: Option<String>,
+}
+
+/// Runs a node until ctrl-c or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let config = match Config::load(args.config.as_deref(), &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(2);
+        }
+    };
+    if args.dump_config {
+        print!("{}", config.to_toml());
+        return Ok(0);
+    }
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    super::shutdown_signal().await;
+    node.shutdown().await;
+    Ok(0)
+}

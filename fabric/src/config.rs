@@ -1,0 +1,485 @@
+//! Node configuration: defaults < TOML file (`--config`) < `WEFT_*` environment < flags.
+//!
+//! Every field is documented here; `weft node --dump-config` prints the merged result as TOML.
+//! [`Config::validate`] runs before anything starts and names the field that is wrong and why.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::grid::Limits;
+use crate::raft::NodeId;
+
+/// The default address a node listens on (TCP for gRPC + HTTP; the same port on UDP later
+/// carries gossip).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+/// Environment variables that configure a node start with this prefix (`WEFT_NODE_ID`, ...).
+pub const ENV_PREFIX: &str = "WEFT_";
+
+/// A node's configuration. Field names are the TOML keys; the environment variable of a field
+/// is `WEFT_` + its name in capitals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id in the Raft cluster, 1 or more. Recorded in the data directory on first
+    /// start; a later start with another id is refused.
+    pub node_id: NodeId,
+    /// The cluster's name. Recorded in the data directory; peers from another cluster are
+    /// refused.
+    pub cluster: String,
+    /// Where the node keeps its identity, Raft log, vote and snapshots.
+    pub data_dir: PathBuf,
+    /// TCP address to listen on for gRPC (agents, tools, peers) and HTTP (`/healthz`,
+    /// `/readyz`, `/metrics`). Port 0 picks a free port.
+    pub listen: String,
+    /// Address other nodes and clients use to reach this node (HOST:PORT). Defaults to
+    /// `listen`; set it when listening on 0.0.0.0 or behind NAT.
+    pub advertise: Option<String>,
+    /// Static cluster membership: `1=HOST:PORT,2=HOST:PORT,...` including this node. When the
+    /// data directory holds no cluster yet, the members initialize one together.
+    pub initial_members: String,
+
+    /// Leader heartbeat period. Must be well below `election_timeout_min_ms`.
+    pub heartbeat_interval_ms: u64,
+    /// Shortest time without a leader before a follower stands for election.
+    pub election_timeout_min_ms: u64,
+    /// Longest such time; each follower picks a random timeout in [min, max).
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept after a snapshot, so slightly lagging followers catch up from the log.
+    pub log_entries_kept_after_snapshot: u64,
+    /// Snapshot chunk size sent to a lagging follower.
+    pub snapshot_chunk_bytes: u64,
+    /// Most log entries in one replication message.
+    pub max_entries_per_append: u64,
+
+    /// Largest value stored under one key.
+    pub max_value_bytes: usize,
+    /// Largest key.
+    pub max_key_bytes: usize,
+    /// Largest page a list returns (and the default page size).
+    pub max_list_page: usize,
+    /// Largest gRPC message a client may send or receive.
+    pub max_message_bytes: usize,
+    /// Largest node-to-node Raft message (replication batches, snapshot chunks).
+    pub max_raft_message_bytes: usize,
+    /// Writes that may wait to be batched on this node before new ones are refused
+    /// (RESOURCE_EXHAUSTED).
+    pub max_pending_writes: usize,
+    /// Most commands in one log entry.
+    pub max_batch_commands: usize,
+    /// Most payload bytes in one log entry (a single larger command still goes alone).
+    pub max_batch_bytes: usize,
+    /// Log entries being replicated at once before new batches wait.
+    pub max_inflight_batches: usize,
+    /// How long a write or linearizable read may take, including finding the leader, before
+    /// the caller gets UNAVAILABLE (for a write: outcome unknown).
+    pub request_timeout_ms: u64,
+    /// How often the leader checks for expired keys and proposes their removal.
+    pub ttl_check_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            node_id: 1,
+            cluster: "weft".into(),
+            data_dir: PathBuf::from("weft-data"),
+            listen: DEFAULT_LISTEN.into(),
+            advertise: None,
+            initial_members: String::new(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_after_entries: 20_000,
+            log_entries_kept_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 4 << 20,
+            max_entries_per_append: 64,
+            max_value_bytes: limits.max_value_bytes,
+            max_key_bytes: limits.max_key_bytes,
+            max_list_page: limits.max_list_page,
+            max_message_bytes: 8 << 20,
+            max_raft_message_bytes: 512 << 20,
+            max_pending_writes: 16_384,
+            max_batch_commands: 1_024,
+            max_batch_bytes: 4 << 20,
+            max_inflight_batches: 16,
+            request_timeout_ms: 5_000,
+            ttl_check_interval_ms: 250,
+        }
+    }
+}
+
+/// Why a configuration was refused. Nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field has a value that cannot work.
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The config file or an environment variable could not be read or parsed.
+    #[error("invalid configuration: {0}")]
+    Load(String),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// One member of the static initial membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's node id.
+    pub id: NodeId,
+    /// The member's advertised HOST:PORT.
+    pub addr: String,
+}
+
+impl Config {
+    /// Layers defaults, the TOML file at `file` (if any), `WEFT_*` environment variables and
+    /// `overrides` (flags), then validates the result.
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(Error::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let known = Self::field_names();
+        let config: Config = figment
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(move |key| known.iter().any(|k| key == k.as_str())),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| Error::Load(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn field_names() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => {
+                let mut names: Vec<String> = map.keys().cloned().collect();
+                names.push("advertise".into());
+                names
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The merged configuration as TOML, for `--dump-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be 1 or more"));
+        }
+        if self.cluster.is_empty()
+            || self.cluster.len() > 64
+            || !self
+                .cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "cluster",
+                "must be 1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        self.listen_addr()?;
+        if let Some(adv) = &self.advertise {
+            check_host_port(adv).map_err(|r| invalid("advertise", r))?;
+        }
+        let members = self.members()?;
+        if !members.is_empty() && !members.iter().any(|m| m.id == self.node_id) {
+            return Err(invalid(
+                "initial_members",
+                format!("does not list this node (node_id {})", self.node_id),
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(invalid("heartbeat_interval_ms", "must be more than 0"));
+        }
+        if self.election_timeout_min_ms < 2 * self.heartbeat_interval_ms {
+            return Err(invalid(
+                "election_timeout_min_ms",
+                "must be at least twice heartbeat_interval_ms, or followers start needless elections",
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(invalid(
+                "election_timeout_max_ms",
+                "must be more than election_timeout_min_ms",
+            ));
+        }
+        for (field, value) in [
+            ("snapshot_after_entries", self.snapshot_after_entries),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+            ("max_entries_per_append", self.max_entries_per_append),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("ttl_check_interval_ms", self.ttl_check_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be more than 0"));
+            }
+        }
+        for (field, value) in [
+            ("max_value_bytes", self.max_value_bytes),
+            ("max_key_bytes", self.max_key_bytes),
+            ("max_list_page", self.max_list_page),
+            ("max_pending_writes", self.max_pending_writes),
+            ("max_batch_commands", self.max_batch_commands),
+            ("max_batch_bytes", self.max_batch_bytes),
+            ("max_inflight_batches", self.max_inflight_batches),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be more than 0"));
+            }
+        }
+        // A request carries a key, a value and a little framing.
+        let largest_request = self.max_value_bytes + self.max_key_bytes + 4096;
+        if self.max_message_bytes < largest_request {
+            return Err(invalid(
+                "max_message_bytes",
+                format!(
+                    "must be at least max_value_bytes + max_key_bytes + 4096 = {largest_request}"
+                ),
+            ));
+        }
+        let largest_append = (self.max_batch_bytes.max(largest_request) as u64)
+            .saturating_mul(self.max_entries_per_append)
+            .max(self.snapshot_chunk_bytes)
+            + 65_536;
+        if (self.max_raft_message_bytes as u64) < largest_append {
+            return Err(invalid(
+                "max_raft_message_bytes",
+                format!(
+                    "must hold max_entries_per_append full batches or a snapshot chunk: at least \
+                     {largest_append}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The socket address to bind.
+    pub fn listen_addr(&self) -> Result<SocketAddr, Error> {
+        self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!(
+                    "'{}' is not an IP:PORT address (e.g. 127.0.0.1:7400)",
+                    self.listen
+                ),
+            )
+        })
+    }
+
+    /// The static initial membership, parsed.
+    pub fn members(&self) -> Result<Vec<Member>, Error> {
+        let mut members: Vec<Member> = Vec::new();
+        for part in self
+            .initial_members
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (id, addr) = part.split_once('=').ok_or_else(|| {
+                invalid("initial_members", format!("'{part}' is not ID=HOST:PORT"))
+            })?;
+            let id: NodeId = id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+                invalid(
+                    "initial_members",
+                    format!("'{id}' in '{part}' is not a node id of 1 or more"),
+                )
+            })?;
+            let addr = addr.trim();
+            check_host_port(addr)
+                .map_err(|r| invalid("initial_members", format!("'{part}': {r}")))?;
+            if members.iter().any(|m| m.id == id) {
+                return Err(invalid(
+                    "initial_members",
+                    format!("node id {id} is listed twice"),
+                ));
+            }
+            members.push(Member {
+                id,
+                addr: addr.to_owned(),
+            });
+        }
+        Ok(members)
+    }
+
+    /// The grid limits this configuration sets.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_value_bytes: self.max_value_bytes,
+            max_key_bytes: self.max_key_bytes,
+            max_list_page: self.max_list_page,
+        }
+    }
+
+    /// The openraft configuration this node runs with.
+    pub fn raft_config(&self) -> openraft::Config {
+        openraft::Config {
+            cluster_name: self.cluster.clone(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            max_payload_entries: self.max_entries_per_append,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "'{s}' is not HOST:PORT with a port from 1 to 65535"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node_id: Option<u64>,
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weft.toml");
+        std::fs::write(
+            &file,
+            "node_id = 2\ncluster = \"from-file\"\nmax_list_page = 50\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WEFT_CLUSTER", "from-env");
+            jail.set_env("WEFT_ENDPOINT", "ignored:1"); // a CLI variable, not a node field
+            let c = Config::load(Some(&file), Flags { node_id: Some(3) }).unwrap();
+            assert_eq!(
+                (c.node_id, c.cluster.as_str(), c.max_list_page),
+                (3, "from-env", 50)
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let check = |c: Config, field: &str| {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        };
+        check(
+            Config {
+                node_id: 0,
+                ..Default::default()
+            },
+            "node_id",
+        );
+        check(
+            Config {
+                listen: "nope".into(),
+                ..Default::default()
+            },
+            "listen",
+        );
+        check(
+            Config {
+                initial_members: "1=a:1,1=b:2".into(),
+                ..Default::default()
+            },
+            "listed twice",
+        );
+        check(
+            Config {
+                initial_members: "2=a:1".into(),
+                ..Default::default()
+            },
+            "does not list this node",
+        );
+        check(
+            Config {
+                initial_members: "x".into(),
+                ..Default::default()
+            },
+            "initial_members",
+        );
+        check(
+            Config {
+                election_timeout_max_ms: 100,
+                ..Default::default()
+            },
+            "election_timeout_max_ms",
+        );
+        check(
+            Config {
+                max_batch_commands: 0,
+                ..Default::default()
+            },
+            "max_batch_commands",
+        );
+        check(
+            Config {
+                max_message_bytes: 10,
+                ..Default::default()
+            },
+            "max_message_bytes",
+        );
+        check(
+            Config {
+                cluster: "a b".into(),
+                ..Default::default()
+            },
+            "cluster",
+        );
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weft.toml");
+        std::fs::write(&file, "node_idd = 2\n").unwrap();
+        let err = Config::load(Some(&file), Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node_idd"), "{err}");
+        let err = Config::load(Some(&dir.path().join("none.toml")), Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

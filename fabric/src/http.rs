@@ -1,0 +1,163 @@
+//! HTTP endpoints served on the gRPC port: `/healthz` (the process is up), `/readyz` (the node
+//! knows a leader and can serve requests) and `/metrics` (Prometheus text format).
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::api::Context;
+
+/// The HTTP routes of a node.
+pub fn router(ctx: Context) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Context>) -> (StatusCode, String) {
+    let metrics = ctx.raft.metrics();
+    let m = metrics.borrow();
+    match m.current_leader {
+        Some(leader) => (
+            StatusCode::OK,
+            format!(
+                "ready: node {} of cluster '{}', leader is node {leader}\n",
+                m.id, ctx.cluster
+            ),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: node {} knows no leader (term {}); waiting for an election or for peers\n",
+                m.id, m.current_term
+            ),
+        ),
+    }
+}
+
+async fn metrics(State(ctx): State<Context>) -> String {
+    let (id, term, is_leader, last_log, applied, snapshot, purged, members) = {
+        let metrics = ctx.raft.metrics();
+        let m = metrics.borrow();
+        (
+            m.id,
+            m.current_term,
+            m.current_leader == Some(m.id),
+            m.last_log_index.unwrap_or(0),
+            m.last_applied.map_or(0, |l| l.index),
+            m.snapshot.map_or(0, |l| l.index),
+            m.purged.map_or(0, |l| l.index),
+            m.membership_config.membership().nodes().count() as u64,
+        )
+    };
+    let (keys, revision) = ctx
+        .applied
+        .read(|a| (a.grid.key_count(), a.grid.revision()));
+    let sm = ctx.applied.counters();
+    let api = &ctx.counters;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{id}\"}} {value}"
+        );
+    };
+    gauge("weft_raft_term", "Current Raft term.", "gauge", term);
+    gauge(
+        "weft_raft_is_leader",
+        "1 when this node leads.",
+        "gauge",
+        u64::from(is_leader),
+    );
+    gauge(
+        "weft_raft_last_log_index",
+        "Index of the last log entry.",
+        "gauge",
+        last_log,
+    );
+    gauge(
+        "weft_raft_applied_index",
+        "Index of the last applied entry.",
+        "gauge",
+        applied,
+    );
+    gauge(
+        "weft_raft_snapshot_index",
+        "Last index covered by the current snapshot.",
+        "gauge",
+        snapshot,
+    );
+    gauge(
+        "weft_raft_purged_index",
+        "Last purged log index.",
+        "gauge",
+        purged,
+    );
+    gauge(
+        "weft_raft_members",
+        "Members (voters and learners).",
+        "gauge",
+        members,
+    );
+    gauge(
+        "weft_grid_keys",
+        "Keys stored in the grid.",
+        "gauge",
+        keys as u64,
+    );
+    gauge(
+        "weft_grid_revision",
+        "Writes applied to the grid.",
+        "counter",
+        revision,
+    );
+    gauge(
+        "weft_grid_commands_applied_total",
+        "Grid commands applied.",
+        "counter",
+        sm.commands_applied.load(Ordering::Relaxed),
+    );
+    gauge(
+        "weft_snapshots_built_total",
+        "Snapshots built.",
+        "counter",
+        sm.snapshots_built.load(Ordering::Relaxed),
+    );
+    gauge(
+        "weft_snapshots_installed_total",
+        "Snapshots received and installed.",
+        "counter",
+        sm.snapshots_installed.load(Ordering::Relaxed),
+    );
+    gauge(
+        "weft_api_writes_total",
+        "Writes received.",
+        "counter",
+        api.writes.load(Ordering::Relaxed),
+    );
+    gauge(
+        "weft_api_reads_total",
+        "Reads received.",
+        "counter",
+        api.reads.load(Ordering::Relaxed),
+    );
+    gauge(
+        "weft_api_forwarded_total",
+        "Requests forwarded to the leader.",
+        "counter",
+        api.forwarded.load(Ordering::Relaxed),
+    );
+    gauge(
+        "weft_api_errors_total",
+        "Requests answered with an error.",
+        "counter",
+        api.errors.load(Ordering::Relaxed),
+    );
+    out
+}

@@ -1,0 +1,279 @@
+//! A fabric node: every subsystem wired together in [`Node::start`], stopped by one signal.
+//!
+//! ```text
+//!   TCP listen ──┬─ gRPC weft.cluster.v1.Raft    ──► raft (openraft) ─► log_store (sled)
+//!                ├─ gRPC weft.fabric.v1.State    ──► api ─► proposer ─┘   state_machine (grid)
+//!                ├─ gRPC weft.fabric.v1.Cluster
+//!                └─ HTTP /healthz /readyz /metrics
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weft_proto::cluster::v1::raft_server::RaftServer;
+use weft_proto::fabric::v1::cluster_server::ClusterServer;
+use weft_proto::fabric::v1::state_server::StateServer;
+
+use crate::api::cluster_service::ClusterService;
+use crate::api::state_service::StateService;
+use crate::api::{self, proposer};
+use crate::config::Config;
+use crate::data_dir::{self, DataDir};
+use crate::http;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::NetworkFactory;
+use crate::raft::raft_service::RaftService;
+use crate::raft::state_machine::{self, StateMachine};
+use crate::raft::{NodeId, Raft};
+
+/// Why a node could not start. Nothing was changed on disk beyond claiming a new data dir.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// The data directory is unusable or belongs to someone else.
+    #[error(transparent)]
+    DataDir(#[from] data_dir::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (listen): {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The Raft log could not be opened (another process may hold it).
+    #[error(
+        "cannot open the Raft log in {path}: {source} (is another node running on this data dir?)"
+    )]
+    Log { path: String, source: sled::Error },
+    /// Raft storage failed.
+    #[error("raft storage: {0}")]
+    Storage(#[from] crate::raft::StorageError),
+    /// Raft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running node.
+pub struct Node {
+    id: NodeId,
+    addr: SocketAddr,
+    advertise: String,
+    raft: Raft,
+    applied: state_machine::Handle,
+    log_store: LogStore,
+    data_dir: DataDir,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Node {
+    /// Validates `config`, binds its listen address and starts the node.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        Self::start_on(config, listener).await
+    }
+
+    /// Starts the node on an already bound listener (tests bind port 0 first, so they know
+    /// every address before any node starts).
+    pub async fn start_on(config: Config, listener: TcpListener) -> Result<Self, Error> {
+        config.validate()?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let data_dir = DataDir::open(&config.data_dir, &config.cluster, config.node_id)?;
+        let log_store = LogStore::open(&data_dir.raft_dir()).map_err(|source| Error::Log {
+            path: data_dir.raft_dir().display().to_string(),
+            source,
+        })?;
+        let state_machine = StateMachine::open(&data_dir.snapshot_dir())?;
+        let applied = state_machine.handle();
+
+        let raft_config = Arc::new(
+            config
+                .raft_config()
+                .validate()
+                .map_err(|e| Error::Raft(e.to_string()))?,
+        );
+        let network = NetworkFactory::new(config.cluster.clone(), config.max_raft_message_bytes);
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network,
+            log_store.clone(),
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let proposer = proposer::Service::new(
+            config.node_id,
+            raft.clone(),
+            applied.clone(),
+            proposer::Options {
+                max_pending_writes: config.max_pending_writes,
+                max_batch_commands: config.max_batch_commands,
+                max_batch_bytes: config.max_batch_bytes,
+                max_inflight_batches: config.max_inflight_batches,
+                ttl_check_interval: Duration::from_millis(config.ttl_check_interval_ms),
+            },
+        );
+        let ctx = api::Context::new(
+            config.node_id,
+            config.cluster.clone(),
+            raft.clone(),
+            applied.clone(),
+            proposer.handle(),
+            config.limits(),
+            Duration::from_millis(config.request_timeout_ms),
+            config.max_message_bytes,
+        );
+        tasks.spawn(proposer.run(shutdown.clone()));
+
+        let grpc = tonic::service::Routes::new(
+            RaftServer::new(RaftService::new(raft.clone(), config.cluster.clone()))
+                .max_decoding_message_size(config.max_raft_message_bytes)
+                .max_encoding_message_size(config.max_raft_message_bytes),
+        )
+        .add_service(
+            StateServer::new(StateService::new(ctx.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .into_axum_router();
+        let app = grpc.merge(http::router(ctx));
+        let listener = listener.tap_io(|tcp| {
+            // Small RPCs must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "server stopped");
+            }
+        });
+
+        let members = config.members()?;
+        let node = Self {
+            id: config.node_id,
+            addr,
+            advertise,
+            raft,
+            applied,
+            log_store,
+            data_dir,
+            shutdown,
+            tasks,
+        };
+        node.initialize(&members).await?;
+        tracing::info!(node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster, "node started");
+        Ok(node)
+    }
+
+    /// Forms the cluster if this data dir has none: from the static member list, or as a
+    /// cluster of this node alone when no list is given.
+    async fn initialize(&self, members: &[crate::config::Member]) -> Result<(), Error> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?
+        {
+            return Ok(());
+        }
+        let nodes: BTreeMap<NodeId, openraft::BasicNode> = if members.is_empty() {
+            BTreeMap::from([(
+                self.id,
+                openraft::BasicNode {
+                    addr: self.advertise.clone(),
+                },
+            )])
+        } else {
+            members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        openraft::BasicNode {
+                            addr: m.addr.clone(),
+                        },
+                    )
+                })
+                .collect()
+        };
+        // Every initial member may call this with the same list; once one has started the
+        // cluster, the others are refused with NotAllowed, which is fine.
+        match self.raft.initialize(nodes).await {
+            Ok(()) => tracing::info!(node_id = self.id, "initialized a new cluster"),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {}
+            Err(e) => return Err(Error::Raft(e.to_string())),
+        }
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The Raft handle (metrics, membership).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Read access to the applied grid.
+    pub fn applied(&self) -> &state_machine::Handle {
+        &self.applied
+    }
+
+    /// Bytes the data directory occupies.
+    pub fn data_dir_bytes(&self) -> u64 {
+        data_dir::size_of(self.data_dir.root())
+    }
+
+    /// Stops every task, Raft and the server, and flushes the log.
+    pub async fn shutdown(mut self) {
+        tracing::info!(node_id = self.id, "shutting down");
+        self.shutdown.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+        // Bounded: a server with stuck connections does not hold shutdown forever.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+        let _ = self.log_store.size_on_disk();
+        drop(self.log_store);
+        tracing::info!(node_id = self.id, "stopped");
+    }
+}
