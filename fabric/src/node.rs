@@ -272,8 +272,18 @@ impl Node {
         })
         .await;
         self.tasks.abort_all();
-        let _ = self.log_store.size_on_disk();
+        let closed = self.log_store.closed();
         drop(self.log_store);
+        drop(self.raft);
+        if tokio::time::timeout(Duration::from_secs(10), closed.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                node_id = self.id,
+                "the Raft log was not released within 10 s"
+            );
+        }
         tracing::info!(node_id = self.id, "stopped");
     }
 }

@@ -56,6 +56,20 @@ pub struct LogStore {
     db: sled::Db,
     tree: sled::Tree,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    closed: Closed,
+}
+
+/// Resolves once the flusher has stopped and released its handle on the database: after
+/// every clone of the store is dropped. A node waits for it before its data dir may be
+/// opened again.
+#[derive(Clone)]
+pub struct Closed(tokio::sync::watch::Receiver<bool>);
+
+impl Closed {
+    /// Waits until the database is released.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|closed| *closed).await;
+    }
 }
 
 impl LogStore {
@@ -72,12 +86,23 @@ impl LogStore {
     pub fn with_db(db: sled::Db) -> Result<Self, sled::Error> {
         let tree = db.open_tree("raft")?;
         let (tx, rx) = mpsc::channel(MAX_PENDING_FLUSHES);
-        tokio::spawn(flush_loop(db.clone(), rx));
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        let flush_db = db.clone();
+        tokio::spawn(async move {
+            flush_loop(flush_db, rx).await;
+            let _ = closed_tx.send(true);
+        });
         Ok(Self {
             db,
             tree,
             flusher: tx,
+            closed: Closed(closed_rx),
         })
+    }
+
+    /// Resolves once every clone of this store is gone and the database is released.
+    pub fn closed(&self) -> Closed {
+        self.closed.clone()
     }
 
     /// Bytes the database occupies on disk.
@@ -98,6 +123,7 @@ impl LogStore {
 }
 
 /// Group commit: one fsync acknowledges every append that was waiting when it started.
+/// Ends when every store clone (sender) is dropped, with a last flush.
 async fn flush_loop(db: sled::Db, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     let mut waiting = Vec::new();
     while rx.recv_many(&mut waiting, MAX_PENDING_FLUSHES).await > 0 {
@@ -114,6 +140,7 @@ async fn flush_loop(db: sled::Db, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>
             callback.log_io_completed(result);
         }
     }
+    let _ = db.flush_async().await;
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -1,0 +1,9 @@
+//! Integration tests: real nodes over real sockets on 127.0.0.1 with ephemeral ports. Each
+//! test builds its own cluster, so they run in parallel.
+
+mod bad_input;
+mod failover;
+mod process;
+mod restart;
+mod support;
+mod writes;

@@ -1,0 +1,384 @@
+//! Test support: clusters of real nodes on 127.0.0.1 ephemeral ports, in-process or as
+//! separate `weft` processes, and clients that talk to them over gRPC.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+use weft_fabric::config::Config;
+use weft_fabric::node::Node;
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::cluster_client::ClusterClient;
+use weft_proto::fabric::v1::state_client::StateClient;
+
+/// Generous bound for anything a healthy cluster does "soon": tests run in parallel on 2 cores.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cluster=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A configuration for tests: node `id` of `members`, data under `root`.
+pub fn test_config(root: &Path, id: u64, addr: &str, members: &str) -> Config {
+    Config {
+        node_id: id,
+        cluster: "test".into(),
+        data_dir: root.join(format!("node-{id}")),
+        listen: addr.into(),
+        initial_members: members.into(),
+        request_timeout_ms: 10_000,
+        ..Config::default()
+    }
+}
+
+/// Ports for `n` nodes: bound now, so no other test can take them before the nodes start.
+pub async fn listeners(n: usize) -> Vec<TcpListener> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind ephemeral port"),
+        );
+    }
+    out
+}
+
+pub fn members_of(addrs: &[String]) -> String {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An in-process cluster. Node `i` (1-based) lives in `nodes[i - 1]` while it runs.
+pub struct Cluster {
+    /// Holds the nodes' data dirs until the cluster is dropped.
+    pub _dir: tempfile::TempDir,
+    pub addrs: Vec<String>,
+    pub configs: Vec<Config>,
+    pub nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with the static membership of all of them; `tweak` adjusts each config.
+    pub async fn start(n: usize, tweak: impl Fn(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listeners = listeners(n).await;
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let members = if n == 1 {
+            String::new()
+        } else {
+            members_of(&addrs)
+        };
+        let mut configs = Vec::new();
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let mut config = test_config(dir.path(), i as u64 + 1, &addrs[i], &members);
+            tweak(&mut config);
+            nodes.push(Some(
+                Node::start_on(config.clone(), listener)
+                    .await
+                    .expect("node starts"),
+            ));
+            configs.push(config);
+        }
+        let cluster = Self {
+            _dir: dir,
+            addrs,
+            configs,
+            nodes,
+        };
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes[id as usize - 1]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    /// Waits until every running node agrees on one leader, and returns its id.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let leaders: Vec<Option<u64>> = self
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| n.raft().metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(l)) = leaders.first()
+                && leaders.iter().all(|x| *x == Some(*l))
+                && self.nodes[*l as usize - 1].is_some()
+            {
+                return *l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {PATIENCE:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops node `id` cleanly.
+    pub async fn stop(&mut self, id: u64) {
+        let node = self.nodes[id as usize - 1].take().expect("node is running");
+        node.shutdown().await;
+    }
+
+    /// Starts node `id` again on its data dir and address.
+    pub async fn restart(&mut self, id: u64) {
+        let config = self.configs[id as usize - 1].clone();
+        let addr = config.listen.clone();
+        let deadline = Instant::now() + PATIENCE;
+        let listener = loop {
+            match TcpListener::bind(&addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "port not free yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot rebind {addr}: {e}"),
+            }
+        };
+        self.nodes[id as usize - 1] = Some(
+            Node::start_on(config, listener)
+                .await
+                .expect("node restarts"),
+        );
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64) {
+        let mut metrics = self.node(id).raft().metrics();
+        let ok = tokio::time::timeout(PATIENCE, async {
+            while metrics
+                .borrow_and_update()
+                .last_applied
+                .map_or(0, |l| l.index)
+                < index
+            {
+                let _ = metrics.changed().await;
+            }
+        })
+        .await;
+        assert!(
+            ok.is_ok(),
+            "node {id} did not apply index {index} within {PATIENCE:?}"
+        );
+    }
+
+    pub async fn shutdown(mut self) {
+        for node in self.nodes.iter_mut().filter_map(Option::take) {
+            node.shutdown().await;
+        }
+    }
+}
+
+pub async fn client(addr: &str) -> StateClient<Channel> {
+    StateClient::new(channel(addr).await)
+}
+
+pub async fn cluster_client(addr: &str) -> ClusterClient<Channel> {
+    ClusterClient::new(channel(addr).await)
+}
+
+pub async fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
+pub fn put_req(ns: &str, key: &str, value: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        namespace: ns.into(),
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        ttl_ms: None,
+        if_absent: false,
+    }
+}
+
+pub fn get_req(ns: &str, key: &str) -> pb::GetRequest {
+    pb::GetRequest {
+        namespace: ns.into(),
+        key: key.into(),
+        consistency: pb::Consistency::Linearizable as i32,
+    }
+}
+
+pub fn stale_get_req(ns: &str, key: &str) -> pb::GetRequest {
+    pb::GetRequest {
+        namespace: ns.into(),
+        key: key.into(),
+        consistency: pb::Consistency::Stale as i32,
+    }
+}
+
+/// The value of a key by linearizable read, as a string.
+pub async fn get(addr: &str, ns: &str, key: &str) -> Option<String> {
+    let reply = client(addr)
+        .await
+        .get(get_req(ns, key))
+        .await
+        .expect("linearizable get")
+        .into_inner();
+    reply
+        .entry
+        .map(|kv| String::from_utf8(kv.value).expect("utf8 value"))
+}
+
+/// Whether a status says the write was certainly not applied.
+pub fn not_applied(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get("weft-not-applied")
+        .is_some_and(|v| v == "true")
+}
+
+/// A put that retries only what was certainly not applied. `Ok(None)` when the outcome is
+/// unknown.
+pub async fn put_retrying(
+    addr: &str,
+    ns: &str,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<Option<u64>> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut c = client(addr).await;
+    loop {
+        match c.put(put_req(ns, key, value)).await {
+            Ok(r) => return Ok(Some(r.into_inner().version)),
+            Err(s) if not_applied(&s) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    || s.code() == tonic::Code::DeadlineExceeded =>
+            {
+                return Ok(None);
+            }
+            Err(s) => bail!("put {key} failed: {s:?}"),
+        }
+    }
+}
+
+/// The path of the built `weft` binary.
+pub fn weft_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// A free port: bound and released. (Processes cannot inherit a bound socket here.)
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `weft node` child process, killed (SIGKILL) when dropped.
+pub struct Process {
+    pub args: Vec<String>,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(args: Vec<String>, log: PathBuf) -> anyhow::Result<Self> {
+        let mut p = Self {
+            args,
+            child: None,
+            log,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(weft_bin())
+            .arg("node")
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn weft node")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Asks any of `addrs` for the cluster status; the first answer wins.
+pub async fn status(addrs: &[String]) -> Option<pb::ClusterStatus> {
+    for addr in addrs {
+        let mut c = cluster_client(addr).await;
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        if let Ok(s) = c.status(req).await {
+            return Some(s.into_inner());
+        }
+    }
+    None
+}
+
+/// Waits until some node of `addrs` reports a leader, and returns the leader's id.
+pub async fn wait_for_leader_at(addrs: &[String]) -> u64 {
+    wait_for_new_leader_at(addrs, 0).await
+}
+
+/// Waits until some node of `addrs` reports a leader other than `not`.
+pub async fn wait_for_new_leader_at(addrs: &[String], not: u64) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(s) = status(addrs).await
+            && s.leader_id != 0
+            && s.leader_id != not
+        {
+            return s.leader_id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader at {addrs:?} within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
