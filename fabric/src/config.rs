@@ -45,9 +45,12 @@ pub struct Config {
 
     /// Leader heartbeat period. Must be well below `election_timeout_min_ms`.
     pub heartbeat_interval_ms: u64,
-    /// Shortest time without a leader before a follower stands for election.
+    /// Shortest time without a leader before a follower stands for election. openraft first
+    /// honours the old leader's lease (`election_timeout_max_ms`), so a follower stands after
+    /// max + a random time in [min, max) without heartbeats: 0.75-1 s with the defaults.
     pub election_timeout_min_ms: u64,
-    /// Longest such time; each follower picks a random timeout in [min, max).
+    /// Longest such time; each follower picks a random timeout in [min, max). Also the
+    /// leader lease during which followers refuse to vote for another candidate.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_after_entries: u64,
@@ -94,9 +97,9 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.into(),
             advertise: None,
             initial_members: String::new(),
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_after_entries: 20_000,
             log_entries_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 << 20,
