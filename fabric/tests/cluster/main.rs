@@ -2,6 +2,7 @@
 //! test builds its own cluster, so they run in parallel.
 
 mod bad_input;
+mod cli;
 mod failover;
 mod process;
 mod restart;
