@@ -56,8 +56,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if tag != FORMAT_BINCODE_V1 {
         return Err(Error::UnknownFormat(tag));
     }
-    let (value, read) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| Error::Malformed(e.to_string()))?;
+    let (value, read) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Malformed(e.to_string()))?;
     if read != body.len() {
         return Err(Error::Trailing(body.len() - read));
     }
@@ -87,10 +87,7 @@ mod tests {
     fn refuses_unknown_tags_and_trailing_bytes() {
         let mut bytes = encode(&7u64);
         bytes[0] = 9;
-        assert!(matches!(
-            decode::<u64>(&bytes),
-            Err(Error::UnknownFormat(9))
-        ));
+        assert!(matches!(decode::<u64>(&bytes), Err(Error::UnknownFormat(9))));
         let mut bytes = encode(&7u64);
         bytes.push(0);
         assert!(matches!(decode::<u64>(&bytes), Err(Error::Trailing(1))));

@@ -131,10 +131,7 @@ pub enum Error {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::Invalid {
-        field,
-        reason: reason.into(),
-    }
+    Error::Invalid { field, reason: reason.into() }
 }
 
 /// One member of the static initial membership.
@@ -153,19 +150,13 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(Error::Load(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
+                return Err(Error::Load(format!("config file {} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
         let known = Self::field_names();
         let config: Config = figment
-            .merge(
-                Env::prefixed(ENV_PREFIX)
-                    .filter(move |key| known.iter().any(|k| key == k.as_str())),
-            )
+            .merge(Env::prefixed(ENV_PREFIX).filter(move |key| known.iter().any(|k| key == k.as_str())))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| Error::Load(e.to_string()))?;
@@ -196,15 +187,9 @@ impl Config {
         }
         if self.cluster.is_empty()
             || self.cluster.len() > 64
-            || !self
-                .cluster
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !self.cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(invalid(
-                "cluster",
-                "must be 1-64 characters of [A-Za-z0-9_-]",
-            ));
+            return Err(invalid("cluster", "must be 1-64 characters of [A-Za-z0-9_-]"));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
@@ -230,10 +215,7 @@ impl Config {
             ));
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err(invalid(
-                "election_timeout_max_ms",
-                "must be more than election_timeout_min_ms",
-            ));
+            return Err(invalid("election_timeout_max_ms", "must be more than election_timeout_min_ms"));
         }
         for (field, value) in [
             ("snapshot_after_entries", self.snapshot_after_entries),
@@ -264,9 +246,7 @@ impl Config {
         if self.max_message_bytes < largest_request {
             return Err(invalid(
                 "max_message_bytes",
-                format!(
-                    "must be at least max_value_bytes + max_key_bytes + 4096 = {largest_request}"
-                ),
+                format!("must be at least max_value_bytes + max_key_bytes + 4096 = {largest_request}"),
             ));
         }
         let largest_append = (self.max_batch_bytes.max(largest_request) as u64)
@@ -288,47 +268,26 @@ impl Config {
     /// The socket address to bind.
     pub fn listen_addr(&self) -> Result<SocketAddr, Error> {
         self.listen.parse().map_err(|_| {
-            invalid(
-                "listen",
-                format!(
-                    "'{}' is not an IP:PORT address (e.g. 127.0.0.1:7400)",
-                    self.listen
-                ),
-            )
+            invalid("listen", format!("'{}' is not an IP:PORT address (e.g. 127.0.0.1:7400)", self.listen))
         })
     }
 
     /// The static initial membership, parsed.
     pub fn members(&self) -> Result<Vec<Member>, Error> {
         let mut members: Vec<Member> = Vec::new();
-        for part in self
-            .initial_members
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let (id, addr) = part.split_once('=').ok_or_else(|| {
-                invalid("initial_members", format!("'{part}' is not ID=HOST:PORT"))
-            })?;
+        for part in self.initial_members.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, addr) = part
+                .split_once('=')
+                .ok_or_else(|| invalid("initial_members", format!("'{part}' is not ID=HOST:PORT")))?;
             let id: NodeId = id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
-                invalid(
-                    "initial_members",
-                    format!("'{id}' in '{part}' is not a node id of 1 or more"),
-                )
+                invalid("initial_members", format!("'{id}' in '{part}' is not a node id of 1 or more"))
             })?;
             let addr = addr.trim();
-            check_host_port(addr)
-                .map_err(|r| invalid("initial_members", format!("'{part}': {r}")))?;
+            check_host_port(addr).map_err(|r| invalid("initial_members", format!("'{part}': {r}")))?;
             if members.iter().any(|m| m.id == id) {
-                return Err(invalid(
-                    "initial_members",
-                    format!("node id {id} is listed twice"),
-                ));
+                return Err(invalid("initial_members", format!("node id {id} is listed twice")));
             }
-            members.push(Member {
-                id,
-                addr: addr.to_owned(),
-            });
+            members.push(Member { id, addr: addr.to_owned() });
         }
         Ok(members)
     }
@@ -361,12 +320,8 @@ impl Config {
 
 fn check_host_port(s: &str) -> Result<(), String> {
     match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(())
-        }
-        _ => Err(format!(
-            "'{s}' is not HOST:PORT with a port from 1 to 65535"
-        )),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!("'{s}' is not HOST:PORT with a port from 1 to 65535")),
     }
 }
 
@@ -384,19 +339,12 @@ mod tests {
     fn layers_file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("weft.toml");
-        std::fs::write(
-            &file,
-            "node_id = 2\ncluster = \"from-file\"\nmax_list_page = 50\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "node_id = 2\ncluster = \"from-file\"\nmax_list_page = 50\n").unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("WEFT_CLUSTER", "from-env");
             jail.set_env("WEFT_ENDPOINT", "ignored:1"); // a CLI variable, not a node field
             let c = Config::load(Some(&file), Flags { node_id: Some(3) }).unwrap();
-            assert_eq!(
-                (c.node_id, c.cluster.as_str(), c.max_list_page),
-                (3, "from-env", 50)
-            );
+            assert_eq!((c.node_id, c.cluster.as_str(), c.max_list_page), (3, "from-env", 50));
             Ok(())
         });
     }
@@ -407,69 +355,15 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err} should name {field}");
         };
-        check(
-            Config {
-                node_id: 0,
-                ..Default::default()
-            },
-            "node_id",
-        );
-        check(
-            Config {
-                listen: "nope".into(),
-                ..Default::default()
-            },
-            "listen",
-        );
-        check(
-            Config {
-                initial_members: "1=a:1,1=b:2".into(),
-                ..Default::default()
-            },
-            "listed twice",
-        );
-        check(
-            Config {
-                initial_members: "2=a:1".into(),
-                ..Default::default()
-            },
-            "does not list this node",
-        );
-        check(
-            Config {
-                initial_members: "x".into(),
-                ..Default::default()
-            },
-            "initial_members",
-        );
-        check(
-            Config {
-                election_timeout_max_ms: 100,
-                ..Default::default()
-            },
-            "election_timeout_max_ms",
-        );
-        check(
-            Config {
-                max_batch_commands: 0,
-                ..Default::default()
-            },
-            "max_batch_commands",
-        );
-        check(
-            Config {
-                max_message_bytes: 10,
-                ..Default::default()
-            },
-            "max_message_bytes",
-        );
-        check(
-            Config {
-                cluster: "a b".into(),
-                ..Default::default()
-            },
-            "cluster",
-        );
+        check(Config { node_id: 0, ..Default::default() }, "node_id");
+        check(Config { listen: "nope".into(), ..Default::default() }, "listen");
+        check(Config { initial_members: "1=a:1,1=b:2".into(), ..Default::default() }, "listed twice");
+        check(Config { initial_members: "2=a:1".into(), ..Default::default() }, "does not list this node");
+        check(Config { initial_members: "x".into(), ..Default::default() }, "initial_members");
+        check(Config { election_timeout_max_ms: 100, ..Default::default() }, "election_timeout_max_ms");
+        check(Config { max_batch_commands: 0, ..Default::default() }, "max_batch_commands");
+        check(Config { max_message_bytes: 10, ..Default::default() }, "max_message_bytes");
+        check(Config { cluster: "a b".into(), ..Default::default() }, "cluster");
         Config::default().validate().unwrap();
     }
 
@@ -478,9 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("weft.toml");
         std::fs::write(&file, "node_idd = 2\n").unwrap();
-        let err = Config::load(Some(&file), Flags::default())
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(&file), Flags::default()).unwrap_err().to_string();
         assert!(err.contains("node_idd"), "{err}");
         let err = Config::load(Some(&dir.path().join("none.toml")), Flags::default()).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");

@@ -34,11 +34,7 @@ pub struct Identity {
 pub enum Error {
     /// The directory cannot be created, read or written.
     #[error("data dir {path}: {action}: {source}")]
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, action: &'static str, source: std::io::Error },
     /// The directory belongs to another cluster or node, or is not a Weft data directory.
     #[error(
         "data dir {path} {reason}; refusing to start (Weft never wipes data: pick another --data-dir, or move this one away yourself)"
@@ -59,11 +55,7 @@ impl DataDir {
     pub fn open(root: &Path, cluster: &str, node_id: NodeId) -> Result<Self, Error> {
         let io = |action: &'static str| {
             let path = root.to_owned();
-            move |source| Error::Io {
-                path,
-                action,
-                source,
-            }
+            move |source| Error::Io { path, action, source }
         };
         std::fs::create_dir_all(root).map_err(io("cannot create"))?;
         let identity_path = root.join(IDENTITY_FILE);
@@ -103,24 +95,15 @@ impl DataDir {
                     ),
                 });
             }
-            let identity = Identity {
-                format: IDENTITY_FORMAT,
-                cluster: cluster.to_owned(),
-                node_id,
-            };
+            let identity = Identity { format: IDENTITY_FORMAT, cluster: cluster.to_owned(), node_id };
             let tmp = root.join(format!("{IDENTITY_FILE}.tmp"));
             let json = serde_json::to_vec_pretty(&identity).expect("identity serializes");
             std::fs::write(&tmp, json).map_err(io("cannot write identity"))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io("cannot sync identity"))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("cannot sync identity"))?;
             std::fs::rename(&tmp, &identity_path).map_err(io("cannot write identity"))?;
             identity
         };
-        Ok(Self {
-            root: root.to_owned(),
-            identity,
-        })
+        Ok(Self { root: root.to_owned(), identity })
     }
 
     /// The directory's identity.
@@ -179,14 +162,7 @@ mod tests {
         std::fs::write(other.join("precious.txt"), b"keep me").unwrap();
         let err = DataDir::open(&other, "a", 1).unwrap_err().to_string();
         assert!(err.contains("not a Weft data dir"), "{err}");
-        assert_eq!(
-            std::fs::read(other.join("precious.txt")).unwrap(),
-            b"keep me"
-        );
-        assert_eq!(
-            std::fs::read_dir(&other).unwrap().count(),
-            1,
-            "nothing written"
-        );
+        assert_eq!(std::fs::read(other.join("precious.txt")).unwrap(), b"keep me");
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "nothing written");
     }
 }

@@ -26,10 +26,7 @@ async fn readyz(State(ctx): State<Context>) -> (StatusCode, String) {
     match m.current_leader {
         Some(leader) => (
             StatusCode::OK,
-            format!(
-                "ready: node {} of cluster '{}', leader is node {leader}\n",
-                m.id, ctx.cluster
-            ),
+            format!("ready: node {} of cluster '{}', leader is node {leader}\n", m.id, ctx.cluster),
         ),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -56,67 +53,22 @@ async fn metrics(State(ctx): State<Context>) -> String {
             m.membership_config.membership().nodes().count() as u64,
         )
     };
-    let (keys, revision) = ctx
-        .applied
-        .read(|a| (a.grid.key_count(), a.grid.revision()));
+    let (keys, revision) = ctx.applied.read(|a| (a.grid.key_count(), a.grid.revision()));
     let sm = ctx.applied.counters();
     let api = &ctx.counters;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{id}\"}} {value}"
-        );
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{id}\"}} {value}");
     };
     gauge("weft_raft_term", "Current Raft term.", "gauge", term);
-    gauge(
-        "weft_raft_is_leader",
-        "1 when this node leads.",
-        "gauge",
-        u64::from(is_leader),
-    );
-    gauge(
-        "weft_raft_last_log_index",
-        "Index of the last log entry.",
-        "gauge",
-        last_log,
-    );
-    gauge(
-        "weft_raft_applied_index",
-        "Index of the last applied entry.",
-        "gauge",
-        applied,
-    );
-    gauge(
-        "weft_raft_snapshot_index",
-        "Last index covered by the current snapshot.",
-        "gauge",
-        snapshot,
-    );
-    gauge(
-        "weft_raft_purged_index",
-        "Last purged log index.",
-        "gauge",
-        purged,
-    );
-    gauge(
-        "weft_raft_members",
-        "Members (voters and learners).",
-        "gauge",
-        members,
-    );
-    gauge(
-        "weft_grid_keys",
-        "Keys stored in the grid.",
-        "gauge",
-        keys as u64,
-    );
-    gauge(
-        "weft_grid_revision",
-        "Writes applied to the grid.",
-        "counter",
-        revision,
-    );
+    gauge("weft_raft_is_leader", "1 when this node leads.", "gauge", u64::from(is_leader));
+    gauge("weft_raft_last_log_index", "Index of the last log entry.", "gauge", last_log);
+    gauge("weft_raft_applied_index", "Index of the last applied entry.", "gauge", applied);
+    gauge("weft_raft_snapshot_index", "Last index covered by the current snapshot.", "gauge", snapshot);
+    gauge("weft_raft_purged_index", "Last purged log index.", "gauge", purged);
+    gauge("weft_raft_members", "Members (voters and learners).", "gauge", members);
+    gauge("weft_grid_keys", "Keys stored in the grid.", "gauge", keys as u64);
+    gauge("weft_grid_revision", "Writes applied to the grid.", "counter", revision);
     gauge(
         "weft_grid_commands_applied_total",
         "Grid commands applied.",
@@ -135,18 +87,8 @@ async fn metrics(State(ctx): State<Context>) -> String {
         "counter",
         sm.snapshots_installed.load(Ordering::Relaxed),
     );
-    gauge(
-        "weft_api_writes_total",
-        "Writes received.",
-        "counter",
-        api.writes.load(Ordering::Relaxed),
-    );
-    gauge(
-        "weft_api_reads_total",
-        "Reads received.",
-        "counter",
-        api.reads.load(Ordering::Relaxed),
-    );
+    gauge("weft_api_writes_total", "Writes received.", "counter", api.writes.load(Ordering::Relaxed));
+    gauge("weft_api_reads_total", "Reads received.", "counter", api.reads.load(Ordering::Relaxed));
     gauge(
         "weft_api_forwarded_total",
         "Requests forwarded to the leader.",

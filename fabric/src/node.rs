@@ -32,6 +32,10 @@ use crate::raft::raft_service::RaftService;
 use crate::raft::state_machine::{self, StateMachine};
 use crate::raft::{NodeId, Raft};
 
+/// A member other than the lowest-id one initializes the cluster itself after this many
+/// election timeouts without hearing from a leader.
+pub const INIT_FALLBACK_ELECTION_TIMEOUTS: u64 = 4;
+
 /// Why a node could not start. Nothing was changed on disk beyond claiming a new data dir.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,14 +47,9 @@ pub enum Error {
     DataDir(#[from] data_dir::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr} (listen): {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     /// The Raft log could not be opened (another process may hold it).
-    #[error(
-        "cannot open the Raft log in {path}: {source} (is another node running on this data dir?)"
-    )]
+    #[error("cannot open the Raft log in {path}: {source} (is another node running on this data dir?)")]
     Log { path: String, source: sled::Error },
     /// Raft storage failed.
     #[error("raft storage: {0}")]
@@ -80,10 +79,7 @@ impl Node {
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| Error::Listen {
-                addr: config.listen.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
         Self::start_on(config, listener).await
     }
 
@@ -91,35 +87,20 @@ impl Node {
     /// every address before any node starts).
     pub async fn start_on(config: Config, listener: TcpListener) -> Result<Self, Error> {
         config.validate()?;
-        let addr = listener.local_addr().map_err(|source| Error::Listen {
-            addr: config.listen.clone(),
-            source,
-        })?;
+        let addr =
+            listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
         let data_dir = DataDir::open(&config.data_dir, &config.cluster, config.node_id)?;
-        let log_store = LogStore::open(&data_dir.raft_dir()).map_err(|source| Error::Log {
-            path: data_dir.raft_dir().display().to_string(),
-            source,
-        })?;
+        let log_store = LogStore::open(&data_dir.raft_dir())
+            .map_err(|source| Error::Log { path: data_dir.raft_dir().display().to_string(), source })?;
         let state_machine = StateMachine::open(&data_dir.snapshot_dir())?;
         let applied = state_machine.handle();
 
-        let raft_config = Arc::new(
-            config
-                .raft_config()
-                .validate()
-                .map_err(|e| Error::Raft(e.to_string()))?,
-        );
+        let raft_config = Arc::new(config.raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
         let network = NetworkFactory::new(config.cluster.clone(), config.max_raft_message_bytes);
-        let raft = Raft::new(
-            config.node_id,
-            raft_config,
-            network,
-            log_store.clone(),
-            state_machine,
-        )
-        .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
+        let raft = Raft::new(config.node_id, raft_config, network, log_store.clone(), state_machine)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -166,71 +147,73 @@ impl Node {
         });
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
                 tracing::error!(error = %e, "server stopped");
             }
         });
 
         let members = config.members()?;
-        let node = Self {
-            id: config.node_id,
-            addr,
-            advertise,
-            raft,
-            applied,
-            log_store,
-            data_dir,
-            shutdown,
-            tasks,
-        };
-        node.initialize(&members).await?;
+        let mut node =
+            Self { id: config.node_id, addr, advertise, raft, applied, log_store, data_dir, shutdown, tasks };
+        node.initialize(&members, config.election_timeout_max_ms).await?;
         tracing::info!(node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster, "node started");
         Ok(node)
     }
 
     /// Forms the cluster if this data dir has none: from the static member list, or as a
     /// cluster of this node alone when no list is given.
-    async fn initialize(&self, members: &[crate::config::Member]) -> Result<(), Error> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?
-        {
+    ///
+    /// Initializing with the same member list on several nodes is safe, but each node that
+    /// does it stands for election at once, so starting members one by one would split votes.
+    /// The member with the lowest id initializes at once; the others only if no leader has
+    /// reached them after [`INIT_FALLBACK_ELECTION_TIMEOUTS`] election timeouts (the lowest
+    /// member may be down on first boot).
+    async fn initialize(
+        &mut self,
+        members: &[crate::config::Member],
+        election_timeout_max_ms: u64,
+    ) -> Result<(), Error> {
+        if self.raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
             return Ok(());
         }
         let nodes: BTreeMap<NodeId, openraft::BasicNode> = if members.is_empty() {
-            BTreeMap::from([(
-                self.id,
-                openraft::BasicNode {
-                    addr: self.advertise.clone(),
-                },
-            )])
+            BTreeMap::from([(self.id, openraft::BasicNode { addr: self.advertise.clone() })])
         } else {
-            members
-                .iter()
-                .map(|m| {
-                    (
-                        m.id,
-                        openraft::BasicNode {
-                            addr: m.addr.clone(),
-                        },
-                    )
-                })
-                .collect()
+            members.iter().map(|m| (m.id, openraft::BasicNode { addr: m.addr.clone() })).collect()
         };
-        // Every initial member may call this with the same list; once one has started the
-        // cluster, the others are refused with NotAllowed, which is fine.
-        match self.raft.initialize(nodes).await {
-            Ok(()) => tracing::info!(node_id = self.id, "initialized a new cluster"),
-            Err(openraft::error::RaftError::APIError(
-                openraft::error::InitializeError::NotAllowed(_),
-            )) => {}
-            Err(e) => return Err(Error::Raft(e.to_string())),
-        }
+        let first = nodes.keys().next() == Some(&self.id);
+        let raft = self.raft.clone();
+        let id = self.id;
+        let wait = Duration::from_millis(election_timeout_max_ms * INIT_FALLBACK_ELECTION_TIMEOUTS);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            if !first {
+                let mut metrics = raft.metrics();
+                let contacted = async {
+                    while metrics.borrow_and_update().current_leader.is_none() {
+                        if metrics.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    _ = contacted => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                tracing::info!(node_id = id, "no leader reached this node; initializing the cluster");
+            }
+            // Once one member has started the cluster the others are refused with
+            // NotAllowed, which is fine.
+            match raft.initialize(nodes).await {
+                Ok(()) => tracing::info!(node_id = id, "initialized a new cluster"),
+                Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(
+                    _,
+                ))) => {}
+                Err(e) => tracing::error!(node_id = id, error = %e, "cannot initialize the cluster"),
+            }
+        });
         Ok(())
     }
 
@@ -275,14 +258,8 @@ impl Node {
         let closed = self.log_store.closed();
         drop(self.log_store);
         drop(self.raft);
-        if tokio::time::timeout(Duration::from_secs(10), closed.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                node_id = self.id,
-                "the Raft log was not released within 10 s"
-            );
+        if tokio::time::timeout(Duration::from_secs(10), closed.wait()).await.is_err() {
+            tracing::warn!(node_id = self.id, "the Raft log was not released within 10 s");
         }
         tracing::info!(node_id = self.id, "stopped");
     }

@@ -59,30 +59,13 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn status(
-        &self,
-        _: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
         let me = self.local();
-        let membership = self
-            .ctx
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.ctx.raft.metrics().borrow().membership_config.membership().clone();
         let voters: Vec<u64> = membership.voter_ids().collect();
-        let nodes: Vec<(u64, String)> = membership
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
+        let nodes: Vec<(u64, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
         let reports = futures::future::join_all(nodes.iter().map(|(id, addr)| async move {
-            if *id == self.ctx.node_id {
-                Some(self.local())
-            } else {
-                self.ask(addr).await
-            }
+            if *id == self.ctx.node_id { Some(self.local()) } else { self.ask(addr).await }
         }))
         .await;
         let members = nodes

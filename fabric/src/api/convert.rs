@@ -6,12 +6,7 @@ use crate::grid::{Command, Value};
 
 /// A stored key and value as the protocol shows it.
 pub fn key_value(key: String, value: Value) -> pb::KeyValue {
-    pb::KeyValue {
-        key,
-        value: value.data,
-        version: value.version,
-        expires_at_ms: value.expires_at_ms,
-    }
+    pb::KeyValue { key, value: value.data, version: value.version, expires_at_ms: value.expires_at_ms }
 }
 
 fn ttl(ttl_ms: Option<u64>) -> Option<u64> {
@@ -31,11 +26,7 @@ pub fn put(req: pb::PutRequest) -> Command {
 
 /// The grid command a delete request asks for.
 pub fn delete(req: pb::DeleteRequest) -> Command {
-    Command::Delete {
-        namespace: req.namespace,
-        key: req.key,
-        expected_version: req.expected_version,
-    }
+    Command::Delete { namespace: req.namespace, key: req.key, expected_version: req.expected_version }
 }
 
 /// The grid command a compare-and-set request asks for.

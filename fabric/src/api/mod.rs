@@ -77,20 +77,14 @@ impl Error {
                 | G::ValueTooLarge { .. }
                 | G::InvalidPageSize { .. }),
             ) => tonic::Status::invalid_argument(e.to_string()),
-            Error::Grid(e @ G::VersionMismatch { .. }) => {
-                tonic::Status::failed_precondition(e.to_string())
-            }
-            Error::Grid(e @ G::AlreadyExists { .. }) => {
-                tonic::Status::already_exists(e.to_string())
-            }
+            Error::Grid(e @ G::VersionMismatch { .. }) => tonic::Status::failed_precondition(e.to_string()),
+            Error::Grid(e @ G::AlreadyExists { .. }) => tonic::Status::already_exists(e.to_string()),
             Error::NotLeader { leader } => {
                 let message = match &leader {
                     Some(addr) => {
                         format!("not applied: this node is not the leader; the leader is at {addr}")
                     }
-                    None => {
-                        "not applied: this node is not the leader and no leader is known".to_owned()
-                    }
+                    None => "not applied: this node is not the leader and no leader is known".to_owned(),
                 };
                 not_applied(message, leader)
             }
@@ -188,10 +182,7 @@ impl Context {
         match m.current_leader {
             Some(id) if id == self.node_id => Leader::Local,
             Some(id) => match m.membership_config.membership().get_node(&id) {
-                Some(node) => Leader::Remote {
-                    id,
-                    addr: node.addr.clone(),
-                },
+                Some(node) => Leader::Remote { id, addr: node.addr.clone() },
                 None => Leader::Unknown,
             },
             None => Leader::Unknown,
@@ -229,8 +220,7 @@ impl Context {
             };
             // Wake on any metrics change (a new leader), but poll too: the leader's address
             // may arrive with a later membership entry.
-            let _ =
-                tokio::time::timeout(left.min(Duration::from_millis(50)), metrics.changed()).await;
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), metrics.changed()).await;
         }
     }
 
@@ -241,13 +231,11 @@ impl Context {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
-                })
+                Err(Error::NotLeader { leader: f.leader_node.map(|n| n.addr) })
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(
-                Error::Unavailable(format!("leader cannot reach a quorum: {q}")),
-            ),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(Error::Unavailable(format!("leader cannot reach a quorum: {q}")))
+            }
             Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!("raft stopped: {f}"))),
         }
     }
@@ -262,10 +250,7 @@ impl Context {
 
 /// Whether a status from a forwarded call says the request was certainly not applied.
 pub fn is_not_applied(status: &tonic::Status) -> bool {
-    status
-        .metadata()
-        .get(NOT_APPLIED_HEADER)
-        .is_some_and(|v| v == "true")
+    status.metadata().get(NOT_APPLIED_HEADER).is_some_and(|v| v == "true")
 }
 
 /// Whether a request arrived forwarded from another node.

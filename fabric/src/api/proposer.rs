@@ -54,40 +54,21 @@ impl Handle {
     pub async fn propose(&self, command: Command) -> Result<Output, Error> {
         let (reply, rx) = oneshot::channel();
         let bytes = command_bytes(&command);
-        self.tx
-            .try_send(Proposal {
-                command,
-                bytes,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Error::Overloaded(
-                    "too many writes waiting on this node (max_pending_writes); retry later".into(),
-                ),
-                mpsc::error::TrySendError::Closed(_) => {
-                    Error::Unavailable("node is shutting down".into())
-                }
-            })?;
-        rx.await.map_err(|_| {
-            Error::Indeterminate("node shut down while the write was in flight".into())
-        })?
+        self.tx.try_send(Proposal { command, bytes, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded(
+                "too many writes waiting on this node (max_pending_writes); retry later".into(),
+            ),
+            mpsc::error::TrySendError::Closed(_) => Error::Unavailable("node is shutting down".into()),
+        })?;
+        rx.await.map_err(|_| Error::Indeterminate("node shut down while the write was in flight".into()))?
     }
 }
 
 fn command_bytes(command: &Command) -> usize {
     match command {
-        Command::Put {
-            namespace,
-            key,
-            value,
-            ..
+        Command::Put { namespace, key, value, .. } | Command::CompareAndSet { namespace, key, value, .. } => {
+            namespace.len() + key.len() + value.len() + 32
         }
-        | Command::CompareAndSet {
-            namespace,
-            key,
-            value,
-            ..
-        } => namespace.len() + key.len() + value.len() + 32,
         Command::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
         Command::Expire => 8,
     }
@@ -104,35 +85,19 @@ pub struct Service {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Service {
     /// A proposer for `raft`.
-    pub fn new(
-        node_id: NodeId,
-        raft: Raft,
-        applied: state_machine::Handle,
-        options: Options,
-    ) -> Self {
+    pub fn new(node_id: NodeId, raft: Raft, applied: state_machine::Handle, options: Options) -> Self {
         let (tx, rx) = mpsc::channel(options.max_pending_writes);
-        Self {
-            node_id,
-            raft,
-            applied,
-            options,
-            rx,
-            tx,
-        }
+        Self { node_id, raft, applied, options, rx, tx }
     }
 
     /// A handle to submit writes.
     pub fn handle(&self) -> Handle {
-        Handle {
-            tx: self.tx.clone(),
-        }
+        Handle { tx: self.tx.clone() }
     }
 
     /// Runs until `shutdown`; writes still queued then are answered "not applied".
@@ -185,25 +150,15 @@ impl Service {
             tokio::spawn(async move {
                 let (commands, replies): (Vec<_>, Vec<_>) =
                     batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-                let result = raft
-                    .client_write(Request::Batch {
-                        now_ms: now_ms(),
-                        commands,
-                    })
-                    .await;
+                let result = raft.client_write(Request::Batch { now_ms: now_ms(), commands }).await;
                 drop(permit);
                 deliver(result, replies);
             });
         }
         // Answer what is still queued: it was never proposed.
         self.rx.close();
-        for p in carry
-            .into_iter()
-            .chain(std::iter::from_fn(|| self.rx.try_recv().ok()))
-        {
-            let _ = p
-                .reply
-                .send(Err(Error::Unavailable("node is shutting down".into())));
+        for p in carry.into_iter().chain(std::iter::from_fn(|| self.rx.try_recv().ok())) {
+            let _ = p.reply.send(Err(Error::Unavailable("node is shutting down".into())));
         }
     }
 
@@ -211,22 +166,15 @@ impl Service {
         if self.raft.metrics().borrow().current_leader != Some(self.node_id) {
             return;
         }
-        let due = self
-            .applied
-            .read(|a| a.grid.next_expiry_ms())
-            .is_some_and(|at| at <= now_ms());
+        let due = self.applied.read(|a| a.grid.next_expiry_ms()).is_some_and(|at| at <= now_ms());
         if !due || expiring.swap(true, Ordering::AcqRel) {
             return;
         }
         let raft = self.raft.clone();
         let expiring = expiring.clone();
         tokio::spawn(async move {
-            let result = raft
-                .client_write(Request::Batch {
-                    now_ms: now_ms(),
-                    commands: vec![Command::Expire],
-                })
-                .await;
+            let result =
+                raft.client_write(Request::Batch { now_ms: now_ms(), commands: vec![Command::Expire] }).await;
             if let Err(e) = result {
                 tracing::debug!(error = %e, "expiry proposal failed; the next leader retries");
             }
@@ -247,9 +195,9 @@ fn deliver(result: WriteResult, replies: Vec<oneshot::Sender<Result<Output, Erro
             for reply in replies {
                 let r = match results.next() {
                     Some(r) => r.map_err(Error::Grid),
-                    None => Err(Error::Indeterminate(
-                        "the entry returned fewer results than commands".into(),
-                    )),
+                    None => {
+                        Err(Error::Indeterminate("the entry returned fewer results than commands".into()))
+                    }
                 };
                 let _ = reply.send(r);
             }
@@ -258,9 +206,9 @@ fn deliver(result: WriteResult, replies: Vec<oneshot::Sender<Result<Output, Erro
             let error = || match &e {
                 // openraft answers ForwardToLeader only for entries it never appended or has
                 // truncated: they are certainly not applied, so the caller may retry.
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                    leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
-                },
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    Error::NotLeader { leader: f.leader_node.as_ref().map(|n| n.addr.clone()) }
+                }
                 other => Error::Indeterminate(other.to_string()),
             };
             for reply in replies {

@@ -64,11 +64,7 @@ impl StateService {
     }
 
     async fn serve<C: Call>(&self, request: Request<C>) -> Result<Response<C::Reply>, Status> {
-        let counter = if C::IDEMPOTENT {
-            &self.ctx.counters.reads
-        } else {
-            &self.ctx.counters.writes
-        };
+        let counter = if C::IDEMPOTENT { &self.ctx.counters.reads } else { &self.ctx.counters.writes };
         counter.fetch_add(1, Ordering::Relaxed);
         let result = match request.get_ref().validate(&self.ctx) {
             Ok(()) => self.route(request).await,
@@ -96,12 +92,9 @@ impl StateService {
                     return Err(Error::NotLeader { leader: Some(addr) }.into_status());
                 }
                 Leader::Remote { addr, .. } => {
-                    let left = deadline
-                        .saturating_duration_since(Instant::now())
-                        .max(RETRY_PAUSE);
+                    let left = deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE);
                     let mut fwd = Request::new(req.clone());
-                    fwd.metadata_mut()
-                        .insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
+                    fwd.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
                     fwd.set_timeout(left);
                     self.ctx.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                     match C::remote(self.client(&addr)?, fwd).await {
@@ -111,9 +104,7 @@ impl StateService {
                             if C::IDEMPOTENT
                                 && matches!(
                                     status.code(),
-                                    tonic::Code::Unavailable
-                                        | tonic::Code::Unknown
-                                        | tonic::Code::Cancelled
+                                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
                                 ) =>
                         {
                             status
@@ -150,20 +141,13 @@ impl Call for pb::PutRequest {
     type Reply = pb::PutResponse;
     const IDEMPOTENT: bool = false;
     fn validate(&self, ctx: &Context) -> Result<(), Error> {
-        convert::put(self.clone())
-            .validate(&ctx.limits)
-            .map_err(bad)
+        convert::put(self.clone()).validate(&ctx.limits).map_err(bad)
     }
     async fn local(self, ctx: Context) -> Result<Self::Reply, Error> {
         let output = ctx.proposer.propose(convert::put(self)).await?;
-        Ok(pb::PutResponse {
-            version: version_of(output),
-        })
+        Ok(pb::PutResponse { version: version_of(output) })
     }
-    async fn remote(
-        mut client: Client,
-        request: Request<Self>,
-    ) -> Result<Response<Self::Reply>, Status> {
+    async fn remote(mut client: Client, request: Request<Self>) -> Result<Response<Self::Reply>, Status> {
         client.put(request).await
     }
 }
@@ -172,20 +156,13 @@ impl Call for pb::CompareAndSetRequest {
     type Reply = pb::CompareAndSetResponse;
     const IDEMPOTENT: bool = false;
     fn validate(&self, ctx: &Context) -> Result<(), Error> {
-        convert::compare_and_set(self.clone())
-            .validate(&ctx.limits)
-            .map_err(bad)
+        convert::compare_and_set(self.clone()).validate(&ctx.limits).map_err(bad)
     }
     async fn local(self, ctx: Context) -> Result<Self::Reply, Error> {
         let output = ctx.proposer.propose(convert::compare_and_set(self)).await?;
-        Ok(pb::CompareAndSetResponse {
-            version: version_of(output),
-        })
+        Ok(pb::CompareAndSetResponse { version: version_of(output) })
     }
-    async fn remote(
-        mut client: Client,
-        request: Request<Self>,
-    ) -> Result<Response<Self::Reply>, Status> {
+    async fn remote(mut client: Client, request: Request<Self>) -> Result<Response<Self::Reply>, Status> {
         client.compare_and_set(request).await
     }
 }
@@ -194,31 +171,20 @@ impl Call for pb::DeleteRequest {
     type Reply = pb::DeleteResponse;
     const IDEMPOTENT: bool = false;
     fn validate(&self, ctx: &Context) -> Result<(), Error> {
-        convert::delete(self.clone())
-            .validate(&ctx.limits)
-            .map_err(bad)
+        convert::delete(self.clone()).validate(&ctx.limits).map_err(bad)
     }
     async fn local(self, ctx: Context) -> Result<Self::Reply, Error> {
         let output = ctx.proposer.propose(convert::delete(self)).await?;
-        Ok(pb::DeleteResponse {
-            deleted: matches!(output, Output::Deleted { existed: true }),
-        })
+        Ok(pb::DeleteResponse { deleted: matches!(output, Output::Deleted { existed: true }) })
     }
-    async fn remote(
-        mut client: Client,
-        request: Request<Self>,
-    ) -> Result<Response<Self::Reply>, Status> {
+    async fn remote(mut client: Client, request: Request<Self>) -> Result<Response<Self::Reply>, Status> {
         client.delete(request).await
     }
 }
 
 fn read_get(ctx: &Context, req: &pb::GetRequest) -> pb::GetResponse {
-    let entry = ctx
-        .applied
-        .read(|a| a.grid.get(&req.namespace, &req.key).cloned());
-    pb::GetResponse {
-        entry: entry.map(|v| convert::key_value(req.key.clone(), v)),
-    }
+    let entry = ctx.applied.read(|a| a.grid.get(&req.namespace, &req.key).cloned());
+    pb::GetResponse { entry: entry.map(|v| convert::key_value(req.key.clone(), v)) }
 }
 
 impl Call for pb::GetRequest {
@@ -231,20 +197,13 @@ impl Call for pb::GetRequest {
         ctx.read_index().await?;
         Ok(read_get(&ctx, &self))
     }
-    async fn remote(
-        mut client: Client,
-        request: Request<Self>,
-    ) -> Result<Response<Self::Reply>, Status> {
+    async fn remote(mut client: Client, request: Request<Self>) -> Result<Response<Self::Reply>, Status> {
         client.get(request).await
     }
 }
 
 fn page_size(ctx: &Context, req: &pb::ListRequest) -> usize {
-    if req.limit == 0 {
-        ctx.limits.max_list_page
-    } else {
-        req.limit as usize
-    }
+    if req.limit == 0 { ctx.limits.max_list_page } else { req.limit as usize }
 }
 
 fn read_list(ctx: &Context, req: &pb::ListRequest) -> Result<pb::ListResponse, Error> {
@@ -252,18 +211,11 @@ fn read_list(ctx: &Context, req: &pb::ListRequest) -> Result<pb::ListResponse, E
     let limit = page_size(ctx, req);
     let page = ctx
         .applied
-        .read(|a| {
-            a.grid
-                .list(&req.namespace, &req.prefix, after, limit, &ctx.limits)
-        })
+        .read(|a| a.grid.list(&req.namespace, &req.prefix, after, limit, &ctx.limits))
         .map_err(bad)?;
     Ok(pb::ListResponse {
         next_page_token: page.next.unwrap_or_default(),
-        entries: page
-            .entries
-            .into_iter()
-            .map(|(k, v)| convert::key_value(k, v))
-            .collect(),
+        entries: page.entries.into_iter().map(|(k, v)| convert::key_value(k, v)).collect(),
     })
 }
 
@@ -273,13 +225,7 @@ impl Call for pb::ListRequest {
     fn validate(&self, ctx: &Context) -> Result<(), Error> {
         // Listing an empty grid checks the namespace and page size without reading anything.
         grid::Grid::default()
-            .list(
-                &self.namespace,
-                &self.prefix,
-                None,
-                page_size(ctx, self),
-                &ctx.limits,
-            )
+            .list(&self.namespace, &self.prefix, None, page_size(ctx, self), &ctx.limits)
             .map(drop)
             .map_err(bad)
     }
@@ -287,20 +233,14 @@ impl Call for pb::ListRequest {
         ctx.read_index().await?;
         read_list(&ctx, &self)
     }
-    async fn remote(
-        mut client: Client,
-        request: Request<Self>,
-    ) -> Result<Response<Self::Reply>, Status> {
+    async fn remote(mut client: Client, request: Request<Self>) -> Result<Response<Self::Reply>, Status> {
         client.list(request).await
     }
 }
 
 #[tonic::async_trait]
 impl pb::state_server::State for StateService {
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         if convert::is_stale(request.get_ref().consistency) {
             self.ctx.counters.reads.fetch_add(1, Ordering::Relaxed);
             let req = request.get_ref();
@@ -310,10 +250,7 @@ impl pb::state_server::State for StateService {
         self.serve(request).await
     }
 
-    async fn put(
-        &self,
-        request: Request<pb::PutRequest>,
-    ) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.serve(request).await
     }
 
@@ -331,17 +268,12 @@ impl pb::state_server::State for StateService {
         self.serve(request).await
     }
 
-    async fn list(
-        &self,
-        request: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         if convert::is_stale(request.get_ref().consistency) {
             self.ctx.counters.reads.fetch_add(1, Ordering::Relaxed);
             let req = request.get_ref();
             req.validate(&self.ctx).map_err(Error::into_status)?;
-            return read_list(&self.ctx, req)
-                .map(Response::new)
-                .map_err(Error::into_status);
+            return read_list(&self.ctx, req).map(Response::new).map_err(Error::into_status);
         }
         self.serve(request).await
     }

@@ -105,42 +105,31 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 500ms, 30s, 5m or 2h"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a duration like 500ms, 30s, 5m or 2h"))?;
     let factor = match unit {
         "" | "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         _ => {
-            return Err(format!(
-                "'{s}' has an unknown unit '{unit}' (use ms, s, m or h)"
-            ));
+            return Err(format!("'{s}' has an unknown unit '{unit}' (use ms, s, m or h)"));
         }
     };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("'{s}' is too long"))
+    n.checked_mul(factor).ok_or_else(|| format!("'{s}' is too long"))
 }
 
 /// Most bytes a CLI call sends or receives.
 const MAX_CLI_MESSAGE_BYTES: usize = 64 << 20;
 
 async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
-    };
+    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
     Endpoint::from_shared(uri.clone())
         .with_context(|| format!("'{endpoint}' is not a valid endpoint (expected HOST:PORT)"))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15))
         .connect()
         .await
-        .with_context(|| {
-            format!("cannot reach a Weft node at {endpoint} (set --endpoint or WEFT_ENDPOINT)")
-        })
+        .with_context(|| format!("cannot reach a Weft node at {endpoint} (set --endpoint or WEFT_ENDPOINT)"))
 }
 
 /// Prints a failed call and returns the exit code.
@@ -188,24 +177,27 @@ fn kv_json(namespace: &str, kv: &pb::KeyValue) -> serde_json::Value {
 }
 
 fn kv_text(kv: &pb::KeyValue) -> String {
-    let expiry = kv
-        .expires_at_ms
-        .map(|at| format!(", expires at {at} ms"))
-        .unwrap_or_default();
-    format!(
-        "{} = {}  (version {}{expiry})",
-        kv.key,
-        value_text(&kv.value),
-        kv.version
-    )
+    let expiry = kv.expires_at_ms.map(|at| format!(", expires at {at} ms")).unwrap_or_default();
+    format!("{} = {}  (version {}{expiry})", kv.key, value_text(&kv.value), kv.version)
+}
+
+/// Prints the version a write produced, or its error; returns the exit code.
+fn written(result: Result<u64, tonic::Status>, json_out: bool) -> i32 {
+    match result {
+        Err(e) => fail(e, json_out),
+        Ok(version) if json_out => {
+            println!("{}", json!({"version": version}));
+            0
+        }
+        Ok(version) => {
+            println!("ok: version {version}");
+            0
+        }
+    }
 }
 
 fn consistency(stale: bool) -> i32 {
-    if stale {
-        pb::Consistency::Stale as i32
-    } else {
-        pb::Consistency::Linearizable as i32
-    }
+    if stale { pb::Consistency::Stale as i32 } else { pb::Consistency::Linearizable as i32 }
 }
 
 /// `weft status`.
@@ -232,11 +224,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         );
         return Ok(0);
     }
-    let leader = if s.leader_id == 0 {
-        "none".to_owned()
-    } else {
-        format!("node {}", s.leader_id)
-    };
+    let leader = if s.leader_id == 0 { "none".to_owned() } else { format!("node {}", s.leader_id) };
     println!(
         "cluster '{}'  term {}  leader {leader}  (as seen by node {})",
         s.cluster, s.term, s.reporter_id
@@ -267,11 +255,7 @@ pub async fn state(args: StateArgs) -> anyhow::Result<i32> {
         .max_decoding_message_size(MAX_CLI_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_CLI_MESSAGE_BYTES);
     match args.op {
-        StateOp::Get {
-            namespace,
-            key,
-            stale,
-        } => {
+        StateOp::Get { namespace, key, stale } => {
             let req = pb::GetRequest {
                 namespace: namespace.clone(),
                 key: key.clone(),
@@ -290,10 +274,7 @@ pub async fn state(args: StateArgs) -> anyhow::Result<i32> {
                     }
                     None => {
                         if json_out {
-                            println!(
-                                "{}",
-                                json!({"namespace": namespace, "key": key, "found": false})
-                            );
+                            println!("{}", json!({"namespace": namespace, "key": key, "found": false}));
                         } else {
                             eprintln!("{namespace} {key}: not found");
                         }
@@ -302,40 +283,11 @@ pub async fn state(args: StateArgs) -> anyhow::Result<i32> {
                 },
             }
         }
-        StateOp::Put {
-            namespace,
-            key,
-            value,
-            ttl,
-            if_absent,
-        } => {
-            let req = pb::PutRequest {
-                namespace,
-                key,
-                value: value.into_bytes(),
-                ttl_ms: ttl,
-                if_absent,
-            };
-            match client.put(req).await {
-                Err(e) => Ok(fail(e, json_out)),
-                Ok(r) => {
-                    let version = r.into_inner().version;
-                    if json_out {
-                        println!("{}", json!({"version": version}))
-                    } else {
-                        println!("ok: version {version}")
-                    }
-                    Ok(0)
-                }
-            }
+        StateOp::Put { namespace, key, value, ttl, if_absent } => {
+            let req = pb::PutRequest { namespace, key, value: value.into_bytes(), ttl_ms: ttl, if_absent };
+            Ok(written(client.put(req).await.map(|r| r.into_inner().version), json_out))
         }
-        StateOp::Cas {
-            namespace,
-            key,
-            value,
-            expect,
-            ttl,
-        } => {
+        StateOp::Cas { namespace, key, value, expect, ttl } => {
             let req = pb::CompareAndSetRequest {
                 namespace,
                 key,
@@ -343,29 +295,10 @@ pub async fn state(args: StateArgs) -> anyhow::Result<i32> {
                 value: value.into_bytes(),
                 ttl_ms: ttl,
             };
-            match client.compare_and_set(req).await {
-                Err(e) => Ok(fail(e, json_out)),
-                Ok(r) => {
-                    let version = r.into_inner().version;
-                    if json_out {
-                        println!("{}", json!({"version": version}))
-                    } else {
-                        println!("ok: version {version}")
-                    }
-                    Ok(0)
-                }
-            }
+            Ok(written(client.compare_and_set(req).await.map(|r| r.into_inner().version), json_out))
         }
-        StateOp::Delete {
-            namespace,
-            key,
-            expect,
-        } => {
-            let req = pb::DeleteRequest {
-                namespace,
-                key,
-                expected_version: expect,
-            };
+        StateOp::Delete { namespace, key, expect } => {
+            let req = pb::DeleteRequest { namespace, key, expected_version: expect };
             match client.delete(req).await {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) => {
@@ -373,27 +306,13 @@ pub async fn state(args: StateArgs) -> anyhow::Result<i32> {
                     if json_out {
                         println!("{}", json!({"deleted": deleted}));
                     } else {
-                        println!(
-                            "{}",
-                            if deleted {
-                                "deleted"
-                            } else {
-                                "not found (nothing deleted)"
-                            }
-                        );
+                        println!("{}", if deleted { "deleted" } else { "not found (nothing deleted)" });
                     }
                     Ok(0)
                 }
             }
         }
-        StateOp::List {
-            namespace,
-            prefix,
-            limit,
-            mut page_token,
-            all,
-            stale,
-        } => {
+        StateOp::List { namespace, prefix, limit, mut page_token, all, stale } => {
             let mut entries = Vec::new();
             loop {
                 let req = pb::ListRequest {

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-
 use crate::config::Config;
 use crate::node::Node;
 
@@ -36,10 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let members = if n == 1 {
         String::new()
     } else {
-        (1..=n)
-            .map(|i| format!("{i}={}", addr(i)))
-            .collect::<Vec<_>>()
-            .join(",")
+        (1..=n).map(|i| format!("{i}={}", addr(i))).collect::<Vec<_>>().join(",")
     };
     let mut nodes = Vec::new();
     for i in 1..=n {
@@ -62,16 +57,23 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
     }
-    let mut metrics = nodes[0].raft().metrics();
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while metrics.borrow_and_update().current_leader.is_none() {
-            if metrics.changed().await.is_err() {
-                break;
+    // Up means every node follows the same leader, so the first command finds it.
+    let agreed = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            let leaders: Vec<_> = nodes.iter().map(|n| n.raft().metrics().borrow().current_leader).collect();
+            if leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0]) {
+                return;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
-    .await
-    .context("no leader was elected within 10 s")?;
+    .await;
+    if agreed.is_err() {
+        for node in nodes {
+            node.shutdown().await;
+        }
+        anyhow::bail!("the nodes did not agree on a leader within 15 s");
+    }
     let endpoint = addr(1);
     let export = if endpoint == crate::config::DEFAULT_LISTEN {
         String::new()

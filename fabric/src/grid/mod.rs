@@ -33,11 +33,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_value_bytes: 1 << 20,
-            max_key_bytes: 1024,
-            max_list_page: 1000,
-        }
+        Self { max_value_bytes: 1 << 20, max_key_bytes: 1024, max_list_page: 1000 }
     }
 }
 
@@ -45,19 +41,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Write `value` under `key`, unconditionally or only when the key is absent.
-    Put {
-        namespace: String,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-        if_absent: bool,
-    },
+    Put { namespace: String, key: String, value: Vec<u8>, ttl_ms: Option<u64>, if_absent: bool },
     /// Remove `key`, optionally only when its version matches.
-    Delete {
-        namespace: String,
-        key: String,
-        expected_version: Option<u64>,
-    },
+    Delete { namespace: String, key: String, expected_version: Option<u64> },
     /// Write `value` only when the key's version equals `expected_version` (0: key absent).
     CompareAndSet {
         namespace: String,
@@ -77,24 +63,11 @@ impl Command {
     /// differ between nodes, and `apply` must give the same answer on every replica.)
     pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
         match self {
-            Command::Put {
-                namespace,
-                key,
-                value,
-                ..
-            }
-            | Command::CompareAndSet {
-                namespace,
-                key,
-                value,
-                ..
-            } => {
+            Command::Put { namespace, key, value, .. }
+            | Command::CompareAndSet { namespace, key, value, .. } => {
                 validate_key(namespace, key, limits)?;
                 if value.len() > limits.max_value_bytes {
-                    return Err(Error::ValueTooLarge {
-                        size: value.len(),
-                        limit: limits.max_value_bytes,
-                    });
+                    return Err(Error::ValueTooLarge { size: value.len(), limit: limits.max_value_bytes });
                 }
                 Ok(())
             }
@@ -111,9 +84,7 @@ impl Command {
             | Command::Delete { namespace, key, .. } => {
                 namespace::parse(namespace)?;
                 if key.is_empty() {
-                    return Err(Error::InvalidKey {
-                        reason: "the key is empty".into(),
-                    });
+                    return Err(Error::InvalidKey { reason: "the key is empty".into() });
                 }
                 Ok(())
             }
@@ -126,17 +97,11 @@ impl Command {
 pub fn validate_key(namespace: &str, key: &str, limits: &Limits) -> Result<(), Error> {
     namespace::parse(namespace)?;
     if key.is_empty() {
-        return Err(Error::InvalidKey {
-            reason: "the key is empty".into(),
-        });
+        return Err(Error::InvalidKey { reason: "the key is empty".into() });
     }
     if key.len() > limits.max_key_bytes {
         return Err(Error::InvalidKey {
-            reason: format!(
-                "the key is {} bytes; the limit is {}",
-                key.len(),
-                limits.max_key_bytes
-            ),
+            reason: format!("the key is {} bytes; the limit is {}", key.len(), limits.max_key_bytes),
         });
     }
     Ok(())
@@ -232,41 +197,20 @@ impl Grid {
     pub fn apply(&mut self, command: &Command) -> Result<Output, Error> {
         command.validate_shape()?;
         match command {
-            Command::Put {
-                namespace,
-                key,
-                value,
-                ttl_ms,
-                if_absent,
-            } => {
+            Command::Put { namespace, key, value, ttl_ms, if_absent } => {
                 if *if_absent && let Some(current) = self.live(namespace, key) {
-                    return Err(Error::AlreadyExists {
-                        version: current.version,
-                    });
+                    return Err(Error::AlreadyExists { version: current.version });
                 }
                 Ok(self.write(namespace, key, value.clone(), *ttl_ms))
             }
-            Command::CompareAndSet {
-                namespace,
-                key,
-                expected_version,
-                value,
-                ttl_ms,
-            } => {
+            Command::CompareAndSet { namespace, key, expected_version, value, ttl_ms } => {
                 let current = self.live(namespace, key).map_or(0, |v| v.version);
                 if current != *expected_version {
-                    return Err(Error::VersionMismatch {
-                        expected: *expected_version,
-                        current,
-                    });
+                    return Err(Error::VersionMismatch { expected: *expected_version, current });
                 }
                 Ok(self.write(namespace, key, value.clone(), *ttl_ms))
             }
-            Command::Delete {
-                namespace,
-                key,
-                expected_version,
-            } => {
+            Command::Delete { namespace, key, expected_version } => {
                 let current = self.live(namespace, key).map(|v| v.version);
                 if let Some(expected) = expected_version
                     && current.unwrap_or(0) != *expected
@@ -284,9 +228,7 @@ impl Grid {
                 }
                 Ok(Output::Deleted { existed })
             }
-            Command::Expire => Ok(Output::Expired {
-                count: self.expire(),
-            }),
+            Command::Expire => Ok(Output::Expired { count: self.expire() }),
         }
     }
 
@@ -306,16 +248,10 @@ impl Grid {
     ) -> Result<Page, Error> {
         namespace::parse(namespace)?;
         if limit == 0 || limit > limits.max_list_page {
-            return Err(Error::InvalidPageSize {
-                requested: limit,
-                limit: limits.max_list_page,
-            });
+            return Err(Error::InvalidPageSize { requested: limit, limit: limits.max_list_page });
         }
         let Some(map) = self.namespaces.get(namespace) else {
-            return Ok(Page {
-                entries: Vec::new(),
-                next: None,
-            });
+            return Ok(Page { entries: Vec::new(), next: None });
         };
         use std::ops::Bound;
         let lower = match start_after {
@@ -337,11 +273,7 @@ impl Grid {
             }
             entries.push((k.clone(), v.clone()));
         }
-        let next = if more {
-            entries.last().map(|(k, _)| k.clone())
-        } else {
-            None
-        };
+        let next = if more { entries.last().map(|(k, _)| k.clone()) } else { None };
         Ok(Page { entries, next })
     }
 
@@ -366,34 +298,21 @@ impl Grid {
     }
 
     fn live(&self, namespace: &str, key: &str) -> Option<&Value> {
-        self.namespaces
-            .get(namespace)?
-            .get(key)
-            .filter(|v| v.live_at(self.now_ms))
+        self.namespaces.get(namespace)?.get(key).filter(|v| v.live_at(self.now_ms))
     }
 
     fn write(&mut self, namespace: &str, key: &str, data: Vec<u8>, ttl_ms: Option<u64>) -> Output {
         self.remove(namespace, key);
         self.revision += 1;
         let version = self.revision;
-        let expires_at_ms = ttl_ms
-            .filter(|ttl| *ttl > 0)
-            .map(|ttl| self.now_ms.saturating_add(ttl));
+        let expires_at_ms = ttl_ms.filter(|ttl| *ttl > 0).map(|ttl| self.now_ms.saturating_add(ttl));
         if let Some(at) = expires_at_ms {
-            self.expiries
-                .insert((at, namespace.to_owned(), key.to_owned()), ());
+            self.expiries.insert((at, namespace.to_owned(), key.to_owned()), ());
         }
         self.namespaces
             .entry(namespace.to_owned())
             .or_default()
-            .insert(
-                key.to_owned(),
-                Value {
-                    data,
-                    version,
-                    expires_at_ms,
-                },
-            );
+            .insert(key.to_owned(), Value { data, version, expires_at_ms });
         Output::Written { version }
     }
 
@@ -404,8 +323,7 @@ impl Grid {
         if let Some(old) = map.remove(key)
             && let Some(at) = old.expires_at_ms
         {
-            self.expiries
-                .remove(&(at, namespace.to_owned(), key.to_owned()));
+            self.expiries.remove(&(at, namespace.to_owned(), key.to_owned()));
         }
         if map.is_empty() {
             self.namespaces.remove(namespace);

@@ -39,9 +39,7 @@ pub fn parse(namespace: &str) -> Result<Kind<'_>, Error> {
 fn valid_segment(segment: &str) -> bool {
     !segment.is_empty()
         && segment.len() <= MAX_SEGMENT_BYTES
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Error messages quote what the caller sent, but never more than a line of it.
@@ -63,16 +61,10 @@ mod tests {
 
     #[test]
     fn accepts_the_two_forms() {
-        assert_eq!(
-            parse("shared/orders").unwrap(),
-            Kind::Shared { name: "orders" }
-        );
+        assert_eq!(parse("shared/orders").unwrap(), Kind::Shared { name: "orders" });
         assert_eq!(
             parse("instance/counter/c-1.a_b").unwrap(),
-            Kind::Instance {
-                agent: "counter",
-                instance: "c-1.a_b"
-            }
+            Kind::Instance { agent: "counter", instance: "c-1.a_b" }
         );
     }
 
@@ -98,9 +90,6 @@ mod tests {
     #[test]
     fn error_names_the_namespace_and_the_expected_format() {
         let err = parse("nope").unwrap_err().to_string();
-        assert!(
-            err.contains("'nope'") && err.contains("shared/<name>"),
-            "{err}"
-        );
+        assert!(err.contains("'nope'") && err.contains("shared/<name>"), "{err}");
     }
 }

@@ -11,11 +11,7 @@ const NS: [&str; 2] = ["shared/a", "instance/agent/i1"];
 const KEYS: [&str; 4] = ["k1", "k2", "p/x", "p/y"];
 
 fn limits() -> Limits {
-    Limits {
-        max_value_bytes: 16,
-        max_key_bytes: 8,
-        max_list_page: 10,
-    }
+    Limits { max_value_bytes: 16, max_key_bytes: 8, max_list_page: 10 }
 }
 
 impl Grid {
@@ -50,25 +46,12 @@ fn cas(ns: &str, key: &str, expected: u64, value: &[u8]) -> Command {
 fn put_get_delete() {
     let mut g = Grid::default();
     let l = limits();
-    assert_eq!(
-        g.apply_checked(&put(NS[0], "k1", b"v"), &l),
-        Ok(Output::Written { version: 1 })
-    );
+    assert_eq!(g.apply_checked(&put(NS[0], "k1", b"v"), &l), Ok(Output::Written { version: 1 }));
     assert_eq!(g.get(NS[0], "k1").unwrap().data, b"v");
     assert_eq!(g.get(NS[1], "k1"), None, "namespaces are separate");
-    let del = Command::Delete {
-        namespace: NS[0].into(),
-        key: "k1".into(),
-        expected_version: None,
-    };
-    assert_eq!(
-        g.apply_checked(&del, &l),
-        Ok(Output::Deleted { existed: true })
-    );
-    assert_eq!(
-        g.apply_checked(&del, &l),
-        Ok(Output::Deleted { existed: false })
-    );
+    let del = Command::Delete { namespace: NS[0].into(), key: "k1".into(), expected_version: None };
+    assert_eq!(g.apply_checked(&del, &l), Ok(Output::Deleted { existed: true }));
+    assert_eq!(g.apply_checked(&del, &l), Ok(Output::Deleted { existed: false }));
     assert_eq!(g.get(NS[0], "k1"), None);
 }
 
@@ -77,23 +60,13 @@ fn versions_are_never_reused() {
     let mut g = Grid::default();
     let l = limits();
     g.apply_checked(&put(NS[0], "k1", b"a"), &l).unwrap();
-    let del = Command::Delete {
-        namespace: NS[0].into(),
-        key: "k1".into(),
-        expected_version: None,
-    };
+    let del = Command::Delete { namespace: NS[0].into(), key: "k1".into(), expected_version: None };
     g.apply_checked(&del, &l).unwrap();
     // A CAS holding the old version 1 must not succeed against the re-created key.
-    assert_eq!(
-        g.apply_checked(&put(NS[0], "k1", b"b"), &l),
-        Ok(Output::Written { version: 3 })
-    );
+    assert_eq!(g.apply_checked(&put(NS[0], "k1", b"b"), &l), Ok(Output::Written { version: 3 }));
     assert_eq!(
         g.apply_checked(&cas(NS[0], "k1", 1, b"c"), &l),
-        Err(Error::VersionMismatch {
-            expected: 1,
-            current: 3
-        })
+        Err(Error::VersionMismatch { expected: 1, current: 3 })
     );
 }
 
@@ -116,11 +89,7 @@ fn bad_commands_change_nothing() {
             ttl_ms: None,
             if_absent: true,
         },
-        Command::Delete {
-            namespace: NS[0].into(),
-            key: "k1".into(),
-            expected_version: Some(9),
-        },
+        Command::Delete { namespace: NS[0].into(), key: "k1".into(), expected_version: Some(9) },
     ];
     for c in &bad {
         assert!(g.apply_checked(c, &l).is_err(), "{c:?} should fail");
@@ -128,10 +97,7 @@ fn bad_commands_change_nothing() {
     }
     assert!(matches!(
         g.apply_checked(&put(NS[0], "k2", &[0; 17]), &l),
-        Err(Error::ValueTooLarge {
-            size: 17,
-            limit: 16
-        })
+        Err(Error::ValueTooLarge { size: 17, limit: 16 })
     ));
 }
 
@@ -142,14 +108,8 @@ fn apply_checks_shape_but_not_configured_limits() {
     let mut g = Grid::default();
     assert!(g.apply(&put(NS[0], "k1", &[0; 64])).is_ok());
     let before = g.clone();
-    assert!(matches!(
-        g.apply(&put("bad", "k", b"v")),
-        Err(Error::InvalidNamespace { .. })
-    ));
-    assert!(matches!(
-        g.apply(&put(NS[0], "", b"v")),
-        Err(Error::InvalidKey { .. })
-    ));
+    assert!(matches!(g.apply(&put("bad", "k", b"v")), Err(Error::InvalidNamespace { .. })));
+    assert!(matches!(g.apply(&put(NS[0], "", b"v")), Err(Error::InvalidKey { .. })));
     assert_eq!(g, before);
 }
 
@@ -172,10 +132,7 @@ fn ttl_expires_by_entry_time_and_clock_never_goes_back() {
     assert_eq!(g.now_ms(), 1_000);
     assert!(g.get(NS[0], "k1").is_some());
     g.apply_batch(1_100, &[]);
-    assert!(
-        g.get(NS[0], "k1").is_none(),
-        "invisible once the clock passes expiry"
-    );
+    assert!(g.get(NS[0], "k1").is_none(), "invisible once the clock passes expiry");
     // An expired key counts as absent for put-if-absent and CAS(0).
     assert!(g.apply_checked(&cas(NS[0], "k1", 0, b"w"), &l).is_ok());
     assert_eq!(g.next_expiry_ms(), None, "overwriting drops the old expiry");
@@ -200,22 +157,10 @@ fn list_pages_through_a_prefix() {
         g.apply_checked(&put(NS[0], k, b"v"), &l).unwrap();
     }
     let page = g.list(NS[0], "p/", None, 2, &l).unwrap();
-    assert_eq!(
-        page.entries
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>(),
-        ["p/1", "p/2"]
-    );
+    assert_eq!(page.entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["p/1", "p/2"]);
     assert_eq!(page.next.as_deref(), Some("p/2"));
     let page = g.list(NS[0], "p/", page.next.as_deref(), 2, &l).unwrap();
-    assert_eq!(
-        page.entries
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>(),
-        ["p/3"]
-    );
+    assert_eq!(page.entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["p/3"]);
     assert_eq!(page.next, None);
     assert!(g.list(NS[0], "", None, 0, &l).is_err());
     assert!(g.list(NS[0], "", None, 11, &l).is_err());
@@ -245,16 +190,11 @@ fn arb_command() -> impl Strategy<Value = Command> {
 
 /// A log: batches of commands, each stamped with a time that may jump back (leader changes).
 fn arb_log() -> impl Strategy<Value = Vec<(u64, Vec<Command>)>> {
-    prop::collection::vec(
-        (0u64..200, prop::collection::vec(arb_command(), 0..5)),
-        0..40,
-    )
+    prop::collection::vec((0u64..200, prop::collection::vec(arb_command(), 0..5)), 0..40)
 }
 
 fn replay(grid: &mut Grid, log: &[(u64, Vec<Command>)]) -> Vec<Vec<Result<Output, Error>>> {
-    log.iter()
-        .map(|(now, cmds)| grid.apply_batch(*now, cmds))
-        .collect()
+    log.iter().map(|(now, cmds)| grid.apply_batch(*now, cmds)).collect()
 }
 
 proptest! {

@@ -45,9 +45,7 @@ fn io_err<E: std::error::Error + 'static>(
     make: fn(openraft::AnyError) -> StorageIOError<NodeId>,
     e: E,
 ) -> StorageError {
-    StorageError::IO {
-        source: make(openraft::AnyError::new(&e)),
-    }
+    StorageError::IO { source: make(openraft::AnyError::new(&e)) }
 }
 
 /// The sled-backed log store. Cheap to clone: clones share the database.
@@ -75,10 +73,7 @@ impl Closed {
 impl LogStore {
     /// Opens (or creates) the log in `dir` and starts its flusher task on the current runtime.
     pub fn open(dir: &Path) -> Result<Self, sled::Error> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
         Self::with_db(db)
     }
 
@@ -92,12 +87,7 @@ impl LogStore {
             flush_loop(flush_db, rx).await;
             let _ = closed_tx.send(true);
         });
-        Ok(Self {
-            db,
-            tree,
-            flusher: tx,
-            closed: Closed(closed_rx),
-        })
+        Ok(Self { db, tree, flusher: tx, closed: Closed(closed_rx) })
     }
 
     /// Resolves once every clone of this store is gone and the database is released.
@@ -127,11 +117,7 @@ impl LogStore {
 async fn flush_loop(db: sled::Db, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     let mut waiting = Vec::new();
     while rx.recv_many(&mut waiting, MAX_PENDING_FLUSHES).await > 0 {
-        let result = db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
+        let result = db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
         for callback in waiting.drain(..) {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -181,16 +167,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(StorageIOError::read_logs, e))?;
         let last_log_id = match last {
             Some((_, bytes)) => {
-                let entry: Entry =
-                    codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_logs, e))?;
+                let entry: Entry = codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_logs, e))?;
                 Some(entry.log_id)
             }
             None => last_purged_log_id,
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -198,14 +180,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.tree
-            .insert(KEY_VOTE, codec::encode(vote))
-            .map_err(|e| io_err(StorageIOError::write_vote, e))?;
+        self.tree.insert(KEY_VOTE, codec::encode(vote)).map_err(|e| io_err(StorageIOError::write_vote, e))?;
         // A vote must be durable before the node acts on it.
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| io_err(StorageIOError::write_vote, e))?;
+        self.db.flush_async().await.map_err(|e| io_err(StorageIOError::write_vote, e))?;
         Ok(())
     }
 
@@ -213,10 +190,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_VOTE, StorageIOError::read_vote)
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
         self.tree
             .insert(KEY_COMMITTED, codec::encode(&committed))
             .map_err(|e| io_err(StorageIOError::write, e))?;
@@ -224,16 +198,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
-        Ok(self
-            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED, StorageIOError::read)?
-            .flatten())
+        Ok(self.get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED, StorageIOError::read)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -242,9 +210,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.insert(&log_key(entry.log_id.index), codec::encode(&entry));
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        self.tree.apply_batch(batch).map_err(|e| io_err(StorageIOError::write_logs, e))?;
         // The flusher acknowledges once the entries are on disk.
         if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback).await {
             callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
@@ -254,16 +220,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
-        for key in self
-            .tree
-            .range(log_key(log_id.index)..=log_key(u64::MAX))
-            .keys()
-        {
+        for key in self.tree.range(log_key(log_id.index)..=log_key(u64::MAX)).keys() {
             batch.remove(key.map_err(|e| io_err(StorageIOError::write_logs, e))?);
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        self.tree.apply_batch(batch).map_err(|e| io_err(StorageIOError::write_logs, e))?;
         Ok(())
     }
 
@@ -273,9 +233,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for key in self.tree.range(log_key(0)..=log_key(log_id.index)).keys() {
             batch.remove(key.map_err(|e| io_err(StorageIOError::write_logs, e))?);
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        self.tree.apply_batch(batch).map_err(|e| io_err(StorageIOError::write_logs, e))?;
         Ok(())
     }
 }

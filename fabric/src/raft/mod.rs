@@ -42,10 +42,7 @@ pub type Raft = openraft::Raft<TypeConfig>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Grid commands applied in order at the leader-stamped time `now_ms`.
-    Batch {
-        now_ms: u64,
-        commands: Vec<grid::Command>,
-    },
+    Batch { now_ms: u64, commands: Vec<grid::Command> },
 }
 
 impl std::fmt::Display for Request {

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::BasicNode;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -34,11 +32,7 @@ pub struct NetworkFactory {
 impl NetworkFactory {
     /// A factory for the cluster named `cluster`; messages are limited to `max_message_bytes`.
     pub fn new(cluster: String, max_message_bytes: usize) -> Self {
-        Self {
-            cluster,
-            max_message_bytes,
-            channels: Arc::default(),
-        }
+        Self { cluster, max_message_bytes, channels: Arc::default() }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -69,12 +63,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                     .max_encoding_message_size(self.max_message_bytes)
             })
             .map_err(|e| format!("bad peer address '{}': {e}", node.addr));
-        Connection {
-            target,
-            addr: node.addr.clone(),
-            cluster: self.cluster.clone(),
-            client,
-        }
+        Connection { target, addr: node.addr.clone(), cluster: self.cluster.clone(), client }
     }
 }
 
@@ -91,9 +80,7 @@ type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, Raf
 
 impl Connection {
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
-        self.client
-            .clone()
-            .map_err(|e| Unreachable::new(&std::io::Error::other(e)))
+        self.client.clone().map_err(|e| Unreachable::new(&std::io::Error::other(e)))
     }
 
     fn request<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
@@ -114,9 +101,7 @@ impl Connection {
         &self,
         result: Result<tonic::Response<RaftPayload>, tonic::Status>,
     ) -> Result<T, RpcError<E>> {
-        let reply = result
-            .map_err(|status| status_to_rpc_error(&self.addr, status))?
-            .into_inner();
+        let reply = result.map_err(|status| status_to_rpc_error(&self.addr, status))?.into_inner();
         let decoded: Result<T, RaftError<NodeId, E>> =
             codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -176,10 +161,7 @@ impl RaftNetwork<TypeConfig> for Connection {
     fn backoff(&self) -> openraft::network::Backoff {
         // Retry an unreachable peer quickly at first, then every 500 ms.
         openraft::network::Backoff::new(
-            [50, 100, 200]
-                .into_iter()
-                .chain(std::iter::repeat(500))
-                .map(Duration::from_millis),
+            [50, 100, 200].into_iter().chain(std::iter::repeat(500)).map(Duration::from_millis),
         )
     }
 }

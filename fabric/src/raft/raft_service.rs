@@ -23,19 +23,14 @@ impl RaftService {
 
     fn check(&self, format: u32, cluster: &str) -> Result<(), Status> {
         if cluster != self.cluster {
-            tracing::warn!(
-                from_cluster = cluster,
-                "refused Raft message from another cluster"
-            );
+            tracing::warn!(from_cluster = cluster, "refused Raft message from another cluster");
             return Err(Status::permission_denied(format!(
                 "this node belongs to cluster '{}', not '{cluster}'",
                 self.cluster
             )));
         }
         if format != u32::from(codec::FORMAT_BINCODE_V1) {
-            return Err(Status::invalid_argument(format!(
-                "unknown Raft payload format {format}"
-            )));
+            return Err(Status::invalid_argument(format!("unknown Raft payload format {format}")));
         }
         Ok(())
     }
@@ -62,10 +57,7 @@ impl raft_server::Raft for RaftService {
         reply(&self.raft.vote(req).await)
     }
 
-    async fn append_entries(
-        &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let req = self.decode(request.get_ref())?;
         reply(&self.raft.append_entries(req).await)
     }

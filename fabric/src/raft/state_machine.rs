@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
-    StoredMembership,
+    AnyError, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
@@ -67,10 +66,7 @@ pub struct Counters {
 impl Handle {
     /// Runs `f` with the applied state under a read lock. Keep `f` short: applies wait for it.
     pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
-        f(&self
-            .applied
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+        f(&self.applied.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// The state machine's counters.
@@ -91,10 +87,7 @@ impl StateMachine {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| read_err(None, e))?;
         let mut sm = Self {
-            handle: Handle {
-                applied: Arc::new(RwLock::new(Applied::default())),
-                counters: Arc::default(),
-            },
+            handle: Handle { applied: Arc::new(RwLock::new(Applied::default())), counters: Arc::default() },
             dir: dir.to_owned(),
             current: Arc::default(),
         };
@@ -113,11 +106,7 @@ impl StateMachine {
     }
 
     fn restore(&mut self, file: SnapshotFile, bytes: Arc<Vec<u8>>) {
-        let mut applied = self
-            .handle
-            .applied
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut applied = self.handle.applied.write().unwrap_or_else(|p| p.into_inner());
         applied.grid = file.grid;
         applied.last_applied = file.meta.last_log_id;
         applied.last_membership = file.meta.last_membership.clone();
@@ -126,15 +115,11 @@ impl StateMachine {
 }
 
 fn read_err<E: std::error::Error + 'static>(meta: Option<&Meta>, e: E) -> StorageError {
-    StorageError::IO {
-        source: StorageIOError::read_snapshot(meta.map(|m| m.signature()), AnyError::new(&e)),
-    }
+    StorageError::IO { source: StorageIOError::read_snapshot(meta.map(|m| m.signature()), AnyError::new(&e)) }
 }
 
 fn write_err<E: std::error::Error + 'static>(meta: &Meta, e: E) -> StorageError {
-    StorageError::IO {
-        source: StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)),
-    }
+    StorageError::IO { source: StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)) }
 }
 
 const SNAPSHOT_SUFFIX: &str = ".snap";
@@ -152,9 +137,7 @@ fn newest_snapshot(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.to_string_lossy().ends_with(SNAPSHOT_SUFFIX)
-            && newest
-                .as_ref()
-                .is_none_or(|n| path.file_name() > n.file_name())
+            && newest.as_ref().is_none_or(|n| path.file_name() > n.file_name())
         {
             newest = Some(path);
         }
@@ -171,9 +154,7 @@ fn persist(dir: &Path, meta: &Meta, bytes: &[u8]) -> Result<(), StorageError> {
     file.write_all(bytes).map_err(|e| write_err(meta, e))?;
     file.sync_all().map_err(|e| write_err(meta, e))?;
     std::fs::rename(&tmp_path, &final_path).map_err(|e| write_err(meta, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| write_err(meta, e))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| write_err(meta, e))?;
     for entry in std::fs::read_dir(dir).map_err(|e| write_err(meta, e))? {
         let path = entry.map_err(|e| write_err(meta, e))?.path();
         if path != final_path {
@@ -194,14 +175,9 @@ pub struct Builder {
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (grid, last_log_id, last_membership) = self
-            .handle
-            .read(|a| (a.grid.clone(), a.last_applied, a.last_membership.clone()));
-        let meta = Meta {
-            last_log_id,
-            last_membership,
-            snapshot_id: snapshot_id(last_log_id, self.seq),
-        };
+        let (grid, last_log_id, last_membership) =
+            self.handle.read(|a| (a.grid.clone(), a.last_applied, a.last_membership.clone()));
+        let meta = Meta { last_log_id, last_membership, snapshot_id: snapshot_id(last_log_id, self.seq) };
         let dir = self.dir.clone();
         let file = SnapshotFile { meta, grid };
         // Encoding and fsync are slow for a big grid: keep them off the async workers.
@@ -213,17 +189,11 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         .map_err(|e| StorageError::IO {
             source: StorageIOError::write_snapshot(None, AnyError::new(&e)),
         })??;
-        self.handle
-            .counters
-            .snapshots_built
-            .fetch_add(1, Ordering::Relaxed);
+        self.handle.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((meta.clone(), Arc::new(bytes.clone())));
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
 
@@ -232,16 +202,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<
-        (
-            Option<LogId<NodeId>>,
-            StoredMembership<NodeId, openraft::BasicNode>,
-        ),
-        StorageError,
-    > {
-        Ok(self
-            .handle
-            .read(|a| (a.last_applied, a.last_membership.clone())))
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>), StorageError> {
+        Ok(self.handle.read(|a| (a.last_applied, a.last_membership.clone())))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
@@ -249,24 +211,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let mut applied = self
-            .handle
-            .applied
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut applied = self.handle.applied.write().unwrap_or_else(|p| p.into_inner());
         let mut responses = Vec::new();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(Request::Batch { now_ms, commands }) => {
-                    self.handle
-                        .counters
-                        .commands_applied
-                        .fetch_add(commands.len() as u64, Ordering::Relaxed);
-                    Response {
-                        results: applied.grid.apply_batch(now_ms, &commands),
-                    }
+                    self.handle.counters.commands_applied.fetch_add(commands.len() as u64, Ordering::Relaxed);
+                    Response { results: applied.grid.apply_batch(now_ms, &commands) }
                 }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -280,12 +233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let seq = self.handle.counters.snapshots_built.load(Ordering::Relaxed);
-        Builder {
-            handle: self.handle.clone(),
-            dir: self.dir.clone(),
-            current: self.current.clone(),
-            seq,
-        }
+        Builder { handle: self.handle.clone(), dir: self.dir.clone(), current: self.current.clone(), seq }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -299,10 +247,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         let file: SnapshotFile = codec::decode(&bytes).map_err(|e| read_err(Some(meta), e))?;
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            grid: file.grid,
-        };
+        let file = SnapshotFile { meta: meta.clone(), grid: file.grid };
         let dir = self.dir.clone();
         let bytes = Arc::new(bytes);
         let to_write = bytes.clone();
@@ -311,23 +256,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| write_err(meta, e))??;
         self.restore(file, bytes);
-        self.handle
-            .counters
-            .snapshots_installed
-            .fetch_add(1, Ordering::Relaxed);
+        self.handle.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot from leader");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(current.map(|(meta, bytes)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
-        }))
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(current
+            .map(|(meta, bytes)| Snapshot { meta, snapshot: Box::new(Cursor::new(bytes.as_ref().clone())) }))
     }
 }

@@ -11,9 +11,7 @@ use super::{NodeId, TypeConfig};
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = LogStore::open(&dir.path().join("raft")).expect("open sled");
         let sm = StateMachine::open(&dir.path().join("snapshots"))?;
@@ -44,9 +42,7 @@ fn log_and_vote_survive_reopen() {
             })
             .collect();
         log.blocking_append(entries).await.unwrap();
-        log.purge(LogId::new(CommittedLeaderId::new(3, 1), 2))
-            .await
-            .unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(3, 1), 2)).await.unwrap();
     });
     drop(rt);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -57,9 +53,6 @@ fn log_and_vote_survive_reopen() {
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(2));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
         let got = log.try_get_log_entries(0..100).await.unwrap();
-        assert_eq!(
-            got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
-            [3, 4, 5]
-        );
+        assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [3, 4, 5]);
     });
 }

@@ -18,60 +18,36 @@ async fn bad_requests_are_refused_and_change_nothing() {
     .await;
     let leader = cluster.wait_for_leader().await;
     let addr = &cluster.addrs[0];
-    let version = put_retrying(addr, "shared/b", "k", "original")
-        .await
-        .unwrap()
-        .unwrap();
-    let last_log = cluster
-        .node(leader)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index;
+    let version = put_retrying(addr, "shared/b", "k", "original").await.unwrap().unwrap();
+    let last_log = cluster.node(leader).raft().metrics().borrow().last_log_index;
     let revision = cluster.node(leader).applied().read(|a| a.grid.revision());
     let mut c = client(addr).await;
 
-    let expect = |r: Result<tonic::Response<pb::PutResponse>, tonic::Status>,
-                  code: tonic::Code,
-                  words: &str| {
-        let e = r.expect_err("must be refused");
-        assert_eq!(e.code(), code, "{e:?}");
-        assert!(
-            e.message().contains(words),
-            "'{}' should mention '{words}'",
-            e.message()
-        );
-    };
+    let expect =
+        |r: Result<tonic::Response<pb::PutResponse>, tonic::Status>, code: tonic::Code, words: &str| {
+            let e = r.expect_err("must be refused");
+            assert_eq!(e.code(), code, "{e:?}");
+            assert!(e.message().contains(words), "'{}' should mention '{words}'", e.message());
+        };
     tracing::info!("phase: refused before anything is proposed");
     expect(
         c.put(put_req("shared/b", "k", &"x".repeat(1025))).await,
         tonic::Code::InvalidArgument,
         "max_value_bytes",
     );
-    expect(
-        c.put(put_req("nope", "k", "v")).await,
-        tonic::Code::InvalidArgument,
-        "invalid namespace 'nope'",
-    );
+    expect(c.put(put_req("nope", "k", "v")).await, tonic::Code::InvalidArgument, "invalid namespace 'nope'");
     expect(
         c.put(put_req("shared/a/b", "k", "v")).await,
         tonic::Code::InvalidArgument,
         "instance/<agent>/<instance-id>",
     );
-    expect(
-        c.put(put_req("shared/b", "", "v")).await,
-        tonic::Code::InvalidArgument,
-        "key is empty",
-    );
+    expect(c.put(put_req("shared/b", "", "v")).await, tonic::Code::InvalidArgument, "key is empty");
     expect(
         c.put(put_req("shared/b", &"k".repeat(17), "v")).await,
         tonic::Code::InvalidArgument,
         "limit is 16",
     );
-    let big = c
-        .put(put_req("shared/b", "k", &"x".repeat(8000)))
-        .await
-        .unwrap_err();
+    let big = c.put(put_req("shared/b", "k", &"x".repeat(8000))).await.unwrap_err();
     assert!(
         matches!(
             big.code(),
@@ -90,18 +66,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(list.code(), tonic::Code::InvalidArgument);
-    assert!(
-        list.message().contains("page size 11"),
-        "{}",
-        list.message()
-    );
+    assert!(list.message().contains("page size 11"), "{}", list.message());
     assert_eq!(
-        cluster
-            .node(leader)
-            .raft()
-            .metrics()
-            .borrow()
-            .last_log_index,
+        cluster.node(leader).raft().metrics().borrow().last_log_index,
         last_log,
         "nothing was proposed"
     );
@@ -119,17 +86,12 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .unwrap_err();
     assert_eq!(cas.code(), tonic::Code::FailedPrecondition);
     assert!(
-        cas.message()
-            .contains(&format!("expected {}, current is {version}", version + 100)),
+        cas.message().contains(&format!("expected {}, current is {version}", version + 100)),
         "{}",
         cas.message()
     );
     expect(
-        c.put(pb::PutRequest {
-            if_absent: true,
-            ..put_req("shared/b", "k", "v")
-        })
-        .await,
+        c.put(pb::PutRequest { if_absent: true, ..put_req("shared/b", "k", "v") }).await,
         tonic::Code::AlreadyExists,
         "already exists",
     );
@@ -142,28 +104,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(del.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(
-        get(addr, "shared/b", "k").await.as_deref(),
-        Some("original")
-    );
-    assert_eq!(
-        cluster.node(leader).applied().read(|a| a.grid.revision()),
-        revision
-    );
+    assert_eq!(get(addr, "shared/b", "k").await.as_deref(), Some("original"));
+    assert_eq!(cluster.node(leader).applied().read(|a| a.grid.revision()), revision);
     cluster.shutdown().await;
 }
 
 fn weft(args: &[&str]) -> (i32, String) {
-    let out = Command::new(weft_bin())
-        .args(args)
-        .env_remove("WEFT_ENDPOINT")
-        .output()
-        .expect("run weft");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(weft_bin()).args(args).env_remove("WEFT_ENDPOINT").output().expect("run weft");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -176,10 +124,7 @@ fn invalid_configuration_names_the_field() {
         (&["--listen", "nowhere"], "listen"),
         (&["--node-id", "0"], "node_id"),
         (&["--initial-members", "1=a:1,1=b:2"], "listed twice"),
-        (
-            &["--initial-members", "2=127.0.0.1:9"],
-            "does not list this node",
-        ),
+        (&["--initial-members", "2=127.0.0.1:9"], "does not list this node"),
         (&["--cluster", "bad name"], "cluster"),
     ];
     for (args, words) in cases {
@@ -187,15 +132,9 @@ fn invalid_configuration_names_the_field() {
         all.extend_from_slice(args);
         let (code, text) = weft(&all);
         assert_eq!(code, 2, "{args:?}: {text}");
-        assert!(
-            text.contains(words),
-            "{args:?}: '{text}' should name {words}"
-        );
+        assert!(text.contains(words), "{args:?}: '{text}' should name {words}");
     }
-    assert!(
-        !dir.path().join("d").exists(),
-        "a refused config must not create the data dir"
-    );
+    assert!(!dir.path().join("d").exists(), "a refused config must not create the data dir");
 
     let file = dir.path().join("weft.toml");
     std::fs::write(&file, "node_id = 4\nmax_valeu_bytes = 3\n").unwrap();
@@ -208,34 +147,17 @@ fn invalid_configuration_names_the_field() {
 fn dump_config_shows_the_layers() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("weft.toml");
-    std::fs::write(
-        &file,
-        "node_id = 4\ncluster = \"from-file\"\nmax_list_page = 77\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "node_id = 4\ncluster = \"from-file\"\nmax_list_page = 77\n").unwrap();
     let out = Command::new(weft_bin())
-        .args([
-            "node",
-            "--config",
-            file.to_str().unwrap(),
-            "--node-id",
-            "5",
-            "--dump-config",
-        ])
+        .args(["node", "--config", file.to_str().unwrap(), "--node-id", "5", "--dump-config"])
         .env("WEFT_CLUSTER", "from-env")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("node_id = 5"), "flag beats file: {text}");
-    assert!(
-        text.contains("cluster = \"from-env\""),
-        "env beats file: {text}"
-    );
-    assert!(
-        text.contains("max_list_page = 77"),
-        "file beats default: {text}"
-    );
+    assert!(text.contains("cluster = \"from-env\""), "env beats file: {text}");
+    assert!(text.contains("max_list_page = 77"), "file beats default: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,13 +166,7 @@ async fn port_in_use_and_foreign_data_dirs_are_refused() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let data = dir.path().join("n1");
-    let (code, text) = weft(&[
-        "node",
-        "--listen",
-        &addr,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let (code, text) = weft(&["node", "--listen", &addr, "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
     drop(taken);
@@ -273,15 +189,8 @@ async fn port_in_use_and_foreign_data_dirs_are_refused() {
     wait_for_leader_at(std::slice::from_ref(&listen)).await;
     first.kill9();
     let before = list_files(&data);
-    let (code, text) = weft(&[
-        "node",
-        "--cluster",
-        "b",
-        "--listen",
-        &listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let (code, text) =
+        weft(&["node", "--cluster", "b", "--listen", &listen, "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("belongs to cluster 'a' node 1"), "{text}");
     let (code, text) = weft(&[
@@ -297,35 +206,19 @@ async fn port_in_use_and_foreign_data_dirs_are_refused() {
     ]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("this node is cluster 'a' node 2"), "{text}");
-    assert_eq!(
-        list_files(&data),
-        before,
-        "the refused starts changed the data dir"
-    );
+    assert_eq!(list_files(&data), before, "the refused starts changed the data dir");
 
     // A directory with someone else's files, and a path that is a file.
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "mine").unwrap();
-    let (code, text) = weft(&[
-        "node",
-        "--listen",
-        &listen,
-        "--data-dir",
-        other.to_str().unwrap(),
-    ]);
+    let (code, text) = weft(&["node", "--listen", &listen, "--data-dir", other.to_str().unwrap()]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("not a Weft data dir"), "{text}");
     assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
     let file = dir.path().join("file");
     std::fs::write(&file, "x").unwrap();
-    let (code, text) = weft(&[
-        "node",
-        "--listen",
-        &listen,
-        "--data-dir",
-        file.to_str().unwrap(),
-    ]);
+    let (code, text) = weft(&["node", "--listen", &listen, "--data-dir", file.to_str().unwrap()]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("cannot create"), "{text}");
 }

@@ -1,16 +1,11 @@
 //! The `weft` command line against a real `weft dev` process, and clean shutdown on SIGTERM.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
 fn weft(endpoint: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(weft_bin())
-        .args(args)
-        .env("WEFT_ENDPOINT", endpoint)
-        .output()
-        .expect("run weft");
+    let out = Command::new(weft_bin()).args(args).env("WEFT_ENDPOINT", endpoint).output().expect("run weft");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -31,11 +26,7 @@ fn free_run(n: u16) -> u16 {
 }
 
 fn sigterm(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill")
-        .success();
+    let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill").success();
     assert!(ok, "kill -TERM {pid}");
 }
 
@@ -46,14 +37,7 @@ async fn cli_tour_against_weft_dev() {
     let base = free_run(3);
     let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
     let mut dev = Command::new(weft_bin())
-        .args([
-            "dev",
-            "--nodes",
-            "3",
-            "--port",
-            &base.to_string(),
-            "--data-dir",
-        ])
+        .args(["dev", "--nodes", "3", "--port", &base.to_string(), "--data-dir"])
         .arg(dir.path().join("data"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -67,15 +51,8 @@ async fn cli_tour_against_weft_dev() {
     tracing::info!("phase: status, text and JSON");
     let (code, out, err) = weft(ep, &["status"]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("cluster 'dev'") && out.contains("leader node"),
-        "{out}"
-    );
-    assert_eq!(
-        out.lines().filter(|l| l.contains("127.0.0.1:")).count(),
-        3,
-        "{out}"
-    );
+    assert!(out.contains("cluster 'dev'") && out.contains("leader node"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("127.0.0.1:")).count(), 3, "{out}");
     let (code, out, _) = weft(ep, &["status", "--json"]);
     assert_eq!(code, 0);
     let s: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
@@ -91,75 +68,26 @@ async fn cli_tour_against_weft_dev() {
     let (code, out, _) = weft(ep, &["state", "get", "shared/demo", "greeting", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        (v["value"].as_str(), v["version"].as_u64()),
-        (Some("hello"), Some(1))
-    );
-    let (code, _, err) = weft(
-        ep,
-        &[
-            "state",
-            "cas",
-            "shared/demo",
-            "greeting",
-            "hi",
-            "--expect",
-            "7",
-        ],
-    );
+    assert_eq!((v["value"].as_str(), v["version"].as_u64()), (Some("hello"), Some(1)));
+    let (code, _, err) = weft(ep, &["state", "cas", "shared/demo", "greeting", "hi", "--expect", "7"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("FailedPrecondition") && err.contains("expected 7, current is 1"),
-        "{err}"
-    );
-    let (code, out, _) = weft(
-        ep,
-        &[
-            "state",
-            "cas",
-            "shared/demo",
-            "greeting",
-            "hi",
-            "--expect",
-            "1",
-            "--json",
-        ],
-    );
+    assert!(err.contains("FailedPrecondition") && err.contains("expected 7, current is 1"), "{err}");
+    let (code, out, _) =
+        weft(ep, &["state", "cas", "shared/demo", "greeting", "hi", "--expect", "1", "--json"]);
     assert_eq!(code, 0);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["version"],
-        2
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["version"], 2);
     let (code, _, err) = weft(ep, &["state", "put", "nope", "k", "v"]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid namespace 'nope'"), "{err}");
     weft(ep, &["state", "put", "shared/demo", "a", "1"]);
-    let (code, out, _) = weft(
-        ep,
-        &[
-            "state",
-            "list",
-            "shared/demo",
-            "--limit",
-            "1",
-            "--all",
-            "--json",
-        ],
-    );
+    let (code, out, _) = weft(ep, &["state", "list", "shared/demo", "--limit", "1", "--all", "--json"]);
     assert_eq!(code, 0);
     let l: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let keys: Vec<&str> = l["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["key"].as_str().unwrap())
-        .collect();
+    let keys: Vec<&str> =
+        l["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["a", "greeting"]);
     let (code, out, _) = weft(&addrs[2], &["state", "get", "shared/demo", "a", "--stale"]);
-    assert!(
-        code == 0 && out.starts_with("a = 1") || code == 1,
-        "stale read: {out}"
-    );
+    assert!(code == 0 && out.starts_with("a = 1") || code == 1, "stale read: {out}");
     let (code, out, _) = weft(ep, &["state", "delete", "shared/demo", "a"]);
     assert_eq!((code, out.trim()), (0, "deleted"));
     let (code, _, err) = weft(ep, &["state", "get", "shared/demo", "a"]);
@@ -167,24 +95,11 @@ async fn cli_tour_against_weft_dev() {
     assert!(err.contains("not found"), "{err}");
     let (code, _, err) = weft("127.0.0.1:1", &["status"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("cannot reach a Weft node at 127.0.0.1:1"),
-        "{err}"
-    );
+    assert!(err.contains("cannot reach a Weft node at 127.0.0.1:1"), "{err}");
 
     tracing::info!("phase: SIGTERM stops the dev cluster cleanly");
     sigterm(dev.id());
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = dev.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "weft dev did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_exit(&mut dev).await;
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -202,21 +117,11 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
     let log = dir.path().join("node.log");
     let mut node = Process::spawn(args, log.clone()).unwrap();
     wait_for_leader_at(std::slice::from_ref(&addr)).await;
-    put_retrying(&addr, "shared/t", "k", "kept")
-        .await
-        .unwrap()
-        .unwrap();
+    put_retrying(&addr, "shared/t", "k", "kept").await.unwrap().unwrap();
 
     let child = node.child.as_mut().unwrap();
     sigterm(child.id());
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_exit(child).await;
     assert!(status.success(), "exit status {status:?}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("stopped"), "{text}");

@@ -1,8 +1,6 @@
 //! The built `weft` binary as separate processes: `kill -9` the leader.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -11,9 +9,7 @@ use crate::support::*;
 async fn leader_kill9_loses_no_acknowledged_write() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let members = members_of(&addrs);
     let mut procs: Vec<Process> = (1..=3u64)
         .map(|id| {
@@ -33,55 +29,25 @@ async fn leader_kill9_loses_no_acknowledged_write() {
         })
         .collect();
     let leader = wait_for_leader_at(&addrs).await;
-    tracing::info!(
-        leader,
-        "phase: three weft processes up; writers on every node"
-    );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for (w, addr) in addrs.iter().cloned().enumerate() {
-        let stop = stop.clone();
-        writers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("w{w}-{i}");
-                i += 1;
-                // The writer on the killed node sees connection errors: outcome unknown, move on.
-                if let Ok(Some(_)) = put_retrying(&addr, "shared/k9", &key, "v").await {
-                    acked.push((key, Instant::now()));
-                } else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            acked
-        }));
-    }
+    tracing::info!(leader, "phase: three weft processes up; writers on every node");
+    let writers = Writers::start(&addrs, "shared/k9");
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     tracing::info!(leader, "phase: kill -9 the leader");
     let killed_at = Instant::now();
     procs[leader as usize - 1].kill9();
-    let survivors: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i as u64 + 1 != leader)
-        .map(|(_, a)| a.clone())
-        .collect();
+    let survivors: Vec<String> =
+        addrs.iter().enumerate().filter(|(i, _)| *i as u64 + 1 != leader).map(|(_, a)| a.clone()).collect();
     let new_leader = wait_for_new_leader_at(&survivors, leader).await;
     assert_ne!(new_leader, leader);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
     let mut acked = BTreeSet::new();
-    let mut first_after_kill = None;
-    for w in writers {
-        for (key, at) in w.await.unwrap() {
-            if at > killed_at {
-                first_after_kill = Some(first_after_kill.map_or(at, |f: Instant| f.min(at)));
-            }
-            acked.insert(key);
+    let mut first_after_kill: Option<Instant> = None;
+    for (key, at) in writers.stop().await {
+        if at > killed_at {
+            first_after_kill = Some(first_after_kill.map_or(at, |f| f.min(at)));
         }
+        acked.insert(key);
     }
     let gap = first_after_kill.map(|f| f - killed_at);
     tracing::info!(
@@ -89,10 +55,7 @@ async fn leader_kill9_loses_no_acknowledged_write() {
         acked = acked.len(),
         "phase: writable again after the kill (figure, not an assertion)"
     );
-    assert!(
-        gap.is_some(),
-        "no write was acknowledged after the leader was killed"
-    );
+    assert!(gap.is_some(), "no write was acknowledged after the leader was killed");
 
     tracing::info!("phase: restart the killed node; every acknowledged write is on every node");
     procs[leader as usize - 1].start().unwrap();
@@ -100,15 +63,8 @@ async fn leader_kill9_loses_no_acknowledged_write() {
     for addr in &addrs {
         let mut c = client(addr).await;
         for key in &acked {
-            let got = c
-                .get(get_req("shared/k9", key))
-                .await
-                .expect("linearizable read")
-                .into_inner();
-            assert!(
-                got.entry.is_some(),
-                "acknowledged write {key} missing when read through {addr}"
-            );
+            let got = c.get(get_req("shared/k9", key)).await.expect("linearizable read").into_inner();
+            assert!(got.entry.is_some(), "acknowledged write {key} missing when read through {addr}");
         }
     }
     drop(procs);

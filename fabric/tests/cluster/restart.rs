@@ -18,35 +18,15 @@ async fn restarted_follower_catches_up_from_the_log() {
     cluster.stop(lagging).await;
     let addr = cluster.addrs[leader as usize - 1].clone();
     for i in 0..40 {
-        put_retrying(&addr, "shared/r", &format!("k{i}"), &format!("v{i}"))
-            .await
-            .unwrap()
-            .unwrap();
+        put_retrying(&addr, "shared/r", &format!("k{i}"), &format!("v{i}")).await.unwrap().unwrap();
     }
     tracing::info!("phase: restart it; it catches up from the leader's log");
     cluster.restart(lagging).await;
-    let last = cluster
-        .node(leader)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap();
-    cluster.wait_applied(lagging, last).await;
+    cluster.wait_caught_up(lagging).await;
     let node = cluster.node(lagging);
-    assert_eq!(
-        node.applied()
-            .counters()
-            .snapshots_installed
-            .load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(node.applied().counters().snapshots_installed.load(Ordering::Relaxed), 0);
     for i in 0..40 {
-        let v = node.applied().read(|a| {
-            a.grid
-                .get("shared/r", &format!("k{i}"))
-                .map(|v| v.data.clone())
-        });
+        let v = node.applied().read(|a| a.grid.get("shared/r", &format!("k{i}")).map(|v| v.data.clone()));
         assert_eq!(v, Some(format!("v{i}").into_bytes()));
     }
     cluster.shutdown().await;
@@ -63,17 +43,11 @@ async fn lagging_follower_catches_up_by_snapshot() {
     .await;
     let leader = cluster.wait_for_leader().await;
     let lagging = follower_of(leader);
-    tracing::info!(
-        lagging,
-        "phase: stop a follower; write until the others purge their logs"
-    );
+    tracing::info!(lagging, "phase: stop a follower; write until the others purge their logs");
     cluster.stop(lagging).await;
     let addr = cluster.addrs[leader as usize - 1].clone();
     for i in 0..120 {
-        put_retrying(&addr, "shared/s", &format!("k{i:03}"), &"x".repeat(64))
-            .await
-            .unwrap()
-            .unwrap();
+        put_retrying(&addr, "shared/s", &format!("k{i:03}"), &"x".repeat(64)).await.unwrap().unwrap();
     }
     let purged = loop {
         let m = cluster.node(leader).raft().metrics().borrow().clone();
@@ -82,49 +56,20 @@ async fn lagging_follower_catches_up_by_snapshot() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    tracing::info!(
-        purged,
-        "phase: restart the follower; the log it needs is gone, so it gets a snapshot"
-    );
+    tracing::info!(purged, "phase: restart the follower; the log it needs is gone, so it gets a snapshot");
     cluster.restart(lagging).await;
-    let last = cluster
-        .node(leader)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap();
-    cluster.wait_applied(lagging, last).await;
+    cluster.wait_caught_up(lagging).await;
     let node = cluster.node(lagging);
     assert!(
-        node.applied()
-            .counters()
-            .snapshots_installed
-            .load(Ordering::Relaxed)
-            >= 1,
+        node.applied().counters().snapshots_installed.load(Ordering::Relaxed) >= 1,
         "no snapshot was installed"
     );
     assert_eq!(node.applied().read(|a| a.grid.key_count()), 120);
 
     tracing::info!("phase: it keeps following after the snapshot");
-    put_retrying(&addr, "shared/s", "after", "y")
-        .await
-        .unwrap()
-        .unwrap();
-    let last = cluster
-        .node(leader)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap();
-    cluster.wait_applied(lagging, last).await;
-    assert!(
-        cluster
-            .node(lagging)
-            .applied()
-            .read(|a| a.grid.get("shared/s", "after").is_some())
-    );
+    put_retrying(&addr, "shared/s", "after", "y").await.unwrap().unwrap();
+    cluster.wait_caught_up(lagging).await;
+    assert!(cluster.node(lagging).applied().read(|a| a.grid.get("shared/s", "after").is_some()));
     cluster.shutdown().await;
 }
 
@@ -136,10 +81,7 @@ async fn whole_cluster_restart_keeps_every_write() {
     let leader = cluster.wait_for_leader().await;
     let addr = cluster.addrs[leader as usize - 1].clone();
     for i in 0..75 {
-        put_retrying(&addr, "shared/all", &format!("k{i}"), &format!("v{i}"))
-            .await
-            .unwrap()
-            .unwrap();
+        put_retrying(&addr, "shared/all", &format!("k{i}"), &format!("v{i}")).await.unwrap().unwrap();
     }
     tracing::info!("phase: stop every node, then start them all again");
     for id in 1..=3 {
@@ -151,27 +93,12 @@ async fn whole_cluster_restart_keeps_every_write() {
     cluster.wait_for_leader().await;
     for a in &cluster.addrs {
         for i in [0, 31, 74] {
-            assert_eq!(
-                get(a, "shared/all", &format!("k{i}")).await,
-                Some(format!("v{i}"))
-            );
+            assert_eq!(get(a, "shared/all", &format!("k{i}")).await, Some(format!("v{i}")));
         }
     }
-    let leader = cluster.wait_for_leader().await;
-    let last = cluster
-        .node(leader)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap();
     for id in 1..=3 {
-        cluster.wait_applied(id, last).await;
-        assert_eq!(
-            cluster.node(id).applied().read(|a| a.grid.key_count()),
-            75,
-            "node {id}"
-        );
+        cluster.wait_caught_up(id).await;
+        assert_eq!(cluster.node(id).applied().read(|a| a.grid.key_count()), 75, "node {id}");
     }
     cluster.shutdown().await;
 }

@@ -44,22 +44,13 @@ pub fn test_config(root: &Path, id: u64, addr: &str, members: &str) -> Config {
 pub async fn listeners(n: usize) -> Vec<TcpListener> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind ephemeral port"),
-        );
+        out.push(TcpListener::bind("127.0.0.1:0").await.expect("bind ephemeral port"));
     }
     out
 }
 
 pub fn members_of(addrs: &[String]) -> String {
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",")
+    addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",")
 }
 
 /// An in-process cluster. Node `i` (1-based) lives in `nodes[i - 1]` while it runs.
@@ -76,63 +67,38 @@ impl Cluster {
     pub async fn start(n: usize, tweak: impl Fn(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let listeners = listeners(n).await;
-        let addrs: Vec<String> = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().to_string())
-            .collect();
-        let members = if n == 1 {
-            String::new()
-        } else {
-            members_of(&addrs)
-        };
+        let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+        let members = if n == 1 { String::new() } else { members_of(&addrs) };
         let mut configs = Vec::new();
         let mut nodes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let mut config = test_config(dir.path(), i as u64 + 1, &addrs[i], &members);
             tweak(&mut config);
-            nodes.push(Some(
-                Node::start_on(config.clone(), listener)
-                    .await
-                    .expect("node starts"),
-            ));
+            nodes.push(Some(Node::start_on(config.clone(), listener).await.expect("node starts")));
             configs.push(config);
         }
-        let cluster = Self {
-            _dir: dir,
-            addrs,
-            configs,
-            nodes,
-        };
+        let cluster = Self { _dir: dir, addrs, configs, nodes };
         cluster.wait_for_leader().await;
         cluster
     }
 
     pub fn node(&self, id: u64) -> &Node {
-        self.nodes[id as usize - 1]
-            .as_ref()
-            .expect("node is running")
+        self.nodes[id as usize - 1].as_ref().expect("node is running")
     }
 
     /// Waits until every running node agrees on one leader, and returns its id.
     pub async fn wait_for_leader(&self) -> u64 {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let leaders: Vec<Option<u64>> = self
-                .nodes
-                .iter()
-                .flatten()
-                .map(|n| n.raft().metrics().borrow().current_leader)
-                .collect();
+            let leaders: Vec<Option<u64>> =
+                self.nodes.iter().flatten().map(|n| n.raft().metrics().borrow().current_leader).collect();
             if let Some(Some(l)) = leaders.first()
                 && leaders.iter().all(|x| *x == Some(*l))
                 && self.nodes[*l as usize - 1].is_some()
             {
                 return *l;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no agreed leader within {PATIENCE:?}: {leaders:?}"
-            );
+            assert!(Instant::now() < deadline, "no agreed leader within {PATIENCE:?}: {leaders:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -158,31 +124,26 @@ impl Cluster {
                 Err(e) => panic!("cannot rebind {addr}: {e}"),
             }
         };
-        self.nodes[id as usize - 1] = Some(
-            Node::start_on(config, listener)
-                .await
-                .expect("node restarts"),
-        );
+        self.nodes[id as usize - 1] = Some(Node::start_on(config, listener).await.expect("node restarts"));
     }
 
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64) {
         let mut metrics = self.node(id).raft().metrics();
         let ok = tokio::time::timeout(PATIENCE, async {
-            while metrics
-                .borrow_and_update()
-                .last_applied
-                .map_or(0, |l| l.index)
-                < index
-            {
+            while metrics.borrow_and_update().last_applied.map_or(0, |l| l.index) < index {
                 let _ = metrics.changed().await;
             }
         })
         .await;
-        assert!(
-            ok.is_ok(),
-            "node {id} did not apply index {index} within {PATIENCE:?}"
-        );
+        assert!(ok.is_ok(), "node {id} did not apply index {index} within {PATIENCE:?}");
+    }
+
+    /// Waits until node `id` has applied everything the current leader has in its log.
+    pub async fn wait_caught_up(&self, id: u64) {
+        let leader = self.wait_for_leader().await;
+        let last = self.node(leader).raft().metrics().borrow().last_log_index.unwrap_or(0);
+        self.wait_applied(id, last).await;
     }
 
     pub async fn shutdown(mut self) {
@@ -227,42 +188,23 @@ pub fn get_req(ns: &str, key: &str) -> pb::GetRequest {
 }
 
 pub fn stale_get_req(ns: &str, key: &str) -> pb::GetRequest {
-    pb::GetRequest {
-        namespace: ns.into(),
-        key: key.into(),
-        consistency: pb::Consistency::Stale as i32,
-    }
+    pb::GetRequest { namespace: ns.into(), key: key.into(), consistency: pb::Consistency::Stale as i32 }
 }
 
 /// The value of a key by linearizable read, as a string.
 pub async fn get(addr: &str, ns: &str, key: &str) -> Option<String> {
-    let reply = client(addr)
-        .await
-        .get(get_req(ns, key))
-        .await
-        .expect("linearizable get")
-        .into_inner();
-    reply
-        .entry
-        .map(|kv| String::from_utf8(kv.value).expect("utf8 value"))
+    let reply = client(addr).await.get(get_req(ns, key)).await.expect("linearizable get").into_inner();
+    reply.entry.map(|kv| String::from_utf8(kv.value).expect("utf8 value"))
 }
 
 /// Whether a status says the write was certainly not applied.
 pub fn not_applied(status: &tonic::Status) -> bool {
-    status
-        .metadata()
-        .get("weft-not-applied")
-        .is_some_and(|v| v == "true")
+    status.metadata().get("weft-not-applied").is_some_and(|v| v == "true")
 }
 
 /// A put that retries only what was certainly not applied. `Ok(None)` when the outcome is
 /// unknown.
-pub async fn put_retrying(
-    addr: &str,
-    ns: &str,
-    key: &str,
-    value: &str,
-) -> anyhow::Result<Option<u64>> {
+pub async fn put_retrying(addr: &str, ns: &str, key: &str, value: &str) -> anyhow::Result<Option<u64>> {
     let deadline = Instant::now() + PATIENCE;
     let mut c = client(addr).await;
     loop {
@@ -271,10 +213,7 @@ pub async fn put_retrying(
             Err(s) if not_applied(&s) && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(s)
-                if s.code() == tonic::Code::Unavailable
-                    || s.code() == tonic::Code::DeadlineExceeded =>
-            {
+            Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::DeadlineExceeded => {
                 return Ok(None);
             }
             Err(s) => bail!("put {key} failed: {s:?}"),
@@ -289,11 +228,7 @@ pub fn weft_bin() -> PathBuf {
 
 /// A free port: bound and released. (Processes cannot inherit a bound socket here.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A `weft node` child process, killed (SIGKILL) when dropped.
@@ -305,20 +240,13 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(args: Vec<String>, log: PathBuf) -> anyhow::Result<Self> {
-        let mut p = Self {
-            args,
-            child: None,
-            log,
-        };
+        let mut p = Self { args, child: None, log };
         p.start()?;
         Ok(p)
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(weft_bin())
             .arg("node")
             .args(&self.args)
@@ -375,10 +303,65 @@ pub async fn wait_for_new_leader_at(addrs: &[String], not: u64) -> u64 {
         {
             return s.leader_id;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no leader at {addrs:?} within {PATIENCE:?}"
-        );
+        assert!(Instant::now() < deadline, "no leader at {addrs:?} within {PATIENCE:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writers that put unique keys (`w<writer>-<n>`) into `ns` until stopped, one per address,
+/// and remember which puts were acknowledged and when.
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(String, Instant)>>>,
+}
+
+impl Writers {
+    pub fn start(addrs: &[String], ns: &'static str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = addrs
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(w, addr)| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let key = format!("w{w}-{i}");
+                        i += 1;
+                        // A writer whose node is gone sees unknown outcomes: it moves on.
+                        match put_retrying(&addr, ns, &key, "v").await {
+                            Ok(Some(_)) => acked.push((key, Instant::now())),
+                            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops the writers; returns every acknowledged key with the time it was acknowledged.
+    pub async fn stop(self) -> Vec<(String, Instant)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for t in self.tasks {
+            acked.extend(t.await.expect("writer task"));
+        }
+        acked
+    }
+}
+
+/// Waits for a child process to exit (bounded by [`PATIENCE`]).
+pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

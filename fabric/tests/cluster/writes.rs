@@ -12,14 +12,9 @@ async fn writes_and_reads_through_every_node() {
     init_tracing();
     let cluster = Cluster::start(3, |_| {}).await;
     let leader = cluster.wait_for_leader().await;
-    tracing::info!(
-        leader,
-        "phase: a write through each node, leader and followers"
-    );
+    tracing::info!(leader, "phase: a write through each node, leader and followers");
     for (i, addr) in cluster.addrs.iter().enumerate() {
-        let v = put_retrying(addr, "shared/w", &format!("k{i}"), &format!("v{i}"))
-            .await
-            .unwrap();
+        let v = put_retrying(addr, "shared/w", &format!("k{i}"), &format!("v{i}")).await.unwrap();
         assert!(v.is_some(), "put through node {} acknowledged", i + 1);
     }
 
@@ -34,26 +29,14 @@ async fn writes_and_reads_through_every_node() {
     }
 
     tracing::info!("phase: followers forwarded to the leader");
-    let follower = cluster
-        .addrs
-        .iter()
-        .enumerate()
-        .find(|(i, _)| *i as u64 + 1 != leader)
-        .unwrap()
-        .1;
+    let follower = cluster.addrs.iter().enumerate().find(|(i, _)| *i as u64 + 1 != leader).unwrap().1;
     let metrics = reqwest_metrics(follower).await;
     let forwarded = metric(&metrics, "weft_api_forwarded_total");
     assert!(forwarded >= 1, "follower forwarded nothing:\n{metrics}");
 
     tracing::info!("phase: compare-and-set through a follower");
     let mut c = client(follower).await;
-    let current = c
-        .get(get_req("shared/w", "k0"))
-        .await
-        .unwrap()
-        .into_inner()
-        .entry
-        .unwrap();
+    let current = c.get(get_req("shared/w", "k0")).await.unwrap().into_inner().entry.unwrap();
     let cas = pb::CompareAndSetRequest {
         namespace: "shared/w".into(),
         key: "k0".into(),
@@ -61,38 +44,18 @@ async fn writes_and_reads_through_every_node() {
         value: b"v0-2".to_vec(),
         ttl_ms: None,
     };
-    let new_version = c
-        .compare_and_set(cas.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
+    let new_version = c.compare_and_set(cas.clone()).await.unwrap().into_inner().version;
     assert!(new_version > current.version);
     let err = c.compare_and_set(cas).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(
-        err.message().contains(&format!("current is {new_version}")),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains(&format!("current is {new_version}")), "{}", err.message());
 
     tracing::info!("phase: list pages through a prefix via another node");
     let mut c = client(&cluster.addrs[2]).await;
     for i in 0..25 {
-        put_retrying(
-            &cluster.addrs[2],
-            "shared/list",
-            &format!("item/{i:03}"),
-            "x",
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        put_retrying(&cluster.addrs[2], "shared/list", &format!("item/{i:03}"), "x").await.unwrap().unwrap();
     }
-    put_retrying(&cluster.addrs[2], "shared/list", "other", "x")
-        .await
-        .unwrap()
-        .unwrap();
+    put_retrying(&cluster.addrs[2], "shared/list", "other", "x").await.unwrap().unwrap();
     let mut keys = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
@@ -116,25 +79,14 @@ async fn writes_and_reads_through_every_node() {
         }
     }
     assert_eq!(pages, 3);
-    assert_eq!(
-        keys,
-        (0..25).map(|i| format!("item/{i:03}")).collect::<Vec<_>>()
-    );
+    assert_eq!(keys, (0..25).map(|i| format!("item/{i:03}")).collect::<Vec<_>>());
 
     tracing::info!("phase: cluster status lists every member with its role");
     let status = status(&cluster.addrs[1..2]).await.expect("status");
     assert_eq!(status.leader_id, leader);
     assert_eq!(status.members.len(), 3);
-    assert!(
-        status
-            .members
-            .iter()
-            .all(|m| m.reachable && m.voter && m.applied_index.is_some())
-    );
-    assert_eq!(
-        status.members.iter().filter(|m| m.role == "leader").count(),
-        1
-    );
+    assert!(status.members.iter().all(|m| m.reachable && m.voter && m.applied_index.is_some()));
+    assert_eq!(status.members.iter().filter(|m| m.role == "leader").count(), 1);
     cluster.shutdown().await;
 }
 
@@ -142,13 +94,7 @@ async fn writes_and_reads_through_every_node() {
 async fn concurrent_writes_are_batched_and_all_applied() {
     init_tracing();
     let cluster = Cluster::start(3, |_| {}).await;
-    let before = cluster
-        .node(1)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap_or(0);
+    let before = cluster.node(1).raft().metrics().borrow().last_log_index.unwrap_or(0);
     tracing::info!("phase: 64 clients x 20 puts, spread over every node");
     let mut tasks = Vec::new();
     for c in 0..64 {
@@ -157,11 +103,7 @@ async fn concurrent_writes_are_batched_and_all_applied() {
             let mut acked = Vec::new();
             for i in 0..20 {
                 let key = format!("c{c}-{i}");
-                if put_retrying(&addr, "shared/batch", &key, "v")
-                    .await
-                    .unwrap()
-                    .is_some()
-                {
+                if put_retrying(&addr, "shared/batch", &key, "v").await.unwrap().is_some() {
                     acked.push(key);
                 }
             }
@@ -172,24 +114,10 @@ async fn concurrent_writes_are_batched_and_all_applied() {
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
-    assert_eq!(
-        acked.len(),
-        64 * 20,
-        "every put acknowledged in a healthy cluster"
-    );
+    assert_eq!(acked.len(), 64 * 20, "every put acknowledged in a healthy cluster");
     let leader = cluster.wait_for_leader().await;
-    let after = cluster
-        .node(leader)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap_or(0);
-    tracing::info!(
-        entries = after - before,
-        writes = acked.len(),
-        "phase: writes shared log entries"
-    );
+    let after = cluster.node(leader).raft().metrics().borrow().last_log_index.unwrap_or(0);
+    tracing::info!(entries = after - before, writes = acked.len(), "phase: writes shared log entries");
     assert!(
         after - before < acked.len() as u64,
         "1280 concurrent writes should share entries, but took {} entries",
@@ -208,20 +136,11 @@ async fn single_node_cluster_serves_reads_and_writes() {
     init_tracing();
     let cluster = Cluster::start(1, |_| {}).await;
     let addr = &cluster.addrs[0];
-    put_retrying(addr, "instance/counter/c1", "n", "1")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        get(addr, "instance/counter/c1", "n").await.as_deref(),
-        Some("1")
-    );
+    put_retrying(addr, "instance/counter/c1", "n", "1").await.unwrap().unwrap();
+    assert_eq!(get(addr, "instance/counter/c1", "n").await.as_deref(), Some("1"));
     let err = client(addr)
         .await
-        .put(pb::PutRequest {
-            if_absent: true,
-            ..put_req("instance/counter/c1", "n", "2")
-        })
+        .put(pb::PutRequest { if_absent: true, ..put_req("instance/counter/c1", "n", "2") })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
@@ -246,16 +165,8 @@ async fn ttl_expiry_is_replicated_to_every_node() {
     let cluster = Cluster::start(3, |c| c.ttl_check_interval_ms = 100).await;
     let addr = &cluster.addrs[0];
     let mut c = client(addr).await;
-    c.put(pb::PutRequest {
-        ttl_ms: Some(300),
-        ..put_req("shared/ttl", "short", "v")
-    })
-    .await
-    .unwrap();
-    put_retrying(addr, "shared/ttl", "long", "v")
-        .await
-        .unwrap()
-        .unwrap();
+    c.put(pb::PutRequest { ttl_ms: Some(300), ..put_req("shared/ttl", "short", "v") }).await.unwrap();
+    put_retrying(addr, "shared/ttl", "long", "v").await.unwrap().unwrap();
     let kv = c
         .get(get_req("shared/ttl", "short"))
         .await
@@ -268,25 +179,16 @@ async fn ttl_expiry_is_replicated_to_every_node() {
     tracing::info!("phase: the leader proposes expiry; every replica drops the key");
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let counts: Vec<usize> = (1..=3)
-            .map(|id| cluster.node(id).applied().read(|a| a.grid.key_count()))
-            .collect();
+        let counts: Vec<usize> =
+            (1..=3).map(|id| cluster.node(id).applied().read(|a| a.grid.key_count())).collect();
         if counts.iter().all(|c| *c == 1) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "expired key still stored: {counts:?}"
-        );
+        assert!(Instant::now() < deadline, "expired key still stored: {counts:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for a in &cluster.addrs {
-        let stale = client(a)
-            .await
-            .get(stale_get_req("shared/ttl", "short"))
-            .await
-            .unwrap()
-            .into_inner();
+        let stale = client(a).await.get(stale_get_req("shared/ttl", "short")).await.unwrap().into_inner();
         assert!(stale.entry.is_none(), "expired key visible at {a}");
         assert_eq!(get(a, "shared/ttl", "long").await.as_deref(), Some("v"));
     }
@@ -300,25 +202,14 @@ pub async fn reqwest_metrics(addr: &str) -> String {
 /// A minimal HTTP/1.1 GET over a raw socket (no HTTP client dependency for two endpoints).
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect for HTTP");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
         .await
-        .expect("connect for HTTP");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+        .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (code, body)
 }
 
@@ -339,10 +230,7 @@ async fn health_endpoints_answer_on_the_grpc_port() {
     let (code, body) = http_get(addr, "/readyz").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("leader is node 1"), "{body}");
-    put_retrying(addr, "shared/m", "k", "v")
-        .await
-        .unwrap()
-        .unwrap();
+    put_retrying(addr, "shared/m", "k", "v").await.unwrap().unwrap();
     let text = reqwest_metrics(addr).await;
     assert_eq!(metric(&text, "weft_raft_is_leader"), 1);
     assert_eq!(metric(&text, "weft_grid_keys"), 1);
