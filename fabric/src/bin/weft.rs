@@ -9,9 +9,7 @@ async fn main() {
     let cli = Cli::parse();
     let default_level = if cli.runs_nodes() { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
         .with_writer(std::io::stderr)
         .init();
     let code = match cli.run().await {
