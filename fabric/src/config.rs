@@ -20,6 +20,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 /// Environment variables that configure a node start with this prefix (`WEFT_NODE_ID`, ...).
 pub const ENV_PREFIX: &str = "WEFT_";
 
+/// `WEFT_*` variables that are not node settings (the CLI reads them).
+const NON_NODE_ENV: &[&str] = &["WEFT_ENDPOINT"];
+
 /// A node's configuration. Field names are the TOML keys; the environment variable of a field
 /// is `WEFT_` + its name in capitals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +33,7 @@ pub struct Config {
     pub node_id: NodeId,
     /// The cluster's name. Recorded in the data directory; peers from another cluster are
     /// refused.
+    #[serde(deserialize_with = "string_or_number")]
     pub cluster: String,
     /// Where the node keeps its identity, Raft log, vote and snapshots.
     pub data_dir: PathBuf,
@@ -60,6 +64,8 @@ pub struct Config {
     pub snapshot_chunk_bytes: u64,
     /// Most log entries in one replication message.
     pub max_entries_per_append: u64,
+    /// How long a leader waits for a follower to take one snapshot chunk.
+    pub snapshot_chunk_timeout_ms: u64,
 
     /// Largest value stored under one key.
     pub max_value_bytes: usize,
@@ -104,6 +110,7 @@ impl Default for Config {
             log_entries_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 << 20,
             max_entries_per_append: 64,
+            snapshot_chunk_timeout_ms: 10_000,
             max_value_bytes: limits.max_value_bytes,
             max_key_bytes: limits.max_key_bytes,
             max_list_page: limits.max_list_page,
@@ -155,6 +162,14 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         let known = Self::field_names();
+        for (key, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
+            if let Some(field) = key.strip_prefix(ENV_PREFIX)
+                && !known.iter().any(|k| k.eq_ignore_ascii_case(field))
+                && !NON_NODE_ENV.contains(&key.as_str())
+            {
+                tracing::warn!(variable = %key, "ignoring an environment variable that configures nothing");
+            }
+        }
         let config: Config = figment
             .merge(Env::prefixed(ENV_PREFIX).filter(move |key| known.iter().any(|k| key == k.as_str())))
             .merge(Serialized::defaults(overrides))
@@ -166,18 +181,18 @@ impl Config {
 
     fn field_names() -> Vec<String> {
         match serde_json::to_value(Config::default()) {
-            Ok(serde_json::Value::Object(map)) => {
-                let mut names: Vec<String> = map.keys().cloned().collect();
-                names.push("advertise".into());
-                names
-            }
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
             _ => Vec::new(),
         }
     }
 
     /// The merged configuration as TOML, for `--dump-config`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+        let mut out = toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}"));
+        if self.advertise.is_none() {
+            out.push_str("# advertise is unset: peers and clients are told the listen address\n");
+        }
+        out
     }
 
     /// Checks every field; the error names the first bad one.
@@ -199,11 +214,23 @@ impl Config {
             check_host_port(adv).map_err(|r| invalid("advertise", r))?;
         }
         let members = self.members()?;
-        if !members.is_empty() && !members.iter().any(|m| m.id == self.node_id) {
-            return Err(invalid(
-                "initial_members",
-                format!("does not list this node (node_id {})", self.node_id),
-            ));
+        if !members.is_empty() {
+            let Some(me) = members.iter().find(|m| m.id == self.node_id) else {
+                return Err(invalid(
+                    "initial_members",
+                    format!("does not list this node (node_id {})", self.node_id),
+                ));
+            };
+            // Peers reach this node at its member entry; a different advertise address would
+            // mean two names for one node.
+            if let Some(adv) = &self.advertise
+                && *adv != me.addr
+            {
+                return Err(invalid(
+                    "advertise",
+                    format!("is '{adv}' but initial_members lists node {} at '{}'", self.node_id, me.addr),
+                ));
+            }
         }
         if self.heartbeat_interval_ms == 0 {
             return Err(invalid("heartbeat_interval_ms", "must be more than 0"));
@@ -221,6 +248,7 @@ impl Config {
             ("snapshot_after_entries", self.snapshot_after_entries),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
             ("max_entries_per_append", self.max_entries_per_append),
+            ("snapshot_chunk_timeout_ms", self.snapshot_chunk_timeout_ms),
             ("request_timeout_ms", self.request_timeout_ms),
             ("ttl_check_interval_ms", self.ttl_check_interval_ms),
         ] {
@@ -312,10 +340,25 @@ impl Config {
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
             max_payload_entries: self.max_entries_per_append,
-            install_snapshot_timeout: 10_000,
+            install_snapshot_timeout: self.snapshot_chunk_timeout_ms,
             ..Default::default()
         }
     }
+}
+
+/// Accepts `cluster = 123` (and `WEFT_CLUSTER=123`, which the environment layer reads as a
+/// number) as the string "123".
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        S(String),
+        N(i64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::S(s) => s,
+        Either::N(n) => n.to_string(),
+    })
 }
 
 fn check_host_port(s: &str) -> Result<(), String> {
@@ -341,10 +384,10 @@ mod tests {
         let file = dir.path().join("weft.toml");
         std::fs::write(&file, "node_id = 2\ncluster = \"from-file\"\nmax_list_page = 50\n").unwrap();
         figment::Jail::expect_with(|jail| {
-            jail.set_env("WEFT_CLUSTER", "from-env");
+            jail.set_env("WEFT_CLUSTER", "123");
             jail.set_env("WEFT_ENDPOINT", "ignored:1"); // a CLI variable, not a node field
             let c = Config::load(Some(&file), Flags { node_id: Some(3) }).unwrap();
-            assert_eq!((c.node_id, c.cluster.as_str(), c.max_list_page), (3, "from-env", 50));
+            assert_eq!((c.node_id, c.cluster.as_str(), c.max_list_page), (3, "123", 50));
             Ok(())
         });
     }
@@ -364,6 +407,14 @@ mod tests {
         check(Config { max_batch_commands: 0, ..Default::default() }, "max_batch_commands");
         check(Config { max_message_bytes: 10, ..Default::default() }, "max_message_bytes");
         check(Config { cluster: "a b".into(), ..Default::default() }, "cluster");
+        check(
+            Config {
+                initial_members: "1=a:1,2=b:2".into(),
+                advertise: Some("c:3".into()),
+                ..Default::default()
+            },
+            "initial_members lists node 1 at 'a:1'",
+        );
         Config::default().validate().unwrap();
     }
 

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -12,17 +13,29 @@ use axum::routing::get;
 use crate::api::Context;
 
 /// The HTTP routes of a node.
-pub fn router(ctx: Context) -> Router {
+///
+/// A leader that has not heard from a quorum for `quorum_timeout` reports not ready: it
+/// cannot commit, so requests sent to it would only wait.
+pub fn router(ctx: Context, quorum_timeout: Duration) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(move |state| readyz(state, quorum_timeout)))
         .route("/metrics", get(metrics))
         .with_state(ctx)
 }
 
-async fn readyz(State(ctx): State<Context>) -> (StatusCode, String) {
+async fn readyz(State(ctx): State<Context>, quorum_timeout: Duration) -> (StatusCode, String) {
     let metrics = ctx.raft.metrics();
     let m = metrics.borrow();
+    if let Some(ms) = m.millis_since_quorum_ack
+        && m.current_leader == Some(m.id)
+        && u128::from(ms) > quorum_timeout.as_millis()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: node {} leads but has not heard from a quorum for {ms} ms\n", m.id),
+        );
+    }
     match m.current_leader {
         Some(leader) => (
             StatusCode::OK,

@@ -36,7 +36,8 @@ use crate::raft::{NodeId, Raft};
 /// election timeouts without hearing from a leader.
 pub const INIT_FALLBACK_ELECTION_TIMEOUTS: u64 = 4;
 
-/// Why a node could not start. Nothing was changed on disk beyond claiming a new data dir.
+/// Why a node could not start. Existing data is never changed; a new data dir may have been
+/// claimed (identity file, empty stores).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration is invalid.
@@ -140,7 +141,8 @@ impl Node {
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .into_axum_router();
-        let app = grpc.merge(http::router(ctx));
+        let quorum_timeout = Duration::from_millis(2 * config.election_timeout_max_ms);
+        let app = grpc.merge(http::router(ctx, quorum_timeout));
         let listener = listener.tap_io(|tcp| {
             // Small RPCs must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);

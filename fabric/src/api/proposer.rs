@@ -22,6 +22,9 @@ use crate::grid::{Command, Output};
 use crate::raft::state_machine;
 use crate::raft::{NodeId, Raft, Request};
 
+/// Most keys one expiry entry removes; the next check proposes another for the rest.
+pub const MAX_EXPIRED_PER_ENTRY: u64 = 10_000;
+
 /// Sizes of the proposer's queue and batches.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -64,13 +67,14 @@ impl Handle {
     }
 }
 
+/// An estimate of a command's encoded size (payload plus a little framing), for batching.
 fn command_bytes(command: &Command) -> usize {
     match command {
         Command::Put { namespace, key, value, .. } | Command::CompareAndSet { namespace, key, value, .. } => {
             namespace.len() + key.len() + value.len() + 32
         }
         Command::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
-        Command::Expire => 8,
+        Command::Expire { .. } => 16,
     }
 }
 
@@ -173,8 +177,12 @@ impl Service {
         let raft = self.raft.clone();
         let expiring = expiring.clone();
         tokio::spawn(async move {
-            let result =
-                raft.client_write(Request::Batch { now_ms: now_ms(), commands: vec![Command::Expire] }).await;
+            let result = raft
+                .client_write(Request::Batch {
+                    now_ms: now_ms(),
+                    commands: vec![Command::Expire { limit: MAX_EXPIRED_PER_ENTRY }],
+                })
+                .await;
             if let Err(e) = result {
                 tracing::debug!(error = %e, "expiry proposal failed; the next leader retries");
             }

@@ -74,6 +74,13 @@ impl StateService {
         result
     }
 
+    fn timed_out(&self) -> Error {
+        Error::Unavailable(format!(
+            "no answer within request_timeout_ms ({} ms); is a majority of the cluster up?",
+            self.ctx.request_timeout.as_millis()
+        ))
+    }
+
     /// Serves a request where the leader is: here, or forwarded once to it. Retries what is
     /// safe to retry until `request_timeout` runs out.
     async fn route<C: Call>(&self, request: Request<C>) -> Result<Response<C::Reply>, Status> {
@@ -82,11 +89,25 @@ impl StateService {
         let deadline = Instant::now() + self.ctx.request_timeout;
         loop {
             let last = match self.ctx.wait_for_leader(deadline).await {
-                Leader::Local => match req.clone().local(self.ctx.clone()).await {
-                    Ok(reply) => return Ok(Response::new(reply)),
-                    Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_))) => e.into_status(),
-                    Err(e) => return Err(e.into_status()),
-                },
+                Leader::Local => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, req.clone().local(self.ctx.clone())).await {
+                        Ok(Ok(reply)) => return Ok(Response::new(reply)),
+                        Ok(Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_)))) => e.into_status(),
+                        Ok(Err(e)) => return Err(e.into_status()),
+                        // A read that timed out changed nothing; a write was handed to Raft and
+                        // may still commit (e.g. when a lost quorum comes back).
+                        Err(_) if C::IDEMPOTENT => return Err(self.timed_out().into_status()),
+                        Err(_) => {
+                            return Err(Error::Indeterminate(format!(
+                                "not committed within request_timeout_ms ({} ms); the leader may have \
+                                 lost its quorum",
+                                self.ctx.request_timeout.as_millis()
+                            ))
+                            .into_status());
+                        }
+                    }
+                }
                 Leader::Remote { addr, .. } if forwarded => {
                     // Forwarded here, but we are not the leader (any more): the sender retries.
                     return Err(Error::NotLeader { leader: Some(addr) }.into_status());
@@ -244,8 +265,10 @@ impl pb::state_server::State for StateService {
         if convert::is_stale(request.get_ref().consistency) {
             self.ctx.counters.reads.fetch_add(1, Ordering::Relaxed);
             let req = request.get_ref();
-            req.validate(&self.ctx).map_err(Error::into_status)?;
-            return Ok(Response::new(read_get(&self.ctx, req)));
+            let result = req.validate(&self.ctx).map(|()| Response::new(read_get(&self.ctx, req)));
+            let result = result.map_err(Error::into_status);
+            self.ctx.count(&result);
+            return result;
         }
         self.serve(request).await
     }
@@ -272,8 +295,10 @@ impl pb::state_server::State for StateService {
         if convert::is_stale(request.get_ref().consistency) {
             self.ctx.counters.reads.fetch_add(1, Ordering::Relaxed);
             let req = request.get_ref();
-            req.validate(&self.ctx).map_err(Error::into_status)?;
-            return read_list(&self.ctx, req).map(Response::new).map_err(Error::into_status);
+            let result = req.validate(&self.ctx).and_then(|()| read_list(&self.ctx, req));
+            let result = result.map(Response::new).map_err(Error::into_status);
+            self.ctx.count(&result);
+            return result;
         }
         self.serve(request).await
     }

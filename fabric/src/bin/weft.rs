@@ -7,7 +7,8 @@ use weft_fabric::cli::Cli;
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let default_level = if cli.runs_nodes() { "info" } else { "warn" };
+    // openraft is chatty at info (and logs routine retries as errors): keep it to warnings.
+    let default_level = if cli.runs_nodes() { "info,openraft=warn" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
         .with_writer(std::io::stderr)

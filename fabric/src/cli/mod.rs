@@ -25,7 +25,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a fabric node.
     Node(node_cmd::Args),
-    /// Run a local development cluster (the embedded default): N nodes on localhost ports.
+    /// Run a local development cluster in this one process: N nodes on localhost ports.
     Dev(dev::Args),
     /// Show the cluster: leader, term, and each member's role and progress.
     Status(client::StatusArgs),

@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Limits the grid enforces on every command, wherever it was proposed.
+/// Limits on commands and queries. The node that receives a write checks them before
+/// proposing it ([`Command::validate`]); `apply` does not, so replicas configured with other
+/// limits still apply the same log the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Largest value, in bytes.
@@ -52,8 +54,9 @@ pub enum Command {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     },
-    /// Drop every key whose time to live has run out at the entry's time.
-    Expire,
+    /// Drop keys whose time to live has run out at the entry's time, at most `limit` of them
+    /// (the leader proposes another entry for the rest).
+    Expire { limit: u64 },
 }
 
 impl Command {
@@ -72,7 +75,7 @@ impl Command {
                 Ok(())
             }
             Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
-            Command::Expire => Ok(()),
+            Command::Expire { .. } => Ok(()),
         }
     }
 
@@ -88,7 +91,7 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::Expire => Ok(()),
+            Command::Expire { .. } => Ok(()),
         }
     }
 }
@@ -228,7 +231,7 @@ impl Grid {
                 }
                 Ok(Output::Deleted { existed })
             }
-            Command::Expire => Ok(Output::Expired { count: self.expire() }),
+            Command::Expire { limit } => Ok(Output::Expired { count: self.expire(*limit) }),
         }
     }
 
@@ -330,9 +333,11 @@ impl Grid {
         }
     }
 
-    fn expire(&mut self) -> u64 {
+    fn expire(&mut self, limit: u64) -> u64 {
         let mut count = 0;
-        while let Some(entry) = self.expiries.first_entry() {
+        while count < limit
+            && let Some(entry) = self.expiries.first_entry()
+        {
             let (at, _, _) = entry.key();
             if *at > self.now_ms {
                 break;

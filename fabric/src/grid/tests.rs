@@ -144,7 +144,18 @@ fn ttl_expires_by_entry_time_and_clock_never_goes_back() {
         if_absent: false,
     };
     g.apply_batch(2_000, &[ttl2]);
-    let out = g.apply_batch(2_010, &[Command::Expire]);
+    let ttl3 = Command::Put {
+        namespace: NS[1].into(),
+        key: "k3".into(),
+        value: b"v".to_vec(),
+        ttl_ms: Some(5),
+        if_absent: false,
+    };
+    g.apply_batch(2_000, &[ttl3]);
+    let out = g.apply_batch(2_010, &[Command::Expire { limit: 1 }]);
+    assert_eq!(out, vec![Ok(Output::Expired { count: 1 })], "bounded by the limit");
+    assert_eq!(g.key_count(), 2);
+    let out = g.apply_batch(2_010, &[Command::Expire { limit: 10 }]);
     assert_eq!(out, vec![Ok(Output::Expired { count: 1 })]);
     assert_eq!(g.key_count(), 1, "expire drops the stored key");
 }
@@ -184,7 +195,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         2 => (ns, key, prop::option::of(0u64..12)).prop_map(
             |(namespace, key, expected_version)| Command::Delete { namespace, key, expected_version }
         ),
-        1 => Just(Command::Expire),
+        1 => (1u64..4).prop_map(|limit| Command::Expire { limit }),
     ]
 }
 
@@ -275,7 +286,7 @@ proptest! {
                         }
                     }
                 }
-                Command::Expire => Ok(Output::Expired { count: 0 }),
+                Command::Expire { .. } => Ok(Output::Expired { count: 0 }),
             };
             prop_assert_eq!(grid.apply_checked(&cmd, &limits()), expected, "command {:?}", cmd);
             for ((ns, key), (value, version)) in &model {

@@ -42,24 +42,26 @@ impl RaftService {
     }
 }
 
-fn reply<T: Serialize>(result: &T) -> Result<Response<RaftPayload>, Status> {
-    Ok(Response::new(RaftPayload {
-        format: u32::from(codec::FORMAT_BINCODE_V1),
-        payload: codec::encode(result),
-        cluster: String::new(),
-    }))
+impl RaftService {
+    fn reply<T: Serialize>(&self, result: &T) -> Result<Response<RaftPayload>, Status> {
+        Ok(Response::new(RaftPayload {
+            format: u32::from(codec::FORMAT_BINCODE_V1),
+            payload: codec::encode(result),
+            cluster: self.cluster.clone(),
+        }))
+    }
 }
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let req = self.decode(request.get_ref())?;
-        reply(&self.raft.vote(req).await)
+        self.reply(&self.raft.vote(req).await)
     }
 
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let req = self.decode(request.get_ref())?;
-        reply(&self.raft.append_entries(req).await)
+        self.reply(&self.raft.append_entries(req).await)
     }
 
     async fn install_snapshot(
@@ -78,6 +80,6 @@ impl raft_server::Raft for RaftService {
             data: chunk.data,
             done: chunk.done,
         };
-        reply(&self.raft.install_snapshot(req).await)
+        self.reply(&self.raft.install_snapshot(req).await)
     }
 }

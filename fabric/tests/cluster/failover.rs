@@ -38,3 +38,44 @@ async fn leader_loss_keeps_acknowledged_writes() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_without_quorum_answers_within_the_request_timeout() {
+    init_tracing();
+    let mut cluster = Cluster::start(3, |c| c.request_timeout_ms = 1_500).await;
+    let leader = cluster.wait_for_leader().await;
+    let addr = cluster.addrs[leader as usize - 1].clone();
+    put_retrying(&addr, "shared/q", "before", "v").await.unwrap().unwrap();
+
+    tracing::info!(leader, "phase: stop both followers; the leader is alone");
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.stop(id).await;
+    }
+    let mut c = client(&addr).await;
+    let started = std::time::Instant::now();
+    let err = c.put(put_req("shared/q", "during", "v")).await.expect_err("cannot commit without a quorum");
+    let took = started.elapsed();
+    tracing::info!(?took, code = ?err.code(), message = err.message(), "write to a leader without quorum");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(!not_applied(&err), "a proposed write's outcome is unknown, not 'not applied': {err:?}");
+    assert!(err.message().contains("outcome unknown"), "{}", err.message());
+    assert!(took < Duration::from_secs(10), "answered after the request timeout, not never ({took:?})");
+
+    let err = c.get(get_req("shared/q", "before")).await.expect_err("no linearizable read without a quorum");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(not_applied(&err), "a failed read changed nothing: {err:?}");
+
+    let (code, body) = crate::writes::http_get(&addr, "/readyz").await;
+    assert_eq!(code, 503, "a leader without a quorum is not ready: {body}");
+    assert!(body.contains("has not heard from a quorum"), "{body}");
+
+    tracing::info!("phase: the followers come back; the cluster serves again");
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.restart(id).await;
+    }
+    let leader = cluster.wait_for_leader().await;
+    let addr = &cluster.addrs[leader as usize - 1];
+    assert_eq!(get(addr, "shared/q", "before").await.as_deref(), Some("v"));
+    put_retrying(addr, "shared/q", "after", "v").await.unwrap().unwrap();
+    cluster.shutdown().await;
+}
