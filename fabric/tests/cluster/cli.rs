@@ -36,14 +36,16 @@ async fn cli_tour_against_weft_dev() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_run(3);
     let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
-    let mut dev = Command::new(weft_bin())
-        .args(["dev", "--nodes", "3", "--port", &base.to_string(), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut dev = KillOnDrop(
+        Command::new(weft_bin())
+            .args(["dev", "--nodes", "3", "--port", &base.to_string(), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let addrs: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
     wait_for_leader_at(&addrs).await;
     let ep = &addrs[1];
@@ -98,8 +100,8 @@ async fn cli_tour_against_weft_dev() {
     assert!(err.contains("cannot reach a Weft node at 127.0.0.1:1"), "{err}");
 
     tracing::info!("phase: SIGTERM stops the dev cluster cleanly");
-    sigterm(dev.id());
-    let status = wait_exit(&mut dev).await;
+    sigterm(dev.0.id());
+    let status = wait_exit(&mut dev.0).await;
     assert!(status.success(), "exit status {status:?}");
 }
 

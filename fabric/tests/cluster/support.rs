@@ -354,6 +354,17 @@ impl Writers {
     }
 }
 
+/// A child process that is killed (SIGKILL) if the test ends before it exits, so a failing
+/// test leaves no process behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for a child process to exit (bounded by [`PATIENCE`]).
 pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + PATIENCE;
