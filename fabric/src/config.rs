@@ -47,7 +47,8 @@ pub struct Config {
     /// data directory holds no cluster yet, the members initialize one together.
     pub initial_members: String,
 
-    /// Leader heartbeat period. Must be well below `election_timeout_min_ms`.
+    /// Leader heartbeat period, and the time each replication message has to complete
+    /// (openraft's rule). At most half of `election_timeout_min_ms`.
     pub heartbeat_interval_ms: u64,
     /// Shortest time without a leader before a follower stands for election. openraft first
     /// honours the old leader's lease (`election_timeout_max_ms`), so a follower stands after
@@ -64,6 +65,10 @@ pub struct Config {
     pub snapshot_chunk_bytes: u64,
     /// Most log entries in one replication message.
     pub max_entries_per_append: u64,
+    /// Most bytes of entries in one replication message (a single larger entry still goes
+    /// alone). openraft gives each replication message one heartbeat interval to complete,
+    /// follower fsync included, so keep this small enough to send and sync within it.
+    pub max_append_bytes: usize,
     /// How long a leader waits for a follower to take one snapshot chunk.
     pub snapshot_chunk_timeout_ms: u64,
 
@@ -103,13 +108,14 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.into(),
             advertise: None,
             initial_members: String::new(),
-            heartbeat_interval_ms: 50,
+            heartbeat_interval_ms: 100,
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
             snapshot_after_entries: 20_000,
             log_entries_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 << 20,
             max_entries_per_append: 64,
+            max_append_bytes: 1 << 20,
             snapshot_chunk_timeout_ms: 10_000,
             max_value_bytes: limits.max_value_bytes,
             max_key_bytes: limits.max_key_bytes,
@@ -118,7 +124,7 @@ impl Default for Config {
             max_raft_message_bytes: 512 << 20,
             max_pending_writes: 16_384,
             max_batch_commands: 1_024,
-            max_batch_bytes: 4 << 20,
+            max_batch_bytes: 1 << 20,
             max_inflight_batches: 16,
             request_timeout_ms: 5_000,
             ttl_check_interval_ms: 250,
@@ -264,6 +270,7 @@ impl Config {
             ("max_batch_commands", self.max_batch_commands),
             ("max_batch_bytes", self.max_batch_bytes),
             ("max_inflight_batches", self.max_inflight_batches),
+            ("max_append_bytes", self.max_append_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be more than 0"));

@@ -98,7 +98,11 @@ impl Node {
         let applied = state_machine.handle();
 
         let raft_config = Arc::new(config.raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
-        let network = NetworkFactory::new(config.cluster.clone(), config.max_raft_message_bytes);
+        let network = NetworkFactory::new(
+            config.cluster.clone(),
+            config.max_raft_message_bytes,
+            config.max_append_bytes,
+        );
         let raft = Raft::new(config.node_id, raft_config, network, log_store.clone(), state_machine)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
@@ -115,6 +119,7 @@ impl Node {
                 max_batch_bytes: config.max_batch_bytes,
                 max_inflight_batches: config.max_inflight_batches,
                 ttl_check_interval: Duration::from_millis(config.ttl_check_interval_ms),
+                commit_timeout: Duration::from_millis(config.request_timeout_ms),
             },
         );
         let ctx = api::Context::new(

@@ -36,6 +36,10 @@ pub struct Options {
     pub max_batch_bytes: usize,
     /// Entries replicating at once.
     pub max_inflight_batches: usize,
+    /// How long a proposed entry may take to commit before its writers are told the outcome
+    /// is unknown and its in-flight slot is freed. (openraft answers an entry that a snapshot
+    /// install purged without truncating only at shutdown, so without this bound slots leak.)
+    pub commit_timeout: Duration,
     /// How often to look for expired keys.
     pub ttl_check_interval: Duration,
 }
@@ -151,12 +155,24 @@ impl Service {
                 permit = inflight.clone().acquire_owned() => permit.expect("semaphore never closed"),
             };
             let raft = self.raft.clone();
+            let commit_timeout = self.options.commit_timeout;
             tokio::spawn(async move {
                 let (commands, replies): (Vec<_>, Vec<_>) =
                     batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-                let result = raft.client_write(Request::Batch { now_ms: now_ms(), commands }).await;
+                let write = raft.client_write(Request::Batch { now_ms: now_ms(), commands });
+                let result = tokio::time::timeout(commit_timeout, write).await;
                 drop(permit);
-                deliver(result, replies);
+                match result {
+                    Ok(result) => deliver(result, replies),
+                    Err(_) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(Error::Indeterminate(format!(
+                                "not committed within {} ms; the leader may have lost its quorum",
+                                commit_timeout.as_millis()
+                            ))));
+                        }
+                    }
+                }
             });
         }
         // Answer what is still queued: it was never proposed.
@@ -176,15 +192,16 @@ impl Service {
         }
         let raft = self.raft.clone();
         let expiring = expiring.clone();
+        let commit_timeout = self.options.commit_timeout;
         tokio::spawn(async move {
-            let result = raft
-                .client_write(Request::Batch {
-                    now_ms: now_ms(),
-                    commands: vec![Command::Expire { limit: MAX_EXPIRED_PER_ENTRY }],
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "expiry proposal failed; the next leader retries");
+            let write = raft.client_write(Request::Batch {
+                now_ms: now_ms(),
+                commands: vec![Command::Expire { limit: MAX_EXPIRED_PER_ENTRY }],
+            });
+            match tokio::time::timeout(commit_timeout, write).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "expiry proposal failed; the next check retries"),
+                Err(_) => tracing::debug!("expiry proposal not committed in time; the next check retries"),
             }
             expiring.store(false, Ordering::Release);
         });

@@ -130,6 +130,20 @@ impl StateService {
                         {
                             status
                         }
+                        // The leader may have got the write: its outcome is unknown.
+                        Err(status)
+                            if !C::IDEMPOTENT
+                                && matches!(
+                                    status.code(),
+                                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                                ) =>
+                        {
+                            return Err(Error::Indeterminate(format!(
+                                "the leader at {addr} did not answer in time: {}",
+                                status.message()
+                            ))
+                            .into_status());
+                        }
                         Err(status) => return Err(status),
                     }
                 }

@@ -178,6 +178,31 @@ fn list_pages_through_a_prefix() {
     assert!(g.list("bad", "", None, 1, &l).is_err());
 }
 
+#[test]
+fn list_skips_a_bounded_number_of_expired_keys() {
+    let mut g = Grid::default();
+    let l = Limits { max_list_page: 10, ..limits() };
+    let n = MAX_LIST_SKIPPED + 5;
+    let mut cmds: Vec<Command> = (0..n)
+        .map(|i| Command::Put {
+            namespace: NS[0].into(),
+            key: format!("e{i:06}"),
+            value: vec![],
+            ttl_ms: Some(1),
+            if_absent: false,
+        })
+        .collect();
+    cmds.push(put(NS[0], "z", b"live"));
+    g.apply_batch(0, &cmds);
+    g.advance_clock(10);
+    let page = g.list(NS[0], "", None, 10, &l).unwrap();
+    assert!(page.entries.is_empty());
+    let token = page.next.expect("cut short after MAX_LIST_SKIPPED expired keys");
+    let page = g.list(NS[0], "", Some(&token), 10, &l).unwrap();
+    assert_eq!(page.entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["z"]);
+    assert_eq!(page.next, None);
+}
+
 fn arb_command() -> impl Strategy<Value = Command> {
     let ns = prop::sample::select(NS.to_vec()).prop_map(String::from);
     let key = prop::sample::select(KEYS.to_vec()).prop_map(String::from);

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -26,13 +28,16 @@ use crate::codec;
 pub struct NetworkFactory {
     cluster: String,
     max_message_bytes: usize,
+    max_append_bytes: usize,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl NetworkFactory {
-    /// A factory for the cluster named `cluster`; messages are limited to `max_message_bytes`.
-    pub fn new(cluster: String, max_message_bytes: usize) -> Self {
-        Self { cluster, max_message_bytes, channels: Arc::default() }
+    /// A factory for the cluster named `cluster`; messages are limited to `max_message_bytes`,
+    /// and a replication message holds several entries only while it stays under
+    /// `max_append_bytes`.
+    pub fn new(cluster: String, max_message_bytes: usize, max_append_bytes: usize) -> Self {
+        Self { cluster, max_message_bytes, max_append_bytes, channels: Arc::default() }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -63,7 +68,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                     .max_encoding_message_size(self.max_message_bytes)
             })
             .map_err(|e| format!("bad peer address '{}': {e}", node.addr));
-        Connection { target, addr: node.addr.clone(), cluster: self.cluster.clone(), client }
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            cluster: self.cluster.clone(),
+            max_append_bytes: self.max_append_bytes,
+            client,
+        }
     }
 }
 
@@ -72,6 +83,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     cluster: String,
+    max_append_bytes: usize,
     /// The error says why no client could be made (an address that is not a valid URI).
     client: Result<RaftClient<Channel>, String>,
 }
@@ -126,8 +138,35 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         let mut client = self.client().map_err(RPCError::Unreachable)?;
-        let req = self.request(self.payload(&rpc), &option);
-        self.reply(client.append_entries(req).await)
+        let payload = self.payload(&rpc);
+        // openraft gives an AppendEntries one heartbeat interval to complete (including the
+        // follower's fsync) and resends the same range on timeout; only PayloadTooLarge makes
+        // it send fewer entries. So a message over the byte budget is refused here with a
+        // hint of how many entries fit; a single entry always goes.
+        if payload.payload.len() > self.max_append_bytes && rpc.entries.len() > 1 {
+            let mut total = 0;
+            let fit = rpc
+                .entries
+                .iter()
+                .take_while(|e| {
+                    total += codec::encode(e).len();
+                    total <= self.max_append_bytes
+                })
+                .count();
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit.max(1) as u64)));
+        }
+        let entries = rpc.entries.len() as u64;
+        let req = self.request(payload, &option);
+        match client.append_entries(req).await {
+            // The peer refused the message size: halve the batch.
+            Err(status)
+                if entries > 1
+                    && matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) =>
+            {
+                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)))
+            }
+            result => self.reply(result),
+        }
     }
 
     async fn install_snapshot(

@@ -78,24 +78,29 @@ impl Handle {
 /// The grid state machine with its snapshot directory.
 pub struct StateMachine {
     handle: Handle,
-    dir: PathBuf,
-    current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
+    store: Arc<SnapshotStore>,
 }
 
 impl StateMachine {
     /// Opens the snapshot directory and restores the newest snapshot in it, if any.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| read_err(None, e))?;
-        let mut sm = Self {
+        let sm = Self {
             handle: Handle { applied: Arc::new(RwLock::new(Applied::default())), counters: Arc::default() },
-            dir: dir.to_owned(),
-            current: Arc::default(),
+            store: Arc::new(SnapshotStore {
+                dir: dir.to_owned(),
+                save_lock: Mutex::new(()),
+                current: Mutex::new(None),
+                tmp_seq: AtomicU64::new(0),
+            }),
         };
         if let Some(path) = newest_snapshot(dir).map_err(|e| read_err(None, e))? {
             let bytes = std::fs::read(&path).map_err(|e| read_err(None, e))?;
             let file: SnapshotFile = codec::decode(&bytes).map_err(|e| read_err(None, e))?;
             tracing::info!(path = %path.display(), last_log_id = ?file.meta.last_log_id, "restored snapshot");
-            sm.restore(file, Arc::new(bytes));
+            *sm.store.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((file.meta.clone(), Arc::new(bytes)));
+            sm.restore(file);
         }
         Ok(sm)
     }
@@ -105,12 +110,11 @@ impl StateMachine {
         self.handle.clone()
     }
 
-    fn restore(&mut self, file: SnapshotFile, bytes: Arc<Vec<u8>>) {
+    fn restore(&self, file: SnapshotFile) {
         let mut applied = self.handle.applied.write().unwrap_or_else(|p| p.into_inner());
         applied.grid = file.grid;
         applied.last_applied = file.meta.last_log_id;
-        applied.last_membership = file.meta.last_membership.clone();
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((file.meta, bytes));
+        applied.last_membership = file.meta.last_membership;
     }
 }
 
@@ -132,6 +136,12 @@ fn snapshot_id(last_log_id: Option<LogId<NodeId>>, seq: u64) -> String {
     }
 }
 
+/// A snapshot's file name, from its log id only: never from a name a peer sent.
+fn file_name(last_log_id: Option<LogId<NodeId>>) -> String {
+    let (index, term) = last_log_id.map_or((0, 0), |id| (id.index, id.leader_id.term));
+    format!("{index:020}-{term:020}{SNAPSHOT_SUFFIX}")
+}
+
 fn newest_snapshot(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     let mut newest: Option<PathBuf> = None;
     for entry in std::fs::read_dir(dir)? {
@@ -145,31 +155,56 @@ fn newest_snapshot(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     Ok(newest)
 }
 
-/// Writes a snapshot durably and removes the older ones.
-fn persist(dir: &Path, meta: &Meta, bytes: &[u8]) -> Result<(), StorageError> {
-    use std::io::Write;
-    let final_path = dir.join(format!("{}{SNAPSHOT_SUFFIX}", meta.snapshot_id));
-    let tmp_path = dir.join(format!("{}.tmp", meta.snapshot_id));
-    let mut file = std::fs::File::create(&tmp_path).map_err(|e| write_err(meta, e))?;
-    file.write_all(bytes).map_err(|e| write_err(meta, e))?;
-    file.sync_all().map_err(|e| write_err(meta, e))?;
-    std::fs::rename(&tmp_path, &final_path).map_err(|e| write_err(meta, e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| write_err(meta, e))?;
-    for entry in std::fs::read_dir(dir).map_err(|e| write_err(meta, e))? {
-        let path = entry.map_err(|e| write_err(meta, e))?.path();
-        if path != final_path {
-            // Stale snapshots and leftovers of interrupted writes; the new one is durable.
-            let _ = std::fs::remove_file(&path);
-        }
+/// The snapshot files and the current snapshot, shared by the state machine and builders.
+///
+/// openraft builds snapshots in a task of their own, concurrently with installing one from
+/// the leader, so saves are serialized here and a snapshot never replaces a newer one: a
+/// build that finishes after a newer install is dropped.
+struct SnapshotStore {
+    dir: PathBuf,
+    save_lock: Mutex<()>,
+    current: Mutex<Option<(Meta, Arc<Vec<u8>>)>>,
+    tmp_seq: AtomicU64,
+}
+
+impl SnapshotStore {
+    fn current(&self) -> Option<(Meta, Arc<Vec<u8>>)> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-    Ok(())
+
+    /// Writes a snapshot durably, makes it current and removes older files; returns false
+    /// (and writes nothing) when the current snapshot is as new or newer. Blocking.
+    fn save(&self, meta: &Meta, bytes: Arc<Vec<u8>>) -> Result<bool, StorageError> {
+        use std::io::Write;
+        let _serialized = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.current().is_some_and(|(m, _)| m.last_log_id >= meta.last_log_id) {
+            return Ok(false);
+        }
+        let name = file_name(meta.last_log_id);
+        let final_path = self.dir.join(&name);
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = self.dir.join(format!("{name}.{seq}.tmp"));
+        let mut file = std::fs::File::create(&tmp_path).map_err(|e| write_err(meta, e))?;
+        file.write_all(&bytes).map_err(|e| write_err(meta, e))?;
+        file.sync_all().map_err(|e| write_err(meta, e))?;
+        std::fs::rename(&tmp_path, &final_path).map_err(|e| write_err(meta, e))?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| write_err(meta, e))?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), bytes));
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| write_err(meta, e))? {
+            let path = entry.map_err(|e| write_err(meta, e))?.path();
+            // Older snapshots and leftovers of interrupted writes (no other save is running).
+            if path != final_path {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Builds snapshots from a copy of the grid taken under a short read lock.
 pub struct Builder {
     handle: Handle,
-    dir: PathBuf,
-    current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
+    store: Arc<SnapshotStore>,
     seq: u64,
 }
 
@@ -178,22 +213,27 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let (grid, last_log_id, last_membership) =
             self.handle.read(|a| (a.grid.clone(), a.last_applied, a.last_membership.clone()));
         let meta = Meta { last_log_id, last_membership, snapshot_id: snapshot_id(last_log_id, self.seq) };
-        let dir = self.dir.clone();
+        let store = self.store.clone();
         let file = SnapshotFile { meta, grid };
         // Encoding and fsync are slow for a big grid: keep them off the async workers.
-        let (meta, bytes) = tokio::task::spawn_blocking(move || {
-            let bytes = codec::encode(&file);
-            persist(&dir, &file.meta, &bytes).map(|()| (file.meta, bytes))
+        let (meta, bytes, kept) = tokio::task::spawn_blocking(move || {
+            let bytes = Arc::new(codec::encode(&file));
+            store.save(&file.meta, bytes.clone()).map(|kept| (file.meta, bytes, kept))
         })
         .await
         .map_err(|e| StorageError::IO {
             source: StorageIOError::write_snapshot(None, AnyError::new(&e)),
         })??;
+        if !kept {
+            // A newer snapshot (installed from the leader) arrived while this one was built.
+            if let Some((meta, bytes)) = self.store.current() {
+                tracing::info!(snapshot_id = %meta.snapshot_id, "a newer snapshot arrived during the build; kept it");
+                return Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes.as_ref().clone())) });
+            }
+        }
         self.handle.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((meta.clone(), Arc::new(bytes.clone())));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes.as_ref().clone())) })
     }
 }
 
@@ -233,7 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let seq = self.handle.counters.snapshots_built.load(Ordering::Relaxed);
-        Builder { handle: self.handle.clone(), dir: self.dir.clone(), current: self.current.clone(), seq }
+        Builder { handle: self.handle.clone(), store: self.store.clone(), seq }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -245,25 +285,76 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &Meta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let bytes = snapshot.into_inner();
+        let bytes = Arc::new(snapshot.into_inner());
         let file: SnapshotFile = codec::decode(&bytes).map_err(|e| read_err(Some(meta), e))?;
-        let file = SnapshotFile { meta: meta.clone(), grid: file.grid };
-        let dir = self.dir.clone();
-        let bytes = Arc::new(bytes);
-        let to_write = bytes.clone();
+        let store = self.store.clone();
         let meta_w = meta.clone();
-        tokio::task::spawn_blocking(move || persist(&dir, &meta_w, &to_write))
+        tokio::task::spawn_blocking(move || store.save(&meta_w, bytes))
             .await
             .map_err(|e| write_err(meta, e))??;
-        self.restore(file, bytes);
+        self.restore(SnapshotFile { meta: meta.clone(), grid: file.grid });
         self.handle.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot from leader");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(current
+        Ok(self
+            .store
+            .current()
             .map(|(meta, bytes)| Snapshot { meta, snapshot: Box::new(Cursor::new(bytes.as_ref().clone())) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+
+    fn meta(index: u64) -> Meta {
+        let log_id = Some(LogId::new(CommittedLeaderId::new(2, 1), index));
+        Meta {
+            last_log_id: log_id,
+            last_membership: StoredMembership::new(None, Membership::new(vec![Default::default()], None)),
+            snapshot_id: snapshot_id(log_id, 0),
+        }
+    }
+
+    fn bytes_of(index: u64) -> Arc<Vec<u8>> {
+        let mut grid = Grid::default();
+        grid.advance_clock(index);
+        Arc::new(codec::encode(&SnapshotFile { meta: meta(index), grid }))
+    }
+
+    /// A build that finishes after a newer snapshot was installed must not replace it (on
+    /// disk or as the current snapshot), or the node restarts behind its purged log.
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        assert!(sm.store.save(&meta(60), bytes_of(60)).unwrap(), "newer is kept");
+        assert!(!sm.store.save(&meta(50), bytes_of(50)).unwrap(), "older is dropped");
+        assert!(!sm.store.save(&meta(60), bytes_of(60)).unwrap(), "same is dropped");
+        assert_eq!(sm.store.current().unwrap().0.last_log_id.unwrap().index, 60);
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, [std::ffi::OsString::from(file_name(meta(60).last_log_id))]);
+
+        let reopened = StateMachine::open(dir.path()).unwrap();
+        assert_eq!(reopened.handle.read(|a| a.last_applied).unwrap().index, 60);
+        assert!(reopened.store.save(&meta(70), bytes_of(70)).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "older files removed");
+    }
+
+    /// File names come from log ids, never from the id a peer sent.
+    #[test]
+    fn file_names_ignore_peer_snapshot_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        let mut m = meta(5);
+        m.snapshot_id = "../../escape".into();
+        assert!(sm.store.save(&m, bytes_of(5)).unwrap());
+        assert!(dir.path().join(file_name(m.last_log_id)).exists());
+        assert!(!dir.path().parent().unwrap().join("escape.snap").exists());
     }
 }

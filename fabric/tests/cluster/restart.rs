@@ -102,3 +102,27 @@ async fn whole_cluster_restart_keeps_every_write() {
     }
     cluster.shutdown().await;
 }
+
+/// Replication messages are bounded in bytes: a follower that missed many large entries
+/// catches up instead of timing out on one huge message again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_catches_up_on_large_values() {
+    init_tracing();
+    let mut cluster = Cluster::start(3, |_| {}).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = follower_of(leader);
+    cluster.stop(lagging).await;
+    let addr = cluster.addrs[leader as usize - 1].clone();
+    let value = "v".repeat(1000 * 1024);
+    tracing::info!(lagging, "phase: 80 values of 1000 KiB while a follower is down");
+    for i in 0..80 {
+        put_retrying(&addr, "shared/big", &format!("k{i}"), &value).await.unwrap().unwrap();
+    }
+    tracing::info!("phase: the follower catches up");
+    let started = std::time::Instant::now();
+    cluster.restart(lagging).await;
+    cluster.wait_caught_up(lagging).await;
+    tracing::info!(took = ?started.elapsed(), "caught up");
+    assert_eq!(cluster.node(lagging).applied().read(|a| a.grid.key_count()), 80);
+    cluster.shutdown().await;
+}
