@@ -43,6 +43,10 @@ fn log_and_vote_survive_reopen() {
             .collect();
         log.blocking_append(entries).await.unwrap();
         log.purge(LogId::new(CommittedLeaderId::new(3, 1), 2)).await.unwrap();
+        // Release the database as a node's shutdown does, before opening it again.
+        let closed = log.closed();
+        drop(log);
+        closed.wait().await;
     });
     drop(rt);
     let rt = tokio::runtime::Runtime::new().unwrap();
