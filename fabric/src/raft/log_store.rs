@@ -94,10 +94,12 @@ impl LogStore {
         let (tx, rx) = mpsc::channel(MAX_PENDING_FLUSHES);
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
         let flusher = durable.clone();
-        tokio::spawn(async move {
-            flush_loop(flusher, rx).await;
+        // A thread of its own: a flush is blocking I/O, and doing it here saves two thread
+        // hand-offs per append (sled's I/O thread and tokio's blocking pool).
+        std::thread::Builder::new().name("weft-log-flush".into()).spawn(move || {
+            flush_loop(flusher, rx);
             let _ = closed_tx.send(true);
-        });
+        })?;
         Ok(Self { db, tree, durable, flusher: tx, closed: Closed(closed_rx) })
     }
 
@@ -135,13 +137,19 @@ struct Durable {
 
 impl Durable {
     async fn flush(&self) -> std::io::Result<()> {
-        self.db.flush_async().await.map_err(std::io::Error::other)?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.sync_files()).await.map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || this.flush_blocking()).await.map_err(std::io::Error::other)?
+    }
+
+    /// sled's flush writes its buffers (with `sync_file_range`); `fdatasync` then makes them,
+    /// and the file's size, durable.
+    fn flush_blocking(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.sync_files()
     }
 
     fn sync_files(&self) -> std::io::Result<()> {
-        self.log_file.sync_all()?;
+        self.log_file.sync_data()?;
         let blobs = self.dir.join("blobs");
         let Ok(entries) = std::fs::read_dir(&blobs) else { return Ok(()) };
         let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -170,10 +178,16 @@ impl Durable {
 
 /// Acknowledges appends once they are durable: one flush for every append waiting when it
 /// starts. Ends when every store clone (sender) is dropped, with a last flush.
-async fn flush_loop(durable: Durable, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flush_loop(durable: Durable, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     let mut waiting = Vec::new();
-    while rx.recv_many(&mut waiting, MAX_PENDING_FLUSHES).await > 0 {
-        let result = durable.flush().await;
+    while let Some(first) = rx.blocking_recv() {
+        waiting.push(first);
+        while waiting.len() < MAX_PENDING_FLUSHES
+            && let Ok(more) = rx.try_recv()
+        {
+            waiting.push(more);
+        }
+        let result = durable.flush_blocking();
         for callback in waiting.drain(..) {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -182,7 +196,7 @@ async fn flush_loop(durable: Durable, mut rx: mpsc::Receiver<LogFlushed<TypeConf
             callback.log_io_completed(result);
         }
     }
-    if let Err(e) = durable.flush().await {
+    if let Err(e) = durable.flush_blocking() {
         tracing::error!(error = %e, "final flush of the Raft log failed");
     }
 }
