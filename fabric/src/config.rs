@@ -57,7 +57,8 @@ pub struct Config {
     /// Longest such time; each follower picks a random timeout in [min, max). Also the
     /// leader lease during which followers refuse to vote for another candidate.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one.
+    /// Build a snapshot after this many log entries since the last one (each node adds up to
+    /// a quarter more, chosen by its id, so members do not all build at the same moment).
     pub snapshot_after_entries: u64,
     /// Log entries kept after a snapshot, so slightly lagging followers catch up from the log.
     pub log_entries_kept_after_snapshot: u64,
@@ -338,6 +339,18 @@ impl Config {
         }
     }
 
+    /// `snapshot_after_entries` plus up to a quarter more, chosen by node id: nodes that
+    /// reach the same log index together would otherwise all build a snapshot at once, and on
+    /// a small machine the stall delays replication enough to cost an election.
+    pub fn snapshot_entries_for_this_node(&self) -> u64 {
+        let spread = self.snapshot_after_entries / 4;
+        if spread == 0 {
+            return self.snapshot_after_entries;
+        }
+        // Multiplying by a prime scatters consecutive ids across the spread.
+        self.snapshot_after_entries + self.node_id.wrapping_mul(7_919) % spread
+    }
+
     /// The openraft configuration this node runs with.
     pub fn raft_config(&self) -> openraft::Config {
         openraft::Config {
@@ -345,7 +358,7 @@ impl Config {
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_entries_for_this_node()),
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
             max_payload_entries: self.max_entries_per_append,
@@ -425,6 +438,19 @@ mod tests {
             "initial_members lists node 1 at 'a:1'",
         );
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn snapshot_points_differ_between_nodes() {
+        let at = |node_id| {
+            Config { node_id, snapshot_after_entries: 20_000, ..Default::default() }
+                .snapshot_entries_for_this_node()
+        };
+        let points: std::collections::BTreeSet<u64> = (1..=5).map(at).collect();
+        assert_eq!(points.len(), 5, "{points:?}");
+        assert!(points.iter().all(|p| (20_000..25_000).contains(p)), "{points:?}");
+        let tiny = Config { snapshot_after_entries: 3, ..Default::default() };
+        assert_eq!(tiny.snapshot_entries_for_this_node(), 3);
     }
 
     #[test]
