@@ -46,7 +46,6 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
-    identity: Identity,
 }
 
 impl DataDir {
@@ -59,7 +58,7 @@ impl DataDir {
         };
         std::fs::create_dir_all(root).map_err(io("cannot create"))?;
         let identity_path = root.join(IDENTITY_FILE);
-        let identity = if identity_path.exists() {
+        if identity_path.exists() {
             let bytes = std::fs::read(&identity_path).map_err(io("cannot read identity"))?;
             let found: Identity = serde_json::from_slice(&bytes).map_err(|e| Error::Foreign {
                 path: root.to_owned(),
@@ -83,7 +82,6 @@ impl DataDir {
                     ),
                 });
             }
-            found
         } else {
             let mut entries = std::fs::read_dir(root).map_err(io("cannot list"))?;
             if let Some(entry) = entries.next() {
@@ -101,14 +99,9 @@ impl DataDir {
             std::fs::write(&tmp, json).map_err(io("cannot write identity"))?;
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("cannot sync identity"))?;
             std::fs::rename(&tmp, &identity_path).map_err(io("cannot write identity"))?;
-            identity
-        };
-        Ok(Self { root: root.to_owned(), identity })
-    }
-
-    /// The directory's identity.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+            std::fs::File::open(root).and_then(|d| d.sync_all()).map_err(io("cannot sync"))?;
+        }
+        Ok(Self { root: root.to_owned() })
     }
 
     /// Where the sled database of the Raft log lives.
@@ -120,26 +113,6 @@ impl DataDir {
     pub fn snapshot_dir(&self) -> PathBuf {
         self.root.join("snapshots")
     }
-
-    /// The directory itself.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-}
-
-/// Total size of the files below `path`, in bytes.
-pub fn size_of(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => size_of(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 #[cfg(test)]

@@ -68,7 +68,6 @@ pub struct Node {
     raft: Raft,
     applied: state_machine::Handle,
     log_store: LogStore,
-    data_dir: DataDir,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -109,7 +108,7 @@ impl Node {
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let proposer = proposer::Service::new(
+        let (proposer, proposer_handle) = proposer::Service::new(
             config.node_id,
             raft.clone(),
             applied.clone(),
@@ -127,7 +126,7 @@ impl Node {
             config.cluster.clone(),
             raft.clone(),
             applied.clone(),
-            proposer.handle(),
+            proposer_handle,
             config.limits(),
             Duration::from_millis(config.request_timeout_ms),
             config.max_message_bytes,
@@ -161,7 +160,7 @@ impl Node {
 
         let members = config.members()?;
         let mut node =
-            Self { id: config.node_id, addr, advertise, raft, applied, log_store, data_dir, shutdown, tasks };
+            Self { id: config.node_id, addr, advertise, raft, applied, log_store, shutdown, tasks };
         node.initialize(&members, config.election_timeout_max_ms).await?;
         tracing::info!(node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster, "node started");
         Ok(node)
@@ -242,11 +241,6 @@ impl Node {
     /// Read access to the applied grid.
     pub fn applied(&self) -> &state_machine::Handle {
         &self.applied
-    }
-
-    /// Bytes the data directory occupies.
-    pub fn data_dir_bytes(&self) -> u64 {
-        data_dir::size_of(self.data_dir.root())
     }
 
     /// Stops every task, Raft and the server, and flushes the log.

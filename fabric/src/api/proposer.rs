@@ -89,7 +89,6 @@ pub struct Service {
     applied: state_machine::Handle,
     options: Options,
     rx: mpsc::Receiver<Proposal>,
-    tx: mpsc::Sender<Proposal>,
 }
 
 fn now_ms() -> u64 {
@@ -97,15 +96,16 @@ fn now_ms() -> u64 {
 }
 
 impl Service {
-    /// A proposer for `raft`.
-    pub fn new(node_id: NodeId, raft: Raft, applied: state_machine::Handle, options: Options) -> Self {
+    /// A proposer for `raft` and the handle that submits writes to it. Only handles keep
+    /// the queue open: it closes when the last one is dropped.
+    pub fn new(
+        node_id: NodeId,
+        raft: Raft,
+        applied: state_machine::Handle,
+        options: Options,
+    ) -> (Self, Handle) {
         let (tx, rx) = mpsc::channel(options.max_pending_writes);
-        Self { node_id, raft, applied, options, rx, tx }
-    }
-
-    /// A handle to submit writes.
-    pub fn handle(&self) -> Handle {
-        Handle { tx: self.tx.clone() }
+        (Self { node_id, raft, applied, options, rx }, Handle { tx })
     }
 
     /// Runs until `shutdown`; writes still queued then are answered "not applied".
@@ -115,9 +115,6 @@ impl Service {
         let mut ttl_tick = tokio::time::interval(self.options.ttl_check_interval);
         ttl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut carry: Option<Proposal> = None;
-        // Only handles keep the queue open, so it closes when the last handle is gone.
-        let (closed_tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.tx, closed_tx));
         loop {
             let first = match carry.take() {
                 Some(p) => p,

@@ -60,7 +60,6 @@ fn io_err<E: std::error::Error + 'static>(
 /// The sled-backed log store. Cheap to clone: clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
     tree: sled::Tree,
     durable: Durable,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
@@ -100,17 +99,12 @@ impl LogStore {
             flush_loop(flusher, rx);
             let _ = closed_tx.send(true);
         })?;
-        Ok(Self { db, tree, durable, flusher: tx, closed: Closed(closed_rx) })
+        Ok(Self { tree, durable, flusher: tx, closed: Closed(closed_rx) })
     }
 
     /// Resolves once every clone of this store is gone and the database is released.
     pub fn closed(&self) -> Closed {
         self.closed.clone()
-    }
-
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
