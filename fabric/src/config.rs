@@ -28,8 +28,10 @@ const NON_NODE_ENV: &[&str] = &["WEFT_ENDPOINT"];
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// This node's id in the Raft cluster, 1 or more. Recorded in the data directory on first
-    /// start; a later start with another id is refused.
+    /// This node's id in the Raft cluster. 0 (the default) means: the id recorded in the data
+    /// directory, or a new random id on first start. Static membership (`initial_members`)
+    /// needs an explicit id of 1 or more. Recorded in the data directory on first start; a
+    /// later start with another id is refused.
     pub node_id: NodeId,
     /// The cluster's name. Recorded in the data directory; peers from another cluster are
     /// refused.
@@ -46,6 +48,33 @@ pub struct Config {
     /// Static cluster membership: `1=HOST:PORT,2=HOST:PORT,...` including this node. When the
     /// data directory holds no cluster yet, the members initialize one together.
     pub initial_members: String,
+    /// Gossip seeds: `HOST:PORT,...` of nodes to contact at start (any node of the cluster;
+    /// this node's own address is skipped, so every node may get the same list). Without
+    /// `bootstrap_expect`, a node with seeds only joins an existing cluster.
+    pub seeds: String,
+    /// Form a new cluster once this many nodes (this one included) see each other through
+    /// gossip and none belongs to a cluster yet; exactly one of them initializes Raft with
+    /// those nodes as voters. 0: never form one when seeds are given (join only); with neither
+    /// seeds nor `initial_members` a node forms a cluster of its own, as with 1.
+    pub bootstrap_expect: u32,
+    /// Voters the leader keeps: new nodes join as learners and are promoted while there are
+    /// fewer voters than this. Odd, 1 to 9.
+    pub voters: u32,
+    /// Gossip timing: `lan` (probe every 1 s, suspicion 3 s) or `test` (200 ms, 800 ms).
+    pub gossip_preset: String,
+    /// Overrides the preset: how often each node probes a random member.
+    pub gossip_probe_period_ms: Option<u64>,
+    /// Overrides the preset: how long a probe waits for a direct answer (less than the period).
+    pub gossip_probe_rtt_ms: Option<u64>,
+    /// Overrides the preset: how long a suspected node has to refute before it is declared down.
+    pub gossip_suspect_to_down_ms: Option<u64>,
+    /// How long gossip must have declared a node down before the leader removes it from Raft
+    /// (and promotes a learner in a voter's place). A node that leaves gracefully is removed
+    /// at once.
+    pub dead_node_grace_ms: u64,
+    /// On SIGTERM or ctrl-c, announce a graceful leave so the leader removes this node at
+    /// once. Set false for rolling restarts, where the node comes back with its data.
+    pub leave_on_shutdown: bool,
 
     /// Leader heartbeat period, and the time each replication message has to complete
     /// (openraft's rule). At most half of `election_timeout_min_ms`.
@@ -105,12 +134,21 @@ impl Default for Config {
     fn default() -> Self {
         let limits = Limits::default();
         Self {
-            node_id: 1,
+            node_id: 0,
             cluster: "weft".into(),
             data_dir: PathBuf::from("weft-data"),
             listen: DEFAULT_LISTEN.into(),
             advertise: None,
             initial_members: String::new(),
+            seeds: String::new(),
+            bootstrap_expect: 0,
+            voters: 3,
+            gossip_preset: "lan".into(),
+            gossip_probe_period_ms: None,
+            gossip_probe_rtt_ms: None,
+            gossip_suspect_to_down_ms: None,
+            dead_node_grace_ms: 30_000,
+            leave_on_shutdown: true,
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
@@ -206,8 +244,8 @@ impl Config {
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.node_id == 0 {
-            return Err(invalid("node_id", "must be 1 or more"));
+        if self.node_id == 0 && !self.initial_members.trim().is_empty() {
+            return Err(invalid("node_id", "must be 1 or more with initial_members"));
         }
         if self.cluster.is_empty()
             || self.cluster.len() > 64
@@ -240,6 +278,35 @@ impl Config {
                     format!("is '{adv}' but initial_members lists node {} at '{}'", self.node_id, me.addr),
                 ));
             }
+        }
+        let seeds = self.seed_list()?;
+        if seeds.len() > crate::membership::gossip::MAX_SEEDS {
+            return Err(invalid(
+                "seeds",
+                format!("lists {} seeds; at most {}", seeds.len(), crate::membership::gossip::MAX_SEEDS),
+            ));
+        }
+        if !members.is_empty() && self.bootstrap_expect > 0 {
+            return Err(invalid(
+                "bootstrap_expect",
+                "cannot be used with initial_members (the static list already forms the cluster)",
+            ));
+        }
+        if self.bootstrap_expect > 64 {
+            return Err(invalid("bootstrap_expect", "must be at most 64"));
+        }
+        if self.voters == 0 || self.voters > 9 || self.voters.is_multiple_of(2) {
+            return Err(invalid("voters", "must be odd, from 1 to 9"));
+        }
+        let timing = self.gossip_timing()?;
+        if timing.probe_period.is_zero() || timing.probe_rtt.is_zero() || timing.suspect_to_down.is_zero() {
+            return Err(invalid("gossip_probe_period_ms", "gossip timings must be more than 0"));
+        }
+        if timing.probe_rtt >= timing.probe_period {
+            return Err(invalid("gossip_probe_rtt_ms", "must be less than gossip_probe_period_ms"));
+        }
+        if self.dead_node_grace_ms == 0 {
+            return Err(invalid("dead_node_grace_ms", "must be more than 0"));
         }
         if self.heartbeat_interval_ms == 0 {
             return Err(invalid("heartbeat_interval_ms", "must be more than 0"));
@@ -328,6 +395,49 @@ impl Config {
             members.push(Member { id, addr: addr.to_owned() });
         }
         Ok(members)
+    }
+
+    /// The gossip seeds, parsed.
+    pub fn seed_list(&self) -> Result<Vec<String>, Error> {
+        let mut seeds = Vec::new();
+        for seed in self.seeds.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            check_host_port(seed).map_err(|r| invalid("seeds", r))?;
+            seeds.push(seed.to_owned());
+        }
+        Ok(seeds)
+    }
+
+    /// How this node joins a cluster.
+    pub fn join_mode(&self) -> Result<crate::membership::bootstrap::Mode, Error> {
+        use crate::membership::bootstrap::Mode;
+        Ok(if !self.members()?.is_empty() {
+            Mode::Static
+        } else if self.bootstrap_expect > 0 {
+            Mode::Expect(self.bootstrap_expect as usize)
+        } else if !self.seed_list()?.is_empty() {
+            Mode::JoinOnly
+        } else {
+            Mode::Expect(1)
+        })
+    }
+
+    /// Gossip timing: the preset with any overrides.
+    pub fn gossip_timing(&self) -> Result<crate::membership::gossip::Timing, Error> {
+        let preset = crate::membership::gossip::Preset::parse(&self.gossip_preset).ok_or_else(|| {
+            invalid("gossip_preset", format!("'{}' is not 'lan' or 'test'", self.gossip_preset))
+        })?;
+        let mut t = preset.timing();
+        let ms = std::time::Duration::from_millis;
+        if let Some(v) = self.gossip_probe_period_ms {
+            t.probe_period = ms(v);
+        }
+        if let Some(v) = self.gossip_probe_rtt_ms {
+            t.probe_rtt = ms(v);
+        }
+        if let Some(v) = self.gossip_suspect_to_down_ms {
+            t.suspect_to_down = ms(v);
+        }
+        Ok(t)
     }
 
     /// The grid limits this configuration sets.
@@ -420,17 +530,32 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err} should name {field}");
         };
-        check(Config { node_id: 0, ..Default::default() }, "node_id");
+        check(Config { node_id: 0, initial_members: "1=a:1".into(), ..Default::default() }, "node_id");
+        check(Config { seeds: "nope".into(), ..Default::default() }, "seeds");
+        check(Config { voters: 2, ..Default::default() }, "voters");
+        check(Config { gossip_preset: "wan".into(), ..Default::default() }, "gossip_preset");
+        check(Config { gossip_probe_rtt_ms: Some(5_000), ..Default::default() }, "gossip_probe_rtt_ms");
+        check(
+            Config { node_id: 1, initial_members: "1=a:1".into(), bootstrap_expect: 3, ..Default::default() },
+            "bootstrap_expect",
+        );
         check(Config { listen: "nope".into(), ..Default::default() }, "listen");
-        check(Config { initial_members: "1=a:1,1=b:2".into(), ..Default::default() }, "listed twice");
-        check(Config { initial_members: "2=a:1".into(), ..Default::default() }, "does not list this node");
-        check(Config { initial_members: "x".into(), ..Default::default() }, "initial_members");
+        check(
+            Config { node_id: 1, initial_members: "1=a:1,1=b:2".into(), ..Default::default() },
+            "listed twice",
+        );
+        check(
+            Config { node_id: 1, initial_members: "2=a:1".into(), ..Default::default() },
+            "does not list this node",
+        );
+        check(Config { node_id: 1, initial_members: "x".into(), ..Default::default() }, "initial_members");
         check(Config { election_timeout_max_ms: 100, ..Default::default() }, "election_timeout_max_ms");
         check(Config { max_batch_commands: 0, ..Default::default() }, "max_batch_commands");
         check(Config { max_message_bytes: 10, ..Default::default() }, "max_message_bytes");
         check(Config { cluster: "a b".into(), ..Default::default() }, "cluster");
         check(
             Config {
+                node_id: 1,
                 initial_members: "1=a:1,2=b:2".into(),
                 advertise: Some("c:3".into()),
                 ..Default::default()

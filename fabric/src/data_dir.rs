@@ -46,11 +46,15 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    node_id: NodeId,
 }
+
+/// Generated node ids are below this, so they stay short in listings (and exact in JSON).
+const MAX_GENERATED_ID: NodeId = 1 << 32;
 
 impl DataDir {
     /// Opens `root` for node `node_id` of `cluster`, creating and claiming it when it is new
-    /// or empty.
+    /// or empty. `node_id` 0 takes the id the directory records, or a new random one.
     pub fn open(root: &Path, cluster: &str, node_id: NodeId) -> Result<Self, Error> {
         let io = |action: &'static str| {
             let path = root.to_owned();
@@ -73,6 +77,7 @@ impl DataDir {
                     ),
                 });
             }
+            let node_id = if node_id == 0 { found.node_id } else { node_id };
             if found.cluster != cluster || found.node_id != node_id {
                 return Err(Error::Foreign {
                     path: root.to_owned(),
@@ -82,6 +87,7 @@ impl DataDir {
                     ),
                 });
             }
+            Ok(Self { root: root.to_owned(), node_id })
         } else {
             let mut entries = std::fs::read_dir(root).map_err(io("cannot list"))?;
             if let Some(entry) = entries.next() {
@@ -93,6 +99,7 @@ impl DataDir {
                     ),
                 });
             }
+            let node_id = if node_id == 0 { rand::random_range(1..MAX_GENERATED_ID) } else { node_id };
             let identity = Identity { format: IDENTITY_FORMAT, cluster: cluster.to_owned(), node_id };
             let tmp = root.join(format!("{IDENTITY_FILE}.tmp"));
             let json = serde_json::to_vec_pretty(&identity).expect("identity serializes");
@@ -100,8 +107,13 @@ impl DataDir {
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("cannot sync identity"))?;
             std::fs::rename(&tmp, &identity_path).map_err(io("cannot write identity"))?;
             std::fs::File::open(root).and_then(|d| d.sync_all()).map_err(io("cannot sync"))?;
+            Ok(Self { root: root.to_owned(), node_id })
         }
-        Ok(Self { root: root.to_owned() })
+    }
+
+    /// The node id this directory belongs to.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
     }
 
     /// Where the sled database of the Raft log lives.
@@ -125,6 +137,12 @@ mod tests {
         let dir = tmp.path().join("n1");
         DataDir::open(&dir, "a", 1).unwrap();
         DataDir::open(&dir, "a", 1).expect("reopening our own dir works");
+        assert_eq!(DataDir::open(&dir, "a", 0).unwrap().node_id(), 1, "0 takes the recorded id");
+
+        let auto = tmp.path().join("auto");
+        let id = DataDir::open(&auto, "a", 0).unwrap().node_id();
+        assert!(id >= 1);
+        assert_eq!(DataDir::open(&auto, "a", 0).unwrap().node_id(), id, "a generated id is kept");
         let err = DataDir::open(&dir, "b", 1).unwrap_err().to_string();
         assert!(err.contains("belongs to cluster 'a' node 1"), "{err}");
         let err = DataDir::open(&dir, "a", 2).unwrap_err().to_string();

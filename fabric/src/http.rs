@@ -41,6 +41,14 @@ async fn readyz(State(ctx): State<Context>, quorum_timeout: Duration) -> (Status
             StatusCode::OK,
             format!("ready: node {} of cluster '{}', leader is node {leader}\n", m.id, ctx.cluster),
         ),
+        None if !crate::membership::bootstrap::initialized_in(&m) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: node {} is in no cluster yet: {}\n",
+                m.id,
+                ctx.membership.bootstrap.join_state()
+            ),
+        ),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -113,6 +121,53 @@ async fn metrics(State(ctx): State<Context>) -> String {
         "Requests answered with an error.",
         "counter",
         api.errors.load(Ordering::Relaxed),
+    );
+    let g = ctx.membership.gossip.counters();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let view = ctx.membership.gossip.view();
+    for (health, help) in [
+        (crate::membership::gossip::Health::Alive, "Nodes gossip sees alive (this one included)."),
+        (crate::membership::gossip::Health::Suspect, "Nodes gossip suspects."),
+        (crate::membership::gossip::Health::Down, "Nodes gossip declared down."),
+        (crate::membership::gossip::Health::Left, "Nodes that announced a graceful leave."),
+    ] {
+        let n = view.members.values().filter(|m| m.health == health).count() as u64;
+        gauge(&format!("weft_gossip_members_{}", health.as_str()), help, "gauge", n);
+    }
+    gauge("weft_gossip_packets_received_total", "Gossip datagrams received.", "counter", load(&g.packets_in));
+    gauge("weft_gossip_packets_sent_total", "Gossip datagrams sent.", "counter", load(&g.packets_out));
+    gauge("weft_gossip_bytes_received_total", "Gossip bytes received.", "counter", load(&g.bytes_in));
+    gauge("weft_gossip_bytes_sent_total", "Gossip bytes sent.", "counter", load(&g.bytes_out));
+    gauge(
+        "weft_gossip_dropped_malformed_total",
+        "Gossip datagrams dropped as malformed.",
+        "counter",
+        load(&g.dropped_malformed),
+    );
+    gauge(
+        "weft_gossip_dropped_oversized_total",
+        "Gossip datagrams dropped as oversized.",
+        "counter",
+        load(&g.dropped_oversized),
+    );
+    gauge(
+        "weft_gossip_dropped_foreign_cluster_total",
+        "Gossip datagrams refused: from another cluster.",
+        "counter",
+        load(&g.dropped_foreign_cluster),
+    );
+    let r = &ctx.membership.reconciler;
+    gauge(
+        "weft_membership_changes_total",
+        "Raft membership changes this node made as leader.",
+        "counter",
+        load(&r.changes),
+    );
+    gauge(
+        "weft_membership_changes_failed_total",
+        "Membership changes that failed or timed out.",
+        "counter",
+        load(&r.failed),
     );
     out
 }

@@ -10,6 +10,8 @@
 //! - [`grid`]: the replicated state machine: pure, deterministic `apply` over in-memory maps.
 //! - [`raft`]: openraft type config, sled log store, snapshotting state machine, network, and
 //!   the Raft gRPC service.
+//! - [`membership`]: SWIM gossip (foca over UDP), forming a cluster from gossip, and the
+//!   leader's reconciler that turns gossip into Raft membership changes.
 //! - [`api`]: the agent-facing gRPC services, leader routing, the write batcher, and the one
 //!   place domain errors become `tonic::Status`.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
@@ -23,5 +25,6 @@ pub mod config;
 pub mod data_dir;
 pub mod grid;
 pub mod http;
+pub mod membership;
 pub mod node;
 pub mod raft;

@@ -5,6 +5,8 @@
 //!                ├─ gRPC weft.fabric.v1.State    ──► api ─► proposer ─┘   state_machine (grid)
 //!                ├─ gRPC weft.fabric.v1.Cluster
 //!                └─ HTTP /healthz /readyz /metrics
+//!   UDP listen ──── gossip (foca) ──► membership view ──► bootstrap (no cluster yet)
+//!                                                    └──► reconciler (leader) ──► raft membership
 //! ```
 
 use std::collections::BTreeMap;
@@ -26,6 +28,7 @@ use crate::api::{self, proposer};
 use crate::config::Config;
 use crate::data_dir::{self, DataDir};
 use crate::http;
+use crate::membership::{self, bootstrap, gossip, reconciler};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::raft_service::RaftService;
@@ -58,7 +61,22 @@ pub enum Error {
     /// Raft refused to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The advertised address does not resolve to a socket address gossip can use.
+    #[error("cannot resolve the advertised address '{addr}' (advertise): {reason}")]
+    Advertise { addr: String, reason: String },
+    /// Gossip could not start.
+    #[error(transparent)]
+    Gossip(#[from] gossip::Error),
 }
+
+/// How often the leader's reconciler looks for a membership change to make.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long one membership change may take.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A learner this close to the leader's log counts as caught up (may be promoted).
+pub const CAUGHT_UP_LAG_ENTRIES: u64 = 256;
+/// How long a leaving node waits for its leave to be sent.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A running node.
 pub struct Node {
@@ -68,6 +86,7 @@ pub struct Node {
     raft: Raft,
     applied: state_machine::Handle,
     log_store: LogStore,
+    membership: membership::Handle,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -85,12 +104,19 @@ impl Node {
 
     /// Starts the node on an already bound listener (tests bind port 0 first, so they know
     /// every address before any node starts).
-    pub async fn start_on(config: Config, listener: TcpListener) -> Result<Self, Error> {
+    pub async fn start_on(mut config: Config, listener: TcpListener) -> Result<Self, Error> {
         config.validate()?;
         let addr =
             listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let gossip_addr = match tokio::net::lookup_host(advertise.as_str()).await {
+            Ok(mut addrs) => addrs
+                .next()
+                .ok_or_else(|| Error::Advertise { addr: advertise.clone(), reason: "no address".into() })?,
+            Err(e) => return Err(Error::Advertise { addr: advertise.clone(), reason: e.to_string() }),
+        };
         let data_dir = DataDir::open(&config.data_dir, &config.cluster, config.node_id)?;
+        config.node_id = data_dir.node_id();
         let log_store = LogStore::open(&data_dir.raft_dir())
             .map_err(|source| Error::Log { path: data_dir.raft_dir().display().to_string(), source })?;
         let state_machine = StateMachine::open(&data_dir.snapshot_dir())?;
@@ -106,6 +132,9 @@ impl Node {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
 
+        if bootstrap::is_initialized(&raft) {
+            membership::election_guard::hold(&raft);
+        }
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let (proposer, proposer_handle) = proposer::Service::new(
@@ -121,6 +150,61 @@ impl Node {
                 commit_timeout: Duration::from_millis(config.request_timeout_ms),
             },
         );
+        let mode = config.join_mode()?;
+        let mut seeds = config.seed_list()?;
+        for m in config.members()? {
+            if m.id != config.node_id && !seeds.contains(&m.addr) {
+                seeds.push(m.addr);
+            }
+        }
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let (gossip_service, gossip) = gossip::Service::bind(
+            gossip::Options {
+                cluster: config.cluster.clone(),
+                me: membership::identity::Peer {
+                    id: config.node_id,
+                    addr: gossip_addr,
+                    generation,
+                    leaving: false,
+                },
+                seeds: seeds.clone(),
+                timing: config.gossip_timing()?,
+            },
+            addr,
+            generation ^ config.node_id,
+        )
+        .await?;
+        let membership = membership::Handle {
+            gossip: gossip.clone(),
+            bootstrap: bootstrap::State::new(config.node_id, config.cluster.clone(), mode, !seeds.is_empty()),
+            reconciler: Arc::default(),
+        };
+        tasks.spawn(gossip_service.run(shutdown.clone()));
+        if mode != bootstrap::Mode::Static {
+            tasks.spawn(bootstrap::run(
+                membership.bootstrap.clone(),
+                raft.clone(),
+                gossip.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(membership::election_guard::run(raft.clone(), gossip.clone(), shutdown.clone()));
+        tasks.spawn(reconciler::run(
+            raft.clone(),
+            gossip.clone(),
+            reconciler::Options {
+                target_voters: config.voters as usize,
+                grace: Duration::from_millis(config.dead_node_grace_ms),
+                interval: RECONCILE_INTERVAL,
+                change_timeout: MEMBERSHIP_CHANGE_TIMEOUT,
+                caught_up_lag: CAUGHT_UP_LAG_ENTRIES,
+            },
+            membership.reconciler.clone(),
+            shutdown.clone(),
+        ));
+
         let ctx = api::Context::new(
             config.node_id,
             config.cluster.clone(),
@@ -130,6 +214,7 @@ impl Node {
             config.limits(),
             Duration::from_millis(config.request_timeout_ms),
             config.max_message_bytes,
+            membership.clone(),
         );
         tasks.spawn(proposer.run(shutdown.clone()));
 
@@ -159,15 +244,25 @@ impl Node {
         });
 
         let members = config.members()?;
-        let mut node =
-            Self { id: config.node_id, addr, advertise, raft, applied, log_store, shutdown, tasks };
-        node.initialize(&members, config.election_timeout_max_ms).await?;
+        let mut node = Self {
+            id: config.node_id,
+            addr,
+            advertise,
+            raft,
+            applied,
+            log_store,
+            membership,
+            shutdown,
+            tasks,
+        };
+        if mode == bootstrap::Mode::Static {
+            node.initialize(&members, config.election_timeout_max_ms).await?;
+        }
         tracing::info!(node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster, "node started");
         Ok(node)
     }
 
-    /// Forms the cluster if this data dir has none: from the static member list, or as a
-    /// cluster of this node alone when no list is given.
+    /// Forms the cluster from the static member list if this data dir has none.
     ///
     /// Initializing with the same member list on several nodes is safe, but each node that
     /// does it stands for election at once, so starting members one by one would split votes.
@@ -182,11 +277,8 @@ impl Node {
         if self.raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
             return Ok(());
         }
-        let nodes: BTreeMap<NodeId, openraft::BasicNode> = if members.is_empty() {
-            BTreeMap::from([(self.id, openraft::BasicNode { addr: self.advertise.clone() })])
-        } else {
-            members.iter().map(|m| (m.id, openraft::BasicNode { addr: m.addr.clone() })).collect()
-        };
+        let nodes: BTreeMap<NodeId, openraft::BasicNode> =
+            members.iter().map(|m| (m.id, openraft::BasicNode { addr: m.addr.clone() })).collect();
         let first = nodes.keys().next() == Some(&self.id);
         let raft = self.raft.clone();
         let id = self.id;
@@ -243,7 +335,21 @@ impl Node {
         &self.applied
     }
 
-    /// Stops every task, Raft and the server, and flushes the log.
+    /// Membership: gossip view and join state.
+    pub fn membership(&self) -> &membership::Handle {
+        &self.membership
+    }
+
+    /// Announces a graceful leave through gossip (the leader removes this node from Raft at
+    /// once), then stops like [`Node::shutdown`].
+    pub async fn leave(self) {
+        self.membership.gossip.leave(LEAVE_TIMEOUT).await;
+        self.shutdown().await;
+    }
+
+    /// Stops every task, Raft and the server, and flushes the log. The node stays a member:
+    /// it is expected back (a restart); if it stays away the leader removes it after the
+    /// grace period.
     pub async fn shutdown(mut self) {
         tracing::info!(node_id = self.id, "shutting down");
         self.shutdown.cancel();

@@ -44,7 +44,16 @@ impl ClusterService {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             cluster: self.ctx.cluster.clone(),
+            initialized: crate::membership::bootstrap::initialized_in(&m),
+            join_state: self.ctx.membership.bootstrap.join_state(),
+            voters: m.membership_config.membership().voter_ids().collect(),
+            membership_index: m.membership_config.log_id().as_ref().map(|l| l.index),
         }
+    }
+
+    fn gossip_word(&self, id: u64) -> String {
+        let view = self.ctx.membership.gossip.view();
+        view.members.get(&id).map_or("unknown", |m| m.health.as_str()).to_owned()
     }
 
     async fn ask(&self, addr: &str) -> Option<pb::NodeStatusReply> {
@@ -68,11 +77,13 @@ impl pb::cluster_server::Cluster for ClusterService {
             if *id == self.ctx.node_id { Some(self.local()) } else { self.ask(addr).await }
         }))
         .await;
-        let members = nodes
+        let newest = reports.iter().flatten().filter_map(|r| r.last_log_index).max().unwrap_or(0);
+        let mut members: Vec<pb::Member> = nodes
             .into_iter()
             .zip(reports)
             .map(|((id, address), report)| {
                 let voter = voters.contains(&id);
+                let gossip = self.gossip_word(id);
                 match report {
                     Some(r) => pb::Member {
                         id,
@@ -82,6 +93,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                         last_log_index: r.last_log_index,
                         applied_index: r.applied_index,
                         reachable: true,
+                        gossip,
+                        lag: Some(newest.saturating_sub(r.last_log_index.unwrap_or(0))),
                     },
                     None => pb::Member {
                         id,
@@ -91,10 +104,29 @@ impl pb::cluster_server::Cluster for ClusterService {
                         last_log_index: None,
                         applied_index: None,
                         reachable: false,
+                        gossip,
+                        lag: None,
                     },
                 }
             })
             .collect();
+        // Nodes gossip knows that are not (yet, or no longer) in the Raft membership.
+        let view = self.ctx.membership.gossip.view();
+        for (id, m) in &view.members {
+            if *id != 0 && !members.iter().any(|x| x.id == *id) {
+                members.push(pb::Member {
+                    id: *id,
+                    address: m.addr.to_string(),
+                    role: "not a member".into(),
+                    voter: false,
+                    last_log_index: None,
+                    applied_index: None,
+                    reachable: m.health.is_up(),
+                    gossip: m.health.as_str().into(),
+                    lag: None,
+                });
+            }
+        }
         Ok(Response::new(pb::ClusterStatus {
             cluster: self.ctx.cluster.clone(),
             leader_id: me.leader_id,
@@ -109,5 +141,61 @@ impl pb::cluster_server::Cluster for ClusterService {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::NodeStatusReply>, Status> {
         Ok(Response::new(self.local()))
+    }
+
+    async fn members(&self, _: Request<pb::MembersRequest>) -> Result<Response<pb::MembersReply>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let view = self.ctx.membership.gossip.view();
+        let membership = self.ctx.raft.metrics().borrow().membership_config.membership().clone();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let now = tokio::time::Instant::now();
+        let members = view
+            .members
+            .iter()
+            .map(|(id, m)| pb::GossipMember {
+                id: *id,
+                address: m.addr.to_string(),
+                state: m.health.as_str().into(),
+                incarnation: u32::from(m.incarnation),
+                generation: m.generation,
+                state_for_ms: now.saturating_duration_since(m.since).as_millis() as u64,
+                raft: if voters.contains(id) {
+                    "voter"
+                } else if membership.get_node(id).is_some() {
+                    "learner"
+                } else {
+                    "none"
+                }
+                .into(),
+            })
+            .collect();
+        let c = self.ctx.membership.gossip.counters();
+        Ok(Response::new(pb::MembersReply {
+            cluster: self.ctx.cluster.clone(),
+            reporter_id: self.ctx.node_id,
+            members,
+            dropped_malformed: c.dropped_malformed.load(Relaxed),
+            dropped_oversized: c.dropped_oversized.load(Relaxed),
+            dropped_foreign_cluster: c.dropped_foreign_cluster.load(Relaxed),
+        }))
+    }
+
+    async fn prepare_bootstrap(
+        &self,
+        request: Request<pb::PrepareBootstrapRequest>,
+    ) -> Result<Response<pb::PrepareBootstrapReply>, Status> {
+        let req = request.into_inner();
+        let initialized = crate::membership::bootstrap::is_initialized(&self.ctx.raft);
+        let reply = match self.ctx.membership.bootstrap.prepare(&req, initialized) {
+            Ok(()) => {
+                tracing::info!(
+                    bootstrapper = req.bootstrapper_id,
+                    "membership: promised to join a new cluster"
+                );
+                pb::PrepareBootstrapReply { accepted: true, reason: String::new() }
+            }
+            Err(reason) => pb::PrepareBootstrapReply { accepted: false, reason },
+        };
+        Ok(Response::new(reply))
     }
 }

@@ -142,6 +142,8 @@ pub struct Context {
     pub max_message_bytes: usize,
     /// API counters.
     pub counters: Arc<Counters>,
+    /// Gossip view and join state.
+    pub membership: crate::membership::Handle,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -160,6 +162,7 @@ impl Context {
         limits: grid::Limits,
         request_timeout: Duration,
         max_message_bytes: usize,
+        membership: crate::membership::Handle,
     ) -> Self {
         Self {
             node_id,
@@ -171,6 +174,7 @@ impl Context {
             request_timeout,
             max_message_bytes,
             counters: Arc::default(),
+            membership,
             channels: Arc::default(),
         }
     }

@@ -1,4 +1,4 @@
-//! `weft status` and `weft state ...`: talk to any node of a cluster.
+//! `weft status`, `weft members` and `weft state ...`: talk to any node of a cluster.
 
 use std::time::Duration;
 
@@ -214,7 +214,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
             .map(|m| {
                 json!({"id": m.id, "address": m.address, "role": m.role, "voter": m.voter,
                        "last_log_index": m.last_log_index, "applied_index": m.applied_index,
-                       "reachable": m.reachable})
+                       "reachable": m.reachable, "gossip": m.gossip, "lag": m.lag})
             })
             .collect();
         println!(
@@ -230,19 +230,74 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         s.cluster, s.term, s.reporter_id
     );
     println!(
-        "{:<4} {:<22} {:<12} {:<6} {:>10} {:>10}",
-        "ID", "ADDRESS", "ROLE", "VOTER", "LAST LOG", "APPLIED"
+        "{:<10} {:<22} {:<12} {:<6} {:<8} {:>10} {:>10} {:>6}",
+        "ID", "ADDRESS", "ROLE", "VOTER", "GOSSIP", "LAST LOG", "APPLIED", "LAG"
     );
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     for m in &s.members {
         println!(
-            "{:<4} {:<22} {:<12} {:<6} {:>10} {:>10}",
+            "{:<10} {:<22} {:<12} {:<6} {:<8} {:>10} {:>10} {:>6}",
             m.id,
             m.address,
             m.role,
             if m.voter { "yes" } else { "no" },
+            m.gossip,
             opt(m.last_log_index),
-            opt(m.applied_index)
+            opt(m.applied_index),
+            opt(m.lag)
+        );
+    }
+    Ok(0)
+}
+
+/// Flags of `weft members`.
+#[derive(Debug, clap::Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// `weft members`: the contacted node's gossip view.
+pub async fn members(args: MembersArgs) -> anyhow::Result<i32> {
+    let mut client = ClusterClient::new(channel(&args.conn.endpoint).await?);
+    let r = match client.members(pb::MembersRequest {}).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => return Ok(fail(e, args.conn.json)),
+    };
+    if args.conn.json {
+        let members: Vec<_> = r
+            .members
+            .iter()
+            .map(|m| {
+                json!({"id": m.id, "address": m.address, "state": m.state, "incarnation": m.incarnation,
+                       "generation": m.generation, "state_for_ms": m.state_for_ms, "raft": m.raft})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"cluster": r.cluster, "reporter_id": r.reporter_id, "members": members,
+                   "dropped": {"malformed": r.dropped_malformed, "oversized": r.dropped_oversized,
+                               "foreign_cluster": r.dropped_foreign_cluster}})
+        );
+        return Ok(0);
+    }
+    println!("cluster '{}'  gossip as seen by node {}", r.cluster, r.reporter_id);
+    println!(
+        "{:<10} {:<22} {:<8} {:>10} {:<8} {:>11}",
+        "ID", "ADDRESS", "STATE", "FOR", "RAFT", "INCARNATION"
+    );
+    for m in &r.members {
+        let for_ = format!("{:.1}s", m.state_for_ms as f64 / 1000.0);
+        println!(
+            "{:<10} {:<22} {:<8} {:>10} {:<8} {:>11}",
+            m.id, m.address, m.state, for_, m.raft, m.incarnation
+        );
+    }
+    let dropped = r.dropped_malformed + r.dropped_oversized + r.dropped_foreign_cluster;
+    if dropped > 0 {
+        println!(
+            "dropped gossip packets: {} malformed, {} oversized, {} from other clusters",
+            r.dropped_malformed, r.dropped_oversized, r.dropped_foreign_cluster
         );
     }
     Ok(0)

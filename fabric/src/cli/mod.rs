@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`node_cmd`]: `weft node`: one fabric node from layered configuration.
 //! - [`dev`]: `weft dev`: a local cluster of N nodes in one process.
-//! - [`client`]: `weft status` and `weft state ...` over gRPC.
+//! - [`client`]: `weft status`, `weft members` and `weft state ...` over gRPC.
 
 pub mod client;
 pub mod dev;
@@ -29,6 +29,8 @@ pub enum Command {
     Dev(dev::Args),
     /// Show the cluster: leader, term, and each member's role and progress.
     Status(client::StatusArgs),
+    /// Show the gossip view of the contacted node: every node it knows and its state.
+    Members(client::MembersArgs),
     /// Read and write key/value state in the grid.
     State(client::StateArgs),
 }
@@ -45,6 +47,7 @@ impl Cli {
             Command::Node(args) => node_cmd::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Status(args) => client::status(args).await,
+            Command::Members(args) => client::members(args).await,
             Command::State(args) => client::state(args).await,
         }
     }

@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     pub dump_config: bool,
-    /// This node's id (1 or more).
+    /// This node's id (1 or more); by default the id the data dir records, or a new random one.
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<u64>,
@@ -42,6 +42,26 @@ pub struct Args {
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_members: Option<String>,
+    /// Gossip seeds: any node(s) of the cluster, e.g. 10.0.0.1:7400,10.0.0.2:7400.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<String>,
+    /// Form a new cluster once this many nodes see each other (without it, seeds only join).
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_expect: Option<u32>,
+    /// Voters the cluster keeps (odd; default 3); other nodes are learners.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voters: Option<u32>,
+    /// Gossip timing preset: lan (default) or test.
+    #[arg(long, value_name = "PRESET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_preset: Option<String>,
+    /// How long a node must be down before the leader removes it (e.g. 30000).
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_node_grace_ms: Option<u64>,
 }
 
 /// Runs a node until ctrl-c or SIGTERM.
@@ -57,6 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         print!("{}", config.to_toml());
         return Ok(0);
     }
+    let leave = config.leave_on_shutdown;
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {
@@ -65,6 +86,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     super::shutdown_signal().await;
-    node.shutdown().await;
+    if leave {
+        node.leave().await;
+    } else {
+        node.shutdown().await;
+    }
     Ok(0)
 }

@@ -120,12 +120,19 @@ fn invalid_configuration_names_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     let data = data.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--listen", "nowhere"], "listen"),
-        (&["--node-id", "0"], "node_id"),
-        (&["--initial-members", "1=a:1,1=b:2"], "listed twice"),
-        (&["--initial-members", "2=127.0.0.1:9"], "does not list this node"),
+        (&["--node-id", "0", "--initial-members", "1=127.0.0.1:9"], "node_id"),
+        (&["--node-id", "1", "--initial-members", "1=a:1,1=b:2"], "listed twice"),
+        (&["--node-id", "1", "--initial-members", "2=127.0.0.1:9"], "does not list this node"),
         (&["--cluster", "bad name"], "cluster"),
+        (&["--seeds", "no-port"], "seeds"),
+        (&["--voters", "2"], "voters"),
+        (&["--gossip-preset", "wan"], "gossip_preset"),
+        (
+            &["--node-id", "1", "--initial-members", "1=127.0.0.1:9", "--bootstrap-expect", "3"],
+            "bootstrap_expect",
+        ),
     ];
     for (args, words) in cases {
         let mut all = vec!["node", "--data-dir", data];
@@ -176,6 +183,8 @@ async fn port_in_use_and_foreign_data_dirs_are_refused() {
     let listen = format!("127.0.0.1:{port}");
     let mut first = Process::spawn(
         vec![
+            "--node-id".into(),
+            "1".into(),
             "--cluster".into(),
             "a".into(),
             "--listen".into(),

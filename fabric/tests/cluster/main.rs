@@ -4,6 +4,8 @@
 mod bad_input;
 mod cli;
 mod failover;
+mod membership;
+mod membership_process;
 mod process;
 mod restart;
 mod support;

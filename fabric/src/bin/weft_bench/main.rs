@@ -41,6 +41,8 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 
+mod membership;
+
 /// The namespace every workload writes to.
 const NAMESPACE: &str = "shared/bench";
 /// How long a new cluster may take to elect a leader that sees every member.
@@ -120,6 +122,8 @@ enum Workload {
     Follower,
     /// The million-put phase: throughput, then RSS and disk per node.
     Million,
+    /// Gossip membership: formation time, gossip traffic, failure detection and replacement.
+    Membership,
 }
 
 /// One kind of request.
@@ -300,10 +304,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", run_markdown(&args, run, &figures));
         runs.push(figures);
     }
-    let total = started.elapsed();
-    if args.runs > 1 {
+    if args.runs > 1 && runs.iter().any(|r| !r.rows.is_empty() || r.million.is_some()) {
         print!("{}", median_markdown(&args, &runs));
     }
+    if args.wants(Workload::Membership) {
+        let mut figures = Vec::new();
+        for run in 1..=args.runs {
+            for preset in ["lan", "test"] {
+                eprintln!(
+                    "== membership run {run} of {}, preset {preset} (load average {})",
+                    args.runs,
+                    load_average()
+                );
+                figures.push((preset.to_owned(), membership::measure(&weft, &scratch, run, preset).await?));
+            }
+        }
+        print!("{}", membership::markdown(&figures));
+    }
+    let total = started.elapsed();
     println!("\nTotal time: {:.0} s for {} run(s).", total.as_secs_f64(), args.runs);
     drop(scratch);
     Ok(())
@@ -1012,20 +1030,7 @@ struct Metrics {
 
 /// Reads `http://ADDR/metrics` (plain HTTP/1.1 on the node's one port).
 async fn metrics(addr: &str) -> anyhow::Result<Metrics> {
-    let text = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(
-                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await?;
-        Ok::<_, std::io::Error>(text)
-    })
-    .await
-    .with_context(|| format!("{addr}/metrics timed out"))?
-    .with_context(|| format!("cannot read {addr}/metrics"))?;
+    let text = metrics_text(addr).await?;
     let mut values = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("weft_")) {
         if let (Some((name, _)), Some(v)) = (line.split_once('{'), line.rsplit(' ').next()) {
@@ -1048,6 +1053,24 @@ async fn metrics(addr: &str) -> anyhow::Result<Metrics> {
         snapshots_installed: get("weft_snapshots_installed_total"),
         keys: get("weft_grid_keys"),
     })
+}
+
+/// The text of `http://ADDR/metrics` (plain HTTP/1.1 on the node's one port).
+async fn metrics_text(addr: &str) -> anyhow::Result<String> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    })
+    .await
+    .with_context(|| format!("{addr}/metrics timed out"))?
+    .with_context(|| format!("cannot read {addr}/metrics"))
 }
 
 /// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.

@@ -1,0 +1,60 @@
+//! Membership: nodes find each other by SWIM gossip (foca over UDP), a new cluster forms from
+//! gossip, and the leader turns gossip into Raft membership changes.
+//!
+//! ```text
+//!   node A ◄──UDP gossip──► node B ◄──UDP gossip──► node C      (every node: gossip::Service)
+//!     │ no Raft log yet?  bootstrap: wait for N, one node initializes Raft with N voters
+//!     │ leader?           reconciler: alive → learner → voter; down > grace (or left) → removed
+//!     ▼
+//!   openraft membership (replicated in the log)
+//! ```
+//!
+//! # Layout
+//! - [`identity`]: a node's gossip identity (id, address, generation, leaving).
+//! - [`codec`]: foca's messages on bincode inside a frame naming the format and cluster.
+//! - [`gossip`]: the UDP service driving foca; publishes the [`gossip::View`].
+//! - [`bootstrap`]: forming a cluster (`--bootstrap-expect`) or waiting to be added.
+//! - [`election_guard`]: a node removed while away does not disrupt the cluster on return.
+//! - [`reconciler`]: on the leader, one membership change at a time.
+
+pub mod bootstrap;
+pub mod codec;
+pub mod election_guard;
+pub mod gossip;
+pub mod identity;
+pub mod reconciler;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::cluster_client::ClusterClient;
+
+/// What the rest of the node sees of membership; cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    /// The gossip service.
+    pub gossip: gossip::Handle,
+    /// Joining and bootstrap state.
+    pub bootstrap: Arc<bootstrap::State>,
+    /// The reconciler's counters.
+    pub reconciler: Arc<reconciler::Counters>,
+}
+
+/// A lazily connecting channel to a peer's gRPC port, every call bounded by `timeout`.
+fn peer_channel(addr: SocketAddr, timeout: Duration) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from(
+        format!("http://{addr}").parse::<tonic::transport::Uri>().expect("a socket address is a valid URI"),
+    )
+    .connect_timeout(timeout)
+    .timeout(timeout)
+    .connect_lazy()
+}
+
+/// A peer's own status, or None if it does not answer within `timeout`.
+async fn peer_status(addr: SocketAddr, timeout: Duration) -> Option<pb::NodeStatusReply> {
+    let mut client = ClusterClient::new(peer_channel(addr, timeout));
+    let reply = tokio::time::timeout(timeout, client.node_status(pb::StatusRequest {})).await.ok()?.ok()?;
+    Some(reply.into_inner())
+}

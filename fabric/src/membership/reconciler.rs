@@ -1,0 +1,457 @@
+//! The reconciler: on the leader, turns what gossip sees into Raft membership changes.
+//!
+//! ```text
+//!   gossip View ─┐
+//!   Raft metrics ┼─► plan() ─► one Change ─► raft.add_learner / raft.change_membership ─► wait
+//!   (leader)    ─┘     pure       at a time
+//! ```
+//!
+//! [`plan`] is pure: given the membership, the view and the replication progress it picks at
+//! most one change, in this order:
+//! 1. finish a joint configuration left by a previous leader;
+//! 2. remove a voter that has been down for the grace period (at once if it left), promoting
+//!    a healthy caught-up learner in the same change when the voters fall below the target;
+//! 3. remove a learner that has been down for the grace period (or left);
+//! 4. add a new alive node as a learner;
+//! 5. promote caught-up learners while the voters are below the target.
+//!
+//! It never proposes a change after which the old or the new voters lack a majority that is
+//! up: such a change could not commit, and would leave the cluster stuck in a joint config.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::gossip::{self, Health, View};
+use crate::raft::{NodeId, Raft};
+
+/// How the reconciler acts.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Voters the cluster should have (odd).
+    pub target_voters: usize,
+    /// How long a node must be down before it is removed (a node that left goes at once).
+    pub grace: Duration,
+    /// How often the leader looks for a change to make.
+    pub interval: Duration,
+    /// How long one membership change may take before the reconciler gives up on it.
+    pub change_timeout: Duration,
+    /// A learner within this many entries of the leader's log counts as caught up.
+    pub caught_up_lag: u64,
+}
+
+/// Everything [`plan`] looks at.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// This node, the leader.
+    pub leader: NodeId,
+    /// Current voters (of the last config when joint).
+    pub voters: BTreeSet<NodeId>,
+    /// Current learners.
+    pub learners: BTreeSet<NodeId>,
+    /// Whether the membership is a joint configuration.
+    pub joint: bool,
+    /// Gossip's view.
+    pub view: &'a View,
+    /// Raft members that gossip has never shown, and since when the leader noticed.
+    pub absent_since: &'a BTreeMap<NodeId, Instant>,
+    /// Highest log index each follower and learner has matched.
+    pub matched: &'a BTreeMap<NodeId, u64>,
+    /// The leader's last log index.
+    pub last_log_index: u64,
+    /// Now.
+    pub now: Instant,
+}
+
+/// One membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Leave a joint configuration for its last config.
+    FinishJoint { voters: BTreeSet<NodeId> },
+    /// Remove voter `remove` (and promote `promote`): the voters become `voters`.
+    ReplaceVoter { remove: NodeId, promote: Option<NodeId>, voters: BTreeSet<NodeId> },
+    /// Remove a learner.
+    RemoveLearner { id: NodeId },
+    /// Add an alive node as a learner.
+    AddLearner { id: NodeId, addr: String },
+    /// Promote learners: the voters become `voters`.
+    Promote { ids: BTreeSet<NodeId>, voters: BTreeSet<NodeId> },
+}
+
+impl<'a> Inputs<'a> {
+    fn health(&self, id: NodeId) -> Option<Health> {
+        self.view.members.get(&id).map(|m| m.health)
+    }
+
+    fn is_up(&self, id: NodeId) -> bool {
+        id == self.leader || self.health(id).is_some_and(Health::is_up)
+    }
+
+    /// Down long enough to remove (or left).
+    fn is_gone(&self, id: NodeId, grace: Duration) -> bool {
+        if id == self.leader {
+            return false;
+        }
+        match self.view.members.get(&id) {
+            Some(m) if m.health == Health::Left => true,
+            Some(m) if m.health == Health::Down => self.now.duration_since(m.since) >= grace,
+            Some(_) => false,
+            None => self.absent_since.get(&id).is_some_and(|at| self.now.duration_since(*at) >= grace),
+        }
+    }
+
+    fn caught_up(&self, id: NodeId, lag: u64) -> bool {
+        self.health(id) == Some(Health::Alive)
+            && self.matched.get(&id).is_some_and(|m| m.saturating_add(lag) >= self.last_log_index)
+    }
+
+    fn has_up_majority(&self, voters: &BTreeSet<NodeId>) -> bool {
+        let up = voters.iter().filter(|v| self.is_up(**v)).count();
+        up > voters.len() / 2
+    }
+
+    /// Both the old and the new voters keep a majority that is up.
+    fn safe(&self, new: &BTreeSet<NodeId>) -> bool {
+        !new.is_empty() && self.has_up_majority(&self.voters) && self.has_up_majority(new)
+    }
+}
+
+/// The one change to make now, if any.
+pub fn plan(inputs: &Inputs<'_>, options: &Options) -> Option<Change> {
+    if inputs.joint {
+        return inputs.safe(&inputs.voters).then(|| Change::FinishJoint { voters: inputs.voters.clone() });
+    }
+    let healthy_learners: Vec<NodeId> = inputs
+        .learners
+        .iter()
+        .copied()
+        .filter(|l| !inputs.is_gone(*l, options.grace) && inputs.caught_up(*l, options.caught_up_lag))
+        .collect();
+
+    for &voter in &inputs.voters {
+        if !inputs.is_gone(voter, options.grace) {
+            continue;
+        }
+        let mut voters = inputs.voters.clone();
+        voters.remove(&voter);
+        let promote =
+            (voters.len() < options.target_voters).then(|| healthy_learners.first().copied()).flatten();
+        if let Some(p) = promote {
+            voters.insert(p);
+        }
+        if inputs.safe(&voters) {
+            return Some(Change::ReplaceVoter { remove: voter, promote, voters });
+        }
+    }
+    if let Some(&id) = inputs.learners.iter().find(|l| inputs.is_gone(**l, options.grace)) {
+        return Some(Change::RemoveLearner { id });
+    }
+    for (&id, m) in &inputs.view.members {
+        if id != 0
+            && m.health == Health::Alive
+            && !inputs.voters.contains(&id)
+            && !inputs.learners.contains(&id)
+        {
+            return Some(Change::AddLearner { id, addr: m.addr.to_string() });
+        }
+    }
+    if inputs.voters.len() < options.target_voters && !healthy_learners.is_empty() {
+        let ids: BTreeSet<NodeId> =
+            healthy_learners.iter().copied().take(options.target_voters - inputs.voters.len()).collect();
+        let voters: BTreeSet<NodeId> = inputs.voters.union(&ids).copied().collect();
+        if inputs.safe(&voters) {
+            return Some(Change::Promote { ids, voters });
+        }
+    }
+    None
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Membership changes this node made as leader.
+    pub changes: std::sync::atomic::AtomicU64,
+    /// Changes that failed or timed out.
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+/// Runs the reconciler until `shutdown`; it acts only while this node leads.
+pub async fn run(
+    raft: Raft,
+    gossip: gossip::Handle,
+    options: Options,
+    counters: std::sync::Arc<Counters>,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let me = gossip.node_id();
+    let mut absent_since: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(options.interval) => {}
+        }
+        let view = gossip.view();
+        let (inputs_owned, leading) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            let leading = m.current_leader == Some(me) && m.state == openraft::ServerState::Leader;
+            let membership = m.membership_config.membership();
+            let joint = membership.get_joint_config().len() > 1;
+            let voters: BTreeSet<NodeId> = membership.get_joint_config().last().cloned().unwrap_or_default();
+            let all: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+            let learners: BTreeSet<NodeId> = all
+                .iter()
+                .copied()
+                .filter(|id| !membership.get_joint_config().iter().any(|c| c.contains(id)))
+                .collect();
+            let matched: BTreeMap<NodeId, u64> = m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().filter_map(|(id, l)| Some((*id, l.as_ref()?.index))).collect())
+                .unwrap_or_default();
+            ((voters, learners, joint, matched, m.last_log_index.unwrap_or(0), all), leading)
+        };
+        if !leading {
+            absent_since.clear();
+            continue;
+        }
+        let (voters, learners, joint, matched, last_log_index, all) = inputs_owned;
+        let now = Instant::now();
+        absent_since.retain(|id, _| all.contains(id) && !view.members.contains_key(id));
+        for id in &all {
+            if !view.members.contains_key(id) {
+                absent_since.entry(*id).or_insert(now);
+            }
+        }
+        let inputs = Inputs {
+            leader: me,
+            voters,
+            learners,
+            joint,
+            view: &view,
+            absent_since: &absent_since,
+            matched: &matched,
+            last_log_index,
+            now,
+        };
+        let Some(change) = plan(&inputs, &options) else { continue };
+        tracing::info!(?change, "membership: changing the Raft membership");
+        let result = tokio::time::timeout(options.change_timeout, apply(&raft, &change)).await;
+        counters.changes.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(Ok(())) => tracing::info!(?change, "membership: change committed"),
+            Ok(Err(e)) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?change, error = %e, "membership: change failed");
+            }
+            Err(_) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    ?change,
+                    timeout_ms = options.change_timeout.as_millis() as u64,
+                    "membership: change did not commit in time"
+                );
+            }
+        }
+    }
+}
+
+async fn apply(raft: &Raft, change: &Change) -> Result<(), String> {
+    let result = match change {
+        Change::FinishJoint { voters } | Change::ReplaceVoter { voters, .. } => {
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false).await
+        }
+        Change::Promote { voters, .. } => {
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true).await
+        }
+        Change::RemoveLearner { id } => {
+            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false).await
+        }
+        Change::AddLearner { id, addr } => {
+            raft.add_learner(*id, BasicNode { addr: addr.clone() }, false).await
+        }
+    };
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::gossip::MemberView;
+
+    const GRACE: Duration = Duration::from_secs(10);
+
+    fn options() -> Options {
+        Options {
+            target_voters: 3,
+            grace: GRACE,
+            interval: Duration::from_millis(100),
+            change_timeout: Duration::from_secs(5),
+            caught_up_lag: 10,
+        }
+    }
+
+    struct World {
+        now: Instant,
+        view: View,
+        voters: BTreeSet<NodeId>,
+        learners: BTreeSet<NodeId>,
+        matched: BTreeMap<NodeId, u64>,
+        absent: BTreeMap<NodeId, Instant>,
+        joint: bool,
+    }
+
+    impl World {
+        fn new(voters: &[NodeId], learners: &[NodeId]) -> Self {
+            let now = Instant::now() + Duration::from_secs(3600);
+            let mut w = World {
+                now,
+                view: View::default(),
+                voters: voters.iter().copied().collect(),
+                learners: learners.iter().copied().collect(),
+                matched: BTreeMap::new(),
+                absent: BTreeMap::new(),
+                joint: false,
+            };
+            for &id in voters.iter().chain(learners) {
+                w.set(id, Health::Alive, Duration::from_secs(60));
+                w.matched.insert(id, 100);
+            }
+            w
+        }
+
+        fn set(&mut self, id: NodeId, health: Health, for_: Duration) {
+            self.view.members.insert(
+                id,
+                MemberView {
+                    addr: format!("127.0.0.1:{}", 7400 + id).parse().unwrap(),
+                    health,
+                    incarnation: 0,
+                    generation: 1,
+                    since: self.now - for_,
+                },
+            );
+        }
+
+        fn plan(&self) -> Option<Change> {
+            let inputs = Inputs {
+                leader: 1,
+                voters: self.voters.clone(),
+                learners: self.learners.clone(),
+                joint: self.joint,
+                view: &self.view,
+                absent_since: &self.absent,
+                matched: &self.matched,
+                last_log_index: 100,
+                now: self.now,
+            };
+            plan(&inputs, &options())
+        }
+    }
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_healthy_cluster_needs_nothing() {
+        assert_eq!(World::new(&[1, 2, 3], &[4, 5]).plan(), None);
+    }
+
+    #[test]
+    fn a_dead_voter_is_replaced_by_a_caught_up_learner_after_the_grace() {
+        let mut w = World::new(&[1, 2, 3], &[4, 5]);
+        w.set(3, Health::Down, GRACE - Duration::from_millis(1));
+        assert_eq!(w.plan(), None, "within the grace period nothing happens");
+        w.set(3, Health::Down, GRACE);
+        w.matched.insert(4, 50); // lagging: not a candidate
+        assert_eq!(
+            w.plan(),
+            Some(Change::ReplaceVoter { remove: 3, promote: Some(5), voters: set(&[1, 2, 5]) })
+        );
+    }
+
+    #[test]
+    fn a_node_that_left_goes_at_once() {
+        let mut w = World::new(&[1, 2, 3], &[]);
+        w.set(2, Health::Left, Duration::ZERO);
+        assert_eq!(w.plan(), Some(Change::ReplaceVoter { remove: 2, promote: None, voters: set(&[1, 3]) }));
+        let mut w = World::new(&[1, 2, 3], &[4]);
+        w.set(4, Health::Left, Duration::ZERO);
+        assert_eq!(w.plan(), Some(Change::RemoveLearner { id: 4 }));
+    }
+
+    #[test]
+    fn never_a_change_without_a_live_majority() {
+        // Two of three voters down: removing either would need the dead ones to commit.
+        let mut w = World::new(&[1, 2, 3], &[4]);
+        w.set(2, Health::Down, GRACE * 2);
+        w.set(3, Health::Down, GRACE * 2);
+        assert_eq!(w.plan(), None);
+        // The plan a careless reconciler would make (replace 3 by 4) is refused by the check.
+        let inputs = Inputs {
+            leader: 1,
+            voters: w.voters.clone(),
+            learners: w.learners.clone(),
+            joint: false,
+            view: &w.view,
+            absent_since: &w.absent,
+            matched: &w.matched,
+            last_log_index: 100,
+            now: w.now,
+        };
+        assert!(!inputs.safe(&set(&[1, 3, 4])));
+        assert!(!inputs.safe(&set(&[1])), "the old config has no live majority");
+    }
+
+    #[test]
+    fn new_nodes_join_as_learners_and_are_promoted_when_caught_up() {
+        let mut w = World::new(&[1], &[]);
+        w.set(7, Health::Alive, Duration::ZERO);
+        assert_eq!(w.plan(), Some(Change::AddLearner { id: 7, addr: "127.0.0.1:7407".into() }));
+        w.set(7, Health::Suspect, Duration::ZERO);
+        assert_eq!(w.plan(), None, "a suspect node is not added");
+        w.set(7, Health::Alive, Duration::ZERO);
+        w.learners.insert(7);
+        w.matched.insert(7, 95);
+        w.set(8, Health::Alive, Duration::ZERO);
+        w.learners.insert(8);
+        w.matched.insert(8, 100);
+        assert_eq!(w.plan(), Some(Change::Promote { ids: set(&[7, 8]), voters: set(&[1, 7, 8]) }));
+        w.voters = set(&[1, 7, 8]);
+        w.learners.clear();
+        w.set(9, Health::Alive, Duration::ZERO);
+        w.learners.insert(9);
+        assert_eq!(w.plan(), None, "at the target, learners stay learners");
+    }
+
+    #[test]
+    fn members_gossip_never_saw_are_removed_after_the_grace() {
+        let mut w = World::new(&[1, 2, 3], &[]);
+        w.view.members.remove(&3);
+        w.absent.insert(3, w.now - GRACE / 2);
+        assert_eq!(w.plan(), None);
+        w.absent.insert(3, w.now - GRACE);
+        assert_eq!(w.plan(), Some(Change::ReplaceVoter { remove: 3, promote: None, voters: set(&[1, 2]) }));
+    }
+
+    #[test]
+    fn a_joint_config_is_finished_first() {
+        let mut w = World::new(&[1, 2, 3], &[]);
+        w.joint = true;
+        w.set(9, Health::Alive, Duration::ZERO);
+        assert_eq!(w.plan(), Some(Change::FinishJoint { voters: set(&[1, 2, 3]) }));
+    }
+
+    #[test]
+    fn the_leader_never_removes_itself() {
+        let mut w = World::new(&[1, 2, 3], &[]);
+        w.set(1, Health::Left, Duration::ZERO);
+        assert_eq!(w.plan(), None);
+    }
+}
