@@ -256,7 +256,15 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
-        self.listen_addr()?;
+        let listen = self.listen_addr()?;
+        if listen.ip().is_unspecified() && self.advertise.is_none() {
+            return Err(invalid(
+                "advertise",
+                format!(
+                    "is required when listen is {listen}: peers and gossip need an address that reaches this node"
+                ),
+            ));
+        }
         if let Some(adv) = &self.advertise {
             check_host_port(adv).map_err(|r| invalid("advertise", r))?;
         }
@@ -532,6 +540,7 @@ mod tests {
         };
         check(Config { node_id: 0, initial_members: "1=a:1".into(), ..Default::default() }, "node_id");
         check(Config { seeds: "nope".into(), ..Default::default() }, "seeds");
+        check(Config { listen: "0.0.0.0:7400".into(), ..Default::default() }, "advertise");
         check(Config { voters: 2, ..Default::default() }, "voters");
         check(Config { gossip_preset: "wan".into(), ..Default::default() }, "gossip_preset");
         check(Config { gossip_probe_rtt_ms: Some(5_000), ..Default::default() }, "gossip_probe_rtt_ms");

@@ -77,6 +77,9 @@ pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CAUGHT_UP_LAG_ENTRIES: u64 = 256;
 /// How long a leaving node waits for its leave to be sent.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a leaving node waits for the leader to remove it (a leader removes itself), so a
+/// change that needs its vote can still commit. Matches the reconciler's `LEAVE_LINGER`.
+const LEAVE_REMOVAL_WAIT: Duration = reconciler::LEAVE_LINGER;
 
 /// A running node.
 pub struct Node {
@@ -125,6 +128,7 @@ impl Node {
         let raft_config = Arc::new(config.raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
         let network = NetworkFactory::new(
             config.cluster.clone(),
+            applied.clone(),
             config.max_raft_message_bytes,
             config.max_append_bytes,
         );
@@ -191,11 +195,17 @@ impl Node {
             ));
         }
         tasks.spawn(membership::election_guard::run(raft.clone(), gossip.clone(), shutdown.clone()));
+        // A static cluster keeps as many voters as it was formed with (at least `voters`).
+        let target_voters = match mode {
+            bootstrap::Mode::Static => (config.voters as usize).max(config.members()?.len()),
+            _ => config.voters as usize,
+        };
         tasks.spawn(reconciler::run(
             raft.clone(),
+            applied.clone(),
             gossip.clone(),
             reconciler::Options {
-                target_voters: config.voters as usize,
+                target_voters,
                 grace: Duration::from_millis(config.dead_node_grace_ms),
                 interval: RECONCILE_INTERVAL,
                 change_timeout: MEMBERSHIP_CHANGE_TIMEOUT,
@@ -219,7 +229,7 @@ impl Node {
         tasks.spawn(proposer.run(shutdown.clone()));
 
         let grpc = tonic::service::Routes::new(
-            RaftServer::new(RaftService::new(raft.clone(), config.cluster.clone()))
+            RaftServer::new(RaftService::new(raft.clone(), config.cluster.clone(), applied.clone()))
                 .max_decoding_message_size(config.max_raft_message_bytes)
                 .max_encoding_message_size(config.max_raft_message_bytes),
         )
@@ -344,7 +354,41 @@ impl Node {
     /// once), then stops like [`Node::shutdown`].
     pub async fn leave(self) {
         self.membership.gossip.leave(LEAVE_TIMEOUT).await;
+        let _ = tokio::time::timeout(LEAVE_REMOVAL_WAIT, self.await_removal()).await;
         self.shutdown().await;
+    }
+
+    /// Waits until this node is out of the Raft membership. A leader proposes that itself
+    /// (openraft keeps it leading until the change commits, then it steps down); a follower
+    /// waits for the leader's reconciler, which acts on the gossip leave.
+    async fn await_removal(&self) {
+        let mut metrics = self.raft.metrics();
+        let (leading, voters) = {
+            let m = metrics.borrow();
+            let voters: std::collections::BTreeSet<NodeId> =
+                m.membership_config.membership().voter_ids().collect();
+            (m.current_leader == Some(self.id), voters)
+        };
+        if leading && voters.len() > 1 {
+            let rest: std::collections::BTreeSet<NodeId> =
+                voters.into_iter().filter(|v| *v != self.id).collect();
+            tracing::info!(node_id = self.id, voters = ?rest, "leaving: the leader removes itself");
+            if let Err(e) =
+                self.raft.change_membership(openraft::ChangeMembers::ReplaceAllVoters(rest), false).await
+            {
+                tracing::warn!(node_id = self.id, error = %e, "leaving: could not remove this node");
+            }
+            return;
+        }
+        loop {
+            if metrics.borrow_and_update().membership_config.membership().get_node(&self.id).is_none() {
+                tracing::info!(node_id = self.id, "leaving: removed from the cluster");
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Stops every task, Raft and the server, and flushes the log. The node stays a member:

@@ -48,6 +48,8 @@ impl ClusterService {
             join_state: self.ctx.membership.bootstrap.join_state(),
             voters: m.membership_config.membership().voter_ids().collect(),
             membership_index: m.membership_config.log_id().as_ref().map(|l| l.index),
+            cluster_uid: self.ctx.applied.cluster_uid(),
+            bootstrap_expect: self.ctx.membership.bootstrap.expect(),
         }
     }
 

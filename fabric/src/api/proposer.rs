@@ -78,7 +78,7 @@ fn command_bytes(command: &Command) -> usize {
             namespace.len() + key.len() + value.len() + 32
         }
         Command::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
-        Command::Expire { .. } => 16,
+        Command::Expire { .. } | Command::SetClusterUid { .. } => 16,
     }
 }
 

@@ -66,6 +66,9 @@ pub enum Command {
     /// Drop keys whose time to live has run out at the entry's time, at most `limit` of them
     /// (the leader proposes another entry for the rest).
     Expire { limit: u64 },
+    /// Record this cluster's instance id, unless one is recorded already (the first wins).
+    /// Proposed by the first leader; it tells this cluster from another of the same name.
+    SetClusterUid { uid: u64 },
 }
 
 impl Command {
@@ -84,7 +87,7 @@ impl Command {
                 Ok(())
             }
             Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
-            Command::Expire { .. } => Ok(()),
+            Command::Expire { .. } | Command::SetClusterUid { .. } => Ok(()),
         }
     }
 
@@ -101,8 +104,22 @@ impl Command {
                 Ok(())
             }
             Command::Expire { .. } => Ok(()),
+            Command::SetClusterUid { uid: 0 } => {
+                Err(Error::InvalidKey { reason: "a cluster uid must not be 0".into() })
+            }
+            Command::SetClusterUid { .. } => Ok(()),
         }
     }
+}
+
+/// The grid's own namespace. Its name is not a valid user namespace, so no API call can read or
+/// write it; it lives in the same map so the snapshot format is unchanged.
+const SYSTEM_NAMESPACE: &str = "weft/system";
+/// The key under which [`Command::SetClusterUid`] records the cluster's instance id.
+const CLUSTER_UID_KEY: &str = "cluster-uid";
+
+fn uid_of(data: &[u8]) -> u64 {
+    data.try_into().map_or(0, u64::from_be_bytes)
 }
 
 /// Checks a namespace and key pair.
@@ -128,6 +145,8 @@ pub enum Output {
     Deleted { existed: bool },
     /// How many keys expired.
     Expired { count: u64 },
+    /// The cluster's instance id after the command (the one recorded first).
+    ClusterUid { uid: u64 },
 }
 
 /// Why a command or query was refused. In every case the grid is unchanged.
@@ -246,6 +265,15 @@ impl Grid {
                 Ok(Output::Deleted { existed })
             }
             Command::Expire { limit } => Ok(Output::Expired { count: self.expire(*limit) }),
+            Command::SetClusterUid { uid } => {
+                let entry = self.namespaces.entry(SYSTEM_NAMESPACE.to_owned()).or_default();
+                let stored = entry.entry(CLUSTER_UID_KEY.to_owned()).or_insert_with(|| Value {
+                    data: uid.to_be_bytes().to_vec(),
+                    version: 0,
+                    expires_at_ms: None,
+                });
+                Ok(Output::ClusterUid { uid: uid_of(&stored.data) })
+            }
         }
     }
 
@@ -317,7 +345,15 @@ impl Grid {
 
     /// Number of stored keys across all namespaces (expired ones not yet dropped included).
     pub fn key_count(&self) -> usize {
-        self.namespaces.values().map(BTreeMap::len).sum()
+        self.namespaces.iter().filter(|(ns, _)| *ns != SYSTEM_NAMESPACE).map(|(_, keys)| keys.len()).sum()
+    }
+
+    /// This cluster's instance id, 0 until the first leader has recorded one.
+    pub fn cluster_uid(&self) -> u64 {
+        self.namespaces
+            .get(SYSTEM_NAMESPACE)
+            .and_then(|keys| keys.get(CLUSTER_UID_KEY))
+            .map_or(0, |v| uid_of(&v.data))
     }
 
     fn live(&self, namespace: &str, key: &str) -> Option<&Value> {

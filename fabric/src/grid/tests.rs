@@ -221,6 +221,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
             |(namespace, key, expected_version)| Command::Delete { namespace, key, expected_version }
         ),
         1 => (1u64..4).prop_map(|limit| Command::Expire { limit }),
+        1 => (1u64..4).prop_map(|uid| Command::SetClusterUid { uid }),
     ]
 }
 
@@ -267,6 +268,7 @@ proptest! {
         let mut grid = Grid::default();
         let mut model: BTreeMap<(String, String), (Vec<u8>, u64)> = BTreeMap::new();
         let mut revision = 0u64;
+        let mut uid = 0u64;
         for cmd in cmds {
             let cmd = match cmd {
                 Command::Put { namespace, key, value, if_absent, .. } =>
@@ -312,6 +314,10 @@ proptest! {
                     }
                 }
                 Command::Expire { .. } => Ok(Output::Expired { count: 0 }),
+                Command::SetClusterUid { uid: proposed } => {
+                    if uid == 0 { uid = *proposed; }
+                    Ok(Output::ClusterUid { uid })
+                }
             };
             prop_assert_eq!(grid.apply_checked(&cmd, &limits()), expected, "command {:?}", cmd);
             for ((ns, key), (value, version)) in &model {
@@ -319,6 +325,7 @@ proptest! {
                 prop_assert_eq!((&got.data, got.version), (value, *version));
             }
             prop_assert_eq!(grid.key_count(), model.len());
+            prop_assert_eq!(grid.cluster_uid(), uid, "the first recorded uid stays");
         }
     }
 }

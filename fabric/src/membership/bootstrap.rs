@@ -86,6 +86,14 @@ impl State {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The number of nodes this node waits for to form a cluster (0: it never forms one).
+    pub fn expect(&self) -> u32 {
+        match self.mode {
+            Mode::Expect(n) => n as u32,
+            Mode::Static | Mode::JoinOnly => 0,
+        }
+    }
+
     /// Where this node stands in joining a cluster, in words.
     pub fn join_state(&self) -> String {
         self.lock().join_state.clone()
@@ -109,6 +117,9 @@ impl State {
         }
         if self.mode == Mode::Static {
             return Err("this node forms its cluster from a static member list".into());
+        }
+        if self.mode == Mode::JoinOnly {
+            return Err("this node only joins existing clusters (no --bootstrap-expect)".into());
         }
         if !req.members.iter().any(|m| m.id == self.me) {
             return Err(format!("node {} is not among the proposed members", self.me));
@@ -158,9 +169,13 @@ pub fn is_initialized(raft: &Raft) -> bool {
 }
 
 /// [`is_initialized`] on metrics already borrowed.
+///
+/// A node that has voted counts too (as in openraft's own `is_initialized`): it took part in
+/// some cluster's election and must not help form another.
 pub fn initialized_in(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> bool {
     m.last_log_index.is_some()
         || m.current_leader.is_some()
+        || m.vote != openraft::Vote::default()
         || m.membership_config.membership().nodes().next().is_some()
 }
 
@@ -204,19 +219,32 @@ async fn step(state: &State, raft: &Raft, gossip: &gossip::Handle, started: Inst
     }
     let up: Vec<(NodeId, SocketAddr)> =
         view.members.iter().filter(|(_, m)| m.health.is_up()).map(|(id, m)| (*id, m.addr)).collect();
-    // Anyone already in a cluster? Then we join it: its leader adds us as a learner.
+    // Anyone already in a cluster? Then we join it: its leader adds us as a learner. Who may
+    // found a new one? Only nodes that expect to (join-only nodes never initialize).
+    let statuses = futures::future::join_all(
+        up.iter().filter(|(id, _)| *id != state.me).map(|(_, addr)| super::peer_status(*addr, PEER_TIMEOUT)),
+    )
+    .await;
+    let mut founders: Vec<(NodeId, SocketAddr)> = Vec::new();
+    if state.expect() > 0
+        && let Some(m) = view.members.get(&state.me)
+    {
+        founders.push((state.me, m.addr));
+    }
     let mut unanswered = 0;
-    for (id, addr) in up.iter().filter(|(id, _)| *id != state.me) {
-        match super::peer_status(*addr, PEER_TIMEOUT).await.map(|s| s.initialized) {
-            Some(true) => {
+    for ((id, addr), status) in up.iter().filter(|(id, _)| *id != state.me).zip(statuses) {
+        match status {
+            Some(s) if s.initialized => {
                 return Err(format!(
                     "found an existing cluster (node {id}); waiting for its leader to add this node"
                 ));
             }
-            Some(false) => {}
+            Some(s) if s.bootstrap_expect > 0 && s.id == *id => founders.push((*id, *addr)),
+            Some(_) => {}
             None => unanswered += 1,
         }
     }
+    founders.sort_unstable();
     let expect = match state.mode {
         Mode::Expect(n) => n,
         Mode::JoinOnly => return Err("waiting for a cluster's leader to add this node".into()),
@@ -225,24 +253,25 @@ async fn step(state: &State, raft: &Raft, gossip: &gossip::Handle, started: Inst
     if state.mode == Mode::Expect(1) && state.has_seeds && started.elapsed() < LONE_BOOTSTRAP_WAIT {
         return Err("looking for an existing cluster before forming one alone".into());
     }
-    if up.len() < expect || unanswered > 0 {
+    if founders.len() < expect || unanswered > 0 {
         return Err(format!(
             "waiting for {} more node(s) to form a cluster of {expect} (seen {})",
-            expect.saturating_sub(up.len() - unanswered),
-            up.len() - unanswered
+            expect.saturating_sub(founders.len()),
+            founders.len()
         ));
     }
-    let lowest = up.iter().map(|(id, _)| *id).min().unwrap_or(state.me);
+    let lowest = founders[0].0;
     if lowest != state.me {
         return Err(format!("waiting for node {lowest} to form the cluster"));
     }
     if let Some(other) = state.promised_to_other() {
         return Err(format!("promised to join node {other}'s new cluster"));
     }
-    let chosen: Vec<(NodeId, SocketAddr)> = up.iter().copied().take(expect).collect();
+    let chosen: Vec<(NodeId, SocketAddr)> = founders.iter().copied().take(expect).collect();
     if !state.claim() {
         return Err("promised to join another node's new cluster".into());
     }
+    let claimed_at = Instant::now();
     let req = pb::PrepareBootstrapRequest {
         cluster: state.cluster.clone(),
         bootstrapper_id: state.me,
@@ -251,19 +280,30 @@ async fn step(state: &State, raft: &Raft, gossip: &gossip::Handle, started: Inst
             .map(|(id, a)| pb::BootstrapMember { id: *id, address: a.to_string() })
             .collect(),
     };
-    for (id, addr) in chosen.iter().filter(|(id, _)| *id != state.me) {
-        let mut c = ClusterClient::new(super::peer_channel(*addr, PEER_TIMEOUT));
-        let answer = tokio::time::timeout(PEER_TIMEOUT, c.prepare_bootstrap(req.clone())).await;
-        let refused = match answer {
-            Ok(Ok(r)) if r.get_ref().accepted => None,
-            Ok(Ok(r)) => Some(r.into_inner().reason),
-            Ok(Err(status)) => Some(status.message().to_owned()),
-            Err(_) => Some("no answer".to_owned()),
-        };
-        if let Some(reason) = refused {
-            state.withdraw();
-            return Err(format!("node {id} would not join a new cluster yet: {reason}"));
-        }
+    let answers =
+        futures::future::join_all(chosen.iter().filter(|(id, _)| *id != state.me).map(|(id, addr)| {
+            let req = req.clone();
+            async move {
+                let mut c = ClusterClient::new(super::peer_channel(*addr, PEER_TIMEOUT));
+                let answer = tokio::time::timeout(PEER_TIMEOUT, c.prepare_bootstrap(req)).await;
+                let refused = match answer {
+                    Ok(Ok(r)) if r.get_ref().accepted => None,
+                    Ok(Ok(r)) => Some(r.into_inner().reason),
+                    Ok(Err(status)) => Some(status.message().to_owned()),
+                    Err(_) => Some("no answer".to_owned()),
+                };
+                refused.map(|reason| (*id, reason))
+            }
+        }))
+        .await;
+    if let Some((id, reason)) = answers.into_iter().flatten().next() {
+        state.withdraw();
+        return Err(format!("node {id} would not join a new cluster yet: {reason}"));
+    }
+    // Every promise must still hold when Raft starts (they last PROMISE_TTL from when given).
+    if claimed_at.elapsed() >= PROMISE_TTL / 2 {
+        state.withdraw();
+        return Err("the promises took too long to gather; trying again".into());
     }
     let nodes = chosen
         .iter()
@@ -307,6 +347,13 @@ mod tests {
         let mut other = req(1, &[1, 5]);
         other.cluster = "d".into();
         assert!(s.prepare(&other, false).unwrap_err().contains("cluster 'c'"));
+    }
+
+    #[test]
+    fn join_only_nodes_promise_nothing() {
+        let s = State::new(1, "c".into(), Mode::JoinOnly, true);
+        assert_eq!(s.expect(), 0);
+        assert!(s.prepare(&req(2, &[1, 2, 3]), false).unwrap_err().contains("only joins"));
     }
 
     #[test]

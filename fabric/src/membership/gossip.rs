@@ -120,7 +120,8 @@ impl Options {
             max_transmissions: NonZeroU8::new(10).expect("non-zero"),
             suspect_to_down_after: t.suspect_to_down,
             // Identities renew (new generation), so remembering old ones costs nothing.
-            remove_down_after: Some(Duration::from_secs(24 * 3600)),
+            // Its timers count toward MAX_TIMERS: an hour keeps them few.
+            remove_down_after: Some(Duration::from_secs(3600)),
             max_packet_size: NonZeroUsize::new(MAX_PACKET_BYTES - codec::MAX_FRAME_BYTES).expect("non-zero"),
             notify_down_members: true,
             periodic_announce: Some(foca::PeriodicParams {
@@ -338,12 +339,13 @@ impl Service {
                     self.flush().await;
                     let _ = done.send(());
                 }
+                // Timers before packets: a flood of datagrams must not starve failure detection.
+                _ = tokio::time::sleep_until(timer_at) => self.fire_due_timers(),
+                _ = tokio::time::sleep_until(seeds_at) => self.announce_to_seeds().await,
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => self.receive(&buf[..len], from),
                     Err(e) => tracing::debug!(error = %e, "gossip receive failed"),
                 },
-                _ = tokio::time::sleep_until(timer_at) => self.fire_due_timers(),
-                _ = tokio::time::sleep_until(seeds_at) => self.announce_to_seeds().await,
             }
             self.flush().await;
         }
@@ -416,7 +418,9 @@ impl Service {
             }
         }
         let silent_for = self.view_tx.borrow().seeds_silent_since.map(|s| s.elapsed());
-        if announced > 0 && self.seed_retry >= SEED_RETRY_MAX {
+        if announced == 0 && self.seed_retry >= SEED_RETRY_MAX {
+            tracing::warn!(seeds = ?self.options.seeds, "no seed resolves to an address; still trying");
+        } else if self.seed_retry >= SEED_RETRY_MAX {
             tracing::warn!(seeds = ?self.options.seeds, silent_for_ms = silent_for.map(|d| d.as_millis() as u64),
                 "no seed has answered yet; still trying");
         }
@@ -428,7 +432,8 @@ impl Service {
         if self.options.me.leaving {
             return;
         }
-        let leaving = self.options.me.leaving();
+        // foca may have renewed our identity (a rejoin): leave as the current one.
+        let leaving = self.foca.identity().leaving();
         tracing::info!(node_id = leaving.id, "leaving the cluster (gossip)");
         if let Err(e) = self.foca.change_identity(leaving.clone(), &mut self.runtime) {
             tracing::warn!(error = %e, "cannot announce the leaving identity");
@@ -476,7 +481,11 @@ impl Service {
                     tracing::warn!(node_id = p.id, addr = %p.addr, "gossip: member declared down")
                 }
                 OwnedNotification::Rejoin(p) => {
-                    tracing::warn!(generation = p.generation, "gossip: this node was declared down; rejoined")
+                    tracing::warn!(
+                        generation = p.generation,
+                        "gossip: this node was declared down; rejoined"
+                    );
+                    self.options.me = p;
                 }
                 OwnedNotification::Idle => tracing::info!("gossip: no other member is up"),
                 _ => {}

@@ -13,7 +13,12 @@
 //!    a healthy caught-up learner in the same change when the voters fall below the target;
 //! 3. remove a learner that has been down for the grace period (or left);
 //! 4. add a new alive node as a learner;
-//! 5. promote caught-up learners while the voters are below the target.
+//! 5. point Raft at a member's new address when gossip sees it alive elsewhere;
+//! 6. promote caught-up learners while the voters are below the target.
+//!
+//! Gossip alone never removes or adds a node: before a removal the driver asks the node over
+//! TCP and keeps it if it answers (its UDP may be blocked), and before an addition it checks
+//! that the node is not of another cluster instance (same name, different cluster uid).
 //!
 //! It never proposes a change after which the old or the new voters lack a majority that is
 //! up: such a change could not commit, and would leave the cluster stuck in a joint config.
@@ -62,6 +67,11 @@ pub struct Inputs<'a> {
     pub matched: &'a BTreeMap<NodeId, u64>,
     /// The leader's last log index.
     pub last_log_index: u64,
+    /// Raft's address of each member.
+    pub addrs: &'a BTreeMap<NodeId, String>,
+    /// Nodes the driver found must not be touched for now (they answer over TCP although
+    /// gossip says down, or they belong to another cluster instance).
+    pub excluded: &'a BTreeSet<NodeId>,
     /// Now.
     pub now: Instant,
 }
@@ -79,7 +89,13 @@ pub enum Change {
     AddLearner { id: NodeId, addr: String },
     /// Promote learners: the voters become `voters`.
     Promote { ids: BTreeSet<NodeId>, voters: BTreeSet<NodeId> },
+    /// A member is alive at another address than Raft knows: point Raft there.
+    UpdateAddress { id: NodeId, addr: String },
 }
+
+/// A node that announced its leave still runs for this long (it waits for its removal), so
+/// it still counts toward a quorum of the change that removes it.
+pub const LEAVE_LINGER: Duration = Duration::from_secs(3);
 
 impl<'a> Inputs<'a> {
     fn health(&self, id: NodeId) -> Option<Health> {
@@ -87,12 +103,17 @@ impl<'a> Inputs<'a> {
     }
 
     fn is_up(&self, id: NodeId) -> bool {
-        id == self.leader || self.health(id).is_some_and(Health::is_up)
+        match self.view.members.get(&id) {
+            _ if id == self.leader => true,
+            Some(m) if m.health == Health::Left => self.now.duration_since(m.since) < LEAVE_LINGER,
+            Some(m) => m.health.is_up(),
+            None => false,
+        }
     }
 
     /// Down long enough to remove (or left).
     fn is_gone(&self, id: NodeId, grace: Duration) -> bool {
-        if id == self.leader {
+        if id == self.leader || self.excluded.contains(&id) {
             return false;
         }
         match self.view.members.get(&id) {
@@ -152,10 +173,21 @@ pub fn plan(inputs: &Inputs<'_>, options: &Options) -> Option<Change> {
     for (&id, m) in &inputs.view.members {
         if id != 0
             && m.health == Health::Alive
+            && !inputs.excluded.contains(&id)
             && !inputs.voters.contains(&id)
             && !inputs.learners.contains(&id)
         {
             return Some(Change::AddLearner { id, addr: m.addr.to_string() });
+        }
+    }
+    for (&id, known) in inputs.addrs {
+        // Only addresses Raft holds as IP:PORT are compared; host names are left alone.
+        if let (Ok(known), Some(m)) = (known.parse::<std::net::SocketAddr>(), inputs.view.members.get(&id))
+            && m.health == Health::Alive
+            && m.addr != known
+            && id != inputs.leader
+        {
+            return Some(Change::UpdateAddress { id, addr: m.addr.to_string() });
         }
     }
     if inputs.voters.len() < options.target_voters && !healthy_learners.is_empty() {
@@ -178,9 +210,19 @@ pub struct Counters {
     pub failed: std::sync::atomic::AtomicU64,
 }
 
+/// How long a node that answered over TCP although gossip says it is down is left alone.
+const KEEP_ANSWERING_FOR: Duration = Duration::from_secs(30);
+/// How long a node of another cluster instance is left alone before it is asked again.
+const FOREIGN_RECHECK: Duration = Duration::from_secs(30);
+/// How long a node gossip shows alive but that does not answer over TCP waits to be added.
+const SILENT_RECHECK: Duration = Duration::from_secs(2);
+/// How long the driver waits for a node's answer before a change.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// Runs the reconciler until `shutdown`; it acts only while this node leads.
 pub async fn run(
     raft: Raft,
+    applied: crate::raft::state_machine::Handle,
     gossip: gossip::Handle,
     options: Options,
     counters: std::sync::Arc<Counters>,
@@ -189,62 +231,63 @@ pub async fn run(
     use std::sync::atomic::Ordering;
     let me = gossip.node_id();
     let mut absent_since: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    let mut excluded_until: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    let mut again = false;
     loop {
+        // Right after a committed change, look again at once (a cluster forming adds several
+        // learners in a row); otherwise wait for the interval.
+        let wait = if std::mem::take(&mut again) { Duration::ZERO } else { options.interval };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(options.interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let view = gossip.view();
-        let (inputs_owned, leading) = {
-            let metrics = raft.metrics();
-            let m = metrics.borrow();
-            let leading = m.current_leader == Some(me) && m.state == openraft::ServerState::Leader;
-            let membership = m.membership_config.membership();
-            let joint = membership.get_joint_config().len() > 1;
-            let voters: BTreeSet<NodeId> = membership.get_joint_config().last().cloned().unwrap_or_default();
-            let all: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-            let learners: BTreeSet<NodeId> = all
-                .iter()
-                .copied()
-                .filter(|id| !membership.get_joint_config().iter().any(|c| c.contains(id)))
-                .collect();
-            let matched: BTreeMap<NodeId, u64> = m
-                .replication
-                .as_ref()
-                .map(|r| r.iter().filter_map(|(id, l)| Some((*id, l.as_ref()?.index))).collect())
-                .unwrap_or_default();
-            ((voters, learners, joint, matched, m.last_log_index.unwrap_or(0), all), leading)
-        };
-        if !leading {
+        let Some(state) = leader_state(&raft, me) else {
             absent_since.clear();
+            excluded_until.clear();
+            continue;
+        };
+        if applied.cluster_uid() == 0 {
+            record_cluster_uid(&raft, &options).await;
             continue;
         }
-        let (voters, learners, joint, matched, last_log_index, all) = inputs_owned;
         let now = Instant::now();
-        absent_since.retain(|id, _| all.contains(id) && !view.members.contains_key(id));
-        for id in &all {
+        absent_since.retain(|id, _| state.addrs.contains_key(id) && !view.members.contains_key(id));
+        for id in state.addrs.keys() {
             if !view.members.contains_key(id) {
                 absent_since.entry(*id).or_insert(now);
             }
         }
+        excluded_until.retain(|_, until| *until > now);
+        let excluded: BTreeSet<NodeId> = excluded_until.keys().copied().collect();
         let inputs = Inputs {
             leader: me,
-            voters,
-            learners,
-            joint,
+            voters: state.voters,
+            learners: state.learners,
+            joint: state.joint,
             view: &view,
             absent_since: &absent_since,
-            matched: &matched,
-            last_log_index,
+            matched: &state.matched,
+            last_log_index: state.last_log_index,
+            addrs: &state.addrs,
+            excluded: &excluded,
             now,
         };
         let Some(change) = plan(&inputs, &options) else { continue };
+        if let Some((id, until, why)) = vet(&change, &view, &state.addrs, applied.cluster_uid()).await {
+            tracing::warn!(node_id = id, reason = %why, "membership: not changing the membership for this node now");
+            excluded_until.insert(id, until);
+            continue;
+        }
         tracing::info!(?change, "membership: changing the Raft membership");
         let result = tokio::time::timeout(options.change_timeout, apply(&raft, &change)).await;
         counters.changes.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(Ok(())) => tracing::info!(?change, "membership: change committed"),
+            Ok(Ok(())) => {
+                tracing::info!(?change, "membership: change committed");
+                again = true;
+            }
             Ok(Err(e)) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(?change, error = %e, "membership: change failed");
@@ -261,6 +304,110 @@ pub async fn run(
     }
 }
 
+/// What the leader's metrics say about the membership.
+struct LeaderState {
+    voters: BTreeSet<NodeId>,
+    learners: BTreeSet<NodeId>,
+    joint: bool,
+    matched: BTreeMap<NodeId, u64>,
+    last_log_index: u64,
+    addrs: BTreeMap<NodeId, String>,
+}
+
+fn leader_state(raft: &Raft, me: NodeId) -> Option<LeaderState> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    if m.current_leader != Some(me) || m.state != openraft::ServerState::Leader {
+        return None;
+    }
+    let membership = m.membership_config.membership();
+    let configs = membership.get_joint_config();
+    let voters: BTreeSet<NodeId> = configs.last().cloned().unwrap_or_default();
+    let addrs: BTreeMap<NodeId, String> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    let learners = addrs.keys().copied().filter(|id| !configs.iter().any(|c| c.contains(id))).collect();
+    let matched = m
+        .replication
+        .as_ref()
+        .map(|r| r.iter().filter_map(|(id, l)| Some((*id, l.as_ref()?.index))).collect())
+        .unwrap_or_default();
+    Some(LeaderState {
+        voters,
+        learners,
+        joint: configs.len() > 1,
+        matched,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        addrs,
+    })
+}
+
+/// The first leader records a random cluster instance id in the grid (first one wins).
+async fn record_cluster_uid(raft: &Raft, options: &Options) {
+    let uid = rand::random_range(1..u64::MAX);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let request =
+        crate::raft::Request::Batch { now_ms, commands: vec![crate::grid::Command::SetClusterUid { uid }] };
+    match tokio::time::timeout(options.change_timeout, raft.client_write(request)).await {
+        Ok(Ok(_)) => tracing::info!("membership: recorded this cluster's instance id"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "cannot record the cluster instance id yet"),
+        Err(_) => tracing::debug!("recording the cluster instance id timed out"),
+    }
+}
+
+/// Checks a change against the node itself, over TCP: a node gossip calls down but that
+/// answers is kept; a node is added only if it is of no other cluster instance. Returns the
+/// node to leave alone, until when, and why.
+async fn vet(
+    change: &Change,
+    view: &View,
+    addrs: &BTreeMap<NodeId, String>,
+    our_uid: u64,
+) -> Option<(NodeId, Instant, String)> {
+    let now = Instant::now();
+    let (id, removing) = match change {
+        Change::ReplaceVoter { remove, .. } => (*remove, true),
+        Change::RemoveLearner { id } => (*id, true),
+        Change::AddLearner { id, .. } => (*id, false),
+        _ => return None,
+    };
+    let gossip_addr = view.members.get(&id).map(|m| m.addr);
+    if removing {
+        if view.members.get(&id).is_some_and(|m| m.health == Health::Left) {
+            return None;
+        }
+        let raft_addr = addrs.get(&id).and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        for addr in [raft_addr, gossip_addr].into_iter().flatten() {
+            if let Some(status) = super::peer_status(addr, PROBE_TIMEOUT).await
+                && status.id == id
+            {
+                return Some((
+                    id,
+                    now + KEEP_ANSWERING_FOR,
+                    "gossip says it is down, but it answers over TCP (is its UDP port blocked?)".into(),
+                ));
+            }
+        }
+        return None;
+    }
+    let Some(addr) = gossip_addr else {
+        return Some((id, now + SILENT_RECHECK, "not in the gossip view".into()));
+    };
+    match super::peer_status(addr, PROBE_TIMEOUT).await {
+        None => Some((id, now + SILENT_RECHECK, "alive in gossip but does not answer over TCP".into())),
+        Some(s) if s.id != id => Some((id, now + SILENT_RECHECK, format!("answers as node {}", s.id))),
+        Some(s) if s.cluster_uid != 0 && s.cluster_uid != our_uid => Some((
+            id,
+            now + FOREIGN_RECHECK,
+            format!(
+                "it belongs to another cluster of the same name (uid {:016x}, ours {our_uid:016x})",
+                s.cluster_uid
+            ),
+        )),
+        Some(_) => None,
+    }
+}
+
 async fn apply(raft: &Raft, change: &Change) -> Result<(), String> {
     let result = match change {
         Change::FinishJoint { voters } | Change::ReplaceVoter { voters, .. } => {
@@ -274,6 +421,10 @@ async fn apply(raft: &Raft, change: &Change) -> Result<(), String> {
         }
         Change::AddLearner { id, addr } => {
             raft.add_learner(*id, BasicNode { addr: addr.clone() }, false).await
+        }
+        Change::UpdateAddress { id, addr } => {
+            let nodes = BTreeMap::from([(*id, BasicNode { addr: addr.clone() })]);
+            raft.change_membership(ChangeMembers::SetNodes(nodes), true).await
         }
     };
     result.map(|_| ()).map_err(|e| e.to_string())
@@ -304,6 +455,8 @@ mod tests {
         matched: BTreeMap<NodeId, u64>,
         absent: BTreeMap<NodeId, Instant>,
         joint: bool,
+        addrs: BTreeMap<NodeId, String>,
+        excluded: BTreeSet<NodeId>,
     }
 
     impl World {
@@ -317,10 +470,13 @@ mod tests {
                 matched: BTreeMap::new(),
                 absent: BTreeMap::new(),
                 joint: false,
+                addrs: BTreeMap::new(),
+                excluded: BTreeSet::new(),
             };
             for &id in voters.iter().chain(learners) {
                 w.set(id, Health::Alive, Duration::from_secs(60));
                 w.matched.insert(id, 100);
+                w.addrs.insert(id, format!("127.0.0.1:{}", 7400 + id));
             }
             w
         }
@@ -348,6 +504,8 @@ mod tests {
                 absent_since: &self.absent,
                 matched: &self.matched,
                 last_log_index: 100,
+                addrs: &self.addrs,
+                excluded: &self.excluded,
                 now: self.now,
             };
             plan(&inputs, &options())
@@ -403,6 +561,8 @@ mod tests {
             absent_since: &w.absent,
             matched: &w.matched,
             last_log_index: 100,
+            addrs: &w.addrs,
+            excluded: &w.excluded,
             now: w.now,
         };
         assert!(!inputs.safe(&set(&[1, 3, 4])));
@@ -446,6 +606,34 @@ mod tests {
         w.joint = true;
         w.set(9, Health::Alive, Duration::ZERO);
         assert_eq!(w.plan(), Some(Change::FinishJoint { voters: set(&[1, 2, 3]) }));
+    }
+
+    #[test]
+    fn excluded_nodes_are_neither_removed_nor_added() {
+        let mut w = World::new(&[1, 2, 3], &[]);
+        w.set(3, Health::Down, GRACE * 2);
+        w.set(9, Health::Alive, Duration::ZERO);
+        w.excluded = set(&[3, 9]);
+        assert_eq!(w.plan(), None);
+    }
+
+    #[test]
+    fn a_leaving_node_counts_toward_the_quorum_that_removes_it_for_a_moment() {
+        // Two voters: removing the leaver needs its own ack for the joint config.
+        let mut w = World::new(&[1, 2], &[]);
+        w.set(2, Health::Left, Duration::from_millis(500));
+        assert_eq!(w.plan(), Some(Change::ReplaceVoter { remove: 2, promote: None, voters: set(&[1]) }));
+        w.set(2, Health::Left, LEAVE_LINGER);
+        assert_eq!(w.plan(), None, "long gone: the change could not commit");
+    }
+
+    #[test]
+    fn a_member_alive_at_a_new_address_is_followed() {
+        let mut w = World::new(&[1, 2, 3], &[]);
+        w.addrs.insert(2, "127.0.0.1:9999".into());
+        assert_eq!(w.plan(), Some(Change::UpdateAddress { id: 2, addr: "127.0.0.1:7402".into() }));
+        w.addrs.insert(2, "node-2.example:7402".into());
+        assert_eq!(w.plan(), None, "host names are left alone");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::codec;
 #[derive(Clone)]
 pub struct NetworkFactory {
     cluster: String,
+    applied: super::state_machine::Handle,
     max_message_bytes: usize,
     max_append_bytes: usize,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
@@ -35,9 +36,14 @@ pub struct NetworkFactory {
 impl NetworkFactory {
     /// A factory for the cluster named `cluster`; messages are limited to `max_message_bytes`,
     /// and a replication message holds several entries only while it stays under
-    /// `max_append_bytes`.
-    pub fn new(cluster: String, max_message_bytes: usize, max_append_bytes: usize) -> Self {
-        Self { cluster, max_message_bytes, max_append_bytes, channels: Arc::default() }
+    /// `max_append_bytes`. Every message carries the cluster instance id `applied` knows.
+    pub fn new(
+        cluster: String,
+        applied: super::state_machine::Handle,
+        max_message_bytes: usize,
+        max_append_bytes: usize,
+    ) -> Self {
+        Self { cluster, applied, max_message_bytes, max_append_bytes, channels: Arc::default() }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -72,6 +78,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.addr.clone(),
             cluster: self.cluster.clone(),
+            applied: self.applied.clone(),
             max_append_bytes: self.max_append_bytes,
             client,
         }
@@ -83,6 +90,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     cluster: String,
+    applied: super::state_machine::Handle,
     max_append_bytes: usize,
     /// The error says why no client could be made (an address that is not a valid URI).
     client: Result<RaftClient<Channel>, String>,
@@ -106,6 +114,7 @@ impl Connection {
             format: u32::from(codec::FORMAT_BINCODE_V1),
             payload: codec::encode(msg),
             cluster: self.cluster.clone(),
+            cluster_uid: self.applied.cluster_uid(),
         }
     }
 
@@ -182,6 +191,7 @@ impl RaftNetwork<TypeConfig> for Connection {
             data: rpc.data,
             done: rpc.done,
             cluster: self.cluster.clone(),
+            cluster_uid: self.applied.cluster_uid(),
         };
         let req = self.request(chunk, &option);
         self.reply(client.install_snapshot(req).await)

@@ -13,19 +13,37 @@ use crate::codec;
 pub struct RaftService {
     raft: Raft,
     cluster: String,
+    applied: super::state_machine::Handle,
 }
 
 impl RaftService {
-    /// A service feeding `raft`, refusing messages from clusters other than `cluster`.
-    pub fn new(raft: Raft, cluster: String) -> Self {
-        Self { raft, cluster }
+    /// A service feeding `raft`, refusing messages from clusters other than `cluster`, and from
+    /// other instances of it once `applied` knows this cluster's instance id.
+    pub fn new(raft: Raft, cluster: String, applied: super::state_machine::Handle) -> Self {
+        Self { raft, cluster, applied }
     }
 
-    fn check(&self, format: u32, cluster: &str) -> Result<(), Status> {
+    fn check(&self, format: u32, cluster: &str, uid: u64) -> Result<(), Status> {
         if cluster != self.cluster {
             tracing::warn!(from_cluster = cluster, "refused Raft message from another cluster");
             return Err(Status::permission_denied(format!(
                 "this node belongs to cluster '{}', not '{cluster}'",
+                self.cluster
+            )));
+        }
+        // A node that knows no instance yet is claimed by the first one that reaches it, so a
+        // new node two same-named clusters both try to add ends up in one of them only.
+        if uid != 0 && !self.applied.claim_cluster_uid(uid) {
+            let mine = self.applied.cluster_uid();
+            // Debug only: the sender retries several times a second; its leader warns instead.
+            tracing::debug!(
+                from_uid = uid,
+                uid = mine,
+                "refused Raft message from another instance of this cluster"
+            );
+            return Err(Status::permission_denied(format!(
+                "this node belongs to another instance of cluster '{}' (uid {mine:016x}, not {uid:016x}): \
+                 two clusters of one name must not share nodes",
                 self.cluster
             )));
         }
@@ -36,7 +54,7 @@ impl RaftService {
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, msg: &RaftPayload) -> Result<T, Status> {
-        self.check(msg.format, &msg.cluster)?;
+        self.check(msg.format, &msg.cluster, msg.cluster_uid)?;
         codec::decode(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("malformed Raft payload: {e}")))
     }
@@ -48,6 +66,7 @@ impl RaftService {
             format: u32::from(codec::FORMAT_BINCODE_V1),
             payload: codec::encode(result),
             cluster: self.cluster.clone(),
+            cluster_uid: self.applied.cluster_uid(),
         }))
     }
 }
@@ -69,7 +88,7 @@ impl raft_server::Raft for RaftService {
         request: Request<SnapshotChunk>,
     ) -> Result<Response<RaftPayload>, Status> {
         let chunk = request.into_inner();
-        self.check(chunk.format, &chunk.cluster)?;
+        self.check(chunk.format, &chunk.cluster, chunk.cluster_uid)?;
         let (vote, meta): (Vote<NodeId>, SnapshotMeta<NodeId, openraft::BasicNode>) =
             codec::decode(&chunk.meta)
                 .map_err(|e| Status::invalid_argument(format!("malformed snapshot meta: {e}")))?;

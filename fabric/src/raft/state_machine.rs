@@ -50,6 +50,11 @@ pub struct Applied {
 pub struct Handle {
     applied: Arc<RwLock<Applied>>,
     counters: Arc<Counters>,
+    /// The instance id the applied grid records (0 until applied).
+    cluster_uid: Arc<AtomicU64>,
+    /// Before the grid records one: the instance id of the first leader that replicated to
+    /// this node, which owns it from then on.
+    claimed_uid: Arc<AtomicU64>,
 }
 
 /// Counters the state machine keeps for `/metrics` and for tests.
@@ -73,6 +78,29 @@ impl Handle {
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
+
+    /// The cluster's instance id: as applied here, or else as claimed by the first leader
+    /// that replicated to this node; 0 while neither. Read without the lock, for every Raft
+    /// message.
+    pub fn cluster_uid(&self) -> u64 {
+        match self.cluster_uid.load(Ordering::Acquire) {
+            0 => self.claimed_uid.load(Ordering::Acquire),
+            uid => uid,
+        }
+    }
+
+    /// A message of cluster instance `uid` arrived: a node that knows no instance yet belongs
+    /// to it from now on. Returns whether `uid` is this node's instance.
+    pub fn claim_cluster_uid(&self, uid: u64) -> bool {
+        if self.cluster_uid() == 0 {
+            let _ = self.claimed_uid.compare_exchange(0, uid, Ordering::AcqRel, Ordering::Acquire);
+        }
+        self.cluster_uid() == uid
+    }
+
+    fn refresh_cluster_uid(&self, applied: &Applied) {
+        self.cluster_uid.store(applied.grid.cluster_uid(), Ordering::Release);
+    }
 }
 
 /// The grid state machine with its snapshot directory.
@@ -86,7 +114,12 @@ impl StateMachine {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| read_err(None, e))?;
         let sm = Self {
-            handle: Handle { applied: Arc::new(RwLock::new(Applied::default())), counters: Arc::default() },
+            handle: Handle {
+                applied: Arc::new(RwLock::new(Applied::default())),
+                counters: Arc::default(),
+                cluster_uid: Arc::default(),
+                claimed_uid: Arc::default(),
+            },
             store: Arc::new(SnapshotStore {
                 dir: dir.to_owned(),
                 save_lock: Mutex::new(()),
@@ -115,6 +148,7 @@ impl StateMachine {
         applied.grid = file.grid;
         applied.last_applied = file.meta.last_log_id;
         applied.last_membership = file.meta.last_membership;
+        self.handle.refresh_cluster_uid(&applied);
     }
 }
 
@@ -268,6 +302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responses.push(response);
         }
+        self.handle.refresh_cluster_uid(&applied);
         Ok(responses)
     }
 

@@ -11,11 +11,14 @@ use weft_proto::fabric::v1 as pb;
 use crate::support::*;
 use crate::writes::http_get;
 
-/// A gossip-mode config: no static members, the test timing preset.
+/// A gossip-mode config: no static members, the test timing preset. The cluster is named
+/// after the data dir, so clusters of tests running side by side never meet.
 fn gossip_config(root: &std::path::Path, id: u64, addr: &str, seeds: &str, expect: u32) -> Config {
+    let name: String =
+        root.file_name().unwrap().to_string_lossy().chars().filter(char::is_ascii_alphanumeric).collect();
     Config {
         node_id: id,
-        cluster: "gossip".into(),
+        cluster: format!("g{name}"),
         data_dir: root.join(format!("node-{id}")),
         listen: addr.into(),
         seeds: seeds.into(),
@@ -216,7 +219,10 @@ async fn silent_seeds_foreign_clusters_and_garbage_are_refused() {
     tracing::info!("phase: garbage and oversized datagrams are dropped and counted");
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.send_to(b"not gossip at all", &addrs[0]).await.unwrap();
-    sock.send_to(b"Wg\x01\x06gossip\xff\xff\xff", &addrs[0]).await.unwrap();
+    // A well-framed packet of our cluster whose foca payload is garbage.
+    let framed =
+        weft_fabric::membership::codec::frame(&members(addrs[0].clone()).await.cluster, b"\xff\xff\xff");
+    sock.send_to(&framed, &addrs[0]).await.unwrap();
     sock.send_to(&vec![0u8; 4000], &addrs[0]).await.unwrap();
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -246,5 +252,100 @@ async fn rebind(addr: &str) -> TcpListener {
             }
             Err(e) => panic!("cannot rebind {addr}: {e}"),
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_only_node_with_the_lowest_id_does_not_stall_formation() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let listeners = listeners(4).await;
+    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    tracing::info!("phase: node 1 only joins; nodes 2-4 expect 3: they must form without node 1");
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let expect = if id == 1 { 0 } else { 3 };
+        let config = gossip_config(dir.path(), id, &addrs[i], &addrs[1], expect);
+        nodes.push(Some(Node::start_on(config, listener).await.expect("node starts")));
+    }
+    wait_until("voters 2, 3, 4 and node 1 a learner", || {
+        leader_of(&nodes).is_some_and(|l| {
+            raft_members(nodes[l as usize - 1].as_ref().unwrap())
+                == (BTreeSet::from([2, 3, 4]), BTreeSet::from([1]))
+        })
+    })
+    .await;
+    for node in nodes.iter_mut().filter_map(Option::take) {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_clusters_of_one_name_never_merge() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let listeners = listeners(3).await;
+    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    let mut listeners = listeners.into_iter();
+    tracing::info!("phase: nodes 1 and 2 each form a cluster of one, with the same name");
+    let a = Node::start_on(gossip_config(dir.path(), 1, &addrs[0], "", 1), listeners.next().unwrap())
+        .await
+        .unwrap();
+    let b = Node::start_on(gossip_config(dir.path(), 2, &addrs[1], "", 1), listeners.next().unwrap())
+        .await
+        .unwrap();
+    wait_until("each leads itself and has recorded its instance id", || {
+        [&a, &b].iter().all(|n| {
+            n.raft().metrics().borrow().current_leader == Some(n.id()) && n.applied().cluster_uid() != 0
+        })
+    })
+    .await;
+    assert_ne!(a.applied().cluster_uid(), b.applied().cluster_uid());
+    put_retrying(&addrs[0], "shared/t", "k", "from-a").await.unwrap().expect("acknowledged");
+    put_retrying(&addrs[1], "shared/t", "k", "from-b").await.unwrap().expect("acknowledged");
+
+    tracing::info!("phase: node 3 joins with both as seeds: gossip now connects the two clusters");
+    let c = Node::start_on(
+        gossip_config(dir.path(), 3, &addrs[2], &format!("{},{}", addrs[0], addrs[1]), 0),
+        listeners.next().unwrap(),
+    )
+    .await
+    .unwrap();
+    wait_until("1 and 2 see each other through gossip", || {
+        a.membership().gossip.view().members.get(&2).is_some_and(|m| m.health.is_up())
+            && b.membership().gossip.view().members.get(&1).is_some_and(|m| m.health.is_up())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let all = |n: &Node| {
+        let (v, l) = raft_members(n);
+        v.union(&l).copied().collect::<BTreeSet<u64>>()
+    };
+    assert!(!all(&a).contains(&2), "cluster 1 took in node 2: {:?}", raft_members(&a));
+    assert!(!all(&b).contains(&1), "cluster 2 took in node 1: {:?}", raft_members(&b));
+    assert!(
+        c.raft().metrics().borrow().running_state.is_ok(),
+        "node 3 was driven by both clusters and failed"
+    );
+    let in_a = all(&a).contains(&3)
+        && a.raft()
+            .metrics()
+            .borrow()
+            .replication
+            .as_ref()
+            .is_some_and(|r| r.get(&3).is_some_and(Option::is_some));
+    let in_b = all(&b).contains(&3)
+        && b.raft()
+            .metrics()
+            .borrow()
+            .replication
+            .as_ref()
+            .is_some_and(|r| r.get(&3).is_some_and(Option::is_some));
+    assert!(!(in_a && in_b), "node 3 took replication from both clusters");
+    assert_eq!(get(&addrs[0], "shared/t", "k").await.as_deref(), Some("from-a"));
+    assert_eq!(get(&addrs[1], "shared/t", "k").await.as_deref(), Some("from-b"));
+    for node in [a, b, c] {
+        node.shutdown().await;
     }
 }

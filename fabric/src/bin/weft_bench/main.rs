@@ -298,13 +298,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let scratch = Scratch::new(args.keep)?;
     let started = Instant::now();
     let mut runs = Vec::new();
-    for run in 1..=args.runs {
+    let data_workloads = [Workload::Put, Workload::Cas, Workload::Get, Workload::Follower, Workload::Million];
+    let data_runs = if data_workloads.iter().any(|w| args.wants(*w)) { args.runs } else { 0 };
+    for run in 1..=data_runs {
         eprintln!("== run {run} of {} (load average {})", args.runs, load_average());
         let figures = run_once(&args, &weft, &scratch, run).await?;
         print!("{}", run_markdown(&args, run, &figures));
         runs.push(figures);
     }
-    if args.runs > 1 && runs.iter().any(|r| !r.rows.is_empty() || r.million.is_some()) {
+    if runs.len() > 1 {
         print!("{}", median_markdown(&args, &runs));
     }
     if args.wants(Workload::Membership) {
