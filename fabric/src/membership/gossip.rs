@@ -495,13 +495,17 @@ impl Service {
             self.publish(now);
         } else {
             // Suspicions change no notification: compare states cheaply.
-            let differs =
-                self.foca.iter_membership_state().any(|m| {
-                    let p = m.id();
-                    self.view_tx.borrow().members.get(&p.id).is_none_or(|v| {
-                        v.health != health_of(p, m.state()) || v.incarnation != m.incarnation()
+            let differs = self.foca.iter_membership_state().any(|m| {
+                let p = m.id();
+                // Seed placeholders are never shown; an older identity of a node is
+                // superseded by its newer one in the view.
+                p.id != 0
+                    && self.view_tx.borrow().members.get(&p.id).is_none_or(|v| {
+                        v.generation == p.generation
+                            && (v.health != health_of(p, m.state()) || v.incarnation != m.incarnation())
+                            || v.generation < p.generation
                     })
-                });
+            });
             if differs {
                 self.publish(now);
             }
