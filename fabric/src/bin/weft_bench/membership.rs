@@ -77,7 +77,7 @@ fn start(
     Ok(cluster)
 }
 
-async fn status(addr: &str) -> Option<pb::ClusterStatus> {
+async fn client(addr: &str) -> Option<ClusterClient<tonic::transport::Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(Duration::from_millis(300))
@@ -85,18 +85,15 @@ async fn status(addr: &str) -> Option<pb::ClusterStatus> {
         .connect()
         .await
         .ok()?;
-    ClusterClient::new(channel).status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
+    Some(ClusterClient::new(channel))
+}
+
+async fn status(addr: &str) -> Option<pb::ClusterStatus> {
+    client(addr).await?.status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
 }
 
 async fn members(addr: &str) -> Option<pb::MembersReply> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .ok()?;
-    ClusterClient::new(channel).members(pb::MembersRequest {}).await.ok().map(|r| r.into_inner())
+    client(addr).await?.members(pb::MembersRequest {}).await.ok().map(|r| r.into_inner())
 }
 
 /// Polls node `addr` until its status passes `check`.
