@@ -228,6 +228,22 @@ impl Context {
         }
     }
 
+    /// Resolves with the new leader's id once this node follows a leader other than `old`.
+    pub async fn leader_moved_from(&self, old: NodeId) -> NodeId {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(new) = metrics.borrow_and_update().current_leader
+                && new != old
+            {
+                return new;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: never resolve; the request's own deadline ends the wait.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Confirms this node still leads with a quorum and waits until its state machine has
     /// applied everything committed before now (read-index), so a local read is linearizable.
     pub async fn read_index(&self) -> Result<(), Error> {

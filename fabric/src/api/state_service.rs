@@ -112,13 +112,21 @@ impl StateService {
                     // Forwarded here, but we are not the leader (any more): the sender retries.
                     return Err(Error::NotLeader { leader: Some(addr) }.into_status());
                 }
-                Leader::Remote { addr, .. } => {
+                Leader::Remote { id, addr } => {
                     let left = deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE);
                     let mut fwd = Request::new(req.clone());
                     fwd.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
                     fwd.set_timeout(left);
                     self.ctx.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                    match C::remote(self.client(&addr)?, fwd).await {
+                    // A leader cut off from the rest answers nothing until the deadline; once
+                    // this node follows a new leader, stop waiting for the old one.
+                    let answer = tokio::select! {
+                        answer = C::remote(self.client(&addr)?, fwd) => answer,
+                        new = self.ctx.leader_moved_from(id) => Err(Status::cancelled(format!(
+                            "node {new} was elected while the request was with the old leader at {addr}"
+                        ))),
+                    };
+                    match answer {
                         Ok(reply) => return Ok(reply),
                         Err(status) if is_not_applied(&status) || never_sent(&status) => status,
                         Err(status)

@@ -69,3 +69,50 @@ async fn leader_kill9_loses_no_acknowledged_write() {
     }
     drop(procs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_forwarded_to_a_frozen_leader_ends_when_a_new_leader_is_elected() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let members = members_of(&addrs);
+    let mut procs: Vec<Process> = (1..=3u64)
+        .map(|id| {
+            let args = vec![
+                "--node-id".into(),
+                id.to_string(),
+                "--cluster".into(),
+                "frozen".into(),
+                "--listen".into(),
+                addrs[id as usize - 1].clone(),
+                "--initial-members".into(),
+                members.clone(),
+                "--data-dir".into(),
+                dir.path().join(format!("n{id}")).display().to_string(),
+            ];
+            // Far longer than an election: only a leader change can end the call early.
+            let env = vec![("WEFT_REQUEST_TIMEOUT_MS".into(), "60000".into())];
+            Process::spawn_with_env(args, env, dir.path().join(format!("n{id}.log"))).unwrap()
+        })
+        .collect();
+    let leader = wait_for_leader_at(&addrs).await;
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+    let follower_addr = addrs[follower as usize - 1].clone();
+    put_retrying(&follower_addr, "shared/frozen", "warm", "v").await.unwrap().expect("acknowledged");
+
+    tracing::info!(leader, follower, "phase: freeze the leader (SIGSTOP); write through a follower");
+    let pid = procs[leader as usize - 1].child.as_ref().unwrap().id();
+    let stop = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
+    assert!(stop.success());
+    let mut c = client(&follower_addr).await;
+    let mut req = tonic::Request::new(put_req("shared/frozen", "k", "v"));
+    req.set_timeout(Duration::from_secs(50));
+    let result = c.put(req).await;
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    let status = result.expect_err("a frozen leader cannot acknowledge");
+    tracing::info!(?status, "phase: the forwarded write ended");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("was elected while the request was with the old leader"), "{status:?}");
+    assert!(!not_applied(&status), "the old leader may have the write: its outcome is unknown");
+    drop(procs);
+}

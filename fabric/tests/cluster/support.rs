@@ -234,13 +234,23 @@ pub fn free_port() -> u16 {
 /// A `weft node` child process, killed (SIGKILL) when dropped.
 pub struct Process {
     pub args: Vec<String>,
+    /// Extra environment variables (`WEFT_*` settings without a flag).
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
     pub log: PathBuf,
 }
 
 impl Process {
     pub fn spawn(args: Vec<String>, log: PathBuf) -> anyhow::Result<Self> {
-        let mut p = Self { args, child: None, log };
+        Self::spawn_with_env(args, Vec::new(), log)
+    }
+
+    pub fn spawn_with_env(
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let mut p = Self { args, env, child: None, log };
         p.start()?;
         Ok(p)
     }
@@ -251,6 +261,7 @@ impl Process {
             .arg("node")
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
