@@ -231,6 +231,9 @@ impl Network {
         self.destroyed = true;
         for host in &self.hosts {
             remove_netns(&host.netns);
+            // Deleting a namespace destroys its veth end asynchronously; deleting the root
+            // end now takes the pair down at once, so nothing is left when this returns.
+            let _ = sh("ip", &["link", "del", &format!("{PREFIX}{}h{}", self.run, host.id)]);
         }
         if let Some(rule) = self.forward_rule.take() {
             let mut args = vec!["-w", "-D"];

@@ -248,6 +248,7 @@ pub fn shrink(mut current: Vec<(Entry<RegOp>, usize)>, options: Options) -> Vec<
     let deadline = Instant::now() + options.shrink_budget;
     let mut chunk = current.len().div_ceil(2).max(1);
     loop {
+        let before = current.len();
         let mut i = 0;
         while i < current.len() {
             if Instant::now() > deadline {
@@ -262,7 +263,9 @@ pub fn shrink(mut current: Vec<(Entry<RegOp>, usize)>, options: Options) -> Vec<
                 i = end;
             }
         }
-        if chunk == 1 {
+        // Removing one operation can make another removable (a refused compare-and-set
+        // pins every write): at single steps, go on until a pass removes nothing.
+        if chunk == 1 && current.len() == before {
             return current;
         }
         chunk = chunk.div_ceil(2);
