@@ -1,8 +1,9 @@
 //! Nemeses: the faults, and the schedule that starts and heals them.
 //!
-//! Each window: wait `interval`, pick one group from the `--nemesis` list at random (a
-//! group is one fault, or several joined with `+` that start together), start it, wait
-//! `duration`, heal it. Starts and stops go into the history as nemesis events, which the
+//! Each window: wait `interval`, take the next group of the `--nemesis` list in turn (a
+//! group is one fault, or several joined with `+` that start together; taking them in turn
+//! makes sure a short run sees every one), start it on random targets, wait `duration`,
+//! heal it. Starts and stops go into the history as nemesis events, which the
 //! report shades on its plots. At the end everything is healed: partitions removed, paused
 //! nodes resumed, killed nodes restarted.
 //!
@@ -305,14 +306,14 @@ async fn windows(
         tokio::time::sleep_until(until.into()).await;
         return Ok(());
     }
-    loop {
+    for window in 0.. {
         let quiet_end = Instant::now() + schedule.interval;
         if quiet_end >= until {
             tokio::time::sleep_until(until.into()).await;
             return Ok(());
         }
         tokio::time::sleep_until(quiet_end.into()).await;
-        let group = &spec.groups[rng.below(spec.groups.len() as u64) as usize];
+        let group = &spec.groups[window % spec.groups.len()];
         let mut started = Vec::new();
         for kind in group {
             let detail = start(*kind, db, net, rng).await?;
@@ -326,6 +327,7 @@ async fn windows(
             record(recorder, Phase::Stop, *kind, detail);
         }
     }
+    Ok(())
 }
 
 /// The grudges the partition faults build, for tests and docs.

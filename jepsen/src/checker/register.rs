@@ -278,8 +278,11 @@ mod tests {
     use crate::history::Phase;
     use proptest::prelude::*;
 
-    /// Builds a history from (process, op, invoke time, completion time, type, error).
-    fn history(ops: &[(u64, Op, u64, u64, Type, Option<&str>)]) -> Vec<Event> {
+    /// (process, op, invoke time, completion time, type, error).
+    type Planned<'a> = (u64, Op, u64, u64, Type, Option<&'a str>);
+
+    /// Builds a history from planned operations.
+    fn history(ops: &[Planned]) -> Vec<Event> {
         let mut points = Vec::new();
         for (p, op, call, ret, ty, err) in ops {
             points.push((*call, *p, Type::Invoke, op.clone(), None));

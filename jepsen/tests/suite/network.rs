@@ -69,17 +69,27 @@ fn a_panic_still_removes_the_network_and_its_processes() {
     init_tracing();
     let run = weft_jepsen::net::new_run_id(0xdead ^ u64::from(std::process::id())).unwrap();
     let r = run.clone();
+    let child = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let c = child.clone();
     let result = std::panic::catch_unwind(move || {
         let net = Network::create(&r, 2).unwrap();
         // A process inside a namespace, as a node would be.
-        let _child = std::process::Command::new("ip")
+        let spawned = std::process::Command::new("ip")
             .args(["netns", "exec", &net.hosts()[0].netns, "sleep", "600"])
             .spawn()
             .unwrap();
+        *c.lock().unwrap() = Some(spawned);
+        std::thread::sleep(Duration::from_millis(200));
         assert_eq!(namespaces_of(&r).len(), 2);
         panic!("boom");
     });
     assert!(result.is_err());
+    let mut spawned = child.lock().unwrap().take().expect("the process was started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while spawned.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the process in the namespace survived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(namespaces_of(&run).is_empty(), "namespaces left: {:?}", namespaces_of(&run));
     assert!(links_of(&run).is_empty(), "links left: {:?}", links_of(&run));
 }

@@ -37,7 +37,7 @@ fn stale_reads_under_an_isolated_leader_are_reported_as_not_linearizable() {
     let dir = report_dir(&stdout);
     let failing = std::fs::read_to_string(dir.join("register-failing.jsonl")).expect("a failing sub-history");
     let lines = failing.lines().count();
-    assert!(lines >= 4 && lines <= 40, "the failing sub-history should be small, has {lines} events");
+    assert!((4..=40).contains(&lines), "the failing sub-history should be small, has {lines} events");
     for f in ["history.jsonl", "results.json", "latency.png", "throughput.png", "summary.txt", "n1.log"] {
         assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
     }
