@@ -191,6 +191,12 @@ async fn main() -> ExitCode {
             };
             println!("{}: {} ({})", verdict.checker, verdict.validity, verdict.summary);
             println!("{}", serde_json::to_string_pretty(&verdict.details).unwrap_or_default());
+            if let Some(failing) = &verdict.failing {
+                println!("smallest failing sub-history ({} events):", failing.len());
+                for e in failing {
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                }
+            }
             exit_for(verdict.validity)
         }
         None => {
