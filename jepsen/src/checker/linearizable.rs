@@ -19,6 +19,15 @@
 //! any point after its call, or (because it can always be placed last) never. Its model step
 //! must accept every result it could have had. The search counts its steps and gives up with
 //! [`Outcome::Unknown`] past `max_steps`, so a pathological history never hangs a run.
+//!
+//! The cache keys on a 128-bit Zobrist hash of the linearized set (updated in O(1) per step)
+//! instead of the set itself, which keeps memory at a few dozen bytes per entry for histories
+//! of tens of thousands of operations. A hash collision can only prune a branch, so it can
+//! only turn a linearizable history into a "not linearizable" one, never the reverse; that
+//! answer is therefore confirmed by a second search with exact keys before it is returned,
+//! for histories of up to [`EXACT_CONFIRM_MAX_OPS`] operations (the exact keys cost n/8 bytes
+//! each). Past that the 128-bit hash stands alone: over the at most `max_steps` cache
+//! entries of a search, a collision has a probability below 2^-80.
 
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -58,14 +67,35 @@ pub enum Outcome {
     Unknown { steps: u64 },
 }
 
+/// Largest history whose "not linearizable" is confirmed with exact cache keys.
+pub const EXACT_CONFIRM_MAX_OPS: usize = 8192;
+
 const NIL: usize = usize::MAX;
 const HEAD: usize = 0;
 
-/// A fixed-size bit set; the search cache keys on it.
+/// A fixed-size bit set: the exact cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Bits(Vec<u64>);
 
-impl Bits {
+
+/// Checks `entries` against `model`, bounded by `max_steps` steps (per search).
+pub fn check<M: Model>(model: &M, entries: &[Entry<M::Op>], max_steps: u64) -> Outcome {
+    match search::<M, Zobrist>(model, entries, max_steps) {
+        Outcome::NotLinearizable { .. } if entries.len() <= EXACT_CONFIRM_MAX_OPS => {
+            search::<M, Bits>(model, entries, max_steps)
+        }
+        other => other,
+    }
+}
+
+/// A cache key for the set of linearized operations.
+trait Key: Clone + Eq + std::hash::Hash {
+    fn new(n: usize) -> Self;
+    fn set(&mut self, i: usize);
+    fn clear(&mut self, i: usize);
+}
+
+impl Key for Bits {
     fn new(n: usize) -> Self {
         Self(vec![0; n.div_ceil(64)])
     }
@@ -77,8 +107,31 @@ impl Bits {
     }
 }
 
-/// Checks `entries` against `model`, bounded by `max_steps` steps.
-pub fn check<M: Model>(model: &M, entries: &[Entry<M::Op>], max_steps: u64) -> Outcome {
+/// XOR of a fixed random 128-bit word per linearized operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Zobrist(u128);
+
+impl Zobrist {
+    fn word(i: usize) -> u128 {
+        let a = crate::rng::splitmix64(i as u64 ^ 0x6a09_e667_f3bc_c908);
+        let b = crate::rng::splitmix64(a ^ 0xbb67_ae85_84ca_a73b);
+        (u128::from(a) << 64) | u128::from(b)
+    }
+}
+
+impl Key for Zobrist {
+    fn new(_: usize) -> Self {
+        Self(0)
+    }
+    fn set(&mut self, i: usize) {
+        self.0 ^= Self::word(i);
+    }
+    fn clear(&mut self, i: usize) {
+        self.0 ^= Self::word(i);
+    }
+}
+
+fn search<M: Model, K: Key>(model: &M, entries: &[Entry<M::Op>], max_steps: u64) -> Outcome {
     let n = entries.len();
     if n == 0 {
         return Outcome::Linearizable;
@@ -126,8 +179,8 @@ pub fn check<M: Model>(model: &M, entries: &[Entry<M::Op>], max_steps: u64) -> O
     }
 
     let mut state = model.init();
-    let mut linearized = Bits::new(n);
-    let mut cache: HashSet<(Bits, M::State)> = HashSet::new();
+    let mut linearized = K::new(n);
+    let mut cache: HashSet<(K, M::State)> = HashSet::new();
     let mut calls: Vec<(usize, M::State)> = Vec::new();
     let mut deepest: Vec<usize> = Vec::new();
     let mut steps: u64 = 0;
@@ -240,6 +293,23 @@ mod tests {
         // But it cannot take effect before its call.
         let early = [e((false, 7), 0, Some(1)), e((true, 7), 2, None)];
         assert!(matches!(check(&Reg, &early, 1000), Outcome::NotLinearizable { .. }));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hashed_and_exact_cache_keys_agree(
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..3, 0u64..20, 0u64..6, proptest::bool::ANY), 0..14)
+        ) {
+            // Random (often broken) histories: the hashed search must reach the same verdict.
+            let h: Vec<_> = ops.iter().map(|&(w, v, call, len, unknown)| {
+                e((w, v), call, if unknown && w { None } else { Some(call + len) })
+            }).collect();
+            let linear = |o: Outcome| matches!(o, Outcome::Linearizable);
+            proptest::prop_assert_eq!(
+                linear(search::<Reg, Zobrist>(&Reg, &h, 1_000_000)),
+                linear(search::<Reg, Bits>(&Reg, &h, 1_000_000))
+            );
+        }
     }
 
     #[test]
