@@ -353,3 +353,38 @@ async fn list_all(addr: &str) -> Result<Vec<String>, tonic::Status> {
         token = page.next_page_token;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(d: Done) -> &'static str {
+        match d {
+            Done::Ok(_) => "ok",
+            Done::Fail(..) => "fail",
+            Done::Info(..) => "info",
+        }
+    }
+
+    #[test]
+    fn write_errors_map_to_fail_only_when_nothing_can_have_changed() {
+        let op = || Op::Add { element: "e".into() };
+        let mut not_applied = tonic::Status::unavailable("no leader");
+        not_applied.metadata_mut().insert("weft-not-applied", "true".parse().unwrap());
+        assert_eq!(kind(write_error(op(), &not_applied)), "fail");
+        assert_eq!(kind(write_error(op(), &tonic::Status::failed_precondition("version mismatch"))), "fail");
+        assert_eq!(kind(write_error(op(), &tonic::Status::resource_exhausted("full"))), "fail");
+        assert_eq!(kind(write_error(op(), &tonic::Status::unavailable("leader lost"))), "info");
+        assert_eq!(kind(write_error(op(), &tonic::Status::deadline_exceeded("slow"))), "info");
+        assert_eq!(kind(write_error(op(), &tonic::Status::cancelled("timeout"))), "info");
+        assert_eq!(kind(write_error(op(), &tonic::Status::unknown("transport error"))), "info");
+        // The error text keeps the code first: the register checker keys on it.
+        assert!(code_message(&tonic::Status::failed_precondition("x")).starts_with("FailedPrecondition"));
+    }
+
+    #[test]
+    fn unparsable_values_become_a_value_no_one_wrote() {
+        assert_eq!(parse_value(b"42"), 42);
+        assert_eq!(parse_value(b"garbage"), u64::MAX);
+    }
+}
