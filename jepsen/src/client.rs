@@ -117,7 +117,10 @@ fn not_applied(s: &tonic::Status) -> bool {
 fn write_error(op: Op, s: &tonic::Status) -> Done {
     use tonic::Code::*;
     let definite = not_applied(s)
-        || matches!(s.code(), FailedPrecondition | InvalidArgument | AlreadyExists | ResourceExhausted | OutOfRange);
+        || matches!(
+            s.code(),
+            FailedPrecondition | InvalidArgument | AlreadyExists | ResourceExhausted | OutOfRange
+        );
     if definite { Done::Fail(op, code_message(s)) } else { Done::Info(op, code_message(s)) }
 }
 
@@ -193,13 +196,16 @@ impl Worker {
     async fn invoke(&mut self, op: Op) {
         let node = self.node_ids[self.node];
         self.recorder.record(Some(self.process), Type::Invoke, op.clone(), Some(node), None);
-        let done = match tokio::time::timeout(self.options.timeout + Duration::from_secs(1), self.call(op.clone())).await {
-            Ok(done) => done,
-            Err(_) => match op {
-                Op::Read { .. } => Done::Fail(op, "client timeout".into()),
-                _ => Done::Info(op, "client timeout".into()),
-            },
-        };
+        let done =
+            match tokio::time::timeout(self.options.timeout + Duration::from_secs(1), self.call(op.clone()))
+                .await
+            {
+                Ok(done) => done,
+                Err(_) => match op {
+                    Op::Read { .. } => Done::Fail(op, "client timeout".into()),
+                    _ => Done::Info(op, "client timeout".into()),
+                },
+            };
         let (ty, op, error) = match done {
             Done::Ok(op) => (Type::Ok, op, None),
             Done::Fail(op, e) => (Type::Fail, op, Some(e)),
@@ -226,7 +232,8 @@ impl Worker {
                 Op::Read { key, value, version } => {
                     self.known.insert(key.clone(), (*value, version.unwrap_or(0)));
                 }
-                Op::Write { key, value, version: Some(v) } | Op::Cas { key, to: value, version: Some(v), .. } => {
+                Op::Write { key, value, version: Some(v) }
+                | Op::Cas { key, to: value, version: Some(v), .. } => {
                     self.known.insert(key.clone(), (Some(*value), *v));
                 }
                 _ => {}
@@ -248,7 +255,11 @@ impl Worker {
                     Reads::Linearizable => pb::Consistency::Linearizable,
                     Reads::Stale => pb::Consistency::Stale,
                 };
-                let m = pb::GetRequest { namespace: REGISTER_NAMESPACE.into(), key: key.clone(), consistency: consistency as i32 };
+                let m = pb::GetRequest {
+                    namespace: REGISTER_NAMESPACE.into(),
+                    key: key.clone(),
+                    consistency: consistency as i32,
+                };
                 match client.get(req(m, timeout)).await {
                     Ok(r) => {
                         let entry = r.into_inner().entry;
@@ -308,7 +319,13 @@ impl Worker {
 
 /// The set's final read: a linearizable list of every element, tried on each node in turn
 /// until one answers or `patience` runs out. Recorded as one operation.
-pub async fn read_all(addrs: &[String], node_ids: &[u64], recorder: &Recorder, process: u64, patience: Duration) {
+pub async fn read_all(
+    addrs: &[String],
+    node_ids: &[u64],
+    recorder: &Recorder,
+    process: u64,
+    patience: Duration,
+) {
     let deadline = Instant::now() + patience;
     let mut attempt = 0usize;
     loop {
@@ -317,11 +334,23 @@ pub async fn read_all(addrs: &[String], node_ids: &[u64], recorder: &Recorder, p
         recorder.record(Some(process), Type::Invoke, Op::ReadAll { elements: None }, Some(node_ids[i]), None);
         match list_all(&addrs[i]).await {
             Ok(elements) => {
-                recorder.record(Some(process), Type::Ok, Op::ReadAll { elements: Some(elements) }, Some(node_ids[i]), None);
+                recorder.record(
+                    Some(process),
+                    Type::Ok,
+                    Op::ReadAll { elements: Some(elements) },
+                    Some(node_ids[i]),
+                    None,
+                );
                 return;
             }
             Err(s) => {
-                recorder.record(Some(process), Type::Fail, Op::ReadAll { elements: None }, Some(node_ids[i]), Some(code_message(&s)));
+                recorder.record(
+                    Some(process),
+                    Type::Fail,
+                    Op::ReadAll { elements: None },
+                    Some(node_ids[i]),
+                    Some(code_message(&s)),
+                );
                 if Instant::now() > deadline {
                     return;
                 }

@@ -116,12 +116,8 @@ impl Db {
         if !options.binary.is_file() {
             return Err(Error::NoBinary(options.binary.display().to_string()));
         }
-        let members = net
-            .hosts()
-            .iter()
-            .map(|h| format!("{}={}:{PORT}", h.id, h.ip))
-            .collect::<Vec<_>>()
-            .join(",");
+        let members =
+            net.hosts().iter().map(|h| format!("{}={}:{PORT}", h.id, h.ip)).collect::<Vec<_>>().join(",");
         let mut db = Self { nodes: Vec::new(), options };
         for host in net.hosts() {
             let addr = format!("{}:{PORT}", host.ip);
@@ -139,7 +135,15 @@ impl Db {
                 members.clone(),
             ];
             let log = db.options.log_dir.join(format!("n{}.log", host.id));
-            db.nodes.push(Node { id: host.id, host: host.clone(), addr, child: None, paused: false, args, log });
+            db.nodes.push(Node {
+                id: host.id,
+                host: host.clone(),
+                addr,
+                child: None,
+                paused: false,
+                args,
+                log,
+            });
             db.spawn(host.id)?;
         }
         Ok(db)

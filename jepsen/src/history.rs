@@ -209,9 +209,11 @@ pub fn read(path: &Path) -> Result<Vec<Event>, Error> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str(&line).map_err(|source| Error::Parse { path: p.clone(), line: i + 1, source })?,
-        );
+        out.push(serde_json::from_str(&line).map_err(|source| Error::Parse {
+            path: p.clone(),
+            line: i + 1,
+            source,
+        })?);
     }
     Ok(out)
 }
@@ -231,7 +233,13 @@ mod tests {
             ev(0, 1, Some(0), Type::Invoke, w(1)),
             ev(1, 2, Some(1), Type::Invoke, w(2)),
             ev(2, 3, Some(0), Type::Ok, Op::Write { key: "k".into(), value: 1, version: Some(5) }),
-            ev(3, 4, None, Type::Info, Op::Nemesis { phase: Phase::Start, name: "kill".into(), detail: "".into() }),
+            ev(
+                3,
+                4,
+                None,
+                Type::Info,
+                Op::Nemesis { phase: Phase::Start, name: "kill".into(), detail: "".into() },
+            ),
         ];
         let ops = operations(&events);
         assert_eq!(ops.len(), 2);

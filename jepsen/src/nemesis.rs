@@ -41,8 +41,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every fault, for `--nemesis all`.
-    pub const ALL: [Kind; 6] =
-        [Kind::Kill, Kind::Pause, Kind::PartitionHalves, Kind::PartitionLeader, Kind::PartitionRing, Kind::PartitionBridge];
+    pub const ALL: [Kind; 6] = [
+        Kind::Kill,
+        Kind::Pause,
+        Kind::PartitionHalves,
+        Kind::PartitionLeader,
+        Kind::PartitionRing,
+        Kind::PartitionBridge,
+    ];
 
     /// The name used on the command line and in histories.
     pub fn name(self) -> &'static str {
@@ -57,7 +63,10 @@ impl Kind {
     }
 
     fn is_partition(self) -> bool {
-        matches!(self, Kind::PartitionHalves | Kind::PartitionLeader | Kind::PartitionRing | Kind::PartitionBridge)
+        matches!(
+            self,
+            Kind::PartitionHalves | Kind::PartitionLeader | Kind::PartitionRing | Kind::PartitionBridge
+        )
     }
 }
 
@@ -95,7 +104,11 @@ impl Spec {
         if self.groups.is_empty() {
             return "none".into();
         }
-        self.groups.iter().map(|g| g.iter().map(|k| k.name()).collect::<Vec<_>>().join("+")).collect::<Vec<_>>().join(",")
+        self.groups
+            .iter()
+            .map(|g| g.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -69,7 +69,10 @@ pub(crate) fn sh(program: &str, args: &[&str]) -> Result<String, Error> {
         .output()
         .map_err(|source| Error::Spawn { command: command.clone(), source })?;
     if !out.status.success() {
-        return Err(Error::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(Error::Command {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -152,10 +155,22 @@ impl Network {
         sh("ip", &["addr", "add", &format!("{}/24", net.gateway), "dev", &bridge])?;
         drop(lock);
         sh("ip", &["link", "set", &bridge, "up"])?;
-        let rule: Vec<String> = ["FORWARD", "-i", &bridge, "-o", &bridge, "-m", "comment", "--comment", FORWARD_COMMENT, "-j", "ACCEPT"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let rule: Vec<String> = [
+            "FORWARD",
+            "-i",
+            &bridge,
+            "-o",
+            &bridge,
+            "-m",
+            "comment",
+            "--comment",
+            FORWARD_COMMENT,
+            "-j",
+            "ACCEPT",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let mut insert = vec!["-w".to_string(), "-I".to_string()];
         insert.extend(rule.iter().cloned());
         sh("iptables", &insert.iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -171,7 +186,10 @@ impl Network {
             sh("ip", &["netns", "add", &host.netns])?;
             net.hosts.push(host.clone());
             sh("ip", &["-n", &host.netns, "link", "set", "lo", "up"])?;
-            sh("ip", &["link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &host.netns])?;
+            sh(
+                "ip",
+                &["link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &host.netns],
+            )?;
             sh("ip", &["link", "set", &outside, "master", &bridge])?;
             sh("ip", &["link", "set", &outside, "up"])?;
             sh("ip", &["-n", &host.netns, "addr", "add", &format!("{}/24", host.ip), "dev", &inside])?;
@@ -207,7 +225,22 @@ impl Network {
             let Some(host) = self.host(*node) else { continue };
             for peer in peers.iter().filter_map(|p| self.host(*p)) {
                 let src = peer.ip.to_string();
-                sh("ip", &["netns", "exec", &host.netns, "iptables", "-w", "-A", "INPUT", "-s", &src, "-j", "DROP"])?;
+                sh(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &host.netns,
+                        "iptables",
+                        "-w",
+                        "-A",
+                        "INPUT",
+                        "-s",
+                        &src,
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
             }
         }
         tracing::info!(?grudge, "network cut");
@@ -285,7 +318,8 @@ fn run_is_dead(run: &str) -> bool {
     match std::fs::read_to_string(state_file(run)) {
         Ok(pid) => {
             let pid = pid.trim();
-            pid.is_empty() || (pid != std::process::id().to_string() && !Path::new("/proc").join(pid).exists())
+            pid.is_empty()
+                || (pid != std::process::id().to_string() && !Path::new("/proc").join(pid).exists())
         }
         Err(_) => true,
     }
@@ -354,7 +388,8 @@ pub fn new_run_id(seed: u64) -> Result<String, Error> {
     for _ in 0..1000 {
         x = crate::rng::splitmix64(x);
         let run = format!("{:04x}", x & 0xffff);
-        if !namespaces.contains(&format!("{PREFIX}-{run}-")) && !links.contains(&format!("{PREFIX}{run}"))
+        if !namespaces.contains(&format!("{PREFIX}-{run}-"))
+            && !links.contains(&format!("{PREFIX}{run}"))
             && !state_file(&run).exists()
         {
             return Ok(run);

@@ -28,10 +28,15 @@ pub struct Recorder {
 impl Recorder {
     /// Records into `path` (created or truncated), timing events from now.
     pub fn create(path: &Path) -> Result<Self, Error> {
-        let file = std::fs::File::create(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        let file = std::fs::File::create(path)
+            .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
         Ok(Self {
             start: Instant::now(),
-            inner: Arc::new(Mutex::new(Inner { events: Vec::new(), file: std::io::BufWriter::new(file), dropped: 0 })),
+            inner: Arc::new(Mutex::new(Inner {
+                events: Vec::new(),
+                file: std::io::BufWriter::new(file),
+                dropped: 0,
+            })),
         })
     }
 
@@ -46,7 +51,14 @@ impl Recorder {
     }
 
     /// Records one event and returns its index.
-    pub fn record(&self, process: Option<u64>, ty: Type, f: Op, node: Option<u64>, error: Option<String>) -> u64 {
+    pub fn record(
+        &self,
+        process: Option<u64>,
+        ty: Type,
+        f: Op,
+        node: Option<u64>,
+        error: Option<String>,
+    ) -> u64 {
         let mut inner = self.inner.lock().expect("recorder lock");
         let time_ns = self.now_ns();
         let index = inner.events.len() as u64 + inner.dropped;
@@ -67,7 +79,11 @@ impl Recorder {
         let mut inner = self.inner.lock().expect("recorder lock");
         let _ = inner.file.flush();
         if inner.dropped > 0 {
-            tracing::warn!(dropped = inner.dropped, MAX_EVENTS, "history over its bound: checkers see a prefix");
+            tracing::warn!(
+                dropped = inner.dropped,
+                MAX_EVENTS,
+                "history over its bound: checkers see a prefix"
+            );
         }
         inner.events.clone()
     }

@@ -63,13 +63,22 @@ fn fonts() -> bool {
                 }
             }
         }
-        tracing::warn!(?FONT_PATHS, "no font found: plots are drawn without text (install fonts-dejavu-core)");
+        tracing::warn!(
+            ?FONT_PATHS,
+            "no font found: plots are drawn without text (install fonts-dejavu-core)"
+        );
         false
     })
 }
 
 /// Writes results.json, failing sub-histories, plots and summary.txt into `dir`.
-pub fn write(dir: &Path, events: &[Event], verdicts: &[Verdict], options: serde_json::Value, summary: &str) -> Result<(), Error> {
+pub fn write(
+    dir: &Path,
+    events: &[Event],
+    verdicts: &[Verdict],
+    options: serde_json::Value,
+    summary: &str,
+) -> Result<(), Error> {
     let ops = history::operations(events);
     let count = |ty| ops.iter().filter(|o| o.ty == ty).count();
     let validity = verdicts.iter().fold(Validity::Valid, |v, x| v.and(x.validity));
@@ -82,7 +91,8 @@ pub fn write(dir: &Path, events: &[Event], verdicts: &[Verdict], options: serde_
         "verdicts": verdicts,
     });
     let path = dir.join("results.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&results).expect("JSON values serialize")).map_err(io(&path))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&results).expect("JSON values serialize"))
+        .map_err(io(&path))?;
     for v in verdicts {
         if let Some(failing) = &v.failing {
             history::write(&dir.join(format!("{}-failing.jsonl", v.checker)), failing)?;
@@ -140,7 +150,11 @@ pub fn plot_latency(path: &Path, events: &[Event]) -> Result<(), Error> {
     let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut builder = ChartBuilder::on(&root);
-    builder.margin(15).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
+    builder.margin(15).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text {
+        60
+    } else {
+        5
+    });
     if text {
         builder.caption("latency by operation outcome (nemesis windows shaded)", ("sans-serif", 20));
     }
@@ -155,7 +169,11 @@ pub fn plot_latency(path: &Path, events: &[Event]) -> Result<(), Error> {
     }
     mesh.draw().map_err(|e| err(e.to_string()))?;
     chart
-        .draw_series(shade(events).into_iter().map(|(a, b, _)| Rectangle::new([(a, 0.01), (b, y_max)], NEMESIS_SHADE.filled())))
+        .draw_series(
+            shade(events)
+                .into_iter()
+                .map(|(a, b, _)| Rectangle::new([(a, 0.01), (b, y_max)], NEMESIS_SHADE.filled())),
+        )
         .map_err(|e| err(e.to_string()))?;
     for ty in [Type::Ok, Type::Fail, Type::Info] {
         let c = color(ty);
@@ -163,7 +181,9 @@ pub fn plot_latency(path: &Path, events: &[Event]) -> Result<(), Error> {
             .draw_series(points.iter().filter(|p| p.2 == ty).map(|p| Circle::new((p.0, p.1), 2, c.filled())))
             .map_err(|e| err(e.to_string()))?;
         if text {
-            series.label(format!("{ty:?}").to_lowercase()).legend(move |(x, y)| Circle::new((x, y), 4, c.filled()));
+            series
+                .label(format!("{ty:?}").to_lowercase())
+                .legend(move |(x, y)| Circle::new((x, y), 4, c.filled()));
         }
     }
     if text {
@@ -199,7 +219,11 @@ pub fn plot_throughput(path: &Path, events: &[Event]) -> Result<(), Error> {
     let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut builder = ChartBuilder::on(&root);
-    builder.margin(15).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
+    builder.margin(15).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text {
+        60
+    } else {
+        5
+    });
     if text {
         builder.caption("throughput: completions per second (nemesis windows shaded)", ("sans-serif", 20));
     }
@@ -212,15 +236,24 @@ pub fn plot_throughput(path: &Path, events: &[Event]) -> Result<(), Error> {
     }
     mesh.draw().map_err(|e| err(e.to_string()))?;
     chart
-        .draw_series(shade(events).into_iter().map(|(a, b, _)| Rectangle::new([(a, 0.0), (b, y_max)], NEMESIS_SHADE.filled())))
+        .draw_series(
+            shade(events)
+                .into_iter()
+                .map(|(a, b, _)| Rectangle::new([(a, 0.0), (b, y_max)], NEMESIS_SHADE.filled())),
+        )
         .map_err(|e| err(e.to_string()))?;
     for (k, ty) in [Type::Ok, Type::Fail, Type::Info].into_iter().enumerate() {
         let c = color(ty);
         let series = chart
-            .draw_series(LineSeries::new(counts[k].iter().enumerate().map(|(i, n)| (i as f64 + 0.5, *n as f64)), c.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                counts[k].iter().enumerate().map(|(i, n)| (i as f64 + 0.5, *n as f64)),
+                c.stroke_width(2),
+            ))
             .map_err(|e| err(e.to_string()))?;
         if text {
-            series.label(format!("{ty:?}").to_lowercase()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            series
+                .label(format!("{ty:?}").to_lowercase())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         }
     }
     if text {
@@ -237,7 +270,11 @@ pub fn plot_throughput(path: &Path, events: &[Event]) -> Result<(), Error> {
 /// The folder for a run: `<store>/<utc>-<workload>-<nemesis>-<run>`.
 pub fn run_dir(store: &Path, workload: &str, nemesis: &str, run: &str) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let nemesis: String = nemesis.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(60).collect();
+    let nemesis: String = nemesis
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .take(60)
+        .collect();
     store.join(format!("{}-{workload}-{nemesis}-{run}", utc(secs)))
 }
 
@@ -274,11 +311,35 @@ mod tests {
         let mut events = Vec::new();
         for i in 0..50u64 {
             let f = Op::Write { key: "k".into(), value: i, version: None };
-            events.push(Event { index: 2 * i, time_ns: i * 100_000_000, process: Some(i % 3), ty: Type::Invoke, f: f.clone(), node: Some(1), error: None });
+            events.push(Event {
+                index: 2 * i,
+                time_ns: i * 100_000_000,
+                process: Some(i % 3),
+                ty: Type::Invoke,
+                f: f.clone(),
+                node: Some(1),
+                error: None,
+            });
             let ty = [Type::Ok, Type::Fail, Type::Info][(i % 3) as usize];
-            events.push(Event { index: 2 * i + 1, time_ns: i * 100_000_000 + 5_000_000 * (i % 7 + 1), process: Some(i % 3), ty, f, node: Some(1), error: None });
+            events.push(Event {
+                index: 2 * i + 1,
+                time_ns: i * 100_000_000 + 5_000_000 * (i % 7 + 1),
+                process: Some(i % 3),
+                ty,
+                f,
+                node: Some(1),
+                error: None,
+            });
         }
-        let nem = |t: u64, phase| Event { index: 1000 + t, time_ns: t * 1_000_000_000, process: None, ty: Type::Info, f: Op::Nemesis { phase, name: "kill".into(), detail: String::new() }, node: None, error: None };
+        let nem = |t: u64, phase| Event {
+            index: 1000 + t,
+            time_ns: t * 1_000_000_000,
+            process: None,
+            ty: Type::Info,
+            f: Op::Nemesis { phase, name: "kill".into(), detail: String::new() },
+            node: None,
+            error: None,
+        };
         events.push(nem(1, Phase::Start));
         events.push(nem(3, Phase::Stop));
         write(dir.path(), &events, &[], json!({}), "test").unwrap();

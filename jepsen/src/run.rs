@@ -124,9 +124,11 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         tracing::warn!(?removed, "removed leftovers of dead runs");
     }
     let binary = db::find_binary(options.weft_bin.as_deref())?;
-    let clock_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let clock_seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let run_id = net::new_run_id(clock_seed ^ u64::from(std::process::id()))?;
-    let dir = crate::report::run_dir(&options.store, options.workload.name(), &options.nemesis.name(), &run_id);
+    let dir =
+        crate::report::run_dir(&options.store, options.workload.name(), &options.nemesis.name(), &run_id);
     let io = |source| Error::Io { path: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(io)?;
     let data_root = dir.join("data");
@@ -136,7 +138,12 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     let mut network = Network::create(&run_id, options.nodes)?;
     let mut database = Db::start(
         &network,
-        db::Options { binary: binary.clone(), data_root: data_root.clone(), log_dir: dir.clone(), env: options.node_env.clone() },
+        db::Options {
+            binary: binary.clone(),
+            data_root: data_root.clone(),
+            log_dir: dir.clone(),
+            env: options.node_env.clone(),
+        },
     )?;
     let leader = database.wait_for_leader(LEADER_PATIENCE).await?;
     tracing::info!(leader, "cluster up");
@@ -168,7 +175,8 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         })
         .collect();
     let nemesis_result =
-        nemesis::run(&options.nemesis, options.schedule, &mut database, &network, &recorder, &mut rng, until).await;
+        nemesis::run(&options.nemesis, options.schedule, &mut database, &network, &recorder, &mut rng, until)
+            .await;
     for w in workers {
         let _ = w.await;
     }
@@ -206,7 +214,11 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         count(Type::Fail),
         count(Type::Info),
         windows,
-        verdicts.iter().map(|v| format!("{}: {} ({})", v.checker, v.validity, v.summary)).collect::<Vec<_>>().join("; "),
+        verdicts
+            .iter()
+            .map(|v| format!("{}: {} ({})", v.checker, v.validity, v.summary))
+            .collect::<Vec<_>>()
+            .join("; "),
     );
     let described = json!({
         "workload": options.workload.name(), "nemesis": options.nemesis.name(),

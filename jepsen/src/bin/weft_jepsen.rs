@@ -23,7 +23,11 @@ const EXIT_ERROR: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser, Debug)]
-#[command(name = "weft-jepsen", version, about = "Fault-injection tests for Weft: real nodes, real faults, checked histories")]
+#[command(
+    name = "weft-jepsen",
+    version,
+    about = "Fault-injection tests for Weft: real nodes, real faults, checked histories"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -106,7 +110,8 @@ struct RunArgs {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -127,19 +132,25 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
         .node_env
         .iter()
         .map(|kv| {
-            kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow::anyhow!("--node-env {kv}: expected KEY=VALUE"))
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--node-env {kv}: expected KEY=VALUE"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     });
     let secs = |s: f64, name: &str| {
-        Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
     };
     Ok(run::Options {
         workload: a.workload,
         nemesis,
-        schedule: Schedule { interval: secs(a.interval, "interval")?, duration: secs(a.fault_duration, "fault-duration")? },
+        schedule: Schedule {
+            interval: secs(a.interval, "interval")?,
+            duration: secs(a.fault_duration, "fault-duration")?,
+        },
         time: Duration::from_secs(a.time),
         nodes: a.nodes,
         rate: a.rate,
@@ -159,7 +170,9 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -77,7 +77,6 @@ const HEAD: usize = 0;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Bits(Vec<u64>);
 
-
 /// Checks `entries` against `model`, bounded by `max_steps` steps (per search).
 pub fn check<M: Model>(model: &M, entries: &[Entry<M::Op>], max_steps: u64) -> Outcome {
     match search::<M, Zobrist>(model, entries, max_steps) {

@@ -212,10 +212,16 @@ pub fn check(events: &[Event], options: Options) -> Verdict {
     if !duplicates.is_empty() {
         validity = Validity::Invalid;
     }
-    let count = |ty| ops.iter().filter(|o| o.ty == ty && matches!(o.op, Op::Read { .. } | Op::Write { .. } | Op::Cas { .. })).count();
+    let count = |ty| {
+        ops.iter()
+            .filter(|o| o.ty == ty && matches!(o.op, Op::Read { .. } | Op::Write { .. } | Op::Cas { .. }))
+            .count()
+    };
     let summary = match validity {
         Validity::Valid => format!("{} keys linearizable", per_key.len()),
-        Validity::Invalid if !bad_keys.is_empty() => format!("not linearizable on key(s) {}", bad_keys.join(", ")),
+        Validity::Invalid if !bad_keys.is_empty() => {
+            format!("not linearizable on key(s) {}", bad_keys.join(", "))
+        }
         Validity::Invalid => format!("{} value(s) seen at two versions", duplicates.len()),
         Validity::Unknown => format!("search bound hit on key(s) {}", unknown_keys.join(", ")),
     };
@@ -257,7 +263,11 @@ fn check_key(entries: &[(Entry<RegOp>, usize)], options: Options) -> (Outcome, V
 }
 
 /// The invoke and completion events of the given operations, in history order.
-fn sub_history(events: &[Event], ops: &[history::Operation], which: impl Iterator<Item = usize>) -> Vec<Event> {
+fn sub_history(
+    events: &[Event],
+    ops: &[history::Operation],
+    which: impl Iterator<Item = usize>,
+) -> Vec<Event> {
     let mut keep = HashSet::new();
     for i in which {
         keep.insert(ops[i].index);
@@ -270,7 +280,10 @@ fn sub_history(events: &[Event], ops: &[history::Operation], which: impl Iterato
 
 fn is_broken(entries: &[(Entry<RegOp>, usize)], options: Options) -> bool {
     let plain: Vec<Entry<RegOp>> = entries.iter().map(|(e, _)| e.clone()).collect();
-    matches!(linearizable::check(&Register, &plain, options.max_steps_per_key), Outcome::NotLinearizable { .. })
+    matches!(
+        linearizable::check(&Register, &plain, options.max_steps_per_key),
+        Outcome::NotLinearizable { .. }
+    )
 }
 
 /// Whether dropping `removed` from a history that leaves `kept` cannot turn a linearizable
@@ -335,7 +348,15 @@ mod tests {
         points
             .into_iter()
             .enumerate()
-            .map(|(i, (t, p, ty, f, error))| Event { index: i as u64, time_ns: t, process: Some(p), ty, f, node: None, error })
+            .map(|(i, (t, p, ty, f, error))| Event {
+                index: i as u64,
+                time_ns: t,
+                process: Some(p),
+                ty,
+                f,
+                node: None,
+                error,
+            })
             .collect()
     }
     fn r(v: Option<u64>, ver: Option<u64>) -> Op {
@@ -398,14 +419,28 @@ mod tests {
     #[test]
     fn an_indeterminate_write_may_appear_later() {
         let h = history(&[
-            (0, Op::Write { key: "k".into(), value: 1, version: None }, 0, 5, Type::Info, Some("DeadlineExceeded")),
+            (
+                0,
+                Op::Write { key: "k".into(), value: 1, version: None },
+                0,
+                5,
+                Type::Info,
+                Some("DeadlineExceeded"),
+            ),
             (1, r(None, None), 6, 7, Type::Ok, None),
             (1, r(Some(1), Some(3)), 8, 9, Type::Ok, None),
         ]);
         assert_eq!(check(&h, Options::default()).validity, Validity::Valid);
         // ...but a definite failure may not.
         let h = history(&[
-            (0, Op::Write { key: "k".into(), value: 1, version: None }, 0, 5, Type::Fail, Some("Unavailable")),
+            (
+                0,
+                Op::Write { key: "k".into(), value: 1, version: None },
+                0,
+                5,
+                Type::Fail,
+                Some("Unavailable"),
+            ),
             (1, r(Some(1), Some(3)), 8, 9, Type::Ok, None),
         ]);
         assert_eq!(check(&h, Options::default()).validity, Validity::Invalid);
@@ -415,8 +450,9 @@ mod tests {
     fn unobserved_unknown_writes_are_pruned_without_hiding_anomalies() {
         let unknown = |v| Op::Write { key: "k".into(), value: v, version: None };
         // Many open writes nobody observes, then a clean sequence: valid, and cheap.
-        let mut ops: Vec<Planned> =
-            (0..60).map(|i| (100 + i, unknown(1000 + i), i, i + 1, Type::Info, Some("DeadlineExceeded"))).collect();
+        let mut ops: Vec<Planned> = (0..60)
+            .map(|i| (100 + i, unknown(1000 + i), i, i + 1, Type::Info, Some("DeadlineExceeded")))
+            .collect();
         ops.push((0, w(1, 10), 100, 101, Type::Ok, None));
         ops.push((1, r(Some(1), Some(10)), 102, 103, Type::Ok, None));
         let v = check(&history(&ops), Options { max_steps_per_key: 10_000, ..Options::default() });
@@ -430,20 +466,39 @@ mod tests {
 
     #[test]
     fn a_refusal_is_a_read_of_the_version_it_names() {
-        assert_eq!(refused_at(Some("FailedPrecondition: version mismatch: expected 4, current is 17 (0 means absent)")), Some(17));
+        assert_eq!(
+            refused_at(Some(
+                "FailedPrecondition: version mismatch: expected 4, current is 17 (0 means absent)"
+            )),
+            Some(17)
+        );
         assert_eq!(refused_at(Some("FailedPrecondition: other")), None);
         // The refusal names version 10 (value 1) after value 2 (version 11) was acknowledged:
         // a stale answer, caught although "not from" alone would allow it.
         let h = history(&[
             (0, w(1, 10), 0, 1, Type::Ok, None),
             (0, w(2, 11), 2, 3, Type::Ok, None),
-            (1, cas(Some(7), 3, None), 4, 5, Type::Fail, Some("FailedPrecondition: version mismatch: expected 5, current is 10 (0 means absent)")),
+            (
+                1,
+                cas(Some(7), 3, None),
+                4,
+                5,
+                Type::Fail,
+                Some("FailedPrecondition: version mismatch: expected 5, current is 10 (0 means absent)"),
+            ),
         ]);
         assert_eq!(check(&h, Options::default()).validity, Validity::Invalid);
         let ok = history(&[
             (0, w(1, 10), 0, 1, Type::Ok, None),
             (0, w(2, 11), 2, 3, Type::Ok, None),
-            (1, cas(Some(7), 3, None), 4, 5, Type::Fail, Some("FailedPrecondition: version mismatch: expected 5, current is 11 (0 means absent)")),
+            (
+                1,
+                cas(Some(7), 3, None),
+                4,
+                5,
+                Type::Fail,
+                Some("FailedPrecondition: version mismatch: expected 5, current is 11 (0 means absent)"),
+            ),
         ]);
         assert_eq!(check(&ok, Options::default()).validity, Validity::Valid);
     }
@@ -454,18 +509,30 @@ mod tests {
         // because of it. Leaving the write out would make the refusal look wrong.
         let h = history(&[
             (0, w(2, 11), 0, 1, Type::Ok, None),
-            (2, Op::Write { key: "k".into(), value: 5, version: None }, 2, 3, Type::Info, Some("DeadlineExceeded")),
-            (1, cas(Some(2), 3, None), 4, 5, Type::Fail, Some("FailedPrecondition: version mismatch: expected 11, current is 12 (0 means absent)")),
+            (
+                2,
+                Op::Write { key: "k".into(), value: 5, version: None },
+                2,
+                3,
+                Type::Info,
+                Some("DeadlineExceeded"),
+            ),
+            (
+                1,
+                cas(Some(2), 3, None),
+                4,
+                5,
+                Type::Fail,
+                Some("FailedPrecondition: version mismatch: expected 11, current is 12 (0 means absent)"),
+            ),
         ]);
         assert_eq!(check(&h, Options::default()).validity, Validity::Valid);
     }
 
     #[test]
     fn a_value_at_two_versions_is_a_double_apply() {
-        let h = history(&[
-            (0, w(1, 10), 0, 5, Type::Ok, None),
-            (1, r(Some(1), Some(12)), 6, 7, Type::Ok, None),
-        ]);
+        let h =
+            history(&[(0, w(1, 10), 0, 5, Type::Ok, None), (1, r(Some(1), Some(12)), 6, 7, Type::Ok, None)]);
         let v = check(&h, Options::default());
         assert_eq!(v.validity, Validity::Invalid, "{v:?}");
     }

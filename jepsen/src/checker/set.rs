@@ -54,7 +54,12 @@ pub fn check(events: &[Event]) -> Verdict {
     let recovered = info.intersection(&read).count();
     let valid = lost.is_empty() && resurrected.is_empty() && unexpected.is_empty();
     let summary = if valid {
-        format!("all {} acknowledged adds present ({} of {} indeterminate recovered)", ok.len(), recovered, info.len())
+        format!(
+            "all {} acknowledged adds present ({} of {} indeterminate recovered)",
+            ok.len(),
+            recovered,
+            info.len()
+        )
     } else {
         format!(
             "{} acknowledged adds lost, {} failed adds present, {} unexpected elements",
@@ -103,7 +108,15 @@ mod tests {
         let mut out = Vec::new();
         let mut t = 0;
         let mut push = |p, ty, f| {
-            out.push(Event { index: out.len() as u64, time_ns: t, process: Some(p), ty, f, node: None, error: None });
+            out.push(Event {
+                index: out.len() as u64,
+                time_ns: t,
+                process: Some(p),
+                ty,
+                f,
+                node: None,
+                error: None,
+            });
             t += 1;
         };
         for (i, (e, ty)) in adds.iter().enumerate() {

@@ -30,7 +30,12 @@ async fn partitions_drop_node_traffic_but_not_clients_and_heal_restores_it() {
     let binary = db::find_binary(None).expect("the debug weft binary is built");
     let database = Db::start(
         &net,
-        db::Options { binary, data_root: dir.path().to_path_buf(), log_dir: dir.path().to_path_buf(), env: vec![] },
+        db::Options {
+            binary,
+            data_root: dir.path().to_path_buf(),
+            log_dir: dir.path().to_path_buf(),
+            env: vec![],
+        },
     )
     .unwrap();
     database.wait_for_leader(Duration::from_secs(30)).await.unwrap();
@@ -42,7 +47,8 @@ async fn partitions_drop_node_traffic_but_not_clients_and_heal_restores_it() {
     assert!(reaches(None, &addr(0)));
     // Nothing leaves the subnet: no default route inside a namespace.
     let routes = weft_jepsen::net::Network::hosts(&net)[0].netns.clone();
-    let out = std::process::Command::new("ip").args(["-n", &routes, "route", "show", "default"]).output().unwrap();
+    let out =
+        std::process::Command::new("ip").args(["-n", &routes, "route", "show", "default"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "a namespace has a default route");
 
     tracing::info!("phase: isolate node 1");

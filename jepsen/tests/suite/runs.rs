@@ -14,7 +14,8 @@ fn jepsen() -> Command {
 
 /// The run folder a run printed (`report: <dir>`).
 fn report_dir(stdout: &str) -> std::path::PathBuf {
-    let line = stdout.lines().find_map(|l| l.strip_prefix("report: ")).expect("the run prints its report folder");
+    let line =
+        stdout.lines().find_map(|l| l.strip_prefix("report: ")).expect("the run prints its report folder");
     std::path::PathBuf::from(line)
 }
 
@@ -60,7 +61,10 @@ fn set_under_kills_and_pauses_loses_no_acknowledged_add() {
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report_dir(&stdout).join("results.json")).unwrap()).unwrap();
     assert_eq!(results["verdicts"][0]["validity"], "valid");
-    assert!(results["verdicts"][0]["details"]["ok"].as_u64().unwrap() > 100, "too few acknowledged adds to mean anything");
+    assert!(
+        results["verdicts"][0]["details"]["ok"].as_u64().unwrap() > 100,
+        "too few acknowledged adds to mean anything"
+    );
     assert!(results["nemesis"].as_array().unwrap().len() >= 2, "the nemesis did not act");
 }
 
