@@ -12,7 +12,9 @@
 //! | any other error, timeout, transport error | fail | info (may have been applied) |
 //!
 //! Failover: a worker that sees [`FAILOVER_AFTER`] errors in a row moves to the next node,
-//! as the SDK will do. After an `info` it carries on under a new process id (the old one may
+//! as the SDK will do, and goes back to its home node after [`RETURN_HOME_AFTER`] operations
+//! elsewhere (otherwise, over many faults, workers pile up on a few nodes and one fault on
+//! such a node stalls most of them). After an `info` it carries on under a new process id (the old one may
 //! still be in flight), so each process has at most one operation open.
 
 use std::collections::HashMap;
@@ -32,6 +34,8 @@ pub const REGISTER_NAMESPACE: &str = "shared/jepsen-register";
 pub const SET_NAMESPACE: &str = "shared/jepsen-set";
 /// Errors in a row after which a worker moves to the next node.
 pub const FAILOVER_AFTER: u32 = 3;
+/// Operations a worker runs away from its home node before it goes back.
+pub const RETURN_HOME_AFTER: u32 = 50;
 /// Page size of the set's final read.
 const LIST_PAGE: u32 = 1000;
 
@@ -88,6 +92,8 @@ pub struct Worker {
     workers: u64,
     process: u64,
     node: usize,
+    home: usize,
+    away_ops: u32,
     clients: Vec<StateClient<Channel>>,
     node_ids: Vec<u64>,
     rng: Rng,
@@ -149,6 +155,8 @@ impl Worker {
             workers,
             process: id,
             node: (id as usize) % addrs.len(),
+            home: (id as usize) % addrs.len(),
+            away_ops: 0,
             clients,
             node_ids,
             rng,
@@ -212,6 +220,14 @@ impl Worker {
             Done::Info(op, e) => (Type::Info, op, Some(e)),
         };
         self.recorder.record(Some(self.process), ty, op.clone(), Some(node), error);
+        if self.node != self.home {
+            self.away_ops += 1;
+            if self.away_ops >= RETURN_HOME_AFTER {
+                self.node = self.home;
+                self.away_ops = 0;
+                self.errors_in_a_row = 0;
+            }
+        }
         match ty {
             Type::Ok => self.errors_in_a_row = 0,
             Type::Fail if matches!(op, Op::Cas { .. }) => {}
