@@ -1,0 +1,245 @@
+//! `weft-jepsen`: run a fault-injection test against real `weft node` processes, clean up
+//! leftovers, or re-check a recorded history. See docs/jepsen.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use weft_jepsen::checker::{self, Validity};
+use weft_jepsen::client::{Reads, Workload};
+use weft_jepsen::nemesis::{Schedule, Spec};
+use weft_jepsen::{history, net, run};
+
+/// Exit status when every checker found the history valid.
+const EXIT_VALID: u8 = 0;
+/// Exit status when a checker found an anomaly.
+const EXIT_INVALID: u8 = 1;
+/// Exit status when a checker could not decide.
+const EXIT_UNKNOWN: u8 = 2;
+/// Exit status when the run could not be carried out.
+const EXIT_ERROR: u8 = 3;
+/// Exit status after ctrl-c or SIGTERM (everything was cleaned up).
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weft-jepsen",
+    version,
+    about = "Fault-injection tests for Weft: real nodes, real faults, checked histories"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove namespaces, links and rules that runs whose process is gone left behind.
+    Cleanup {
+        /// Also remove those of runs that are still going.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Check a recorded history again (exit status as for a run).
+    Check {
+        /// The history.jsonl of a run.
+        history: PathBuf,
+        #[arg(long, value_enum, default_value = "register")]
+        workload: Workload,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// What the clients do.
+    #[arg(long, value_enum, default_value = "register")]
+    workload: Workload,
+    /// Faults, comma-separated (one chosen per window); join with '+' to combine:
+    /// none, all, kill, pause, partition(-halves), partition-leader, partition-ring, partition-bridge.
+    #[arg(long, default_value = "kill,partition-halves")]
+    nemesis: String,
+    /// Seconds of client operations and faults.
+    #[arg(long, default_value_t = 60)]
+    time: u64,
+    /// Number of weft nodes (each in its own network namespace).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Target operations per second over all workers.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Concurrent client workers (default: one per node).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// linearizable (the promise) or stale (unsafe on purpose: the checker must catch it).
+    #[arg(long, value_enum, default_value = "linearizable")]
+    reads: Reads,
+    /// Keys of the register workload.
+    #[arg(long, default_value_t = 3)]
+    keys: usize,
+    /// Quiet seconds before each fault.
+    #[arg(long, default_value_t = 5.0)]
+    interval: f64,
+    /// Seconds each fault lasts.
+    #[arg(long, default_value_t = 8.0)]
+    fault_duration: f64,
+    /// Per-operation timeout in milliseconds (a write is indeterminate after it).
+    #[arg(long, default_value_t = 3000)]
+    op_timeout_ms: u64,
+    /// Seed for every random choice (keys, values, targets).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The weft binary (default: the newer of target/release/weft and target/debug/weft).
+    #[arg(long)]
+    weft_bin: Option<PathBuf>,
+    /// Where run folders go.
+    #[arg(long, default_value = "target/jepsen")]
+    store: PathBuf,
+    /// Extra node setting, KEY=VALUE as a WEFT_* variable (repeatable), e.g. WEFT_REQUEST_TIMEOUT_MS=2000.
+    #[arg(long = "node-env", value_name = "KEY=VALUE")]
+    node_env: Vec<String>,
+    /// Keep the nodes' data directories in the run folder.
+    #[arg(long)]
+    keep_data: bool,
+    /// Most linearizability search steps per key before the verdict is unknown.
+    #[arg(long, default_value_t = 20_000_000)]
+    max_search_steps: u64,
+}
+
+async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn exit_for(v: Validity) -> ExitCode {
+    ExitCode::from(match v {
+        Validity::Valid => EXIT_VALID,
+        Validity::Invalid => EXIT_INVALID,
+        Validity::Unknown => EXIT_UNKNOWN,
+    })
+}
+
+fn options(a: RunArgs) -> anyhow::Result<run::Options> {
+    let nemesis: Spec = a.nemesis.parse()?;
+    let node_env = a
+        .node_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--node-env {kv}: expected KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    let secs = |s: f64, name: &str| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+    };
+    Ok(run::Options {
+        workload: a.workload,
+        nemesis,
+        schedule: Schedule {
+            interval: secs(a.interval, "interval")?,
+            duration: secs(a.fault_duration, "fault-duration")?,
+        },
+        time: Duration::from_secs(a.time),
+        nodes: a.nodes,
+        rate: a.rate,
+        workers: a.workers.unwrap_or(a.nodes),
+        reads: a.reads,
+        keys: a.keys,
+        op_timeout: Duration::from_millis(a.op_timeout_ms),
+        seed,
+        weft_bin: a.weft_bin,
+        store: a.store,
+        node_env,
+        keep_data: a.keep_data,
+        checker: checker::register::Options { max_steps_per_key: a.max_search_steps, ..Default::default() },
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Cleanup { all }) => match net::cleanup(all) {
+            Ok(removed) => {
+                for r in &removed {
+                    println!("removed {r}");
+                }
+                println!("cleanup: removed {} item(s)", removed.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
+        Some(Command::Check { history: path, workload }) => {
+            let events = match history::read(&path) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_ERROR);
+                }
+            };
+            let verdict = match workload {
+                Workload::Register => checker::register::check(&events, Default::default()),
+                Workload::Set => checker::set::check(&events),
+            };
+            println!("{}: {} ({})", verdict.checker, verdict.validity, verdict.summary);
+            println!("{}", serde_json::to_string_pretty(&verdict.details).unwrap_or_default());
+            if let Some(failing) = &verdict.failing {
+                println!("smallest failing sub-history ({} events):", failing.len());
+                for e in failing {
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                }
+            }
+            exit_for(verdict.validity)
+        }
+        None => {
+            let options = match options(cli.run) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_ERROR);
+                }
+            };
+            let outcome = tokio::select! {
+                biased;
+                _ = shutdown_signal() => {
+                    // Dropping the run removed its nodes, namespaces and links.
+                    eprintln!("interrupted: the run's processes, namespaces and links were removed");
+                    return ExitCode::from(EXIT_INTERRUPTED);
+                }
+                r = run::run(options) => r,
+            };
+            match outcome {
+                Ok(o) => {
+                    println!("{}", o.summary);
+                    println!("report: {}", o.dir.display());
+                    exit_for(o.validity)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_ERROR)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! Clients: concurrent workers, each talking to one node over gRPC and recording every
+//! operation as invoke + ok/fail/info.
+//!
+//! How a gRPC outcome becomes a history type (see `state.proto`):
+//!
+//! | outcome | read | write / cas / add |
+//! |---|---|---|
+//! | reply | ok | ok |
+//! | FAILED_PRECONDITION | — | fail (definite: the version did not match) |
+//! | INVALID_ARGUMENT, ALREADY_EXISTS, RESOURCE_EXHAUSTED, OUT_OF_RANGE | fail | fail (nothing changed) |
+//! | UNAVAILABLE with `weft-not-applied: true` | fail | fail (certainly not applied) |
+//! | any other error, timeout, transport error | fail | info (may have been applied) |
+//!
+//! Failover: a worker that sees [`FAILOVER_AFTER`] errors in a row moves to the next node,
+//! as the SDK will do, and goes back to its home node after [`RETURN_HOME_AFTER`] operations
+//! elsewhere (otherwise, over many faults, workers pile up on a few nodes and one fault on
+//! such a node stalls most of them). After an `info` it carries on under a new process id (the old one may
+//! still be in flight), so each process has at most one operation open.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::state_client::StateClient;
+
+use crate::history::{Op, Type};
+use crate::recorder::Recorder;
+use crate::rng::Rng;
+
+/// Namespace of the register workload's keys.
+pub const REGISTER_NAMESPACE: &str = "shared/jepsen-register";
+/// Namespace of the set workload's elements.
+pub const SET_NAMESPACE: &str = "shared/jepsen-set";
+/// Errors in a row after which a worker moves to the next node.
+pub const FAILOVER_AFTER: u32 = 3;
+/// Operations a worker runs away from its home node before it goes back.
+pub const RETURN_HOME_AFTER: u32 = 50;
+/// Page size of the set's final read.
+const LIST_PAGE: u32 = 1000;
+
+/// How reads are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reads {
+    /// Linearizable (read-index through the leader): what the fabric promises.
+    Linearizable,
+    /// Served from the contacted node's replica: deliberately unsafe, to show the checker
+    /// catches it.
+    Stale,
+}
+
+/// The workload a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Read / write / compare-and-set on a few keys; checked for linearizability.
+    Register,
+    /// Unique adds, then one final read; every acknowledged add must be present.
+    Set,
+    // `Executions` (increment executions with idempotency keys against a counter agent)
+    // comes once executions exist in the grid.
+}
+
+impl Workload {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Register => "register",
+            Workload::Set => "set",
+        }
+    }
+}
+
+/// What every worker shares.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workload: Workload,
+    pub reads: Reads,
+    /// Keys of the register workload.
+    pub keys: usize,
+    /// Per-operation timeout (the op is `info` after it, unless it is a read).
+    pub timeout: Duration,
+    /// Pause between one worker's operations (each is jittered by ±50%).
+    pub pause: Duration,
+}
+
+/// What the worker knows of each key: the value and version it last read or wrote.
+type Known = HashMap<String, (Option<u64>, u64)>;
+
+/// A worker: one at a time, operations against its node until `until`.
+pub struct Worker {
+    id: u64,
+    workers: u64,
+    process: u64,
+    node: usize,
+    home: usize,
+    away_ops: u32,
+    clients: Vec<StateClient<Channel>>,
+    node_ids: Vec<u64>,
+    rng: Rng,
+    recorder: Recorder,
+    options: Options,
+    errors_in_a_row: u32,
+    seq: u64,
+    known: Known,
+}
+
+/// The result of one call.
+enum Done {
+    Ok(Op),
+    Fail(Op, String),
+    Info(Op, String),
+}
+
+fn code_message(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+fn not_applied(s: &tonic::Status) -> bool {
+    s.metadata().get("weft-not-applied").is_some_and(|v| v == "true")
+}
+
+/// Classifies the error of a call that may have changed state.
+fn write_error(op: Op, s: &tonic::Status) -> Done {
+    use tonic::Code::*;
+    let definite = not_applied(s)
+        || matches!(
+            s.code(),
+            FailedPrecondition | InvalidArgument | AlreadyExists | ResourceExhausted | OutOfRange
+        );
+    if definite { Done::Fail(op, code_message(s)) } else { Done::Info(op, code_message(s)) }
+}
+
+fn parse_value(bytes: &[u8]) -> u64 {
+    // A value the workload never wrote (u64::MAX) makes the checker report it.
+    std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX)
+}
+
+impl Worker {
+    /// Worker `id` of `workers`, starting on node `id % addrs.len()`.
+    pub fn new(
+        id: u64,
+        workers: u64,
+        addrs: &[String],
+        node_ids: Vec<u64>,
+        rng: Rng,
+        recorder: Recorder,
+        options: Options,
+    ) -> Self {
+        let clients = addrs
+            .iter()
+            .map(|a| StateClient::new(crate::db::channel(a, options.timeout)))
+            .collect::<Vec<_>>();
+        Self {
+            id,
+            workers,
+            process: id,
+            node: (id as usize) % addrs.len(),
+            home: (id as usize) % addrs.len(),
+            away_ops: 0,
+            clients,
+            node_ids,
+            rng,
+            recorder,
+            options,
+            errors_in_a_row: 0,
+            seq: 0,
+            known: Known::new(),
+        }
+    }
+
+    /// Runs operations until `until`.
+    pub async fn run(mut self, until: Instant) {
+        loop {
+            let pause = self.options.pause.mul_f64(0.5 + self.rng.fraction());
+            if Instant::now() + pause >= until {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            let op = self.next_op();
+            self.invoke(op).await;
+        }
+    }
+
+    fn next_op(&mut self) -> Op {
+        self.seq += 1;
+        match self.options.workload {
+            Workload::Set => Op::Add { element: format!("e{}-{}", self.id, self.seq) },
+            Workload::Register => {
+                let key = format!("k{}", self.rng.below(self.options.keys as u64));
+                // Unique across workers and runs of this worker: the worker in the high bits.
+                let value = ((self.id + 1) << 40) | self.seq;
+                let roll = self.rng.below(10);
+                match self.known.get(&key) {
+                    Some(&(from, version)) if roll < 3 => {
+                        Op::Cas { key, from, expected_version: version, to: value, version: None }
+                    }
+                    _ if roll < 6 => Op::Write { key, value, version: None },
+                    _ => Op::Read { key, value: None, version: None },
+                }
+            }
+        }
+    }
+
+    async fn invoke(&mut self, op: Op) {
+        let node = self.node_ids[self.node];
+        self.recorder.record(Some(self.process), Type::Invoke, op.clone(), Some(node), None);
+        let done =
+            match tokio::time::timeout(self.options.timeout + Duration::from_secs(1), self.call(op.clone()))
+                .await
+            {
+                Ok(done) => done,
+                Err(_) => match op {
+                    Op::Read { .. } => Done::Fail(op, "client timeout".into()),
+                    _ => Done::Info(op, "client timeout".into()),
+                },
+            };
+        let (ty, op, error) = match done {
+            Done::Ok(op) => (Type::Ok, op, None),
+            Done::Fail(op, e) => (Type::Fail, op, Some(e)),
+            Done::Info(op, e) => (Type::Info, op, Some(e)),
+        };
+        self.recorder.record(Some(self.process), ty, op.clone(), Some(node), error);
+        if self.node != self.home {
+            self.away_ops += 1;
+            if self.away_ops >= RETURN_HOME_AFTER {
+                self.node = self.home;
+                self.away_ops = 0;
+                self.errors_in_a_row = 0;
+            }
+        }
+        match ty {
+            Type::Ok => self.errors_in_a_row = 0,
+            Type::Fail if matches!(op, Op::Cas { .. }) => {}
+            _ => {
+                self.errors_in_a_row += 1;
+                if self.errors_in_a_row >= FAILOVER_AFTER {
+                    self.errors_in_a_row = 0;
+                    self.node = (self.node + 1) % self.clients.len();
+                }
+            }
+        }
+        if ty == Type::Info {
+            self.process += self.workers;
+        }
+        // Remember what this worker saw, for its next compare-and-set.
+        if ty == Type::Ok {
+            match &op {
+                Op::Read { key, value, version } => {
+                    self.known.insert(key.clone(), (*value, version.unwrap_or(0)));
+                }
+                Op::Write { key, value, version: Some(v) }
+                | Op::Cas { key, to: value, version: Some(v), .. } => {
+                    self.known.insert(key.clone(), (Some(*value), *v));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn call(&mut self, op: Op) -> Done {
+        let timeout = self.options.timeout;
+        let client = &mut self.clients[self.node];
+        fn req<M>(m: M, timeout: Duration) -> tonic::Request<M> {
+            let mut r = tonic::Request::new(m);
+            r.set_timeout(timeout);
+            r
+        }
+        match op {
+            Op::Read { key, .. } => {
+                let consistency = match self.options.reads {
+                    Reads::Linearizable => pb::Consistency::Linearizable,
+                    Reads::Stale => pb::Consistency::Stale,
+                };
+                let m = pb::GetRequest {
+                    namespace: REGISTER_NAMESPACE.into(),
+                    key: key.clone(),
+                    consistency: consistency as i32,
+                };
+                match client.get(req(m, timeout)).await {
+                    Ok(r) => {
+                        let entry = r.into_inner().entry;
+                        Done::Ok(Op::Read {
+                            key,
+                            value: entry.as_ref().map(|e| parse_value(&e.value)),
+                            version: Some(entry.map_or(0, |e| e.version)),
+                        })
+                    }
+                    Err(s) => Done::Fail(Op::Read { key, value: None, version: None }, code_message(&s)),
+                }
+            }
+            Op::Write { key, value, .. } => {
+                let m = pb::PutRequest {
+                    namespace: REGISTER_NAMESPACE.into(),
+                    key: key.clone(),
+                    value: value.to_string().into_bytes(),
+                    ttl_ms: None,
+                    if_absent: false,
+                };
+                match client.put(req(m, timeout)).await {
+                    Ok(r) => Done::Ok(Op::Write { key, value, version: Some(r.into_inner().version) }),
+                    Err(s) => write_error(Op::Write { key, value, version: None }, &s),
+                }
+            }
+            Op::Cas { key, from, expected_version, to, .. } => {
+                let m = pb::CompareAndSetRequest {
+                    namespace: REGISTER_NAMESPACE.into(),
+                    key: key.clone(),
+                    expected_version,
+                    value: to.to_string().into_bytes(),
+                    ttl_ms: None,
+                };
+                let op = |version| Op::Cas { key: key.clone(), from, expected_version, to, version };
+                match client.compare_and_set(req(m, timeout)).await {
+                    Ok(r) => Done::Ok(op(Some(r.into_inner().version))),
+                    Err(s) => write_error(op(None), &s),
+                }
+            }
+            Op::Add { element } => {
+                let m = pb::PutRequest {
+                    namespace: SET_NAMESPACE.into(),
+                    key: element.clone(),
+                    value: b"1".to_vec(),
+                    ttl_ms: None,
+                    if_absent: false,
+                };
+                match client.put(req(m, timeout)).await {
+                    Ok(_) => Done::Ok(Op::Add { element }),
+                    Err(s) => write_error(Op::Add { element }, &s),
+                }
+            }
+            other => Done::Fail(other, "not a client operation".into()),
+        }
+    }
+}
+
+/// The set's final read: a linearizable list of every element, tried on each node in turn
+/// until one answers or `patience` runs out. Recorded as one operation.
+pub async fn read_all(
+    addrs: &[String],
+    node_ids: &[u64],
+    recorder: &Recorder,
+    process: u64,
+    patience: Duration,
+) {
+    let deadline = Instant::now() + patience;
+    let mut attempt = 0usize;
+    loop {
+        let i = attempt % addrs.len();
+        attempt += 1;
+        recorder.record(Some(process), Type::Invoke, Op::ReadAll { elements: None }, Some(node_ids[i]), None);
+        match list_all(&addrs[i]).await {
+            Ok(elements) => {
+                recorder.record(
+                    Some(process),
+                    Type::Ok,
+                    Op::ReadAll { elements: Some(elements) },
+                    Some(node_ids[i]),
+                    None,
+                );
+                return;
+            }
+            Err(s) => {
+                recorder.record(
+                    Some(process),
+                    Type::Fail,
+                    Op::ReadAll { elements: None },
+                    Some(node_ids[i]),
+                    Some(code_message(&s)),
+                );
+                if Instant::now() > deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn list_all(addr: &str) -> Result<Vec<String>, tonic::Status> {
+    let timeout = Duration::from_secs(10);
+    let mut client = StateClient::new(crate::db::channel(addr, timeout));
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let mut r = tonic::Request::new(pb::ListRequest {
+            namespace: SET_NAMESPACE.into(),
+            prefix: String::new(),
+            page_token: token.clone(),
+            limit: LIST_PAGE,
+            consistency: pb::Consistency::Linearizable as i32,
+        });
+        r.set_timeout(timeout);
+        let page = client.list(r).await?.into_inner();
+        out.extend(page.entries.into_iter().map(|e| e.key));
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(d: Done) -> &'static str {
+        match d {
+            Done::Ok(_) => "ok",
+            Done::Fail(..) => "fail",
+            Done::Info(..) => "info",
+        }
+    }
+
+    #[test]
+    fn write_errors_map_to_fail_only_when_nothing_can_have_changed() {
+        let op = || Op::Add { element: "e".into() };
+        let mut not_applied = tonic::Status::unavailable("no leader");
+        not_applied.metadata_mut().insert("weft-not-applied", "true".parse().unwrap());
+        assert_eq!(kind(write_error(op(), &not_applied)), "fail");
+        assert_eq!(kind(write_error(op(), &tonic::Status::failed_precondition("version mismatch"))), "fail");
+        assert_eq!(kind(write_error(op(), &tonic::Status::resource_exhausted("full"))), "fail");
+        assert_eq!(kind(write_error(op(), &tonic::Status::unavailable("leader lost"))), "info");
+        assert_eq!(kind(write_error(op(), &tonic::Status::deadline_exceeded("slow"))), "info");
+        assert_eq!(kind(write_error(op(), &tonic::Status::cancelled("timeout"))), "info");
+        assert_eq!(kind(write_error(op(), &tonic::Status::unknown("transport error"))), "info");
+        // The error text keeps the code first: the register checker keys on it.
+        assert!(code_message(&tonic::Status::failed_precondition("x")).starts_with("FailedPrecondition"));
+    }
+
+    #[test]
+    fn unparsable_values_become_a_value_no_one_wrote() {
+        assert_eq!(parse_value(b"42"), 42);
+        assert_eq!(parse_value(b"garbage"), u64::MAX);
+    }
+}

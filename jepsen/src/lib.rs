@@ -1,0 +1,39 @@
+//! weft-jepsen: tries hard to break Weft's promises (DESIGN.md, "Promises") against real
+//! `weft node` processes, in the manner of Jepsen: real processes, each a host in its own
+//! network namespace; a network cut in real ways; recorded histories; checkers that judge
+//! them; and a report per run.
+//!
+//! ```text
+//!  weft-jepsen (root namespace)
+//!   ├─ workers ──gRPC──► node k (each worker talks to one node, fails over after errors)
+//!   │     └─ invoke / ok / fail / info ──► recorder ──► history.jsonl
+//!   ├─ nemesis ── kill -9 / SIGSTOP / iptables DROP inside namespaces ──► start/stop events
+//!   └─ after the run: checkers (register: linearizability; set: no lost acknowledged add)
+//!        ──► report folder (results.json, failing sub-history, latency and throughput PNGs)
+//! ```
+//!
+//! # Layout
+//! - [`net`]: namespaces, veth pairs and the bridge; partitions; cleanup of leftovers.
+//! - [`db`]: the `weft node` processes in those namespaces: start, kill, pause, leader.
+//! - [`nemesis`]: the faults and the schedule that starts and heals them.
+//! - [`client`]: workload workers and how gRPC outcomes map to ok / fail / info.
+//! - [`history`]: the event format (JSON lines) and pairing invokes with completions.
+//! - [`recorder`]: timestamps and stores events as they happen.
+//! - [`checker`]: the linearizability search and the register and set checkers.
+//! - [`report`]: the run folder: results, failing sub-histories, plots, summary.
+//! - [`run`]: one run from setup to report.
+//! - [`rng`]: the seeded random number generator every choice uses.
+//!
+//! Later (see docs/jepsen.md): an `executions` workload once executions exist, and a
+//! membership-churn nemesis once gossip membership exists.
+
+pub mod checker;
+pub mod client;
+pub mod db;
+pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod recorder;
+pub mod report;
+pub mod rng;
+pub mod run;

@@ -1,0 +1,236 @@
+//! One test run, start to finish:
+//!
+//! ```text
+//! clean leftovers ─► network (namespaces, bridge) ─► nodes ─► leader agreed
+//!   ─► workers (clients) ∥ nemesis schedule        for `time`
+//!   ─► heal everything ─► (set: final read) ─► checkers ─► report ─► tear down
+//! ```
+//!
+//! The network and the node processes are owned by values whose `Drop` removes them, so a
+//! panic, an error or a dropped future (ctrl-c in the binary) still cleans up.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::checker::{self, Validity, Verdict};
+use crate::client::{self, Reads, Workload};
+use crate::db::{self, Db};
+use crate::history::Type;
+use crate::nemesis::{self, Schedule, Spec};
+use crate::net::{self, Network};
+use crate::recorder::Recorder;
+use crate::rng::Rng;
+
+/// How long the cluster has to agree on a leader at start and after the faults.
+pub const LEADER_PATIENCE: Duration = Duration::from_secs(30);
+/// How long the set's final read keeps trying.
+pub const FINAL_READ_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A run failed before it could judge anything.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Net(#[from] net::Error),
+    #[error(transparent)]
+    Db(#[from] db::Error),
+    #[error(transparent)]
+    Nemesis(#[from] nemesis::Error),
+    #[error(transparent)]
+    History(#[from] crate::history::Error),
+    #[error(transparent)]
+    Report(#[from] crate::report::Error),
+    /// The run folder could not be created.
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// An option is out of range; nothing was started.
+    #[error("invalid option: {0}")]
+    Invalid(String),
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workload: Workload,
+    pub nemesis: Spec,
+    pub schedule: Schedule,
+    /// How long clients and nemesis run.
+    pub time: Duration,
+    pub nodes: usize,
+    /// Target operations per second over all workers.
+    pub rate: f64,
+    /// Concurrent workers (default: one per node).
+    pub workers: usize,
+    pub reads: Reads,
+    /// Register keys.
+    pub keys: usize,
+    pub op_timeout: Duration,
+    pub seed: u64,
+    /// The `weft` binary; found under `target/` when `None`.
+    pub weft_bin: Option<PathBuf>,
+    /// Parent of run folders.
+    pub store: PathBuf,
+    /// Extra `WEFT_*` settings for every node.
+    pub node_env: Vec<(String, String)>,
+    /// Keep the nodes' data directories (under the run folder) after the run.
+    pub keep_data: bool,
+    pub checker: checker::register::Options,
+}
+
+/// Most operations one run may plan (`rate` × `time`).
+pub const MAX_PLANNED_OPS: f64 = 5_000_000.0;
+
+impl Options {
+    /// Checks the options before anything starts.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Invalid(m.into()));
+        if self.nodes == 0 || self.nodes > net::MAX_NODES {
+            return bad("--nodes must be 1 to 100");
+        }
+        if self.rate.is_nan() || self.rate <= 0.0 || self.rate * self.time.as_secs_f64() > MAX_PLANNED_OPS {
+            return bad("--rate must be more than 0, and rate × time at most 5,000,000 operations");
+        }
+        if self.workers == 0 || self.workers > 1000 {
+            return bad("--workers must be 1 to 1000");
+        }
+        if self.keys == 0 || self.keys > 1000 {
+            return bad("--keys must be 1 to 1000");
+        }
+        if self.time.is_zero() {
+            return bad("--time must be more than 0");
+        }
+        Ok(())
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The run folder.
+    pub dir: PathBuf,
+    pub verdicts: Vec<Verdict>,
+    pub validity: Validity,
+    /// One line for humans.
+    pub summary: String,
+}
+
+/// Runs the test described by `options`.
+pub async fn run(options: Options) -> Result<Outcome, Error> {
+    options.validate()?;
+    net::require_root()?;
+    let removed = net::cleanup(false)?;
+    if !removed.is_empty() {
+        tracing::warn!(?removed, "removed leftovers of dead runs");
+    }
+    let binary = db::find_binary(options.weft_bin.as_deref())?;
+    let clock_seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let run_id = net::new_run_id(clock_seed ^ u64::from(std::process::id()))?;
+    let dir =
+        crate::report::run_dir(&options.store, options.workload.name(), &options.nemesis.name(), &run_id);
+    let io = |source| Error::Io { path: dir.display().to_string(), source };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let data_root = dir.join("data");
+    std::fs::create_dir_all(&data_root).map_err(io)?;
+    tracing::info!(run = %run_id, dir = %dir.display(), binary = %binary.display(), seed = options.seed, "run starts");
+
+    let mut network = Network::create(&run_id, options.nodes)?;
+    let mut database = Db::start(
+        &network,
+        db::Options {
+            binary: binary.clone(),
+            data_root: data_root.clone(),
+            log_dir: dir.clone(),
+            env: options.node_env.clone(),
+        },
+    )?;
+    let leader = database.wait_for_leader(LEADER_PATIENCE).await?;
+    tracing::info!(leader, "cluster up");
+
+    let recorder = Recorder::create(&dir.join("history.jsonl"))?;
+    let mut rng = Rng::new(options.seed);
+    let addrs = database.addrs();
+    let node_ids: Vec<u64> = database.nodes().iter().map(|n| n.id).collect();
+    let client_options = client::Options {
+        workload: options.workload,
+        reads: options.reads,
+        keys: options.keys,
+        timeout: options.op_timeout,
+        pause: Duration::from_secs_f64(options.workers as f64 / options.rate),
+    };
+    let until = Instant::now() + options.time;
+    let workers: Vec<_> = (0..options.workers as u64)
+        .map(|id| {
+            let w = client::Worker::new(
+                id,
+                options.workers as u64,
+                &addrs,
+                node_ids.clone(),
+                rng.fork(),
+                recorder.clone(),
+                client_options.clone(),
+            );
+            tokio::spawn(w.run(until))
+        })
+        .collect();
+    let nemesis_result =
+        nemesis::run(&options.nemesis, options.schedule, &mut database, &network, &recorder, &mut rng, until)
+            .await;
+    for w in workers {
+        let _ = w.await;
+    }
+    nemesis_result?;
+
+    if options.workload == Workload::Set {
+        if let Err(e) = database.wait_for_leader(LEADER_PATIENCE).await {
+            tracing::warn!(error = %e, "no leader after healing; the final read may fail");
+        }
+        client::read_all(&addrs, &node_ids, &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
+    }
+    let events = recorder.snapshot();
+
+    database.stop_all();
+    drop(database);
+    network.destroy();
+
+    let verdicts = match options.workload {
+        Workload::Register => vec![checker::register::check(&events, options.checker)],
+        Workload::Set => vec![checker::set::check(&events)],
+    };
+    let validity = verdicts.iter().fold(Validity::Valid, |v, x| v.and(x.validity));
+    let ops = crate::history::operations(&events);
+    let count = |ty| ops.iter().filter(|o| o.ty == ty).count();
+    let windows = crate::history::windows(&events).len();
+    let summary = format!(
+        "{validity}: {} under {} for {:.0}s on {} nodes (reads {:?}): {} ops ({} ok, {} fail, {} info), {} nemesis windows; {}",
+        options.workload.name(),
+        options.nemesis.name(),
+        options.time.as_secs_f64(),
+        options.nodes,
+        options.reads,
+        ops.len(),
+        count(Type::Ok),
+        count(Type::Fail),
+        count(Type::Info),
+        windows,
+        verdicts
+            .iter()
+            .map(|v| format!("{}: {} ({})", v.checker, v.validity, v.summary))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    let described = json!({
+        "workload": options.workload.name(), "nemesis": options.nemesis.name(),
+        "time_s": options.time.as_secs_f64(), "nodes": options.nodes, "rate": options.rate,
+        "workers": options.workers, "reads": format!("{:?}", options.reads).to_lowercase(),
+        "keys": options.keys, "seed": options.seed, "run": run_id,
+        "interval_s": options.schedule.interval.as_secs_f64(), "duration_s": options.schedule.duration.as_secs_f64(),
+        "weft_bin": binary.display().to_string(),
+    });
+    crate::report::write(&dir, &events, &verdicts, described, &summary)?;
+    if !options.keep_data {
+        let _ = std::fs::remove_dir_all(&data_root);
+    }
+    Ok(Outcome { dir, verdicts, validity, summary })
+}

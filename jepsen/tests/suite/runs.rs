@@ -1,0 +1,121 @@
+//! Whole runs of the `weft-jepsen` binary: the checker must pass a correct fabric, catch
+//! stale reads, and every run must clean up, also when interrupted.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{init_tracing, links_of, namespaces_of};
+
+fn jepsen() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weft-jepsen"));
+    c.env("RUST_LOG", "warn").env("NO_COLOR", "1");
+    c
+}
+
+/// The run folder a run printed (`report: <dir>`).
+fn report_dir(stdout: &str) -> std::path::PathBuf {
+    let line =
+        stdout.lines().find_map(|l| l.strip_prefix("report: ")).expect("the run prints its report folder");
+    std::path::PathBuf::from(line)
+}
+
+#[test]
+fn stale_reads_under_an_isolated_leader_are_reported_as_not_linearizable() {
+    init_tracing();
+    let store = tempfile::tempdir().unwrap();
+    tracing::info!("phase: stale reads, the leader cut off for 8 s of 15");
+    let out = jepsen()
+        .args(["--workload", "register", "--reads", "stale", "--nemesis", "partition-leader"])
+        .args(["--time", "15", "--interval", "3", "--fault-duration", "8", "--rate", "60", "--seed", "1"])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stale reads must fail the register checker:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("INVALID"), "{stdout}");
+    let dir = report_dir(&stdout);
+    let failing = std::fs::read_to_string(dir.join("register-failing.jsonl")).expect("a failing sub-history");
+    let lines = failing.lines().count();
+    assert!((4..=40).contains(&lines), "the failing sub-history should be small, has {lines} events");
+    for f in ["history.jsonl", "results.json", "latency.png", "throughput.png", "summary.txt", "n1.log"] {
+        assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
+    }
+}
+
+#[test]
+fn set_under_kills_and_pauses_loses_no_acknowledged_add() {
+    init_tracing();
+    let store = tempfile::tempdir().unwrap();
+    let out = jepsen()
+        .args(["--workload", "set", "--nemesis", "kill,pause", "--nodes", "3"])
+        .args(["--time", "15", "--interval", "2", "--fault-duration", "4", "--rate", "80"])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir(&stdout).join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["verdicts"][0]["validity"], "valid");
+    assert!(
+        results["verdicts"][0]["details"]["ok"].as_u64().unwrap() > 100,
+        "too few acknowledged adds to mean anything"
+    );
+    assert!(results["nemesis"].as_array().unwrap().len() >= 2, "the nemesis did not act");
+}
+
+#[test]
+fn an_interrupted_run_removes_its_nodes_namespaces_and_links() {
+    init_tracing();
+    let store = tempfile::tempdir().unwrap();
+    let mut child = jepsen()
+        .env("RUST_LOG", "info")
+        .args(["--nemesis", "partition-halves", "--nodes", "3", "--time", "60", "--interval", "1"])
+        .arg("--store")
+        .arg(store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run announces its id on stderr ("run starts run=XXXX"); read until it does and
+    // its namespaces exist, then interrupt it.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("run=").nth(1) {
+                let _ = tx.send(rest.chars().take(4).collect::<String>());
+            }
+        }
+    });
+    let run = rx.recv_timeout(Duration::from_secs(30)).expect("the run names itself");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while namespaces_of(&run).len() < 3 {
+        assert!(Instant::now() < deadline, "the run's namespaces never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    tracing::info!(run, "phase: SIGINT");
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("weft-jepsen did not exit after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(namespaces_of(&run).is_empty(), "namespaces left: {:?}", namespaces_of(&run));
+    assert!(links_of(&run).is_empty(), "links left: {:?}", links_of(&run));
+    let ps = Command::new("pgrep").args(["-f", &format!("wj-{run}-")]).output().unwrap();
+    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "node processes left behind");
+}
