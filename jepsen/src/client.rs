@@ -17,10 +17,10 @@
 //! such a node stalls most of them). After an `info` it carries on under a new process id (the old one may
 //! still be in flight), so each process has at most one operation open.
 //!
-//! Nodes come and go under the membership nemesis: workers pick nodes from the
-//! [`Roster`], never go back to a node stopped for good (a worker whose home node is gone
-//! takes a new home among the nodes there now, new ones included), and fail over only to
-//! nodes still there.
+//! Nodes come and go under the membership nemesis: workers take their home node from the
+//! [`Roster`], which keeps homes balanced (a worker whose home is stopped for good moves to
+//! the least used node; a fresh node takes a worker from the busiest), never go back to a
+//! node stopped for good, and fail over only to nodes still there.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -153,7 +153,7 @@ impl Worker {
         recorder: Recorder,
         options: Options,
     ) -> Self {
-        let home = home_for(id, &roster.live()).unwrap_or(0);
+        let home = roster.home(id).unwrap_or(0);
         Self {
             id,
             workers,
@@ -205,20 +205,23 @@ impl Worker {
         }
     }
 
-    /// Leaves a node stopped for good: back home if home is still there, else to a new
-    /// home among the nodes there now.
+    /// Follows the roster: to a new home when the roster moved this worker (its home was
+    /// stopped for good, or a new node took it over), and off any node stopped for good.
     fn avoid_gone_nodes(&mut self) {
-        if self.roster.contains(self.node) {
-            return;
-        }
-        if !self.roster.contains(self.home) {
-            let Some(home) = home_for(self.id, &self.roster.live()) else { return };
-            tracing::debug!(worker = self.id, old = self.home, new = home, "home node gone; new home");
+        if let Some(home) = self.roster.home(self.id)
+            && home != self.home
+        {
+            tracing::debug!(worker = self.id, old = self.home, new = home, "new home");
             self.home = home;
+            self.node = home;
+            self.away_ops = 0;
+            self.errors_in_a_row = 0;
         }
-        self.node = self.home;
-        self.away_ops = 0;
-        self.errors_in_a_row = 0;
+        if !self.roster.contains(self.node) {
+            self.node = self.home;
+            self.away_ops = 0;
+            self.errors_in_a_row = 0;
+        }
     }
 
     /// The node after the current one (by id, wrapping) among those still there.
@@ -411,11 +414,6 @@ pub async fn read_all(nodes: &[(u64, String)], recorder: &Recorder, process: u64
             }
         }
     }
-}
-
-/// The home of worker `id` among `nodes`: the `id % n`-th.
-fn home_for(id: u64, nodes: &[(u64, String)]) -> Option<u64> {
-    (!nodes.is_empty()).then(|| nodes[(id as usize) % nodes.len()].0)
 }
 
 async fn list_all(addr: &str) -> Result<Vec<String>, tonic::Status> {

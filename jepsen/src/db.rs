@@ -7,6 +7,7 @@
 //! (SIGTERM = graceful leave, or SIGKILL) and add fresh ones on spare hosts. The [`Roster`]
 //! tells clients which nodes exist right now.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,26 +53,73 @@ pub fn voters_for(nodes: usize) -> u32 {
 }
 
 /// The nodes clients may use: every node started and not stopped for good, `(id, IP:PORT)`
-/// by id order. Cheap to clone; [`Db`] keeps it current.
+/// by id order, and each worker's home node. Cheap to clone; [`Db`] keeps it current.
+///
+/// Homes stay balanced as nodes come and go: the workers of a node stopped for good move to
+/// the node with the fewest workers, and a fresh node takes one worker from the node with
+/// the most (when that one has at least two), so new nodes get used.
 #[derive(Debug, Clone, Default)]
-pub struct Roster(Arc<Mutex<Vec<(u64, String)>>>);
+pub struct Roster(Arc<Mutex<RosterInner>>);
+
+#[derive(Debug, Default)]
+struct RosterInner {
+    nodes: Vec<(u64, String)>,
+    /// worker id -> home node id.
+    homes: BTreeMap<u64, u64>,
+}
+
+impl RosterInner {
+    fn load(&self, node: u64) -> usize {
+        self.homes.values().filter(|h| **h == node).count()
+    }
+}
 
 impl Roster {
     /// The nodes now, by id order.
     pub fn live(&self) -> Vec<(u64, String)> {
-        self.0.lock().expect("roster lock").clone()
+        self.0.lock().expect("roster lock").nodes.clone()
     }
     /// Whether node `id` is still there.
     pub fn contains(&self, id: u64) -> bool {
-        self.0.lock().expect("roster lock").iter().any(|(x, _)| *x == id)
+        self.0.lock().expect("roster lock").nodes.iter().any(|(x, _)| *x == id)
+    }
+    /// Worker `worker`'s home node: at first the `worker % n`-th node; `None` if no node is
+    /// left.
+    pub fn home(&self, worker: u64) -> Option<u64> {
+        let mut r = self.0.lock().expect("roster lock");
+        if r.nodes.is_empty() {
+            return None;
+        }
+        let first = r.nodes[(worker as usize) % r.nodes.len()].0;
+        Some(*r.homes.entry(worker).or_insert(first))
     }
     fn add(&self, id: u64, addr: String) {
-        let mut v = self.0.lock().expect("roster lock");
-        v.push((id, addr));
-        v.sort();
+        let mut r = self.0.lock().expect("roster lock");
+        r.nodes.push((id, addr));
+        r.nodes.sort();
+        let busiest = r.nodes.iter().map(|(n, _)| *n).max_by_key(|n| (r.load(*n), std::cmp::Reverse(*n)));
+        if let Some(from) = busiest.filter(|n| r.load(*n) >= 2)
+            && let Some(worker) = r.homes.iter().find(|(_, h)| **h == from).map(|(w, _)| *w)
+        {
+            r.homes.insert(worker, id);
+            tracing::info!(worker, from, to = id, "worker moves home to a new node");
+        }
     }
     fn remove(&self, id: u64) {
-        self.0.lock().expect("roster lock").retain(|(x, _)| *x != id);
+        let mut r = self.0.lock().expect("roster lock");
+        r.nodes.retain(|(x, _)| *x != id);
+        let homeless: Vec<u64> = r.homes.iter().filter(|(_, h)| **h == id).map(|(w, _)| *w).collect();
+        for worker in homeless {
+            // The least loaded node; the newest among equals.
+            let Some(to) =
+                r.nodes.iter().map(|(n, _)| *n).min_by_key(|n| (r.load(*n), std::cmp::Reverse(*n)))
+            else {
+                r.homes.remove(&worker);
+                continue;
+            };
+            r.homes.insert(worker, to);
+            tracing::info!(worker, from = id, to, "worker's home node is gone; new home");
+        }
     }
 }
 
@@ -489,4 +537,32 @@ pub async fn node_status(addr: &str) -> Option<pb::NodeStatusReply> {
     let mut req = tonic::Request::new(pb::StatusRequest {});
     req.set_timeout(STATUS_TIMEOUT);
     tokio::time::timeout(STATUS_TIMEOUT * 2, c.node_status(req)).await.ok()?.ok().map(|r| r.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn homes_follow_nodes_that_leave_and_join() {
+        let r = Roster::default();
+        for id in 1..=5 {
+            r.add(id, format!("10.0.0.{id}:1"));
+        }
+        let homes = |r: &Roster| (0..5).map(|w| r.home(w).unwrap()).collect::<Vec<_>>();
+        assert_eq!(homes(&r), vec![1, 2, 3, 4, 5]);
+        r.remove(3);
+        let h = homes(&r);
+        assert!(!h.contains(&3), "{h:?}");
+        r.add(6, "10.0.0.6:1".into());
+        let h = homes(&r);
+        assert!(h.contains(&6), "a new node gets a worker: {h:?}");
+        assert!(!r.contains(3) && r.contains(6));
+        for id in [1, 2, 4, 5] {
+            r.remove(id);
+        }
+        assert_eq!(homes(&r), vec![6; 5], "all go to the last node");
+        r.remove(6);
+        assert_eq!(r.home(0), None);
+    }
 }
