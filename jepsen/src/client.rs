@@ -16,6 +16,11 @@
 //! elsewhere (otherwise, over many faults, workers pile up on a few nodes and one fault on
 //! such a node stalls most of them). After an `info` it carries on under a new process id (the old one may
 //! still be in flight), so each process has at most one operation open.
+//!
+//! Nodes come and go under the membership nemesis: workers take their home node from the
+//! [`Roster`], which keeps homes balanced (a worker whose home is stopped for good moves to
+//! the least used node; a fresh node takes a worker from the busiest), never go back to a
+//! node stopped for good, and fail over only to nodes still there.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,6 +29,7 @@ use tonic::transport::Channel;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
+use crate::db::Roster;
 use crate::history::{Op, Type};
 use crate::recorder::Recorder;
 use crate::rng::Rng;
@@ -91,11 +97,13 @@ pub struct Worker {
     id: u64,
     workers: u64,
     process: u64,
-    node: usize,
-    home: usize,
+    /// The node (id) this worker talks to.
+    node: u64,
+    home: u64,
     away_ops: u32,
-    clients: Vec<StateClient<Channel>>,
-    node_ids: Vec<u64>,
+    /// One client per node used so far.
+    clients: HashMap<u64, StateClient<Channel>>,
+    roster: Roster,
     rng: Rng,
     recorder: Recorder,
     options: Options,
@@ -136,29 +144,25 @@ fn parse_value(bytes: &[u8]) -> u64 {
 }
 
 impl Worker {
-    /// Worker `id` of `workers`, starting on node `id % addrs.len()`.
+    /// Worker `id` of `workers`, starting on the `id % n`-th of the roster's `n` nodes.
     pub fn new(
         id: u64,
         workers: u64,
-        addrs: &[String],
-        node_ids: Vec<u64>,
+        roster: Roster,
         rng: Rng,
         recorder: Recorder,
         options: Options,
     ) -> Self {
-        let clients = addrs
-            .iter()
-            .map(|a| StateClient::new(crate::db::channel(a, options.timeout)))
-            .collect::<Vec<_>>();
+        let home = roster.home(id).unwrap_or(0);
         Self {
             id,
             workers,
             process: id,
-            node: (id as usize) % addrs.len(),
-            home: (id as usize) % addrs.len(),
+            node: home,
+            home,
             away_ops: 0,
-            clients,
-            node_ids,
+            clients: HashMap::new(),
+            roster,
             rng,
             recorder,
             options,
@@ -201,8 +205,38 @@ impl Worker {
         }
     }
 
+    /// Follows the roster: to a new home when the roster moved this worker (its home was
+    /// stopped for good, or a new node took it over), and off any node stopped for good.
+    fn avoid_gone_nodes(&mut self) {
+        if let Some(home) = self.roster.home(self.id)
+            && home != self.home
+        {
+            tracing::debug!(worker = self.id, old = self.home, new = home, "new home");
+            self.home = home;
+            self.node = home;
+            self.away_ops = 0;
+            self.errors_in_a_row = 0;
+        }
+        if !self.roster.contains(self.node) {
+            self.node = self.home;
+            self.away_ops = 0;
+            self.errors_in_a_row = 0;
+        }
+    }
+
+    /// The node after the current one (by id, wrapping) among those still there.
+    fn next_node(&self) -> u64 {
+        let live = self.roster.live();
+        live.iter()
+            .map(|(id, _)| *id)
+            .find(|id| *id > self.node)
+            .or_else(|| live.first().map(|(id, _)| *id))
+            .unwrap_or(self.node)
+    }
+
     async fn invoke(&mut self, op: Op) {
-        let node = self.node_ids[self.node];
+        self.avoid_gone_nodes();
+        let node = self.node;
         self.recorder.record(Some(self.process), Type::Invoke, op.clone(), Some(node), None);
         let done =
             match tokio::time::timeout(self.options.timeout + Duration::from_secs(1), self.call(op.clone()))
@@ -235,7 +269,7 @@ impl Worker {
                 self.errors_in_a_row += 1;
                 if self.errors_in_a_row >= FAILOVER_AFTER {
                     self.errors_in_a_row = 0;
-                    self.node = (self.node + 1) % self.clients.len();
+                    self.node = self.next_node();
                 }
             }
         }
@@ -259,7 +293,16 @@ impl Worker {
 
     async fn call(&mut self, op: Op) -> Done {
         let timeout = self.options.timeout;
-        let client = &mut self.clients[self.node];
+        let node = self.node;
+        let addr = self.roster.live().into_iter().find(|(id, _)| *id == node).map(|(_, a)| a);
+        let client = match (self.clients.contains_key(&node), addr) {
+            (true, _) => self.clients.get_mut(&node).expect("checked"),
+            (false, Some(addr)) => self
+                .clients
+                .entry(node)
+                .or_insert_with(|| StateClient::new(crate::db::channel(&addr, timeout))),
+            (false, None) => return Done::Fail(op, format!("node {node} is gone and no node is left")),
+        };
         fn req<M>(m: M, timeout: Duration) -> tonic::Request<M> {
             let mut r = tonic::Request::new(m);
             r.set_timeout(timeout);
@@ -335,26 +378,23 @@ impl Worker {
 
 /// The set's final read: a linearizable list of every element, tried on each node in turn
 /// until one answers or `patience` runs out. Recorded as one operation.
-pub async fn read_all(
-    addrs: &[String],
-    node_ids: &[u64],
-    recorder: &Recorder,
-    process: u64,
-    patience: Duration,
-) {
+pub async fn read_all(nodes: &[(u64, String)], recorder: &Recorder, process: u64, patience: Duration) {
+    if nodes.is_empty() {
+        return;
+    }
     let deadline = Instant::now() + patience;
     let mut attempt = 0usize;
     loop {
-        let i = attempt % addrs.len();
+        let (node, addr) = &nodes[attempt % nodes.len()];
         attempt += 1;
-        recorder.record(Some(process), Type::Invoke, Op::ReadAll { elements: None }, Some(node_ids[i]), None);
-        match list_all(&addrs[i]).await {
+        recorder.record(Some(process), Type::Invoke, Op::ReadAll { elements: None }, Some(*node), None);
+        match list_all(addr).await {
             Ok(elements) => {
                 recorder.record(
                     Some(process),
                     Type::Ok,
                     Op::ReadAll { elements: Some(elements) },
-                    Some(node_ids[i]),
+                    Some(*node),
                     None,
                 );
                 return;
@@ -364,7 +404,7 @@ pub async fn read_all(
                     Some(process),
                     Type::Fail,
                     Op::ReadAll { elements: None },
-                    Some(node_ids[i]),
+                    Some(*node),
                     Some(code_message(&s)),
                 );
                 if Instant::now() > deadline {

@@ -1,10 +1,17 @@
 //! The system under test: one `weft node` process per host namespace, started with
 //! `ip netns exec` (which execs in place, so the child's pid is the node's), killed with
 //! SIGKILL, paused with SIGSTOP and resumed with SIGCONT.
+//!
+//! Two ways to form the cluster ([`Membership`]): a static list of members, or gossip
+//! (`--seeds`, `--bootstrap-expect`), which lets the membership nemesis stop nodes for good
+//! (SIGTERM = graceful leave, or SIGKILL) and add fresh ones on spare hosts. The [`Roster`]
+//! tells clients which nodes exist right now.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
@@ -17,6 +24,104 @@ use crate::net::{Host, Network, sh};
 pub const PORT: u16 = 7400;
 /// How long a status query may take.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+/// Gossip mode: how long a node must be down before the leader removes it (short, so a
+/// SIGKILLed node is replaced within a fault window).
+pub const GOSSIP_GRACE_MS: u64 = 3000;
+/// How long a node stopped with SIGTERM has to leave and exit before it gets SIGKILL (the
+/// node itself waits up to 3 s for its removal to commit).
+const LEAVE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How the nodes form their cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Membership {
+    /// `--initial-members` lists every node: a fixed cluster.
+    #[default]
+    Static,
+    /// `--seeds` + `--bootstrap-expect`, the test gossip preset and a short grace: nodes
+    /// can leave and join (needed by the membership nemesis).
+    Gossip,
+}
+
+/// Voters the leader keeps in gossip mode for `nodes` initial nodes: 5 from 7 nodes up,
+/// 3 from 3, else 1.
+pub fn voters_for(nodes: usize) -> u32 {
+    match nodes {
+        0..=2 => 1,
+        3..=6 => 3,
+        _ => 5,
+    }
+}
+
+/// The nodes clients may use: every node started and not stopped for good, `(id, IP:PORT)`
+/// by id order, and each worker's home node. Cheap to clone; [`Db`] keeps it current.
+///
+/// Homes stay balanced as nodes come and go: the workers of a node stopped for good move to
+/// the node with the fewest workers, and a fresh node takes one worker from the node with
+/// the most (when that one has at least two), so new nodes get used.
+#[derive(Debug, Clone, Default)]
+pub struct Roster(Arc<Mutex<RosterInner>>);
+
+#[derive(Debug, Default)]
+struct RosterInner {
+    nodes: Vec<(u64, String)>,
+    /// worker id -> home node id.
+    homes: BTreeMap<u64, u64>,
+}
+
+impl RosterInner {
+    fn load(&self, node: u64) -> usize {
+        self.homes.values().filter(|h| **h == node).count()
+    }
+}
+
+impl Roster {
+    /// The nodes now, by id order.
+    pub fn live(&self) -> Vec<(u64, String)> {
+        self.0.lock().expect("roster lock").nodes.clone()
+    }
+    /// Whether node `id` is still there.
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.lock().expect("roster lock").nodes.iter().any(|(x, _)| *x == id)
+    }
+    /// Worker `worker`'s home node: at first the `worker % n`-th node; `None` if no node is
+    /// left.
+    pub fn home(&self, worker: u64) -> Option<u64> {
+        let mut r = self.0.lock().expect("roster lock");
+        if r.nodes.is_empty() {
+            return None;
+        }
+        let first = r.nodes[(worker as usize) % r.nodes.len()].0;
+        Some(*r.homes.entry(worker).or_insert(first))
+    }
+    fn add(&self, id: u64, addr: String) {
+        let mut r = self.0.lock().expect("roster lock");
+        r.nodes.push((id, addr));
+        r.nodes.sort();
+        let busiest = r.nodes.iter().map(|(n, _)| *n).max_by_key(|n| (r.load(*n), std::cmp::Reverse(*n)));
+        if let Some(from) = busiest.filter(|n| r.load(*n) >= 2)
+            && let Some(worker) = r.homes.iter().find(|(_, h)| **h == from).map(|(w, _)| *w)
+        {
+            r.homes.insert(worker, id);
+            tracing::info!(worker, from, to = id, "worker moves home to a new node");
+        }
+    }
+    fn remove(&self, id: u64) {
+        let mut r = self.0.lock().expect("roster lock");
+        r.nodes.retain(|(x, _)| *x != id);
+        let homeless: Vec<u64> = r.homes.iter().filter(|(_, h)| **h == id).map(|(w, _)| *w).collect();
+        for worker in homeless {
+            // The least loaded node; the newest among equals.
+            let Some(to) =
+                r.nodes.iter().map(|(n, _)| *n).min_by_key(|n| (r.load(*n), std::cmp::Reverse(*n)))
+            else {
+                r.homes.remove(&worker);
+                continue;
+            };
+            r.homes.insert(worker, to);
+            tracing::info!(worker, from = id, to, "worker's home node is gone; new home");
+        }
+    }
+}
 
 /// Starting or controlling a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +153,8 @@ pub struct Options {
     pub log_dir: PathBuf,
     /// Extra `WEFT_*` settings for every node.
     pub env: Vec<(String, String)>,
+    /// Static or gossip membership.
+    pub membership: Membership,
 }
 
 /// Finds the `weft` binary: `explicit` if given, else the newer of `target/release/weft`
@@ -84,6 +191,8 @@ pub struct Node {
     pub addr: String,
     child: Option<Child>,
     paused: bool,
+    /// Stopped for good by the membership nemesis: never restarted.
+    gone: bool,
     args: Vec<String>,
     log: PathBuf,
 }
@@ -97,6 +206,10 @@ impl Node {
     pub fn is_paused(&self) -> bool {
         self.paused
     }
+    /// Whether the node was stopped for good (it stays listed, and is never restarted).
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -108,45 +221,161 @@ impl Node {
 pub struct Db {
     nodes: Vec<Node>,
     options: Options,
+    roster: Roster,
+    /// `--voters` in gossip mode.
+    voters: u32,
 }
 
 impl Db {
-    /// Starts one node per host of `net`, all members of one static cluster.
+    /// Starts one node per host of `net` (not the spares), all members of one cluster:
+    /// static, or formed by gossip once all of them see each other.
     pub fn start(net: &Network, options: Options) -> Result<Self, Error> {
         if !options.binary.is_file() {
             return Err(Error::NoBinary(options.binary.display().to_string()));
         }
-        let members =
-            net.hosts().iter().map(|h| format!("{}={}:{PORT}", h.id, h.ip)).collect::<Vec<_>>().join(",");
-        let mut db = Self { nodes: Vec::new(), options };
-        for host in net.hosts() {
-            let addr = format!("{}:{PORT}", host.ip);
-            let data_dir = db.options.data_root.join(format!("n{}", host.id));
-            let args = vec![
-                "--node-id".to_string(),
-                host.id.to_string(),
-                "--cluster".into(),
-                "jepsen".into(),
-                "--listen".into(),
-                addr.clone(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--initial-members".into(),
-                members.clone(),
-            ];
-            let log = db.options.log_dir.join(format!("n{}.log", host.id));
-            db.nodes.push(Node {
-                id: host.id,
-                host: host.clone(),
-                addr,
-                child: None,
-                paused: false,
-                args,
-                log,
-            });
-            db.spawn(host.id)?;
+        let hosts = net.hosts();
+        let members = hosts.iter().map(|h| format!("{}={}:{PORT}", h.id, h.ip)).collect::<Vec<_>>().join(",");
+        let seeds = hosts.iter().map(|h| format!("{}:{PORT}", h.ip)).collect::<Vec<_>>().join(",");
+        let voters = voters_for(hosts.len());
+        let mut db = Self { nodes: Vec::new(), options, roster: Roster::default(), voters };
+        for host in hosts {
+            let membership = match db.options.membership {
+                Membership::Static => vec!["--initial-members".to_string(), members.clone()],
+                Membership::Gossip => {
+                    vec![
+                        "--seeds".to_string(),
+                        seeds.clone(),
+                        "--bootstrap-expect".into(),
+                        hosts.len().to_string(),
+                    ]
+                }
+            };
+            db.launch(host, membership)?;
         }
         Ok(db)
+    }
+
+    /// Starts a fresh node (id = the host's id, empty data directory) on spare host `host`
+    /// that joins the running cluster through `seeds` (`IP:PORT` of live nodes).
+    pub fn add(&mut self, host: &Host, seeds: &[String]) -> Result<(), Error> {
+        self.launch(host, vec!["--seeds".to_string(), seeds.join(",")])
+    }
+
+    fn launch(&mut self, host: &Host, membership: Vec<String>) -> Result<(), Error> {
+        let addr = format!("{}:{PORT}", host.ip);
+        let data_dir = self.options.data_root.join(format!("n{}", host.id));
+        let mut args = vec![
+            "--node-id".to_string(),
+            host.id.to_string(),
+            "--cluster".into(),
+            "jepsen".into(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        args.extend(membership);
+        if self.options.membership == Membership::Gossip {
+            args.extend([
+                "--voters".to_string(),
+                self.voters.to_string(),
+                "--gossip-preset".into(),
+                "test".into(),
+                "--dead-node-grace-ms".into(),
+                GOSSIP_GRACE_MS.to_string(),
+            ]);
+        }
+        let log = self.options.log_dir.join(format!("n{}.log", host.id));
+        self.nodes.push(Node {
+            id: host.id,
+            host: host.clone(),
+            addr: addr.clone(),
+            child: None,
+            paused: false,
+            gone: false,
+            args,
+            log,
+        });
+        self.spawn(host.id)?;
+        self.roster.add(host.id, addr);
+        Ok(())
+    }
+
+    /// The nodes clients may use; kept current as nodes leave and join.
+    pub fn roster(&self) -> Roster {
+        self.roster.clone()
+    }
+
+    /// Ids of the nodes not stopped for good, by id order (running, paused or killed).
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| !n.gone).map(|n| n.id).collect()
+    }
+
+    /// Stops node `id` for good: SIGTERM (a graceful leave; SIGKILL if it has not exited
+    /// within 10 s) when `graceful`, else SIGKILL. It is never restarted.
+    pub async fn stop_for_good(&mut self, id: u64, graceful: bool) -> Result<(), Error> {
+        self.roster.remove(id);
+        let node = self.node_mut(id);
+        node.gone = true;
+        if graceful && let Some(pid) = node.pid() {
+            if node.paused {
+                sh("kill", &["-CONT", &pid.to_string()])?;
+                node.paused = false;
+            }
+            sh("kill", &["-TERM", &pid.to_string()])?;
+            let deadline = Instant::now() + LEAVE_PATIENCE;
+            while Instant::now() < deadline {
+                if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    tracing::info!(node = id, %status, "node left");
+                    node.child = None;
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::warn!(node = id, "node did not exit within 10 s of SIGTERM; killing it");
+        }
+        self.kill(id);
+        Ok(())
+    }
+
+    /// The voters of the configuration `id` holds (empty if it does not answer).
+    pub async fn voters_seen_by(&self, id: u64) -> Vec<u64> {
+        let Some(node) = self.nodes.iter().find(|n| n.id == id) else { return Vec::new() };
+        node_status(&node.addr).await.map(|s| s.voters).unwrap_or_default()
+    }
+
+    /// The cluster as the leader sees it (`Cluster.Status`), if a leader answers.
+    pub async fn cluster_status(&self) -> Option<pb::ClusterStatus> {
+        let leader = self.leader().await?;
+        let node = self.nodes.iter().find(|n| n.id == leader)?;
+        let mut c = ClusterClient::new(channel(&node.addr, STATUS_TIMEOUT * 3));
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(STATUS_TIMEOUT * 3);
+        c.status(req).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits (up to `patience`) until the leader's membership holds exactly the nodes not
+    /// stopped for good; returns the last status seen.
+    pub async fn wait_for_membership(&self, patience: Duration) -> Option<pb::ClusterStatus> {
+        let deadline = Instant::now() + patience;
+        let want: Vec<u64> = self.member_ids();
+        let mut last = None;
+        loop {
+            if let Some(s) = self.cluster_status().await {
+                let mut have: Vec<u64> =
+                    s.members.iter().filter(|m| m.role != "not a member").map(|m| m.id).collect();
+                have.sort();
+                let settled = have == want;
+                last = Some(s);
+                if settled {
+                    return last;
+                }
+            }
+            if Instant::now() > deadline {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     /// The nodes, by id order.
@@ -199,9 +428,11 @@ impl Db {
         node.paused = false;
     }
 
-    /// Starts node `id` again on its data directory, if it is not running.
+    /// Starts node `id` again on its data directory, if it is not running and not gone
+    /// for good.
     pub fn restart(&mut self, id: u64) -> Result<(), Error> {
-        if self.node_mut(id).child.is_some() {
+        let node = self.node_mut(id);
+        if node.child.is_some() || node.gone {
             return Ok(());
         }
         self.spawn(id)
@@ -252,7 +483,7 @@ impl Db {
     /// The leader as reported by a node that says it leads (the highest term wins).
     pub async fn leader(&self) -> Option<u64> {
         let mut best: Option<(u64, u64)> = None;
-        for node in self.nodes.iter().filter(|n| n.is_running() && !n.paused) {
+        for node in self.nodes.iter().filter(|n| n.is_running() && !n.paused && !n.gone) {
             if let Some(s) = node_status(&node.addr).await
                 && s.role == "leader"
                 && best.is_none_or(|(term, _)| s.term > term)
@@ -268,7 +499,7 @@ impl Db {
         let deadline = Instant::now() + patience;
         loop {
             let mut seen = Vec::new();
-            for node in self.nodes.iter().filter(|n| n.is_running() && !n.paused) {
+            for node in self.nodes.iter().filter(|n| n.is_running() && !n.paused && !n.gone) {
                 seen.push(node_status(&node.addr).await.map(|s| s.leader_id).unwrap_or(0));
             }
             if let Some(&l) = seen.first()
@@ -306,4 +537,32 @@ pub async fn node_status(addr: &str) -> Option<pb::NodeStatusReply> {
     let mut req = tonic::Request::new(pb::StatusRequest {});
     req.set_timeout(STATUS_TIMEOUT);
     tokio::time::timeout(STATUS_TIMEOUT * 2, c.node_status(req)).await.ok()?.ok().map(|r| r.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn homes_follow_nodes_that_leave_and_join() {
+        let r = Roster::default();
+        for id in 1..=5 {
+            r.add(id, format!("10.0.0.{id}:1"));
+        }
+        let homes = |r: &Roster| (0..5).map(|w| r.home(w).unwrap()).collect::<Vec<_>>();
+        assert_eq!(homes(&r), vec![1, 2, 3, 4, 5]);
+        r.remove(3);
+        let h = homes(&r);
+        assert!(!h.contains(&3), "{h:?}");
+        r.add(6, "10.0.0.6:1".into());
+        let h = homes(&r);
+        assert!(h.contains(&6), "a new node gets a worker: {h:?}");
+        assert!(!r.contains(3) && r.contains(6));
+        for id in [1, 2, 4, 5] {
+            r.remove(id);
+        }
+        assert_eq!(homes(&r), vec![6; 5], "all go to the last node");
+        r.remove(6);
+        assert_eq!(r.home(0), None);
+    }
 }

@@ -7,14 +7,16 @@
 //!  weft-jepsen (root namespace)
 //!   ├─ workers ──gRPC──► node k (each worker talks to one node, fails over after errors)
 //!   │     └─ invoke / ok / fail / info ──► recorder ──► history.jsonl
-//!   ├─ nemesis ── kill -9 / SIGSTOP / iptables DROP inside namespaces ──► start/stop events
+//!   ├─ nemesis ── kill -9 / SIGSTOP / iptables DROP / churn (stop for good, add) ──► events
 //!   └─ after the run: checkers (register: linearizability; set: no lost acknowledged add)
 //!        ──► report folder (results.json, failing sub-history, latency and throughput PNGs)
 //! ```
 //!
 //! # Layout
-//! - [`net`]: namespaces, veth pairs and the bridge; partitions; cleanup of leftovers.
-//! - [`db`]: the `weft node` processes in those namespaces: start, kill, pause, leader.
+//! - [`net`]: namespaces (spare hosts included), veth pairs and the bridge; partitions;
+//!   cleanup of leftovers.
+//! - [`db`]: the `weft node` processes in those namespaces (static or gossip membership):
+//!   start, kill, pause, stop for good, add, leader; the roster clients pick nodes from.
 //! - [`nemesis`]: the faults and the schedule that starts and heals them.
 //! - [`client`]: workload workers and how gRPC outcomes map to ok / fail / info.
 //! - [`history`]: the event format (JSON lines) and pairing invokes with completions.
@@ -24,8 +26,7 @@
 //! - [`run`]: one run from setup to report.
 //! - [`rng`]: the seeded random number generator every choice uses.
 //!
-//! Later (see docs/jepsen.md): an `executions` workload once executions exist, and a
-//! membership-churn nemesis once gossip membership exists.
+//! Later (see docs/jepsen.md): an `executions` workload once executions exist.
 
 pub mod checker;
 pub mod client;

@@ -7,9 +7,12 @@
 //! report shades on its plots. At the end everything is healed: partitions removed, paused
 //! nodes resumed, killed nodes restarted.
 //!
-//! Membership churn (stop a node for good, add a fresh one) comes with gossip membership:
-//! it will be a [`Kind`] whose start removes a node from the cluster and whose stop joins a
-//! new one; the parser already reserves the name `membership`.
+//! Membership churn ([`Kind::Membership`], needs `--membership gossip`): its start stops
+//! one node for good, alternately with SIGTERM (a graceful leave: the leader removes it at
+//! once) and SIGKILL (gossip declares it down; the leader removes it after the grace); its
+//! stop starts a fresh node (new id, spare host, empty data directory, seeded with live
+//! nodes) that joins as a learner. It never stops a node when that would leave fewer than
+//! [`MIN_RUNNING`] nodes running or less than a majority of the leader's voters running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -37,7 +40,13 @@ pub enum Kind {
     PartitionRing,
     /// Two halves that cannot talk to each other, joined by one node that talks to both.
     PartitionBridge,
+    /// Stop a node for good (SIGTERM or SIGKILL, alternately); when healed, add a fresh node
+    /// on a spare host. Gossip membership only.
+    Membership,
 }
+
+/// The membership nemesis never leaves fewer nodes running than this.
+pub const MIN_RUNNING: usize = 3;
 
 impl Kind {
     /// Every fault, for `--nemesis all`.
@@ -59,6 +68,7 @@ impl Kind {
             Kind::PartitionLeader => "partition-leader",
             Kind::PartitionRing => "partition-ring",
             Kind::PartitionBridge => "partition-bridge",
+            Kind::Membership => "membership",
         }
     }
 
@@ -75,12 +85,15 @@ impl Kind {
 pub enum Error {
     /// The name is not a fault.
     #[error(
-        "unknown nemesis '{0}': expected none, all, kill, pause, partition (= partition-halves), partition-halves, partition-leader, partition-ring or partition-bridge, joined with ',' (one per window) or '+' (together)"
+        "unknown nemesis '{0}': expected none, all, kill, pause, partition (= partition-halves), partition-halves, partition-leader, partition-ring, partition-bridge or membership, joined with ',' (one per window) or '+' (together)"
     )]
     Unknown(String),
-    /// The fault needs a feature the fabric does not have yet.
-    #[error("nemesis '{0}' needs gossip membership, which the fabric does not have yet")]
-    NotYet(String),
+    /// A kill or pause of a minority in the same window as a node stopped for good could
+    /// leave no live majority of voters; refused before anything starts.
+    #[error(
+        "nemesis group '{0}' joins membership with kill or pause: a minority down plus a node stopped for good can leave no live majority of voters; put them in separate windows (e.g. membership,kill)"
+    )]
+    UnsafeChurn(String),
     /// Two partitions in one group would replace each other.
     #[error("nemesis group '{0}' holds two partitions; only one partition can be in force at a time")]
     TwoPartitions(String),
@@ -99,6 +112,11 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// Whether some group churns the membership (needs gossip mode and spare hosts).
+    pub fn churns(&self) -> bool {
+        self.groups.iter().flatten().any(|k| *k == Kind::Membership)
+    }
+
     /// The spec's text, as `kill,partition-halves+pause`.
     pub fn name(&self) -> String {
         if self.groups.is_empty() {
@@ -133,7 +151,7 @@ impl FromStr for Spec {
                     "partition-leader" => Kind::PartitionLeader,
                     "partition-ring" => Kind::PartitionRing,
                     "partition-bridge" => Kind::PartitionBridge,
-                    "membership" | "churn" => return Err(Error::NotYet(name.into())),
+                    "membership" | "churn" => Kind::Membership,
                     other => return Err(Error::Unknown(other.into())),
                 };
                 if !kinds.contains(&kind) {
@@ -142,6 +160,14 @@ impl FromStr for Spec {
             }
             if kinds.iter().filter(|k| k.is_partition()).count() > 1 {
                 return Err(Error::TwoPartitions(group.into()));
+            }
+            if kinds.contains(&Kind::Membership) {
+                if kinds.iter().any(|k| matches!(k, Kind::Kill | Kind::Pause)) {
+                    return Err(Error::UnsafeChurn(group.into()));
+                }
+                // Stop the node before a partition is cut, so the safety check sees the
+                // whole cluster; the fresh node then joins after the partition is healed.
+                kinds.sort_by_key(|k| *k != Kind::Membership);
             }
             groups.push(kinds);
         }
@@ -215,10 +241,74 @@ fn minority(ids: &[u64], rng: &mut Rng) -> Vec<u64> {
     v
 }
 
+/// What the schedule remembers between windows.
+#[derive(Debug, Default)]
+struct State {
+    /// Nodes stopped for good so far (graceful and killed alternate).
+    stopped: u64,
+}
+
+/// Stops one node for good, if that keeps [`MIN_RUNNING`] nodes and a majority of the
+/// leader's voters running.
+async fn churn_out(db: &mut Db, rng: &mut Rng, state: &mut State) -> Result<String, Error> {
+    let running: Vec<u64> = db
+        .nodes()
+        .iter()
+        .filter(|n| !n.is_gone() && n.is_running() && !n.is_paused())
+        .map(|n| n.id)
+        .collect();
+    if running.len() <= MIN_RUNNING {
+        return Ok(format!("nobody stopped: only {} nodes running", running.len()));
+    }
+    let Some(leader) = db.leader().await else {
+        return Ok("nobody stopped: no leader known".into());
+    };
+    let voters = db.voters_seen_by(leader).await;
+    if voters.is_empty() {
+        return Ok("nobody stopped: the leader did not say its voters".into());
+    }
+    let live_voters = |without: u64| voters.iter().filter(|v| **v != without && running.contains(v)).count();
+    let candidates: Vec<u64> =
+        running.iter().copied().filter(|id| live_voters(*id) > voters.len() / 2).collect();
+    if candidates.is_empty() {
+        return Ok(format!("nobody stopped: voters {voters:?}, running {running:?}: no one can go"));
+    }
+    let victim = candidates[rng.below(candidates.len() as u64) as usize];
+    let graceful = state.stopped.is_multiple_of(2);
+    state.stopped += 1;
+    let role = if voters.contains(&victim) { "voter" } else { "learner" };
+    db.stop_for_good(victim, graceful).await?;
+    let how = if graceful { "left (SIGTERM)" } else { "killed for good (SIGKILL)" };
+    Ok(format!("removed {victim} ({role}): {how}; voters were {voters:?}, leader {leader}"))
+}
+
+/// Starts a fresh node on the first unused spare host, seeded with the running nodes.
+fn churn_in(db: &mut Db, net: &Network) -> Result<String, Error> {
+    let used: BTreeSet<u64> = db.nodes().iter().map(|n| n.id).collect();
+    let Some(host) = net.spares().iter().find(|h| !used.contains(&h.id)).cloned() else {
+        return Ok("nobody added: no spare host left".into());
+    };
+    let seeds: Vec<String> = db
+        .nodes()
+        .iter()
+        .filter(|n| !n.is_gone() && n.is_running() && !n.is_paused())
+        .map(|n| n.addr.clone())
+        .collect();
+    db.add(&host, &seeds)?;
+    Ok(format!("added {} on {} (seeds {seeds:?})", host.id, host.ip))
+}
+
 /// Starts a fault; returns a description of what it did.
-async fn start(kind: Kind, db: &mut Db, net: &Network, rng: &mut Rng) -> Result<String, Error> {
-    let ids: Vec<u64> = db.nodes().iter().map(|n| n.id).collect();
+async fn start(
+    kind: Kind,
+    db: &mut Db,
+    net: &Network,
+    rng: &mut Rng,
+    state: &mut State,
+) -> Result<String, Error> {
+    let ids: Vec<u64> = db.member_ids();
     Ok(match kind {
+        Kind::Membership => churn_out(db, rng, state).await?,
         Kind::Kill => {
             let victims = minority(&ids, rng);
             for id in &victims {
@@ -263,8 +353,10 @@ async fn start(kind: Kind, db: &mut Db, net: &Network, rng: &mut Rng) -> Result<
 /// Heals a fault.
 fn stop(kind: Kind, db: &mut Db, net: &Network) -> Result<String, Error> {
     Ok(match kind {
+        Kind::Membership => churn_in(db, net)?,
         Kind::Kill => {
-            let dead: Vec<u64> = db.nodes().iter().filter(|n| !n.is_running()).map(|n| n.id).collect();
+            let dead: Vec<u64> =
+                db.nodes().iter().filter(|n| !n.is_running() && !n.is_gone()).map(|n| n.id).collect();
             for id in &dead {
                 db.restart(*id)?;
             }
@@ -319,6 +411,7 @@ async fn windows(
         tokio::time::sleep_until(until.into()).await;
         return Ok(());
     }
+    let mut state = State::default();
     for window in 0.. {
         let quiet_end = Instant::now() + schedule.interval;
         if quiet_end >= until {
@@ -329,7 +422,7 @@ async fn windows(
         let group = &spec.groups[window % spec.groups.len()];
         let mut started = Vec::new();
         for kind in group {
-            let detail = start(*kind, db, net, rng).await?;
+            let detail = start(*kind, db, net, rng, &mut state).await?;
             record(recorder, Phase::Start, *kind, detail);
             started.push(*kind);
         }
@@ -375,7 +468,12 @@ mod tests {
         assert_eq!(s.name(), "kill,partition-halves+pause");
         assert_eq!("none".parse::<Spec>().unwrap().groups.len(), 0);
         assert_eq!("all".parse::<Spec>().unwrap().groups.len(), Kind::ALL.len());
-        assert!(matches!("membership".parse::<Spec>(), Err(Error::NotYet(_))));
+        let m: Spec = "partition-ring+membership,kill".parse().unwrap();
+        assert_eq!(m.groups[0], vec![Kind::Membership, Kind::PartitionRing], "membership starts first");
+        assert!(m.churns() && !s.churns());
+        assert!(matches!("membership+kill".parse::<Spec>(), Err(Error::UnsafeChurn(_))));
+        assert!(matches!("pause+churn".parse::<Spec>(), Err(Error::UnsafeChurn(_))));
+        assert!(!"all".parse::<Spec>().unwrap().churns(), "all is every single fault of a static cluster");
         assert!(matches!("explode".parse::<Spec>(), Err(Error::Unknown(_))));
         assert!(matches!("partition-ring+partition-leader".parse::<Spec>(), Err(Error::TwoPartitions(_))));
     }

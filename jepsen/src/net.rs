@@ -112,6 +112,8 @@ pub struct Network {
     bridge: String,
     gateway: Ipv4Addr,
     hosts: Vec<Host>,
+    /// Hosts with no node at first, where nodes added by the membership nemesis go.
+    spares: Vec<Host>,
     forward_rule: Option<Vec<String>>,
     destroyed: bool,
 }
@@ -127,9 +129,15 @@ fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 impl Network {
     /// Creates the bridge and `nodes` namespaces for run `run` (4 hex digits).
     pub fn create(run: &str, nodes: usize) -> Result<Self, Error> {
+        Self::create_with_spares(run, nodes, 0)
+    }
+
+    /// Creates the bridge, `nodes` namespaces, and `spares` more (hosts `nodes + 1 ..`,
+    /// named and addressed like the others) for nodes added during the run.
+    pub fn create_with_spares(run: &str, nodes: usize, spares: usize) -> Result<Self, Error> {
         require_root()?;
-        if nodes == 0 || nodes > MAX_NODES {
-            return Err(Error::Size(nodes));
+        if nodes == 0 || nodes + spares > MAX_NODES {
+            return Err(Error::Size(nodes + spares));
         }
         std::fs::create_dir_all(STATE_DIR).map_err(state_err(Path::new(STATE_DIR)))?;
         let owner = state_file(run);
@@ -141,6 +149,7 @@ impl Network {
             bridge: format!("{PREFIX}{run}br"),
             gateway: Ipv4Addr::UNSPECIFIED,
             hosts: Vec::new(),
+            spares: Vec::new(),
             forward_rule: None,
             destroyed: false,
         };
@@ -175,7 +184,7 @@ impl Network {
         insert.extend(rule.iter().cloned());
         sh("iptables", &insert.iter().map(String::as_str).collect::<Vec<_>>())?;
         net.forward_rule = Some(rule);
-        for k in 1..=nodes as u64 {
+        for k in 1..=(nodes + spares) as u64 {
             let host = Host {
                 id: k,
                 netns: format!("{PREFIX}-{run}-n{k}"),
@@ -184,7 +193,11 @@ impl Network {
             let outside = format!("{PREFIX}{run}h{k}");
             let inside = format!("{PREFIX}{run}p{k}");
             sh("ip", &["netns", "add", &host.netns])?;
-            net.hosts.push(host.clone());
+            if k as usize <= nodes {
+                net.hosts.push(host.clone());
+            } else {
+                net.spares.push(host.clone());
+            }
             sh("ip", &["-n", &host.netns, "link", "set", "lo", "up"])?;
             sh(
                 "ip",
@@ -195,7 +208,7 @@ impl Network {
             sh("ip", &["-n", &host.netns, "addr", "add", &format!("{}/24", host.ip), "dev", &inside])?;
             sh("ip", &["-n", &host.netns, "link", "set", &inside, "up"])?;
         }
-        tracing::info!(run, bridge = %net.bridge, gateway = %net.gateway, nodes, "network up");
+        tracing::info!(run, bridge = %net.bridge, gateway = %net.gateway, nodes, spares, "network up");
         Ok(net)
     }
 
@@ -209,13 +222,22 @@ impl Network {
         &self.hosts
     }
 
+    /// The spare hosts (no node at first), by id order.
+    pub fn spares(&self) -> &[Host] {
+        &self.spares
+    }
+
+    fn all_hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().chain(&self.spares)
+    }
+
     /// The bridge's address (where clients come from).
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway
     }
 
     fn host(&self, id: u64) -> Option<&Host> {
-        self.hosts.iter().find(|h| h.id == id)
+        self.all_hosts().find(|h| h.id == id)
     }
 
     /// Replaces the partition in force by `grudge`.
@@ -249,7 +271,7 @@ impl Network {
 
     /// Removes every partition rule.
     pub fn heal(&self) -> Result<(), Error> {
-        for host in &self.hosts {
+        for host in self.all_hosts() {
             sh("ip", &["netns", "exec", &host.netns, "iptables", "-w", "-F", "INPUT"])?;
         }
         Ok(())
@@ -262,7 +284,7 @@ impl Network {
             return;
         }
         self.destroyed = true;
-        for host in &self.hosts {
+        for host in self.hosts.iter().chain(&self.spares) {
             remove_netns(&host.netns);
             // Deleting a namespace destroys its veth end asynchronously; deleting the root
             // end now takes the pair down at once, so nothing is left when this returns.

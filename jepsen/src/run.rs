@@ -27,6 +27,11 @@ use crate::rng::Rng;
 pub const LEADER_PATIENCE: Duration = Duration::from_secs(30);
 /// How long the set's final read keeps trying.
 pub const FINAL_READ_PATIENCE: Duration = Duration::from_secs(30);
+/// Gossip mode: how long the leader's membership has after the run to settle on the nodes
+/// still there (removals of killed nodes wait for the grace period).
+pub const MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(15);
+/// Most spare hosts a churning run creates (one per membership window).
+pub const MAX_SPARES: usize = 40;
 
 /// A run failed before it could judge anything.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,8 @@ pub struct Options {
     /// How long clients and nemesis run.
     pub time: Duration,
     pub nodes: usize,
+    /// Static or gossip membership (the membership nemesis needs gossip).
+    pub membership: db::Membership,
     /// Target operations per second over all workers.
     pub rate: f64,
     /// Concurrent workers (default: one per node).
@@ -100,7 +107,25 @@ impl Options {
         if self.time.is_zero() {
             return bad("--time must be more than 0");
         }
+        if self.nemesis.churns() && self.membership != db::Membership::Gossip {
+            return bad(
+                "--nemesis membership stops nodes for good and adds new ones, which a static cluster cannot do: add --membership gossip",
+            );
+        }
+        if self.nemesis.churns() && self.nodes < 3 {
+            return bad("--nemesis membership needs --nodes 3 or more");
+        }
         Ok(())
+    }
+
+    /// Spare hosts for nodes the membership nemesis adds: one per window that can churn.
+    pub fn spares(&self) -> usize {
+        if !self.nemesis.churns() {
+            return 0;
+        }
+        let window = (self.schedule.interval + self.schedule.duration).as_secs_f64().max(1.0);
+        let windows = (self.time.as_secs_f64() / window).ceil() as usize + 1;
+        windows.min(MAX_SPARES).min(net::MAX_NODES - self.nodes)
     }
 }
 
@@ -135,7 +160,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     std::fs::create_dir_all(&data_root).map_err(io)?;
     tracing::info!(run = %run_id, dir = %dir.display(), binary = %binary.display(), seed = options.seed, "run starts");
 
-    let mut network = Network::create(&run_id, options.nodes)?;
+    let mut network = Network::create_with_spares(&run_id, options.nodes, options.spares())?;
     let mut database = Db::start(
         &network,
         db::Options {
@@ -143,6 +168,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             data_root: data_root.clone(),
             log_dir: dir.clone(),
             env: options.node_env.clone(),
+            membership: options.membership,
         },
     )?;
     let leader = database.wait_for_leader(LEADER_PATIENCE).await?;
@@ -150,8 +176,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
 
     let recorder = Recorder::create(&dir.join("history.jsonl"))?;
     let mut rng = Rng::new(options.seed);
-    let addrs = database.addrs();
-    let node_ids: Vec<u64> = database.nodes().iter().map(|n| n.id).collect();
+    let roster = database.roster();
     let client_options = client::Options {
         workload: options.workload,
         reads: options.reads,
@@ -165,8 +190,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             let w = client::Worker::new(
                 id,
                 options.workers as u64,
-                &addrs,
-                node_ids.clone(),
+                roster.clone(),
                 rng.fork(),
                 recorder.clone(),
                 client_options.clone(),
@@ -186,9 +210,13 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         if let Err(e) = database.wait_for_leader(LEADER_PATIENCE).await {
             tracing::warn!(error = %e, "no leader after healing; the final read may fail");
         }
-        client::read_all(&addrs, &node_ids, &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
+        client::read_all(&roster.live(), &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
     }
     let events = recorder.snapshot();
+    let final_members = match options.membership {
+        db::Membership::Static => serde_json::Value::Null,
+        db::Membership::Gossip => final_members(&database).await,
+    };
 
     database.stop_all();
     drop(database);
@@ -203,11 +231,12 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     let count = |ty| ops.iter().filter(|o| o.ty == ty).count();
     let windows = crate::history::windows(&events).len();
     let summary = format!(
-        "{validity}: {} under {} for {:.0}s on {} nodes (reads {:?}): {} ops ({} ok, {} fail, {} info), {} nemesis windows; {}",
+        "{validity}: {} under {} for {:.0}s on {} nodes ({:?} membership, reads {:?}): {} ops ({} ok, {} fail, {} info), {} nemesis windows; {}",
         options.workload.name(),
         options.nemesis.name(),
         options.time.as_secs_f64(),
         options.nodes,
+        options.membership,
         options.reads,
         ops.len(),
         count(Type::Ok),
@@ -227,10 +256,36 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         "keys": options.keys, "seed": options.seed, "run": run_id,
         "interval_s": options.schedule.interval.as_secs_f64(), "duration_s": options.schedule.duration.as_secs_f64(),
         "weft_bin": binary.display().to_string(),
+        "membership": format!("{:?}", options.membership).to_lowercase(),
+        "final_members": final_members,
     });
     crate::report::write(&dir, &events, &verdicts, described, &summary)?;
     if !options.keep_data {
         let _ = std::fs::remove_dir_all(&data_root);
     }
     Ok(Outcome { dir, verdicts, validity, summary })
+}
+
+/// Gossip mode: the leader's membership once it settles on the nodes still there (or after
+/// [`MEMBERSHIP_PATIENCE`]), as `{settled, leader, members: [{id, role, voter, gossip}], gone}`.
+async fn final_members(db: &Db) -> serde_json::Value {
+    let want = db.member_ids();
+    let gone: Vec<u64> = db.nodes().iter().filter(|n| n.is_gone()).map(|n| n.id).collect();
+    let Some(status) = db.wait_for_membership(MEMBERSHIP_PATIENCE).await else {
+        tracing::warn!("no leader answered Cluster.Status after the run");
+        return json!({ "settled": false, "expected": want, "gone": gone });
+    };
+    let members: Vec<serde_json::Value> = status
+        .members
+        .iter()
+        .map(|m| json!({ "id": m.id, "role": m.role, "voter": m.voter, "gossip": m.gossip }))
+        .collect();
+    let mut have: Vec<u64> =
+        status.members.iter().filter(|m| m.role != "not a member").map(|m| m.id).collect();
+    have.sort();
+    let settled = have == want;
+    if !settled {
+        tracing::warn!(?have, ?want, "the membership had not settled on the nodes still there");
+    }
+    json!({ "settled": settled, "leader": status.leader_id, "members": members, "expected": want, "gone": gone })
 }

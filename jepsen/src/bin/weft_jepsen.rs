@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use weft_jepsen::checker::{self, Validity};
 use weft_jepsen::client::{Reads, Workload};
+use weft_jepsen::db::Membership;
 use weft_jepsen::nemesis::{Schedule, Spec};
 use weft_jepsen::{history, net, run};
 
@@ -59,7 +60,8 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "register")]
     workload: Workload,
     /// Faults, comma-separated (one chosen per window); join with '+' to combine:
-    /// none, all, kill, pause, partition(-halves), partition-leader, partition-ring, partition-bridge.
+    /// none, all, kill, pause, partition(-halves), partition-leader, partition-ring, partition-bridge,
+    /// membership (with --membership gossip).
     #[arg(long, default_value = "kill,partition-halves")]
     nemesis: String,
     /// Seconds of client operations and faults.
@@ -68,6 +70,10 @@ struct RunArgs {
     /// Number of weft nodes (each in its own network namespace).
     #[arg(long, default_value_t = 5)]
     nodes: usize,
+    /// How the nodes form their cluster: static (--initial-members) or gossip (--seeds,
+    /// --bootstrap-expect; needed by the membership nemesis).
+    #[arg(long, value_enum, default_value = "static")]
+    membership: Membership,
     /// Target operations per second over all workers.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
@@ -153,6 +159,7 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
         },
         time: Duration::from_secs(a.time),
         nodes: a.nodes,
+        membership: a.membership,
         rate: a.rate,
         workers: a.workers.unwrap_or(a.nodes),
         reads: a.reads,

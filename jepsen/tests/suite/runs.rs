@@ -124,3 +124,73 @@ fn an_interrupted_run_removes_its_nodes_namespaces_and_links() {
     let ps = Command::new("pgrep").args(["-f", &format!("wj-{run}-")]).output().unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "node processes left behind");
 }
+
+#[test]
+fn membership_churn_removes_and_adds_nodes_and_the_register_stays_linearizable() {
+    init_tracing();
+    let store = tempfile::tempdir().unwrap();
+    tracing::info!("phase: without gossip mode the nemesis is refused, naming the flag");
+    let out = jepsen()
+        .args(["--nemesis", "membership", "--time", "5"])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--membership gossip"));
+
+    tracing::info!("phase: 25 s of register under churn, a node out and one in every 6 s");
+    let out = jepsen()
+        .args(["--workload", "register", "--membership", "gossip", "--nemesis", "membership"])
+        .args(["--time", "25", "--interval", "2", "--fault-duration", "4", "--rate", "60", "--seed", "5"])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let dir = report_dir(&stdout);
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["verdicts"][0]["validity"], "valid");
+
+    tracing::info!("phase: the history names nodes removed and added");
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    let nemesis: Vec<serde_json::Value> = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["f"]["nemesis"]["name"] == "membership")
+        .collect();
+    let detail = |e: &serde_json::Value| e["f"]["nemesis"]["detail"].as_str().unwrap_or_default().to_string();
+    assert!(nemesis.iter().any(|e| detail(e).starts_with("removed")), "no node removed: {nemesis:?}");
+    assert!(nemesis.iter().any(|e| detail(e).starts_with("added")), "no node added: {nemesis:?}");
+
+    tracing::info!(
+        "phase: the leader's final membership left the removed nodes out and took the new ones in"
+    );
+    let fm = &results["options"]["final_members"];
+    let ids = |k: &str| fm[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>();
+    let members: Vec<u64> = fm["members"]
+        .as_array()
+        .expect("a final Cluster.Status")
+        .iter()
+        .filter(|m| m["role"] != "not a member")
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(!ids("gone").is_empty() && ids("gone").iter().all(|g| !members.contains(g)), "{fm}");
+    assert!(members.iter().any(|m| *m > 5), "no added node is a member: {fm}");
+    let on_new_nodes = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "ok" && e["node"].as_u64().is_some_and(|n| n > 5))
+        .count();
+    assert!(on_new_nodes > 0, "no operation was served by an added node");
+
+    tracing::info!("phase: nothing of the run is left");
+    let run = results["options"]["run"].as_str().unwrap();
+    assert!(namespaces_of(run).is_empty(), "namespaces left: {:?}", namespaces_of(run));
+    assert!(links_of(run).is_empty(), "links left: {:?}", links_of(run));
+    let ps = Command::new("pgrep").args(["-f", &format!("wj-{run}-")]).output().unwrap();
+    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "node processes left behind");
+}
