@@ -14,7 +14,9 @@
 //! 3. remove a learner that has been down for the grace period (or left);
 //! 4. add a new alive node as a learner;
 //! 5. point Raft at a member's new address when gossip sees it alive elsewhere;
-//! 6. promote caught-up learners while the voters are below the target.
+//! 6. promote caught-up learners while the voters are below the target;
+//! 7. above the target, never keep an even number of voters: demote one to a learner (four
+//!    voters tolerate no more failures than three, and a 2/2 split stops them).
 //!
 //! Gossip alone never removes or adds a node: before a removal the driver asks the node over
 //! TCP and keeps it if it answers (its UDP may be blocked), and before an addition it checks
@@ -91,6 +93,8 @@ pub enum Change {
     Promote { ids: BTreeSet<NodeId>, voters: BTreeSet<NodeId> },
     /// A member is alive at another address than Raft knows: point Raft there.
     UpdateAddress { id: NodeId, addr: String },
+    /// Make voter `id` a learner: the voters become `voters` (an odd number).
+    Demote { id: NodeId, voters: BTreeSet<NodeId> },
 }
 
 /// A node that announced its leave still runs for this long (it waits for its removal), so
@@ -188,6 +192,15 @@ pub fn plan(inputs: &Inputs<'_>, options: &Options) -> Option<Change> {
             && id != inputs.leader
         {
             return Some(Change::UpdateAddress { id, addr: m.addr.to_string() });
+        }
+    }
+    if inputs.voters.len() > options.target_voters && inputs.voters.len().is_multiple_of(2) {
+        // The highest id that is not the leader: deterministic, so leaders agree.
+        if let Some(&id) = inputs.voters.iter().rev().find(|v| **v != inputs.leader) {
+            let voters: BTreeSet<NodeId> = inputs.voters.iter().copied().filter(|v| *v != id).collect();
+            if inputs.safe(&voters) {
+                return Some(Change::Demote { id, voters });
+            }
         }
     }
     if inputs.voters.len() < options.target_voters && !healthy_learners.is_empty() {
@@ -413,7 +426,7 @@ async fn apply(raft: &Raft, change: &Change) -> Result<(), String> {
         Change::FinishJoint { voters } | Change::ReplaceVoter { voters, .. } => {
             raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false).await
         }
-        Change::Promote { voters, .. } => {
+        Change::Promote { voters, .. } | Change::Demote { voters, .. } => {
             raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true).await
         }
         Change::RemoveLearner { id } => {
@@ -634,6 +647,24 @@ mod tests {
         assert_eq!(w.plan(), Some(Change::UpdateAddress { id: 2, addr: "127.0.0.1:7402".into() }));
         w.addrs.insert(2, "node-2.example:7402".into());
         assert_eq!(w.plan(), None, "host names are left alone");
+    }
+
+    #[test]
+    fn above_the_target_an_even_count_of_voters_is_made_odd() {
+        // Five founders (bootstrap-expect 5, voters 3); one leaves: four voters remain.
+        let mut w = World::new(&[1, 2, 3, 4, 5], &[]);
+        w.set(5, Health::Left, Duration::ZERO);
+        assert_eq!(
+            w.plan(),
+            Some(Change::ReplaceVoter { remove: 5, promote: None, voters: set(&[1, 2, 3, 4]) })
+        );
+        let mut w = World::new(&[1, 2, 3, 4], &[]);
+        assert_eq!(w.plan(), Some(Change::Demote { id: 4, voters: set(&[1, 2, 3]) }));
+        w.set(4, Health::Down, Duration::ZERO);
+        w.set(3, Health::Down, Duration::ZERO);
+        assert_eq!(w.plan(), None, "two of four down: no change can commit");
+        let w = World::new(&[1, 2], &[]);
+        assert_eq!(w.plan(), None, "below the target an even count waits for learners");
     }
 
     #[test]
