@@ -5,29 +5,40 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn leader_kill9_loses_no_acknowledged_write() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let members = members_of(&addrs);
-    let mut procs: Vec<Process> = (1..=3u64)
+/// `weft node` processes, one per address, forming a static cluster `cluster` under `dir`.
+fn static_cluster(
+    dir: &std::path::Path,
+    cluster: &str,
+    addrs: &[String],
+    env: &[(&str, &str)],
+) -> Vec<Process> {
+    let members = members_of(addrs);
+    (1..=addrs.len() as u64)
         .map(|id| {
             let args = vec![
                 "--node-id".into(),
                 id.to_string(),
                 "--cluster".into(),
-                "kill9".into(),
+                cluster.into(),
                 "--listen".into(),
                 addrs[id as usize - 1].clone(),
                 "--initial-members".into(),
                 members.clone(),
                 "--data-dir".into(),
-                dir.path().join(format!("n{id}")).display().to_string(),
+                dir.join(format!("n{id}")).display().to_string(),
             ];
-            Process::spawn(args, dir.path().join(format!("n{id}.log"))).unwrap()
+            let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Process::spawn_with_env(args, env, dir.join(format!("n{id}.log"))).unwrap()
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill9_loses_no_acknowledged_write() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let mut procs = static_cluster(dir.path(), "kill9", &addrs, &[]);
     let leader = wait_for_leader_at(&addrs).await;
     tracing::info!(leader, "phase: three weft processes up; writers on every node");
     let writers = Writers::start(&addrs, "shared/k9");
@@ -75,26 +86,8 @@ async fn a_write_forwarded_to_a_frozen_leader_ends_when_a_new_leader_is_elected(
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let members = members_of(&addrs);
-    let mut procs: Vec<Process> = (1..=3u64)
-        .map(|id| {
-            let args = vec![
-                "--node-id".into(),
-                id.to_string(),
-                "--cluster".into(),
-                "frozen".into(),
-                "--listen".into(),
-                addrs[id as usize - 1].clone(),
-                "--initial-members".into(),
-                members.clone(),
-                "--data-dir".into(),
-                dir.path().join(format!("n{id}")).display().to_string(),
-            ];
-            // Far longer than an election: only a leader change can end the call early.
-            let env = vec![("WEFT_REQUEST_TIMEOUT_MS".into(), "60000".into())];
-            Process::spawn_with_env(args, env, dir.path().join(format!("n{id}.log"))).unwrap()
-        })
-        .collect();
+    // Far longer than an election: only a leader change can end the call early.
+    let procs = static_cluster(dir.path(), "frozen", &addrs, &[("WEFT_REQUEST_TIMEOUT_MS", "60000")]);
     let leader = wait_for_leader_at(&addrs).await;
     let follower = (1..=3u64).find(|id| *id != leader).unwrap();
     let follower_addr = addrs[follower as usize - 1].clone();
