@@ -155,10 +155,11 @@ impl Node {
             },
         );
         let mode = config.join_mode()?;
+        let members = config.members()?;
         let mut seeds = config.seed_list()?;
-        for m in config.members()? {
+        for m in &members {
             if m.id != config.node_id && !seeds.contains(&m.addr) {
-                seeds.push(m.addr);
+                seeds.push(m.addr.clone());
             }
         }
         let generation = std::time::SystemTime::now()
@@ -197,7 +198,7 @@ impl Node {
         tasks.spawn(membership::election_guard::run(raft.clone(), gossip.clone(), shutdown.clone()));
         // A static cluster keeps as many voters as it was formed with (at least `voters`).
         let target_voters = match mode {
-            bootstrap::Mode::Static => (config.voters as usize).max(config.members()?.len()),
+            bootstrap::Mode::Static => (config.voters as usize).max(members.len()),
             _ => config.voters as usize,
         };
         tasks.spawn(reconciler::run(
@@ -253,7 +254,6 @@ impl Node {
             }
         });
 
-        let members = config.members()?;
         let mut node = Self {
             id: config.node_id,
             addr,

@@ -53,11 +53,6 @@ impl ClusterService {
         }
     }
 
-    fn gossip_word(&self, id: u64) -> String {
-        let view = self.ctx.membership.gossip.view();
-        view.members.get(&id).map_or("unknown", |m| m.health.as_str()).to_owned()
-    }
-
     async fn ask(&self, addr: &str) -> Option<pb::NodeStatusReply> {
         let channel = self.ctx.channel(addr).ok()?;
         let mut req = Request::new(pb::StatusRequest {});
@@ -80,12 +75,14 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
         .await;
         let newest = reports.iter().flatten().filter_map(|r| r.last_log_index).max().unwrap_or(0);
+        let view = self.ctx.membership.gossip.view();
+        let gossip_word = |id: u64| view.members.get(&id).map_or("unknown", |m| m.health.as_str()).to_owned();
         let mut members: Vec<pb::Member> = nodes
             .into_iter()
             .zip(reports)
             .map(|((id, address), report)| {
                 let voter = voters.contains(&id);
-                let gossip = self.gossip_word(id);
+                let gossip = gossip_word(id);
                 match report {
                     Some(r) => pb::Member {
                         id,
@@ -113,7 +110,6 @@ impl pb::cluster_server::Cluster for ClusterService {
             })
             .collect();
         // Nodes gossip knows that are not (yet, or no longer) in the Raft membership.
-        let view = self.ctx.membership.gossip.view();
         for (id, m) in &view.members {
             if *id != 0 && !members.iter().any(|x| x.id == *id) {
                 members.push(pb::Member {

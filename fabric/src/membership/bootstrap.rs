@@ -217,8 +217,7 @@ async fn step(state: &State, raft: &Raft, gossip: &gossip::Handle, started: Inst
             return Err(format!("waiting for seeds to answer (none has for {} s)", waited.as_secs()));
         }
     }
-    let up: Vec<(NodeId, SocketAddr)> =
-        view.members.iter().filter(|(_, m)| m.health.is_up()).map(|(id, m)| (*id, m.addr)).collect();
+    let up: Vec<(NodeId, SocketAddr)> = view.up().collect();
     // Anyone already in a cluster? Then we join it: its leader adds us as a learner. Who may
     // found a new one? Only nodes that expect to (join-only nodes never initialize).
     let statuses = futures::future::join_all(

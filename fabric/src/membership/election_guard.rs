@@ -84,8 +84,7 @@ async fn decide(raft: &Raft, gossip: &gossip::Handle, me: NodeId, started: Insta
         return Some(true);
     }
     let view = gossip.view();
-    let peers: Vec<_> =
-        view.members.iter().filter(|(id, m)| **id != me && m.health.is_up()).map(|(_, m)| m.addr).collect();
+    let peers: Vec<_> = view.up().filter(|(id, _)| *id != me).map(|(_, addr)| addr).collect();
     if peers.is_empty() {
         return (started.elapsed() >= QUIET_START).then_some(true);
     }

@@ -195,9 +195,9 @@ pub struct View {
 }
 
 impl View {
-    /// Ids of members that are up (alive or suspect), this node included.
-    pub fn up_ids(&self) -> Vec<NodeId> {
-        self.members.iter().filter(|(_, m)| m.health.is_up()).map(|(id, _)| *id).collect()
+    /// Members that are up (alive or suspect), this node included, by id.
+    pub fn up(&self) -> impl Iterator<Item = (NodeId, SocketAddr)> + '_ {
+        self.members.iter().filter(|(_, m)| m.health.is_up()).map(|(id, m)| (*id, m.addr))
     }
 }
 
@@ -233,11 +233,6 @@ impl Handle {
     /// The current view.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
-    }
-
-    /// A receiver that wakes on every view change.
-    pub fn watch(&self) -> watch::Receiver<View> {
-        self.view.clone()
     }
 
     /// Traffic counters.
@@ -467,9 +462,7 @@ impl Service {
             self.timer_seq += 1;
             self.timers.insert((now + after, self.timer_seq), timer);
         }
-        let mut changed = false;
         while let Some(notification) = self.runtime.to_notify() {
-            changed = true;
             match notification {
                 OwnedNotification::MemberUp(p) => {
                     tracing::info!(node_id = p.id, addr = %p.addr, "gossip: member up")
@@ -491,25 +484,9 @@ impl Service {
                 _ => {}
             }
         }
-        if changed || self.foca.num_members() != self.view_tx.borrow().members.len().saturating_sub(1) {
-            self.publish(now);
-        } else {
-            // Suspicions change no notification: compare states cheaply.
-            let differs = self.foca.iter_membership_state().any(|m| {
-                let p = m.id();
-                // Seed placeholders are never shown; an older identity of a node is
-                // superseded by its newer one in the view.
-                p.id != 0
-                    && self.view_tx.borrow().members.get(&p.id).is_none_or(|v| {
-                        v.generation == p.generation
-                            && (v.health != health_of(p, m.state()) || v.incarnation != m.incarnation())
-                            || v.generation < p.generation
-                    })
-            });
-            if differs {
-                self.publish(now);
-            }
-        }
+        // Suspicions raise no notification, so the view is rebuilt after every event; it is
+        // a few dozen entries, and watchers are woken only when it changed.
+        self.publish(now);
         if self.runtime.backlog() > 0 {
             tracing::debug!(backlog = self.runtime.backlog(), "gossip runtime backlog left");
         }
@@ -523,7 +500,7 @@ impl Service {
             self.seed_retry = SEED_RETRY_MIN;
         }
         self.view_tx.send_if_modified(|view| {
-            let before = view.clone();
+            let before = &*view;
             let mut members: BTreeMap<NodeId, MemberView> = BTreeMap::new();
             let mut add = |id: NodeId, addr, health, incarnation, generation| {
                 if members.len() >= MAX_VIEW_MEMBERS && !members.contains_key(&id) {
@@ -551,7 +528,7 @@ impl Service {
                 _ => None,
             };
             let next = View { members, seeds_silent_since };
-            if next == before {
+            if next == *before {
                 return false;
             }
             *view = next;
