@@ -133,6 +133,28 @@ fn shade(events: &[Event]) -> Vec<(f64, f64, String)> {
         .collect()
 }
 
+/// A chart's frame: margins, label areas and (with a font) its caption.
+fn chart_builder<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    text: bool,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    let (x_area, y_area) = if text { (40, 60) } else { (5, 5) };
+    builder.margin(15).x_label_area_size(x_area).y_label_area_size(y_area);
+    if text {
+        builder.caption(caption, ("sans-serif", 20));
+    }
+    builder
+}
+
+/// The legend box of a chart whose series carry labels.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()
+}
+
 /// Latency of each completed operation (ms, log scale) against its invoke time.
 pub fn plot_latency(path: &Path, events: &[Event]) -> Result<(), Error> {
     let err = plot_err(path);
@@ -149,15 +171,7 @@ pub fn plot_latency(path: &Path, events: &[Event]) -> Result<(), Error> {
     let y_max = points.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.5;
     let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let mut builder = ChartBuilder::on(&root);
-    builder.margin(15).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text {
-        60
-    } else {
-        5
-    });
-    if text {
-        builder.caption("latency by operation outcome (nemesis windows shaded)", ("sans-serif", 20));
-    }
+    let mut builder = chart_builder(&root, text, "latency by operation outcome (nemesis windows shaded)");
     let mut chart = builder
         .build_cartesian_2d(0f64..x_max, (0.01f64..y_max).log_scale())
         .map_err(|e| err(e.to_string()))?;
@@ -187,12 +201,7 @@ pub fn plot_latency(path: &Path, events: &[Event]) -> Result<(), Error> {
         }
     }
     if text {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        draw_legend(&mut chart).map_err(|e| err(e.to_string()))?;
     }
     root.present().map_err(|e| err(e.to_string()))
 }
@@ -218,15 +227,8 @@ pub fn plot_throughput(path: &Path, events: &[Event]) -> Result<(), Error> {
     let y_max = counts.iter().flatten().copied().max().unwrap_or(1).max(1) as f64 * 1.2;
     let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let mut builder = ChartBuilder::on(&root);
-    builder.margin(15).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text {
-        60
-    } else {
-        5
-    });
-    if text {
-        builder.caption("throughput: completions per second (nemesis windows shaded)", ("sans-serif", 20));
-    }
+    let mut builder =
+        chart_builder(&root, text, "throughput: completions per second (nemesis windows shaded)");
     let mut chart = builder.build_cartesian_2d(0f64..x_max, 0f64..y_max).map_err(|e| err(e.to_string()))?;
     let mut mesh = chart.configure_mesh();
     if text {
@@ -257,12 +259,7 @@ pub fn plot_throughput(path: &Path, events: &[Event]) -> Result<(), Error> {
         }
     }
     if text {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        draw_legend(&mut chart).map_err(|e| err(e.to_string()))?;
     }
     root.present().map_err(|e| err(e.to_string()))
 }
