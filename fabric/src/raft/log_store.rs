@@ -95,8 +95,10 @@ impl LogStore {
         let flusher = durable.clone();
         // A thread of its own: a flush is blocking I/O, and doing it here saves two thread
         // hand-offs per append (sled's I/O thread and tokio's blocking pool).
+        let lock_file = dir.join("db");
         std::thread::Builder::new().name("weft-log-flush".into()).spawn(move || {
             flush_loop(flusher, rx);
+            wait_for_release(&lock_file);
             let _ = closed_tx.send(true);
         })?;
         Ok(Self { tree, durable, flusher: tx, closed: Closed(closed_rx) })
@@ -192,6 +194,32 @@ fn flush_loop(durable: Durable, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) 
     }
     if let Err(e) = durable.flush_blocking() {
         tracing::error!(error = %e, "final flush of the Raft log failed");
+    }
+}
+
+/// How long [`Closed`] waits, after the last handle is dropped, for sled's background
+/// threads to let go of the database's file lock.
+const MAX_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until sled's lock on `lock_file` is free. Dropping the last `Db` does not release it
+/// at once: jobs sled handed to its own thread pool still hold the file, and opening the
+/// directory again in that window fails with "could not acquire lock". sled locks with
+/// `flock`, which conflicts between two opens of one file even in one process, so taking the
+/// lock here (and dropping it) proves the database is released.
+fn wait_for_release(lock_file: &Path) {
+    let deadline = std::time::Instant::now() + MAX_RELEASE_WAIT;
+    loop {
+        let Ok(file) = std::fs::File::open(lock_file) else { return };
+        match file.try_lock() {
+            Ok(()) => return,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the Raft log's file lock is still held after close");
+                return;
+            }
+        }
     }
 }
 
