@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/cluster/v1/raft.proto",
         "proto/weft/fabric/v1/state.proto",
         "proto/weft/fabric/v1/cluster.proto",
+        "proto/weft/fabric/v1/executions.proto",
+        "proto/weft/cluster/v1/forward.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");

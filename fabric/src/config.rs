@@ -128,6 +128,31 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// How often the leader checks for expired keys and proposes their removal.
     pub ttl_check_interval_ms: u64,
+
+    /// Largest execution payload: arguments, a result, an error message.
+    pub max_payload_bytes: usize,
+    /// Most effects (state writes, new executions) one completion may carry.
+    pub max_effects: usize,
+    /// How long a finished execution (its result, and its idempotency key) is kept. Creating
+    /// again with the same key within this time returns the same execution.
+    pub execution_retention_ms: u64,
+    /// Most times an execution is delivered to a session before it fails as undeliverable
+    /// (sessions that keep dying while they hold it; a crash loop).
+    pub max_deliveries: u32,
+    /// Most executions stored in the cluster, finished ones within their retention included;
+    /// creating more is refused (RESOURCE_EXHAUSTED). Each costs memory on every node.
+    pub max_executions: usize,
+    /// Most live agent sessions in the cluster.
+    pub max_sessions: usize,
+    /// Most executions one session may hold at once (the capacity it may declare).
+    pub max_session_capacity: u32,
+    /// A session that sends nothing (the SDK sends heartbeats) for this long is closed, and
+    /// what it held goes back to pending.
+    pub session_timeout_ms: u64,
+    /// Most callers that may wait on this node for results at once.
+    pub max_waiters: usize,
+    /// Longest a caller may wait for a result in one call.
+    pub max_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -169,6 +194,16 @@ impl Default for Config {
             max_inflight_batches: 2,
             request_timeout_ms: 5_000,
             ttl_check_interval_ms: 250,
+            max_payload_bytes: limits.max_payload_bytes,
+            max_effects: limits.max_effects,
+            execution_retention_ms: 900_000,
+            max_deliveries: 50,
+            max_executions: 1_000_000,
+            max_sessions: 10_000,
+            max_session_capacity: 10_000,
+            session_timeout_ms: 10_000,
+            max_waiters: 100_000,
+            max_wait_ms: 600_000,
         }
     }
 }
@@ -335,6 +370,11 @@ impl Config {
             ("snapshot_chunk_timeout_ms", self.snapshot_chunk_timeout_ms),
             ("request_timeout_ms", self.request_timeout_ms),
             ("ttl_check_interval_ms", self.ttl_check_interval_ms),
+            ("execution_retention_ms", self.execution_retention_ms),
+            ("session_timeout_ms", self.session_timeout_ms),
+            ("max_wait_ms", self.max_wait_ms),
+            ("max_deliveries", u64::from(self.max_deliveries)),
+            ("max_session_capacity", u64::from(self.max_session_capacity)),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be more than 0"));
@@ -349,17 +389,24 @@ impl Config {
             ("max_batch_bytes", self.max_batch_bytes),
             ("max_inflight_batches", self.max_inflight_batches),
             ("max_append_bytes", self.max_append_bytes),
+            ("max_payload_bytes", self.max_payload_bytes),
+            ("max_executions", self.max_executions),
+            ("max_sessions", self.max_sessions),
+            ("max_waiters", self.max_waiters),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be more than 0"));
             }
         }
-        // A request carries a key, a value and a little framing.
-        let largest_request = self.max_value_bytes + self.max_key_bytes + 4096;
+        // A request carries a key, a value (or a payload) and a little framing.
+        let largest_request = self.max_value_bytes.max(self.max_payload_bytes) + self.max_key_bytes + 4096;
         if self.max_message_bytes < largest_request {
             return Err(invalid(
                 "max_message_bytes",
-                format!("must be at least max_value_bytes + max_key_bytes + 4096 = {largest_request}"),
+                format!(
+                    "must be at least max(max_value_bytes, max_payload_bytes) + max_key_bytes + 4096 = \
+                     {largest_request}"
+                ),
             ));
         }
         let largest_append = (self.max_batch_bytes.max(largest_request) as u64)
@@ -448,12 +495,27 @@ impl Config {
         Ok(t)
     }
 
+    /// The execution and session settings this configuration sets.
+    pub fn work_options(&self) -> crate::api::WorkOptions {
+        crate::api::WorkOptions {
+            execution_retention_ms: self.execution_retention_ms,
+            max_deliveries: self.max_deliveries,
+            max_executions: self.max_executions,
+            max_sessions: self.max_sessions,
+            max_session_capacity: self.max_session_capacity,
+            session_timeout: std::time::Duration::from_millis(self.session_timeout_ms),
+            max_wait: std::time::Duration::from_millis(self.max_wait_ms),
+        }
+    }
+
     /// The grid limits this configuration sets.
     pub fn limits(&self) -> Limits {
         Limits {
             max_value_bytes: self.max_value_bytes,
             max_key_bytes: self.max_key_bytes,
             max_list_page: self.max_list_page,
+            max_payload_bytes: self.max_payload_bytes,
+            max_effects: self.max_effects,
         }
     }
 

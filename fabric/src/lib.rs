@@ -15,7 +15,10 @@
 //! - [`api`]: the agent-facing gRPC services, leader routing, the write batcher, and the one
 //!   place domain errors become `tonic::Status`.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`sessions`]: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
+//! - [`watch`]: the hub applied entries fill: assignments to push, results to wake callers.
 //! - [`codec`]: versioned binary encoding of everything persisted or sent between nodes.
+//! - [`testing`]: in-process clusters on ephemeral ports, for tests of code built on the fabric.
 //! - [`cli`]: the `weft` command line (node, dev, status, state).
 
 pub mod api;
@@ -28,3 +31,6 @@ pub mod http;
 pub mod membership;
 pub mod node;
 pub mod raft;
+pub mod sessions;
+pub mod testing;
+pub mod watch;

@@ -4,6 +4,10 @@
 //!   TCP listen ──┬─ gRPC weft.cluster.v1.Raft    ──► raft (openraft) ─► log_store (sled)
 //!                ├─ gRPC weft.fabric.v1.State    ──► api ─► proposer ─┘   state_machine (grid)
 //!                ├─ gRPC weft.fabric.v1.Cluster
+//!                ├─ gRPC weft.fabric.v1.Executions ─► routing ─► leader's proposer
+//!                │        (Listen: sessions::host) ◄── watch hub ◄── state machine events
+//!                ├─ gRPC weft.fabric.v1.Instances
+//!                ├─ gRPC weft.cluster.v1.Forward   (writes and read indexes from peers)
 //!                └─ HTTP /healthz /readyz /metrics
 //!   UDP listen ──── gossip (foca) ──► membership view ──► bootstrap (no cluster yet)
 //!                                                    └──► reconciler (leader) ──► raft membership
@@ -18,11 +22,17 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use weft_proto::cluster::v1::forward_server::ForwardServer;
 use weft_proto::cluster::v1::raft_server::RaftServer;
 use weft_proto::fabric::v1::cluster_server::ClusterServer;
+use weft_proto::fabric::v1::executions_server::ExecutionsServer;
+use weft_proto::fabric::v1::instances_server::InstancesServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 
 use crate::api::cluster_service::ClusterService;
+use crate::api::execution_service::ExecutionService;
+use crate::api::forward_service::ForwardService;
+use crate::api::instance_service::InstanceService;
 use crate::api::state_service::StateService;
 use crate::api::{self, proposer};
 use crate::config::Config;
@@ -34,6 +44,7 @@ use crate::raft::network::NetworkFactory;
 use crate::raft::raft_service::RaftService;
 use crate::raft::state_machine::{self, StateMachine};
 use crate::raft::{NodeId, Raft};
+use crate::{sessions, watch};
 
 /// A member other than the lowest-id one initializes the cluster itself after this many
 /// election timeouts without hearing from a leader.
@@ -122,7 +133,8 @@ impl Node {
         config.node_id = data_dir.node_id();
         let log_store = LogStore::open(&data_dir.raft_dir())
             .map_err(|source| Error::Log { path: data_dir.raft_dir().display().to_string(), source })?;
-        let state_machine = StateMachine::open(&data_dir.snapshot_dir())?;
+        let hub = watch::Hub::new(config.node_id, config.max_waiters);
+        let state_machine = StateMachine::open(&data_dir.snapshot_dir(), hub.clone())?;
         let applied = state_machine.handle();
 
         let raft_config = Arc::new(config.raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
@@ -226,8 +238,11 @@ impl Node {
             Duration::from_millis(config.request_timeout_ms),
             config.max_message_bytes,
             membership.clone(),
+            hub,
+            config.work_options(),
         );
         tasks.spawn(proposer.run(shutdown.clone()));
+        tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
 
         let grpc = tonic::service::Routes::new(
             RaftServer::new(RaftService::new(raft.clone(), config.cluster.clone(), applied.clone()))
@@ -240,6 +255,21 @@ impl Node {
                 .max_encoding_message_size(config.max_message_bytes),
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(
+            ExecutionsServer::new(ExecutionService::new(ctx.clone(), shutdown.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(
+            InstancesServer::new(InstanceService::new(ctx.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(
+            ForwardServer::new(ForwardService::new(ctx.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
         .into_axum_router();
         let quorum_timeout = Duration::from_millis(2 * config.election_timeout_max_ms);
         let app = grpc.merge(http::router(ctx, quorum_timeout));

@@ -1,8 +1,10 @@
 //! Weft's wire protocol: the protobuf packages and the tonic code generated from them.
 //!
 //! # Layout
-//! - [`cluster::v1`]: node-to-node services (`Raft`: vote, append entries, chunked snapshots).
-//! - [`fabric::v1`]: services for agents, tools and operators (`State`, `Cluster`).
+//! - [`cluster::v1`]: node-to-node services (`Raft`: vote, append entries, chunked snapshots;
+//!   `Forward`: writes handed to the leader, read indexes).
+//! - [`fabric::v1`]: services for agents, tools and operators (`State`, `Cluster`,
+//!   `Executions`, `Instances`).
 //!
 //! The generated types stay at the edge: the fabric converts them to its domain types in one
 //! place (`weft_fabric::api::convert`).

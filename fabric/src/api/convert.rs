@@ -44,3 +44,188 @@ pub fn compare_and_set(req: pb::CompareAndSetRequest) -> Command {
 pub fn is_stale(consistency: i32) -> bool {
     consistency == pb::Consistency::Stale as i32
 }
+
+// ---- executions, sessions, instances ------------------------------------------------------
+
+use crate::grid::execution::{
+    Codec, Completion, Effect, Execution, HandlerError, NewExecution, ParentRef, Payload, RetryPolicy,
+};
+use crate::grid::instance::{Instance, NewInstance};
+use crate::grid::session::AgentSpec;
+use crate::grid::{self, Completed};
+
+use super::WorkOptions;
+
+fn none_if_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// A payload from the protocol. An absent payload is an empty JSON one (no arguments).
+pub fn payload(p: Option<pb::Payload>) -> Result<Payload, grid::Error> {
+    match p {
+        None => Ok(Payload::json(Vec::new())),
+        Some(p) => Ok(Payload { codec: Codec::parse(&p.codec)?, data: p.data }),
+    }
+}
+
+/// A payload as the protocol shows it.
+pub fn pb_payload(p: Payload) -> pb::Payload {
+    pb::Payload { codec: p.codec.as_str().to_owned(), data: p.data }
+}
+
+fn retry(r: pb::RetryPolicy) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: r.max_attempts,
+        initial_backoff_ms: r.initial_backoff_ms,
+        max_backoff_ms: r.max_backoff_ms,
+        multiplier_percent: if r.multiplier_percent == 0 { 200 } else { r.multiplier_percent },
+    }
+}
+
+/// The new execution a create request asks for, with this node's retention and delivery
+/// bound.
+pub fn new_execution(req: pb::CreateExecutionRequest, work: &WorkOptions) -> Result<NewExecution, grid::Error> {
+    let parent = match (req.parent_id, req.parent_token) {
+        (0, _) => None,
+        (id, token) => Some(ParentRef { id, token }),
+    };
+    Ok(NewExecution {
+        agent: req.agent,
+        instance: none_if_empty(req.instance),
+        delegate: req.delegate,
+        payload: payload(req.payload)?,
+        idempotency_key: none_if_empty(req.idempotency_key),
+        timeout_ms: req.timeout_ms,
+        deadline_ms: req.deadline_ms,
+        delay_ms: req.delay_ms,
+        not_before_ms: req.not_before_ms,
+        priority: req.priority,
+        retry: req.retry.map(retry),
+        parent,
+        retention_ms: work.execution_retention_ms,
+        max_deliveries: work.max_deliveries,
+    })
+}
+
+/// An execution as the protocol shows it.
+pub fn pb_execution(e: Execution) -> pb::Execution {
+    let (result, error) = match e.outcome {
+        Some(Ok(p)) => (Some(pb_payload(p)), None),
+        Some(Err(f)) => (None, Some(pb::ExecutionError { kind: f.kind.as_str().to_owned(), message: f.message })),
+        None => (None, None),
+    };
+    pb::Execution {
+        id: e.id,
+        agent: e.agent,
+        instance: e.instance.unwrap_or_default(),
+        delegate: e.delegate,
+        payload: Some(pb_payload(e.payload)),
+        idempotency_key: e.idempotency_key.unwrap_or_default(),
+        status: e.status.as_str().to_owned(),
+        attempts: e.attempts,
+        session_id: e.lease.map_or(0, |l| l.session),
+        created_ms: e.created_ms,
+        deadline_ms: e.deadline_ms,
+        not_before_ms: e.not_before_ms,
+        priority: e.priority,
+        parent_id: e.parent.unwrap_or(0),
+        result,
+        error,
+        finished_ms: e.finished_ms,
+        retry: e.retry.map(|r| pb::RetryPolicy {
+            max_attempts: r.max_attempts,
+            initial_backoff_ms: r.initial_backoff_ms,
+            max_backoff_ms: r.max_backoff_ms,
+            multiplier_percent: r.multiplier_percent,
+        }),
+    }
+}
+
+/// The agents a session's open message declares.
+pub fn agent_specs(specs: Vec<pb::AgentSpec>) -> Vec<AgentSpec> {
+    specs
+        .into_iter()
+        .map(|s| AgentSpec { name: s.name, delegates: s.delegates, concurrent_instances: s.concurrent_instances })
+        .collect()
+}
+
+/// The completion a session reports.
+pub fn completion(c: pb::Completion, work: &WorkOptions) -> Result<Completion, grid::Error> {
+    use pb::completion::Outcome;
+    let outcome = match c.outcome {
+        Some(Outcome::Result(p)) => Ok(payload(Some(p))?),
+        Some(Outcome::Error(e)) => Err(HandlerError { message: e.message, retryable: e.retryable }),
+        None => {
+            return Err(grid::Error::InvalidCompletion { reason: "it has neither a result nor an error".into() });
+        }
+    };
+    let mut effects = Vec::with_capacity(c.effects.len());
+    for effect in c.effects {
+        effects.push(match effect.kind {
+            Some(pb::effect::Kind::State(s)) => match s.value {
+                Some(value) => Effect::Put {
+                    namespace: s.namespace,
+                    key: s.key,
+                    value,
+                    ttl_ms: ttl(s.ttl_ms),
+                    expected_version: s.expected_version,
+                },
+                None => Effect::Delete { namespace: s.namespace, key: s.key, expected_version: s.expected_version },
+            },
+            Some(pb::effect::Kind::Call(req)) => Effect::Call(Box::new(new_execution(req, work)?)),
+            None => return Err(grid::Error::InvalidCompletion { reason: "an effect of no kind".into() }),
+        });
+    }
+    Ok(Completion { execution: c.execution_id, token: c.token, outcome, effects })
+}
+
+/// How a completion was taken, as the protocol shows it.
+pub fn completion_ack(execution_id: u64, result: &Result<grid::Output, super::Error>) -> pb::CompletionAck {
+    let (outcome, error) = match result {
+        Ok(grid::Output::Completion(Completed::Accepted)) => ("accepted", String::new()),
+        Ok(grid::Output::Completion(Completed::Repeated)) => ("repeated", String::new()),
+        Ok(grid::Output::Completion(Completed::Conflict { namespace, key, expected, current })) => (
+            "conflict",
+            format!("{namespace} {key} is at version {current}, not {expected}; nothing applied, it runs again"),
+        ),
+        Ok(grid::Output::Completion(Completed::Retrying { not_before_ms })) => {
+            ("retrying", format!("its retry policy runs it again at {not_before_ms} ms"))
+        }
+        Ok(other) => ("rejected", format!("unexpected answer {other:?}")),
+        Err(e) => ("rejected", e.to_string()),
+    };
+    pb::CompletionAck { execution_id, outcome: outcome.to_owned(), error }
+}
+
+/// The new instance a start request asks for.
+pub fn new_instance(req: pb::StartInstanceRequest, work: &WorkOptions) -> Result<NewInstance, grid::Error> {
+    Ok(NewInstance {
+        agent: req.agent,
+        instance: none_if_empty(req.instance),
+        payload: payload(req.payload)?,
+        idempotency_key: none_if_empty(req.idempotency_key),
+        parent: req.parent.map(|p| (p.agent, p.instance)),
+        retention_ms: work.execution_retention_ms,
+        max_deliveries: work.max_deliveries,
+    })
+}
+
+fn instance_ref((agent, instance): (String, String)) -> pb::InstanceRef {
+    pb::InstanceRef { agent, instance }
+}
+
+/// An instance as the protocol shows it.
+pub fn pb_instance(i: Instance) -> pb::Instance {
+    pb::Instance {
+        agent: i.agent,
+        id: i.id,
+        lifecycle: i.lifecycle.as_str().to_owned(),
+        session_id: i.session.unwrap_or(0),
+        start_result: i.start_result.map(pb_payload),
+        parent: i.parent.map(instance_ref),
+        children: i.children.into_iter().map(instance_ref).collect(),
+        created_ms: i.created_ms,
+        queued: i.queue.len() as u32,
+        running: i.running,
+    }
+}

@@ -10,11 +10,17 @@
 //!                 └──forward (metadata weft-forwarded)──► leader node (never forwards again)
 //! ```
 //!
-//! Domain errors become `tonic::Status` in one place, [`Error::into_status`].
+//! Domain errors become `tonic::Status` in one place, [`Error::into_status`]. The State service
+//! forwards whole requests; the execution and instance services route single grid commands
+//! and read indexes through [`routing`].
 
 pub mod cluster_service;
 pub mod convert;
+pub mod execution_service;
+pub mod forward_service;
+pub mod instance_service;
 pub mod proposer;
+pub mod routing;
 pub mod state_service;
 
 use std::collections::HashMap;
@@ -75,10 +81,29 @@ impl Error {
                 e @ (G::InvalidNamespace { .. }
                 | G::InvalidKey { .. }
                 | G::ValueTooLarge { .. }
-                | G::InvalidPageSize { .. }),
+                | G::InvalidPageSize { .. }
+                | G::InvalidName { .. }
+                | G::InvalidPayload { .. }
+                | G::PayloadTooLarge { .. }
+                | G::InvalidExecution { .. }
+                | G::InvalidSession { .. }
+                | G::InvalidCompletion { .. }),
             ) => tonic::Status::invalid_argument(e.to_string()),
-            Error::Grid(e @ G::VersionMismatch { .. }) => tonic::Status::failed_precondition(e.to_string()),
-            Error::Grid(e @ G::AlreadyExists { .. }) => tonic::Status::already_exists(e.to_string()),
+            Error::Grid(
+                e @ (G::VersionMismatch { .. }
+                | G::ExecutionFinished { .. }
+                | G::StaleLease { .. }
+                | G::InstanceStopping { .. }
+                | G::InstanceClaimed { .. }
+                | G::IdempotencyKeyReused { .. }),
+            ) => tonic::Status::failed_precondition(e.to_string()),
+            Error::Grid(e @ (G::AlreadyExists { .. } | G::InstanceExists { .. })) => {
+                tonic::Status::already_exists(e.to_string())
+            }
+            Error::Grid(e @ (G::UnknownExecution { .. } | G::UnknownSession { .. } | G::UnknownInstance { .. })) => {
+                tonic::Status::not_found(e.to_string())
+            }
+            Error::Grid(e @ G::TooMany { .. }) => tonic::Status::resource_exhausted(e.to_string()),
             Error::NotLeader { leader } => {
                 let message = match &leader {
                     Some(addr) => {
@@ -144,7 +169,30 @@ pub struct Context {
     pub counters: Arc<Counters>,
     /// Gossip view and join state.
     pub membership: crate::membership::Handle,
+    /// Where applied entries' events arrive: assignments to push, results to wait for.
+    pub hub: crate::watch::Hub,
+    /// Settings of executions and sessions.
+    pub work: WorkOptions,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+/// Settings of executions and sessions, from the node's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkOptions {
+    /// How long a finished execution is kept.
+    pub execution_retention_ms: u64,
+    /// Deliveries before an execution fails as undeliverable.
+    pub max_deliveries: u32,
+    /// Most executions stored.
+    pub max_executions: usize,
+    /// Most live sessions.
+    pub max_sessions: usize,
+    /// Most executions one session may hold.
+    pub max_session_capacity: u32,
+    /// A silent session is closed after this long.
+    pub session_timeout: Duration,
+    /// Longest wait for a result in one call.
+    pub max_wait: Duration,
 }
 
 /// Most distinct peer addresses whose channels are cached for forwarding.
@@ -163,6 +211,8 @@ impl Context {
         request_timeout: Duration,
         max_message_bytes: usize,
         membership: crate::membership::Handle,
+        hub: crate::watch::Hub,
+        work: WorkOptions,
     ) -> Self {
         Self {
             node_id,
@@ -175,6 +225,8 @@ impl Context {
             max_message_bytes,
             counters: Arc::default(),
             membership,
+            hub,
+            work,
             channels: Arc::default(),
         }
     }
@@ -266,6 +318,17 @@ impl Context {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Pause between attempts while a leader is being elected.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// A failure to connect: the request never left this node.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (status.message().contains("tcp connect error")
+            || status.message().contains("Connection refused")
+            || status.message().contains("error trying to connect"))
 }
 
 /// Whether a status from a forwarded call says the request was certainly not applied.

@@ -6,8 +6,9 @@
 //! `max_inflight_batches` entries replicate at once. One fsync'd append then carries many
 //! clients' writes.
 //!
-//! The loop also expires keys: when the grid's next expiry has passed by the leader's clock, it
-//! proposes `Command::Expire`, so expiry is an ordinary replicated entry.
+//! The loop also expires keys and fires execution timers: when the grid's next expiry (or
+//! delay, deadline, lease, retention) has passed by the leader's clock, it proposes
+//! `Command::Expire` (or `Command::Tick`), so time passing is an ordinary replicated entry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,11 @@ use crate::raft::{NodeId, Raft, Request};
 
 /// Most keys one expiry entry removes; the next check proposes another for the rest.
 pub const MAX_EXPIRED_PER_ENTRY: u64 = 10_000;
+/// Most execution timers one tick entry fires; the next check proposes another.
+pub const MAX_TIMERS_PER_ENTRY: u64 = 10_000;
+/// How often the leader looks for due execution timers (delays, retries' back-off,
+/// deadlines, leases): the precision of those timers.
+pub const TIMER_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Sizes of the proposer's queue and batches.
 #[derive(Debug, Clone, Copy)]
@@ -73,12 +79,39 @@ impl Handle {
 
 /// An estimate of a command's encoded size (payload plus a little framing), for batching.
 fn command_bytes(command: &Command) -> usize {
+    use crate::grid::execution::Effect;
     match command {
         Command::Put { namespace, key, value, .. } | Command::CompareAndSet { namespace, key, value, .. } => {
             namespace.len() + key.len() + value.len() + 32
         }
         Command::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
-        Command::Expire { .. } | Command::SetClusterUid { .. } => 16,
+        Command::CreateExecution(new) => new.payload.data.len() + new.agent.len() + new.delegate.len() + 96,
+        Command::StartInstance(new) => new.payload.data.len() + new.agent.len() + 96,
+        Command::Complete(c) => {
+            let result = match &c.outcome {
+                Ok(p) => p.data.len(),
+                Err(e) => e.message.len(),
+            };
+            let effects: usize = c
+                .effects
+                .iter()
+                .map(|e| match e {
+                    Effect::Put { namespace, key, value, .. } => namespace.len() + key.len() + value.len() + 32,
+                    Effect::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
+                    Effect::Call(new) => new.payload.data.len() + new.agent.len() + new.delegate.len() + 96,
+                })
+                .sum();
+            result + effects + 32
+        }
+        Command::OpenSession(new) => 64 + new.agents.iter().map(|a| a.name.len() + 16).sum::<usize>(),
+        Command::CloseSession { reason, .. } | Command::Cancel { reason, .. } => reason.len() + 16,
+        Command::StopInstance { agent, instance } => agent.len() + instance.len() + 16,
+        Command::Expire { .. }
+        | Command::SetClusterUid { .. }
+        | Command::Renew { .. }
+        | Command::GiveBack { .. }
+        | Command::DrainSession { .. }
+        | Command::Tick { .. } => 16,
     }
 }
 
@@ -112,8 +145,11 @@ impl Service {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let inflight = Arc::new(Semaphore::new(self.options.max_inflight_batches));
         let expiring = Arc::new(AtomicBool::new(false));
+        let ticking = Arc::new(AtomicBool::new(false));
         let mut ttl_tick = tokio::time::interval(self.options.ttl_check_interval);
         ttl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut timer_tick = tokio::time::interval(TIMER_CHECK_INTERVAL);
+        timer_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut carry: Option<Proposal> = None;
         loop {
             let first = match carry.take() {
@@ -123,6 +159,10 @@ impl Service {
                     _ = shutdown.cancelled() => break,
                     _ = ttl_tick.tick() => {
                         self.maybe_expire(&expiring);
+                        continue;
+                    }
+                    _ = timer_tick.tick() => {
+                        self.maybe_tick(&ticking);
                         continue;
                     }
                     p = self.rx.recv() => match p {
@@ -180,27 +220,34 @@ impl Service {
     }
 
     fn maybe_expire(&self, expiring: &Arc<AtomicBool>) {
+        let due = self.applied.read(|a| a.grid.next_expiry_ms());
+        self.propose_timer(due, expiring, Command::Expire { limit: MAX_EXPIRED_PER_ENTRY });
+    }
+
+    fn maybe_tick(&self, ticking: &Arc<AtomicBool>) {
+        let due = self.applied.read(|a| a.grid.next_timer_ms());
+        self.propose_timer(due, ticking, Command::Tick { limit: MAX_TIMERS_PER_ENTRY });
+    }
+
+    /// On the leader, proposes `command` when `due` has passed, one at a time per kind.
+    fn propose_timer(&self, due: Option<u64>, busy: &Arc<AtomicBool>, command: Command) {
         if self.raft.metrics().borrow().current_leader != Some(self.node_id) {
             return;
         }
-        let due = self.applied.read(|a| a.grid.next_expiry_ms()).is_some_and(|at| at <= now_ms());
-        if !due || expiring.swap(true, Ordering::AcqRel) {
+        if !due.is_some_and(|at| at <= now_ms()) || busy.swap(true, Ordering::AcqRel) {
             return;
         }
         let raft = self.raft.clone();
-        let expiring = expiring.clone();
+        let busy = busy.clone();
         let commit_timeout = self.options.commit_timeout;
         tokio::spawn(async move {
-            let write = raft.client_write(Request::Batch {
-                now_ms: now_ms(),
-                commands: vec![Command::Expire { limit: MAX_EXPIRED_PER_ENTRY }],
-            });
+            let write = raft.client_write(Request::Batch { now_ms: now_ms(), commands: vec![command] });
             match tokio::time::timeout(commit_timeout, write).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "expiry proposal failed; the next check retries"),
-                Err(_) => tracing::debug!("expiry proposal not committed in time; the next check retries"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "timer proposal failed; the next check retries"),
+                Err(_) => tracing::debug!("timer proposal not committed in time; the next check retries"),
             }
-            expiring.store(false, Ordering::Release);
+            busy.store(false, Ordering::Release);
         });
     }
 }

@@ -5,18 +5,15 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use super::{Context, Error, FORWARDED_HEADER, Leader, convert, is_forwarded, is_not_applied};
+use super::{Context, Error, FORWARDED_HEADER, Leader, RETRY_PAUSE, convert, is_forwarded, is_not_applied, never_sent};
 use crate::grid::{self, Output};
-
-/// Pause between attempts while a leader is being elected.
-const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 type Client = StateClient<Channel>;
 
@@ -34,14 +31,6 @@ trait Call: Clone + Send + Sync + 'static {
         client: Client,
         request: Request<Self>,
     ) -> impl Future<Output = Result<Response<Self::Reply>, Status>> + Send;
-}
-
-/// A failure to connect: the request never left this node.
-fn never_sent(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable
-        && (status.message().contains("tcp connect error")
-            || status.message().contains("Connection refused")
-            || status.message().contains("error trying to connect"))
 }
 
 /// Serves `weft.fabric.v1.State` on one node.

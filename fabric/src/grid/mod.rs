@@ -10,15 +10,35 @@
 //!                                                      -> [Result<Output, Error>, ...]
 //! ```
 //!
-//! For now the grid holds key/value state in namespaces. Every write bumps the grid's
-//! `revision`; the revision of a key's last write is its `version`, so a version is never reused
-//! (a key deleted and written again gets a new one) and compare-and-set cannot suffer ABA.
+//! The grid holds key/value state in namespaces, and the work of agents: executions, the
+//! sessions that run them and agent instances ([`work`]). Every key write bumps the grid's
+//! `revision`; the revision of a key's last write is its `version`, so a version is never
+//! reused (a key deleted and written again gets a new one) and compare-and-set cannot suffer
+//! ABA.
+//!
+//! Applying an entry also yields [`Event`]s (an execution assigned to a session, a result
+//! ready): not state, but what the nodes act on once the entry is applied.
 
+pub mod execution;
+pub mod instance;
 pub mod namespace;
+pub mod session;
+pub mod work;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use self::work::{Completed, Event};
+use self::execution::{Completion, ExecutionId, NewExecution, SessionId};
+use self::instance::NewInstance;
+use self::session::NewSession;
+use self::work::{Outbox, Work};
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Longest reason a cancel or a session close may give, in bytes (longer ones are clipped).
+pub const MAX_REASON_BYTES: usize = 1024;
 
 /// Limits on commands and queries. The node that receives a write checks them before
 /// proposing it ([`Command::validate`]); `apply` does not, so replicas configured with other
@@ -31,11 +51,21 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// Largest page a list returns.
     pub max_list_page: usize,
+    /// Largest execution payload (arguments, result, error message), in bytes.
+    pub max_payload_bytes: usize,
+    /// Most effects one completion may carry.
+    pub max_effects: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_value_bytes: 1 << 20, max_key_bytes: 1024, max_list_page: 1000 }
+        Self {
+            max_value_bytes: 1 << 20,
+            max_key_bytes: 1024,
+            max_list_page: 1000,
+            max_payload_bytes: 1 << 20,
+            max_effects: 1000,
+        }
     }
 }
 
@@ -69,6 +99,29 @@ pub enum Command {
     /// Record this cluster's instance id, unless one is recorded already (the first wins).
     /// Proposed by the first leader; it tells this cluster from another of the same name.
     SetClusterUid { uid: u64 },
+    /// Create an execution (or find the one its idempotency key names).
+    CreateExecution(Box<NewExecution>),
+    /// Register an agent session.
+    OpenSession(Box<NewSession>),
+    /// End a session; what it held goes back to pending.
+    CloseSession { session: SessionId, reason: String },
+    /// Finish an execution with a result or error, and apply its effects.
+    Complete(Box<Completion>),
+    /// Extend an assignment's lease.
+    Renew { execution: ExecutionId, token: u64 },
+    /// Hand an assignment back unfinished; it goes back to pending.
+    GiveBack { execution: ExecutionId, token: u64 },
+    /// Stop giving a session new work (it is shutting down).
+    DrainSession { session: SessionId },
+    /// Cancel an execution and its unfinished children.
+    Cancel { execution: ExecutionId, reason: String },
+    /// Create an instance and queue its `Start`.
+    StartInstance(Box<NewInstance>),
+    /// Stop an instance: queue its `Stop`, then remove it.
+    StopInstance { agent: String, instance: String },
+    /// Fire the timers due at the entry's time (delays, deadlines, leases, retention), at
+    /// most `limit` of them (the leader proposes another for the rest).
+    Tick { limit: u64 },
 }
 
 impl Command {
@@ -87,11 +140,49 @@ impl Command {
                 Ok(())
             }
             Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
-            Command::Expire { .. } | Command::SetClusterUid { .. } => Ok(()),
-        }
+            Command::CreateExecution(new) => validate_new_execution(new, limits),
+            Command::StartInstance(new) => check_payload_size(new.payload.data.len(), limits),
+            Command::Complete(c) => {
+                let size = match &c.outcome {
+                    Ok(payload) => payload.data.len(),
+                    Err(e) => e.message.len(),
+                };
+                check_payload_size(size, limits)?;
+                if c.effects.len() > limits.max_effects {
+                    return Err(Error::InvalidCompletion {
+                        reason: format!("{} effects; the limit is {} (max_effects)", c.effects.len(), limits.max_effects),
+                    });
+                }
+                for effect in &c.effects {
+                    match effect {
+                        execution::Effect::Put { namespace, key, value, .. } => {
+                            validate_key(namespace, key, limits)?;
+                            if value.len() > limits.max_value_bytes {
+                                return Err(Error::ValueTooLarge { size: value.len(), limit: limits.max_value_bytes });
+                            }
+                        }
+                        execution::Effect::Delete { namespace, key, .. } => validate_key(namespace, key, limits)?,
+                        execution::Effect::Call(new) => validate_new_execution(new, limits)?,
+                    }
+                }
+                Ok(())
+            }
+            Command::Expire { .. }
+            | Command::SetClusterUid { .. }
+            | Command::OpenSession(_)
+            | Command::CloseSession { .. }
+            | Command::Renew { .. }
+            | Command::GiveBack { .. }
+            | Command::DrainSession { .. }
+            | Command::Cancel { .. }
+            | Command::StopInstance { .. }
+            | Command::Tick { .. } => Ok(()),
+        }?;
+        self.validate_shape()
     }
 
-    /// Checks what does not depend on configuration: namespace format and a non-empty key.
+    /// Checks what does not depend on configuration: namespace format and a non-empty key,
+    /// names, session and execution shapes.
     pub fn validate_shape(&self) -> Result<(), Error> {
         match self {
             Command::Put { namespace, key, .. }
@@ -108,7 +199,60 @@ impl Command {
                 Err(Error::InvalidKey { reason: "a cluster uid must not be 0".into() })
             }
             Command::SetClusterUid { .. } => Ok(()),
+            Command::CreateExecution(new) => new.validate_shape(),
+            Command::OpenSession(new) => new.validate_shape(),
+            Command::StartInstance(new) => {
+                validate_name("agent", &new.agent)?;
+                if let Some(id) = &new.instance {
+                    validate_name("instance", id)?;
+                }
+                if let Some((agent, id)) = &new.parent {
+                    validate_name("agent", agent)?;
+                    validate_name("instance", id)?;
+                }
+                new.payload.validate()
+            }
+            Command::StopInstance { agent, instance } => {
+                validate_name("agent", agent)?;
+                validate_name("instance", instance)
+            }
+            Command::Complete(c) => match &c.outcome {
+                Ok(payload) => payload.validate(),
+                Err(_) => Ok(()),
+            },
+            Command::CloseSession { .. }
+            | Command::Renew { .. }
+            | Command::GiveBack { .. }
+            | Command::DrainSession { .. }
+            | Command::Cancel { .. }
+            | Command::Tick { .. } => Ok(()),
         }
+    }
+}
+
+fn check_payload_size(size: usize, limits: &Limits) -> Result<(), Error> {
+    if size > limits.max_payload_bytes {
+        return Err(Error::PayloadTooLarge { size, limit: limits.max_payload_bytes });
+    }
+    Ok(())
+}
+
+fn validate_new_execution(new: &NewExecution, limits: &Limits) -> Result<(), Error> {
+    check_payload_size(new.payload.data.len(), limits)?;
+    new.validate_shape()
+}
+
+/// Checks an agent, delegate or instance name: 1-128 characters of `[A-Za-z0-9._-]`, like
+/// a namespace segment (an instance's state lives in `instance/<agent>/<instance-id>`).
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
+    if namespace::valid_segment(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what: what.to_owned(),
+            name: namespace::clip(name),
+            reason: "expected 1-128 characters of [A-Za-z0-9._-]".into(),
+        })
     }
 }
 
@@ -147,6 +291,29 @@ pub enum Output {
     Expired { count: u64 },
     /// The cluster's instance id after the command (the one recorded first).
     ClusterUid { uid: u64 },
+    /// The execution a create made or found (`created: false`: its idempotency key named an
+    /// existing one).
+    Execution { id: ExecutionId, created: bool },
+    /// The session opened.
+    Session { id: SessionId },
+    /// Whether the session still existed.
+    SessionClosed { existed: bool },
+    /// How a completion was taken.
+    Completion(Completed),
+    /// The lease now runs out at this time (`None`: with the session).
+    Renewed { expires_ms: Option<u64> },
+    /// The execution went back to pending.
+    Released,
+    /// The session takes no new work.
+    Drained,
+    /// How many executions a cancel ended (children included).
+    Cancelled { count: u64 },
+    /// The instance a start made or found, and its `Start` execution.
+    Instance { agent: String, instance: String, start_execution: ExecutionId, created: bool },
+    /// The instance is stopping; its `Stop` execution.
+    Stopping { stop_execution: ExecutionId },
+    /// How many timers fired.
+    Ticked { fired: u64 },
 }
 
 /// Why a command or query was refused. In every case the grid is unchanged.
@@ -171,6 +338,56 @@ pub enum Error {
     /// A list page size of zero or over the limit. Nothing read.
     #[error("page size {requested} is out of range 1..={limit}")]
     InvalidPageSize { requested: usize, limit: usize },
+    /// An agent, delegate or instance name has the wrong form. Nothing changed.
+    #[error("invalid {what} name '{name}': {reason}")]
+    InvalidName { what: String, name: String, reason: String },
+    /// A payload's codec is unknown or its bytes do not match it. Nothing changed.
+    #[error("invalid payload: {reason}")]
+    InvalidPayload { reason: String },
+    /// A payload (arguments, result or error message) is over the limit. Nothing changed.
+    #[error("payload is {size} bytes; the limit is {limit} bytes (max_payload_bytes)")]
+    PayloadTooLarge { size: usize, limit: usize },
+    /// An execution request is malformed (times, retry policy, reserved delegate). Nothing
+    /// changed.
+    #[error("invalid execution: {reason}")]
+    InvalidExecution { reason: String },
+    /// A session request is malformed. Nothing changed.
+    #[error("invalid session: {reason}")]
+    InvalidSession { reason: String },
+    /// A completion is malformed (effects it may not make). Nothing changed.
+    #[error("invalid completion: {reason}")]
+    InvalidCompletion { reason: String },
+    /// No execution has this id (never created, or forgotten after its retention). Nothing
+    /// changed.
+    #[error("no execution {id} (never created, or forgotten after its retention)")]
+    UnknownExecution { id: ExecutionId },
+    /// The execution has its final outcome already. Nothing changed.
+    #[error("execution {id} is already {status}")]
+    ExecutionFinished { id: ExecutionId, status: String },
+    /// The caller does not hold the execution's current lease. Nothing changed.
+    #[error("execution {id}: stale lease: {reason}")]
+    StaleLease { id: ExecutionId, reason: String },
+    /// No live session has this id. Nothing changed.
+    #[error("no session {id} (it has ended)")]
+    UnknownSession { id: SessionId },
+    /// No such instance. Nothing changed.
+    #[error("no instance {agent}/{instance}; start it first")]
+    UnknownInstance { agent: String, instance: String },
+    /// The instance exists already. Nothing changed.
+    #[error("instance {agent}/{instance} exists already")]
+    InstanceExists { agent: String, instance: String },
+    /// The instance is stopping and takes no new calls. Nothing changed.
+    #[error("instance {agent}/{instance} is stopping; it takes no new calls")]
+    InstanceStopping { agent: String, instance: String },
+    /// Another session serves the instance (single activation). Nothing changed.
+    #[error("instance {agent}/{instance} is served by session {session}; one session at a time")]
+    InstanceClaimed { agent: String, instance: String, session: SessionId },
+    /// The idempotency key was used for a different call. Nothing changed.
+    #[error("idempotency key '{key}' was used for a different call (execution {id})")]
+    IdempotencyKeyReused { key: String, id: ExecutionId },
+    /// A bound on stored things (executions, sessions) is reached. Nothing changed.
+    #[error("{what}: {count} stored; the limit is {limit} ({setting})")]
+    TooMany { what: String, count: usize, limit: usize, setting: String },
 }
 
 /// Most expired-but-not-yet-removed keys one list page skips before it ends early (with a
@@ -214,13 +431,46 @@ pub struct Grid {
     namespaces: BTreeMap<String, BTreeMap<String, Value>>,
     /// Expiry index: (expires_at_ms, namespace, key) for every key with a time to live.
     expiries: BTreeMap<(u64, String, String), ()>,
+    /// Executions, sessions and instances. Last, so a grid from before it existed decodes as
+    /// a prefix (see [`Grid::from_v1`]).
+    work: Work,
+}
+
+/// The grid as snapshots of Weft before executions stored it.
+#[derive(Debug, Deserialize)]
+pub struct GridV1 {
+    revision: u64,
+    now_ms: u64,
+    namespaces: BTreeMap<String, BTreeMap<String, Value>>,
+    expiries: BTreeMap<(u64, String, String), ()>,
 }
 
 impl Grid {
+    /// A grid from a snapshot written before executions existed.
+    pub fn from_v1(old: GridV1) -> Self {
+        Self {
+            revision: old.revision,
+            now_ms: old.now_ms,
+            namespaces: old.namespaces,
+            expiries: old.expiries,
+            work: Work::default(),
+        }
+    }
+
     /// Applies a batch of commands stamped with the leader's clock, in order.
     pub fn apply_batch(&mut self, now_ms: u64, commands: &[Command]) -> Vec<Result<Output, Error>> {
+        self.apply_batch_with_events(now_ms, commands, &mut Vec::new())
+    }
+
+    /// Applies a batch and appends the events it caused to `events`.
+    pub fn apply_batch_with_events(
+        &mut self,
+        now_ms: u64,
+        commands: &[Command],
+        events: &mut Vec<Event>,
+    ) -> Vec<Result<Output, Error>> {
         self.advance_clock(now_ms);
-        commands.iter().map(|c| self.apply(c)).collect()
+        commands.iter().map(|c| self.apply_with_events(c, events)).collect()
     }
 
     /// Moves the grid's clock forward to `now_ms` (it never goes back, so a new leader with a
@@ -231,7 +481,38 @@ impl Grid {
 
     /// Applies one command at the grid's current time.
     pub fn apply(&mut self, command: &Command) -> Result<Output, Error> {
+        self.apply_with_events(command, &mut Vec::new())
+    }
+
+    /// Applies one command at the grid's current time; appends its events to `events`. A
+    /// refused command changes nothing and yields no events.
+    pub fn apply_with_events(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<Output, Error> {
         command.validate_shape()?;
+        let mut out = Outbox::new(events);
+        let result = match command {
+            Command::CreateExecution(new) => self.create_execution(new, &mut out),
+            Command::OpenSession(new) => self.open_session(new, &mut out),
+            Command::CloseSession { session, reason } => {
+                Ok(self.close_session(*session, &namespace::clip_to(reason, MAX_REASON_BYTES), &mut out))
+            }
+            Command::Complete(c) => self.complete(c, &mut out),
+            Command::Renew { execution, token } => self.renew(*execution, *token),
+            Command::GiveBack { execution, token } => self.give_back(*execution, *token, &mut out),
+            Command::DrainSession { session } => self.drain_session(*session),
+            Command::Cancel { execution, reason } => {
+                self.cancel(*execution, &namespace::clip_to(reason, MAX_REASON_BYTES), &mut out)
+            }
+            Command::StartInstance(new) => self.start_instance(new, &mut out),
+            Command::StopInstance { agent, instance } => self.stop_instance(agent, instance, &mut out),
+            Command::Tick { limit } => Ok(self.tick(*limit, &mut out)),
+            other => return self.apply_kv(other),
+        };
+        self.dispatch(&mut out);
+        result
+    }
+
+    /// Applies a key/value or cluster command.
+    fn apply_kv(&mut self, command: &Command) -> Result<Output, Error> {
         match command {
             Command::Put { namespace, key, value, ttl_ms, if_absent } => {
                 if *if_absent && let Some(current) = self.live(namespace, key) {
@@ -274,6 +555,8 @@ impl Grid {
                 });
                 Ok(Output::ClusterUid { uid: uid_of(&stored.data) })
             }
+            // Work commands are applied by `apply_with_events`.
+            _ => Err(Error::InvalidExecution { reason: "not a key/value command".into() }),
         }
     }
 
@@ -375,6 +658,17 @@ impl Grid {
         Output::Written { version }
     }
 
+    /// Removes a whole namespace (an instance's state when it is removed).
+    fn remove_namespace(&mut self, namespace: &str) {
+        let Some(map) = self.namespaces.remove(namespace) else { return };
+        for (key, value) in map {
+            if let Some(at) = value.expires_at_ms {
+                self.expiries.remove(&(at, namespace.to_owned(), key));
+            }
+        }
+        self.revision += 1;
+    }
+
     fn remove(&mut self, namespace: &str, key: &str) {
         let Some(map) = self.namespaces.get_mut(namespace) else {
             return;
@@ -414,3 +708,5 @@ impl Grid {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod work_tests;

@@ -18,7 +18,7 @@ pub enum Kind<'a> {
 /// Checks a namespace name and says what it belongs to.
 pub fn parse(namespace: &str) -> Result<Kind<'_>, Error> {
     let bad = || Error::InvalidNamespace {
-        namespace: truncate(namespace),
+        namespace: clip(namespace),
         reason: "expected 'shared/<name>' or 'instance/<agent>/<instance-id>', each segment \
                  1-128 characters of [A-Za-z0-9._-]"
             .to_owned(),
@@ -36,19 +36,25 @@ pub fn parse(namespace: &str) -> Result<Kind<'_>, Error> {
     if segments_ok { Ok(kind) } else { Err(bad()) }
 }
 
-fn valid_segment(segment: &str) -> bool {
+/// Whether `segment` is 1-128 characters of `[A-Za-z0-9._-]`: the rule for namespace
+/// segments, and so for agent, delegate and instance names.
+pub fn valid_segment(segment: &str) -> bool {
     !segment.is_empty()
         && segment.len() <= MAX_SEGMENT_BYTES
         && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Error messages quote what the caller sent, but never more than a line of it.
-fn truncate(s: &str) -> String {
-    const MAX: usize = 80;
-    if s.len() <= MAX {
+pub fn clip(s: &str) -> String {
+    clip_to(s, 80)
+}
+
+/// `s`, cut to at most `max` bytes (on a character boundary) with "..." when cut.
+pub fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = MAX;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }

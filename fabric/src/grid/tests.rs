@@ -11,7 +11,7 @@ const NS: [&str; 2] = ["shared/a", "instance/agent/i1"];
 const KEYS: [&str; 4] = ["k1", "k2", "p/x", "p/y"];
 
 fn limits() -> Limits {
-    Limits { max_value_bytes: 16, max_key_bytes: 8, max_list_page: 10 }
+    Limits { max_value_bytes: 16, max_key_bytes: 8, max_list_page: 10, ..Limits::default() }
 }
 
 impl Grid {
@@ -318,6 +318,7 @@ proptest! {
                     if uid == 0 { uid = *proposed; }
                     Ok(Output::ClusterUid { uid })
                 }
+                other => unreachable!("arb_command makes only key/value commands, not {other:?}"),
             };
             prop_assert_eq!(grid.apply_checked(&cmd, &limits()), expected, "command {:?}", cmd);
             for ((ns, key), (value, version)) in &model {

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
-use crate::grid::Grid;
+use crate::grid::{Grid, GridV1};
+use crate::watch;
 
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 
@@ -32,6 +33,25 @@ type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 struct SnapshotFile {
     meta: Meta,
     grid: Grid,
+}
+
+/// A snapshot file written before the grid held executions.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV1 {
+    meta: Meta,
+    grid: GridV1,
+}
+
+/// Decodes a snapshot file of this version, or of the one before executions existed (its
+/// grid is a prefix of today's).
+fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
+    match codec::decode::<SnapshotFile>(bytes) {
+        Ok(file) => Ok(file),
+        Err(e) => match codec::decode::<SnapshotFileV1>(bytes) {
+            Ok(old) => Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v1(old.grid) }),
+            Err(_) => Err(e),
+        },
+    }
 }
 
 /// The applied state shared between the state machine and readers.
@@ -107,11 +127,13 @@ impl Handle {
 pub struct StateMachine {
     handle: Handle,
     store: Arc<SnapshotStore>,
+    hub: watch::Hub,
 }
 
 impl StateMachine {
-    /// Opens the snapshot directory and restores the newest snapshot in it, if any.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+    /// Opens the snapshot directory and restores the newest snapshot in it, if any. Applied
+    /// entries' events go to `hub`.
+    pub fn open(dir: &Path, hub: watch::Hub) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| read_err(None, e))?;
         let sm = Self {
             handle: Handle {
@@ -126,10 +148,11 @@ impl StateMachine {
                 current: Mutex::new(None),
                 tmp_seq: AtomicU64::new(0),
             }),
+            hub,
         };
         if let Some(path) = newest_snapshot(dir).map_err(|e| read_err(None, e))? {
             let bytes = std::fs::read(&path).map_err(|e| read_err(None, e))?;
-            let file: SnapshotFile = codec::decode(&bytes).map_err(|e| read_err(None, e))?;
+            let file = decode_snapshot(&bytes).map_err(|e| read_err(None, e))?;
             tracing::info!(path = %path.display(), last_log_id = ?file.meta.last_log_id, "restored snapshot");
             *sm.store.current.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((file.meta.clone(), Arc::new(bytes)));
@@ -287,13 +310,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut applied = self.handle.applied.write().unwrap_or_else(|p| p.into_inner());
         let mut responses = Vec::new();
+        let mut events = Vec::new();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(Request::Batch { now_ms, commands }) => {
                     self.handle.counters.commands_applied.fetch_add(commands.len() as u64, Ordering::Relaxed);
-                    Response { results: applied.grid.apply_batch(now_ms, &commands) }
+                    Response { results: applied.grid.apply_batch_with_events(now_ms, &commands, &mut events) }
                 }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -303,6 +327,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responses.push(response);
         }
         self.handle.refresh_cluster_uid(&applied);
+        // Still under the write lock: a waiter that registered and then read the grid sees
+        // either the new state or this wake-up.
+        self.hub.publish(&applied.grid, events);
         Ok(responses)
     }
 
@@ -321,13 +348,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = Arc::new(snapshot.into_inner());
-        let file: SnapshotFile = codec::decode(&bytes).map_err(|e| read_err(Some(meta), e))?;
+        let file = decode_snapshot(&bytes).map_err(|e| read_err(Some(meta), e))?;
         let store = self.store.clone();
         let meta_w = meta.clone();
         tokio::task::spawn_blocking(move || store.save(&meta_w, bytes))
             .await
             .map_err(|e| write_err(meta, e))??;
         self.restore(SnapshotFile { meta: meta.clone(), grid: file.grid });
+        self.hub.reset();
         self.handle.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot from leader");
         Ok(())
@@ -367,7 +395,7 @@ mod tests {
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
-        let sm = StateMachine::open(dir.path()).unwrap();
+        let sm = StateMachine::open(dir.path(), watch::Hub::new(1, 1)).unwrap();
         assert!(sm.store.save(&meta(60), bytes_of(60)).unwrap(), "newer is kept");
         assert!(!sm.store.save(&meta(50), bytes_of(50)).unwrap(), "older is dropped");
         assert!(!sm.store.save(&meta(60), bytes_of(60)).unwrap(), "same is dropped");
@@ -375,7 +403,7 @@ mod tests {
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, [std::ffi::OsString::from(file_name(meta(60).last_log_id))]);
 
-        let reopened = StateMachine::open(dir.path()).unwrap();
+        let reopened = StateMachine::open(dir.path(), watch::Hub::new(1, 1)).unwrap();
         assert_eq!(reopened.handle.read(|a| a.last_applied).unwrap().index, 60);
         assert!(reopened.store.save(&meta(70), bytes_of(70)).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "older files removed");
@@ -385,7 +413,7 @@ mod tests {
     #[test]
     fn file_names_ignore_peer_snapshot_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let sm = StateMachine::open(dir.path()).unwrap();
+        let sm = StateMachine::open(dir.path(), watch::Hub::new(1, 1)).unwrap();
         let mut m = meta(5);
         m.snapshot_id = "../../escape".into();
         assert!(sm.store.save(&m, bytes_of(5)).unwrap());

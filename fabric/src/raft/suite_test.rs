@@ -14,7 +14,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = LogStore::open(&dir.path().join("raft")).expect("open sled");
-        let sm = StateMachine::open(&dir.path().join("snapshots"))?;
+        let sm = StateMachine::open(&dir.path().join("snapshots"), crate::watch::Hub::new(1, 16))?;
         Ok((dir, log, sm))
     }
 }

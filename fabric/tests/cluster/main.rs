@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod executions;
 mod failover;
 mod membership;
 mod membership_process;

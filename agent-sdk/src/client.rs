@@ -1,0 +1,473 @@
+//! [`Client`]: call agents, start and stop instances, wait for and cancel executions, and
+//! read and write state, from any process.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::executions_client::ExecutionsClient;
+use weft_proto::fabric::v1::instances_client::InstancesClient;
+
+use crate::connection::{self, Connection};
+use crate::state::State;
+use crate::types::{Execution, RetryPolicy, Started, outcome};
+use crate::{Codec, Error, codec};
+
+/// Metadata the fabric sets on a wait that ran out: the execution that goes on.
+const EXECUTION_HEADER: &str = "weft-execution-id";
+/// How long a call waits for its result unless told otherwise.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+/// Largest gRPC message the client sends or takes (the fabric's default limit).
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// A handle on a Weft fabric: any node of a cluster, failing over between the endpoints it
+/// was given. Cheap to clone; clones share connections.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), weft_agent::Error> {
+/// let client = weft_agent::Client::new(["127.0.0.1:7400", "127.0.0.1:7401"])?;
+/// let pong: String = client.call("ping", "ping", &"hello").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub(crate) conn: Connection,
+    pub(crate) codec: Codec,
+}
+
+/// Settings of a [`Client`].
+///
+/// ```no_run
+/// # fn demo() -> Result<(), weft_agent::Error> {
+/// use std::time::Duration;
+/// let client = weft_agent::Client::builder(["10.0.0.1:7400", "10.0.0.2:7400"])
+///     .retry_for(Duration::from_secs(60))
+///     .codec(weft_agent::Codec::Json)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    options: connection::Options,
+    codec: Codec,
+}
+
+impl ClientBuilder {
+    /// How long a request keeps trying, across nodes, before it fails (default 30 s).
+    pub fn retry_for(mut self, d: Duration) -> Self {
+        self.options.retry_for = d;
+        self
+    }
+
+    /// How long one try of a read or write may take (default 10 s; waits for results take as
+    /// long as the wait).
+    pub fn attempt_timeout(mut self, d: Duration) -> Self {
+        self.options.attempt_timeout = d;
+        self
+    }
+
+    /// How this client encodes arguments (default bincode).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The client. No connection is opened until the first request.
+    pub fn build(self) -> Result<Client, Error> {
+        Ok(Client { conn: Connection::new(self.endpoints, self.options)?, codec: self.codec })
+    }
+}
+
+fn grpc_deadline(wait: Duration) -> Duration {
+    wait + Duration::from_secs(5)
+}
+
+/// A status that says a wait ran out (and which execution goes on), or `None`.
+fn timed_out(status: &tonic::Status) -> Option<u64> {
+    if status.code() != tonic::Code::DeadlineExceeded {
+        return None;
+    }
+    status.metadata().get(EXECUTION_HEADER)?.to_str().ok()?.parse().ok()
+}
+
+/// A fresh idempotency key, so a create sent again after a failure cannot run twice.
+pub(crate) fn fresh_key() -> String {
+    format!("sdk-{:032x}", rand::random::<u128>())
+}
+
+fn millis_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Client {
+    /// A client for a cluster reachable at any of `endpoints` (`HOST:PORT`), with defaults.
+    pub fn new<I, S>(endpoints: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::builder(endpoints).build()
+    }
+
+    /// A client with settings.
+    pub fn builder<I, S>(endpoints: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            options: connection::Options::default(),
+            codec: Codec::default(),
+        }
+    }
+
+    pub(crate) fn executions(&self, channel: tonic::transport::Channel) -> ExecutionsClient<tonic::transport::Channel> {
+        ExecutionsClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn instances(&self, channel: tonic::transport::Channel) -> InstancesClient<tonic::transport::Channel> {
+        InstancesClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Calls `delegate` of `agent` with `args` and waits (up to a minute) for its result.
+    /// Safe to use across failures: the call carries an idempotency key, so it runs once.
+    pub async fn call<A, R>(&self, agent: &str, delegate: &str, args: &A) -> Result<R, Error>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.request(agent, delegate).args(args).call().await
+    }
+
+    /// A call with options: instance, idempotency key, timeout, delay, priority, retries.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+    /// use std::time::Duration;
+    /// let total: u64 = client
+    ///     .request("counter", "increment")
+    ///     .instance("c-1")
+    ///     .args(&5u64)
+    ///     .idempotency_key("order-1234")
+    ///     .timeout(Duration::from_secs(10))
+    ///     .call()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn request(&self, agent: &str, delegate: &str) -> Call<'_> {
+        Call {
+            client: self,
+            req: pb::CreateExecutionRequest {
+                agent: agent.to_owned(),
+                delegate: delegate.to_owned(),
+                payload: Some(pb::Payload { codec: self.codec.as_str().to_owned(), data: Vec::new() }),
+                ..Default::default()
+            },
+            wait: DEFAULT_WAIT,
+            codec: self.codec,
+            error: None,
+        }
+    }
+
+    /// Waits up to `timeout` for execution `id` to finish and decodes its result.
+    pub async fn wait<R: DeserializeOwned>(&self, id: u64, timeout: Duration) -> Result<R, Error> {
+        let e = self.wait_final(id, timeout).await?;
+        outcome(&e)
+    }
+
+    pub(crate) async fn wait_final(&self, id: u64, timeout: Duration) -> Result<pb::Execution, Error> {
+        let timeout_ms = timeout.as_millis().max(1) as u64;
+        self.conn
+            .run(true, |channel| {
+                let mut client = self.executions(channel);
+                async move {
+                    let mut request = tonic::Request::new(pb::WaitRequest { id, timeout_ms });
+                    request.set_timeout(grpc_deadline(timeout));
+                    let mut stream = client.wait(request).await?.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(e)) if matches!(e.status.as_str(), "completed" | "failed" | "cancelled") => {
+                                return Ok(Ok(e));
+                            }
+                            Ok(Some(_)) => continue,
+                            Ok(None) => return Err(tonic::Status::unavailable("the wait stream ended early")),
+                            Err(status) if timed_out(&status).is_some() => {
+                                return Ok(Err(Error::Timeout { execution: id }));
+                            }
+                            Err(status) => return Err(status),
+                        }
+                    }
+                }
+            })
+            .await?
+    }
+
+    /// Execution `id` as the fabric has it now.
+    pub async fn execution(&self, id: u64) -> Result<Execution, Error> {
+        let attempt = self.conn.options().attempt_timeout;
+        let raw = self
+            .conn
+            .run(true, |channel| {
+                let mut client = self.executions(channel);
+                async move {
+                    let mut request = tonic::Request::new(pb::GetExecutionRequest { id, consistency: 0 });
+                    request.set_timeout(attempt);
+                    Ok(client.get(request).await?.into_inner())
+                }
+            })
+            .await?;
+        Ok(Execution::from_pb(raw))
+    }
+
+    /// Cancels execution `id` and its unfinished children; how many were cancelled. A
+    /// running handler sees the cancellation through its context.
+    pub async fn cancel(&self, id: u64, reason: &str) -> Result<u64, Error> {
+        let attempt = self.conn.options().attempt_timeout;
+        self.conn
+            .run(false, |channel| {
+                let mut client = self.executions(channel);
+                let reason = reason.to_owned();
+                async move {
+                    let mut request = tonic::Request::new(pb::CancelExecutionRequest { id, reason });
+                    request.set_timeout(attempt);
+                    Ok(client.cancel(request).await?.into_inner().cancelled)
+                }
+            })
+            .await
+    }
+
+    /// Starts an instance of `agent` (the fabric picks its id) and waits for its `Start`.
+    pub async fn start_instance<A, R>(&self, agent: &str, args: &A) -> Result<Started<R>, Error>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.start_instance_with(agent, None, args, None, None).await
+    }
+
+    /// Starts instance `id` of `agent` and waits for its `Start`. With an idempotency key a
+    /// repeated start returns the first one; without, starting an existing id is refused.
+    pub async fn start_instance_with<A, R>(
+        &self,
+        agent: &str,
+        id: Option<&str>,
+        args: &A,
+        idempotency_key: Option<&str>,
+        parent: Option<(&str, &str)>,
+    ) -> Result<Started<R>, Error>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let payload = codec::encode(self.codec, args)?;
+        let key = idempotency_key.map_or_else(fresh_key, str::to_owned);
+        let req = pb::StartInstanceRequest {
+            agent: agent.to_owned(),
+            instance: id.unwrap_or_default().to_owned(),
+            payload: Some(payload),
+            idempotency_key: key,
+            parent: parent.map(|(agent, instance)| pb::InstanceRef { agent: agent.into(), instance: instance.into() }),
+            timeout_ms: DEFAULT_WAIT.as_millis() as u64,
+        };
+        let reply = self
+            .conn
+            .run(true, |channel| {
+                let mut client = self.instances(channel);
+                let req = req.clone();
+                async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(grpc_deadline(DEFAULT_WAIT));
+                    Ok(client.start(request).await?.into_inner())
+                }
+            })
+            .await?;
+        let start = reply.start.unwrap_or_default();
+        Ok(Started { agent: reply.agent, id: reply.instance, result: outcome(&start)?, created: reply.created })
+    }
+
+    /// Stops instance `id` of `agent`: waits for its `Stop`, after which the instance, its
+    /// state and its children are removed.
+    pub async fn stop_instance(&self, agent: &str, id: &str) -> Result<(), Error> {
+        let req = pb::StopInstanceRequest {
+            agent: agent.to_owned(),
+            instance: id.to_owned(),
+            timeout_ms: DEFAULT_WAIT.as_millis() as u64,
+        };
+        let reply = self
+            .conn
+            .run(true, |channel| {
+                let mut client = self.instances(channel);
+                let req = req.clone();
+                async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(grpc_deadline(DEFAULT_WAIT));
+                    Ok(client.stop(request).await?.into_inner())
+                }
+            })
+            .await?;
+        let stop = reply.stop.unwrap_or_default();
+        match stop.status.as_str() {
+            // An instance stopped while it was starting: its Start was cancelled instead.
+            "cancelled" if stop.delegate == "Start" => Ok(()),
+            _ => outcome::<serde::de::IgnoredAny>(&stop).map(drop),
+        }
+    }
+
+    /// Typed key/value state of `namespace` (`shared/<name>` or
+    /// `instance/<agent>/<id>`); values are JSON, so `weft state get` shows them.
+    pub fn state(&self, namespace: &str) -> State {
+        State::new(self.clone(), namespace)
+    }
+}
+
+/// A call being prepared; see [`Client::request`].
+#[must_use = "a call does nothing until `call()` or `send()`"]
+pub struct Call<'a> {
+    client: &'a Client,
+    req: pb::CreateExecutionRequest,
+    wait: Duration,
+    codec: Codec,
+    error: Option<Error>,
+}
+
+impl Call<'_> {
+    /// The instance to call.
+    pub fn instance(mut self, id: &str) -> Self {
+        self.req.instance = id.to_owned();
+        self
+    }
+
+    /// The arguments, encoded with the client's codec (or the one set by [`Call::codec`]
+    /// before this).
+    pub fn args<A: Serialize + ?Sized>(mut self, args: &A) -> Self {
+        match codec::encode(self.codec, args) {
+            Ok(p) => self.req.payload = Some(p),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Encode the arguments with `codec`.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Creating again with this key returns the first execution (and its result) for the
+    /// fabric's retention time. Without one a fresh key is used for every call.
+    pub fn idempotency_key(mut self, key: &str) -> Self {
+        self.req.idempotency_key = key.to_owned();
+        self
+    }
+
+    /// Fail the execution unless it finishes within `d` of its creation.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.req.timeout_ms = Some(d.as_millis().max(1) as u64);
+        self
+    }
+
+    /// Fail the execution unless it finishes by `t`.
+    pub fn deadline(mut self, t: SystemTime) -> Self {
+        self.req.deadline_ms = Some(millis_since_epoch(t));
+        self
+    }
+
+    /// Do not run it before `d` from now (a durable timer).
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.req.delay_ms = Some(d.as_millis().max(1) as u64);
+        self
+    }
+
+    /// Do not run it before `t`.
+    pub fn not_before(mut self, t: SystemTime) -> Self {
+        self.req.not_before_ms = Some(millis_since_epoch(t));
+        self
+    }
+
+    /// Higher runs first (default 0).
+    pub fn priority(mut self, p: i32) -> Self {
+        self.req.priority = p;
+        self
+    }
+
+    /// Retry handler errors.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.req.retry = Some(policy.to_pb());
+        self
+    }
+
+    /// How long [`Call::call`] waits for the result (default a minute). The execution goes
+    /// on after that; the error names it.
+    pub fn wait(mut self, d: Duration) -> Self {
+        self.wait = d;
+        self
+    }
+
+    pub(crate) fn parent(mut self, id: u64, token: u64) -> Self {
+        self.req.parent_id = id;
+        self.req.parent_token = token;
+        self
+    }
+
+    fn prepared(mut self) -> Result<(pb::CreateExecutionRequest, Duration, &'static str), Error> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if self.req.idempotency_key.is_empty() {
+            self.req.idempotency_key = fresh_key();
+        }
+        Ok((self.req, self.wait, "call"))
+    }
+
+    /// Creates the execution and returns at once with its id (see [`Client::wait`]).
+    pub async fn send(self) -> Result<u64, Error> {
+        let client = self.client;
+        let attempt = client.conn.options().attempt_timeout;
+        let (req, _, _) = self.prepared()?;
+        client
+            .conn
+            .run(true, |channel| {
+                let mut grpc = client.executions(channel);
+                let req = req.clone();
+                async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(attempt);
+                    let reply = grpc.create(request).await?.into_inner();
+                    Ok(reply.execution.map_or(0, |e| e.id))
+                }
+            })
+            .await
+    }
+
+    /// Creates the execution and waits for its result.
+    pub async fn call<R: DeserializeOwned>(self) -> Result<R, Error> {
+        let client = self.client;
+        let (req, wait, _) = self.prepared()?;
+        let e = client
+            .conn
+            .run(true, |channel| {
+                let mut grpc = client.executions(channel);
+                let call = pb::CallRequest { create: Some(req.clone()), timeout_ms: wait.as_millis().max(1) as u64 };
+                async move {
+                    let mut request = tonic::Request::new(call);
+                    request.set_timeout(grpc_deadline(wait));
+                    match grpc.call(request).await {
+                        Ok(reply) => Ok(Ok(reply.into_inner())),
+                        Err(status) => match timed_out(&status) {
+                            Some(execution) => Ok(Err(Error::Timeout { execution })),
+                            None => Err(status),
+                        },
+                    }
+                }
+            })
+            .await??;
+        outcome(&e)
+    }
+}

@@ -1,0 +1,111 @@
+//! Payload encodings. Every payload names its codec, so a handler decodes whatever the caller
+//! sent (bincode from Rust, JSON from the command line) and answers in the same codec.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use weft_proto::fabric::v1 as pb;
+
+use crate::Error;
+
+/// How arguments and results are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// bincode 2 (standard configuration, serde): compact, for Rust-to-Rust calls. Types that
+    /// need a self-describing format (`serde_json::Value`, `#[serde(flatten)]`, untagged
+    /// enums) must use [`Codec::Json`].
+    #[default]
+    Bincode,
+    /// JSON: what the CLI and other languages send.
+    Json,
+}
+
+impl Codec {
+    /// The codec's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Bincode => "bincode",
+            Codec::Json => "json",
+        }
+    }
+
+    fn of(payload: &pb::Payload) -> Result<Self, Error> {
+        match payload.codec.as_str() {
+            "bincode" => Ok(Codec::Bincode),
+            "json" => Ok(Codec::Json),
+            other => Err(Error::Codec(format!("unknown codec '{other}'"))),
+        }
+    }
+}
+
+/// Encodes `value` with `codec`.
+pub(crate) fn encode<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<pb::Payload, Error> {
+    let data = match codec {
+        Codec::Json => serde_json::to_vec(value).map_err(|e| Error::Codec(format!("cannot encode as JSON: {e}")))?,
+        Codec::Bincode => bincode::serde::encode_to_vec(value, bincode::config::standard())
+            .map_err(|e| Error::Codec(format!("cannot encode as bincode: {e}")))?,
+    };
+    Ok(pb::Payload { codec: codec.as_str().to_owned(), data })
+}
+
+/// Decodes a payload into `T`; an empty payload reads as JSON `null` (no arguments, `()`).
+pub(crate) fn decode<T: DeserializeOwned>(payload: &pb::Payload) -> Result<T, Error> {
+    let codec = Codec::of(payload)?;
+    if payload.data.is_empty() {
+        return serde_json::from_slice(b"null")
+            .map_err(|e| Error::Codec(format!("no payload was sent, and the type needs one: {e}")));
+    }
+    match codec {
+        Codec::Json => serde_json::from_slice(&payload.data)
+            .map_err(|e| Error::Codec(format!("cannot decode the JSON payload: {e}"))),
+        Codec::Bincode => {
+            let (value, read) = bincode::serde::decode_from_slice(&payload.data, bincode::config::standard())
+                .map_err(|e| Error::Codec(format!("cannot decode the bincode payload: {e}")))?;
+            if read != payload.data.len() {
+                return Err(Error::Codec(format!(
+                    "the bincode payload has {} bytes left over: not the expected type",
+                    payload.data.len() - read
+                )));
+            }
+            Ok(value)
+        }
+    }
+}
+
+/// The codec a payload uses (bincode when it names none this SDK knows).
+pub(crate) fn codec_of(payload: &pb::Payload) -> Codec {
+    Codec::of(payload).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Order {
+        id: u64,
+        items: Vec<String>,
+    }
+
+    #[test]
+    fn both_codecs_round_trip_and_empty_means_unit() {
+        let order = Order { id: 7, items: vec!["tea".into()] };
+        for codec in [Codec::Bincode, Codec::Json] {
+            let p = encode(codec, &order).unwrap();
+            assert_eq!(p.codec, codec.as_str());
+            assert_eq!(decode::<Order>(&p).unwrap(), order);
+        }
+        let empty = pb::Payload { codec: "json".into(), data: vec![] };
+        decode::<()>(&empty).unwrap();
+        assert!(decode::<Order>(&empty).unwrap_err().to_string().contains("no payload"));
+    }
+
+    #[test]
+    fn wrong_types_and_codecs_are_clear_errors() {
+        let p = encode(Codec::Bincode, &(1u8, 2u8, 3u8)).unwrap();
+        assert!(decode::<u8>(&p).unwrap_err().to_string().contains("left over"));
+        let p = pb::Payload { codec: "json".into(), data: b"{\"id\":\"x\"}".to_vec() };
+        assert!(decode::<Order>(&p).unwrap_err().to_string().contains("cannot decode the JSON"));
+        let p = pb::Payload { codec: "yaml".into(), data: b"a".to_vec() };
+        assert!(decode::<u8>(&p).unwrap_err().to_string().contains("unknown codec 'yaml'"));
+    }
+}

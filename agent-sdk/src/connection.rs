@@ -1,0 +1,185 @@
+//! Endpoints and failover: one lazily connected channel per node, a current one, and retries
+//! that move to the next node with back-off.
+//!
+//! What is retried: a request the fabric certainly did not apply (`weft-not-applied`, a
+//! connection that never opened) goes to the next node at once; a request whose outcome is
+//! unknown is sent again only when it is idempotent (reads, and creates that carry an
+//! idempotency key). Every retry loop ends after `retry_for`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Error;
+
+/// First pause before trying again.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
+/// Longest pause between tries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Most endpoints one client may list.
+pub const MAX_ENDPOINTS: usize = 64;
+
+/// How a connection retries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// How long one request keeps trying (across nodes) before it gives up.
+    pub retry_for: Duration,
+    /// How long one try of a plain request may take.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { retry_for: Duration::from_secs(30), attempt_timeout: Duration::from_secs(10) }
+    }
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+    options: Options,
+}
+
+/// Channels to every endpoint; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("endpoints", &self.inner.addrs).finish_non_exhaustive()
+    }
+}
+
+/// Doubles a pause up to [`MAX_BACKOFF`], with up to a quarter of jitter.
+pub(crate) fn next_backoff(pause: Duration) -> Duration {
+    let doubled = (pause * 2).min(MAX_BACKOFF);
+    let jitter = rand::random::<u64>() % (doubled.as_millis() as u64 / 4 + 1);
+    doubled + Duration::from_millis(jitter)
+}
+
+impl Connection {
+    /// Channels to `endpoints` (`HOST:PORT` or `http://HOST:PORT`), none opened yet.
+    pub fn new(endpoints: Vec<String>, options: Options) -> Result<Self, Error> {
+        if endpoints.is_empty() {
+            return Err(Error::Usage("no endpoints: give at least one node's HOST:PORT".into()));
+        }
+        if endpoints.len() > MAX_ENDPOINTS {
+            return Err(Error::Usage(format!("{} endpoints; at most {MAX_ENDPOINTS}", endpoints.len())));
+        }
+        let mut channels = Vec::with_capacity(endpoints.len());
+        let mut addrs = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
+            let channel = Endpoint::from_shared(uri)
+                .map_err(|e| Error::Usage(format!("invalid endpoint '{endpoint}': {e}")))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+            channels.push(channel);
+            addrs.push(endpoint);
+        }
+        // Clients of one process spread over the nodes instead of all starting on the first.
+        let start = rand::random::<u64>() as usize % channels.len();
+        Ok(Self { inner: Arc::new(Inner { addrs, channels, current: AtomicUsize::new(start), options }) })
+    }
+
+    /// The endpoint to use now, and its index.
+    pub fn current(&self) -> (usize, Channel) {
+        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.channels.len();
+        (i, self.inner.channels[i].clone())
+    }
+
+    /// The address of endpoint `i`.
+    pub fn addr(&self, i: usize) -> &str {
+        &self.inner.addrs[i % self.inner.addrs.len()]
+    }
+
+    /// Endpoint `i` failed: move on to the next one (unless another task already did).
+    pub fn failed(&self, i: usize) {
+        let n = self.inner.channels.len();
+        let _ = self.inner.current.compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The retry settings.
+    pub fn options(&self) -> Options {
+        self.inner.options
+    }
+
+    /// Runs `op` on the current endpoint, failing over as the module docs say, until
+    /// `retry_for` passes. `idempotent`: whether an unknown outcome may be retried.
+    pub async fn run<T, F, Fut>(&self, idempotent: bool, mut op: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let until = Instant::now() + self.inner.options.retry_for;
+        let mut pause = INITIAL_BACKOFF;
+        loop {
+            let (i, channel) = self.current();
+            let error = match op(channel).await {
+                Ok(value) => return Ok(value),
+                Err(status) => Error::from_status(&status),
+            };
+            let retry = match &error {
+                Error::Unavailable(_) => true,
+                Error::Unknown(_) => idempotent,
+                _ => false,
+            };
+            if !retry || Instant::now() + pause >= until {
+                return Err(error);
+            }
+            tracing::debug!(endpoint = self.addr(i), error = %error, "trying the next node");
+            self.failed(i);
+            tokio::time::sleep(pause).await;
+            pause = next_backoff(pause);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert!(matches!(Connection::new(vec![], Options::default()), Err(Error::Usage(_))));
+        let e = Connection::new(vec!["not a uri \n".into()], Options::default()).unwrap_err();
+        assert!(e.to_string().contains("invalid endpoint"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn fails_over_until_the_deadline_and_keeps_unknown_outcomes_of_writes() {
+        let options = Options { retry_for: Duration::from_millis(300), attempt_timeout: Duration::from_secs(1) };
+        let conn = Connection::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()], options).unwrap();
+        let mut seen = Vec::new();
+        let out: Result<(), Error> = conn
+            .run(false, |_| {
+                seen.push(conn.current().0);
+                let mut status = tonic::Status::unavailable("no leader");
+                status.metadata_mut().insert("weft-not-applied", "true".parse().unwrap());
+                async move { Err(status) }
+            })
+            .await;
+        assert!(matches!(out, Err(Error::Unavailable(_))));
+        assert!(seen.len() >= 3, "retried: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] != w[1]), "each retry on the next node: {seen:?}");
+        let mut tries = 0;
+        let out: Result<(), Error> = conn
+            .run(false, |_| {
+                tries += 1;
+                async { Err(tonic::Status::unavailable("outcome unknown")) }
+            })
+            .await;
+        assert!(matches!(out, Err(Error::Unknown(_))));
+        assert_eq!(tries, 1, "a write of unknown outcome is not sent again");
+    }
+}

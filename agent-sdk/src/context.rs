@@ -1,0 +1,226 @@
+//! [`Context`]: what a handler knows about its execution and what it can do from it.
+//!
+//! Calls and instance starts made from a context are children of the execution and carry
+//! idempotency keys numbered in the order the handler makes them. When an execution runs
+//! again (its agent died, its effects conflicted) the handler makes the same calls in the
+//! same order and gets the same children back, with their results, instead of new ones:
+//! keep the order of fabric calls in a handler deterministic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use weft_proto::fabric::v1 as pb;
+
+use crate::client::{Call, Client};
+use crate::state::{Buffer, Scope};
+use crate::types::Started;
+use crate::{Codec, Error, codec};
+
+struct Inner {
+    client: Client,
+    id: u64,
+    token: u64,
+    agent: String,
+    instance: Option<String>,
+    delegate: String,
+    attempt: u32,
+    cancel: CancellationToken,
+    buffer: Mutex<Buffer>,
+    seq: AtomicU64,
+}
+
+/// The context of one running execution. Cheap to clone.
+///
+/// ```no_run
+/// use weft_agent::{Context, Fail};
+///
+/// async fn checkout(ctx: Context, order: u64) -> Result<String, Fail> {
+///     if ctx.is_cancelled() {
+///         return Err(Fail::permanent("cancelled"));
+///     }
+///     // A typed call of another agent, a child of this execution.
+///     let paid: bool = ctx.call("payments", "charge", &order).await?;
+///     Ok(format!("order {order}: paid {paid}, attempt {}", ctx.attempt()))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("execution", &self.inner.id)
+            .field("agent", &self.inner.agent)
+            .field("instance", &self.inner.instance)
+            .field("delegate", &self.inner.delegate)
+            .field("attempt", &self.inner.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(client: Client, e: &pb::Execution, token: u64, cancel: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                id: e.id,
+                token,
+                agent: e.agent.clone(),
+                instance: (!e.instance.is_empty()).then(|| e.instance.clone()),
+                delegate: e.delegate.clone(),
+                attempt: e.attempts,
+                cancel,
+                buffer: Mutex::default(),
+                seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The execution's id.
+    pub fn execution_id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The agent running it.
+    pub fn agent(&self) -> &str {
+        &self.inner.agent
+    }
+
+    /// The instance, for instance executions.
+    pub fn instance(&self) -> Option<&str> {
+        self.inner.instance.as_deref()
+    }
+
+    /// The delegate running.
+    pub fn delegate(&self) -> &str {
+        &self.inner.delegate
+    }
+
+    /// Which delivery this is: 1 the first time, more after a crash or a retry.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// Whether the execution was cancelled (or its deadline passed, or its lease was lost):
+    /// nothing this handler returns will count any more.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Resolves when the execution is cancelled; `select!` on it in long handlers.
+    pub async fn cancelled(&self) {
+        self.inner.cancel.cancelled().await;
+    }
+
+    /// A client on the same fabric, for calls outside this execution's exactly-once
+    /// bookkeeping.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    pub(crate) fn token(&self) -> u64 {
+        self.inner.token
+    }
+
+    pub(crate) fn buffer(&self) -> MutexGuard<'_, Buffer> {
+        self.inner.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes what the handler buffered, for its completion.
+    pub(crate) fn take_effects(&self) -> Vec<pb::Effect> {
+        std::mem::take(&mut *self.buffer()).into_effects()
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Calls another agent and waits for its typed result; the call is a child of this
+    /// execution (cancelling this one cancels it). The handler should not hold every slot of
+    /// an agent it then calls: a child waits for a free slot like any execution.
+    pub async fn call<A, R>(&self, agent: &str, delegate: &str, args: &A) -> Result<R, Error>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.request(agent, delegate).args(args).call().await
+    }
+
+    /// A child call with options (instance, timeout, retries, ...); see [`Client::request`].
+    pub fn request(&self, agent: &str, delegate: &str) -> Call<'_> {
+        let key = format!("call-{}", self.next_seq());
+        self.inner.client.request(agent, delegate).parent(self.inner.id, self.inner.token).idempotency_key(&key)
+    }
+
+    /// Creates an execution when this handler succeeds, atomically with its result (once,
+    /// whatever happens to this process), without waiting for it.
+    pub fn send<A: Serialize + ?Sized>(&self, agent: &str, delegate: &str, args: &A) -> Result<(), Error> {
+        self.send_to(agent, None, delegate, args)
+    }
+
+    /// [`Context::send`] to an instance.
+    pub fn send_to<A: Serialize + ?Sized>(
+        &self,
+        agent: &str,
+        instance: Option<&str>,
+        delegate: &str,
+        args: &A,
+    ) -> Result<(), Error> {
+        let payload = codec::encode(self.inner.client.codec, args)?;
+        let key = format!("send-{}", self.next_seq());
+        self.buffer().calls.push(pb::CreateExecutionRequest {
+            agent: agent.to_owned(),
+            instance: instance.unwrap_or_default().to_owned(),
+            delegate: delegate.to_owned(),
+            payload: Some(payload),
+            idempotency_key: key,
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    /// Starts an instance of `agent` and waits for its `Start`; when this execution
+    /// belongs to an instance, the new one is its child (stopping this one stops it).
+    pub async fn start_instance<A, R>(&self, agent: &str, args: &A) -> Result<Started<R>, Error>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let key = format!("weft-{}-start-{}", self.inner.id, self.next_seq());
+        let parent = self.inner.instance.as_deref().map(|i| (self.inner.agent.as_str(), i));
+        self.inner.client.start_instance_with(agent, None, args, Some(&key), parent).await
+    }
+
+    /// Stops an instance and waits for its `Stop`.
+    pub async fn stop_instance(&self, agent: &str, id: &str) -> Result<(), Error> {
+        self.next_seq();
+        self.inner.client.stop_instance(agent, id).await
+    }
+
+    /// This instance's own state (`instance/<agent>/<id>`); writes are applied with the
+    /// handler's result. An error outside an instance execution.
+    pub fn state(&self) -> Result<Scope, Error> {
+        match &self.inner.instance {
+            Some(id) => Ok(Scope::new(self.clone(), format!("instance/{}/{id}", self.inner.agent))),
+            None => Err(Error::Usage(format!(
+                "execution {} of {}.{} belongs to no instance, so it has no instance state; use shared()",
+                self.inner.id, self.inner.agent, self.inner.delegate
+            ))),
+        }
+    }
+
+    /// A shared namespace (`shared/<name>`); writes are applied with the handler's result.
+    pub fn shared(&self, name: &str) -> Scope {
+        Scope::new(self.clone(), format!("shared/{name}"))
+    }
+
+    /// The codec the client side of this context uses.
+    pub fn codec(&self) -> Codec {
+        self.inner.client.codec
+    }
+}

@@ -1,0 +1,140 @@
+//! What can go wrong when calling the fabric, and what a handler reports.
+
+use std::fmt;
+
+/// Why a call to the fabric did not give a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The fabric refused the request: bad input, a missing execution or instance, a stale
+    /// lease, a full queue. Nothing changed. `code` is the gRPC status code.
+    #[error("refused ({code:?}): {message}")]
+    Refused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The fabric's message, naming the problem.
+        message: String,
+    },
+    /// No node answered in time, on any endpoint. Nothing changed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A write was sent but its outcome is unknown (it may or may not have been applied).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The execution ran and failed: its handler returned an error, its deadline passed, or
+    /// it could not be delivered.
+    #[error("execution {execution} failed ({kind}): {message}")]
+    Failed {
+        /// The execution.
+        execution: u64,
+        /// `handler`, `deadline`, `undeliverable` or `instance`.
+        kind: String,
+        /// What happened.
+        message: String,
+    },
+    /// The execution was cancelled.
+    #[error("execution {execution} was cancelled: {message}")]
+    Cancelled {
+        /// The execution.
+        execution: u64,
+        /// Why.
+        message: String,
+    },
+    /// The wait ran out before the execution finished; it goes on, and
+    /// [`crate::Client::wait`] can wait for it again.
+    #[error("execution {execution} did not finish in time; it goes on")]
+    Timeout {
+        /// The execution that goes on.
+        execution: u64,
+    },
+    /// Arguments or a result could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The SDK was used in a way that cannot work (for example instance state outside an
+    /// instance execution, or a worker with no agents).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// Whether the request may be sent again (the fabric did not apply it, or the
+    /// operation is idempotent).
+    pub(crate) fn from_status(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        let message = status.message().to_owned();
+        let not_applied = status.metadata().get("weft-not-applied").is_some_and(|v| v == "true");
+        match status.code() {
+            Code::Unavailable if not_applied => Error::Unavailable(message),
+            Code::Unavailable if message.contains("tcp connect error") || message.contains("Connection refused") => {
+                Error::Unavailable(message)
+            }
+            Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Aborted => {
+                Error::Unknown(message)
+            }
+            code => Error::Refused { code, message },
+        }
+    }
+}
+
+/// An error a handler returns to the fabric. Any error type that implements `Display`
+/// converts into a retryable one; use [`Fail::permanent`] for an error that no retry
+/// policy should try again.
+///
+/// ```
+/// use weft_agent::Fail;
+/// let e = Fail::permanent("the order does not exist");
+/// assert!(!e.is_retryable());
+/// assert!(Fail::new("timeout talking to the bank").is_retryable());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail {
+    message: String,
+    retryable: bool,
+}
+
+impl Fail {
+    /// A retryable failure (retried if the execution has a retry policy).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: true }
+    }
+
+    /// A failure that is final whatever the retry policy says.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: false }
+    }
+
+    /// Whether a retry policy may try again.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Fail {}
+
+impl From<Error> for Fail {
+    /// An SDK error inside a handler (a failed child call, a state read) becomes a
+    /// retryable handler failure, unless the child itself failed for good.
+    fn from(e: Error) -> Self {
+        let retryable = !matches!(e, Error::Refused { .. } | Error::Codec(_) | Error::Usage(_));
+        Self { message: e.to_string(), retryable }
+    }
+}
+
+/// What a handler's error becomes on the wire: a message and whether it may be retried.
+pub(crate) fn describe<E: fmt::Display + 'static>(e: &E) -> (String, bool) {
+    match (e as &dyn std::any::Any).downcast_ref::<Fail>() {
+        Some(fail) => (fail.message.clone(), fail.retryable),
+        None => (e.to_string(), true),
+    }
+}

@@ -1,0 +1,269 @@
+//! Typed key/value state. Values are JSON, so the CLI (`weft state get`) shows them.
+//!
+//! - [`State`]: a namespace as a plain client sees it; every call goes to the fabric.
+//! - [`Scope`]: a namespace inside a handler. Reads go to the fabric (linearizable) and
+//!   remember the version they saw; writes are buffered and applied with the handler's
+//!   result in one log entry, each conditional on the version the handler read. If anyone
+//!   changed such a key meanwhile, nothing is applied and the execution runs again.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::state_client::StateClient;
+
+use crate::client::{Client, MAX_MESSAGE_BYTES};
+use crate::context::Context;
+use crate::Error;
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| Error::Codec(format!("cannot encode the value as JSON: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(namespace: &str, key: &str, bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Codec(format!("{namespace} {key} does not hold the expected JSON value: {e}")))
+}
+
+/// One namespace of state, for a plain client. See [`Client::state`].
+///
+/// ```no_run
+/// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+/// let config = client.state("shared/config");
+/// config.put("greeting", &"hello").await?;
+/// let greeting: Option<String> = config.get("greeting").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct State {
+    client: Client,
+    namespace: String,
+}
+
+impl State {
+    pub(crate) fn new(client: Client, namespace: &str) -> Self {
+        Self { client, namespace: namespace.to_owned() }
+    }
+
+    fn grpc(channel: tonic::transport::Channel) -> StateClient<tonic::transport::Channel> {
+        StateClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) async fn get_raw(&self, key: &str) -> Result<Option<pb::KeyValue>, Error> {
+        let attempt = self.client.conn.options().attempt_timeout;
+        self.client
+            .conn
+            .run(true, |channel| {
+                let req = pb::GetRequest { namespace: self.namespace.clone(), key: key.to_owned(), consistency: 0 };
+                async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(attempt);
+                    Ok(Self::grpc(channel).get(request).await?.into_inner().entry)
+                }
+            })
+            .await
+    }
+
+    /// The value of `key`, if any (a linearizable read).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        Ok(self.get_versioned(key).await?.map(|(v, _)| v))
+    }
+
+    /// The value of `key` and its version (for [`State::compare_and_set`]).
+    pub async fn get_versioned<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>, Error> {
+        match self.get_raw(key).await? {
+            None => Ok(None),
+            Some(kv) => Ok(Some((from_json(&self.namespace, key, &kv.value)?, kv.version))),
+        }
+    }
+
+    /// Writes `key`; its new version.
+    pub async fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64, Error> {
+        let value = to_json(value)?;
+        let attempt = self.client.conn.options().attempt_timeout;
+        self.client
+            .conn
+            .run(false, |channel| {
+                let req = pb::PutRequest {
+                    namespace: self.namespace.clone(),
+                    key: key.to_owned(),
+                    value: value.clone(),
+                    ttl_ms: None,
+                    if_absent: false,
+                };
+                async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(attempt);
+                    Ok(Self::grpc(channel).put(request).await?.into_inner().version)
+                }
+            })
+            .await
+    }
+
+    /// Writes `key` only if it is at `expected_version` (0: only if absent); its new version.
+    /// A mismatch is [`Error::Refused`] with `FailedPrecondition`.
+    pub async fn compare_and_set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        expected_version: u64,
+    ) -> Result<u64, Error> {
+        let value = to_json(value)?;
+        let attempt = self.client.conn.options().attempt_timeout;
+        self.client
+            .conn
+            .run(false, |channel| {
+                let req = pb::CompareAndSetRequest {
+                    namespace: self.namespace.clone(),
+                    key: key.to_owned(),
+                    expected_version,
+                    value: value.clone(),
+                    ttl_ms: None,
+                };
+                async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(attempt);
+                    Ok(Self::grpc(channel).compare_and_set(request).await?.into_inner().version)
+                }
+            })
+            .await
+    }
+
+    /// Removes `key`; whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, Error> {
+        let attempt = self.client.conn.options().attempt_timeout;
+        self.client
+            .conn
+            .run(false, |channel| {
+                let req =
+                    pb::DeleteRequest { namespace: self.namespace.clone(), key: key.to_owned(), expected_version: None };
+                async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(attempt);
+                    Ok(Self::grpc(channel).delete(request).await?.into_inner().deleted)
+                }
+            })
+            .await
+    }
+}
+
+/// A buffered write: a value, or a delete.
+#[derive(Debug, Clone)]
+struct Write {
+    value: Option<Vec<u8>>,
+    ttl_ms: Option<u64>,
+}
+
+/// What a handler read and wrote, applied with its result.
+#[derive(Debug, Default)]
+pub(crate) struct Buffer {
+    /// Version (0: absent) and bytes of every key read, as first read.
+    reads: HashMap<(String, String), (u64, Option<Vec<u8>>)>,
+    writes: BTreeMap<(String, String), Write>,
+    pub(crate) calls: Vec<pb::CreateExecutionRequest>,
+}
+
+impl Buffer {
+    /// The effects to send with a successful result.
+    pub(crate) fn into_effects(self) -> Vec<pb::Effect> {
+        let mut effects: Vec<pb::Effect> = self
+            .writes
+            .into_iter()
+            .map(|((namespace, key), w)| {
+                let expected_version = self.reads.get(&(namespace.clone(), key.clone())).map(|(v, _)| *v);
+                pb::Effect {
+                    kind: Some(pb::effect::Kind::State(pb::StateEffect {
+                        namespace,
+                        key,
+                        value: w.value,
+                        ttl_ms: w.ttl_ms,
+                        expected_version,
+                    })),
+                }
+            })
+            .collect();
+        effects.extend(self.calls.into_iter().map(|c| pb::Effect { kind: Some(pb::effect::Kind::Call(c)) }));
+        effects
+    }
+}
+
+/// One namespace of state inside a handler: reads see the handler's own writes; writes
+/// are applied atomically with its result (see the module docs). From
+/// [`Context::state`] or [`Context::shared`].
+///
+/// ```no_run
+/// # async fn increment(ctx: weft_agent::Context, by: u64) -> Result<u64, weft_agent::Fail> {
+/// let state = ctx.state()?;
+/// let count: u64 = state.get("count").await?.unwrap_or(0);
+/// state.put("count", &(count + by))?;
+/// Ok(count + by) // the put is applied with this result, exactly once
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Scope {
+    ctx: Context,
+    namespace: String,
+}
+
+impl Scope {
+    pub(crate) fn new(ctx: Context, namespace: String) -> Self {
+        Self { ctx, namespace }
+    }
+
+    /// The namespace's name.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The value of `key`: the handler's own write if it made one, else the fabric's (read
+    /// once, linearizably, and remembered).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let id = (self.namespace.clone(), key.to_owned());
+        let known = {
+            let buffer = self.ctx.buffer();
+            match buffer.writes.get(&id) {
+                Some(w) => Some(w.value.clone()),
+                None => buffer.reads.get(&id).map(|(_, bytes)| bytes.clone()),
+            }
+        };
+        let bytes = match known {
+            Some(bytes) => bytes,
+            None => {
+                let kv = State::new(self.ctx.client().clone(), &self.namespace).get_raw(key).await?;
+                let (version, bytes) = kv.map_or((0, None), |kv| (kv.version, Some(kv.value)));
+                self.ctx.buffer().reads.entry(id).or_insert((version, bytes.clone()));
+                bytes
+            }
+        };
+        bytes.map(|b| from_json(&self.namespace, key, &b)).transpose()
+    }
+
+    /// Writes `key` when the handler succeeds.
+    pub fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
+        self.write(key, Some(to_json(value)?), None)
+    }
+
+    /// Writes `key` with a time to live when the handler succeeds.
+    pub fn put_with_ttl<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: std::time::Duration,
+    ) -> Result<(), Error> {
+        self.write(key, Some(to_json(value)?), Some(ttl.as_millis().max(1) as u64))
+    }
+
+    /// Removes `key` when the handler succeeds.
+    pub fn delete(&self, key: &str) -> Result<(), Error> {
+        self.write(key, None, None)
+    }
+
+    fn write(&self, key: &str, value: Option<Vec<u8>>, ttl_ms: Option<u64>) -> Result<(), Error> {
+        if key.is_empty() {
+            return Err(Error::Usage("a state key must not be empty".into()));
+        }
+        self.ctx.buffer().writes.insert((self.namespace.clone(), key.to_owned()), Write { value, ttl_ms });
+        Ok(())
+    }
+}

@@ -1,0 +1,480 @@
+//! [`Worker`]: runs agents' handlers for the executions the fabric assigns to this process.
+//!
+//! ```text
+//!            ┌────────────── Listen stream to one node (fails over to the next) ──────┐
+//!   fabric ──┤ assignment ─► spawn handler (at most `capacity` at once) ─► completion ├─► fabric
+//!            │ revocation ─► cancel that handler's context   heartbeats, lease renewals│
+//!            └─────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! When the stream breaks the worker opens a new session on the next endpoint, with back-off.
+//! Handlers that were running go on; their completions are sent on the new stream, and
+//! completions not yet acknowledged are sent again (the fabric recognises a repeat). The
+//! fabric gives the old session's unfinished work to whoever has room, so an execution may
+//! run twice; its result and effects count once.
+//!
+//! [`Stopper::stop`] drains: no new assignments, running handlers get `drain_timeout` to
+//! finish, what remains is given back to the fabric for another process.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use weft_proto::fabric::v1 as pb;
+
+use crate::agent::Agent;
+use crate::client::Client;
+use crate::connection::{self, INITIAL_BACKOFF, next_backoff};
+use crate::context::Context;
+use crate::{Codec, Error};
+
+/// Messages to the fabric that may wait while the stream is busy, beyond the capacity.
+const OUTBOUND_SLACK: usize = 64;
+/// How long a session must have lasted for a reconnect to start from the first back-off.
+const STABLE_SESSION: Duration = Duration::from_secs(5);
+/// How long a revoked handler may run on before it is dropped.
+const REVOKED_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping worker waits for the fabric to acknowledge its last completions.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Stops a running [`Worker`] gracefully; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Stopper(CancellationToken);
+
+impl Stopper {
+    /// Asks the worker to drain and stop.
+    pub fn stop(&self) {
+        self.0.cancel();
+    }
+}
+
+/// Settings of a [`Worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    endpoints: Vec<String>,
+    agents: Vec<Agent>,
+    capacity: u32,
+    lease: Option<Duration>,
+    name: String,
+    drain_timeout: Duration,
+    codec: Codec,
+    options: connection::Options,
+}
+
+impl WorkerBuilder {
+    /// Serves `agent` (several agents may share one worker).
+    pub fn agent(mut self, agent: Agent) -> Self {
+        self.agents.push(agent);
+        self
+    }
+
+    /// Most executions this process runs at once (default 16).
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Each assignment's lease: renewed every third of it while its handler runs; if this
+    /// process stops renewing (hung, cut off) the execution goes to another after it. `None`:
+    /// held for as long as the session lives. Default 30 s.
+    pub fn lease(mut self, lease: Option<Duration>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// A label the fabric shows for this process (default `weft-agent pid N`).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+
+    /// How long a stopping worker lets running handlers finish before it gives their work
+    /// back (default 10 s).
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// The codec of calls made from handler contexts (default bincode).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// How long a request from a handler keeps trying across nodes (default 30 s).
+    pub fn retry_for(mut self, d: Duration) -> Self {
+        self.options.retry_for = d;
+        self
+    }
+
+    /// The worker.
+    pub fn build(self) -> Result<Worker, Error> {
+        if self.agents.is_empty() {
+            return Err(Error::Usage("a worker needs at least one agent".into()));
+        }
+        if self.capacity == 0 {
+            return Err(Error::Usage("a worker's capacity must be at least 1".into()));
+        }
+        let client = Client::builder(self.endpoints)
+            .retry_for(self.options.retry_for)
+            .attempt_timeout(self.options.attempt_timeout)
+            .codec(self.codec)
+            .build()?;
+        let agents = self.agents.into_iter().map(|a| (a.name.clone(), a)).collect();
+        Ok(Worker {
+            client,
+            agents: Arc::new(agents),
+            capacity: self.capacity,
+            lease: self.lease,
+            name: self.name,
+            drain_timeout: self.drain_timeout,
+            stop: CancellationToken::new(),
+        })
+    }
+}
+
+/// Runs agent handlers: connects to any node, opens a session and serves what it is given.
+///
+/// ```no_run
+/// use weft_agent::{Agent, Context, Fail, Worker};
+///
+/// async fn pong(_ctx: Context, n: u32) -> Result<u32, Fail> {
+///     Ok(n + 1)
+/// }
+///
+/// # async fn demo() -> Result<(), weft_agent::Error> {
+/// let worker = Worker::builder(["127.0.0.1:7400"])
+///     .agent(Agent::new("pong").delegate("pong", pong))
+///     .capacity(64)
+///     .build()?;
+/// let stopper = worker.stopper();
+/// tokio::spawn(async move {
+///     let _ = tokio::signal::ctrl_c().await;
+///     stopper.stop();
+/// });
+/// worker.run().await
+/// # }
+/// ```
+pub struct Worker {
+    client: Client,
+    agents: Arc<HashMap<String, Agent>>,
+    capacity: u32,
+    lease: Option<Duration>,
+    name: String,
+    drain_timeout: Duration,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("agents", &self.agents.keys().collect::<Vec<_>>())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handler running in this process.
+struct Running {
+    token: u64,
+    cancel: CancellationToken,
+    last_renewed: Instant,
+}
+
+/// What a finished handler hands back to the worker loop.
+struct Done {
+    execution: u64,
+    token: u64,
+    completion: Option<pb::Completion>,
+}
+
+/// Why one session ended.
+enum SessionEnd {
+    /// Stop was asked and the drain is done.
+    Stopped,
+    /// The stream broke or the fabric closed the session: connect again.
+    Lost(String),
+}
+
+fn agent_message(kind: pb::agent_message::Kind) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(kind) }
+}
+
+impl Worker {
+    /// A worker for a cluster reachable at any of `endpoints` (`HOST:PORT`).
+    pub fn builder<I, S>(endpoints: I) -> WorkerBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        WorkerBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            agents: Vec::new(),
+            capacity: 16,
+            lease: Some(Duration::from_secs(30)),
+            name: format!("weft-agent pid {}", std::process::id()),
+            drain_timeout: Duration::from_secs(10),
+            codec: Codec::default(),
+            options: connection::Options::default(),
+        }
+    }
+
+    /// A handle that stops this worker.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    /// The client handlers use; for callers in the same process.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs until stopped. Connection failures are retried forever, with back-off; a
+    /// session the fabric refuses (bad agent names, a claimed instance) ends the run with
+    /// that error.
+    pub async fn run(self) -> Result<(), Error> {
+        let mut state = LoopState {
+            running: HashMap::new(),
+            unacked: HashMap::new(),
+            permits: Arc::new(Semaphore::new(self.capacity as usize)),
+            done: mpsc::channel(self.capacity as usize + OUTBOUND_SLACK),
+        };
+        let mut pause = INITIAL_BACKOFF;
+        loop {
+            if self.stop.is_cancelled() && state.running.is_empty() && state.unacked.is_empty() {
+                return Ok(());
+            }
+            let started = Instant::now();
+            match self.session(&mut state).await {
+                Ok(SessionEnd::Stopped) => return Ok(()),
+                Ok(SessionEnd::Lost(reason)) => {
+                    tracing::info!(%reason, "agent session lost; reconnecting");
+                }
+                Err(e @ Error::Refused { .. }) | Err(e @ Error::Usage(_)) => return Err(e),
+                Err(e) => tracing::info!(error = %e, "cannot open an agent session; trying the next node"),
+            }
+            if started.elapsed() >= STABLE_SESSION {
+                pause = INITIAL_BACKOFF;
+            }
+            let (i, _) = self.client.conn.current();
+            self.client.conn.failed(i);
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled(), if state.running.is_empty() => return Ok(()),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = next_backoff(pause);
+        }
+    }
+
+    fn open_message(&self) -> pb::AgentMessage {
+        let lease_ms = self.lease.map_or(0, |d| d.as_millis().clamp(1_000, 86_400_000) as u64);
+        agent_message(pb::agent_message::Kind::Open(pb::OpenSession {
+            agents: self.agents.values().map(Agent::spec).collect(),
+            capacity: self.capacity,
+            claims: Vec::new(),
+            lease_ms,
+            name: self.name.clone(),
+        }))
+    }
+
+    /// One session on the current endpoint, until it is lost or the worker stops.
+    async fn session(&self, state: &mut LoopState) -> Result<SessionEnd, Error> {
+        let (_, channel) = self.client.conn.current();
+        let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(self.capacity as usize * 2 + OUTBOUND_SLACK);
+        out.try_send(self.open_message()).map_err(|_| Error::Usage("cannot queue the open message".into()))?;
+        let outbound = futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut grpc = self.client.executions(channel);
+        let mut inbound = grpc.listen(outbound).await.map_err(|s| Error::from_status(&s))?.into_inner();
+        let opened = match inbound.message().await {
+            Ok(Some(pb::FabricMessage { kind: Some(pb::fabric_message::Kind::Opened(o)) })) => o,
+            Ok(_) => return Ok(SessionEnd::Lost("the fabric did not open the session".into())),
+            Err(status) => return Err(Error::from_status(&status)),
+        };
+        tracing::info!(session = opened.session_id, node = opened.node_id, "agent session open");
+        for completion in state.unacked.values() {
+            let _ = out.send(agent_message(pb::agent_message::Kind::Complete(completion.clone()))).await;
+        }
+        let heartbeat_every = Duration::from_millis((opened.session_timeout_ms / 3).max(100));
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        let renew_every = self.lease.map(|l| l / 3);
+        let mut renew = tokio::time::interval(renew_every.unwrap_or(Duration::from_secs(3600)));
+        let mut draining: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled(), if draining.is_none() => {
+                    tracing::info!(running = state.running.len(), "draining");
+                    let _ = out.send(agent_message(pb::agent_message::Kind::Drain(pb::Drain {}))).await;
+                    draining = Some(Instant::now() + self.drain_timeout);
+                }
+                _ = sleep_until_opt(draining), if draining.is_some() => {
+                    // The drain time is up: hand back what still runs.
+                    for (id, r) in state.running.drain() {
+                        r.cancel.cancel();
+                        let lease = pb::Lease { execution_id: id, token: r.token };
+                        let _ = out.send(agent_message(pb::agent_message::Kind::GiveBack(lease))).await;
+                    }
+                    self.await_acks(state, &mut inbound).await;
+                    return Ok(SessionEnd::Stopped);
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(m)) => {
+                        if let Some(end) = self.on_message(state, m, &out).await {
+                            return Ok(end);
+                        }
+                    }
+                    Ok(None) => return Ok(SessionEnd::Lost("the fabric ended the stream".into())),
+                    Err(status) => return Ok(SessionEnd::Lost(format!("stream error: {}", status.message()))),
+                },
+                Some(done) = state.done.1.recv() => {
+                    if state.running.get(&done.execution).is_some_and(|r| r.token == done.token) {
+                        state.running.remove(&done.execution);
+                    }
+                    if let Some(completion) = done.completion {
+                        state.unacked.insert(done.execution, completion.clone());
+                        let _ = out.send(agent_message(pb::agent_message::Kind::Complete(completion))).await;
+                    }
+                    if draining.is_some() && state.running.is_empty() {
+                        self.await_acks(state, &mut inbound).await;
+                        return Ok(SessionEnd::Stopped);
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let _ = out.send(agent_message(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {}))).await;
+                }
+                _ = renew.tick(), if renew_every.is_some() => {
+                    let every = renew_every.unwrap_or_default();
+                    for (id, r) in state.running.iter_mut() {
+                        if r.last_renewed.elapsed() >= every {
+                            r.last_renewed = Instant::now();
+                            let lease = pb::Lease { execution_id: *id, token: r.token };
+                            let _ = out.send(agent_message(pb::agent_message::Kind::Renew(lease))).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the last completions: wait a little for their acknowledgements.
+    async fn await_acks(&self, state: &mut LoopState, inbound: &mut tonic::Streaming<pb::FabricMessage>) {
+        let until = Instant::now() + FINAL_ACK_WAIT;
+        while !state.unacked.is_empty() {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, inbound.message()).await {
+                Ok(Ok(Some(pb::FabricMessage { kind: Some(pb::fabric_message::Kind::Completed(ack)) }))) => {
+                    state.unacked.remove(&ack.execution_id);
+                }
+                Ok(Ok(Some(_))) => {}
+                _ => return,
+            }
+        }
+    }
+
+    async fn on_message(
+        &self,
+        state: &mut LoopState,
+        m: pb::FabricMessage,
+        out: &mpsc::Sender<pb::AgentMessage>,
+    ) -> Option<SessionEnd> {
+        use pb::fabric_message::Kind;
+        match m.kind? {
+            Kind::Assignment(a) => {
+                let execution = a.execution?;
+                if state.running.get(&execution.id).is_some_and(|r| r.token == a.token) {
+                    return None;
+                }
+                if let Some(old) = state.running.remove(&execution.id) {
+                    // Reassigned to this process under a new token: the old run is stale.
+                    old.cancel.cancel();
+                }
+                self.spawn_handler(state, execution, a.token);
+            }
+            Kind::Revoked(r) => {
+                if let Some(running) = state.running.get(&r.execution_id)
+                    && running.token == r.token
+                {
+                    tracing::debug!(execution = r.execution_id, reason = %r.reason, "revoked");
+                    running.cancel.cancel();
+                    state.running.remove(&r.execution_id);
+                }
+            }
+            Kind::Completed(ack) => {
+                state.unacked.remove(&ack.execution_id);
+                match ack.outcome.as_str() {
+                    "accepted" | "repeated" | "retrying" => {}
+                    "conflict" => tracing::debug!(execution = ack.execution_id, error = %ack.error, "state conflict; it runs again"),
+                    _ => tracing::warn!(execution = ack.execution_id, error = %ack.error, "completion refused"),
+                }
+            }
+            Kind::Renewed(_) | Kind::Opened(_) => {}
+            Kind::Closed(c) => return Some(SessionEnd::Lost(format!("the fabric closed the session: {}", c.reason))),
+        }
+        None
+    }
+
+    fn spawn_handler(&self, state: &mut LoopState, e: pb::Execution, token: u64) {
+        let cancel = CancellationToken::new();
+        state.running.insert(e.id, Running { token, cancel: cancel.clone(), last_renewed: Instant::now() });
+        let handler = self.agents.get(&e.agent).and_then(|a| a.handler(&e.delegate));
+        let ctx = Context::new(self.client.clone(), &e, token, cancel.clone());
+        let permits = state.permits.clone();
+        let done = state.done.0.clone();
+        let id = e.id;
+        let payload = e.payload.unwrap_or_default();
+        let name = format!("{}.{}", e.agent, e.delegate);
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else { return };
+            let outcome = match handler {
+                None => Err((format!("this process has no handler for {name}"), false)),
+                Some(handler) => {
+                    let run = AssertUnwindSafe(handler(ctx.clone(), payload)).catch_unwind();
+                    tokio::pin!(run);
+                    tokio::select! {
+                        outcome = &mut run => outcome.unwrap_or_else(|_| Err((format!("the handler of {name} panicked"), true))),
+                        _ = cancel.cancelled() => {
+                            // Revoked: whatever it returns now is refused. Let it see the
+                            // cancellation and finish, within a grace period.
+                            let _ = tokio::time::timeout(REVOKED_GRACE, &mut run).await;
+                            let _ = done.send(Done { execution: id, token, completion: None }).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            if cancel.is_cancelled() {
+                // Revoked while it returned: the fabric would refuse the completion.
+                let _ = done.send(Done { execution: id, token, completion: None }).await;
+                return;
+            }
+            let (outcome, effects) = match outcome {
+                Ok(payload) => (pb::completion::Outcome::Result(payload), ctx.take_effects()),
+                Err((message, retryable)) => {
+                    (pb::completion::Outcome::Error(pb::HandlerError { message, retryable }), Vec::new())
+                }
+            };
+            let completion =
+                pb::Completion { execution_id: id, token: ctx.token(), outcome: Some(outcome), effects };
+            let _ = done.send(Done { execution: id, token, completion: Some(completion) }).await;
+        });
+    }
+}
+
+struct LoopState {
+    running: HashMap<u64, Running>,
+    unacked: HashMap<u64, pb::Completion>,
+    permits: Arc<Semaphore>,
+    done: (mpsc::Sender<Done>, mpsc::Receiver<Done>),
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,85 @@
+//! `weft.cluster.v1.Forward`: the leader's side of [`super::routing`]. Writes arrive encoded
+//! and validated by the node that took them; the leader proposes them and answers with the
+//! grid's result, or with a status that says the write was certainly not applied.
+
+use tonic::{Request, Response, Status};
+use weft_proto::cluster::v1 as cpb;
+
+use super::{Context, Error};
+use crate::codec;
+use crate::grid::{self, Command};
+
+/// Serves `weft.cluster.v1.Forward` on one node.
+#[derive(Clone)]
+pub struct ForwardService {
+    ctx: Context,
+}
+
+impl ForwardService {
+    /// The service for a node.
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+
+    fn check_cluster(&self, cluster: &str) -> Result<(), Status> {
+        if cluster == self.ctx.cluster {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "this node belongs to cluster '{}', not '{cluster}'",
+                self.ctx.cluster
+            )))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl cpb::forward_server::Forward for ForwardService {
+    async fn propose(&self, request: Request<cpb::ProposeRequest>) -> Result<Response<cpb::ProposeReply>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster)?;
+        let command: Command = codec::decode(&req.command)
+            .map_err(|e| Status::invalid_argument(format!("cannot read the forwarded command: {e}")))?;
+        if self.ctx.leader() != super::Leader::Local {
+            let leader = match self.ctx.leader() {
+                super::Leader::Remote { addr, .. } => Some(addr),
+                _ => None,
+            };
+            return Err(Error::NotLeader { leader }.into_status());
+        }
+        let answer: Result<grid::Output, grid::Error> =
+            match tokio::time::timeout(self.ctx.request_timeout, self.ctx.proposer.propose(command)).await {
+                Ok(Ok(output)) => Ok(output),
+                Ok(Err(Error::Grid(e))) => Err(e),
+                Ok(Err(e)) => return Err(e.into_status()),
+                Err(_) => {
+                    return Err(Error::Indeterminate(format!(
+                        "not committed within request_timeout_ms ({} ms)",
+                        self.ctx.request_timeout.as_millis()
+                    ))
+                    .into_status());
+                }
+            };
+        Ok(Response::new(cpb::ProposeReply { result: codec::encode(&answer) }))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<cpb::ReadIndexRequest>,
+    ) -> Result<Response<cpb::ReadIndexReply>, Status> {
+        self.check_cluster(&request.get_ref().cluster)?;
+        use openraft::error::{CheckIsLeaderError, RaftError};
+        match self.ctx.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => {
+                Ok(Response::new(cpb::ReadIndexReply { index: read_log_id.map_or(0, |l| l.index) }))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader { leader: f.leader_node.map(|n| n.addr) }.into_status())
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(Error::Unavailable(format!("leader cannot reach a quorum: {q}")).into_status())
+            }
+            Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!("raft stopped: {f}")).into_status()),
+        }
+    }
+}

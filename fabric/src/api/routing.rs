@@ -1,0 +1,166 @@
+//! Routing for the execution and instance services: a write is one grid command proposed on
+//! the leader, here or handed over with `weft.cluster.v1.Forward/Propose`; a linearizable
+//! read asks the leader for a read index, waits until this node has applied that far, and
+//! reads this node's replica.
+//!
+//! ```text
+//!   propose(command) ─► leader here? ─► proposer ─► raft
+//!                        └ no ─► Forward/Propose ─► leader's proposer (never forwards again)
+//!   read_barrier()    ─► leader here? ─► ensure_linearizable
+//!                        └ no ─► Forward/ReadIndex ─► wait until applied >= index
+//! ```
+//!
+//! Retries follow the State service's rules: what was certainly not applied is sent again
+//! until the request's deadline; a write whose fate is unknown is reported as such.
+
+use std::time::{Duration, Instant};
+
+use tonic::Request;
+use weft_proto::cluster::v1 as cpb;
+use weft_proto::cluster::v1::forward_client::ForwardClient;
+
+use super::{Context, Error, Leader, RETRY_PAUSE, is_not_applied, never_sent};
+use crate::codec;
+use crate::grid::{self, Command, Output};
+
+/// The reply of a forwarded proposal: the grid's answer.
+pub type Answer = Result<Output, grid::Error>;
+
+fn forward_client(ctx: &Context, addr: &str) -> Result<ForwardClient<tonic::transport::Channel>, Error> {
+    let channel = ctx.channel(addr)?;
+    Ok(ForwardClient::new(channel)
+        .max_decoding_message_size(ctx.max_message_bytes)
+        .max_encoding_message_size(ctx.max_message_bytes))
+}
+
+fn no_leader(ctx: &Context) -> Error {
+    Error::Unavailable(format!(
+        "no leader was elected within {} ms; is a majority of the cluster up?",
+        ctx.request_timeout.as_millis()
+    ))
+}
+
+/// Proposes one validated command where the leader is and returns the grid's answer, within
+/// the request timeout.
+pub async fn propose(ctx: &Context, command: Command) -> Result<Output, Error> {
+    propose_until(ctx, command, Instant::now() + ctx.request_timeout).await
+}
+
+/// [`propose`] with an explicit deadline.
+pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -> Result<Output, Error> {
+    let mut encoded: Option<Vec<u8>> = None;
+    loop {
+        let last = match ctx.wait_for_leader(deadline).await {
+            Leader::Local => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, ctx.proposer.propose(command.clone())).await {
+                    Ok(Ok(output)) => return Ok(output),
+                    Ok(Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_)))) => e,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(Error::Indeterminate(format!(
+                            "not committed within request_timeout_ms ({} ms); the leader may have lost its quorum",
+                            ctx.request_timeout.as_millis()
+                        )));
+                    }
+                }
+            }
+            Leader::Remote { id, addr } => {
+                let bytes = encoded.get_or_insert_with(|| codec::encode(&command)).clone();
+                let mut request = Request::new(cpb::ProposeRequest { cluster: ctx.cluster.clone(), command: bytes });
+                request.set_timeout(deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE));
+                ctx.counters.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut client = forward_client(ctx, &addr)?;
+                let answer = tokio::select! {
+                    answer = client.propose(request) => answer,
+                    new = ctx.leader_moved_from(id) => Err(tonic::Status::cancelled(format!(
+                        "node {new} was elected while the write was with the old leader at {addr}"
+                    ))),
+                };
+                match answer {
+                    Ok(reply) => {
+                        let answer: Answer = codec::decode(&reply.into_inner().result).map_err(|e| {
+                            Error::Indeterminate(format!("the leader at {addr} sent an unreadable answer: {e}"))
+                        })?;
+                        return answer.map_err(Error::Grid);
+                    }
+                    Err(status) if is_not_applied(&status) || never_sent(&status) => {
+                        Error::Unavailable(status.message().to_owned())
+                    }
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                        return Err(Error::Overloaded(status.message().to_owned()));
+                    }
+                    Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                        return Err(Error::Unavailable(format!("the leader refused the write: {}", status.message())));
+                    }
+                    Err(status) => {
+                        return Err(Error::Indeterminate(format!(
+                            "the leader at {addr} did not answer: {}",
+                            status.message()
+                        )));
+                    }
+                }
+            }
+            Leader::Unknown => no_leader(ctx),
+        };
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Waits until a read of this node's replica is linearizable: everything committed before
+/// the call is applied here. Retries until the request timeout.
+pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
+    let deadline = Instant::now() + ctx.request_timeout;
+    loop {
+        let last = match ctx.wait_for_leader(deadline).await {
+            Leader::Local => match ctx.read_index().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+            Leader::Remote { addr, .. } => {
+                let left = deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE);
+                let mut request = Request::new(cpb::ReadIndexRequest { cluster: ctx.cluster.clone() });
+                request.set_timeout(left);
+                match forward_client(ctx, &addr)?.read_index(request).await {
+                    Ok(reply) => {
+                        let index = reply.into_inner().index;
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match wait_applied(ctx, index, left).await {
+                            Ok(()) => return Ok(()),
+                            Err(e) => e,
+                        }
+                    }
+                    Err(status) => Error::Unavailable(format!("read index from {addr}: {}", status.message())),
+                }
+            }
+            Leader::Unknown => no_leader(ctx),
+        };
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+async fn wait_applied(ctx: &Context, index: u64, left: Duration) -> Result<(), Error> {
+    let mut metrics = ctx.raft.metrics();
+    let reached = tokio::time::timeout(left, async {
+        loop {
+            if metrics.borrow_and_update().last_applied.is_some_and(|l| l.index >= index) {
+                return true;
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await;
+    match reached {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::Unavailable("raft stopped".into())),
+        Err(_) => Err(Error::Unavailable(format!("this node did not apply up to index {index} in time"))),
+    }
+}

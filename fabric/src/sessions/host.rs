@@ -1,0 +1,365 @@
+//! One agent session's stream on the node that hosts it.
+//!
+//! The first message must open the session. The node registers a fresh key with the watch
+//! hub, proposes `OpenSession` (so the grid can assign work to it in the same entry) and
+//! answers `opened`. From then on one task serves the stream: it pushes what the hub
+//! delivers (assignments, revocations, the close), proposes what the agent sends
+//! (completions, renewals, give-backs), and closes the session when the stream ends, the
+//! agent goes quiet for `session_timeout_ms`, or the node shuts down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use weft_proto::fabric::v1 as pb;
+
+use crate::api::{Context, Error, convert, routing};
+use crate::grid::execution::{ExecutionId, SessionId};
+use crate::grid::session::{Host, NewSession};
+use crate::grid::{self, Command, Output};
+use crate::watch::SessionEvent;
+
+/// Room in the outbound stream beyond the session's capacity.
+pub const OUTBOUND_SLACK: usize = 64;
+/// Proposals (completions, renewals) one session may have in flight beyond its capacity;
+/// past that the node stops reading the agent's stream until some finish.
+pub const INFLIGHT_SLACK: usize = 16;
+/// Shortest lease a session may ask for (0 means no lease timeout).
+pub const MIN_LEASE_MS: u64 = 1_000;
+/// Longest lease a session may ask for: one day.
+pub const MAX_LEASE_MS: u64 = 86_400_000;
+/// How long the node keeps trying to close an ended session (the reaper covers the rest).
+const CLOSE_RETRY_FOR: Duration = Duration::from_secs(30);
+const CLOSE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+type Outbound = mpsc::Sender<Result<pb::FabricMessage, Status>>;
+
+fn message(kind: pb::fabric_message::Kind) -> Result<pb::FabricMessage, Status> {
+    Ok(pb::FabricMessage { kind: Some(kind) })
+}
+
+/// Opens a session from the stream's first message and starts serving it; returns what the
+/// fabric sends to the agent.
+pub async fn open(
+    ctx: Context,
+    mut inbound: Streaming<pb::AgentMessage>,
+    shutdown: CancellationToken,
+) -> Result<mpsc::Receiver<Result<pb::FabricMessage, Status>>, Status> {
+    let timeout = ctx.work.session_timeout;
+    let first = tokio::time::timeout(timeout, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("no open message within session_timeout_ms ({timeout:?})")))??
+        .ok_or_else(|| Status::invalid_argument("the stream ended before the session opened"))?;
+    let Some(pb::agent_message::Kind::Open(open)) = first.kind else {
+        return Err(Status::invalid_argument("the first message of a session must be `open`"));
+    };
+    if open.capacity > ctx.work.max_session_capacity {
+        return Err(Status::invalid_argument(format!(
+            "invalid session: capacity {} is over max_session_capacity ({})",
+            open.capacity, ctx.work.max_session_capacity
+        )));
+    }
+    if open.lease_ms != 0 && !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&open.lease_ms) {
+        return Err(Status::invalid_argument(format!(
+            "invalid session: lease_ms {} is out of range; 0 (no lease timeout) or {MIN_LEASE_MS} to {MAX_LEASE_MS}",
+            open.lease_ms
+        )));
+    }
+    let live = ctx.applied.read(|a| a.grid.work_totals().sessions);
+    if live >= ctx.work.max_sessions {
+        return Err(Error::Grid(grid::Error::TooMany {
+            what: "sessions".into(),
+            count: live,
+            limit: ctx.work.max_sessions,
+            setting: "max_sessions".into(),
+        })
+        .into_status());
+    }
+    let capacity = open.capacity as usize;
+    let key: u64 = rand::random();
+    let new = NewSession {
+        host: Host { node: ctx.node_id, key },
+        agents: convert::agent_specs(open.agents),
+        capacity: open.capacity,
+        claims: open.claims.into_iter().map(|c| (c.agent, c.instance)).collect(),
+        lease_ms: open.lease_ms,
+        name: open.name,
+    };
+    let command = Command::OpenSession(Box::new(new));
+    command.validate(&ctx.limits).map_err(|e| Error::Grid(e).into_status())?;
+    // Registered before the open is proposed: the entry that opens it may assign it work.
+    let events = ctx.hub.register_session(key, capacity);
+    let id = match routing::propose(&ctx, command).await {
+        Ok(Output::Session { id }) => id,
+        Ok(other) => {
+            ctx.hub.unregister_session(key);
+            return Err(Status::internal(format!("unexpected answer to a session open: {other:?}")));
+        }
+        Err(e) => {
+            // If it was applied after all, the reaper closes it: its key is gone.
+            ctx.hub.unregister_session(key);
+            return Err(e.into_status());
+        }
+    };
+    let (tx, rx) = mpsc::channel(capacity + OUTBOUND_SLACK);
+    let opened = pb::SessionOpened {
+        session_id: id,
+        node_id: ctx.node_id,
+        session_timeout_ms: ctx.work.session_timeout.as_millis() as u64,
+    };
+    let _ = tx.try_send(message(pb::fabric_message::Kind::Opened(opened)));
+    tracing::debug!(session = id, node_id = ctx.node_id, "session opened");
+    let session = Session {
+        inflight: Arc::new(Semaphore::new(capacity + INFLIGHT_SLACK)),
+        ctx,
+        id,
+        key,
+        capacity,
+        inbound,
+        events,
+        tx,
+        shutdown,
+        pushed: HashMap::new(),
+    };
+    tokio::spawn(session.run());
+    Ok(rx)
+}
+
+/// How a session's stream ended.
+enum Ending {
+    /// The grid closed it (the close was applied): nothing more to do.
+    Grid,
+    /// This node ends it: propose the close.
+    Here(String),
+}
+
+struct Session {
+    ctx: Context,
+    id: SessionId,
+    key: u64,
+    capacity: usize,
+    inbound: Streaming<pb::AgentMessage>,
+    events: mpsc::Receiver<SessionEvent>,
+    tx: Outbound,
+    shutdown: CancellationToken,
+    inflight: Arc<Semaphore>,
+    /// Executions pushed to the agent and (as far as this task knows) still held.
+    pushed: HashMap<ExecutionId, u64>,
+}
+
+impl Session {
+    async fn run(mut self) {
+        let timeout = self.ctx.work.session_timeout;
+        let mut last_seen = Instant::now();
+        let ending = loop {
+            let quiet = tokio::time::sleep_until((last_seen + timeout).into());
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break Ending::Here("the node is shutting down".into()),
+                event = self.events.recv() => match event {
+                    Some(event) => {
+                        if let Some(ending) = self.on_event(event).await {
+                            break ending;
+                        }
+                    }
+                    None => break Ending::Here("the session's stream did not keep up".into()),
+                },
+                received = self.inbound.message() => match received {
+                    Ok(Some(m)) => {
+                        last_seen = Instant::now();
+                        if let Err(status) = self.on_message(m).await {
+                            let reason = status.message().to_owned();
+                            let _ = self.tx.try_send(Err(status));
+                            break Ending::Here(reason);
+                        }
+                    }
+                    Ok(None) => break Ending::Here("the agent closed the stream".into()),
+                    Err(status) => break Ending::Here(format!("the stream failed: {}", status.message())),
+                },
+                _ = quiet => break Ending::Here(format!(
+                    "nothing from the agent within session_timeout_ms ({} ms)", timeout.as_millis()
+                )),
+            }
+        };
+        self.ctx.hub.unregister_session(self.key);
+        if let Ending::Here(reason) = ending {
+            tracing::debug!(session = self.id, %reason, "session ends");
+            let closed = pb::SessionClosed { reason: reason.clone() };
+            let _ = self.tx.try_send(message(pb::fabric_message::Kind::Closed(closed)));
+            tokio::spawn(close(self.ctx.clone(), self.id, reason, self.shutdown.clone()));
+        }
+    }
+
+    async fn send(&self, kind: pb::fabric_message::Kind) -> bool {
+        self.tx.send(message(kind)).await.is_ok()
+    }
+
+    async fn on_event(&mut self, event: SessionEvent) -> Option<Ending> {
+        use pb::fabric_message::Kind;
+        match event {
+            SessionEvent::Assigned { execution, token } => {
+                self.pushed.insert(execution.id, token);
+                if self.pushed.len() > 4 * self.capacity + OUTBOUND_SLACK {
+                    self.prune();
+                }
+                let assignment = pb::Assignment { execution: Some(convert::pb_execution(*execution)), token };
+                if !self.send(Kind::Assignment(assignment)).await {
+                    return Some(Ending::Here("the agent stopped reading the stream".into()));
+                }
+            }
+            SessionEvent::Revoked { execution, token, reason } => {
+                self.pushed.remove(&execution);
+                let revoked = pb::Revocation { execution_id: execution, token, reason };
+                if !self.send(Kind::Revoked(revoked)).await {
+                    return Some(Ending::Here("the agent stopped reading the stream".into()));
+                }
+            }
+            SessionEvent::Closed { reason } => {
+                let _ = self.send(Kind::Closed(pb::SessionClosed { reason })).await;
+                return Some(Ending::Grid);
+            }
+            SessionEvent::Reset => return self.reconcile().await,
+        }
+        None
+    }
+
+    /// Keeps only what the grid says this session holds.
+    fn prune(&mut self) {
+        let held = self.ctx.applied.read(|a| a.grid.session(self.id).map(|s| s.assigned.clone()));
+        let held = held.unwrap_or_default();
+        self.pushed.retain(|id, _| held.contains(id));
+    }
+
+    /// After a snapshot replaced the grid: push what the grid assigned to this session that
+    /// the agent never saw, revoke what it no longer holds, or end if the session is gone.
+    async fn reconcile(&mut self) -> Option<Ending> {
+        use pb::fabric_message::Kind;
+        let held = self.ctx.applied.read(|a| {
+            a.grid.session(self.id).map(|s| {
+                s.assigned.iter().filter_map(|id| a.grid.execution(*id).cloned()).collect::<Vec<_>>()
+            })
+        });
+        let Some(held) = held else {
+            let _ = self.send(Kind::Closed(pb::SessionClosed { reason: "the session ended".into() })).await;
+            return Some(Ending::Grid);
+        };
+        let now: HashMap<ExecutionId, u64> =
+            held.iter().filter_map(|e| e.lease.map(|l| (e.id, l.token))).collect();
+        for (id, token) in self.pushed.clone() {
+            if now.get(&id) != Some(&token) {
+                let revoked =
+                    pb::Revocation { execution_id: id, token, reason: "no longer assigned to this session".into() };
+                let _ = self.send(Kind::Revoked(revoked)).await;
+            }
+        }
+        for e in held {
+            let Some(token) = e.lease.map(|l| l.token) else { continue };
+            if self.pushed.get(&e.id) != Some(&token) {
+                let assignment = pb::Assignment { execution: Some(convert::pb_execution(e)), token };
+                let _ = self.send(Kind::Assignment(assignment)).await;
+            }
+        }
+        self.pushed = now;
+        None
+    }
+
+    async fn on_message(&mut self, m: pb::AgentMessage) -> Result<(), Status> {
+        use pb::agent_message::Kind;
+        match m.kind {
+            None | Some(Kind::Heartbeat(_)) => Ok(()),
+            Some(Kind::Open(_)) => Err(Status::failed_precondition("this stream's session is open already")),
+            Some(Kind::Complete(c)) => {
+                let id = c.execution_id;
+                self.pushed.remove(&id);
+                let command = convert::completion(c, &self.ctx.work).and_then(|c| {
+                    let command = Command::Complete(Box::new(c));
+                    command.validate(&self.ctx.limits).map(|()| command)
+                });
+                match command {
+                    Ok(command) => self.propose(command, ProposalKind::Complete(id)).await,
+                    Err(e) => {
+                        let ack = convert::completion_ack(id, &Err(Error::Grid(e)));
+                        let _ = self.send(pb::fabric_message::Kind::Completed(ack)).await;
+                    }
+                }
+                Ok(())
+            }
+            Some(Kind::Renew(l)) => {
+                let command = Command::Renew { execution: l.execution_id, token: l.token };
+                self.propose(command, ProposalKind::Renew(l.execution_id)).await;
+                Ok(())
+            }
+            Some(Kind::GiveBack(l)) => {
+                self.pushed.remove(&l.execution_id);
+                let command = Command::GiveBack { execution: l.execution_id, token: l.token };
+                self.propose(command, ProposalKind::Quiet).await;
+                Ok(())
+            }
+            Some(Kind::Drain(_)) => {
+                self.propose(Command::DrainSession { session: self.id }, ProposalKind::Quiet).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Proposes in a task of its own, bounded by the in-flight permits (waiting for one
+    /// stops reading the agent's stream: backpressure), and reports the answer.
+    async fn propose(&self, command: Command, kind: ProposalKind) {
+        let Ok(permit) = self.inflight.clone().acquire_owned().await else { return };
+        let ctx = self.ctx.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let answer = routing::propose(&ctx, command).await;
+            drop(permit);
+            let kind = match (kind, &answer) {
+                (ProposalKind::Complete(id), _) => {
+                    Some(pb::fabric_message::Kind::Completed(convert::completion_ack(id, &answer)))
+                }
+                (ProposalKind::Renew(id), Ok(Output::Renewed { expires_ms })) => {
+                    Some(pb::fabric_message::Kind::Renewed(pb::LeaseRenewed {
+                        execution_id: id,
+                        expires_ms: expires_ms.unwrap_or(0),
+                    }))
+                }
+                (_, Err(e)) => {
+                    tracing::debug!(error = %e, "a session's proposal failed");
+                    None
+                }
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let _ = tx.send(message(kind)).await;
+            }
+        });
+    }
+}
+
+enum ProposalKind {
+    Complete(ExecutionId),
+    Renew(ExecutionId),
+    Quiet,
+}
+
+/// Closes an ended session in the grid, retrying for a while; the reaper covers the rest.
+async fn close(ctx: Context, id: SessionId, reason: String, shutdown: CancellationToken) {
+    let until = Instant::now() + CLOSE_RETRY_FOR;
+    loop {
+        let command = Command::CloseSession { session: id, reason: reason.clone() };
+        let attempt = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            answer = routing::propose(&ctx, command) => answer,
+        };
+        match attempt {
+            Ok(_) => return,
+            Err(e) if Instant::now() >= until => {
+                tracing::warn!(session = id, error = %e, "could not close a session; the reaper will");
+                return;
+            }
+            Err(_) => tokio::time::sleep(CLOSE_RETRY_PAUSE).await,
+        }
+    }
+}

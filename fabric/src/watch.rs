@@ -1,0 +1,243 @@
+//! The watch hub: every node fills it from the entries it applies, so listeners on any node
+//! learn of new assignments, revocations and finished executions without polling.
+//!
+//! ```text
+//!   state machine apply ──events──► Hub ──► session streams hosted here (assignments, revokes)
+//!      (under the grid's           │
+//!       write lock)                └──► waiters on this node (an execution changed)
+//! ```
+//!
+//! The state machine publishes while it holds the grid's write lock, so a waiter that
+//! registers first and then reads the grid never misses a change. The hub never takes the
+//! grid's lock itself; callers must not read the grid while they hold the hub's lock (they
+//! cannot: it is private). Every channel is bounded; a session whose stream does not keep up
+//! is dropped from the hub, which ends its stream and so the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::grid::execution::{Execution, ExecutionId};
+use crate::grid::{Event, Grid};
+use crate::raft::NodeId;
+
+/// Room in a session's channel beyond its capacity (for revocations and the close).
+pub const SESSION_CHANNEL_SLACK: usize = 64;
+
+/// What a session stream hosted on this node is told.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// Run this execution; complete it with `token`.
+    Assigned { execution: Box<Execution>, token: u64 },
+    /// Stop the handler of this execution.
+    Revoked { execution: ExecutionId, token: u64, reason: String },
+    /// The session ended in the grid.
+    Closed { reason: String },
+    /// The state was replaced by a snapshot: compare with the grid again.
+    Reset,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Too many callers wait on this node. Nothing changed.
+    #[error("{count} callers already wait for results on this node; the limit is {limit} (max_waiters)")]
+    TooManyWaiters { count: usize, limit: usize },
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<u64, mpsc::Sender<SessionEvent>>,
+    waiters: HashMap<ExecutionId, HashMap<u64, mpsc::Sender<()>>>,
+    waiter_count: usize,
+}
+
+/// The hub; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    node_id: NodeId,
+    max_waiters: usize,
+    inner: Arc<Mutex<Inner>>,
+    next_waiter: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+/// A registered waiter: resolves [`Waiter::changed`] when its execution changes. Dropping it
+/// unregisters.
+pub struct Waiter {
+    hub: Hub,
+    execution: ExecutionId,
+    id: u64,
+    rx: mpsc::Receiver<()>,
+}
+
+impl Waiter {
+    /// Waits for the next change of the execution (changes coalesce: several may have
+    /// happened). Read the grid after it returns.
+    pub async fn changed(&mut self) {
+        // The sender lives in the hub until this waiter is dropped.
+        let _ = self.rx.recv().await;
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock();
+        if let Some(map) = inner.waiters.get_mut(&self.execution) {
+            if map.remove(&self.id).is_some() {
+                inner.waiter_count -= 1;
+            }
+            if inner.waiters.get(&self.execution).is_some_and(HashMap::is_empty) {
+                inner.waiters.remove(&self.execution);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub for node `node_id`, with at most `max_waiters` waiters at once.
+    pub fn new(node_id: NodeId, max_waiters: usize) -> Self {
+        Self { node_id, max_waiters, inner: Arc::default(), next_waiter: Arc::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session stream hosted here under its host `key`; its events arrive on the
+    /// returned receiver, which holds `capacity` + [`SESSION_CHANNEL_SLACK`].
+    pub fn register_session(&self, key: u64, capacity: usize) -> mpsc::Receiver<SessionEvent> {
+        let (tx, rx) = mpsc::channel(capacity + SESSION_CHANNEL_SLACK);
+        self.lock().sessions.insert(key, tx);
+        rx
+    }
+
+    /// Forgets a session stream.
+    pub fn unregister_session(&self, key: u64) {
+        self.lock().sessions.remove(&key);
+    }
+
+    /// Whether a session stream with host `key` is registered here.
+    pub fn has_session(&self, key: u64) -> bool {
+        self.lock().sessions.contains_key(&key)
+    }
+
+    /// Registers interest in `execution`. Register first, then read the grid: a change
+    /// applied after the read wakes the waiter.
+    pub fn wait(&self, execution: ExecutionId) -> Result<Waiter, Error> {
+        let (tx, rx) = mpsc::channel(1);
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        if inner.waiter_count >= self.max_waiters {
+            return Err(Error::TooManyWaiters { count: inner.waiter_count, limit: self.max_waiters });
+        }
+        inner.waiter_count += 1;
+        inner.waiters.entry(execution).or_default().insert(id, tx);
+        drop(inner);
+        Ok(Waiter { hub: self.clone(), execution, id, rx })
+    }
+
+    /// How many callers wait now.
+    pub fn waiter_count(&self) -> usize {
+        self.lock().waiter_count
+    }
+
+    /// Delivers the events of applied entries. Called by the state machine with the grid
+    /// they were applied to (still under its write lock).
+    pub fn publish(&self, grid: &Grid, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for event in events {
+            match event {
+                Event::Changed { execution } => {
+                    if let Some(waiters) = inner.waiters.get(&execution) {
+                        for tx in waiters.values() {
+                            // Full: a wake-up is pending already.
+                            let _ = tx.try_send(());
+                        }
+                    }
+                }
+                Event::Assigned { host, execution, .. } if host.node == self.node_id => {
+                    let Some(e) = grid.execution(execution) else { continue };
+                    let Some(token) = e.lease.map(|l| l.token) else { continue };
+                    let event = SessionEvent::Assigned { execution: Box::new(e.clone()), token };
+                    send_or_drop(&mut inner, host.key, event);
+                }
+                Event::Revoked { host, execution, token, reason, .. } if host.node == self.node_id => {
+                    send_or_drop(&mut inner, host.key, SessionEvent::Revoked { execution, token, reason });
+                }
+                Event::SessionClosed { host, reason, .. } if host.node == self.node_id => {
+                    if let Some(tx) = inner.sessions.remove(&host.key) {
+                        let _ = tx.try_send(SessionEvent::Closed { reason });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The grid was replaced by a snapshot: every waiter and every session looks again.
+    pub fn reset(&self) {
+        let inner = self.lock();
+        for waiters in inner.waiters.values() {
+            for tx in waiters.values() {
+                let _ = tx.try_send(());
+            }
+        }
+        for tx in inner.sessions.values() {
+            let _ = tx.try_send(SessionEvent::Reset);
+        }
+    }
+}
+
+/// Sends to a session; one that cannot take it (its stream is stuck) is dropped from the hub,
+/// which ends its stream.
+fn send_or_drop(inner: &mut Inner, key: u64, event: SessionEvent) {
+    let Some(tx) = inner.sessions.get(&key) else { return };
+    if tx.try_send(event).is_err() {
+        tracing::warn!(host_key = key, "a session's stream does not keep up; closing it");
+        inner.sessions.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_wake_on_change_and_are_bounded() {
+        let hub = Hub::new(1, 2);
+        let mut a = hub.wait(7).unwrap();
+        let _b = hub.wait(7).unwrap();
+        assert!(matches!(hub.wait(8), Err(Error::TooManyWaiters { count: 2, limit: 2 })));
+        hub.publish(&Grid::default(), vec![Event::Changed { execution: 7 }, Event::Changed { execution: 7 }]);
+        tokio::time::timeout(std::time::Duration::from_secs(1), a.changed()).await.expect("woken");
+        drop(a);
+        assert_eq!(hub.waiter_count(), 1, "dropping unregisters");
+        assert!(hub.wait(8).is_ok());
+    }
+
+    #[tokio::test]
+    async fn sessions_of_other_nodes_are_ignored_and_closing_ends_the_channel() {
+        use crate::grid::session::Host;
+        let hub = Hub::new(1, 10);
+        let mut rx = hub.register_session(5, 1);
+        let other = Host { node: 2, key: 5 };
+        hub.publish(&Grid::default(), vec![Event::SessionClosed { host: other, session: 1, reason: "x".into() }]);
+        assert!(rx.try_recv().is_err(), "another node's session");
+        let mine = Host { node: 1, key: 5 };
+        hub.publish(&Grid::default(), vec![Event::SessionClosed { host: mine, session: 1, reason: "bye".into() }]);
+        assert!(matches!(rx.recv().await, Some(SessionEvent::Closed { reason }) if reason == "bye"));
+        assert!(rx.recv().await.is_none(), "the hub let go of it");
+        assert!(!hub.has_session(5));
+    }
+}

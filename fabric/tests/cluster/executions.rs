@@ -1,0 +1,157 @@
+//! Executions over the raw protocol: a session on one node, callers on others, results
+//! through every node; bad session input.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::executions_client::ExecutionsClient;
+
+use crate::support::*;
+
+fn json(s: &str) -> Option<pb::Payload> {
+    Some(pb::Payload { codec: "json".into(), data: s.as_bytes().to_vec() })
+}
+
+fn open_msg(agent: &str, capacity: u32) -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Open(pb::OpenSession {
+            agents: vec![pb::AgentSpec { name: agent.into(), delegates: vec![], concurrent_instances: false }],
+            capacity,
+            claims: vec![],
+            lease_ms: 0,
+            name: "raw-test".into(),
+        })),
+    }
+}
+
+/// A raw session: the sender of agent messages and the stream of fabric messages.
+async fn listen(
+    addr: &str,
+    open: pb::AgentMessage,
+) -> Result<(mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::FabricMessage>), tonic::Status> {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(open).await.unwrap();
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut client = ExecutionsClient::new(channel(addr).await);
+    let inbound = client.listen(stream).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+async fn next_kind(inbound: &mut tonic::Streaming<pb::FabricMessage>) -> pb::fabric_message::Kind {
+    tokio::time::timeout(PATIENCE, inbound.message())
+        .await
+        .expect("a message in time")
+        .expect("stream ok")
+        .expect("stream open")
+        .kind
+        .expect("a kind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_through_one_node_runs_on_a_session_of_another() {
+    init_tracing();
+    let cluster = Cluster::start(3, |_| {}).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    tracing::info!(leader, follower, "an agent session on a follower");
+    let (tx, mut inbound) = listen(&cluster.addrs[follower as usize - 1], open_msg("echo", 4)).await.unwrap();
+    let pb::fabric_message::Kind::Opened(opened) = next_kind(&mut inbound).await else { panic!("not opened") };
+    assert_eq!(opened.node_id, follower);
+
+    tracing::info!("a caller on the other follower calls echo");
+    let other = (1..=3).find(|i| *i != leader && *i != follower).unwrap();
+    let mut caller = ExecutionsClient::new(channel(&cluster.addrs[other as usize - 1]).await);
+    let call = tokio::spawn(async move {
+        caller
+            .call(pb::CallRequest {
+                create: Some(pb::CreateExecutionRequest {
+                    agent: "echo".into(),
+                    delegate: "say".into(),
+                    payload: json("\"hello\""),
+                    ..Default::default()
+                }),
+                timeout_ms: 20_000,
+            })
+            .await
+    });
+    let pb::fabric_message::Kind::Assignment(a) = next_kind(&mut inbound).await else { panic!("no assignment") };
+    let e = a.execution.unwrap();
+    assert_eq!((e.agent.as_str(), e.delegate.as_str(), e.attempts), ("echo", "say", 1));
+    assert_eq!(e.payload.unwrap().data, b"\"hello\"");
+    tx.send(pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Complete(pb::Completion {
+            execution_id: e.id,
+            token: a.token,
+            outcome: Some(pb::completion::Outcome::Result(pb::Payload {
+                codec: "json".into(),
+                data: b"\"hello back\"".to_vec(),
+            })),
+            effects: vec![],
+        })),
+    })
+    .await
+    .unwrap();
+    let pb::fabric_message::Kind::Completed(ack) = next_kind(&mut inbound).await else { panic!("no ack") };
+    assert_eq!(ack.outcome, "accepted", "{ack:?}");
+    let done = call.await.unwrap().expect("the call returns").into_inner();
+    assert_eq!(done.status, "completed");
+    assert_eq!(done.result.unwrap().data, b"\"hello back\"");
+
+    tracing::info!("a second completion with the same token is recognised, a stale one refused");
+    let mut completer = ExecutionsClient::new(channel(&cluster.addrs[leader as usize - 1]).await);
+    let again = pb::Completion {
+        execution_id: e.id,
+        token: a.token,
+        outcome: Some(pb::completion::Outcome::Result(pb::Payload { codec: "json".into(), data: b"1".to_vec() })),
+        effects: vec![],
+    };
+    assert_eq!(completer.complete(again.clone()).await.unwrap().into_inner().outcome, "repeated");
+    let stale = pb::Completion { token: a.token + 1000, ..again };
+    let ack = completer.complete(stale).await.unwrap().into_inner();
+    assert_eq!(ack.outcome, "rejected");
+    assert!(ack.error.contains("already completed"), "{ack:?}");
+    drop(tx);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_session_input_is_refused_with_a_clear_error() {
+    init_tracing();
+    let cluster = Cluster::start(1, |c| c.max_session_capacity = 100).await;
+    let addr = cluster.addrs[0].clone();
+    let heartbeat = pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {})) };
+    let cases = [
+        (heartbeat, tonic::Code::InvalidArgument, "first message of a session must be `open`"),
+        (open_msg("echo", 0), tonic::Code::InvalidArgument, "capacity must be at least 1"),
+        (open_msg("echo", 101), tonic::Code::InvalidArgument, "max_session_capacity"),
+        (open_msg("not valid!", 1), tonic::Code::InvalidArgument, "invalid agent name"),
+    ];
+    for (open, code, needle) in cases {
+        let err = match listen(&addr, open).await {
+            Err(status) => status,
+            Ok((_tx, mut inbound)) => inbound.message().await.expect_err("refused"),
+        };
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(needle), "{:?} should mention {needle:?}", err.message());
+    }
+    let sessions = cluster.node(1).applied().read(|a| a.grid.sessions().count());
+    assert_eq!(sessions, 0, "no session was opened");
+
+    let mut client = ExecutionsClient::new(channel(&addr).await);
+    let bad = client
+        .create(pb::CreateExecutionRequest {
+            agent: "echo".into(),
+            delegate: "say".into(),
+            payload: Some(pb::Payload { codec: "yaml".into(), data: b"a: 1".to_vec() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("unknown codec 'yaml'"), "{bad:?}");
+    let missing = client.get(pb::GetExecutionRequest { id: 77, consistency: 0 }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let _ = Duration::ZERO;
+    cluster.shutdown().await;
+}
