@@ -124,7 +124,10 @@ impl Client {
         }
     }
 
-    pub(crate) fn executions(&self, channel: tonic::transport::Channel) -> ExecutionsClient<tonic::transport::Channel> {
+    pub(crate) fn executions(
+        &self,
+        channel: tonic::transport::Channel,
+    ) -> ExecutionsClient<tonic::transport::Channel> {
         ExecutionsClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -193,11 +196,15 @@ impl Client {
                     let mut stream = client.wait(request).await?.into_inner();
                     loop {
                         match stream.message().await {
-                            Ok(Some(e)) if matches!(e.status.as_str(), "completed" | "failed" | "cancelled") => {
+                            Ok(Some(e))
+                                if matches!(e.status.as_str(), "completed" | "failed" | "cancelled") =>
+                            {
                                 return Ok(Ok(e));
                             }
                             Ok(Some(_)) => continue,
-                            Ok(None) => return Err(tonic::Status::unavailable("the wait stream ended early")),
+                            Ok(None) => {
+                                return Err(tonic::Status::unavailable("the wait stream ended early"));
+                            }
                             Err(status) if timed_out(&status).is_some() => {
                                 return Ok(Err(Error::Timeout { execution: id }));
                             }
@@ -273,7 +280,8 @@ impl Client {
             instance: id.unwrap_or_default().to_owned(),
             payload: Some(payload),
             idempotency_key: key,
-            parent: parent.map(|(agent, instance)| pb::InstanceRef { agent: agent.into(), instance: instance.into() }),
+            parent: parent
+                .map(|(agent, instance)| pb::InstanceRef { agent: agent.into(), instance: instance.into() }),
             timeout_ms: DEFAULT_WAIT.as_millis() as u64,
         };
         let reply = self
@@ -289,7 +297,12 @@ impl Client {
             })
             .await?;
         let start = reply.start.unwrap_or_default();
-        Ok(Started { agent: reply.agent, id: reply.instance, result: outcome(&start)?, created: reply.created })
+        Ok(Started {
+            agent: reply.agent,
+            id: reply.instance,
+            result: outcome(&start)?,
+            created: reply.created,
+        })
     }
 
     /// Stops instance `id` of `agent`: waits for its `Stop`, after which the instance, its
@@ -454,7 +467,8 @@ impl Call<'_> {
             .conn
             .run(true, |channel| {
                 let mut grpc = client.executions(channel);
-                let call = pb::CallRequest { create: Some(req.clone()), timeout_ms: wait.as_millis().max(1) as u64 };
+                let call =
+                    pb::CallRequest { create: Some(req.clone()), timeout_ms: wait.as_millis().max(1) as u64 };
                 async move {
                     let mut request = tonic::Request::new(call);
                     request.set_timeout(grpc_deadline(wait));

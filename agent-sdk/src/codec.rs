@@ -40,7 +40,9 @@ impl Codec {
 /// Encodes `value` with `codec`.
 pub(crate) fn encode<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<pb::Payload, Error> {
     let data = match codec {
-        Codec::Json => serde_json::to_vec(value).map_err(|e| Error::Codec(format!("cannot encode as JSON: {e}")))?,
+        Codec::Json => {
+            serde_json::to_vec(value).map_err(|e| Error::Codec(format!("cannot encode as JSON: {e}")))?
+        }
         Codec::Bincode => bincode::serde::encode_to_vec(value, bincode::config::standard())
             .map_err(|e| Error::Codec(format!("cannot encode as bincode: {e}")))?,
     };

@@ -158,7 +158,8 @@ mod tests {
 
     #[tokio::test]
     async fn fails_over_until_the_deadline_and_keeps_unknown_outcomes_of_writes() {
-        let options = Options { retry_for: Duration::from_millis(300), attempt_timeout: Duration::from_secs(1) };
+        let options =
+            Options { retry_for: Duration::from_millis(300), attempt_timeout: Duration::from_secs(1) };
         let conn = Connection::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()], options).unwrap();
         let mut seen = Vec::new();
         let out: Result<(), Error> = conn

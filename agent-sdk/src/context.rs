@@ -154,7 +154,11 @@ impl Context {
     /// A child call with options (instance, timeout, retries, ...); see [`Client::request`].
     pub fn request(&self, agent: &str, delegate: &str) -> Call<'_> {
         let key = format!("call-{}", self.next_seq());
-        self.inner.client.request(agent, delegate).parent(self.inner.id, self.inner.token).idempotency_key(&key)
+        self.inner
+            .client
+            .request(agent, delegate)
+            .parent(self.inner.id, self.inner.token)
+            .idempotency_key(&key)
     }
 
     /// Creates an execution when this handler succeeds, atomically with its result (once,

@@ -65,7 +65,9 @@ impl Error {
         let not_applied = status.metadata().get("weft-not-applied").is_some_and(|v| v == "true");
         match status.code() {
             Code::Unavailable if not_applied => Error::Unavailable(message),
-            Code::Unavailable if message.contains("tcp connect error") || message.contains("Connection refused") => {
+            Code::Unavailable
+                if message.contains("tcp connect error") || message.contains("Connection refused") =>
+            {
                 Error::Unavailable(message)
             }
             Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Aborted => {

@@ -13,9 +13,9 @@ use serde::de::DeserializeOwned;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
+use crate::Error;
 use crate::client::{Client, MAX_MESSAGE_BYTES};
 use crate::context::Context;
-use crate::Error;
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(value).map_err(|e| Error::Codec(format!("cannot encode the value as JSON: {e}")))
@@ -47,7 +47,9 @@ impl State {
     }
 
     fn grpc(channel: tonic::transport::Channel) -> StateClient<tonic::transport::Channel> {
-        StateClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+        StateClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     pub(crate) async fn get_raw(&self, key: &str) -> Result<Option<pb::KeyValue>, Error> {
@@ -55,7 +57,8 @@ impl State {
         self.client
             .conn
             .run(true, |channel| {
-                let req = pb::GetRequest { namespace: self.namespace.clone(), key: key.to_owned(), consistency: 0 };
+                let req =
+                    pb::GetRequest { namespace: self.namespace.clone(), key: key.to_owned(), consistency: 0 };
                 async move {
                     let mut request = tonic::Request::new(req);
                     request.set_timeout(attempt);
@@ -136,8 +139,11 @@ impl State {
         self.client
             .conn
             .run(false, |channel| {
-                let req =
-                    pb::DeleteRequest { namespace: self.namespace.clone(), key: key.to_owned(), expected_version: None };
+                let req = pb::DeleteRequest {
+                    namespace: self.namespace.clone(),
+                    key: key.to_owned(),
+                    expected_version: None,
+                };
                 async move {
                     let mut request = tonic::Request::new(req);
                     request.set_timeout(attempt);
@@ -155,12 +161,15 @@ struct Write {
     ttl_ms: Option<u64>,
 }
 
+/// A namespace and key.
+type Key = (String, String);
+
 /// What a handler read and wrote, applied with its result.
 #[derive(Debug, Default)]
 pub(crate) struct Buffer {
     /// Version (0: absent) and bytes of every key read, as first read.
-    reads: HashMap<(String, String), (u64, Option<Vec<u8>>)>,
-    writes: BTreeMap<(String, String), Write>,
+    reads: HashMap<Key, (u64, Option<Vec<u8>>)>,
+    writes: BTreeMap<Key, Write>,
     pub(crate) calls: Vec<pb::CreateExecutionRequest>,
 }
 
@@ -239,9 +248,41 @@ impl Scope {
         bytes.map(|b| from_json(&self.namespace, key, &b)).transpose()
     }
 
-    /// Writes `key` when the handler succeeds.
+    /// The value of `key` and the version the fabric holds it at (0: absent), as
+    /// [`Scope::get`] reads it; for [`Scope::compare_and_set`].
+    pub async fn get_versioned<T: DeserializeOwned>(&self, key: &str) -> Result<(Option<T>, u64), Error> {
+        let value = self.get(key).await?;
+        let id = (self.namespace.clone(), key.to_owned());
+        let version = self.ctx.buffer().reads.get(&id).map_or(0, |(v, _)| *v);
+        Ok((value, version))
+    }
+
+    /// Writes `key` when the handler succeeds. If the handler read `key` first, the write
+    /// is conditional on the version it read.
     pub fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
         self.write(key, Some(to_json(value)?), None)
+    }
+
+    /// Writes `key` when the handler succeeds, only if the fabric still holds it at
+    /// `expected_version` then (0: absent); otherwise nothing of the completion is applied
+    /// and the execution runs again.
+    pub fn compare_and_set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        expected_version: u64,
+    ) -> Result<(), Error> {
+        let value = to_json(value)?;
+        let mut buffer = self.ctx.buffer();
+        let id = (self.namespace.clone(), key.to_owned());
+        match buffer.reads.get_mut(&id) {
+            Some((version, _)) => *version = expected_version,
+            None => {
+                buffer.reads.insert(id.clone(), (expected_version, None));
+            }
+        }
+        buffer.writes.insert(id, Write { value: Some(value), ttl_ms: None });
+        Ok(())
     }
 
     /// Writes `key` with a time to live when the handler succeeds.

@@ -286,8 +286,10 @@ impl Worker {
     async fn session(&self, state: &mut LoopState) -> Result<SessionEnd, Error> {
         let (_, channel) = self.client.conn.current();
         let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(self.capacity as usize * 2 + OUTBOUND_SLACK);
-        out.try_send(self.open_message()).map_err(|_| Error::Usage("cannot queue the open message".into()))?;
-        let outbound = futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        out.try_send(self.open_message())
+            .map_err(|_| Error::Usage("cannot queue the open message".into()))?;
+        let outbound =
+            futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut grpc = self.client.executions(channel);
         let mut inbound = grpc.listen(outbound).await.map_err(|s| Error::from_status(&s))?.into_inner();
         let opened = match inbound.message().await {
@@ -324,7 +326,7 @@ impl Worker {
                 }
                 message = inbound.message() => match message {
                     Ok(Some(m)) => {
-                        if let Some(end) = self.on_message(state, m, &out).await {
+                        if let Some(end) = self.on_message(state, m) {
                             return Ok(end);
                         }
                     }
@@ -376,12 +378,7 @@ impl Worker {
         }
     }
 
-    async fn on_message(
-        &self,
-        state: &mut LoopState,
-        m: pb::FabricMessage,
-        out: &mpsc::Sender<pb::AgentMessage>,
-    ) -> Option<SessionEnd> {
+    fn on_message(&self, state: &mut LoopState, m: pb::FabricMessage) -> Option<SessionEnd> {
         use pb::fabric_message::Kind;
         match m.kind? {
             Kind::Assignment(a) => {
@@ -408,12 +405,18 @@ impl Worker {
                 state.unacked.remove(&ack.execution_id);
                 match ack.outcome.as_str() {
                     "accepted" | "repeated" | "retrying" => {}
-                    "conflict" => tracing::debug!(execution = ack.execution_id, error = %ack.error, "state conflict; it runs again"),
-                    _ => tracing::warn!(execution = ack.execution_id, error = %ack.error, "completion refused"),
+                    "conflict" => {
+                        tracing::debug!(execution = ack.execution_id, error = %ack.error, "state conflict; it runs again")
+                    }
+                    _ => {
+                        tracing::warn!(execution = ack.execution_id, error = %ack.error, "completion refused")
+                    }
                 }
             }
             Kind::Renewed(_) | Kind::Opened(_) => {}
-            Kind::Closed(c) => return Some(SessionEnd::Lost(format!("the fabric closed the session: {}", c.reason))),
+            Kind::Closed(c) => {
+                return Some(SessionEnd::Lost(format!("the fabric closed the session: {}", c.reason)));
+            }
         }
         None
     }

@@ -11,6 +11,9 @@ use serde::de::DeserializeOwned;
 
 /// The format tag of bincode 2 standard-config encoding.
 pub const FORMAT_BINCODE_V1: u8 = 1;
+/// The same encoding as [`FORMAT_BINCODE_V1`], for a snapshot whose grid holds executions,
+/// sessions and instances: the grid type changed, so its files name a new format.
+pub const FORMAT_SNAPSHOT_V2: u8 = 2;
 
 /// Why bytes could not be decoded. Decoding never changes state.
 #[derive(Debug, thiserror::Error)]
@@ -18,8 +21,10 @@ pub enum Error {
     /// The input was empty.
     #[error("empty input: expected a format tag")]
     Empty,
-    /// The format tag is not one this version of Weft knows.
-    #[error("unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1}")]
+    /// The format tag is not one this version of Weft knows (for this kind of value).
+    #[error(
+        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} for snapshots)"
+    )]
     UnknownFormat(u8),
     /// The bytes do not decode as the expected type.
     #[error("malformed payload: {0}")]
@@ -50,12 +55,30 @@ pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
         .expect("bincode encoding of in-memory data into a Vec never fails");
 }
 
+/// Encodes `value` behind format tag `tag` (a bincode-encoded format other than the
+/// default, such as [`FORMAT_SNAPSHOT_V2`]).
+pub fn encode_tagged<T: Serialize>(tag: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![tag];
+    encode_into(value, &mut out);
+    out
+}
+
 /// Decodes bytes produced by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let (&tag, body) = bytes.split_first().ok_or(Error::Empty)?;
     if tag != FORMAT_BINCODE_V1 {
         return Err(Error::UnknownFormat(tag));
     }
+    decode_body(body)
+}
+
+/// The format tag of encoded bytes, and the body behind it.
+pub fn split_tag(bytes: &[u8]) -> Result<(u8, &[u8]), Error> {
+    bytes.split_first().map(|(t, b)| (*t, b)).ok_or(Error::Empty)
+}
+
+/// Decodes a bincode body (the bytes after the format tag).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     let (value, read) =
         bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Malformed(e.to_string()))?;
     if read != body.len() {

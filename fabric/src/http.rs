@@ -74,7 +74,8 @@ async fn metrics(State(ctx): State<Context>) -> String {
             m.membership_config.membership().nodes().count() as u64,
         )
     };
-    let (keys, revision) = ctx.applied.read(|a| (a.grid.key_count(), a.grid.revision()));
+    let (keys, revision, work) =
+        ctx.applied.read(|a| (a.grid.key_count(), a.grid.revision(), a.grid.work_totals()));
     let sm = ctx.applied.counters();
     let api = &ctx.counters;
     let mut out = String::new();
@@ -90,6 +91,28 @@ async fn metrics(State(ctx): State<Context>) -> String {
     gauge("weft_raft_members", "Members (voters and learners).", "gauge", members);
     gauge("weft_grid_keys", "Keys stored in the grid.", "gauge", keys as u64);
     gauge("weft_grid_revision", "Writes applied to the grid.", "counter", revision);
+    gauge(
+        "weft_executions_stored",
+        "Executions in the grid, finished ones within their retention included.",
+        "gauge",
+        work.executions as u64,
+    );
+    gauge("weft_executions_pending", "Executions waiting for a session.", "gauge", work.pending as u64);
+    gauge("weft_executions_assigned", "Executions held by a session.", "gauge", work.assigned as u64);
+    gauge("weft_sessions", "Live agent sessions in the cluster.", "gauge", work.sessions as u64);
+    gauge("weft_instances", "Agent instances.", "gauge", work.instances as u64);
+    gauge(
+        "weft_sessions_hosted",
+        "Agent session streams this node holds.",
+        "gauge",
+        ctx.hub.session_count() as u64,
+    );
+    gauge(
+        "weft_waiters",
+        "Callers waiting on this node for a result.",
+        "gauge",
+        ctx.hub.waiter_count() as u64,
+    );
     gauge(
         "weft_grid_commands_applied_total",
         "Grid commands applied.",

@@ -144,6 +144,11 @@ impl Hub {
         Ok(Waiter { hub: self.clone(), execution, id, rx })
     }
 
+    /// How many session streams are registered here.
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
     /// How many callers wait now.
     pub fn waiter_count(&self) -> usize {
         self.lock().waiter_count
@@ -232,10 +237,16 @@ mod tests {
         let hub = Hub::new(1, 10);
         let mut rx = hub.register_session(5, 1);
         let other = Host { node: 2, key: 5 };
-        hub.publish(&Grid::default(), vec![Event::SessionClosed { host: other, session: 1, reason: "x".into() }]);
+        hub.publish(
+            &Grid::default(),
+            vec![Event::SessionClosed { host: other, session: 1, reason: "x".into() }],
+        );
         assert!(rx.try_recv().is_err(), "another node's session");
         let mine = Host { node: 1, key: 5 };
-        hub.publish(&Grid::default(), vec![Event::SessionClosed { host: mine, session: 1, reason: "bye".into() }]);
+        hub.publish(
+            &Grid::default(),
+            vec![Event::SessionClosed { host: mine, session: 1, reason: "bye".into() }],
+        );
         assert!(matches!(rx.recv().await, Some(SessionEvent::Closed { reason }) if reason == "bye"));
         assert!(rx.recv().await.is_none(), "the hub let go of it");
         assert!(!hub.has_session(5));

@@ -20,6 +20,7 @@ pub mod cluster {
 /// Services for agents, tools and operators.
 pub mod fabric {
     /// Version 1 of the agent-facing protocol.
+    #[allow(clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("weft.fabric.v1");
     }

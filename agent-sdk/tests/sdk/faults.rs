@@ -16,7 +16,8 @@ async fn timers_fire_after_a_restart_of_every_node() {
     let mut c = TestCluster::start(3, |_| {}).await;
     let client = Client::new(c.endpoints()).unwrap();
     let created = Instant::now();
-    let delayed = client.request("clock", "ring").args(&"delayed").delay(Duration::from_secs(4)).send().await.unwrap();
+    let delayed =
+        client.request("clock", "ring").args(&"delayed").delay(Duration::from_secs(4)).send().await.unwrap();
     let at = SystemTime::now() + Duration::from_secs(5);
     let scheduled = client.request("clock", "ring").args(&"scheduled").not_before(at).send().await.unwrap();
 
@@ -84,7 +85,9 @@ async fn a_leader_killed_mid_call_still_gives_the_caller_one_result() {
     tracing::info!(leader, "a call runs; the leader is killed while its handler works");
     let call = {
         let client = client.clone();
-        tokio::spawn(async move { client.request("tally", "add").instance("t").wait(PATIENCE).call::<u64>().await })
+        tokio::spawn(async move {
+            client.request("tally", "add").instance("t").wait(PATIENCE).call::<u64>().await
+        })
     };
     let execution = tokio::time::timeout(PATIENCE, running.recv()).await.unwrap().unwrap();
     nodes[leader as usize - 1].kill9();

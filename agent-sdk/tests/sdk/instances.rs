@@ -44,7 +44,8 @@ async fn an_instance_keeps_its_state_and_stopping_removes_it() {
         });
     let worker = spawn_worker(c.endpoints(), vec![agent], 8);
     let client = Client::new(c.endpoints()).unwrap();
-    let started = client.start_instance_with::<_, String>("counter", Some("c1"), &5u64, None, None).await.unwrap();
+    let started =
+        client.start_instance_with::<_, String>("counter", Some("c1"), &5u64, None, None).await.unwrap();
     assert_eq!((started.id.as_str(), started.result.as_str()), ("c1", "c1 starts at 5"));
     for (by, expected) in [(1u64, 6u64), (2, 8), (3, 11)] {
         let got: u64 = client.request("counter", "add").instance("c1").args(&by).call().await.unwrap();
@@ -53,7 +54,9 @@ async fn an_instance_keeps_its_state_and_stopping_removes_it() {
     let state = client.state("instance/counter/c1");
     assert_eq!(state.get::<u64>("count").await.unwrap(), Some(11), "the state a plain client reads");
     let child: String = client.request("counter", "spawn").instance("c1").call().await.unwrap();
-    assert!(client.state(&format!("instance/counter/{child}")).get::<u64>("count").await.unwrap() == Some(100));
+    assert!(
+        client.state(&format!("instance/counter/{child}")).get::<u64>("count").await.unwrap() == Some(100)
+    );
 
     tracing::info!(child, "stopping c1 runs its Stop, removes its state, and stops its child");
     client.stop_instance("counter", "c1").await.unwrap();
@@ -98,7 +101,9 @@ async fn a_write_that_lost_a_race_is_not_applied_and_the_handler_runs_again() {
     client.start_instance_with::<_, String>("counter", Some("c"), &0u64, None, None).await.unwrap();
     let call = {
         let client = client.clone();
-        tokio::spawn(async move { client.request("counter", "add_slowly").instance("c").args(&1u64).call::<u64>().await })
+        tokio::spawn(async move {
+            client.request("counter", "add_slowly").instance("c").args(&1u64).call::<u64>().await
+        })
     };
     eventually("the first run read the count", || runs.load(Ordering::SeqCst) == 1).await;
     tracing::info!("an outside write lands between the handler's read and its completion");

@@ -21,7 +21,13 @@ use weft_agent::{Agent, Client, Context, Fail, Worker};
 #[command(about = "A Weft counter agent with exactly-once increments")]
 struct Args {
     /// Fabric nodes to connect to (any of them; the SDK fails over).
-    #[arg(long, env = "WEFT_ENDPOINT", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
+    #[arg(
+        long,
+        env = "WEFT_ENDPOINT",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
     endpoints: Vec<String>,
     #[command(subcommand)]
     command: Command,
@@ -90,7 +96,8 @@ fn agent(work: Duration) -> Agent {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -99,9 +106,12 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let args = Args::parse();
     match args.command {
         Command::Agent { capacity, work_ms } => {
@@ -120,12 +130,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo { id, times } => {
             let client = Client::new(args.endpoints)?;
-            let started = client.start_instance_with::<_, u64>("counter", Some(&id), &0u64, Some(&format!("demo-{id}")), None).await?;
+            let started = client
+                .start_instance_with::<_, u64>("counter", Some(&id), &0u64, Some(&format!("demo-{id}")), None)
+                .await?;
             println!("started counter {} at {}", started.id, started.result);
             for i in 1..=times {
                 let key = format!("demo-{id}-{i}");
-                let count: u64 =
-                    client.request("counter", "increment").instance(&id).args(&1u64).idempotency_key(&key).call().await?;
+                let count: u64 = client
+                    .request("counter", "increment")
+                    .instance(&id)
+                    .args(&1u64)
+                    .idempotency_key(&key)
+                    .call()
+                    .await?;
                 println!("increment {i}: {count}");
             }
             let count: u64 = client.request("counter", "get").instance(&id).call().await?;

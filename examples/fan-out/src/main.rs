@@ -23,7 +23,13 @@ const MAX_FAN_OUT: u64 = 10_000;
 #[command(about = "A Weft job fanning out to many parallel executions")]
 struct Args {
     /// Fabric nodes to connect to (any of them; the SDK fails over).
-    #[arg(long, env = "WEFT_ENDPOINT", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
+    #[arg(
+        long,
+        env = "WEFT_ENDPOINT",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
     endpoints: Vec<String>,
     #[command(subcommand)]
     command: Command,
@@ -62,19 +68,26 @@ async fn square(_ctx: Context, i: u64) -> Result<u64, Fail> {
 
 /// The two agents.
 fn agents() -> [Agent; 2] {
-    [Agent::new("jobs").delegate("sum_of_squares", sum_of_squares), Agent::new("squares").delegate("square", square)]
+    [
+        Agent::new("jobs").delegate("sum_of_squares", sum_of_squares),
+        Agent::new("squares").delegate("square", square),
+    ]
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let args = Args::parse();
     match args.command {
         Command::Agent { capacity } => {
             let [jobs, squares] = agents();
-            let worker = Worker::builder(args.endpoints).agent(jobs).agent(squares).capacity(capacity).build()?;
+            let worker =
+                Worker::builder(args.endpoints).agent(jobs).agent(squares).capacity(capacity).build()?;
             let stopper = worker.stopper();
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;

@@ -20,7 +20,13 @@ const MAX_ROUNDS: u32 = 12;
 #[command(about = "Two Weft agents, ping and pong, calling each other")]
 struct Args {
     /// Fabric nodes to connect to (any of them; the SDK fails over).
-    #[arg(long, env = "WEFT_ENDPOINT", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
+    #[arg(
+        long,
+        env = "WEFT_ENDPOINT",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
     endpoints: Vec<String>,
     #[command(subcommand)]
     command: Command,
@@ -59,14 +65,18 @@ fn agents() -> [Agent; 2] {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let args = Args::parse();
     match args.command {
         Command::Agent { capacity } => {
             let [ping, pong] = agents();
-            let worker = Worker::builder(args.endpoints).agent(ping).agent(pong).capacity(capacity).build()?;
+            let worker =
+                Worker::builder(args.endpoints).agent(ping).agent(pong).capacity(capacity).build()?;
             let stopper = worker.stopper();
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;
@@ -76,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
             worker.run().await?;
         }
         Command::Play { rounds } => {
-            anyhow::ensure!(rounds <= MAX_ROUNDS, "at most {MAX_ROUNDS} rounds: each holds a slot of the agent process");
+            anyhow::ensure!(
+                rounds <= MAX_ROUNDS,
+                "at most {MAX_ROUNDS} rounds: each holds a slot of the agent process"
+            );
             let client = Client::new(args.endpoints)?;
             let rally: Vec<String> = client.call("ping", "volley", &rounds).await?;
             println!("{}", rally.join(" "));

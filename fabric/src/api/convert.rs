@@ -84,7 +84,10 @@ fn retry(r: pb::RetryPolicy) -> RetryPolicy {
 
 /// The new execution a create request asks for, with this node's retention and delivery
 /// bound.
-pub fn new_execution(req: pb::CreateExecutionRequest, work: &WorkOptions) -> Result<NewExecution, grid::Error> {
+pub fn new_execution(
+    req: pb::CreateExecutionRequest,
+    work: &WorkOptions,
+) -> Result<NewExecution, grid::Error> {
     let parent = match (req.parent_id, req.parent_token) {
         (0, _) => None,
         (id, token) => Some(ParentRef { id, token }),
@@ -111,7 +114,9 @@ pub fn new_execution(req: pb::CreateExecutionRequest, work: &WorkOptions) -> Res
 pub fn pb_execution(e: Execution) -> pb::Execution {
     let (result, error) = match e.outcome {
         Some(Ok(p)) => (Some(pb_payload(p)), None),
-        Some(Err(f)) => (None, Some(pb::ExecutionError { kind: f.kind.as_str().to_owned(), message: f.message })),
+        Some(Err(f)) => {
+            (None, Some(pb::ExecutionError { kind: f.kind.as_str().to_owned(), message: f.message }))
+        }
         None => (None, None),
     };
     pb::Execution {
@@ -145,7 +150,11 @@ pub fn pb_execution(e: Execution) -> pb::Execution {
 pub fn agent_specs(specs: Vec<pb::AgentSpec>) -> Vec<AgentSpec> {
     specs
         .into_iter()
-        .map(|s| AgentSpec { name: s.name, delegates: s.delegates, concurrent_instances: s.concurrent_instances })
+        .map(|s| AgentSpec {
+            name: s.name,
+            delegates: s.delegates,
+            concurrent_instances: s.concurrent_instances,
+        })
         .collect()
 }
 
@@ -156,7 +165,9 @@ pub fn completion(c: pb::Completion, work: &WorkOptions) -> Result<Completion, g
         Some(Outcome::Result(p)) => Ok(payload(Some(p))?),
         Some(Outcome::Error(e)) => Err(HandlerError { message: e.message, retryable: e.retryable }),
         None => {
-            return Err(grid::Error::InvalidCompletion { reason: "it has neither a result nor an error".into() });
+            return Err(grid::Error::InvalidCompletion {
+                reason: "it has neither a result nor an error".into(),
+            });
         }
     };
     let mut effects = Vec::with_capacity(c.effects.len());
@@ -170,7 +181,11 @@ pub fn completion(c: pb::Completion, work: &WorkOptions) -> Result<Completion, g
                     ttl_ms: ttl(s.ttl_ms),
                     expected_version: s.expected_version,
                 },
-                None => Effect::Delete { namespace: s.namespace, key: s.key, expected_version: s.expected_version },
+                None => Effect::Delete {
+                    namespace: s.namespace,
+                    key: s.key,
+                    expected_version: s.expected_version,
+                },
             },
             Some(pb::effect::Kind::Call(req)) => Effect::Call(Box::new(new_execution(req, work)?)),
             None => return Err(grid::Error::InvalidCompletion { reason: "an effect of no kind".into() }),
@@ -186,7 +201,9 @@ pub fn completion_ack(execution_id: u64, result: &Result<grid::Output, super::Er
         Ok(grid::Output::Completion(Completed::Repeated)) => ("repeated", String::new()),
         Ok(grid::Output::Completion(Completed::Conflict { namespace, key, expected, current })) => (
             "conflict",
-            format!("{namespace} {key} is at version {current}, not {expected}; nothing applied, it runs again"),
+            format!(
+                "{namespace} {key} is at version {current}, not {expected}; nothing applied, it runs again"
+            ),
         ),
         Ok(grid::Output::Completion(Completed::Retrying { not_before_ms })) => {
             ("retrying", format!("its retry policy runs it again at {not_before_ms} ms"))

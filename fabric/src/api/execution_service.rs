@@ -48,7 +48,11 @@ impl Watch {
 
     /// Waits until the execution is final here, or the deadline passes (then the latest
     /// state, if this replica has it).
-    pub async fn until_final(&mut self, ctx: &Context, deadline: Instant) -> Result<Execution, Option<Execution>> {
+    pub async fn until_final(
+        &mut self,
+        ctx: &Context,
+        deadline: Instant,
+    ) -> Result<Execution, Option<Execution>> {
         loop {
             let now = self.current(ctx);
             if let Some(e) = &now
@@ -71,7 +75,8 @@ pub fn wait_deadline(ctx: &Context, timeout_ms: u64) -> Instant {
 
 /// The status of a wait that ran out.
 pub fn still_running(id: ExecutionId, latest: Option<Execution>, waited: Duration) -> Status {
-    let state = latest.map_or_else(|| "not yet visible on this node".to_owned(), |e| e.status.as_str().to_owned());
+    let state =
+        latest.map_or_else(|| "not yet visible on this node".to_owned(), |e| e.status.as_str().to_owned());
     let mut status = Status::deadline_exceeded(format!(
         "execution {id} is still {state} after {} ms; it goes on (wait for it again, or cancel it)",
         waited.as_millis()
@@ -182,7 +187,8 @@ impl pb::executions_server::Executions for ExecutionService {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = async {
             let req = request.into_inner();
-            let create = req.create.ok_or_else(|| Status::invalid_argument("a call needs a create request"))?;
+            let create =
+                req.create.ok_or_else(|| Status::invalid_argument("a call needs a create request"))?;
             let started = Instant::now();
             let deadline = wait_deadline(&self.ctx, req.timeout_ms);
             let (id, _) = self.create(create).await.map_err(Error::into_status)?;
@@ -232,7 +238,10 @@ impl pb::executions_server::Executions for ExecutionService {
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
 
-    async fn get(&self, request: Request<pb::GetExecutionRequest>) -> Result<Response<pb::Execution>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetExecutionRequest>,
+    ) -> Result<Response<pb::Execution>, Status> {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = request.into_inner();
         let result = async {
@@ -292,7 +301,9 @@ impl pb::executions_server::Executions for ExecutionService {
         let result = async {
             let command = Command::Cancel { execution: req.id, reason: req.reason };
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
-                Output::Cancelled { count } => Ok(Response::new(pb::CancelExecutionResponse { cancelled: count })),
+                Output::Cancelled { count } => {
+                    Ok(Response::new(pb::CancelExecutionResponse { cancelled: count }))
+                }
                 other => Err(Status::internal(format!("unexpected answer to a cancel: {other:?}"))),
             }
         }
@@ -306,16 +317,21 @@ impl pb::executions_server::Executions for ExecutionService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ListenStream>, Status> {
-        let rx = crate::sessions::host::open(self.ctx.clone(), request.into_inner(), self.shutdown.clone()).await?;
+        let rx = crate::sessions::host::open(self.ctx.clone(), request.into_inner(), self.shutdown.clone())
+            .await?;
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
 
-    async fn complete(&self, request: Request<pb::Completion>) -> Result<Response<pb::CompletionAck>, Status> {
+    async fn complete(
+        &self,
+        request: Request<pb::Completion>,
+    ) -> Result<Response<pb::CompletionAck>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = request.into_inner();
         let id = req.execution_id;
         let result = async {
-            let completion = convert::completion(req, &self.ctx.work).map_err(|e| Error::Grid(e).into_status())?;
+            let completion =
+                convert::completion(req, &self.ctx.work).map_err(|e| Error::Grid(e).into_status())?;
             let command = Command::Complete(Box::new(completion));
             command.validate(&self.ctx.limits).map_err(|e| Error::Grid(e).into_status())?;
             let answer = routing::propose(&self.ctx, command).await;

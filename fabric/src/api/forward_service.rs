@@ -35,7 +35,10 @@ impl ForwardService {
 
 #[tonic::async_trait]
 impl cpb::forward_server::Forward for ForwardService {
-    async fn propose(&self, request: Request<cpb::ProposeRequest>) -> Result<Response<cpb::ProposeReply>, Status> {
+    async fn propose(
+        &self,
+        request: Request<cpb::ProposeRequest>,
+    ) -> Result<Response<cpb::ProposeReply>, Status> {
         let req = request.into_inner();
         self.check_cluster(&req.cluster)?;
         let command: Command = codec::decode(&req.command)

@@ -23,10 +23,13 @@ impl InstanceService {
         Self { ctx }
     }
 
-    /// Waits for a Start or Stop execution to finish on this replica.
-    async fn finished(&self, id: ExecutionId, timeout_ms: u64) -> Result<pb::Execution, Status> {
-        let started = Instant::now();
-        let deadline = wait_deadline(&self.ctx, timeout_ms);
+    /// Waits until `deadline` for a Start or Stop execution to finish on this replica.
+    async fn finished(
+        &self,
+        id: ExecutionId,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<pb::Execution, Status> {
         let mut watch = Watch::new(&self.ctx, id).map_err(Error::into_status)?;
         match watch.until_final(&self.ctx, deadline).await {
             Ok(e) => Ok(convert::pb_execution(e)),
@@ -54,7 +57,8 @@ impl pb::instances_server::Instances for InstanceService {
     ) -> Result<Response<pb::StartInstanceResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = request.into_inner();
-        let timeout_ms = req.timeout_ms;
+        let started = Instant::now();
+        let deadline = wait_deadline(&self.ctx, req.timeout_ms);
         let result = async {
             let new = convert::new_instance(req, &self.ctx.work).map_err(bad)?;
             let command = Command::StartInstance(Box::new(new));
@@ -62,8 +66,13 @@ impl pb::instances_server::Instances for InstanceService {
             check_room(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Instance { agent, instance, start_execution, created } => {
-                    let start = self.finished(start_execution, timeout_ms).await?;
-                    Ok(Response::new(pb::StartInstanceResponse { agent, instance, start: Some(start), created }))
+                    let start = self.finished(start_execution, started, deadline).await?;
+                    Ok(Response::new(pb::StartInstanceResponse {
+                        agent,
+                        instance,
+                        start: Some(start),
+                        created,
+                    }))
                 }
                 other => Err(Status::internal(format!("unexpected answer to a start: {other:?}"))),
             }
@@ -79,12 +88,14 @@ impl pb::instances_server::Instances for InstanceService {
     ) -> Result<Response<pb::StopInstanceResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = request.into_inner();
+        let started = Instant::now();
+        let deadline = wait_deadline(&self.ctx, req.timeout_ms);
         let result = async {
             let command = Command::StopInstance { agent: req.agent, instance: req.instance };
             command.validate(&self.ctx.limits).map_err(bad)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Stopping { stop_execution } => {
-                    let stop = self.finished(stop_execution, req.timeout_ms).await?;
+                    let stop = self.finished(stop_execution, started, deadline).await?;
                     Ok(Response::new(pb::StopInstanceResponse { stop: Some(stop) }))
                 }
                 other => Err(Status::internal(format!("unexpected answer to a stop: {other:?}"))),
@@ -106,7 +117,12 @@ impl pb::instances_server::Instances for InstanceService {
                 .applied
                 .read(|a| a.grid.instance(&req.agent, &req.instance).cloned())
                 .map(|i| Response::new(convert::pb_instance(i)))
-                .ok_or_else(|| bad(grid::Error::UnknownInstance { agent: req.agent.clone(), instance: req.instance.clone() }))
+                .ok_or_else(|| {
+                    bad(grid::Error::UnknownInstance {
+                        agent: req.agent.clone(),
+                        instance: req.instance.clone(),
+                    })
+                })
         }
         .await;
         self.ctx.count(&result);
@@ -132,7 +148,8 @@ impl pb::instances_server::Instances for InstanceService {
             self.consistent(req.consistency).await?;
             let agent = (!req.agent.is_empty()).then_some(req.agent.as_str());
             let after = req.page_token.map(|p| (p.agent, p.instance));
-            let (instances, next) = self.ctx.applied.read(|a| a.grid.list_instances(agent, after.as_ref(), limit));
+            let (instances, next) =
+                self.ctx.applied.read(|a| a.grid.list_instances(agent, after.as_ref(), limit));
             Ok(Response::new(pb::ListInstancesResponse {
                 instances: instances.into_iter().map(convert::pb_instance).collect(),
                 next_page_token: next.map(|(agent, instance)| pb::InstanceRef { agent, instance }),

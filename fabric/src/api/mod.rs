@@ -100,9 +100,9 @@ impl Error {
             Error::Grid(e @ (G::AlreadyExists { .. } | G::InstanceExists { .. })) => {
                 tonic::Status::already_exists(e.to_string())
             }
-            Error::Grid(e @ (G::UnknownExecution { .. } | G::UnknownSession { .. } | G::UnknownInstance { .. })) => {
-                tonic::Status::not_found(e.to_string())
-            }
+            Error::Grid(
+                e @ (G::UnknownExecution { .. } | G::UnknownSession { .. } | G::UnknownInstance { .. }),
+            ) => tonic::Status::not_found(e.to_string()),
             Error::Grid(e @ G::TooMany { .. }) => tonic::Status::resource_exhausted(e.to_string()),
             Error::NotLeader { leader } => {
                 let message = match &leader {

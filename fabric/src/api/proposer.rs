@@ -96,7 +96,9 @@ fn command_bytes(command: &Command) -> usize {
                 .effects
                 .iter()
                 .map(|e| match e {
-                    Effect::Put { namespace, key, value, .. } => namespace.len() + key.len() + value.len() + 32,
+                    Effect::Put { namespace, key, value, .. } => {
+                        namespace.len() + key.len() + value.len() + 32
+                    }
                     Effect::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
                     Effect::Call(new) => new.payload.data.len() + new.agent.len() + new.delegate.len() + 96,
                 })
@@ -234,7 +236,7 @@ impl Service {
         if self.raft.metrics().borrow().current_leader != Some(self.node_id) {
             return;
         }
-        if !due.is_some_and(|at| at <= now_ms()) || busy.swap(true, Ordering::AcqRel) {
+        if due.is_none_or(|at| at > now_ms()) || busy.swap(true, Ordering::AcqRel) {
             return;
         }
         let raft = self.raft.clone();

@@ -67,7 +67,8 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
             }
             Leader::Remote { id, addr } => {
                 let bytes = encoded.get_or_insert_with(|| codec::encode(&command)).clone();
-                let mut request = Request::new(cpb::ProposeRequest { cluster: ctx.cluster.clone(), command: bytes });
+                let mut request =
+                    Request::new(cpb::ProposeRequest { cluster: ctx.cluster.clone(), command: bytes });
                 request.set_timeout(deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE));
                 ctx.counters.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut client = forward_client(ctx, &addr)?;
@@ -80,7 +81,9 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
                 match answer {
                     Ok(reply) => {
                         let answer: Answer = codec::decode(&reply.into_inner().result).map_err(|e| {
-                            Error::Indeterminate(format!("the leader at {addr} sent an unreadable answer: {e}"))
+                            Error::Indeterminate(format!(
+                                "the leader at {addr} sent an unreadable answer: {e}"
+                            ))
                         })?;
                         return answer.map_err(Error::Grid);
                     }
@@ -91,7 +94,10 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
                         return Err(Error::Overloaded(status.message().to_owned()));
                     }
                     Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                        return Err(Error::Unavailable(format!("the leader refused the write: {}", status.message())));
+                        return Err(Error::Unavailable(format!(
+                            "the leader refused the write: {}",
+                            status.message()
+                        )));
                     }
                     Err(status) => {
                         return Err(Error::Indeterminate(format!(
@@ -133,7 +139,9 @@ pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
                             Err(e) => e,
                         }
                     }
-                    Err(status) => Error::Unavailable(format!("read index from {addr}: {}", status.message())),
+                    Err(status) => {
+                        Error::Unavailable(format!("read index from {addr}: {}", status.message()))
+                    }
                 }
             }
             Leader::Unknown => no_leader(ctx),

@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use super::{Context, Error, FORWARDED_HEADER, Leader, RETRY_PAUSE, convert, is_forwarded, is_not_applied, never_sent};
+use super::{
+    Context, Error, FORWARDED_HEADER, Leader, RETRY_PAUSE, convert, is_forwarded, is_not_applied, never_sent,
+};
 use crate::grid::{self, Output};
 
 type Client = StateClient<Channel>;

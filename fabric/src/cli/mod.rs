@@ -1,10 +1,11 @@
-//! The `weft` command line: `node` and `dev` run fabric nodes; `status` and `state` talk to
-//! any node of a running cluster.
+//! The `weft` command line: `node` and `dev` run fabric nodes; `status`, `state`, `call`,
+//! `executions` and `instances` talk to any node of a running cluster.
 //!
 //! # Layout
 //! - [`node_cmd`]: `weft node`: one fabric node from layered configuration.
 //! - [`dev`]: `weft dev`: a local cluster of N nodes in one process.
-//! - [`client`]: `weft status`, `weft members` and `weft state ...` over gRPC.
+//! - [`client`]: `weft status`, `weft members` and `weft state ...` over gRPC; `weft call`,
+//!   `weft executions ...` and `weft instances ...` for agents' executions and instances.
 
 pub mod client;
 pub mod dev;
@@ -33,6 +34,19 @@ pub enum Command {
     Members(client::MembersArgs),
     /// Read and write key/value state in the grid.
     State(client::StateArgs),
+    /// Call an agent's delegate and wait: prints its result, or its error (exit status 1).
+    ///
+    /// The arguments are JSON, as the third positional argument or with --args (the global
+    /// --json flag is for JSON output, not arguments); without either the delegate gets null:
+    ///
+    ///   weft call echo say '"hi"'
+    ///   weft call echo say --args '{"n": 1}' --instance i1 --timeout 1m
+    #[command(verbatim_doc_comment)]
+    Call(client::CallArgs),
+    /// List, show, wait for and cancel executions (calls of agents' delegates).
+    Executions(client::ExecutionsArgs),
+    /// Start, stop, show and list agent instances.
+    Instances(client::InstancesArgs),
 }
 
 impl Cli {
@@ -49,6 +63,9 @@ impl Cli {
             Command::Status(args) => client::status(args).await,
             Command::Members(args) => client::members(args).await,
             Command::State(args) => client::state(args).await,
+            Command::Call(args) => client::call(args).await,
+            Command::Executions(args) => client::executions(args).await,
+            Command::Instances(args) => client::instances(args).await,
         }
     }
 }

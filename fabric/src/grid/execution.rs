@@ -44,7 +44,10 @@ impl Codec {
             "json" => Ok(Codec::Json),
             "bincode" => Ok(Codec::Bincode),
             other => Err(Error::InvalidPayload {
-                reason: format!("unknown codec '{}'; expected 'json' or 'bincode'", super::namespace::clip(other)),
+                reason: format!(
+                    "unknown codec '{}'; expected 'json' or 'bincode'",
+                    super::namespace::clip(other)
+                ),
             }),
         }
     }
@@ -78,8 +81,10 @@ impl Payload {
     /// opaque to the fabric.
     pub fn validate(&self) -> Result<(), Error> {
         if self.codec == Codec::Json && !self.data.is_empty() {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&self.data).map_err(|e| Error::InvalidPayload {
-                reason: format!("the payload's codec is 'json' but it is not valid JSON: {e}"),
+            serde_json::from_slice::<serde::de::IgnoredAny>(&self.data).map_err(|e| {
+                Error::InvalidPayload {
+                    reason: format!("the payload's codec is 'json' but it is not valid JSON: {e}"),
+                }
             })?;
         }
         Ok(())
@@ -307,7 +312,9 @@ impl NewExecution {
             return Err(Error::InvalidExecution { reason: "give a timeout or a deadline, not both".into() });
         }
         if self.delay_ms.is_some() && self.not_before_ms.is_some() {
-            return Err(Error::InvalidExecution { reason: "give a delay or a not-before time, not both".into() });
+            return Err(Error::InvalidExecution {
+                reason: "give a delay or a not-before time, not both".into(),
+            });
         }
         for (what, value) in [("timeout_ms", self.timeout_ms), ("delay_ms", self.delay_ms)] {
             if let Some(v) = value
@@ -431,7 +438,12 @@ mod tests {
     use super::*;
 
     fn policy(initial: u64, max: u64, percent: u32) -> RetryPolicy {
-        RetryPolicy { max_attempts: 5, initial_backoff_ms: initial, max_backoff_ms: max, multiplier_percent: percent }
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff_ms: initial,
+            max_backoff_ms: max,
+            multiplier_percent: percent,
+        }
     }
 
     #[test]

@@ -29,10 +29,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::work::{Completed, Event};
 use self::execution::{Completion, ExecutionId, NewExecution, SessionId};
 use self::instance::NewInstance;
 use self::session::NewSession;
+pub use self::work::{Completed, Event};
 use self::work::{Outbox, Work};
 
 /// Longest idempotency key, in bytes.
@@ -150,7 +150,11 @@ impl Command {
                 check_payload_size(size, limits)?;
                 if c.effects.len() > limits.max_effects {
                     return Err(Error::InvalidCompletion {
-                        reason: format!("{} effects; the limit is {} (max_effects)", c.effects.len(), limits.max_effects),
+                        reason: format!(
+                            "{} effects; the limit is {} (max_effects)",
+                            c.effects.len(),
+                            limits.max_effects
+                        ),
                     });
                 }
                 for effect in &c.effects {
@@ -158,10 +162,15 @@ impl Command {
                         execution::Effect::Put { namespace, key, value, .. } => {
                             validate_key(namespace, key, limits)?;
                             if value.len() > limits.max_value_bytes {
-                                return Err(Error::ValueTooLarge { size: value.len(), limit: limits.max_value_bytes });
+                                return Err(Error::ValueTooLarge {
+                                    size: value.len(),
+                                    limit: limits.max_value_bytes,
+                                });
                             }
                         }
-                        execution::Effect::Delete { namespace, key, .. } => validate_key(namespace, key, limits)?,
+                        execution::Effect::Delete { namespace, key, .. } => {
+                            validate_key(namespace, key, limits)?
+                        }
                         execution::Effect::Call(new) => validate_new_execution(new, limits)?,
                     }
                 }
@@ -371,7 +380,7 @@ pub enum Error {
     #[error("no session {id} (it has ended)")]
     UnknownSession { id: SessionId },
     /// No such instance. Nothing changed.
-    #[error("no instance {agent}/{instance}; start it first")]
+    #[error("no instance {agent}/{instance} (never started, or stopped)")]
     UnknownInstance { agent: String, instance: String },
     /// The instance exists already. Nothing changed.
     #[error("instance {agent}/{instance} exists already")]
@@ -431,8 +440,8 @@ pub struct Grid {
     namespaces: BTreeMap<String, BTreeMap<String, Value>>,
     /// Expiry index: (expires_at_ms, namespace, key) for every key with a time to live.
     expiries: BTreeMap<(u64, String, String), ()>,
-    /// Executions, sessions and instances. Last, so a grid from before it existed decodes as
-    /// a prefix (see [`Grid::from_v1`]).
+    /// Executions, sessions and instances. Snapshots of a grid from before it existed have
+    /// their own format tag and load through [`Grid::from_v1`].
     work: Work,
 }
 

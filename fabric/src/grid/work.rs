@@ -22,8 +22,8 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use super::execution::{
-    Completion, Effect, Execution, ExecutionId, Failure, FailureKind, Lease, NewExecution, Payload, SessionId,
-    START_DELEGATE, STOP_DELEGATE, Status,
+    Completion, Effect, Execution, ExecutionId, Failure, FailureKind, Lease, NewExecution, Payload,
+    START_DELEGATE, STOP_DELEGATE, SessionId, Status,
 };
 use super::instance::{Instance, Lifecycle, NewInstance};
 use super::namespace;
@@ -290,7 +290,9 @@ impl Grid {
         new.validate_shape()?;
         for (agent, instance) in &new.claims {
             match self.work.instances.get(&(agent.clone(), instance.clone())) {
-                None => return Err(Error::UnknownInstance { agent: agent.clone(), instance: instance.clone() }),
+                None => {
+                    return Err(Error::UnknownInstance { agent: agent.clone(), instance: instance.clone() });
+                }
                 Some(inst) if inst.session.is_some() => {
                     return Err(Error::InstanceClaimed {
                         agent: agent.clone(),
@@ -378,7 +380,9 @@ impl Grid {
         }
         self.check_lease(c.execution, c.token)?;
         if c.outcome.is_err() && !c.effects.is_empty() {
-            return Err(Error::InvalidCompletion { reason: "effects go only with a successful result".into() });
+            return Err(Error::InvalidCompletion {
+                reason: "effects go only with a successful result".into(),
+            });
         }
         if let Some((namespace, key, expected, current)) = self.check_effects(c)? {
             self.release(c.execution, None, None, out);
@@ -440,13 +444,23 @@ impl Grid {
         Ok(Output::Renewed { expires_ms: lease.expires_ms })
     }
 
-    pub(super) fn give_back(&mut self, id: ExecutionId, token: u64, out: &mut Outbox) -> Result<Output, Error> {
+    pub(super) fn give_back(
+        &mut self,
+        id: ExecutionId,
+        token: u64,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
         self.check_lease(id, token)?;
         self.release(id, None, None, out);
         Ok(Output::Released)
     }
 
-    pub(super) fn cancel(&mut self, id: ExecutionId, reason: &str, out: &mut Outbox) -> Result<Output, Error> {
+    pub(super) fn cancel(
+        &mut self,
+        id: ExecutionId,
+        reason: &str,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
         let e = self.work.executions.get(&id).ok_or(Error::UnknownExecution { id })?;
         if e.status.is_final() {
             return Err(Error::ExecutionFinished { id, status: e.status.as_str().into() });
@@ -540,7 +554,12 @@ impl Grid {
         Ok(Output::Instance { agent: new.agent.clone(), instance: id, start_execution, created: true })
     }
 
-    pub(super) fn stop_instance(&mut self, agent: &str, instance: &str, out: &mut Outbox) -> Result<Output, Error> {
+    pub(super) fn stop_instance(
+        &mut self,
+        agent: &str,
+        instance: &str,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
         let key = (agent.to_owned(), instance.to_owned());
         let inst = self
             .work
@@ -628,9 +647,15 @@ impl Grid {
 
     /// The existing execution for the request's idempotency key, or an error if the key was
     /// used for a different call.
-    fn check_idempotency(&self, new: &NewExecution, parent: Option<ExecutionId>) -> Result<Option<ExecutionId>, Error> {
+    fn check_idempotency(
+        &self,
+        new: &NewExecution,
+        parent: Option<ExecutionId>,
+    ) -> Result<Option<ExecutionId>, Error> {
         let Some(key) = &new.idempotency_key else { return Ok(None) };
-        let Some(&id) = self.work.idempotency.get(&(parent.unwrap_or(0), key.clone())) else { return Ok(None) };
+        let Some(&id) = self.work.idempotency.get(&(parent.unwrap_or(0), key.clone())) else {
+            return Ok(None);
+        };
         if new.same_call(&self.work.executions[&id]) {
             Ok(Some(id))
         } else {
@@ -653,10 +678,14 @@ impl Grid {
         let e = self.work.executions.get(&id).ok_or(Error::UnknownExecution { id })?;
         match (&e.status, &e.lease) {
             (Status::Assigned, Some(lease)) if lease.token == token => Ok(()),
-            (status, _) if status.is_final() => Err(Error::ExecutionFinished { id, status: status.as_str().into() }),
+            (status, _) if status.is_final() => {
+                Err(Error::ExecutionFinished { id, status: status.as_str().into() })
+            }
             _ => Err(Error::StaleLease {
                 id,
-                reason: format!("token {token} is not its current assignment (it was given back or reassigned)"),
+                reason: format!(
+                    "token {token} is not its current assignment (it was given back or reassigned)"
+                ),
             }),
         }
     }
@@ -879,7 +908,8 @@ impl Grid {
             };
             let Some(&order) = next else { return };
             let Some(e) = self.work.executions.get(&order.1) else { return };
-            let activated = e.instance_key().and_then(|k| self.work.instances.get(&k)).and_then(|i| i.session);
+            let activated =
+                e.instance_key().and_then(|k| self.work.instances.get(&k)).and_then(|i| i.session);
             let target = match activated {
                 Some(s) => self
                     .work
@@ -1053,11 +1083,13 @@ impl Grid {
         if was == Status::Assigned {
             inst.running = inst.running.saturating_sub(1);
         }
-        if id == inst.start_execution && inst.lifecycle == Lifecycle::Starting {
-            if succeeded {
+        if id == inst.start_execution && inst.start_result.is_none() {
+            // A Start that did not succeed (failed, or cancelled by a stop while the instance
+            // was starting) leaves nothing to run or to stop.
+            if succeeded && inst.lifecycle == Lifecycle::Starting {
                 inst.lifecycle = Lifecycle::Running;
                 inst.start_result = result;
-            } else {
+            } else if !succeeded {
                 self.remove_instance(&key, "its Start did not succeed", out);
                 return;
             }
@@ -1098,7 +1130,8 @@ impl Grid {
         for id in live {
             let waiting = self.work.executions.get(&id).is_some_and(|e| e.status == Status::Pending);
             if waiting || id == start {
-                let failure = Failure { kind: FailureKind::Cancelled, message: "the instance is stopping".into() };
+                let failure =
+                    Failure { kind: FailureKind::Cancelled, message: "the instance is stopping".into() };
                 self.finish(id, Status::Cancelled, Err(failure), None, out);
             }
         }
@@ -1137,8 +1170,10 @@ impl Grid {
             remove_pair(&mut self.work.ready, &(key.0.clone(), delegate.clone()), order);
         }
         for id in &inst.live {
-            let failure =
-                Failure { kind: FailureKind::Instance, message: format!("instance {}/{}: {reason}", key.0, key.1) };
+            let failure = Failure {
+                kind: FailureKind::Instance,
+                message: format!("instance {}/{}: {reason}", key.0, key.1),
+            };
             self.finish(*id, Status::Cancelled, Err(failure), None, out);
         }
         if let Some(s) = inst.session.and_then(|s| self.work.sessions.get_mut(&s)) {

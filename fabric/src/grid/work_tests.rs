@@ -31,7 +31,8 @@ impl Harness {
 
     fn apply(&mut self, command: Command) -> Result<Output, Error> {
         self.log.push((self.now, command.clone()));
-        let mut out = self.grid.apply_batch_with_events(self.now, std::slice::from_ref(&command), &mut self.events);
+        let mut out =
+            self.grid.apply_batch_with_events(self.now, std::slice::from_ref(&command), &mut self.events);
         out.pop().expect("one result per command")
     }
 
@@ -257,7 +258,10 @@ fn idempotency_keys_return_the_first_execution() {
     let mut h = Harness::new();
     let keyed = NewExecution { idempotency_key: Some("k1".into()), ..new_exec("w", "job") };
     let id = h.create(keyed.clone());
-    assert_eq!(h.ok(Command::CreateExecution(Box::new(keyed.clone()))), Output::Execution { id, created: false });
+    assert_eq!(
+        h.ok(Command::CreateExecution(Box::new(keyed.clone()))),
+        Output::Execution { id, created: false }
+    );
     let other = NewExecution { payload: Payload::json("2"), ..keyed.clone() };
     let reused = h.apply(Command::CreateExecution(Box::new(other)));
     assert!(matches!(reused, Err(Error::IdempotencyKeyReused { .. })), "{reused:?}");
@@ -265,7 +269,10 @@ fn idempotency_keys_return_the_first_execution() {
     h.complete(id, "42");
     // Within the retention the key still names it, result included.
     h.at(50_000).ok(Command::Tick { limit: 100 });
-    assert_eq!(h.ok(Command::CreateExecution(Box::new(keyed.clone()))), Output::Execution { id, created: false });
+    assert_eq!(
+        h.ok(Command::CreateExecution(Box::new(keyed.clone()))),
+        Output::Execution { id, created: false }
+    );
     // After it the execution is forgotten and the key is free.
     h.at(1_000 + 60_000 + 1).ok(Command::Tick { limit: 100 });
     assert!(h.grid.execution(id).is_none());
@@ -277,7 +284,12 @@ fn idempotency_keys_return_the_first_execution() {
 fn retries_back_off_and_give_up_after_max_attempts() {
     let mut h = Harness::new();
     h.open(&["w"], 1);
-    let retry = RetryPolicy { max_attempts: 3, initial_backoff_ms: 100, max_backoff_ms: 150, multiplier_percent: 200 };
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff_ms: 100,
+        max_backoff_ms: 150,
+        multiplier_percent: 200,
+    };
     let id = h.create(NewExecution { retry: Some(retry), ..new_exec("w", "job") });
     assert_eq!(h.fail(id, "boom"), Output::Completion(Completed::Retrying { not_before_ms: 1_100 }));
     assert_eq!(h.exec(id).status, Status::Pending);
@@ -286,7 +298,11 @@ fn retries_back_off_and_give_up_after_max_attempts() {
     assert_eq!(h.grid.next_timer_ms(), Some(1_100));
     h.at(1_100).ok(Command::Tick { limit: 10 });
     assert_eq!((h.exec(id).status, h.exec(id).attempts), (Status::Assigned, 2));
-    assert_eq!(h.fail(id, "boom"), Output::Completion(Completed::Retrying { not_before_ms: 1_250 }), "capped");
+    assert_eq!(
+        h.fail(id, "boom"),
+        Output::Completion(Completed::Retrying { not_before_ms: 1_250 }),
+        "capped"
+    );
     h.at(1_250).ok(Command::Tick { limit: 10 });
     h.fail(id, "boom at last");
     let e = h.exec(id);
@@ -358,7 +374,10 @@ fn cancel_reaches_the_holder_and_the_children() {
         ..new_exec("w", "part")
     })));
     assert!(matches!(bad_parent, Err(Error::StaleLease { .. })), "only the holder may create children");
-    assert_eq!(h.ok(Command::Cancel { execution: parent, reason: "user".into() }), Output::Cancelled { count: 3 });
+    assert_eq!(
+        h.ok(Command::Cancel { execution: parent, reason: "user".into() }),
+        Output::Cancelled { count: 3 }
+    );
     for id in [parent, child, grandchild] {
         assert_eq!(h.exec(id).status, Status::Cancelled, "execution {id}");
     }
@@ -416,7 +435,11 @@ fn calls_to_unknown_or_stopping_instances_are_refused() {
     let mut h = Harness::new();
     let r = h.apply(Command::CreateExecution(Box::new(on_instance("c", "nope", "inc"))));
     assert!(matches!(r, Err(Error::UnknownInstance { .. })), "{r:?}");
-    h.start("c", "x");
+    h.open(&["c"], 1);
+    let start = h.start("c", "x");
+    h.complete(start, "null");
+    let running = h.create(on_instance("c", "x", "inc"));
+    assert_eq!(h.exec(running).status, Status::Assigned, "Stop will wait for it");
     let dup = h.apply(Command::StartInstance(Box::new(NewInstance {
         agent: "c".into(),
         instance: Some("x".into()),
@@ -490,6 +513,29 @@ fn stop_runs_after_the_running_call_then_removes_state_and_children() {
 }
 
 #[test]
+fn stopping_an_instance_that_is_still_starting_cancels_its_start_and_removes_it() {
+    let mut h = Harness::new();
+    let start = h.start("c", "x");
+    let call = h.create(on_instance("c", "x", "inc"));
+    let out = h.ok(Command::StopInstance { agent: "c".into(), instance: "x".into() });
+    assert_eq!(out, Output::Stopping { stop_execution: start }, "nothing to stop: the Start itself ends");
+    assert_eq!(h.exec(start).status, Status::Cancelled);
+    assert_eq!(h.exec(call).status, Status::Cancelled);
+    assert!(h.grid.instance("c", "x").is_none(), "removed");
+    // With its Start running on a session: the session is told, and nothing is left to do.
+    let s = h.open(&["c"], 5);
+    let start = h.start("c", "y");
+    assert_eq!(h.holder(start), Some(s));
+    h.ok(Command::StopInstance { agent: "c".into(), instance: "y".into() });
+    assert!(h.revoked_events().contains(&start));
+    assert!(h.grid.instance("c", "y").is_none());
+    assert!(
+        h.grid.session(s).unwrap().assigned.is_empty() && h.grid.session(s).unwrap().activated.is_empty()
+    );
+    assert_eq!(h.grid.pending_by_agent().get("c"), None, "no Stop left waiting");
+}
+
+#[test]
 fn a_failed_start_removes_the_instance_and_its_calls() {
     let mut h = Harness::new();
     h.open(&["c"], 10);
@@ -528,7 +574,8 @@ fn effects_apply_atomically_with_the_result() {
     // A conflicting expected version: nothing applied, the call runs again.
     let second = h.create(on_instance("c", "x", "inc"));
     let token = h.token(second);
-    let stale = vec![put_effect("instance/c/x", "n", "2", Some(0)), put_effect("shared/totals", "c", "2", None)];
+    let stale =
+        vec![put_effect("instance/c/x", "n", "2", Some(0)), put_effect("shared/totals", "c", "2", None)];
     let out = h.ok(complete_cmd(second, token, Ok(Payload::json("2")), stale));
     assert_eq!(
         out,
@@ -547,7 +594,10 @@ fn effects_apply_atomically_with_the_result() {
     let token = h.token(second);
     for (effects, outcome) in [
         (vec![put_effect("instance/c/other", "n", "1", None)], Ok(Payload::json("1"))),
-        (vec![put_effect("shared/a", "k", "1", None), put_effect("shared/a", "k", "2", None)], Ok(Payload::json("1"))),
+        (
+            vec![put_effect("shared/a", "k", "1", None), put_effect("shared/a", "k", "2", None)],
+            Ok(Payload::json("1")),
+        ),
         (
             vec![put_effect("shared/a", "k", "1", None)],
             Err(HandlerError { message: "x".into(), retryable: false }),
@@ -615,7 +665,12 @@ fn bad_work_commands_name_the_problem_and_change_nothing() {
         ),
         (
             Command::CreateExecution(Box::new(NewExecution {
-                retry: Some(RetryPolicy { max_attempts: 0, initial_backoff_ms: 0, max_backoff_ms: 0, multiplier_percent: 200 }),
+                retry: Some(RetryPolicy {
+                    max_attempts: 0,
+                    initial_backoff_ms: 0,
+                    max_backoff_ms: 0,
+                    multiplier_percent: 200,
+                }),
                 ..new_exec("w", "x")
             })),
             "max_attempts",
@@ -632,7 +687,10 @@ fn bad_work_commands_name_the_problem_and_change_nothing() {
         assert_eq!(h.grid, before);
     }
     let limits = Limits { max_payload_bytes: 4, ..Limits::default() };
-    let big = Command::CreateExecution(Box::new(NewExecution { payload: Payload::json("12345"), ..new_exec("w", "x") }));
+    let big = Command::CreateExecution(Box::new(NewExecution {
+        payload: Payload::json("12345"),
+        ..new_exec("w", "x")
+    }));
     assert!(matches!(big.validate(&limits), Err(Error::PayloadTooLarge { size: 5, limit: 4 })));
 }
 
@@ -648,9 +706,20 @@ fn a_v1_snapshot_grid_decodes_into_an_empty_work_state() {
     let mut g = Grid::default();
     g.apply_batch(
         10,
-        &[Command::Put { namespace: "shared/a".into(), key: "k".into(), value: b"v".to_vec(), ttl_ms: None, if_absent: false }],
+        &[Command::Put {
+            namespace: "shared/a".into(),
+            key: "k".into(),
+            value: b"v".to_vec(),
+            ttl_ms: None,
+            if_absent: false,
+        }],
     );
-    let old = V1 { revision: g.revision, now_ms: g.now_ms, namespaces: g.namespaces.clone(), expiries: g.expiries.clone() };
+    let old = V1 {
+        revision: g.revision,
+        now_ms: g.now_ms,
+        namespaces: g.namespaces.clone(),
+        expiries: g.expiries.clone(),
+    };
     let bytes = codec::encode(&old);
     assert!(codec::decode::<Grid>(&bytes).is_err(), "the new layout does not read the old one");
     let restored = Grid::from_v1(codec::decode::<GridV1>(&bytes).unwrap());
@@ -667,17 +736,53 @@ const INSTANCES: [&str; 2] = ["i1", "i2"];
 /// (which execution to complete, with its real token or a stale one).
 #[derive(Debug, Clone)]
 enum Step {
-    Create { agent: usize, delegate: usize, instance: Option<usize>, priority: i32, delay: Option<u64>, key: Option<u8> },
-    Open { agents: Vec<usize>, capacity: u32, concurrent: bool, delegates: Option<usize>, lease: bool },
-    Close { pick: usize },
-    Complete { pick: usize, ok: bool, stale: bool, effect: bool },
-    GiveBack { pick: usize },
-    Renew { pick: usize },
-    Drain { pick: usize },
-    Cancel { pick: usize },
-    Start { agent: usize, instance: usize },
-    Stop { agent: usize, instance: usize },
-    Advance { ms: u64 },
+    Create {
+        agent: usize,
+        delegate: usize,
+        instance: Option<usize>,
+        priority: i32,
+        delay: Option<u64>,
+        key: Option<u8>,
+    },
+    Open {
+        agents: Vec<usize>,
+        capacity: u32,
+        concurrent: bool,
+        delegates: Option<usize>,
+        lease: bool,
+    },
+    Close {
+        pick: usize,
+    },
+    Complete {
+        pick: usize,
+        ok: bool,
+        stale: bool,
+        effect: bool,
+    },
+    GiveBack {
+        pick: usize,
+    },
+    Renew {
+        pick: usize,
+    },
+    Drain {
+        pick: usize,
+    },
+    Cancel {
+        pick: usize,
+    },
+    Start {
+        agent: usize,
+        instance: usize,
+    },
+    Stop {
+        agent: usize,
+        instance: usize,
+    },
+    Advance {
+        ms: u64,
+    },
 }
 
 fn arb_step() -> impl Strategy<Value = Step> {
@@ -718,7 +823,12 @@ impl Harness {
                 new.priority = *priority;
                 new.delay_ms = *delay;
                 new.idempotency_key = key.map(|k| format!("k{k}"));
-                new.retry = Some(RetryPolicy { max_attempts: 2, initial_backoff_ms: 50, max_backoff_ms: 100, multiplier_percent: 200 });
+                new.retry = Some(RetryPolicy {
+                    max_attempts: 2,
+                    initial_backoff_ms: 50,
+                    max_backoff_ms: 100,
+                    multiplier_percent: 200,
+                });
                 Command::CreateExecution(Box::new(new))
             }
             Step::Open { agents, capacity, concurrent, delegates, lease } => {
@@ -747,8 +857,11 @@ impl Harness {
                 let Some(id) = pick(&self.assigned_ids(), *p) else { return };
                 let e = self.exec(id);
                 let token = if *stale { self.token(id) - 1 } else { self.token(id) };
-                let outcome =
-                    if *ok { Ok(Payload::json("1")) } else { Err(HandlerError { message: "e".into(), retryable: true }) };
+                let outcome = if *ok {
+                    Ok(Payload::json("1"))
+                } else {
+                    Err(HandlerError { message: "e".into(), retryable: true })
+                };
                 let effects = match (&e.instance, *effect && *ok) {
                     (Some(i), true) => {
                         let ns = format!("instance/{}/{i}", e.agent);
@@ -810,24 +923,45 @@ impl Harness {
                 .instance_key()
                 .and_then(|k| w.instances.get(&k))
                 .is_some_and(|i| i.queue.contains(&e.queue_key()));
-            let holders: Vec<_> = w.sessions.values().filter(|s| s.assigned.contains(id)).map(|s| s.id).collect();
+            let holders: Vec<_> =
+                w.sessions.values().filter(|s| s.assigned.contains(id)).map(|s| s.id).collect();
             match e.status {
                 Status::Pending => {
                     prop_assert!(holders.is_empty(), "pending {id} held by {holders:?}");
                     prop_assert!(e.lease.is_none());
-                    let places = usize::from(in_delayed) + usize::from(queued || (in_ready && e.instance.is_none()));
-                    prop_assert_eq!(places, 1, "pending {} waits in one place (delayed {}, queued {}, ready {})", id, in_delayed, queued, in_ready);
+                    let places =
+                        usize::from(in_delayed) + usize::from(queued || (in_ready && e.instance.is_none()));
+                    prop_assert_eq!(
+                        places,
+                        1,
+                        "pending {} waits in one place (delayed {}, queued {}, ready {})",
+                        id,
+                        in_delayed,
+                        queued,
+                        in_ready
+                    );
                     if in_delayed {
-                        prop_assert!(e.not_before_ms.is_some_and(|t| t > self.grid.now_ms()), "delayed {id} is due");
+                        prop_assert!(
+                            e.not_before_ms.is_some_and(|t| t > self.grid.now_ms()),
+                            "delayed {id} is due"
+                        );
                     }
                 }
                 Status::Assigned => {
                     let lease = e.lease.expect("assigned has a lease");
-                    prop_assert_eq!(&holders, &vec![lease.session], "assigned {} held by its lease's session", id);
+                    prop_assert_eq!(
+                        &holders,
+                        &vec![lease.session],
+                        "assigned {} held by its lease's session",
+                        id
+                    );
                     prop_assert!(!in_ready && !in_delayed && !queued, "assigned {id} also waits");
                 }
                 _ => {
-                    prop_assert!(holders.is_empty() && !in_ready && !in_delayed && !queued, "final {id} still somewhere");
+                    prop_assert!(
+                        holders.is_empty() && !in_ready && !in_delayed && !queued,
+                        "final {id} still somewhere"
+                    );
                     prop_assert!(w.retained.iter().any(|(_, x)| x == id), "final {id} is retained");
                     prop_assert!(e.outcome.is_some());
                 }
@@ -847,7 +981,12 @@ impl Harness {
                 .collect();
             prop_assert_eq!(inst.running as usize, running.len(), "instance {:?} running count", key);
             for e in &running {
-                prop_assert_eq!(Some(e.lease.unwrap().session), inst.session, "single activation of {:?}", key);
+                prop_assert_eq!(
+                    Some(e.lease.unwrap().session),
+                    inst.session,
+                    "single activation of {:?}",
+                    key
+                );
             }
             let concurrent = inst
                 .session

@@ -42,16 +42,23 @@ struct SnapshotFileV1 {
     grid: GridV1,
 }
 
-/// Decodes a snapshot file of this version, or of the one before executions existed (its
-/// grid is a prefix of today's).
+/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V2`] (today's grid), or
+/// [`codec::FORMAT_BINCODE_V1`] (written before the grid held executions; read into an empty
+/// work state).
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
-    match codec::decode::<SnapshotFile>(bytes) {
-        Ok(file) => Ok(file),
-        Err(e) => match codec::decode::<SnapshotFileV1>(bytes) {
-            Ok(old) => Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v1(old.grid) }),
-            Err(_) => Err(e),
-        },
+    match codec::split_tag(bytes)? {
+        (codec::FORMAT_SNAPSHOT_V2, body) => codec::decode_body(body),
+        (codec::FORMAT_BINCODE_V1, body) => {
+            let old: SnapshotFileV1 = codec::decode_body(body)?;
+            Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v1(old.grid) })
+        }
+        (tag, _) => Err(codec::Error::UnknownFormat(tag)),
     }
+}
+
+/// Encodes a snapshot file in today's format.
+fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
+    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V2, file)
 }
 
 /// The applied state shared between the state machine and readers.
@@ -274,7 +281,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let file = SnapshotFile { meta, grid };
         // Encoding and fsync are slow for a big grid: keep them off the async workers.
         let (meta, bytes, kept) = tokio::task::spawn_blocking(move || {
-            let bytes = Arc::new(codec::encode(&file));
+            let bytes = Arc::new(encode_snapshot(&file));
             store.save(&file.meta, bytes.clone()).map(|kept| (file.meta, bytes, kept))
         })
         .await
@@ -387,7 +394,7 @@ mod tests {
     fn bytes_of(index: u64) -> Arc<Vec<u8>> {
         let mut grid = Grid::default();
         grid.advance_clock(index);
-        Arc::new(codec::encode(&SnapshotFile { meta: meta(index), grid }))
+        Arc::new(encode_snapshot(&SnapshotFile { meta: meta(index), grid }))
     }
 
     /// A build that finishes after a newer snapshot was installed must not replace it (on
@@ -407,6 +414,51 @@ mod tests {
         assert_eq!(reopened.handle.read(|a| a.last_applied).unwrap().index, 60);
         assert!(reopened.store.save(&meta(70), bytes_of(70)).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "older files removed");
+    }
+
+    /// A snapshot written before executions existed (format 1, the old grid) still loads,
+    /// into an empty work state; an unknown format is refused.
+    #[test]
+    fn format_one_snapshots_still_load() {
+        #[derive(Serialize)]
+        struct OldGrid {
+            revision: u64,
+            now_ms: u64,
+            namespaces:
+                std::collections::BTreeMap<String, std::collections::BTreeMap<String, crate::grid::Value>>,
+            expiries: std::collections::BTreeMap<(u64, String, String), ()>,
+        }
+        #[derive(Serialize)]
+        struct OldFile {
+            meta: Meta,
+            grid: OldGrid,
+        }
+        let mut grid = Grid::default();
+        grid.apply_batch(
+            5,
+            &[crate::grid::Command::Put {
+                namespace: "shared/a".into(),
+                key: "k".into(),
+                value: b"v".to_vec(),
+                ttl_ms: None,
+                if_absent: false,
+            }],
+        );
+        let value = grid.get("shared/a", "k").unwrap().clone();
+        let old = OldFile {
+            meta: meta(9),
+            grid: OldGrid {
+                revision: grid.revision(),
+                now_ms: grid.now_ms(),
+                namespaces: [("shared/a".to_owned(), [("k".to_owned(), value)].into())].into(),
+                expiries: Default::default(),
+            },
+        };
+        let restored = decode_snapshot(&codec::encode(&old)).unwrap();
+        assert_eq!(restored.grid, grid);
+        let mut unknown = encode_snapshot(&restored);
+        unknown[0] = 9;
+        assert!(matches!(decode_snapshot(&unknown), Err(codec::Error::UnknownFormat(9))));
     }
 
     /// File names come from log ids, never from the id a peer sent.

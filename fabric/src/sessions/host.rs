@@ -51,7 +51,9 @@ pub async fn open(
     let timeout = ctx.work.session_timeout;
     let first = tokio::time::timeout(timeout, inbound.message())
         .await
-        .map_err(|_| Status::deadline_exceeded(format!("no open message within session_timeout_ms ({timeout:?})")))??
+        .map_err(|_| {
+            Status::deadline_exceeded(format!("no open message within session_timeout_ms ({timeout:?})"))
+        })??
         .ok_or_else(|| Status::invalid_argument("the stream ended before the session opened"))?;
     let Some(pb::agent_message::Kind::Open(open)) = first.kind else {
         return Err(Status::invalid_argument("the first message of a session must be `open`"));
@@ -250,8 +252,11 @@ impl Session {
             held.iter().filter_map(|e| e.lease.map(|l| (e.id, l.token))).collect();
         for (id, token) in self.pushed.clone() {
             if now.get(&id) != Some(&token) {
-                let revoked =
-                    pb::Revocation { execution_id: id, token, reason: "no longer assigned to this session".into() };
+                let revoked = pb::Revocation {
+                    execution_id: id,
+                    token,
+                    reason: "no longer assigned to this session".into(),
+                };
                 let _ = self.send(Kind::Revoked(revoked)).await;
             }
         }

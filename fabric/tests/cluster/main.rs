@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod cli_executions;
 mod executions;
 mod failover;
 mod membership;

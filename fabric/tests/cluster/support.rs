@@ -1,7 +1,7 @@
 //! Test support: clusters of real nodes on 127.0.0.1 ephemeral ports, in-process or as
 //! separate `weft` processes, and clients that talk to them over gRPC.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 use weft_fabric::config::Config;
-use weft_fabric::node::Node;
+use weft_fabric::testing::LocalCluster;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 use weft_proto::fabric::v1::state_client::StateClient;
@@ -27,104 +27,59 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A configuration for tests: node `id` of `members`, data under `root`.
-pub fn test_config(root: &Path, id: u64, addr: &str, members: &str) -> Config {
-    Config {
-        node_id: id,
-        cluster: "test".into(),
-        data_dir: root.join(format!("node-{id}")),
-        listen: addr.into(),
-        initial_members: members.into(),
-        request_timeout_ms: 10_000,
-        ..Config::default()
-    }
-}
+pub use weft_fabric::testing::members_of;
 
 /// Ports for `n` nodes: bound now, so no other test can take them before the nodes start.
 pub async fn listeners(n: usize) -> Vec<TcpListener> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(TcpListener::bind("127.0.0.1:0").await.expect("bind ephemeral port"));
-    }
-    out
+    weft_fabric::testing::listeners(n).await.expect("bind ephemeral ports")
 }
 
-pub fn members_of(addrs: &[String]) -> String {
-    addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",")
-}
-
-/// An in-process cluster. Node `i` (1-based) lives in `nodes[i - 1]` while it runs.
+/// An in-process cluster with its data dir. Node `i` (1-based) lives in `nodes[i - 1]`
+/// while it runs (the fields of [`LocalCluster`] are reached through `Deref`).
 pub struct Cluster {
     /// Holds the nodes' data dirs until the cluster is dropped.
     pub _dir: tempfile::TempDir,
-    pub addrs: Vec<String>,
-    pub configs: Vec<Config>,
-    pub nodes: Vec<Option<Node>>,
+    inner: LocalCluster,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.inner
+    }
 }
 
 impl Cluster {
     /// Starts `n` nodes with the static membership of all of them; `tweak` adjusts each config.
     pub async fn start(n: usize, tweak: impl Fn(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let listeners = listeners(n).await;
-        let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-        let members = if n == 1 { String::new() } else { members_of(&addrs) };
-        let mut configs = Vec::new();
-        let mut nodes = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let mut config = test_config(dir.path(), i as u64 + 1, &addrs[i], &members);
-            tweak(&mut config);
-            nodes.push(Some(Node::start_on(config.clone(), listener).await.expect("node starts")));
-            configs.push(config);
-        }
-        let cluster = Self { _dir: dir, addrs, configs, nodes };
+        let inner = LocalCluster::start(dir.path(), n, tweak).await.expect("nodes start");
+        let cluster = Self { _dir: dir, inner };
         cluster.wait_for_leader().await;
         cluster
     }
 
-    pub fn node(&self, id: u64) -> &Node {
-        self.nodes[id as usize - 1].as_ref().expect("node is running")
-    }
-
     /// Waits until every running node agrees on one leader, and returns its id.
     pub async fn wait_for_leader(&self) -> u64 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let leaders: Vec<Option<u64>> =
-                self.nodes.iter().flatten().map(|n| n.raft().metrics().borrow().current_leader).collect();
-            if let Some(Some(l)) = leaders.first()
-                && leaders.iter().all(|x| *x == Some(*l))
-                && self.nodes[*l as usize - 1].is_some()
-            {
-                return *l;
+        match self.inner.wait_for_leader(PATIENCE).await {
+            Some(leader) => leader,
+            None => {
+                let leaders: Vec<Option<u64>> =
+                    self.nodes.iter().flatten().map(|n| n.raft().metrics().borrow().current_leader).collect();
+                panic!("no agreed leader within {PATIENCE:?}: {leaders:?}")
             }
-            assert!(Instant::now() < deadline, "no agreed leader within {PATIENCE:?}: {leaders:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// Stops node `id` cleanly.
-    pub async fn stop(&mut self, id: u64) {
-        let node = self.nodes[id as usize - 1].take().expect("node is running");
-        node.shutdown().await;
     }
 
     /// Starts node `id` again on its data dir and address.
     pub async fn restart(&mut self, id: u64) {
-        let config = self.configs[id as usize - 1].clone();
-        let addr = config.listen.clone();
-        let deadline = Instant::now() + PATIENCE;
-        let listener = loop {
-            match TcpListener::bind(&addr).await {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::info!(error = %e, "port not free yet");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot rebind {addr}: {e}"),
-            }
-        };
-        self.nodes[id as usize - 1] = Some(Node::start_on(config, listener).await.expect("node restarts"));
+        self.inner.restart(id).await.expect("node restarts");
     }
 
     /// Waits until node `id` has applied at least `index`.
@@ -146,10 +101,8 @@ impl Cluster {
         self.wait_applied(id, last).await;
     }
 
-    pub async fn shutdown(mut self) {
-        for node in self.nodes.iter_mut().filter_map(Option::take) {
-            node.shutdown().await;
-        }
+    pub async fn shutdown(self) {
+        self.inner.shutdown().await;
     }
 }
 
