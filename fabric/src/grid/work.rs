@@ -87,11 +87,13 @@ pub(super) struct Outbox<'a> {
     pub events: &'a mut Vec<Event>,
     dirty: BTreeSet<String>,
     steps: usize,
+    /// Instance queue heads their instance's session does not serve (see [`Grid::offer`]).
+    unserved: Vec<ExecutionId>,
 }
 
 impl<'a> Outbox<'a> {
     pub fn new(events: &'a mut Vec<Event>) -> Self {
-        Self { events, dirty: BTreeSet::new(), steps: 0 }
+        Self { events, dirty: BTreeSet::new(), steps: 0, unserved: Vec::new() }
     }
 }
 
@@ -617,6 +619,7 @@ impl Grid {
 
     /// Runs dispatch for every agent the command touched. Called at the end of each command.
     pub(super) fn dispatch(&mut self, out: &mut Outbox) {
+        self.fail_unserved(out);
         while let Some(agent) = out.dirty.pop_first() {
             if !self.work.serving.contains_key(&agent) {
                 continue;
@@ -631,6 +634,37 @@ impl Grid {
             for queue in queues {
                 self.dispatch_queue(&queue, out);
             }
+            self.fail_unserved(out);
+        }
+    }
+
+    /// Fails instance queue heads that the session holding their instance does not serve:
+    /// with single activation nobody else may run them, and they would block the instance's
+    /// queue for good. Failing one offers the next head, which may be unserved too.
+    fn fail_unserved(&mut self, out: &mut Outbox) {
+        while let Some(id) = out.unserved.pop() {
+            let Some(e) = self.work.executions.get(&id) else { continue };
+            let Some(key) = e.instance_key().filter(|_| e.status == Status::Pending) else { continue };
+            let Some((s, session)) = self
+                .work
+                .instances
+                .get(&key)
+                .and_then(|i| i.session)
+                .and_then(|s| self.work.sessions.get(&s).map(|session| (s, session)))
+            else {
+                continue;
+            };
+            if session.serves(&key.0, &e.delegate) {
+                continue;
+            }
+            let failure = Failure {
+                kind: FailureKind::Undeliverable,
+                message: format!(
+                    "instance {}/{} is served by session {s}, which does not serve delegate '{}'",
+                    key.0, key.1, e.delegate
+                ),
+            };
+            self.finish(id, Status::Failed, Err(failure), None, out);
         }
     }
 
@@ -876,6 +910,12 @@ impl Grid {
         }
         let Some(e) = self.work.executions.get(&head.1) else { return };
         let delegate = e.delegate.clone();
+        if let Some(session) = inst.session.and_then(|s| self.work.sessions.get(&s))
+            && !session.serves(&key.0, &delegate)
+        {
+            out.unserved.push(head.1);
+            return;
+        }
         inst.offered = Some((delegate.clone(), head));
         self.work.ready.entry((key.0.clone(), delegate)).or_default().insert(head);
         out.dirty.insert(key.0.clone());

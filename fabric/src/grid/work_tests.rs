@@ -418,6 +418,28 @@ fn instance_calls_run_one_at_a_time_in_order_on_one_session() {
 }
 
 #[test]
+fn a_call_the_instance_session_does_not_serve_fails_instead_of_blocking_the_instance() {
+    let mut h = Harness::new();
+    let mut spec = new_session(&["c"], 10);
+    spec.agents[0].delegates = vec!["inc".into()];
+    let s = h.open_with(spec);
+    let start = h.start("c", "x");
+    h.complete(start, "null");
+    let typo = h.create(on_instance("c", "x", "icn"));
+    let next = h.create(on_instance("c", "x", "inc"));
+    let e = h.exec(typo);
+    assert_eq!(e.status, Status::Failed);
+    let Some(Err(failure)) = &e.outcome else { panic!("{e:?}") };
+    assert_eq!(failure.kind, FailureKind::Undeliverable);
+    assert!(failure.message.contains("does not serve delegate 'icn'"), "{failure:?}");
+    assert_eq!(h.holder(next), Some(s), "the instance goes on");
+    // Without an activation (no session holds the instance) it waits, like any call nobody serves.
+    h.ok(Command::CloseSession { session: s, reason: "gone".into() });
+    let waits = h.create(on_instance("c", "x", "icn"));
+    assert_eq!(h.exec(waits).status, Status::Pending);
+}
+
+#[test]
 fn concurrent_instances_run_several_calls_at_once() {
     let mut h = Harness::new();
     let mut spec = new_session(&["c"], 10);
@@ -997,7 +1019,12 @@ impl Harness {
                 prop_assert!(running.len() <= 1, "sequential instance {key:?} runs {}", running.len());
             }
             if let Some(s) = inst.session {
-                prop_assert!(w.sessions.get(&s).is_some_and(|s| s.activated.contains(key)));
+                let session = w.sessions.get(&s);
+                prop_assert!(session.is_some_and(|s| s.activated.contains(key)));
+                // An offered head its session cannot serve would block the instance forever.
+                if let (Some((delegate, _)), Some(session)) = (&inst.offered, session) {
+                    prop_assert!(session.serves(&key.0, delegate), "instance {key:?} blocked on {delegate}");
+                }
             }
         }
         // Work conservation: a runnable stateless execution never waits while a session that
