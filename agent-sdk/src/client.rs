@@ -92,6 +92,18 @@ fn timed_out(status: &tonic::Status) -> Option<u64> {
     status.metadata().get(EXECUTION_HEADER)?.to_str().ok()?.parse().ok()
 }
 
+/// A stable 64-bit FNV-1a hash of the parts of a call, for child idempotency keys.
+pub(crate) fn call_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter().chain(&[0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// A fresh idempotency key, so a create sent again after a failure cannot run twice.
 pub(crate) fn fresh_key() -> String {
     format!("sdk-{:032x}", rand::random::<u128>())
@@ -176,6 +188,7 @@ impl Client {
             wait: DEFAULT_WAIT,
             codec: self.codec,
             error: None,
+            child: None,
         }
     }
 
@@ -348,6 +361,8 @@ pub struct Call<'a> {
     wait: Duration,
     codec: Codec,
     error: Option<Error>,
+    /// For a call from a handler: its place among the handler's calls.
+    child: Option<u64>,
 }
 
 impl Call<'_> {
@@ -423,27 +438,46 @@ impl Call<'_> {
         self
     }
 
-    pub(crate) fn parent(mut self, id: u64, token: u64) -> Self {
+    /// A child call: the `seq`-th call of the handler of execution `id`, which holds `token`.
+    pub(crate) fn child(mut self, id: u64, token: u64, seq: u64) -> Self {
         self.req.parent_id = id;
         self.req.parent_token = token;
+        self.child = Some(seq);
         self
     }
 
-    fn prepared(mut self) -> Result<(pb::CreateExecutionRequest, Duration, &'static str), Error> {
+    fn prepared(mut self) -> Result<(pb::CreateExecutionRequest, Duration), Error> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
         if self.req.idempotency_key.is_empty() {
-            self.req.idempotency_key = fresh_key();
+            self.req.idempotency_key = match self.child {
+                // The handler's n-th call, and what it calls: a handler that runs again makes
+                // the same call and finds the same child; one that runs again on other state
+                // (after a conflict) and calls with other arguments gets a new child.
+                Some(seq) => {
+                    let payload = self.req.payload.as_ref().map_or(&[][..], |p| p.data.as_slice());
+                    let codec = self.req.payload.as_ref().map_or("", |p| p.codec.as_str());
+                    let hash = call_hash(&[
+                        self.req.agent.as_bytes(),
+                        self.req.instance.as_bytes(),
+                        self.req.delegate.as_bytes(),
+                        codec.as_bytes(),
+                        payload,
+                    ]);
+                    format!("call-{seq}-{hash:016x}")
+                }
+                None => fresh_key(),
+            };
         }
-        Ok((self.req, self.wait, "call"))
+        Ok((self.req, self.wait))
     }
 
     /// Creates the execution and returns at once with its id (see [`Client::wait`]).
     pub async fn send(self) -> Result<u64, Error> {
         let client = self.client;
         let attempt = client.conn.options().attempt_timeout;
-        let (req, _, _) = self.prepared()?;
+        let (req, _) = self.prepared()?;
         client
             .conn
             .run(true, |channel| {
@@ -462,7 +496,7 @@ impl Call<'_> {
     /// Creates the execution and waits for its result.
     pub async fn call<R: DeserializeOwned>(self) -> Result<R, Error> {
         let client = self.client;
-        let (req, wait, _) = self.prepared()?;
+        let (req, wait) = self.prepared()?;
         let e = client
             .conn
             .run(true, |channel| {

@@ -19,6 +19,10 @@ use crate::Error;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
 /// Longest pause between tries.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often an idle connection is pinged (HTTP/2 keep-alive).
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a ping may go unanswered before the connection is dropped.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most endpoints one client may list.
 pub const MAX_ENDPOINTS: usize = 64;
 
@@ -80,8 +84,10 @@ impl Connection {
                 .map_err(|e| Error::Usage(format!("invalid endpoint '{endpoint}': {e}")))?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5))
+                // A node that stops answering (paused, cut off) is noticed within about
+                // KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT, and the stream moves on.
+                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
                 .connect_lazy();
             channels.push(channel);
@@ -130,7 +136,7 @@ impl Connection {
                 Err(status) => Error::from_status(&status),
             };
             let retry = match &error {
-                Error::Unavailable(_) => true,
+                Error::Unavailable(_) | Error::Overloaded(_) => true,
                 Error::Unknown(_) => idempotent,
                 _ => false,
             };

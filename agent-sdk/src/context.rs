@@ -1,10 +1,11 @@
 //! [`Context`]: what a handler knows about its execution and what it can do from it.
 //!
 //! Calls and instance starts made from a context are children of the execution and carry
-//! idempotency keys numbered in the order the handler makes them. When an execution runs
-//! again (its agent died, its effects conflicted) the handler makes the same calls in the
-//! same order and gets the same children back, with their results, instead of new ones:
-//! keep the order of fabric calls in a handler deterministic.
+//! idempotency keys made of their place in the order the handler makes them and a hash of
+//! what they call. When an execution runs again (its agent died) the handler makes the same
+//! calls in the same order and gets the same children back, with their results, instead of
+//! new ones: keep the order of fabric calls in a handler deterministic. A run on other state
+//! (after an effect conflict) that calls with other arguments gets new children.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use weft_proto::fabric::v1 as pb;
 
-use crate::client::{Call, Client};
+use crate::client::{Call, Client, call_hash};
 use crate::state::{Buffer, Scope};
 use crate::types::Started;
 use crate::{Codec, Error, codec};
@@ -153,12 +154,8 @@ impl Context {
 
     /// A child call with options (instance, timeout, retries, ...); see [`Client::request`].
     pub fn request(&self, agent: &str, delegate: &str) -> Call<'_> {
-        let key = format!("call-{}", self.next_seq());
-        self.inner
-            .client
-            .request(agent, delegate)
-            .parent(self.inner.id, self.inner.token)
-            .idempotency_key(&key)
+        let seq = self.next_seq();
+        self.inner.client.request(agent, delegate).child(self.inner.id, self.inner.token, seq)
     }
 
     /// Creates an execution when this handler succeeds, atomically with its result (once,
@@ -176,7 +173,13 @@ impl Context {
         args: &A,
     ) -> Result<(), Error> {
         let payload = codec::encode(self.inner.client.codec, args)?;
-        let key = format!("send-{}", self.next_seq());
+        let hash = call_hash(&[
+            agent.as_bytes(),
+            instance.unwrap_or_default().as_bytes(),
+            delegate.as_bytes(),
+            &payload.data,
+        ]);
+        let key = format!("send-{}-{hash:016x}", self.next_seq());
         self.buffer().calls.push(pb::CreateExecutionRequest {
             agent: agent.to_owned(),
             instance: instance.unwrap_or_default().to_owned(),
@@ -195,7 +198,9 @@ impl Context {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let key = format!("weft-{}-start-{}", self.inner.id, self.next_seq());
+        let payload = codec::encode(self.inner.client.codec, args)?;
+        let hash = call_hash(&[agent.as_bytes(), &payload.data]);
+        let key = format!("weft-{}-start-{}-{hash:016x}", self.inner.id, self.next_seq());
         let parent = self.inner.instance.as_deref().map(|i| (self.inner.agent.as_str(), i));
         self.inner.client.start_instance_with(agent, None, args, Some(&key), parent).await
     }

@@ -18,6 +18,11 @@ pub enum Error {
     /// No node answered in time, on any endpoint. Nothing changed.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The fabric is at a limit (a full write queue, `max_executions`, `max_sessions`,
+    /// `max_waiters`) and did not take the request; it was retried until the client's
+    /// `retry_for` ran out. Nothing changed.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// A write was sent but its outcome is unknown (it may or may not have been applied).
     #[error("outcome unknown: {0}")]
     Unknown(String),
@@ -73,6 +78,7 @@ impl Error {
             Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Aborted => {
                 Error::Unknown(message)
             }
+            Code::ResourceExhausted => Error::Overloaded(message),
             code => Error::Refused { code, message },
         }
     }

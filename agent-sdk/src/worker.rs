@@ -40,6 +40,13 @@ const STABLE_SESSION: Duration = Duration::from_secs(5);
 const REVOKED_GRACE: Duration = Duration::from_secs(5);
 /// How long a stopping worker waits for the fabric to acknowledge its last completions.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
+/// How often completions the fabric could not take (or has not acknowledged) are looked at.
+const RESEND_EVERY: Duration = Duration::from_millis(500);
+/// A completion not acknowledged within this long is sent again (a repeat is recognised).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A completion still not taken this long after it was first sent means the node cannot get
+/// work committed (cut off from the majority, say): the worker moves to another node.
+const STUCK_COMPLETION: Duration = Duration::from_secs(5);
 
 /// Stops a running [`Worker`] gracefully; cheap to clone.
 #[derive(Clone, Debug)]
@@ -181,8 +188,19 @@ impl std::fmt::Debug for Worker {
 /// A handler running in this process.
 struct Running {
     token: u64,
+    /// The session that was given it.
+    session: u64,
     cancel: CancellationToken,
     last_renewed: Instant,
+}
+
+/// A completion sent and not yet acknowledged.
+struct Unacked {
+    completion: pb::Completion,
+    /// When it was last sent; `None`: the fabric could not take it, send it again.
+    sent: Option<Instant>,
+    /// When this session first sent it.
+    first_sent: Instant,
 }
 
 /// What a finished handler hands back to the worker loop.
@@ -244,9 +262,17 @@ impl Worker {
             done: mpsc::channel(self.capacity as usize + OUTBOUND_SLACK),
         };
         let mut pause = INITIAL_BACKOFF;
+        let mut stop_by: Option<Instant> = None;
         loop {
-            if self.stop.is_cancelled() && state.running.is_empty() && state.unacked.is_empty() {
-                return Ok(());
+            if self.stop.is_cancelled() {
+                let by = *stop_by.get_or_insert_with(|| Instant::now() + self.drain_timeout + FINAL_ACK_WAIT);
+                if (state.running.is_empty() && state.unacked.is_empty()) || Instant::now() >= by {
+                    // What is left runs again elsewhere (at least once).
+                    for r in state.running.values() {
+                        r.cancel.cancel();
+                    }
+                    return Ok(());
+                }
             }
             let started = Instant::now();
             match self.session(&mut state).await {
@@ -254,6 +280,8 @@ impl Worker {
                 Ok(SessionEnd::Lost(reason)) => {
                     tracing::info!(%reason, "agent session lost; reconnecting");
                 }
+                // Bad agent names, a capacity over the limit, a claimed instance: retrying
+                // cannot help. Overload and unavailability can: they are retried below.
                 Err(e @ Error::Refused { .. }) | Err(e @ Error::Usage(_)) => return Err(e),
                 Err(e) => tracing::info!(error = %e, "cannot open an agent session; trying the next node"),
             }
@@ -298,9 +326,13 @@ impl Worker {
             Err(status) => return Err(Error::from_status(&status)),
         };
         tracing::info!(session = opened.session_id, node = opened.node_id, "agent session open");
-        for completion in state.unacked.values() {
-            let _ = out.send(agent_message(pb::agent_message::Kind::Complete(completion.clone()))).await;
+        for u in state.unacked.values_mut() {
+            u.sent = Some(Instant::now());
+            u.first_sent = Instant::now();
+            let _ = out.send(agent_message(pb::agent_message::Kind::Complete(u.completion.clone()))).await;
         }
+        let session_id = opened.session_id;
+        let mut resend = tokio::time::interval(RESEND_EVERY);
         let heartbeat_every = Duration::from_millis((opened.session_timeout_ms / 3).max(100));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         let renew_every = self.lease.map(|l| l / 3);
@@ -313,6 +345,10 @@ impl Worker {
                     tracing::info!(running = state.running.len(), "draining");
                     let _ = out.send(agent_message(pb::agent_message::Kind::Drain(pb::Drain {}))).await;
                     draining = Some(Instant::now() + self.drain_timeout);
+                    if state.running.is_empty() {
+                        self.await_acks(state, &mut inbound).await;
+                        return Ok(SessionEnd::Stopped);
+                    }
                 }
                 _ = sleep_until_opt(draining), if draining.is_some() => {
                     // The drain time is up: hand back what still runs.
@@ -326,7 +362,7 @@ impl Worker {
                 }
                 message = inbound.message() => match message {
                     Ok(Some(m)) => {
-                        if let Some(end) = self.on_message(state, m) {
+                        if let Some(end) = self.on_message(state, m, session_id, &out).await {
                             return Ok(end);
                         }
                     }
@@ -338,12 +374,28 @@ impl Worker {
                         state.running.remove(&done.execution);
                     }
                     if let Some(completion) = done.completion {
-                        state.unacked.insert(done.execution, completion.clone());
+                        let now = Instant::now();
+                        let unacked = Unacked { completion: completion.clone(), sent: Some(now), first_sent: now };
+                        state.unacked.insert(done.execution, unacked);
                         let _ = out.send(agent_message(pb::agent_message::Kind::Complete(completion))).await;
                     }
                     if draining.is_some() && state.running.is_empty() {
                         self.await_acks(state, &mut inbound).await;
                         return Ok(SessionEnd::Stopped);
+                    }
+                }
+                _ = resend.tick() => {
+                    if state.unacked.values().any(|u| u.first_sent.elapsed() >= STUCK_COMPLETION) {
+                        return Ok(SessionEnd::Lost(format!(
+                            "a completion was not taken within {} s; trying another node",
+                            STUCK_COMPLETION.as_secs()
+                        )));
+                    }
+                    for u in state.unacked.values_mut() {
+                        if u.sent.is_none_or(|at| at.elapsed() >= ACK_TIMEOUT) {
+                            u.sent = Some(Instant::now());
+                            let _ = out.send(agent_message(pb::agent_message::Kind::Complete(u.completion.clone()))).await;
+                        }
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -370,7 +422,9 @@ impl Worker {
             let left = until.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, inbound.message()).await {
                 Ok(Ok(Some(pb::FabricMessage { kind: Some(pb::fabric_message::Kind::Completed(ack)) }))) => {
-                    state.unacked.remove(&ack.execution_id);
+                    if state.unacked.get(&ack.execution_id).is_some_and(|u| u.completion.token == ack.token) {
+                        state.unacked.remove(&ack.execution_id);
+                    }
                 }
                 Ok(Ok(Some(_))) => {}
                 _ => return,
@@ -378,7 +432,13 @@ impl Worker {
         }
     }
 
-    fn on_message(&self, state: &mut LoopState, m: pb::FabricMessage) -> Option<SessionEnd> {
+    async fn on_message(
+        &self,
+        state: &mut LoopState,
+        m: pb::FabricMessage,
+        session: u64,
+        out: &mpsc::Sender<pb::AgentMessage>,
+    ) -> Option<SessionEnd> {
         use pb::fabric_message::Kind;
         match m.kind? {
             Kind::Assignment(a) => {
@@ -390,7 +450,7 @@ impl Worker {
                     // Reassigned to this process under a new token: the old run is stale.
                     old.cancel.cancel();
                 }
-                self.spawn_handler(state, execution, a.token);
+                self.spawn_handler(state, execution, a.token, session);
             }
             Kind::Revoked(r) => {
                 if let Some(running) = state.running.get(&r.execution_id)
@@ -401,29 +461,77 @@ impl Worker {
                     state.running.remove(&r.execution_id);
                 }
             }
-            Kind::Completed(ack) => {
-                state.unacked.remove(&ack.execution_id);
-                match ack.outcome.as_str() {
-                    "accepted" | "repeated" | "retrying" => {}
-                    "conflict" => {
-                        tracing::debug!(execution = ack.execution_id, error = %ack.error, "state conflict; it runs again")
-                    }
-                    _ => {
-                        tracing::warn!(execution = ack.execution_id, error = %ack.error, "completion refused")
-                    }
-                }
-            }
+            Kind::Completed(ack) => self.on_ack(state, ack, out).await,
             Kind::Renewed(_) | Kind::Opened(_) => {}
             Kind::Closed(c) => {
+                // The fabric released everything this session held: those handlers' tokens
+                // are dead, and their slots are better used by the next session's work.
+                state.running.retain(|_, r| {
+                    if r.session == session {
+                        r.cancel.cancel();
+                    }
+                    r.session != session
+                });
                 return Some(SessionEnd::Lost(format!("the fabric closed the session: {}", c.reason)));
             }
         }
         None
     }
 
-    fn spawn_handler(&self, state: &mut LoopState, e: pb::Execution, token: u64) {
+    async fn on_ack(
+        &self,
+        state: &mut LoopState,
+        ack: pb::CompletionAck,
+        out: &mpsc::Sender<pb::AgentMessage>,
+    ) {
+        let id = ack.execution_id;
+        // An answer to an earlier completion of the same execution (another token) is not
+        // about the one waiting now.
+        let Some(waiting) = state.unacked.get_mut(&id).filter(|u| u.completion.token == ack.token) else {
+            return;
+        };
+        match ack.outcome.as_str() {
+            "accepted" | "repeated" | "retrying" => {
+                state.unacked.remove(&id);
+            }
+            "conflict" => {
+                tracing::debug!(execution = id, error = %ack.error, "state conflict; it runs again");
+                state.unacked.remove(&id);
+            }
+            "stale" => {
+                tracing::debug!(execution = id, error = %ack.error, "completion too late");
+                state.unacked.remove(&id);
+            }
+            "invalid" if matches!(waiting.completion.outcome, Some(pb::completion::Outcome::Result(_))) => {
+                // The result or its effects cannot be applied (an effect the handler may not
+                // make, a value over the limits): end the execution with that error instead
+                // of letting it run again and again.
+                tracing::warn!(execution = id, error = %ack.error, "completion refused; failing the execution");
+                let message = format!("the fabric refused the handler's completion: {}", ack.error);
+                waiting.completion.outcome =
+                    Some(pb::completion::Outcome::Error(pb::HandlerError { message, retryable: false }));
+                waiting.completion.effects.clear();
+                waiting.sent = Some(Instant::now());
+                let _ = out
+                    .send(agent_message(pb::agent_message::Kind::Complete(waiting.completion.clone())))
+                    .await;
+            }
+            "unavailable" => {
+                tracing::debug!(execution = id, error = %ack.error, "the fabric could not take the completion; sending it again");
+                waiting.sent = None;
+            }
+            _ => {
+                tracing::warn!(execution = id, outcome = %ack.outcome, error = %ack.error, "completion refused");
+                state.unacked.remove(&id);
+            }
+        }
+    }
+
+    fn spawn_handler(&self, state: &mut LoopState, e: pb::Execution, token: u64, session: u64) {
         let cancel = CancellationToken::new();
-        state.running.insert(e.id, Running { token, cancel: cancel.clone(), last_renewed: Instant::now() });
+        state
+            .running
+            .insert(e.id, Running { token, session, cancel: cancel.clone(), last_renewed: Instant::now() });
         let handler = self.agents.get(&e.agent).and_then(|a| a.handler(&e.delegate));
         let ctx = Context::new(self.client.clone(), &e, token, cancel.clone());
         let permits = state.permits.clone();
@@ -470,7 +578,7 @@ impl Worker {
 
 struct LoopState {
     running: HashMap<u64, Running>,
-    unacked: HashMap<u64, pb::Completion>,
+    unacked: HashMap<u64, Unacked>,
     permits: Arc<Semaphore>,
     done: (mpsc::Sender<Done>, mpsc::Receiver<Done>),
 }

@@ -134,7 +134,8 @@ pub struct Config {
     /// Most effects (state writes, new executions) one completion may carry.
     pub max_effects: usize,
     /// How long a finished execution (its result, and its idempotency key) is kept. Creating
-    /// again with the same key within this time returns the same execution.
+    /// again with the same key within this time returns the same execution. With
+    /// `max_executions` it bounds the sustained rate: 1 000 000 / 300 s = 3 333 executions/s.
     pub execution_retention_ms: u64,
     /// Most times an execution is delivered to a session before it fails as undeliverable
     /// (sessions that keep dying while they hold it; a crash loop).
@@ -196,7 +197,7 @@ impl Default for Config {
             ttl_check_interval_ms: 250,
             max_payload_bytes: limits.max_payload_bytes,
             max_effects: limits.max_effects,
-            execution_retention_ms: 900_000,
+            execution_retention_ms: 300_000,
             max_deliveries: 50,
             max_executions: 1_000_000,
             max_sessions: 10_000,
@@ -505,6 +506,7 @@ impl Config {
             max_session_capacity: self.max_session_capacity,
             session_timeout: std::time::Duration::from_millis(self.session_timeout_ms),
             max_wait: std::time::Duration::from_millis(self.max_wait_ms),
+            max_waiters: self.max_waiters,
         }
     }
 

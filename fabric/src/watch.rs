@@ -171,9 +171,13 @@ impl Hub {
                         }
                     }
                 }
-                Event::Assigned { host, execution, .. } if host.node == self.node_id => {
+                Event::Assigned { host, session, execution, token } if host.node == self.node_id => {
+                    // The batch may have moved it on since (closed the session, expired the
+                    // lease): push it only while this assignment still stands.
                     let Some(e) = grid.execution(execution) else { continue };
-                    let Some(token) = e.lease.map(|l| l.token) else { continue };
+                    if e.lease.is_none_or(|l| l.session != session || l.token != token) {
+                        continue;
+                    }
                     let event = SessionEvent::Assigned { execution: Box::new(e.clone()), token };
                     send_or_drop(&mut inner, host.key, event);
                 }
@@ -229,6 +233,53 @@ mod tests {
         drop(a);
         assert_eq!(hub.waiter_count(), 1, "dropping unregisters");
         assert!(hub.wait(8).is_ok());
+    }
+
+    /// An assignment that a later command of the same apply moved on (to another session,
+    /// with another token) is not pushed: the stream would get a token that is not its own.
+    #[tokio::test]
+    async fn assignments_that_moved_on_are_not_pushed() {
+        use crate::grid::Command;
+        use crate::grid::execution::{NewExecution, Payload};
+        use crate::grid::session::{AgentSpec, Host, NewSession};
+        let session = |key| {
+            Command::OpenSession(Box::new(NewSession {
+                host: Host { node: 1, key },
+                agents: vec![AgentSpec { name: "w".into(), delegates: vec![], concurrent_instances: false }],
+                capacity: 1,
+                claims: vec![],
+                lease_ms: 0,
+                name: String::new(),
+            }))
+        };
+        let create = Command::CreateExecution(Box::new(NewExecution {
+            agent: "w".into(),
+            instance: None,
+            delegate: "job".into(),
+            payload: Payload::json("1"),
+            idempotency_key: None,
+            timeout_ms: None,
+            deadline_ms: None,
+            delay_ms: None,
+            not_before_ms: None,
+            priority: 0,
+            retry: None,
+            parent: None,
+            retention_ms: 1000,
+            max_deliveries: 5,
+        }));
+        let hub = Hub::new(1, 10);
+        let mut a = hub.register_session(1, 4);
+        let mut b = hub.register_session(2, 4);
+        let mut grid = Grid::default();
+        let mut events = Vec::new();
+        // One batch: A opens and gets the execution, B opens, A closes and B gets it.
+        let close_a = Command::CloseSession { session: 1, reason: "gone".into() };
+        grid.apply_batch_with_events(10, &[session(1), create, session(2), close_a], &mut events);
+        hub.publish(&grid, events);
+        assert!(matches!(a.recv().await, Some(SessionEvent::Closed { .. })), "A only hears it closed");
+        let Some(SessionEvent::Assigned { execution, token }) = b.recv().await else { panic!("B gets it") };
+        assert_eq!(Some(token), execution.lease.map(|l| l.token));
     }
 
     #[tokio::test]

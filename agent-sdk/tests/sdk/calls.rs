@@ -261,3 +261,37 @@ async fn a_stopping_worker_finishes_short_work_and_gives_back_long_work() {
     second.stop().await.unwrap();
     c.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completion_the_fabric_cannot_apply_fails_the_execution_with_the_reason() {
+    init_tracing();
+    let c = TestCluster::start(1, |config| config.max_value_bytes = 100).await;
+    let agent = Agent::new("writer")
+        .delegate("bad_namespace", |ctx: Context, (): ()| async move {
+            ctx.shared("not a valid name").put("k", &1u8)?;
+            Ok::<_, Fail>(())
+        })
+        .delegate("too_big", |ctx: Context, (): ()| async move {
+            ctx.shared("blobs").put("k", &"x".repeat(500))?;
+            Ok::<_, Fail>(())
+        });
+    let worker = spawn_worker(c.endpoints(), vec![agent], 2);
+    let client = Client::new(c.endpoints()).unwrap();
+    for (delegate, needle) in [("bad_namespace", "invalid namespace"), ("too_big", "max_value_bytes")] {
+        let started = Instant::now();
+        let e = client.request("writer", delegate).retry(RetryPolicy::new(5)).call::<()>().await.unwrap_err();
+        tracing::info!(delegate, error = %e, after = ?started.elapsed(), "refused completion");
+        assert!(
+            matches!(&e, Error::Failed { kind, message, .. } if kind == "handler" && message.contains(needle)),
+            "{delegate}: {e:?}"
+        );
+        let id = match e {
+            Error::Failed { execution, .. } => execution,
+            _ => unreachable!(),
+        };
+        assert_eq!(client.execution(id).await.unwrap().attempts, 1, "failed at once, not redelivered");
+    }
+    assert_eq!(client.state("shared/blobs").get::<String>("k").await.unwrap(), None, "nothing applied");
+    worker.stop().await.unwrap();
+    c.cluster.shutdown().await;
+}

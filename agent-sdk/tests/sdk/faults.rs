@@ -42,7 +42,7 @@ async fn timers_fire_after_a_restart_of_every_node() {
     let worker = spawn_worker(c.endpoints(), vec![agent], 4);
     assert_eq!(client.wait::<String>(delayed, PATIENCE).await.unwrap(), "delayed");
     assert_eq!(client.wait::<String>(scheduled, PATIENCE).await.unwrap(), "scheduled");
-    let mut rings = vec![rang.recv().await.unwrap(), rang.recv().await.unwrap()];
+    let mut rings = [rang.recv().await.unwrap(), rang.recv().await.unwrap()];
     rings.sort_by_key(|(_, t)| *t);
     tracing::info!(
         delayed_after = ?(rings[0].1 - created),

@@ -195,7 +195,12 @@ pub fn completion(c: pb::Completion, work: &WorkOptions) -> Result<Completion, g
 }
 
 /// How a completion was taken, as the protocol shows it.
-pub fn completion_ack(execution_id: u64, result: &Result<grid::Output, super::Error>) -> pb::CompletionAck {
+pub fn completion_ack(
+    execution_id: u64,
+    token: u64,
+    result: &Result<grid::Output, super::Error>,
+) -> pb::CompletionAck {
+    use grid::Error as G;
     let (outcome, error) = match result {
         Ok(grid::Output::Completion(Completed::Accepted)) => ("accepted", String::new()),
         Ok(grid::Output::Completion(Completed::Repeated)) => ("repeated", String::new()),
@@ -208,10 +213,14 @@ pub fn completion_ack(execution_id: u64, result: &Result<grid::Output, super::Er
         Ok(grid::Output::Completion(Completed::Retrying { not_before_ms })) => {
             ("retrying", format!("its retry policy runs it again at {not_before_ms} ms"))
         }
-        Ok(other) => ("rejected", format!("unexpected answer {other:?}")),
-        Err(e) => ("rejected", e.to_string()),
+        Ok(other) => ("unavailable", format!("unexpected answer {other:?}")),
+        Err(super::Error::Grid(
+            e @ (G::StaleLease { .. } | G::ExecutionFinished { .. } | G::UnknownExecution { .. }),
+        )) => ("stale", e.to_string()),
+        Err(super::Error::Grid(e)) => ("invalid", e.to_string()),
+        Err(e) => ("unavailable", e.to_string()),
     };
-    pb::CompletionAck { execution_id, outcome: outcome.to_owned(), error }
+    pb::CompletionAck { execution_id, outcome: outcome.to_owned(), error, token }
 }
 
 /// The new instance a start request asks for.

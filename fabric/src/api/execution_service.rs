@@ -36,6 +36,12 @@ impl Watch {
         Ok(Self { waiter, id })
     }
 
+    /// [`Watch::new`] for an execution this request just created: a refusal now must not
+    /// read as "nothing changed".
+    pub fn after_create(ctx: &Context, id: ExecutionId) -> Result<Self, Status> {
+        Self::new(ctx, id).map_err(|e| created_but(id, &e.to_string()))
+    }
+
     /// The execution as this replica has it now.
     pub fn current(&self, ctx: &Context) -> Option<Execution> {
         ctx.applied.read(|a| a.grid.execution(self.id).cloned())
@@ -85,6 +91,32 @@ pub fn still_running(id: ExecutionId, latest: Option<Execution>, waited: Duratio
         status.metadata_mut().insert(EXECUTION_HEADER, v);
     }
     status
+}
+
+/// The status of a request whose execution was created but that cannot answer for it: not
+/// `weft-not-applied` (it was applied), and naming the execution.
+pub fn created_but(id: ExecutionId, why: &str) -> Status {
+    let mut status = Status::unavailable(format!(
+        "execution {id} was created, but {why}; it goes on (wait for it, or create it again with the same \
+         idempotency key)"
+    ));
+    if let Ok(v) = id.to_string().parse() {
+        status.metadata_mut().insert(EXECUTION_HEADER, v);
+    }
+    status
+}
+
+/// Refuses a request that would wait for a result when this node already has `max_waiters`
+/// callers waiting (checked before anything is created).
+pub fn check_waiters(ctx: &Context) -> Result<(), Error> {
+    let waiting = ctx.hub.waiter_count();
+    if waiting >= ctx.work.max_waiters {
+        return Err(Error::Overloaded(format!(
+            "{waiting} callers already wait for results on this node; the limit is {} (max_waiters)",
+            ctx.work.max_waiters
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a create once the cluster stores `max_executions` (checked here, at proposal).
@@ -160,9 +192,10 @@ impl pb::executions_server::Executions for ExecutionService {
     ) -> Result<Response<pb::CreateExecutionResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = async {
+            check_waiters(&self.ctx).map_err(Error::into_status)?;
             let (id, created) = self.create(request.into_inner()).await.map_err(Error::into_status)?;
             // The entry is applied on the leader; wait until this replica has it too.
-            let mut watch = Watch::new(&self.ctx, id).map_err(Error::into_status)?;
+            let mut watch = Watch::after_create(&self.ctx, id)?;
             let deadline = Instant::now() + self.ctx.request_timeout;
             loop {
                 if let Some(e) = watch.current(&self.ctx) {
@@ -172,10 +205,7 @@ impl pb::executions_server::Executions for ExecutionService {
                     }));
                 }
                 if !watch.changed(deadline).await {
-                    return Err(Error::Unavailable(format!(
-                        "execution {id} was created but this node has not applied it yet"
-                    ))
-                    .into_status());
+                    return Err(created_but(id, "this node has not applied it yet"));
                 }
             }
         }
@@ -191,8 +221,9 @@ impl pb::executions_server::Executions for ExecutionService {
                 req.create.ok_or_else(|| Status::invalid_argument("a call needs a create request"))?;
             let started = Instant::now();
             let deadline = wait_deadline(&self.ctx, req.timeout_ms);
+            check_waiters(&self.ctx).map_err(Error::into_status)?;
             let (id, _) = self.create(create).await.map_err(Error::into_status)?;
-            let mut watch = Watch::new(&self.ctx, id).map_err(Error::into_status)?;
+            let mut watch = Watch::after_create(&self.ctx, id)?;
             match watch.until_final(&self.ctx, deadline).await {
                 Ok(e) => Ok(Response::new(convert::pb_execution(e))),
                 Err(latest) => Err(still_running(id, latest, started.elapsed())),
@@ -229,7 +260,12 @@ impl pb::executions_server::Executions for ExecutionService {
                     }
                 }
                 last = now;
-                if !watch.changed(deadline).await {
+                let changed = tokio::select! {
+                    // The caller went away: stop waiting (and free the waiter slot).
+                    _ = tx.closed() => return,
+                    changed = watch.changed(deadline) => changed,
+                };
+                if !changed {
                     let _ = tx.send(Err(still_running(req.id, last, started.elapsed()))).await;
                     return;
                 }
@@ -328,15 +364,19 @@ impl pb::executions_server::Executions for ExecutionService {
     ) -> Result<Response<pb::CompletionAck>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = request.into_inner();
-        let id = req.execution_id;
+        let (id, token) = (req.execution_id, req.token);
+        let creates = req.effects.iter().any(|e| matches!(e.kind, Some(pb::effect::Kind::Call(_))));
         let result = async {
             let completion =
                 convert::completion(req, &self.ctx.work).map_err(|e| Error::Grid(e).into_status())?;
             let command = Command::Complete(Box::new(completion));
             command.validate(&self.ctx.limits).map_err(|e| Error::Grid(e).into_status())?;
+            if creates {
+                check_room(&self.ctx).map_err(Error::into_status)?;
+            }
             let answer = routing::propose(&self.ctx, command).await;
             match answer {
-                Err(Error::Grid(_)) | Ok(_) => Ok(Response::new(convert::completion_ack(id, &answer))),
+                Err(Error::Grid(_)) | Ok(_) => Ok(Response::new(convert::completion_ack(id, token, &answer))),
                 Err(e) => Err(e.into_status()),
             }
         }

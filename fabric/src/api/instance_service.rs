@@ -6,7 +6,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 
-use super::execution_service::{Watch, check_room, still_running, wait_deadline};
+use super::execution_service::{Watch, check_room, check_waiters, still_running, wait_deadline};
 use super::{Context, Error, convert, routing};
 use crate::grid::execution::ExecutionId;
 use crate::grid::{self, Command, Output};
@@ -30,7 +30,7 @@ impl InstanceService {
         started: Instant,
         deadline: Instant,
     ) -> Result<pb::Execution, Status> {
-        let mut watch = Watch::new(&self.ctx, id).map_err(Error::into_status)?;
+        let mut watch = Watch::after_create(&self.ctx, id)?;
         match watch.until_final(&self.ctx, deadline).await {
             Ok(e) => Ok(convert::pb_execution(e)),
             Err(latest) => Err(still_running(id, latest, started.elapsed())),
@@ -64,6 +64,7 @@ impl pb::instances_server::Instances for InstanceService {
             let command = Command::StartInstance(Box::new(new));
             command.validate(&self.ctx.limits).map_err(bad)?;
             check_room(&self.ctx).map_err(Error::into_status)?;
+            check_waiters(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Instance { agent, instance, start_execution, created } => {
                     let start = self.finished(start_execution, started, deadline).await?;
@@ -93,6 +94,7 @@ impl pb::instances_server::Instances for InstanceService {
         let result = async {
             let command = Command::StopInstance { agent: req.agent, instance: req.instance };
             command.validate(&self.ctx.limits).map_err(bad)?;
+            check_waiters(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Stopping { stop_execution } => {
                     let stop = self.finished(stop_execution, started, deadline).await?;

@@ -193,6 +193,8 @@ pub struct WorkOptions {
     pub session_timeout: Duration,
     /// Longest wait for a result in one call.
     pub max_wait: Duration,
+    /// Most callers waiting on this node at once.
+    pub max_waiters: usize,
 }
 
 /// Most distinct peer addresses whose channels are cached for forwarding.

@@ -71,8 +71,10 @@ pub struct Work {
 /// stream, tell a handler to stop, wake a caller waiting for a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// `execution` was assigned to `session`, whose stream lives at `host`.
-    Assigned { host: Host, session: SessionId, execution: ExecutionId },
+    /// `execution` was assigned to `session`, whose stream lives at `host`, under `token`.
+    /// By the time a node acts on it a later entry may have moved the execution on: push it
+    /// only while the lease is still `(session, token)`.
+    Assigned { host: Host, session: SessionId, execution: ExecutionId, token: u64 },
     /// `session` no longer holds `execution` (cancelled, deadline, lease expired): its
     /// handler should stop; a completion with `token` will be refused.
     Revoked { host: Host, session: SessionId, execution: ExecutionId, token: u64, reason: String },
@@ -283,8 +285,18 @@ impl Grid {
         if let Some(id) = self.check_idempotency(new, parent)? {
             return Ok(Output::Execution { id, created: false });
         }
+        if let Some(deadline) = new.deadline_ms
+            && deadline <= self.now_ms
+        {
+            return Err(Error::InvalidExecution {
+                reason: format!(
+                    "the deadline {deadline} ms has passed (the fabric's clock is at {} ms)",
+                    self.now_ms
+                ),
+            });
+        }
         self.check_instance_open(new)?;
-        let id = self.insert_execution(new, parent, i32::MIN, out);
+        let id = self.insert_execution(new, parent, false, out);
         Ok(Output::Execution { id, created: true })
     }
 
@@ -402,8 +414,9 @@ impl Grid {
                     self.remove(namespace, key);
                 }
                 Effect::Call(new) => {
-                    if self.check_idempotency(new, Some(c.execution)).ok().flatten().is_none() {
-                        self.insert_execution(new, Some(c.execution), i32::MIN, out);
+                    // Checked above: either a fresh key, or one naming this same call.
+                    if matches!(self.check_idempotency(new, Some(c.execution)), Ok(None)) {
+                        self.insert_execution(new, Some(c.execution), false, out);
                     }
                 }
             }
@@ -552,7 +565,7 @@ impl Grid {
         {
             p.children.insert(key);
         }
-        let start_execution = self.insert_execution(&start, None, i32::MAX, out);
+        let start_execution = self.insert_execution(&start, None, true, out);
         Ok(Output::Instance { agent: new.agent.clone(), instance: id, start_execution, created: true })
     }
 
@@ -604,7 +617,14 @@ impl Grid {
         {
             fired += 1;
             self.work.leases.remove(&(at, id));
+            let holder = self.work.executions.get(&id).and_then(|e| e.lease).map(|l| l.session);
             self.release(id, None, Some("the lease expired before it was renewed"), out);
+            // A session that stops renewing is hung or cut off: giving it the instance's next
+            // call (single activation) would only wait out another lease. It ends here.
+            if let Some(session) = holder {
+                let why = format!("the lease of execution {id} expired: the agent stopped renewing");
+                self.close_session(session, &why, out);
+            }
         }
         while fired < limit
             && let Some(&(at, id)) = self.work.retained.first()
@@ -654,13 +674,20 @@ impl Grid {
             else {
                 continue;
             };
-            if session.serves(&key.0, &e.delegate) {
+            let elsewhere = self.work.serving.get(&key.0).is_some_and(|ids| {
+                ids.iter()
+                    .filter(|id| **id != s)
+                    .filter_map(|id| self.work.sessions.get(id))
+                    .any(|other| !other.draining && other.serves(&key.0, &e.delegate))
+            });
+            if session.serves(&key.0, &e.delegate) || elsewhere {
                 continue;
             }
             let failure = Failure {
                 kind: FailureKind::Undeliverable,
                 message: format!(
-                    "instance {}/{} is served by session {s}, which does not serve delegate '{}'",
+                    "instance {}/{} is served by session {s}, which does not serve delegate '{}' (nor does \
+                     any other session)",
                     key.0, key.1, e.delegate
                 ),
             };
@@ -730,6 +757,7 @@ impl Grid {
         let e = &self.work.executions[&c.execution];
         let own = e.instance.as_ref().map(|i| instance_namespace(&e.agent, i));
         let mut touched = BTreeSet::new();
+        let mut call_keys = BTreeSet::new();
         let mut conflict = None;
         for effect in &c.effects {
             let (ns, key, expected) = match effect {
@@ -744,6 +772,16 @@ impl Grid {
                     }
                     self.check_instance_open(new)?;
                     self.check_idempotency(new, Some(c.execution))?;
+                    if let Some(key) = &new.idempotency_key
+                        && !call_keys.insert(key.as_str())
+                    {
+                        return Err(Error::InvalidCompletion {
+                            reason: format!(
+                                "two call effects share the idempotency key '{}'",
+                                namespace::clip(key)
+                            ),
+                        });
+                    }
                     continue;
                 }
             };
@@ -787,13 +825,14 @@ impl Grid {
         id
     }
 
-    /// Stores a new pending execution and queues it. `priority_floor`: `i32::MAX` for an
-    /// instance's `Start` and `Stop`, which go before anything else in its queue.
+    /// Stores a new pending execution and queues it. `reserved`: an instance's own `Start`
+    /// (priority `i32::MAX`: before anything else in its queue) or `Stop` (`i32::MIN`: after
+    /// everything); other executions have their priority clamped between the two.
     fn insert_execution(
         &mut self,
         new: &NewExecution,
         parent: Option<ExecutionId>,
-        priority_floor: i32,
+        reserved: bool,
         out: &mut Outbox,
     ) -> ExecutionId {
         self.work.last_execution_id += 1;
@@ -816,7 +855,7 @@ impl Grid {
             created_ms: now,
             deadline_ms,
             not_before_ms,
-            priority: new.priority.max(priority_floor),
+            priority: if reserved { new.priority } else { new.priority.clamp(i32::MIN + 1, i32::MAX - 1) },
             parent,
             retry: new.retry,
             finished_ms: None,
@@ -903,18 +942,38 @@ impl Grid {
         let runnable = match inst.lifecycle {
             Lifecycle::Starting => inst.running == 0 && head.1 == inst.start_execution,
             Lifecycle::Running => inst.running == 0 || concurrent,
-            Lifecycle::Stopping => inst.running == 0 && Some(head.1) == inst.stop_execution,
+            // Calls given back or redelivered after the stop began run first: Stop sorts last.
+            Lifecycle::Stopping => inst.running == 0,
         };
         if !runnable {
             return;
         }
         let Some(e) = self.work.executions.get(&head.1) else { return };
         let delegate = e.delegate.clone();
-        if let Some(session) = inst.session.and_then(|s| self.work.sessions.get(&s))
-            && !session.serves(&key.0, &delegate)
+        if let Some(holder) = inst.session
+            && self.work.sessions.get(&holder).is_some_and(|s| !s.serves(&key.0, &delegate))
         {
-            out.unserved.push(head.1);
-            return;
+            let elsewhere = self.work.serving.get(&key.0).is_some_and(|ids| {
+                ids.iter()
+                    .filter(|id| **id != holder)
+                    .filter_map(|id| self.work.sessions.get(id))
+                    .any(|s| !s.draining && s.serves(&key.0, &delegate))
+            });
+            if !elsewhere {
+                // Nobody may run it while the holder keeps the instance (single activation),
+                // and it would block the instance's queue for good: fail it.
+                out.unserved.push(head.1);
+                return;
+            }
+            if inst.running > 0 {
+                return;
+            }
+            // Another session serves it (a newer version of the agent, say): the instance
+            // moves, with nothing running, to whoever takes its head.
+            inst.session = None;
+            if let Some(s) = self.work.sessions.get_mut(&holder) {
+                s.activated.remove(key);
+            }
         }
         inst.offered = Some((delegate.clone(), head));
         self.work.ready.entry((key.0.clone(), delegate)).or_default().insert(head);
@@ -1021,7 +1080,7 @@ impl Grid {
             e.attempts += 1;
             e.lease = Some(Lease { session, token, expires_ms });
         }
-        out.events.push(Event::Assigned { host, session, execution: id });
+        out.events.push(Event::Assigned { host, session, execution: id, token });
         out.events.push(Event::Changed { execution: id });
         if let Some(key) = instance {
             self.offer(&key, out);
@@ -1189,7 +1248,7 @@ impl Grid {
             deadline_ms: None,
             delay_ms: None,
             not_before_ms: None,
-            priority: i32::MAX,
+            priority: i32::MIN,
             retry: None,
             parent: None,
             retention_ms,
@@ -1199,7 +1258,7 @@ impl Grid {
         if let Some(inst) = self.work.instances.get_mut(key) {
             inst.stop_execution = Some(next_id);
         }
-        self.insert_execution(&stop, None, i32::MAX, out)
+        self.insert_execution(&stop, None, true, out)
     }
 
     /// Removes an instance: its unfinished executions, its state and its activation; stops

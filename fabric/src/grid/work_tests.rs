@@ -339,20 +339,50 @@ fn delayed_executions_and_deadlines_fire_on_ticks() {
 #[test]
 fn leases_expire_unless_renewed() {
     let mut h = Harness::new();
-    let s = h.open_with(NewSession { lease_ms: 1_000, ..new_session(&["w"], 1) });
+    let s = h.open_with(NewSession { lease_ms: 1_000, ..new_session(&["w"], 2) });
     let id = h.create(new_exec("w", "job"));
+    let other = h.create(new_exec("w", "job"));
     let token = h.token(id);
     h.at(1_900);
     assert_eq!(h.ok(Command::Renew { execution: id, token }), Output::Renewed { expires_ms: Some(2_900) });
+    let other_token = h.token(other);
+    h.ok(complete_cmd(other, other_token, Ok(Payload::json("1")), vec![]));
     h.at(2_500).ok(Command::Tick { limit: 10 });
     assert_eq!(h.holder(id), Some(s), "renewed: still held");
     h.at(2_900).ok(Command::Tick { limit: 10 });
     assert!(h.revoked_events().contains(&id));
-    // Back to pending and, the session being free again, assigned anew with a new token.
+    // A session that stopped renewing is hung or cut off: it ends, and the work waits for
+    // another session instead of going back to it.
+    assert!(h.grid.session(s).is_none(), "the session is closed");
+    assert_eq!(h.exec(id).status, Status::Pending);
+    let s2 = h.open(&["w"], 1);
+    assert_eq!(h.holder(id), Some(s2));
     assert_eq!(h.exec(id).attempts, 2);
     assert_ne!(h.token(id), token);
     let stale = h.apply(Command::Renew { execution: id, token });
     assert!(matches!(stale, Err(Error::StaleLease { .. })));
+}
+
+#[test]
+fn a_call_released_while_its_instance_stops_runs_before_stop() {
+    let mut h = Harness::new();
+    let a = h.open(&["c"], 5);
+    let start = h.start("c", "x");
+    h.complete(start, "null");
+    let call = h.create(NewExecution { priority: i32::MAX, ..on_instance("c", "x", "inc") });
+    assert_eq!(h.holder(call), Some(a));
+    let stop = match h.ok(Command::StopInstance { agent: "c".into(), instance: "x".into() }) {
+        Output::Stopping { stop_execution } => stop_execution,
+        other => panic!("{other:?}"),
+    };
+    h.ok(Command::CloseSession { session: a, reason: "crashed".into() });
+    let b = h.open(&["c"], 5);
+    assert_eq!(h.holder(call), Some(b), "the released call runs first, whatever its priority");
+    assert_eq!(h.exec(stop).status, Status::Pending);
+    h.complete(call, "1");
+    assert_eq!(h.holder(stop), Some(b), "then Stop");
+    h.complete(stop, "null");
+    assert!(h.grid.instance("c", "x").is_none());
 }
 
 #[test]
@@ -433,7 +463,16 @@ fn a_call_the_instance_session_does_not_serve_fails_instead_of_blocking_the_inst
     assert_eq!(failure.kind, FailureKind::Undeliverable);
     assert!(failure.message.contains("does not serve delegate 'icn'"), "{failure:?}");
     assert_eq!(h.holder(next), Some(s), "the instance goes on");
+    h.complete(next, "1");
+    // A newer process that serves the delegate: the instance moves to it instead.
+    let mut newer = new_session(&["c"], 10);
+    newer.agents[0].delegates = vec!["inc".into(), "icn".into()];
+    let t = h.open_with(newer);
+    let moved = h.create(on_instance("c", "x", "icn"));
+    assert_eq!(h.holder(moved), Some(t));
+    assert_eq!(h.grid.instance("c", "x").unwrap().session, Some(t));
     // Without an activation (no session holds the instance) it waits, like any call nobody serves.
+    h.ok(Command::CloseSession { session: t, reason: "gone".into() });
     h.ok(Command::CloseSession { session: s, reason: "gone".into() });
     let waits = h.create(on_instance("c", "x", "icn"));
     assert_eq!(h.exec(waits).status, Status::Pending);
@@ -614,7 +653,11 @@ fn effects_apply_atomically_with_the_result() {
 
     // Effects a handler may not make are refused and change nothing.
     let token = h.token(second);
+    let keyed = |k: &str| {
+        Effect::Call(Box::new(NewExecution { idempotency_key: Some(k.into()), ..new_exec("c", "notify") }))
+    };
     for (effects, outcome) in [
+        (vec![keyed("k"), keyed("k")], Ok(Payload::json("1"))),
         (vec![put_effect("instance/c/other", "n", "1", None)], Ok(Payload::json("1"))),
         (
             vec![put_effect("shared/a", "k", "1", None), put_effect("shared/a", "k", "2", None)],
@@ -696,6 +739,10 @@ fn bad_work_commands_name_the_problem_and_change_nothing() {
                 ..new_exec("w", "x")
             })),
             "max_attempts",
+        ),
+        (
+            Command::CreateExecution(Box::new(NewExecution { deadline_ms: Some(999), ..new_exec("w", "x") })),
+            "has passed",
         ),
         (Command::OpenSession(Box::new(new_session(&[], 1))), "at least one agent"),
         (Command::OpenSession(Box::new(new_session(&["w"], 0))), "capacity"),

@@ -31,6 +31,12 @@ pub const INFLIGHT_SLACK: usize = 16;
 pub const MIN_LEASE_MS: u64 = 1_000;
 /// Longest lease a session may ask for: one day.
 pub const MAX_LEASE_MS: u64 = 86_400_000;
+/// How long this node may go without a leader before it ends the sessions it hosts, so their
+/// agents connect to a node that can commit their work (one cut off from the majority, say;
+/// the leader closes such sessions on its side anyway once gossip declares this node down).
+pub const MAX_LEADERLESS: Duration = Duration::from_secs(3);
+/// How often a session checks that its node has a leader.
+const LEADER_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long the node keeps trying to close an ended session (the reaper covers the rest).
 const CLOSE_RETRY_FOR: Duration = Duration::from_secs(30);
 const CLOSE_RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -156,6 +162,8 @@ impl Session {
     async fn run(mut self) {
         let timeout = self.ctx.work.session_timeout;
         let mut last_seen = Instant::now();
+        let mut leader_check = tokio::time::interval(LEADER_CHECK_EVERY);
+        let mut leaderless_since: Option<Instant> = None;
         let ending = loop {
             let quiet = tokio::time::sleep_until((last_seen + timeout).into());
             tokio::select! {
@@ -184,6 +192,17 @@ impl Session {
                 _ = quiet => break Ending::Here(format!(
                     "nothing from the agent within session_timeout_ms ({} ms)", timeout.as_millis()
                 )),
+                _ = leader_check.tick() => {
+                    if self.ctx.leader() != crate::api::Leader::Unknown {
+                        leaderless_since = None;
+                    } else if leaderless_since.get_or_insert_with(Instant::now).elapsed() >= MAX_LEADERLESS {
+                        break Ending::Here(format!(
+                            "node {} has had no leader for {} s; connect to another node",
+                            self.ctx.node_id,
+                            MAX_LEADERLESS.as_secs()
+                        ));
+                    }
+                }
             }
         };
         self.ctx.hub.unregister_session(self.key);
@@ -277,16 +296,22 @@ impl Session {
             None | Some(Kind::Heartbeat(_)) => Ok(()),
             Some(Kind::Open(_)) => Err(Status::failed_precondition("this stream's session is open already")),
             Some(Kind::Complete(c)) => {
-                let id = c.execution_id;
+                let (id, token) = (c.execution_id, c.token);
                 self.pushed.remove(&id);
-                let command = convert::completion(c, &self.ctx.work).and_then(|c| {
+                let creates = c.effects.iter().any(|e| matches!(e.kind, Some(pb::effect::Kind::Call(_))));
+                let command = convert::completion(c, &self.ctx.work).map_err(Error::Grid).and_then(|c| {
                     let command = Command::Complete(Box::new(c));
-                    command.validate(&self.ctx.limits).map(|()| command)
+                    command.validate(&self.ctx.limits).map_err(Error::Grid)?;
+                    // New executions made by effects count against max_executions too.
+                    if creates {
+                        crate::api::execution_service::check_room(&self.ctx)?;
+                    }
+                    Ok(command)
                 });
                 match command {
-                    Ok(command) => self.propose(command, ProposalKind::Complete(id)).await,
+                    Ok(command) => self.propose(command, ProposalKind::Complete(id, token)).await,
                     Err(e) => {
-                        let ack = convert::completion_ack(id, &Err(Error::Grid(e)));
+                        let ack = convert::completion_ack(id, token, &Err(e));
                         let _ = self.send(pb::fabric_message::Kind::Completed(ack)).await;
                     }
                 }
@@ -320,8 +345,8 @@ impl Session {
             let answer = routing::propose(&ctx, command).await;
             drop(permit);
             let kind = match (kind, &answer) {
-                (ProposalKind::Complete(id), _) => {
-                    Some(pb::fabric_message::Kind::Completed(convert::completion_ack(id, &answer)))
+                (ProposalKind::Complete(id, token), _) => {
+                    Some(pb::fabric_message::Kind::Completed(convert::completion_ack(id, token, &answer)))
                 }
                 (ProposalKind::Renew(id), Ok(Output::Renewed { expires_ms })) => {
                     Some(pb::fabric_message::Kind::Renewed(pb::LeaseRenewed {
@@ -343,7 +368,7 @@ impl Session {
 }
 
 enum ProposalKind {
-    Complete(ExecutionId),
+    Complete(ExecutionId, u64),
     Renew(ExecutionId),
     Quiet,
 }

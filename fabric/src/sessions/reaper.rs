@@ -5,7 +5,7 @@
 //! the sessions of nodes that gossip declares down or left, and of nodes that are no longer
 //! Raft members: their agents must reconnect elsewhere anyway.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -31,12 +31,28 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (session, reason) in doomed(&ctx) {
+        for (session, reason, by_leader) in doomed(&ctx) {
             let command = Command::CloseSession { session, reason: reason.clone() };
+            let close = async {
+                if !by_leader {
+                    return routing::propose(&ctx, command).await;
+                }
+                // Decided on this leader's own gossip view: never forwarded, so a leader that
+                // has just been deposed (its view stale) cannot close healthy sessions.
+                if ctx.leader() != Leader::Local {
+                    return Err(crate::api::Error::NotLeader { leader: None });
+                }
+                match tokio::time::timeout(ctx.request_timeout, ctx.proposer.propose(command)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        Err(crate::api::Error::Indeterminate("the close did not commit in time".into()))
+                    }
+                }
+            };
             let closed = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
-                answer = routing::propose(&ctx, command) => answer,
+                answer = close => answer,
             };
             match closed {
                 Ok(_) => tracing::info!(session, %reason, "closed a session"),
@@ -46,18 +62,25 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
     }
 }
 
-/// The sessions to close now, with why.
-fn doomed(ctx: &Context) -> Vec<(SessionId, String)> {
+/// The sessions to close now, with why, and whether the leader decided it from its own view.
+fn doomed(ctx: &Context) -> Vec<(SessionId, String, bool)> {
     let leading = ctx.leader() == Leader::Local;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let (gone, members) = if leading {
         let view = ctx.membership.gossip.view();
-        let gone: BTreeSet<(NodeId, &'static str)> = view
+        // When each gone node went down or left, in wall-clock ms (the grid's clock).
+        let gone: BTreeMap<NodeId, (&'static str, u64)> = view
             .members
             .iter()
-            .filter_map(|(id, m)| match m.health {
-                Health::Down => Some((*id, "down")),
-                Health::Left => Some((*id, "left")),
-                _ => None,
+            .filter_map(|(id, m)| {
+                let since_ms = now_ms.saturating_sub(m.since.elapsed().as_millis() as u64);
+                match m.health {
+                    Health::Down => Some((*id, ("down", since_ms))),
+                    Health::Left => Some((*id, ("left", since_ms))),
+                    _ => None,
+                }
             })
             .collect();
         let metrics = ctx.raft.metrics();
@@ -65,7 +88,7 @@ fn doomed(ctx: &Context) -> Vec<(SessionId, String)> {
             metrics.borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect();
         (gone, members)
     } else {
-        (BTreeSet::new(), BTreeSet::new())
+        (BTreeMap::new(), BTreeSet::new())
     };
     ctx.applied.read(|a| {
         a.grid
@@ -74,16 +97,21 @@ fn doomed(ctx: &Context) -> Vec<(SessionId, String)> {
                 let node = s.host.node;
                 if node == ctx.node_id {
                     return (!ctx.hub.has_session(s.host.key))
-                        .then(|| (s.id, format!("node {node} no longer has its stream")));
+                        .then(|| (s.id, format!("node {node} no longer has its stream"), false));
                 }
                 if !leading {
                     return None;
                 }
-                if let Some((_, state)) = gone.iter().find(|(id, _)| *id == node) {
-                    return Some((s.id, format!("its node {node} is {state}")));
+                if let Some((state, since_ms)) = gone.get(&node) {
+                    // Opened after gossip here declared the node gone: the node was alive then,
+                    // and this view is behind (a heal, a restart). Wait for gossip to catch up.
+                    if s.opened_ms >= *since_ms {
+                        return None;
+                    }
+                    return Some((s.id, format!("its node {node} is {state}"), true));
                 }
                 (!members.is_empty() && !members.contains(&node))
-                    .then(|| (s.id, format!("its node {node} is no longer a member of the cluster")))
+                    .then(|| (s.id, format!("its node {node} is no longer a member of the cluster"), true))
             })
             .take(MAX_REAPED_PER_ROUND)
             .collect()

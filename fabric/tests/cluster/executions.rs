@@ -120,7 +120,7 @@ async fn a_call_through_one_node_runs_on_a_session_of_another() {
     assert_eq!(completer.complete(again.clone()).await.unwrap().into_inner().outcome, "repeated");
     let stale = pb::Completion { token: a.token + 1000, ..again };
     let ack = completer.complete(stale).await.unwrap().into_inner();
-    assert_eq!(ack.outcome, "rejected");
+    assert_eq!(ack.outcome, "stale");
     assert!(ack.error.contains("already completed"), "{ack:?}");
     drop(tx);
     cluster.shutdown().await;
