@@ -11,6 +11,11 @@
 //! | UNAVAILABLE with `weft-not-applied: true` | fail | fail (certainly not applied) |
 //! | any other error, timeout, transport error | fail | info (may have been applied) |
 //!
+//! Increments of the executions workload map `Executions/Call` outcomes as
+//! [`crate::counter`] says. A worker with an odd id calls an increment whose outcome is
+//! unknown again with the same idempotency key (up to [`MAX_KEY_RETRIES`] times), which must
+//! return the same execution and never apply it twice.
+//!
 //! Failover: a worker that sees [`FAILOVER_AFTER`] errors in a row moves to the next node,
 //! as the SDK will do, and goes back to its home node after [`RETURN_HOME_AFTER`] operations
 //! elsewhere (otherwise, over many faults, workers pile up on a few nodes and one fault on
@@ -27,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 
 use crate::db::Roster;
@@ -44,6 +50,8 @@ pub const FAILOVER_AFTER: u32 = 3;
 pub const RETURN_HOME_AFTER: u32 = 50;
 /// Page size of the set's final read.
 const LIST_PAGE: u32 = 1000;
+/// Most times a retrying worker calls an indeterminate increment again with its key.
+pub const MAX_KEY_RETRIES: u32 = 3;
 
 /// How reads are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,8 +70,10 @@ pub enum Workload {
     Register,
     /// Unique adds, then one final read; every acknowledged add must be present.
     Set,
-    // `Executions` (increment executions with idempotency keys against a counter agent)
-    // comes once executions exist in the grid.
+    /// `increment` executions with fresh idempotency keys against a counter agent that
+    /// applies them through atomic completion, then one final read of its state; every
+    /// acknowledged increment must be applied exactly once.
+    Executions,
 }
 
 impl Workload {
@@ -72,6 +82,7 @@ impl Workload {
         match self {
             Workload::Register => "register",
             Workload::Set => "set",
+            Workload::Executions => "executions",
         }
     }
 }
@@ -103,6 +114,10 @@ pub struct Worker {
     away_ops: u32,
     /// One client per node used so far.
     clients: HashMap<u64, StateClient<Channel>>,
+    /// One executions client per node used so far (executions workload).
+    calls: HashMap<u64, ExecutionsClient<Channel>>,
+    /// An indeterminate increment to call again with its key, and how often it was.
+    retry: Option<(String, u32)>,
     roster: Roster,
     rng: Rng,
     recorder: Recorder,
@@ -113,7 +128,7 @@ pub struct Worker {
 }
 
 /// The result of one call.
-enum Done {
+pub(crate) enum Done {
     Ok(Op),
     Fail(Op, String),
     Info(Op, String),
@@ -123,8 +138,16 @@ fn code_message(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-fn not_applied(s: &tonic::Status) -> bool {
+pub(crate) fn not_applied(s: &tonic::Status) -> bool {
     s.metadata().get("weft-not-applied").is_some_and(|v| v == "true")
+}
+
+/// Whether a call failed to connect, so the request never left this process.
+pub(crate) fn never_sent(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        && ["tcp connect error", "Connection refused", "error trying to connect"]
+            .iter()
+            .any(|m| s.message().contains(m))
 }
 
 /// Classifies the error of a call that may have changed state.
@@ -162,6 +185,8 @@ impl Worker {
             home,
             away_ops: 0,
             clients: HashMap::new(),
+            calls: HashMap::new(),
+            retry: None,
             roster,
             rng,
             recorder,
@@ -189,6 +214,13 @@ impl Worker {
         self.seq += 1;
         match self.options.workload {
             Workload::Set => Op::Add { element: format!("e{}-{}", self.id, self.seq) },
+            Workload::Executions => {
+                let key = match &self.retry {
+                    Some((key, _)) => key.clone(),
+                    None => format!("w{}-{}", self.id, self.seq),
+                };
+                Op::Increment { key, count: None, execution: None, attempts: None }
+            }
             Workload::Register => {
                 let key = format!("k{}", self.rng.below(self.options.keys as u64));
                 // Unique across workers and runs of this worker: the worker in the high bits.
@@ -276,6 +308,14 @@ impl Worker {
         if ty == Type::Info {
             self.process += self.workers;
         }
+        if let Op::Increment { key, .. } = &op {
+            let tries = match &self.retry {
+                Some((k, n)) if k == key => *n,
+                _ => 0,
+            };
+            let again = ty == Type::Info && self.id % 2 == 1 && tries < MAX_KEY_RETRIES;
+            self.retry = again.then(|| (key.clone(), tries + 1));
+        }
         // Remember what this worker saw, for its next compare-and-set.
         if ty == Type::Ok {
             match &op {
@@ -295,6 +335,16 @@ impl Worker {
         let timeout = self.options.timeout;
         let node = self.node;
         let addr = self.roster.live().into_iter().find(|(id, _)| *id == node).map(|(_, a)| a);
+        if let Op::Increment { key, .. } = &op {
+            let client = match (self.calls.contains_key(&node), addr) {
+                (true, _) => self.calls.get_mut(&node).expect("checked"),
+                (false, Some(addr)) => self.calls.entry(node).or_insert_with(|| {
+                    ExecutionsClient::new(crate::db::channel(&addr, crate::counter::call_deadline(timeout)))
+                }),
+                (false, None) => return Done::Fail(op, format!("node {node} is gone and no node is left")),
+            };
+            return crate::counter::call(client, key, timeout).await;
+        }
         let client = match (self.clients.contains_key(&node), addr) {
             (true, _) => self.clients.get_mut(&node).expect("checked"),
             (false, Some(addr)) => self

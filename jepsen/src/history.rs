@@ -12,7 +12,7 @@
 //! After an `info` a worker continues under a new process id, as in Jepsen, so every process
 //! has at most one operation in flight.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::Path;
 
@@ -68,6 +68,13 @@ pub enum Op {
     Add { element: String },
     /// Set: read every element, after the faults are healed.
     ReadAll { elements: Option<Vec<String>> },
+    /// Executions: one `increment` of the counter instance, created with idempotency key
+    /// `key` (a retry of an indeterminate one reuses its key). On completion: the count it
+    /// returned (`ok`), the execution id when known, and how often it was delivered.
+    Increment { key: String, count: Option<u64>, execution: Option<u64>, attempts: Option<u32> },
+    /// Executions: the counter instance's state after the faults are healed: the count and,
+    /// per idempotency key, the record its increment wrote.
+    ReadCounter { count: Option<u64>, applied: Option<BTreeMap<String, Applied>> },
     /// A nemesis window starts or stops.
     Nemesis { phase: Phase, name: String, detail: String },
 }
@@ -81,9 +88,23 @@ impl Op {
             Op::Cas { .. } => "cas",
             Op::Add { .. } => "add",
             Op::ReadAll { .. } => "read-all",
+            Op::Increment { .. } => "increment",
+            Op::ReadCounter { .. } => "read-counter",
             Op::Nemesis { .. } => "nemesis",
         }
     }
+}
+
+/// What the counter agent writes, in the same completion as the new count, for each
+/// increment it applies (state key `applied/<idempotency key>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The count this increment produced.
+    pub count: u64,
+    /// The execution that applied it.
+    pub execution: u64,
+    /// Which delivery of that execution applied it.
+    pub attempt: u32,
 }
 
 /// One line of the history file.

@@ -8,28 +8,36 @@
 //!   ├─ workers ──gRPC──► node k (each worker talks to one node, fails over after errors)
 //!   │     └─ invoke / ok / fail / info ──► recorder ──► history.jsonl
 //!   ├─ nemesis ── kill -9 / SIGSTOP / iptables DROP / churn (stop for good, add) ──► events
-//!   └─ after the run: checkers (register: linearizability; set: no lost acknowledged add)
+//!   │             └ kill-agent: kill -9 an agent process, restart it
+//!   ├─ executions workload: K agent processes (weft-jepsen-agent, own namespaces) ──► nodes
+//!   └─ after the run: checkers (register: linearizability; set: no lost acknowledged add;
+//!        executions: each acknowledged increment applied exactly once, none twice)
 //!        ──► report folder (results.json, failing sub-history, latency and throughput PNGs)
 //! ```
 //!
 //! # Layout
 //! - [`net`]: namespaces (spare hosts included), veth pairs and the bridge; partitions;
 //!   cleanup of leftovers.
+//! - [`agents`]: the executions workload's agent processes: start, kill, restart.
+//! - [`counter`]: the executions workload's counter agent, how `Call` outcomes are
+//!   recorded, and the final read of its state.
 //! - [`db`]: the `weft node` processes in those namespaces (static or gossip membership):
 //!   start, kill, pause, stop for good, add, leader; the roster clients pick nodes from.
 //! - [`nemesis`]: the faults and the schedule that starts and heals them.
 //! - [`client`]: workload workers and how gRPC outcomes map to ok / fail / info.
 //! - [`history`]: the event format (JSON lines) and pairing invokes with completions.
 //! - [`recorder`]: timestamps and stores events as they happen.
-//! - [`checker`]: the linearizability search and the register and set checkers.
+//! - [`checker`]: the linearizability search and the register, set and executions checkers.
 //! - [`report`]: the run folder: results, failing sub-histories, plots, summary.
 //! - [`run`]: one run from setup to report.
 //! - [`rng`]: the seeded random number generator every choice uses.
 //!
-//! Later (see docs/jepsen.md): an `executions` workload once executions exist.
+//! Later (see docs/jepsen.md): a streams workload once streams exist.
 
+pub mod agents;
 pub mod checker;
 pub mod client;
+pub mod counter;
 pub mod db;
 pub mod history;
 pub mod nemesis;

@@ -13,11 +13,17 @@
 //! stop starts a fresh node (new id, spare host, empty data directory, seeded with live
 //! nodes) that joins as a learner. It never stops a node when that would leave fewer than
 //! [`MIN_RUNNING`] nodes running or less than a majority of the leader's voters running.
+//!
+//! Agent kills ([`Kind::KillAgent`], executions workload only): its start `kill -9`s the
+//! agent process that applied the latest increment (the counter's `serving` record, read
+//! stale from any node), or a random running one when that is unknown; its stop starts
+//! every agent that is not running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::agents::Agents;
 use crate::db::Db;
 use crate::history::{Op, Phase, Type};
 use crate::net::{Grudge, Network};
@@ -43,6 +49,9 @@ pub enum Kind {
     /// Stop a node for good (SIGTERM or SIGKILL, alternately); when healed, add a fresh node
     /// on a spare host. Gossip membership only.
     Membership,
+    /// `kill -9` the agent process serving the counter (else a random one); restart it when
+    /// healed. Executions workload only.
+    KillAgent,
 }
 
 /// The membership nemesis never leaves fewer nodes running than this.
@@ -69,6 +78,7 @@ impl Kind {
             Kind::PartitionRing => "partition-ring",
             Kind::PartitionBridge => "partition-bridge",
             Kind::Membership => "membership",
+            Kind::KillAgent => "kill-agent",
         }
     }
 
@@ -85,7 +95,7 @@ impl Kind {
 pub enum Error {
     /// The name is not a fault.
     #[error(
-        "unknown nemesis '{0}': expected none, all, kill, pause, partition (= partition-halves), partition-halves, partition-leader, partition-ring, partition-bridge or membership, joined with ',' (one per window) or '+' (together)"
+        "unknown nemesis '{0}': expected none, all, kill, pause, partition (= partition-halves), partition-halves, partition-leader, partition-ring, partition-bridge, membership or kill-agent, joined with ',' (one per window) or '+' (together)"
     )]
     Unknown(String),
     /// A kill or pause of a minority in the same window as a node stopped for good could
@@ -103,6 +113,9 @@ pub enum Error {
     /// Changing the network failed.
     #[error(transparent)]
     Net(#[from] crate::net::Error),
+    /// Restarting an agent failed.
+    #[error(transparent)]
+    Agents(#[from] crate::agents::Error),
 }
 
 /// The parsed `--nemesis` list: one group is chosen per window.
@@ -115,6 +128,11 @@ impl Spec {
     /// Whether some group churns the membership (needs gossip mode and spare hosts).
     pub fn churns(&self) -> bool {
         self.groups.iter().flatten().any(|k| *k == Kind::Membership)
+    }
+
+    /// Whether some group kills agent processes (needs the executions workload).
+    pub fn kills_agents(&self) -> bool {
+        self.groups.iter().flatten().any(|k| *k == Kind::KillAgent)
     }
 
     /// The spec's text, as `kill,partition-halves+pause`.
@@ -152,6 +170,7 @@ impl FromStr for Spec {
                     "partition-ring" => Kind::PartitionRing,
                     "partition-bridge" => Kind::PartitionBridge,
                     "membership" | "churn" => Kind::Membership,
+                    "kill-agent" | "kill-agents" => Kind::KillAgent,
                     other => return Err(Error::Unknown(other.into())),
                 };
                 if !kinds.contains(&kind) {
@@ -298,16 +317,20 @@ fn churn_in(db: &mut Db, net: &Network) -> Result<String, Error> {
     Ok(format!("added {} on {} (seeds {seeds:?})", host.id, host.ip))
 }
 
+/// What the nemesis acts on: the nodes, the agent processes (none outside the executions
+/// workload) and the network.
+pub struct Targets<'a> {
+    pub db: &'a mut Db,
+    pub agents: &'a mut Agents,
+    pub net: &'a Network,
+}
+
 /// Starts a fault; returns a description of what it did.
-async fn start(
-    kind: Kind,
-    db: &mut Db,
-    net: &Network,
-    rng: &mut Rng,
-    state: &mut State,
-) -> Result<String, Error> {
+async fn start(kind: Kind, t: &mut Targets<'_>, rng: &mut Rng, state: &mut State) -> Result<String, Error> {
+    let (db, net) = (&mut *t.db, t.net);
     let ids: Vec<u64> = db.member_ids();
     Ok(match kind {
+        Kind::KillAgent => t.agents.kill_serving(rng).await,
         Kind::Membership => churn_out(db, rng, state).await?,
         Kind::Kill => {
             let victims = minority(&ids, rng);
@@ -351,8 +374,10 @@ async fn start(
 }
 
 /// Heals a fault.
-fn stop(kind: Kind, db: &mut Db, net: &Network) -> Result<String, Error> {
+fn stop(kind: Kind, t: &mut Targets<'_>) -> Result<String, Error> {
+    let (db, net) = (&mut *t.db, t.net);
     Ok(match kind {
+        Kind::KillAgent => format!("restarted agents {:?}", t.agents.heal()?),
         Kind::Membership => churn_in(db, net)?,
         Kind::Kill => {
             let dead: Vec<u64> =
@@ -385,24 +410,23 @@ fn record(recorder: &Recorder, phase: Phase, kind: Kind, detail: String) {
 pub async fn run(
     spec: &Spec,
     schedule: Schedule,
-    db: &mut Db,
-    net: &Network,
+    t: &mut Targets<'_>,
     recorder: &Recorder,
     rng: &mut Rng,
     until: Instant,
 ) -> Result<(), Error> {
-    let result = windows(spec, schedule, db, net, recorder, rng, until).await;
+    let result = windows(spec, schedule, t, recorder, rng, until).await;
     // Whatever happened, leave a whole cluster behind.
-    net.heal()?;
-    db.heal()?;
+    t.net.heal()?;
+    t.db.heal()?;
+    t.agents.heal()?;
     result
 }
 
 async fn windows(
     spec: &Spec,
     schedule: Schedule,
-    db: &mut Db,
-    net: &Network,
+    t: &mut Targets<'_>,
     recorder: &Recorder,
     rng: &mut Rng,
     until: Instant,
@@ -422,14 +446,14 @@ async fn windows(
         let group = &spec.groups[window % spec.groups.len()];
         let mut started = Vec::new();
         for kind in group {
-            let detail = start(*kind, db, net, rng, &mut state).await?;
+            let detail = start(*kind, t, rng, &mut state).await?;
             record(recorder, Phase::Start, *kind, detail);
             started.push(*kind);
         }
         let end = (Instant::now() + schedule.duration).min(until);
         tokio::time::sleep_until(end.into()).await;
         for kind in started.iter().rev() {
-            let detail = stop(*kind, db, net)?;
+            let detail = stop(*kind, t)?;
             record(recorder, Phase::Stop, *kind, detail);
         }
     }
@@ -476,6 +500,10 @@ mod tests {
         assert!(!"all".parse::<Spec>().unwrap().churns(), "all is every single fault of a static cluster");
         assert!(matches!("explode".parse::<Spec>(), Err(Error::Unknown(_))));
         assert!(matches!("partition-ring+partition-leader".parse::<Spec>(), Err(Error::TwoPartitions(_))));
+        let a: Spec = "kill+kill-agent,partition-halves".parse().unwrap();
+        assert_eq!(a.groups[0], vec![Kind::Kill, Kind::KillAgent]);
+        assert!(a.kills_agents() && !s.kills_agents());
+        assert!(!"all".parse::<Spec>().unwrap().kills_agents(), "all is every fault of the nodes");
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! bridge address. Partitions drop packets in the INPUT chain of each namespace by source
 //! address; traffic from the bridge address (the clients) is never dropped.
 //!
+//! The executions workload adds one more namespace per agent process, `wj-<run>-a<k>` at
+//! 10.77.X.(200+k), joined to the same bridge: agents reach every node, and a partition,
+//! which drops only node addresses, never cuts them off (like the clients).
+//!
 //! Every name carries the run id, and `/run/weft-jepsen/<run>` records the owning process,
 //! so [`cleanup`] can remove what a dead run left behind without touching a live one.
 
@@ -33,6 +37,10 @@ pub const STATE_DIR: &str = "/run/weft-jepsen";
 pub const SUBNET: [u8; 2] = [10, 77];
 /// Most nodes one network holds (addresses .10 to .10 + MAX_NODES - 1).
 pub const MAX_NODES: usize = 100;
+/// Most agent hosts one network holds (addresses .201 to .200 + MAX_AGENTS).
+pub const MAX_AGENTS: usize = 50;
+/// Agent host `k` has address 10.77.X.(AGENT_BASE + k).
+const AGENT_BASE: u8 = 200;
 /// Comment on the root-namespace FORWARD rule that lets bridge traffic pass a host whose
 /// FORWARD policy is DROP (Docker's) when bridge netfilter is on.
 const FORWARD_COMMENT: &str = "weft-jepsen";
@@ -55,6 +63,9 @@ pub enum Error {
     /// Too many or too few nodes; nothing was created.
     #[error("a network holds 1 to {MAX_NODES} nodes, not {0}")]
     Size(usize),
+    /// Too many agent hosts; nothing was created.
+    #[error("a network holds at most {MAX_AGENTS} agent hosts, not {0}")]
+    AgentSize(usize),
     /// Not root: namespaces and iptables need CAP_SYS_ADMIN and CAP_NET_ADMIN.
     #[error("weft-jepsen must run as root (it creates network namespaces); effective uid is {0}")]
     NotRoot(u32),
@@ -90,10 +101,10 @@ pub fn require_root() -> Result<(), Error> {
     if euid == 0 { Ok(()) } else { Err(Error::NotRoot(euid)) }
 }
 
-/// One node's host: a namespace with one address.
+/// One node's (or agent process's) host: a namespace with one address.
 #[derive(Debug, Clone)]
 pub struct Host {
-    /// The node id (1-based).
+    /// The node id (1-based); for an agent host, the agent's number (1-based).
     pub id: u64,
     /// The namespace's name (`ip netns exec <netns> ...`).
     pub netns: String,
@@ -114,6 +125,8 @@ pub struct Network {
     hosts: Vec<Host>,
     /// Hosts with no node at first, where nodes added by the membership nemesis go.
     spares: Vec<Host>,
+    /// Hosts of agent processes (executions workload): never partitioned.
+    agents: Vec<Host>,
     forward_rule: Option<Vec<String>>,
     destroyed: bool,
 }
@@ -135,9 +148,18 @@ impl Network {
     /// Creates the bridge, `nodes` namespaces, and `spares` more (hosts `nodes + 1 ..`,
     /// named and addressed like the others) for nodes added during the run.
     pub fn create_with_spares(run: &str, nodes: usize, spares: usize) -> Result<Self, Error> {
+        Self::create_with_agents(run, nodes, spares, 0)
+    }
+
+    /// [`Network::create_with_spares`], plus `agents` agent hosts (`wj-<run>-a1`, ... at
+    /// 10.77.X.201, ...) on the same bridge, for agent processes.
+    pub fn create_with_agents(run: &str, nodes: usize, spares: usize, agents: usize) -> Result<Self, Error> {
         require_root()?;
         if nodes == 0 || nodes + spares > MAX_NODES {
             return Err(Error::Size(nodes + spares));
+        }
+        if agents > MAX_AGENTS {
+            return Err(Error::AgentSize(agents));
         }
         std::fs::create_dir_all(STATE_DIR).map_err(state_err(Path::new(STATE_DIR)))?;
         let owner = state_file(run);
@@ -150,6 +172,7 @@ impl Network {
             gateway: Ipv4Addr::UNSPECIFIED,
             hosts: Vec::new(),
             spares: Vec::new(),
+            agents: Vec::new(),
             forward_rule: None,
             destroyed: false,
         };
@@ -190,26 +213,38 @@ impl Network {
                 netns: format!("{PREFIX}-{run}-n{k}"),
                 ip: Ipv4Addr::new(SUBNET[0], SUBNET[1], x, 9 + k as u8),
             };
-            let outside = format!("{PREFIX}{run}h{k}");
-            let inside = format!("{PREFIX}{run}p{k}");
             sh("ip", &["netns", "add", &host.netns])?;
             if k as usize <= nodes {
                 net.hosts.push(host.clone());
             } else {
                 net.spares.push(host.clone());
             }
-            sh("ip", &["-n", &host.netns, "link", "set", "lo", "up"])?;
-            sh(
-                "ip",
-                &["link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &host.netns],
-            )?;
-            sh("ip", &["link", "set", &outside, "master", &bridge])?;
-            sh("ip", &["link", "set", &outside, "up"])?;
-            sh("ip", &["-n", &host.netns, "addr", "add", &format!("{}/24", host.ip), "dev", &inside])?;
-            sh("ip", &["-n", &host.netns, "link", "set", &inside, "up"])?;
+            net.plug(&host, &format!("{PREFIX}{run}h{k}"), &format!("{PREFIX}{run}p{k}"))?;
         }
-        tracing::info!(run, bridge = %net.bridge, gateway = %net.gateway, nodes, spares, "network up");
+        for k in 1..=agents as u64 {
+            let host = Host {
+                id: k,
+                netns: format!("{PREFIX}-{run}-a{k}"),
+                ip: Ipv4Addr::new(SUBNET[0], SUBNET[1], x, AGENT_BASE + k as u8),
+            };
+            sh("ip", &["netns", "add", &host.netns])?;
+            net.agents.push(host.clone());
+            net.plug(&host, &format!("{PREFIX}{run}a{k}"), &format!("{PREFIX}{run}q{k}"))?;
+        }
+        tracing::info!(run, bridge = %net.bridge, gateway = %net.gateway, nodes, spares, agents, "network up");
         Ok(net)
+    }
+
+    /// Joins `host`'s namespace to the bridge: a veth pair `outside` (on the bridge) and
+    /// `inside` (in the namespace, with the host's address), and `lo` up.
+    fn plug(&self, host: &Host, outside: &str, inside: &str) -> Result<(), Error> {
+        sh("ip", &["-n", &host.netns, "link", "set", "lo", "up"])?;
+        sh("ip", &["link", "add", outside, "type", "veth", "peer", "name", inside, "netns", &host.netns])?;
+        sh("ip", &["link", "set", outside, "master", &self.bridge])?;
+        sh("ip", &["link", "set", outside, "up"])?;
+        sh("ip", &["-n", &host.netns, "addr", "add", &format!("{}/24", host.ip), "dev", inside])?;
+        sh("ip", &["-n", &host.netns, "link", "set", inside, "up"])?;
+        Ok(())
     }
 
     /// The run id.
@@ -225,6 +260,11 @@ impl Network {
     /// The spare hosts (no node at first), by id order.
     pub fn spares(&self) -> &[Host] {
         &self.spares
+    }
+
+    /// The agent hosts, by number.
+    pub fn agents(&self) -> &[Host] {
+        &self.agents
     }
 
     fn all_hosts(&self) -> impl Iterator<Item = &Host> {
@@ -289,6 +329,10 @@ impl Network {
             // Deleting a namespace destroys its veth end asynchronously; deleting the root
             // end now takes the pair down at once, so nothing is left when this returns.
             let _ = sh("ip", &["link", "del", &format!("{PREFIX}{}h{}", self.run, host.id)]);
+        }
+        for host in &self.agents {
+            remove_netns(&host.netns);
+            let _ = sh("ip", &["link", "del", &format!("{PREFIX}{}a{}", self.run, host.id)]);
         }
         if let Some(rule) = self.forward_rule.take() {
             let mut args = vec!["-w", "-D"];

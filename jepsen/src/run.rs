@@ -2,20 +2,24 @@
 //!
 //! ```text
 //! clean leftovers ─► network (namespaces, bridge) ─► nodes ─► leader agreed
+//!   ─► (executions: agent processes, counter instance started)
 //!   ─► workers (clients) ∥ nemesis schedule        for `time`
-//!   ─► heal everything ─► (set: final read) ─► checkers ─► report ─► tear down
+//!   ─► heal everything ─► (set, executions: final read) ─► checkers ─► report ─► tear down
 //! ```
 //!
-//! The network and the node processes are owned by values whose `Drop` removes them, so a
-//! panic, an error or a dropped future (ctrl-c in the binary) still cleans up.
+//! The network, the node processes and the agent processes are owned by values whose `Drop`
+//! removes them, so a panic, an error or a dropped future (ctrl-c in the binary) still
+//! cleans up.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::agents::{self, Agents};
 use crate::checker::{self, Validity, Verdict};
 use crate::client::{self, Reads, Workload};
+use crate::counter::{self, Effects};
 use crate::db::{self, Db};
 use crate::history::Type;
 use crate::nemesis::{self, Schedule, Spec};
@@ -27,6 +31,11 @@ use crate::rng::Rng;
 pub const LEADER_PATIENCE: Duration = Duration::from_secs(30);
 /// How long the set's final read keeps trying.
 pub const FINAL_READ_PATIENCE: Duration = Duration::from_secs(30);
+/// Executions: how long the counter instance has to start once the agents run.
+pub const INSTANCE_PATIENCE: Duration = Duration::from_secs(30);
+/// Executions: how long, after the faults, the run waits for every increment to finish
+/// before its final read.
+pub const QUIESCE_PATIENCE: Duration = Duration::from_secs(20);
 /// Gossip mode: how long the leader's membership has after the run to settle on the nodes
 /// still there (removals of killed nodes wait for the grace period).
 pub const MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(15);
@@ -40,6 +49,11 @@ pub enum Error {
     Net(#[from] net::Error),
     #[error(transparent)]
     Db(#[from] db::Error),
+    #[error(transparent)]
+    Agents(#[from] agents::Error),
+    /// The counter instance did not start; see the agent and node logs.
+    #[error("the counter instance did not start within {INSTANCE_PATIENCE:?}: {0}")]
+    Instance(String),
     #[error(transparent)]
     Nemesis(#[from] nemesis::Error),
     #[error(transparent)]
@@ -83,6 +97,16 @@ pub struct Options {
     /// Keep the nodes' data directories (under the run folder) after the run.
     pub keep_data: bool,
     pub checker: checker::register::Options,
+    /// Executions: agent processes.
+    pub agents: usize,
+    /// Executions: how the agent applies increments.
+    pub effects: Effects,
+    /// Executions: how long each increment takes on purpose.
+    pub agent_work: Duration,
+    /// Executions: the agents' lease per assignment.
+    pub agent_lease: Duration,
+    /// The `weft-jepsen-agent` binary; found next to this one or under `target/` when `None`.
+    pub agent_bin: Option<PathBuf>,
 }
 
 /// Most operations one run may plan (`rate` × `time`).
@@ -114,6 +138,17 @@ impl Options {
         }
         if self.nemesis.churns() && self.nodes < 3 {
             return bad("--nemesis membership needs --nodes 3 or more");
+        }
+        if self.nemesis.kills_agents() && self.workload != Workload::Executions {
+            return bad("--nemesis kill-agent kills agent processes, which only --workload executions runs");
+        }
+        if self.workload == Workload::Executions {
+            if self.agents == 0 || self.agents > net::MAX_AGENTS {
+                return bad("--agents must be 1 to 50");
+            }
+            if !(1000..=86_400_000).contains(&self.agent_lease.as_millis()) {
+                return bad("--agent-lease-ms must be 1000 to 86400000 (the fabric's bounds)");
+            }
         }
         Ok(())
     }
@@ -160,7 +195,11 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     std::fs::create_dir_all(&data_root).map_err(io)?;
     tracing::info!(run = %run_id, dir = %dir.display(), binary = %binary.display(), seed = options.seed, "run starts");
 
-    let mut network = Network::create_with_spares(&run_id, options.nodes, options.spares())?;
+    let executions = options.workload == Workload::Executions;
+    let agent_binary =
+        if executions { Some(agents::find_binary(options.agent_bin.as_deref())?) } else { None };
+    let agent_hosts = if executions { options.agents } else { 0 };
+    let mut network = Network::create_with_agents(&run_id, options.nodes, options.spares(), agent_hosts)?;
     let mut database = Db::start(
         &network,
         db::Options {
@@ -174,9 +213,31 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     let leader = database.wait_for_leader(LEADER_PATIENCE).await?;
     tracing::info!(leader, "cluster up");
 
+    let roster = database.roster();
+    let mut agent_processes = match agent_binary {
+        Some(binary) => {
+            let agents = Agents::start(
+                &network,
+                roster.clone(),
+                agents::Options {
+                    binary,
+                    log_dir: dir.clone(),
+                    effects: options.effects,
+                    work: options.agent_work,
+                    lease: options.agent_lease,
+                },
+            )?;
+            counter::start_instance(&database.addrs(), INSTANCE_PATIENCE)
+                .await
+                .map_err(|e| Error::Instance(e.to_string()))?;
+            tracing::info!(agents = options.agents, "agents up, counter instance started");
+            agents
+        }
+        None => Agents::none(),
+    };
+
     let recorder = Recorder::create(&dir.join("history.jsonl"))?;
     let mut rng = Rng::new(options.seed);
-    let roster = database.roster();
     let client_options = client::Options {
         workload: options.workload,
         reads: options.reads,
@@ -198,9 +259,9 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             tokio::spawn(w.run(until))
         })
         .collect();
+    let mut targets = nemesis::Targets { db: &mut database, agents: &mut agent_processes, net: &network };
     let nemesis_result =
-        nemesis::run(&options.nemesis, options.schedule, &mut database, &network, &recorder, &mut rng, until)
-            .await;
+        nemesis::run(&options.nemesis, options.schedule, &mut targets, &recorder, &mut rng, until).await;
     for w in workers {
         let _ = w.await;
     }
@@ -212,12 +273,21 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         }
         client::read_all(&roster.live(), &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
     }
+    if executions {
+        if let Err(e) = database.wait_for_leader(LEADER_PATIENCE).await {
+            tracing::warn!(error = %e, "no leader after healing; the final read may fail");
+        }
+        counter::quiesce(&roster.live(), QUIESCE_PATIENCE).await;
+        counter::read_counter(&roster.live(), &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
+    }
     let events = recorder.snapshot();
     let final_members = match options.membership {
         db::Membership::Static => serde_json::Value::Null,
         db::Membership::Gossip => final_members(&database).await,
     };
 
+    agent_processes.stop_all();
+    drop(agent_processes);
     database.stop_all();
     drop(database);
     network.destroy();
@@ -225,19 +295,23 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     let verdicts = match options.workload {
         Workload::Register => vec![checker::register::check(&events, options.checker)],
         Workload::Set => vec![checker::set::check(&events)],
+        Workload::Executions => vec![checker::executions::check(&events)],
     };
     let validity = verdicts.iter().fold(Validity::Valid, |v, x| v.and(x.validity));
     let ops = crate::history::operations(&events);
     let count = |ty| ops.iter().filter(|o| o.ty == ty).count();
     let windows = crate::history::windows(&events).len();
+    let setting = match options.workload {
+        Workload::Executions => format!("{} agents, {} effects", options.agents, options.effects.name()),
+        _ => format!("reads {:?}", options.reads),
+    };
     let summary = format!(
-        "{validity}: {} under {} for {:.0}s on {} nodes ({:?} membership, reads {:?}): {} ops ({} ok, {} fail, {} info), {} nemesis windows; {}",
+        "{validity}: {} under {} for {:.0}s on {} nodes ({:?} membership, {setting}): {} ops ({} ok, {} fail, {} info), {} nemesis windows; {}",
         options.workload.name(),
         options.nemesis.name(),
         options.time.as_secs_f64(),
         options.nodes,
         options.membership,
-        options.reads,
         ops.len(),
         count(Type::Ok),
         count(Type::Fail),
@@ -258,6 +332,10 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         "weft_bin": binary.display().to_string(),
         "membership": format!("{:?}", options.membership).to_lowercase(),
         "final_members": final_members,
+        "agents": if executions { json!({
+            "count": options.agents, "effects": options.effects.name(),
+            "work_ms": options.agent_work.as_millis() as u64, "lease_ms": options.agent_lease.as_millis() as u64,
+        }) } else { serde_json::Value::Null },
     });
     crate::report::write(&dir, &events, &verdicts, described, &summary)?;
     if !options.keep_data {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use weft_jepsen::checker::{self, Validity};
 use weft_jepsen::client::{Reads, Workload};
+use weft_jepsen::counter::Effects;
 use weft_jepsen::db::Membership;
 use weft_jepsen::nemesis::{Schedule, Spec};
 use weft_jepsen::{history, net, run};
@@ -61,7 +62,7 @@ struct RunArgs {
     workload: Workload,
     /// Faults, comma-separated (one chosen per window); join with '+' to combine:
     /// none, all, kill, pause, partition(-halves), partition-leader, partition-ring, partition-bridge,
-    /// membership (with --membership gossip).
+    /// membership (with --membership gossip), kill-agent (with --workload executions).
     #[arg(long, default_value = "kill,partition-halves")]
     nemesis: String,
     /// Seconds of client operations and faults.
@@ -74,9 +75,10 @@ struct RunArgs {
     /// --bootstrap-expect; needed by the membership nemesis).
     #[arg(long, value_enum, default_value = "static")]
     membership: Membership,
-    /// Target operations per second over all workers.
-    #[arg(long, default_value_t = 50.0)]
-    rate: f64,
+    /// Target operations per second over all workers (default 50; executions: 100, which
+    /// keeps the counter instance, which runs one increment at a time, always busy).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Concurrent client workers (default: one per node).
     #[arg(long)]
     workers: Option<usize>,
@@ -113,6 +115,31 @@ struct RunArgs {
     /// Most linearizability search steps per key before the verdict is unknown.
     #[arg(long, default_value_t = 20_000_000)]
     max_search_steps: u64,
+    /// Executions: agent processes serving the counter (each in its own namespace).
+    #[arg(long, default_value_t = 2)]
+    agents: usize,
+    /// Executions: atomic (effects applied with the result: the promise) or direct (plain
+    /// puts from the handler: unsafe on purpose, the checker must catch it).
+    #[arg(long, value_enum, default_value = "atomic")]
+    effects: Effects,
+    /// Executions: how long each increment takes after its read, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    agent_work_ms: u64,
+    /// Executions: the agents' lease per assignment in milliseconds (renewed while the
+    /// handler runs; an agent that stops renewing loses it after this long).
+    #[arg(long, default_value_t = 3000)]
+    agent_lease_ms: u64,
+    /// The weft-jepsen-agent binary (default: the one next to this binary).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+}
+
+/// Operations per second when --rate is not given.
+fn default_rate(workload: Workload) -> f64 {
+    match workload {
+        Workload::Executions => 100.0,
+        _ => 50.0,
+    }
 }
 
 async fn shutdown_signal() {
@@ -160,7 +187,7 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
         time: Duration::from_secs(a.time),
         nodes: a.nodes,
         membership: a.membership,
-        rate: a.rate,
+        rate: a.rate.unwrap_or_else(|| default_rate(a.workload)),
         workers: a.workers.unwrap_or(a.nodes),
         reads: a.reads,
         keys: a.keys,
@@ -171,6 +198,11 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
         node_env,
         keep_data: a.keep_data,
         checker: checker::register::Options { max_steps_per_key: a.max_search_steps, ..Default::default() },
+        agents: a.agents,
+        effects: a.effects,
+        agent_work: Duration::from_millis(a.agent_work_ms),
+        agent_lease: Duration::from_millis(a.agent_lease_ms),
+        agent_bin: a.agent_bin,
     })
 }
 
@@ -208,6 +240,7 @@ async fn main() -> ExitCode {
             let verdict = match workload {
                 Workload::Register => checker::register::check(&events, Default::default()),
                 Workload::Set => checker::set::check(&events),
+                Workload::Executions => checker::executions::check(&events),
             };
             println!("{}: {} ({})", verdict.checker, verdict.validity, verdict.summary);
             println!("{}", serde_json::to_string_pretty(&verdict.details).unwrap_or_default());

@@ -3,7 +3,9 @@
 //! - [`linearizable`]: the generic Wing–Gong/Lowe search over a sequential model.
 //! - [`register`]: per-key linearizability of read / write / compare-and-set.
 //! - [`set`]: every acknowledged add is in the final read.
+//! - [`executions`]: every acknowledged increment applied exactly once, none twice.
 
+pub mod executions;
 pub mod linearizable;
 pub mod register;
 pub mod set;

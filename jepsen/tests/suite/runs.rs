@@ -1,5 +1,6 @@
 //! Whole runs of the `weft-jepsen` binary: the checker must pass a correct fabric, catch
-//! stale reads, and every run must clean up, also when interrupted.
+//! stale reads and double-applied increments, and every run must clean up, also when
+//! interrupted.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -193,4 +194,97 @@ fn membership_churn_removes_and_adds_nodes_and_the_register_stays_linearizable()
     assert!(links_of(run).is_empty(), "links left: {:?}", links_of(run));
     let ps = Command::new("pgrep").args(["-f", &format!("wj-{run}-")]).output().unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "node processes left behind");
+}
+
+/// Agent processes of run `run` still running (their session names carry the run id).
+fn agent_processes_of(run: &str) -> String {
+    let ps = Command::new("pgrep").args(["-f", &format!("jepsen {run} agent")]).output().unwrap();
+    String::from_utf8_lossy(&ps.stdout).trim().to_string()
+}
+
+#[test]
+fn executions_under_node_and_agent_kills_apply_every_acknowledged_increment_once() {
+    init_tracing();
+    let store = tempfile::tempdir().unwrap();
+    tracing::info!("phase: 20 s of increments on 3 nodes and 2 agents, nodes and agents killed in turn");
+    let out = jepsen()
+        .args(["--workload", "executions", "--nemesis", "kill,kill-agent", "--nodes", "3"])
+        .args(["--time", "20", "--interval", "2", "--fault-duration", "4", "--seed", "3"])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let dir = report_dir(&stdout);
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    let verdict = &results["verdicts"][0];
+    assert_eq!(verdict["checker"], "executions");
+    assert_eq!(verdict["validity"], "valid");
+    assert!(
+        verdict["details"]["acknowledged"].as_u64().unwrap() > 50,
+        "too few acknowledged increments: {verdict}"
+    );
+    assert_eq!(verdict["details"]["count"], verdict["details"]["records"]);
+    let windows: Vec<&str> =
+        results["nemesis"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert!(windows.contains(&"kill") && windows.contains(&"kill-agent"), "{windows:?}");
+
+    tracing::info!("phase: the agent kill interrupted an increment, which another agent ran again");
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    let redelivered = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "ok" && e["f"]["increment"]["attempts"].as_u64().is_some_and(|a| a >= 2))
+        .count();
+    assert!(redelivered > 0, "no acknowledged increment was delivered twice: the agent kill hit nothing");
+    for f in ["a1.log", "a2.log", "n1.log"] {
+        assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
+    }
+
+    tracing::info!("phase: nothing of the run is left, agents included");
+    let run = results["options"]["run"].as_str().unwrap();
+    assert!(namespaces_of(run).is_empty(), "namespaces left: {:?}", namespaces_of(run));
+    assert!(links_of(run).is_empty(), "links left: {:?}", links_of(run));
+    assert!(agent_processes_of(run).is_empty(), "agent processes left behind");
+}
+
+#[test]
+fn increments_applied_outside_the_completion_are_caught_as_double_applies() {
+    init_tracing();
+    let store = tempfile::tempdir().unwrap();
+    tracing::info!(
+        "phase: the agent puts its writes directly, then works 300 ms; it is killed 3 times in 10 s"
+    );
+    // One agent, so every kill hits the one running the increment; 300 ms after the direct
+    // writes make most kills land between the writes and the completion, and the rerun
+    // applies the increment again.
+    let out = jepsen()
+        .args(["--workload", "executions", "--effects", "direct", "--agent-work-ms", "300", "--agents", "1"])
+        .args(["--nemesis", "kill-agent", "--nodes", "3"])
+        .args(["--time", "10", "--interval", "1.5", "--fault-duration", "1.5", "--seed", "1"])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "direct effects must fail the checker:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("INVALID"), "{stdout}");
+    let dir = report_dir(&stdout);
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    let details = &results["verdicts"][0]["details"];
+    assert!(!details["missing_counts"].as_array().unwrap().is_empty(), "no double apply reported: {details}");
+    assert!(details["count"].as_u64() > details["records"].as_u64(), "{details}");
+    let failing =
+        std::fs::read_to_string(dir.join("executions-failing.jsonl")).expect("a failing sub-history");
+    assert!(failing.contains("read_counter") && failing.contains("increment"), "{failing}");
+    let run = results["options"]["run"].as_str().unwrap();
+    assert!(
+        namespaces_of(run).is_empty() && agent_processes_of(run).is_empty(),
+        "run {run} left things behind"
+    );
 }

@@ -1,0 +1,435 @@
+//! The executions workload's counter: the agent that applies increments, how a caller's
+//! `Executions/Call` outcome becomes a history type, and the final read of its state.
+//!
+//! ```text
+//!  worker ──Call(increment, key, idempotency_key = key)──► node ──► leader: create + assign
+//!                                                                       │ (same log entry)
+//!  agent process (weft-jepsen-agent, one of K) ◄──assignment── session ◄┘
+//!    increment(key): read `count` (n) ─► buffer `count` = n + 1, `applied/<key>` =
+//!    {count: n + 1, execution, attempt} and `serving` = its number ─► completion (result
+//!    n + 1 and the writes, one log entry)
+//! ```
+//!
+//! The instance `jepsen-counter/jepsen` runs one execution at a time, so increments are
+//! serialized. Its state after the run must hold one `applied/<key>` record per increment
+//! applied, with the counts 1..=count, one each (see [`crate::checker::executions`]).
+//!
+//! | `Call` outcome | history |
+//! |---|---|
+//! | execution `completed` | ok, with the count it returned |
+//! | execution `failed` or `cancelled` | fail (a final execution never completes, and effects come only with a completion) |
+//! | UNAVAILABLE with `weft-not-applied: true`, a connection that never opened | fail |
+//! | INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND, ALREADY_EXISTS | fail (refused before anything was created) |
+//! | DEADLINE_EXCEEDED (the wait ran out; the execution goes on), any other error, client timeout | info |
+//!
+//! RESOURCE_EXHAUSTED is `info` here, unlike for state writes: `Call` can answer it after the
+//! execution was created (no room to register the wait).
+//!
+//! [`Effects::Direct`] is unsafe on purpose: the agent writes both keys with plain state
+//! puts from inside the handler, outside the completion, so an agent killed after the puts
+//! and before its completion counts the increment again when another agent reruns it. The
+//! checker must catch it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use weft_agent::{Agent, Context, Fail};
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::executions_client::ExecutionsClient;
+use weft_proto::fabric::v1::state_client::StateClient;
+
+use crate::client::Done;
+use crate::history::{Applied, Op, Type};
+use crate::recorder::Recorder;
+
+/// The counter agent.
+pub const AGENT: &str = "jepsen-counter";
+/// The counter instance every increment goes to.
+pub const INSTANCE: &str = "jepsen";
+/// The delegate that increments.
+pub const DELEGATE: &str = "increment";
+/// The state key of the count.
+pub const COUNT_KEY: &str = "count";
+/// State keys of the records: this prefix and the increment's idempotency key.
+pub const APPLIED_PREFIX: &str = "applied/";
+/// The state key that names the agent process (its number) that applied the latest
+/// increment, so the `kill-agent` nemesis can kill the one serving the instance.
+pub const SERVING_KEY: &str = "serving";
+/// Idempotency key of the instance's start (the run's setup retries with it).
+pub const START_KEY: &str = "jepsen-counter-start";
+/// Metadata on a DEADLINE_EXCEEDED `Call`: the execution that goes on.
+const EXECUTION_HEADER: &str = "weft-execution-id";
+/// Page size of the final read and of the quiescence check.
+const LIST_PAGE: u32 = 1000;
+/// How long one request of the final read, setup or quiescence check may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The instance's state namespace.
+pub fn namespace() -> String {
+    format!("instance/{AGENT}/{INSTANCE}")
+}
+
+/// The state key of `key`'s record.
+pub fn applied_key(key: &str) -> String {
+    format!("{APPLIED_PREFIX}{key}")
+}
+
+/// How the agent writes its effects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Effects {
+    /// Buffered in the handler's context and applied with its result, in one log entry:
+    /// what the fabric promises to apply exactly once.
+    #[default]
+    Atomic,
+    /// Plain state puts from inside the handler, before it returns: deliberately unsafe
+    /// (a rerun after a crash applies the increment again), to show the checker catches it.
+    Direct,
+}
+
+impl Effects {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Effects::Atomic => "atomic",
+            Effects::Direct => "direct",
+        }
+    }
+}
+
+/// The counter agent of agent process `number`. `work` is how long each increment takes
+/// after its read (and, with [`Effects::Direct`], after its writes), which widens the window
+/// a kill can hit.
+pub fn agent(effects: Effects, work: Duration, number: u64) -> Agent {
+    Agent::new(AGENT).delegate(DELEGATE, move |ctx, key: String| increment(ctx, key, effects, work, number))
+}
+
+async fn increment(
+    ctx: Context,
+    key: String,
+    effects: Effects,
+    work: Duration,
+    number: u64,
+) -> Result<u64, Fail> {
+    let state = ctx.state()?;
+    let count: u64 = state.get(COUNT_KEY).await?.unwrap_or(0);
+    let next = count + 1;
+    let record = Applied { count: next, execution: ctx.execution_id(), attempt: ctx.attempt() };
+    tracing::info!(execution = ctx.execution_id(), attempt = ctx.attempt(), %key, count = next, "increment");
+    if effects == Effects::Direct {
+        let direct = ctx.client().state(state.namespace());
+        direct.put(COUNT_KEY, &next).await?;
+        direct.put(&applied_key(&key), &record).await?;
+        direct.put(SERVING_KEY, &number).await?;
+    }
+    if !work.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(work) => {}
+            // Revoked: nothing it returns counts any more.
+            _ = ctx.cancelled() => return Err(Fail::new("revoked")),
+        }
+    }
+    if effects == Effects::Atomic {
+        // The record is not read first: an increment applied twice must show, not be hidden.
+        state.put(COUNT_KEY, &next)?;
+        state.put(&applied_key(&key), &record)?;
+        state.put(SERVING_KEY, &number)?;
+    }
+    Ok(next)
+}
+
+fn code_message(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+fn header_execution(s: &tonic::Status) -> Option<u64> {
+    s.metadata().get(EXECUTION_HEADER)?.to_str().ok()?.parse().ok()
+}
+
+fn increment_op(key: &str, count: Option<u64>, execution: Option<u64>, attempts: Option<u32>) -> Op {
+    Op::Increment { key: key.to_owned(), count, execution, attempts }
+}
+
+/// The count a completed execution returned (u64::MAX, a count no increment produces, when
+/// it is not a JSON number: the checker then reports a mismatch).
+fn returned_count(e: &pb::Execution) -> u64 {
+    e.result
+        .as_ref()
+        .filter(|p| p.codec == "json")
+        .and_then(|p| serde_json::from_slice(&p.data).ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// How one `Call` of an increment with idempotency key `key` goes into the history (see the
+/// module docs for the table).
+pub(crate) fn classify(key: &str, reply: Result<pb::Execution, tonic::Status>) -> Done {
+    use tonic::Code;
+    match reply {
+        Ok(e) => {
+            let op = |count| increment_op(key, count, Some(e.id), Some(e.attempts));
+            match e.status.as_str() {
+                "completed" => Done::Ok(op(Some(returned_count(&e)))),
+                "failed" | "cancelled" => {
+                    let error = e.error.clone().unwrap_or_default();
+                    Done::Fail(
+                        op(None),
+                        format!("execution {} {} ({}): {}", e.id, e.status, error.kind, error.message),
+                    )
+                }
+                other => Done::Info(op(None), format!("execution {} answered while still {other}", e.id)),
+            }
+        }
+        Err(s) => {
+            let op = increment_op(key, None, header_execution(&s), None);
+            let definite = crate::client::not_applied(&s)
+                || crate::client::never_sent(&s)
+                || matches!(
+                    s.code(),
+                    Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound | Code::AlreadyExists
+                );
+            if definite { Done::Fail(op, code_message(&s)) } else { Done::Info(op, code_message(&s)) }
+        }
+    }
+}
+
+/// Calls one increment with idempotency key `key`; the fabric waits up to `timeout` for it.
+pub(crate) async fn call(client: &mut ExecutionsClient<Channel>, key: &str, timeout: Duration) -> Done {
+    let payload =
+        pb::Payload { codec: "json".into(), data: serde_json::to_vec(key).expect("a string encodes") };
+    let mut request = tonic::Request::new(pb::CallRequest {
+        create: Some(pb::CreateExecutionRequest {
+            agent: AGENT.into(),
+            instance: INSTANCE.into(),
+            delegate: DELEGATE.into(),
+            payload: Some(payload),
+            idempotency_key: key.into(),
+            ..Default::default()
+        }),
+        timeout_ms: timeout.as_millis().max(1) as u64,
+    });
+    // Longer than the fabric's wait, so its answer (which names the execution) comes first.
+    request.set_timeout(call_deadline(timeout));
+    classify(key, client.call(request).await.map(tonic::Response::into_inner))
+}
+
+/// The gRPC deadline of a call whose wait is `timeout`.
+pub fn call_deadline(timeout: Duration) -> Duration {
+    timeout + Duration::from_millis(500)
+}
+
+/// Starts the counter instance (idempotent: its start carries [`START_KEY`]), trying for up
+/// to `patience`; it needs an agent session to run its `Start`.
+pub async fn start_instance(addrs: &[String], patience: Duration) -> Result<(), weft_agent::Error> {
+    let client = weft_agent::Client::builder(addrs.iter().cloned()).retry_for(patience).build()?;
+    let deadline = Instant::now() + patience;
+    loop {
+        match client.start_instance_with::<_, ()>(AGENT, Some(INSTANCE), &(), Some(START_KEY), None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the counter instance did not start yet");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The agent process that applied the latest increment (the [`SERVING_KEY`] record), read
+/// stale from the first node of `nodes` that answers within `timeout`.
+pub async fn serving(nodes: &[(u64, String)], timeout: Duration) -> Option<u64> {
+    for (_, addr) in nodes {
+        let mut client = StateClient::new(crate::db::channel(addr, timeout));
+        let mut r = tonic::Request::new(pb::GetRequest {
+            namespace: namespace(),
+            key: SERVING_KEY.into(),
+            consistency: pb::Consistency::Stale as i32,
+        });
+        r.set_timeout(timeout);
+        if let Ok(Ok(reply)) = tokio::time::timeout(timeout, client.get(r)).await
+            && let Some(entry) = reply.into_inner().entry
+        {
+            return serde_json::from_slice(&entry.value).ok();
+        }
+    }
+    None
+}
+
+/// Whether some execution of the counter agent is `status` (pages through the listing,
+/// which may end a page early without a match).
+async fn any_with_status(
+    client: &mut ExecutionsClient<Channel>,
+    status: &str,
+) -> Result<bool, tonic::Status> {
+    let mut token = 0;
+    loop {
+        let mut r = tonic::Request::new(pb::ListExecutionsRequest {
+            agent: AGENT.into(),
+            status: status.into(),
+            page_token: token,
+            limit: 1,
+            consistency: pb::Consistency::Linearizable as i32,
+        });
+        r.set_timeout(READ_TIMEOUT);
+        let page = client.list(r).await?.into_inner();
+        if !page.executions.is_empty() {
+            return Ok(true);
+        }
+        if page.next_page_token == 0 {
+            return Ok(false);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Waits (up to `patience`) until no execution of the counter is pending or assigned, so
+/// the final read sees every increment that will ever run. Whether it got there.
+pub async fn quiesce(nodes: &[(u64, String)], patience: Duration) -> bool {
+    if nodes.is_empty() {
+        return false;
+    }
+    let deadline = Instant::now() + patience;
+    let mut attempt = 0usize;
+    loop {
+        let (_, addr) = &nodes[attempt % nodes.len()];
+        let mut client = ExecutionsClient::new(crate::db::channel(addr, READ_TIMEOUT));
+        let busy = match any_with_status(&mut client, "pending").await {
+            Ok(false) => any_with_status(&mut client, "assigned").await,
+            other => other,
+        };
+        match busy {
+            Ok(false) => return true,
+            Ok(true) => {}
+            Err(s) => {
+                tracing::debug!(error = %code_message(&s), "quiescence check failed");
+                attempt += 1;
+            }
+        }
+        if Instant::now() > deadline {
+            tracing::warn!(?patience, "counter executions still unfinished; reading anyway");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The counter's state: the count (0 when absent) and the records by idempotency key.
+async fn list_counter(addr: &str) -> Result<(u64, BTreeMap<String, Applied>), tonic::Status> {
+    let mut client = StateClient::new(crate::db::channel(addr, READ_TIMEOUT));
+    let mut count = 0;
+    let mut applied = BTreeMap::new();
+    let mut token = String::new();
+    loop {
+        let mut r = tonic::Request::new(pb::ListRequest {
+            namespace: namespace(),
+            prefix: String::new(),
+            page_token: token.clone(),
+            limit: LIST_PAGE,
+            consistency: pb::Consistency::Linearizable as i32,
+        });
+        r.set_timeout(READ_TIMEOUT);
+        let page = client.list(r).await?.into_inner();
+        for e in page.entries {
+            if e.key == COUNT_KEY {
+                count = serde_json::from_slice(&e.value).unwrap_or(u64::MAX);
+            } else if let Some(key) = e.key.strip_prefix(APPLIED_PREFIX) {
+                // A record that does not parse names a count no increment produced.
+                let record = serde_json::from_slice(&e.value).unwrap_or(Applied {
+                    count: u64::MAX,
+                    execution: 0,
+                    attempt: 0,
+                });
+                applied.insert(key.to_owned(), record);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok((count, applied));
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The final read: a linearizable, paged list of the counter's state, tried on each node in
+/// turn until one answers or `patience` runs out. Recorded as one operation.
+pub async fn read_counter(nodes: &[(u64, String)], recorder: &Recorder, process: u64, patience: Duration) {
+    if nodes.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + patience;
+    let mut attempt = 0usize;
+    loop {
+        let (node, addr) = &nodes[attempt % nodes.len()];
+        attempt += 1;
+        let invoke = Op::ReadCounter { count: None, applied: None };
+        recorder.record(Some(process), Type::Invoke, invoke.clone(), Some(*node), None);
+        match list_counter(addr).await {
+            Ok((count, applied)) => {
+                let op = Op::ReadCounter { count: Some(count), applied: Some(applied) };
+                recorder.record(Some(process), Type::Ok, op, Some(*node), None);
+                return;
+            }
+            Err(s) => {
+                recorder.record(Some(process), Type::Fail, invoke, Some(*node), Some(code_message(&s)));
+                if Instant::now() > deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(d: &Done) -> &'static str {
+        match d {
+            Done::Ok(_) => "ok",
+            Done::Fail(..) => "fail",
+            Done::Info(..) => "info",
+        }
+    }
+
+    fn execution(status: &str, result: Option<&[u8]>) -> pb::Execution {
+        pb::Execution {
+            id: 7,
+            status: status.into(),
+            attempts: 2,
+            result: result.map(|r| pb::Payload { codec: "json".into(), data: r.to_vec() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn call_outcomes_map_to_fail_only_when_the_increment_cannot_apply() {
+        let done = classify("k", Ok(execution("completed", Some(b"12"))));
+        assert_eq!(kind(&done), "ok");
+        let Done::Ok(Op::Increment { count, execution: id, attempts, .. }) = done else { panic!() };
+        assert_eq!((count, id, attempts), (Some(12), Some(7), Some(2)));
+        let Done::Ok(Op::Increment { count, .. }) = classify("k", Ok(execution("completed", Some(b"x"))))
+        else {
+            panic!()
+        };
+        assert_eq!(count, Some(u64::MAX), "an unreadable result is a count no increment produced");
+        assert_eq!(kind(&classify("k", Ok(execution("failed", None)))), "fail");
+        assert_eq!(kind(&classify("k", Ok(execution("cancelled", None)))), "fail");
+        assert_eq!(kind(&classify("k", Ok(execution("assigned", None)))), "info");
+
+        let mut not_applied = tonic::Status::unavailable("no leader");
+        not_applied.metadata_mut().insert("weft-not-applied", "true".parse().unwrap());
+        assert_eq!(kind(&classify("k", Err(not_applied))), "fail");
+        let refused = tonic::Status::unavailable("tcp connect error: Connection refused");
+        assert_eq!(kind(&classify("k", Err(refused))), "fail");
+        assert_eq!(kind(&classify("k", Err(tonic::Status::not_found("no instance")))), "fail");
+        assert_eq!(kind(&classify("k", Err(tonic::Status::failed_precondition("key reused")))), "fail");
+        assert_eq!(kind(&classify("k", Err(tonic::Status::unavailable("outcome unknown")))), "info");
+        assert_eq!(kind(&classify("k", Err(tonic::Status::resource_exhausted("waiters")))), "info");
+        assert_eq!(kind(&classify("k", Err(tonic::Status::cancelled("timeout")))), "info");
+        let mut running = tonic::Status::deadline_exceeded("still assigned");
+        running.metadata_mut().insert(EXECUTION_HEADER, "42".parse().unwrap());
+        let done = classify("k", Err(running));
+        assert_eq!(kind(&done), "info");
+        let Done::Info(Op::Increment { execution: id, .. }, _) = done else { panic!() };
+        assert_eq!(id, Some(42), "the execution that goes on is named");
+    }
+}
