@@ -5,7 +5,8 @@
 //! runs each workload for a fixed time with 1 and 64 concurrent clients against the leader,
 //! and prints ops/s and latency percentiles. A last phase writes `--puts` unique keys into a
 //! fresh 3-node cluster and reports each node's RSS and data-dir size once snapshots have
-//! settled.
+//! settled. The `executions` workload ([`executions`]) times calls of an echo agent that runs
+//! in this process with the `weft-agent` SDK; `membership` ([`membership`]) times gossip.
 //!
 //! ```text
 //!   weft-bench ──gRPC (1..8 channels)──► leader ──Raft──► followers
@@ -41,6 +42,7 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 
+mod executions;
 mod membership;
 
 /// The namespace every workload writes to.
@@ -79,10 +81,10 @@ struct Args {
     /// Run only these workloads (comma-separated); all when absent.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Workload>,
-    /// Cluster sizes for the put, cas and get workloads.
+    /// Cluster sizes for the put, cas, get and executions workloads.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3])]
     nodes: Vec<usize>,
-    /// Concurrent clients for the put, cas and get workloads.
+    /// Concurrent clients for the put, cas, get and executions workloads.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
     clients: Vec<usize>,
     /// Concurrent clients of the million-put phase.
@@ -124,6 +126,8 @@ enum Workload {
     Million,
     /// Gossip membership: formation time, gossip traffic, failure detection and replacement.
     Membership,
+    /// Executions: round trips of calls to an echo agent served by this process (weft-agent).
+    Executions,
 }
 
 /// One kind of request.
@@ -308,6 +312,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if runs.len() > 1 {
         print!("{}", median_markdown(&args, &runs));
+    }
+    if args.wants(Workload::Executions) {
+        let mut figures = Vec::new();
+        for run in 1..=args.runs {
+            eprintln!("== executions run {run} of {} (load average {})", args.runs, load_average());
+            let f = executions::measure(&args, &weft, &scratch, run).await?;
+            print!("{}", executions::run_markdown(&args, run, &f));
+            figures.push(f);
+        }
+        if figures.len() > 1 {
+            print!("{}", executions::median_markdown(&figures));
+        }
     }
     if args.wants(Workload::Membership) {
         let mut figures = Vec::new();
@@ -1028,6 +1044,10 @@ struct Metrics {
     snapshots_built: u64,
     snapshots_installed: u64,
     keys: u64,
+    commands_applied: u64,
+    waiters: u64,
+    executions_pending: u64,
+    executions_assigned: u64,
 }
 
 /// Reads `http://ADDR/metrics` (plain HTTP/1.1 on the node's one port).
@@ -1054,6 +1074,10 @@ async fn metrics(addr: &str) -> anyhow::Result<Metrics> {
         snapshots_built: get("weft_snapshots_built_total"),
         snapshots_installed: get("weft_snapshots_installed_total"),
         keys: get("weft_grid_keys"),
+        commands_applied: get("weft_grid_commands_applied_total"),
+        waiters: get("weft_waiters"),
+        executions_pending: get("weft_executions_pending"),
+        executions_assigned: get("weft_executions_assigned"),
     })
 }
 
