@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt as _;
-use tokio::sync::mpsc;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 
@@ -51,45 +50,6 @@ async fn next_line(
 ) -> String {
     let next = tokio::time::timeout(CLI_PATIENCE, lines.next_line()).await;
     next.expect("a line in time").expect("readable stdout").unwrap_or_default()
-}
-
-fn open_msg(agent: &str, capacity: u32) -> pb::AgentMessage {
-    pb::AgentMessage {
-        kind: Some(pb::agent_message::Kind::Open(pb::OpenSession {
-            agents: vec![pb::AgentSpec {
-                name: agent.into(),
-                delegates: vec![],
-                concurrent_instances: false,
-            }],
-            capacity,
-            claims: vec![],
-            lease_ms: 0,
-            name: "cli-test".into(),
-        })),
-    }
-}
-
-/// A raw session: the sender of agent messages and the stream of fabric messages.
-async fn listen(
-    addr: &str,
-    open: pb::AgentMessage,
-) -> Result<(mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::FabricMessage>), tonic::Status> {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(open).await.unwrap();
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut client = ExecutionsClient::new(channel(addr).await);
-    let inbound = client.listen(stream).await?.into_inner();
-    Ok((tx, inbound))
-}
-
-async fn next_kind(inbound: &mut tonic::Streaming<pb::FabricMessage>) -> pb::fabric_message::Kind {
-    tokio::time::timeout(PATIENCE, inbound.message())
-        .await
-        .expect("a message in time")
-        .expect("stream ok")
-        .expect("stream open")
-        .kind
-        .expect("a kind")
 }
 
 /// What the test agent answers to an execution.

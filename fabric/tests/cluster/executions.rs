@@ -3,54 +3,10 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 
 use crate::support::*;
-
-fn json(s: &str) -> Option<pb::Payload> {
-    Some(pb::Payload { codec: "json".into(), data: s.as_bytes().to_vec() })
-}
-
-fn open_msg(agent: &str, capacity: u32) -> pb::AgentMessage {
-    pb::AgentMessage {
-        kind: Some(pb::agent_message::Kind::Open(pb::OpenSession {
-            agents: vec![pb::AgentSpec {
-                name: agent.into(),
-                delegates: vec![],
-                concurrent_instances: false,
-            }],
-            capacity,
-            claims: vec![],
-            lease_ms: 0,
-            name: "raw-test".into(),
-        })),
-    }
-}
-
-/// A raw session: the sender of agent messages and the stream of fabric messages.
-async fn listen(
-    addr: &str,
-    open: pb::AgentMessage,
-) -> Result<(mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::FabricMessage>), tonic::Status> {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(open).await.unwrap();
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut client = ExecutionsClient::new(channel(addr).await);
-    let inbound = client.listen(stream).await?.into_inner();
-    Ok((tx, inbound))
-}
-
-async fn next_kind(inbound: &mut tonic::Streaming<pb::FabricMessage>) -> pb::fabric_message::Kind {
-    tokio::time::timeout(PATIENCE, inbound.message())
-        .await
-        .expect("a message in time")
-        .expect("stream ok")
-        .expect("stream open")
-        .kind
-        .expect("a kind")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_through_one_node_runs_on_a_session_of_another() {

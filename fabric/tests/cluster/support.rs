@@ -340,3 +340,50 @@ pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A JSON payload.
+pub fn json(s: &str) -> Option<pb::Payload> {
+    Some(pb::Payload { codec: "json".into(), data: s.as_bytes().to_vec() })
+}
+
+/// The first message of a raw agent session serving every delegate of `agent`.
+pub fn open_msg(agent: &str, capacity: u32) -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Open(pb::OpenSession {
+            agents: vec![pb::AgentSpec {
+                name: agent.into(),
+                delegates: vec![],
+                concurrent_instances: false,
+            }],
+            capacity,
+            claims: vec![],
+            lease_ms: 0,
+            name: "raw-test".into(),
+        })),
+    }
+}
+
+/// A raw agent session: the sender of agent messages and the stream of fabric messages.
+pub async fn listen(
+    addr: &str,
+    open: pb::AgentMessage,
+) -> Result<(tokio::sync::mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::FabricMessage>), tonic::Status>
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(open).await.expect("the channel is open");
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut client = weft_proto::fabric::v1::executions_client::ExecutionsClient::new(channel(addr).await);
+    let inbound = client.listen(stream).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+/// The next message a raw session receives (within `PATIENCE`).
+pub async fn next_kind(inbound: &mut tonic::Streaming<pb::FabricMessage>) -> pb::fabric_message::Kind {
+    tokio::time::timeout(PATIENCE, inbound.message())
+        .await
+        .expect("a message in time")
+        .expect("stream ok")
+        .expect("stream open")
+        .kind
+        .expect("a kind")
+}
