@@ -1,10 +1,10 @@
 //! The proposer: batches the leader's writes into log entries.
 //!
 //! Writes queue in a bounded channel (`max_pending_writes`; a full queue refuses new writes
-//! with RESOURCE_EXHAUSTED). The loop takes what is waiting, up to `max_batch_commands` and
-//! `max_batch_bytes`, stamps it with the leader's clock and proposes it as one entry; up to
-//! `max_inflight_batches` entries replicate at once. One fsync'd append then carries many
-//! clients' writes.
+//! with RESOURCE_EXHAUSTED). Up to `max_inflight_batches` entries replicate at once; when one of
+//! those slots is free, the loop takes what is waiting, up to `max_batch_commands` and
+//! `max_batch_bytes`, stamps it with the leader's clock and proposes it as one entry. One
+//! fsync'd append then carries many clients' writes.
 //!
 //! The loop also expires keys and fires execution timers: when the grid's next expiry (or
 //! delay, deadline, lease, retention) has passed by the leader's clock, it proposes
@@ -153,24 +153,28 @@ impl Service {
         let mut timer_tick = tokio::time::interval(TIMER_CHECK_INTERVAL);
         timer_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut carry: Option<Proposal> = None;
-        loop {
+        'entries: loop {
+            // The in-flight slot first, then the batch: writes that arrive while the entries
+            // in flight commit join the next entry, rather than waiting behind an entry that
+            // was formed before the slot was free.
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                permit = inflight.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
             let first = match carry.take() {
                 Some(p) => p,
-                None => tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    _ = ttl_tick.tick() => {
-                        self.maybe_expire(&expiring);
-                        continue;
+                None => loop {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break 'entries,
+                        _ = ttl_tick.tick() => self.maybe_expire(&expiring),
+                        _ = timer_tick.tick() => self.maybe_tick(&ticking),
+                        p = self.rx.recv() => match p {
+                            Some(p) => break p,
+                            None => break 'entries,
+                        },
                     }
-                    _ = timer_tick.tick() => {
-                        self.maybe_tick(&ticking);
-                        continue;
-                    }
-                    p = self.rx.recv() => match p {
-                        Some(p) => p,
-                        None => break,
-                    },
                 },
             };
             let mut bytes = first.bytes;
@@ -188,11 +192,6 @@ impl Service {
                     Err(_) => break,
                 }
             }
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                permit = inflight.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            };
             let raft = self.raft.clone();
             let commit_timeout = self.options.commit_timeout;
             tokio::spawn(async move {
