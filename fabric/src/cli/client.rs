@@ -159,7 +159,7 @@ fn fail(status: tonic::Status, json_out: bool) -> i32 {
         if let (Some(id), Some(o)) = (execution, error.as_object_mut()) {
             o.insert("execution_id".into(), id.into());
         }
-        println!("{}", json!({ "error": error }));
+        outln!("{}", json!({ "error": error }));
     } else {
         eprintln!("error ({:?}): {}", status.code(), status.message());
     }
@@ -207,11 +207,11 @@ fn written(result: Result<u64, tonic::Status>, json_out: bool) -> i32 {
     match result {
         Err(e) => fail(e, json_out),
         Ok(version) if json_out => {
-            println!("{}", json!({"version": version}));
+            outln!("{}", json!({"version": version}));
             0
         }
         Ok(version) => {
-            println!("ok: version {version}");
+            outln!("ok: version {version}");
             0
         }
     }
@@ -238,7 +238,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
                        "reachable": m.reachable, "gossip": m.gossip, "lag": m.lag})
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"cluster": s.cluster, "leader_id": (s.leader_id != 0).then_some(s.leader_id),
                    "term": s.term, "reporter_id": s.reporter_id, "members": members})
@@ -246,17 +246,21 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let leader = if s.leader_id == 0 { "none".to_owned() } else { format!("node {}", s.leader_id) };
-    println!(
-        "cluster '{}'  term {}  leader {leader}  (as seen by node {})",
-        s.cluster, s.term, s.reporter_id
-    );
-    println!(
+    outln!("cluster '{}'  term {}  leader {leader}  (as seen by node {})", s.cluster, s.term, s.reporter_id);
+    outln!(
         "{:<10} {:<22} {:<12} {:<6} {:<8} {:>10} {:>10} {:>6}",
-        "ID", "ADDRESS", "ROLE", "VOTER", "GOSSIP", "LAST LOG", "APPLIED", "LAG"
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "VOTER",
+        "GOSSIP",
+        "LAST LOG",
+        "APPLIED",
+        "LAG"
     );
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     for m in &s.members {
-        println!(
+        outln!(
             "{:<10} {:<22} {:<12} {:<6} {:<8} {:>10} {:>10} {:>6}",
             m.id,
             m.address,
@@ -294,7 +298,7 @@ pub async fn members(args: MembersArgs) -> anyhow::Result<i32> {
                        "generation": m.generation, "state_for_ms": m.state_for_ms, "raft": m.raft})
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"cluster": r.cluster, "reporter_id": r.reporter_id, "members": members,
                    "dropped": {"malformed": r.dropped_malformed, "oversized": r.dropped_oversized,
@@ -302,23 +306,27 @@ pub async fn members(args: MembersArgs) -> anyhow::Result<i32> {
         );
         return Ok(0);
     }
-    println!("cluster '{}'  gossip as seen by node {}", r.cluster, r.reporter_id);
-    println!(
-        "{:<10} {:<22} {:<8} {:>10} {:<8} {:>11}",
-        "ID", "ADDRESS", "STATE", "FOR", "RAFT", "INCARNATION"
-    );
+    outln!("cluster '{}'  gossip as seen by node {}", r.cluster, r.reporter_id);
+    outln!("{:<10} {:<22} {:<8} {:>10} {:<8} {:>11}", "ID", "ADDRESS", "STATE", "FOR", "RAFT", "INCARNATION");
     for m in &r.members {
         let for_ = format!("{:.1}s", m.state_for_ms as f64 / 1000.0);
-        println!(
+        outln!(
             "{:<10} {:<22} {:<8} {:>10} {:<8} {:>11}",
-            m.id, m.address, m.state, for_, m.raft, m.incarnation
+            m.id,
+            m.address,
+            m.state,
+            for_,
+            m.raft,
+            m.incarnation
         );
     }
     let dropped = r.dropped_malformed + r.dropped_oversized + r.dropped_foreign_cluster;
     if dropped > 0 {
-        println!(
+        outln!(
             "dropped gossip packets: {} malformed, {} oversized, {} from other clusters",
-            r.dropped_malformed, r.dropped_oversized, r.dropped_foreign_cluster
+            r.dropped_malformed,
+            r.dropped_oversized,
+            r.dropped_foreign_cluster
         );
     }
     Ok(0)
@@ -341,16 +349,16 @@ pub async fn state(args: StateArgs) -> anyhow::Result<i32> {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) => match r.into_inner().entry {
                     Some(kv) if json_out => {
-                        println!("{}", kv_json(&namespace, &kv));
+                        outln!("{}", kv_json(&namespace, &kv));
                         Ok(0)
                     }
                     Some(kv) => {
-                        println!("{}", kv_text(&kv));
+                        outln!("{}", kv_text(&kv));
                         Ok(0)
                     }
                     None => {
                         if json_out {
-                            println!("{}", json!({"namespace": namespace, "key": key, "found": false}));
+                            outln!("{}", json!({"namespace": namespace, "key": key, "found": false}));
                         } else {
                             eprintln!("{namespace} {key}: not found");
                         }
@@ -380,9 +388,9 @@ pub async fn state(args: StateArgs) -> anyhow::Result<i32> {
                 Ok(r) => {
                     let deleted = r.into_inner().deleted;
                     if json_out {
-                        println!("{}", json!({"deleted": deleted}));
+                        outln!("{}", json!({"deleted": deleted}));
                     } else {
-                        println!("{}", if deleted { "deleted" } else { "not found (nothing deleted)" });
+                        outln!("{}", if deleted { "deleted" } else { "not found (nothing deleted)" });
                     }
                     Ok(0)
                 }
@@ -410,13 +418,13 @@ pub async fn state(args: StateArgs) -> anyhow::Result<i32> {
             }
             if json_out {
                 let items: Vec<_> = entries.iter().map(|kv| kv_json(&namespace, kv)).collect();
-                println!(
+                outln!(
                     "{}",
                     json!({"entries": items, "next_page_token": (!page_token.is_empty()).then_some(&page_token)})
                 );
             } else {
                 for kv in &entries {
-                    println!("{}", kv_text(kv));
+                    outln!("{}", kv_text(kv));
                 }
                 if entries.is_empty() {
                     eprintln!("(no keys)");
@@ -778,12 +786,12 @@ fn age(at_ms: u64) -> String {
 fn outcome(e: &pb::Execution, json_out: bool) -> i32 {
     let code = if e.status == "completed" { 0 } else { 1 };
     if json_out {
-        println!("{}", execution_json(e));
+        outln!("{}", execution_json(e));
         return code;
     }
     match (&e.result, &e.error) {
-        (Some(result), _) if code == 0 => println!("{}", payload_text(result, true)),
-        (None, _) if code == 0 => println!("null"),
+        (Some(result), _) if code == 0 => outln!("{}", payload_text(result, true)),
+        (None, _) if code == 0 => outln!("null"),
         (_, Some(error)) => eprintln!("error ({}): {}", error.kind, error.message),
         (_, None) => eprintln!("error: execution {} is {}", e.id, e.status),
     }
@@ -822,12 +830,18 @@ pub async fn call(args: CallArgs) -> anyhow::Result<i32> {
 }
 
 fn print_executions(executions: &[pb::Execution]) {
-    println!(
+    outln!(
         "{:>8} {:<16} {:<12} {:<16} {:<10} {:>8} {:>6}",
-        "ID", "AGENT", "INSTANCE", "DELEGATE", "STATUS", "ATTEMPTS", "AGE"
+        "ID",
+        "AGENT",
+        "INSTANCE",
+        "DELEGATE",
+        "STATUS",
+        "ATTEMPTS",
+        "AGE"
     );
     for e in executions {
-        println!(
+        outln!(
             "{:>8} {:<16} {:<12} {:<16} {:<10} {:>8} {:>6}",
             e.id,
             e.agent,
@@ -842,8 +856,8 @@ fn print_executions(executions: &[pb::Execution]) {
 
 /// One execution in detail: a headline, then one line per field it has.
 fn print_execution(e: &pb::Execution) {
-    println!("execution {}  {}/{}  {}  attempts {}", e.id, e.agent, e.delegate, e.status, e.attempts);
-    let line = |name: &str, value: String| println!("  {name:<16} {value}");
+    outln!("execution {}  {}/{}  {}  attempts {}", e.id, e.agent, e.delegate, e.status, e.attempts);
+    let line = |name: &str, value: String| outln!("  {name:<16} {value}");
     if let Some(instance) = non_empty(&e.instance) {
         line("instance", instance.to_owned());
     }
@@ -917,7 +931,7 @@ pub async fn executions(args: ExecutionsArgs) -> anyhow::Result<i32> {
             }
             if json_out {
                 let items: Vec<_> = executions.iter().map(execution_json).collect();
-                println!(
+                outln!(
                     "{}",
                     json!({"executions": items, "next_page_token": (page_token != 0).then_some(page_token)})
                 );
@@ -938,7 +952,7 @@ pub async fn executions(args: ExecutionsArgs) -> anyhow::Result<i32> {
             match client.get(pb::GetExecutionRequest { id, consistency: consistency(stale) }).await {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) if json_out => {
-                    println!("{}", execution_json(&r.into_inner()));
+                    outln!("{}", execution_json(&r.into_inner()));
                     Ok(0)
                 }
                 Ok(r) => {
@@ -965,9 +979,9 @@ pub async fn executions(args: ExecutionsArgs) -> anyhow::Result<i32> {
                     Ok(Some(e)) => {
                         let done = matches!(e.status.as_str(), "completed" | "failed" | "cancelled");
                         if json_out && !done {
-                            println!("{}", execution_json(&e));
+                            outln!("{}", execution_json(&e));
                         } else if !json_out {
-                            println!("{} {} attempts {}", e.id, e.status, e.attempts);
+                            outln!("{} {} attempts {}", e.id, e.status, e.attempts);
                         }
                         if done {
                             return Ok(outcome(&e, json_out));
@@ -983,9 +997,9 @@ pub async fn executions(args: ExecutionsArgs) -> anyhow::Result<i32> {
                 Ok(r) => {
                     let cancelled = r.into_inner().cancelled;
                     if json_out {
-                        println!("{}", json!({"cancelled": cancelled}));
+                        outln!("{}", json!({"cancelled": cancelled}));
                     } else {
-                        println!("cancelled {cancelled} execution(s)");
+                        outln!("cancelled {cancelled} execution(s)");
                     }
                     Ok(0)
                 }
@@ -995,13 +1009,19 @@ pub async fn executions(args: ExecutionsArgs) -> anyhow::Result<i32> {
 }
 
 fn print_instances(instances: &[pb::Instance]) {
-    println!(
+    outln!(
         "{:<16} {:<16} {:<10} {:>8} {:>7} {:>7} {:>6}",
-        "AGENT", "ID", "LIFECYCLE", "SESSION", "QUEUED", "RUNNING", "AGE"
+        "AGENT",
+        "ID",
+        "LIFECYCLE",
+        "SESSION",
+        "QUEUED",
+        "RUNNING",
+        "AGE"
     );
     for i in instances {
         let session = if i.session_id == 0 { "-".to_owned() } else { i.session_id.to_string() };
-        println!(
+        outln!(
             "{:<16} {:<16} {:<10} {:>8} {:>7} {:>7} {:>6}",
             i.agent,
             i.id,
@@ -1015,8 +1035,8 @@ fn print_instances(instances: &[pb::Instance]) {
 }
 
 fn print_instance(i: &pb::Instance) {
-    println!("instance {}/{}  {}", i.agent, i.id, i.lifecycle);
-    let line = |name: &str, value: String| println!("  {name:<16} {value}");
+    outln!("instance {}/{}  {}", i.agent, i.id, i.lifecycle);
+    let line = |name: &str, value: String| outln!("  {name:<16} {value}");
     let session = if i.session_id == 0 { "none".to_owned() } else { i.session_id.to_string() };
     line("session", session);
     line("created_ms", format!("{} ({} ago)", i.created_ms, age(i.created_ms)));
@@ -1076,7 +1096,7 @@ pub async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
             let next = page_token.map(|t| format!("{}/{}", t.agent, t.instance));
             if json_out {
                 let items: Vec<_> = instances.iter().map(instance_json).collect();
-                println!("{}", json!({"instances": items, "next_page_token": next}));
+                outln!("{}", json!({"instances": items, "next_page_token": next}));
                 return Ok(0);
             }
             if instances.is_empty() {
@@ -1095,7 +1115,7 @@ pub async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
             match client.get(req).await {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) if json_out => {
-                    println!("{}", instance_json(&r.into_inner()));
+                    outln!("{}", instance_json(&r.into_inner()));
                     Ok(0)
                 }
                 Ok(r) => {
@@ -1124,7 +1144,7 @@ pub async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
             };
             let started = r.start.as_ref().is_some_and(|e| e.status == "completed");
             if json_out {
-                println!(
+                outln!(
                     "{}",
                     json!({"agent": r.agent, "instance": r.instance, "created": r.created,
                            "start": r.start.as_ref().map(execution_json)})
@@ -1134,10 +1154,10 @@ pub async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
             match &r.start {
                 Some(start) if started => {
                     let again = if r.created { "" } else { " (already, with this idempotency key)" };
-                    println!("started {}/{}{again}", r.agent, r.instance);
+                    outln!("started {}/{}{again}", r.agent, r.instance);
                     let result = start.result.as_ref().map(|p| payload_text(p, true));
                     if let Some(text) = result.filter(|t| t != "null") {
-                        println!("{text}");
+                        outln!("{text}");
                     }
                     Ok(0)
                 }
@@ -1168,7 +1188,7 @@ pub async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
                 stop.as_ref().is_some_and(|e| e.delegate == STOP_DELEGATE && e.status != "completed");
             let code = if stop_failed { 1 } else { 0 };
             if json_out {
-                println!(
+                outln!(
                     "{}",
                     json!({"agent": agent, "instance": id, "stopped": true,
                            "stop": stop.as_ref().map(execution_json)})
@@ -1177,7 +1197,7 @@ pub async fn instances(args: InstancesArgs) -> anyhow::Result<i32> {
             }
             let while_starting = stop.as_ref().is_some_and(|e| e.delegate != STOP_DELEGATE);
             let note = if while_starting { " (it had not finished starting)" } else { "" };
-            println!("stopped {agent}/{id}{note}");
+            outln!("stopped {agent}/{id}{note}");
             if stop_failed && let Some(error) = stop.as_ref().and_then(|e| e.error.as_ref()) {
                 eprintln!("its Stop delegate did not complete: error ({}): {}", error.kind, error.message);
             }

@@ -80,16 +80,16 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     } else {
         format!("  export WEFT_ENDPOINT={endpoint}\n")
     };
-    println!("Weft dev cluster 'dev' is up with {n} node(s):");
+    outln!("Weft dev cluster 'dev' is up with {n} node(s):");
     for (i, node) in nodes.iter().enumerate() {
-        println!(
+        outln!(
             "  node {}  grpc+http {}  data {}",
             node.id(),
             node.addr(),
             args.data_dir.join(format!("node-{}", i + 1)).display()
         );
     }
-    println!(
+    outln!(
         "\nTry, in another terminal:\n{export}  weft status\n  weft state put shared/demo greeting hello\n  \
          weft state get shared/demo greeting\n  curl http://{endpoint}/metrics\n\nPress ctrl-c to stop \
          (data stays in {}).",

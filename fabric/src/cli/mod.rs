@@ -7,9 +7,37 @@
 //! - [`client`]: `weft status`, `weft members` and `weft state ...` over gRPC; `weft call`,
 //!   `weft executions ...` and `weft instances ...` for agents' executions and instances.
 
+/// `println!` for the command line's output: when the reader has gone away (`weft executions
+/// list | head`), the process ends quietly with status 141, as if killed by SIGPIPE, as other
+/// Unix tools do, instead of panicking. Rust ignores SIGPIPE, so every write would fail.
+macro_rules! outln {
+    () => { $crate::cli::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
 pub mod client;
 pub mod dev;
 pub mod node_cmd;
+
+/// The status of a process killed by SIGPIPE, for a shell: 128 + 13.
+pub const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Writes to stdout; see [`outln!`].
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 use clap::{Parser, Subcommand};
 

@@ -74,7 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     if args.dump_config {
-        print!("{}", config.to_toml());
+        out!("{}", config.to_toml());
         return Ok(0);
     }
     let leave = config.leave_on_shutdown;

@@ -55,6 +55,20 @@ async fn cli_tour_against_weft_dev() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cluster 'dev'") && out.contains("leader node"), "{out}");
     assert_eq!(out.lines().filter(|l| l.contains("127.0.0.1:")).count(), 3, "{out}");
+    tracing::info!("phase: a reader that went away ends the command quietly (141), no panic");
+    let mut child = Command::new(weft_bin())
+        .args(["status"])
+        .env("WEFT_ENDPOINT", ep)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the command has even reached the node, so its first write fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     let (code, out, _) = weft(ep, &["status", "--json"]);
     assert_eq!(code, 0);
     let s: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
