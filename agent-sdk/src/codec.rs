@@ -60,7 +60,7 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &pb::Payload) -> Result<T, Er
         Codec::Json => serde_json::from_slice(&payload.data)
             .map_err(|e| Error::Codec(format!("cannot decode the JSON payload: {e}"))),
         Codec::Bincode => {
-            let (value, read) = bincode::serde::decode_from_slice(&payload.data, bincode::config::standard())
+            let (value, read) = decode_bincode(&payload.data)
                 .map_err(|e| Error::Codec(format!("cannot decode the bincode payload: {e}")))?;
             if read != payload.data.len() {
                 return Err(Error::Codec(format!(
@@ -70,6 +70,20 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &pb::Payload) -> Result<T, Er
             }
             Ok(value)
         }
+    }
+}
+
+/// bincode allocates a string's or a byte vector's buffer as soon as it has read its length, so
+/// a garbage length would ask for exabytes and abort the process. Its limit on the bytes one
+/// decode may claim prevents that; strings and byte vectors are all in the input, so a limit
+/// no smaller than the input never refuses a real payload.
+fn decode_bincode<T: DeserializeOwned>(data: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+    const SMALL: usize = 1 << 24;
+    const LARGE: usize = 1 << 32;
+    if data.len() <= SMALL {
+        bincode::serde::decode_from_slice(data, bincode::config::standard().with_limit::<SMALL>())
+    } else {
+        bincode::serde::decode_from_slice(data, bincode::config::standard().with_limit::<LARGE>())
     }
 }
 
@@ -99,6 +113,14 @@ mod tests {
         let empty = pb::Payload { codec: "json".into(), data: vec![] };
         decode::<()>(&empty).unwrap();
         assert!(decode::<Order>(&empty).unwrap_err().to_string().contains("no payload"));
+    }
+
+    #[test]
+    fn a_garbage_length_is_a_codec_error_not_an_abort() {
+        // A varint u64 length of about 4.6e18 bytes for the first string, then nothing.
+        let data = vec![7, 1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f];
+        let p = pb::Payload { codec: "bincode".into(), data };
+        assert!(decode::<Order>(&p).unwrap_err().to_string().contains("cannot decode the bincode"));
     }
 
     #[test]

@@ -78,9 +78,28 @@ pub fn split_tag(bytes: &[u8]) -> Result<(u8, &[u8]), Error> {
 }
 
 /// Decodes a bincode body (the bytes after the format tag).
+///
+/// bincode allocates a string's or a byte vector's buffer as soon as it has read its length,
+/// before it reads the bytes, so a garbage length would ask for exabytes and abort the process.
+/// Its limit on the bytes one decode may claim prevents that. Every string and byte vector is
+/// in the input, so together they are never longer than it: the limit is the smallest of a few
+/// tiers that holds the input, and garbage can claim at most that much (allocated lazily, as
+/// zeroed pages).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    let (value, read) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Malformed(e.to_string()))?;
+    const SMALL: usize = 1 << 24;
+    const LARGE: usize = 1 << 32;
+    const HUGE: usize = 1 << 40;
+    fn limited<T: DeserializeOwned, const LIMIT: usize>(
+        body: &[u8],
+    ) -> Result<(T, usize), bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(body, config().with_limit::<LIMIT>())
+    }
+    let decoded = match body.len() {
+        n if n <= SMALL => limited::<T, SMALL>(body),
+        n if n <= LARGE => limited::<T, LARGE>(body),
+        _ => limited::<T, HUGE>(body),
+    };
+    let (value, read) = decoded.map_err(|e| Error::Malformed(e.to_string()))?;
     if read != body.len() {
         return Err(Error::Trailing(body.len() - read));
     }
@@ -104,6 +123,13 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode::<Vec<(u64, String)>>(&bytes);
         }
+    }
+
+    #[test]
+    fn a_garbage_length_is_refused_without_allocating_it() {
+        // Tag, then a varint u64 length of about 4.6e18 bytes for the string, then nothing.
+        let bytes = [FORMAT_BINCODE_V1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f];
+        assert!(matches!(decode::<String>(&bytes), Err(Error::Malformed(_))));
     }
 
     #[test]
