@@ -156,11 +156,18 @@ impl Service {
         'entries: loop {
             // The in-flight slot first, then the batch: writes that arrive while the entries
             // in flight commit join the next entry, rather than waiting behind an entry that
-            // was formed before the slot was free.
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                permit = inflight.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            // was formed before the slot was free. Expiry and timer checks go on while every
+            // slot is taken (entries that never commit hold theirs up to `commit_timeout`).
+            let permit = loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break 'entries,
+                    permit = inflight.clone().acquire_owned() => {
+                        break permit.expect("semaphore never closed");
+                    }
+                    _ = ttl_tick.tick() => self.maybe_expire(&expiring),
+                    _ = timer_tick.tick() => self.maybe_tick(&ticking),
+                }
             };
             let first = match carry.take() {
                 Some(p) => p,

@@ -80,21 +80,21 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     } else {
         format!("  export WEFT_ENDPOINT={endpoint}\n")
     };
-    outln!("Weft dev cluster 'dev' is up with {n} node(s):");
+    use std::fmt::Write as _;
+    let mut banner = format!("Weft dev cluster 'dev' is up with {n} node(s):\n");
     for (i, node) in nodes.iter().enumerate() {
-        outln!(
-            "  node {}  grpc+http {}  data {}",
-            node.id(),
-            node.addr(),
-            args.data_dir.join(format!("node-{}", i + 1)).display()
-        );
+        let data = args.data_dir.join(format!("node-{}", i + 1));
+        let _ = writeln!(banner, "  node {}  grpc+http {}  data {}", node.id(), node.addr(), data.display());
     }
-    outln!(
+    let _ = writeln!(
+        banner,
         "\nTry, in another terminal:\n{export}  weft status\n  weft state put shared/demo greeting hello\n  \
          weft state get shared/demo greeting\n  curl http://{endpoint}/metrics\n\nPress ctrl-c to stop \
          (data stays in {}).",
         args.data_dir.display()
     );
+    // Best effort: the cluster keeps running when nobody reads the banner (`weft dev | head`).
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     super::shutdown_signal().await;
     for node in nodes {
         node.shutdown().await;

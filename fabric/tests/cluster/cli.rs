@@ -56,16 +56,16 @@ async fn cli_tour_against_weft_dev() {
     assert!(out.contains("cluster 'dev'") && out.contains("leader node"), "{out}");
     assert_eq!(out.lines().filter(|l| l.contains("127.0.0.1:")).count(), 3, "{out}");
     tracing::info!("phase: a reader that went away ends the command quietly (141), no panic");
-    let mut child = Command::new(weft_bin())
+    // The read end is closed before the command starts, so its first write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(weft_bin())
         .args(["status"])
         .env("WEFT_ENDPOINT", ep)
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    // Closed before the command has even reached the node, so its first write fails.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");
