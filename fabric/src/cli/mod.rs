@@ -25,7 +25,7 @@ pub mod dev;
 pub mod node_cmd;
 
 /// The status of a process killed by SIGPIPE, for a shell: 128 + 13.
-pub const BROKEN_PIPE_EXIT: i32 = 141;
+pub(crate) const BROKEN_PIPE_EXIT: i32 = 141;
 
 /// Writes to stdout; see [`outln!`].
 pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {

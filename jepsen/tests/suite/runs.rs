@@ -208,11 +208,10 @@ fn executions_under_node_and_agent_kills_apply_every_acknowledged_increment_once
     let store = tempfile::tempdir().unwrap();
     tracing::info!("phase: 20 s of increments on 3 nodes and 2 agents, agents and nodes killed in turn");
     // Agent kills at 1.5 s, 10.5 s and 19.5 s (the last too late to be seen as an `ok`), and
-    // 20 ms of work per increment: a kill interrupts an increment only
-    // if it lands between the assignment and the completion being sent. With no work that
-    // window is a few ms per increment: one kill missed in a CI run, and three kills all
-    // missed in a local run (seed 3); with 20 ms, 3-4 increments were redelivered in each
-    // of three local runs.
+    // 20 ms of work per increment: a kill interrupts an increment only if it lands between
+    // the assignment and the completion being sent. With no work that window is a few ms per
+    // increment: one kill missed in a CI run, and three kills all missed in a local run (seed
+    // 3); with 20 ms, 3-4 increments were redelivered in each of three local runs.
     let out = jepsen()
         .args(["--workload", "executions", "--nemesis", "kill-agent,kill", "--nodes", "3"])
         .args(["--time", "20", "--interval", "1.5", "--fault-duration", "3", "--seed", "3"])
