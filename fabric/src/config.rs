@@ -10,8 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::NodeId;
 use crate::grid::Limits;
-use crate::raft::NodeId;
 
 /// The default address a node listens on (TCP for gRPC + HTTP; the same port on UDP later
 /// carries gossip).

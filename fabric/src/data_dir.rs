@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::NodeId;
+use crate::NodeId;
 
 const IDENTITY_FILE: &str = "weft-node.json";
 const IDENTITY_FORMAT: u32 = 1;

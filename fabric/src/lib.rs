@@ -34,3 +34,7 @@ pub mod raft;
 pub mod sessions;
 pub mod testing;
 pub mod watch;
+
+/// A node's id in the cluster: chosen by the operator (`--node-id`) or generated and kept in
+/// the data directory. Shared by every layer, so it lives at the root.
+pub type NodeId = u64;

@@ -29,6 +29,7 @@ use weft_proto::fabric::v1::executions_server::ExecutionsServer;
 use weft_proto::fabric::v1::instances_server::InstancesServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 
+use crate::NodeId;
 use crate::api::cluster_service::ClusterService;
 use crate::api::execution_service::ExecutionService;
 use crate::api::forward_service::ForwardService;
@@ -39,11 +40,11 @@ use crate::config::Config;
 use crate::data_dir::{self, DataDir};
 use crate::http;
 use crate::membership::{self, bootstrap, gossip, reconciler};
+use crate::raft::Raft;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::raft_service::RaftService;
 use crate::raft::state_machine::{self, StateMachine};
-use crate::raft::{NodeId, Raft};
 use crate::{sessions, watch};
 
 /// A member other than the lowest-id one initializes the cluster itself after this many

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use crate::NodeId;
 use crate::grid::execution::{Execution, ExecutionId};
 use crate::grid::{Event, Grid};
-use crate::raft::NodeId;
 
 /// Room in a session's channel beyond its capacity (for revocations and the close).
 pub const SESSION_CHANNEL_SLACK: usize = 64;

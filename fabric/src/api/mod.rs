@@ -30,9 +30,10 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::NodeId;
 use crate::grid;
+use crate::raft::Raft;
 use crate::raft::state_machine;
-use crate::raft::{NodeId, Raft};
 
 /// Metadata a node sets on a request it forwards, so the receiver never forwards it again.
 pub const FORWARDED_HEADER: &str = "weft-forwarded";

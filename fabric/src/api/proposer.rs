@@ -19,9 +19,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
+use crate::NodeId;
 use crate::grid::{Command, Output};
 use crate::raft::state_machine;
-use crate::raft::{NodeId, Raft, Request};
+use crate::raft::{Raft, Request};
 
 /// Most keys one expiry entry removes; the next check proposes another for the rest.
 pub const MAX_EXPIRED_PER_ENTRY: u64 = 10_000;

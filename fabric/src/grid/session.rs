@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Error;
 use super::execution::{ExecutionId, SessionId};
-use crate::raft::NodeId;
+use crate::NodeId;
 
 /// Most agents one session may serve.
 pub const MAX_AGENTS_PER_SESSION: usize = 64;

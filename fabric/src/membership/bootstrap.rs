@@ -25,7 +25,8 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 
 use super::gossip;
-use crate::raft::{NodeId, Raft};
+use crate::NodeId;
+use crate::raft::Raft;
 
 /// How often an unformed node looks at gossip.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(300);

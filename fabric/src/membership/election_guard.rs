@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::gossip;
-use crate::raft::{NodeId, Raft};
+use crate::NodeId;
+use crate::raft::Raft;
 
 /// How often the guard looks.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Codec, Refused};
 use super::identity::Peer;
-use crate::raft::NodeId;
+use crate::NodeId;
 
 /// Largest UDP datagram a node sends or accepts, frame included (RFC 8085: stay below the MTU).
 pub const MAX_PACKET_BYTES: usize = 1400;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::NodeId;
+use crate::NodeId;
 
 /// One node as gossip knows it. foca keys members by [`Peer::addr`]: of two identities with the
 /// same address, the one with the higher generation wins.

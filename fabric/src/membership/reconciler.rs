@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::gossip::{self, Health, View};
-use crate::raft::{NodeId, Raft};
+use crate::NodeId;
+use crate::raft::Raft;
 
 /// How the reconciler acts.
 #[derive(Debug, Clone)]

@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::grid;
 
-/// Node ids are small integers chosen by the operator (`--node-id`).
-pub type NodeId = u64;
+use crate::NodeId;
 
 openraft::declare_raft_types!(
     /// Weft's openraft type configuration.

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::NodeId;
 use crate::api::{Context, Leader, routing};
 use crate::grid::Command;
 use crate::grid::execution::SessionId;
 use crate::membership::gossip::Health;
-use crate::raft::NodeId;
 
 /// How often the reaper looks.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
