@@ -14,12 +14,9 @@ use crate::state::State;
 use crate::types::{Execution, RetryPolicy, Started, outcome};
 use crate::{Codec, Error, codec};
 
-/// Metadata the fabric sets on a wait that ran out: the execution that goes on.
-const EXECUTION_HEADER: &str = "weft-execution-id";
 /// How long a call waits for its result unless told otherwise.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
-/// Largest gRPC message the client sends or takes (the fabric's default limit).
-pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+pub use crate::connection::MAX_MESSAGE_BYTES;
 
 /// A handle on a Weft fabric: any node of a cluster, failing over between the endpoints it
 /// was given. Cheap to clone; clones share connections.
@@ -89,7 +86,7 @@ fn timed_out(status: &tonic::Status) -> Option<u64> {
     if status.code() != tonic::Code::DeadlineExceeded {
         return None;
     }
-    status.metadata().get(EXECUTION_HEADER)?.to_str().ok()?.parse().ok()
+    weft_proto::wire::execution_of(status)
 }
 
 /// A stable 64-bit FNV-1a hash of the parts of a call, for child idempotency keys.
@@ -349,7 +346,7 @@ impl Client {
     /// Typed key/value state of `namespace` (`shared/<name>` or
     /// `instance/<agent>/<id>`); values are JSON, so `weft state get` shows them.
     pub fn state(&self, namespace: &str) -> State {
-        State::new(self.clone(), namespace)
+        State::new(self.conn.clone(), namespace)
     }
 }
 

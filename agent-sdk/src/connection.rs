@@ -25,6 +25,8 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most endpoints one client may list.
 pub const MAX_ENDPOINTS: usize = 64;
+/// Largest gRPC message the client sends or takes (the fabric's default limit).
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
 /// How a connection retries.
 #[derive(Debug, Clone, Copy)]
@@ -172,7 +174,7 @@ mod tests {
             .run(false, |_| {
                 seen.push(conn.current().0);
                 let mut status = tonic::Status::unavailable("no leader");
-                status.metadata_mut().insert("weft-not-applied", "true".parse().unwrap());
+                status.metadata_mut().insert(weft_proto::wire::NOT_APPLIED_HEADER, "true".parse().unwrap());
                 async move { Err(status) }
             })
             .await;

@@ -8,7 +8,7 @@
 //! (after an effect conflict) that calls with other arguments gets new children.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use weft_proto::fabric::v1 as pb;
 
 use crate::client::{Call, Client, call_hash};
-use crate::state::{Buffer, Scope};
+use crate::state::{Buffer, Scope, SharedBuffer, State};
 use crate::types::Started;
 use crate::{Codec, Error, codec};
 
@@ -29,7 +29,7 @@ struct Inner {
     delegate: String,
     attempt: u32,
     cancel: CancellationToken,
-    buffer: Mutex<Buffer>,
+    buffer: SharedBuffer,
     seq: AtomicU64,
 }
 
@@ -76,7 +76,7 @@ impl Context {
                 delegate: e.delegate.clone(),
                 attempt: e.attempts,
                 cancel,
-                buffer: Mutex::default(),
+                buffer: SharedBuffer::default(),
                 seq: AtomicU64::new(0),
             }),
         }
@@ -215,7 +215,7 @@ impl Context {
     /// handler's result. An error outside an instance execution.
     pub fn state(&self) -> Result<Scope, Error> {
         match &self.inner.instance {
-            Some(id) => Ok(Scope::new(self.clone(), format!("instance/{}/{id}", self.inner.agent))),
+            Some(id) => Ok(self.scope(&format!("instance/{}/{id}", self.inner.agent))),
             None => Err(Error::Usage(format!(
                 "execution {} of {}.{} belongs to no instance, so it has no instance state; use shared()",
                 self.inner.id, self.inner.agent, self.inner.delegate
@@ -225,7 +225,11 @@ impl Context {
 
     /// A shared namespace (`shared/<name>`); writes are applied with the handler's result.
     pub fn shared(&self, name: &str) -> Scope {
-        Scope::new(self.clone(), format!("shared/{name}"))
+        self.scope(&format!("shared/{name}"))
+    }
+
+    fn scope(&self, namespace: &str) -> Scope {
+        Scope::new(self.inner.buffer.clone(), State::new(self.inner.client.conn.clone(), namespace))
     }
 
     /// The codec the client side of this context uses.

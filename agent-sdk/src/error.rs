@@ -62,24 +62,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the request may be sent again (the fabric did not apply it, or the
-    /// operation is idempotent).
+    /// What a failed call's status means for the caller, by the wire contract's one table
+    /// ([`weft_proto::wire::Outcome`]).
     pub(crate) fn from_status(status: &tonic::Status) -> Self {
-        use tonic::Code;
+        use weft_proto::wire::Outcome;
         let message = status.message().to_owned();
-        let not_applied = status.metadata().get("weft-not-applied").is_some_and(|v| v == "true");
-        match status.code() {
-            Code::Unavailable if not_applied => Error::Unavailable(message),
-            Code::Unavailable
-                if message.contains("tcp connect error") || message.contains("Connection refused") =>
-            {
-                Error::Unavailable(message)
-            }
-            Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Aborted => {
-                Error::Unknown(message)
-            }
-            Code::ResourceExhausted => Error::Overloaded(message),
-            code => Error::Refused { code, message },
+        match Outcome::of(status) {
+            Outcome::NotApplied => Error::Unavailable(message),
+            Outcome::Overloaded => Error::Overloaded(message),
+            Outcome::Refused => Error::Refused { code: status.code(), message },
+            Outcome::Unknown => Error::Unknown(message),
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   changed such a key meanwhile, nothing is applied and the execution runs again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,8 +15,7 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
 use crate::Error;
-use crate::client::{Client, MAX_MESSAGE_BYTES};
-use crate::context::Context;
+use crate::connection::{Connection, MAX_MESSAGE_BYTES};
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(value).map_err(|e| Error::Codec(format!("cannot encode the value as JSON: {e}")))
@@ -37,13 +37,13 @@ fn from_json<T: DeserializeOwned>(namespace: &str, key: &str, bytes: &[u8]) -> R
 /// ```
 #[derive(Clone, Debug)]
 pub struct State {
-    client: Client,
+    conn: Connection,
     namespace: String,
 }
 
 impl State {
-    pub(crate) fn new(client: Client, namespace: &str) -> Self {
-        Self { client, namespace: namespace.to_owned() }
+    pub(crate) fn new(conn: Connection, namespace: &str) -> Self {
+        Self { conn, namespace: namespace.to_owned() }
     }
 
     fn grpc(channel: tonic::transport::Channel) -> StateClient<tonic::transport::Channel> {
@@ -53,9 +53,8 @@ impl State {
     }
 
     pub(crate) async fn get_raw(&self, key: &str) -> Result<Option<pb::KeyValue>, Error> {
-        let attempt = self.client.conn.options().attempt_timeout;
-        self.client
-            .conn
+        let attempt = self.conn.options().attempt_timeout;
+        self.conn
             .run(true, |channel| {
                 let req =
                     pb::GetRequest { namespace: self.namespace.clone(), key: key.to_owned(), consistency: 0 };
@@ -84,9 +83,8 @@ impl State {
     /// Writes `key`; its new version.
     pub async fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64, Error> {
         let value = to_json(value)?;
-        let attempt = self.client.conn.options().attempt_timeout;
-        self.client
-            .conn
+        let attempt = self.conn.options().attempt_timeout;
+        self.conn
             .run(false, |channel| {
                 let req = pb::PutRequest {
                     namespace: self.namespace.clone(),
@@ -113,9 +111,8 @@ impl State {
         expected_version: u64,
     ) -> Result<u64, Error> {
         let value = to_json(value)?;
-        let attempt = self.client.conn.options().attempt_timeout;
-        self.client
-            .conn
+        let attempt = self.conn.options().attempt_timeout;
+        self.conn
             .run(false, |channel| {
                 let req = pb::CompareAndSetRequest {
                     namespace: self.namespace.clone(),
@@ -135,9 +132,8 @@ impl State {
 
     /// Removes `key`; whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let attempt = self.client.conn.options().attempt_timeout;
-        self.client
-            .conn
+        let attempt = self.conn.options().attempt_timeout;
+        self.conn
             .run(false, |channel| {
                 let req = pb::DeleteRequest {
                     namespace: self.namespace.clone(),
@@ -163,6 +159,10 @@ struct Write {
 
 /// A namespace and key.
 type Key = (String, String);
+
+/// What a handler read and wrote, applied with its result; shared by its context and
+/// scopes.
+pub(crate) type SharedBuffer = Arc<Mutex<Buffer>>;
 
 /// What a handler read and wrote, applied with its result.
 #[derive(Debug, Default)]
@@ -211,26 +211,31 @@ impl Buffer {
 /// ```
 #[derive(Clone)]
 pub struct Scope {
-    ctx: Context,
-    namespace: String,
+    buffer: SharedBuffer,
+    /// Where reads the handler has not made before go.
+    state: State,
 }
 
 impl Scope {
-    pub(crate) fn new(ctx: Context, namespace: String) -> Self {
-        Self { ctx, namespace }
+    pub(crate) fn new(buffer: SharedBuffer, state: State) -> Self {
+        Self { buffer, state }
+    }
+
+    fn buffer(&self) -> MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The namespace's name.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.state.namespace
     }
 
     /// The value of `key`: the handler's own write if it made one, else the fabric's (read
     /// once, linearizably, and remembered).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
-        let id = (self.namespace.clone(), key.to_owned());
+        let id = (self.state.namespace.clone(), key.to_owned());
         let known = {
-            let buffer = self.ctx.buffer();
+            let buffer = self.buffer();
             match buffer.writes.get(&id) {
                 Some(w) => Some(w.value.clone()),
                 None => buffer.reads.get(&id).map(|(_, bytes)| bytes.clone()),
@@ -239,21 +244,21 @@ impl Scope {
         let bytes = match known {
             Some(bytes) => bytes,
             None => {
-                let kv = State::new(self.ctx.client().clone(), &self.namespace).get_raw(key).await?;
+                let kv = self.state.get_raw(key).await?;
                 let (version, bytes) = kv.map_or((0, None), |kv| (kv.version, Some(kv.value)));
-                self.ctx.buffer().reads.entry(id).or_insert((version, bytes.clone()));
+                self.buffer().reads.entry(id).or_insert((version, bytes.clone()));
                 bytes
             }
         };
-        bytes.map(|b| from_json(&self.namespace, key, &b)).transpose()
+        bytes.map(|b| from_json(&self.state.namespace, key, &b)).transpose()
     }
 
     /// The value of `key` and the version the fabric holds it at (0: absent), as
     /// [`Scope::get`] reads it; for [`Scope::compare_and_set`].
     pub async fn get_versioned<T: DeserializeOwned>(&self, key: &str) -> Result<(Option<T>, u64), Error> {
         let value = self.get(key).await?;
-        let id = (self.namespace.clone(), key.to_owned());
-        let version = self.ctx.buffer().reads.get(&id).map_or(0, |(v, _)| *v);
+        let id = (self.state.namespace.clone(), key.to_owned());
+        let version = self.buffer().reads.get(&id).map_or(0, |(v, _)| *v);
         Ok((value, version))
     }
 
@@ -273,8 +278,8 @@ impl Scope {
         expected_version: u64,
     ) -> Result<(), Error> {
         let value = to_json(value)?;
-        let mut buffer = self.ctx.buffer();
-        let id = (self.namespace.clone(), key.to_owned());
+        let mut buffer = self.buffer();
+        let id = (self.state.namespace.clone(), key.to_owned());
         match buffer.reads.get_mut(&id) {
             Some((version, _)) => *version = expected_version,
             None => {
@@ -304,7 +309,7 @@ impl Scope {
         if key.is_empty() {
             return Err(Error::Usage("a state key must not be empty".into()));
         }
-        self.ctx.buffer().writes.insert((self.namespace.clone(), key.to_owned()), Write { value, ttl_ms });
+        self.buffer().writes.insert((self.state.namespace.clone(), key.to_owned()), Write { value, ttl_ms });
         Ok(())
     }
 }

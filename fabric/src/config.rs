@@ -497,8 +497,8 @@ impl Config {
     }
 
     /// The execution and session settings this configuration sets.
-    pub fn work_options(&self) -> crate::api::WorkOptions {
-        crate::api::WorkOptions {
+    pub fn work_options(&self) -> WorkOptions {
+        WorkOptions {
             execution_retention_ms: self.execution_retention_ms,
             max_deliveries: self.max_deliveries,
             max_executions: self.max_executions,
@@ -570,6 +570,27 @@ fn check_host_port(s: &str) -> Result<(), String> {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
         _ => Err(format!("'{s}' is not HOST:PORT with a port from 1 to 65535")),
     }
+}
+
+/// Settings of executions and sessions, from the node's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkOptions {
+    /// How long a finished execution is kept.
+    pub execution_retention_ms: u64,
+    /// Deliveries before an execution fails as undeliverable.
+    pub max_deliveries: u32,
+    /// Most executions stored.
+    pub max_executions: usize,
+    /// Most live sessions.
+    pub max_sessions: usize,
+    /// Most executions one session may hold.
+    pub max_session_capacity: u32,
+    /// A silent session is closed after this long.
+    pub session_timeout: std::time::Duration,
+    /// Longest wait for a result in one call.
+    pub max_wait: std::time::Duration,
+    /// Most callers waiting on this node at once.
+    pub max_waiters: usize,
 }
 
 #[cfg(test)]

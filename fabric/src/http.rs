@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use crate::api::Context;
+use crate::routing::Context;
 
 /// The HTTP routes of a node.
 ///

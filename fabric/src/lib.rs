@@ -12,8 +12,11 @@
 //!   the Raft gRPC service.
 //! - [`membership`]: SWIM gossip (foca over UDP), forming a cluster from gossip, and the
 //!   leader's reconciler that turns gossip into Raft membership changes.
-//! - [`api`]: the agent-facing gRPC services, leader routing, the write batcher, and the one
-//!   place domain errors become `tonic::Status`.
+//! - [`api`]: the gRPC services agents and tools call (state, executions, instances, cluster).
+//! - [`routing`]: the one path to the leader for writes and linearizable reads, the write
+//!   batcher, the node-to-node `Forward` service, and the one place domain errors become
+//!   `tonic::Status`.
+//! - [`convert`]: generated protobuf types to domain types and back, in one place.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`sessions`]: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - [`watch`]: the hub applied entries fill: assignments to push, results to wake callers.
@@ -25,12 +28,14 @@ pub mod api;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod convert;
 pub mod data_dir;
 pub mod grid;
 pub mod http;
 pub mod membership;
 pub mod node;
 pub mod raft;
+pub mod routing;
 pub mod sessions;
 pub mod testing;
 pub mod watch;

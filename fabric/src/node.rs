@@ -30,12 +30,7 @@ use weft_proto::fabric::v1::instances_server::InstancesServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 
 use crate::NodeId;
-use crate::api::cluster_service::ClusterService;
-use crate::api::execution_service::ExecutionService;
-use crate::api::forward_service::ForwardService;
-use crate::api::instance_service::InstanceService;
-use crate::api::state_service::StateService;
-use crate::api::{self, proposer};
+use crate::api::{ClusterService, ExecutionService, InstanceService, StateService};
 use crate::config::Config;
 use crate::data_dir::{self, DataDir};
 use crate::http;
@@ -45,6 +40,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::raft_service::RaftService;
 use crate::raft::state_machine::{self, StateMachine};
+use crate::routing::{self, ForwardService, proposer};
 use crate::{sessions, watch};
 
 /// A member other than the lowest-id one initializes the cluster itself after this many
@@ -229,7 +225,7 @@ impl Node {
             shutdown.clone(),
         ));
 
-        let ctx = api::Context::new(
+        let ctx = routing::Context::new(
             config.node_id,
             config.cluster.clone(),
             raft.clone(),

@@ -6,9 +6,7 @@
 //! | outcome | read | write / cas / add |
 //! |---|---|---|
 //! | reply | ok | ok |
-//! | FAILED_PRECONDITION | — | fail (definite: the version did not match) |
-//! | INVALID_ARGUMENT, ALREADY_EXISTS, RESOURCE_EXHAUSTED, OUT_OF_RANGE | fail | fail (nothing changed) |
-//! | UNAVAILABLE with `weft-not-applied: true` | fail | fail (certainly not applied) |
+//! | an error [`weft_proto::wire::Outcome`] calls definite (not applied, overloaded, refused: e.g. FAILED_PRECONDITION when the version did not match) | fail | fail (nothing changed) |
 //! | any other error, timeout, transport error | fail | info (may have been applied) |
 //!
 //! Increments of the executions workload map `Executions/Call` outcomes as
@@ -35,8 +33,9 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::db::Roster;
+use crate::db::{LIST_PAGE, Roster};
 use crate::history::{Op, Type};
+use crate::outcome::{Done, code_message, failed};
 use crate::recorder::Recorder;
 use crate::rng::Rng;
 
@@ -48,8 +47,6 @@ pub const SET_NAMESPACE: &str = "shared/jepsen-set";
 pub const FAILOVER_AFTER: u32 = 3;
 /// Operations a worker runs away from its home node before it goes back.
 pub const RETURN_HOME_AFTER: u32 = 50;
-/// Page size of the set's final read.
-const LIST_PAGE: u32 = 1000;
 /// Most times a retrying worker calls an indeterminate increment again with its key.
 pub const MAX_KEY_RETRIES: u32 = 3;
 
@@ -125,40 +122,6 @@ pub struct Worker {
     errors_in_a_row: u32,
     seq: u64,
     known: Known,
-}
-
-/// The result of one call.
-pub(crate) enum Done {
-    Ok(Op),
-    Fail(Op, String),
-    Info(Op, String),
-}
-
-fn code_message(s: &tonic::Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
-}
-
-pub(crate) fn not_applied(s: &tonic::Status) -> bool {
-    s.metadata().get("weft-not-applied").is_some_and(|v| v == "true")
-}
-
-/// Whether a call failed to connect, so the request never left this process.
-pub(crate) fn never_sent(s: &tonic::Status) -> bool {
-    s.code() == tonic::Code::Unavailable
-        && ["tcp connect error", "Connection refused", "error trying to connect"]
-            .iter()
-            .any(|m| s.message().contains(m))
-}
-
-/// Classifies the error of a call that may have changed state.
-fn write_error(op: Op, s: &tonic::Status) -> Done {
-    use tonic::Code::*;
-    let definite = not_applied(s)
-        || matches!(
-            s.code(),
-            FailedPrecondition | InvalidArgument | AlreadyExists | ResourceExhausted | OutOfRange
-        );
-    if definite { Done::Fail(op, code_message(s)) } else { Done::Info(op, code_message(s)) }
 }
 
 fn parse_value(bytes: &[u8]) -> u64 {
@@ -391,7 +354,7 @@ impl Worker {
                 };
                 match client.put(req(m, timeout)).await {
                     Ok(r) => Done::Ok(Op::Write { key, value, version: Some(r.into_inner().version) }),
-                    Err(s) => write_error(Op::Write { key, value, version: None }, &s),
+                    Err(s) => failed(Op::Write { key, value, version: None }, &s),
                 }
             }
             Op::Cas { key, from, expected_version, to, .. } => {
@@ -405,7 +368,7 @@ impl Worker {
                 let op = |version| Op::Cas { key: key.clone(), from, expected_version, to, version };
                 match client.compare_and_set(req(m, timeout)).await {
                     Ok(r) => Done::Ok(op(Some(r.into_inner().version))),
-                    Err(s) => write_error(op(None), &s),
+                    Err(s) => failed(op(None), &s),
                 }
             }
             Op::Add { element } => {
@@ -418,7 +381,7 @@ impl Worker {
                 };
                 match client.put(req(m, timeout)).await {
                     Ok(_) => Done::Ok(Op::Add { element }),
-                    Err(s) => write_error(Op::Add { element }, &s),
+                    Err(s) => failed(Op::Add { element }, &s),
                 }
             }
             other => Done::Fail(other, "not a client operation".into()),
@@ -492,27 +455,19 @@ async fn list_all(addr: &str) -> Result<Vec<String>, tonic::Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kind(d: Done) -> &'static str {
-        match d {
-            Done::Ok(_) => "ok",
-            Done::Fail(..) => "fail",
-            Done::Info(..) => "info",
-        }
-    }
+    use crate::outcome::kind;
 
     #[test]
     fn write_errors_map_to_fail_only_when_nothing_can_have_changed() {
         let op = || Op::Add { element: "e".into() };
-        let mut not_applied = tonic::Status::unavailable("no leader");
-        not_applied.metadata_mut().insert("weft-not-applied", "true".parse().unwrap());
-        assert_eq!(kind(write_error(op(), &not_applied)), "fail");
-        assert_eq!(kind(write_error(op(), &tonic::Status::failed_precondition("version mismatch"))), "fail");
-        assert_eq!(kind(write_error(op(), &tonic::Status::resource_exhausted("full"))), "fail");
-        assert_eq!(kind(write_error(op(), &tonic::Status::unavailable("leader lost"))), "info");
-        assert_eq!(kind(write_error(op(), &tonic::Status::deadline_exceeded("slow"))), "info");
-        assert_eq!(kind(write_error(op(), &tonic::Status::cancelled("timeout"))), "info");
-        assert_eq!(kind(write_error(op(), &tonic::Status::unknown("transport error"))), "info");
+        let not_applied = weft_proto::wire::not_applied("no leader", None);
+        assert_eq!(kind(&failed(op(), &not_applied)), "fail");
+        assert_eq!(kind(&failed(op(), &tonic::Status::failed_precondition("version mismatch"))), "fail");
+        assert_eq!(kind(&failed(op(), &tonic::Status::resource_exhausted("full"))), "fail");
+        assert_eq!(kind(&failed(op(), &tonic::Status::unavailable("leader lost"))), "info");
+        assert_eq!(kind(&failed(op(), &tonic::Status::deadline_exceeded("slow"))), "info");
+        assert_eq!(kind(&failed(op(), &tonic::Status::cancelled("timeout"))), "info");
+        assert_eq!(kind(&failed(op(), &tonic::Status::unknown("transport error"))), "info");
         // The error text keeps the code first: the register checker keys on it.
         assert!(code_message(&tonic::Status::failed_precondition("x")).starts_with("FailedPrecondition"));
     }

@@ -18,12 +18,12 @@
 //! |---|---|
 //! | execution `completed` | ok, with the count it returned |
 //! | execution `failed` or `cancelled` | fail (a final execution never completes, and effects come only with a completion) |
-//! | UNAVAILABLE with `weft-not-applied: true`, a connection that never opened | fail |
-//! | INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND, ALREADY_EXISTS | fail (refused before anything was created) |
+//! | an error [`weft_proto::wire::Outcome`] calls definite: not applied (`weft-not-applied`, a connection that never opened), overloaded, refused | fail (nothing was created) |
 //! | DEADLINE_EXCEEDED (the wait ran out; the execution goes on), any other error, client timeout | info |
 //!
-//! RESOURCE_EXHAUSTED is `info` here, unlike for state writes: `Call` can answer it after the
-//! execution was created (no room to register the wait).
+//! `Call` checks every limit (waiters, stored executions, the write queue) before it creates
+//! the execution; a failure after the create (no room to register the wait) is UNAVAILABLE
+//! without `weft-not-applied`, naming the execution, so it is `info`.
 //!
 //! [`Effects::Direct`] is unsafe on purpose: the agent writes both keys with plain state
 //! puts from inside the handler, outside the completion, so an agent killed after the puts
@@ -39,8 +39,9 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::client::Done;
+use crate::db::LIST_PAGE;
 use crate::history::{Applied, Op, Type};
+use crate::outcome::{Done, code_message, failed};
 use crate::recorder::Recorder;
 
 /// The counter agent.
@@ -58,10 +59,6 @@ pub const APPLIED_PREFIX: &str = "applied/";
 pub const SERVING_KEY: &str = "serving";
 /// Idempotency key of the instance's start (the run's setup retries with it).
 pub const START_KEY: &str = "jepsen-counter-start";
-/// Metadata on a DEADLINE_EXCEEDED `Call`: the execution that goes on.
-const EXECUTION_HEADER: &str = "weft-execution-id";
-/// Page size of the final read and of the quiescence check.
-const LIST_PAGE: u32 = 1000;
 /// How long one request of the final read, setup or quiescence check may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -138,14 +135,6 @@ async fn increment(
     Ok(next)
 }
 
-fn code_message(s: &tonic::Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
-}
-
-fn header_execution(s: &tonic::Status) -> Option<u64> {
-    s.metadata().get(EXECUTION_HEADER)?.to_str().ok()?.parse().ok()
-}
-
 fn increment_op(key: &str, count: Option<u64>, execution: Option<u64>, attempts: Option<u32>) -> Op {
     Op::Increment { key: key.to_owned(), count, execution, attempts }
 }
@@ -163,7 +152,6 @@ fn returned_count(e: &pb::Execution) -> u64 {
 /// How one `Call` of an increment with idempotency key `key` goes into the history (see the
 /// module docs for the table).
 pub(crate) fn classify(key: &str, reply: Result<pb::Execution, tonic::Status>) -> Done {
-    use tonic::Code;
     match reply {
         Ok(e) => {
             let op = |count| increment_op(key, count, Some(e.id), Some(e.attempts));
@@ -179,16 +167,7 @@ pub(crate) fn classify(key: &str, reply: Result<pb::Execution, tonic::Status>) -
                 other => Done::Info(op(None), format!("execution {} answered while still {other}", e.id)),
             }
         }
-        Err(s) => {
-            let op = increment_op(key, None, header_execution(&s), None);
-            let definite = crate::client::not_applied(&s)
-                || crate::client::never_sent(&s)
-                || matches!(
-                    s.code(),
-                    Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound | Code::AlreadyExists
-                );
-            if definite { Done::Fail(op, code_message(&s)) } else { Done::Info(op, code_message(&s)) }
-        }
+        Err(s) => failed(increment_op(key, None, weft_proto::wire::execution_of(&s), None), &s),
     }
 }
 
@@ -381,14 +360,7 @@ pub async fn read_counter(nodes: &[(u64, String)], recorder: &Recorder, process:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kind(d: &Done) -> &'static str {
-        match d {
-            Done::Ok(_) => "ok",
-            Done::Fail(..) => "fail",
-            Done::Info(..) => "info",
-        }
-    }
+    use crate::outcome::kind;
 
     fn execution(status: &str, result: Option<&[u8]>) -> pb::Execution {
         pb::Execution {
@@ -415,19 +387,25 @@ mod tests {
         assert_eq!(kind(&classify("k", Ok(execution("cancelled", None)))), "fail");
         assert_eq!(kind(&classify("k", Ok(execution("assigned", None)))), "info");
 
-        let mut not_applied = tonic::Status::unavailable("no leader");
-        not_applied.metadata_mut().insert("weft-not-applied", "true".parse().unwrap());
+        let not_applied = weft_proto::wire::not_applied("no leader", None);
         assert_eq!(kind(&classify("k", Err(not_applied))), "fail");
         let refused = tonic::Status::unavailable("tcp connect error: Connection refused");
         assert_eq!(kind(&classify("k", Err(refused))), "fail");
         assert_eq!(kind(&classify("k", Err(tonic::Status::not_found("no instance")))), "fail");
         assert_eq!(kind(&classify("k", Err(tonic::Status::failed_precondition("key reused")))), "fail");
         assert_eq!(kind(&classify("k", Err(tonic::Status::unavailable("outcome unknown")))), "info");
-        assert_eq!(kind(&classify("k", Err(tonic::Status::resource_exhausted("waiters")))), "info");
+        assert_eq!(kind(&classify("k", Err(tonic::Status::resource_exhausted("waiters")))), "fail");
         assert_eq!(kind(&classify("k", Err(tonic::Status::cancelled("timeout")))), "info");
-        let mut running = tonic::Status::deadline_exceeded("still assigned");
-        running.metadata_mut().insert(EXECUTION_HEADER, "42".parse().unwrap());
+        let running =
+            weft_proto::wire::with_execution(tonic::Status::deadline_exceeded("still assigned"), 42);
         let done = classify("k", Err(running));
+        assert_eq!(kind(&done), "info");
+        let created = weft_proto::wire::with_execution(tonic::Status::unavailable("created, but"), 43);
+        assert_eq!(kind(&classify("k", Err(created))), "info", "created, then the wait was refused");
+        let done = classify(
+            "k",
+            Err(weft_proto::wire::with_execution(tonic::Status::deadline_exceeded("still assigned"), 42)),
+        );
         assert_eq!(kind(&done), "info");
         let Done::Info(Op::Increment { execution: id, .. }, _) = done else { panic!() };
         assert_eq!(id, Some(42), "the execution that goes on is named");

@@ -24,7 +24,8 @@
 //! - [`db`]: the `weft node` processes in those namespaces (static or gossip membership):
 //!   start, kill, pause, stop for good, add, leader; the roster clients pick nodes from.
 //! - [`nemesis`]: the faults and the schedule that starts and heals them.
-//! - [`client`]: workload workers and how gRPC outcomes map to ok / fail / info.
+//! - [`client`]: workload workers: register and set operations, failover between nodes.
+//! - [`outcome`]: how a call's outcome becomes ok / fail / info in the history.
 //! - [`history`]: the event format (JSON lines) and pairing invokes with completions.
 //! - [`recorder`]: timestamps and stores events as they happen.
 //! - [`checker`]: the linearizability search and the register, set and executions checkers.
@@ -42,6 +43,7 @@ pub mod db;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod outcome;
 pub mod recorder;
 pub mod report;
 pub mod rng;

@@ -5,9 +5,13 @@
 //!   `Forward`: writes handed to the leader, read indexes).
 //! - [`fabric::v1`]: services for agents, tools and operators (`State`, `Cluster`,
 //!   `Executions`, `Instances`).
+//! - [`wire`]: the contract beyond the `.proto` files: metadata names, what a failed call's
+//!   status says about whether it was applied, and limits clients check before sending.
 //!
 //! The generated types stay at the edge: the fabric converts them to its domain types in one
-//! place (`weft_fabric::api::convert`).
+//! place (`weft_fabric::convert`).
+
+pub mod wire;
 
 /// Node-to-node services.
 pub mod cluster {

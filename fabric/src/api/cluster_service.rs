@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 
-use super::Context;
+use crate::routing::Context;
 
 /// How long `Status` waits for each member's own report.
 const MEMBER_TIMEOUT: Duration = Duration::from_millis(700);

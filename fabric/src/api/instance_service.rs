@@ -6,10 +6,11 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 
-use super::execution_service::{Watch, check_room, check_waiters, still_running, wait_deadline};
-use super::{Context, Error, convert, routing};
+use super::wait::{Watch, check_waiters, still_running, wait_deadline};
+use crate::convert;
 use crate::grid::execution::ExecutionId;
 use crate::grid::{self, Command, Output};
+use crate::routing::{self, Context, Error};
 
 /// Serves `weft.fabric.v1.Instances` on one node.
 #[derive(Clone)]
@@ -63,7 +64,7 @@ impl pb::instances_server::Instances for InstanceService {
             let new = convert::new_instance(req, &self.ctx.work).map_err(bad)?;
             let command = Command::StartInstance(Box::new(new));
             command.validate(&self.ctx.limits).map_err(bad)?;
-            check_room(&self.ctx).map_err(Error::into_status)?;
+            self.ctx.check_room().map_err(Error::into_status)?;
             check_waiters(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Instance { agent, instance, start_execution, created } => {

@@ -12,7 +12,6 @@ use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::api::execution_service::EXECUTION_HEADER;
 use crate::grid::execution::STOP_DELEGATE;
 
 /// How to reach the cluster.
@@ -154,8 +153,7 @@ fn fail(status: tonic::Status, json_out: bool) -> i32 {
     if json_out {
         let mut error = json!({"code": format!("{:?}", status.code()), "message": status.message()});
         // A wait that ran out names the execution that goes on; scripts want it as a field.
-        let execution =
-            status.metadata().get(EXECUTION_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let execution = weft_proto::wire::execution_of(&status);
         if let (Some(id), Some(o)) = (execution, error.as_object_mut()) {
             o.insert("execution_id".into(), id.into());
         }

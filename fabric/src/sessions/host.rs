@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use weft_proto::fabric::v1 as pb;
 
-use crate::api::{Context, Error, convert, routing};
+use crate::convert;
 use crate::grid::execution::{ExecutionId, SessionId};
 use crate::grid::session::{Host, NewSession};
 use crate::grid::{self, Command, Output};
+use crate::routing::{self, Context, Error};
 use crate::watch::SessionEvent;
 
 /// Room in the outbound stream beyond the session's capacity.
@@ -193,7 +194,7 @@ impl Session {
                     "nothing from the agent within session_timeout_ms ({} ms)", timeout.as_millis()
                 )),
                 _ = leader_check.tick() => {
-                    if self.ctx.leader() != crate::api::Leader::Unknown {
+                    if self.ctx.leader() != crate::routing::Leader::Unknown {
                         leaderless_since = None;
                     } else if leaderless_since.get_or_insert_with(Instant::now).elapsed() >= MAX_LEADERLESS {
                         break Ending::Here(format!(
@@ -304,7 +305,7 @@ impl Session {
                     command.validate(&self.ctx.limits).map_err(Error::Grid)?;
                     // New executions made by effects count against max_executions too.
                     if creates {
-                        crate::api::execution_service::check_room(&self.ctx)?;
+                        self.ctx.check_room()?;
                     }
                     Ok(command)
                 });

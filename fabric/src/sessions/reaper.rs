@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::NodeId;
-use crate::api::{Context, Leader, routing};
 use crate::grid::Command;
 use crate::grid::execution::SessionId;
 use crate::membership::gossip::Health;
+use crate::routing::{self, Context, Leader};
 
 /// How often the reaper looks.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
@@ -40,12 +40,12 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
                 // Decided on this leader's own gossip view: never forwarded, so a leader that
                 // has just been deposed (its view stale) cannot close healthy sessions.
                 if ctx.leader() != Leader::Local {
-                    return Err(crate::api::Error::NotLeader { leader: None });
+                    return Err(crate::routing::Error::NotLeader { leader: None });
                 }
                 match tokio::time::timeout(ctx.request_timeout, ctx.proposer.propose(command)).await {
                     Ok(answer) => answer,
                     Err(_) => {
-                        Err(crate::api::Error::Indeterminate("the close did not commit in time".into()))
+                        Err(crate::routing::Error::Indeterminate("the close did not commit in time".into()))
                     }
                 }
             };

@@ -57,13 +57,13 @@ async fn leader_without_quorum_answers_within_the_request_timeout() {
     let took = started.elapsed();
     tracing::info!(?took, code = ?err.code(), message = err.message(), "write to a leader without quorum");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert!(!not_applied(&err), "a proposed write's outcome is unknown, not 'not applied': {err:?}");
+    assert!(!is_not_applied(&err), "a proposed write's outcome is unknown, not 'not applied': {err:?}");
     assert!(err.message().contains("outcome unknown"), "{}", err.message());
     assert!(took < Duration::from_secs(10), "answered after the request timeout, not never ({took:?})");
 
     let err = c.get(get_req("shared/q", "before")).await.expect_err("no linearizable read without a quorum");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert!(not_applied(&err), "a failed read changed nothing: {err:?}");
+    assert!(is_not_applied(&err), "a failed read changed nothing: {err:?}");
 
     let (code, body) = crate::writes::http_get(&addr, "/readyz").await;
     assert_eq!(code, 503, "a leader without a quorum is not ready: {body}");

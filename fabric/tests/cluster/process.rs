@@ -105,7 +105,7 @@ async fn a_write_forwarded_to_a_frozen_leader_ends_when_a_new_leader_is_elected(
     let status = result.expect_err("a frozen leader cannot acknowledge");
     tracing::info!(?status, "phase: the forwarded write ended");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("was elected while the request was with the old leader"), "{status:?}");
-    assert!(!not_applied(&status), "the old leader may have the write: its outcome is unknown");
+    assert!(status.message().contains("was elected while the write was with the old leader"), "{status:?}");
+    assert!(!is_not_applied(&status), "the old leader may have the write: its outcome is unknown");
     drop(procs);
 }

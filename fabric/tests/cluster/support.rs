@@ -13,6 +13,7 @@ use weft_fabric::testing::LocalCluster;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 use weft_proto::fabric::v1::state_client::StateClient;
+use weft_proto::wire::Outcome;
 
 /// Generous bound for anything a healthy cluster does "soon": tests run in parallel on 2 cores.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -150,10 +151,7 @@ pub async fn get(addr: &str, ns: &str, key: &str) -> Option<String> {
     reply.entry.map(|kv| String::from_utf8(kv.value).expect("utf8 value"))
 }
 
-/// Whether a status says the write was certainly not applied.
-pub fn not_applied(status: &tonic::Status) -> bool {
-    status.metadata().get("weft-not-applied").is_some_and(|v| v == "true")
-}
+pub use weft_proto::wire::is_not_applied;
 
 /// A put that retries only what was certainly not applied. `Ok(None)` when the outcome is
 /// unknown.
@@ -163,7 +161,7 @@ pub async fn put_retrying(addr: &str, ns: &str, key: &str, value: &str) -> anyho
     loop {
         match c.put(put_req(ns, key, value)).await {
             Ok(r) => return Ok(Some(r.into_inner().version)),
-            Err(s) if not_applied(&s) && Instant::now() < deadline => {
+            Err(s) if Outcome::of(&s) == Outcome::NotApplied && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::DeadlineExceeded => {

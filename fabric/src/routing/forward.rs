@@ -1,17 +1,11 @@
-//! Routing for the execution and instance services: a write is one grid command proposed on
-//! the leader, here or handed over with `weft.cluster.v1.Forward/Propose`; a linearizable
-//! read asks the leader for a read index, waits until this node has applied that far, and
-//! reads this node's replica.
+//! The sending side of the path to the leader: [`propose`] a command, or wait for a
+//! [`read_barrier`], here or through `weft.cluster.v1.Forward` (see the module docs of
+//! [`super`]).
 //!
-//! ```text
-//!   propose(command) ─► leader here? ─► proposer ─► raft
-//!                        └ no ─► Forward/Propose ─► leader's proposer (never forwards again)
-//!   read_barrier()    ─► leader here? ─► ensure_linearizable
-//!                        └ no ─► Forward/ReadIndex ─► wait until applied >= index
-//! ```
-//!
-//! Retries follow the State service's rules: what was certainly not applied is sent again
-//! until the request's deadline; a write whose fate is unknown is reported as such.
+//! What is retried, until the request's deadline: a write the leader certainly did not apply
+//! ([`Outcome::NotApplied`]: no leader yet, a leader change, a connection that never opened),
+//! and any failed read barrier (a read changes nothing). A write whose fate is unknown is
+//! reported as such, never sent again.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +13,10 @@ use tonic::Request;
 use weft_proto::cluster::v1 as cpb;
 use weft_proto::cluster::v1::forward_client::ForwardClient;
 
-use super::{Context, Error, Leader, RETRY_PAUSE, is_not_applied, never_sent};
+use weft_proto::wire::Outcome;
+
+use super::context::RETRY_PAUSE;
+use super::{Context, Error, Leader};
 use crate::codec;
 use crate::grid::{self, Command, Output};
 
@@ -87,24 +84,24 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
                         })?;
                         return answer.map_err(Error::Grid);
                     }
-                    Err(status) if is_not_applied(&status) || never_sent(&status) => {
-                        Error::Unavailable(status.message().to_owned())
-                    }
-                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                        return Err(Error::Overloaded(status.message().to_owned()));
-                    }
-                    Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                        return Err(Error::Unavailable(format!(
-                            "the leader refused the write: {}",
-                            status.message()
-                        )));
-                    }
-                    Err(status) => {
-                        return Err(Error::Indeterminate(format!(
-                            "the leader at {addr} did not answer: {}",
-                            status.message()
-                        )));
-                    }
+                    // Grid refusals come back inside a reply; a failed status is about the
+                    // hand-over itself.
+                    Err(status) => match Outcome::of(&status) {
+                        Outcome::NotApplied => Error::Unavailable(status.message().to_owned()),
+                        Outcome::Overloaded => return Err(Error::Overloaded(status.message().to_owned())),
+                        Outcome::Refused => {
+                            return Err(Error::Unavailable(format!(
+                                "the leader refused the write: {}",
+                                status.message()
+                            )));
+                        }
+                        Outcome::Unknown => {
+                            return Err(Error::Indeterminate(format!(
+                                "the leader at {addr} did not answer: {}",
+                                status.message()
+                            )));
+                        }
+                    },
                 }
             }
             Leader::Unknown => no_leader(ctx),
@@ -122,14 +119,22 @@ pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
     let deadline = Instant::now() + ctx.request_timeout;
     loop {
         let last = match ctx.wait_for_leader(deadline).await {
-            Leader::Local => match ctx.read_index().await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            },
+            Leader::Local => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, ctx.read_index()).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => e,
+                    Err(_) => Error::Unavailable(format!(
+                        "no answer within request_timeout_ms ({} ms); is a majority of the cluster up?",
+                        ctx.request_timeout.as_millis()
+                    )),
+                }
+            }
             Leader::Remote { addr, .. } => {
                 let left = deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE);
                 let mut request = Request::new(cpb::ReadIndexRequest { cluster: ctx.cluster.clone() });
                 request.set_timeout(left);
+                ctx.counters.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match forward_client(ctx, &addr)?.read_index(request).await {
                     Ok(reply) => {
                         let index = reply.into_inner().index;

@@ -54,7 +54,7 @@ use crate::grid::instance::{Instance, NewInstance};
 use crate::grid::session::AgentSpec;
 use crate::grid::{self, Completed};
 
-use super::WorkOptions;
+use crate::config::WorkOptions;
 
 fn none_if_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -198,7 +198,7 @@ pub fn completion(c: pb::Completion, work: &WorkOptions) -> Result<Completion, g
 pub fn completion_ack(
     execution_id: u64,
     token: u64,
-    result: &Result<grid::Output, super::Error>,
+    result: &Result<grid::Output, crate::routing::Error>,
 ) -> pb::CompletionAck {
     use grid::Error as G;
     let (outcome, error) = match result {
@@ -214,10 +214,10 @@ pub fn completion_ack(
             ("retrying", format!("its retry policy runs it again at {not_before_ms} ms"))
         }
         Ok(other) => ("unavailable", format!("unexpected answer {other:?}")),
-        Err(super::Error::Grid(
+        Err(crate::routing::Error::Grid(
             e @ (G::StaleLease { .. } | G::ExecutionFinished { .. } | G::UnknownExecution { .. }),
         )) => ("stale", e.to_string()),
-        Err(super::Error::Grid(e)) => ("invalid", e.to_string()),
+        Err(crate::routing::Error::Grid(e)) => ("invalid", e.to_string()),
         Err(e) => ("unavailable", e.to_string()),
     };
     pb::CompletionAck { execution_id, outcome: outcome.to_owned(), error, token }

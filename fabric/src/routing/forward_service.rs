@@ -1,11 +1,11 @@
-//! `weft.cluster.v1.Forward`: the leader's side of [`super::routing`]. Writes arrive encoded
+//! `weft.cluster.v1.Forward`: the leader's side of [`super::forward`]. Writes arrive encoded
 //! and validated by the node that took them; the leader proposes them and answers with the
 //! grid's result, or with a status that says the write was certainly not applied.
 
 use tonic::{Request, Response, Status};
 use weft_proto::cluster::v1 as cpb;
 
-use super::{Context, Error};
+use super::{Context, Error, Leader};
 use crate::codec;
 use crate::grid::{self, Command};
 
@@ -43,9 +43,9 @@ impl cpb::forward_server::Forward for ForwardService {
         self.check_cluster(&req.cluster)?;
         let command: Command = codec::decode(&req.command)
             .map_err(|e| Status::invalid_argument(format!("cannot read the forwarded command: {e}")))?;
-        if self.ctx.leader() != super::Leader::Local {
+        if self.ctx.leader() != Leader::Local {
             let leader = match self.ctx.leader() {
-                super::Leader::Remote { addr, .. } => Some(addr),
+                Leader::Remote { addr, .. } => Some(addr),
                 _ => None,
             };
             return Err(Error::NotLeader { leader }.into_status());

@@ -1,0 +1,77 @@
+//! Why a call failed, and the one place that becomes a `tonic::Status`.
+
+use weft_proto::wire;
+
+use crate::grid;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's request was refused by the grid's rules. Nothing changed.
+    #[error(transparent)]
+    Grid(#[from] grid::Error),
+    /// This node is not the leader. Nothing changed; retry at `leader`.
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<String> },
+    /// The request could not be served right now (no leader, shutting down). Nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Too many writes are waiting on this node. Nothing changed.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The write was handed to Raft but its outcome is unknown (timeout, leader lost,
+    /// shutdown). It may or may not be applied.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
+}
+
+impl Error {
+    /// The one place domain errors become gRPC statuses (see [`weft_proto::wire`] for what
+    /// a caller reads from them).
+    pub fn into_status(self) -> tonic::Status {
+        use grid::Error as G;
+        match self {
+            Error::Grid(
+                e @ (G::InvalidNamespace { .. }
+                | G::InvalidKey { .. }
+                | G::ValueTooLarge { .. }
+                | G::InvalidPageSize { .. }
+                | G::InvalidName { .. }
+                | G::InvalidPayload { .. }
+                | G::PayloadTooLarge { .. }
+                | G::InvalidExecution { .. }
+                | G::InvalidSession { .. }
+                | G::InvalidCompletion { .. }),
+            ) => tonic::Status::invalid_argument(e.to_string()),
+            Error::Grid(
+                e @ (G::VersionMismatch { .. }
+                | G::ExecutionFinished { .. }
+                | G::StaleLease { .. }
+                | G::InstanceStopping { .. }
+                | G::InstanceClaimed { .. }
+                | G::IdempotencyKeyReused { .. }),
+            ) => tonic::Status::failed_precondition(e.to_string()),
+            Error::Grid(e @ (G::AlreadyExists { .. } | G::InstanceExists { .. })) => {
+                tonic::Status::already_exists(e.to_string())
+            }
+            Error::Grid(
+                e @ (G::UnknownExecution { .. } | G::UnknownSession { .. } | G::UnknownInstance { .. }),
+            ) => tonic::Status::not_found(e.to_string()),
+            Error::Grid(e @ G::TooMany { .. }) => tonic::Status::resource_exhausted(e.to_string()),
+            Error::NotLeader { leader } => {
+                let message = match &leader {
+                    Some(addr) => {
+                        format!("not applied: this node is not the leader; the leader is at {addr}")
+                    }
+                    None => "not applied: this node is not the leader and no leader is known".to_owned(),
+                };
+                wire::not_applied(message, leader.as_deref())
+            }
+            Error::Unavailable(m) => wire::not_applied(format!("not applied: {m}"), None),
+            Error::Overloaded(m) => tonic::Status::resource_exhausted(m),
+            Error::Indeterminate(m) => tonic::Status::unavailable(format!(
+                "outcome unknown (the write may or may not have been applied): {m}"
+            )),
+        }
+    }
+}
