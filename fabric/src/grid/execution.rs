@@ -12,6 +12,10 @@
 //! Every assignment gets a fresh fencing token. A completion must carry the token of the
 //! current assignment; one from an earlier assignment (a session that lost its lease) is
 //! refused, so an execution completes at most once.
+//!
+//! This file holds the types: what the log stores (`NewExecution`, `Completion`, `Effect`)
+//! and the grid keeps (`Execution`), with their shape checks. How `apply` changes executions
+//! is in `executions.rs`.
 
 use serde::{Deserialize, Serialize};
 
@@ -288,6 +292,8 @@ pub struct NewExecution {
 
 /// Longest relative time (timeout or delay) an execution may name: one year.
 pub const MAX_RELATIVE_MS: u64 = 365 * 86_400_000;
+/// Longest idempotency key, in bytes.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 impl NewExecution {
     /// Checks what does not depend on configuration (names, times, policy, payload codec).
@@ -298,13 +304,13 @@ impl NewExecution {
             super::validate_name("instance", instance)?;
         }
         if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > super::MAX_IDEMPOTENCY_KEY_BYTES)
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
         {
             return Err(Error::InvalidExecution {
                 reason: format!(
                     "the idempotency key is {} bytes; expected 1 to {}",
                     key.len(),
-                    super::MAX_IDEMPOTENCY_KEY_BYTES
+                    MAX_IDEMPOTENCY_KEY_BYTES
                 ),
             });
         }

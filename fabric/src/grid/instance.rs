@@ -9,6 +9,9 @@
 //! they run one at a time and in order (unless the serving session declared the agent
 //! concurrent). The first session that takes one activates the instance; it keeps it until
 //! the session ends. Removing an instance removes its state namespace and stops its children.
+//!
+//! This file holds the types (`NewInstance` as the log stores it, `Instance` as the grid keeps
+//! it). How `apply` starts, stops and removes instances is in `instances.rs`.
 
 use std::collections::BTreeSet;
 

@@ -4,6 +4,10 @@
 //! A session is registered by the node the agent connected to (its *host*). It ends when its
 //! stream closes, when its host is declared dead, or when its host restarts; whatever it
 //! still held then goes back to pending.
+//!
+//! This file holds the types (`NewSession` as the log stores it, `Session` as the grid keeps
+//! it) and their shape checks. How `apply` opens, closes and drains sessions is in
+//! `sessions.rs`.
 
 use std::collections::BTreeSet;
 

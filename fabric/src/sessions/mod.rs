@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Which session gets which execution is decided by the grid when entries are applied
-//! ([`crate::grid::work`]); the host only carries the decision to its stream.
+//! (dispatch, in [`crate::grid`]); the host only carries the decision to its stream.
 //!
 //! # Layout
 //! - [`host`]: one `Listen` stream: open the session, push assignments and revocations,

@@ -1,9 +1,12 @@
-//! Unit and property tests of the grid.
+//! Tests of key/value state: versions, conditions, time to live and listing; and the property
+//! tests that hold the grid to determinism with key/value commands: replay equals snapshot
+//! plus replay, two replicas of one log are equal, compare-and-set agrees with a model.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use super::queries::MAX_LIST_SKIPPED;
 use super::*;
 use crate::codec;
 

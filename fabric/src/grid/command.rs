@@ -1,0 +1,312 @@
+//! What goes into `apply` and what comes out: [`Command`] (a state-changing operation, as
+//! stored in the Raft log), [`Output`] and [`Completed`] (what a successful one returns); the
+//! [`Limits`] the receiving node checks a command against before proposing it, and the shape
+//! checks `apply` itself makes.
+//!
+//! Commands and outputs are bincode in the log and in responses: append new variants at the
+//! end, never reorder variants or fields.
+
+use serde::{Deserialize, Serialize};
+
+use super::Error;
+use super::execution::{self, Completion, ExecutionId, NewExecution, SessionId};
+use super::instance::NewInstance;
+use super::namespace;
+use super::session::NewSession;
+
+/// Longest reason a cancel or a session close may give, in bytes (longer ones are clipped).
+const MAX_REASON_BYTES: usize = 1024;
+
+/// Limits on commands and queries. The node that receives a write checks them before
+/// proposing it ([`Command::validate`]); `apply` does not, so replicas configured with other
+/// limits still apply the same log the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Largest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest page a list returns.
+    pub max_list_page: usize,
+    /// Largest execution payload (arguments, result, error message), in bytes.
+    pub max_payload_bytes: usize,
+    /// Most effects one completion may carry.
+    pub max_effects: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: 1 << 20,
+            max_key_bytes: 1024,
+            max_list_page: 1000,
+            max_payload_bytes: 1 << 20,
+            max_effects: 1000,
+        }
+    }
+}
+
+/// A state-changing operation, as stored in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Write `value` under `key`, unconditionally or only when the key is absent.
+    Put {
+        namespace: String,
+        key: String,
+        // Bytes as one length-prefixed blob, not a sequence of u8 (many times faster to encode).
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        if_absent: bool,
+    },
+    /// Remove `key`, optionally only when its version matches.
+    Delete { namespace: String, key: String, expected_version: Option<u64> },
+    /// Write `value` only when the key's version equals `expected_version` (0: key absent).
+    CompareAndSet {
+        namespace: String,
+        key: String,
+        expected_version: u64,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    },
+    /// Drop keys whose time to live has run out at the entry's time, at most `limit` of them
+    /// (the leader proposes another entry for the rest).
+    Expire { limit: u64 },
+    /// Record this cluster's instance id, unless one is recorded already (the first wins).
+    /// Proposed by the first leader; it tells this cluster from another of the same name.
+    SetClusterUid { uid: u64 },
+    /// Create an execution (or find the one its idempotency key names).
+    CreateExecution(Box<NewExecution>),
+    /// Register an agent session.
+    OpenSession(Box<NewSession>),
+    /// End a session; what it held goes back to pending.
+    CloseSession { session: SessionId, reason: String },
+    /// Finish an execution with a result or error, and apply its effects.
+    Complete(Box<Completion>),
+    /// Extend an assignment's lease.
+    Renew { execution: ExecutionId, token: u64 },
+    /// Hand an assignment back unfinished; it goes back to pending.
+    GiveBack { execution: ExecutionId, token: u64 },
+    /// Stop giving a session new work (it is shutting down).
+    DrainSession { session: SessionId },
+    /// Cancel an execution and its unfinished children.
+    Cancel { execution: ExecutionId, reason: String },
+    /// Create an instance and queue its `Start`.
+    StartInstance(Box<NewInstance>),
+    /// Stop an instance: queue its `Stop`, then remove it.
+    StopInstance { agent: String, instance: String },
+    /// Fire the timers due at the entry's time (delays, deadlines, leases, retention), at
+    /// most `limit` of them (the leader proposes another for the rest).
+    Tick { limit: u64 },
+}
+
+impl Command {
+    /// Checks the command against the limits without touching any state. The node that
+    /// receives a write calls it before proposing, so an over-limit command never reaches the
+    /// log. (`apply` checks only [`Command::validate_shape`]: limits are configuration and may
+    /// differ between nodes, and `apply` must give the same answer on every replica.)
+    pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
+        match self {
+            Command::Put { namespace, key, value, .. }
+            | Command::CompareAndSet { namespace, key, value, .. } => {
+                validate_key(namespace, key, limits)?;
+                if value.len() > limits.max_value_bytes {
+                    return Err(Error::ValueTooLarge { size: value.len(), limit: limits.max_value_bytes });
+                }
+                Ok(())
+            }
+            Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
+            Command::CreateExecution(new) => validate_new_execution(new, limits),
+            Command::StartInstance(new) => check_payload_size(new.payload.data.len(), limits),
+            Command::Complete(c) => {
+                let size = match &c.outcome {
+                    Ok(payload) => payload.data.len(),
+                    Err(e) => e.message.len(),
+                };
+                check_payload_size(size, limits)?;
+                if c.effects.len() > limits.max_effects {
+                    return Err(Error::InvalidCompletion {
+                        reason: format!(
+                            "{} effects; the limit is {} (max_effects)",
+                            c.effects.len(),
+                            limits.max_effects
+                        ),
+                    });
+                }
+                for effect in &c.effects {
+                    match effect {
+                        execution::Effect::Put { namespace, key, value, .. } => {
+                            validate_key(namespace, key, limits)?;
+                            if value.len() > limits.max_value_bytes {
+                                return Err(Error::ValueTooLarge {
+                                    size: value.len(),
+                                    limit: limits.max_value_bytes,
+                                });
+                            }
+                        }
+                        execution::Effect::Delete { namespace, key, .. } => {
+                            validate_key(namespace, key, limits)?
+                        }
+                        execution::Effect::Call(new) => validate_new_execution(new, limits)?,
+                    }
+                }
+                Ok(())
+            }
+            Command::Expire { .. }
+            | Command::SetClusterUid { .. }
+            | Command::OpenSession(_)
+            | Command::CloseSession { .. }
+            | Command::Renew { .. }
+            | Command::GiveBack { .. }
+            | Command::DrainSession { .. }
+            | Command::Cancel { .. }
+            | Command::StopInstance { .. }
+            | Command::Tick { .. } => Ok(()),
+        }?;
+        self.validate_shape()
+    }
+
+    /// Checks what does not depend on configuration: namespace format and a non-empty key,
+    /// names, session and execution shapes.
+    pub fn validate_shape(&self) -> Result<(), Error> {
+        match self {
+            Command::Put { namespace, key, .. }
+            | Command::CompareAndSet { namespace, key, .. }
+            | Command::Delete { namespace, key, .. } => {
+                namespace::parse(namespace)?;
+                if key.is_empty() {
+                    return Err(Error::InvalidKey { reason: "the key is empty".into() });
+                }
+                Ok(())
+            }
+            Command::Expire { .. } => Ok(()),
+            Command::SetClusterUid { uid: 0 } => {
+                Err(Error::InvalidKey { reason: "a cluster uid must not be 0".into() })
+            }
+            Command::SetClusterUid { .. } => Ok(()),
+            Command::CreateExecution(new) => new.validate_shape(),
+            Command::OpenSession(new) => new.validate_shape(),
+            Command::StartInstance(new) => {
+                validate_name("agent", &new.agent)?;
+                if let Some(id) = &new.instance {
+                    validate_name("instance", id)?;
+                }
+                if let Some((agent, id)) = &new.parent {
+                    validate_name("agent", agent)?;
+                    validate_name("instance", id)?;
+                }
+                new.payload.validate()
+            }
+            Command::StopInstance { agent, instance } => {
+                validate_name("agent", agent)?;
+                validate_name("instance", instance)
+            }
+            Command::Complete(c) => match &c.outcome {
+                Ok(payload) => payload.validate(),
+                Err(_) => Ok(()),
+            },
+            Command::CloseSession { .. }
+            | Command::Renew { .. }
+            | Command::GiveBack { .. }
+            | Command::DrainSession { .. }
+            | Command::Cancel { .. }
+            | Command::Tick { .. } => Ok(()),
+        }
+    }
+}
+
+fn check_payload_size(size: usize, limits: &Limits) -> Result<(), Error> {
+    if size > limits.max_payload_bytes {
+        return Err(Error::PayloadTooLarge { size, limit: limits.max_payload_bytes });
+    }
+    Ok(())
+}
+
+fn validate_new_execution(new: &NewExecution, limits: &Limits) -> Result<(), Error> {
+    check_payload_size(new.payload.data.len(), limits)?;
+    new.validate_shape()
+}
+
+/// Checks an agent, delegate or instance name: 1-128 characters of `[A-Za-z0-9._-]`, like
+/// a namespace segment (an instance's state lives in `instance/<agent>/<instance-id>`).
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
+    if namespace::valid_segment(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what: what.to_owned(),
+            name: namespace::clip(name),
+            reason: "expected 1-128 characters of [A-Za-z0-9._-]".into(),
+        })
+    }
+}
+
+/// Checks a namespace and key pair.
+pub fn validate_key(namespace: &str, key: &str, limits: &Limits) -> Result<(), Error> {
+    namespace::parse(namespace)?;
+    if key.is_empty() {
+        return Err(Error::InvalidKey { reason: "the key is empty".into() });
+    }
+    if key.len() > limits.max_key_bytes {
+        return Err(Error::InvalidKey {
+            reason: format!("the key is {} bytes; the limit is {}", key.len(), limits.max_key_bytes),
+        });
+    }
+    Ok(())
+}
+
+/// A cancel's or a session close's reason, clipped to [`MAX_REASON_BYTES`].
+pub(super) fn clip_reason(reason: &str) -> String {
+    namespace::clip_to(reason, MAX_REASON_BYTES)
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// The key now holds the value at this version.
+    Written { version: u64 },
+    /// Whether a key was removed.
+    Deleted { existed: bool },
+    /// How many keys expired.
+    Expired { count: u64 },
+    /// The cluster's instance id after the command (the one recorded first).
+    ClusterUid { uid: u64 },
+    /// The execution a create made or found (`created: false`: its idempotency key named an
+    /// existing one).
+    Execution { id: ExecutionId, created: bool },
+    /// The session opened.
+    Session { id: SessionId },
+    /// Whether the session still existed.
+    SessionClosed { existed: bool },
+    /// How a completion was taken.
+    Completion(Completed),
+    /// The lease now runs out at this time (`None`: with the session).
+    Renewed { expires_ms: Option<u64> },
+    /// The execution went back to pending.
+    Released,
+    /// The session takes no new work.
+    Drained,
+    /// How many executions a cancel ended (children included).
+    Cancelled { count: u64 },
+    /// The instance a start made or found, and its `Start` execution.
+    Instance { agent: String, instance: String, start_execution: ExecutionId, created: bool },
+    /// The instance is stopping; its `Stop` execution.
+    Stopping { stop_execution: ExecutionId },
+    /// How many timers fired.
+    Ticked { fired: u64 },
+}
+
+/// How a completion was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Completed {
+    /// The result (or final error) and the effects were applied.
+    Accepted,
+    /// This completion (same token) was applied before; nothing changed now.
+    Repeated,
+    /// An effect's expected version did not match; nothing was applied and the execution is
+    /// pending again (it will run again with fresh state).
+    Conflict { namespace: String, key: String, expected: u64, current: u64 },
+    /// The handler's error will be retried at `not_before_ms` (its retry policy).
+    Retrying { not_before_ms: u64 },
+}

@@ -1,0 +1,258 @@
+//! Reads: what the API, `/metrics` and the leader's timers ask of the grid. Each takes `&self`
+//! and sees the grid as of its clock (an expired key is absent even before `Expire` drops
+//! it); listings are bounded in what they return and in what they scan.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use super::execution::{Execution, ExecutionId, SessionId, Status};
+use super::instance::Instance;
+use super::kv::{CLUSTER_UID_KEY, SYSTEM_NAMESPACE, Value, uid_of};
+use super::session::Session;
+use super::{Error, Grid, Limits, namespace};
+
+/// Most expired-but-not-yet-removed keys one list page skips before it ends early (with a
+/// page token to continue from).
+pub(super) const MAX_LIST_SKIPPED: usize = 10_000;
+/// Most executions a listing scans past its filter before it ends the page early.
+const MAX_LIST_SCAN: usize = 10_000;
+
+/// A page of a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Keys in order, with their values.
+    pub entries: Vec<(String, Value)>,
+    /// The last key returned, when more keys may follow.
+    pub next: Option<String>,
+}
+
+/// A page of executions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionPage {
+    /// In id order.
+    pub executions: Vec<Execution>,
+    /// The last id scanned, when more may follow.
+    pub next: Option<ExecutionId>,
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Executions stored (finished ones kept for retention included).
+    pub executions: usize,
+    /// Of which pending.
+    pub pending: usize,
+    /// Of which assigned.
+    pub assigned: usize,
+    /// Live sessions.
+    pub sessions: usize,
+    /// Instances.
+    pub instances: usize,
+}
+
+impl Grid {
+    // ---- key/value ---------------------------------------------------------------------------
+
+    /// Reads one key as of the grid's clock.
+    pub fn get(&self, namespace: &str, key: &str) -> Option<&Value> {
+        self.live(namespace, key)
+    }
+
+    /// Lists keys of a namespace that start with `prefix`, after `start_after`, up to `limit`.
+    pub fn list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        limits: &Limits,
+    ) -> Result<Page, Error> {
+        namespace::parse(namespace)?;
+        if limit == 0 || limit > limits.max_list_page {
+            return Err(Error::InvalidPageSize { requested: limit, limit: limits.max_list_page });
+        }
+        let Some(map) = self.namespaces.get(namespace) else {
+            return Ok(Page { entries: Vec::new(), next: None });
+        };
+        let lower = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        let mut entries = Vec::new();
+        let mut next = None;
+        let mut skipped = 0;
+        for (k, v) in map.range::<String, _>((lower, Bound::Unbounded)) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !v.live_at(self.now_ms) {
+                // Expired but not yet removed: skipped, but a page never scans unboundedly.
+                skipped += 1;
+                if skipped == MAX_LIST_SKIPPED {
+                    next = Some(k.clone());
+                    break;
+                }
+                continue;
+            }
+            if entries.len() == limit {
+                next = entries.last().map(|(k, _): &(String, Value)| k.clone());
+                break;
+            }
+            entries.push((k.clone(), v.clone()));
+        }
+        Ok(Page { entries, next })
+    }
+
+    /// The grid's clock: the latest leader-stamped time applied.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The grid's revision: how many writes it has applied.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The earliest time at which some key expires, if any key has a time to live.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.expiries.keys().next().map(|(at, _, _)| *at)
+    }
+
+    /// Number of stored keys across all namespaces (expired ones not yet dropped included).
+    pub fn key_count(&self) -> usize {
+        self.namespaces.iter().filter(|(ns, _)| *ns != SYSTEM_NAMESPACE).map(|(_, keys)| keys.len()).sum()
+    }
+
+    /// This cluster's instance id, 0 until the first leader has recorded one.
+    pub fn cluster_uid(&self) -> u64 {
+        self.namespaces
+            .get(SYSTEM_NAMESPACE)
+            .and_then(|keys| keys.get(CLUSTER_UID_KEY))
+            .map_or(0, |v| uid_of(&v.data))
+    }
+
+    // ---- executions --------------------------------------------------------------------------
+
+    /// One execution.
+    pub fn execution(&self, id: ExecutionId) -> Option<&Execution> {
+        self.work.executions.get(&id)
+    }
+
+    /// Executions after `after` (by id), filtered by agent and status, up to `limit`.
+    pub fn list_executions(
+        &self,
+        agent: Option<&str>,
+        status: Option<Status>,
+        after: Option<ExecutionId>,
+        limit: usize,
+    ) -> ExecutionPage {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut executions = Vec::new();
+        let mut next = None;
+        let mut last = None;
+        for (scanned, (id, e)) in self.work.executions.range((lower, Bound::Unbounded)).enumerate() {
+            if executions.len() == limit || scanned == MAX_LIST_SCAN {
+                next = last;
+                break;
+            }
+            last = Some(*id);
+            if agent.is_some_and(|a| a != e.agent) || status.is_some_and(|s| s != e.status) {
+                continue;
+            }
+            executions.push(e.clone());
+        }
+        ExecutionPage { executions, next }
+    }
+
+    /// The execution created with `key` (top level, or under `parent`).
+    pub fn execution_by_key(&self, parent: Option<ExecutionId>, key: &str) -> Option<&Execution> {
+        let id = self.work.idempotency.get(&(parent.unwrap_or(0), key.to_owned()))?;
+        self.work.executions.get(id)
+    }
+
+    /// The children of an execution.
+    pub fn children_of(&self, id: ExecutionId) -> Vec<ExecutionId> {
+        self.work.children.range((id, 0)..=(id, u64::MAX)).map(|(_, c)| *c).collect()
+    }
+
+    /// Pending executions per agent (for scaling and `/metrics`).
+    pub fn pending_by_agent(&self) -> BTreeMap<String, usize> {
+        let mut out: BTreeMap<String, usize> = BTreeMap::new();
+        for e in self.work.executions.values().filter(|e| e.status == Status::Pending) {
+            *out.entry(e.agent.clone()).or_default() += 1;
+        }
+        out
+    }
+
+    // ---- sessions and instances --------------------------------------------------------------
+
+    /// One session.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.work.sessions.get(&id)
+    }
+
+    /// Every live session.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.work.sessions.values()
+    }
+
+    /// One instance.
+    pub fn instance(&self, agent: &str, id: &str) -> Option<&Instance> {
+        self.work.instances.get(&(agent.to_owned(), id.to_owned()))
+    }
+
+    /// Instances after `after`, of `agent` if given, up to `limit`.
+    pub fn list_instances(
+        &self,
+        agent: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: usize,
+    ) -> (Vec<Instance>, Option<(String, String)>) {
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.clone()),
+            None => match agent {
+                Some(a) => Bound::Included((a.to_owned(), String::new())),
+                None => Bound::Unbounded,
+            },
+        };
+        let mut out = Vec::new();
+        for (key, inst) in self.work.instances.range((lower, Bound::Unbounded)) {
+            if agent.is_some_and(|a| a != key.0) {
+                break;
+            }
+            if out.len() == limit {
+                let last = out.last().map(|i: &Instance| (i.agent.clone(), i.id.clone()));
+                return (out, last);
+            }
+            out.push(inst.clone());
+        }
+        (out, None)
+    }
+
+    // ---- totals and timers --------------------------------------------------------------------
+
+    /// Counts for `/metrics`.
+    pub fn work_totals(&self) -> Totals {
+        let w = &self.work;
+        let assigned = w.sessions.values().map(|s| s.assigned.len()).sum();
+        let finished = w.retained.len();
+        Totals {
+            executions: w.executions.len(),
+            pending: w.executions.len().saturating_sub(assigned + finished),
+            assigned,
+            sessions: w.sessions.len(),
+            instances: w.instances.len(),
+        }
+    }
+
+    /// The earliest time a timer is due (a delayed execution, a deadline, a lease, a
+    /// retention), if any: the leader proposes [`super::Command::Tick`] then.
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        let w = &self.work;
+        [w.delayed.first(), w.deadlines.first(), w.leases.first(), w.retained.first()]
+            .into_iter()
+            .flatten()
+            .map(|(at, _)| *at)
+            .min()
+    }
+}
