@@ -25,8 +25,10 @@ pub const LEADER_HEADER: &str = "weft-leader";
 /// execution was created but cannot be answered for: the execution, which goes on.
 pub const EXECUTION_HEADER: &str = "weft-execution-id";
 
-/// Most attempts a retry policy may ask for (`RetryPolicy.max_attempts`).
+/// Most deliveries a retry policy may ask for (`RetryPolicy.max_attempts`).
 pub const MAX_RETRY_ATTEMPTS: u32 = 100;
+/// Longest back-off a retry policy may ask for (`RetryPolicy.max_backoff_ms`): one day.
+pub const MAX_BACKOFF_MS: u64 = 86_400_000;
 
 /// What a failed call's status says about its request (see the module docs for the table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

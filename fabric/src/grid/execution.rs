@@ -110,10 +110,8 @@ pub struct RetryPolicy {
     pub multiplier_percent: u32,
 }
 
-/// Most deliveries a retry policy may ask for.
-pub const MAX_RETRY_ATTEMPTS: u32 = 100;
-/// Longest back-off a retry policy may ask for: one day.
-pub const MAX_BACKOFF_MS: u64 = 86_400_000;
+// A retry policy's bounds are part of the wire contract: clients check them before sending.
+pub use weft_proto::wire::{MAX_BACKOFF_MS, MAX_RETRY_ATTEMPTS};
 
 impl RetryPolicy {
     /// Checks the policy's numbers.
