@@ -3,6 +3,9 @@
 //! A node is one process (`weft node`): it stores a Raft log in sled, replicates the grid with
 //! openraft, and serves gRPC (agents, tools, peers) and HTTP on one TCP port.
 //!
+//! The `weft` command line (`node`, `dev` and the client commands) is the binary's own tree,
+//! `src/bin/weft/`, built on this crate's public items; the library parses no arguments.
+//!
 //! # Layout
 //! - [`node`]: wires every subsystem together and stops them with one signal.
 //! - [`config`]: configuration layering (defaults < TOML < `WEFT_*` env < flags), validation.
@@ -22,10 +25,8 @@
 //! - [`watch`]: the hub applied entries fill: assignments to push, results to wake callers.
 //! - [`codec`]: versioned binary encoding of everything persisted or sent between nodes.
 //! - [`testing`]: in-process clusters on ephemeral ports, for tests of code built on the fabric.
-//! - [`cli`]: the `weft` command line (node, dev, status, state).
 
 pub mod api;
-pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod convert;

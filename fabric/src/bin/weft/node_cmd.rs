@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use weft_fabric::config::Config;
+use weft_fabric::node::Node;
 
-use crate::config::Config;
-use crate::node::Node;
+use crate::render::out;
 
 /// Flags of `weft node`. Each overrides the config file and `WEFT_*` environment.
 #[derive(Debug, clap::Args, Serialize)]
@@ -85,7 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    super::shutdown_signal().await;
+    crate::shutdown_signal().await;
     if leave {
         node.leave().await;
     } else {

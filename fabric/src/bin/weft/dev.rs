@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::config::Config;
-use crate::node::Node;
+use weft_fabric::config::{Config, DEFAULT_LISTEN};
+use weft_fabric::node::Node;
 
 /// Most nodes `weft dev` starts.
 pub const MAX_DEV_NODES: u8 = 9;
@@ -75,7 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         anyhow::bail!("the nodes did not agree on a leader within 15 s");
     }
     let endpoint = addr(1);
-    let export = if endpoint == crate::config::DEFAULT_LISTEN {
+    let export = if endpoint == DEFAULT_LISTEN {
         String::new()
     } else {
         format!("  export WEFT_ENDPOINT={endpoint}\n")
@@ -95,7 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     );
     // Best effort: the cluster keeps running when nobody reads the banner (`weft dev | head`).
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
-    super::shutdown_signal().await;
+    crate::shutdown_signal().await;
     for node in nodes {
         node.shutdown().await;
     }

@@ -1,0 +1,91 @@
+//! How a command reaches the cluster: the `--endpoint` and `--json` flags every client command
+//! takes ([`Conn`]), channels and how long their requests may take, the message size limit,
+//! and the read consistency `--stale` asks for.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tonic::transport::{Channel, Endpoint};
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::executions_client::ExecutionsClient;
+use weft_proto::fabric::v1::instances_client::InstancesClient;
+use weft_proto::fabric::v1::state_client::StateClient;
+
+/// How to reach the cluster.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// Any node of the cluster.
+    #[arg(long, env = "WEFT_ENDPOINT", default_value = weft_fabric::config::DEFAULT_LISTEN, global = true)]
+    pub endpoint: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Most bytes a CLI call sends or receives.
+const MAX_CLI_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How long a request that does not wait for an execution may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long connecting to the endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A channel to `endpoint` whose requests may take [`REQUEST_TIMEOUT`].
+pub async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+    channel_with_timeout(endpoint, Some(REQUEST_TIMEOUT)).await
+}
+
+/// A channel whose requests may take `timeout` (`None`: as long as the server lets them).
+async fn channel_with_timeout(endpoint: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
+    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    let mut builder = Endpoint::from_shared(uri)
+        .with_context(|| format!("'{endpoint}' is not a valid endpoint (expected HOST:PORT)"))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    builder
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach a Weft node at {endpoint} (set --endpoint or WEFT_ENDPOINT)"))
+}
+
+/// The channel timeout for a request the server holds for up to `wait_ms` (0: its longest):
+/// the wait plus time to reach the leader, so the server's answer arrives before we give up.
+pub fn waiting(wait_ms: u64) -> Option<Duration> {
+    (wait_ms > 0).then(|| Duration::from_millis(wait_ms) + REQUEST_TIMEOUT)
+}
+
+/// A gRPC client that carries values or payloads, and so takes messages up to
+/// [`MAX_CLI_MESSAGE_BYTES`] rather than tonic's default.
+pub trait Limited {
+    /// The client on `channel`, with [`MAX_CLI_MESSAGE_BYTES`] each way.
+    fn on(channel: Channel) -> Self;
+}
+
+// The generated clients share no trait for their message limits, so one impl each.
+macro_rules! limited {
+    ($($client:ident),*) => {$(
+        impl Limited for $client<Channel> {
+            fn on(channel: Channel) -> Self {
+                $client::new(channel)
+                    .max_decoding_message_size(MAX_CLI_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_CLI_MESSAGE_BYTES)
+            }
+        }
+    )*};
+}
+
+limited!(StateClient, ExecutionsClient, InstancesClient);
+
+/// A client of `endpoint` (see [`Limited`]) whose requests may take `timeout` (`None`: as long
+/// as the server lets them).
+pub async fn client<C: Limited>(endpoint: &str, timeout: Option<Duration>) -> anyhow::Result<C> {
+    Ok(C::on(channel_with_timeout(endpoint, timeout).await?))
+}
+
+/// The consistency of a read: `--stale` reads the contacted node's replica.
+pub fn consistency(stale: bool) -> i32 {
+    if stale { pb::Consistency::Stale as i32 } else { pb::Consistency::Linearizable as i32 }
+}

@@ -1,0 +1,124 @@
+//! The `weft` binary: fabric node, development cluster and command-line client.
+//!
+//! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions` and
+//! `instances` talk to any node of a running cluster over gRPC. This file parses the command
+//! line, sets up tracing and turns the command's result into the exit status; the commands
+//! use only the `weft-fabric` library's public items.
+//!
+//! # Layout
+//! - [`node_cmd`]: `weft node`: one fabric node from layered configuration.
+//! - [`dev`]: `weft dev`: a local cluster of N nodes in one process.
+//! - [`status`]: `weft status` (the cluster as Raft sees it) and `weft members` (as gossip does).
+//! - [`state`]: `weft state get|put|cas|delete|list`: key/value state in the grid.
+//! - [`call`]: `weft call`: run an agent's delegate and print its outcome.
+//! - [`executions`]: `weft executions list|get|wait|cancel`.
+//! - [`instances`]: `weft instances list|get|start|stop`.
+//! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
+//! - [`args`]: argument values several commands share: durations, JSON arguments, `--all`.
+//! - [`render`]: output: `outln!` for a closed stdout, failed calls, payloads, executions.
+
+mod args;
+mod call;
+mod connect;
+mod dev;
+mod executions;
+mod instances;
+mod node_cmd;
+mod render;
+mod state;
+mod status;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Weft: a peer-to-peer clustered fabric for agent processes.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The `weft` subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a fabric node.
+    Node(node_cmd::Args),
+    /// Run a local development cluster in this one process: N nodes on localhost ports.
+    Dev(dev::Args),
+    /// Show the cluster: leader, term, and each member's role and progress.
+    Status(status::StatusArgs),
+    /// Show the gossip view of the contacted node: every node it knows and its state.
+    Members(status::MembersArgs),
+    /// Read and write key/value state in the grid.
+    State(state::Args),
+    /// Call an agent's delegate and wait: prints its result, or its error (exit status 1).
+    ///
+    /// The arguments are JSON, as the third positional argument or with --args (the global
+    /// --json flag is for JSON output, not arguments); without either the delegate gets null:
+    ///
+    ///   weft call echo say '"hi"'
+    ///   weft call echo say --args '{"n": 1}' --instance i1 --timeout 1m
+    #[command(verbatim_doc_comment)]
+    Call(call::Args),
+    /// List, show, wait for and cancel executions (calls of agents' delegates).
+    Executions(executions::Args),
+    /// Start, stop, show and list agent instances.
+    Instances(instances::Args),
+}
+
+impl Command {
+    /// Whether the command runs nodes (and so wants info-level logs by default).
+    fn runs_nodes(&self) -> bool {
+        matches!(self, Command::Node(_) | Command::Dev(_))
+    }
+
+    /// Runs the command; the returned code is the process exit status.
+    async fn run(self) -> anyhow::Result<i32> {
+        match self {
+            Command::Node(args) => node_cmd::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Status(args) => status::status(args).await,
+            Command::Members(args) => status::members(args).await,
+            Command::State(args) => state::run(args).await,
+            Command::Call(args) => call::run(args).await,
+            Command::Executions(args) => executions::run(args).await,
+            Command::Instances(args) => instances::run(args).await,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    // openraft is chatty at info (and logs routine retries as errors): keep it to warnings.
+    let default_level = if cli.command.runs_nodes() { "info,openraft=warn" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.command.run().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Waits for ctrl-c or SIGTERM: how `weft node` and `weft dev` are told to stop.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

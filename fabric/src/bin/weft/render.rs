@@ -1,0 +1,170 @@
+//! Output shared by the commands: `outln!`/`out!` for a closed stdout, failed calls (as text or
+//! `--json`), values and payloads, executions as JSON and their outcome, ages.
+
+use serde_json::json;
+use weft_proto::fabric::v1 as pb;
+
+/// `println!` for the command line's output: when the reader has gone away (`weft executions
+/// list | head`), the process ends quietly with status 141, as if killed by SIGPIPE, as other
+/// Unix tools do, instead of panicking. Rust ignores SIGPIPE, so every write would fail.
+macro_rules! outln {
+    () => { $crate::render::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::render::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::render::write_stdout(format_args!($($arg)*)) };
+}
+
+pub(crate) use {out, outln};
+
+/// The status of a process killed by SIGPIPE, for a shell: 128 + 13.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Writes to stdout; see [`outln!`].
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Prints a failed call and returns the exit code.
+pub fn fail(status: tonic::Status, json_out: bool) -> i32 {
+    if json_out {
+        let mut error = json!({"code": format!("{:?}", status.code()), "message": status.message()});
+        // A wait that ran out names the execution that goes on; scripts want it as a field.
+        let execution = weft_proto::wire::execution_of(&status);
+        if let (Some(id), Some(o)) = (execution, error.as_object_mut()) {
+            o.insert("execution_id".into(), id.into());
+        }
+        outln!("{}", json!({ "error": error }));
+    } else {
+        eprintln!("error ({:?}): {}", status.code(), status.message());
+    }
+    1
+}
+
+pub fn hex(v: &[u8]) -> String {
+    v.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes for people: the text if they are UTF-8, else `0x` and their hex.
+pub fn value_text(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) => s.to_owned(),
+        Err(_) => format!("0x{}", hex(v)),
+    }
+}
+
+pub fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// A JSON payload's value; an empty one (no value) is `null`.
+fn parsed_json(data: &[u8]) -> Option<serde_json::Value> {
+    if data.is_empty() {
+        return Some(serde_json::Value::Null);
+    }
+    serde_json::from_slice(data).ok()
+}
+
+/// Adds a payload to a JSON object as `name` (its value, for codec json) or as
+/// `name_bincode_hex`, the way `weft state` shows values as `value` or `value_hex`.
+pub fn insert_payload(obj: &mut serde_json::Value, name: &str, payload: Option<&pb::Payload>) {
+    let Some(o) = obj.as_object_mut() else { return };
+    match payload {
+        None => {
+            o.insert(name.into(), serde_json::Value::Null);
+        }
+        Some(p) if p.codec == "json" => {
+            let value = parsed_json(&p.data).unwrap_or_else(|| value_text(&p.data).into());
+            o.insert(name.into(), value);
+        }
+        Some(p) => {
+            o.insert(format!("{name}_{}_hex", p.codec), hex(&p.data).into());
+        }
+    }
+}
+
+/// A payload for people: JSON (pretty across lines, or compact on one), else its size.
+pub fn payload_text(p: &pb::Payload, pretty: bool) -> String {
+    if p.codec != "json" {
+        return format!("<{} bytes, {}>", p.data.len(), p.codec);
+    }
+    match parsed_json(&p.data) {
+        Some(v) if pretty => serde_json::to_string_pretty(&v).unwrap_or_default(),
+        Some(v) => v.to_string(),
+        None => value_text(&p.data),
+    }
+}
+
+/// An execution as `--json` prints it (`call`, `executions`, and `instances` for Start and Stop).
+pub fn execution_json(e: &pb::Execution) -> serde_json::Value {
+    let mut obj = json!({
+        "id": e.id,
+        "agent": e.agent,
+        "instance": non_empty(&e.instance),
+        "delegate": e.delegate,
+        "idempotency_key": non_empty(&e.idempotency_key),
+        "status": e.status,
+        "attempts": e.attempts,
+        "session_id": (e.session_id != 0).then_some(e.session_id),
+        "created_ms": e.created_ms,
+        "deadline_ms": e.deadline_ms,
+        "not_before_ms": e.not_before_ms,
+        "priority": e.priority,
+        "parent_id": (e.parent_id != 0).then_some(e.parent_id),
+        "error": e.error.as_ref().map(|x| json!({"kind": x.kind, "message": x.message})),
+        "finished_ms": e.finished_ms,
+        "retry": e.retry.as_ref().map(|r| json!({
+            "max_attempts": r.max_attempts,
+            "initial_backoff_ms": r.initial_backoff_ms,
+            "max_backoff_ms": r.max_backoff_ms,
+            "multiplier_percent": r.multiplier_percent,
+        })),
+    });
+    insert_payload(&mut obj, "args", e.payload.as_ref());
+    insert_payload(&mut obj, "result", e.result.as_ref());
+    obj
+}
+
+/// Prints a final execution's outcome; returns the exit code (1 unless it completed).
+///
+/// Text: the result on stdout, or `error (<kind>): <message>` on stderr. JSON: the whole
+/// execution.
+pub fn outcome(e: &pb::Execution, json_out: bool) -> i32 {
+    let code = if e.status == "completed" { 0 } else { 1 };
+    if json_out {
+        outln!("{}", execution_json(e));
+        return code;
+    }
+    match (&e.result, &e.error) {
+        (Some(result), _) if code == 0 => outln!("{}", payload_text(result, true)),
+        (None, _) if code == 0 => outln!("null"),
+        (_, Some(error)) => eprintln!("error ({}): {}", error.kind, error.message),
+        (_, None) => eprintln!("error: execution {} is {}", e.id, e.status),
+    }
+    code
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long ago a leader-stamped time was, for people: 850ms, 12s, 5m, 3h, 2d.
+pub fn age(at_ms: u64) -> String {
+    let ms = now_ms().saturating_sub(at_ms);
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{}s", ms / 1_000),
+        60_000..3_600_000 => format!("{}m", ms / 60_000),
+        3_600_000..86_400_000 => format!("{}h", ms / 3_600_000),
+        _ => format!("{}d", ms / 86_400_000),
+    }
+}
