@@ -240,34 +240,15 @@ mod tests {
     #[tokio::test]
     async fn assignments_that_moved_on_are_not_pushed() {
         use crate::grid::Command;
-        use crate::grid::execution::{NewExecution, Payload};
-        use crate::grid::session::{AgentSpec, Host, NewSession};
+        use crate::grid::session::{Host, NewSession};
+        use crate::grid::test_harness::{new_exec, new_session};
         let session = |key| {
             Command::OpenSession(Box::new(NewSession {
                 host: Host { node: 1, key },
-                agents: vec![AgentSpec { name: "w".into(), delegates: vec![], concurrent_instances: false }],
-                capacity: 1,
-                claims: vec![],
-                lease_ms: 0,
-                name: String::new(),
+                ..new_session(&["w"], 1)
             }))
         };
-        let create = Command::CreateExecution(Box::new(NewExecution {
-            agent: "w".into(),
-            instance: None,
-            delegate: "job".into(),
-            payload: Payload::json("1"),
-            idempotency_key: None,
-            timeout_ms: None,
-            deadline_ms: None,
-            delay_ms: None,
-            not_before_ms: None,
-            priority: 0,
-            retry: None,
-            parent: None,
-            retention_ms: 1000,
-            max_deliveries: 5,
-        }));
+        let create = Command::CreateExecution(Box::new(new_exec("w", "job")));
         let hub = Hub::new(1, 10);
         let mut a = hub.register_session(1, 4);
         let mut b = hub.register_session(2, 4);

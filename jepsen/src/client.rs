@@ -33,7 +33,8 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::db::{LIST_PAGE, Roster};
+use crate::db::Roster;
+use crate::final_read;
 use crate::history::{Op, Type};
 use crate::outcome::{Done, code_message, failed};
 use crate::recorder::Recorder;
@@ -392,64 +393,12 @@ impl Worker {
 /// The set's final read: a linearizable list of every element, tried on each node in turn
 /// until one answers or `patience` runs out. Recorded as one operation.
 pub async fn read_all(nodes: &[(u64, String)], recorder: &Recorder, process: u64, patience: Duration) {
-    if nodes.is_empty() {
-        return;
-    }
-    let deadline = Instant::now() + patience;
-    let mut attempt = 0usize;
-    loop {
-        let (node, addr) = &nodes[attempt % nodes.len()];
-        attempt += 1;
-        recorder.record(Some(process), Type::Invoke, Op::ReadAll { elements: None }, Some(*node), None);
-        match list_all(addr).await {
-            Ok(elements) => {
-                recorder.record(
-                    Some(process),
-                    Type::Ok,
-                    Op::ReadAll { elements: Some(elements) },
-                    Some(*node),
-                    None,
-                );
-                return;
-            }
-            Err(s) => {
-                recorder.record(
-                    Some(process),
-                    Type::Fail,
-                    Op::ReadAll { elements: None },
-                    Some(*node),
-                    Some(code_message(&s)),
-                );
-                if Instant::now() > deadline {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-async fn list_all(addr: &str) -> Result<Vec<String>, tonic::Status> {
-    let timeout = Duration::from_secs(10);
-    let mut client = StateClient::new(crate::db::channel(addr, timeout));
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let mut r = tonic::Request::new(pb::ListRequest {
-            namespace: SET_NAMESPACE.into(),
-            prefix: String::new(),
-            page_token: token.clone(),
-            limit: LIST_PAGE,
-            consistency: pb::Consistency::Linearizable as i32,
-        });
-        r.set_timeout(timeout);
-        let page = client.list(r).await?.into_inner();
-        out.extend(page.entries.into_iter().map(|e| e.key));
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
+    let invoke = Op::ReadAll { elements: None };
+    final_read::until_answered(nodes, recorder, process, patience, invoke, |addr| async move {
+        let entries = final_read::list_namespace(&addr, SET_NAMESPACE).await?;
+        Ok(Op::ReadAll { elements: Some(entries.into_iter().map(|e| e.key).collect()) })
+    })
+    .await;
 }
 
 #[cfg(test)]

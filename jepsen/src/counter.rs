@@ -39,8 +39,8 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::db::LIST_PAGE;
-use crate::history::{Applied, Op, Type};
+use crate::final_read;
+use crate::history::{Applied, Op};
 use crate::outcome::{Done, code_message, failed};
 use crate::recorder::Recorder;
 
@@ -293,68 +293,33 @@ pub async fn quiesce(nodes: &[(u64, String)], patience: Duration) -> bool {
 
 /// The counter's state: the count (0 when absent) and the records by idempotency key.
 async fn list_counter(addr: &str) -> Result<(u64, BTreeMap<String, Applied>), tonic::Status> {
-    let mut client = StateClient::new(crate::db::channel(addr, READ_TIMEOUT));
     let mut count = 0;
     let mut applied = BTreeMap::new();
-    let mut token = String::new();
-    loop {
-        let mut r = tonic::Request::new(pb::ListRequest {
-            namespace: namespace(),
-            prefix: String::new(),
-            page_token: token.clone(),
-            limit: LIST_PAGE,
-            consistency: pb::Consistency::Linearizable as i32,
-        });
-        r.set_timeout(READ_TIMEOUT);
-        let page = client.list(r).await?.into_inner();
-        for e in page.entries {
-            if e.key == COUNT_KEY {
-                count = serde_json::from_slice(&e.value).unwrap_or(u64::MAX);
-            } else if let Some(key) = e.key.strip_prefix(APPLIED_PREFIX) {
-                // A record that does not parse names a count no increment produced.
-                let record = serde_json::from_slice(&e.value).unwrap_or(Applied {
-                    count: u64::MAX,
-                    execution: 0,
-                    attempt: 0,
-                });
-                applied.insert(key.to_owned(), record);
-            }
+    for e in final_read::list_namespace(addr, &namespace()).await? {
+        if e.key == COUNT_KEY {
+            count = serde_json::from_slice(&e.value).unwrap_or(u64::MAX);
+        } else if let Some(key) = e.key.strip_prefix(APPLIED_PREFIX) {
+            // A record that does not parse names a count no increment produced.
+            let record = serde_json::from_slice(&e.value).unwrap_or(Applied {
+                count: u64::MAX,
+                execution: 0,
+                attempt: 0,
+            });
+            applied.insert(key.to_owned(), record);
         }
-        if page.next_page_token.is_empty() {
-            return Ok((count, applied));
-        }
-        token = page.next_page_token;
     }
+    Ok((count, applied))
 }
 
 /// The final read: a linearizable, paged list of the counter's state, tried on each node in
 /// turn until one answers or `patience` runs out. Recorded as one operation.
 pub async fn read_counter(nodes: &[(u64, String)], recorder: &Recorder, process: u64, patience: Duration) {
-    if nodes.is_empty() {
-        return;
-    }
-    let deadline = Instant::now() + patience;
-    let mut attempt = 0usize;
-    loop {
-        let (node, addr) = &nodes[attempt % nodes.len()];
-        attempt += 1;
-        let invoke = Op::ReadCounter { count: None, applied: None };
-        recorder.record(Some(process), Type::Invoke, invoke.clone(), Some(*node), None);
-        match list_counter(addr).await {
-            Ok((count, applied)) => {
-                let op = Op::ReadCounter { count: Some(count), applied: Some(applied) };
-                recorder.record(Some(process), Type::Ok, op, Some(*node), None);
-                return;
-            }
-            Err(s) => {
-                recorder.record(Some(process), Type::Fail, invoke, Some(*node), Some(code_message(&s)));
-                if Instant::now() > deadline {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    let invoke = Op::ReadCounter { count: None, applied: None };
+    final_read::until_answered(nodes, recorder, process, patience, invoke, |addr| async move {
+        let (count, applied) = list_counter(&addr).await?;
+        Ok(Op::ReadCounter { count: Some(count), applied: Some(applied) })
+    })
+    .await;
 }
 
 #[cfg(test)]

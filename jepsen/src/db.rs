@@ -522,10 +522,6 @@ impl Drop for Db {
     }
 }
 
-/// Page size of the final reads of a run (the set, the counter's state) and of quiescence
-/// checks.
-pub const LIST_PAGE: u32 = 1000;
-
 /// A lazily connecting channel to `addr` with the given per-request timeout.
 pub fn channel(addr: &str, timeout: Duration) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))

@@ -26,6 +26,7 @@
 //! - [`nemesis`]: the faults and the schedule that starts and heals them.
 //! - [`client`]: workload workers: register and set operations, failover between nodes.
 //! - [`outcome`]: how a call's outcome becomes ok / fail / info in the history.
+//! - [`final_read`]: the final reads of a run, tried on each node until one answers.
 //! - [`history`]: the event format (JSON lines) and pairing invokes with completions.
 //! - [`recorder`]: timestamps and stores events as they happen.
 //! - [`checker`]: the linearizability search and the register, set and executions checkers.
@@ -40,6 +41,7 @@ pub mod checker;
 pub mod client;
 pub mod counter;
 pub mod db;
+pub mod final_read;
 pub mod history;
 pub mod nemesis;
 pub mod net;

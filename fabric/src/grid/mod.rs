@@ -66,7 +66,7 @@ mod instances_test;
 #[cfg(test)]
 mod kv_test;
 #[cfg(test)]
-mod test_harness;
+pub(crate) mod test_harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,6 +1,6 @@
 //! A grid under test for the work tests (executions, sessions, instances, dispatch, timers):
 //! applies commands at a clock the test moves, keeps the events and the log, and builds the
-//! requests the tests send.
+//! requests the tests send. The watch hub's tests build their commands with it too.
 
 use super::execution::*;
 use super::instance::NewInstance;
@@ -115,7 +115,7 @@ impl Harness {
     }
 }
 
-pub(super) fn new_exec(agent: &str, delegate: &str) -> NewExecution {
+pub(crate) fn new_exec(agent: &str, delegate: &str) -> NewExecution {
     NewExecution {
         agent: agent.into(),
         instance: None,
@@ -138,7 +138,7 @@ pub(super) fn on_instance(agent: &str, instance: &str, delegate: &str) -> NewExe
     NewExecution { instance: Some(instance.into()), ..new_exec(agent, delegate) }
 }
 
-pub(super) fn new_session(agents: &[&str], capacity: u32) -> NewSession {
+pub(crate) fn new_session(agents: &[&str], capacity: u32) -> NewSession {
     NewSession {
         host: Host { node: 1, key: 7 },
         agents: agents

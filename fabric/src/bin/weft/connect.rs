@@ -22,6 +22,15 @@ pub struct Conn {
     pub json: bool,
 }
 
+/// A command group's flags: how to reach the cluster, and the operation to run.
+#[derive(Debug, clap::Args)]
+pub struct Group<O: clap::Subcommand> {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub op: O,
+}
+
 /// Most bytes a CLI call sends or receives.
 const MAX_CLI_MESSAGE_BYTES: usize = 64 << 20;
 

@@ -6,20 +6,14 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 
 use crate::args::{DEFAULT_WAIT, MAX_LIST_ALL_ITEMS, parse_duration_ms};
-use crate::connect::{self, Conn, REQUEST_TIMEOUT, consistency};
+use crate::connect::{self, REQUEST_TIMEOUT, consistency};
 use crate::render::{age, execution_json, fail, non_empty, outcome, outln, payload_text};
 
 /// Execution statuses `executions list --status` accepts.
 const STATUSES: [&str; 5] = ["pending", "assigned", "completed", "failed", "cancelled"];
 
 /// `weft executions` and its operations.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub conn: Conn,
-    #[command(subcommand)]
-    pub op: Op,
-}
+pub type Args = connect::Group<Op>;
 
 /// Operations on executions (calls of agents' delegates). ID is an execution id.
 #[derive(Debug, clap::Subcommand)]

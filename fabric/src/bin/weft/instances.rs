@@ -7,17 +7,11 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 
 use crate::args::{DEFAULT_WAIT, MAX_LIST_ALL_ITEMS, json_payload, parse_duration_ms};
-use crate::connect::{self, Conn, REQUEST_TIMEOUT, consistency, waiting};
+use crate::connect::{self, REQUEST_TIMEOUT, consistency, waiting};
 use crate::render::{age, execution_json, fail, insert_payload, outcome, outln, payload_text};
 
 /// `weft instances` and its operations.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub conn: Conn,
-    #[command(subcommand)]
-    pub op: Op,
-}
+pub type Args = connect::Group<Op>;
 
 /// Operations on agent instances: long-lived, addressable agents with their own state.
 #[derive(Debug, clap::Subcommand)]

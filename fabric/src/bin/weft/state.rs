@@ -5,17 +5,11 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
 use crate::args::parse_duration_ms;
-use crate::connect::{self, Conn, REQUEST_TIMEOUT, consistency};
+use crate::connect::{self, REQUEST_TIMEOUT, consistency};
 use crate::render::{fail, hex, outln, value_text};
 
 /// `weft state` and its operations.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub conn: Conn,
-    #[command(subcommand)]
-    pub op: Op,
-}
+pub type Args = connect::Group<Op>;
 
 /// Key/value operations. NAMESPACE is `shared/<name>` or `instance/<agent>/<instance-id>`.
 #[derive(Debug, clap::Subcommand)]
