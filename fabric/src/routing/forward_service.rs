@@ -1,6 +1,7 @@
 //! `weft.cluster.v1.Forward`: the leader's side of [`super::forward`]. Writes arrive encoded
-//! and validated by the node that took them; the leader proposes them and answers with the
-//! grid's result, or with a status that says the write was certainly not applied.
+//! and validated by the node that took them; the leader checks them again against its own
+//! limits, proposes them and answers with the grid's result, or with a status that says the
+//! write was certainly not applied.
 
 use tonic::{Request, Response, Status};
 use weft_proto::cluster::v1 as cpb;
@@ -49,6 +50,12 @@ impl cpb::forward_server::Forward for ForwardService {
                 _ => None,
             };
             return Err(Error::NotLeader { leader }.into_status());
+        }
+        // The node that took the request checked it against its limits; the effective limit is
+        // the stricter of the two nodes'.
+        if let Err(e) = command.validate(&self.ctx.limits) {
+            let answer: Result<grid::Output, grid::Error> = Err(e);
+            return Ok(Response::new(cpb::ProposeReply { result: codec::encode(&answer) }));
         }
         let answer: Result<grid::Output, grid::Error> =
             match tokio::time::timeout(self.ctx.request_timeout, self.ctx.proposer.propose(command)).await {

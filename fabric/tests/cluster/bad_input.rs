@@ -110,6 +110,50 @@ async fn bad_requests_are_refused_and_change_nothing() {
     cluster.shutdown().await;
 }
 
+/// Limits are configuration and may differ between nodes: a write forwarded to the leader is
+/// checked against the leader's limits too, so the stricter of the two applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_is_checked_against_the_leaders_limits_too() {
+    init_tracing();
+    let cluster = Cluster::start(3, |c| {
+        if c.node_id == 1 {
+            c.max_value_bytes = 100;
+            c.max_payload_bytes = 100;
+        }
+    })
+    .await;
+    tracing::info!("phase: make node 1, the strict one, the leader");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while cluster.wait_for_leader().await != 1 {
+        assert!(std::time::Instant::now() < deadline, "node 1 did not become the leader");
+        let _ = cluster.node(1).raft().trigger().elect().await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let follower = &cluster.addrs[1];
+    let last_log = cluster.node(1).raft().metrics().borrow().last_log_index;
+
+    tracing::info!("phase: a put and a create within the follower's limits, over the leader's");
+    let mut c = client(follower).await;
+    let e = c.put(put_req("shared/strict", "k", &"v".repeat(200))).await.expect_err("over the leader's limit");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("max_value_bytes"), "{e:?}");
+    let mut x = weft_proto::fabric::v1::executions_client::ExecutionsClient::new(channel(follower).await);
+    let create = pb::CreateExecutionRequest {
+        agent: "a".into(),
+        delegate: "d".into(),
+        payload: json(&format!("\"{}\"", "x".repeat(200))),
+        ..Default::default()
+    };
+    let e = x.create(create).await.expect_err("over the leader's limit");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("max_payload_bytes"), "{e:?}");
+
+    tracing::info!("phase: nothing reached the log; within both limits is fine");
+    assert_eq!(cluster.node(1).raft().metrics().borrow().last_log_index, last_log);
+    put_retrying(follower, "shared/strict", "k", "small").await.unwrap().expect("acknowledged");
+    cluster.shutdown().await;
+}
+
 fn weft(args: &[&str]) -> (i32, String) {
     let out = Command::new(weft_bin()).args(args).env_remove("WEFT_ENDPOINT").output().expect("run weft");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
