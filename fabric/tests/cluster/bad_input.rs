@@ -134,7 +134,8 @@ async fn a_forwarded_write_is_checked_against_the_leaders_limits_too() {
 
     tracing::info!("phase: a put and a create within the follower's limits, over the leader's");
     let mut c = client(follower).await;
-    let e = c.put(put_req("shared/strict", "k", &"v".repeat(200))).await.expect_err("over the leader's limit");
+    let e =
+        c.put(put_req("shared/strict", "k", &"v".repeat(200))).await.expect_err("over the leader's limit");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("max_value_bytes"), "{e:?}");
     let mut x = weft_proto::fabric::v1::executions_client::ExecutionsClient::new(channel(follower).await);
