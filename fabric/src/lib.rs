@@ -24,7 +24,8 @@
 //! - [`sessions`]: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - [`watch`]: the hub applied entries fill: assignments to push, results to wake callers.
 //! - [`codec`]: versioned binary encoding of everything persisted or sent between nodes.
-//! - [`testing`]: in-process clusters on ephemeral ports, for tests of code built on the fabric.
+//! - [`testing`]: the one harness for tests and benchmarks: in-process clusters, and `weft node`
+//!   processes on free ports (spawn, kill, restart, ask for the leader).
 
 pub mod api;
 pub mod codec;

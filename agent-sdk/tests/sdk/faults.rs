@@ -60,7 +60,8 @@ async fn timers_fire_after_a_restart_of_every_node() {
 async fn a_leader_killed_mid_call_still_gives_the_caller_one_result() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let (mut nodes, addrs) = node_processes(dir.path(), 3);
+    let mut nodes = node_processes(dir.path(), 3);
+    let addrs = nodes.addrs().to_vec();
     let leader = leader_of(&addrs).await;
     let client = Client::new(addrs.clone()).unwrap();
     let started = client.start_instance_with::<_, ()>("tally", Some("t"), &(), None, None);
@@ -90,7 +91,7 @@ async fn a_leader_killed_mid_call_still_gives_the_caller_one_result() {
         })
     };
     let execution = tokio::time::timeout(PATIENCE, running.recv()).await.unwrap().unwrap();
-    nodes[leader as usize - 1].kill9();
+    nodes.nodes_mut()[leader as usize - 1].kill9();
     let killed = Instant::now();
     let result = tokio::time::timeout(PATIENCE * 2, call).await.expect("the call ends").unwrap();
     tracing::info!(?result, after = ?killed.elapsed(), runs = runs.load(Ordering::SeqCst), "the caller's answer");
@@ -104,7 +105,7 @@ async fn a_leader_killed_mid_call_still_gives_the_caller_one_result() {
     tracing::info!(attempts = e.attempts, "deliveries of the call");
 
     tracing::info!("the old leader comes back and everything goes on");
-    nodes[leader as usize - 1].restart();
+    nodes.nodes_mut()[leader as usize - 1].restart().expect("the old leader restarts");
     let again: u64 = client.request("tally", "add").instance("t").call().await.unwrap();
     assert_eq!(again, 2);
     worker.stop().await.unwrap();

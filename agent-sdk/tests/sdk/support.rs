@@ -1,11 +1,12 @@
-//! Test support: clusters, workers, and small agents.
+//! Test support: clusters (in-process, or `weft node` processes, from `weft_fabric::testing`),
+//! workers, and small agents.
 
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use weft_agent::{Agent, Error, Stopper, Worker};
 use weft_fabric::config::Config;
-use weft_fabric::testing::LocalCluster;
+use weft_fabric::testing::{ClusterOptions, LocalCluster, ProcessCluster, wait_for_leader, weft_binary};
 
 /// Generous bound for what a healthy cluster does "soon": tests share 2 cores.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -75,94 +76,16 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A `weft node` process, killed when dropped.
-pub struct NodeProcess {
-    pub child: std::process::Child,
-    pub args: Vec<String>,
-    pub log: std::path::PathBuf,
-}
-
-impl NodeProcess {
-    pub fn spawn(args: Vec<String>, log: std::path::PathBuf) -> Self {
-        Self { child: Self::start(&args, &log), args, log }
-    }
-
-    fn start(args: &[String], log: &std::path::Path) -> std::process::Child {
-        let binary = weft_fabric::testing::weft_binary(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
-            .expect("the weft binary: build the workspace first (cargo build -p weft-fabric --bin weft)");
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-        std::process::Command::new(binary)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("weft starts")
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn restart(&mut self) {
-        self.child = Self::start(&self.args, &self.log);
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Three `weft node` processes with static membership on free ports, data under `root`.
-pub fn node_processes(root: &std::path::Path, n: usize) -> (Vec<NodeProcess>, Vec<String>) {
-    let ports: Vec<u16> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
-        .collect();
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let members = weft_fabric::testing::members_of(&addrs);
-    let nodes = (0..n)
-        .map(|i| {
-            let args = vec![
-                "node".into(),
-                "--node-id".into(),
-                (i + 1).to_string(),
-                "--listen".into(),
-                addrs[i].clone(),
-                "--data-dir".into(),
-                root.join(format!("node-{}", i + 1)).display().to_string(),
-                "--initial-members".into(),
-                members.clone(),
-                "--gossip-preset".into(),
-                "test".into(),
-            ];
-            NodeProcess::spawn(args, root.join(format!("node-{}.log", i + 1)))
-        })
-        .collect();
-    (nodes, addrs)
+/// `n` `weft node` processes with static membership and the test gossip preset, data and logs
+/// under `root`, `RUST_LOG=warn`; killed when dropped.
+pub fn node_processes(root: &std::path::Path, n: usize) -> ProcessCluster {
+    let binary = weft_binary().unwrap_or_else(|e| panic!("{e}"));
+    let options =
+        ClusterOptions::new(binary, root, n).args(["--gossip-preset", "test"]).env("RUST_LOG", "warn");
+    ProcessCluster::start(options).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The leader as the nodes at `addrs` report it.
 pub async fn leader_of(addrs: &[String]) -> u64 {
-    use weft_proto::fabric::v1::cluster_client::ClusterClient;
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        for addr in addrs {
-            if let Ok(mut c) = ClusterClient::connect(format!("http://{addr}")).await
-                && let Ok(Ok(s)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    c.status(weft_proto::fabric::v1::StatusRequest {}),
-                )
-                .await
-                && s.get_ref().leader_id != 0
-            {
-                return s.into_inner().leader_id;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "no leader within {PATIENCE:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_leader(addrs, PATIENCE).await.unwrap_or_else(|e| panic!("{e}"))
 }

@@ -227,7 +227,7 @@ async fn port_in_use_and_foreign_data_dirs_are_refused() {
     // A data dir of cluster 'a' refuses a node of cluster 'b', and is left as it was.
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
-    let mut first = Process::spawn(
+    let mut first = spawn_node(
         vec![
             "--node-id".into(),
             "1".into(),
@@ -239,8 +239,7 @@ async fn port_in_use_and_foreign_data_dirs_are_refused() {
             data.to_str().unwrap().into(),
         ],
         dir.path().join("first.log"),
-    )
-    .unwrap();
+    );
     wait_for_leader_at(std::slice::from_ref(&listen)).await;
     first.kill9();
     let before = list_files(&data);

@@ -25,27 +25,16 @@ fn free_run(n: u16) -> u16 {
     }
 }
 
-fn sigterm(pid: u32) {
-    let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill").success();
-    assert!(ok, "kill -TERM {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_tour_against_weft_dev() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let base = free_run(3);
-    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
-    let mut dev = KillOnDrop(
-        Command::new(weft_bin())
-            .args(["dev", "--nodes", "3", "--port", &base.to_string(), "--data-dir"])
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let mut dev = NodeCommand::new(weft_bin(), dir.path().join("dev.log"))
+        .args(["dev", "--nodes", "3", "--port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .spawn()
+        .unwrap();
     let addrs: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
     wait_for_leader_at(&addrs).await;
     let ep = &addrs[1];
@@ -114,8 +103,7 @@ async fn cli_tour_against_weft_dev() {
     assert!(err.contains("cannot reach a Weft node at 127.0.0.1:1"), "{err}");
 
     tracing::info!("phase: SIGTERM stops the dev cluster cleanly");
-    sigterm(dev.0.id());
-    let status = wait_exit(&mut dev.0).await;
+    let status = dev.stop(PATIENCE).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -131,19 +119,16 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
         dir.path().join("n").display().to_string(),
     ];
     let log = dir.path().join("node.log");
-    let mut node = Process::spawn(args, log.clone()).unwrap();
+    let mut node = spawn_node(args, log.clone());
     wait_for_leader_at(std::slice::from_ref(&addr)).await;
     put_retrying(&addr, "shared/t", "k", "kept").await.unwrap().unwrap();
 
-    let child = node.child.as_mut().unwrap();
-    sigterm(child.id());
-    let status = wait_exit(child).await;
+    let status = node.stop(PATIENCE).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("stopped"), "{text}");
 
-    node.child = None;
-    node.start().unwrap();
+    node.restart().unwrap();
     wait_for_leader_at(std::slice::from_ref(&addr)).await;
     assert_eq!(get(&addr, "shared/t", "k").await.as_deref(), Some("kept"));
 }

@@ -99,7 +99,7 @@ async fn five_nodes_with_one_seed_form_three_voters_and_two_learners() {
     let members = cluster_client(&addrs[0]).await.members(pb::MembersRequest {}).await.unwrap().into_inner();
     let alive = members.members.iter().filter(|m| m.state == "alive").count();
     assert_eq!(alive, 5, "{members:?}");
-    let status = status(&addrs).await.expect("status");
+    let status = cluster_status(&addrs).await.expect("status");
     assert!(status.members.iter().all(|m| m.gossip == "alive" && m.lag.is_some()), "{status:?}");
     for node in nodes.iter_mut().filter_map(Option::take) {
         node.shutdown().await;

@@ -13,20 +13,7 @@ async fn wait_status(
     what: &str,
     check: impl Fn(&pb::ClusterStatus) -> bool,
 ) -> pb::ClusterStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(s) = status(addrs).await
-            && check(&s)
-        {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not within {PATIENCE:?}: {what}; last: {:?}",
-            status(addrs).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(addrs, PATIENCE, what, check).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn voters(s: &pb::ClusterStatus) -> BTreeSet<u64> {
@@ -41,29 +28,18 @@ fn learners(s: &pb::ClusterStatus) -> BTreeSet<u64> {
 async fn kill9_voter_is_declared_down_replaced_and_rejoins_as_learner() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..5).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     tracing::info!("phase: five weft processes with generated ids, one seed, bootstrap-expect 3");
-    let mut procs: Vec<Process> = (0..5)
-        .map(|i| {
-            let args = vec![
-                "--cluster".into(),
-                "gossip9".into(),
-                "--listen".into(),
-                addrs[i].clone(),
-                "--data-dir".into(),
-                dir.path().join(format!("n{i}")).display().to_string(),
-                "--seeds".into(),
-                addrs[0].clone(),
-                "--bootstrap-expect".into(),
-                "3".into(),
-                "--gossip-preset".into(),
-                "test".into(),
-                "--dead-node-grace-ms".into(),
-                "2000".into(),
-            ];
-            Process::spawn(args, dir.path().join(format!("n{i}.log"))).unwrap()
-        })
-        .collect();
+    let mut procs = spawn_cluster(dir.path(), 5, |o| {
+        o.membership(Membership::Gossip { bootstrap_expect: 3 }).args([
+            "--cluster",
+            "gossip9",
+            "--gossip-preset",
+            "test",
+            "--dead-node-grace-ms",
+            "2000",
+        ])
+    });
+    let addrs = procs.addrs().to_vec();
     let formed = wait_status(&addrs, "3 voters + 2 learners", |s| {
         s.leader_id != 0
             && voters(s).len() == 3
@@ -90,7 +66,7 @@ async fn kill9_voter_is_declared_down_replaced_and_rejoins_as_learner() {
     let writers = Writers::start(&addrs, "shared/g9");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed_at = Instant::now();
-    procs[index_of[&victim]].kill9();
+    procs.nodes_mut()[index_of[&victim]].kill9();
     let live: Vec<String> =
         addrs.iter().enumerate().filter(|(i, _)| *i != index_of[&victim]).map(|(_, a)| a.clone()).collect();
 
@@ -122,8 +98,8 @@ async fn kill9_voter_is_declared_down_replaced_and_rejoins_as_learner() {
     }
 
     tracing::info!("phase: the victim restarts on its data dir and rejoins as a learner");
-    let term_before = status(&live).await.expect("status").term;
-    procs[index_of[&victim]].start().unwrap();
+    let term_before = cluster_status(&live).await.expect("status").term;
+    procs.nodes_mut()[index_of[&victim]].restart().unwrap();
     let back = wait_status(&addrs, "the victim is back as a learner", |s| {
         s.members.iter().any(|m| m.id == victim && !m.voter && m.role == "learner" && m.gossip == "alive")
     })
@@ -135,7 +111,7 @@ async fn kill9_voter_is_declared_down_replaced_and_rejoins_as_learner() {
     // (a partition), which this test does not produce. One unrelated election on a busy
     // machine is tolerated; a node standing again and again is not.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = status(&live).await.expect("status");
+    let after = cluster_status(&live).await.expect("status");
     tracing::info!(term_before, term_after = after.term, "phase: terms around the rejoin");
     assert!(
         after.term <= term_before + 1,

@@ -5,40 +5,23 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// `weft node` processes, one per address, forming a static cluster `cluster` under `dir`.
-fn static_cluster(
-    dir: &std::path::Path,
-    cluster: &str,
-    addrs: &[String],
-    env: &[(&str, &str)],
-) -> Vec<Process> {
-    let members = members_of(addrs);
-    (1..=addrs.len() as u64)
-        .map(|id| {
-            let args = vec![
-                "--node-id".into(),
-                id.to_string(),
-                "--cluster".into(),
-                cluster.into(),
-                "--listen".into(),
-                addrs[id as usize - 1].clone(),
-                "--initial-members".into(),
-                members.clone(),
-                "--data-dir".into(),
-                dir.join(format!("n{id}")).display().to_string(),
-            ];
-            let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            Process::spawn_with_env(args, env, dir.join(format!("n{id}.log"))).unwrap()
-        })
-        .collect()
+/// Three `weft node` processes forming a static cluster `cluster` under `dir`.
+fn static_cluster(dir: &std::path::Path, cluster: &str, env: &[(&str, &str)]) -> ProcessCluster {
+    spawn_cluster(dir, 3, |mut o| {
+        o = o.args(["--cluster", cluster]);
+        for (k, v) in env {
+            o = o.env(k, v);
+        }
+        o
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill9_loses_no_acknowledged_write() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let mut procs = static_cluster(dir.path(), "kill9", &addrs, &[]);
+    let mut procs = static_cluster(dir.path(), "kill9", &[]);
+    let addrs = procs.addrs().to_vec();
     let leader = wait_for_leader_at(&addrs).await;
     tracing::info!(leader, "phase: three weft processes up; writers on every node");
     let writers = Writers::start(&addrs, "shared/k9");
@@ -46,7 +29,7 @@ async fn leader_kill9_loses_no_acknowledged_write() {
 
     tracing::info!(leader, "phase: kill -9 the leader");
     let killed_at = Instant::now();
-    procs[leader as usize - 1].kill9();
+    procs.nodes_mut()[leader as usize - 1].kill9();
     let survivors: Vec<String> =
         addrs.iter().enumerate().filter(|(i, _)| *i as u64 + 1 != leader).map(|(_, a)| a.clone()).collect();
     let new_leader = wait_for_new_leader_at(&survivors, leader).await;
@@ -69,7 +52,7 @@ async fn leader_kill9_loses_no_acknowledged_write() {
     assert!(gap.is_some(), "no write was acknowledged after the leader was killed");
 
     tracing::info!("phase: restart the killed node; every acknowledged write is on every node");
-    procs[leader as usize - 1].start().unwrap();
+    procs.nodes_mut()[leader as usize - 1].restart().unwrap();
     wait_for_leader_at(&addrs[leader as usize - 1..leader as usize]).await;
     for addr in &addrs {
         let mut c = client(addr).await;
@@ -85,23 +68,22 @@ async fn leader_kill9_loses_no_acknowledged_write() {
 async fn a_write_forwarded_to_a_frozen_leader_ends_when_a_new_leader_is_elected() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     // Far longer than an election: only a leader change can end the call early.
-    let procs = static_cluster(dir.path(), "frozen", &addrs, &[("WEFT_REQUEST_TIMEOUT_MS", "60000")]);
+    let procs = static_cluster(dir.path(), "frozen", &[("WEFT_REQUEST_TIMEOUT_MS", "60000")]);
+    let addrs = procs.addrs().to_vec();
     let leader = wait_for_leader_at(&addrs).await;
     let follower = (1..=3u64).find(|id| *id != leader).unwrap();
     let follower_addr = addrs[follower as usize - 1].clone();
     put_retrying(&follower_addr, "shared/frozen", "warm", "v").await.unwrap().expect("acknowledged");
 
     tracing::info!(leader, follower, "phase: freeze the leader (SIGSTOP); write through a follower");
-    let pid = procs[leader as usize - 1].child.as_ref().unwrap().id();
-    let stop = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
-    assert!(stop.success());
+    let frozen = &procs.nodes()[leader as usize - 1];
+    frozen.signal("STOP").unwrap();
     let mut c = client(&follower_addr).await;
     let mut req = tonic::Request::new(put_req("shared/frozen", "k", "v"));
     req.set_timeout(Duration::from_secs(50));
     let result = c.put(req).await;
-    let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    let _ = frozen.signal("CONT");
     let status = result.expect_err("a frozen leader cannot acknowledge");
     tracing::info!(?status, "phase: the forwarded write ended");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");

@@ -1,15 +1,19 @@
 //! Test support: clusters of real nodes on 127.0.0.1 ephemeral ports, in-process or as
-//! separate `weft` processes, and clients that talk to them over gRPC.
+//! separate `weft` processes (both from `weft_fabric::testing`), and clients that talk to them
+//! over gRPC.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 use weft_fabric::config::Config;
 use weft_fabric::testing::LocalCluster;
+pub use weft_fabric::testing::{
+    ClusterOptions, Membership, NodeCommand, NodeProcess, ProcessCluster, cluster_status, wait_for_leader,
+    wait_for_status,
+};
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 use weft_proto::fabric::v1::state_client::StateClient;
@@ -27,8 +31,6 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
-
-pub use weft_fabric::testing::members_of;
 
 /// Ports for `n` nodes: bound now, so no other test can take them before the nodes start.
 pub async fn listeners(n: usize) -> Vec<TcpListener> {
@@ -172,102 +174,47 @@ pub async fn put_retrying(addr: &str, ns: &str, key: &str, value: &str) -> anyho
     }
 }
 
-/// The path of the built `weft` binary.
+/// The built `weft` binary.
 pub fn weft_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+    weft_fabric::testing::weft_binary().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A free port: bound and released. (Processes cannot inherit a bound socket here.)
+/// A free port of 127.0.0.1: bound and released. (Processes cannot inherit a bound socket here.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    weft_fabric::testing::free_ports(1).unwrap_or_else(|e| panic!("{e}"))[0]
 }
 
-/// A `weft node` child process, killed (SIGKILL) when dropped.
-pub struct Process {
-    pub args: Vec<String>,
-    /// Extra environment variables (`WEFT_*` settings without a flag).
-    pub env: Vec<(String, String)>,
-    pub child: Option<Child>,
-    pub log: PathBuf,
+/// `weft node ARGS` with `RUST_LOG=info`, its output appended to `log`; killed when dropped.
+pub fn spawn_node(args: Vec<String>, log: PathBuf) -> NodeProcess {
+    NodeCommand::node(weft_bin(), log)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Process {
-    pub fn spawn(args: Vec<String>, log: PathBuf) -> anyhow::Result<Self> {
-        Self::spawn_with_env(args, Vec::new(), log)
-    }
-
-    pub fn spawn_with_env(
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-        log: PathBuf,
-    ) -> anyhow::Result<Self> {
-        let mut p = Self { args, env, child: None, log };
-        p.start()?;
-        Ok(p)
-    }
-
-    pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(weft_bin())
-            .arg("node")
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn weft node")?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Asks any of `addrs` for the cluster status; the first answer wins.
-pub async fn status(addrs: &[String]) -> Option<pb::ClusterStatus> {
-    for addr in addrs {
-        let mut c = cluster_client(addr).await;
-        let mut req = tonic::Request::new(pb::StatusRequest {});
-        req.set_timeout(Duration::from_secs(2));
-        if let Ok(s) = c.status(req).await {
-            return Some(s.into_inner());
-        }
-    }
-    None
+/// `n` `weft node` processes with static membership, data and logs under `dir`, `RUST_LOG=info`;
+/// `options` adds arguments and environment.
+pub fn spawn_cluster(
+    dir: &Path,
+    n: usize,
+    options: impl FnOnce(ClusterOptions) -> ClusterOptions,
+) -> ProcessCluster {
+    let options = options(ClusterOptions::new(weft_bin(), dir, n).env("RUST_LOG", "info"));
+    ProcessCluster::start(options).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits until some node of `addrs` reports a leader, and returns the leader's id.
 pub async fn wait_for_leader_at(addrs: &[String]) -> u64 {
-    wait_for_new_leader_at(addrs, 0).await
+    wait_for_leader(addrs, PATIENCE).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits until some node of `addrs` reports a leader other than `not`.
 pub async fn wait_for_new_leader_at(addrs: &[String], not: u64) -> u64 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(s) = status(addrs).await
-            && s.leader_id != 0
-            && s.leader_id != not
-        {
-            return s.leader_id;
-        }
-        assert!(Instant::now() < deadline, "no leader at {addrs:?} within {PATIENCE:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = wait_for_status(addrs, PATIENCE, "a new leader", |s| s.leader_id != 0 && s.leader_id != not)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    status.leader_id
 }
 
 /// Writers that put unique keys (`w<writer>-<n>`) into `ns` until stopped, one per address,
@@ -313,29 +260,6 @@ impl Writers {
             acked.extend(t.await.expect("writer task"));
         }
         acked
-    }
-}
-
-/// A child process that is killed (SIGKILL) if the test ends before it exits, so a failing
-/// test leaves no process behind.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits for a child process to exit (bounded by [`PATIENCE`]).
-pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "process did not exit within {PATIENCE:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -82,7 +82,7 @@ async fn writes_and_reads_through_every_node() {
     assert_eq!(keys, (0..25).map(|i| format!("item/{i:03}")).collect::<Vec<_>>());
 
     tracing::info!("phase: cluster status lists every member with its role");
-    let status = status(&cluster.addrs[1..2]).await.expect("status");
+    let status = cluster_status(&cluster.addrs[1..2]).await.expect("status");
     assert_eq!(status.leader_id, leader);
     assert_eq!(status.members.len(), 3);
     assert!(status.members.iter().all(|m| m.reachable && m.voter && m.applied_index.is_some()));

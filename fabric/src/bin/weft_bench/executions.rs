@@ -35,10 +35,10 @@ use anyhow::{Context as _, bail};
 use tokio::task::{JoinHandle, JoinSet};
 use weft_agent::{Agent, Client, Context, Fail, Worker};
 
-use super::{
-    Args, Cluster, CpuTicks, ERROR_PAUSE, Metrics, REQUEST_TIMEOUT, Scratch, TICKS_PER_SEC, cpu_ticks,
-    load_average, median, metrics, ms, percentile_ms,
-};
+use crate::cluster::{Cluster, Scratch};
+use crate::probes::{CpuTicks, Metrics, TICKS_PER_SEC, cpu_ticks, load_average, metrics};
+use crate::report::{median, ms, percentile_ms};
+use crate::{Args, ERROR_PAUSE, REQUEST_TIMEOUT};
 
 /// The agent the benchmark serves.
 const AGENT: &str = "bench";
@@ -212,12 +212,11 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) ->
             n,
             args.snapshot_after_entries,
             args.keep,
-        )
-        .await?;
+        )?;
         let leader = cluster.wait_for_leader().await?;
         eprintln!("   {n} node(s) up, leader n{leader}");
         let mut places = vec![(false, leader)];
-        if let Some(follower) = cluster.nodes.iter().map(|node| node.id).find(|id| *id != leader) {
+        if let Some(follower) = cluster.nodes().map(|node| node.id).find(|id| *id != leader) {
             places.push((true, follower));
         }
         for (on_follower, worker_node) in places {
@@ -293,8 +292,8 @@ async fn leftovers(cluster: &Cluster) -> Vec<String> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         let mut found = Vec::new();
-        for node in &cluster.nodes {
-            match metrics(&node.addr).await {
+        for node in cluster.nodes() {
+            match metrics(node.addr).await {
                 Ok(m) => {
                     if m.waiters > 0 {
                         found.push(format!("n{} still has {} waiting caller(s)", node.id, m.waiters));
@@ -344,7 +343,7 @@ async fn measure_row(
 
     let measure_from = Instant::now() + args.warmup();
     let measure_until = measure_from + args.secs();
-    let pids: Vec<(bool, u32)> = cluster.nodes.iter().map(|n| (n.id == leader, n.pid)).collect();
+    let pids: Vec<(bool, u32)> = cluster.nodes().filter_map(|n| Some((n.id == leader, n.pid?))).collect();
     let sampler = tokio::spawn(async move {
         let sample = async || {
             let ticks: Vec<(bool, CpuTicks)> = pids.iter().map(|(l, p)| (*l, cpu_ticks(&[*p]))).collect();

@@ -8,13 +8,17 @@
 //!   down, and until the leader has replaced it in Raft (grace [`GRACE_MS`]).
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use weft_fabric::testing::status_at;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 
-use super::{Cluster, NodeProcess, Scratch, free_addrs, median, metrics_text, tail};
+use crate::cluster::{Cluster, Scratch};
+use crate::probes::metrics_text;
+use crate::report::median;
 
 /// `dead_node_grace_ms` of the nodes in the failure measurement.
 pub const GRACE_MS: u64 = 5_000;
@@ -40,43 +44,6 @@ pub struct Figures {
     pub replaced_secs: f64,
 }
 
-/// Starts `n` gossip-mode nodes (generated ids, one seed).
-fn start(
-    weft: &std::path::Path,
-    root: &std::path::Path,
-    n: usize,
-    preset: &str,
-    keep: bool,
-) -> anyhow::Result<Cluster> {
-    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
-    let mut cluster = Cluster { root: root.to_owned(), keep, nodes: Vec::new() };
-    let addrs = free_addrs(n)?;
-    for (i, addr) in addrs.iter().enumerate() {
-        let data_dir = root.join(format!("n{i}"));
-        let log = root.join(format!("n{i}.log"));
-        let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = std::process::Command::new(weft)
-            .arg("node")
-            .args(["--cluster", "bench"])
-            .args(["--listen", addr])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--seeds", &addrs[0]])
-            .args(["--bootstrap-expect", "3"])
-            .args(["--gossip-preset", preset])
-            .args(["--dead-node-grace-ms", &GRACE_MS.to_string()])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("cannot start {}", weft.display()))?;
-        cluster.nodes.push(NodeProcess { id: 0, addr: addr.clone(), pid: child.id(), data_dir, log, child });
-    }
-    Ok(cluster)
-}
-
 async fn client(addr: &str) -> Option<ClusterClient<tonic::transport::Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
@@ -86,10 +53,6 @@ async fn client(addr: &str) -> Option<ClusterClient<tonic::transport::Channel>> 
         .await
         .ok()?;
     Some(ClusterClient::new(channel))
-}
-
-async fn status(addr: &str) -> Option<pb::ClusterStatus> {
-    client(addr).await?.status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
 }
 
 async fn members(addr: &str) -> Option<pb::MembersReply> {
@@ -105,18 +68,21 @@ async fn wait_for(
 ) -> anyhow::Result<pb::ClusterStatus> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        if let Some(s) = status(addr).await
+        if let Some(s) = status_at(addr).await
             && check(&s)
         {
             return Ok(s);
         }
         if Instant::now() >= deadline {
-            let logs: String =
-                cluster.nodes.iter().map(|n| format!("--- {} ---\n{}\n", n.addr, tail(&n.log, 8))).collect();
-            bail!("{what}: not within {} s; node logs:\n{logs}", PATIENCE.as_secs());
+            bail!("{what}: not within {} s; node logs:\n{}", PATIENCE.as_secs(), cluster.log_tails());
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The first node's address: the seed of all the others.
+fn seed_of(cluster: &Cluster) -> anyhow::Result<String> {
+    Ok(cluster.nodes().next().context("a cluster without nodes")?.addr.to_owned())
 }
 
 fn formed(s: &pb::ClusterStatus, n: usize) -> bool {
@@ -137,18 +103,13 @@ async fn gossip_bytes(addr: &str) -> anyhow::Result<u64> {
 }
 
 /// One run for one preset.
-pub async fn measure(
-    weft: &std::path::Path,
-    scratch: &Scratch,
-    run: usize,
-    preset: &str,
-) -> anyhow::Result<Figures> {
+pub async fn measure(weft: &Path, scratch: &Scratch, run: usize, preset: &str) -> anyhow::Result<Figures> {
     let mut figures = Figures::default();
     for n in SIZES {
         let root = scratch.path.join(format!("run{run}-{preset}-form{n}"));
         let started = Instant::now();
-        let cluster = start(weft, &root, n, preset, scratch.keep)?;
-        let seed = cluster.nodes[0].addr.clone();
+        let cluster = Cluster::start_gossip(weft, &root, n, preset, GRACE_MS, scratch.keep)?;
+        let seed = seed_of(&cluster)?;
         wait_for(&cluster, &seed, "formation", |s| formed(s, n)).await?;
         let secs = started.elapsed().as_secs_f64();
         eprintln!("   {preset}: {n} nodes formed in {secs:.2} s");
@@ -157,30 +118,26 @@ pub async fn measure(
     }
 
     let root = scratch.path.join(format!("run{run}-{preset}-kill"));
-    let mut cluster = start(weft, &root, 5, preset, scratch.keep)?;
-    let seed = cluster.nodes[0].addr.clone();
+    let mut cluster = Cluster::start_gossip(weft, &root, 5, preset, GRACE_MS, scratch.keep)?;
+    let seed = seed_of(&cluster)?;
     let s = wait_for(&cluster, &seed, "formation", |s| formed(s, 5)).await?;
-    for node in &mut cluster.nodes {
-        node.id = s.members.iter().find(|m| m.address == node.addr).map_or(0, |m| m.id);
-    }
+    cluster.learn_ids(&s);
     let mut before = Vec::new();
-    for node in &cluster.nodes {
-        before.push(gossip_bytes(&node.addr).await?);
+    for node in cluster.nodes() {
+        before.push(gossip_bytes(node.addr).await?);
     }
     tokio::time::sleep(TRAFFIC_WINDOW).await;
     let mut rates = Vec::new();
-    for (node, b) in cluster.nodes.iter().zip(before) {
-        rates.push((gossip_bytes(&node.addr).await? - b) as f64 / TRAFFIC_WINDOW.as_secs_f64());
+    for (node, b) in cluster.nodes().zip(before) {
+        rates.push((gossip_bytes(node.addr).await? - b) as f64 / TRAFFIC_WINDOW.as_secs_f64());
     }
     figures.gossip_bytes_per_sec = median(rates);
 
     let leader = s.leader_id;
     let victim = s.members.iter().find(|m| m.voter && m.id != leader).context("no follower voter")?.id;
-    let leader_addr = cluster.nodes.iter().find(|n| n.id == leader).context("leader not found")?.addr.clone();
-    let index = cluster.nodes.iter().position(|n| n.id == victim).context("victim not found")?;
+    let leader_addr = cluster.addr(leader).context("leader not found")?.to_owned();
     let killed = Instant::now();
-    let _ = cluster.nodes[index].child.kill();
-    let _ = cluster.nodes[index].child.wait();
+    cluster.kill9(victim).context("victim not found")?;
     let mut down = None;
     let deadline = killed + PATIENCE;
     let replaced = loop {
@@ -190,7 +147,7 @@ pub async fn measure(
         {
             down = Some(killed.elapsed().as_secs_f64());
         }
-        if let Some(s) = status(&leader_addr).await
+        if let Some(s) = status_at(&leader_addr).await
             && s.members.iter().filter(|m| m.voter).count() == 3
             && !s.members.iter().any(|m| m.id == victim && m.role != "not a member")
         {

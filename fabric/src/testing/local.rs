@@ -1,8 +1,7 @@
-//! Helpers for tests of code built on the fabric (the fabric's own integration tests, the
-//! agent SDK, the examples): real nodes in the test's process, on 127.0.0.1 ephemeral ports,
-//! with data under a directory the test owns.
+//! In-process clusters: real nodes in the caller's process, on 127.0.0.1 ephemeral ports,
+//! with data under a directory the caller owns.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -129,23 +128,4 @@ impl LocalCluster {
             self.stop(id).await;
         }
     }
-}
-
-/// The built `weft` binary: `target/{debug,release}/weft` of the workspace that holds
-/// `manifest_dir` (the newer of the two when both exist).
-pub fn weft_binary(manifest_dir: &Path) -> Option<PathBuf> {
-    let mut dir = Some(manifest_dir);
-    while let Some(d) = dir {
-        let candidates = [d.join("target/debug/weft"), d.join("target/release/weft")];
-        let newest = candidates
-            .iter()
-            .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
-            .max()
-            .map(|(_, p)| p);
-        if newest.is_some() {
-            return newest;
-        }
-        dir = d.parent();
-    }
-    None
 }
