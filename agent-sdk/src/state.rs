@@ -26,7 +26,7 @@ fn from_json<T: DeserializeOwned>(namespace: &str, key: &str, bytes: &[u8]) -> R
         .map_err(|e| Error::Codec(format!("{namespace} {key} does not hold the expected JSON value: {e}")))
 }
 
-/// One namespace of state, for a plain client. See [`Client::state`].
+/// One namespace of state, for a plain client. See [`Client::state`](crate::Client::state).
 ///
 /// ```no_run
 /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
@@ -199,7 +199,7 @@ impl Buffer {
 
 /// One namespace of state inside a handler: reads see the handler's own writes; writes
 /// are applied atomically with its result (see the module docs). From
-/// [`Context::state`] or [`Context::shared`].
+/// [`Context::state`](crate::Context::state) or [`Context::shared`](crate::Context::shared).
 ///
 /// ```no_run
 /// # async fn increment(ctx: weft_agent::Context, by: u64) -> Result<u64, weft_agent::Fail> {

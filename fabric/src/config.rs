@@ -464,7 +464,7 @@ impl Config {
     }
 
     /// How this node joins a cluster.
-    pub fn join_mode(&self) -> Result<crate::membership::bootstrap::Mode, Error> {
+    pub(crate) fn join_mode(&self) -> Result<crate::membership::bootstrap::Mode, Error> {
         use crate::membership::bootstrap::Mode;
         Ok(if !self.members()?.is_empty() {
             Mode::Static
@@ -478,7 +478,7 @@ impl Config {
     }
 
     /// Gossip timing: the preset with any overrides.
-    pub fn gossip_timing(&self) -> Result<crate::membership::gossip::Timing, Error> {
+    pub(crate) fn gossip_timing(&self) -> Result<crate::membership::gossip::Timing, Error> {
         let preset = crate::membership::gossip::Preset::parse(&self.gossip_preset).ok_or_else(|| {
             invalid("gossip_preset", format!("'{}' is not 'lan' or 'test'", self.gossip_preset))
         })?;

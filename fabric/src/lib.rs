@@ -15,32 +15,38 @@
 //!   the Raft gRPC service.
 //! - [`membership`]: SWIM gossip (foca over UDP), forming a cluster from gossip, and the
 //!   leader's reconciler that turns gossip into Raft membership changes.
-//! - [`api`]: the gRPC services agents and tools call (state, executions, instances, cluster).
-//! - [`routing`]: the one path to the leader for writes and linearizable reads, the write
+//! - `api`: the gRPC services agents and tools call (state, executions, instances, cluster).
+//! - `routing`: the one path to the leader for writes and linearizable reads, the write
 //!   batcher, the node-to-node `Forward` service, and the one place domain errors become
 //!   `tonic::Status`.
-//! - [`convert`]: generated protobuf types to domain types and back, in one place.
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`sessions`]: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
-//! - [`watch`]: the hub applied entries fill: assignments to push, results to wake callers.
-//! - [`codec`]: versioned binary encoding of everything persisted or sent between nodes.
+//! - `convert`: generated protobuf types to domain types and back, in one place.
+//! - `http`: `/healthz`, `/readyz`, `/metrics`.
+//! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
+//! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
+//! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
 //! - [`testing`]: the one harness for tests and benchmarks: in-process clusters, and `weft node`
 //!   processes on free ports (spawn, kill, restart, ask for the leader).
 
-pub mod api;
-pub mod codec;
+// A public type in a crate-private module is an internal that leaked into the public API.
+#![warn(unnameable_types)]
+
+pub(crate) mod api;
+pub(crate) mod codec;
 pub mod config;
-pub mod convert;
+pub(crate) mod convert;
 pub mod data_dir;
 pub mod grid;
-pub mod http;
+pub(crate) mod http;
 pub mod membership;
 pub mod node;
 pub mod raft;
-pub mod routing;
-pub mod sessions;
+pub(crate) mod routing;
+pub(crate) mod sessions;
 pub mod testing;
-pub mod watch;
+pub(crate) mod watch;
+
+pub use config::Config;
+pub use node::Node;
 
 /// A node's id in the cluster: chosen by the operator (`--node-id`) or generated and kept in
 /// the data directory. Shared by every layer, so it lives at the root.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use weft_agent::{Agent, Error, Stopper, Worker};
-use weft_fabric::config::Config;
+use weft_fabric::Config;
 use weft_fabric::testing::{ClusterOptions, LocalCluster, ProcessCluster, wait_for_leader, weft_binary};
 
 /// Generous bound for what a healthy cluster does "soon": tests share 2 cores.

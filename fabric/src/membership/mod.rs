@@ -13,16 +13,16 @@
 //! - [`identity`]: a node's gossip identity (id, address, generation, leaving).
 //! - [`codec`]: foca's messages on bincode inside a frame naming the format and cluster.
 //! - [`gossip`]: the UDP service driving foca; publishes the [`gossip::View`].
-//! - [`bootstrap`]: forming a cluster (`--bootstrap-expect`) or waiting to be added.
-//! - [`election_guard`]: a node removed while away does not disrupt the cluster on return.
-//! - [`reconciler`]: on the leader, one membership change at a time.
+//! - `bootstrap`: forming a cluster (`--bootstrap-expect`) or waiting to be added.
+//! - `election_guard`: a node removed while away does not disrupt the cluster on return.
+//! - `reconciler`: on the leader, one membership change at a time.
 
-pub mod bootstrap;
+pub(crate) mod bootstrap;
 pub mod codec;
-pub mod election_guard;
+pub(crate) mod election_guard;
 pub mod gossip;
 pub mod identity;
-pub mod reconciler;
+pub(crate) mod reconciler;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,9 +37,9 @@ pub struct Handle {
     /// The gossip service.
     pub gossip: gossip::Handle,
     /// Joining and bootstrap state.
-    pub bootstrap: Arc<bootstrap::State>,
+    pub(crate) bootstrap: Arc<bootstrap::State>,
     /// The reconciler's counters.
-    pub reconciler: Arc<reconciler::Counters>,
+    pub(crate) reconciler: Arc<reconciler::Counters>,
 }
 
 /// A lazily connecting channel to a peer's gRPC port, every call bounded by `timeout`.

@@ -1,16 +1,16 @@
 //! Raft: openraft's type configuration and the pieces the node wires together.
 //!
-//! The split follows openraft's examples: [`log_store`] (sled-backed log and vote),
-//! [`state_machine`] (the grid plus snapshot files), [`network`] (tonic client to peers) and
-//! [`raft_service`] (the gRPC service that receives peers' Raft RPCs).
+//! The split follows openraft's examples: `log_store` (sled-backed log and vote),
+//! [`state_machine`] (the grid plus snapshot files), `network` (tonic client to peers) and
+//! `raft_service` (the gRPC service that receives peers' Raft RPCs).
 //!
 //! A log entry's application payload is a [`Request`]: a batch of grid commands stamped with
 //! the leader's clock. Batching many client writes into one entry is how the leader turns
 //! 64 concurrent clients into one fsync'd append.
 
-pub mod log_store;
-pub mod network;
-pub mod raft_service;
+pub(crate) mod log_store;
+pub(crate) mod network;
+pub(crate) mod raft_service;
 pub mod state_machine;
 
 use std::io::Cursor;

@@ -140,7 +140,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the snapshot directory and restores the newest snapshot in it, if any. Applied
     /// entries' events go to `hub`.
-    pub fn open(dir: &Path, hub: watch::Hub) -> Result<Self, StorageError> {
+    pub(crate) fn open(dir: &Path, hub: watch::Hub) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| read_err(None, e))?;
         let sm = Self {
             handle: Handle {

@@ -32,7 +32,7 @@ pub mod forward;
 pub mod forward_service;
 pub mod proposer;
 
-pub use context::{Context, Counters, Leader};
+pub use context::{Context, Leader};
 pub use error::Error;
-pub use forward::{propose, propose_until, read_barrier};
+pub use forward::{propose, read_barrier};
 pub use forward_service::ForwardService;

@@ -4,8 +4,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use weft_fabric::config::Config;
-use weft_fabric::node::Node;
+use weft_fabric::{Config, Node};
 use weft_proto::fabric::v1 as pb;
 
 use crate::support::*;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
-use weft_fabric::config::Config;
+use weft_fabric::Config;
 use weft_fabric::testing::LocalCluster;
 pub use weft_fabric::testing::{
     ClusterOptions, Membership, NodeCommand, NodeProcess, ProcessCluster, cluster_status, wait_for_leader,

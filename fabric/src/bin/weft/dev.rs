@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use weft_fabric::config::{Config, DEFAULT_LISTEN};
-use weft_fabric::node::Node;
+use weft_fabric::config::DEFAULT_LISTEN;
+use weft_fabric::{Config, Node};
 
 /// Most nodes `weft dev` starts.
 pub const MAX_DEV_NODES: u8 = 9;

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use weft_fabric::config::Config;
-use weft_fabric::node::Node;
+use weft_fabric::{Config, Node};
 
 use crate::render::out;
 
