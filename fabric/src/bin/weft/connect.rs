@@ -98,3 +98,46 @@ pub async fn client<C: Limited>(endpoint: &str, timeout: Option<Duration>) -> an
 pub fn consistency(stale: bool) -> i32 {
     if stale { pb::Consistency::Stale as i32 } else { pb::Consistency::Linearizable as i32 }
 }
+
+/// Where a listing continues: a page token, or the end.
+pub trait PageToken {
+    /// Whether this token says no page follows.
+    fn is_end(&self) -> bool;
+}
+
+impl PageToken for String {
+    fn is_end(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl PageToken for u64 {
+    fn is_end(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl<T> PageToken for Option<T> {
+    fn is_end(&self) -> bool {
+        self.is_none()
+    }
+}
+
+/// Fetches the page at `token`, and with `all` the pages after it, up to
+/// [`MAX_LIST_ALL_ITEMS`](crate::args::MAX_LIST_ALL_ITEMS) items; returns the items and the
+/// token of the page that follows them.
+pub async fn pages<T, K: PageToken>(
+    mut token: K,
+    all: bool,
+    mut fetch: impl AsyncFnMut(K) -> Result<(Vec<T>, K), tonic::Status>,
+) -> Result<(Vec<T>, K), tonic::Status> {
+    let mut items = Vec::new();
+    loop {
+        let (page, next) = fetch(token).await?;
+        items.extend(page);
+        token = next;
+        if !all || token.is_end() || items.len() >= crate::args::MAX_LIST_ALL_ITEMS {
+            return Ok((items, token));
+        }
+    }
+}

@@ -5,7 +5,7 @@ use serde_json::json;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 
-use crate::args::{DEFAULT_WAIT, MAX_LIST_ALL_ITEMS, parse_duration_ms};
+use crate::args::{DEFAULT_WAIT, parse_duration_ms};
 use crate::connect::{self, REQUEST_TIMEOUT, consistency};
 use crate::render::{age, execution_json, fail, non_empty, outcome, outln, payload_text};
 
@@ -145,10 +145,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
     let endpoint = args.conn.endpoint;
     match args.op {
-        Op::List { agent, status, limit, mut page_token, all, stale } => {
+        Op::List { agent, status, limit, page_token, all, stale } => {
             let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
-            let mut executions = Vec::new();
-            loop {
+            let listed = connect::pages(page_token, all, async |page_token| {
                 let req = pb::ListExecutionsRequest {
                     agent: agent.clone().unwrap_or_default(),
                     status: status.clone().unwrap_or_default(),
@@ -156,16 +155,14 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                     limit,
                     consistency: consistency(stale),
                 };
-                let page = match client.list(req).await {
-                    Err(e) => return Ok(fail(e, json_out)),
-                    Ok(r) => r.into_inner(),
-                };
-                executions.extend(page.executions);
-                page_token = page.next_page_token;
-                if !all || page_token == 0 || executions.len() >= MAX_LIST_ALL_ITEMS {
-                    break;
-                }
-            }
+                let page = client.list(req).await?.into_inner();
+                Ok((page.executions, page.next_page_token))
+            })
+            .await;
+            let (executions, page_token) = match listed {
+                Ok(listed) => listed,
+                Err(e) => return Ok(fail(e, json_out)),
+            };
             if json_out {
                 let items: Vec<_> = executions.iter().map(execution_json).collect();
                 outln!(

@@ -6,7 +6,7 @@ use weft_fabric::grid::execution::STOP_DELEGATE;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 
-use crate::args::{DEFAULT_WAIT, MAX_LIST_ALL_ITEMS, json_payload, parse_duration_ms};
+use crate::args::{DEFAULT_WAIT, json_payload, parse_duration_ms};
 use crate::connect::{self, REQUEST_TIMEOUT, consistency, waiting};
 use crate::render::{age, execution_json, fail, insert_payload, outcome, outln, payload_text};
 
@@ -162,29 +162,26 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let endpoint = args.conn.endpoint;
     match args.op {
         Op::List { agent, limit, page_token, all, stale } => {
-            let mut page_token = match page_token.as_deref().map(instance_ref).transpose() {
+            let page_token = match page_token.as_deref().map(instance_ref).transpose() {
                 Ok(t) => t,
                 Err(e) => return Ok(fail(e, json_out)),
             };
             let mut client: InstancesClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
-            let mut instances = Vec::new();
-            loop {
+            let listed = connect::pages(page_token, all, async |page_token| {
                 let req = pb::ListInstancesRequest {
                     agent: agent.clone().unwrap_or_default(),
-                    page_token: page_token.clone(),
+                    page_token,
                     limit,
                     consistency: consistency(stale),
                 };
-                let page = match client.list(req).await {
-                    Err(e) => return Ok(fail(e, json_out)),
-                    Ok(r) => r.into_inner(),
-                };
-                instances.extend(page.instances);
-                page_token = page.next_page_token;
-                if !all || page_token.is_none() || instances.len() >= MAX_LIST_ALL_ITEMS {
-                    break;
-                }
-            }
+                let page = client.list(req).await?.into_inner();
+                Ok((page.instances, page.next_page_token))
+            })
+            .await;
+            let (instances, page_token) = match listed {
+                Ok(listed) => listed,
+                Err(e) => return Ok(fail(e, json_out)),
+            };
             let next = page_token.map(|t| format!("{}/{}", t.agent, t.instance));
             if json_out {
                 let items: Vec<_> = instances.iter().map(instance_json).collect();

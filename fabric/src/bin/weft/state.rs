@@ -178,26 +178,23 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 }
             }
         }
-        Op::List { namespace, prefix, limit, mut page_token, all, stale } => {
-            let mut entries = Vec::new();
-            loop {
+        Op::List { namespace, prefix, limit, page_token, all, stale } => {
+            let listed = connect::pages(page_token, all, async |page_token| {
                 let req = pb::ListRequest {
                     namespace: namespace.clone(),
                     prefix: prefix.clone(),
-                    page_token: page_token.clone(),
+                    page_token,
                     limit,
                     consistency: consistency(stale),
                 };
-                let page = match client.list(req).await {
-                    Err(e) => return Ok(fail(e, json_out)),
-                    Ok(r) => r.into_inner(),
-                };
-                entries.extend(page.entries);
-                page_token = page.next_page_token;
-                if !all || page_token.is_empty() {
-                    break;
-                }
-            }
+                let page = client.list(req).await?.into_inner();
+                Ok((page.entries, page.next_page_token))
+            })
+            .await;
+            let (entries, page_token) = match listed {
+                Ok(listed) => listed,
+                Err(e) => return Ok(fail(e, json_out)),
+            };
             if json_out {
                 let items: Vec<_> = entries.iter().map(|kv| kv_json(&namespace, kv)).collect();
                 outln!(
