@@ -361,16 +361,17 @@ mod tests {
         assert_eq!(kind(&classify("k", Err(tonic::Status::unavailable("outcome unknown")))), "info");
         assert_eq!(kind(&classify("k", Err(tonic::Status::resource_exhausted("waiters")))), "fail");
         assert_eq!(kind(&classify("k", Err(tonic::Status::cancelled("timeout")))), "info");
+        let too_large = tonic::Status::out_of_range("encoded message length too large");
+        assert_eq!(
+            kind(&classify("k", Err(too_large))),
+            "info",
+            "a result too large comes after the call ran"
+        );
+        let created = weft_proto::wire::with_execution(tonic::Status::unavailable("created, but"), 43);
+        assert_eq!(kind(&classify("k", Err(created))), "info", "created, then the wait was refused");
         let running =
             weft_proto::wire::with_execution(tonic::Status::deadline_exceeded("still assigned"), 42);
         let done = classify("k", Err(running));
-        assert_eq!(kind(&done), "info");
-        let created = weft_proto::wire::with_execution(tonic::Status::unavailable("created, but"), 43);
-        assert_eq!(kind(&classify("k", Err(created))), "info", "created, then the wait was refused");
-        let done = classify(
-            "k",
-            Err(weft_proto::wire::with_execution(tonic::Status::deadline_exceeded("still assigned"), 42)),
-        );
         assert_eq!(kind(&done), "info");
         let Done::Info(Op::Increment { execution: id, .. }, _) = done else { panic!() };
         assert_eq!(id, Some(42), "the execution that goes on is named");

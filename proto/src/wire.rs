@@ -1,6 +1,7 @@
 //! The wire contract beyond the `.proto` files: the metadata a node puts on a status, and what
 //! a failed call's status says about whether its request was applied. The fabric writes it;
-//! the SDK, the CLI, `weft-jepsen` and the tests read it from here, so they cannot disagree.
+//! the SDK, `weft-jepsen`, the CLI (metadata names, limits) and the tests read it from here,
+//! so they cannot disagree.
 //!
 //! | status | [`Outcome`] | meaning |
 //! |---|---|---|
@@ -8,8 +9,11 @@
 //! | `UNAVAILABLE` "tcp connect error", "Connection refused", "error trying to connect" | [`Outcome::NotApplied`] | the connection never opened: the request never left the caller |
 //! | `RESOURCE_EXHAUSTED` | [`Outcome::Overloaded`] | a limit refused it before it was proposed (a full queue, `max_executions`, `max_waiters`) |
 //! | `INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`, `NOT_FOUND`, `PERMISSION_DENIED`, `UNAUTHENTICATED`, `UNIMPLEMENTED` | [`Outcome::Refused`] | the fabric's rules refused it; nothing changed, and the same request gets the same answer |
-//! | `OUT_OF_RANGE` | [`Outcome::Refused`] | a message over a size limit, refused by the gRPC layer before anything is served (replies that change state are small, so it never hides an applied write) |
-//! | anything else (`UNAVAILABLE` without the header, `DEADLINE_EXCEEDED`, `CANCELLED`, `UNKNOWN`, `ABORTED`, `INTERNAL`, `DATA_LOSS`) | [`Outcome::Unknown`] | it may or may not have been applied |
+//! | anything else (`UNAVAILABLE` without the header, `DEADLINE_EXCEEDED`, `CANCELLED`, `UNKNOWN`, `ABORTED`, `INTERNAL`, `DATA_LOSS`, `OUT_OF_RANGE`) | [`Outcome::Unknown`] | it may or may not have been applied |
+//!
+//! `OUT_OF_RANGE` is a message over a size limit: a request refused before it was served, or a
+//! reply (an execution's result, say) too large to send or to read after the call ran; the
+//! code alone does not say which.
 //!
 //! A caller may send a request again anywhere after `NotApplied` and (later) after
 //! `Overloaded`; after `Unknown` only when sending it twice is harmless (a read, or a create
@@ -57,8 +61,7 @@ impl Outcome {
             | Code::NotFound
             | Code::PermissionDenied
             | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::OutOfRange => Outcome::Refused,
+            | Code::Unimplemented => Outcome::Refused,
             _ => Outcome::Unknown,
         }
     }
@@ -121,16 +124,17 @@ mod tests {
         }
         assert_eq!(Outcome::of(&Status::unavailable("outcome unknown: timeout")), Outcome::Unknown);
         assert_eq!(Outcome::of(&Status::resource_exhausted("queue full")), Outcome::Overloaded);
-        for code in [
-            Code::InvalidArgument,
-            Code::FailedPrecondition,
-            Code::AlreadyExists,
-            Code::NotFound,
-            Code::OutOfRange,
-        ] {
+        for code in [Code::InvalidArgument, Code::FailedPrecondition, Code::AlreadyExists, Code::NotFound] {
             assert_eq!(Outcome::of(&Status::new(code, "no")), Outcome::Refused, "{code:?}");
         }
-        for code in [Code::DeadlineExceeded, Code::Cancelled, Code::Unknown, Code::Internal, Code::DataLoss] {
+        for code in [
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::Internal,
+            Code::DataLoss,
+            Code::OutOfRange,
+        ] {
             assert_eq!(Outcome::of(&Status::new(code, "?")), Outcome::Unknown, "{code:?}");
             assert!(!Outcome::of(&Status::new(code, "?")).is_definite());
         }

@@ -31,11 +31,13 @@ pub enum Leader {
 /// Counters the API keeps for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Writes accepted by this node (local or forwarded).
+    /// Writes received by this node from its callers (a hand-over from a follower is not
+    /// counted again on the leader).
     pub writes: AtomicU64,
     /// Reads served by this node.
     pub reads: AtomicU64,
-    /// Requests this node forwarded to the leader.
+    /// Hand-overs to the leader: `Forward/Propose` and `Forward/ReadIndex` calls, retries
+    /// included.
     pub forwarded: AtomicU64,
     /// Requests refused with an error status.
     pub errors: AtomicU64,

@@ -4,6 +4,11 @@ use weft_proto::wire;
 
 use crate::grid;
 
+/// How the message of a status that says "certainly not applied" starts.
+pub(crate) const NOT_APPLIED_PREFIX: &str = "not applied: ";
+/// How the message of a status that says "outcome unknown" starts.
+pub(crate) const UNKNOWN_PREFIX: &str = "outcome unknown (the write may or may not have been applied): ";
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,17 +66,15 @@ impl Error {
             Error::NotLeader { leader } => {
                 let message = match &leader {
                     Some(addr) => {
-                        format!("not applied: this node is not the leader; the leader is at {addr}")
+                        format!("{NOT_APPLIED_PREFIX}this node is not the leader; the leader is at {addr}")
                     }
-                    None => "not applied: this node is not the leader and no leader is known".to_owned(),
+                    None => format!("{NOT_APPLIED_PREFIX}this node is not the leader and no leader is known"),
                 };
                 wire::not_applied(message, leader.as_deref())
             }
-            Error::Unavailable(m) => wire::not_applied(format!("not applied: {m}"), None),
+            Error::Unavailable(m) => wire::not_applied(format!("{NOT_APPLIED_PREFIX}{m}"), None),
             Error::Overloaded(m) => tonic::Status::resource_exhausted(m),
-            Error::Indeterminate(m) => tonic::Status::unavailable(format!(
-                "outcome unknown (the write may or may not have been applied): {m}"
-            )),
+            Error::Indeterminate(m) => tonic::Status::unavailable(format!("{UNKNOWN_PREFIX}{m}")),
         }
     }
 }

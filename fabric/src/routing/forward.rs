@@ -16,6 +16,7 @@ use weft_proto::cluster::v1::forward_client::ForwardClient;
 use weft_proto::wire::Outcome;
 
 use super::context::RETRY_PAUSE;
+use super::error::{NOT_APPLIED_PREFIX, UNKNOWN_PREFIX};
 use super::{Context, Error, Leader};
 use crate::codec;
 use crate::grid::{self, Command, Output};
@@ -69,10 +70,13 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
                 request.set_timeout(deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE));
                 ctx.counters.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut client = forward_client(ctx, &addr)?;
+                // A leader cut off from the rest answers nothing until the deadline; once this
+                // node follows a new leader, stop waiting for the old one (it may have appended
+                // the write, so its outcome is unknown).
                 let answer = tokio::select! {
                     answer = client.propose(request) => answer,
-                    new = ctx.leader_moved_from(id) => Err(tonic::Status::cancelled(format!(
-                        "node {new} was elected while the write was with the old leader at {addr}"
+                    new = ctx.leader_moved_from(id) => return Err(Error::Indeterminate(format!(
+                        "node {new} was elected while the request was with the old leader at {addr}"
                     ))),
                 };
                 match answer {
@@ -87,7 +91,13 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
                     // Grid refusals come back inside a reply; a failed status is about the
                     // hand-over itself.
                     Err(status) => match Outcome::of(&status) {
-                        Outcome::NotApplied => Error::Unavailable(status.message().to_owned()),
+                        Outcome::NotApplied => Error::Unavailable(
+                            status
+                                .message()
+                                .strip_prefix(NOT_APPLIED_PREFIX)
+                                .unwrap_or(status.message())
+                                .to_owned(),
+                        ),
                         Outcome::Overloaded => return Err(Error::Overloaded(status.message().to_owned())),
                         Outcome::Refused => {
                             return Err(Error::Unavailable(format!(
@@ -96,10 +106,11 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
                             )));
                         }
                         Outcome::Unknown => {
-                            return Err(Error::Indeterminate(format!(
-                                "the leader at {addr} did not answer: {}",
-                                status.message()
-                            )));
+                            let message = status.message();
+                            return Err(Error::Indeterminate(match message.strip_prefix(UNKNOWN_PREFIX) {
+                                Some(why) => format!("the leader at {addr} answered: {why}"),
+                                None => format!("the leader at {addr} did not answer in time: {message}"),
+                            }));
                         }
                     },
                 }
@@ -130,12 +141,21 @@ pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
                     )),
                 }
             }
-            Leader::Remote { addr, .. } => {
+            Leader::Remote { id, addr } => {
                 let left = deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE);
                 let mut request = Request::new(cpb::ReadIndexRequest { cluster: ctx.cluster.clone() });
                 request.set_timeout(left);
                 ctx.counters.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                match forward_client(ctx, &addr)?.read_index(request).await {
+                let mut client = forward_client(ctx, &addr)?;
+                // As for writes: a new leader ends the wait for the old one, and the read asks
+                // the new one.
+                let answer = tokio::select! {
+                    answer = client.read_index(request) => answer,
+                    new = ctx.leader_moved_from(id) => Err(tonic::Status::cancelled(format!(
+                        "node {new} was elected while the read index was asked of the old leader at {addr}"
+                    ))),
+                };
+                match answer {
                     Ok(reply) => {
                         let index = reply.into_inner().index;
                         let left = deadline.saturating_duration_since(Instant::now());

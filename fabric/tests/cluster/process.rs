@@ -87,7 +87,32 @@ async fn a_write_forwarded_to_a_frozen_leader_ends_when_a_new_leader_is_elected(
     let status = result.expect_err("a frozen leader cannot acknowledge");
     tracing::info!(?status, "phase: the forwarded write ended");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("was elected while the write was with the old leader"), "{status:?}");
+    assert!(status.message().contains("was elected while the request was with the old leader"), "{status:?}");
     assert!(!is_not_applied(&status), "the old leader may have the write: its outcome is unknown");
+    drop(procs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_through_a_follower_of_a_frozen_leader_asks_the_new_leader() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // Far longer than an election: only a leader change can end the wait early.
+    let procs = static_cluster(dir.path(), "frozen-read", &[("WEFT_REQUEST_TIMEOUT_MS", "60000")]);
+    let addrs = procs.addrs().to_vec();
+    let leader = wait_for_leader_at(&addrs).await;
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+    let follower_addr = addrs[follower as usize - 1].clone();
+    put_retrying(&follower_addr, "shared/frozen", "warm", "v").await.unwrap().expect("acknowledged");
+
+    tracing::info!(leader, follower, "phase: freeze the leader (SIGSTOP); read through a follower");
+    let frozen = &procs.nodes()[leader as usize - 1];
+    frozen.signal("STOP").unwrap();
+    let mut c = client(&follower_addr).await;
+    let mut req = tonic::Request::new(get_req("shared/frozen", "warm"));
+    req.set_timeout(Duration::from_secs(50));
+    let result = c.get(req).await;
+    let _ = frozen.signal("CONT");
+    let reply = result.expect("the new leader answers the read index").into_inner();
+    assert_eq!(reply.entry.map(|e| e.value), Some(b"v".to_vec()));
     drop(procs);
 }
