@@ -64,19 +64,26 @@ async fn leader_kill9_loses_no_acknowledged_write() {
     drop(procs);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_write_forwarded_to_a_frozen_leader_ends_when_a_new_leader_is_elected() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    // Far longer than an election: only a leader change can end the call early.
-    let procs = static_cluster(dir.path(), "frozen", &[("WEFT_REQUEST_TIMEOUT_MS", "60000")]);
+/// A static cluster whose requests may take far longer than an election (so only a leader
+/// change can end a call early), with one write acknowledged; its leader's id and a
+/// follower's address.
+async fn cluster_with_a_follower(dir: &std::path::Path, cluster: &str) -> (ProcessCluster, u64, String) {
+    let procs = static_cluster(dir, cluster, &[("WEFT_REQUEST_TIMEOUT_MS", "60000")]);
     let addrs = procs.addrs().to_vec();
     let leader = wait_for_leader_at(&addrs).await;
     let follower = (1..=3u64).find(|id| *id != leader).unwrap();
     let follower_addr = addrs[follower as usize - 1].clone();
     put_retrying(&follower_addr, "shared/frozen", "warm", "v").await.unwrap().expect("acknowledged");
+    (procs, leader, follower_addr)
+}
 
-    tracing::info!(leader, follower, "phase: freeze the leader (SIGSTOP); write through a follower");
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_forwarded_to_a_frozen_leader_ends_when_a_new_leader_is_elected() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, leader, follower_addr) = cluster_with_a_follower(dir.path(), "frozen").await;
+
+    tracing::info!(leader, %follower_addr, "phase: freeze the leader (SIGSTOP); write through a follower");
     let frozen = &procs.nodes()[leader as usize - 1];
     frozen.signal("STOP").unwrap();
     let mut c = client(&follower_addr).await;
@@ -96,15 +103,9 @@ async fn a_write_forwarded_to_a_frozen_leader_ends_when_a_new_leader_is_elected(
 async fn a_read_through_a_follower_of_a_frozen_leader_asks_the_new_leader() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    // Far longer than an election: only a leader change can end the wait early.
-    let procs = static_cluster(dir.path(), "frozen-read", &[("WEFT_REQUEST_TIMEOUT_MS", "60000")]);
-    let addrs = procs.addrs().to_vec();
-    let leader = wait_for_leader_at(&addrs).await;
-    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
-    let follower_addr = addrs[follower as usize - 1].clone();
-    put_retrying(&follower_addr, "shared/frozen", "warm", "v").await.unwrap().expect("acknowledged");
+    let (procs, leader, follower_addr) = cluster_with_a_follower(dir.path(), "frozen-read").await;
 
-    tracing::info!(leader, follower, "phase: freeze the leader (SIGSTOP); read through a follower");
+    tracing::info!(leader, %follower_addr, "phase: freeze the leader (SIGSTOP); read through a follower");
     let frozen = &procs.nodes()[leader as usize - 1];
     frozen.signal("STOP").unwrap();
     let mut c = client(&follower_addr).await;
