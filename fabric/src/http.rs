@@ -135,7 +135,7 @@ async fn metrics(State(ctx): State<Context>) -> String {
     gauge("weft_api_reads_total", "Reads received.", "counter", api.reads.load(Ordering::Relaxed));
     gauge(
         "weft_api_forwarded_total",
-        "Requests forwarded to the leader.",
+        "Hand-overs to the leader: writes (Forward/Propose) and read indexes (Forward/ReadIndex).",
         "counter",
         api.forwarded.load(Ordering::Relaxed),
     );
