@@ -14,6 +14,8 @@ pub const FORMAT_BINCODE_V1: u8 = 1;
 /// The same encoding as [`FORMAT_BINCODE_V1`], for a snapshot whose grid holds executions,
 /// sessions and instances: the grid type changed, so its files name a new format.
 pub const FORMAT_SNAPSHOT_V2: u8 = 2;
+/// The same encoding again, for a snapshot whose grid holds streams.
+pub const FORMAT_SNAPSHOT_V3: u8 = 3;
 
 /// Why bytes could not be decoded. Decoding never changes state.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +25,7 @@ pub enum Error {
     Empty,
     /// The format tag is not one this version of Weft knows (for this kind of value).
     #[error(
-        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} for snapshots)"
+        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2}, {FORMAT_SNAPSHOT_V3} for snapshots)"
     )]
     UnknownFormat(u8),
     /// The bytes do not decode as the expected type.

@@ -154,6 +154,25 @@ pub struct Config {
     pub max_waiters: usize,
     /// Longest a caller may wait for a result in one call.
     pub max_wait_ms: u64,
+
+    /// Largest stream item (payload, key and headers), in bytes.
+    pub max_item_bytes: usize,
+    /// Largest total of one item's headers, in bytes.
+    pub max_header_bytes: usize,
+    /// Most items one append may carry.
+    pub max_batch_items: usize,
+    /// Most streams in the cluster; creating more is refused (RESOURCE_EXHAUSTED).
+    pub max_streams: usize,
+    /// Most bytes all streams' items may hold together (every node keeps them in memory);
+    /// appends beyond it are refused (RESOURCE_EXHAUSTED) until items leave.
+    pub max_stream_bytes: u64,
+    /// Most listeners attached to this node at once.
+    pub max_listeners: usize,
+    /// How often a listener is sent a heartbeat with its lag.
+    pub listener_heartbeat_ms: u64,
+    /// How long a listener's unnamed cursor outlives it (a listener that reconnects within
+    /// it resumes where it was).
+    pub unnamed_cursor_idle_ms: u64,
 }
 
 impl Default for Config {
@@ -205,6 +224,14 @@ impl Default for Config {
             session_timeout_ms: 10_000,
             max_waiters: 100_000,
             max_wait_ms: 600_000,
+            max_item_bytes: limits.max_item_bytes,
+            max_header_bytes: limits.max_header_bytes,
+            max_batch_items: limits.max_batch_items,
+            max_streams: 10_000,
+            max_stream_bytes: 1 << 30,
+            max_listeners: 10_000,
+            listener_heartbeat_ms: 5_000,
+            unnamed_cursor_idle_ms: 60_000,
         }
     }
 }
@@ -375,6 +402,9 @@ impl Config {
             ("session_timeout_ms", self.session_timeout_ms),
             ("max_wait_ms", self.max_wait_ms),
             ("max_deliveries", u64::from(self.max_deliveries)),
+            ("max_stream_bytes", self.max_stream_bytes),
+            ("listener_heartbeat_ms", self.listener_heartbeat_ms),
+            ("unnamed_cursor_idle_ms", self.unnamed_cursor_idle_ms),
             ("max_session_capacity", u64::from(self.max_session_capacity)),
         ] {
             if value == 0 {
@@ -394,6 +424,11 @@ impl Config {
             ("max_executions", self.max_executions),
             ("max_sessions", self.max_sessions),
             ("max_waiters", self.max_waiters),
+            ("max_item_bytes", self.max_item_bytes),
+            ("max_header_bytes", self.max_header_bytes),
+            ("max_batch_items", self.max_batch_items),
+            ("max_streams", self.max_streams),
+            ("max_listeners", self.max_listeners),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be more than 0"));
@@ -518,6 +553,20 @@ impl Config {
             max_list_page: self.max_list_page,
             max_payload_bytes: self.max_payload_bytes,
             max_effects: self.max_effects,
+            max_item_bytes: self.max_item_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_batch_items: self.max_batch_items,
+        }
+    }
+
+    /// The stream settings this configuration sets.
+    pub fn stream_options(&self) -> StreamOptions {
+        StreamOptions {
+            max_streams: self.max_streams,
+            max_stream_bytes: self.max_stream_bytes,
+            max_listeners: self.max_listeners,
+            listener_heartbeat: std::time::Duration::from_millis(self.listener_heartbeat_ms),
+            unnamed_cursor_idle_ms: self.unnamed_cursor_idle_ms,
         }
     }
 
@@ -591,6 +640,21 @@ pub struct WorkOptions {
     pub max_wait: std::time::Duration,
     /// Most callers waiting on this node at once.
     pub max_waiters: usize,
+}
+
+/// Settings of streams and listeners a node's services use.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Most streams in the cluster.
+    pub max_streams: usize,
+    /// Most bytes all streams' items may hold.
+    pub max_stream_bytes: u64,
+    /// Most listeners on this node.
+    pub max_listeners: usize,
+    /// How often a listener hears a heartbeat.
+    pub listener_heartbeat: std::time::Duration,
+    /// How long an unnamed cursor outlives its listener.
+    pub unnamed_cursor_idle_ms: u64,
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use super::cursor::{ListenerId, NewCursor, NewListener};
 use super::execution::{self, Completion, ExecutionId, NewExecution, SessionId};
 use super::instance::NewInstance;
 use super::namespace;
 use super::session::NewSession;
+use super::stream::{Append, NewStream, Seq, validate_stream_name};
 
 /// Longest reason a cancel or a session close may give, in bytes (longer ones are clipped).
 const MAX_REASON_BYTES: usize = 1024;
@@ -32,6 +34,12 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Most effects one completion may carry.
     pub max_effects: usize,
+    /// Largest stream item (payload, key and headers), in bytes.
+    pub max_item_bytes: usize,
+    /// Largest total of one item's headers, in bytes.
+    pub max_header_bytes: usize,
+    /// Most items one append may carry.
+    pub max_batch_items: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +50,9 @@ impl Default for Limits {
             max_list_page: 1000,
             max_payload_bytes: 1 << 20,
             max_effects: 1000,
+            max_item_bytes: 1 << 20,
+            max_header_bytes: 4096,
+            max_batch_items: 1000,
         }
     }
 }
@@ -96,9 +107,32 @@ pub enum Command {
     StartInstance(Box<NewInstance>),
     /// Stop an instance: queue its `Stop`, then remove it.
     StopInstance { agent: String, instance: String },
-    /// Fire the timers due at the entry's time (delays, deadlines, leases, retention), at
-    /// most `limit` of them (the leader proposes another for the rest).
+    /// Fire the timers due at the entry's time (delays, deadlines, leases, retention, ack
+    /// waits, idle cursors, items past their age), at most `limit` of them (the leader
+    /// proposes another for the rest).
     Tick { limit: u64 },
+    /// Create a stream (or find the same one).
+    CreateStream(Box<NewStream>),
+    /// Append one item or an atomic batch to a stream.
+    Append(Box<Append>),
+    /// Close a stream: ok (`error: None`) or with an error.
+    CloseStream { stream: String, error: Option<String> },
+    /// Delete a stream, its items and cursors.
+    DeleteStream { stream: String },
+    /// Create a cursor (or find the same one).
+    CreateCursor(Box<NewCursor>),
+    /// Delete a cursor.
+    DeleteCursor { stream: String, cursor: String },
+    /// Attach a listener to a cursor.
+    Attach(Box<NewListener>),
+    /// Detach a listener; what it had not acked is delivered again.
+    Detach { listener: ListenerId, reason: String },
+    /// Acknowledge deliveries `(seq, token)` of a cursor.
+    Ack { stream: String, cursor: String, acks: Vec<(Seq, u64)> },
+    /// Hand a delivery back for delivery again now.
+    Nack { stream: String, cursor: String, seq: Seq, token: u64 },
+    /// A listener of an ack-none cursor processed `items`.
+    Credit { listener: ListenerId, items: u32 },
 }
 
 impl Command {
@@ -119,6 +153,7 @@ impl Command {
             Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
             Command::CreateExecution(new) => validate_new_execution(new, limits),
             Command::StartInstance(new) => check_payload_size(new.payload.data.len(), limits),
+            Command::Append(a) => validate_append(a, limits),
             Command::Complete(c) => {
                 let size = match &c.outcome {
                     Ok(payload) => payload.data.len(),
@@ -162,7 +197,17 @@ impl Command {
             | Command::DrainSession { .. }
             | Command::Cancel { .. }
             | Command::StopInstance { .. }
-            | Command::Tick { .. } => Ok(()),
+            | Command::Tick { .. }
+            | Command::CreateStream(_)
+            | Command::CloseStream { .. }
+            | Command::DeleteStream { .. }
+            | Command::CreateCursor(_)
+            | Command::DeleteCursor { .. }
+            | Command::Attach(_)
+            | Command::Detach { .. }
+            | Command::Ack { .. }
+            | Command::Nack { .. }
+            | Command::Credit { .. } => Ok(()),
         }?;
         self.validate_shape()
     }
@@ -211,9 +256,75 @@ impl Command {
             | Command::GiveBack { .. }
             | Command::DrainSession { .. }
             | Command::Cancel { .. }
-            | Command::Tick { .. } => Ok(()),
+            | Command::Tick { .. }
+            | Command::Detach { .. }
+            | Command::Credit { .. } => Ok(()),
+            Command::CreateStream(new) => {
+                validate_stream_name(&new.name)?;
+                new.config.validate()
+            }
+            Command::Append(a) => a.validate_shape(),
+            Command::CloseStream { stream, .. } | Command::DeleteStream { stream } => {
+                validate_stream_name(stream)
+            }
+            Command::CreateCursor(new) => {
+                validate_stream_name(&new.stream)?;
+                validate_cursor_name(&new.name)?;
+                new.config.validate()
+            }
+            Command::DeleteCursor { stream, cursor }
+            | Command::Ack { stream, cursor, .. }
+            | Command::Nack { stream, cursor, .. } => {
+                validate_stream_name(stream)?;
+                // An unnamed cursor's name is the grid's, and may be acked and deleted.
+                if cursor.starts_with(super::cursor::UNNAMED_PREFIX) {
+                    return Ok(());
+                }
+                validate_cursor_name(cursor)
+            }
+            Command::Attach(new) => {
+                validate_stream_name(&new.stream)?;
+                if let Some(name) = &new.cursor {
+                    validate_cursor_name(name)?;
+                }
+                if let Some(config) = &new.config {
+                    config.validate()?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// Checks a cursor name: 1-128 characters of `[A-Za-z0-9._-]`.
+pub fn validate_cursor_name(name: &str) -> Result<(), Error> {
+    validate_name("cursor", name)
+}
+
+fn validate_append(a: &Append, limits: &Limits) -> Result<(), Error> {
+    if a.items.len() > limits.max_batch_items {
+        return Err(Error::InvalidItem {
+            reason: format!("{} items in one append; the limit is {} (max_batch_items)", a.items.len(), limits.max_batch_items),
+        });
+    }
+    for item in &a.items {
+        let size = item.size();
+        if size > limits.max_item_bytes {
+            return Err(Error::InvalidItem {
+                reason: format!("an item is {size} bytes; the limit is {} bytes (max_item_bytes)", limits.max_item_bytes),
+            });
+        }
+        let headers = item.header_bytes();
+        if headers > limits.max_header_bytes {
+            return Err(Error::InvalidItem {
+                reason: format!(
+                    "an item's headers are {headers} bytes; the limit is {} bytes (max_header_bytes)",
+                    limits.max_header_bytes
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_payload_size(size: usize, limits: &Limits) -> Result<(), Error> {
@@ -295,6 +406,22 @@ pub enum Output {
     Stopping { stop_execution: ExecutionId },
     /// How many timers fired.
     Ticked { fired: u64 },
+    /// The stream a create made or found.
+    Stream { uid: u64, created: bool },
+    /// The seqs an append was given (`duplicate`: by an earlier append it repeats).
+    Appended { first_seq: Seq, last_seq: Seq, duplicate: bool },
+    /// The stream is closed (`already`: it was, with the same status).
+    StreamClosed { already: bool },
+    /// Whether a create made the cursor.
+    Cursor { created: bool },
+    /// The listener attached, its cursor and the stream's uid.
+    Listener { id: ListenerId, cursor: String, uid: u64 },
+    /// Whether the listener was still attached.
+    Detached { existed: bool },
+    /// How many deliveries an ack acknowledged now.
+    Acked { count: u64 },
+    /// A listener's credit was given back.
+    Credited,
 }
 
 /// How a completion was taken.

@@ -78,4 +78,52 @@ pub enum Error {
     /// A bound on stored things (executions, sessions) is reached. Nothing changed.
     #[error("{what}: {count} stored; the limit is {limit} ({setting})")]
     TooMany { what: String, count: usize, limit: usize, setting: String },
+    /// No stream has this name (never created, or deleted). Nothing changed.
+    #[error("no stream '{name}' (never created, or deleted)")]
+    UnknownStream { name: String },
+    /// A stream of this name exists with other settings. Nothing changed.
+    #[error("stream '{name}' exists with other settings")]
+    StreamExists { name: String },
+    /// A stream's settings are malformed. Nothing changed.
+    #[error("invalid stream: {reason}")]
+    InvalidStream { reason: String },
+    /// An item is malformed (key, headers, payload) or an append is. Nothing changed.
+    #[error("invalid item: {reason}")]
+    InvalidItem { reason: String },
+    /// A key filter is malformed. Nothing changed.
+    #[error("invalid key filter '{filter}': {reason}")]
+    InvalidFilter { filter: String, reason: String },
+    /// The stream is closed and takes no appends (or was closed with another status).
+    /// Nothing changed.
+    #[error("stream '{name}' is closed")]
+    StreamClosed { name: String },
+    /// An append's expected last seq is not the stream's. Nothing changed.
+    #[error("stream '{stream}': expected last seq {expected}, the stream's is {current}")]
+    LastSeqMismatch { stream: String, expected: u64, current: u64 },
+    /// An exactly-once producer's append is out of order or from an older epoch. Nothing
+    /// changed.
+    #[error("stream '{stream}', producer '{producer}': {reason}")]
+    ProducerRefused { stream: String, producer: String, reason: String },
+    /// A stream limit with discard "new" refuses the append, or the append can never fit.
+    /// Nothing changed.
+    #[error("stream '{stream}' is at its {limit}: {reason}")]
+    StreamLimit { stream: String, limit: String, reason: String },
+    /// No cursor of this name on the stream. Nothing changed.
+    #[error("no cursor '{name}' on stream '{stream}'")]
+    UnknownCursor { stream: String, name: String },
+    /// A cursor of this name exists with other settings. Nothing changed.
+    #[error("cursor '{name}' of stream '{stream}' exists with other settings")]
+    CursorExists { stream: String, name: String },
+    /// A cursor's settings or a listener's request are malformed. Nothing changed.
+    #[error("invalid cursor: {reason}")]
+    InvalidCursor { reason: String },
+    /// An ack or nack names a delivery that is not the item's current one. Nothing changed.
+    #[error("stream '{stream}', cursor '{cursor}', item {seq}: stale fencing token: {reason}")]
+    StaleAck { stream: String, cursor: String, seq: u64, reason: String },
+    /// No attached listener has this id. Nothing changed.
+    #[error("no listener {id} (it was detached)")]
+    UnknownListener { id: u64 },
+    /// A resuming listener's stream was deleted (and maybe created again). Nothing changed.
+    #[error("stream '{name}' was deleted (a stream of that name now is another one)")]
+    StreamReplaced { name: String },
 }

@@ -1,5 +1,5 @@
 //! What applying an entry tells the nodes besides its `Output`: [`Event`]s (an execution
-//! assigned to a session, a result ready). They are not state: every replica computes the
+//! assigned to a session, a result ready, a stream item delivered to a listener). They are not state: every replica computes the
 //! same ones, and each node acts on those of its own sessions and waiting callers.
 //!
 //! While a command applies it fills an [`Outbox`]: its events, and what dispatch must look at
@@ -7,8 +7,10 @@
 
 use std::collections::BTreeSet;
 
+use super::cursor::ListenerId;
 use super::execution::{ExecutionId, SessionId};
 use super::session::Host;
+use super::stream::{End, Seq};
 
 /// Something nodes act on after an entry is applied: push an assignment down a session's
 /// stream, tell a handler to stop, wake a caller waiting for a result.
@@ -25,6 +27,27 @@ pub enum Event {
     Changed { execution: ExecutionId },
     /// `session` ended.
     SessionClosed { host: Host, session: SessionId, reason: String },
+    /// `stream` changed: items appended or removed, closed, or deleted. Readers on every node
+    /// look again.
+    StreamChanged { stream: String },
+    /// Item `seq` of `stream` was delivered to `listener`, whose gRPC stream lives at `host`,
+    /// under `token` (0: no ack expected), for the `count`-th time.
+    Delivered { host: Host, listener: ListenerId, stream: String, seq: Seq, token: u64, count: u32 },
+    /// `listener` will get nothing more: the stream closed and it has everything, or the
+    /// stream or cursor is gone, or the fabric removed it.
+    ListenerEnded { host: Host, listener: ListenerId, end: ListenerEnd },
+}
+
+/// Why a listener ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerEnd {
+    /// The stream was closed with this status, and the cursor delivered and saw acknowledged
+    /// every item.
+    Closed(End),
+    /// The stream or the cursor was deleted.
+    Deleted(String),
+    /// The listener was detached (its node is gone, it was replaced).
+    Removed(String),
 }
 
 /// What one command leaves for the end of its apply: events, and agents to dispatch for.
@@ -36,10 +59,12 @@ pub(super) struct Outbox<'a> {
     pub(super) steps: usize,
     /// Instance queue heads their instance's session does not serve (see `Grid::offer`).
     pub(super) unserved: Vec<ExecutionId>,
+    /// Streams whose cursors the delivery pass looks at when the command is done.
+    pub(super) streams: BTreeSet<String>,
 }
 
 impl<'a> Outbox<'a> {
     pub(super) fn new(events: &'a mut Vec<Event>) -> Self {
-        Self { events, dirty: BTreeSet::new(), steps: 0, unserved: Vec::new() }
+        Self { events, dirty: BTreeSet::new(), steps: 0, unserved: Vec::new(), streams: BTreeSet::new() }
     }
 }

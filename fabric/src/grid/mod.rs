@@ -10,8 +10,8 @@
 //!                                                      -> [Result<Output, Error>, ...]
 //! ```
 //!
-//! The grid holds key/value state in namespaces, and the work of agents: executions, the
-//! sessions that run them and agent instances. [`Grid::apply_with_events`] is the table of
+//! The grid holds key/value state in namespaces, the work of agents (executions, the
+//! sessions that run them and agent instances), and streams with their cursors. [`Grid::apply_with_events`] is the table of
 //! contents: one line per command, each applied by the file of its concept, then dispatch.
 //! Applying an entry also yields [`Event`]s (an execution assigned to a session, a result
 //! ready): not state, but what the nodes act on once the entry is applied.
@@ -34,18 +34,26 @@
 //! - `sessions` (types: [`session`]): open, close, drain.
 //! - `instances` (types: [`instance`]): start, stop, remove.
 //! - `dispatch`: where pending executions wait; assigning them to sessions, releasing them.
-//! - `timers`: what a `Tick` fires: delays, deadlines, leases, retention.
+//! - `streams` (types: [`stream`]): create, append (dedup, expected last seq, limits), close,
+//!   delete, items leaving by age.
+//! - `cursors` (types: [`cursor`]): cursors, listeners, acks, and the delivery pass that
+//!   hands stream items to listeners with room.
+//! - `timers`: what a `Tick` fires: delays, deadlines, leases, retention, ack waits, idle
+//!   cursors, items past their age.
 //!
 //! A new concept adds its file beside these, its commands to `command` and one arm per command
 //! to [`Grid::apply_with_events`]. Tests sit beside what they test: `<file>_test.rs` (the work
 //! tests drive a grid through `test_harness`), or inline when small.
 
+pub mod cursor;
 pub mod execution;
 pub mod instance;
 pub mod namespace;
 pub mod session;
+pub mod stream;
 
 mod command;
+mod cursors;
 mod dispatch;
 mod error;
 mod events;
@@ -55,6 +63,7 @@ mod kv;
 mod queries;
 mod sessions;
 mod snapshot;
+mod streams;
 mod timers;
 
 #[cfg(test)]
@@ -66,24 +75,28 @@ mod instances_test;
 #[cfg(test)]
 mod kv_test;
 #[cfg(test)]
+mod streams_test;
+#[cfg(test)]
 pub(crate) mod test_harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::command::{Command, Completed, Limits, Output, validate_key, validate_name};
+pub use self::command::{Command, Completed, Limits, Output, validate_cursor_name, validate_key, validate_name};
 pub use self::error::Error;
-pub use self::events::Event;
+pub use self::events::{Event, ListenerEnd};
 pub use self::kv::Value;
 pub use self::queries::{ExecutionPage, Page, Totals};
-pub use self::snapshot::GridV1;
+pub use self::snapshot::{GridV1, GridV2};
 
 use self::command::clip_reason;
+use self::cursor::{Listener, ListenerId};
 use self::events::Outbox;
 use self::execution::{Execution, ExecutionId, SessionId};
 use self::instance::Instance;
 use self::session::Session;
+use self::stream::{Seq, Stream};
 
 /// The replicated in-memory state. Snapshots are the bincode of these fields in this order:
 /// never reorder them (older layouts load through `snapshot`).
@@ -99,6 +112,26 @@ pub struct Grid {
     /// Executions, sessions and instances. Snapshots of a grid from before it existed have
     /// their own format tag and load through [`Grid::from_v1`].
     work: Work,
+    /// Streams, cursors and listeners. Snapshots from before streams load through
+    /// [`Grid::from_v2`].
+    streams: Streams,
+}
+
+/// Streams, their cursors and the listeners attached. Part of the grid's snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Streams {
+    streams: BTreeMap<String, Stream>,
+    listeners: BTreeMap<ListenerId, Listener>,
+    last_listener_id: ListenerId,
+    /// The last fencing token given to a delivery.
+    last_token: u64,
+    /// (expires_ms, stream, cursor, seq) of deliveries waiting for their ack; one whose
+    /// delivery was acked or replaced since is skipped when it fires.
+    ack_timers: BTreeSet<(u64, String, String, Seq)>,
+    /// (due_ms, stream, cursor) of unnamed cursors without listeners.
+    idle: BTreeSet<(u64, String, String)>,
+    /// Bytes of the items of all streams.
+    bytes: u64,
 }
 
 /// Executions, sessions and instances. Part of the grid's snapshot; every index is kept in
@@ -192,10 +225,26 @@ impl Grid {
             Command::StopInstance { agent, instance } => self.stop_instance(agent, instance, &mut out),
             // Timers (timers.rs).
             Command::Tick { limit } => Ok(self.tick(*limit, &mut out)),
+            // Streams (streams.rs).
+            Command::CreateStream(new) => self.create_stream(new),
+            Command::Append(a) => self.append(a, &mut out),
+            Command::CloseStream { stream, error } => self.close_stream(stream, error.as_deref(), &mut out),
+            Command::DeleteStream { stream } => Ok(self.delete_stream(stream, &mut out)),
+            // Cursors and listeners (cursors.rs).
+            Command::CreateCursor(new) => self.create_cursor(new, &mut out),
+            Command::DeleteCursor { stream, cursor } => self.delete_cursor(stream, cursor, &mut out),
+            Command::Attach(new) => self.attach(new, &mut out),
+            Command::Detach { listener, reason } => Ok(self.detach(*listener, &clip_reason(reason), &mut out)),
+            Command::Ack { stream, cursor, acks } => self.ack(stream, cursor, acks, &mut out),
+            Command::Nack { stream, cursor, seq, token } => self.nack(stream, cursor, *seq, *token, &mut out),
+            Command::Credit { listener, items } => self.credit(*listener, *items, &mut out),
         };
-        // Assign what the command made runnable (dispatch.rs); a key/value command leaves
-        // nothing to do.
+        // Assign what the command made runnable (dispatch.rs) and hand stream items to the
+        // listeners with room (cursors.rs); a key/value command leaves nothing to do.
         self.dispatch(&mut out);
+        while let Some(stream) = out.streams.pop_first() {
+            self.deliver(&stream, &mut out);
+        }
         result
     }
 }

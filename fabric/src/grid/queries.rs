@@ -8,8 +8,13 @@ use std::ops::Bound;
 use super::execution::{Execution, ExecutionId, SessionId, Status};
 use super::instance::Instance;
 use super::kv::{CLUSTER_UID_KEY, SYSTEM_NAMESPACE, Value, uid_of};
+use super::cursor::{Listener, ListenerId};
 use super::session::Session;
+use super::stream::{Item, Seq, Stream, filter_matches};
 use super::{Error, Grid, Limits, namespace};
+
+/// Most items a stream read scans past its filter before it ends the page early.
+const MAX_READ_SCAN: usize = 100_000;
 
 /// Most expired-but-not-yet-removed keys one list page skips before it ends early (with a
 /// page token to continue from).
@@ -253,6 +258,58 @@ impl Grid {
             .into_iter()
             .flatten()
             .map(|(at, _)| *at)
+            .chain(self.next_cursor_timer_ms())
+            .chain(self.next_item_expiry_ms())
             .min()
+    }
+
+    /// A stream by name.
+    pub fn stream(&self, name: &str) -> Option<&Stream> {
+        self.streams.streams.get(name)
+    }
+
+    /// Up to `limit` streams whose names come after `after`, in name order.
+    pub fn streams_after(&self, after: Option<&str>, limit: usize) -> Vec<&Stream> {
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        self.streams.streams.range((start, Bound::Unbounded)).take(limit).map(|(_, s)| s).collect()
+    }
+
+    /// Items of a stream from `from` on, at most `limit`, those matching `filter` (checked)
+    /// only; and where the next read starts (`None`: this one reached the end).
+    pub fn read_items(
+        &self,
+        stream: &str,
+        from: Seq,
+        limit: usize,
+        filter: Option<&str>,
+    ) -> Result<(Vec<&Item>, Option<Seq>), Error> {
+        let s = self.stream(stream).ok_or_else(|| Error::UnknownStream { name: stream.to_owned() })?;
+        let mut items = Vec::new();
+        let mut next = None;
+        for (scanned, (seq, item)) in s.items.range(from..).enumerate() {
+            if items.len() >= limit || scanned >= MAX_READ_SCAN {
+                next = Some(*seq);
+                break;
+            }
+            if filter.is_none_or(|f| filter_matches(f, item.key.as_deref())) {
+                items.push(item);
+            }
+        }
+        Ok((items, next))
+    }
+
+    /// A listener by id.
+    pub fn listener(&self, id: ListenerId) -> Option<&Listener> {
+        self.streams.listeners.get(&id)
+    }
+
+    /// Every attached listener.
+    pub fn listeners(&self) -> impl Iterator<Item = &Listener> {
+        self.streams.listeners.values()
+    }
+
+    /// How many streams there are, and the bytes of all their items.
+    pub fn stream_totals(&self) -> (usize, u64) {
+        (self.streams.streams.len(), self.streams.bytes)
     }
 }

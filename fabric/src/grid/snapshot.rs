@@ -4,13 +4,14 @@
 //! reads the old layout.
 //!
 //! - [`GridV1`]: before executions (no `work`), format 1.
+//! - [`GridV2`]: before streams (no `streams`), format 2.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 use super::kv::Value;
-use super::{Grid, Work};
+use super::{Grid, Streams, Work};
 
 /// The grid as snapshots of Weft before executions stored it.
 #[derive(Debug, Deserialize)]
@@ -19,6 +20,16 @@ pub struct GridV1 {
     now_ms: u64,
     namespaces: BTreeMap<String, BTreeMap<String, Value>>,
     expiries: BTreeMap<(u64, String, String), ()>,
+}
+
+/// The grid as snapshots of Weft before streams stored it.
+#[derive(Debug, Deserialize)]
+pub struct GridV2 {
+    revision: u64,
+    now_ms: u64,
+    namespaces: BTreeMap<String, BTreeMap<String, Value>>,
+    expiries: BTreeMap<(u64, String, String), ()>,
+    work: Work,
 }
 
 impl Grid {
@@ -30,6 +41,19 @@ impl Grid {
             namespaces: old.namespaces,
             expiries: old.expiries,
             work: Work::default(),
+            streams: Streams::default(),
+        }
+    }
+
+    /// A grid from a snapshot written before streams existed.
+    pub fn from_v2(old: GridV2) -> Self {
+        Self {
+            revision: old.revision,
+            now_ms: old.now_ms,
+            namespaces: old.namespaces,
+            expiries: old.expiries,
+            work: old.work,
+            streams: Streams::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Timers: what a `Tick` fires once the grid's clock reaches it. Delayed executions become
 //! runnable, deadlines fail executions (and cancel their children), expired leases release
 //! their execution and close the session that stopped renewing, and finished executions are
-//! forgotten once their retention has run out. The leader proposes a `Tick` at
+//! forgotten once their retention has run out; stream deliveries whose ack wait ran out are
+//! delivered again, idle unnamed cursors removed, items past their stream's age dropped. The leader proposes a `Tick` at
 //! [`Grid::next_timer_ms`]; keys with a time to live are dropped by `Expire` (`kv.rs`).
 
 use super::events::Outbox;
@@ -10,7 +11,7 @@ use super::{Grid, Output};
 
 impl Grid {
     /// Applies `Tick`: fires what is due at the grid's clock, at most `limit` timers: delays,
-    /// then deadlines, then leases, then retention.
+    /// then deadlines, leases, retention, ack waits, idle cursors, and items past their age.
     pub(super) fn tick(&mut self, limit: u64, out: &mut Outbox) -> Output {
         let now = self.now_ms;
         let mut fired = 0;
@@ -57,6 +58,12 @@ impl Grid {
             fired += 1;
             self.work.retained.remove(&(at, id));
             self.forget(id);
+        }
+        if fired < limit {
+            fired += self.fire_cursor_timers(limit - fired, out);
+        }
+        if fired < limit {
+            fired += self.expire_items(limit - fired, out);
         }
         Output::Ticked { fired }
     }

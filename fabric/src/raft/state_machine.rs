@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
-use crate::grid::{Grid, GridV1};
+use crate::grid::{Grid, GridV1, GridV2};
 use crate::watch;
 
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -42,12 +42,24 @@ struct SnapshotFileV1 {
     grid: GridV1,
 }
 
-/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V2`] (today's grid), or
+/// A snapshot file written before the grid held streams.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV2 {
+    meta: Meta,
+    grid: GridV2,
+}
+
+/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V3`] (today's grid),
+/// [`codec::FORMAT_SNAPSHOT_V2`] (before streams; read with none) or
 /// [`codec::FORMAT_BINCODE_V1`] (written before the grid held executions; read into an empty
 /// work state).
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
     match codec::split_tag(bytes)? {
-        (codec::FORMAT_SNAPSHOT_V2, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V3, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V2, body) => {
+            let old: SnapshotFileV2 = codec::decode_body(body)?;
+            Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v2(old.grid) })
+        }
         (codec::FORMAT_BINCODE_V1, body) => {
             let old: SnapshotFileV1 = codec::decode_body(body)?;
             Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v1(old.grid) })
@@ -58,7 +70,7 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
 
 /// Encodes a snapshot file in today's format.
 fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
-    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V2, file)
+    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V3, file)
 }
 
 /// The applied state shared between the state machine and readers.

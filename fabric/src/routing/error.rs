@@ -46,7 +46,11 @@ impl Error {
                 | G::PayloadTooLarge { .. }
                 | G::InvalidExecution { .. }
                 | G::InvalidSession { .. }
-                | G::InvalidCompletion { .. }),
+                | G::InvalidCompletion { .. }
+                | G::InvalidStream { .. }
+                | G::InvalidItem { .. }
+                | G::InvalidFilter { .. }
+                | G::InvalidCursor { .. }),
             ) => tonic::Status::invalid_argument(e.to_string()),
             Error::Grid(
                 e @ (G::VersionMismatch { .. }
@@ -54,15 +58,30 @@ impl Error {
                 | G::StaleLease { .. }
                 | G::InstanceStopping { .. }
                 | G::InstanceClaimed { .. }
-                | G::IdempotencyKeyReused { .. }),
+                | G::IdempotencyKeyReused { .. }
+                | G::StreamClosed { .. }
+                | G::LastSeqMismatch { .. }
+                | G::ProducerRefused { .. }
+                | G::StaleAck { .. }),
             ) => tonic::Status::failed_precondition(e.to_string()),
-            Error::Grid(e @ (G::AlreadyExists { .. } | G::InstanceExists { .. })) => {
-                tonic::Status::already_exists(e.to_string())
-            }
             Error::Grid(
-                e @ (G::UnknownExecution { .. } | G::UnknownSession { .. } | G::UnknownInstance { .. }),
+                e @ (G::AlreadyExists { .. }
+                | G::InstanceExists { .. }
+                | G::StreamExists { .. }
+                | G::CursorExists { .. }),
+            ) => tonic::Status::already_exists(e.to_string()),
+            Error::Grid(
+                e @ (G::UnknownExecution { .. }
+                | G::UnknownSession { .. }
+                | G::UnknownInstance { .. }
+                | G::UnknownStream { .. }
+                | G::UnknownCursor { .. }
+                | G::UnknownListener { .. }
+                | G::StreamReplaced { .. }),
             ) => tonic::Status::not_found(e.to_string()),
-            Error::Grid(e @ G::TooMany { .. }) => tonic::Status::resource_exhausted(e.to_string()),
+            Error::Grid(e @ (G::TooMany { .. } | G::StreamLimit { .. })) => {
+                tonic::Status::resource_exhausted(e.to_string())
+            }
             Error::NotLeader { leader } => {
                 let message = match &leader {
                     Some(addr) => {

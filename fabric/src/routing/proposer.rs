@@ -115,6 +115,17 @@ fn command_bytes(command: &Command) -> usize {
         | Command::GiveBack { .. }
         | Command::DrainSession { .. }
         | Command::Tick { .. } => 16,
+        Command::Append(a) => a.stream.len() + a.size() + 48 * a.items.len() + 64,
+        Command::CreateStream(new) => new.name.len() + 64,
+        Command::CloseStream { stream, error } => stream.len() + error.as_ref().map_or(0, String::len) + 16,
+        Command::DeleteStream { stream } => stream.len() + 16,
+        Command::CreateCursor(new) => new.stream.len() + new.name.len() + 96,
+        Command::DeleteCursor { stream, cursor } => stream.len() + cursor.len() + 16,
+        Command::Attach(new) => new.stream.len() + 128,
+        Command::Detach { reason, .. } => reason.len() + 16,
+        Command::Ack { stream, cursor, acks } => stream.len() + cursor.len() + 16 * acks.len() + 16,
+        Command::Nack { stream, cursor, .. } => stream.len() + cursor.len() + 32,
+        Command::Credit { .. } => 16,
     }
 }
 
