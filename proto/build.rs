@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/fabric/v1/state.proto",
         "proto/weft/fabric/v1/cluster.proto",
         "proto/weft/fabric/v1/executions.proto",
+        "proto/weft/fabric/v1/streams.proto",
         "proto/weft/cluster/v1/forward.proto",
     ];
     for file in &files {

@@ -255,3 +255,191 @@ pub fn pb_instance(i: Instance) -> pb::Instance {
         running: i.running,
     }
 }
+
+// ---- streams and cursors ------------------------------------------------------------------
+
+use crate::grid::cursor::{AckPolicy, Cursor, CursorConfig, DeliverPolicy};
+use crate::grid::stream::{Append, Discard, End, Item, Kind, NewItem, ProducerSeq, Stream, StreamConfig};
+
+fn invalid_stream(reason: String) -> grid::Error {
+    grid::Error::InvalidStream { reason }
+}
+
+fn zero_none(v: u64) -> Option<u64> {
+    (v > 0).then_some(v)
+}
+
+/// A stream's settings from a create request.
+pub fn stream_config(kind: i32, limits: Option<pb::StreamLimits>) -> Result<StreamConfig, grid::Error> {
+    let kind = match pb::StreamKind::try_from(kind) {
+        Ok(pb::StreamKind::Persistent) => Kind::Persistent,
+        Ok(pb::StreamKind::Ephemeral) => Kind::Ephemeral,
+        Ok(pb::StreamKind::Workqueue) => Kind::Workqueue,
+        Err(_) => return Err(invalid_stream(format!("unknown stream kind {kind}"))),
+    };
+    let l = limits.unwrap_or_default();
+    let discard = match pb::Discard::try_from(l.discard) {
+        Ok(pb::Discard::Old) => Discard::Old,
+        Ok(pb::Discard::New) => Discard::New,
+        Err(_) => return Err(invalid_stream(format!("unknown discard policy {}", l.discard))),
+    };
+    let config = StreamConfig {
+        kind,
+        max_items: zero_none(l.max_items),
+        max_bytes: zero_none(l.max_bytes),
+        max_age_ms: zero_none(l.max_age_ms),
+        discard,
+        dedup_window_ms: zero_none(l.dedup_window_ms).unwrap_or(crate::grid::stream::DEFAULT_DEDUP_WINDOW_MS),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn pb_stream_limits(c: &StreamConfig) -> pb::StreamLimits {
+    pb::StreamLimits {
+        max_items: c.max_items.unwrap_or(0),
+        max_bytes: c.max_bytes.unwrap_or(0),
+        max_age_ms: c.max_age_ms.unwrap_or(0),
+        discard: match c.discard {
+            Discard::Old => pb::Discard::Old as i32,
+            Discard::New => pb::Discard::New as i32,
+        },
+        dedup_window_ms: c.dedup_window_ms,
+    }
+}
+
+fn pb_kind(kind: Kind) -> i32 {
+    match kind {
+        Kind::Persistent => pb::StreamKind::Persistent as i32,
+        Kind::Ephemeral => pb::StreamKind::Ephemeral as i32,
+        Kind::Workqueue => pb::StreamKind::Workqueue as i32,
+    }
+}
+
+/// A stream as the protocol shows it, with its cursors.
+pub fn pb_stream_info(s: &Stream) -> pb::StreamInfo {
+    pb::StreamInfo {
+        name: s.name.clone(),
+        kind: pb_kind(s.config.kind),
+        limits: Some(pb_stream_limits(&s.config)),
+        first_seq: s.first_seq(),
+        last_seq: s.last_seq,
+        items: s.items.len() as u64,
+        bytes: s.bytes,
+        closed: s.closed.is_some(),
+        close_error: s.closed.as_ref().and_then(End::error).unwrap_or_default().to_owned(),
+        created_ms: s.created_ms,
+        cursors: s.cursors.values().map(|c| pb_cursor_info(s, c)).collect(),
+        uid: s.uid,
+    }
+}
+
+/// A cursor as the protocol shows it.
+pub fn pb_cursor_info(s: &Stream, c: &Cursor) -> pb::CursorInfo {
+    pb::CursorInfo {
+        stream: s.name.clone(),
+        name: c.name.clone(),
+        config: Some(pb_cursor_config(&c.config)),
+        ack_floor: c.ack_floor(),
+        next_seq: c.next_seq,
+        lag: (s.last_seq + 1).saturating_sub(c.next_seq),
+        ack_pending: c.unacked.len() as u64,
+        redelivery_pending: c.queued.len() as u64,
+        delivered: c.delivered,
+        redelivered: c.redelivered,
+        dead_lettered: c.dead_lettered,
+        listeners: c.listeners.len() as u32,
+        unnamed: c.unnamed(),
+    }
+}
+
+/// A cursor's settings from the protocol (`idle_ms` is the node's, for unnamed cursors).
+pub fn cursor_config(c: pb::CursorConfig, idle_ms: Option<u64>) -> Result<CursorConfig, grid::Error> {
+    let bad = |reason: String| grid::Error::InvalidCursor { reason };
+    let deliver = match pb::DeliverPolicy::try_from(c.deliver) {
+        Ok(pb::DeliverPolicy::DeliverAll) => DeliverPolicy::All,
+        Ok(pb::DeliverPolicy::DeliverNew) => DeliverPolicy::New,
+        Ok(pb::DeliverPolicy::DeliverLast) => DeliverPolicy::Last,
+        Ok(pb::DeliverPolicy::DeliverLastPerKey) => DeliverPolicy::LastPerKey,
+        Ok(pb::DeliverPolicy::DeliverFromSeq) => DeliverPolicy::FromSeq(c.from_seq),
+        Ok(pb::DeliverPolicy::DeliverFromTime) => DeliverPolicy::FromTime(c.from_time_ms),
+        Err(_) => return Err(bad(format!("unknown deliver policy {}", c.deliver))),
+    };
+    let ack = match pb::AckPolicy::try_from(c.ack) {
+        Ok(pb::AckPolicy::AckExplicit) => AckPolicy::Explicit,
+        Ok(pb::AckPolicy::AckNone) => AckPolicy::None,
+        Err(_) => return Err(bad(format!("unknown ack policy {}", c.ack))),
+    };
+    let defaults = CursorConfig::default();
+    let config = CursorConfig {
+        deliver,
+        filter: none_if_empty(c.filter),
+        ack,
+        ack_wait_ms: zero_none(c.ack_wait_ms).unwrap_or(defaults.ack_wait_ms),
+        max_deliveries: (c.max_deliveries > 0).then_some(c.max_deliveries),
+        dead_letter: none_if_empty(c.dead_letter),
+        max_ack_pending: if c.max_ack_pending == 0 { defaults.max_ack_pending } else { c.max_ack_pending },
+        idle_ms,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// A cursor's settings as the protocol shows them.
+pub fn pb_cursor_config(c: &CursorConfig) -> pb::CursorConfig {
+    let (deliver, from_seq, from_time_ms) = match c.deliver {
+        DeliverPolicy::All => (pb::DeliverPolicy::DeliverAll, 0, 0),
+        DeliverPolicy::New => (pb::DeliverPolicy::DeliverNew, 0, 0),
+        DeliverPolicy::Last => (pb::DeliverPolicy::DeliverLast, 0, 0),
+        DeliverPolicy::LastPerKey => (pb::DeliverPolicy::DeliverLastPerKey, 0, 0),
+        DeliverPolicy::FromSeq(s) => (pb::DeliverPolicy::DeliverFromSeq, s, 0),
+        DeliverPolicy::FromTime(t) => (pb::DeliverPolicy::DeliverFromTime, 0, t),
+    };
+    pb::CursorConfig {
+        deliver: deliver as i32,
+        from_seq,
+        from_time_ms,
+        filter: c.filter.clone().unwrap_or_default(),
+        ack: match c.ack {
+            AckPolicy::Explicit => pb::AckPolicy::AckExplicit as i32,
+            AckPolicy::None => pb::AckPolicy::AckNone as i32,
+        },
+        ack_wait_ms: c.ack_wait_ms,
+        max_deliveries: c.max_deliveries.unwrap_or(0),
+        dead_letter: c.dead_letter.clone().unwrap_or_default(),
+        max_ack_pending: c.max_ack_pending,
+    }
+}
+
+/// An append request as the grid takes it.
+pub fn append(req: pb::AppendRequest) -> Result<Append, grid::Error> {
+    let items = req
+        .items
+        .into_iter()
+        .map(|i| {
+            Ok(NewItem {
+                key: none_if_empty(i.key),
+                payload: payload(i.payload)?,
+                headers: i.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, grid::Error>>()?;
+    Ok(Append {
+        stream: req.stream,
+        items,
+        expected_last_seq: req.expected_last_seq,
+        producer: req.producer.map(|p| ProducerSeq { id: p.id, epoch: p.epoch, sequence: p.sequence }),
+        msg_id: none_if_empty(req.msg_id),
+    })
+}
+
+/// A stored item as the protocol shows it.
+pub fn pb_item(i: &Item) -> pb::Item {
+    pb::Item {
+        seq: i.seq,
+        key: i.key.clone().unwrap_or_default(),
+        payload: Some(pb_payload(i.payload.clone())),
+        headers: i.headers.iter().map(|(name, value)| pb::Header { name: name.clone(), value: value.clone() }).collect(),
+        time_ms: i.time_ms,
+    }
+}

@@ -27,10 +27,11 @@ use weft_proto::cluster::v1::raft_server::RaftServer;
 use weft_proto::fabric::v1::cluster_server::ClusterServer;
 use weft_proto::fabric::v1::executions_server::ExecutionsServer;
 use weft_proto::fabric::v1::instances_server::InstancesServer;
+use weft_proto::fabric::v1::streams_server::StreamsServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 
 use crate::NodeId;
-use crate::api::{ClusterService, ExecutionService, InstanceService, StateService};
+use crate::api::{ClusterService, ExecutionService, InstanceService, StateService, StreamService};
 use crate::config::Config;
 use crate::data_dir::{self, DataDir};
 use crate::http;
@@ -130,7 +131,7 @@ impl Node {
         config.node_id = data_dir.node_id();
         let log_store = LogStore::open(&data_dir.raft_dir())
             .map_err(|source| Error::Log { path: data_dir.raft_dir().display().to_string(), source })?;
-        let hub = watch::Hub::new(config.node_id, config.max_waiters);
+        let hub = watch::Hub::new(config.node_id, config.max_waiters).with_max_listeners(config.max_listeners);
         let state_machine = StateMachine::open(&data_dir.snapshot_dir(), hub.clone())?;
         let applied = state_machine.handle();
 
@@ -237,6 +238,7 @@ impl Node {
             membership.clone(),
             hub,
             config.work_options(),
+            config.stream_options(),
         );
         tasks.spawn(proposer.run(shutdown.clone()));
         tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
@@ -259,6 +261,11 @@ impl Node {
         )
         .add_service(
             InstancesServer::new(InstanceService::new(ctx.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(
+            StreamsServer::new(StreamService::new(ctx.clone(), shutdown.clone()))
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )

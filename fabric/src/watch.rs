@@ -1,10 +1,12 @@
 //! The watch hub: every node fills it from the entries it applies, so listeners on any node
-//! learn of new assignments, revocations and finished executions without polling.
+//! learn of new assignments, revocations, finished executions and stream items without
+//! polling.
 //!
 //! ```text
 //!   state machine apply ──events──► Hub ──► session streams hosted here (assignments, revokes)
-//!      (under the grid's           │
-//!       write lock)                └──► waiters on this node (an execution changed)
+//!      (under the grid's           ├──► waiters on this node (an execution changed)
+//!       write lock)                ├──► cursor listeners hosted here (items delivered, the end)
+//!                                  └──► stream readers on this node (a stream changed)
 //! ```
 //!
 //! The state machine publishes while it holds the grid's write lock, so a waiter that
@@ -21,7 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::NodeId;
 use crate::grid::execution::{Execution, ExecutionId};
-use crate::grid::{Event, Grid};
+use crate::grid::stream::Item;
+use crate::grid::{Event, Grid, ListenerEnd};
 
 /// Room in a session's channel beyond its capacity (for revocations and the close).
 pub const SESSION_CHANNEL_SLACK: usize = 64;
@@ -39,12 +42,29 @@ pub enum SessionEvent {
     Reset,
 }
 
+/// Room in a listener's channel beyond its window (for the end, and a reset).
+pub const LISTENER_CHANNEL_SLACK: usize = 8;
+
+/// What a cursor listener hosted on this node is told.
+#[derive(Debug, Clone)]
+pub enum ListenerEvent {
+    /// This item was delivered to the listener under `token`, for the `count`-th time.
+    Item { item: Box<Item>, token: u64, count: u32 },
+    /// Nothing more will come.
+    End(ListenerEnd),
+    /// The state was replaced by a snapshot: compare with the grid again.
+    Reset,
+}
+
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Too many callers wait on this node. Nothing changed.
     #[error("{count} callers already wait for results on this node; the limit is {limit} (max_waiters)")]
     TooManyWaiters { count: usize, limit: usize },
+    /// Too many listeners on this node. Nothing changed.
+    #[error("{count} listeners are attached to this node; the limit is {limit} (max_listeners)")]
+    TooManyListeners { count: usize, limit: usize },
 }
 
 #[derive(Default)]
@@ -52,6 +72,10 @@ struct Inner {
     sessions: HashMap<u64, mpsc::Sender<SessionEvent>>,
     waiters: HashMap<ExecutionId, HashMap<u64, mpsc::Sender<()>>>,
     waiter_count: usize,
+    listeners: HashMap<u64, mpsc::Sender<ListenerEvent>>,
+    /// Readers per stream name, woken when the stream changes.
+    readers: HashMap<String, HashMap<u64, mpsc::Sender<()>>>,
+    reader_count: usize,
 }
 
 /// The hub; cheap to clone.
@@ -59,6 +83,7 @@ struct Inner {
 pub struct Hub {
     node_id: NodeId,
     max_waiters: usize,
+    max_listeners: usize,
     inner: Arc<Mutex<Inner>>,
     next_waiter: Arc<AtomicU64>,
 }
@@ -87,6 +112,36 @@ impl Waiter {
     }
 }
 
+/// A registered stream reader: [`StreamWatch::changed`] resolves when the stream changes
+/// (items appended or removed, closed, deleted). Dropping it unregisters.
+pub struct StreamWatch {
+    hub: Hub,
+    stream: String,
+    id: u64,
+    rx: mpsc::Receiver<()>,
+}
+
+impl StreamWatch {
+    /// Waits for the next change (changes coalesce). Read the grid after it returns.
+    pub async fn changed(&mut self) {
+        let _ = self.rx.recv().await;
+    }
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock();
+        if let Some(map) = inner.readers.get_mut(&self.stream) {
+            if map.remove(&self.id).is_some() {
+                inner.reader_count -= 1;
+            }
+            if inner.readers.get(&self.stream).is_some_and(HashMap::is_empty) {
+                inner.readers.remove(&self.stream);
+            }
+        }
+    }
+}
+
 impl Drop for Waiter {
     fn drop(&mut self) {
         let mut inner = self.hub.lock();
@@ -104,7 +159,60 @@ impl Drop for Waiter {
 impl Hub {
     /// A hub for node `node_id`, with at most `max_waiters` waiters at once.
     pub fn new(node_id: NodeId, max_waiters: usize) -> Self {
-        Self { node_id, max_waiters, inner: Arc::default(), next_waiter: Arc::default() }
+        Self { node_id, max_waiters, max_listeners: usize::MAX, inner: Arc::default(), next_waiter: Arc::default() }
+    }
+
+    /// The same hub with at most `max_listeners` listeners (cursor listeners and readers).
+    pub fn with_max_listeners(mut self, max_listeners: usize) -> Self {
+        self.max_listeners = max_listeners;
+        self
+    }
+
+    fn check_listener_room(&self, inner: &Inner) -> Result<(), Error> {
+        let count = inner.listeners.len() + inner.reader_count;
+        if count >= self.max_listeners {
+            return Err(Error::TooManyListeners { count, limit: self.max_listeners });
+        }
+        Ok(())
+    }
+
+    /// Registers a cursor listener hosted here under its host `key`; its events arrive on the
+    /// returned receiver, which holds `window` + [`LISTENER_CHANNEL_SLACK`].
+    pub fn register_listener(&self, key: u64, window: usize) -> Result<mpsc::Receiver<ListenerEvent>, Error> {
+        let mut inner = self.lock();
+        self.check_listener_room(&inner)?;
+        let (tx, rx) = mpsc::channel(window + LISTENER_CHANNEL_SLACK);
+        inner.listeners.insert(key, tx);
+        Ok(rx)
+    }
+
+    /// Forgets a cursor listener.
+    pub fn unregister_listener(&self, key: u64) {
+        self.lock().listeners.remove(&key);
+    }
+
+    /// Whether a cursor listener with host `key` is registered here.
+    pub fn has_listener(&self, key: u64) -> bool {
+        self.lock().listeners.contains_key(&key)
+    }
+
+    /// Registers a reader of `stream`. Register first, then read the grid: a change applied
+    /// after the read wakes it.
+    pub fn watch_stream(&self, stream: &str) -> Result<StreamWatch, Error> {
+        let (tx, rx) = mpsc::channel(1);
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        self.check_listener_room(&inner)?;
+        inner.reader_count += 1;
+        inner.readers.entry(stream.to_owned()).or_default().insert(id, tx);
+        drop(inner);
+        Ok(StreamWatch { hub: self.clone(), stream: stream.to_owned(), id, rx })
+    }
+
+    /// How many listeners (cursor listeners and readers) are attached here.
+    pub fn listener_count(&self) -> usize {
+        let inner = self.lock();
+        inner.listeners.len() + inner.reader_count
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -189,6 +297,29 @@ impl Hub {
                         let _ = tx.try_send(SessionEvent::Closed { reason });
                     }
                 }
+                Event::StreamChanged { stream } => {
+                    if let Some(readers) = inner.readers.get(&stream) {
+                        for tx in readers.values() {
+                            let _ = tx.try_send(());
+                        }
+                    }
+                }
+                Event::Delivered { host, stream, seq, token, count, .. } if host.node == self.node_id => {
+                    // Removed later in the same batch (the stream deleted, trimmed): nothing to
+                    // push; an explicit-ack delivery comes back after its ack wait anyway.
+                    let Some(item) = grid.stream(&stream).and_then(|s| s.items.get(&seq)) else { continue };
+                    let event = ListenerEvent::Item { item: Box::new(item.clone()), token, count };
+                    let Some(tx) = inner.listeners.get(&host.key) else { continue };
+                    if tx.try_send(event).is_err() {
+                        tracing::warn!(host_key = host.key, "a listener does not keep up; ending it");
+                        inner.listeners.remove(&host.key);
+                    }
+                }
+                Event::ListenerEnded { host, end, .. } if host.node == self.node_id => {
+                    if let Some(tx) = inner.listeners.remove(&host.key) {
+                        let _ = tx.try_send(ListenerEvent::End(end));
+                    }
+                }
                 _ => {}
             }
         }
@@ -204,6 +335,14 @@ impl Hub {
         }
         for tx in inner.sessions.values() {
             let _ = tx.try_send(SessionEvent::Reset);
+        }
+        for tx in inner.listeners.values() {
+            let _ = tx.try_send(ListenerEvent::Reset);
+        }
+        for readers in inner.readers.values() {
+            for tx in readers.values() {
+                let _ = tx.try_send(());
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{Error, proposer};
 use crate::NodeId;
-use crate::config::WorkOptions;
+use crate::config::{StreamOptions, WorkOptions};
 use crate::grid;
 use crate::raft::Raft;
 use crate::raft::state_machine;
@@ -70,6 +70,8 @@ pub struct Context {
     pub hub: crate::watch::Hub,
     /// Settings of executions and sessions.
     pub work: WorkOptions,
+    /// Settings of streams and listeners.
+    pub streams: StreamOptions,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -91,6 +93,7 @@ impl Context {
         membership: crate::membership::Handle,
         hub: crate::watch::Hub,
         work: WorkOptions,
+        streams: StreamOptions,
     ) -> Self {
         Self {
             node_id,
@@ -105,6 +108,7 @@ impl Context {
             membership,
             hub,
             work,
+            streams,
             channels: Arc::default(),
         }
     }

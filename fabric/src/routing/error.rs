@@ -24,6 +24,9 @@ pub enum Error {
     /// Too many writes are waiting on this node. Nothing changed.
     #[error("{0}")]
     Overloaded(String),
+    /// What a read asked for does not exist. Nothing changed.
+    #[error("{0}")]
+    NotFound(String),
     /// The write was handed to Raft but its outcome is unknown (timeout, leader lost,
     /// shutdown). It may or may not be applied.
     #[error("outcome unknown: {0}")]
@@ -93,6 +96,7 @@ impl Error {
             }
             Error::Unavailable(m) => wire::not_applied(format!("{NOT_APPLIED_PREFIX}{m}"), None),
             Error::Overloaded(m) => tonic::Status::resource_exhausted(m),
+            Error::NotFound(m) => tonic::Status::not_found(m),
             Error::Indeterminate(m) => tonic::Status::unavailable(format!("{UNKNOWN_PREFIX}{m}")),
         }
     }

@@ -1,5 +1,5 @@
-//! Agent sessions on the node: the `Listen` streams this node hosts, and the reaper that
-//! ends sessions whose stream or node is gone.
+//! What the node hosts for its clients: agent sessions (`Executions/Listen`), stream
+//! listeners (`Streams/Listen`), and the reaper that ends those whose stream or node is gone.
 //!
 //! ```text
 //!   agent ══Listen══► host (this node) ──OpenSession / Complete / Renew──► routing ─► leader
@@ -17,7 +17,10 @@
 //! # Layout
 //! - [`host`]: one `Listen` stream: open the session, push assignments and revocations,
 //!   propose what the agent reports, close the session when the stream ends.
-//! - [`reaper`]: closes sessions nobody hosts any more.
+//! - [`listener`]: one `Streams/Listen` stream: a listener on a cursor (attach, push what the
+//!   grid delivers, propose acks and credit, detach) or a plain reader of this replica.
+//! - [`reaper`]: closes sessions and detaches listeners nobody hosts any more.
 
 pub mod host;
+pub mod listener;
 pub mod reaper;

@@ -1,9 +1,10 @@
-//! Ends sessions nobody hosts any more, so what they held goes back to pending.
+//! Ends sessions and stream listeners nobody hosts any more, so what they held goes back to
+//! pending (executions) or is delivered again (stream items).
 //!
-//! Every node closes the sessions the grid says it hosts but it has no stream for (its
-//! earlier life before a restart, a close that did not get through). The leader also closes
-//! the sessions of nodes that gossip declares down or left, and of nodes that are no longer
-//! Raft members: their agents must reconnect elsewhere anyway.
+//! Every node closes the sessions and detaches the listeners the grid says it hosts but it
+//! has no stream for (its earlier life before a restart, a close that did not get through).
+//! The leader also ends those of nodes that gossip declares down or left, and of nodes that
+//! are no longer Raft members: their clients must reconnect elsewhere anyway.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::NodeId;
 use crate::grid::Command;
-use crate::grid::execution::SessionId;
+use crate::grid::session::Host;
 use crate::membership::gossip::Health;
 use crate::routing::{self, Context, Leader};
 
 /// How often the reaper looks.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
-/// Most sessions one round closes.
+/// Most sessions and listeners one round ends.
 pub const MAX_REAPED_PER_ROUND: usize = 64;
 
 /// Runs until `shutdown`.
@@ -31,8 +32,8 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (session, reason, by_leader) in doomed(&ctx) {
-            let command = Command::CloseSession { session, reason: reason.clone() };
+        for (command, reason, by_leader) in doomed(&ctx) {
+            let what = format!("{command:?}");
             let close = async {
                 if !by_leader {
                     return routing::propose(&ctx, command).await;
@@ -55,15 +56,16 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
                 answer = close => answer,
             };
             match closed {
-                Ok(_) => tracing::info!(session, %reason, "closed a session"),
-                Err(e) => tracing::debug!(session, error = %e, "could not close a session; next round"),
+                Ok(_) => tracing::info!(%what, %reason, "ended a session or listener"),
+                Err(e) => tracing::debug!(%what, error = %e, "could not end a session or listener; next round"),
             }
         }
     }
 }
 
-/// The sessions to close now, with why, and whether the leader decided it from its own view.
-fn doomed(ctx: &Context) -> Vec<(SessionId, String, bool)> {
+/// What to end now (a session close or a listener detach), with why, and whether the leader
+/// decided it from its own view.
+fn doomed(ctx: &Context) -> Vec<(Command, String, bool)> {
     let leading = ctx.leader() == Leader::Local;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -90,30 +92,35 @@ fn doomed(ctx: &Context) -> Vec<(SessionId, String, bool)> {
     } else {
         (BTreeMap::new(), BTreeSet::new())
     };
+    // Why the stream at `host`, opened at `opened_ms`, has no one behind it, if it has not.
+    let orphaned = |host: Host, opened_ms: u64, hosted_here: &dyn Fn(u64) -> bool| -> Option<(String, bool)> {
+        let node = host.node;
+        if node == ctx.node_id {
+            return (!hosted_here(host.key)).then(|| (format!("node {node} no longer has its stream"), false));
+        }
+        if !leading {
+            return None;
+        }
+        if let Some((state, since_ms)) = gone.get(&node) {
+            // Opened after gossip here declared the node gone: the node was alive then, and
+            // this view is behind (a heal, a restart). Wait for gossip to catch up.
+            if opened_ms >= *since_ms {
+                return None;
+            }
+            return Some((format!("its node {node} is {state}"), true));
+        }
+        (!members.is_empty() && !members.contains(&node))
+            .then(|| (format!("its node {node} is no longer a member of the cluster"), true))
+    };
     ctx.applied.read(|a| {
-        a.grid
-            .sessions()
-            .filter_map(|s| {
-                let node = s.host.node;
-                if node == ctx.node_id {
-                    return (!ctx.hub.has_session(s.host.key))
-                        .then(|| (s.id, format!("node {node} no longer has its stream"), false));
-                }
-                if !leading {
-                    return None;
-                }
-                if let Some((state, since_ms)) = gone.get(&node) {
-                    // Opened after gossip here declared the node gone: the node was alive then,
-                    // and this view is behind (a heal, a restart). Wait for gossip to catch up.
-                    if s.opened_ms >= *since_ms {
-                        return None;
-                    }
-                    return Some((s.id, format!("its node {node} is {state}"), true));
-                }
-                (!members.is_empty() && !members.contains(&node))
-                    .then(|| (s.id, format!("its node {node} is no longer a member of the cluster"), true))
-            })
-            .take(MAX_REAPED_PER_ROUND)
-            .collect()
+        let sessions = a.grid.sessions().filter_map(|s| {
+            let (reason, by_leader) = orphaned(s.host, s.opened_ms, &|key| ctx.hub.has_session(key))?;
+            Some((Command::CloseSession { session: s.id, reason: reason.clone() }, reason, by_leader))
+        });
+        let listeners = a.grid.listeners().filter_map(|l| {
+            let (reason, by_leader) = orphaned(l.host, l.opened_ms, &|key| ctx.hub.has_listener(key))?;
+            Some((Command::Detach { listener: l.id, reason: reason.clone() }, reason, by_leader))
+        });
+        sessions.chain(listeners).take(MAX_REAPED_PER_ROUND).collect()
     })
 }

@@ -1,0 +1,511 @@
+//! One stream listener on the node that hosts it: on a cursor, or a plain reader.
+//!
+//! ```text
+//!   cursor listener:  Attach (registers a hub key first) ──► the grid delivers items up to
+//!                     the window ──► hub ──► this task ──► the client
+//!                     client acks / nacks / credit ──► batched, proposed ──► room again
+//!   plain reader:     reads this node's replica from a seq on, woken by the hub when the
+//!                     stream changes; no grid state; the client's credit bounds what is sent
+//! ```
+//!
+//! Both send heartbeats with the lag and end with an explicit end: the stream closed (after
+//! every item), or deleted. A cursor listener detaches when its stream ends, the node shuts
+//! down or loses its leader for a while (the client resumes on another node at its cursor);
+//! what it had not acked is delivered again.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use weft_proto::fabric::v1 as pb;
+
+use crate::convert;
+use crate::grid::cursor::{ListenerId, MAX_WINDOW, NewListener};
+use crate::grid::session::Host;
+use crate::grid::stream::{Seq, validate_filter, validate_stream_name};
+use crate::grid::{self, Command, ListenerEnd, Output, validate_cursor_name};
+use crate::routing::{self, Context, Error};
+use crate::watch::ListenerEvent;
+
+/// A listener's window when it asks for none.
+pub const DEFAULT_CREDIT: u32 = 256;
+/// Room in the outbound stream beyond the window (heartbeats, ack results, the end).
+const OUTBOUND_SLACK: usize = 64;
+/// Most acks waiting to be proposed for one listener; more are refused until some commit.
+const MAX_PENDING_ACKS: usize = 4 * MAX_WINDOW as usize;
+/// Most items a reader sends per look at the replica.
+const READ_BATCH: usize = 256;
+/// How long this node may go without a leader before its listeners end (their clients
+/// resume elsewhere).
+const MAX_LEADERLESS: Duration = crate::sessions::host::MAX_LEADERLESS;
+const LEADER_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long the node keeps trying to detach an ended listener (the reaper covers the rest).
+const DETACH_RETRY_FOR: Duration = Duration::from_secs(30);
+const DETACH_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+type Outbound = mpsc::Sender<Result<pb::StreamMessage, Status>>;
+
+fn message(kind: pb::stream_message::Kind) -> Result<pb::StreamMessage, Status> {
+    Ok(pb::StreamMessage { kind: Some(kind) })
+}
+
+fn end_message(end: &ListenerEnd) -> pb::stream_message::Kind {
+    let (reason, error) = match end {
+        ListenerEnd::Closed(e) => ("closed", e.error().unwrap_or_default().to_owned()),
+        ListenerEnd::Deleted(why) => ("deleted", why.clone()),
+        ListenerEnd::Removed(why) => ("removed", why.clone()),
+    };
+    pb::stream_message::Kind::End(pb::StreamEnd { reason: reason.into(), error })
+}
+
+/// Starts a listener from the stream's first message; returns what the fabric sends.
+pub async fn start(
+    ctx: Context,
+    mut inbound: Streaming<pb::ListenerMessage>,
+    shutdown: CancellationToken,
+) -> Result<mpsc::Receiver<Result<pb::StreamMessage, Status>>, Status> {
+    let wait = ctx.request_timeout;
+    let first = tokio::time::timeout(wait, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no start message in time"))??
+        .ok_or_else(|| Status::invalid_argument("the stream ended before the listener started"))?;
+    let Some(pb::listener_message::Kind::Start(start)) = first.kind else {
+        return Err(Status::invalid_argument("the first message of a listener must be `start`"));
+    };
+    let window = if start.credit == 0 { DEFAULT_CREDIT } else { start.credit };
+    let checked = (|| {
+        validate_stream_name(&start.stream)?;
+        if window > MAX_WINDOW {
+            return Err(grid::Error::InvalidCursor { reason: format!("credit {window} is over {MAX_WINDOW}") });
+        }
+        if !start.cursor.is_empty() {
+            validate_cursor_name(&start.cursor)?;
+        }
+        if !start.filter.is_empty() {
+            validate_filter(&start.filter)?;
+        }
+        Ok(())
+    })();
+    checked.map_err(|e| Error::Grid(e).into_status())?;
+    let (tx, rx) = mpsc::channel(window as usize + OUTBOUND_SLACK);
+    if start.cursor.is_empty() && start.config.is_none() {
+        let reader = Reader::new(ctx, start, window, inbound, tx, shutdown).await?;
+        tokio::spawn(reader.run());
+    } else {
+        let listener = CursorListener::attach(ctx, start, window, inbound, tx, shutdown).await?;
+        tokio::spawn(listener.run());
+    }
+    Ok(rx)
+}
+
+/// A listener on a cursor: the grid decides what it gets.
+struct CursorListener {
+    ctx: Context,
+    id: ListenerId,
+    key: u64,
+    stream: String,
+    cursor: String,
+    inbound: Streaming<pb::ListenerMessage>,
+    events: mpsc::Receiver<ListenerEvent>,
+    tx: Outbound,
+    shutdown: CancellationToken,
+    /// Acks received and not yet proposed, and whether a proposal is in flight.
+    acks: Vec<(Seq, u64)>,
+    credit: u32,
+    proposing: bool,
+    done_tx: mpsc::Sender<()>,
+    done_rx: mpsc::Receiver<()>,
+}
+
+impl CursorListener {
+    async fn attach(
+        ctx: Context,
+        start: pb::StartListener,
+        window: u32,
+        inbound: Streaming<pb::ListenerMessage>,
+        tx: Outbound,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Status> {
+        let named = !start.cursor.is_empty();
+        let idle_ms = (!named).then_some(ctx.streams.unnamed_cursor_idle_ms);
+        let config = start
+            .config
+            .map(|c| convert::cursor_config(c, idle_ms))
+            .transpose()
+            .map_err(|e| Error::Grid(e).into_status())?;
+        let key: u64 = rand::random();
+        let new = NewListener {
+            stream: start.stream.clone(),
+            cursor: named.then(|| start.cursor.clone()),
+            config,
+            uid: (start.uid != 0).then_some(start.uid),
+            host: Host { node: ctx.node_id, key },
+            window,
+        };
+        let command = Command::Attach(Box::new(new));
+        command.validate(&ctx.limits).map_err(|e| Error::Grid(e).into_status())?;
+        // Registered before the attach is proposed: the entry that attaches it delivers.
+        let events = ctx.hub.register_listener(key, window as usize).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let (id, cursor, uid) = match routing::propose(&ctx, command).await {
+            Ok(Output::Listener { id, cursor, uid }) => (id, cursor, uid),
+            Ok(other) => {
+                ctx.hub.unregister_listener(key);
+                return Err(Status::internal(format!("unexpected answer to an attach: {other:?}")));
+            }
+            Err(e) => {
+                // If it was applied after all, the reaper detaches it: its key is gone.
+                ctx.hub.unregister_listener(key);
+                return Err(e.into_status());
+            }
+        };
+        let started = pb::ListenerStarted {
+            uid,
+            cursor: cursor.clone(),
+            node_id: ctx.node_id,
+            heartbeat_ms: ctx.streams.listener_heartbeat.as_millis() as u64,
+        };
+        let _ = tx.try_send(message(pb::stream_message::Kind::Started(started)));
+        tracing::debug!(listener = id, stream = %start.stream, %cursor, "listener attached");
+        let (done_tx, done_rx) = mpsc::channel(1);
+        Ok(Self {
+            ctx,
+            id,
+            key,
+            stream: start.stream,
+            cursor,
+            inbound,
+            events,
+            tx,
+            shutdown,
+            acks: Vec::new(),
+            credit: 0,
+            proposing: false,
+            done_tx,
+            done_rx,
+        })
+    }
+
+    async fn run(mut self) {
+        let mut heartbeat = tokio::time::interval(self.ctx.streams.listener_heartbeat);
+        let mut leader_check = tokio::time::interval(LEADER_CHECK_EVERY);
+        let mut leaderless_since: Option<Instant> = None;
+        let why = loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    let _ = self.tx.try_send(Err(Status::unavailable("the node is shutting down; resume on another node")));
+                    break "the node is shutting down".to_owned();
+                }
+                event = self.events.recv() => match event {
+                    Some(ListenerEvent::Item { item, token, count }) => {
+                        let item = pb::StreamItem { item: Some(convert::pb_item(&item)), token, deliveries: count };
+                        if self.tx.send(message(pb::stream_message::Kind::Item(item))).await.is_err() {
+                            break "the client stopped reading".into();
+                        }
+                    }
+                    Some(ListenerEvent::End(end)) => {
+                        let _ = self.tx.send(message(end_message(&end))).await;
+                        break format!("the listener ended: {end:?}");
+                    }
+                    Some(ListenerEvent::Reset) => {
+                        if self.ctx.applied.read(|a| a.grid.listener(self.id).is_none()) {
+                            let end = ListenerEnd::Removed("the listener is no longer attached".into());
+                            let _ = self.tx.send(message(end_message(&end))).await;
+                            break "detached while this node caught up".into();
+                        }
+                    }
+                    None => {
+                        let _ = self.tx.try_send(Err(Status::resource_exhausted("the listener did not keep up; resume at its cursor")));
+                        break "the listener did not keep up".into();
+                    }
+                },
+                _ = self.done_rx.recv() => {
+                    self.proposing = false;
+                    self.flush();
+                }
+                received = self.inbound.message() => match received {
+                    Ok(Some(m)) => {
+                        if let Err(status) = self.on_message(m) {
+                            let reason = status.message().to_owned();
+                            let _ = self.tx.try_send(Err(status));
+                            break reason;
+                        }
+                    }
+                    Ok(None) => break "the client closed the stream".into(),
+                    Err(status) => break format!("the stream failed: {}", status.message()),
+                },
+                _ = heartbeat.tick() => {
+                    let beat = self.ctx.applied.read(|a| {
+                        let s = a.grid.stream(&self.stream)?;
+                        let c = s.cursors.get(&self.cursor)?;
+                        Some(pb::ListenerHeartbeat {
+                            last_seq: s.last_seq,
+                            lag: (s.last_seq + 1).saturating_sub(c.next_seq),
+                            ack_pending: c.unacked.len() as u64,
+                        })
+                    });
+                    if let Some(beat) = beat {
+                        let _ = self.tx.try_send(message(pb::stream_message::Kind::Heartbeat(beat)));
+                    }
+                }
+                _ = leader_check.tick() => {
+                    if self.ctx.leader() != routing::Leader::Unknown {
+                        leaderless_since = None;
+                    } else if leaderless_since.get_or_insert_with(Instant::now).elapsed() >= MAX_LEADERLESS {
+                        let why = format!("node {} has had no leader for {} s; resume on another node", self.ctx.node_id, MAX_LEADERLESS.as_secs());
+                        let _ = self.tx.try_send(Err(Status::unavailable(why.clone())));
+                        break why;
+                    }
+                }
+            }
+        };
+        self.ctx.hub.unregister_listener(self.key);
+        tracing::debug!(listener = self.id, reason = %why, "listener ends");
+        tokio::spawn(detach(self.ctx.clone(), self.id, why, self.shutdown.clone()));
+    }
+
+    fn on_message(&mut self, m: pb::ListenerMessage) -> Result<(), Status> {
+        use pb::listener_message::Kind;
+        match m.kind {
+            None => Ok(()),
+            Some(Kind::Start(_)) => Err(Status::failed_precondition("this listener has started already")),
+            Some(Kind::Ack(d)) => {
+                if self.acks.len() >= MAX_PENDING_ACKS {
+                    let result = pb::AckResult {
+                        seq: d.seq,
+                        token: d.token,
+                        error: format!("{MAX_PENDING_ACKS} acks wait already; send it again later"),
+                    };
+                    let _ = self.tx.try_send(message(pb::stream_message::Kind::Acked(result)));
+                    return Ok(());
+                }
+                self.acks.push((d.seq, d.token));
+                self.flush();
+                Ok(())
+            }
+            Some(Kind::Nack(d)) => {
+                let command = Command::Nack { stream: self.stream.clone(), cursor: self.cursor.clone(), seq: d.seq, token: d.token };
+                let ctx = self.ctx.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = routing::propose(&ctx, command).await {
+                        let result = pb::AckResult { seq: d.seq, token: d.token, error: format!("nack: {e}") };
+                        let _ = tx.send(message(pb::stream_message::Kind::Acked(result))).await;
+                    }
+                });
+                Ok(())
+            }
+            Some(Kind::Credit(c)) => {
+                self.credit = self.credit.saturating_add(c.items);
+                self.flush();
+                Ok(())
+            }
+        }
+    }
+
+    /// Proposes the acks and credit gathered so far, unless a proposal is in flight (then
+    /// they leave together once it is answered: one entry for many acks).
+    fn flush(&mut self) {
+        if self.proposing || (self.acks.is_empty() && self.credit == 0) {
+            return;
+        }
+        self.proposing = true;
+        let acks = std::mem::take(&mut self.acks);
+        let credit = std::mem::take(&mut self.credit);
+        let (ctx, tx, done) = (self.ctx.clone(), self.tx.clone(), self.done_tx.clone());
+        let (stream, cursor, id) = (self.stream.clone(), self.cursor.clone(), self.id);
+        tokio::spawn(async move {
+            if credit > 0 {
+                let _ = routing::propose(&ctx, Command::Credit { listener: id, items: credit }).await;
+            }
+            if !acks.is_empty() {
+                let answer = routing::propose(&ctx, Command::Ack { stream: stream.clone(), cursor: cursor.clone(), acks: acks.clone() }).await;
+                let results: Vec<(Seq, u64, String)> = match answer {
+                    Ok(_) => acks.iter().map(|(s, t)| (*s, *t, String::new())).collect(),
+                    // One stale delivery refuses the whole batch: ack them one by one to learn
+                    // which.
+                    Err(Error::Grid(_)) if acks.len() > 1 => {
+                        let mut results = Vec::with_capacity(acks.len());
+                        for (seq, token) in &acks {
+                            let one = Command::Ack { stream: stream.clone(), cursor: cursor.clone(), acks: vec![(*seq, *token)] };
+                            let error = routing::propose(&ctx, one).await.err().map(|e| e.to_string()).unwrap_or_default();
+                            results.push((*seq, *token, error));
+                        }
+                        results
+                    }
+                    Err(e) => {
+                        let error = e.to_string();
+                        acks.iter().map(|(s, t)| (*s, *t, error.clone())).collect()
+                    }
+                };
+                for (seq, token, error) in results {
+                    let result = pb::AckResult { seq, token, error };
+                    if tx.send(message(pb::stream_message::Kind::Acked(result))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = done.send(()).await;
+        });
+    }
+}
+
+/// Detaches an ended listener in the grid, retrying for a while; the reaper covers the rest.
+async fn detach(ctx: Context, id: ListenerId, reason: String, shutdown: CancellationToken) {
+    let until = Instant::now() + DETACH_RETRY_FOR;
+    loop {
+        let command = Command::Detach { listener: id, reason: reason.clone() };
+        let attempt = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            answer = routing::propose(&ctx, command) => answer,
+        };
+        match attempt {
+            Ok(_) => return,
+            Err(e) if Instant::now() >= until => {
+                tracing::warn!(listener = id, error = %e, "could not detach a listener; the reaper will");
+                return;
+            }
+            Err(_) => tokio::time::sleep(DETACH_RETRY_PAUSE).await,
+        }
+    }
+}
+
+/// A plain reader: reads this node's replica from a seq on; nothing in the grid.
+struct Reader {
+    ctx: Context,
+    stream: String,
+    uid: u64,
+    filter: Option<String>,
+    next: Seq,
+    window: u32,
+    in_flight: u32,
+    inbound: Streaming<pb::ListenerMessage>,
+    watch: crate::watch::StreamWatch,
+    tx: Outbound,
+    shutdown: CancellationToken,
+}
+
+/// What a reader's look at the replica found.
+enum Look {
+    Items(Vec<pb::Item>, Seq),
+    Ended(ListenerEnd),
+    Nothing,
+}
+
+impl Reader {
+    async fn new(
+        ctx: Context,
+        start: pb::StartListener,
+        window: u32,
+        inbound: Streaming<pb::ListenerMessage>,
+        tx: Outbound,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Status> {
+        // Registered before the first read: nothing applied after it is missed.
+        let watch = ctx.hub.watch_stream(&start.stream).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        // The stream may have been created an instant ago through another node.
+        if ctx.applied.read(|a| a.grid.stream(&start.stream).is_none()) {
+            routing::read_barrier(&ctx).await.map_err(Error::into_status)?;
+        }
+        let uid = ctx.applied.read(|a| a.grid.stream(&start.stream).map(|s| s.uid));
+        let uid = match uid {
+            None => return Err(Error::Grid(grid::Error::UnknownStream { name: start.stream.clone() }).into_status()),
+            Some(uid) if start.uid != 0 && uid != start.uid => {
+                return Err(Error::Grid(grid::Error::StreamReplaced { name: start.stream.clone() }).into_status());
+            }
+            Some(uid) => uid,
+        };
+        let started = pb::ListenerStarted {
+            uid,
+            cursor: String::new(),
+            node_id: ctx.node_id,
+            heartbeat_ms: ctx.streams.listener_heartbeat.as_millis() as u64,
+        };
+        let _ = tx.try_send(message(pb::stream_message::Kind::Started(started)));
+        Ok(Self {
+            ctx,
+            stream: start.stream,
+            uid,
+            filter: (!start.filter.is_empty()).then_some(start.filter),
+            next: start.from_seq.max(1),
+            window,
+            in_flight: 0,
+            inbound,
+            watch,
+            tx,
+            shutdown,
+        })
+    }
+
+    fn look(&self) -> Look {
+        let room = (self.window - self.in_flight.min(self.window)) as usize;
+        self.ctx.applied.read(|a| {
+            let Some(s) = a.grid.stream(&self.stream).filter(|s| s.uid == self.uid) else {
+                return Look::Ended(ListenerEnd::Deleted(format!("stream '{}' was deleted", self.stream)));
+            };
+            if room > 0 && self.next <= s.last_seq {
+                let Ok((items, next)) = a.grid.read_items(&self.stream, self.next, room.min(READ_BATCH), self.filter.as_deref()) else {
+                    return Look::Nothing;
+                };
+                let next = next.unwrap_or(s.last_seq + 1);
+                return Look::Items(items.into_iter().map(convert::pb_item).collect(), next);
+            }
+            match &s.closed {
+                Some(end) if self.next > s.last_seq => Look::Ended(ListenerEnd::Closed(end.clone())),
+                _ => Look::Nothing,
+            }
+        })
+    }
+
+    async fn run(mut self) {
+        let mut heartbeat = tokio::time::interval(self.ctx.streams.listener_heartbeat);
+        loop {
+            match self.look() {
+                Look::Items(items, next) => {
+                    self.next = next;
+                    for item in items {
+                        self.in_flight += 1;
+                        let item = pb::StreamItem { item: Some(item), token: 0, deliveries: 1 };
+                        if self.tx.send(message(pb::stream_message::Kind::Item(item))).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Look::Ended(end) => {
+                    let _ = self.tx.send(message(end_message(&end))).await;
+                    return;
+                }
+                Look::Nothing => {}
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    let _ = self.tx.try_send(Err(Status::unavailable("the node is shutting down; resume on another node")));
+                    return;
+                }
+                _ = self.watch.changed() => {}
+                received = self.inbound.message() => match received {
+                    Ok(Some(pb::ListenerMessage { kind: Some(pb::listener_message::Kind::Credit(c)) })) => {
+                        self.in_flight = self.in_flight.saturating_sub(c.items);
+                    }
+                    Ok(Some(pb::ListenerMessage { kind: None })) => {}
+                    Ok(Some(_)) => {
+                        let _ = self.tx.try_send(Err(Status::invalid_argument("a plain reader takes only credit (no start again, acks or nacks)")));
+                        return;
+                    }
+                    Ok(None) | Err(_) => return,
+                },
+                _ = heartbeat.tick() => {
+                    let last_seq = self.ctx.applied.read(|a| a.grid.stream(&self.stream).map(|s| s.last_seq));
+                    if let Some(last_seq) = last_seq {
+                        let beat = pb::ListenerHeartbeat { last_seq, lag: (last_seq + 1).saturating_sub(self.next), ack_pending: 0 };
+                        let _ = self.tx.try_send(message(pb::stream_message::Kind::Heartbeat(beat)));
+                    }
+                }
+            }
+        }
+    }
+}
