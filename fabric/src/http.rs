@@ -113,6 +113,15 @@ async fn metrics(State(ctx): State<Context>) -> String {
         "gauge",
         ctx.hub.waiter_count() as u64,
     );
+    let (streams, stream_bytes) = ctx.applied.read(|a| a.grid.stream_totals());
+    gauge("weft_streams", "Streams in the cluster.", "gauge", streams as u64);
+    gauge("weft_stream_bytes", "Bytes held by the items of all streams (max_stream_bytes bounds it).", "gauge", stream_bytes);
+    gauge(
+        "weft_listeners_hosted",
+        "Stream listeners (on cursors, and plain readers) this node serves.",
+        "gauge",
+        ctx.hub.listener_count() as u64,
+    );
     gauge(
         "weft_grid_commands_applied_total",
         "Grid commands applied.",
