@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/weft/cluster/v1/raft.proto",
         "proto/weft/fabric/v1/state.proto",
+        "proto/weft/fabric/v1/values.proto",
         "proto/weft/fabric/v1/cluster.proto",
         "proto/weft/fabric/v1/executions.proto",
         "proto/weft/fabric/v1/streams.proto",

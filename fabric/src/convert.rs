@@ -170,9 +170,15 @@ pub fn completion(c: pb::Completion, work: &WorkOptions) -> Result<Completion, g
             });
         }
     };
-    let mut effects = Vec::with_capacity(c.effects.len());
-    for effect in c.effects {
-        effects.push(match effect.kind {
+    let effects = effects(c.effects, work)?;
+    Ok(Completion { execution: c.execution_id, token: c.token, outcome, effects })
+}
+
+/// The effects of a completion or a stream ack.
+pub fn effects(effects: Vec<pb::Effect>, work: &WorkOptions) -> Result<Vec<Effect>, grid::Error> {
+    let mut out = Vec::with_capacity(effects.len());
+    for effect in effects {
+        out.push(match effect.kind {
             Some(pb::effect::Kind::State(s)) => match s.value {
                 Some(value) => Effect::Put {
                     namespace: s.namespace,
@@ -188,10 +194,14 @@ pub fn completion(c: pb::Completion, work: &WorkOptions) -> Result<Completion, g
                 },
             },
             Some(pb::effect::Kind::Call(req)) => Effect::Call(Box::new(new_execution(req, work)?)),
+            Some(pb::effect::Kind::Append(a)) => Effect::Append { stream: a.stream, items: new_items(a.items)? },
+            Some(pb::effect::Kind::Ack(a)) => {
+                Effect::Ack { stream: a.stream, cursor: a.cursor, seq: a.seq, token: a.token }
+            }
             None => return Err(grid::Error::InvalidCompletion { reason: "an effect of no kind".into() }),
         });
     }
-    Ok(Completion { execution: c.execution_id, token: c.token, outcome, effects })
+    Ok(out)
 }
 
 /// How a completion was taken, as the protocol shows it.
@@ -413,8 +423,17 @@ pub fn pb_cursor_config(c: &CursorConfig) -> pb::CursorConfig {
 
 /// An append request as the grid takes it.
 pub fn append(req: pb::AppendRequest) -> Result<Append, grid::Error> {
-    let items = req
-        .items
+    Ok(Append {
+        stream: req.stream,
+        items: new_items(req.items)?,
+        expected_last_seq: req.expected_last_seq,
+        producer: req.producer.map(|p| ProducerSeq { id: p.id, epoch: p.epoch, sequence: p.sequence }),
+        msg_id: none_if_empty(req.msg_id),
+    })
+}
+
+fn new_items(items: Vec<pb::NewItem>) -> Result<Vec<NewItem>, grid::Error> {
+    items
         .into_iter()
         .map(|i| {
             Ok(NewItem {
@@ -423,14 +442,7 @@ pub fn append(req: pb::AppendRequest) -> Result<Append, grid::Error> {
                 headers: i.headers.into_iter().map(|h| (h.name, h.value)).collect(),
             })
         })
-        .collect::<Result<Vec<_>, grid::Error>>()?;
-    Ok(Append {
-        stream: req.stream,
-        items,
-        expected_last_seq: req.expected_last_seq,
-        producer: req.producer.map(|p| ProducerSeq { id: p.id, epoch: p.epoch, sequence: p.sequence }),
-        msg_id: none_if_empty(req.msg_id),
-    })
+        .collect()
 }
 
 /// A stored item as the protocol shows it.

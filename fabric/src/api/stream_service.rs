@@ -290,17 +290,19 @@ impl pb::streams_server::Streams for StreamService {
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let req = request.into_inner();
         let result = async {
-            if req.acks.is_empty() || req.acks.len() > self.ctx.limits.max_batch_items {
-                return Err(Error::Grid(grid::Error::InvalidCursor {
-                    reason: format!(
-                        "an ack names 1 to {} deliveries (max_batch_items); this one {}",
-                        self.ctx.limits.max_batch_items,
-                        req.acks.len()
-                    ),
-                }));
-            }
             let acks = req.acks.iter().map(|d| (d.seq, d.token)).collect();
-            self.write(Command::Ack { stream: req.stream, cursor: req.cursor, acks }).await?;
+            let effects = convert::effects(req.effects, &self.ctx.work)?;
+            let appends: usize = effects
+                .iter()
+                .map(|e| match e {
+                    grid::execution::Effect::Append { items, .. } => items.iter().map(|i| i.size()).sum(),
+                    _ => 0,
+                })
+                .sum();
+            if appends > 0 {
+                self.check_stream_bytes(appends)?;
+            }
+            self.write(Command::Ack { stream: req.stream, cursor: req.cursor, acks, effects }).await?;
             Ok(pb::AckResponse {})
         }
         .await;

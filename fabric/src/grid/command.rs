@@ -127,8 +127,9 @@ pub enum Command {
     Attach(Box<NewListener>),
     /// Detach a listener; what it had not acked is delivered again.
     Detach { listener: ListenerId, reason: String },
-    /// Acknowledge deliveries `(seq, token)` of a cursor.
-    Ack { stream: String, cursor: String, acks: Vec<(Seq, u64)> },
+    /// Acknowledge deliveries `(seq, token)` of a cursor, with effects applied atomically
+    /// with the acks (state writes in shared namespaces, appends, more acks).
+    Ack { stream: String, cursor: String, acks: Vec<(Seq, u64)>, effects: Vec<execution::Effect> },
     /// Hand a delivery back for delivery again now.
     Nack { stream: String, cursor: String, seq: Seq, token: u64 },
     /// A listener of an ack-none cursor processed `items`.
@@ -170,21 +171,7 @@ impl Command {
                     });
                 }
                 for effect in &c.effects {
-                    match effect {
-                        execution::Effect::Put { namespace, key, value, .. } => {
-                            validate_key(namespace, key, limits)?;
-                            if value.len() > limits.max_value_bytes {
-                                return Err(Error::ValueTooLarge {
-                                    size: value.len(),
-                                    limit: limits.max_value_bytes,
-                                });
-                            }
-                        }
-                        execution::Effect::Delete { namespace, key, .. } => {
-                            validate_key(namespace, key, limits)?
-                        }
-                        execution::Effect::Call(new) => validate_new_execution(new, limits)?,
-                    }
+                    validate_effect(effect, limits)?;
                 }
                 Ok(())
             }
@@ -205,9 +192,25 @@ impl Command {
             | Command::DeleteCursor { .. }
             | Command::Attach(_)
             | Command::Detach { .. }
-            | Command::Ack { .. }
             | Command::Nack { .. }
             | Command::Credit { .. } => Ok(()),
+            Command::Ack { acks, effects, .. } => {
+                if acks.is_empty() || acks.len() > limits.max_batch_items {
+                    return Err(Error::InvalidCursor {
+                        reason: format!(
+                            "an ack names 1 to {} deliveries (max_batch_items); this one {}",
+                            limits.max_batch_items,
+                            acks.len()
+                        ),
+                    });
+                }
+                if effects.len() > limits.max_effects {
+                    return Err(Error::InvalidCompletion {
+                        reason: format!("{} effects; the limit is {} (max_effects)", effects.len(), limits.max_effects),
+                    });
+                }
+                effects.iter().try_for_each(|e| validate_effect(e, limits))
+            }
         }?;
         self.validate_shape()
     }
@@ -301,13 +304,35 @@ pub fn validate_cursor_name(name: &str) -> Result<(), Error> {
     validate_name("cursor", name)
 }
 
+/// Checks one effect of a completion or an ack against the limits.
+fn validate_effect(effect: &execution::Effect, limits: &Limits) -> Result<(), Error> {
+    use execution::Effect;
+    match effect {
+        Effect::Put { namespace, key, value, .. } => {
+            validate_key(namespace, key, limits)?;
+            if value.len() > limits.max_value_bytes {
+                return Err(Error::ValueTooLarge { size: value.len(), limit: limits.max_value_bytes });
+            }
+            Ok(())
+        }
+        Effect::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
+        Effect::Call(new) => validate_new_execution(new, limits),
+        Effect::Append { stream, items } => validate_items(items, limits).and_then(|_| validate_stream_name(stream)),
+        Effect::Ack { stream, .. } => validate_stream_name(stream),
+    }
+}
+
 fn validate_append(a: &Append, limits: &Limits) -> Result<(), Error> {
-    if a.items.len() > limits.max_batch_items {
+    validate_items(&a.items, limits)
+}
+
+fn validate_items(items: &[super::stream::NewItem], limits: &Limits) -> Result<(), Error> {
+    if items.len() > limits.max_batch_items {
         return Err(Error::InvalidItem {
-            reason: format!("{} items in one append; the limit is {} (max_batch_items)", a.items.len(), limits.max_batch_items),
+            reason: format!("{} items in one append; the limit is {} (max_batch_items)", items.len(), limits.max_batch_items),
         });
     }
-    for item in &a.items {
+    for item in items {
         let size = item.size();
         if size > limits.max_item_bytes {
             return Err(Error::InvalidItem {

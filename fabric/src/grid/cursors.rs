@@ -7,6 +7,7 @@ use super::cursor::{
     NewListener, UNNAMED_PREFIX,
 };
 use super::events::{Event, ListenerEnd, Outbox};
+use super::execution::Effect;
 use super::stream::{End, Item, Kind, Seq, Stream, filter_matches};
 use super::streams::remove_item;
 use super::{Error, Grid, Output, Streams};
@@ -145,15 +146,37 @@ impl Grid {
         Output::Detached { existed: true }
     }
 
-    /// Applies `Ack`: every delivery named must be current (or acknowledged already), else
-    /// nothing is acknowledged.
+    /// Checks that `(seq, token)` may be acked on the cursor, without changing anything.
+    pub(super) fn check_ack(&self, stream: &str, cursor: &str, seq: Seq, token: u64) -> Result<(), Error> {
+        let s = self.streams.streams.get(stream).ok_or_else(|| unknown_stream(stream))?;
+        let c = s.cursors.get(cursor).ok_or_else(|| unknown_cursor(stream, cursor))?;
+        if c.config.ack == AckPolicy::None {
+            return Err(Error::InvalidCursor { reason: format!("cursor '{cursor}' takes no acks (ack policy none)") });
+        }
+        check_current(stream, cursor, c, seq, token)
+    }
+
+    /// Applies `Ack`: every delivery named must be current (or acknowledged already), and
+    /// every effect must apply, else nothing changes. The effects (state writes in shared
+    /// namespaces, appends, more acks) commit with the acks: a listener that consumes an item
+    /// and writes what it made of it does both or neither.
     pub(super) fn ack(
         &mut self,
         stream: &str,
         cursor: &str,
         acks: &[(Seq, u64)],
+        effects: &[Effect],
         out: &mut Outbox,
     ) -> Result<Output, Error> {
+        if !effects.is_empty() {
+            for &(seq, token) in acks {
+                self.check_ack(stream, cursor, seq, token)?;
+            }
+            self.check_ack_effects(effects)?;
+            for effect in effects {
+                self.apply_ack_effect(effect, out);
+            }
+        }
         let Streams { streams, listeners, bytes, .. } = &mut self.streams;
         let s = streams.get_mut(stream).ok_or_else(|| unknown_stream(stream))?;
         let kind = s.config.kind;
@@ -180,6 +203,65 @@ impl Grid {
         }
         out.streams.insert(stream.to_owned());
         Ok(Output::Acked { count })
+    }
+
+    /// Checks an ack's effects: state writes only in shared namespaces, at their expected
+    /// versions; appends and acks as for a completion; no new executions.
+    fn check_ack_effects(&self, effects: &[Effect]) -> Result<(), Error> {
+        let mut adding = super::streams::Adding::default();
+        let mut touched = std::collections::BTreeSet::new();
+        for effect in effects {
+            match effect {
+                Effect::Put { namespace: ns, key, expected_version, .. }
+                | Effect::Delete { namespace: ns, key, expected_version } => {
+                    if !matches!(super::namespace::parse(ns)?, super::namespace::Kind::Shared { .. }) {
+                        return Err(Error::InvalidCompletion {
+                            reason: format!(
+                                "an ack's effect writes '{}': a listener may write shared/<name> namespaces only",
+                                super::namespace::clip(ns)
+                            ),
+                        });
+                    }
+                    if key.is_empty() {
+                        return Err(Error::InvalidKey { reason: "the key is empty".into() });
+                    }
+                    if !touched.insert((ns.as_str(), key.as_str())) {
+                        return Err(Error::InvalidCompletion {
+                            reason: format!("two effects write {}/{}", super::namespace::clip(ns), super::namespace::clip(key)),
+                        });
+                    }
+                    if let Some(expected) = expected_version {
+                        let current = self.live(ns, key).map_or(0, |v| v.version);
+                        if current != *expected {
+                            return Err(Error::VersionMismatch { expected: *expected, current });
+                        }
+                    }
+                }
+                Effect::Call(_) => {
+                    return Err(Error::InvalidCompletion {
+                        reason: "an ack's effects cannot create executions (call from an execution instead)".into(),
+                    });
+                }
+                Effect::Append { .. } | Effect::Ack { .. } => self.check_stream_effect(effect, &mut adding)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_ack_effect(&mut self, effect: &Effect, out: &mut Outbox) {
+        match effect {
+            Effect::Put { namespace, key, value, ttl_ms, .. } => {
+                self.write(namespace, key, value.clone(), *ttl_ms);
+            }
+            Effect::Delete { namespace, key, .. } => {
+                if self.live(namespace, key).is_some() {
+                    self.revision += 1;
+                }
+                self.remove(namespace, key);
+            }
+            Effect::Call(_) => {}
+            Effect::Append { .. } | Effect::Ack { .. } => self.apply_stream_effect(effect, out),
+        }
     }
 
     /// Applies `Nack`: the item is delivered again now (or dead-lettered).

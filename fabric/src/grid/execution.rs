@@ -378,6 +378,12 @@ pub enum Effect {
     Delete { namespace: String, key: String, expected_version: Option<u64> },
     /// Create an execution, a child of the completing one.
     Call(Box<NewExecution>),
+    /// Append items to a stream (refused, with the whole completion, if the stream is
+    /// missing or closed or a discard-new limit would be passed).
+    Append { stream: String, items: Vec<super::stream::NewItem> },
+    /// Acknowledge a delivery of a cursor (refused, with the whole completion, if the token
+    /// is not the delivery's current one).
+    Ack { stream: String, cursor: String, seq: super::stream::Seq, token: u64 },
 }
 
 /// One execution, as the grid holds it.

@@ -81,6 +81,7 @@ impl Grid {
                         self.insert_execution(new, Some(c.execution), false, out);
                     }
                 }
+                Effect::Append { .. } | Effect::Ack { .. } => self.apply_stream_effect(effect, out),
             }
         }
         let e = &self.work.executions[&c.execution];
@@ -360,8 +361,13 @@ impl Grid {
         let mut touched = BTreeSet::new();
         let mut call_keys = BTreeSet::new();
         let mut conflict = None;
+        let mut appending = super::streams::Adding::default();
         for effect in &c.effects {
             let (ns, key, expected) = match effect {
+                Effect::Append { .. } | Effect::Ack { .. } => {
+                    self.check_stream_effect(effect, &mut appending)?;
+                    continue;
+                }
                 Effect::Put { namespace, key, expected_version, .. }
                 | Effect::Delete { namespace, key, expected_version } => (namespace, key, expected_version),
                 Effect::Call(new) => {

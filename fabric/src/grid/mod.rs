@@ -235,7 +235,7 @@ impl Grid {
             Command::DeleteCursor { stream, cursor } => self.delete_cursor(stream, cursor, &mut out),
             Command::Attach(new) => self.attach(new, &mut out),
             Command::Detach { listener, reason } => Ok(self.detach(*listener, &clip_reason(reason), &mut out)),
-            Command::Ack { stream, cursor, acks } => self.ack(stream, cursor, acks, &mut out),
+            Command::Ack { stream, cursor, acks, effects } => self.ack(stream, cursor, acks, effects, &mut out),
             Command::Nack { stream, cursor, seq, token } => self.nack(stream, cursor, *seq, *token, &mut out),
             Command::Credit { listener, items } => self.credit(*listener, *items, &mut out),
         };

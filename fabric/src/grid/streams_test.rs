@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use super::cursor::*;
-use super::execution::Payload;
+use super::execution::{Effect, Payload};
 use super::session::Host;
 use super::stream::*;
 use super::test_harness::Harness;
@@ -78,7 +78,7 @@ fn ended(h: &Harness) -> Vec<(ListenerId, ListenerEnd)> {
 }
 
 fn ack(stream: &str, cursor: &str, acks: Vec<(Seq, u64)>) -> Command {
-    Command::Ack { stream: stream.into(), cursor: cursor.into(), acks }
+    Command::Ack { stream: stream.into(), cursor: cursor.into(), acks, effects: vec![] }
 }
 
 #[test]
@@ -127,6 +127,8 @@ fn expected_last_seq_producers_and_msg_ids() {
     assert_eq!(h.ok(with(None, Some((1, 1)), None)), Output::Appended { first_seq: 2, last_seq: 2, duplicate: true });
     assert!(matches!(h.apply(with(None, Some((1, 3)), None)), Err(Error::ProducerRefused { .. })));
     assert_eq!(h.ok(with(None, Some((1, 2)), None)), Output::Appended { first_seq: 3, last_seq: 3, duplicate: false });
+    // An older sequence was applied before: a duplicate, its seqs no longer known.
+    assert_eq!(h.ok(with(None, Some((1, 1)), None)), Output::Appended { first_seq: 0, last_seq: 0, duplicate: true });
     // A new epoch starts at 1; the old epoch is fenced off.
     assert!(matches!(h.apply(with(None, Some((2, 5)), None)), Err(Error::ProducerRefused { .. })));
     assert_eq!(h.ok(with(None, Some((2, 1)), None)), Output::Appended { first_seq: 4, last_seq: 4, duplicate: false });
@@ -328,6 +330,68 @@ fn ack_none_cursors_use_credit() {
     assert!(matches!(h.apply(ack("s", "c", vec![(3, 0)])), Err(Error::InvalidCursor { .. })));
 }
 
+/// A listener that consumes an item, writes state and appends what it made does all of it in
+/// one ack, or none of it: a stale token or a failing effect changes nothing.
+#[test]
+fn acks_with_effects_are_atomic() {
+    let mut h = Harness::new();
+    create(&mut h, "in", StreamConfig::default());
+    create(&mut h, "out", StreamConfig::default());
+    append(&mut h, "in", vec![item("a"), item("b")]);
+    attach(&mut h, "in", "c", Some(CursorConfig::default()), 1, 10);
+    let d = deliveries(&mut h);
+    let effects = |version: Option<u64>| {
+        vec![
+            Effect::Put { namespace: "shared/totals".into(), key: "k".into(), value: b"1".to_vec(), ttl_ms: None, expected_version: version },
+            Effect::Append { stream: "out".into(), items: vec![item("A")] },
+        ]
+    };
+    let with = |seq, token, effects| Command::Ack { stream: "in".into(), cursor: "c".into(), acks: vec![(seq, token)], effects };
+    // A stale token: nothing at all.
+    assert!(matches!(h.apply(with(1, d[1].2, effects(None))), Err(Error::StaleAck { .. })));
+    // A state conflict: nothing at all.
+    assert!(matches!(h.apply(with(1, d[0].2, effects(Some(7)))), Err(Error::VersionMismatch { .. })));
+    // An instance namespace or a call: refused.
+    let instance = vec![Effect::Put { namespace: "instance/a/b".into(), key: "k".into(), value: vec![], ttl_ms: None, expected_version: None }];
+    assert!(matches!(h.apply(with(1, d[0].2, instance)), Err(Error::InvalidCompletion { .. })));
+    assert_eq!(h.grid.stream("out").unwrap().last_seq, 0);
+    assert!(h.grid.get("shared/totals", "k").is_none());
+    assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 0);
+    // All of it.
+    h.ok(with(1, d[0].2, effects(None)));
+    assert_eq!(h.grid.stream("out").unwrap().last_seq, 1);
+    assert!(h.grid.get("shared/totals", "k").is_some());
+    assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 1);
+    // Closing the output refuses the next one whole.
+    h.ok(Command::CloseStream { stream: "out".into(), error: None });
+    assert!(matches!(h.apply(with(2, d[1].2, effects(None))), Err(Error::StreamClosed { .. })));
+    assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 1);
+}
+
+/// A completion's effects may append to streams and ack a delivery, with its result.
+#[test]
+fn completions_append_and_ack_with_their_result() {
+    use super::execution::{Status};
+    use super::test_harness::{complete_cmd, new_exec};
+    let mut h = Harness::new();
+    create(&mut h, "in", StreamConfig::default());
+    create(&mut h, "out", StreamConfig::default());
+    append(&mut h, "in", vec![item("a")]);
+    attach(&mut h, "in", "c", Some(CursorConfig::default()), 1, 10);
+    let d = deliveries(&mut h);
+    h.open(&["w"], 1);
+    let id = h.create(new_exec("w", "job"));
+    let token = h.token(id);
+    let stale = vec![Effect::Append { stream: "out".into(), items: vec![item("x")] }, Effect::Ack { stream: "in".into(), cursor: "c".into(), seq: 1, token: d[0].2 + 99 }];
+    assert!(matches!(h.apply(complete_cmd(id, token, Ok(Payload::json("1")), stale)), Err(Error::StaleAck { .. })));
+    assert_eq!((h.exec(id).status, h.grid.stream("out").unwrap().last_seq), (Status::Assigned, 0), "nothing applied");
+    let good = vec![Effect::Append { stream: "out".into(), items: vec![item("x"), item("y")] }, Effect::Ack { stream: "in".into(), cursor: "c".into(), seq: 1, token: d[0].2 }];
+    h.ok(complete_cmd(id, token, Ok(Payload::json("1")), good));
+    assert_eq!(h.exec(id).status, Status::Completed);
+    assert_eq!(h.grid.stream("out").unwrap().last_seq, 2);
+    assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 1);
+}
+
 // ---- properties ------------------------------------------------------------------------
 
 const STREAMS: [&str; 2] = ["s", "t"];
@@ -356,7 +420,10 @@ fn arb_command() -> impl Strategy<Value = Command> {
             Command::Attach(Box::new(NewListener { stream, cursor: Some(cursor), config: Some(config), uid: None, host: Host { node: 1, key }, window }))
         }),
         1 => (1u64..8).prop_map(|listener| Command::Detach { listener, reason: "x".into() }),
-        5 => (stream.clone(), cursor.clone(), 1u64..10, 1u64..30).prop_map(|(stream, cursor, seq, token)| Command::Ack { stream, cursor, acks: vec![(seq, token)] }),
+        5 => (stream.clone(), cursor.clone(), 1u64..10, 1u64..30, any::<bool>()).prop_map(|(stream, cursor, seq, token, effect)| {
+            let effects = if effect { vec![Effect::Append { stream: "t".into(), items: vec![item("e")] }] } else { vec![] };
+            Command::Ack { stream, cursor, acks: vec![(seq, token)], effects }
+        }),
         1 => (stream.clone(), cursor, 1u64..10, 1u64..30).prop_map(|(stream, cursor, seq, token)| Command::Nack { stream, cursor, seq, token }),
         1 => stream.clone().prop_map(|stream| Command::CloseStream { stream, error: None }),
         1 => stream.prop_map(|stream| Command::DeleteStream { stream }),
@@ -421,7 +488,7 @@ proptest! {
                         seqs.extend(*first_seq..=*last_seq);
                     }
                     (Command::Append(a), Ok(Output::Appended { last_seq, duplicate: true, .. })) => {
-                        prop_assert!(model[&a.stream].contains(last_seq), "a duplicate names stored seqs");
+                        prop_assert!(*last_seq == 0 || model[&a.stream].contains(last_seq), "a duplicate names stored seqs (or 0: no longer known)");
                     }
                     (Command::DeleteStream { stream }, Ok(Output::Deleted { existed: true })) => {
                         model.remove(stream);

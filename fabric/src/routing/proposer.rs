@@ -102,6 +102,10 @@ fn command_bytes(command: &Command) -> usize {
                     }
                     Effect::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
                     Effect::Call(new) => new.payload.data.len() + new.agent.len() + new.delegate.len() + 96,
+                    Effect::Append { stream, items } => {
+                        stream.len() + items.iter().map(|i| i.size() + 48).sum::<usize>() + 16
+                    }
+                    Effect::Ack { stream, cursor, .. } => stream.len() + cursor.len() + 32,
                 })
                 .sum();
             result + effects + 32
@@ -123,7 +127,9 @@ fn command_bytes(command: &Command) -> usize {
         Command::DeleteCursor { stream, cursor } => stream.len() + cursor.len() + 16,
         Command::Attach(new) => new.stream.len() + 128,
         Command::Detach { reason, .. } => reason.len() + 16,
-        Command::Ack { stream, cursor, acks } => stream.len() + cursor.len() + 16 * acks.len() + 16,
+        Command::Ack { stream, cursor, acks, effects } => {
+            stream.len() + cursor.len() + 16 * acks.len() + 64 * effects.len() + 16
+        }
         Command::Nack { stream, cursor, .. } => stream.len() + cursor.len() + 32,
         Command::Credit { .. } => 16,
     }

@@ -320,7 +320,7 @@ impl CursorListener {
                 let _ = routing::propose(&ctx, Command::Credit { listener: id, items: credit }).await;
             }
             if !acks.is_empty() {
-                let answer = routing::propose(&ctx, Command::Ack { stream: stream.clone(), cursor: cursor.clone(), acks: acks.clone() }).await;
+                let answer = routing::propose(&ctx, Command::Ack { stream: stream.clone(), cursor: cursor.clone(), acks: acks.clone(), effects: Vec::new() }).await;
                 let results: Vec<(Seq, u64, String)> = match answer {
                     Ok(_) => acks.iter().map(|(s, t)| (*s, *t, String::new())).collect(),
                     // One stale delivery refuses the whole batch: ack them one by one to learn
@@ -328,7 +328,7 @@ impl CursorListener {
                     Err(Error::Grid(_)) if acks.len() > 1 => {
                         let mut results = Vec::with_capacity(acks.len());
                         for (seq, token) in &acks {
-                            let one = Command::Ack { stream: stream.clone(), cursor: cursor.clone(), acks: vec![(*seq, *token)] };
+                            let one = Command::Ack { stream: stream.clone(), cursor: cursor.clone(), acks: vec![(*seq, *token)], effects: Vec::new() };
                             let error = routing::propose(&ctx, one).await.err().map(|e| e.to_string()).unwrap_or_default();
                             results.push((*seq, *token, error));
                         }
