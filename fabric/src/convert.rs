@@ -194,7 +194,9 @@ pub fn effects(effects: Vec<pb::Effect>, work: &WorkOptions) -> Result<Vec<Effec
                 },
             },
             Some(pb::effect::Kind::Call(req)) => Effect::Call(Box::new(new_execution(req, work)?)),
-            Some(pb::effect::Kind::Append(a)) => Effect::Append { stream: a.stream, items: new_items(a.items)? },
+            Some(pb::effect::Kind::Append(a)) => {
+                Effect::Append { stream: a.stream, items: new_items(a.items)? }
+            }
             Some(pb::effect::Kind::Ack(a)) => {
                 Effect::Ack { stream: a.stream, cursor: a.cursor, seq: a.seq, token: a.token }
             }
@@ -269,7 +271,9 @@ pub fn pb_instance(i: Instance) -> pb::Instance {
 // ---- streams and cursors ------------------------------------------------------------------
 
 use crate::grid::cursor::{AckPolicy, Cursor, CursorConfig, DeliverPolicy};
-use crate::grid::stream::{Append, Discard, End, Item, Kind, NewItem, ProducerSeq, Stream, StreamConfig};
+use crate::grid::stream::{
+    Append, Discard, End, Generator, Item, Kind, NewItem, ProducerSeq, Stream, StreamConfig,
+};
 
 fn invalid_stream(reason: String) -> grid::Error {
     grid::Error::InvalidStream { reason }
@@ -280,7 +284,12 @@ fn zero_none(v: u64) -> Option<u64> {
 }
 
 /// A stream's settings from a create request.
-pub fn stream_config(kind: i32, limits: Option<pb::StreamLimits>) -> Result<StreamConfig, grid::Error> {
+pub fn stream_config(
+    kind: i32,
+    limits: Option<pb::StreamLimits>,
+    generator: Option<pb::GeneratorSpec>,
+    work: &WorkOptions,
+) -> Result<StreamConfig, grid::Error> {
     let kind = match pb::StreamKind::try_from(kind) {
         Ok(pb::StreamKind::Persistent) => Kind::Persistent,
         Ok(pb::StreamKind::Ephemeral) => Kind::Ephemeral,
@@ -300,6 +309,13 @@ pub fn stream_config(kind: i32, limits: Option<pb::StreamLimits>) -> Result<Stre
         max_age_ms: zero_none(l.max_age_ms),
         discard,
         dedup_window_ms: zero_none(l.dedup_window_ms).unwrap_or(crate::grid::stream::DEFAULT_DEDUP_WINDOW_MS),
+        generator: match generator {
+            None => None,
+            Some(g) => {
+                let call = g.call.ok_or_else(|| invalid_stream("a generator needs a call".into()))?;
+                Some(Box::new(Generator { call: new_execution(call, work)?, eager: g.start_on_create }))
+            }
+        },
     };
     config.validate()?;
     Ok(config)
@@ -341,6 +357,36 @@ pub fn pb_stream_info(s: &Stream) -> pb::StreamInfo {
         created_ms: s.created_ms,
         cursors: s.cursors.values().map(|c| pb_cursor_info(s, c)).collect(),
         uid: s.uid,
+        generator: s
+            .config
+            .generator
+            .as_ref()
+            .map(|g| pb::GeneratorSpec { call: Some(pb_new_execution(&g.call)), start_on_create: g.eager }),
+        generator_execution: s.generator_execution.unwrap_or(0),
+    }
+}
+
+/// A call to make as the protocol shows it (for a generator's settings).
+fn pb_new_execution(n: &NewExecution) -> pb::CreateExecutionRequest {
+    pb::CreateExecutionRequest {
+        agent: n.agent.clone(),
+        instance: n.instance.clone().unwrap_or_default(),
+        delegate: n.delegate.clone(),
+        payload: Some(pb_payload(n.payload.clone())),
+        idempotency_key: n.idempotency_key.clone().unwrap_or_default(),
+        timeout_ms: n.timeout_ms,
+        deadline_ms: n.deadline_ms,
+        delay_ms: n.delay_ms,
+        not_before_ms: n.not_before_ms,
+        priority: n.priority,
+        retry: n.retry.map(|r| pb::RetryPolicy {
+            max_attempts: r.max_attempts,
+            initial_backoff_ms: r.initial_backoff_ms,
+            max_backoff_ms: r.max_backoff_ms,
+            multiplier_percent: r.multiplier_percent,
+        }),
+        parent_id: 0,
+        parent_token: 0,
     }
 }
 
@@ -451,7 +497,11 @@ pub fn pb_item(i: &Item) -> pb::Item {
         seq: i.seq,
         key: i.key.clone().unwrap_or_default(),
         payload: Some(pb_payload(i.payload.clone())),
-        headers: i.headers.iter().map(|(name, value)| pb::Header { name: name.clone(), value: value.clone() }).collect(),
+        headers: i
+            .headers
+            .iter()
+            .map(|(name, value)| pb::Header { name: name.clone(), value: value.clone() })
+            .collect(),
         time_ms: i.time_ms,
     }
 }

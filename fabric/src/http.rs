@@ -115,7 +115,12 @@ async fn metrics(State(ctx): State<Context>) -> String {
     );
     let (streams, stream_bytes) = ctx.applied.read(|a| a.grid.stream_totals());
     gauge("weft_streams", "Streams in the cluster.", "gauge", streams as u64);
-    gauge("weft_stream_bytes", "Bytes held by the items of all streams (max_stream_bytes bounds it).", "gauge", stream_bytes);
+    gauge(
+        "weft_stream_bytes",
+        "Bytes held by the items of all streams (max_stream_bytes bounds it).",
+        "gauge",
+        stream_bytes,
+    );
     gauge(
         "weft_listeners_hosted",
         "Stream listeners (on cursors, and plain readers) this node serves.",

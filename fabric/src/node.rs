@@ -27,8 +27,8 @@ use weft_proto::cluster::v1::raft_server::RaftServer;
 use weft_proto::fabric::v1::cluster_server::ClusterServer;
 use weft_proto::fabric::v1::executions_server::ExecutionsServer;
 use weft_proto::fabric::v1::instances_server::InstancesServer;
-use weft_proto::fabric::v1::streams_server::StreamsServer;
 use weft_proto::fabric::v1::state_server::StateServer;
+use weft_proto::fabric::v1::streams_server::StreamsServer;
 
 use crate::NodeId;
 use crate::api::{ClusterService, ExecutionService, InstanceService, StateService, StreamService};
@@ -131,7 +131,8 @@ impl Node {
         config.node_id = data_dir.node_id();
         let log_store = LogStore::open(&data_dir.raft_dir())
             .map_err(|source| Error::Log { path: data_dir.raft_dir().display().to_string(), source })?;
-        let hub = watch::Hub::new(config.node_id, config.max_waiters).with_max_listeners(config.max_listeners);
+        let hub =
+            watch::Hub::new(config.node_id, config.max_waiters).with_max_listeners(config.max_listeners);
         let state_machine = StateMachine::open(&data_dir.snapshot_dir(), hub.clone())?;
         let applied = state_machine.handle();
 

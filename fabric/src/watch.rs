@@ -32,8 +32,9 @@ pub const SESSION_CHANNEL_SLACK: usize = 64;
 /// What a session stream hosted on this node is told.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
-    /// Run this execution; complete it with `token`.
-    Assigned { execution: Box<Execution>, token: u64 },
+    /// Run this execution; complete it with `token`. `generator`: the stream it feeds, if it
+    /// is a generator's.
+    Assigned { execution: Box<Execution>, token: u64, generator: Option<String> },
     /// Stop the handler of this execution.
     Revoked { execution: ExecutionId, token: u64, reason: String },
     /// The session ended in the grid.
@@ -159,7 +160,13 @@ impl Drop for Waiter {
 impl Hub {
     /// A hub for node `node_id`, with at most `max_waiters` waiters at once.
     pub fn new(node_id: NodeId, max_waiters: usize) -> Self {
-        Self { node_id, max_waiters, max_listeners: usize::MAX, inner: Arc::default(), next_waiter: Arc::default() }
+        Self {
+            node_id,
+            max_waiters,
+            max_listeners: usize::MAX,
+            inner: Arc::default(),
+            next_waiter: Arc::default(),
+        }
     }
 
     /// The same hub with at most `max_listeners` listeners (cursor listeners and readers).
@@ -286,7 +293,8 @@ impl Hub {
                     if e.lease.is_none_or(|l| l.session != session || l.token != token) {
                         continue;
                     }
-                    let event = SessionEvent::Assigned { execution: Box::new(e.clone()), token };
+                    let generator = grid.generator_stream(execution).map(str::to_owned);
+                    let event = SessionEvent::Assigned { execution: Box::new(e.clone()), token, generator };
                     send_or_drop(&mut inner, host.key, event);
                 }
                 Event::Revoked { host, execution, token, reason, .. } if host.node == self.node_id => {
@@ -398,7 +406,9 @@ mod tests {
         grid.apply_batch_with_events(10, &[session(1), create, session(2), close_a], &mut events);
         hub.publish(&grid, events);
         assert!(matches!(a.recv().await, Some(SessionEvent::Closed { .. })), "A only hears it closed");
-        let Some(SessionEvent::Assigned { execution, token }) = b.recv().await else { panic!("B gets it") };
+        let Some(SessionEvent::Assigned { execution, token, .. }) = b.recv().await else {
+            panic!("B gets it")
+        };
         assert_eq!(Some(token), execution.lease.map(|l| l.token));
     }
 

@@ -48,7 +48,11 @@ impl StreamService {
     }
 
     /// Reads a stream from this replica.
-    fn with_stream<T>(&self, name: &str, f: impl FnOnce(&grid::stream::Stream) -> Result<T, Error>) -> Result<T, Error> {
+    fn with_stream<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&grid::stream::Stream) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         self.ctx.applied.read(|a| match a.grid.stream(name) {
             Some(s) => f(s),
             None => Err(Error::Grid(grid::Error::UnknownStream { name: name.to_owned() })),
@@ -62,7 +66,10 @@ impl StreamService {
     fn cursor_info(&self, stream: &str, name: &str) -> Result<pb::CursorInfo, Error> {
         self.with_stream(stream, |s| match s.cursors.get(name) {
             Some(c) => Ok(convert::pb_cursor_info(s, c)),
-            None => Err(Error::Grid(grid::Error::UnknownCursor { stream: stream.to_owned(), name: name.to_owned() })),
+            None => Err(Error::Grid(grid::Error::UnknownCursor {
+                stream: stream.to_owned(),
+                name: name.to_owned(),
+            })),
         })
     }
 
@@ -90,10 +97,13 @@ type ListenStream = Pin<Box<dyn Stream<Item = Result<pb::StreamMessage, Status>>
 
 #[tonic::async_trait]
 impl pb::streams_server::Streams for StreamService {
-    async fn create(&self, request: Request<pb::CreateStreamRequest>) -> Result<Response<pb::StreamInfo>, Status> {
+    async fn create(
+        &self,
+        request: Request<pb::CreateStreamRequest>,
+    ) -> Result<Response<pb::StreamInfo>, Status> {
         let req = request.into_inner();
         let result = async {
-            let config = convert::stream_config(req.kind, req.limits)?;
+            let config = convert::stream_config(req.kind, req.limits, req.generator, &self.ctx.work)?;
             let command = Command::CreateStream(Box::new(NewStream { name: req.name.clone(), config }));
             command.validate(&self.ctx.limits)?;
             let (count, _) = self.ctx.applied.read(|a| a.grid.stream_totals());
@@ -115,7 +125,10 @@ impl pb::streams_server::Streams for StreamService {
         self.counted(result)
     }
 
-    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
         let result = async {
             let append = convert::append(request.into_inner())?;
             self.check_stream_bytes(append.size())?;
@@ -146,14 +159,20 @@ impl pb::streams_server::Streams for StreamService {
             self.consistent(req.consistency).await?;
             self.ctx.applied.read(|a| {
                 let (items, next) = a.grid.read_items(&req.stream, req.from_seq, limit, filter)?;
-                Ok(pb::ReadResponse { items: items.into_iter().map(convert::pb_item).collect(), next_seq: next.unwrap_or(0) })
+                Ok(pb::ReadResponse {
+                    items: items.into_iter().map(convert::pb_item).collect(),
+                    next_seq: next.unwrap_or(0),
+                })
             })
         }
         .await;
         self.counted(result)
     }
 
-    async fn last_by_key(&self, request: Request<pb::LastByKeyRequest>) -> Result<Response<pb::Item>, Status> {
+    async fn last_by_key(
+        &self,
+        request: Request<pb::LastByKeyRequest>,
+    ) -> Result<Response<pb::Item>, Status> {
         let req = request.into_inner();
         let result = async {
             validate_stream_name(&req.stream)?;
@@ -169,7 +188,10 @@ impl pb::streams_server::Streams for StreamService {
         self.counted(result)
     }
 
-    async fn info(&self, request: Request<pb::StreamInfoRequest>) -> Result<Response<pb::StreamInfo>, Status> {
+    async fn info(
+        &self,
+        request: Request<pb::StreamInfoRequest>,
+    ) -> Result<Response<pb::StreamInfo>, Status> {
         let req = request.into_inner();
         let result = async {
             validate_stream_name(&req.name)?;
@@ -180,7 +202,10 @@ impl pb::streams_server::Streams for StreamService {
         self.counted(result)
     }
 
-    async fn list(&self, request: Request<pb::ListStreamsRequest>) -> Result<Response<pb::ListStreamsResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListStreamsRequest>,
+    ) -> Result<Response<pb::ListStreamsResponse>, Status> {
         let req = request.into_inner();
         let result = async {
             let max = self.ctx.limits.max_list_page;
@@ -194,8 +219,11 @@ impl pb::streams_server::Streams for StreamService {
                 let page = a.grid.streams_after(after, limit + 1);
                 let more = page.len() > limit;
                 let streams: Vec<_> = page.into_iter().take(limit).map(convert::pb_stream_info).collect();
-                let next_page_token =
-                    if more { streams.last().map(|s| s.name.clone()).unwrap_or_default() } else { String::new() };
+                let next_page_token = if more {
+                    streams.last().map(|s| s.name.clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
                 pb::ListStreamsResponse { streams, next_page_token }
             }))
         }
@@ -203,7 +231,10 @@ impl pb::streams_server::Streams for StreamService {
         self.counted(result)
     }
 
-    async fn close(&self, request: Request<pb::CloseStreamRequest>) -> Result<Response<pb::StreamInfo>, Status> {
+    async fn close(
+        &self,
+        request: Request<pb::CloseStreamRequest>,
+    ) -> Result<Response<pb::StreamInfo>, Status> {
         let req = request.into_inner();
         let result = async {
             let error = (!req.error.is_empty()).then(|| req.error.clone());
@@ -215,7 +246,10 @@ impl pb::streams_server::Streams for StreamService {
         self.counted(result)
     }
 
-    async fn delete(&self, request: Request<pb::DeleteStreamRequest>) -> Result<Response<pb::DeleteStreamResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteStreamRequest>,
+    ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
         let req = request.into_inner();
         let result = async {
             let existed = matches!(
@@ -228,7 +262,10 @@ impl pb::streams_server::Streams for StreamService {
         self.counted(result)
     }
 
-    async fn create_cursor(&self, request: Request<pb::CreateCursorRequest>) -> Result<Response<pb::CursorInfo>, Status> {
+    async fn create_cursor(
+        &self,
+        request: Request<pb::CreateCursorRequest>,
+    ) -> Result<Response<pb::CursorInfo>, Status> {
         let req = request.into_inner();
         let result = async {
             let config = convert::cursor_config(req.config.unwrap_or_default(), None)?;
@@ -241,7 +278,10 @@ impl pb::streams_server::Streams for StreamService {
         self.counted(result)
     }
 
-    async fn cursor_info(&self, request: Request<pb::CursorInfoRequest>) -> Result<Response<pb::CursorInfo>, Status> {
+    async fn cursor_info(
+        &self,
+        request: Request<pb::CursorInfoRequest>,
+    ) -> Result<Response<pb::CursorInfo>, Status> {
         let req = request.into_inner();
         let result = async {
             validate_stream_name(&req.stream)?;

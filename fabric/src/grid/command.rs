@@ -134,6 +134,8 @@ pub enum Command {
     Nack { stream: String, cursor: String, seq: Seq, token: u64 },
     /// A listener of an ack-none cursor processed `items`.
     Credit { listener: ListenerId, items: u32 },
+    /// Start a generator stream's execution, unless it has started (a plain reader attached).
+    StartGenerator { stream: String },
 }
 
 impl Command {
@@ -185,7 +187,6 @@ impl Command {
             | Command::Cancel { .. }
             | Command::StopInstance { .. }
             | Command::Tick { .. }
-            | Command::CreateStream(_)
             | Command::CloseStream { .. }
             | Command::DeleteStream { .. }
             | Command::CreateCursor(_)
@@ -193,7 +194,12 @@ impl Command {
             | Command::Attach(_)
             | Command::Detach { .. }
             | Command::Nack { .. }
-            | Command::Credit { .. } => Ok(()),
+            | Command::Credit { .. }
+            | Command::StartGenerator { .. } => Ok(()),
+            Command::CreateStream(new) => match &new.config.generator {
+                Some(g) => validate_new_execution(&g.call, limits),
+                None => Ok(()),
+            },
             Command::Ack { acks, effects, .. } => {
                 if acks.is_empty() || acks.len() > limits.max_batch_items {
                     return Err(Error::InvalidCursor {
@@ -206,7 +212,11 @@ impl Command {
                 }
                 if effects.len() > limits.max_effects {
                     return Err(Error::InvalidCompletion {
-                        reason: format!("{} effects; the limit is {} (max_effects)", effects.len(), limits.max_effects),
+                        reason: format!(
+                            "{} effects; the limit is {} (max_effects)",
+                            effects.len(),
+                            limits.max_effects
+                        ),
                     });
                 }
                 effects.iter().try_for_each(|e| validate_effect(e, limits))
@@ -267,9 +277,9 @@ impl Command {
                 new.config.validate()
             }
             Command::Append(a) => a.validate_shape(),
-            Command::CloseStream { stream, .. } | Command::DeleteStream { stream } => {
-                validate_stream_name(stream)
-            }
+            Command::CloseStream { stream, .. }
+            | Command::DeleteStream { stream }
+            | Command::StartGenerator { stream } => validate_stream_name(stream),
             Command::CreateCursor(new) => {
                 validate_stream_name(&new.stream)?;
                 validate_cursor_name(&new.name)?;
@@ -317,7 +327,9 @@ fn validate_effect(effect: &execution::Effect, limits: &Limits) -> Result<(), Er
         }
         Effect::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
         Effect::Call(new) => validate_new_execution(new, limits),
-        Effect::Append { stream, items } => validate_items(items, limits).and_then(|_| validate_stream_name(stream)),
+        Effect::Append { stream, items } => {
+            validate_items(items, limits).and_then(|_| validate_stream_name(stream))
+        }
         Effect::Ack { stream, .. } => validate_stream_name(stream),
     }
 }
@@ -329,14 +341,21 @@ fn validate_append(a: &Append, limits: &Limits) -> Result<(), Error> {
 fn validate_items(items: &[super::stream::NewItem], limits: &Limits) -> Result<(), Error> {
     if items.len() > limits.max_batch_items {
         return Err(Error::InvalidItem {
-            reason: format!("{} items in one append; the limit is {} (max_batch_items)", items.len(), limits.max_batch_items),
+            reason: format!(
+                "{} items in one append; the limit is {} (max_batch_items)",
+                items.len(),
+                limits.max_batch_items
+            ),
         });
     }
     for item in items {
         let size = item.size();
         if size > limits.max_item_bytes {
             return Err(Error::InvalidItem {
-                reason: format!("an item is {size} bytes; the limit is {} bytes (max_item_bytes)", limits.max_item_bytes),
+                reason: format!(
+                    "an item is {size} bytes; the limit is {} bytes (max_item_bytes)",
+                    limits.max_item_bytes
+                ),
             });
         }
         let headers = item.header_bytes();
@@ -447,6 +466,8 @@ pub enum Output {
     Acked { count: u64 },
     /// A listener's credit was given back.
     Credited,
+    /// The generator's execution (`None`: the stream has no generator, or it has ended).
+    Generator { execution: Option<ExecutionId> },
 }
 
 /// How a completion was taken.

@@ -3,7 +3,7 @@
 //! the timers of cursors (ack waits, idle unnamed cursors). Types in `cursor.rs`.
 
 use super::cursor::{
-    AckPolicy, Cursor, CursorConfig, Delivery, DeliverPolicy, Listener, ListenerId, MAX_WINDOW, NewCursor,
+    AckPolicy, Cursor, CursorConfig, DeliverPolicy, Delivery, Listener, ListenerId, MAX_WINDOW, NewCursor,
     NewListener, UNNAMED_PREFIX,
 };
 use super::events::{Event, ListenerEnd, Outbox};
@@ -36,7 +36,12 @@ impl Grid {
 
     /// Applies `DeleteCursor`: its listeners are told and removed; its unacked items are
     /// let go (an ephemeral stream may drop them now).
-    pub(super) fn delete_cursor(&mut self, stream: &str, name: &str, out: &mut Outbox) -> Result<Output, Error> {
+    pub(super) fn delete_cursor(
+        &mut self,
+        stream: &str,
+        name: &str,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
         let s = self.streams.streams.get_mut(stream).ok_or_else(|| unknown_stream(stream))?;
         let Some(cursor) = s.cursors.remove(name) else {
             return Ok(Output::Deleted { existed: false });
@@ -56,7 +61,9 @@ impl Grid {
     pub(super) fn attach(&mut self, new: &NewListener, out: &mut Outbox) -> Result<Output, Error> {
         let now = self.now_ms;
         if new.window == 0 || new.window > MAX_WINDOW {
-            return Err(Error::InvalidCursor { reason: format!("a listener's window must be 1..={MAX_WINDOW}") });
+            return Err(Error::InvalidCursor {
+                reason: format!("a listener's window must be 1..={MAX_WINDOW}"),
+            });
         }
         let Streams { streams, listeners, last_listener_id, idle, .. } = &mut self.streams;
         let stream = streams.get_mut(&new.stream).ok_or_else(|| unknown_stream(&new.stream))?;
@@ -107,7 +114,9 @@ impl Grid {
         };
         listeners.insert(id, listener);
         out.streams.insert(new.stream.clone());
-        Ok(Output::Listener { id, cursor: name, uid: stream.uid })
+        let uid = stream.uid;
+        self.start_generator(&new.stream, out)?;
+        Ok(Output::Listener { id, cursor: name, uid })
     }
 
     /// Applies `Detach`: what the listener held and had not acked is delivered again.
@@ -122,7 +131,9 @@ impl Grid {
             end: ListenerEnd::Removed(reason.to_owned()),
         });
         let Streams { streams, idle, .. } = &mut self.streams;
-        let Some(stream) = streams.get_mut(&listener.stream) else { return Output::Detached { existed: true } };
+        let Some(stream) = streams.get_mut(&listener.stream) else {
+            return Output::Detached { existed: true };
+        };
         let Some(cursor) = stream.cursors.get_mut(&listener.cursor) else {
             return Output::Detached { existed: true };
         };
@@ -151,7 +162,9 @@ impl Grid {
         let s = self.streams.streams.get(stream).ok_or_else(|| unknown_stream(stream))?;
         let c = s.cursors.get(cursor).ok_or_else(|| unknown_cursor(stream, cursor))?;
         if c.config.ack == AckPolicy::None {
-            return Err(Error::InvalidCursor { reason: format!("cursor '{cursor}' takes no acks (ack policy none)") });
+            return Err(Error::InvalidCursor {
+                reason: format!("cursor '{cursor}' takes no acks (ack policy none)"),
+            });
         }
         check_current(stream, cursor, c, seq, token)
     }
@@ -182,7 +195,9 @@ impl Grid {
         let kind = s.config.kind;
         let c = s.cursors.get_mut(cursor).ok_or_else(|| unknown_cursor(stream, cursor))?;
         if c.config.ack == AckPolicy::None {
-            return Err(Error::InvalidCursor { reason: format!("cursor '{cursor}' takes no acks (ack policy none)") });
+            return Err(Error::InvalidCursor {
+                reason: format!("cursor '{cursor}' takes no acks (ack policy none)"),
+            });
         }
         for &(seq, token) in acks {
             check_current(stream, cursor, c, seq, token)?;
@@ -227,7 +242,11 @@ impl Grid {
                     }
                     if !touched.insert((ns.as_str(), key.as_str())) {
                         return Err(Error::InvalidCompletion {
-                            reason: format!("two effects write {}/{}", super::namespace::clip(ns), super::namespace::clip(key)),
+                            reason: format!(
+                                "two effects write {}/{}",
+                                super::namespace::clip(ns),
+                                super::namespace::clip(key)
+                            ),
                         });
                     }
                     if let Some(expected) = expected_version {
@@ -239,10 +258,13 @@ impl Grid {
                 }
                 Effect::Call(_) => {
                     return Err(Error::InvalidCompletion {
-                        reason: "an ack's effects cannot create executions (call from an execution instead)".into(),
+                        reason: "an ack's effects cannot create executions (call from an execution instead)"
+                            .into(),
                     });
                 }
-                Effect::Append { .. } | Effect::Ack { .. } => self.check_stream_effect(effect, &mut adding)?,
+                Effect::Append { .. } | Effect::Ack { .. } => {
+                    self.check_stream_effect(effect, &mut adding)?
+                }
             }
         }
         Ok(())
@@ -360,7 +382,9 @@ impl Grid {
                 else {
                     break;
                 };
-                let Some((seq, prior)) = next_candidate(&stream.items, stream.last_seq, cursor) else { break };
+                let Some((seq, prior)) = next_candidate(&stream.items, stream.last_seq, cursor) else {
+                    break;
+                };
                 let count = prior + 1;
                 *last_token += 1;
                 let token = if explicit { *last_token } else { 0 };
@@ -446,7 +470,9 @@ impl Grid {
             let Some(s) = self.streams.streams.get_mut(&stream) else { continue };
             let idle = s.cursors.get(&cursor).is_some_and(|c| {
                 c.listeners.is_empty()
-                    && c.idle_since_ms.zip(c.config.idle_ms).is_some_and(|(since, ms)| since.saturating_add(ms) == at)
+                    && c.idle_since_ms
+                        .zip(c.config.idle_ms)
+                        .is_some_and(|(since, ms)| since.saturating_add(ms) == at)
             });
             if idle {
                 s.cursors.remove(&cursor);
@@ -479,13 +505,12 @@ fn add_cursor(stream: &mut Stream, name: String, config: CursorConfig, now: u64)
     }
     let mut queued = std::collections::BTreeMap::new();
     let after_last = stream.last_seq + 1;
-    let matches = |item: &Item| config.filter.as_deref().is_none_or(|f| filter_matches(f, item.key.as_deref()));
+    let matches =
+        |item: &Item| config.filter.as_deref().is_none_or(|f| filter_matches(f, item.key.as_deref()));
     let next_seq = match config.deliver {
         DeliverPolicy::All => stream.first_seq(),
         DeliverPolicy::New => after_last,
-        DeliverPolicy::Last => {
-            stream.items.values().rev().find(|i| matches(i)).map_or(after_last, |i| i.seq)
-        }
+        DeliverPolicy::Last => stream.items.values().rev().find(|i| matches(i)).map_or(after_last, |i| i.seq),
         DeliverPolicy::LastPerKey => {
             for &seq in stream.last_by_key.values() {
                 if stream.items.get(&seq).is_some_and(|i| matches(i)) {
@@ -553,7 +578,9 @@ fn check_current(stream: &str, cursor: &str, c: &Cursor, seq: Seq, token: u64) -
     match c.unacked.get(&seq) {
         Some(d) if d.token == token => Ok(()),
         Some(d) => stale(format!("it was delivered again since (token {} is current, not {token})", d.token)),
-        None if c.queued.contains_key(&seq) => stale("its ack wait ran out; it waits to be delivered again".into()),
+        None if c.queued.contains_key(&seq) => {
+            stale("its ack wait ran out; it waits to be delivered again".into())
+        }
         None if seq >= c.next_seq => stale("it has not been delivered".into()),
         // Acknowledged already (or skipped): acking it again changes nothing.
         None => Ok(()),

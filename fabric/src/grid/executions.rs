@@ -230,6 +230,7 @@ impl Grid {
         let Some(e) = self.work.executions.get_mut(&id) else { return };
         let lease = e.lease.take();
         let revoke = outcome.as_ref().err().map(|f| f.message.clone());
+        let generator_error = outcome.as_ref().err().map(|f| format!("its generator failed: {}", f.message));
         e.status = status;
         e.outcome = Some(outcome);
         e.finished_ms = Some(now);
@@ -249,6 +250,7 @@ impl Grid {
         }
         self.work.retained.insert((retain_until, id));
         out.events.push(Event::Changed { execution: id });
+        self.generator_finished(id, generator_error.as_deref(), out);
         let Some(key) = instance else { return };
         let Some(inst) = self.work.instances.get_mut(&key) else { return };
         inst.live.remove(&id);

@@ -83,7 +83,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::command::{Command, Completed, Limits, Output, validate_cursor_name, validate_key, validate_name};
+pub use self::command::{
+    Command, Completed, Limits, Output, validate_cursor_name, validate_key, validate_name,
+};
 pub use self::error::Error;
 pub use self::events::{Event, ListenerEnd};
 pub use self::kv::Value;
@@ -132,6 +134,8 @@ struct Streams {
     idle: BTreeSet<(u64, String, String)>,
     /// Bytes of the items of all streams.
     bytes: u64,
+    /// Running generator executions and the stream each feeds.
+    generators: BTreeMap<ExecutionId, String>,
 }
 
 /// Executions, sessions and instances. Part of the grid's snapshot; every index is kept in
@@ -226,16 +230,21 @@ impl Grid {
             // Timers (timers.rs).
             Command::Tick { limit } => Ok(self.tick(*limit, &mut out)),
             // Streams (streams.rs).
-            Command::CreateStream(new) => self.create_stream(new),
+            Command::CreateStream(new) => self.create_stream(new, &mut out),
             Command::Append(a) => self.append(a, &mut out),
             Command::CloseStream { stream, error } => self.close_stream(stream, error.as_deref(), &mut out),
             Command::DeleteStream { stream } => Ok(self.delete_stream(stream, &mut out)),
+            Command::StartGenerator { stream } => self.start_generator(stream, &mut out),
             // Cursors and listeners (cursors.rs).
             Command::CreateCursor(new) => self.create_cursor(new, &mut out),
             Command::DeleteCursor { stream, cursor } => self.delete_cursor(stream, cursor, &mut out),
             Command::Attach(new) => self.attach(new, &mut out),
-            Command::Detach { listener, reason } => Ok(self.detach(*listener, &clip_reason(reason), &mut out)),
-            Command::Ack { stream, cursor, acks, effects } => self.ack(stream, cursor, acks, effects, &mut out),
+            Command::Detach { listener, reason } => {
+                Ok(self.detach(*listener, &clip_reason(reason), &mut out))
+            }
+            Command::Ack { stream, cursor, acks, effects } => {
+                self.ack(stream, cursor, acks, effects, &mut out)
+            }
             Command::Nack { stream, cursor, seq, token } => self.nack(stream, cursor, *seq, *token, &mut out),
             Command::Credit { listener, items } => self.credit(*listener, *items, &mut out),
         };

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use super::cursor::{Listener, ListenerId};
 use super::execution::{Execution, ExecutionId, SessionId, Status};
 use super::instance::Instance;
 use super::kv::{CLUSTER_UID_KEY, SYSTEM_NAMESPACE, Value, uid_of};
-use super::cursor::{Listener, ListenerId};
 use super::session::Session;
 use super::stream::{Item, Seq, Stream, filter_matches};
 use super::{Error, Grid, Limits, namespace};
@@ -311,5 +311,10 @@ impl Grid {
     /// How many streams there are, and the bytes of all their items.
     pub fn stream_totals(&self) -> (usize, u64) {
         (self.streams.streams.len(), self.streams.bytes)
+    }
+
+    /// The stream a running generator execution feeds.
+    pub fn generator_stream(&self, execution: ExecutionId) -> Option<&str> {
+        self.streams.generators.get(&execution).map(String::as_str)
     }
 }

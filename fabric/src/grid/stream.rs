@@ -91,6 +91,18 @@ pub struct StreamConfig {
     pub discard: Discard,
     /// How long a message id is remembered.
     pub dedup_window_ms: u64,
+    /// The execution whose output the stream is, if it is a generator stream.
+    pub generator: Option<Box<Generator>>,
+}
+
+/// What backs a generator stream: a delegate of an agent whose appends are the stream. It
+/// starts when the first listener attaches (or at creation, if `eager`); its appends carry
+/// its execution as producer identity, so a run after a crash appends nothing twice; when it
+/// returns the stream closes ok, when it fails the stream closes with its error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generator {
+    pub call: super::execution::NewExecution,
+    pub eager: bool,
 }
 
 impl Default for StreamConfig {
@@ -102,6 +114,7 @@ impl Default for StreamConfig {
             max_age_ms: None,
             discard: Discard::Old,
             dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
+            generator: None,
         }
     }
 }
@@ -115,6 +128,16 @@ impl StreamConfig {
         }
         if self.dedup_window_ms == 0 || self.dedup_window_ms > MAX_DEDUP_WINDOW_MS {
             return bad(&format!("dedup_window_ms must be 1..={MAX_DEDUP_WINDOW_MS}"));
+        }
+        if let Some(g) = &self.generator {
+            g.call.validate_shape()?;
+            let d = g.call.delegate.as_str();
+            if d == super::execution::START_DELEGATE
+                || d == super::execution::STOP_DELEGATE
+                || g.call.parent.is_some()
+            {
+                return bad("a generator runs a delegate other than Start and Stop, with no parent");
+            }
         }
         Ok(())
     }
@@ -277,6 +300,8 @@ pub struct Stream {
     /// Bytes of the items kept.
     pub bytes: u64,
     pub closed: Option<End>,
+    /// A generator stream's execution, once started.
+    pub generator_execution: Option<super::execution::ExecutionId>,
     pub producers: BTreeMap<String, Producer>,
     /// (last append time, producer id), oldest first.
     pub(super) producer_order: BTreeSet<(u64, String)>,
@@ -301,6 +326,7 @@ impl Stream {
             items: BTreeMap::new(),
             bytes: 0,
             closed: None,
+            generator_execution: None,
             producers: BTreeMap::new(),
             producer_order: BTreeSet::new(),
             msg_ids: BTreeMap::new(),
@@ -363,9 +389,10 @@ pub fn validate_item_key(key: &str) -> Result<(), Error> {
 pub fn validate_filter(filter: &str) -> Result<(), Error> {
     let tokens: Vec<&str> = filter.split('.').collect();
     let ok = filter.len() <= MAX_KEY_BYTES
-        && tokens.iter().enumerate().all(|(i, t)| {
-            valid_token(t) || *t == "*" || (*t == ">" && i == tokens.len() - 1)
-        });
+        && tokens
+            .iter()
+            .enumerate()
+            .all(|(i, t)| valid_token(t) || *t == "*" || (*t == ">" && i == tokens.len() - 1));
     if !ok {
         return Err(Error::InvalidFilter {
             filter: namespace::clip(filter),

@@ -16,7 +16,7 @@ use super::{Error, Grid, Output};
 impl Grid {
     /// Applies `CreateStream`: a stream of that name with the same settings is found, not
     /// made again; one with other settings is refused.
-    pub(super) fn create_stream(&mut self, new: &NewStream) -> Result<Output, Error> {
+    pub(super) fn create_stream(&mut self, new: &NewStream, out: &mut Outbox) -> Result<Output, Error> {
         if let Some(s) = self.streams.streams.get(&new.name) {
             if s.config != new.config {
                 return Err(Error::StreamExists { name: new.name.clone() });
@@ -27,7 +27,47 @@ impl Grid {
         let uid = self.revision;
         let stream = Stream::new(new.name.clone(), uid, new.config.clone(), self.now_ms);
         self.streams.streams.insert(new.name.clone(), stream);
+        if new.config.generator.as_ref().is_some_and(|g| g.eager) {
+            self.start_generator(&new.name, out)?;
+        }
         Ok(Output::Stream { uid, created: true })
+    }
+
+    /// Applies `StartGenerator` (and runs when a listener attaches): creates a generator
+    /// stream's execution unless it has one or is closed. If its instance cannot take calls,
+    /// the stream closes with that error.
+    pub(super) fn start_generator(&mut self, name: &str, out: &mut Outbox) -> Result<Output, Error> {
+        let s = self.streams.streams.get(name).ok_or_else(|| unknown(name))?;
+        let Some(generator) = s.config.generator.clone() else {
+            return Ok(Output::Generator { execution: None });
+        };
+        if s.generator_execution.is_some() || s.closed.is_some() {
+            return Ok(Output::Generator { execution: s.generator_execution });
+        }
+        if let Err(e) = self.check_instance_open(&generator.call) {
+            let message = format!("its generator could not start: {e}");
+            self.close_stream(name, Some(&message), out)?;
+            return Ok(Output::Generator { execution: None });
+        }
+        let id = self.insert_execution(&generator.call, None, false, out);
+        self.streams.generators.insert(id, name.to_owned());
+        if let Some(s) = self.streams.streams.get_mut(name) {
+            s.generator_execution = Some(id);
+        }
+        Ok(Output::Generator { execution: Some(id) })
+    }
+
+    /// A generator's execution finished: its stream closes, ok or with its error.
+    pub(super) fn generator_finished(
+        &mut self,
+        id: super::execution::ExecutionId,
+        error: Option<&str>,
+        out: &mut Outbox,
+    ) {
+        if let Some(stream) = self.streams.generators.remove(&id) {
+            // Closed by hand already: that status stands.
+            let _ = self.close_stream(&stream, error, out);
+        }
     }
 
     /// Applies `Append`.
@@ -45,11 +85,18 @@ impl Grid {
         }
         if let Some(p) = &a.producer {
             let refuse = |reason: String| {
-                Err(Error::ProducerRefused { stream: a.stream.clone(), producer: namespace::clip(&p.id), reason })
+                Err(Error::ProducerRefused {
+                    stream: a.stream.clone(),
+                    producer: namespace::clip(&p.id),
+                    reason,
+                })
             };
             match stream.producers.get(&p.id) {
                 Some(known) if p.epoch < known.epoch => {
-                    return refuse(format!("epoch {} is older than the producer's epoch {}", p.epoch, known.epoch));
+                    return refuse(format!(
+                        "epoch {} is older than the producer's epoch {}",
+                        p.epoch, known.epoch
+                    ));
                 }
                 Some(known) if p.epoch == known.epoch => {
                     if p.sequence == known.sequence {
@@ -82,7 +129,11 @@ impl Grid {
         if let Some(expected) = a.expected_last_seq
             && expected != stream.last_seq
         {
-            return Err(Error::LastSeqMismatch { stream: a.stream.clone(), expected, current: stream.last_seq });
+            return Err(Error::LastSeqMismatch {
+                stream: a.stream.clone(),
+                expected,
+                current: stream.last_seq,
+            });
         }
         check_limits(stream, a)?;
 
@@ -136,7 +187,12 @@ impl Grid {
 
     /// Applies `CloseStream`: closing again with the same status changes nothing; with
     /// another, it is refused.
-    pub(super) fn close_stream(&mut self, name: &str, error: Option<&str>, out: &mut Outbox) -> Result<Output, Error> {
+    pub(super) fn close_stream(
+        &mut self,
+        name: &str,
+        error: Option<&str>,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
         let stream = self.streams.streams.get_mut(name).ok_or_else(|| unknown(name))?;
         let end = match error {
             None => End::Ok,
@@ -158,6 +214,11 @@ impl Grid {
             return Output::Deleted { existed: false };
         };
         self.streams.bytes -= stream.bytes;
+        if let Some(id) = stream.generator_execution
+            && self.streams.generators.remove(&id).is_some()
+        {
+            self.cancel_tree(id, &format!("its stream '{name}' was deleted"), out);
+        }
         for cursor in stream.cursors.values() {
             for id in &cursor.listeners {
                 if let Some(l) = self.streams.listeners.remove(id) {
@@ -220,7 +281,9 @@ impl Grid {
             Effect::Append { stream, items } => {
                 super::stream::validate_stream_name(stream)?;
                 if items.is_empty() {
-                    return Err(Error::InvalidItem { reason: "an append effect needs at least one item".into() });
+                    return Err(Error::InvalidItem {
+                        reason: "an append effect needs at least one item".into(),
+                    });
                 }
                 for item in items {
                     item.validate_shape()?;
@@ -279,7 +342,10 @@ fn check_room(stream: &Stream, count: u64, size: u64) -> Result<(), Error> {
     };
     if let Some(max) = c.max_items {
         if count > max {
-            return refuse("max_items", format!("the batch has {count} items; the stream holds at most {max}"));
+            return refuse(
+                "max_items",
+                format!("the batch has {count} items; the stream holds at most {max}"),
+            );
         }
         if c.discard == Discard::New && stream.items.len() as u64 + count > max {
             return refuse("max_items", format!("the stream holds {} of {max} items", stream.items.len()));

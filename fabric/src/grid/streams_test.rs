@@ -28,7 +28,13 @@ fn keyed(key: &str, text: &str) -> NewItem {
 }
 
 fn append_cmd(stream: &str, items: Vec<NewItem>) -> Command {
-    Command::Append(Box::new(Append { stream: stream.into(), items, expected_last_seq: None, producer: None, msg_id: None }))
+    Command::Append(Box::new(Append {
+        stream: stream.into(),
+        items,
+        expected_last_seq: None,
+        producer: None,
+        msg_id: None,
+    }))
 }
 
 fn append(h: &mut Harness, stream: &str, items: Vec<NewItem>) -> (Seq, Seq) {
@@ -38,7 +44,14 @@ fn append(h: &mut Harness, stream: &str, items: Vec<NewItem>) -> (Seq, Seq) {
     }
 }
 
-fn attach(h: &mut Harness, stream: &str, cursor: &str, config: Option<CursorConfig>, key: u64, window: u32) -> ListenerId {
+fn attach(
+    h: &mut Harness,
+    stream: &str,
+    cursor: &str,
+    config: Option<CursorConfig>,
+    key: u64,
+    window: u32,
+) -> ListenerId {
     let new = NewListener {
         stream: stream.into(),
         cursor: Some(cursor.into()),
@@ -99,7 +112,10 @@ fn create_is_idempotent_for_the_same_settings_only() {
     let mut h = Harness::new();
     let uid = create(&mut h, "s", StreamConfig::default());
     assert_eq!(
-        h.ok(Command::CreateStream(Box::new(NewStream { name: "s".into(), config: StreamConfig::default() }))),
+        h.ok(Command::CreateStream(Box::new(NewStream {
+            name: "s".into(),
+            config: StreamConfig::default()
+        }))),
         Output::Stream { uid, created: false }
     );
     let other = StreamConfig { kind: Kind::Workqueue, ..StreamConfig::default() };
@@ -120,24 +136,54 @@ fn expected_last_seq_producers_and_msg_ids() {
             msg_id: msg_id.map(String::from),
         }))
     };
-    assert!(matches!(h.apply(with(Some(3), None, None)), Err(Error::LastSeqMismatch { expected: 3, current: 0, .. })));
-    assert_eq!(h.ok(with(Some(0), None, None)), Output::Appended { first_seq: 1, last_seq: 1, duplicate: false });
+    assert!(matches!(
+        h.apply(with(Some(3), None, None)),
+        Err(Error::LastSeqMismatch { expected: 3, current: 0, .. })
+    ));
+    assert_eq!(
+        h.ok(with(Some(0), None, None)),
+        Output::Appended { first_seq: 1, last_seq: 1, duplicate: false }
+    );
     // Producer: 1, then 1 again (a retry) is a duplicate with the first answer, 3 is a gap.
-    assert_eq!(h.ok(with(None, Some((1, 1)), None)), Output::Appended { first_seq: 2, last_seq: 2, duplicate: false });
-    assert_eq!(h.ok(with(None, Some((1, 1)), None)), Output::Appended { first_seq: 2, last_seq: 2, duplicate: true });
+    assert_eq!(
+        h.ok(with(None, Some((1, 1)), None)),
+        Output::Appended { first_seq: 2, last_seq: 2, duplicate: false }
+    );
+    assert_eq!(
+        h.ok(with(None, Some((1, 1)), None)),
+        Output::Appended { first_seq: 2, last_seq: 2, duplicate: true }
+    );
     assert!(matches!(h.apply(with(None, Some((1, 3)), None)), Err(Error::ProducerRefused { .. })));
-    assert_eq!(h.ok(with(None, Some((1, 2)), None)), Output::Appended { first_seq: 3, last_seq: 3, duplicate: false });
+    assert_eq!(
+        h.ok(with(None, Some((1, 2)), None)),
+        Output::Appended { first_seq: 3, last_seq: 3, duplicate: false }
+    );
     // An older sequence was applied before: a duplicate, its seqs no longer known.
-    assert_eq!(h.ok(with(None, Some((1, 1)), None)), Output::Appended { first_seq: 0, last_seq: 0, duplicate: true });
+    assert_eq!(
+        h.ok(with(None, Some((1, 1)), None)),
+        Output::Appended { first_seq: 0, last_seq: 0, duplicate: true }
+    );
     // A new epoch starts at 1; the old epoch is fenced off.
     assert!(matches!(h.apply(with(None, Some((2, 5)), None)), Err(Error::ProducerRefused { .. })));
-    assert_eq!(h.ok(with(None, Some((2, 1)), None)), Output::Appended { first_seq: 4, last_seq: 4, duplicate: false });
+    assert_eq!(
+        h.ok(with(None, Some((2, 1)), None)),
+        Output::Appended { first_seq: 4, last_seq: 4, duplicate: false }
+    );
     assert!(matches!(h.apply(with(None, Some((1, 3)), None)), Err(Error::ProducerRefused { .. })));
     // Message ids dedup within the window, then are forgotten.
-    assert_eq!(h.ok(with(None, None, Some("m"))), Output::Appended { first_seq: 5, last_seq: 5, duplicate: false });
-    assert_eq!(h.ok(with(None, None, Some("m"))), Output::Appended { first_seq: 5, last_seq: 5, duplicate: true });
+    assert_eq!(
+        h.ok(with(None, None, Some("m"))),
+        Output::Appended { first_seq: 5, last_seq: 5, duplicate: false }
+    );
+    assert_eq!(
+        h.ok(with(None, None, Some("m"))),
+        Output::Appended { first_seq: 5, last_seq: 5, duplicate: true }
+    );
     h.at(1_000 + DEFAULT_DEDUP_WINDOW_MS);
-    assert_eq!(h.ok(with(None, None, Some("m"))), Output::Appended { first_seq: 6, last_seq: 6, duplicate: false });
+    assert_eq!(
+        h.ok(with(None, None, Some("m"))),
+        Output::Appended { first_seq: 6, last_seq: 6, duplicate: false }
+    );
     assert_eq!(h.grid.stream("s").unwrap().last_seq, 6);
 }
 
@@ -145,7 +191,11 @@ fn expected_last_seq_producers_and_msg_ids() {
 fn limits_discard_old_or_refuse_new() {
     let mut h = Harness::new();
     create(&mut h, "old", StreamConfig { max_items: Some(3), ..StreamConfig::default() });
-    create(&mut h, "new", StreamConfig { max_items: Some(3), discard: Discard::New, ..StreamConfig::default() });
+    create(
+        &mut h,
+        "new",
+        StreamConfig { max_items: Some(3), discard: Discard::New, ..StreamConfig::default() },
+    );
     for i in 0..5 {
         append(&mut h, "old", vec![item(&i.to_string())]);
     }
@@ -154,7 +204,13 @@ fn limits_discard_old_or_refuse_new() {
     append(&mut h, "new", vec![item("a"), item("b"), item("c")]);
     let refused = h.apply(append_cmd("new", vec![item("d")]));
     assert!(matches!(&refused, Err(Error::StreamLimit { limit, .. }) if limit == "max_items"), "{refused:?}");
-    assert!(matches!(h.apply(append_cmd("old", vec![item("1"), item("2"), item("3"), item("4")])), Err(Error::StreamLimit { .. })), "a batch that can never fit");
+    assert!(
+        matches!(
+            h.apply(append_cmd("old", vec![item("1"), item("2"), item("3"), item("4")])),
+            Err(Error::StreamLimit { .. })
+        ),
+        "a batch that can never fit"
+    );
     // Age: items go once older than max_age_ms, at a tick.
     create(&mut h, "aged", StreamConfig { max_age_ms: Some(100), ..StreamConfig::default() });
     append(&mut h, "aged", vec![item("a")]);
@@ -181,12 +237,20 @@ fn competing_listeners_ack_redeliver_and_dead_letter() {
     let l1 = attach(&mut h, "s", "c", Some(config), 1, 1);
     let l2 = attach(&mut h, "s", "c", None, 2, 1);
     let d = deliveries(&mut h);
-    assert_eq!(d.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(), [(l1, 1), (l2, 2)], "one item each, window 1");
+    assert_eq!(
+        d.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(),
+        [(l1, 1), (l2, 2)],
+        "one item each, window 1"
+    );
     let (t1, t2) = (d[0].2, d[1].2);
     // A stale token is refused and nothing changes; the right one frees room for item 3.
     assert!(matches!(h.apply(ack("s", "c", vec![(1, t2)])), Err(Error::StaleAck { .. })));
     assert_eq!(h.ok(ack("s", "c", vec![(1, t1)])), Output::Acked { count: 1 });
-    assert_eq!(h.ok(ack("s", "c", vec![(1, t1)])), Output::Acked { count: 0 }, "acking again changes nothing");
+    assert_eq!(
+        h.ok(ack("s", "c", vec![(1, t1)])),
+        Output::Acked { count: 0 },
+        "acking again changes nothing"
+    );
     let d = deliveries(&mut h);
     assert_eq!(d.iter().map(|x| (x.0, x.1, x.3)).collect::<Vec<_>>(), [(l1, 3, 1)]);
     // l2 goes away: item 2 goes to l1 once it has room.
@@ -206,7 +270,10 @@ fn competing_listeners_ack_redeliver_and_dead_letter() {
     assert!(dead.headers.contains(&(DEAD_LETTER_SEQ.into(), "2".into())), "{:?}", dead.headers);
     let cursor = &h.grid.stream("s").unwrap().cursors["c"];
     assert_eq!((cursor.ack_floor(), cursor.dead_lettered), (3, 1));
-    assert!(matches!(h.apply(ack("s", "c", vec![(2, d[0].2)])), Ok(Output::Acked { count: 0 })), "done already");
+    assert!(
+        matches!(h.apply(ack("s", "c", vec![(2, d[0].2)])), Ok(Output::Acked { count: 0 })),
+        "done already"
+    );
 }
 
 const DEAD_LETTER_SEQ: &str = "weft-dead-letter-seq";
@@ -223,8 +290,14 @@ fn close_ends_caught_up_listeners_and_delete_tells_them() {
     assert!(matches!(h.apply(append_cmd("s", vec![item("b")])), Err(Error::StreamClosed { .. })));
     h.ok(ack("s", "c", vec![(1, d[0].2)]));
     assert_eq!(ended(&h), [(l, ListenerEnd::Closed(End::Failed("boom".into())))]);
-    assert_eq!(h.ok(Command::CloseStream { stream: "s".into(), error: Some("boom".into()) }), Output::StreamClosed { already: true });
-    assert!(matches!(h.apply(Command::CloseStream { stream: "s".into(), error: None }), Err(Error::StreamClosed { .. })));
+    assert_eq!(
+        h.ok(Command::CloseStream { stream: "s".into(), error: Some("boom".into()) }),
+        Output::StreamClosed { already: true }
+    );
+    assert!(matches!(
+        h.apply(Command::CloseStream { stream: "s".into(), error: None }),
+        Err(Error::StreamClosed { .. })
+    ));
 
     create(&mut h, "t", StreamConfig::default());
     let l2 = attach(&mut h, "t", "c", Some(CursorConfig::default()), 2, 10);
@@ -273,7 +346,11 @@ fn workqueue_and_ephemeral_streams_let_go_of_acked_items() {
 
 #[allow(non_snake_case)]
 fn CreateCursor(stream: &str, name: &str) -> Command {
-    Command::CreateCursor(Box::new(NewCursor { stream: stream.into(), name: name.into(), config: CursorConfig::default() }))
+    Command::CreateCursor(Box::new(NewCursor {
+        stream: stream.into(),
+        name: name.into(),
+        config: CursorConfig::default(),
+    }))
 }
 
 #[test]
@@ -323,7 +400,14 @@ fn ack_none_cursors_use_credit() {
     let mut h = Harness::new();
     create(&mut h, "s", StreamConfig::default());
     append(&mut h, "s", (0..5).map(|i| item(&i.to_string())).collect());
-    let l = attach(&mut h, "s", "c", Some(CursorConfig { ack: AckPolicy::None, ..CursorConfig::default() }), 1, 2);
+    let l = attach(
+        &mut h,
+        "s",
+        "c",
+        Some(CursorConfig { ack: AckPolicy::None, ..CursorConfig::default() }),
+        1,
+        2,
+    );
     assert_eq!(deliveries(&mut h).len(), 2);
     h.ok(Command::Credit { listener: l, items: 2 });
     assert_eq!(deliveries(&mut h).into_iter().map(|d| (d.1, d.2)).collect::<Vec<_>>(), [(3, 0), (4, 0)]);
@@ -342,17 +426,34 @@ fn acks_with_effects_are_atomic() {
     let d = deliveries(&mut h);
     let effects = |version: Option<u64>| {
         vec![
-            Effect::Put { namespace: "shared/totals".into(), key: "k".into(), value: b"1".to_vec(), ttl_ms: None, expected_version: version },
+            Effect::Put {
+                namespace: "shared/totals".into(),
+                key: "k".into(),
+                value: b"1".to_vec(),
+                ttl_ms: None,
+                expected_version: version,
+            },
             Effect::Append { stream: "out".into(), items: vec![item("A")] },
         ]
     };
-    let with = |seq, token, effects| Command::Ack { stream: "in".into(), cursor: "c".into(), acks: vec![(seq, token)], effects };
+    let with = |seq, token, effects| Command::Ack {
+        stream: "in".into(),
+        cursor: "c".into(),
+        acks: vec![(seq, token)],
+        effects,
+    };
     // A stale token: nothing at all.
     assert!(matches!(h.apply(with(1, d[1].2, effects(None))), Err(Error::StaleAck { .. })));
     // A state conflict: nothing at all.
     assert!(matches!(h.apply(with(1, d[0].2, effects(Some(7)))), Err(Error::VersionMismatch { .. })));
     // An instance namespace or a call: refused.
-    let instance = vec![Effect::Put { namespace: "instance/a/b".into(), key: "k".into(), value: vec![], ttl_ms: None, expected_version: None }];
+    let instance = vec![Effect::Put {
+        namespace: "instance/a/b".into(),
+        key: "k".into(),
+        value: vec![],
+        ttl_ms: None,
+        expected_version: None,
+    }];
     assert!(matches!(h.apply(with(1, d[0].2, instance)), Err(Error::InvalidCompletion { .. })));
     assert_eq!(h.grid.stream("out").unwrap().last_seq, 0);
     assert!(h.grid.get("shared/totals", "k").is_none());
@@ -371,7 +472,7 @@ fn acks_with_effects_are_atomic() {
 /// A completion's effects may append to streams and ack a delivery, with its result.
 #[test]
 fn completions_append_and_ack_with_their_result() {
-    use super::execution::{Status};
+    use super::execution::Status;
     use super::test_harness::{complete_cmd, new_exec};
     let mut h = Harness::new();
     create(&mut h, "in", StreamConfig::default());
@@ -382,14 +483,75 @@ fn completions_append_and_ack_with_their_result() {
     h.open(&["w"], 1);
     let id = h.create(new_exec("w", "job"));
     let token = h.token(id);
-    let stale = vec![Effect::Append { stream: "out".into(), items: vec![item("x")] }, Effect::Ack { stream: "in".into(), cursor: "c".into(), seq: 1, token: d[0].2 + 99 }];
-    assert!(matches!(h.apply(complete_cmd(id, token, Ok(Payload::json("1")), stale)), Err(Error::StaleAck { .. })));
-    assert_eq!((h.exec(id).status, h.grid.stream("out").unwrap().last_seq), (Status::Assigned, 0), "nothing applied");
-    let good = vec![Effect::Append { stream: "out".into(), items: vec![item("x"), item("y")] }, Effect::Ack { stream: "in".into(), cursor: "c".into(), seq: 1, token: d[0].2 }];
+    let stale = vec![
+        Effect::Append { stream: "out".into(), items: vec![item("x")] },
+        Effect::Ack { stream: "in".into(), cursor: "c".into(), seq: 1, token: d[0].2 + 99 },
+    ];
+    assert!(matches!(
+        h.apply(complete_cmd(id, token, Ok(Payload::json("1")), stale)),
+        Err(Error::StaleAck { .. })
+    ));
+    assert_eq!(
+        (h.exec(id).status, h.grid.stream("out").unwrap().last_seq),
+        (Status::Assigned, 0),
+        "nothing applied"
+    );
+    let good = vec![
+        Effect::Append { stream: "out".into(), items: vec![item("x"), item("y")] },
+        Effect::Ack { stream: "in".into(), cursor: "c".into(), seq: 1, token: d[0].2 },
+    ];
     h.ok(complete_cmd(id, token, Ok(Payload::json("1")), good));
     assert_eq!(h.exec(id).status, Status::Completed);
     assert_eq!(h.grid.stream("out").unwrap().last_seq, 2);
     assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 1);
+}
+
+/// A generator stream starts its execution at the first listener (or at creation when eager),
+/// closes with its outcome, and a deleted generator stream cancels its execution.
+#[test]
+fn generators_start_on_first_listener_and_close_with_their_outcome() {
+    use super::execution::{FailureKind, HandlerError, Status};
+    use super::test_harness::{complete_cmd, new_exec};
+    let mut h = Harness::new();
+    h.open(&["gen"], 10);
+    let spec = |eager| Some(Box::new(Generator { call: new_exec("gen", "numbers"), eager }));
+    create(&mut h, "lazy", StreamConfig { generator: spec(false), ..StreamConfig::default() });
+    assert_eq!(h.grid.stream("lazy").unwrap().generator_execution, None, "no listener yet");
+    attach(&mut h, "lazy", "c", Some(CursorConfig::default()), 1, 10);
+    let id = h.grid.stream("lazy").unwrap().generator_execution.expect("started by the listener");
+    assert_eq!(h.grid.generator_stream(id), Some("lazy"));
+    // Its appends carry its execution as producer: a run after a crash appends nothing twice.
+    let produce = |sequence: u64| {
+        Command::Append(Box::new(Append {
+            stream: "lazy".into(),
+            items: vec![item(&sequence.to_string())],
+            expected_last_seq: None,
+            producer: Some(ProducerSeq { id: format!("execution-{id}"), epoch: 1, sequence }),
+            msg_id: None,
+        }))
+    };
+    h.ok(produce(1));
+    h.ok(produce(2));
+    assert!(matches!(h.ok(produce(1)), Output::Appended { duplicate: true, .. }), "the rerun's first item");
+    assert!(matches!(h.ok(produce(2)), Output::Appended { duplicate: true, .. }));
+    h.ok(produce(3));
+    assert_eq!(h.grid.stream("lazy").unwrap().last_seq, 3);
+    let token = h.token(id);
+    h.ok(complete_cmd(id, token, Ok(Payload::json("null")), vec![]));
+    assert_eq!(h.grid.stream("lazy").unwrap().closed, Some(End::Ok));
+
+    create(&mut h, "eager", StreamConfig { generator: spec(true), ..StreamConfig::default() });
+    let id = h.grid.stream("eager").unwrap().generator_execution.expect("started at creation");
+    let token = h.token(id);
+    h.ok(complete_cmd(id, token, Err(HandlerError { message: "boom".into(), retryable: false }), vec![]));
+    assert!(matches!(&h.grid.stream("eager").unwrap().closed, Some(End::Failed(m)) if m.contains("boom")));
+
+    create(&mut h, "doomed", StreamConfig { generator: spec(true), ..StreamConfig::default() });
+    let id = h.grid.stream("doomed").unwrap().generator_execution.unwrap();
+    h.ok(Command::DeleteStream { stream: "doomed".into() });
+    let e = h.exec(id);
+    assert_eq!(e.status, Status::Cancelled);
+    assert!(matches!(&e.outcome, Some(Err(f)) if f.kind == FailureKind::Cancelled));
 }
 
 // ---- properties ------------------------------------------------------------------------
@@ -435,7 +597,11 @@ fn arb_log() -> impl Strategy<Value = Vec<(u64, Vec<Command>)>> {
     prop::collection::vec((0u64..400, prop::collection::vec(arb_command(), 0..4)), 0..50)
 }
 
-fn replay(grid: &mut Grid, log: &[(u64, Vec<Command>)], events: &mut Vec<Event>) -> Vec<Vec<Result<Output, Error>>> {
+fn replay(
+    grid: &mut Grid,
+    log: &[(u64, Vec<Command>)],
+    events: &mut Vec<Event>,
+) -> Vec<Vec<Result<Output, Error>>> {
     log.iter().map(|(now, cmds)| grid.apply_batch_with_events(*now, cmds, events)).collect()
 }
 

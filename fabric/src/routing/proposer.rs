@@ -120,7 +120,9 @@ fn command_bytes(command: &Command) -> usize {
         | Command::DrainSession { .. }
         | Command::Tick { .. } => 16,
         Command::Append(a) => a.stream.len() + a.size() + 48 * a.items.len() + 64,
-        Command::CreateStream(new) => new.name.len() + 64,
+        Command::CreateStream(new) => {
+            new.name.len() + new.config.generator.as_ref().map_or(0, |g| g.call.payload.data.len() + 128) + 64
+        }
         Command::CloseStream { stream, error } => stream.len() + error.as_ref().map_or(0, String::len) + 16,
         Command::DeleteStream { stream } => stream.len() + 16,
         Command::CreateCursor(new) => new.stream.len() + new.name.len() + 96,
@@ -132,6 +134,7 @@ fn command_bytes(command: &Command) -> usize {
         }
         Command::Nack { stream, cursor, .. } => stream.len() + cursor.len() + 32,
         Command::Credit { .. } => 16,
+        Command::StartGenerator { stream } => stream.len() + 16,
     }
 }
 

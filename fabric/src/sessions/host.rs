@@ -222,12 +222,16 @@ impl Session {
     async fn on_event(&mut self, event: SessionEvent) -> Option<Ending> {
         use pb::fabric_message::Kind;
         match event {
-            SessionEvent::Assigned { execution, token } => {
+            SessionEvent::Assigned { execution, token, generator } => {
                 self.pushed.insert(execution.id, token);
                 if self.pushed.len() > 4 * self.capacity + OUTBOUND_SLACK {
                     self.prune();
                 }
-                let assignment = pb::Assignment { execution: Some(convert::pb_execution(*execution)), token };
+                let assignment = pb::Assignment {
+                    execution: Some(convert::pb_execution(*execution)),
+                    token,
+                    generator_stream: generator.unwrap_or_default(),
+                };
                 if !self.send(Kind::Assignment(assignment)).await {
                     return Some(Ending::Here("the agent stopped reading the stream".into()));
                 }
@@ -261,7 +265,13 @@ impl Session {
         use pb::fabric_message::Kind;
         let held = self.ctx.applied.read(|a| {
             a.grid.session(self.id).map(|s| {
-                s.assigned.iter().filter_map(|id| a.grid.execution(*id).cloned()).collect::<Vec<_>>()
+                s.assigned
+                    .iter()
+                    .filter_map(|id| {
+                        let generator = a.grid.generator_stream(*id).map(str::to_owned);
+                        a.grid.execution(*id).cloned().map(|e| (e, generator))
+                    })
+                    .collect::<Vec<_>>()
             })
         });
         let Some(held) = held else {
@@ -269,7 +279,7 @@ impl Session {
             return Some(Ending::Grid);
         };
         let now: HashMap<ExecutionId, u64> =
-            held.iter().filter_map(|e| e.lease.map(|l| (e.id, l.token))).collect();
+            held.iter().filter_map(|(e, _)| e.lease.map(|l| (e.id, l.token))).collect();
         for (id, token) in self.pushed.clone() {
             if now.get(&id) != Some(&token) {
                 let revoked = pb::Revocation {
@@ -280,10 +290,14 @@ impl Session {
                 let _ = self.send(Kind::Revoked(revoked)).await;
             }
         }
-        for e in held {
+        for (e, generator) in held {
             let Some(token) = e.lease.map(|l| l.token) else { continue };
             if self.pushed.get(&e.id) != Some(&token) {
-                let assignment = pb::Assignment { execution: Some(convert::pb_execution(e)), token };
+                let assignment = pb::Assignment {
+                    execution: Some(convert::pb_execution(e)),
+                    token,
+                    generator_stream: generator.unwrap_or_default(),
+                };
                 let _ = self.send(Kind::Assignment(assignment)).await;
             }
         }

@@ -77,7 +77,9 @@ pub async fn start(
     let checked = (|| {
         validate_stream_name(&start.stream)?;
         if window > MAX_WINDOW {
-            return Err(grid::Error::InvalidCursor { reason: format!("credit {window} is over {MAX_WINDOW}") });
+            return Err(grid::Error::InvalidCursor {
+                reason: format!("credit {window} is over {MAX_WINDOW}"),
+            });
         }
         if !start.cursor.is_empty() {
             validate_cursor_name(&start.cursor)?;
@@ -146,7 +148,10 @@ impl CursorListener {
         let command = Command::Attach(Box::new(new));
         command.validate(&ctx.limits).map_err(|e| Error::Grid(e).into_status())?;
         // Registered before the attach is proposed: the entry that attaches it delivers.
-        let events = ctx.hub.register_listener(key, window as usize).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let events = ctx
+            .hub
+            .register_listener(key, window as usize)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         let (id, cursor, uid) = match routing::propose(&ctx, command).await {
             Ok(Output::Listener { id, cursor, uid }) => (id, cursor, uid),
             Ok(other) => {
@@ -285,12 +290,18 @@ impl CursorListener {
                 Ok(())
             }
             Some(Kind::Nack(d)) => {
-                let command = Command::Nack { stream: self.stream.clone(), cursor: self.cursor.clone(), seq: d.seq, token: d.token };
+                let command = Command::Nack {
+                    stream: self.stream.clone(),
+                    cursor: self.cursor.clone(),
+                    seq: d.seq,
+                    token: d.token,
+                };
                 let ctx = self.ctx.clone();
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     if let Err(e) = routing::propose(&ctx, command).await {
-                        let result = pb::AckResult { seq: d.seq, token: d.token, error: format!("nack: {e}") };
+                        let result =
+                            pb::AckResult { seq: d.seq, token: d.token, error: format!("nack: {e}") };
                         let _ = tx.send(message(pb::stream_message::Kind::Acked(result))).await;
                     }
                 });
@@ -320,7 +331,16 @@ impl CursorListener {
                 let _ = routing::propose(&ctx, Command::Credit { listener: id, items: credit }).await;
             }
             if !acks.is_empty() {
-                let answer = routing::propose(&ctx, Command::Ack { stream: stream.clone(), cursor: cursor.clone(), acks: acks.clone(), effects: Vec::new() }).await;
+                let answer = routing::propose(
+                    &ctx,
+                    Command::Ack {
+                        stream: stream.clone(),
+                        cursor: cursor.clone(),
+                        acks: acks.clone(),
+                        effects: Vec::new(),
+                    },
+                )
+                .await;
                 let results: Vec<(Seq, u64, String)> = match answer {
                     Ok(_) => acks.iter().map(|(s, t)| (*s, *t, String::new())).collect(),
                     // One stale delivery refuses the whole batch: ack them one by one to learn
@@ -328,8 +348,17 @@ impl CursorListener {
                     Err(Error::Grid(_)) if acks.len() > 1 => {
                         let mut results = Vec::with_capacity(acks.len());
                         for (seq, token) in &acks {
-                            let one = Command::Ack { stream: stream.clone(), cursor: cursor.clone(), acks: vec![(*seq, *token)], effects: Vec::new() };
-                            let error = routing::propose(&ctx, one).await.err().map(|e| e.to_string()).unwrap_or_default();
+                            let one = Command::Ack {
+                                stream: stream.clone(),
+                                cursor: cursor.clone(),
+                                acks: vec![(*seq, *token)],
+                                effects: Vec::new(),
+                            };
+                            let error = routing::propose(&ctx, one)
+                                .await
+                                .err()
+                                .map(|e| e.to_string())
+                                .unwrap_or_default();
                             results.push((*seq, *token, error));
                         }
                         results
@@ -404,16 +433,35 @@ impl Reader {
         shutdown: CancellationToken,
     ) -> Result<Self, Status> {
         // Registered before the first read: nothing applied after it is missed.
-        let watch = ctx.hub.watch_stream(&start.stream).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let watch =
+            ctx.hub.watch_stream(&start.stream).map_err(|e| Status::resource_exhausted(e.to_string()))?;
         // The stream may have been created an instant ago through another node.
         if ctx.applied.read(|a| a.grid.stream(&start.stream).is_none()) {
             routing::read_barrier(&ctx).await.map_err(Error::into_status)?;
         }
+        // A generator stream starts its generator when its first listener comes.
+        let unstarted = ctx.applied.read(|a| {
+            a.grid.stream(&start.stream).is_some_and(|s| {
+                s.config.generator.is_some() && s.generator_execution.is_none() && s.closed.is_none()
+            })
+        });
+        if unstarted {
+            routing::propose(&ctx, Command::StartGenerator { stream: start.stream.clone() })
+                .await
+                .map_err(Error::into_status)?;
+            routing::read_barrier(&ctx).await.map_err(Error::into_status)?;
+        }
         let uid = ctx.applied.read(|a| a.grid.stream(&start.stream).map(|s| s.uid));
         let uid = match uid {
-            None => return Err(Error::Grid(grid::Error::UnknownStream { name: start.stream.clone() }).into_status()),
+            None => {
+                return Err(
+                    Error::Grid(grid::Error::UnknownStream { name: start.stream.clone() }).into_status()
+                );
+            }
             Some(uid) if start.uid != 0 && uid != start.uid => {
-                return Err(Error::Grid(grid::Error::StreamReplaced { name: start.stream.clone() }).into_status());
+                return Err(
+                    Error::Grid(grid::Error::StreamReplaced { name: start.stream.clone() }).into_status()
+                );
             }
             Some(uid) => uid,
         };
@@ -446,7 +494,9 @@ impl Reader {
                 return Look::Ended(ListenerEnd::Deleted(format!("stream '{}' was deleted", self.stream)));
             };
             if room > 0 && self.next <= s.last_seq {
-                let Ok((items, next)) = a.grid.read_items(&self.stream, self.next, room.min(READ_BATCH), self.filter.as_deref()) else {
+                let Ok((items, next)) =
+                    a.grid.read_items(&self.stream, self.next, room.min(READ_BATCH), self.filter.as_deref())
+                else {
                     return Look::Nothing;
                 };
                 let next = next.unwrap_or(s.last_seq + 1);

@@ -57,7 +57,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
             };
             match closed {
                 Ok(_) => tracing::info!(%what, %reason, "ended a session or listener"),
-                Err(e) => tracing::debug!(%what, error = %e, "could not end a session or listener; next round"),
+                Err(e) => {
+                    tracing::debug!(%what, error = %e, "could not end a session or listener; next round")
+                }
             }
         }
     }
@@ -93,25 +95,27 @@ fn doomed(ctx: &Context) -> Vec<(Command, String, bool)> {
         (BTreeMap::new(), BTreeSet::new())
     };
     // Why the stream at `host`, opened at `opened_ms`, has no one behind it, if it has not.
-    let orphaned = |host: Host, opened_ms: u64, hosted_here: &dyn Fn(u64) -> bool| -> Option<(String, bool)> {
-        let node = host.node;
-        if node == ctx.node_id {
-            return (!hosted_here(host.key)).then(|| (format!("node {node} no longer has its stream"), false));
-        }
-        if !leading {
-            return None;
-        }
-        if let Some((state, since_ms)) = gone.get(&node) {
-            // Opened after gossip here declared the node gone: the node was alive then, and
-            // this view is behind (a heal, a restart). Wait for gossip to catch up.
-            if opened_ms >= *since_ms {
+    let orphaned =
+        |host: Host, opened_ms: u64, hosted_here: &dyn Fn(u64) -> bool| -> Option<(String, bool)> {
+            let node = host.node;
+            if node == ctx.node_id {
+                return (!hosted_here(host.key))
+                    .then(|| (format!("node {node} no longer has its stream"), false));
+            }
+            if !leading {
                 return None;
             }
-            return Some((format!("its node {node} is {state}"), true));
-        }
-        (!members.is_empty() && !members.contains(&node))
-            .then(|| (format!("its node {node} is no longer a member of the cluster"), true))
-    };
+            if let Some((state, since_ms)) = gone.get(&node) {
+                // Opened after gossip here declared the node gone: the node was alive then, and
+                // this view is behind (a heal, a restart). Wait for gossip to catch up.
+                if opened_ms >= *since_ms {
+                    return None;
+                }
+                return Some((format!("its node {node} is {state}"), true));
+            }
+            (!members.is_empty() && !members.contains(&node))
+                .then(|| (format!("its node {node} is no longer a member of the cluster"), true))
+        };
     ctx.applied.read(|a| {
         let sessions = a.grid.sessions().filter_map(|s| {
             let (reason, by_leader) = orphaned(s.host, s.opened_ms, &|key| ctx.hub.has_session(key))?;
