@@ -10,5 +10,6 @@ mod membership;
 mod membership_process;
 mod process;
 mod restart;
+mod streams;
 mod support;
 mod writes;
