@@ -340,12 +340,14 @@ fn check_room(stream: &Stream, count: u64, size: u64) -> Result<(), Error> {
     let refuse = |limit: &str, reason: String| {
         Err(Error::StreamLimit { stream: stream.name.clone(), limit: limit.to_owned(), reason })
     };
+    // More than the stream can ever hold is the caller's mistake, not a full stream.
+    let never = |reason: String| Err(Error::InvalidItem { reason });
     if let Some(max) = c.max_items {
         if count > max {
-            return refuse(
-                "max_items",
-                format!("the batch has {count} items; the stream holds at most {max}"),
-            );
+            return never(format!(
+                "the append has {count} items; stream '{}' holds at most {max} (max_items)",
+                stream.name
+            ));
         }
         if c.discard == Discard::New && stream.items.len() as u64 + count > max {
             return refuse("max_items", format!("the stream holds {} of {max} items", stream.items.len()));
@@ -353,7 +355,10 @@ fn check_room(stream: &Stream, count: u64, size: u64) -> Result<(), Error> {
     }
     if let Some(max) = c.max_bytes {
         if size > max {
-            return refuse("max_bytes", format!("the batch is {size} bytes; the stream holds at most {max}"));
+            return never(format!(
+                "the append is {size} bytes; stream '{}' holds at most {max} (max_bytes)",
+                stream.name
+            ));
         }
         if c.discard == Discard::New && stream.bytes + size > max {
             return refuse(

@@ -207,7 +207,7 @@ fn limits_discard_old_or_refuse_new() {
     assert!(
         matches!(
             h.apply(append_cmd("old", vec![item("1"), item("2"), item("3"), item("4")])),
-            Err(Error::StreamLimit { .. })
+            Err(Error::InvalidItem { .. })
         ),
         "a batch that can never fit"
     );
@@ -658,6 +658,16 @@ proptest! {
                     }
                     (Command::DeleteStream { stream }, Ok(Output::Deleted { existed: true })) => {
                         model.remove(stream);
+                    }
+                    // An ack's append effects are appends too.
+                    (Command::Ack { effects, .. }, Ok(_)) => {
+                        for e in effects {
+                            if let Effect::Append { stream, items } = e {
+                                let seqs = model.get_mut(stream).expect("an effect appends to a stream the model knows");
+                                let next = seqs.last().map_or(1, |s| s + 1);
+                                seqs.extend(next..next + items.len() as u64);
+                            }
+                        }
                     }
                     _ => {}
                 }
