@@ -580,3 +580,67 @@ async fn streams_and_cursors_survive_snapshots_and_restarts() {
     assert!(streams.windows(2).all(|w| w[0] == w[1]), "every replica holds the same stream");
     cluster.shutdown().await;
 }
+
+/// A listener that stops reading holds back only itself: appends go on, and another listener
+/// gets everything. More listeners than `max_listeners` on a node are refused, changing
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_listener_slows_only_itself_and_listeners_are_bounded() {
+    init_tracing();
+    let cluster = Cluster::start(3, |c| c.max_listeners = 3).await;
+    let (leader, f) = followers(&cluster).await;
+    let leader_addr = cluster.addrs[leader as usize - 1].clone();
+    create(&leader_addr, "firehose", pb::StreamKind::Persistent, None).await;
+
+    tracing::info!("phase: two listeners on one follower; the first never reads");
+    let stuck_start = pb::StartListener { stream: "firehose".into(), credit: 10_000, ..Default::default() };
+    let stuck = Listener::start(&f[0].1, stuck_start).await.unwrap();
+    let stuck_cursor = Listener::on_cursor(&f[0].1, "firehose", "stuck", explicit(60_000), 10_000).await;
+    let mut live = Listener::on_cursor(
+        &f[0].1,
+        "firehose",
+        "live",
+        pb::CursorConfig { ack: pb::AckPolicy::AckNone as i32, ..Default::default() },
+        1_000,
+    )
+    .await;
+
+    tracing::info!("phase: a fourth listener on the same node is refused");
+    let e = Listener::start(&f[0].1, pb::StartListener { stream: "firehose".into(), ..Default::default() })
+        .await
+        .err()
+        .expect("over max_listeners");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_listeners"), "{e:?}");
+    let attached = || cluster.node(leader).applied().read(|a| a.grid.listeners().count());
+    assert_eq!(attached(), 2, "the refused one attached nothing (the reader keeps no grid state)");
+
+    tracing::info!("phase: 20 000 items of 1 KiB; the live listener gets all of them");
+    let mut s = streams(&leader_addr).await;
+    let body = "x".repeat(1000);
+    let producer = tokio::spawn(async move {
+        for _ in 0..20 {
+            let items = (0..1000).map(|_| item(&body)).collect();
+            s.append(append_req("firehose", items)).await.expect("appends go on");
+        }
+    });
+    let mut seen = 0u64;
+    let mut credit = 0;
+    while seen < 20_000 {
+        match live.next(PATIENCE).await {
+            Some(Ok(Heard::Item(i))) => {
+                seen += 1;
+                assert_eq!(i.item.unwrap().seq, seen, "in order, no gaps");
+                credit += 1;
+                if credit == 500 {
+                    live.send(pb::listener_message::Kind::Credit(pb::Credit { items: credit })).await;
+                    credit = 0;
+                }
+            }
+            other => panic!("after {seen} items: {other:?}"),
+        }
+    }
+    producer.await.unwrap();
+    drop((stuck, stuck_cursor));
+    cluster.shutdown().await;
+}
