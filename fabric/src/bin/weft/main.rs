@@ -1,9 +1,9 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams` and `cursors` talk to any node of a running cluster over gRPC. This file parses the command
-//! line, sets up tracing and turns the command's result into the exit status; the commands
-//! use only the `weft-fabric` library's public items.
+//! `instances`, `streams` and `cursors` talk to any node of a running cluster over gRPC. This
+//! file parses the command line, sets up tracing and turns the command's result into the exit
+//! status; the commands use only the `weft-fabric` library's public items.
 //!
 //! # Layout
 //! - [`node_cmd`]: `weft node`: one fabric node from layered configuration.

@@ -12,7 +12,7 @@ use crate::args::{Input, json_text, parse_header, parse_positive_duration_ms};
 use crate::connect::{self, REQUEST_TIMEOUT, consistency};
 use crate::cursors::{cursor_json, print_cursors};
 use crate::items;
-use crate::render::{age, duration_text, error_json, fail, outln};
+use crate::render::{age, duration_text, error_json, fail, non_empty, outln};
 
 /// Most items one `append --lines` request carries by default: the fabric's
 /// `max_batch_items` default.
@@ -199,7 +199,7 @@ fn stream_json(s: &pb::StreamInfo) -> serde_json::Value {
         "items": s.items,
         "bytes": s.bytes,
         "closed": s.closed,
-        "close_error": crate::render::non_empty(&s.close_error),
+        "close_error": non_empty(&s.close_error),
         "created_ms": s.created_ms,
         "uid": s.uid,
         "cursors": s.cursors.iter().map(cursor_json).collect::<Vec<_>>(),
@@ -336,10 +336,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             };
             if json_out {
                 let items: Vec<_> = streams.iter().map(stream_json).collect();
-                outln!(
-                    "{}",
-                    json!({"streams": items, "next_page_token": (!page_token.is_empty()).then_some(&page_token)})
-                );
+                outln!("{}", json!({"streams": items, "next_page_token": non_empty(&page_token)}));
                 return Ok(0);
             }
             if streams.is_empty() {
@@ -558,7 +555,9 @@ async fn append(conn: connect::Conn, args: AppendArgs) -> anyhow::Result<i32> {
 
 fn appends_json(done: &[(pb::AppendResponse, usize)]) -> Vec<serde_json::Value> {
     done.iter()
-        .map(|(r, n)| json!({"first_seq": r.first_seq, "last_seq": r.last_seq, "duplicate": r.duplicate, "items": n}))
+        .map(|(r, n)| {
+            json!({"first_seq": r.first_seq, "last_seq": r.last_seq, "duplicate": r.duplicate, "items": n})
+        })
         .collect()
 }
 
