@@ -320,6 +320,25 @@ async fn cli_streams_tail_follow_prints_live_items_until_the_end() {
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.trim(), "end: deleted: stream 'doomed' was deleted");
 
+    tracing::info!("phase: follows past the window of 256 items: credit goes back as they print");
+    weft(ep, &["streams", "create", "bulk"]).await;
+    weft(ep, &["cursors", "create", "bulk", "fast", "--ack", "none"]).await;
+    let lines: String = (1..=600).map(|n| format!("{n}\n")).collect();
+    let (code, _, err) =
+        weft_with_stdin(ep, &["streams", "append", "bulk", "-", "--lines"], Some(&lines)).await;
+    assert_eq!(code, 0, "{err}");
+    let mut reader = WeftProcess::spawn(ep, &["streams", "tail", "bulk", "-f", "--from", "1"]);
+    let mut consumer = WeftProcess::spawn(ep, &["streams", "tail", "bulk", "-f", "--cursor", "fast"]);
+    for n in 1..=600 {
+        assert_eq!(reader.next_line().await, format!("{n} - {n}"));
+        assert_eq!(consumer.next_line().await, format!("{n} - {n}"));
+    }
+    weft(ep, &["streams", "close", "bulk"]).await;
+    let (code, rest, err) = reader.finish().await;
+    assert_eq!((code, rest.len()), (0, 0), "{rest:?} {err}");
+    let (code, rest, err) = consumer.finish().await;
+    assert_eq!((code, rest.len()), (0, 0), "{rest:?} {err}");
+
     tracing::info!("phase: ctrl-c stops a follow with 130; an unknown stream is NOT_FOUND");
     weft(ep, &["streams", "create", "quiet"]).await;
     weft(ep, &["streams", "append", "quiet", "1"]).await;

@@ -649,31 +649,19 @@ impl Follow {
         delivered: &pb::StreamItem,
         session: &mut Session,
     ) -> Option<pb::listener_message::Kind> {
-        let item = delivered.item.as_ref()?;
         let on_cursor = self.cursor.is_some();
-        if !on_cursor {
-            if item.seq < self.next_seq {
-                return None;
+        // A reader never sends a seq twice; should it, the item is not printed again, and
+        // its credit is still due.
+        if let Some(item) = delivered.item.as_ref().filter(|i| on_cursor || i.seq >= self.next_seq) {
+            self.print(item, on_cursor.then_some(delivered.deliveries));
+            if !on_cursor {
+                self.next_seq = item.seq + 1;
             }
-            self.next_seq = item.seq + 1;
-        }
-        if self.json_out {
-            let mut line = item_json(item);
-            if let (true, Some(o)) = (on_cursor, line.as_object_mut()) {
-                o.insert("deliveries".into(), delivered.deliveries.into());
-            }
-            outln!("{line}");
-        } else if on_cursor && delivered.deliveries > 1 {
-            outln!("{}  (delivery {})", item_line(item), delivered.deliveries);
-        } else {
-            outln!("{}", item_line(item));
         }
         if on_cursor && delivered.token != 0 {
             session.acks_waiting += 1;
-            return Some(pb::listener_message::Kind::Ack(pb::Delivery {
-                seq: item.seq,
-                token: delivered.token,
-            }));
+            let seq = delivered.item.as_ref().map_or(0, |i| i.seq);
+            return Some(pb::listener_message::Kind::Ack(pb::Delivery { seq, token: delivered.token }));
         }
         session.credit_due += 1;
         if session.credit_due < CREDIT_BATCH {
@@ -681,6 +669,21 @@ impl Follow {
         }
         let items = std::mem::take(&mut session.credit_due);
         Some(pb::listener_message::Kind::Credit(pb::Credit { items }))
+    }
+
+    /// Prints a live item; `deliveries` for a cursor's.
+    fn print(&self, item: &pb::Item, deliveries: Option<u32>) {
+        if self.json_out {
+            let mut line = item_json(item);
+            if let (Some(n), Some(o)) = (deliveries, line.as_object_mut()) {
+                o.insert("deliveries".into(), n.into());
+            }
+            outln!("{line}");
+        } else if let Some(n) = deliveries.filter(|n| *n > 1) {
+            outln!("{}  (delivery {n})", item_line(item));
+        } else {
+            outln!("{}", item_line(item));
+        }
     }
 
     /// Prints how the stream ended; returns the exit code.

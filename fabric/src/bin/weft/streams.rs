@@ -415,7 +415,7 @@ fn input_items(args: &AppendArgs) -> Result<Vec<pb::NewItem>, tonic::Status> {
     };
     if !args.lines {
         // A file or stdin usually ends with a newline; it is not part of the value.
-        let text = if input == Input::Inline(text.clone()) { text } else { text.trim_end().to_owned() };
+        let text = if matches!(input, Input::Inline(_)) { text } else { text.trim_end().to_owned() };
         return Ok(vec![item(json_text(text, &input.name())?)]);
     }
     let mut items = Vec::new();
