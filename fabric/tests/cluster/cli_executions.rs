@@ -7,50 +7,10 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncBufReadExt as _;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 
 use crate::support::*;
-
-/// Most time one `weft` client process may take.
-const CLI_PATIENCE: Duration = Duration::from_secs(40);
-
-/// Runs `weft ARGS` against `endpoint`: (exit code, stdout, stderr). A child process, so the
-/// nodes in this process keep running while it does.
-async fn weft(endpoint: &str, args: &[&str]) -> (i32, String, String) {
-    let run = tokio::process::Command::new(weft_bin())
-        .args(args)
-        .env("WEFT_ENDPOINT", endpoint)
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .output();
-    let out =
-        tokio::time::timeout(CLI_PATIENCE, run).await.expect("weft finishes in time").expect("run weft");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs `weft ARGS --json` and parses its stdout: (exit code, JSON).
-async fn weft_json(endpoint: &str, args: &[&str]) -> (i32, serde_json::Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (code, out, err) = weft(endpoint, &all).await;
-    let v = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("{args:?} --json: not JSON ({e}): {out:?} {err}"));
-    (code, v)
-}
-
-/// The next line a child process prints; empty once it closed its stdout.
-async fn next_line(
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-) -> String {
-    let next = tokio::time::timeout(CLI_PATIENCE, lines.next_line()).await;
-    next.expect("a line in time").expect("readable stdout").unwrap_or_default()
-}
 
 /// What the test agent answers to an execution.
 fn answer(e: &pb::Execution) -> pb::completion::Outcome {
@@ -300,27 +260,12 @@ async fn cli_executions_list_get_wait_cancel() {
 
     tracing::info!("phase: wait follows an execution until a session serves it");
     let waited = pending[0].to_string();
-    let mut wait = tokio::process::Command::new(weft_bin())
-        .args(["executions", "wait", &waited, "--timeout", "20s"])
-        .env("WEFT_ENDPOINT", ep)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run weft executions wait");
-    let mut lines = tokio::io::BufReader::new(wait.stdout.take().unwrap()).lines();
+    let mut wait = WeftProcess::spawn(ep, &["executions", "wait", &waited, "--timeout", "20s"]);
     // The session opens only once the wait has shown the pending state, so it sees it.
-    assert_eq!(next_line(&mut lines).await, format!("{waited} pending attempts 0"));
+    assert_eq!(wait.next_line().await, format!("{waited} pending attempts 0"));
     let idle = Agent::serve(ep, "idle").await;
-    let mut rest = Vec::new();
-    loop {
-        let next = next_line(&mut lines).await;
-        if next.is_empty() {
-            break;
-        }
-        rest.push(next);
-    }
-    let status = tokio::time::timeout(CLI_PATIENCE, wait.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0), "{rest:?}");
+    let (code, rest, err) = wait.finish().await;
+    assert_eq!(code, 0, "{rest:?} {err}");
     assert_eq!(rest[rest.len() - 2], format!("{waited} completed attempts 1"), "{rest:?}");
     assert_eq!(rest.last().map(String::as_str), Some("null"), "{rest:?}");
     drop(idle);

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod cli_executions;
+mod cli_streams;
 mod executions;
 mod failover;
 mod membership;

@@ -3,6 +3,7 @@
 //! over gRPC.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -171,6 +172,112 @@ pub async fn put_retrying(addr: &str, ns: &str, key: &str, value: &str) -> anyho
             }
             Err(s) => bail!("put {key} failed: {s:?}"),
         }
+    }
+}
+
+/// Most time one `weft` client process may take.
+pub const CLI_PATIENCE: Duration = Duration::from_secs(40);
+
+/// `weft ARGS` against `endpoint`, as a child process (so nodes in this process keep running
+/// while it does), without the test's `RUST_LOG`.
+fn weft_command(endpoint: &str, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(weft_bin());
+    command.args(args).env("WEFT_ENDPOINT", endpoint).env_remove("RUST_LOG").kill_on_drop(true);
+    command
+}
+
+/// Runs `weft ARGS` against `endpoint`: (exit code, stdout, stderr).
+pub async fn weft(endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    weft_with_stdin(endpoint, args, None).await
+}
+
+/// Runs `weft ARGS` against `endpoint` with `stdin` as its standard input (none: empty).
+pub async fn weft_with_stdin(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut command = weft_command(endpoint, args);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("run weft");
+    let mut input = child.stdin.take().expect("piped stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.expect("write weft's stdin");
+    }
+    drop(input);
+    let out = tokio::time::timeout(CLI_PATIENCE, child.wait_with_output())
+        .await
+        .expect("weft finishes in time")
+        .expect("run weft");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `weft ARGS --json` and parses its stdout: (exit code, JSON).
+pub async fn weft_json(endpoint: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (code, out, err) = weft(endpoint, &all).await;
+    let v = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("{args:?} --json: not JSON ({e}): {out:?} {err}"));
+    (code, v)
+}
+
+/// `weft ARGS` running in the background, its output read line by line as it comes.
+pub struct WeftProcess {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl WeftProcess {
+    pub fn spawn(endpoint: &str, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut command = weft_command(endpoint, args);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("run weft");
+        let lines = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        Self { child, lines }
+    }
+
+    /// The next line it prints (within [`CLI_PATIENCE`]); empty once it closed its stdout.
+    pub async fn next_line(&mut self) -> String {
+        let next = tokio::time::timeout(CLI_PATIENCE, self.lines.next_line()).await;
+        next.expect("a line in time").expect("readable stdout").unwrap_or_default()
+    }
+
+    /// The next line, parsed as JSON.
+    pub async fn next_json(&mut self) -> serde_json::Value {
+        let line = self.next_line().await;
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
+    }
+
+    /// Sends it a signal (`INT`, `TERM`).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+    }
+
+    /// Waits for it to exit: (exit code, the lines it printed after those read, stderr).
+    pub async fn finish(mut self) -> (i32, Vec<String>, String) {
+        use tokio::io::AsyncReadExt as _;
+        let mut rest = Vec::new();
+        loop {
+            let line = self.next_line().await;
+            if line.is_empty() {
+                break;
+            }
+            rest.push(line);
+        }
+        let status = tokio::time::timeout(CLI_PATIENCE, self.child.wait())
+            .await
+            .expect("weft exits in time")
+            .expect("wait for weft");
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err).await;
+        }
+        (status.code().unwrap_or(-1), rest, err)
     }
 }
 

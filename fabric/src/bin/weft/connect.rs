@@ -1,15 +1,18 @@
 //! How a command reaches the cluster: the `--endpoint` and `--json` flags every client command
 //! takes ([`Conn`]), channels and how long their requests may take, the message size limit,
-//! and the read consistency `--stale` asks for.
+//! the read consistency `--stale` asks for, and the other nodes a long-lived command can move
+//! to ([`cluster_endpoints`]).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tonic::transport::{Channel, Endpoint};
 use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::cluster_client::ClusterClient;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 use weft_proto::fabric::v1::state_client::StateClient;
+use weft_proto::fabric::v1::streams_client::StreamsClient;
 
 /// How to reach the cluster.
 #[derive(Debug, clap::Args)]
@@ -86,12 +89,27 @@ macro_rules! limited {
     )*};
 }
 
-limited!(StateClient, ExecutionsClient, InstancesClient);
+limited!(StateClient, ExecutionsClient, InstancesClient, StreamsClient);
 
 /// A client of `endpoint` (see [`Limited`]) whose requests may take `timeout` (`None`: as long
 /// as the server lets them).
 pub async fn client<C: Limited>(endpoint: &str, timeout: Option<Duration>) -> anyhow::Result<C> {
     Ok(C::on(channel_with_timeout(endpoint, timeout).await?))
+}
+
+/// `endpoint` first, then the address of every other member `endpoint` knows (best effort: just
+/// `endpoint` if it does not answer): where a command that outlives a node resumes.
+pub async fn cluster_endpoints(endpoint: &str) -> Vec<String> {
+    let mut endpoints = vec![endpoint.to_owned()];
+    let Ok(channel) = channel(endpoint).await else { return endpoints };
+    let Ok(status) = ClusterClient::new(channel).status(pb::StatusRequest {}).await else { return endpoints };
+    let bare = |e: &str| e.split_once("://").map_or(e, |(_, rest)| rest).trim_end_matches('/').to_owned();
+    for m in status.into_inner().members {
+        if !m.address.is_empty() && !endpoints.iter().any(|e| bare(e) == bare(&m.address)) {
+            endpoints.push(m.address);
+        }
+    }
+    endpoints
 }
 
 /// The consistency of a read: `--stale` reads the contacted node's replica.

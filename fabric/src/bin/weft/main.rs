@@ -1,9 +1,9 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
-//! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions` and
-//! `instances` talk to any node of a running cluster over gRPC. This file parses the command
-//! line, sets up tracing and turns the command's result into the exit status; the commands
-//! use only the `weft-fabric` library's public items.
+//! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
+//! `instances`, `streams` and `cursors` talk to any node of a running cluster over gRPC. This
+//! file parses the command line, sets up tracing and turns the command's result into the exit
+//! status; the commands use only the `weft-fabric` library's public items.
 //!
 //! # Layout
 //! - [`node_cmd`]: `weft node`: one fabric node from layered configuration.
@@ -13,20 +13,28 @@
 //! - [`call`]: `weft call`: run an agent's delegate and print its outcome.
 //! - [`executions`]: `weft executions list|get|wait|cancel`.
 //! - [`instances`]: `weft instances list|get|start|stop`.
+//! - [`streams`]: `weft streams create|list|info|append|close|delete`.
+//! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
+//! - [`cursors`]: `weft cursors list|info|create|delete`.
 //! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
-//! - [`args`]: argument values several commands share: durations, JSON arguments, `--all`.
-//! - [`render`]: output: `outln!` for a closed stdout, failed calls, payloads, executions.
+//! - [`args`]: argument values several commands share: durations, JSON values inline, from a
+//!   file or stdin, headers, `--all`.
+//! - [`render`]: output: `outln!` for a closed stdout, failed calls, payloads, executions,
+//!   stream items.
 
 mod args;
 mod call;
 mod connect;
+mod cursors;
 mod dev;
 mod executions;
 mod instances;
+mod items;
 mod node_cmd;
 mod render;
 mod state;
 mod status;
+mod streams;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -65,6 +73,15 @@ enum Command {
     Executions(executions::Args),
     /// Start, stop, show and list agent instances.
     Instances(instances::Args),
+    /// Create, append to, read, follow, close and delete streams.
+    ///
+    ///   weft streams create orders --max-age 7d
+    ///   weft streams append orders '{"id": 1}' --key orders.eu
+    ///   weft streams tail orders --follow
+    #[command(verbatim_doc_comment)]
+    Streams(streams::Args),
+    /// List, show, create and delete the cursors of a stream.
+    Cursors(cursors::Args),
 }
 
 impl Command {
@@ -84,6 +101,8 @@ impl Command {
             Command::Call(args) => call::run(args).await,
             Command::Executions(args) => executions::run(args).await,
             Command::Instances(args) => instances::run(args).await,
+            Command::Streams(args) => streams::run(args).await,
+            Command::Cursors(args) => cursors::run(args).await,
         }
     }
 }

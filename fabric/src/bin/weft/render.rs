@@ -1,5 +1,6 @@
 //! Output shared by the commands: `outln!`/`out!` for a closed stdout, failed calls (as text or
-//! `--json`), values and payloads, executions as JSON and their outcome, ages.
+//! `--json`), values and payloads, executions as JSON and their outcome, stream items, ages and
+//! durations.
 
 use serde_json::json;
 use weft_proto::fabric::v1 as pb;
@@ -34,16 +35,21 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// A failed call as `--json` prints it under `"error"`: its code and message.
+pub fn error_json(status: &tonic::Status) -> serde_json::Value {
+    let mut error = json!({"code": format!("{:?}", status.code()), "message": status.message()});
+    // A wait that ran out names the execution that goes on; scripts want it as a field.
+    let execution = weft_proto::wire::execution_of(status);
+    if let (Some(id), Some(o)) = (execution, error.as_object_mut()) {
+        o.insert("execution_id".into(), id.into());
+    }
+    error
+}
+
 /// Prints a failed call and returns the exit code.
 pub fn fail(status: tonic::Status, json_out: bool) -> i32 {
     if json_out {
-        let mut error = json!({"code": format!("{:?}", status.code()), "message": status.message()});
-        // A wait that ran out names the execution that goes on; scripts want it as a field.
-        let execution = weft_proto::wire::execution_of(&status);
-        if let (Some(id), Some(o)) = (execution, error.as_object_mut()) {
-            o.insert("execution_id".into(), id.into());
-        }
-        outln!("{}", json!({ "error": error }));
+        outln!("{}", json!({ "error": error_json(&status) }));
     } else {
         eprintln!("error ({:?}): {}", status.code(), status.message());
     }
@@ -153,6 +159,38 @@ pub fn outcome(e: &pb::Execution, json_out: bool) -> i32 {
     code
 }
 
+/// A stream item as `--json` prints it: its payload as `payload` (JSON) or
+/// `payload_<codec>_hex`, as [`insert_payload`] does.
+pub fn item_json(i: &pb::Item) -> serde_json::Value {
+    let headers: Vec<_> = i.headers.iter().map(|h| json!({"name": h.name, "value": h.value})).collect();
+    let mut obj = json!({"seq": i.seq, "key": non_empty(&i.key), "headers": headers, "time_ms": i.time_ms});
+    insert_payload(&mut obj, "payload", i.payload.as_ref());
+    obj
+}
+
+/// A stream item on one line: `SEQ KEY [NAME=VALUE ...] PAYLOAD` (`-` for no key).
+pub fn item_line(i: &pb::Item) -> String {
+    let mut line = format!("{} {}", i.seq, non_empty(&i.key).unwrap_or("-"));
+    if !i.headers.is_empty() {
+        let headers: Vec<String> = i.headers.iter().map(|h| format!("{}={}", h.name, h.value)).collect();
+        line.push_str(&format!(" [{}]", headers.join(" ")));
+    }
+    let payload = i.payload.as_ref().map_or_else(|| "null".to_owned(), |p| payload_text(p, false));
+    line.push(' ');
+    line.push_str(&payload);
+    line
+}
+
+/// Milliseconds in the largest unit that divides them, as `--max-age` and `--ack-wait` take
+/// them: 500ms, 30s, 5m, 2h, 7d.
+pub fn duration_text(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    match UNITS.iter().find(|(n, _)| ms >= *n && ms.is_multiple_of(*n)) {
+        Some((n, unit)) => format!("{}{unit}", ms / n),
+        None => format!("{ms}ms"),
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -166,5 +204,46 @@ pub fn age(at_ms: u64) -> String {
         60_000..3_600_000 => format!("{}m", ms / 60_000),
         3_600_000..86_400_000 => format!("{}h", ms / 3_600_000),
         _ => format!("{}d", ms / 86_400_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_back() {
+        assert_eq!(duration_text(120_000), "2m");
+        assert_eq!(duration_text(90_000), "90s");
+        assert_eq!(duration_text(7 * 86_400_000), "7d");
+        assert_eq!(duration_text(1_500), "1500ms");
+        assert_eq!(duration_text(0), "0ms");
+        for ms in [1, 999, 1_000, 61_000, 3_600_000, 90 * 60_000] {
+            assert_eq!(crate::args::parse_duration_ms(&duration_text(ms)), Ok(ms));
+        }
+    }
+
+    #[test]
+    fn items() {
+        let item = pb::Item {
+            seq: 7,
+            key: "orders.eu".into(),
+            payload: Some(pb::Payload { codec: "json".into(), data: br#"{"n": 1}"#.to_vec() }),
+            headers: vec![pb::Header { name: "trace".into(), value: "t1".into() }],
+            time_ms: 5,
+        };
+        assert_eq!(item_line(&item), r#"7 orders.eu [trace=t1] {"n":1}"#);
+        let v = item_json(&item);
+        assert_eq!((v["seq"].as_u64(), v["payload"]["n"].as_u64()), (Some(7), Some(1)));
+        assert_eq!(v["headers"][0]["value"], "t1");
+        let raw = pb::Item {
+            seq: 8,
+            payload: Some(pb::Payload { codec: "bincode".into(), data: vec![1, 2] }),
+            ..Default::default()
+        };
+        assert_eq!(item_line(&raw), "8 - <2 bytes, bincode>");
+        let v = item_json(&raw);
+        assert!(v["key"].is_null() && v.get("payload").is_none(), "{v}");
+        assert_eq!(v["payload_bincode_hex"], "0102");
     }
 }
