@@ -435,13 +435,15 @@ impl Config {
             }
         }
         // A request carries a key, a value (or a payload) and a little framing.
-        let largest_request = self.max_value_bytes.max(self.max_payload_bytes) + self.max_key_bytes + 4096;
+        let largest_request = self.max_value_bytes.max(self.max_payload_bytes).max(self.max_item_bytes)
+            + self.max_key_bytes
+            + 4096;
         if self.max_message_bytes < largest_request {
             return Err(invalid(
                 "max_message_bytes",
                 format!(
-                    "must be at least max(max_value_bytes, max_payload_bytes) + max_key_bytes + 4096 = \
-                     {largest_request}"
+                    "must be at least max(max_value_bytes, max_payload_bytes, max_item_bytes) + max_key_bytes + \
+                     4096 = {largest_request}"
                 ),
             ));
         }

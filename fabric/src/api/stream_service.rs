@@ -18,6 +18,11 @@ use crate::grid::{self, Command, Output, validate_cursor_name};
 use crate::routing::{self, Context, Error};
 use crate::sessions::listener;
 
+/// Room a read's response keeps beyond its items' bytes (field framing, the page token).
+const READ_RESPONSE_SLACK: usize = 64 * 1024;
+/// What one item adds to a response besides its payload, key and headers (seq, time, tags).
+const ITEM_FRAMING_BYTES: usize = 64;
+
 /// Serves `weft.fabric.v1.Streams` on one node.
 #[derive(Clone)]
 pub struct StreamService {
@@ -157,12 +162,22 @@ impl pb::streams_server::Streams for StreamService {
                 return Err(Error::Grid(grid::Error::InvalidPageSize { requested: limit, limit: max }));
             }
             self.consistent(req.consistency).await?;
+            // A page fits in one response: it ends early (with where to go on) before the
+            // items pass the message size.
+            let room = self.ctx.max_message_bytes.saturating_sub(READ_RESPONSE_SLACK);
             self.ctx.applied.read(|a| {
                 let (items, next) = a.grid.read_items(&req.stream, req.from_seq, limit, filter)?;
-                Ok(pb::ReadResponse {
-                    items: items.into_iter().map(convert::pb_item).collect(),
-                    next_seq: next.unwrap_or(0),
-                })
+                let mut page = Vec::with_capacity(items.len());
+                let mut bytes = 0usize;
+                for item in &items {
+                    let size = item.size() as usize + ITEM_FRAMING_BYTES;
+                    if !page.is_empty() && bytes + size > room {
+                        return Ok(pb::ReadResponse { items: page, next_seq: item.seq });
+                    }
+                    bytes += size;
+                    page.push(convert::pb_item(item));
+                }
+                Ok(pb::ReadResponse { items: page, next_seq: next.unwrap_or(0) })
             })
         }
         .await;

@@ -320,7 +320,7 @@ impl Grid {
     fn requeue(&mut self, stream: &str, cursor: &str, seq: Seq, count: u32, out: &mut Outbox) {
         let Some(s) = self.streams.streams.get_mut(stream) else { return };
         let Some(c) = s.cursors.get_mut(cursor) else { return };
-        if !c.config.max_deliveries.is_some_and(|max| count >= max) {
+        if c.config.max_deliveries.is_none_or(|max| count < max) {
             c.queued.insert(seq, count);
             return;
         }
@@ -513,7 +513,7 @@ fn add_cursor(stream: &mut Stream, name: String, config: CursorConfig, now: u64)
         DeliverPolicy::Last => stream.items.values().rev().find(|i| matches(i)).map_or(after_last, |i| i.seq),
         DeliverPolicy::LastPerKey => {
             for &seq in stream.last_by_key.values() {
-                if stream.items.get(&seq).is_some_and(|i| matches(i)) {
+                if stream.items.get(&seq).is_some_and(&matches) {
                     queued.insert(seq, 0);
                 }
             }

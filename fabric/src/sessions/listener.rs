@@ -237,7 +237,10 @@ impl CursorListener {
                             break reason;
                         }
                     }
-                    Ok(None) => break "the client closed the stream".into(),
+                    Ok(None) => {
+                        self.settle_acks().await;
+                        break "the client closed the stream".into();
+                    }
                     Err(status) => break format!("the stream failed: {}", status.message()),
                 },
                 _ = heartbeat.tick() => {
@@ -268,6 +271,23 @@ impl CursorListener {
         self.ctx.hub.unregister_listener(self.key);
         tracing::debug!(listener = self.id, reason = %why, "listener ends");
         tokio::spawn(detach(self.ctx.clone(), self.id, why, self.shutdown.clone()));
+    }
+
+    /// The client closed its side: the acks it sent before still count. Proposes what waits
+    /// and reports the results (for at most the request timeout), so none is lost silently.
+    async fn settle_acks(&mut self) {
+        let until = tokio::time::Instant::now() + self.ctx.request_timeout;
+        while self.proposing || !self.acks.is_empty() || self.credit > 0 {
+            if !self.proposing {
+                self.flush();
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = self.done_rx.recv() => self.proposing = false,
+                _ = tokio::time::sleep_until(until) => return,
+            }
+        }
     }
 
     fn on_message(&mut self, m: pb::ListenerMessage) -> Result<(), Status> {

@@ -644,3 +644,36 @@ async fn a_stuck_listener_slows_only_itself_and_listeners_are_bounded() {
     drop((stuck, stuck_cursor));
     cluster.shutdown().await;
 }
+
+/// Acks a client sent before it closed its side of the stream still count, and are
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_sent_before_the_client_closes_still_count() {
+    init_tracing();
+    let cluster = Cluster::start(3, |_| {}).await;
+    let (leader, f) = followers(&cluster).await;
+    let leader_addr = cluster.addrs[leader as usize - 1].clone();
+    create(&leader_addr, "last-words", pb::StreamKind::Persistent, None).await;
+    let items = (0..20).map(|i| item(&i.to_string())).collect();
+    streams(&leader_addr).await.append(append_req("last-words", items)).await.unwrap();
+    let mut l = Listener::on_cursor(&f[0].1, "last-words", "c", explicit(60_000), 20).await;
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got.push(l.item().await);
+    }
+    for i in &got {
+        l.ack(i).await;
+    }
+    let Listener { tx, mut rx, .. } = l;
+    drop(tx);
+    let mut answered = 0;
+    while let Ok(Some(m)) = rx.message().await {
+        if let Some(pb::stream_message::Kind::Acked(r)) = m.kind {
+            assert_eq!(r.error, "", "{r:?}");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 20, "every ack answered before the stream ended");
+    assert_eq!(cursor_info(&leader_addr, "last-words", "c").await.ack_floor, 20);
+    cluster.shutdown().await;
+}

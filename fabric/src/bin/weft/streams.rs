@@ -313,7 +313,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 discard: discard as i32,
                 dedup_window_ms: dedup_window.unwrap_or(0),
             };
-            let req = pb::CreateStreamRequest { name, kind: kind as i32, limits: Some(limits) };
+            let req =
+                pb::CreateStreamRequest { name, kind: kind as i32, limits: Some(limits), generator: None };
             match client().await?.create(req).await {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) => {
