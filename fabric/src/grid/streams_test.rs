@@ -659,6 +659,16 @@ proptest! {
                     (Command::DeleteStream { stream }, Ok(Output::Deleted { existed: true })) => {
                         model.remove(stream);
                     }
+                    // An ack's effects append too, in order, before the acks.
+                    (Command::Ack { effects, .. }, Ok(Output::Acked { .. })) => {
+                        for effect in effects {
+                            if let Effect::Append { stream, items } = effect {
+                                let seqs = model.get_mut(stream).expect("appended to a stream the model knows");
+                                let first = seqs.last().map_or(1, |s| s + 1);
+                                seqs.extend(first..first + items.len() as u64);
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
