@@ -157,7 +157,11 @@ impl Grid {
         Output::Detached { existed: true }
     }
 
-    /// Checks that `(seq, token)` may be acked on the cursor, without changing anything.
+    /// Checks that `(seq, token)` may be acked with effects on the cursor, without changing
+    /// anything: it must be the item's current delivery, still waiting for its ack. An item
+    /// acknowledged already is refused too (unlike a plain ack, which changes nothing then):
+    /// its effects were applied with that ack (this one sent again after an unknown outcome)
+    /// or with another delivery's, and must not be applied twice.
     pub(super) fn check_ack(&self, stream: &str, cursor: &str, seq: Seq, token: u64) -> Result<(), Error> {
         let s = self.streams.streams.get(stream).ok_or_else(|| unknown_stream(stream))?;
         let c = s.cursors.get(cursor).ok_or_else(|| unknown_cursor(stream, cursor))?;
@@ -166,7 +170,16 @@ impl Grid {
                 reason: format!("cursor '{cursor}' takes no acks (ack policy none)"),
             });
         }
-        check_current(stream, cursor, c, seq, token)
+        check_current(stream, cursor, c, seq, token)?;
+        if c.unacked.get(&seq).is_none_or(|d| d.token != token) {
+            return Err(Error::StaleAck {
+                stream: stream.to_owned(),
+                cursor: cursor.to_owned(),
+                seq,
+                reason: "it was acknowledged already (with effects, an item is acknowledged once)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Applies `Ack`: every delivery named must be current (or acknowledged already), and

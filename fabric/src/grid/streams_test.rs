@@ -463,6 +463,11 @@ fn acks_with_effects_are_atomic() {
     assert_eq!(h.grid.stream("out").unwrap().last_seq, 1);
     assert!(h.grid.get("shared/totals", "k").is_some());
     assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 1);
+    // The same ack sent again (its outcome was unknown): refused, its effects not applied twice.
+    assert!(matches!(h.apply(with(1, d[0].2, effects(None))), Err(Error::StaleAck { .. })));
+    assert_eq!(h.grid.stream("out").unwrap().last_seq, 1, "appended once");
+    // A plain ack of a done item still changes nothing, and succeeds.
+    assert_eq!(h.ok(ack("in", "c", vec![(1, d[0].2)])), Output::Acked { count: 0 });
     // Closing the output refuses the next one whole.
     h.ok(Command::CloseStream { stream: "out".into(), error: None });
     assert!(matches!(h.apply(with(2, d[1].2, effects(None))), Err(Error::StreamClosed { .. })));
@@ -500,10 +505,18 @@ fn completions_append_and_ack_with_their_result() {
         Effect::Append { stream: "out".into(), items: vec![item("x"), item("y")] },
         Effect::Ack { stream: "in".into(), cursor: "c".into(), seq: 1, token: d[0].2 },
     ];
-    h.ok(complete_cmd(id, token, Ok(Payload::json("1")), good));
+    h.ok(complete_cmd(id, token, Ok(Payload::json("1")), good.clone()));
     assert_eq!(h.exec(id).status, Status::Completed);
     assert_eq!(h.grid.stream("out").unwrap().last_seq, 2);
     assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 1);
+    // Another execution that consumed the same delivery cannot commit it a second time.
+    let other = h.create(new_exec("w", "job"));
+    let other_token = h.token(other);
+    assert!(matches!(
+        h.apply(complete_cmd(other, other_token, Ok(Payload::json("1")), good)),
+        Err(Error::StaleAck { .. })
+    ));
+    assert_eq!(h.grid.stream("out").unwrap().last_seq, 2, "nothing applied twice");
 }
 
 /// A generator stream starts its execution at the first listener (or at creation when eager),
