@@ -74,6 +74,11 @@ impl Grid {
         let name = match &new.cursor {
             Some(name) => {
                 if !stream.cursors.contains_key(name) {
+                    // An unnamed cursor is resumed by its name, never made by it: it went idle
+                    // and was removed, and the grid may give the name to another listener.
+                    if name.starts_with(UNNAMED_PREFIX) {
+                        return Err(Error::UnknownCursor { stream: new.stream.clone(), name: name.clone() });
+                    }
                     let Some(config) = &new.config else {
                         return Err(Error::UnknownCursor { stream: new.stream.clone(), name: name.clone() });
                     };

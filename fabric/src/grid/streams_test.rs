@@ -387,12 +387,28 @@ fn unnamed_cursors_go_when_idle() {
         host: Host { node: 1, key: 1 },
         window: 4,
     };
-    let Output::Listener { id, cursor, .. } = h.ok(Command::Attach(Box::new(new))) else { panic!() };
+    let Output::Listener { id, cursor, .. } = h.ok(Command::Attach(Box::new(new.clone()))) else { panic!() };
     assert!(cursor.starts_with(UNNAMED_PREFIX));
     h.ok(Command::Detach { listener: id, reason: "bye".into() });
-    assert_eq!(h.grid.next_timer_ms(), Some(1_500));
-    h.at(1_500).ok(Command::Tick { limit: 10 });
+    // A listener that comes back in time (a failover) resumes on it by its name.
+    let resume = NewListener { cursor: Some(cursor.clone()), config: None, ..new.clone() };
+    assert!(Command::Attach(Box::new(resume.clone())).validate_shape().is_ok());
+    let Output::Listener { id, cursor: again, .. } =
+        h.at(1_200).ok(Command::Attach(Box::new(resume.clone())))
+    else {
+        panic!()
+    };
+    assert_eq!(again, cursor);
+    h.at(1_200).ok(Command::Detach { listener: id, reason: "bye".into() });
+    assert_eq!(h.grid.next_timer_ms(), Some(1_700));
+    h.at(1_700).ok(Command::Tick { limit: 10 });
     assert!(h.grid.stream("s").unwrap().cursors.is_empty());
+    // Gone: naming it does not make it again, not even with settings.
+    let late = NewListener { config: new.config.clone(), ..resume };
+    assert!(matches!(h.at(1_800).apply(Command::Attach(Box::new(late))), Err(Error::UnknownCursor { .. })));
+    assert!(h.grid.stream("s").unwrap().cursors.is_empty());
+    let bad = NewListener { cursor: Some(format!("{UNNAMED_PREFIX}a b")), ..new };
+    assert!(Command::Attach(Box::new(bad)).validate_shape().is_err());
 }
 
 #[test]
