@@ -9,7 +9,7 @@ use super::append::{Append, Appended};
 use super::config::{Config, CursorConfig};
 use super::info::{CursorInfo, Info};
 use super::item::{Item, NewItem};
-use super::listener::{Listen, MAX_BUFFER};
+use super::listener::Listen;
 use super::producer::Producer;
 use super::reference::StreamRef;
 use crate::connection::MAX_MESSAGE_BYTES;
@@ -240,7 +240,8 @@ impl Stream {
     }
 
     /// Up to `limit` stored items from `from_seq` on (0: the first stored), decoded: a page
-    /// of history. Continue from the last one's seq + 1.
+    /// of history. Continue from the last one's seq + 1. `limit` is at most the fabric's page
+    /// size (`max_list_page`, 1000 by default; more is refused, naming it).
     ///
     /// ```no_run
     /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
@@ -248,8 +249,8 @@ impl Stream {
     /// # Ok(()) }
     /// ```
     pub async fn read<T: DeserializeOwned>(&self, from_seq: u64, limit: u32) -> Result<Vec<Item<T>>, Error> {
-        if limit == 0 || limit > MAX_BUFFER {
-            return Err(Error::Usage(format!("a read takes 1 to {MAX_BUFFER} items, not {limit}")));
+        if limit == 0 {
+            return Err(Error::Usage("a read takes at least 1 item".into()));
         }
         let req = pb::ReadRequest {
             stream: self.name.clone(),
