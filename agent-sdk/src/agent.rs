@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use weft_proto::fabric::v1 as pb;
 
 use crate::context::Context;
-use crate::{codec, error};
+use crate::streams::Emitter;
+use crate::{Client, codec, error};
 
 /// The delegate that runs when an instance starts.
 pub const START: &str = "Start";
@@ -82,6 +83,71 @@ impl Agent {
                     .map_err(|e| (format!("cannot decode the arguments of {name}: {e}"), false))?;
                 match handler(ctx, args).await {
                     Ok(result) => codec::encode(codec::codec_of(&payload), &result)
+                        .map_err(|e| (format!("cannot encode the result of {name}: {e}"), false)),
+                    Err(e) => Err(error::describe(&e)),
+                }
+            })
+        });
+        self.handlers.insert(delegate.to_owned(), erased);
+        self
+    }
+
+    /// Serves `delegate` as a generator: the output of a generator stream (see
+    /// [`Generator`](crate::streams::Generator)). `handler` is `async fn(Context,
+    /// Emitter<T>, A) -> Result<(), E>`: it emits the stream's items with the [`Emitter`]
+    /// (each stored once, even when the execution runs again after a crash), and its return
+    /// closes the stream — ok, or with its error once no retry is left. Called other than
+    /// for a generator stream, it fails at once.
+    ///
+    /// ```no_run
+    /// use weft_agent::streams::{Config, Emitter, Generator};
+    /// use weft_agent::{Agent, Client, Context, Fail, StreamRef};
+    ///
+    /// /// Emits 1..=n.
+    /// async fn count(_ctx: Context, out: Emitter<u64>, n: u64) -> Result<(), Fail> {
+    ///     for i in 1..=n {
+    ///         out.emit(&i).await?;
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// /// Makes a generator stream of `count(n)` and returns it.
+    /// async fn open(ctx: Context, n: u64) -> Result<StreamRef, Fail> {
+    ///     let name = format!("count-{}", ctx.execution_id());
+    ///     let config = Config::new().generator(Generator::new("numbers", "count").args(&n));
+    ///     Ok(ctx.stream(&name).create(config).await?.reference())
+    /// }
+    ///
+    /// let numbers = Agent::new("numbers").generator("count", count).delegate("open", open);
+    /// ```
+    pub fn generator<A, T, E, F, Fut>(mut self, delegate: &str, handler: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + Sync + 'static,
+        E: Display + Send + 'static,
+        F: Fn(Context, Emitter<T>, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let name = format!("{}.{delegate}", self.name);
+        let erased: Handler = Arc::new(move |ctx: Context, payload: pb::Payload| {
+            let handler = handler.clone();
+            let name = name.clone();
+            Box::pin(async move {
+                let Some(stream) = ctx.generator_stream().map(str::to_owned) else {
+                    return Err((
+                        format!("{name} is a generator: it runs for a generator stream, not as a call"),
+                        false,
+                    ));
+                };
+                let args: A = codec::decode(&payload)
+                    .map_err(|e| (format!("cannot decode the arguments of {name}: {e}"), false))?;
+                // Items go in the codec the generator was given its arguments in.
+                let codec = codec::codec_of(&payload);
+                let client = Client { conn: ctx.client().conn.clone(), codec };
+                let emitter = Emitter::new(client.stream(&stream), ctx.execution_id());
+                match handler(ctx, emitter, args).await {
+                    Ok(()) => codec::encode(codec, &())
                         .map_err(|e| (format!("cannot encode the result of {name}: {e}"), false)),
                     Err(e) => Err(error::describe(&e)),
                 }

@@ -1,5 +1,5 @@
-//! [`Client`]: call agents, start and stop instances, wait for and cancel executions, and
-//! read and write state, from any process.
+//! [`Client`]: call agents, start and stop instances, wait for and cancel executions, read
+//! and write state, and reach streams, from any process.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +11,7 @@ use weft_proto::fabric::v1::instances_client::InstancesClient;
 
 use crate::connection::{self, Connection};
 use crate::state::State;
+use crate::streams::{self, Stream, StreamRef};
 use crate::types::{Execution, RetryPolicy, Started, outcome};
 use crate::{Codec, Error, codec};
 
@@ -347,6 +348,65 @@ impl Client {
     /// `instance/<agent>/<id>`); values are JSON, so `weft state get` shows them.
     pub fn state(&self, namespace: &str) -> State {
         State::new(self.conn.clone(), namespace)
+    }
+
+    /// Stream `name`: create it, append, listen, close, delete (see [`Stream`]). Sends
+    /// nothing until used.
+    ///
+    /// ```no_run
+    /// use weft_agent::streams::Config;
+    /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+    /// let orders = client.stream("orders");
+    /// orders.create(Config::new()).await?;
+    /// orders.append(&"tea").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(&self, name: &str) -> Stream {
+        Stream::new(self.clone(), name, None)
+    }
+
+    /// The stream a reference names; its listeners end with
+    /// [`Error::StreamDeleted`] if that stream was deleted, even
+    /// if one of the same name exists now.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+    /// let numbers: weft_agent::StreamRef = client.call("numbers", "open", &10u64).await?;
+    /// let listener = client.stream_from(&numbers).listener::<u64>().start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_from(&self, reference: &StreamRef) -> Stream {
+        Stream::new(self.clone(), &reference.name, Some(reference.uid))
+    }
+
+    /// One page of streams in name order, after `after` (a previous page's `next`; `None`:
+    /// from the first).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+    /// let first = client.list_streams(None).await?;
+    /// println!("{} streams, more: {}", first.streams.len(), first.next.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_streams(&self, after: Option<&str>) -> Result<streams::Page, Error> {
+        let attempt = self.conn.options().attempt_timeout;
+        let req = pb::ListStreamsRequest {
+            page_token: after.unwrap_or_default().to_owned(),
+            limit: 0,
+            consistency: 0,
+        };
+        let page = self
+            .conn
+            .run(true, |channel| {
+                let mut request = tonic::Request::new(req.clone());
+                request.set_timeout(attempt);
+                async move { Ok(streams::grpc(channel).list(request).await?.into_inner()) }
+            })
+            .await?;
+        Ok(streams::Page {
+            streams: page.streams.into_iter().map(streams::Info::from_pb).collect(),
+            next: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+        })
     }
 }
 

@@ -6,6 +6,11 @@
 //! calls in the same order and gets the same children back, with their results, instead of
 //! new ones: keep the order of fabric calls in a handler deterministic. A run on other state
 //! (after an effect conflict) that calls with other arguments gets new children.
+//!
+//! Stream appends and acks made through the context ([`Context::append`], [`Context::ack`])
+//! are buffered like state writes and applied with the handler's result, so a handler that
+//! consumes an item and appends what it made of it does both exactly once. Through
+//! [`Context::stream`] a handler reaches streams directly (create, listen, append at once).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
@@ -17,6 +22,7 @@ use weft_proto::fabric::v1 as pb;
 
 use crate::client::{Call, Client, call_hash};
 use crate::state::{Buffer, Scope, SharedBuffer, State};
+use crate::streams::{Delivery, Item, NewItem, Stream, StreamRef};
 use crate::types::Started;
 use crate::{Codec, Error, codec};
 
@@ -31,6 +37,8 @@ struct Inner {
     cancel: CancellationToken,
     buffer: SharedBuffer,
     seq: AtomicU64,
+    /// For a generator's execution: the stream it feeds.
+    generator: Option<String>,
 }
 
 /// The context of one running execution. Cheap to clone.
@@ -65,7 +73,13 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(client: Client, e: &pb::Execution, token: u64, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        e: &pb::Execution,
+        token: u64,
+        cancel: CancellationToken,
+        generator: Option<String>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -78,6 +92,7 @@ impl Context {
                 cancel,
                 buffer: SharedBuffer::default(),
                 seq: AtomicU64::new(0),
+                generator,
             }),
         }
     }
@@ -132,8 +147,9 @@ impl Context {
         self.inner.buffer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes what the handler buffered, for its completion.
-    pub(crate) fn take_effects(&self) -> Vec<pb::Effect> {
+    /// Takes what the handler buffered, for its completion: the effects, and the deliveries
+    /// they ack (to hold until the completion is applied).
+    pub(crate) fn take_effects(&self) -> (Vec<pb::Effect>, Vec<Delivery>) {
         std::mem::take(&mut *self.buffer()).into_effects()
     }
 
@@ -235,5 +251,98 @@ impl Context {
     /// The codec the client side of this context uses.
     pub fn codec(&self) -> Codec {
         self.inner.client.codec
+    }
+
+    /// The stream a generator's execution feeds; `None` for other executions.
+    pub(crate) fn generator_stream(&self) -> Option<&str> {
+        self.inner.generator.as_deref()
+    }
+
+    /// Stream `name`, reached directly: what it does happens at once, not with the result
+    /// (an append through it may happen again if the handler runs again; see
+    /// [`Context::append`] for one applied with the result).
+    ///
+    /// ```no_run
+    /// use weft_agent::streams::Config;
+    /// use weft_agent::{Context, Fail, StreamRef};
+    ///
+    /// async fn open_report(ctx: Context, quarter: String) -> Result<StreamRef, Fail> {
+    ///     let report = ctx.stream(&format!("report-{quarter}")).create(Config::new()).await?;
+    ///     ctx.append(&report.name, &format!("report for {quarter}"))?; // with the result
+    ///     Ok(report.reference())
+    /// }
+    /// ```
+    pub fn stream(&self, name: &str) -> Stream {
+        self.inner.client.stream(name)
+    }
+
+    /// The stream a reference names, reached directly; see [`Client::stream_from`].
+    pub fn stream_from(&self, reference: &StreamRef) -> Stream {
+        self.inner.client.stream_from(reference)
+    }
+
+    /// Appends an item (a `&value`, or a [`NewItem`]) to `stream` when this handler
+    /// succeeds, atomically with its result and its other effects: once, however often the
+    /// handler runs. If the stream is missing or closed then, or at a discard-new limit,
+    /// the completion is refused and the execution fails with that reason.
+    ///
+    /// ```no_run
+    /// use weft_agent::{Context, Fail};
+    ///
+    /// async fn place(ctx: Context, order: String) -> Result<(), Fail> {
+    ///     ctx.shared("orders").put(&order, &"placed")?;
+    ///     ctx.append("order-events", &format!("placed {order}"))?; // both, or neither
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn append<'a, T: Serialize + ?Sized + 'a>(
+        &self,
+        stream: &str,
+        item: impl Into<NewItem<'a, T>>,
+    ) -> Result<(), Error> {
+        let item = item.into().encode(self.inner.client.codec)?;
+        self.buffer().append(stream, item);
+        Ok(())
+    }
+
+    /// Acknowledges a listener's `item` when this handler succeeds, atomically with its
+    /// result and its other effects (state writes, appends): consuming an item and recording
+    /// what it made of it happen exactly once. If the item was delivered again meanwhile
+    /// (its ack wait ran out), the completion is refused and the execution fails with that
+    /// reason: give the cursor an ack wait longer than the handler takes. The item's
+    /// listener stays open (even if the handler drops it) until the result is applied, so
+    /// the item stays its delivery; items the listener is sent meanwhile are delivered again
+    /// afterwards.
+    ///
+    /// ```no_run
+    /// use futures::StreamExt;
+    /// use weft_agent::{Context, Fail};
+    ///
+    /// async fn take_one(ctx: Context, (): ()) -> Result<u64, Fail> {
+    ///     let mut jobs = ctx.stream("jobs").listener::<u64>().cursor("takers").start().await?;
+    ///     let job = jobs.next().await.ok_or_else(|| Fail::new("no jobs"))??;
+    ///     ctx.shared("done").put(&job.seq.to_string(), &job.value)?;
+    ///     ctx.ack(&job)?; // with the state write and the result
+    ///     Ok(job.value)
+    /// }
+    /// ```
+    pub fn ack<T>(&self, item: &Item<T>) -> Result<(), Error> {
+        let Some(delivery) = item.delivery() else {
+            return Err(Error::Usage(format!(
+                "item {} needs no ack (a plain reader's, an ack-none cursor's or a read's)",
+                item.seq
+            )));
+        };
+        let mut buffer = self.buffer();
+        buffer.acks.push(pb::AckEffect {
+            stream: delivery.shared().stream().to_owned(),
+            cursor: delivery.cursor(),
+            seq: delivery.seq,
+            token: delivery.token,
+        });
+        // Its listener must not let go of it (which delivers it again) before the result
+        // with its ack is applied.
+        buffer.held.push(delivery.clone());
+        Ok(())
     }
 }

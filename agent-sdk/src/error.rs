@@ -52,6 +52,24 @@ pub enum Error {
         /// The execution that goes on.
         execution: u64,
     },
+    /// The stream was closed with an error (its producer or generator failed): a listener
+    /// yields this after the last item, then ends.
+    #[error("stream '{stream}' was closed with an error: {message}")]
+    StreamFailed {
+        /// The stream.
+        stream: String,
+        /// The error it was closed with.
+        message: String,
+    },
+    /// The stream was deleted (perhaps created again since, as another stream), or the
+    /// cursor the listener was on was deleted or expired: a listener yields this, then ends.
+    #[error("stream '{stream}' is gone: {message}")]
+    StreamDeleted {
+        /// The stream.
+        stream: String,
+        /// What the fabric said.
+        message: String,
+    },
     /// Arguments or a result could not be encoded or decoded.
     #[error("codec: {0}")]
     Codec(String),
@@ -126,7 +144,14 @@ impl From<Error> for Fail {
     /// An SDK error inside a handler (a failed child call, a state read) becomes a
     /// retryable handler failure, unless the child itself failed for good.
     fn from(e: Error) -> Self {
-        let retryable = !matches!(e, Error::Refused { .. } | Error::Codec(_) | Error::Usage(_));
+        let retryable = !matches!(
+            e,
+            Error::Refused { .. }
+                | Error::Codec(_)
+                | Error::Usage(_)
+                | Error::StreamFailed { .. }
+                | Error::StreamDeleted { .. }
+        );
         Self { message: e.to_string(), retryable }
     }
 }

@@ -4,7 +4,8 @@
 //! handler per delegate, `async fn(Context, A) -> Result<R, E>` on serde types. The worker
 //! connects to any node of the fabric (failing over between the endpoints it was given),
 //! opens a session and runs what the fabric assigns to it. A caller uses a [`Client`] to call
-//! agents, start and stop instances, and read and write state.
+//! agents, start and stop instances, read and write state, and append to and listen to
+//! [`streams`].
 //!
 //! ```no_run
 //! use weft_agent::{Agent, Client, Context, Fail, Worker};
@@ -38,6 +39,9 @@
 //!   happen exactly once however often the handler runs.
 //! - Calls from a [`Client`] carry an idempotency key, so retrying them after a failure (the
 //!   client does) never runs them twice.
+//! - Stream appends from a [`Producer`] or an [`Emitter`] are stored once however often they
+//!   are sent; a listener's [`Item::commit`](streams::Item::commit), and a handler's
+//!   [`Context::append`] / [`Context::ack`], apply what was made of an item exactly once.
 //!
 //! # Layout
 //! - [`client`]: [`Client`], calls and their options, instances, waiting, cancelling.
@@ -45,6 +49,8 @@
 //! - [`agent`]: [`Agent`], handlers registered by delegate.
 //! - [`context`]: [`Context`], what a handler can see and do.
 //! - [`state`]: typed key/value state for clients ([`State`]) and handlers ([`Scope`]).
+//! - [`streams`]: streams ([`Stream`]), appends and [`Producer`]s, listeners, commits,
+//!   generators ([`Emitter`]), [`StreamRef`].
 //! - [`codec`]: payload encodings (bincode, JSON).
 //! - [`types`]: executions as the fabric reports them, retry policies.
 //! - [`error`]: [`Error`] and [`Fail`].
@@ -59,6 +65,7 @@ mod connection;
 pub mod context;
 pub mod error;
 pub mod state;
+pub mod streams;
 pub mod types;
 pub mod worker;
 
@@ -68,5 +75,6 @@ pub use codec::Codec;
 pub use context::Context;
 pub use error::{Error, Fail};
 pub use state::{Scope, State};
+pub use streams::{Emitter, Producer, Stream, StreamRef};
 pub use types::{Execution, RetryPolicy, Started, Status};
 pub use worker::{Stopper, Worker, WorkerBuilder};

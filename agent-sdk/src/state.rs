@@ -171,11 +171,21 @@ pub(crate) struct Buffer {
     reads: HashMap<Key, (u64, Option<Vec<u8>>)>,
     writes: BTreeMap<Key, Write>,
     pub(crate) calls: Vec<pb::CreateExecutionRequest>,
+    /// Stream appends, in order (consecutive ones to one stream as one effect).
+    pub(crate) appends: Vec<pb::AppendEffect>,
+    pub(crate) acks: Vec<pb::AckEffect>,
+    /// The deliveries acked with the result: their listeners must live until it is applied.
+    pub(crate) held: Vec<crate::streams::Delivery>,
 }
 
 impl Buffer {
-    /// The effects to send with a successful result.
-    pub(crate) fn into_effects(self) -> Vec<pb::Effect> {
+    /// The effects to send with a successful result, and the deliveries they ack.
+    pub(crate) fn into_effects(mut self) -> (Vec<pb::Effect>, Vec<crate::streams::Delivery>) {
+        let held = std::mem::take(&mut self.held);
+        (self.effects(), held)
+    }
+
+    fn effects(self) -> Vec<pb::Effect> {
         let mut effects: Vec<pb::Effect> = self
             .writes
             .into_iter()
@@ -194,6 +204,17 @@ impl Buffer {
             .collect();
         effects.extend(self.calls.into_iter().map(|c| pb::Effect { kind: Some(pb::effect::Kind::Call(c)) }));
         effects
+            .extend(self.appends.into_iter().map(|a| pb::Effect { kind: Some(pb::effect::Kind::Append(a)) }));
+        effects.extend(self.acks.into_iter().map(|a| pb::Effect { kind: Some(pb::effect::Kind::Ack(a)) }));
+        effects
+    }
+
+    /// Buffers an item to append to `stream`.
+    pub(crate) fn append(&mut self, stream: &str, item: pb::NewItem) {
+        match self.appends.last_mut() {
+            Some(last) if last.stream == stream => last.items.push(item),
+            _ => self.appends.push(pb::AppendEffect { stream: stream.to_owned(), items: vec![item] }),
+        }
     }
 }
 

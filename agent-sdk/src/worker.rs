@@ -30,6 +30,7 @@ use crate::agent::Agent;
 use crate::client::Client;
 use crate::connection::{self, INITIAL_BACKOFF, next_backoff};
 use crate::context::Context;
+use crate::streams::Delivery;
 use crate::{Codec, Error};
 
 /// Messages to the fabric that may wait while the stream is busy, beyond the capacity.
@@ -197,6 +198,8 @@ struct Running {
 /// A completion sent and not yet acknowledged.
 struct Unacked {
     completion: pb::Completion,
+    /// Stream deliveries its effects ack: their listeners live until it is taken.
+    _held: Vec<Delivery>,
     /// When it was last sent; `None`: the fabric could not take it, send it again.
     sent: Option<Instant>,
     /// When this session first sent it.
@@ -208,6 +211,7 @@ struct Done {
     execution: u64,
     token: u64,
     completion: Option<pb::Completion>,
+    held: Vec<Delivery>,
 }
 
 /// Why one session ended.
@@ -375,7 +379,7 @@ impl Worker {
                     }
                     if let Some(completion) = done.completion {
                         let now = Instant::now();
-                        let unacked = Unacked { completion: completion.clone(), sent: Some(now), first_sent: now };
+                        let unacked = Unacked { completion: completion.clone(), _held: done.held, sent: Some(now), first_sent: now };
                         state.unacked.insert(done.execution, unacked);
                         let _ = out.send(agent_message(pb::agent_message::Kind::Complete(completion))).await;
                     }
@@ -450,7 +454,8 @@ impl Worker {
                     // Reassigned to this process under a new token: the old run is stale.
                     old.cancel.cancel();
                 }
-                self.spawn_handler(state, execution, a.token, session);
+                let generator = (!a.generator_stream.is_empty()).then_some(a.generator_stream);
+                self.spawn_handler(state, execution, a.token, session, generator);
             }
             Kind::Revoked(r) => {
                 if let Some(running) = state.running.get(&r.execution_id)
@@ -527,13 +532,20 @@ impl Worker {
         }
     }
 
-    fn spawn_handler(&self, state: &mut LoopState, e: pb::Execution, token: u64, session: u64) {
+    fn spawn_handler(
+        &self,
+        state: &mut LoopState,
+        e: pb::Execution,
+        token: u64,
+        session: u64,
+        generator: Option<String>,
+    ) {
         let cancel = CancellationToken::new();
         state
             .running
             .insert(e.id, Running { token, session, cancel: cancel.clone(), last_renewed: Instant::now() });
         let handler = self.agents.get(&e.agent).and_then(|a| a.handler(&e.delegate));
-        let ctx = Context::new(self.client.clone(), &e, token, cancel.clone());
+        let ctx = Context::new(self.client.clone(), &e, token, cancel.clone(), generator);
         let permits = state.permits.clone();
         let done = state.done.0.clone();
         let id = e.id;
@@ -552,7 +564,7 @@ impl Worker {
                             // Revoked: whatever it returns now is refused. Let it see the
                             // cancellation and finish, within a grace period.
                             let _ = tokio::time::timeout(REVOKED_GRACE, &mut run).await;
-                            let _ = done.send(Done { execution: id, token, completion: None }).await;
+                            let _ = done.send(Done { execution: id, token, completion: None, held: Vec::new() }).await;
                             return;
                         }
                     }
@@ -560,18 +572,19 @@ impl Worker {
             };
             if cancel.is_cancelled() {
                 // Revoked while it returned: the fabric would refuse the completion.
-                let _ = done.send(Done { execution: id, token, completion: None }).await;
+                let _ = done.send(Done { execution: id, token, completion: None, held: Vec::new() }).await;
                 return;
             }
-            let (outcome, effects) = match outcome {
+            let (outcome, (effects, held)) = match outcome {
                 Ok(payload) => (pb::completion::Outcome::Result(payload), ctx.take_effects()),
-                Err((message, retryable)) => {
-                    (pb::completion::Outcome::Error(pb::HandlerError { message, retryable }), Vec::new())
-                }
+                Err((message, retryable)) => (
+                    pb::completion::Outcome::Error(pb::HandlerError { message, retryable }),
+                    Default::default(),
+                ),
             };
             let completion =
                 pb::Completion { execution_id: id, token: ctx.token(), outcome: Some(outcome), effects };
-            let _ = done.send(Done { execution: id, token, completion: Some(completion) }).await;
+            let _ = done.send(Done { execution: id, token, completion: Some(completion), held }).await;
         });
     }
 }

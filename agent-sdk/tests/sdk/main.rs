@@ -4,4 +4,5 @@
 mod calls;
 mod faults;
 mod instances;
+mod streams;
 mod support;

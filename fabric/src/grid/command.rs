@@ -298,7 +298,7 @@ impl Command {
             Command::Attach(new) => {
                 validate_stream_name(&new.stream)?;
                 if let Some(name) = &new.cursor {
-                    validate_cursor_name(name)?;
+                    validate_listener_cursor(name)?;
                 }
                 if let Some(config) = &new.config {
                     config.validate()?;
@@ -312,6 +312,15 @@ impl Command {
 /// Checks a cursor name: 1-128 characters of `[A-Za-z0-9._-]`.
 pub fn validate_cursor_name(name: &str) -> Result<(), Error> {
     validate_name("cursor", name)
+}
+
+/// Checks the cursor a listener names: a cursor name, or an unnamed cursor's name as the grid
+/// gave it (a listener resumes on its unnamed cursor after a failover by naming it).
+pub fn validate_listener_cursor(name: &str) -> Result<(), Error> {
+    match name.strip_prefix(super::cursor::UNNAMED_PREFIX) {
+        Some(rest) => validate_name("cursor", rest),
+        None => validate_cursor_name(name),
+    }
 }
 
 /// Checks one effect of a completion or an ack against the limits.

@@ -74,6 +74,11 @@ impl Grid {
         let name = match &new.cursor {
             Some(name) => {
                 if !stream.cursors.contains_key(name) {
+                    // An unnamed cursor is resumed by its name, never made by it: it went idle
+                    // and was removed, and the grid may give the name to another listener.
+                    if name.starts_with(UNNAMED_PREFIX) {
+                        return Err(Error::UnknownCursor { stream: new.stream.clone(), name: name.clone() });
+                    }
                     let Some(config) = &new.config else {
                         return Err(Error::UnknownCursor { stream: new.stream.clone(), name: name.clone() });
                     };
@@ -157,7 +162,11 @@ impl Grid {
         Output::Detached { existed: true }
     }
 
-    /// Checks that `(seq, token)` may be acked on the cursor, without changing anything.
+    /// Checks that `(seq, token)` may be acked with effects on the cursor, without changing
+    /// anything: it must be the item's current delivery, still waiting for its ack. An item
+    /// acknowledged already is refused too (unlike a plain ack, which changes nothing then):
+    /// its effects were applied with that ack (this one sent again after an unknown outcome)
+    /// or with another delivery's, and must not be applied twice.
     pub(super) fn check_ack(&self, stream: &str, cursor: &str, seq: Seq, token: u64) -> Result<(), Error> {
         let s = self.streams.streams.get(stream).ok_or_else(|| unknown_stream(stream))?;
         let c = s.cursors.get(cursor).ok_or_else(|| unknown_cursor(stream, cursor))?;
@@ -166,7 +175,16 @@ impl Grid {
                 reason: format!("cursor '{cursor}' takes no acks (ack policy none)"),
             });
         }
-        check_current(stream, cursor, c, seq, token)
+        check_current(stream, cursor, c, seq, token)?;
+        if c.unacked.get(&seq).is_none_or(|d| d.token != token) {
+            return Err(Error::StaleAck {
+                stream: stream.to_owned(),
+                cursor: cursor.to_owned(),
+                seq,
+                reason: "it was acknowledged already (with effects, an item is acknowledged once)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Applies `Ack`: every delivery named must be current (or acknowledged already), and

@@ -84,7 +84,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use self::command::{
-    Command, Completed, Limits, Output, validate_cursor_name, validate_key, validate_name,
+    Command, Completed, Limits, Output, validate_cursor_name, validate_key, validate_listener_cursor,
+    validate_name,
 };
 pub use self::error::Error;
 pub use self::events::{Event, ListenerEnd};

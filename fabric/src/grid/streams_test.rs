@@ -387,12 +387,28 @@ fn unnamed_cursors_go_when_idle() {
         host: Host { node: 1, key: 1 },
         window: 4,
     };
-    let Output::Listener { id, cursor, .. } = h.ok(Command::Attach(Box::new(new))) else { panic!() };
+    let Output::Listener { id, cursor, .. } = h.ok(Command::Attach(Box::new(new.clone()))) else { panic!() };
     assert!(cursor.starts_with(UNNAMED_PREFIX));
     h.ok(Command::Detach { listener: id, reason: "bye".into() });
-    assert_eq!(h.grid.next_timer_ms(), Some(1_500));
-    h.at(1_500).ok(Command::Tick { limit: 10 });
+    // A listener that comes back in time (a failover) resumes on it by its name.
+    let resume = NewListener { cursor: Some(cursor.clone()), config: None, ..new.clone() };
+    assert!(Command::Attach(Box::new(resume.clone())).validate_shape().is_ok());
+    let Output::Listener { id, cursor: again, .. } =
+        h.at(1_200).ok(Command::Attach(Box::new(resume.clone())))
+    else {
+        panic!()
+    };
+    assert_eq!(again, cursor);
+    h.at(1_200).ok(Command::Detach { listener: id, reason: "bye".into() });
+    assert_eq!(h.grid.next_timer_ms(), Some(1_700));
+    h.at(1_700).ok(Command::Tick { limit: 10 });
     assert!(h.grid.stream("s").unwrap().cursors.is_empty());
+    // Gone: naming it does not make it again, not even with settings.
+    let late = NewListener { config: new.config.clone(), ..resume };
+    assert!(matches!(h.at(1_800).apply(Command::Attach(Box::new(late))), Err(Error::UnknownCursor { .. })));
+    assert!(h.grid.stream("s").unwrap().cursors.is_empty());
+    let bad = NewListener { cursor: Some(format!("{UNNAMED_PREFIX}a b")), ..new };
+    assert!(Command::Attach(Box::new(bad)).validate_shape().is_err());
 }
 
 #[test]
@@ -463,6 +479,11 @@ fn acks_with_effects_are_atomic() {
     assert_eq!(h.grid.stream("out").unwrap().last_seq, 1);
     assert!(h.grid.get("shared/totals", "k").is_some());
     assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 1);
+    // The same ack sent again (its outcome was unknown): refused, its effects not applied twice.
+    assert!(matches!(h.apply(with(1, d[0].2, effects(None))), Err(Error::StaleAck { .. })));
+    assert_eq!(h.grid.stream("out").unwrap().last_seq, 1, "appended once");
+    // A plain ack of a done item still changes nothing, and succeeds.
+    assert_eq!(h.ok(ack("in", "c", vec![(1, d[0].2)])), Output::Acked { count: 0 });
     // Closing the output refuses the next one whole.
     h.ok(Command::CloseStream { stream: "out".into(), error: None });
     assert!(matches!(h.apply(with(2, d[1].2, effects(None))), Err(Error::StreamClosed { .. })));
@@ -500,10 +521,18 @@ fn completions_append_and_ack_with_their_result() {
         Effect::Append { stream: "out".into(), items: vec![item("x"), item("y")] },
         Effect::Ack { stream: "in".into(), cursor: "c".into(), seq: 1, token: d[0].2 },
     ];
-    h.ok(complete_cmd(id, token, Ok(Payload::json("1")), good));
+    h.ok(complete_cmd(id, token, Ok(Payload::json("1")), good.clone()));
     assert_eq!(h.exec(id).status, Status::Completed);
     assert_eq!(h.grid.stream("out").unwrap().last_seq, 2);
     assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 1);
+    // Another execution that consumed the same delivery cannot commit it a second time.
+    let other = h.create(new_exec("w", "job"));
+    let other_token = h.token(other);
+    assert!(matches!(
+        h.apply(complete_cmd(other, other_token, Ok(Payload::json("1")), good)),
+        Err(Error::StaleAck { .. })
+    ));
+    assert_eq!(h.grid.stream("out").unwrap().last_seq, 2, "nothing applied twice");
 }
 
 /// A generator stream starts its execution at the first listener (or at creation when eager),
@@ -659,13 +688,13 @@ proptest! {
                     (Command::DeleteStream { stream }, Ok(Output::Deleted { existed: true })) => {
                         model.remove(stream);
                     }
-                    // An ack's append effects are appends too.
-                    (Command::Ack { effects, .. }, Ok(_)) => {
-                        for e in effects {
-                            if let Effect::Append { stream, items } = e {
-                                let seqs = model.get_mut(stream).expect("an effect appends to a stream the model knows");
-                                let next = seqs.last().map_or(1, |s| s + 1);
-                                seqs.extend(next..next + items.len() as u64);
+                    // An ack's effects append too, in order, before the acks.
+                    (Command::Ack { effects, .. }, Ok(Output::Acked { .. })) => {
+                        for effect in effects {
+                            if let Effect::Append { stream, items } = effect {
+                                let seqs = model.get_mut(stream).expect("appended to a stream the model knows");
+                                let first = seqs.last().map_or(1, |s| s + 1);
+                                seqs.extend(first..first + items.len() as u64);
                             }
                         }
                     }

@@ -24,7 +24,7 @@ use crate::convert;
 use crate::grid::cursor::{ListenerId, MAX_WINDOW, NewListener};
 use crate::grid::session::Host;
 use crate::grid::stream::{Seq, validate_filter, validate_stream_name};
-use crate::grid::{self, Command, ListenerEnd, Output, validate_cursor_name};
+use crate::grid::{self, Command, ListenerEnd, Output, validate_listener_cursor};
 use crate::routing::{self, Context, Error};
 use crate::watch::ListenerEvent;
 
@@ -82,7 +82,7 @@ pub async fn start(
             });
         }
         if !start.cursor.is_empty() {
-            validate_cursor_name(&start.cursor)?;
+            validate_listener_cursor(&start.cursor)?;
         }
         if !start.filter.is_empty() {
             validate_filter(&start.filter)?;
