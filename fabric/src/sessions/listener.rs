@@ -43,6 +43,8 @@ const LEADER_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long the node keeps trying to detach an ended listener (the reaper covers the rest).
 const DETACH_RETRY_FOR: Duration = Duration::from_secs(30);
 const DETACH_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long a listener ending because its node shuts down tries to detach.
+const SHUTDOWN_DETACH_WAIT: Duration = Duration::from_secs(1);
 
 type Outbound = mpsc::Sender<Result<pb::StreamMessage, Status>>;
 
@@ -270,7 +272,15 @@ impl CursorListener {
         };
         self.ctx.hub.unregister_listener(self.key);
         tracing::debug!(listener = self.id, reason = %why, "listener ends");
-        tokio::spawn(detach(self.ctx.clone(), self.id, why, self.shutdown.clone()));
+        if self.shutdown.is_cancelled() {
+            // One quick try, so its items go to other listeners now rather than after the
+            // reaper hears this node left (a leader shutting down has no proposer left: then
+            // the reaper on the next leader does it).
+            let command = Command::Detach { listener: self.id, reason: why };
+            let _ = tokio::time::timeout(SHUTDOWN_DETACH_WAIT, routing::propose(&self.ctx, command)).await;
+        } else {
+            tokio::spawn(detach(self.ctx.clone(), self.id, why, self.shutdown.clone()));
+        }
     }
 
     /// The client closed its side: the acks it sent before still count. Proposes what waits

@@ -677,3 +677,33 @@ async fn acks_sent_before_the_client_closes_still_count() {
     assert_eq!(cursor_info(&leader_addr, "last-words", "c").await.ack_floor, 20);
     cluster.shutdown().await;
 }
+
+/// A listener whose node shuts down lets go of its items at once: another listener of the
+/// cursor gets them long before their ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_shutting_down_hands_its_listeners_items_on() {
+    init_tracing();
+    let mut cluster = Cluster::start(3, |_| {}).await;
+    let (leader, f) = followers(&cluster).await;
+    let leader_addr = cluster.addrs[leader as usize - 1].clone();
+    create(&leader_addr, "handover", pb::StreamKind::Persistent, None).await;
+    let mut doomed = Listener::on_cursor(&f[0].1, "handover", "c", explicit(600_000), 5).await;
+    let items = (0..5).map(|i| item(&i.to_string())).collect();
+    streams(&leader_addr).await.append(append_req("handover", items)).await.unwrap();
+    for _ in 0..5 {
+        doomed.item().await;
+    }
+    let mut heir = Listener::on_cursor(&leader_addr, "handover", "c", explicit(600_000), 5).await;
+    assert!(
+        heir.next(Duration::from_millis(300)).await.is_none(),
+        "nothing for the heir while they are held"
+    );
+    tracing::info!(node = f[0].0, "phase: the holder's node shuts down");
+    cluster.stop(f[0].0).await;
+    // `item` waits at most PATIENCE (30 s): far less than the 10 min ack wait.
+    for _ in 0..5 {
+        let i = heir.item().await;
+        assert_eq!(i.deliveries, 2);
+    }
+    cluster.shutdown().await;
+}
