@@ -14,6 +14,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         c.max_key_bytes = 16;
         c.max_list_page = 10;
         c.max_payload_bytes = 1024;
+        c.max_item_bytes = 1024;
         c.max_message_bytes = 1024 + 16 + 4096;
     })
     .await;
