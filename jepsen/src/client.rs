@@ -15,10 +15,10 @@
 //! return the same execution and never apply it twice.
 //!
 //! Failover: a worker that sees [`FAILOVER_AFTER`] errors in a row moves to the next node,
-//! as the SDK will do, and goes back to its home node after [`RETURN_HOME_AFTER`] operations
-//! elsewhere (otherwise, over many faults, workers pile up on a few nodes and one fault on
-//! such a node stalls most of them). After an `info` it carries on under a new process id (the old one may
-//! still be in flight), so each process has at most one operation open.
+//! as the SDK will do, and goes back to its home node after
+//! [`crate::placement::RETURN_HOME_AFTER`] operations elsewhere ([`crate::placement`]).
+//! After an `info` it carries on under a new process id (the old one may still be in
+//! flight), so each process has at most one operation open.
 //!
 //! Nodes come and go under the membership nemesis: workers take their home node from the
 //! [`Roster`], which keeps homes balanced (a worker whose home is stopped for good moves to
@@ -37,6 +37,7 @@ use crate::db::Roster;
 use crate::final_read;
 use crate::history::{Op, Type};
 use crate::outcome::{Done, code_message, failed};
+use crate::placement::Placement;
 use crate::recorder::Recorder;
 use crate::rng::Rng;
 
@@ -46,8 +47,6 @@ pub const REGISTER_NAMESPACE: &str = "shared/jepsen-register";
 pub const SET_NAMESPACE: &str = "shared/jepsen-set";
 /// Errors in a row after which a worker moves to the next node.
 pub const FAILOVER_AFTER: u32 = 3;
-/// Operations a worker runs away from its home node before it goes back.
-pub const RETURN_HOME_AFTER: u32 = 50;
 /// Most times a retrying worker calls an indeterminate increment again with its key.
 pub const MAX_KEY_RETRIES: u32 = 3;
 
@@ -72,6 +71,9 @@ pub enum Workload {
     /// applies them through atomic completion, then one final read of its state; every
     /// acknowledged increment must be applied exactly once.
     Executions,
+    /// Exactly-once producers append to one stream while competing consumers listen on a
+    /// durable cursor; then a final read and a drain. Promise 3 ([`crate::streams`]).
+    Streams,
 }
 
 impl Workload {
@@ -81,6 +83,7 @@ impl Workload {
             Workload::Register => "register",
             Workload::Set => "set",
             Workload::Executions => "executions",
+            Workload::Streams => "streams",
         }
     }
 }
@@ -106,17 +109,14 @@ pub struct Worker {
     id: u64,
     workers: u64,
     process: u64,
-    /// The node (id) this worker talks to.
-    node: u64,
-    home: u64,
-    away_ops: u32,
+    /// The node this worker talks to.
+    placement: Placement,
     /// One client per node used so far.
     clients: HashMap<u64, StateClient<Channel>>,
     /// One executions client per node used so far (executions workload).
     calls: HashMap<u64, ExecutionsClient<Channel>>,
     /// An indeterminate increment to call again with its key, and how often it was.
     retry: Option<(String, u32)>,
-    roster: Roster,
     rng: Rng,
     recorder: Recorder,
     options: Options,
@@ -140,18 +140,14 @@ impl Worker {
         recorder: Recorder,
         options: Options,
     ) -> Self {
-        let home = roster.home(id).unwrap_or(0);
         Self {
             id,
             workers,
             process: id,
-            node: home,
-            home,
-            away_ops: 0,
+            placement: Placement::new(id, roster),
             clients: HashMap::new(),
             calls: HashMap::new(),
             retry: None,
-            roster,
             rng,
             recorder,
             options,
@@ -185,6 +181,9 @@ impl Worker {
                 };
                 Op::Increment { key, count: None, execution: None, attempts: None }
             }
+            Workload::Streams => {
+                unreachable!("the streams workload runs producers and consumers, not workers")
+            }
             Workload::Register => {
                 let key = format!("k{}", self.rng.below(self.options.keys as u64));
                 // Unique across workers and runs of this worker: the worker in the high bits.
@@ -201,38 +200,11 @@ impl Worker {
         }
     }
 
-    /// Follows the roster: to a new home when the roster moved this worker (its home was
-    /// stopped for good, or a new node took it over), and off any node stopped for good.
-    fn avoid_gone_nodes(&mut self) {
-        if let Some(home) = self.roster.home(self.id)
-            && home != self.home
-        {
-            tracing::debug!(worker = self.id, old = self.home, new = home, "new home");
-            self.home = home;
-            self.node = home;
-            self.away_ops = 0;
-            self.errors_in_a_row = 0;
-        }
-        if !self.roster.contains(self.node) {
-            self.node = self.home;
-            self.away_ops = 0;
-            self.errors_in_a_row = 0;
-        }
-    }
-
-    /// The node after the current one (by id, wrapping) among those still there.
-    fn next_node(&self) -> u64 {
-        let live = self.roster.live();
-        live.iter()
-            .map(|(id, _)| *id)
-            .find(|id| *id > self.node)
-            .or_else(|| live.first().map(|(id, _)| *id))
-            .unwrap_or(self.node)
-    }
-
     async fn invoke(&mut self, op: Op) {
-        self.avoid_gone_nodes();
-        let node = self.node;
+        if self.placement.follow_roster() {
+            self.errors_in_a_row = 0;
+        }
+        let node = self.placement.node();
         self.recorder.record(Some(self.process), Type::Invoke, op.clone(), Some(node), None);
         let done =
             match tokio::time::timeout(self.options.timeout + Duration::from_secs(1), self.call(op.clone()))
@@ -250,13 +222,8 @@ impl Worker {
             Done::Info(op, e) => (Type::Info, op, Some(e)),
         };
         self.recorder.record(Some(self.process), ty, op.clone(), Some(node), error);
-        if self.node != self.home {
-            self.away_ops += 1;
-            if self.away_ops >= RETURN_HOME_AFTER {
-                self.node = self.home;
-                self.away_ops = 0;
-                self.errors_in_a_row = 0;
-            }
+        if self.placement.count_op() {
+            self.errors_in_a_row = 0;
         }
         match ty {
             Type::Ok => self.errors_in_a_row = 0,
@@ -265,7 +232,7 @@ impl Worker {
                 self.errors_in_a_row += 1;
                 if self.errors_in_a_row >= FAILOVER_AFTER {
                     self.errors_in_a_row = 0;
-                    self.node = self.next_node();
+                    self.placement.fail_over();
                 }
             }
         }
@@ -297,8 +264,8 @@ impl Worker {
 
     async fn call(&mut self, op: Op) -> Done {
         let timeout = self.options.timeout;
-        let node = self.node;
-        let addr = self.roster.live().into_iter().find(|(id, _)| *id == node).map(|(_, a)| a);
+        let node = self.placement.node();
+        let addr = self.placement.addr();
         if let Op::Increment { key, .. } = &op {
             let client = match (self.calls.contains_key(&node), addr) {
                 (true, _) => self.calls.get_mut(&node).expect("checked"),

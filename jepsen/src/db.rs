@@ -93,7 +93,7 @@ impl Roster {
         let first = r.nodes[(worker as usize) % r.nodes.len()].0;
         Some(*r.homes.entry(worker).or_insert(first))
     }
-    fn add(&self, id: u64, addr: String) {
+    pub(crate) fn add(&self, id: u64, addr: String) {
         let mut r = self.0.lock().expect("roster lock");
         r.nodes.push((id, addr));
         r.nodes.sort();
@@ -105,7 +105,7 @@ impl Roster {
             tracing::info!(worker, from, to = id, "worker moves home to a new node");
         }
     }
-    fn remove(&self, id: u64) {
+    pub(crate) fn remove(&self, id: u64) {
         let mut r = self.0.lock().expect("roster lock");
         r.nodes.retain(|(x, _)| *x != id);
         let homeless: Vec<u64> = r.homes.iter().filter(|(_, h)| **h == id).map(|(w, _)| *w).collect();
@@ -528,6 +528,24 @@ pub fn channel(addr: &str, timeout: Duration) -> Channel {
         .expect("IP:PORT is a valid URI")
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout)
+        .connect_lazy()
+}
+
+/// How often a long-lived call's connection is pinged (HTTP/2 keep-alive).
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection is dropped: with
+/// [`KEEP_ALIVE_INTERVAL`], a paused node is noticed within about 3 s.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A lazily connecting channel to `addr` for long-lived calls (a stream listener): no
+/// per-request timeout, and keep-alive pings, so a paused or vanished node is noticed.
+pub fn stream_channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("IP:PORT is a valid URI")
+        .connect_timeout(Duration::from_millis(500))
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_lazy()
 }
 

@@ -1,6 +1,6 @@
-//! The final reads of a run (the set's elements, the counter's state): a linearizable, paged
-//! list of one namespace, tried on each live node in turn until one answers or the patience
-//! runs out, and recorded as one operation.
+//! The final reads of a run (the set's elements, the counter's state, the stream's items): a
+//! linearizable, paged read, tried on each live node in turn until one answers or the
+//! patience runs out, and recorded as one operation.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -43,7 +43,8 @@ pub async fn list_namespace(addr: &str, namespace: &str) -> Result<Vec<pb::KeyVa
 }
 
 /// Records `invoke` for `process`, then `read`s through each of `nodes` in turn until one
-/// answers (recorded ok with what it read) or `patience` runs out; each failure is recorded.
+/// answers (recorded ok with what it read, and returned) or `patience` runs out; each
+/// failure is recorded.
 pub async fn until_answered<F, Fut>(
     nodes: &[(u64, String)],
     recorder: &Recorder,
@@ -51,20 +52,21 @@ pub async fn until_answered<F, Fut>(
     patience: Duration,
     invoke: Op,
     mut read: F,
-) where
+) -> Option<Op>
+where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<Op, tonic::Status>>,
 {
     if nodes.is_empty() {
-        return;
+        return None;
     }
     let deadline = Instant::now() + patience;
     for (node, addr) in nodes.iter().cycle() {
         recorder.record(Some(process), Type::Invoke, invoke.clone(), Some(*node), None);
         match read(addr.clone()).await {
             Ok(op) => {
-                recorder.record(Some(process), Type::Ok, op, Some(*node), None);
-                return;
+                recorder.record(Some(process), Type::Ok, op.clone(), Some(*node), None);
+                return Some(op);
             }
             Err(s) => {
                 recorder.record(
@@ -75,10 +77,11 @@ pub async fn until_answered<F, Fut>(
                     Some(code_message(&s)),
                 );
                 if Instant::now() > deadline {
-                    return;
+                    return None;
                 }
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
     }
+    None
 }

@@ -75,6 +75,45 @@ pub enum Op {
     /// Executions: the counter instance's state after the faults are healed: the count and,
     /// per idempotency key, the record its increment wrote.
     ReadCounter { count: Option<u64>, applied: Option<BTreeMap<String, Applied>> },
+    /// Streams: one append of producer `producer` (its `epoch` and `sequence`: the same
+    /// three again on a retry, which carries the same `values`, one per item of the batch).
+    /// On `ok`: the seqs the fabric answered and whether it found the append applied before.
+    Append {
+        producer: String,
+        epoch: u64,
+        sequence: u64,
+        values: Vec<String>,
+        first_seq: Option<u64>,
+        last_seq: Option<u64>,
+        duplicate: Option<bool>,
+    },
+    /// Streams: listener session `session` of consumer `consumer` on the durable cursor, from
+    /// the connect to its end (`ok`: the consumer closed it; `fail`: it never started, for
+    /// certain; `info`: it broke). On completion: the node that said it started the listener
+    /// (none if it never did), the items it received and why it ended.
+    Listen {
+        consumer: u64,
+        session: u64,
+        started_on: Option<u64>,
+        received: Option<u64>,
+        ended: Option<String>,
+    },
+    /// Streams: one delivery to a consumer's listener: invoked when the item arrives, done
+    /// when its ack is answered (`ok`: acknowledged; `fail`: refused as stale, the item was
+    /// delivered again since; `info`: no answer). `deliveries` counts the item's deliveries
+    /// to the cursor, this one included.
+    Deliver { consumer: u64, session: u64, seq: u64, value: String, deliveries: u32, token: u64 },
+    /// Streams: the final read of the whole stream, `(seq, value)` per item in stream order.
+    ReadStream { items: Option<Vec<(u64, String)>> },
+    /// Streams: the drain after the final read: the cursor's figures once its ack floor
+    /// reached `want` (`ok`), or the last ones seen when the run gave up (`info`).
+    Drain {
+        want: u64,
+        ack_floor: Option<u64>,
+        last_seq: Option<u64>,
+        delivered: Option<u64>,
+        redelivered: Option<u64>,
+    },
     /// A nemesis window starts or stops.
     Nemesis { phase: Phase, name: String, detail: String },
 }
@@ -90,6 +129,11 @@ impl Op {
             Op::ReadAll { .. } => "read-all",
             Op::Increment { .. } => "increment",
             Op::ReadCounter { .. } => "read-counter",
+            Op::Append { .. } => "append",
+            Op::Listen { .. } => "listen",
+            Op::Deliver { .. } => "deliver",
+            Op::ReadStream { .. } => "read-stream",
+            Op::Drain { .. } => "drain",
             Op::Nemesis { .. } => "nemesis",
         }
     }

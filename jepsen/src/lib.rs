@@ -10,8 +10,10 @@
 //!   ├─ nemesis ── kill -9 / SIGSTOP / iptables DROP / churn (stop for good, add) ──► events
 //!   │             └ kill-agent: kill -9 an agent process, restart it
 //!   ├─ executions workload: K agent processes (weft-jepsen-agent, own namespaces) ──► nodes
+//!   ├─ streams workload: producers append, consumers listen on one durable cursor
 //!   └─ after the run: checkers (register: linearizability; set: no lost acknowledged add;
-//!        executions: each acknowledged increment applied exactly once, none twice)
+//!        executions: each acknowledged increment applied exactly once, none twice;
+//!        streams: one order, no acknowledged append lost or stored twice, all delivered)
 //!        ──► report folder (results.json, failing sub-history, latency and throughput PNGs)
 //! ```
 //!
@@ -25,16 +27,17 @@
 //!   start, kill, pause, stop for good, add, leader; the roster clients pick nodes from.
 //! - [`nemesis`]: the faults and the schedule that starts and heals them.
 //! - [`client`]: workload workers: register and set operations, failover between nodes.
+//! - [`placement`]: which node a client talks to: home, failover, back home, roster.
+//! - [`streams`]: the streams workload: setup, producers, consumers, final read, drain.
 //! - [`outcome`]: how a call's outcome becomes ok / fail / info in the history.
 //! - [`final_read`]: the final reads of a run, tried on each node until one answers.
 //! - [`history`]: the event format (JSON lines) and pairing invokes with completions.
 //! - [`recorder`]: timestamps and stores events as they happen.
-//! - [`checker`]: the linearizability search and the register, set and executions checkers.
+//! - [`checker`]: the linearizability search and the register, set, executions and streams
+//!   checkers.
 //! - [`report`]: the run folder: results, failing sub-histories, plots, summary.
 //! - [`run`]: one run from setup to report.
 //! - [`rng`]: the seeded random number generator every choice uses.
-//!
-//! Later (see docs/jepsen.md): a streams workload once streams exist.
 
 pub mod agents;
 pub mod checker;
@@ -46,7 +49,9 @@ pub mod history;
 pub mod nemesis;
 pub mod net;
 pub mod outcome;
+pub mod placement;
 pub mod recorder;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod streams;

@@ -7,6 +7,8 @@
 //!   <checker>-failing.jsonl  the smallest failing sub-history, when a checker fails
 //!   latency.png              latency of every operation over time, nemesis windows shaded
 //!   throughput.png           completions per second by outcome, nemesis windows shaded
+//!   stream.png               streams: items acknowledged to producers, delivered (first
+//!                            time, again) and acked by consumers over time
 //!   summary.txt              the one-line summary
 //!   n<id>.log                each node's output
 //! ```
@@ -21,7 +23,7 @@ use plotters::prelude::*;
 use serde_json::json;
 
 use crate::checker::{Validity, Verdict};
-use crate::history::{self, Event, Type};
+use crate::history::{self, Event, Op, Type};
 
 /// Where a font for plot labels is looked for, in order.
 pub const FONT_PATHS: &[&str] = &[
@@ -102,6 +104,9 @@ pub fn write(
     std::fs::write(&path, format!("{summary}\n")).map_err(io(&path))?;
     plot_latency(&dir.join("latency.png"), events)?;
     plot_throughput(&dir.join("throughput.png"), events)?;
+    if ops.iter().any(|o| matches!(o.op, Op::Append { .. })) {
+        plot_stream(&dir.join("stream.png"), events)?;
+    }
     Ok(())
 }
 
@@ -264,6 +269,87 @@ pub fn plot_throughput(path: &Path, events: &[Event]) -> Result<(), Error> {
     root.present().map_err(|e| err(e.to_string()))
 }
 
+/// Streams: cumulative items over time: acknowledged to producers (each append once, when
+/// first answered `ok`), delivered to consumers for the first time, delivered again, and
+/// acknowledged by consumers. A flat "delivered" under a rising "appended" is a stall.
+pub fn plot_stream(path: &Path, events: &[Event]) -> Result<(), Error> {
+    let err = plot_err(path);
+    let text = fonts();
+    let ops = history::operations(events);
+    // (time s, items) steps of each line.
+    let mut appended = Vec::new();
+    let mut first = Vec::new();
+    let mut again = Vec::new();
+    let mut acked = Vec::new();
+    let mut answered = std::collections::BTreeSet::new();
+    for o in &ops {
+        match &o.op {
+            Op::Append { producer, epoch, sequence, values, .. }
+                if o.ty == Type::Ok && answered.insert((producer, epoch, sequence)) =>
+            {
+                appended.push((o.complete_ns.unwrap_or(o.invoke_ns), values.len() as u64));
+            }
+            Op::Deliver { deliveries, .. } => {
+                let to = if *deliveries > 1 { &mut again } else { &mut first };
+                to.push((o.invoke_ns, 1));
+                if o.ty == Type::Ok {
+                    acked.push((o.complete_ns.unwrap_or(o.invoke_ns), 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    let cumulative = |mut steps: Vec<(u64, u64)>| {
+        steps.sort();
+        let mut total = 0;
+        let mut out = vec![(0.0, 0.0)];
+        for (t, n) in steps {
+            total += n;
+            out.push((t as f64 / 1e9, total as f64));
+        }
+        out
+    };
+    let lines = [
+        ("appended (acknowledged)", cumulative(appended), RGBColor(0x1f, 0x77, 0xb4)),
+        ("delivered (first time)", cumulative(first), RGBColor(0x1b, 0x9e, 0x40)),
+        ("acked by consumers", cumulative(acked), RGBColor(0x9a, 0x9a, 0x9a)),
+        ("delivered again", cumulative(again), RGBColor(0xff, 0x8c, 0x00)),
+    ];
+    let x_max = span_s(events);
+    let y_max = lines.iter().filter_map(|l| l.1.last().map(|p| p.1)).fold(1.0f64, f64::max) * 1.1;
+    let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut builder = chart_builder(&root, text, "stream items over time (nemesis windows shaded)");
+    let mut chart = builder.build_cartesian_2d(0f64..x_max, 0f64..y_max).map_err(|e| err(e.to_string()))?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("time (s)").y_desc("items");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| err(e.to_string()))?;
+    chart
+        .draw_series(
+            shade(events)
+                .into_iter()
+                .map(|(a, b, _)| Rectangle::new([(a, 0.0), (b, y_max)], NEMESIS_SHADE.filled())),
+        )
+        .map_err(|e| err(e.to_string()))?;
+    for (label, points, c) in lines {
+        let series =
+            chart.draw_series(LineSeries::new(points, c.stroke_width(2))).map_err(|e| err(e.to_string()))?;
+        if text {
+            series
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        }
+    }
+    if text {
+        draw_legend(&mut chart).map_err(|e| err(e.to_string()))?;
+    }
+    root.present().map_err(|e| err(e.to_string()))
+}
+
 /// The folder for a run: `<store>/<utc>-<workload>-<nemesis>-<run>`.
 pub fn run_dir(store: &Path, workload: &str, nemesis: &str, run: &str) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -344,5 +430,50 @@ mod tests {
             let bytes = std::fs::read(dir.path().join(f)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{f} is a PNG");
         }
+        assert!(!dir.path().join("stream.png").exists(), "only streams runs get a stream plot");
+    }
+
+    #[test]
+    fn a_streams_run_gets_a_stream_plot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = Vec::new();
+        let mut push = |process, ty, f| {
+            let index = events.len() as u64;
+            events.push(Event {
+                index,
+                time_ns: index * 50_000_000,
+                process: Some(process),
+                ty,
+                f,
+                node: Some(1),
+                error: None,
+            });
+        };
+        for i in 0..20u64 {
+            let append = Op::Append {
+                producer: "p0".into(),
+                epoch: 1,
+                sequence: i + 1,
+                values: vec![format!("v{i}")],
+                first_seq: Some(i + 1),
+                last_seq: Some(i + 1),
+                duplicate: Some(false),
+            };
+            push(i, Type::Invoke, append.clone());
+            push(i, Type::Ok, append);
+            let deliver = Op::Deliver {
+                consumer: 0,
+                session: 1,
+                seq: i + 1,
+                value: format!("v{i}"),
+                deliveries: 1 + (i % 4 == 0) as u32,
+                token: i,
+            };
+            push(100 + i, Type::Invoke, deliver.clone());
+            push(100 + i, if i % 5 == 0 { Type::Info } else { Type::Ok }, deliver);
+        }
+        write(dir.path(), &events, &[], json!({}), "test").unwrap();
+        let bytes = std::fs::read(dir.path().join("stream.png")).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
     }
 }

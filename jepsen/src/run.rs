@@ -3,8 +3,10 @@
 //! ```text
 //! clean leftovers ─► network (namespaces, bridge) ─► nodes ─► leader agreed
 //!   ─► (executions: agent processes, counter instance started)
-//!   ─► workers (clients) ∥ nemesis schedule        for `time`
-//!   ─► heal everything ─► (set, executions: final read) ─► checkers ─► report ─► tear down
+//!   ─► (streams: stream and cursor created, consumers listening)
+//!   ─► workers (clients; streams: producers) ∥ nemesis schedule        for `time`
+//!   ─► heal everything ─► (set, executions, streams: final read; streams: drain, consumers
+//!      stopped) ─► checkers ─► report ─► tear down
 //! ```
 //!
 //! The network, the node processes and the agent processes are owned by values whose `Drop`
@@ -26,6 +28,7 @@ use crate::nemesis::{self, Schedule, Spec};
 use crate::net::{self, Network};
 use crate::recorder::Recorder;
 use crate::rng::Rng;
+use crate::streams::{self, Appends};
 
 /// How long the cluster has to agree on a leader at start and after the faults.
 pub const LEADER_PATIENCE: Duration = Duration::from_secs(30);
@@ -39,6 +42,11 @@ pub const QUIESCE_PATIENCE: Duration = Duration::from_secs(20);
 /// Gossip mode: how long the leader's membership has after the run to settle on the nodes
 /// still there (removals of killed nodes wait for the grace period).
 pub const MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(15);
+/// Streams: how long the drain after the final read waits for the cursor to acknowledge
+/// every item read.
+pub const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
+/// Streams: how long stopped consumers have to end their sessions before they are dropped.
+pub const CONSUMERS_STOP_PATIENCE: Duration = Duration::from_secs(10);
 /// Most spare hosts a churning run creates (one per membership window).
 pub const MAX_SPARES: usize = 40;
 
@@ -54,6 +62,9 @@ pub enum Error {
     /// The counter instance did not start; see the agent and node logs.
     #[error("the counter instance did not start within {INSTANCE_PATIENCE:?}: {0}")]
     Instance(String),
+    /// The stream or its cursor could not be created; see the node logs.
+    #[error("the stream could not be set up within {LEADER_PATIENCE:?}: {0}")]
+    StreamSetup(String),
     #[error(transparent)]
     Nemesis(#[from] nemesis::Error),
     #[error(transparent)]
@@ -107,7 +118,18 @@ pub struct Options {
     pub agent_lease: Duration,
     /// The `weft-jepsen-agent` binary; found next to this one or under `target/` when `None`.
     pub agent_bin: Option<PathBuf>,
+    /// Streams: consumers listening on the cursor (producers: `workers`).
+    pub consumers: usize,
+    /// Streams: whether producers append exactly once.
+    pub appends: Appends,
+    /// Streams: the cursor's ack wait.
+    pub ack_wait: Duration,
+    /// Streams: each listener's credit (its window of unacknowledged items).
+    pub credit: u32,
 }
+
+/// Streams: most consumers of one run.
+pub const MAX_CONSUMERS: usize = 100;
 
 /// Most operations one run may plan (`rate` × `time`).
 pub const MAX_PLANNED_OPS: f64 = 5_000_000.0;
@@ -141,6 +163,17 @@ impl Options {
         }
         if self.nemesis.kills_agents() && self.workload != Workload::Executions {
             return bad("--nemesis kill-agent kills agent processes, which only --workload executions runs");
+        }
+        if self.workload == Workload::Streams {
+            if self.consumers == 0 || self.consumers > MAX_CONSUMERS {
+                return bad("--consumers must be 1 to 100");
+            }
+            if !(100..=86_400_000).contains(&self.ack_wait.as_millis()) {
+                return bad("--ack-wait-ms must be 100 to 86400000");
+            }
+            if self.credit == 0 || self.credit > streams::MAX_CREDIT {
+                return bad("--credit must be 1 to 10000");
+            }
         }
         if self.workload == Workload::Executions {
             if self.agents == 0 || self.agents > net::MAX_AGENTS {
@@ -236,6 +269,13 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         None => Agents::none(),
     };
 
+    let stream_workload = options.workload == Workload::Streams;
+    if stream_workload {
+        streams::setup(&roster.live(), options.ack_wait, LEADER_PATIENCE)
+            .await
+            .map_err(Error::StreamSetup)?;
+    }
+
     let recorder = Recorder::create(&dir.join("history.jsonl"))?;
     let mut rng = Rng::new(options.seed);
     let client_options = client::Options {
@@ -245,9 +285,47 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         timeout: options.op_timeout,
         pause: Duration::from_secs_f64(options.workers as f64 / options.rate),
     };
+    let stream_options = streams::Options {
+        appends: options.appends,
+        timeout: options.op_timeout,
+        pause: client_options.pause,
+        ack_wait: options.ack_wait,
+        credit: options.credit,
+    };
+    // Dropping the sender stops the consumers too (an early return).
+    let (stop_consumers, stop) = tokio::sync::watch::channel(false);
+    let consumers: Vec<_> = if stream_workload {
+        (0..options.consumers as u64)
+            .map(|id| {
+                let client = options.workers as u64 + id;
+                let c = streams::Consumer::new(
+                    id,
+                    client,
+                    roster.clone(),
+                    recorder.clone(),
+                    stream_options.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(c.run())
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let until = Instant::now() + options.time;
     let workers: Vec<_> = (0..options.workers as u64)
         .map(|id| {
+            if stream_workload {
+                let p = streams::Producer::new(
+                    id,
+                    options.workers as u64,
+                    roster.clone(),
+                    rng.fork(),
+                    recorder.clone(),
+                    stream_options.clone(),
+                );
+                return tokio::spawn(p.run(until));
+            }
             let w = client::Worker::new(
                 id,
                 options.workers as u64,
@@ -280,6 +358,26 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         counter::quiesce(&roster.live(), QUIESCE_PATIENCE).await;
         counter::read_counter(&roster.live(), &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
     }
+    if stream_workload {
+        if let Err(e) = database.wait_for_leader(LEADER_PATIENCE).await {
+            tracing::warn!(error = %e, "no leader after healing; the final read may fail");
+        }
+        // The read first, then the drain up to its last seq: an append of unknown outcome
+        // applied in between is delivered, not judged.
+        match streams::read_stream(&roster.live(), &recorder, u64::MAX, FINAL_READ_PATIENCE).await {
+            Some(last) => {
+                tracing::info!(last, "stream read; draining the cursor");
+                streams::drain(&roster.live(), &recorder, u64::MAX - 1, last, DRAIN_PATIENCE).await;
+            }
+            None => tracing::warn!("no final read of the stream; not draining"),
+        }
+        let _ = stop_consumers.send(true);
+        for c in consumers {
+            if tokio::time::timeout(CONSUMERS_STOP_PATIENCE, c).await.is_err() {
+                tracing::warn!("a consumer did not stop in time");
+            }
+        }
+    }
     let events = recorder.snapshot();
     let final_members = match options.membership {
         db::Membership::Static => serde_json::Value::Null,
@@ -296,6 +394,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         Workload::Register => vec![checker::register::check(&events, options.checker)],
         Workload::Set => vec![checker::set::check(&events)],
         Workload::Executions => vec![checker::executions::check(&events)],
+        Workload::Streams => vec![checker::streams::check(&events)],
     };
     let validity = verdicts.iter().fold(Validity::Valid, |v, x| v.and(x.validity));
     let ops = crate::history::operations(&events);
@@ -303,6 +402,14 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     let windows = crate::history::windows(&events).len();
     let setting = match options.workload {
         Workload::Executions => format!("{} agents, {} effects", options.agents, options.effects.name()),
+        Workload::Streams => format!(
+            "{} producers, {} consumers, {} appends, ack wait {} ms, credit {}",
+            options.workers,
+            options.consumers,
+            options.appends.name(),
+            options.ack_wait.as_millis(),
+            options.credit,
+        ),
         _ => format!("reads {:?}", options.reads),
     };
     let summary = format!(
@@ -335,6 +442,11 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         "agents": if executions { json!({
             "count": options.agents, "effects": options.effects.name(),
             "work_ms": options.agent_work.as_millis() as u64, "lease_ms": options.agent_lease.as_millis() as u64,
+        }) } else { serde_json::Value::Null },
+        "streams": if stream_workload { json!({
+            "stream": streams::STREAM, "cursor": streams::CURSOR, "producers": options.workers,
+            "consumers": options.consumers, "appends": options.appends.name(),
+            "ack_wait_ms": options.ack_wait.as_millis() as u64, "credit": options.credit,
         }) } else { serde_json::Value::Null },
     });
     crate::report::write(&dir, &events, &verdicts, described, &summary)?;

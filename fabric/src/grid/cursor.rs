@@ -168,7 +168,39 @@ pub struct Cursor {
     pub dead_lettered: u64,
 }
 
+/// What acknowledging a delivery would do, when it is not stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckCheck {
+    /// It is the item's current delivery: the ack completes it.
+    Current,
+    /// The item is done already (acknowledged, or skipped by the filter): acking it again
+    /// changes nothing.
+    Done,
+}
+
 impl Cursor {
+    /// Checks an ack of `(seq, token)` against this cursor: the current delivery, an item
+    /// done already, or (an error) a stale token. Along the log, a delivered token that is
+    /// not current never is again (it stays stale, or the item gets done by another
+    /// delivery's ack) and a done item stays done; so when a replica behind the leader finds
+    /// such an ack stale or done, applying it on the leader would change nothing either.
+    pub fn check_ack(&self, stream: &str, seq: Seq, token: u64) -> Result<AckCheck, Error> {
+        let stale = |reason: String| {
+            Err(Error::StaleAck { stream: stream.to_owned(), cursor: self.name.clone(), seq, reason })
+        };
+        match self.unacked.get(&seq) {
+            Some(d) if d.token == token => Ok(AckCheck::Current),
+            Some(d) => {
+                stale(format!("it was delivered again since (token {} is current, not {token})", d.token))
+            }
+            None if self.queued.contains_key(&seq) => {
+                stale("its ack wait ran out; it waits to be delivered again".into())
+            }
+            None if seq >= self.next_seq => stale("it has not been delivered".into()),
+            None => Ok(AckCheck::Done),
+        }
+    }
+
     /// Every item at or below this seq is done (acknowledged, or skipped by the filter).
     pub fn ack_floor(&self) -> Seq {
         let first = [self.unacked.keys().next(), self.queued.keys().next()]

@@ -590,19 +590,8 @@ fn next_candidate(
 
 /// Checks that `(seq, token)` is the item's current delivery, or that the item is done.
 fn check_current(stream: &str, cursor: &str, c: &Cursor, seq: Seq, token: u64) -> Result<(), Error> {
-    let stale = |reason: String| {
-        Err(Error::StaleAck { stream: stream.to_owned(), cursor: cursor.to_owned(), seq, reason })
-    };
-    match c.unacked.get(&seq) {
-        Some(d) if d.token == token => Ok(()),
-        Some(d) => stale(format!("it was delivered again since (token {} is current, not {token})", d.token)),
-        None if c.queued.contains_key(&seq) => {
-            stale("its ack wait ran out; it waits to be delivered again".into())
-        }
-        None if seq >= c.next_seq => stale("it has not been delivered".into()),
-        // Acknowledged already (or skipped): acking it again changes nothing.
-        None => Ok(()),
-    }
+    debug_assert_eq!(c.name, cursor);
+    c.check_ack(stream, seq, token).map(|_| ())
 }
 
 fn unknown_stream(name: &str) -> Error {

@@ -729,3 +729,46 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// What a listener's ack filter leans on (`Cursor::check_ack`): along any log, an ack of
+    /// a delivered token that a replica finds done stays done, and one it finds stale never
+    /// becomes current again; so a replica behind the leader may answer those itself.
+    #[test]
+    fn an_ack_found_stale_or_done_never_becomes_current(log in arb_log()) {
+        let mut grid = Grid::default();
+        // Every token delivered so far: (stream, seq, token).
+        let mut issued: Vec<(String, Seq, u64)> = Vec::new();
+        // (stream uid, cursor, seq, token) -> found done (false: found stale).
+        let mut found: std::collections::BTreeMap<(u64, String, Seq, u64), bool> = Default::default();
+        for (now, cmds) in &log {
+            let mut events = Vec::new();
+            grid.apply_batch_with_events(*now, cmds, &mut events);
+            for e in &events {
+                if let Event::Delivered { stream, seq, token, .. } = e {
+                    issued.push((stream.clone(), *seq, *token));
+                }
+            }
+            for (stream, seq, token) in &issued {
+                let Some(s) = grid.stream(stream) else { continue };
+                for (name, c) in &s.cursors {
+                    let key = (s.uid, name.clone(), *seq, *token);
+                    let done = match c.check_ack(stream, *seq, *token) {
+                        Ok(AckCheck::Current) => {
+                            prop_assert!(!found.contains_key(&key), "{:?} is current again", key);
+                            continue;
+                        }
+                        Ok(AckCheck::Done) => true,
+                        Err(Error::StaleAck { .. }) => false,
+                        Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
+                    };
+                    if let Some(was_done) = found.insert(key.clone(), done) {
+                        prop_assert!(!was_done || done, "{:?} was done and is stale now", key);
+                    }
+                }
+            }
+        }
+    }
+}

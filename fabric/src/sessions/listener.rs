@@ -21,7 +21,7 @@ use tonic::{Status, Streaming};
 use weft_proto::fabric::v1 as pb;
 
 use crate::convert;
-use crate::grid::cursor::{ListenerId, MAX_WINDOW, NewListener};
+use crate::grid::cursor::{AckCheck, ListenerId, MAX_WINDOW, NewListener};
 use crate::grid::session::Host;
 use crate::grid::stream::{Seq, validate_filter, validate_stream_name};
 use crate::grid::{self, Command, ListenerEnd, Output, validate_listener_cursor};
@@ -361,27 +361,37 @@ impl CursorListener {
                 let _ = routing::propose(&ctx, Command::Credit { listener: id, items: credit }).await;
             }
             if !acks.is_empty() {
-                let answer = routing::propose(
-                    &ctx,
-                    Command::Ack {
+                // Only acks this replica cannot answer go to the leader: one stale token refuses
+                // a whole batch, and while a refused batch is retried ack by ack, the acks
+                // queued behind it go stale too (see `sort_acks`).
+                let (acks, mut results) = sort_acks(&ctx, &stream, &cursor, acks);
+                let answer = if acks.is_empty() {
+                    Ok(())
+                } else {
+                    let all = Command::Ack {
                         stream: stream.clone(),
                         cursor: cursor.clone(),
                         acks: acks.clone(),
                         effects: Vec::new(),
-                    },
-                )
-                .await;
-                let results: Vec<(Seq, u64, String)> = match answer {
-                    Ok(_) => acks.iter().map(|(s, t)| (*s, *t, String::new())).collect(),
+                    };
+                    routing::propose(&ctx, all).await.map(|_| ())
+                };
+                match answer {
+                    Ok(_) => results.extend(acks.iter().map(|(s, t)| (*s, *t, String::new()))),
                     // One stale delivery refuses the whole batch: ack them one by one to learn
-                    // which.
+                    // which, each first against this replica, which has applied the refusal's
+                    // cause by now, most likely.
                     Err(Error::Grid(_)) if acks.len() > 1 => {
-                        let mut results = Vec::with_capacity(acks.len());
-                        for (seq, token) in &acks {
+                        for (seq, token) in acks {
+                            let (one, known) = sort_acks(&ctx, &stream, &cursor, vec![(seq, token)]);
+                            results.extend(known);
+                            if one.is_empty() {
+                                continue;
+                            }
                             let one = Command::Ack {
                                 stream: stream.clone(),
                                 cursor: cursor.clone(),
-                                acks: vec![(*seq, *token)],
+                                acks: one,
                                 effects: Vec::new(),
                             };
                             let error = routing::propose(&ctx, one)
@@ -389,15 +399,14 @@ impl CursorListener {
                                 .err()
                                 .map(|e| e.to_string())
                                 .unwrap_or_default();
-                            results.push((*seq, *token, error));
+                            results.push((seq, token, error));
                         }
-                        results
                     }
                     Err(e) => {
                         let error = e.to_string();
-                        acks.iter().map(|(s, t)| (*s, *t, error.clone())).collect()
+                        results.extend(acks.iter().map(|(s, t)| (*s, *t, error.clone())));
                     }
-                };
+                }
                 for (seq, token, error) in results {
                     let result = pb::AckResult { seq, token, error };
                     if tx.send(message(pb::stream_message::Kind::Acked(result))).await.is_err() {
@@ -408,6 +417,44 @@ impl CursorListener {
             let _ = done.send(()).await;
         });
     }
+}
+
+/// An ack's answer: the delivery, and "" or why it was not acknowledged.
+type AckAnswer = (Seq, u64, String);
+
+/// Splits `acks` by what this node's replica knows: an ack of a stale token, or of an item
+/// done already, is answered here (the error, or ""), without a proposal; the rest goes to
+/// the leader. Sound because the listener got each delivery from this replica, and a token
+/// found stale here is never current again ([`Cursor::check_ack`]): on the leader the ack
+/// would change nothing either (it is stale there too, or the item was acked through its
+/// newer delivery meanwhile, which the leader would answer with "").
+///
+/// Without it, a listener whose acks fell behind its ack wait never caught up: each batch
+/// held a stale token, each refused batch went ack by ack, one Raft round trip each, and the
+/// acks queued meanwhile went stale too (jepsen `streams`, docs/jepsen.md, finding 9).
+///
+/// [`Cursor::check_ack`]: crate::grid::cursor::Cursor::check_ack
+fn sort_acks(
+    ctx: &Context,
+    stream: &str,
+    cursor: &str,
+    acks: Vec<(Seq, u64)>,
+) -> (Vec<(Seq, u64)>, Vec<AckAnswer>) {
+    ctx.applied.read(|a| {
+        let Some(c) = a.grid.stream(stream).and_then(|s| s.cursors.get(cursor)) else {
+            return (acks, Vec::new());
+        };
+        let mut to_leader = Vec::with_capacity(acks.len());
+        let mut answered = Vec::new();
+        for (seq, token) in acks {
+            match c.check_ack(stream, seq, token) {
+                Ok(AckCheck::Current) => to_leader.push((seq, token)),
+                Ok(AckCheck::Done) => answered.push((seq, token, String::new())),
+                Err(e) => answered.push((seq, token, e.to_string())),
+            }
+        }
+        (to_leader, answered)
+    })
 }
 
 /// Detaches an ended listener in the grid, retrying for a while; the reaper covers the rest.

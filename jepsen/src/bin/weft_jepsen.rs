@@ -11,6 +11,7 @@ use weft_jepsen::client::{Reads, Workload};
 use weft_jepsen::counter::Effects;
 use weft_jepsen::db::Membership;
 use weft_jepsen::nemesis::{Schedule, Spec};
+use weft_jepsen::streams::Appends;
 use weft_jepsen::{history, net, run};
 
 /// Exit status when every checker found the history valid.
@@ -57,7 +58,7 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// What the clients do.
+    /// What the clients do: register, set, executions or streams.
     #[arg(long, value_enum, default_value = "register")]
     workload: Workload,
     /// Faults, comma-separated (one chosen per window); join with '+' to combine:
@@ -79,7 +80,7 @@ struct RunArgs {
     /// keeps the counter instance, which runs one increment at a time, always busy).
     #[arg(long)]
     rate: Option<f64>,
-    /// Concurrent client workers (default: one per node).
+    /// Concurrent client workers (default: one per node); the streams workload's producers.
     #[arg(long)]
     workers: Option<usize>,
     /// linearizable (the promise) or stale (unsafe on purpose: the checker must catch it).
@@ -132,6 +133,22 @@ struct RunArgs {
     /// The weft-jepsen-agent binary (default: the one next to this binary).
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+    /// Streams: consumers listening on the stream's durable cursor (competing consumers).
+    #[arg(long, default_value_t = 3)]
+    consumers: usize,
+    /// Streams: exactly-once (each append carries its producer id and sequence, the
+    /// promise) or plain (no producer id: a retried append may be stored twice; unsafe on
+    /// purpose, the checker must catch it).
+    #[arg(long, value_enum, default_value = "exactly-once")]
+    appends: Appends,
+    /// Streams: the cursor's ack wait in milliseconds (an unacknowledged item is delivered
+    /// again after it).
+    #[arg(long, default_value_t = 2000)]
+    ack_wait_ms: u64,
+    /// Streams: each listener's credit, the items the fabric may send it before it acks
+    /// some (the fabric's default window is 256).
+    #[arg(long, default_value_t = 256)]
+    credit: u32,
 }
 
 /// Operations per second when --rate is not given.
@@ -203,6 +220,10 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
         agent_work: Duration::from_millis(a.agent_work_ms),
         agent_lease: Duration::from_millis(a.agent_lease_ms),
         agent_bin: a.agent_bin,
+        consumers: a.consumers,
+        appends: a.appends,
+        ack_wait: Duration::from_millis(a.ack_wait_ms),
+        credit: a.credit,
     })
 }
 
@@ -241,6 +262,7 @@ async fn main() -> ExitCode {
                 Workload::Register => checker::register::check(&events, Default::default()),
                 Workload::Set => checker::set::check(&events),
                 Workload::Executions => checker::executions::check(&events),
+                Workload::Streams => checker::streams::check(&events),
             };
             println!("{}: {} ({})", verdict.checker, verdict.validity, verdict.summary);
             println!("{}", serde_json::to_string_pretty(&verdict.details).unwrap_or_default());

@@ -4,11 +4,14 @@
 //! - [`register`]: per-key linearizability of read / write / compare-and-set.
 //! - [`set`]: every acknowledged add is in the final read.
 //! - [`executions`]: every acknowledged increment applied exactly once, none twice.
+//! - [`streams`]: one order, no acknowledged append lost, a retried producer sequence
+//!   stored once, every item delivered (promise 3).
 
 pub mod executions;
 pub mod linearizable;
 pub mod register;
 pub mod set;
+pub mod streams;
 
 use serde::Serialize;
 
