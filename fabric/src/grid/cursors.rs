@@ -290,15 +290,7 @@ impl Grid {
 
     fn apply_ack_effect(&mut self, effect: &Effect, out: &mut Outbox) {
         match effect {
-            Effect::Put { namespace, key, value, ttl_ms, .. } => {
-                self.write(namespace, key, value.clone(), *ttl_ms);
-            }
-            Effect::Delete { namespace, key, .. } => {
-                if self.live(namespace, key).is_some() {
-                    self.revision += 1;
-                }
-                self.remove(namespace, key);
-            }
+            Effect::Put { .. } | Effect::Delete { .. } => self.apply_state_effect(effect),
             Effect::Call(_) => {}
             Effect::Append { .. } | Effect::Ack { .. } => self.apply_stream_effect(effect, out),
         }

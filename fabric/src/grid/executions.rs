@@ -66,15 +66,7 @@ impl Grid {
         }
         for effect in &c.effects {
             match effect {
-                Effect::Put { namespace, key, value, ttl_ms, .. } => {
-                    self.write(namespace, key, value.clone(), *ttl_ms);
-                }
-                Effect::Delete { namespace, key, .. } => {
-                    if self.live(namespace, key).is_some() {
-                        self.revision += 1;
-                    }
-                    self.remove(namespace, key);
-                }
+                Effect::Put { .. } | Effect::Delete { .. } => self.apply_state_effect(effect),
                 Effect::Call(new) => {
                     // Checked above: either a fresh key, or one naming this same call.
                     if matches!(self.check_idempotency(new, Some(c.execution)), Ok(None)) {

@@ -180,3 +180,22 @@ impl Grid {
         self.revision += 1;
     }
 }
+
+impl Grid {
+    /// Applies a checked state effect (a put or a delete) of a completion or an ack.
+    pub(super) fn apply_state_effect(&mut self, effect: &super::execution::Effect) {
+        use super::execution::Effect;
+        match effect {
+            Effect::Put { namespace, key, value, ttl_ms, .. } => {
+                self.write(namespace, key, value.clone(), *ttl_ms);
+            }
+            Effect::Delete { namespace, key, .. } => {
+                if self.live(namespace, key).is_some() {
+                    self.revision += 1;
+                }
+                self.remove(namespace, key);
+            }
+            _ => {}
+        }
+    }
+}

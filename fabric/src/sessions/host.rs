@@ -38,9 +38,6 @@ pub const MAX_LEASE_MS: u64 = 86_400_000;
 pub const MAX_LEADERLESS: Duration = Duration::from_secs(3);
 /// How often a session checks that its node has a leader.
 const LEADER_CHECK_EVERY: Duration = Duration::from_millis(500);
-/// How long the node keeps trying to close an ended session (the reaper covers the rest).
-const CLOSE_RETRY_FOR: Duration = Duration::from_secs(30);
-const CLOSE_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 type Outbound = mpsc::Sender<Result<pb::FabricMessage, Status>>;
 
@@ -211,7 +208,8 @@ impl Session {
             tracing::debug!(session = self.id, %reason, "session ends");
             let closed = pb::SessionClosed { reason: reason.clone() };
             let _ = self.tx.try_send(message(pb::fabric_message::Kind::Closed(closed)));
-            tokio::spawn(close(self.ctx.clone(), self.id, reason, self.shutdown.clone()));
+            let command = Command::CloseSession { session: self.id, reason };
+            tokio::spawn(super::end_in_grid(self.ctx.clone(), command, self.shutdown.clone()));
         }
     }
 
@@ -386,25 +384,4 @@ enum ProposalKind {
     Complete(ExecutionId, u64),
     Renew(ExecutionId),
     Quiet,
-}
-
-/// Closes an ended session in the grid, retrying for a while; the reaper covers the rest.
-async fn close(ctx: Context, id: SessionId, reason: String, shutdown: CancellationToken) {
-    let until = Instant::now() + CLOSE_RETRY_FOR;
-    loop {
-        let command = Command::CloseSession { session: id, reason: reason.clone() };
-        let attempt = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            answer = routing::propose(&ctx, command) => answer,
-        };
-        match attempt {
-            Ok(_) => return,
-            Err(e) if Instant::now() >= until => {
-                tracing::warn!(session = id, error = %e, "could not close a session; the reaper will");
-                return;
-            }
-            Err(_) => tokio::time::sleep(CLOSE_RETRY_PAUSE).await,
-        }
-    }
 }

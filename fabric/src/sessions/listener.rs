@@ -40,9 +40,6 @@ const READ_BATCH: usize = 256;
 /// resume elsewhere).
 const MAX_LEADERLESS: Duration = crate::sessions::host::MAX_LEADERLESS;
 const LEADER_CHECK_EVERY: Duration = Duration::from_millis(500);
-/// How long the node keeps trying to detach an ended listener (the reaper covers the rest).
-const DETACH_RETRY_FOR: Duration = Duration::from_secs(30);
-const DETACH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long a listener ending because its node shuts down tries to detach.
 const SHUTDOWN_DETACH_WAIT: Duration = Duration::from_secs(1);
 
@@ -279,7 +276,8 @@ impl CursorListener {
             let command = Command::Detach { listener: self.id, reason: why };
             let _ = tokio::time::timeout(SHUTDOWN_DETACH_WAIT, routing::propose(&self.ctx, command)).await;
         } else {
-            tokio::spawn(detach(self.ctx.clone(), self.id, why, self.shutdown.clone()));
+            let command = Command::Detach { listener: self.id, reason: why };
+            tokio::spawn(super::end_in_grid(self.ctx.clone(), command, self.shutdown.clone()));
         }
     }
 
@@ -455,27 +453,6 @@ fn sort_acks(
         }
         (to_leader, answered)
     })
-}
-
-/// Detaches an ended listener in the grid, retrying for a while; the reaper covers the rest.
-async fn detach(ctx: Context, id: ListenerId, reason: String, shutdown: CancellationToken) {
-    let until = Instant::now() + DETACH_RETRY_FOR;
-    loop {
-        let command = Command::Detach { listener: id, reason: reason.clone() };
-        let attempt = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            answer = routing::propose(&ctx, command) => answer,
-        };
-        match attempt {
-            Ok(_) => return,
-            Err(e) if Instant::now() >= until => {
-                tracing::warn!(listener = id, error = %e, "could not detach a listener; the reaper will");
-                return;
-            }
-            Err(_) => tokio::time::sleep(DETACH_RETRY_PAUSE).await,
-        }
-    }
 }
 
 /// A plain reader: reads this node's replica from a seq on; nothing in the grid.

@@ -24,3 +24,36 @@
 pub mod host;
 pub mod listener;
 pub mod reaper;
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::grid::Command;
+use crate::routing::{self, Context};
+
+/// How long a node keeps trying to end a session or a listener it hosted (the reaper covers
+/// the rest).
+const END_RETRY_FOR: Duration = Duration::from_secs(30);
+const END_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Proposes `command` (a session close, a listener detach), retrying for [`END_RETRY_FOR`]
+/// until it is taken or the node shuts down; the reaper covers what this gives up on.
+pub(crate) async fn end_in_grid(ctx: Context, command: Command, shutdown: CancellationToken) {
+    let until = Instant::now() + END_RETRY_FOR;
+    loop {
+        let attempt = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            answer = routing::propose(&ctx, command.clone()) => answer,
+        };
+        match attempt {
+            Ok(_) => return,
+            Err(e) if Instant::now() >= until => {
+                tracing::warn!(?command, error = %e, "could not end a session or listener; the reaper will");
+                return;
+            }
+            Err(_) => tokio::time::sleep(END_RETRY_PAUSE).await,
+        }
+    }
+}
