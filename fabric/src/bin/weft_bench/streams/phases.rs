@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::target::{ListenKind, Target};
-use crate::probes::{DiskUse, disk_use, proc_status_kib};
+use crate::probes::{CpuTicks, DiskUse, TICKS_PER_SEC, cpu_ticks, disk_use, proc_status_kib};
 use crate::report::percentile_ms;
 use crate::{Args, ERROR_PAUSE};
 
@@ -48,6 +48,9 @@ pub struct Throughput {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// Cores the system's processes used together while measuring, and this benchmark.
+    pub server_cores: f64,
+    pub bench_cores: f64,
 }
 
 /// `producers` producers append batches of `batch` items to a fresh stream on the node that
@@ -65,6 +68,13 @@ pub async fn throughput(
     let payloads: Arc<Vec<Bytes>> = Arc::new((0..batch).map(|_| payload(0, args.value_bytes)).collect());
     let measure_from = Instant::now() + args.warmup();
     let measure_until = measure_from + args.secs();
+    let pids: Vec<u32> = target.processes(stream).await?.iter().filter_map(|p| p.pid).collect();
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = cpu_ticks(&pids);
+        tokio::time::sleep_until(measure_until.into()).await;
+        (before, cpu_ticks(&pids))
+    });
     let mut tasks = JoinSet::new();
     for p in 0..producers {
         let appender = appenders[p % appenders.len()].clone();
@@ -105,8 +115,11 @@ pub async fn throughput(
     if let Some(e) = first_error {
         eprintln!("      first failed append ({producers} producers, {batch} items): {e}");
     }
+    let (before, after) = sampler.await.context("the CPU sampler panicked")?;
     latencies.sort_unstable();
     let secs = args.secs;
+    let cores =
+        |pick: fn(&CpuTicks) -> u64| pick(&after).saturating_sub(pick(&before)) as f64 / TICKS_PER_SEC / secs;
     let appends = latencies.len() as u64;
     let figures = Throughput {
         producers,
@@ -117,6 +130,8 @@ pub async fn throughput(
         p50_ms: percentile_ms(&latencies, 0.50),
         p99_ms: percentile_ms(&latencies, 0.99),
         errors,
+        server_cores: cores(|t| t.nodes),
+        bench_cores: cores(|t| t.bench),
     };
     drop(appenders);
     target.delete_stream(stream).await?;

@@ -66,7 +66,7 @@ pub fn header(args: &Args, systems: &[System], nats_version: Option<&str>) -> St
     out
 }
 
-const THROUGHPUT_HEADER: &str = "| producers (connections) | items per append | system | items/s | appends/s | append p50 ms | append p99 ms | errors |\n|---:|---:|---|---:|---:|---:|---:|---:|\n";
+const THROUGHPUT_HEADER: &str = "| producers (connections) | items per append | system | items/s | appends/s | append p50 ms | append p99 ms | errors | CPU cores: servers + bench |\n|---:|---:|---|---:|---:|---:|---:|---:|---|\n";
 const LATENCY_HEADER: &str = "| listener | system | p50 ms | p99 ms | max ms | items got / sent | append p50 ms | append p99 ms | append errors | where |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n";
 
 fn per_million(m: &Memory, delta: f64) -> f64 {
@@ -103,7 +103,7 @@ pub fn run_markdown(args: &Args, run: usize, rounds: &[Round]) -> String {
                 let Some(t) = r.throughput.get(i) else { continue };
                 let _ = writeln!(
                     out,
-                    "| {} ({}) | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
+                    "| {} ({}) | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.2} + {:.2} |",
                     t.producers,
                     t.connections,
                     t.batch,
@@ -112,7 +112,9 @@ pub fn run_markdown(args: &Args, run: usize, rounds: &[Round]) -> String {
                     t.appends_per_sec,
                     ms(t.p50_ms),
                     ms(t.p99_ms),
-                    t.errors
+                    t.errors,
+                    t.server_cores,
+                    t.bench_cores
                 );
             }
         }
@@ -204,8 +206,8 @@ pub fn median_markdown(args: &Args, rounds: &[Round]) -> String {
     };
     if !cases.is_empty() {
         out.push_str(
-            "| producers | items per append | system | items/s | appends/s | append p50 ms | append p99 ms | errors | items/s per run |\n\
-             |---:|---:|---|---:|---:|---:|---:|---:|---|\n",
+            "| producers | items per append | system | items/s | appends/s | append p50 ms | append p99 ms | errors | server CPU µs per item | items/s per run |\n\
+             |---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
         );
         let mut medians: BTreeMap<((usize, usize), System), f64> = BTreeMap::new();
         for &case in &cases {
@@ -218,7 +220,7 @@ pub fn median_markdown(args: &Args, rounds: &[Round]) -> String {
                 medians.insert((case, system), items);
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | **{:.0}** | {:.0} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | **{:.0}** | {:.0} | {} | {} | {} | {:.0} | {} |",
                     case.0,
                     case.1,
                     system.name(),
@@ -227,6 +229,7 @@ pub fn median_markdown(args: &Args, rounds: &[Round]) -> String {
                     ms(median(all.iter().map(|t| t.p50_ms).collect())),
                     ms(median(all.iter().map(|t| t.p99_ms).collect())),
                     all.iter().map(|t| t.errors).sum::<u64>(),
+                    median(all.iter().map(|t| t.server_cores * 1e6 / t.items_per_sec).collect()),
                     all.iter().map(|t| format!("{:.0}", t.items_per_sec)).collect::<Vec<_>>().join(" / ")
                 );
             }
