@@ -17,6 +17,7 @@ use crate::Args;
 use crate::cluster::Cluster;
 use crate::kv::connect;
 use crate::million::settle;
+use crate::probes::metrics;
 
 /// Messages a listener may queue towards the node (credit, acks) before it waits.
 const LISTENER_OUTBOUND: usize = 1024;
@@ -127,7 +128,14 @@ impl Target for WeftTarget {
     }
 
     async fn settle(&self, _stream: &str) -> anyhow::Result<()> {
-        settle(&self.cluster, self.snapshot_after_entries).await
+        settle(&self.cluster, self.snapshot_after_entries).await?;
+        // Whether a snapshot was built tells what the RSS and the data dir hold.
+        let m = metrics(self.cluster.addr(self.leader)?).await?;
+        eprintln!(
+            "      weft leader: last log index {}, snapshot index {}, snapshots built {}",
+            m.last_log_index, m.snapshot_index, m.snapshots_built
+        );
+        Ok(())
     }
 
     async fn processes(&self, _stream: &str) -> anyhow::Result<Vec<Process>> {
