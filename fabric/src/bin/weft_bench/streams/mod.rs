@@ -77,23 +77,22 @@ pub struct Round {
 /// Runs the rounds, printing each run's tables and then the medians and ratios.
 pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Result<()> {
     let nats = nats_server(args);
-    let systems: Vec<System> = args
-        .systems
-        .iter()
-        .copied()
-        .filter(|s| match (&nats, s.is_nats()) {
-            (Err(why), true) => {
-                eprintln!("== streams: NATS JetStream skipped: {why}");
-                false
-            }
-            _ => true,
-        })
-        .collect();
-    let mut systems_seen = systems.clone();
-    systems_seen.dedup();
-    print!("{}", report::header(args, &systems_seen, nats.as_ref().ok().map(|(_, v)| v.as_str())));
+    let wants_nats = args.systems.iter().any(|s| s.is_nats());
     if let Err(why) = &nats
-        && args.systems.iter().any(|s| s.is_nats())
+        && wants_nats
+    {
+        eprintln!("== streams: NATS JetStream skipped: {why}");
+    }
+    // In the order asked for, each once, NATS only when it can run.
+    let mut systems: Vec<System> = Vec::new();
+    for &s in &args.systems {
+        if !systems.contains(&s) && (!s.is_nats() || nats.is_ok()) {
+            systems.push(s);
+        }
+    }
+    print!("{}", report::header(args, &systems, nats.as_ref().ok().map(|(_, v)| v.as_str())));
+    if let Err(why) = &nats
+        && wants_nats
     {
         println!("NATS JetStream was not measured: {why}.\n");
     }
@@ -101,7 +100,7 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Res
     let mut rounds = Vec::new();
     for run in 1..=args.runs {
         let mut this_run = Vec::new();
-        for &system in &systems_seen {
+        for &system in &systems {
             eprintln!(
                 "== streams run {run} of {}: {} (load average {})",
                 args.runs,
