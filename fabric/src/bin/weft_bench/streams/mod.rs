@@ -110,10 +110,10 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Res
             let round = round(args, weft, nats_binary.as_deref(), scratch, run, system).await?;
             this_run.push(round);
         }
-        print!("{}", report::run_markdown(args, run, &this_run));
+        print!("{}", report::run_markdown(run, &this_run));
         rounds.extend(this_run);
     }
-    print!("{}", report::median_markdown(args, &rounds));
+    print!("{}", report::median_markdown(&rounds));
     Ok(())
 }
 

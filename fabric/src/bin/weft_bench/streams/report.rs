@@ -82,7 +82,7 @@ fn disk_growth_kib(p: &ProcessMemory) -> f64 {
 }
 
 /// One run: every system's throughput, latency and memory.
-pub fn run_markdown(args: &Args, run: usize, rounds: &[Round]) -> String {
+pub fn run_markdown(run: usize, rounds: &[Round]) -> String {
     let mut out = format!("\n### Streams, run {run}\n\n");
     for r in rounds {
         let _ = writeln!(
@@ -172,13 +172,12 @@ pub fn run_markdown(args: &Args, run: usize, rounds: &[Round]) -> String {
         }
         out.push('\n');
     }
-    let _ = args;
     out
 }
 
 /// Medians over the runs, per system, and Weft/NATS ratios of those medians (with each run's
 /// own ratio, since the rounds of one run ran side by side).
-pub fn median_markdown(args: &Args, rounds: &[Round]) -> String {
+pub fn median_markdown(rounds: &[Round]) -> String {
     let runs = rounds.iter().map(|r| r.run).max().unwrap_or(0);
     let mut systems: Vec<System> = rounds.iter().map(|r| r.system).collect();
     systems.sort();
@@ -390,6 +389,5 @@ pub fn median_markdown(args: &Args, rounds: &[Round]) -> String {
         }
         out.push('\n');
     }
-    let _ = args;
     out
 }
