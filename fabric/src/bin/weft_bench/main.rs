@@ -6,7 +6,8 @@
 //! and prints ops/s and latency percentiles. A last phase writes `--puts` unique keys into a
 //! fresh 3-node cluster and reports each node's RSS and data-dir size once snapshots have
 //! settled. The `executions` workload ([`executions`]) times calls of an echo agent that runs
-//! in this process with the `weft-agent` SDK; `membership` ([`membership`]) times gossip.
+//! in this process with the `weft-agent` SDK; `membership` ([`membership`]) times gossip;
+//! `streams` ([`streams`]) measures streams against NATS JetStream R3 in the same run.
 //!
 //! ```text
 //!   weft-bench ──gRPC (1..8 channels)──► leader ──Raft──► followers
@@ -30,6 +31,8 @@
 //! - [`million`]: the million-put phase, then RSS and disk per node.
 //! - [`executions`]: round trips of calls to an echo agent served by this process.
 //! - [`membership`]: gossip formation, traffic, failure detection and replacement.
+//! - [`streams`]: append throughput, append → listener latency, memory per million items;
+//!   Weft and NATS JetStream interleaved.
 //! - [`cluster`]: the clusters of `weft node` processes and the scratch dir they live in.
 //! - [`probes`]: `/metrics`, `/proc` RSS and CPU time, disk use, load average.
 //! - [`report`]: markdown tables, medians and percentiles.
@@ -50,6 +53,7 @@ mod membership;
 mod million;
 mod probes;
 mod report;
+mod streams;
 
 /// Deadline of one benchmark request; a slower one counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,6 +104,22 @@ struct Args {
     /// Keep the data dirs and node logs instead of removing them (their path is printed).
     #[arg(long)]
     keep: bool,
+    /// Streams: items per append in the throughput cases (1: single-item appends).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100])]
+    batch_items: Vec<usize>,
+    /// Streams: items the memory phase appends (0: no memory phase).
+    #[arg(long, default_value_t = 1_000_000)]
+    stream_items: u64,
+    /// Streams: single-item appends per second while listener latency is measured (0: no
+    /// latency phase).
+    #[arg(long, default_value_t = 200.0)]
+    listen_rate: f64,
+    /// Streams: the systems to measure, in the order each run measures them.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [streams::System::Weft, streams::System::NatsAlways, streams::System::NatsDefault])]
+    systems: Vec<streams::System>,
+    /// Streams: the `nats-server` binary (default: $NATS_SERVER, then PATH).
+    #[arg(long, value_name = "PATH")]
+    nats_server: Option<PathBuf>,
 }
 
 /// What to measure.
@@ -119,6 +139,9 @@ enum Workload {
     Membership,
     /// Executions: round trips of calls to an echo agent served by this process (weft-agent).
     Executions,
+    /// Streams: append throughput, append → listener latency and memory per million items,
+    /// against NATS JetStream R3 when nats-server is available.
+    Streams,
 }
 
 impl Args {
@@ -148,6 +171,15 @@ impl Args {
             "--nodes takes cluster sizes from 1 to 9"
         );
         anyhow::ensure!(self.snapshot_after_entries > 0, "--snapshot-after-entries must be more than 0");
+        anyhow::ensure!(
+            self.batch_items.iter().all(|b| (1..=1000).contains(b)),
+            "--batch-items takes 1 to 1000 items per append (the fabric's max_batch_items)"
+        );
+        anyhow::ensure!(
+            !self.wants(Workload::Streams) || self.value_bytes >= 8,
+            "--value-bytes must be 8 or more for streams (items carry a time stamp)"
+        );
+        anyhow::ensure!(self.listen_rate >= 0.0, "--listen-rate must not be negative");
         Ok(())
     }
 }
@@ -232,6 +264,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         print!("{}", membership::markdown(&figures));
+    }
+    if args.wants(Workload::Streams) {
+        streams::measure(&args, &weft, &scratch).await?;
     }
     let total = started.elapsed();
     println!("\nTotal time: {:.0} s for {} run(s).", total.as_secs_f64(), args.runs);

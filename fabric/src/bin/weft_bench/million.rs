@@ -235,7 +235,7 @@ async fn million(args: &Args, cluster: &Cluster, leader: u64) -> anyhow::Result<
 
 /// Waits until every node has applied the whole log and none is due a snapshot (openraft
 /// snapshots once `applied - snapshot_index >= snapshot_after_entries`).
-async fn settle(cluster: &Cluster, snapshot_after_entries: u64) -> anyhow::Result<()> {
+pub async fn settle(cluster: &Cluster, snapshot_after_entries: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         let mut all = Vec::new();
