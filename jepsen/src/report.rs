@@ -139,6 +139,35 @@ fn shade(events: &[Event]) -> Vec<(f64, f64, String)> {
 }
 
 /// A chart's frame: margins, label areas and (with a font) its caption.
+/// Draws the mesh of a chart over time (seconds on x, `y_desc` on y, labels only with
+/// `text`) and shades the nemesis windows up to `y_max`.
+fn time_frame(
+    path: &Path,
+    chart: &mut ChartContext<
+        '_,
+        BitMapBackend<'_>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    text: bool,
+    y_desc: &str,
+    events: &[Event],
+    y_max: f64,
+) -> Result<(), Error> {
+    let err = plot_err(path);
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("time (s)").y_desc(y_desc);
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| err(e.to_string()))?;
+    let windows = shade(events)
+        .into_iter()
+        .map(|(a, b, _)| Rectangle::new([(a, 0.0), (b, y_max)], NEMESIS_SHADE.filled()));
+    chart.draw_series(windows).map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
 fn chart_builder<'a, 'b>(
     root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
     text: bool,
@@ -235,20 +264,7 @@ pub fn plot_throughput(path: &Path, events: &[Event]) -> Result<(), Error> {
     let mut builder =
         chart_builder(&root, text, "throughput: completions per second (nemesis windows shaded)");
     let mut chart = builder.build_cartesian_2d(0f64..x_max, 0f64..y_max).map_err(|e| err(e.to_string()))?;
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc("time (s)").y_desc("operations / s");
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw().map_err(|e| err(e.to_string()))?;
-    chart
-        .draw_series(
-            shade(events)
-                .into_iter()
-                .map(|(a, b, _)| Rectangle::new([(a, 0.0), (b, y_max)], NEMESIS_SHADE.filled())),
-        )
-        .map_err(|e| err(e.to_string()))?;
+    time_frame(path, &mut chart, text, "operations / s", events, y_max)?;
     for (k, ty) in [Type::Ok, Type::Fail, Type::Info].into_iter().enumerate() {
         let c = color(ty);
         let series = chart
@@ -321,20 +337,7 @@ pub fn plot_stream(path: &Path, events: &[Event]) -> Result<(), Error> {
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut builder = chart_builder(&root, text, "stream items over time (nemesis windows shaded)");
     let mut chart = builder.build_cartesian_2d(0f64..x_max, 0f64..y_max).map_err(|e| err(e.to_string()))?;
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc("time (s)").y_desc("items");
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw().map_err(|e| err(e.to_string()))?;
-    chart
-        .draw_series(
-            shade(events)
-                .into_iter()
-                .map(|(a, b, _)| Rectangle::new([(a, 0.0), (b, y_max)], NEMESIS_SHADE.filled())),
-        )
-        .map_err(|e| err(e.to_string()))?;
+    time_frame(path, &mut chart, text, "items", events, y_max)?;
     for (label, points, c) in lines {
         let series =
             chart.draw_series(LineSeries::new(points, c.stroke_width(2))).map_err(|e| err(e.to_string()))?;
