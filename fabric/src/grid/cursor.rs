@@ -38,6 +38,8 @@ pub const MAX_ACK_WAIT_MS: u64 = 24 * 3_600_000;
 pub const DEFAULT_MAX_ACK_PENDING: u32 = 1000;
 /// Highest max ack pending.
 pub const MAX_ACK_PENDING: u32 = 100_000;
+/// Most cursors one stream may have (named and unnamed): each costs every delivery pass.
+pub const MAX_CURSORS_PER_STREAM: usize = 1000;
 /// Largest window one listener may ask for.
 pub const MAX_WINDOW: u32 = 10_000;
 /// How an unnamed cursor's name starts (no user name can: `~` is not a name character).

@@ -3,8 +3,8 @@
 //! the timers of cursors (ack waits, idle unnamed cursors). Types in `cursor.rs`.
 
 use super::cursor::{
-    AckPolicy, Cursor, CursorConfig, DeliverPolicy, Delivery, Listener, ListenerId, MAX_WINDOW, NewCursor,
-    NewListener, UNNAMED_PREFIX,
+    AckPolicy, Cursor, CursorConfig, DeliverPolicy, Delivery, Listener, ListenerId, MAX_CURSORS_PER_STREAM,
+    MAX_WINDOW, NewCursor, NewListener, UNNAMED_PREFIX,
 };
 use super::events::{Event, ListenerEnd, Outbox};
 use super::execution::Effect;
@@ -135,7 +135,7 @@ impl Grid {
             listener: id,
             end: ListenerEnd::Removed(reason.to_owned()),
         });
-        let Streams { streams, idle, .. } = &mut self.streams;
+        let Streams { streams, idle, ack_timers, .. } = &mut self.streams;
         let Some(stream) = streams.get_mut(&listener.stream) else {
             return Output::Detached { existed: true };
         };
@@ -146,7 +146,9 @@ impl Grid {
         let held: Vec<(Seq, u32)> =
             cursor.unacked.iter().filter(|(_, d)| d.listener == id).map(|(s, d)| (*s, d.count)).collect();
         for (seq, _) in &held {
-            cursor.unacked.remove(seq);
+            if let Some(d) = cursor.unacked.remove(seq) {
+                ack_timers.remove(&(d.expires_ms, listener.stream.clone(), listener.cursor.clone(), *seq));
+            }
         }
         if cursor.listeners.is_empty()
             && let Some(idle_ms) = cursor.config.idle_ms
@@ -208,7 +210,7 @@ impl Grid {
                 self.apply_ack_effect(effect, out);
             }
         }
-        let Streams { streams, listeners, bytes, .. } = &mut self.streams;
+        let Streams { streams, listeners, bytes, ack_timers, .. } = &mut self.streams;
         let s = streams.get_mut(stream).ok_or_else(|| unknown_stream(stream))?;
         let kind = s.config.kind;
         let c = s.cursors.get_mut(cursor).ok_or_else(|| unknown_cursor(stream, cursor))?;
@@ -223,6 +225,7 @@ impl Grid {
         let mut done = Vec::new();
         for &(seq, _) in acks {
             let Some(d) = c.unacked.remove(&seq) else { continue };
+            ack_timers.remove(&(d.expires_ms, stream.to_owned(), cursor.to_owned(), seq));
             done.push(seq);
             if let Some(l) = listeners.get_mut(&d.listener) {
                 l.in_flight = l.in_flight.saturating_sub(1);
@@ -309,6 +312,7 @@ impl Grid {
         let c = s.cursors.get_mut(cursor).ok_or_else(|| unknown_cursor(stream, cursor))?;
         check_current(stream, cursor, c, seq, token)?;
         let Some(d) = c.unacked.remove(&seq) else { return Ok(Output::Acked { count: 0 }) };
+        self.streams.ack_timers.remove(&(d.expires_ms, stream.to_owned(), cursor.to_owned(), seq));
         if let Some(l) = self.streams.listeners.get_mut(&d.listener) {
             l.in_flight = l.in_flight.saturating_sub(1);
         }
@@ -503,6 +507,14 @@ impl Grid {
 
 /// Adds a cursor to a stream, placed by its deliver policy.
 fn add_cursor(stream: &mut Stream, name: String, config: CursorConfig, now: u64) -> Result<(), Error> {
+    if stream.cursors.len() >= MAX_CURSORS_PER_STREAM {
+        return Err(Error::TooMany {
+            what: format!("cursors of stream '{}'", stream.name),
+            count: stream.cursors.len(),
+            limit: MAX_CURSORS_PER_STREAM,
+            setting: "MAX_CURSORS_PER_STREAM, fixed".into(),
+        });
+    }
     if stream.config.kind == Kind::Workqueue
         && let Some(other) = stream.cursors.keys().next()
     {

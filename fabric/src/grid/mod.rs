@@ -128,8 +128,9 @@ struct Streams {
     last_listener_id: ListenerId,
     /// The last fencing token given to a delivery.
     last_token: u64,
-    /// (expires_ms, stream, cursor, seq) of deliveries waiting for their ack; one whose
-    /// delivery was acked or replaced since is skipped when it fires.
+    /// (expires_ms, stream, cursor, seq) of deliveries waiting for their ack: removed with
+    /// the delivery's ack, nack or detach; one left by a deleted stream or cursor is skipped
+    /// when it fires.
     ack_timers: BTreeSet<(u64, String, String, Seq)>,
     /// (due_ms, stream, cursor) of unnamed cursors without listeners.
     idle: BTreeSet<(u64, String, String)>,

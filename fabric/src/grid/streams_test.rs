@@ -772,3 +772,27 @@ proptest! {
         }
     }
 }
+
+/// An ack, a nack or a detach takes its delivery's ack timer with it, so the timers follow
+/// what waits for an ack rather than everything delivered within an ack wait; and a stream
+/// holds at most MAX_CURSORS_PER_STREAM cursors.
+#[test]
+fn ack_timers_go_with_their_deliveries_and_cursors_are_bounded() {
+    let mut h = Harness::new();
+    create(&mut h, "s", StreamConfig::default());
+    append(&mut h, "s", (0..3).map(|i| item(&i.to_string())).collect());
+    let l = attach(&mut h, "s", "c", Some(CursorConfig::default()), 1, 10);
+    let d = deliveries(&mut h);
+    assert_eq!(h.grid.streams.ack_timers.len(), 3);
+    h.ok(ack("s", "c", vec![(d[0].1, d[0].2)]));
+    h.ok(Command::Nack { stream: "s".into(), cursor: "c".into(), seq: d[1].1, token: d[1].2 });
+    assert_eq!(h.grid.streams.ack_timers.len(), 2, "one acked, one nacked and delivered again");
+    h.ok(Command::Detach { listener: l, reason: "bye".into() });
+    assert!(h.grid.streams.ack_timers.is_empty());
+    assert_eq!(h.grid.next_timer_ms(), None);
+
+    for i in h.grid.stream("s").unwrap().cursors.len()..MAX_CURSORS_PER_STREAM {
+        h.ok(CreateCursor("s", &format!("k{i}")));
+    }
+    assert!(matches!(h.apply(CreateCursor("s", "one-more")), Err(Error::TooMany { .. })));
+}
