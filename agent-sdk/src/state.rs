@@ -92,6 +92,7 @@ impl State {
                     value: value.clone(),
                     ttl_ms: None,
                     if_absent: false,
+                    fence: None,
                 };
                 async move {
                     let mut request = tonic::Request::new(req);
@@ -120,6 +121,7 @@ impl State {
                     expected_version,
                     value: value.clone(),
                     ttl_ms: None,
+                    fence: None,
                 };
                 async move {
                     let mut request = tonic::Request::new(req);
@@ -139,6 +141,7 @@ impl State {
                     namespace: self.namespace.clone(),
                     key: key.to_owned(),
                     expected_version: None,
+                    fence: None,
                 };
                 async move {
                     let mut request = tonic::Request::new(req);

@@ -311,6 +311,7 @@ impl Worker {
             claims: Vec::new(),
             lease_ms,
             name: self.name.clone(),
+            only_claimed: false,
         }))
     }
 

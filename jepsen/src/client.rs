@@ -319,6 +319,7 @@ impl Worker {
                     value: value.to_string().into_bytes(),
                     ttl_ms: None,
                     if_absent: false,
+                    fence: None,
                 };
                 match client.put(req(m, timeout)).await {
                     Ok(r) => Done::Ok(Op::Write { key, value, version: Some(r.into_inner().version) }),
@@ -332,6 +333,7 @@ impl Worker {
                     expected_version,
                     value: to.to_string().into_bytes(),
                     ttl_ms: None,
+                    fence: None,
                 };
                 let op = |version| Op::Cas { key: key.clone(), from, expected_version, to, version };
                 match client.compare_and_set(req(m, timeout)).await {
@@ -346,6 +348,7 @@ impl Worker {
                     value: b"1".to_vec(),
                     ttl_ms: None,
                     if_absent: false,
+                    fence: None,
                 };
                 match client.put(req(m, timeout)).await {
                     Ok(_) => Done::Ok(Op::Add { element }),

@@ -83,6 +83,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
             expected_version: version + 100,
             value: b"new".to_vec(),
             ttl_ms: None,
+            fence: None,
         })
         .await
         .unwrap_err();
@@ -102,6 +103,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
             namespace: "shared/b".into(),
             key: "k".into(),
             expected_version: Some(version + 1),
+            fence: None,
         })
         .await
         .unwrap_err();

@@ -139,6 +139,7 @@ async fn a_second_session_claiming_a_busy_instance_is_refused() {
             claims: vec![pb::InstanceRef { agent: "counter".into(), instance: instance.into() }],
             lease_ms: 0,
             name: "claimer".into(),
+            only_claimed: false,
         })),
     };
     tracing::info!("claiming an instance that does not exist is refused");

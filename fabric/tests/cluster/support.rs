@@ -133,6 +133,7 @@ pub fn put_req(ns: &str, key: &str, value: &str) -> pb::PutRequest {
         value: value.as_bytes().to_vec(),
         ttl_ms: None,
         if_absent: false,
+        fence: None,
     }
 }
 
@@ -388,6 +389,7 @@ pub fn open_msg(agent: &str, capacity: u32) -> pb::AgentMessage {
             claims: vec![],
             lease_ms: 0,
             name: "raw-test".into(),
+            only_claimed: false,
         })),
     }
 }

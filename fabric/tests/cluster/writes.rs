@@ -43,6 +43,7 @@ async fn writes_and_reads_through_every_node() {
         expected_version: current.version,
         value: b"v0-2".to_vec(),
         ttl_ms: None,
+        fence: None,
     };
     let new_version = c.compare_and_set(cas.clone()).await.unwrap().into_inner().version;
     assert!(new_version > current.version);
@@ -150,6 +151,7 @@ async fn single_node_cluster_serves_reads_and_writes() {
             namespace: "instance/counter/c1".into(),
             key: "n".into(),
             expected_version: None,
+            fence: None,
         })
         .await
         .unwrap()

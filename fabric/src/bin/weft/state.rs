@@ -150,7 +150,14 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
         Op::Put { namespace, key, value, ttl, if_absent } => {
-            let req = pb::PutRequest { namespace, key, value: value.into_bytes(), ttl_ms: ttl, if_absent };
+            let req = pb::PutRequest {
+                namespace,
+                key,
+                value: value.into_bytes(),
+                ttl_ms: ttl,
+                if_absent,
+                fence: None,
+            };
             Ok(written(client.put(req).await.map(|r| r.into_inner().version), json_out))
         }
         Op::Cas { namespace, key, value, expect, ttl } => {
@@ -160,11 +167,12 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 expected_version: expect,
                 value: value.into_bytes(),
                 ttl_ms: ttl,
+                fence: None,
             };
             Ok(written(client.compare_and_set(req).await.map(|r| r.into_inner().version), json_out))
         }
         Op::Delete { namespace, key, expect } => {
-            let req = pb::DeleteRequest { namespace, key, expected_version: expect };
+            let req = pb::DeleteRequest { namespace, key, expected_version: expect, fence: None };
             match client.delete(req).await {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) => {

@@ -163,7 +163,7 @@ pub fn value(args: &Args) -> Vec<u8> {
 
 /// A put of `key` into the benchmark's namespace.
 pub fn put_request(key: String, value: Vec<u8>) -> pb::PutRequest {
-    pb::PutRequest { namespace: NAMESPACE.into(), key, value, ttl_ms: None, if_absent: false }
+    pb::PutRequest { namespace: NAMESPACE.into(), key, value, ttl_ms: None, if_absent: false, fence: None }
 }
 
 fn get_request(key: &str) -> pb::GetRequest {
@@ -220,6 +220,7 @@ async fn measure_row(args: &Args, cluster: &Cluster, case: Case) -> anyhow::Resu
                         expected_version: 0,
                         value: value.clone(),
                         ttl_ms: None,
+                        fence: None,
                     })
                     .await
                     .context("creating a cas key")?
@@ -275,6 +276,7 @@ async fn measure_row(args: &Args, cluster: &Cluster, case: Case) -> anyhow::Resu
                             expected_version: version,
                             value: value.clone(),
                             ttl_ms: None,
+                            fence: None,
                         })
                         .await
                         .map(|r| version = r.into_inner().version),
