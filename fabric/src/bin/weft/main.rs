@@ -1,7 +1,7 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams` and `cursors` talk to any node of a running cluster over gRPC. This
+//! `instances`, `streams`, `cursors` and `demand` talk to any node of a running cluster over gRPC. This
 //! file parses the command line, sets up tracing and turns the command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
 //!
@@ -16,6 +16,7 @@
 //! - [`streams`]: `weft streams create|list|info|append|close|delete`.
 //! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
+//! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
 //! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
 //!   file or stdin, headers, `--all`.
@@ -26,6 +27,7 @@ mod args;
 mod call;
 mod connect;
 mod cursors;
+mod demand;
 mod dev;
 mod executions;
 mod instances;
@@ -82,6 +84,13 @@ enum Command {
     Streams(streams::Args),
     /// List, show, create and delete the cursors of a stream.
     Cursors(cursors::Args),
+    /// Show the demand for agent processes, as a scaler sees it: per agent what waits, runs
+    /// and is delayed, instances no session serves, and the sessions with their load.
+    ///
+    ///   weft demand
+    ///   weft demand --agent resizer --watch
+    #[command(verbatim_doc_comment)]
+    Demand(demand::Args),
 }
 
 impl Command {
@@ -103,6 +112,7 @@ impl Command {
             Command::Instances(args) => instances::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
+            Command::Demand(args) => demand::run(args).await,
         }
     }
 }
@@ -125,6 +135,10 @@ async fn main() {
     };
     std::process::exit(code);
 }
+
+/// The exit status after ctrl-c or SIGTERM ends a command that follows (`streams tail
+/// --follow`, `demand --watch`), as a shell reports a process killed by SIGINT.
+const INTERRUPTED_EXIT: i32 = 130;
 
 /// Waits for ctrl-c or SIGTERM: how `weft node` and `weft dev` are told to stop.
 async fn shutdown_signal() {
