@@ -27,11 +27,14 @@ use weft_proto::cluster::v1::raft_server::RaftServer;
 use weft_proto::fabric::v1::cluster_server::ClusterServer;
 use weft_proto::fabric::v1::executions_server::ExecutionsServer;
 use weft_proto::fabric::v1::instances_server::InstancesServer;
+use weft_proto::fabric::v1::leases_server::LeasesServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 use weft_proto::fabric::v1::streams_server::StreamsServer;
 
 use crate::NodeId;
-use crate::api::{ClusterService, ExecutionService, InstanceService, StateService, StreamService};
+use crate::api::{
+    ClusterService, ExecutionService, InstanceService, LeaseService, StateService, StreamService,
+};
 use crate::config::Config;
 use crate::data_dir::{self, DataDir};
 use crate::http;
@@ -270,6 +273,7 @@ impl Node {
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )
+        .add_service(LeasesServer::new(LeaseService::new(ctx.clone())))
         .add_service(
             ForwardServer::new(ForwardService::new(ctx.clone()))
                 .max_decoding_message_size(config.max_message_bytes)

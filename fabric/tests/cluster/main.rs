@@ -7,6 +7,7 @@ mod cli_executions;
 mod cli_streams;
 mod executions;
 mod failover;
+mod leases;
 mod membership;
 mod membership_process;
 mod process;
