@@ -4,5 +4,6 @@
 mod calls;
 mod faults;
 mod instances;
+mod leases;
 mod streams;
 mod support;
