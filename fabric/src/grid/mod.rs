@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The grid holds key/value state in namespaces, the work of agents (executions, the
-//! sessions that run them and agent instances), and streams with their cursors. [`Grid::apply_with_events`] is the table of
+//! sessions that run them and agent instances), streams with their cursors, and leases with
+//! their fencing tokens. [`Grid::apply_with_events`] is the table of
 //! contents: one line per command, each applied by the file of its concept, then dispatch.
 //! Applying an entry also yields [`Event`]s (an execution assigned to a session, a result
 //! ready): not state, but what the nodes act on once the entry is applied.
