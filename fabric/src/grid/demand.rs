@@ -180,13 +180,16 @@ impl Grid {
                 d.sessions_truncated = true;
                 continue;
             }
-            let claimed = s
-                .activated
-                .range((agent.to_owned(), String::new())..)
-                .take_while(|(a, _)| a == agent)
-                .take(MAX_LISTED_CLAIMS)
-                .map(|(_, id)| id.clone())
-                .collect();
+            // Activated here (claimed at open, or taken since) and claimed but not started yet.
+            let of_agent = |set: &BTreeSet<(String, String)>| {
+                set.range((agent.to_owned(), String::new())..)
+                    .take_while(|(a, _)| a == agent)
+                    .map(|(_, id)| id.clone())
+                    .collect::<BTreeSet<_>>()
+            };
+            let mut claimed = of_agent(&s.activated);
+            claimed.extend(of_agent(&s.claims));
+            let claimed = claimed.into_iter().take(MAX_LISTED_CLAIMS).collect();
             d.sessions.push(SessionLoad {
                 id: s.id,
                 name: s.name.clone(),
@@ -194,8 +197,7 @@ impl Grid {
                 capacity: s.capacity,
                 assigned: s.assigned.len() as u32,
                 draining: s.draining,
-                // leases branch: the lead wires `Session::only_claimed` here once it lands.
-                only_claimed: false,
+                only_claimed: s.only_claimed,
                 claimed,
             });
         }

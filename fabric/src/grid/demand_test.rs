@@ -126,6 +126,20 @@ fn a_claimed_instance_is_listed_on_its_session() {
 }
 
 #[test]
+fn an_only_claimed_session_is_flagged_and_leaves_other_instances_unserved() {
+    let mut h = Harness::new();
+    h.start("room", "r1");
+    h.start("room", "r2");
+    let claims = vec![("room".to_owned(), "r2".to_owned())];
+    h.open_only_claimed(NewSession { claims, ..new_session(&["room"], 4) });
+    let d = of(&h, "room");
+    assert!(d.sessions[0].only_claimed);
+    assert_eq!(d.sessions[0].claimed, ["r2"], "claims r2, and does not take r1's Start");
+    let r1 = d.instances.iter().find(|i| i.id == "r1").unwrap();
+    assert_eq!(r1.session, None, "r1 waits for a process of its own");
+}
+
+#[test]
 fn running_counts_only_the_agents_own_executions_on_shared_sessions() {
     let mut h = Harness::new();
     h.open(&["a", "b"], 10);

@@ -1,7 +1,8 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams`, `cursors` and `demand` talk to any node of a running cluster over gRPC. This
+//! `instances`, `streams`, `cursors`, `demand` and `leases` talk to any node of a running
+//! cluster over gRPC. This
 //! file parses the command line, sets up tracing and turns the command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
 //!
@@ -17,6 +18,7 @@
 //! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
 //! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
+//! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
 //! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
 //!   file or stdin, headers, `--all`.
@@ -32,6 +34,7 @@ mod dev;
 mod executions;
 mod instances;
 mod items;
+mod leases;
 mod node_cmd;
 mod render;
 mod state;
@@ -91,6 +94,12 @@ enum Command {
     ///   weft demand --agent resizer --watch
     #[command(verbatim_doc_comment)]
     Demand(demand::Args),
+    /// Show who holds a lease (the active scaler holds one), or release it.
+    ///
+    ///   weft leases get scaler
+    ///   weft leases release scaler --token 42
+    #[command(verbatim_doc_comment)]
+    Leases(leases::Args),
 }
 
 impl Command {
@@ -113,6 +122,7 @@ impl Command {
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
             Command::Demand(args) => demand::run(args).await,
+            Command::Leases(args) => leases::run(args).await,
         }
     }
 }
