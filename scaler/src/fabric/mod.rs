@@ -1,0 +1,196 @@
+//! What the scaler needs from the fabric, behind one trait so the controller can be tested
+//! on an in-memory fake: the demand watch, the group's lease, intents written with the
+//! lease's fence, and the published status.
+//!
+//! ```text
+//!   controller ──► Fabric ──► Sdk (over weft-agent: Client::watch_demand, Client::lease,
+//!                         │         State::fenced, State::list)
+//!                         └──► fake::Fake (tests: a map, a lease, a demand channel)
+//! ```
+//!
+//! Everything of a group lives in one state namespace, [`namespace`]`(group)`
+//! (`shared/weft.scaler.<group>`): the intents under `replica/<id>` and the status under
+//! `status`; its lease is [`lease_name`]`(group)` (`weft.scaler.<group>`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::backend::ReplicaId;
+use crate::intent::Intent;
+use crate::status::Status;
+
+pub use demand_types::{AgentDemand, Demand, Fence, Grant, InstanceDemand, SessionLoad};
+
+/// The state namespace of scaler group `group`.
+pub fn namespace(group: &str) -> String {
+    format!("shared/weft.scaler.{group}")
+}
+
+/// The lease of scaler group `group`.
+pub fn lease_name(group: &str) -> String {
+    format!("weft.scaler.{group}")
+}
+
+/// What went wrong talking to the fabric.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The lease is held by another holder, or was lost: a fenced write, a renewal or a
+    /// release was refused. Nothing changed.
+    #[error("lease refused: {0}")]
+    Lease(String),
+    /// No node answered, or the outcome of a write is unknown.
+    #[error("fabric unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the fabric refused (bad input, a value over a limit) or could not
+    /// decode. Nothing changed.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A stream of demand pictures.
+pub trait DemandWatch: Send + 'static {
+    /// The next full picture; an error only once no node answered for a while.
+    fn next(&mut self) -> impl Future<Output = Result<Demand, Error>> + Send;
+}
+
+/// The fabric as the scaler uses it (one scaler group).
+pub trait Fabric: Clone + Send + Sync + 'static {
+    /// The demand watch.
+    type Watch: DemandWatch;
+
+    /// Watches the demand of `agents`.
+    fn watch_demand(&self, agents: Vec<String>) -> Self::Watch;
+    /// Takes (or, held by `holder`, renews) the group's lease for `ttl`.
+    fn acquire(&self, holder: &str, ttl: Duration) -> impl Future<Output = Result<Grant, Error>> + Send;
+    /// Renews the lease held with `token`.
+    fn renew(&self, token: u64, ttl: Duration) -> impl Future<Output = Result<Grant, Error>> + Send;
+    /// Gives the lease up; whether it was still held.
+    fn release(&self, token: u64) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Every recorded intent.
+    fn list_intents(&self) -> impl Future<Output = Result<Vec<(ReplicaId, Intent)>, Error>> + Send;
+    /// Records replica `id`'s intent, fenced.
+    fn put_intent(
+        &self,
+        fence: &Fence,
+        id: &str,
+        intent: &Intent,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Removes replica `id`'s intent, fenced.
+    fn delete_intent(&self, fence: &Fence, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Publishes the status, fenced.
+    fn publish_status(
+        &self,
+        fence: &Fence,
+        status: &Status,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Reads the published status (for the scaler's own `status` delegate).
+    fn read_status(&self) -> impl Future<Output = Result<Option<serde_json::Value>, Error>> + Send;
+}
+
+/// The demand and lease types, as the SDK defines them (see `weft_agent::demand` and
+/// `weft_agent::lease`).
+mod demand_types {
+    use serde::{Deserialize, Serialize};
+
+    /// One picture of the demand.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Demand {
+        /// The node that served it.
+        pub node_id: u64,
+        /// The log index its replica had applied.
+        pub applied_index: u64,
+        /// The grid's time.
+        pub now_ms: u64,
+        /// Per agent.
+        pub agents: Vec<AgentDemand>,
+    }
+
+    /// One agent's demand.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct AgentDemand {
+        /// The agent.
+        pub agent: String,
+        /// Executions waiting for a session.
+        pub pending: u64,
+        /// Executions held by sessions.
+        pub running: u64,
+        /// Executions whose not-before has not come.
+        pub delayed: u64,
+        /// Its live instances.
+        pub instances: Vec<InstanceDemand>,
+        /// Whether the instances were cut short.
+        pub instances_truncated: bool,
+        /// Listeners waiting on its generators.
+        pub generator_listeners: u64,
+        /// Its live sessions.
+        pub sessions: Vec<SessionLoad>,
+        /// Whether the sessions were cut short.
+        pub sessions_truncated: bool,
+    }
+
+    /// One instance.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct InstanceDemand {
+        /// Its id.
+        pub id: String,
+        /// `starting`, `running` or `stopping`.
+        pub lifecycle: String,
+        /// The session serving it.
+        pub session: Option<u64>,
+        /// Its unfinished executions.
+        pub unfinished: u64,
+    }
+
+    /// One session.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SessionLoad {
+        /// Its id.
+        pub id: u64,
+        /// Its name.
+        pub name: String,
+        /// Its node.
+        pub node_id: u64,
+        /// Its capacity.
+        pub capacity: u32,
+        /// Executions it holds.
+        pub assigned: u32,
+        /// Whether it drains.
+        pub draining: bool,
+        /// Whether it serves only its claims.
+        pub only_claimed: bool,
+        /// Its claims.
+        pub claimed: Vec<String>,
+    }
+
+    /// A lease grant.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Grant {
+        /// The lease.
+        pub name: String,
+        /// Its holder.
+        pub holder: String,
+        /// The fencing token.
+        pub token: u64,
+        /// When it runs out.
+        pub expires_at_ms: u64,
+    }
+
+    impl Grant {
+        /// The fence of writes made under this grant.
+        pub fn fence(&self) -> Fence {
+            Fence { lease: self.name.clone(), token: self.token }
+        }
+    }
+
+    /// A write's condition on a lease.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Fence {
+        /// The lease.
+        pub lease: String,
+        /// Its token.
+        pub token: u64,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
