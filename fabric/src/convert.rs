@@ -505,3 +505,54 @@ pub fn pb_item(i: &Item) -> pb::Item {
         time_ms: i.time_ms,
     }
 }
+
+// ---- demand --------------------------------------------------------------------------------
+
+use crate::grid::demand::AgentDemand;
+
+/// A picture of the demand as the protocol shows it: this node's id, the log index its
+/// replica had applied and the grid's time, with the agents' demand.
+pub fn pb_demand(
+    node_id: crate::NodeId,
+    applied_index: u64,
+    now_ms: u64,
+    agents: &[AgentDemand],
+) -> pb::Demand {
+    let agents = agents
+        .iter()
+        .map(|d| pb::AgentDemand {
+            agent: d.agent.clone(),
+            pending: d.pending,
+            running: d.running,
+            delayed: d.delayed,
+            instances: d
+                .instances
+                .iter()
+                .map(|i| pb::InstanceDemand {
+                    id: i.id.clone(),
+                    lifecycle: i.lifecycle.as_str().to_owned(),
+                    session: i.session,
+                    unfinished: i.unfinished,
+                })
+                .collect(),
+            instances_truncated: d.instances_truncated,
+            generator_listeners: d.generator_listeners,
+            sessions: d
+                .sessions
+                .iter()
+                .map(|s| pb::SessionLoad {
+                    id: s.id,
+                    name: s.name.clone(),
+                    node_id: s.node,
+                    capacity: s.capacity,
+                    assigned: s.assigned,
+                    draining: s.draining,
+                    only_claimed: s.only_claimed,
+                    claimed: s.claimed.clone(),
+                })
+                .collect(),
+            sessions_truncated: d.sessions_truncated,
+        })
+        .collect();
+    pb::Demand { node_id, applied_index, now_ms, agents }
+}

@@ -128,6 +128,12 @@ async fn metrics(State(ctx): State<Context>) -> String {
         ctx.hub.listener_count() as u64,
     );
     gauge(
+        "weft_demand_watchers",
+        "Demand watchers (Scaling/WatchDemand) this node serves; they count against max_listeners.",
+        "gauge",
+        ctx.hub.demand_watcher_count() as u64,
+    );
+    gauge(
         "weft_grid_commands_applied_total",
         "Grid commands applied.",
         "counter",

@@ -1,5 +1,5 @@
 //! The gRPC services agents and tools call: `weft.fabric.v1.{State, Cluster, Executions,
-//! Instances, Streams}`.
+//! Instances, Streams, Scaling}`.
 //!
 //! Each service checks its input, turns a request into grid commands or reads, and sends
 //! them down the one path to the leader, [`crate::routing`]; generated types become domain
@@ -15,12 +15,14 @@
 //! - [`instance_service`]: start and stop agent instances, read and list them.
 //! - [`stream_service`]: streams and cursors: create, append, read, close, delete, acks;
 //!   listeners (`Listen`) are served by [`crate::sessions::listener`].
+//! - [`scaling_service`]: the demand for agent processes, pushed to scalers (`WatchDemand`).
 //! - [`cluster_service`]: the cluster's status and the gossip view.
 //! - [`wait`]: waiting on this node's replica for an execution to change or finish.
 
 pub mod cluster_service;
 pub mod execution_service;
 pub mod instance_service;
+pub mod scaling_service;
 pub mod state_service;
 pub mod stream_service;
 pub mod wait;
@@ -28,5 +30,6 @@ pub mod wait;
 pub use cluster_service::ClusterService;
 pub use execution_service::ExecutionService;
 pub use instance_service::InstanceService;
+pub use scaling_service::ScalingService;
 pub use state_service::StateService;
 pub use stream_service::StreamService;

@@ -356,7 +356,7 @@ impl Harness {
                 }
             }
         }
-        Ok(())
+        super::demand_test::check_against_executions(&self.grid)
     }
 }
 

@@ -23,6 +23,8 @@
 //! - `error`: [`Error`], why a command or a query was refused.
 //! - `events`: [`Event`]s for the nodes, and the outbox a command fills while it applies.
 //! - `queries`: every read (keys, executions, sessions, instances, totals, next timer).
+//! - [`demand`]: what a scaler sees per agent (pending, running, delayed, instances, generator
+//!   listeners, sessions), read from the dispatch and timer indexes.
 //! - `snapshot`: older snapshot formats ([`GridV1`]) and how they load.
 //! - [`namespace`]: namespace names, and the rule for agent, delegate and instance names.
 //!
@@ -46,6 +48,7 @@
 //! tests drive a grid through `test_harness`), or inline when small.
 
 pub mod cursor;
+pub mod demand;
 pub mod execution;
 pub mod instance;
 pub mod namespace;
@@ -66,6 +69,8 @@ mod snapshot;
 mod streams;
 mod timers;
 
+#[cfg(test)]
+mod demand_test;
 #[cfg(test)]
 mod dispatch_test;
 #[cfg(test)]
@@ -225,7 +230,7 @@ impl Grid {
             Command::CloseSession { session, reason } => {
                 Ok(self.close_session(*session, &clip_reason(reason), &mut out))
             }
-            Command::DrainSession { session } => self.drain_session(*session),
+            Command::DrainSession { session } => self.drain_session(*session, &mut out),
             // Instances (instances.rs).
             Command::StartInstance(new) => self.start_instance(new, &mut out),
             Command::StopInstance { agent, instance } => self.stop_instance(agent, instance, &mut out),

@@ -48,6 +48,7 @@ impl Grid {
             out.dirty.insert(spec.name.clone());
         }
         self.work.sessions.insert(id, session);
+        out.events.push(Event::WorkChanged);
         for claim in &new.claims {
             if let Some(inst) = self.work.instances.get_mut(claim) {
                 inst.session = Some(id);
@@ -92,9 +93,12 @@ impl Grid {
     }
 
     /// Applies `DrainSession`: the session gets no new work.
-    pub(super) fn drain_session(&mut self, id: SessionId) -> Result<Output, Error> {
+    pub(super) fn drain_session(&mut self, id: SessionId, out: &mut Outbox) -> Result<Output, Error> {
         let session = self.work.sessions.get_mut(&id).ok_or(Error::UnknownSession { id })?;
-        session.draining = true;
+        if !session.draining {
+            session.draining = true;
+            out.events.push(Event::WorkChanged);
+        }
         Ok(Output::Drained)
     }
 }

@@ -5,7 +5,7 @@
 //! delivered again, idle unnamed cursors removed, items past their stream's age dropped. The leader proposes a `Tick` at
 //! [`Grid::next_timer_ms`]; keys with a time to live are dropped by `Expire` (`kv.rs`).
 
-use super::events::Outbox;
+use super::events::{Event, Outbox};
 use super::execution::{Failure, FailureKind, Status};
 use super::{Grid, Output};
 
@@ -22,6 +22,10 @@ impl Grid {
             self.work.delayed.remove(&(at, id));
             self.enqueue(id, out);
             fired += 1;
+        }
+        if fired > 0 {
+            // Delayed became pending: the demand changed even if nothing was assigned.
+            out.events.push(Event::WorkChanged);
         }
         while fired < limit
             && let Some(&(at, id)) = self.work.deadlines.first()
