@@ -13,36 +13,77 @@ fn ttl(ttl_ms: Option<u64>) -> Option<u64> {
     ttl_ms.filter(|t| *t > 0)
 }
 
-/// The grid command a put request asks for.
+/// The grid command a put request asks for (fenced if it carries a fence).
 pub fn put(req: pb::PutRequest) -> Command {
-    Command::Put {
-        namespace: req.namespace,
-        key: req.key,
-        value: req.value,
-        ttl_ms: ttl(req.ttl_ms),
-        if_absent: req.if_absent,
-    }
+    fenced(
+        req.fence,
+        Command::Put {
+            namespace: req.namespace,
+            key: req.key,
+            value: req.value,
+            ttl_ms: ttl(req.ttl_ms),
+            if_absent: req.if_absent,
+        },
+    )
 }
 
-/// The grid command a delete request asks for.
+/// The grid command a delete request asks for (fenced if it carries a fence).
 pub fn delete(req: pb::DeleteRequest) -> Command {
-    Command::Delete { namespace: req.namespace, key: req.key, expected_version: req.expected_version }
+    fenced(
+        req.fence,
+        Command::Delete { namespace: req.namespace, key: req.key, expected_version: req.expected_version },
+    )
 }
 
-/// The grid command a compare-and-set request asks for.
+/// The grid command a compare-and-set request asks for (fenced if it carries a fence).
 pub fn compare_and_set(req: pb::CompareAndSetRequest) -> Command {
-    Command::CompareAndSet {
-        namespace: req.namespace,
-        key: req.key,
-        expected_version: req.expected_version,
-        value: req.value,
-        ttl_ms: ttl(req.ttl_ms),
+    fenced(
+        req.fence,
+        Command::CompareAndSet {
+            namespace: req.namespace,
+            key: req.key,
+            expected_version: req.expected_version,
+            value: req.value,
+            ttl_ms: ttl(req.ttl_ms),
+        },
+    )
+}
+
+/// `command`, applied only while `fence`'s grant holds its lease, if a fence is given.
+fn fenced(fence: Option<pb::Fence>, command: Command) -> Command {
+    match fence {
+        None => command,
+        Some(f) => Command::Fenced { lease: f.lease, token: f.token, command: Box::new(command) },
     }
 }
 
 /// Whether a read asked to be served locally.
 pub fn is_stale(consistency: i32) -> bool {
     consistency == pb::Consistency::Stale as i32
+}
+
+// ---- leases --------------------------------------------------------------------------------
+
+use crate::grid::lease::Lease;
+
+/// The grid command an acquire request asks for.
+pub fn acquire_lease(req: pb::AcquireLeaseRequest) -> Command {
+    Command::AcquireLease { name: req.name, holder: req.holder, ttl_ms: req.ttl_ms }
+}
+
+/// The grid command a renew request asks for.
+pub fn renew_lease(req: pb::RenewLeaseRequest) -> Command {
+    Command::RenewLease { name: req.name, token: req.token, ttl_ms: req.ttl_ms }
+}
+
+/// The grid command a release request asks for.
+pub fn release_lease(req: pb::ReleaseLeaseRequest) -> Command {
+    Command::ReleaseLease { name: req.name, token: req.token }
+}
+
+/// A held lease as the protocol shows it.
+pub fn lease_grant(l: Lease) -> pb::LeaseGrant {
+    pb::LeaseGrant { name: l.name, holder: l.holder, token: l.token, expires_at_ms: l.expires_at_ms }
 }
 
 // ---- executions, sessions, instances ------------------------------------------------------

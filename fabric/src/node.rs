@@ -28,13 +28,15 @@ use weft_proto::cluster::v1::raft_server::RaftServer;
 use weft_proto::fabric::v1::cluster_server::ClusterServer;
 use weft_proto::fabric::v1::executions_server::ExecutionsServer;
 use weft_proto::fabric::v1::instances_server::InstancesServer;
+use weft_proto::fabric::v1::leases_server::LeasesServer;
 use weft_proto::fabric::v1::scaling_server::ScalingServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 use weft_proto::fabric::v1::streams_server::StreamsServer;
 
 use crate::NodeId;
 use crate::api::{
-    ClusterService, ExecutionService, InstanceService, ScalingService, StateService, StreamService,
+    ClusterService, ExecutionService, InstanceService, LeaseService, ScalingService, StateService,
+    StreamService,
 };
 use crate::config::Config;
 use crate::data_dir::{self, DataDir};
@@ -274,6 +276,7 @@ impl Node {
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )
+        .add_service(LeasesServer::new(LeaseService::new(ctx.clone())))
         .add_service(
             ScalingServer::new(ScalingService::new(ctx.clone(), shutdown.clone()))
                 .max_decoding_message_size(config.max_message_bytes)

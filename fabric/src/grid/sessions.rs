@@ -10,8 +10,14 @@ use super::session::{NewSession, Session};
 use super::{Error, Grid, Output, remove_pair};
 
 impl Grid {
-    /// Applies `OpenSession`: registers the session and activates the instances it claims.
-    pub(super) fn open_session(&mut self, new: &NewSession, out: &mut Outbox) -> Result<Output, Error> {
+    /// Applies `OpenSession` and `OpenSessionOnlyClaimed`: registers the session and
+    /// activates the instances it claims (which must exist and be activated nowhere else).
+    pub(super) fn open_session(
+        &mut self,
+        new: &NewSession,
+        only_claimed: bool,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
         new.validate_shape()?;
         for (agent, instance) in &new.claims {
             match self.work.instances.get(&(agent.clone(), instance.clone())) {
@@ -42,6 +48,8 @@ impl Grid {
             activated: BTreeSet::new(),
             draining: false,
             last_token: 0,
+            only_claimed,
+            claims: new.claims.iter().cloned().collect(),
         };
         for spec in &session.agents {
             self.work.serving.entry(spec.name.clone()).or_default().insert(id);

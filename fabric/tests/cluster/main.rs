@@ -8,6 +8,7 @@ mod cli_streams;
 mod demand;
 mod executions;
 mod failover;
+mod leases;
 mod membership;
 mod membership_process;
 mod process;

@@ -1,7 +1,8 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams` and `cursors` talk to any node of a running cluster over gRPC. This
+//! `instances`, `streams`, `cursors` and `leases` talk to any node of a running cluster over
+//! gRPC. This
 //! file parses the command line, sets up tracing and turns the command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
 //!
@@ -16,6 +17,7 @@
 //! - [`streams`]: `weft streams create|list|info|append|close|delete`.
 //! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
+//! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
 //! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
 //!   file or stdin, headers, `--all`.
@@ -30,6 +32,7 @@ mod dev;
 mod executions;
 mod instances;
 mod items;
+mod leases;
 mod node_cmd;
 mod render;
 mod state;
@@ -82,6 +85,12 @@ enum Command {
     Streams(streams::Args),
     /// List, show, create and delete the cursors of a stream.
     Cursors(cursors::Args),
+    /// Show who holds a lease (the active scaler holds one), or release it.
+    ///
+    ///   weft leases get scaler
+    ///   weft leases release scaler --token 42
+    #[command(verbatim_doc_comment)]
+    Leases(leases::Args),
 }
 
 impl Command {
@@ -103,6 +112,7 @@ impl Command {
             Command::Instances(args) => instances::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
+            Command::Leases(args) => leases::run(args).await,
         }
     }
 }
