@@ -1,9 +1,8 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams`, `cursors` and `leases` talk to any node of a running cluster over
-//! gRPC. This
-//! file parses the command line, sets up tracing and turns the command's result into the exit
+//! `instances`, `streams`, `cursors`, `leases` and `scaler` talk to any node of a running
+//! cluster over gRPC. This file parses the command line, sets up tracing and turns the command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
 //!
 //! # Layout
@@ -18,6 +17,7 @@
 //! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
 //! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
+//! - [`scaler`]: `weft scaler status`: what the active scaler of a group reports.
 //! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
 //!   file or stdin, headers, `--all`.
@@ -35,6 +35,7 @@ mod items;
 mod leases;
 mod node_cmd;
 mod render;
+mod scaler;
 mod state;
 mod status;
 mod streams;
@@ -91,6 +92,13 @@ enum Command {
     ///   weft leases release scaler --token 42
     #[command(verbatim_doc_comment)]
     Leases(leases::Args),
+    /// Show what the active scaler of a group reports: per agent, desired and actual
+    /// replicas and crash loops.
+    ///
+    ///   weft scaler status
+    ///   weft scaler status --group edge --json
+    #[command(verbatim_doc_comment)]
+    Scaler(scaler::Args),
 }
 
 impl Command {
@@ -113,6 +121,7 @@ impl Command {
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
             Command::Leases(args) => leases::run(args).await,
+            Command::Scaler(args) => scaler::run(args).await,
         }
     }
 }
