@@ -5,7 +5,7 @@
 //! connects to any node of the fabric (failing over between the endpoints it was given),
 //! opens a session and runs what the fabric assigns to it. A caller uses a [`Client`] to call
 //! agents, start and stop instances, read and write state, and append to and listen to
-//! [`streams`].
+//! [`streams`]; a scaler watches the [`demand`] for agent processes.
 //!
 //! ```no_run
 //! use weft_agent::{Agent, Client, Context, Fail, Worker};
@@ -51,6 +51,8 @@
 //! - [`state`]: typed key/value state for clients ([`State`]) and handlers ([`Scope`]).
 //! - [`streams`]: streams ([`Stream`]), appends and [`Producer`]s, listeners, commits,
 //!   generators ([`Emitter`]), [`StreamRef`].
+//! - [`demand`]: the demand for agent processes the fabric pushes ([`Client::watch_demand`],
+//!   [`DemandWatch`], [`Demand`]).
 //! - [`codec`]: payload encodings (bincode, JSON).
 //! - [`types`]: executions as the fabric reports them, retry policies.
 //! - [`error`]: [`Error`] and [`Fail`].
@@ -63,6 +65,7 @@ pub mod client;
 pub mod codec;
 mod connection;
 pub mod context;
+pub mod demand;
 pub mod error;
 pub mod state;
 pub mod streams;
@@ -73,6 +76,7 @@ pub use agent::Agent;
 pub use client::{Call, Client, ClientBuilder};
 pub use codec::Codec;
 pub use context::Context;
+pub use demand::{AgentDemand, Demand, DemandWatch, InstanceDemand, SessionLoad};
 pub use error::{Error, Fail};
 pub use state::{Scope, State};
 pub use streams::{Emitter, Producer, Stream, StreamRef};
