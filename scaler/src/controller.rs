@@ -276,7 +276,7 @@ impl<F: Fabric> Controller<F> {
         self.demand
             .as_ref()
             .and_then(|d| d.agents.iter().find(|a| a.agent == agent).cloned())
-            .unwrap_or_else(|| AgentDemand { agent: agent.to_owned(), ..AgentDemand::default() })
+            .unwrap_or_else(|| crate::fabric::no_demand(agent))
     }
 
     fn session_named(&self, agent: &str, name: &str) -> Option<(u64, u32)> {

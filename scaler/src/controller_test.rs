@@ -6,7 +6,7 @@ use super::*;
 use crate::backend::fake;
 use crate::config::AgentConfig;
 use crate::fabric::fake::Fake;
-use crate::fabric::{InstanceDemand, SessionLoad};
+use crate::fabric::{InstanceDemand, SessionLoad, no_demand, picture};
 
 const START: u64 = 1_700_000_000_000;
 
@@ -65,24 +65,24 @@ fn rig(config: Config) -> (Fake, fake::Backend, Scaler, Clock) {
 
 /// The demand of agent `work`: `pending` executions and a session per name in `sessions`.
 fn demand(pending: u64, sessions: &[String]) -> Demand {
-    Demand {
-        agents: vec![AgentDemand {
-            agent: "work".into(),
-            pending,
-            sessions: sessions
-                .iter()
-                .enumerate()
-                .map(|(i, name)| SessionLoad {
-                    id: i as u64 + 1,
-                    name: name.clone(),
-                    capacity: 16,
-                    ..SessionLoad::default()
-                })
-                .collect(),
-            ..AgentDemand::default()
-        }],
-        ..Demand::default()
-    }
+    picture(vec![AgentDemand {
+        pending,
+        sessions: sessions
+            .iter()
+            .enumerate()
+            .map(|(i, name)| SessionLoad {
+                id: i as u64 + 1,
+                name: name.clone(),
+                node_id: 1,
+                capacity: 16,
+                assigned: 0,
+                draining: false,
+                only_claimed: false,
+                claimed: Vec::new(),
+            })
+            .collect(),
+        ..no_demand("work")
+    }])
 }
 
 /// Waits (in paused time) until `cond` holds, at most a virtual minute.
@@ -282,10 +282,7 @@ async fn a_standby_takes_over_adopts_and_starts_no_duplicates() {
 async fn per_instance_follows_instances() {
     let c = config(AgentConfig { mode: Mode::PerInstance, ..agent(5) });
     let (fabric, backend, _scaler, _) = rig(c);
-    let with = |instances: Vec<InstanceDemand>| Demand {
-        agents: vec![AgentDemand { agent: "work".into(), instances, ..AgentDemand::default() }],
-        ..Demand::default()
-    };
+    let with = |instances: Vec<InstanceDemand>| picture(vec![AgentDemand { instances, ..no_demand("work") }]);
     let i1 = InstanceDemand { id: "i1".into(), lifecycle: "running".into(), session: None, unfinished: 1 };
     fabric.set_demand(with(vec![i1.clone()]));
     until("a replica for i1", || backend.running().len() == 1).await;

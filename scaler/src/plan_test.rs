@@ -13,7 +13,7 @@ fn pool_config(min: u32, max: u32, backlog: u32) -> AgentConfig {
 }
 
 fn load(pending: u64, running: u64) -> AgentDemand {
-    AgentDemand { agent: "work".into(), pending, running, ..AgentDemand::default() }
+    AgentDemand { pending, running, ..crate::fabric::no_demand("work") }
 }
 
 fn replica(id: &str, phase: Phase, assigned: Option<u32>) -> Replica {
@@ -161,7 +161,7 @@ fn per_instance_starts_one_per_unserved_instance_and_stops_gone_ones() {
             instance("i4", "running", None),
             instance("i5", "running", None),
         ],
-        ..AgentDemand::default()
+        ..crate::fabric::no_demand("a")
     };
     let replicas =
         [per_instance_replica("r4", "i4", Phase::Starting), per_instance_replica("r9", "i9", Phase::Running)];
@@ -231,7 +231,7 @@ proptest! {
                         served.then_some(1),
                     ))
                     .collect(),
-                ..AgentDemand::default()
+                ..crate::fabric::no_demand("a")
             };
             let input = Input { config: &config, demand: &demand, replicas: &replicas, now_ms: now, starts_allowed };
             let mut again = memory.clone();

@@ -48,7 +48,7 @@ const LEASE: &str = "weft.scaler.test";
 
 impl Fake {
     pub fn new(clock: Clock) -> Self {
-        Self { inner: Arc::default(), demand: Arc::new(watch::channel(Demand::default()).0), clock }
+        Self { inner: Arc::default(), demand: Arc::new(watch::channel(super::picture(Vec::new())).0), clock }
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {

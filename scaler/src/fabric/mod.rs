@@ -19,7 +19,8 @@ use crate::backend::ReplicaId;
 use crate::intent::Intent;
 use crate::status::Status;
 
-pub use demand_types::{AgentDemand, Demand, Fence, Grant, InstanceDemand, SessionLoad};
+pub use demand_types::{Fence, Grant};
+pub use weft_agent::{AgentDemand, Demand, InstanceDemand, SessionLoad};
 
 /// The state namespace of scaler group `group`.
 pub fn namespace(group: &str) -> String {
@@ -45,6 +46,26 @@ pub enum Error {
     /// decode. Nothing changed.
     #[error("{0}")]
     Other(String),
+}
+
+/// An agent with no demand at all (what the fabric reports for an agent it knows nothing of).
+pub fn no_demand(agent: &str) -> AgentDemand {
+    AgentDemand {
+        agent: agent.to_owned(),
+        pending: 0,
+        running: 0,
+        delayed: 0,
+        instances: Vec::new(),
+        instances_truncated: false,
+        generator_listeners: 0,
+        sessions: Vec::new(),
+        sessions_truncated: false,
+    }
+}
+
+/// A picture with these agents' demand (tests and fakes).
+pub fn picture(agents: Vec<AgentDemand>) -> Demand {
+    Demand { node_id: 1, applied_index: 0, now_ms: 0, agents }
 }
 
 /// A stream of demand pictures.
@@ -87,81 +108,9 @@ pub trait Fabric: Clone + Send + Sync + 'static {
     fn read_status(&self) -> impl Future<Output = Result<Option<serde_json::Value>, Error>> + Send;
 }
 
-/// The demand and lease types, as the SDK defines them (see `weft_agent::demand` and
-/// `weft_agent::lease`).
+/// The lease types, as the SDK defines them (`weft_agent::lease`, on the `leases` branch):
+/// replaced by `pub use weft_agent::{Fence, Grant}` once it is merged.
 mod demand_types {
-    use serde::{Deserialize, Serialize};
-
-    /// One picture of the demand.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct Demand {
-        /// The node that served it.
-        pub node_id: u64,
-        /// The log index its replica had applied.
-        pub applied_index: u64,
-        /// The grid's time.
-        pub now_ms: u64,
-        /// Per agent.
-        pub agents: Vec<AgentDemand>,
-    }
-
-    /// One agent's demand.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct AgentDemand {
-        /// The agent.
-        pub agent: String,
-        /// Executions waiting for a session.
-        pub pending: u64,
-        /// Executions held by sessions.
-        pub running: u64,
-        /// Executions whose not-before has not come.
-        pub delayed: u64,
-        /// Its live instances.
-        pub instances: Vec<InstanceDemand>,
-        /// Whether the instances were cut short.
-        pub instances_truncated: bool,
-        /// Listeners waiting on its generators.
-        pub generator_listeners: u64,
-        /// Its live sessions.
-        pub sessions: Vec<SessionLoad>,
-        /// Whether the sessions were cut short.
-        pub sessions_truncated: bool,
-    }
-
-    /// One instance.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct InstanceDemand {
-        /// Its id.
-        pub id: String,
-        /// `starting`, `running` or `stopping`.
-        pub lifecycle: String,
-        /// The session serving it.
-        pub session: Option<u64>,
-        /// Its unfinished executions.
-        pub unfinished: u64,
-    }
-
-    /// One session.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct SessionLoad {
-        /// Its id.
-        pub id: u64,
-        /// Its name.
-        pub name: String,
-        /// Its node.
-        pub node_id: u64,
-        /// Its capacity.
-        pub capacity: u32,
-        /// Executions it holds.
-        pub assigned: u32,
-        /// Whether it drains.
-        pub draining: bool,
-        /// Whether it serves only its claims.
-        pub only_claimed: bool,
-        /// Its claims.
-        pub claimed: Vec<String>,
-    }
-
     /// A lease grant.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Grant {
