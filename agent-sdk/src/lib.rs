@@ -48,7 +48,10 @@
 //! - [`worker`]: [`Worker`], the runtime that serves agents' handlers.
 //! - [`agent`]: [`Agent`], handlers registered by delegate.
 //! - [`context`]: [`Context`], what a handler can see and do.
-//! - [`state`]: typed key/value state for clients ([`State`]) and handlers ([`Scope`]).
+//! - [`state`]: typed key/value state for clients ([`State`], fenced or not) and handlers
+//!   ([`Scope`]).
+//! - [`lease`]: leases with fencing tokens ([`Lease`], [`Grant`], [`Fence`]): one active
+//!   process among several, and writes that stop once it is not.
 //! - [`streams`]: streams ([`Stream`]), appends and [`Producer`]s, listeners, commits,
 //!   generators ([`Emitter`]), [`StreamRef`].
 //! - [`demand`]: the demand for agent processes the fabric pushes ([`Client::watch_demand`],
@@ -67,6 +70,7 @@ mod connection;
 pub mod context;
 pub mod demand;
 pub mod error;
+pub mod lease;
 pub mod state;
 pub mod streams;
 pub mod types;
@@ -78,6 +82,7 @@ pub use codec::Codec;
 pub use context::Context;
 pub use demand::{AgentDemand, Demand, DemandWatch, InstanceDemand, SessionLoad};
 pub use error::{Error, Fail};
+pub use lease::{Fence, Grant, Lease};
 pub use state::{Scope, State};
 pub use streams::{Emitter, Producer, Stream, StreamRef};
 pub use types::{Execution, RetryPolicy, Started, Status};

@@ -5,5 +5,6 @@ mod calls;
 mod demand;
 mod faults;
 mod instances;
+mod leases;
 mod streams;
 mod support;
