@@ -158,6 +158,12 @@ pub struct Config {
     /// replica, shown in crash reports).
     #[serde(default)]
     pub log_dir: Option<PathBuf>,
+    /// Where the process backend keeps each replica's output file (`REPLICA.out`, read into
+    /// memory and truncated as it grows). Scalers of one group on one host must share it, so a
+    /// successor reads what the replicas it adopts write. Default: `weft-scaler-GROUP` in the
+    /// system's temporary directory.
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
     /// Size at which an agent's log file is rotated, in bytes (at least 4096). Default
     /// 10 MiB.
     #[serde(default = "default_max_log_bytes")]
@@ -332,6 +338,13 @@ impl Config {
     /// The lease's ttl.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// The run directory: `run_dir`, or `weft-scaler-GROUP` in the temporary directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("weft-scaler-{}", self.group)))
     }
 
     /// The metrics address, parsed (validated before).

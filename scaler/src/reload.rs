@@ -1,7 +1,8 @@
 //! Reloading the configuration: on SIGHUP, and when the file's modification time changes
 //! (looked at every [`CHECK_INTERVAL`]). A new file that does not load or validate is refused:
 //! the error is logged and the old configuration stays. Settings that only take effect at
-//! start (`endpoints`, `group`, `lease_ttl_ms`, `metrics_addr`, `log_dir`, `max_log_bytes`)
+//! start (`endpoints`, `group`, `lease_ttl_ms`, `metrics_addr`, `run_dir`, `log_dir`,
+//! `max_log_bytes`)
 //! keep their old values, with a warning; the agents' tables and `leave_running_on_exit`
 //! change at once.
 
@@ -34,7 +35,7 @@ pub fn merge(old: &Config, new: Config) -> (Config, Vec<&'static str>) {
             }
         )*};
     }
-    keep!(endpoints, group, lease_ttl_ms, metrics_addr, log_dir, max_log_bytes);
+    keep!(endpoints, group, lease_ttl_ms, metrics_addr, run_dir, log_dir, max_log_bytes);
     (merged, kept)
 }
 

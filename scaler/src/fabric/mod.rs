@@ -19,8 +19,8 @@ use crate::backend::ReplicaId;
 use crate::intent::Intent;
 use crate::status::Status;
 
-pub use demand_types::{Fence, Grant};
-pub use weft_agent::{AgentDemand, Demand, InstanceDemand, SessionLoad};
+pub use sdk::Sdk;
+pub use weft_agent::{AgentDemand, Demand, Fence, Grant, InstanceDemand, SessionLoad};
 
 /// The state namespace of scaler group `group`.
 pub fn namespace(group: &str) -> String {
@@ -108,38 +108,6 @@ pub trait Fabric: Clone + Send + Sync + 'static {
     fn read_status(&self) -> impl Future<Output = Result<Option<serde_json::Value>, Error>> + Send;
 }
 
-/// The lease types, as the SDK defines them (`weft_agent::lease`, on the `leases` branch):
-/// replaced by `pub use weft_agent::{Fence, Grant}` once it is merged.
-mod demand_types {
-    /// A lease grant.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct Grant {
-        /// The lease.
-        pub name: String,
-        /// Its holder.
-        pub holder: String,
-        /// The fencing token.
-        pub token: u64,
-        /// When it runs out.
-        pub expires_at_ms: u64,
-    }
-
-    impl Grant {
-        /// The fence of writes made under this grant.
-        pub fn fence(&self) -> Fence {
-            Fence { lease: self.name.clone(), token: self.token }
-        }
-    }
-
-    /// A write's condition on a lease.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct Fence {
-        /// The lease.
-        pub lease: String,
-        /// Its token.
-        pub token: u64,
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod fake;
+mod sdk;
