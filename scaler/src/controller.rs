@@ -337,9 +337,7 @@ impl<F: Fabric> Controller<F> {
                 replica.handle = f.handle.clone();
                 if intent.handle != f.handle {
                     let updated = Intent { handle: f.handle.clone(), ..intent.clone() };
-                    if let Err(e) = self.fabric.put_intent(&fence, &id, &updated).await {
-                        return Err(e);
-                    }
+                    self.fabric.put_intent(&fence, &id, &updated).await?;
                 }
                 let stopping = replica.phase == Phase::Stopping;
                 self.replicas.insert(id.clone(), replica);
