@@ -13,7 +13,10 @@ async fn a_call_to_an_agent_at_zero_starts_a_replica_and_returns_its_result() {
     init_tracing();
     let fabric = Fabric::start().await;
     let group = Group::new("zero");
-    let config = config_head(&fabric, &group) + &scaled_agent("work", "max_replicas = 2\nidle_ms = 600000");
+    let metrics_addr = weft_fabric::testing::free_addrs(1).unwrap().remove(0);
+    let config = config_head(&fabric, &group)
+        + &format!("metrics_addr = \"{metrics_addr}\"\n")
+        + &scaled_agent("work", "max_replicas = 2\nidle_ms = 600000");
     let _scaler = start_scaler(&fabric, "scaler", &config);
     let client = fabric.client();
     tracing::info!("phase: the scaler is active, nothing runs");
@@ -36,6 +39,29 @@ async fn a_call_to_an_agent_at_zero_starts_a_replica_and_returns_its_result() {
     let s = wait_status(&client, &group, "running 1", |s| field(s, "work", "running") == 1).await;
     assert_eq!(field(&s, "work", "desired"), 1);
     assert_eq!(group.running().len(), 1, "one call, one replica");
+
+    tracing::info!("phase: the metrics say so");
+    let metrics = http_get(&metrics_addr, "/metrics").await;
+    for line in [
+        "weft_scaler_active 1",
+        "weft_scaler_starts_total{agent=\"work\"} 1",
+        "weft_scaler_replicas{agent=\"work\",phase=\"running\"} 1",
+        "weft_scaler_cold_start_seconds_count{agent=\"work\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}
+
+/// A plain HTTP/1.1 GET; the body.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the metrics address");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
