@@ -1,9 +1,9 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams`, `cursors`, `demand` and `leases` talk to any node of a running
-//! cluster over gRPC. This
-//! file parses the command line, sets up tracing and turns the command's result into the exit
+//! `instances`, `streams`, `cursors`, `leases`, `scaler` and `demand` talk to any node of a
+//! running cluster over gRPC. This file parses the command line, sets up tracing and turns the
+//! command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
 //!
 //! # Layout
@@ -17,8 +17,9 @@
 //! - [`streams`]: `weft streams create|list|info|append|close|delete`.
 //! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
-//! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
 //! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
+//! - [`scaler`]: `weft scaler status`: what the active scaler of a group reports.
+//! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
 //! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
 //!   file or stdin, headers, `--all`.
@@ -37,6 +38,7 @@ mod items;
 mod leases;
 mod node_cmd;
 mod render;
+mod scaler;
 mod state;
 mod status;
 mod streams;
@@ -87,6 +89,19 @@ enum Command {
     Streams(streams::Args),
     /// List, show, create and delete the cursors of a stream.
     Cursors(cursors::Args),
+    /// Show who holds a lease (the active scaler holds one), or release it.
+    ///
+    ///   weft leases get scaler
+    ///   weft leases release scaler --token 42
+    #[command(verbatim_doc_comment)]
+    Leases(leases::Args),
+    /// Show what the active scaler of a group reports: per agent, desired and actual
+    /// replicas and crash loops.
+    ///
+    ///   weft scaler status
+    ///   weft scaler status --group edge --json
+    #[command(verbatim_doc_comment)]
+    Scaler(scaler::Args),
     /// Show the demand for agent processes, as a scaler sees it: per agent what waits, runs
     /// and is delayed, instances no session serves, and the sessions with their load.
     ///
@@ -94,12 +109,6 @@ enum Command {
     ///   weft demand --agent resizer --watch
     #[command(verbatim_doc_comment)]
     Demand(demand::Args),
-    /// Show who holds a lease (the active scaler holds one), or release it.
-    ///
-    ///   weft leases get scaler
-    ///   weft leases release scaler --token 42
-    #[command(verbatim_doc_comment)]
-    Leases(leases::Args),
 }
 
 impl Command {
@@ -121,8 +130,9 @@ impl Command {
             Command::Instances(args) => instances::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
-            Command::Demand(args) => demand::run(args).await,
             Command::Leases(args) => leases::run(args).await,
+            Command::Scaler(args) => scaler::run(args).await,
+            Command::Demand(args) => demand::run(args).await,
         }
     }
 }
