@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use weft_agent::{Client, Demand};
+use weft_agent::{Client, Codec, Demand};
 use weft_fabric::testing::{ClusterOptions, NodeCommand, NodeProcess, ProcessCluster};
 
 /// Longest wait for anything the benchmark waits on.
@@ -89,7 +89,9 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 
 fn agent_table(args: &Args, scaled: &Path, name: &str, extra: &str) -> String {
     let what = match args.backend.as_str() {
-        "docker" => format!("backend = \"docker\"\nimage = \"{}\"\n", args.image.as_deref().unwrap_or_default()),
+        "docker" => {
+            format!("backend = \"docker\"\nimage = \"{}\"\n", args.image.as_deref().unwrap_or_default())
+        }
         _ => format!("command = \"{}\"\n", scaled.display()),
     };
     format!("\n[agents.{name}]\n{what}{extra}\n")
@@ -123,8 +125,9 @@ async fn wait_for_zero(client: &Client, agent: &str) -> anyhow::Result<()> {
     let mut watch = client.watch_demand(&[agent.to_owned()]);
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let demand: Demand =
-            tokio::time::timeout_at(deadline.into(), watch.next()).await.context("waiting for zero replicas")??;
+        let demand: Demand = tokio::time::timeout_at(deadline.into(), watch.next())
+            .await
+            .context("waiting for zero replicas")??;
         if let Some(d) = demand.agent(agent) {
             if d.sessions.is_empty() && d.pending == 0 && d.running == 0 {
                 return Ok(());
@@ -138,8 +141,10 @@ async fn wait_for_sessions(client: &Client, agent: &str, n: usize) -> anyhow::Re
     let mut watch = client.watch_demand(&[agent.to_owned()]);
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let demand =
-            tokio::time::timeout_at(deadline.into(), watch.next()).await.context("waiting for sessions")??;
+        let demand = tokio::time::timeout_at(deadline.into(), watch.next())
+            .await
+            .context("waiting for sessions")??;
+        tracing::debug!(sessions = demand.agent(agent).map_or(0, |d| d.sessions.len()), "picture");
         if demand.agent(agent).is_some_and(|d| d.sessions.len() >= n) {
             return Ok(Instant::now());
         }
@@ -149,46 +154,71 @@ async fn wait_for_sessions(client: &Client, agent: &str, n: usize) -> anyhow::Re
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_BENCH_TRACE").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let root = tempfile::tempdir()?;
+    let result = run(&args, root.path()).await;
+    if result.is_err() {
+        // Keep the nodes', the scaler's and the replicas' logs for a look.
+        eprintln!("logs kept in {}", root.keep().display());
+    }
+    result
+}
+
+async fn run(args: &Args, root: &Path) -> anyhow::Result<()> {
     let weft = binary("weft")?;
     let scaler_bin = binary("weft-scaler")?;
     let scaled = binary("scaled")?;
-    let root = tempfile::tempdir()?;
+    // Log levels of the scaler and its replicas (`WEFT_BENCH_LOG=info` to see what they do).
+    let log = std::env::var("WEFT_BENCH_LOG").unwrap_or_else(|_| "warn".into());
 
-    let mut cluster = ProcessCluster::start(ClusterOptions::new(&weft, root.path(), 3).env("RUST_LOG", "warn"))?;
+    let mut cluster = ProcessCluster::start(ClusterOptions::new(&weft, root, 3).env("RUST_LOG", "warn"))?;
     cluster.wait_for_leader(PATIENCE).await?;
     let endpoints = cluster.addrs().to_vec();
-    let client = Client::new(endpoints.clone())?;
+    // `echo` takes any JSON value, which bincode cannot carry.
+    let client = Client::builder(endpoints.clone()).codec(Codec::Json).build()?;
 
     let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     let mut config = format!(
         "endpoints = [{}]\ngroup = \"bench\"\nrun_dir = \"{}\"\n",
         quoted.join(", "),
-        root.path().join("run").display()
+        root.join("run").display()
     );
     if args.backend == "docker" {
         config += "\n[docker]\nnetwork = \"host\"\n";
     }
-    config += &agent_table(&args, &scaled, "work", "max_replicas = 1\nidle_ms = 300\ndrain_grace_ms = 2000");
+    let agent_env = format!("env = {{ RUST_LOG = \"{log}\" }}\n");
     config += &agent_table(
-        &args,
+        args,
+        &scaled,
+        "work",
+        &format!("{agent_env}max_replicas = 1\nidle_ms = 300\ndrain_grace_ms = 2000"),
+    );
+    config += &agent_table(
+        args,
         &scaled,
         "burst",
         &format!(
-            "max_replicas = {BURST_MAX}\nbacklog_per_replica = 1\ncapacity = 1\nidle_ms = 500\n\
+            "{agent_env}max_replicas = {BURST_MAX}\nbacklog_per_replica = 1\ncapacity = 1\nidle_ms = 500\n\
              drain_grace_ms = 2000\nmax_starts_per_interval = {BURST_MAX}\nstart_interval_ms = 1000"
         ),
     );
-    let config_path = root.path().join("scaler.toml");
+    let config_path = root.join("scaler.toml");
     std::fs::write(&config_path, &config)?;
-    let mut scaler: NodeProcess = NodeCommand::new(&scaler_bin, root.path().join("scaler.log"))
+    let mut scaler: NodeProcess = NodeCommand::new(&scaler_bin, root.join("scaler.log"))
         .arg("--config")
         .arg(&config_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", &log)
         .spawn()?;
 
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     println!(
         "weft-scaler cold start: 3 nodes, backend {}, {} rounds, {} cores ({machine})",
@@ -202,10 +232,12 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..args.rounds {
         wait_for_zero(&client, "work").await.with_context(|| format!("round {round}"))?;
         let t = Instant::now();
-        let _: serde_json::Value = client.request("work", "echo").args(&round).timeout(PATIENCE).call().await?;
+        let _: serde_json::Value =
+            client.request("work", "echo").args(&round).timeout(PATIENCE).call().await?;
         cold.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        let _: serde_json::Value = client.request("work", "echo").args(&round).timeout(PATIENCE).call().await?;
+        let _: serde_json::Value =
+            client.request("work", "echo").args(&round).timeout(PATIENCE).call().await?;
         warm.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let cold_p50 = summary("cold call (from zero)", cold);
@@ -227,7 +259,12 @@ async fn main() -> anyhow::Result<()> {
             .map(|_| {
                 let client = client.clone();
                 tokio::spawn(async move {
-                    client.request("burst", "sleep").args(&BURST_SLEEP_MS).timeout(PATIENCE).call::<u64>().await
+                    client
+                        .request("burst", "sleep")
+                        .args(&BURST_SLEEP_MS)
+                        .timeout(PATIENCE)
+                        .call::<u64>()
+                        .await
                 })
             })
             .collect();
