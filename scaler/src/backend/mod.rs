@@ -5,8 +5,13 @@
 //! (this one or a predecessor) started and that still run, so they can be adopted instead of
 //! started again. Every replica carries its [`ReplicaId`] where the backend can read it back:
 //! in the process's environment (`WEFT_SCALER_REPLICA`), in the container's labels.
+//!
+//! # Layout
+//! - [`docker`]: containers on the machine's Docker engine.
 
 use std::time::Duration;
+
+pub mod docker;
 
 /// A replica's id: unique per scaler cluster, made of the agent's name and a random suffix
 /// (`echo-5f3a9c21`). It is also the session name the replica's worker opens with
