@@ -9,8 +9,9 @@
 //! ```text
 //!  start ──create──► created ──start──► running ──exit──► waiter: inspect, log tail,
 //!                                          ▲               report Exited, remove
-//!  stop ──TERM, grace, KILL (engine)───────┘
-//!  find ──list by group label──► running: Found (and watched); exited, created: removed
+//!  stop ──(task) TERM, grace, KILL─────────┘
+//!  find ──list by group label──► running: Found; exited, never started: removed
+//!  adopt(Found) ──► a waiter, as for a container started here
 //! ```
 //!
 //! Every container carries the labels [`GROUP_LABEL`], [`REPLICA_LABEL`], [`AGENT_LABEL`] and,
@@ -26,9 +27,10 @@
 //! while the engine is down and report it.
 //!
 //! # Layout
-//! - [`Options`]: the backend's configuration (engine address, group, network, init).
-//! - [`Spec`]: what an agent's containers run (image, arguments).
-//! - [`Containers`]: the backend: start, stop, find; exits on the channel it was built with.
+//! - [`Settings`]: the `[docker]` table of the scaler's configuration (engine address,
+//!   network, init); [`Options`]: those plus the scaler group.
+//! - [`Spec`]: what an agent's containers run (image, command, arguments).
+//! - [`Backend`]: start, stop, find, adopt; exits on the channel it was built with.
 //! - [`Error`]: what went wrong, and whether anything changed.
 
 use std::collections::HashMap;
@@ -50,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Exited, Found, KILL_WAIT, Launch, MAX_OUTPUT_TAIL_BYTES, ReplicaId};
 
-/// The label naming the scaler group a container belongs to; [`Containers::find`] lists by it.
+/// The label naming the scaler group a container belongs to; [`Backend::find`] lists by it.
 pub const GROUP_LABEL: &str = "weft.scaler.group";
 /// The label carrying the container's [`ReplicaId`].
 pub const REPLICA_LABEL: &str = "weft.scaler.replica";
@@ -75,53 +77,66 @@ pub const WAIT_RETRY_MIN: Duration = Duration::from_millis(500);
 /// Longest pause between a waiter's attempts.
 pub const WAIT_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Most containers of one group that [`Containers::find`] looks at.
+/// Most containers of one group that [`Backend::find`] looks at.
 pub const MAX_FOUND: usize = 10_000;
 
 /// Longest group name, in characters.
 pub const MAX_GROUP_CHARS: usize = 64;
 
+/// Times a stop asks the engine before it gives up (the engine unreachable meanwhile); the
+/// pause between attempts grows from [`WAIT_RETRY_MIN`].
+pub const STOP_ATTEMPTS: u32 = 5;
+
 /// The bollard client's own request timeout, in seconds: only a backstop, since every call is
 /// bounded by [`REQUEST_TIMEOUT`] or the stop's grace; long enough for the longest stop.
 const CLIENT_TIMEOUT_S: u64 = 24 * 3600;
 
-/// The Docker backend's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    /// The engine's address: `unix:///PATH` (default [`DEFAULT_HOST`]), or `tcp://HOST:PORT` /
-    /// `http://HOST:PORT` for an engine that listens on TCP (plain HTTP: keep it on a trusted
-    /// network).
+/// The `[docker]` table of the scaler's configuration: how the Docker backend reaches the
+/// engine and what every container gets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The engine's address: `unix:///PATH` (default `unix:///var/run/docker.sock`), or
+    /// `tcp://HOST:PORT` / `http://HOST:PORT` for an engine that listens on TCP (plain HTTP:
+    /// keep it on a trusted network). The scaler in a container reaches its host's engine
+    /// through the socket mounted into it.
     pub host: String,
-    /// This scaler cluster's group: the value of [`GROUP_LABEL`] on every container it starts,
-    /// and the prefix of their names. Scalers of one cluster share it (a successor adopts its
-    /// predecessor's containers by it); two clusters on one engine need two groups. 1 to
-    /// [`MAX_GROUP_CHARS`] characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
-    pub group: String,
     /// The network the containers join (the engine's `NetworkMode`): a user-defined network's
     /// name (compose's `<project>_default`), so agents reach the nodes by service name, or
-    /// `bridge`, `host`, `none`. Unset: the engine's default bridge.
+    /// `bridge`, `host`, `none`. Default: unset, the engine's default bridge.
     pub network: Option<String>,
     /// Run the engine's init (docker-init) as PID 1 in each container: it forwards SIGTERM to
     /// an agent that installs no handler (PID 1 ignores it otherwise) and reaps zombies.
+    /// Default true.
     pub init: bool,
 }
 
-impl Default for Options {
+impl Default for Settings {
     fn default() -> Self {
-        Self { host: DEFAULT_HOST.into(), group: "weft".into(), network: None, init: true }
+        Self { host: DEFAULT_HOST.into(), network: None, init: true }
     }
+}
+
+/// The Docker backend's options: the [`Settings`] and the scaler group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The scaler group: the value of [`GROUP_LABEL`] on every container its scalers start,
+    /// and the prefix of their names. A successor adopts its predecessor's containers by it;
+    /// two groups on one engine never see each other's. 1 to [`MAX_GROUP_CHARS`] characters
+    /// of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+    pub group: String,
+    /// Engine address, network, init.
+    pub settings: Settings,
 }
 
 impl Options {
     /// Checks every field; the first bad one is named with the reason.
     pub fn validate(&self) -> Result<(), Error> {
-        if !(self.host.starts_with("unix://")
-            || self.host.starts_with("tcp://")
-            || self.host.starts_with("http://"))
-        {
+        let host = &self.settings.host;
+        if !(host.starts_with("unix://") || host.starts_with("tcp://") || host.starts_with("http://")) {
             return Err(Error::Invalid {
                 field: "host",
-                reason: format!("'{}' is not unix:///PATH, tcp://HOST:PORT or http://HOST:PORT", self.host),
+                reason: format!("'{host}' is not unix:///PATH, tcp://HOST:PORT or http://HOST:PORT"),
             });
         }
         if !is_name(&self.group) || self.group.chars().count() > MAX_GROUP_CHARS {
@@ -133,7 +148,7 @@ impl Options {
                 ),
             });
         }
-        if let Some(network) = &self.network
+        if let Some(network) = &self.settings.network
             && network.trim().is_empty()
         {
             return Err(Error::Invalid {
@@ -150,7 +165,10 @@ impl Options {
 pub struct Spec {
     /// The image (`weft-example-scaled:latest`); it must exist on the engine, it is never pulled.
     pub image: String,
-    /// Arguments after the image's entrypoint (empty: the image's own command).
+    /// A program that replaces the image's entrypoint (unset: the image's own).
+    pub command: Option<String>,
+    /// Its arguments, or the arguments after the image's entrypoint (empty with no
+    /// `command`: the image's own command).
     pub args: Vec<String>,
 }
 
@@ -195,14 +213,16 @@ pub enum Error {
         /// The engine's message.
         message: String,
     },
-    /// A container was still there [`KILL_WAIT`] after its stop returned; it was removed by
-    /// force.
-    #[error("container of replica {replica} had not gone {wait_s} s after its stop; removed by force")]
-    StopTimeout {
+    /// The backend does not watch this replica (it exited, or was never started or adopted).
+    #[error("replica {0} has no container watched here")]
+    Unknown(ReplicaId),
+    /// A found replica's container is gone, or is no longer that replica's.
+    #[error("replica {replica}: container {handle} is gone")]
+    Gone {
         /// The replica.
         replica: ReplicaId,
-        /// How long the stop waited after KILL, in seconds.
-        wait_s: u64,
+        /// The container id it was found with.
+        handle: String,
     },
     /// A configuration field or an argument is invalid.
     #[error("invalid docker backend {field}: {reason}")]
@@ -214,7 +234,7 @@ pub enum Error {
     },
 }
 
-/// The engine's version, as [`Containers::check`] found it.
+/// The engine's version, as [`Backend::check`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Engine {
     /// The engine's release (`20.10.24+dfsg1`).
@@ -226,7 +246,7 @@ pub struct Engine {
 /// The Docker backend. Cheap to clone; clones share the engine connection and the watched
 /// containers.
 #[derive(Clone)]
-pub struct Containers {
+pub struct Backend {
     inner: Arc<Inner>,
 }
 
@@ -246,15 +266,15 @@ struct Watched {
     gone: watch::Receiver<bool>,
 }
 
-impl std::fmt::Debug for Containers {
+impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Containers").field("options", &self.inner.options).finish_non_exhaustive()
+        f.debug_struct("docker::Backend").field("options", &self.inner.options).finish_non_exhaustive()
     }
 }
 
-impl Containers {
-    /// The backend, reporting every exit of a container it started or found on `exits`. Checks
-    /// the options; does not contact the engine yet ([`check`](Self::check) does).
+impl Backend {
+    /// The backend, reporting every exit of a container it started or adopted on `exits`.
+    /// Checks the options; does not contact the engine yet ([`check`](Self::check) does).
     pub fn new(options: Options, exits: mpsc::Sender<Exited>) -> Result<Self, Error> {
         options.validate()?;
         Ok(Self {
@@ -280,7 +300,7 @@ impl Containers {
         let version = self
             .bounded(docker.version())
             .await
-            .map_err(|e| e.into_error(&self.inner.options.host, "tell its version".into()))?;
+            .map_err(|e| e.into_error(self.host(), "tell its version".into()))?;
         Ok(Engine {
             version: version.version.unwrap_or_default(),
             api_version: format!("{}", docker.client_version()),
@@ -298,6 +318,7 @@ impl Containers {
             if watched.contains_key(&launch.replica) {
                 return Err(Error::Exists { replica: launch.replica.clone(), name });
             }
+            // Watched from before it exists, so a concurrent find() leaves it alone.
             watched.insert(launch.replica.clone(), Watched { stopping: false, gone: gone_rx });
         }
         match self.create_and_start(launch, spec, &name).await {
@@ -326,12 +347,13 @@ impl Containers {
         }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            entrypoint: spec.command.clone().map(|c| vec![c]),
+            cmd: (spec.command.is_some() || !spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(launch.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                network_mode: options.network.clone(),
-                init: Some(options.init),
+                network_mode: options.settings.network.clone(),
+                init: Some(options.settings.init),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
@@ -344,16 +366,15 @@ impl Containers {
         let created = match self.bounded(docker.create_container(Some(create), body)).await {
             Ok(created) => created,
             Err(Failure::Engine { status: 404, message }) if message.contains("No such image") => {
-                return Err(Error::ImageMissing { image: spec.image.clone(), host: options.host.clone() });
+                return Err(Error::ImageMissing { image: spec.image.clone(), host: self.host().to_string() });
             }
             Err(Failure::Engine { status: 409, .. }) => {
                 return Err(Error::Exists { replica: launch.replica.clone(), name: name.to_string() });
             }
             Err(e) => {
-                return Err(e.into_error(
-                    &options.host,
-                    format!("create the container of replica {}", launch.replica),
-                ));
+                return Err(
+                    e.into_error(self.host(), format!("create the container of replica {}", launch.replica))
+                );
             }
         };
         for warning in created.warnings.iter().filter(|w| !w.is_empty()) {
@@ -362,80 +383,92 @@ impl Containers {
         if let Err(e) = self.bounded(docker.start_container(&created.id, None)).await {
             // A container that never ran is of no use to anyone: remove it, so a failed start
             // changes nothing.
-            let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-            if let Err(r) = self.bounded(docker.remove_container(&created.id, Some(remove))).await {
-                tracing::warn!(name, error = %r.into_error(&options.host, format!("remove the container of replica {}", launch.replica)),
-                    "cannot remove a container that failed to start");
+            if let Err(r) = self.remove(&docker, &created.id).await {
+                tracing::warn!(name, error = ?r, "cannot remove a container that failed to start; find() will");
             }
             return Err(
-                e.into_error(&options.host, format!("start the container of replica {}", launch.replica))
+                e.into_error(self.host(), format!("start the container of replica {}", launch.replica))
             );
         }
         Ok(created.id)
     }
 
-    /// Stops `replica`'s container: the image's stop signal (SIGTERM), `grace` (rounded up to
-    /// whole seconds, the engine's unit), then SIGKILL; then waits up to [`KILL_WAIT`] for its
-    /// exit to be reported (as a stop) and the container removed. A replica with no container
-    /// is already stopped.
+    /// Asks `replica`'s container to stop and returns at once: a task has the engine send the
+    /// image's stop signal (SIGTERM), wait `grace` (rounded up to whole seconds, the engine's
+    /// unit), then SIGKILL; the exit is reported (as a stop) on the exits channel and the
+    /// container removed. A container still there [`KILL_WAIT`] after that is removed by force.
     #[tracing::instrument(skip_all, fields(replica = %replica, grace_ms = grace.as_millis() as u64))]
-    pub async fn stop(&self, replica: &str, grace: Duration) -> Result<(), Error> {
-        let gone = match self.mark_stopping(replica) {
-            Some(gone) => gone,
-            None => {
-                // Not watched (a container left by a predecessor that find() has not seen):
-                // watch it first, so its exit is reported like any other.
-                self.find().await?;
-                match self.mark_stopping(replica) {
-                    Some(gone) => gone,
-                    None => return Ok(()),
-                }
-            }
+    pub fn stop(&self, replica: &str, grace: Duration) -> Result<(), Error> {
+        let gone = {
+            let mut watched = self.lock();
+            let w = watched.get_mut(replica).ok_or_else(|| Error::Unknown(replica.to_string()))?;
+            w.stopping = true;
+            w.gone.clone()
         };
-        let docker = self.engine().await?;
         let name = self.container_name(replica)?;
+        let this = self.clone();
+        let replica = replica.to_string();
+        tokio::spawn(async move { this.stop_task(&replica, &name, grace, gone).await });
+        Ok(())
+    }
+
+    async fn stop_task(&self, replica: &str, name: &str, grace: Duration, mut gone: watch::Receiver<bool>) {
         let grace_s = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
         let stop =
             StopContainerOptionsBuilder::default().t(i32::try_from(grace_s).unwrap_or(i32::MAX)).build();
-        let bound = grace + KILL_WAIT + REQUEST_TIMEOUT;
-        match tokio::time::timeout(bound, docker.stop_container(&name, Some(stop))).await {
-            Ok(Ok(())) => {}
-            // 304: already stopped; 404: already gone. Either way the waiter reports it.
-            Ok(Err(e)) => match Failure::from(e) {
-                Failure::Engine { status: 304 | 404, .. } => {}
-                other => {
-                    return Err(other.into_error(
-                        &self.inner.options.host,
-                        format!("stop the container of replica {replica}"),
-                    ));
+        let bound = Duration::from_secs(grace_s) + KILL_WAIT + REQUEST_TIMEOUT;
+        let mut retry = WAIT_RETRY_MIN;
+        for attempt in 1..=STOP_ATTEMPTS {
+            let outcome = match self.engine().await {
+                Ok(docker) => {
+                    match tokio::time::timeout(bound, docker.stop_container(name, Some(stop.clone()))).await {
+                        Ok(result) => result.map_err(Failure::from),
+                        Err(_) => Err(Failure::Transport(format!(
+                            "the stop did not return within {} s",
+                            bound.as_secs()
+                        ))),
+                    }
                 }
-            },
-            Err(_) => {
-                return Err(Error::Unreachable {
-                    host: self.inner.options.host.clone(),
-                    reason: format!("a stop did not return within {} s", bound.as_secs()),
-                });
+                Err(e) => Err(Failure::Transport(e.to_string())),
+            };
+            match outcome {
+                // 304: it had stopped already; 404: it is gone. Either way the waiter reports it.
+                Ok(()) | Err(Failure::Engine { status: 304 | 404, .. }) => break,
+                Err(e) => {
+                    tracing::warn!(replica, attempt, error = ?e, "the engine did not stop the container");
+                    if attempt == STOP_ATTEMPTS {
+                        tracing::error!(
+                            replica,
+                            attempts = STOP_ATTEMPTS,
+                            "giving up stopping the container"
+                        );
+                        return;
+                    }
+                }
             }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(WAIT_RETRY_MAX);
         }
-        let mut gone = gone;
         if tokio::time::timeout(KILL_WAIT, gone.wait_for(|g| *g)).await.is_ok() {
-            return Ok(());
+            return;
         }
-        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-        if let Err(e) = self.bounded(docker.remove_container(&name, Some(remove))).await {
-            return Err(
-                e.into_error(&self.inner.options.host, format!("remove the container of replica {replica}"))
-            );
+        tracing::warn!(
+            replica,
+            wait_s = KILL_WAIT.as_secs(),
+            "the container is still there after its stop; removing it by force"
+        );
+        if let Ok(docker) = self.engine().await
+            && let Err(e) = self.remove(&docker, name).await
+        {
+            tracing::warn!(replica, error = ?e, "cannot remove the container");
         }
-        Err(Error::StopTimeout { replica: replica.to_string(), wait_s: KILL_WAIT.as_secs() })
     }
 
     /// The replicas of this group whose containers run (or are paused or restarting), for
-    /// adoption; each is watched from now on, so its exit is reported. Containers of the group
-    /// that exited or were created and never started (a scaler killed mid-start) are removed.
+    /// [`adopt`](Self::adopt). Containers of the group that exited or were created and never
+    /// started (a scaler killed mid-start), and that nobody watches here, are removed.
     pub async fn find(&self) -> Result<Vec<Found>, Error> {
         let docker = self.engine().await?;
-        let host = &self.inner.options.host;
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("{GROUP_LABEL}={}", self.inner.options.group)],
@@ -444,7 +477,7 @@ impl Containers {
         let containers = self
             .bounded(docker.list_containers(Some(list)))
             .await
-            .map_err(|e| e.into_error(host, "list the containers of the group".into()))?;
+            .map_err(|e| e.into_error(self.host(), "list the containers of the group".into()))?;
         let mut found = Vec::new();
         for container in containers.into_iter().take(MAX_FOUND) {
             let Some(id) = container.id else { continue };
@@ -461,36 +494,62 @@ impl Containers {
                         | ContainerSummaryStateEnum::RESTARTING
                 )
             );
-            let watched = self.lock().contains_key(&replica);
             if running {
-                if !watched {
-                    let (gone_tx, gone_rx) = watch::channel(false);
-                    self.lock().insert(replica.clone(), Watched { stopping: false, gone: gone_rx });
-                    self.spawn_waiter(replica.clone(), id.clone(), gone_tx);
-                    tracing::info!(replica = %replica, container = %id, "found a running container; watching it");
-                }
                 found.push(Found {
                     agent: labels.get(AGENT_LABEL).cloned().unwrap_or_default(),
                     instance: labels.get(INSTANCE_LABEL).cloned(),
                     replica,
                     handle: id,
                 });
-            } else if !watched && container.state != Some(ContainerSummaryStateEnum::REMOVING) {
-                tracing::info!(replica = %replica, container = %id, state = ?container.state,
-                    "removing a container left behind");
-                let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-                match self.bounded(docker.remove_container(&id, Some(remove))).await {
-                    Ok(()) | Err(Failure::Engine { status: 404 | 409, .. }) => {}
-                    Err(e) => {
-                        return Err(e.into_error(
-                            host,
-                            format!("remove the container left behind by replica {replica}"),
-                        ));
-                    }
-                }
+            } else if !self.lock().contains_key(&replica)
+                && container.state != Some(ContainerSummaryStateEnum::REMOVING)
+            {
+                tracing::info!(replica = %replica, container = %id, state = ?container.state, "removing a container left behind");
+                self.remove(&docker, &id).await.map_err(|e| {
+                    e.into_error(
+                        self.host(),
+                        format!("remove the container left behind by replica {replica}"),
+                    )
+                })?;
             }
         }
         Ok(found)
+    }
+
+    /// Takes charge of a container [`find`](Self::find) returned: its exit is reported from
+    /// now on, and it can be stopped. Adopting one watched already changes nothing.
+    pub async fn adopt(&self, found: &Found) -> Result<(), Error> {
+        if self.lock().contains_key(&found.replica) {
+            return Ok(());
+        }
+        let docker = self.engine().await?;
+        let gone = || Error::Gone { replica: found.replica.clone(), handle: found.handle.clone() };
+        let inspect = match self.bounded(docker.inspect_container(&found.handle, None)).await {
+            Ok(inspect) => inspect,
+            Err(Failure::Engine { status: 404, .. }) => return Err(gone()),
+            Err(e) => {
+                return Err(
+                    e.into_error(self.host(), format!("inspect the container of replica {}", found.replica))
+                );
+            }
+        };
+        let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+        if labels.get(GROUP_LABEL) != Some(&self.inner.options.group)
+            || labels.get(REPLICA_LABEL) != Some(&found.replica)
+        {
+            return Err(gone());
+        }
+        let (gone_tx, gone_rx) = watch::channel(false);
+        {
+            let mut watched = self.lock();
+            if watched.contains_key(&found.replica) {
+                return Ok(());
+            }
+            watched.insert(found.replica.clone(), Watched { stopping: false, gone: gone_rx });
+        }
+        tracing::info!(replica = %found.replica, container = %found.handle, "adopted a running container");
+        self.spawn_waiter(found.replica.clone(), found.handle.clone(), gone_tx);
+        Ok(())
     }
 
     /// Stops watching: the waiters end and no more exits are reported. The containers keep
@@ -501,31 +560,28 @@ impl Containers {
 
     /// The container name of `replica`: `<group>-<replica>`.
     pub fn container_name(&self, replica: &str) -> Result<String, Error> {
-        let name = format!("{}-{replica}", self.inner.options.group);
         if !is_name(replica) {
             return Err(Error::Invalid {
                 field: "replica",
                 reason: format!("'{replica}' does not make a container name (characters of [A-Za-z0-9_.-])"),
             });
         }
-        Ok(name)
+        Ok(format!("{}-{replica}", self.inner.options.group))
+    }
+
+    fn host(&self) -> &str {
+        &self.inner.options.settings.host
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ReplicaId, Watched>> {
         self.inner.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn mark_stopping(&self, replica: &str) -> Option<watch::Receiver<bool>> {
-        let mut watched = self.lock();
-        let w = watched.get_mut(replica)?;
-        w.stopping = true;
-        Some(w.gone.clone())
-    }
-
     /// The engine's client, connected and its API version negotiated; tried again on the next
     /// call after a failure.
     async fn engine(&self) -> Result<Docker, Error> {
-        let host = &self.inner.options.host;
+        let host = self.host();
+        let unreachable = |reason: String| Error::Unreachable { host: host.to_string(), reason };
         let docker = self
             .inner
             .engine
@@ -535,14 +591,11 @@ impl Containers {
                 } else {
                     Docker::connect_with_http(host, CLIENT_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
                 }
-                .map_err(|e| Error::Unreachable { host: host.clone(), reason: chain(&e) })?;
+                .map_err(|e| unreachable(chain(&e)))?;
                 match tokio::time::timeout(REQUEST_TIMEOUT, client.negotiate_version()).await {
                     Ok(Ok(client)) => Ok(client),
-                    Ok(Err(e)) => Err(Error::Unreachable { host: host.clone(), reason: chain(&e) }),
-                    Err(_) => Err(Error::Unreachable {
-                        host: host.clone(),
-                        reason: format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
-                    }),
+                    Ok(Err(e)) => Err(unreachable(chain(&e))),
+                    Err(_) => Err(unreachable(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))),
                 }
             })
             .await?;
@@ -555,6 +608,15 @@ impl Containers {
         match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
             Ok(result) => result.map_err(Failure::from),
             Err(_) => Err(Failure::Transport(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))),
+        }
+    }
+
+    /// Removes a container by force; one that is gone or being removed already is fine.
+    async fn remove(&self, docker: &Docker, container: &str) -> Result<(), Failure> {
+        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.bounded(docker.remove_container(container, Some(remove))).await {
+            Ok(()) | Err(Failure::Engine { status: 404 | 409, .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -574,26 +636,23 @@ impl Containers {
 
     /// Waits for the container to exit, then reports the exit and removes the container.
     async fn wait_and_report(&self, replica: &str, id: &str) {
-        let host = &self.inner.options.host;
         let mut retry = WAIT_RETRY_MIN;
         let vanished = loop {
-            let Ok(docker) = self.engine().await else {
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(WAIT_RETRY_MAX);
-                continue;
-            };
-            let wait = WaitContainerOptionsBuilder::default().condition("not-running").build();
-            let mut stream = docker.wait_container(id, Some(wait));
-            match stream.next().await {
-                // A non-zero exit arrives as an error carrying the code; either way it exited.
-                Some(Ok(_)) | Some(Err(EngineError::DockerContainerWaitError { .. })) => break false,
-                Some(Err(e)) => match Failure::from(e) {
-                    Failure::Engine { status: 404, .. } => break true,
-                    failure => {
-                        tracing::debug!(replica, container = id, error = ?failure, "waiting on a container failed; again");
+            if let Ok(docker) = self.engine().await {
+                let wait = WaitContainerOptionsBuilder::default().condition("not-running").build();
+                match docker.wait_container(id, Some(wait)).next().await {
+                    // A non-zero exit arrives as an error carrying the code; either way it exited.
+                    Some(Ok(_)) | Some(Err(EngineError::DockerContainerWaitError { .. })) => break false,
+                    Some(Err(e)) => match Failure::from(e) {
+                        Failure::Engine { status: 404, .. } => break true,
+                        failure => {
+                            tracing::debug!(replica, container = id, error = ?failure, "waiting on a container failed; again")
+                        }
+                    },
+                    None => {
+                        tracing::debug!(replica, container = id, "the wait ended without an answer; again")
                     }
-                },
-                None => tracing::debug!(replica, container = id, "the wait ended without an answer; again"),
+                }
             }
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(WAIT_RETRY_MAX);
@@ -607,7 +666,7 @@ impl Containers {
             output_tail: String::new(),
         };
         if vanished {
-            exited.output_tail = "[weft-scaler] the container was removed by someone else".into();
+            exited.output_tail = "[weft-scaler] the container was removed outside the scaler".into();
         } else if let Ok(docker) = self.engine().await {
             if let Ok(inspect) = self.bounded(docker.inspect_container(id, None)).await {
                 let state = inspect.state.unwrap_or_default();
@@ -620,13 +679,8 @@ impl Containers {
                     exited.output_tail.push_str(&format!("\n[weft-scaler] the engine says: {error}\n"));
                 }
             }
-            let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-            match self.bounded(docker.remove_container(id, Some(remove))).await {
-                Ok(()) | Err(Failure::Engine { status: 404 | 409, .. }) => {}
-                Err(e) => {
-                    tracing::warn!(replica, container = id, error = %e.into_error(host, format!("remove the container of replica {replica}")),
-                        "cannot remove an exited container; find() will")
-                }
+            if let Err(e) = self.remove(&docker, id).await {
+                tracing::warn!(replica, container = id, error = ?e, "cannot remove an exited container; find() will");
             }
         }
         tracing::info!(replica, container = id, code = ?exited.code, signal = ?exited.signal,

@@ -24,6 +24,7 @@ fn main() {
     for (k, v) in vars {
         println!("{k}={v}");
     }
+    println!("fixture: args {:?}", std::env::args().skip(1).collect::<Vec<_>>());
     if std::env::var_os("FIXTURE_IGNORE_TERM").is_some() {
         unsafe { signal(15, 1) };
         println!("fixture: ignoring SIGTERM");
@@ -128,7 +129,10 @@ impl Group {
     }
 
     fn options(&self) -> Options {
-        Options { group: self.name.clone(), network: self.network.clone(), ..Options::default() }
+        Options {
+            group: self.name.clone(),
+            settings: Settings { network: self.network.clone(), ..Settings::default() },
+        }
     }
 
     /// Ids of every container of the group, running or not.
@@ -167,7 +171,7 @@ fn launch(replica: &str, agent: &str, instance: Option<&str>, extra: &[(&str, &s
 }
 
 fn fixture() -> Spec {
-    Spec { image: fixture_image().to_string(), args: Vec::new() }
+    Spec { image: fixture_image().to_string(), command: None, args: Vec::new() }
 }
 
 /// Waits until the container's output contains `text`.
@@ -192,7 +196,7 @@ async fn next_exit(exits: &mut mpsc::Receiver<Exited>) -> Exited {
 async fn start_labels_find_stop_and_report() {
     let group = Group::new("start").with_network();
     let (tx, mut exits) = mpsc::channel(16);
-    let backend = Containers::new(group.options(), tx).unwrap();
+    let backend = Backend::new(group.options(), tx).unwrap();
     let engine = backend.check().await.expect("the engine answers");
     tracing::info!(?engine, "engine");
     assert!(!engine.api_version.is_empty());
@@ -240,7 +244,7 @@ async fn start_labels_find_stop_and_report() {
     }
 
     tracing::info!("stop: SIGTERM ends it within the grace; reported as a stop, and removed");
-    backend.stop(&one.replica, Duration::from_secs(20)).await.expect("stopped");
+    backend.stop(&one.replica, Duration::from_secs(20)).expect("stop asked");
     let exited = next_exit(&mut exits).await;
     assert_eq!(exited.replica, "work-aaaa0001");
     assert!(exited.stopped);
@@ -248,9 +252,12 @@ async fn start_labels_find_stop_and_report() {
     assert!(exited.output_tail.contains("fixture: running"), "{exited:?}");
     assert_eq!(group.containers().len(), 1, "only the second replica is left");
 
-    tracing::info!("stopping a replica that is gone is a no-op");
-    backend.stop(&one.replica, Duration::from_secs(1)).await.expect("nothing to stop");
-    backend.stop(&two.replica, Duration::from_secs(20)).await.expect("stopped");
+    tracing::info!("a replica that is gone is not stopped again");
+    match backend.stop(&one.replica, Duration::from_secs(1)) {
+        Err(Error::Unknown(replica)) => assert_eq!(replica, "work-aaaa0001"),
+        other => panic!("expected Unknown, got {other:?}"),
+    }
+    backend.stop(&two.replica, Duration::from_secs(20)).expect("stop asked");
     assert_eq!(next_exit(&mut exits).await.replica, "work-aaaa0002");
     assert!(group.containers().is_empty());
 }
@@ -259,7 +266,7 @@ async fn start_labels_find_stop_and_report() {
 async fn a_crash_is_reported_with_its_code_and_output() {
     let group = Group::new("crash");
     let (tx, mut exits) = mpsc::channel(16);
-    let backend = Containers::new(group.options(), tx).unwrap();
+    let backend = Backend::new(group.options(), tx).unwrap();
     let crash = launch("work-bbbb0001", "work", None, &[("FIXTURE_EXIT", "3")]);
     backend.start(&crash, &fixture()).await.expect("started");
     let exited = next_exit(&mut exits).await;
@@ -279,11 +286,11 @@ async fn a_crash_is_reported_with_its_code_and_output() {
 async fn stop_kills_a_replica_that_ignores_sigterm_after_the_grace() {
     let group = Group::new("kill");
     let (tx, mut exits) = mpsc::channel(16);
-    let backend = Containers::new(group.options(), tx).unwrap();
+    let backend = Backend::new(group.options(), tx).unwrap();
     let stubborn = launch("work-cccc0001", "work", None, &[("FIXTURE_IGNORE_TERM", "1")]);
     backend.start(&stubborn, &fixture()).await.expect("started");
     wait_for_output(&backend.container_name(&stubborn.replica).unwrap(), "fixture: running").await;
-    backend.stop(&stubborn.replica, Duration::from_millis(500)).await.expect("stopped");
+    backend.stop(&stubborn.replica, Duration::from_millis(500)).expect("stop asked");
     let exited = next_exit(&mut exits).await;
     assert!(exited.stopped);
     assert_eq!((exited.code, exited.signal), (None, Some(9)), "{exited:?}");
@@ -294,7 +301,7 @@ async fn stop_kills_a_replica_that_ignores_sigterm_after_the_grace() {
 async fn a_successor_adopts_running_containers_and_removes_exited_ones() {
     let group = Group::new("adopt");
     let (tx, _exits) = mpsc::channel(16);
-    let first = Containers::new(group.options(), tx).unwrap();
+    let first = Backend::new(group.options(), tx).unwrap();
     let kept = launch("work-dddd0001", "work", Some("i-7"), &[]);
     first.start(&kept, &fixture()).await.expect("started");
     wait_for_output(&first.container_name(&kept.replica).unwrap(), "fixture: running").await;
@@ -324,9 +331,13 @@ async fn a_successor_adopts_running_containers_and_removes_exited_ones() {
     docker(&create.iter().map(String::as_str).collect::<Vec<_>>()).expect("docker create");
     assert_eq!(group.containers().len(), 3);
 
-    tracing::info!("the successor finds the running one, removes the others, and reports its stop");
+    tracing::info!("the successor finds the running one, removes the others, adopts, and reports its stop");
     let (tx, mut exits) = mpsc::channel(16);
-    let second = Containers::new(group.options(), tx).unwrap();
+    let second = Backend::new(group.options(), tx).unwrap();
+    assert!(
+        matches!(second.stop(&kept.replica, Duration::from_secs(1)), Err(Error::Unknown(_))),
+        "not adopted yet"
+    );
     let found = second.find().await.unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(
@@ -338,33 +349,49 @@ async fn a_successor_adopts_running_containers_and_removes_exited_ones() {
         Err(Error::Exists { .. }) => {}
         other => panic!("a successor must not start a replica twice; got {other:?}"),
     }
-    second.stop(&kept.replica, Duration::from_secs(20)).await.expect("stopped");
+    second.adopt(&found[0]).await.expect("adopted");
+    second.adopt(&found[0]).await.expect("adopting twice changes nothing");
+    let stale = Found { handle: "0123456789ab".into(), ..found[0].clone() };
+    let third = Backend::new(group.options(), mpsc::channel(1).0).unwrap();
+    assert!(matches!(third.adopt(&stale).await, Err(Error::Gone { .. })), "a handle that names no container");
+    second.stop(&kept.replica, Duration::from_secs(20)).expect("stop asked");
     let exited = next_exit(&mut exits).await;
     assert_eq!((exited.replica.as_str(), exited.stopped), ("work-dddd0001", true));
     assert!(group.containers().is_empty());
 }
 
 #[tokio::test]
-async fn a_successor_that_never_called_find_still_stops_a_replica() {
-    let group = Group::new("stop-unwatched");
-    let (tx, _exits) = mpsc::channel(16);
-    let first = Containers::new(group.options(), tx).unwrap();
-    let replica = launch("work-eeee0001", "work", None, &[]);
-    first.start(&replica, &fixture()).await.expect("started");
-    first.close();
+async fn a_command_and_arguments_replace_the_images() {
+    let group = Group::new("command");
     let (tx, mut exits) = mpsc::channel(16);
-    let second = Containers::new(group.options(), tx).unwrap();
-    second.stop(&replica.replica, Duration::from_secs(20)).await.expect("stopped");
-    assert!(next_exit(&mut exits).await.stopped);
-    assert!(group.containers().is_empty());
+    let backend = Backend::new(group.options(), tx).unwrap();
+    let spec = Spec {
+        image: fixture_image().to_string(),
+        command: Some("/fixture".into()),
+        args: vec!["--serve".into(), "work".into()],
+    };
+    backend
+        .start(&launch("work-eeee0001", "work", None, &[("FIXTURE_EXIT", "0")]), &spec)
+        .await
+        .expect("started");
+    let exited = next_exit(&mut exits).await;
+    assert_eq!(exited.code, Some(0));
+    assert!(exited.output_tail.contains(r#"fixture: args ["--serve", "work"]"#), "{exited:?}");
+    let spec = Spec { command: None, ..spec };
+    backend
+        .start(&launch("work-eeee0002", "work", None, &[("FIXTURE_EXIT", "0")]), &spec)
+        .await
+        .expect("started");
+    let exited = next_exit(&mut exits).await;
+    assert!(exited.output_tail.contains(r#"fixture: args ["--serve", "work"]"#), "{exited:?}");
 }
 
 #[tokio::test]
 async fn a_missing_image_is_a_failed_start_that_names_it() {
     let group = Group::new("noimage");
     let (tx, _exits) = mpsc::channel(16);
-    let backend = Containers::new(group.options(), tx).unwrap();
-    let spec = Spec { image: "weft-no-such-image:absent".into(), args: Vec::new() };
+    let backend = Backend::new(group.options(), tx).unwrap();
+    let spec = Spec { image: "weft-no-such-image:absent".into(), command: None, args: Vec::new() };
     for _ in 0..2 {
         let err = backend.start(&launch("work-ffff0001", "work", None, &[]), &spec).await.unwrap_err();
         assert!(matches!(err, Error::ImageMissing { .. }), "{err:?}");
@@ -379,8 +406,9 @@ async fn a_missing_image_is_a_failed_start_that_names_it() {
 async fn a_start_the_engine_refuses_leaves_nothing_behind() {
     let group = Group::new("nonet");
     let (tx, _exits) = mpsc::channel(16);
-    let options = Options { network: Some(format!("{}-no-such-network", group.name)), ..group.options() };
-    let backend = Containers::new(options, tx).unwrap();
+    let mut options = group.options();
+    options.settings.network = Some(format!("{}-no-such-network", group.name));
+    let backend = Backend::new(options, tx).unwrap();
     let err = backend.start(&launch("work-ffff0002", "work", None, &[]), &fixture()).await.unwrap_err();
     assert!(matches!(err, Error::Refused { .. }), "{err:?}");
     assert!(err.to_string().contains("replica work-ffff0002"), "{err}");
@@ -391,7 +419,7 @@ async fn a_start_the_engine_refuses_leaves_nothing_behind() {
 async fn an_unreachable_engine_is_a_clear_error() {
     let (tx, _exits) = mpsc::channel(16);
     let host = "unix:///nonexistent/docker.sock";
-    let backend = Containers::new(Options { host: host.into(), ..Options::default() }, tx).unwrap();
+    let backend = Backend::new(on(host), tx).unwrap();
     let err = backend.check().await.unwrap_err();
     assert!(err.to_string().starts_with(&format!("docker engine at {host} unreachable: ")), "{err}");
     let err =
@@ -403,33 +431,50 @@ async fn an_unreachable_engine_is_a_clear_error() {
     tracing::info!("an address nothing listens on");
     let host = "tcp://127.0.0.1:1";
     let (tx, _exits) = mpsc::channel(16);
-    let backend = Containers::new(Options { host: host.into(), ..Options::default() }, tx).unwrap();
+    let backend = Backend::new(on(host), tx).unwrap();
     let err = backend.check().await.unwrap_err();
     assert!(err.to_string().starts_with(&format!("docker engine at {host} unreachable: ")), "{err}");
 }
 
 /// A spec for tests that never reach an engine (no fixture build needed).
 fn fixture_spec_unused() -> Spec {
-    Spec { image: "unused".into(), args: Vec::new() }
+    Spec { image: "unused".into(), command: None, args: Vec::new() }
+}
+
+fn on(host: &str) -> Options {
+    Options { group: "weft".into(), settings: Settings { host: host.into(), ..Settings::default() } }
 }
 
 #[test]
 fn options_are_validated() {
     let (tx, _rx) = mpsc::channel(1);
-    let bad = |options: Options| Containers::new(options, tx.clone()).unwrap_err().to_string();
+    let bad = |options: Options| Backend::new(options, tx.clone()).unwrap_err().to_string();
+    let group = |g: &str| Options { group: g.into(), settings: Settings::default() };
     assert_eq!(
-        bad(Options { group: "".into(), ..Options::default() }),
+        bad(group("")),
         "invalid docker backend group: '' is not 1 to 64 characters of [A-Za-z0-9_.-] starting with a letter or digit"
     );
-    assert!(bad(Options { group: "a b".into(), ..Options::default() }).contains("group: 'a b'"));
-    assert!(bad(Options { group: "x".repeat(65), ..Options::default() }).contains("group"));
-    assert!(bad(Options { host: "/var/run/docker.sock".into(), ..Options::default() }).starts_with(
+    assert!(bad(group("a b")).contains("group: 'a b'"));
+    assert!(bad(group(&"x".repeat(65))).contains("group"));
+    assert!(bad(on("/var/run/docker.sock")).starts_with(
         "invalid docker backend host: '/var/run/docker.sock' is not unix:///PATH, tcp://HOST:PORT or http://HOST:PORT"
     ));
-    assert!(bad(Options { network: Some(" ".into()), ..Options::default() }).contains("network: is empty"));
-    let backend = Containers::new(Options::default(), tx).unwrap();
+    let mut blank_network = group("weft");
+    blank_network.settings.network = Some(" ".into());
+    assert!(bad(blank_network).contains("network: is empty"));
+    let backend = Backend::new(group("weft"), tx).unwrap();
     assert_eq!(backend.container_name("echo-5f3a9c21").unwrap(), "weft-echo-5f3a9c21");
     assert!(matches!(backend.container_name("a/b"), Err(Error::Invalid { field: "replica", .. })));
+}
+
+#[test]
+fn settings_read_from_toml_with_defaults() {
+    let settings: Settings = toml::from_str("network = \"weft_default\"\n").unwrap();
+    assert_eq!(settings, Settings { network: Some("weft_default".into()), ..Settings::default() });
+    assert_eq!(settings.host, "unix:///var/run/docker.sock");
+    assert!(settings.init);
+    let err = toml::from_str::<Settings>("netwrok = \"x\"\n").unwrap_err().to_string();
+    assert!(err.contains("unknown field `netwrok`"), "{err}");
 }
 
 #[test]
