@@ -10,6 +10,7 @@ use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 
 use crate::connection::{self, Connection};
+use crate::lease::Lease;
 use crate::state::State;
 use crate::streams::{self, Stream, StreamRef};
 use crate::types::{Execution, RetryPolicy, Started, outcome};
@@ -348,6 +349,19 @@ impl Client {
     /// `instance/<agent>/<id>`); values are JSON, so `weft state get` shows them.
     pub fn state(&self, namespace: &str) -> State {
         State::new(self.conn.clone(), namespace)
+    }
+
+    /// Lease `name`: acquire, renew, release, see who holds it (see [`Lease`]). Sends nothing
+    /// until used.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+    /// let grant = client.lease("scaler").acquire("scaler-1", std::time::Duration::from_secs(10)).await?;
+    /// println!("active with token {}", grant.token);
+    /// # Ok(()) }
+    /// ```
+    pub fn lease(&self, name: &str) -> Lease {
+        Lease::new(self.conn.clone(), name)
     }
 
     /// Stream `name`: create it, append, listen, close, delete (see [`Stream`]). Sends

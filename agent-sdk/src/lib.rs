@@ -5,7 +5,7 @@
 //! connects to any node of the fabric (failing over between the endpoints it was given),
 //! opens a session and runs what the fabric assigns to it. A caller uses a [`Client`] to call
 //! agents, start and stop instances, read and write state, and append to and listen to
-//! [`streams`].
+//! [`streams`]; a scaler watches the [`demand`] for agent processes.
 //!
 //! ```no_run
 //! use weft_agent::{Agent, Client, Context, Fail, Worker};
@@ -48,9 +48,14 @@
 //! - [`worker`]: [`Worker`], the runtime that serves agents' handlers.
 //! - [`agent`]: [`Agent`], handlers registered by delegate.
 //! - [`context`]: [`Context`], what a handler can see and do.
-//! - [`state`]: typed key/value state for clients ([`State`]) and handlers ([`Scope`]).
+//! - [`state`]: typed key/value state for clients ([`State`], fenced or not) and handlers
+//!   ([`Scope`]).
+//! - [`lease`]: leases with fencing tokens ([`Lease`], [`Grant`], [`Fence`]): one active
+//!   process among several, and writes that stop once it is not.
 //! - [`streams`]: streams ([`Stream`]), appends and [`Producer`]s, listeners, commits,
 //!   generators ([`Emitter`]), [`StreamRef`].
+//! - [`demand`]: the demand for agent processes the fabric pushes ([`Client::watch_demand`],
+//!   [`DemandWatch`], [`Demand`]).
 //! - [`codec`]: payload encodings (bincode, JSON).
 //! - [`types`]: executions as the fabric reports them, retry policies.
 //! - [`error`]: [`Error`] and [`Fail`].
@@ -63,7 +68,9 @@ pub mod client;
 pub mod codec;
 mod connection;
 pub mod context;
+pub mod demand;
 pub mod error;
+pub mod lease;
 pub mod state;
 pub mod streams;
 pub mod types;
@@ -73,7 +80,9 @@ pub use agent::Agent;
 pub use client::{Call, Client, ClientBuilder};
 pub use codec::Codec;
 pub use context::Context;
+pub use demand::{AgentDemand, Demand, DemandWatch, InstanceDemand, SessionLoad};
 pub use error::{Error, Fail};
+pub use lease::{Fence, Grant, Lease};
 pub use state::{Scope, State};
 pub use streams::{Emitter, Producer, Stream, StreamRef};
 pub use types::{Execution, RetryPolicy, Started, Status};

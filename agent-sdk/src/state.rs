@@ -1,6 +1,8 @@
 //! Typed key/value state. Values are JSON, so the CLI (`weft state get`) shows them.
 //!
-//! - [`State`]: a namespace as a plain client sees it; every call goes to the fabric.
+//! - [`State`]: a namespace as a plain client sees it; every call goes to the fabric. A
+//!   handle from [`State::fenced`] writes only while a lease's grant holds (see
+//!   [`lease`](crate::lease)).
 //! - [`Scope`]: a namespace inside a handler. Reads go to the fabric (linearizable) and
 //!   remember the version they saw; writes are buffered and applied with the handler's
 //!   result in one log entry, each conditional on the version the handler read. If anyone
@@ -14,8 +16,12 @@ use serde::de::DeserializeOwned;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::Error;
 use crate::connection::{Connection, MAX_MESSAGE_BYTES};
+use crate::{Error, Fence};
+
+/// Most keys [`State::list`] returns; a prefix that holds more is refused (list a narrower
+/// one).
+pub const MAX_LIST_KEYS: usize = 10_000;
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(value).map_err(|e| Error::Codec(format!("cannot encode the value as JSON: {e}")))
@@ -39,11 +45,39 @@ fn from_json<T: DeserializeOwned>(namespace: &str, key: &str, bytes: &[u8]) -> R
 pub struct State {
     conn: Connection,
     namespace: String,
+    /// What every write of this handle carries, if it is fenced.
+    fence: Option<Fence>,
 }
 
 impl State {
     pub(crate) fn new(conn: Connection, namespace: &str) -> Self {
-        Self { conn, namespace: namespace.to_owned() }
+        Self { conn, namespace: namespace.to_owned(), fence: None }
+    }
+
+    /// A handle on the same namespace whose writes ([`State::put`],
+    /// [`State::compare_and_set`], [`State::delete`]) apply only while `fence`'s grant holds
+    /// its lease. Once the lease is lost (run out, released, taken by another holder) they
+    /// are refused with [`Error::Refused`] `FailedPrecondition`, naming the lease and why, and
+    /// change nothing. Reads are not fenced.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: weft_agent::Client, grant: weft_agent::Grant) -> Result<(), weft_agent::Error> {
+    /// let intents = client.state("shared/scaler").fenced(grant.fence());
+    /// match intents.put("worker-3", &"starting").await {
+    ///     Ok(_) => {} // still the active one
+    ///     Err(weft_agent::Error::Refused { code: tonic::Code::FailedPrecondition, message }) => {
+    ///         eprintln!("lost the lease: {message}");
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn fenced(&self, fence: Fence) -> State {
+        State { fence: Some(fence), ..self.clone() }
+    }
+
+    fn pb_fence(&self) -> Option<pb::Fence> {
+        self.fence.as_ref().map(Fence::to_pb)
     }
 
     fn grpc(channel: tonic::transport::Channel) -> StateClient<tonic::transport::Channel> {
@@ -92,7 +126,7 @@ impl State {
                     value: value.clone(),
                     ttl_ms: None,
                     if_absent: false,
-                    fence: None,
+                    fence: self.pb_fence(),
                 };
                 async move {
                     let mut request = tonic::Request::new(req);
@@ -121,7 +155,7 @@ impl State {
                     expected_version,
                     value: value.clone(),
                     ttl_ms: None,
-                    fence: None,
+                    fence: self.pb_fence(),
                 };
                 async move {
                     let mut request = tonic::Request::new(req);
@@ -130,6 +164,58 @@ impl State {
                 }
             })
             .await
+    }
+
+    /// Every key that starts with `prefix`, in order, with its value and version: all pages,
+    /// each a linearizable read (a key written between two pages may or may not be seen).
+    /// More than [`MAX_LIST_KEYS`] keys: [`Error::Usage`], asking for a narrower prefix.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+    /// let intents: Vec<(String, String, u64)> = client.state("shared/scaler").list("intent/").await?;
+    /// for (key, intent, version) in intents {
+    ///     println!("{key} = {intent} (version {version})");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T, u64)>, Error> {
+        let attempt = self.conn.options().attempt_timeout;
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = pb::ListRequest {
+                namespace: self.namespace.clone(),
+                prefix: prefix.to_owned(),
+                page_token: page_token.clone(),
+                limit: 0,
+                consistency: pb::Consistency::Linearizable as i32,
+            };
+            let page = self
+                .conn
+                .run(true, |channel| {
+                    let req = req.clone();
+                    async move {
+                        let mut request = tonic::Request::new(req);
+                        request.set_timeout(attempt);
+                        Ok(Self::grpc(channel).list(request).await?.into_inner())
+                    }
+                })
+                .await?;
+            if out.len() + page.entries.len() > MAX_LIST_KEYS {
+                return Err(Error::Usage(format!(
+                    "more than {MAX_LIST_KEYS} keys of {} start with '{prefix}' (MAX_LIST_KEYS); list a narrower prefix",
+                    self.namespace
+                )));
+            }
+            for kv in page.entries {
+                let value = from_json(&self.namespace, &kv.key, &kv.value)?;
+                out.push((kv.key, value, kv.version));
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Removes `key`; whether it existed.
@@ -141,7 +227,7 @@ impl State {
                     namespace: self.namespace.clone(),
                     key: key.to_owned(),
                     expected_version: None,
-                    fence: None,
+                    fence: self.pb_fence(),
                 };
                 async move {
                     let mut request = tonic::Request::new(req);

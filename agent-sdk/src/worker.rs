@@ -15,6 +15,11 @@
 //!
 //! [`Stopper::stop`] drains: no new assignments, running handlers get `drain_timeout` to
 //! finish, what remains is given back to the fabric for another process.
+//! [`Worker::run_until_signal`] does the same on SIGTERM or ctrl-c.
+//!
+//! A process started by a scaler (or any supervisor) needs no flags: [`Worker::from_env`]
+//! reads its endpoints, session name, capacity, drain time and, for a per-instance process,
+//! the one instance it serves from the environment ([`env`] names the variables).
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -49,6 +54,28 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// work committed (cut off from the majority, say): the worker moves to another node.
 const STUCK_COMPLETION: Duration = Duration::from_secs(5);
 
+/// The environment variables [`WorkerBuilder::from_env`] reads: what a scaler (or any
+/// supervisor) sets for the processes it starts.
+pub mod env {
+    /// The fabric's endpoints, comma-separated `HOST:PORT`s (required).
+    pub const ENDPOINT: &str = "WEFT_ENDPOINT";
+    /// The session's name ([`WorkerBuilder::name`](super::WorkerBuilder::name)); a scaler
+    /// recognises its processes' sessions by it.
+    pub const SESSION_NAME: &str = "WEFT_SESSION_NAME";
+    /// Most executions the process runs at once
+    /// ([`WorkerBuilder::capacity`](super::WorkerBuilder::capacity)).
+    pub const CAPACITY: &str = "WEFT_CAPACITY";
+    /// How long a draining worker lets running handlers finish, in milliseconds
+    /// ([`WorkerBuilder::drain_timeout`](super::WorkerBuilder::drain_timeout)).
+    pub const DRAIN_TIMEOUT_MS: &str = "WEFT_DRAIN_TIMEOUT_MS";
+    /// With [`INSTANCE`]: the agent of the one instance this process serves.
+    pub const AGENT: &str = "WEFT_AGENT";
+    /// With [`AGENT`]: the one instance this process claims and serves alone
+    /// ([`WorkerBuilder::claim`](super::WorkerBuilder::claim) and
+    /// [`WorkerBuilder::only_claimed`](super::WorkerBuilder::only_claimed)).
+    pub const INSTANCE: &str = "WEFT_INSTANCE";
+}
+
 /// Stops a running [`Worker`] gracefully; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Stopper(CancellationToken);
@@ -71,6 +98,8 @@ pub struct WorkerBuilder {
     drain_timeout: Duration,
     codec: Codec,
     options: connection::Options,
+    claims: Vec<(String, String)>,
+    only_claimed: bool,
 }
 
 impl WorkerBuilder {
@@ -119,6 +148,93 @@ impl WorkerBuilder {
         self
     }
 
+    /// Claims instance `instance` of `agent` when the session opens: it is activated on this
+    /// process (the open is refused if another session serves it). With
+    /// [`only_claimed`](Self::only_claimed), no other instance of `agent` comes here.
+    ///
+    /// ```no_run
+    /// # use weft_agent::{Agent, Worker};
+    /// # fn demo(agent: Agent) -> Result<(), weft_agent::Error> {
+    /// let worker = Worker::builder(["127.0.0.1:7400"])
+    ///     .agent(agent)
+    ///     .claim("counter", "c-1")
+    ///     .only_claimed(true)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn claim(mut self, agent: &str, instance: &str) -> Self {
+        self.claims.push((agent.to_owned(), instance.to_owned()));
+        self
+    }
+
+    /// Serve only the claimed instances of the agents that have claims (a per-instance
+    /// process); agents without claims are served as usual. Default false.
+    pub fn only_claimed(mut self, only: bool) -> Self {
+        self.only_claimed = only;
+        self
+    }
+
+    /// Takes settings from the environment (the variables in [`env`]), on top of what was
+    /// set before: `WEFT_ENDPOINT` (comma-separated; required unless endpoints were given),
+    /// `WEFT_SESSION_NAME`, `WEFT_CAPACITY`, `WEFT_DRAIN_TIMEOUT_MS`, and `WEFT_AGENT` with
+    /// `WEFT_INSTANCE` (claim that instance and serve only it). A variable that is set but
+    /// empty counts as unset. A bad value is [`Error::Usage`] naming the variable.
+    ///
+    /// ```no_run
+    /// # use weft_agent::{Agent, Worker};
+    /// # async fn demo(agent: Agent) -> Result<(), weft_agent::Error> {
+    /// Worker::from_env()?.agent(agent).build()?.run_until_signal().await
+    /// # }
+    /// ```
+    pub fn from_env(self) -> Result<Self, Error> {
+        self.from_vars(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// [`from_env`](Self::from_env) over any source of variables (tests give a map).
+    fn from_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        if let Some(endpoints) = var(env::ENDPOINT) {
+            self.endpoints =
+                endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+        }
+        if self.endpoints.is_empty() {
+            return Err(Error::Usage(format!(
+                "no endpoints: set {} to the fabric's HOST:PORT list (comma-separated)",
+                env::ENDPOINT
+            )));
+        }
+        if let Some(name) = var(env::SESSION_NAME) {
+            self.name = name;
+        }
+        let number = |name: &str, value: String| {
+            value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| Error::Usage(format!("{name}='{value}' is not a whole number")))
+        };
+        if let Some(capacity) = var(env::CAPACITY) {
+            let n = number(env::CAPACITY, capacity)?;
+            self.capacity =
+                u32::try_from(n).map_err(|_| Error::Usage(format!("{}={n} is too large", env::CAPACITY)))?;
+        }
+        if let Some(drain) = var(env::DRAIN_TIMEOUT_MS) {
+            self.drain_timeout = Duration::from_millis(number(env::DRAIN_TIMEOUT_MS, drain)?);
+        }
+        match (var(env::AGENT), var(env::INSTANCE)) {
+            (Some(agent), Some(instance)) => {
+                self = self.claim(&agent, &instance).only_claimed(true);
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::Usage(format!(
+                    "{} and {} go together: set both (a per-instance process) or neither",
+                    env::AGENT,
+                    env::INSTANCE
+                )));
+            }
+        }
+        Ok(self)
+    }
+
     /// The worker.
     pub fn build(self) -> Result<Worker, Error> {
         if self.agents.is_empty() {
@@ -141,6 +257,8 @@ impl WorkerBuilder {
             name: self.name,
             drain_timeout: self.drain_timeout,
             stop: CancellationToken::new(),
+            claims: self.claims,
+            only_claimed: self.only_claimed,
         })
     }
 }
@@ -175,6 +293,8 @@ pub struct Worker {
     name: String,
     drain_timeout: Duration,
     stop: CancellationToken,
+    claims: Vec<(String, String)>,
+    only_claimed: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -242,7 +362,24 @@ impl Worker {
             drain_timeout: Duration::from_secs(10),
             codec: Codec::default(),
             options: connection::Options::default(),
+            claims: Vec::new(),
+            only_claimed: false,
         }
+    }
+
+    /// A worker configured from the environment: endpoints, session name, capacity, drain
+    /// time and the claimed instance (see [`WorkerBuilder::from_env`]); add its agents and
+    /// build it.
+    ///
+    /// ```no_run
+    /// # use weft_agent::{Agent, Worker};
+    /// # async fn demo(agent: Agent) -> Result<(), weft_agent::Error> {
+    /// // WEFT_ENDPOINT=127.0.0.1:7400 WEFT_CAPACITY=4 ./my-agent
+    /// Worker::from_env()?.agent(agent).build()?.run_until_signal().await
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<WorkerBuilder, Error> {
+        Self::builder(Vec::<String>::new()).from_env()
     }
 
     /// A handle that stops this worker.
@@ -253,6 +390,20 @@ impl Worker {
     /// The client handlers use; for callers in the same process.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Runs until SIGTERM or ctrl-c (or a [`Stopper`]), then drains: no new work, running
+    /// handlers get the drain timeout to finish, what is left goes back to the fabric.
+    pub async fn run_until_signal(self) -> Result<(), Error> {
+        let stopper = self.stopper();
+        let signal = tokio::spawn(async move {
+            termination().await;
+            tracing::info!("signal received; draining");
+            stopper.stop();
+        });
+        let result = self.run().await;
+        signal.abort();
+        result
     }
 
     /// Runs until stopped. Connection failures are retried forever, with back-off; a
@@ -308,10 +459,14 @@ impl Worker {
         agent_message(pb::agent_message::Kind::Open(pb::OpenSession {
             agents: self.agents.values().map(Agent::spec).collect(),
             capacity: self.capacity,
-            claims: Vec::new(),
+            claims: self
+                .claims
+                .iter()
+                .map(|(agent, instance)| pb::InstanceRef { agent: agent.clone(), instance: instance.clone() })
+                .collect(),
             lease_ms,
             name: self.name.clone(),
-            only_claimed: false,
+            only_claimed: self.only_claimed,
         }))
     }
 
@@ -597,9 +752,93 @@ struct LoopState {
     done: (mpsc::Sender<Done>, mpsc::Receiver<Done>),
 }
 
+/// SIGTERM or ctrl-c, whichever comes first (ctrl-c alone where there is no SIGTERM).
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGTERM; only ctrl-c stops this worker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<WorkerBuilder, Error> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Worker::builder(Vec::<String>::new()).from_vars(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn the_environment_sets_endpoints_name_capacity_drain_and_the_claim() {
+        let b = from(&[
+            (env::ENDPOINT, "127.0.0.1:1, 127.0.0.1:2"),
+            (env::SESSION_NAME, "work-1a2b"),
+            (env::CAPACITY, "4"),
+            (env::DRAIN_TIMEOUT_MS, "1500"),
+            (env::AGENT, "counter"),
+            (env::INSTANCE, "c-1"),
+        ])
+        .unwrap();
+        assert_eq!(b.endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(b.name, "work-1a2b");
+        assert_eq!(b.capacity, 4);
+        assert_eq!(b.drain_timeout, Duration::from_millis(1500));
+        assert_eq!(b.claims, [("counter".to_owned(), "c-1".to_owned())]);
+        assert!(b.only_claimed);
+
+        let plain = from(&[(env::ENDPOINT, "127.0.0.1:1")]).unwrap();
+        assert!(plain.claims.is_empty() && !plain.only_claimed);
+        assert_eq!(plain.capacity, 16, "defaults stay");
+    }
+
+    #[test]
+    fn bad_environment_names_the_variable() {
+        let e = from(&[]).unwrap_err();
+        assert!(e.to_string().contains(env::ENDPOINT), "{e}");
+        let e = from(&[(env::ENDPOINT, "a:1"), (env::CAPACITY, "many")]).unwrap_err();
+        assert!(e.to_string().contains("WEFT_CAPACITY='many'"), "{e}");
+        let e = from(&[(env::ENDPOINT, "a:1"), (env::AGENT, "counter")]).unwrap_err();
+        assert!(e.to_string().contains("WEFT_INSTANCE"), "{e}");
+        let e = from(&[(env::ENDPOINT, "a:1"), (env::DRAIN_TIMEOUT_MS, "-1")]).unwrap_err();
+        assert!(e.to_string().contains(env::DRAIN_TIMEOUT_MS), "{e}");
+    }
+
+    #[tokio::test]
+    async fn claims_go_into_the_open_message() {
+        let worker = Worker::builder(["127.0.0.1:1"])
+            .agent(Agent::new("counter"))
+            .claim("counter", "c-1")
+            .only_claimed(true)
+            .build()
+            .unwrap();
+        let Some(pb::agent_message::Kind::Open(open)) = worker.open_message().kind else {
+            panic!("not an open message")
+        };
+        assert_eq!(open.claims, [pb::InstanceRef { agent: "counter".into(), instance: "c-1".into() }]);
+        assert!(open.only_claimed);
     }
 }

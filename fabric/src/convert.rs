@@ -13,36 +13,77 @@ fn ttl(ttl_ms: Option<u64>) -> Option<u64> {
     ttl_ms.filter(|t| *t > 0)
 }
 
-/// The grid command a put request asks for.
+/// The grid command a put request asks for (fenced if it carries a fence).
 pub fn put(req: pb::PutRequest) -> Command {
-    Command::Put {
-        namespace: req.namespace,
-        key: req.key,
-        value: req.value,
-        ttl_ms: ttl(req.ttl_ms),
-        if_absent: req.if_absent,
-    }
+    fenced(
+        req.fence,
+        Command::Put {
+            namespace: req.namespace,
+            key: req.key,
+            value: req.value,
+            ttl_ms: ttl(req.ttl_ms),
+            if_absent: req.if_absent,
+        },
+    )
 }
 
-/// The grid command a delete request asks for.
+/// The grid command a delete request asks for (fenced if it carries a fence).
 pub fn delete(req: pb::DeleteRequest) -> Command {
-    Command::Delete { namespace: req.namespace, key: req.key, expected_version: req.expected_version }
+    fenced(
+        req.fence,
+        Command::Delete { namespace: req.namespace, key: req.key, expected_version: req.expected_version },
+    )
 }
 
-/// The grid command a compare-and-set request asks for.
+/// The grid command a compare-and-set request asks for (fenced if it carries a fence).
 pub fn compare_and_set(req: pb::CompareAndSetRequest) -> Command {
-    Command::CompareAndSet {
-        namespace: req.namespace,
-        key: req.key,
-        expected_version: req.expected_version,
-        value: req.value,
-        ttl_ms: ttl(req.ttl_ms),
+    fenced(
+        req.fence,
+        Command::CompareAndSet {
+            namespace: req.namespace,
+            key: req.key,
+            expected_version: req.expected_version,
+            value: req.value,
+            ttl_ms: ttl(req.ttl_ms),
+        },
+    )
+}
+
+/// `command`, applied only while `fence`'s grant holds its lease, if a fence is given.
+fn fenced(fence: Option<pb::Fence>, command: Command) -> Command {
+    match fence {
+        None => command,
+        Some(f) => Command::Fenced { lease: f.lease, token: f.token, command: Box::new(command) },
     }
 }
 
 /// Whether a read asked to be served locally.
 pub fn is_stale(consistency: i32) -> bool {
     consistency == pb::Consistency::Stale as i32
+}
+
+// ---- leases --------------------------------------------------------------------------------
+
+use crate::grid::lease::Lease;
+
+/// The grid command an acquire request asks for.
+pub fn acquire_lease(req: pb::AcquireLeaseRequest) -> Command {
+    Command::AcquireLease { name: req.name, holder: req.holder, ttl_ms: req.ttl_ms }
+}
+
+/// The grid command a renew request asks for.
+pub fn renew_lease(req: pb::RenewLeaseRequest) -> Command {
+    Command::RenewLease { name: req.name, token: req.token, ttl_ms: req.ttl_ms }
+}
+
+/// The grid command a release request asks for.
+pub fn release_lease(req: pb::ReleaseLeaseRequest) -> Command {
+    Command::ReleaseLease { name: req.name, token: req.token }
+}
+
+/// A held lease as the protocol shows it.
+pub fn lease_grant(l: Lease) -> pb::LeaseGrant {
+    pb::LeaseGrant { name: l.name, holder: l.holder, token: l.token, expires_at_ms: l.expires_at_ms }
 }
 
 // ---- executions, sessions, instances ------------------------------------------------------
@@ -504,4 +545,55 @@ pub fn pb_item(i: &Item) -> pb::Item {
             .collect(),
         time_ms: i.time_ms,
     }
+}
+
+// ---- demand --------------------------------------------------------------------------------
+
+use crate::grid::demand::AgentDemand;
+
+/// A picture of the demand as the protocol shows it: this node's id, the log index its
+/// replica had applied and the grid's time, with the agents' demand.
+pub fn pb_demand(
+    node_id: crate::NodeId,
+    applied_index: u64,
+    now_ms: u64,
+    agents: &[AgentDemand],
+) -> pb::Demand {
+    let agents = agents
+        .iter()
+        .map(|d| pb::AgentDemand {
+            agent: d.agent.clone(),
+            pending: d.pending,
+            running: d.running,
+            delayed: d.delayed,
+            instances: d
+                .instances
+                .iter()
+                .map(|i| pb::InstanceDemand {
+                    id: i.id.clone(),
+                    lifecycle: i.lifecycle.as_str().to_owned(),
+                    session: i.session,
+                    unfinished: i.unfinished,
+                })
+                .collect(),
+            instances_truncated: d.instances_truncated,
+            generator_listeners: d.generator_listeners,
+            sessions: d
+                .sessions
+                .iter()
+                .map(|s| pb::SessionLoad {
+                    id: s.id,
+                    name: s.name.clone(),
+                    node_id: s.node,
+                    capacity: s.capacity,
+                    assigned: s.assigned,
+                    draining: s.draining,
+                    only_claimed: s.only_claimed,
+                    claimed: s.claimed.clone(),
+                })
+                .collect(),
+            sessions_truncated: d.sessions_truncated,
+        })
+        .collect();
+    pb::Demand { node_id, applied_index, now_ms, agents }
 }

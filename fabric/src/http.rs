@@ -127,6 +127,14 @@ async fn metrics(State(ctx): State<Context>) -> String {
         "gauge",
         ctx.hub.listener_count() as u64,
     );
+    let leases = ctx.applied.read(|a| a.grid.lease_count());
+    gauge("weft_leases_held", "Leases held in the cluster (see weft leases get).", "gauge", leases as u64);
+    gauge(
+        "weft_demand_watchers",
+        "Demand watchers (Scaling/WatchDemand) this node serves; they count against max_listeners.",
+        "gauge",
+        ctx.hub.demand_watcher_count() as u64,
+    );
     gauge(
         "weft_grid_commands_applied_total",
         "Grid commands applied.",

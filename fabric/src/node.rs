@@ -7,6 +7,7 @@
 //!                ├─ gRPC weft.fabric.v1.Executions ─► routing ─► leader's proposer
 //!                │        (Listen: sessions::host) ◄── watch hub ◄── state machine events
 //!                ├─ gRPC weft.fabric.v1.Instances
+//!                ├─ gRPC weft.fabric.v1.Scaling   (WatchDemand) ◄── watch hub
 //!                ├─ gRPC weft.cluster.v1.Forward   (writes and read indexes from peers)
 //!                └─ HTTP /healthz /readyz /metrics
 //!   UDP listen ──── gossip (foca) ──► membership view ──► bootstrap (no cluster yet)
@@ -27,11 +28,16 @@ use weft_proto::cluster::v1::raft_server::RaftServer;
 use weft_proto::fabric::v1::cluster_server::ClusterServer;
 use weft_proto::fabric::v1::executions_server::ExecutionsServer;
 use weft_proto::fabric::v1::instances_server::InstancesServer;
+use weft_proto::fabric::v1::leases_server::LeasesServer;
+use weft_proto::fabric::v1::scaling_server::ScalingServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 use weft_proto::fabric::v1::streams_server::StreamsServer;
 
 use crate::NodeId;
-use crate::api::{ClusterService, ExecutionService, InstanceService, StateService, StreamService};
+use crate::api::{
+    ClusterService, ExecutionService, InstanceService, LeaseService, ScalingService, StateService,
+    StreamService,
+};
 use crate::config::Config;
 use crate::data_dir::{self, DataDir};
 use crate::http;
@@ -267,6 +273,12 @@ impl Node {
         )
         .add_service(
             StreamsServer::new(StreamService::new(ctx.clone(), shutdown.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(LeasesServer::new(LeaseService::new(ctx.clone())))
+        .add_service(
+            ScalingServer::new(ScalingService::new(ctx.clone(), shutdown.clone()))
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )

@@ -1,25 +1,29 @@
 //! The watch hub: every node fills it from the entries it applies, so listeners on any node
-//! learn of new assignments, revocations, finished executions and stream items without
-//! polling.
+//! learn of new assignments, revocations, finished executions, stream items and changes of
+//! the demand without polling.
 //!
 //! ```text
 //!   state machine apply ──events──► Hub ──► session streams hosted here (assignments, revokes)
 //!      (under the grid's           ├──► waiters on this node (an execution changed)
 //!       write lock)                ├──► cursor listeners hosted here (items delivered, the end)
-//!                                  └──► stream readers on this node (a stream changed)
+//!                                  ├──► stream readers on this node (a stream changed)
+//!                                  └──► demand watchers on this node (work, sessions,
+//!                                       instances or listeners changed: one shared signal)
 //! ```
 //!
 //! The state machine publishes while it holds the grid's write lock, so a waiter that
 //! registers first and then reads the grid never misses a change. The hub never takes the
 //! grid's lock itself; callers must not read the grid while they hold the hub's lock (they
 //! cannot: it is private). Every channel is bounded; a session whose stream does not keep up
-//! is dropped from the hub, which ends its stream and so the session.
+//! is dropped from the hub, which ends its stream and so the session. Demand watchers share one
+//! `tokio::sync::watch` signal: a change is a counter bump, so any number of changes between
+//! two looks coalesce into one wake-up and nothing queues.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as signal};
 
 use crate::NodeId;
 use crate::grid::execution::{Execution, ExecutionId};
@@ -63,8 +67,11 @@ pub enum Error {
     /// Too many callers wait on this node. Nothing changed.
     #[error("{count} callers already wait for results on this node; the limit is {limit} (max_waiters)")]
     TooManyWaiters { count: usize, limit: usize },
-    /// Too many listeners on this node. Nothing changed.
-    #[error("{count} listeners are attached to this node; the limit is {limit} (max_listeners)")]
+    /// Too many listeners (stream listeners, readers and demand watchers) on this node.
+    /// Nothing changed.
+    #[error(
+        "{count} listeners (of streams, and demand watchers) are attached to this node; the limit is {limit} (max_listeners)"
+    )]
     TooManyListeners { count: usize, limit: usize },
 }
 
@@ -77,6 +84,8 @@ struct Inner {
     /// Readers per stream name, woken when the stream changes.
     readers: HashMap<String, HashMap<u64, mpsc::Sender<()>>>,
     reader_count: usize,
+    /// Registered [`DemandWatch`]es.
+    demand_watchers: usize,
 }
 
 /// The hub; cheap to clone.
@@ -87,6 +96,8 @@ pub struct Hub {
     max_listeners: usize,
     inner: Arc<Mutex<Inner>>,
     next_waiter: Arc<AtomicU64>,
+    /// Bumped when an applied entry changed the demand (and on a snapshot install).
+    demand: Arc<signal::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -129,6 +140,29 @@ impl StreamWatch {
     }
 }
 
+/// A registered demand watcher: [`DemandWatch::changed`] resolves when an applied entry
+/// changed executions, sessions, instances or listeners, or a snapshot replaced the grid.
+/// Dropping it unregisters.
+pub struct DemandWatch {
+    hub: Hub,
+    rx: signal::Receiver<u64>,
+}
+
+impl DemandWatch {
+    /// Waits for the next change (changes coalesce: any number since the last call wake it
+    /// once). Read the grid after it returns.
+    pub async fn changed(&mut self) {
+        // The sender lives as long as the hub, which this watch holds.
+        let _ = self.rx.changed().await;
+    }
+}
+
+impl Drop for DemandWatch {
+    fn drop(&mut self) {
+        self.hub.lock().demand_watchers -= 1;
+    }
+}
+
 impl Drop for StreamWatch {
     fn drop(&mut self) {
         let mut inner = self.hub.lock();
@@ -166,6 +200,7 @@ impl Hub {
             max_listeners: usize::MAX,
             inner: Arc::default(),
             next_waiter: Arc::default(),
+            demand: Arc::new(signal::channel(0).0),
         }
     }
 
@@ -176,7 +211,7 @@ impl Hub {
     }
 
     fn check_listener_room(&self, inner: &Inner) -> Result<(), Error> {
-        let count = inner.listeners.len() + inner.reader_count;
+        let count = inner.listeners.len() + inner.reader_count + inner.demand_watchers;
         if count >= self.max_listeners {
             return Err(Error::TooManyListeners { count, limit: self.max_listeners });
         }
@@ -214,6 +249,21 @@ impl Hub {
         inner.readers.entry(stream.to_owned()).or_default().insert(id, tx);
         drop(inner);
         Ok(StreamWatch { hub: self.clone(), stream: stream.to_owned(), id, rx })
+    }
+
+    /// Registers a demand watcher (counted against `max_listeners`). Register first, then
+    /// read the grid: a change applied after the read wakes it.
+    pub fn watch_demand(&self) -> Result<DemandWatch, Error> {
+        let mut inner = self.lock();
+        self.check_listener_room(&inner)?;
+        inner.demand_watchers += 1;
+        drop(inner);
+        Ok(DemandWatch { hub: self.clone(), rx: self.demand.subscribe() })
+    }
+
+    /// How many demand watchers are registered here.
+    pub fn demand_watcher_count(&self) -> usize {
+        self.lock().demand_watchers
     }
 
     /// How many listeners (cursor listeners and readers) are attached here.
@@ -275,6 +325,9 @@ impl Hub {
         if events.is_empty() {
             return;
         }
+        if events.iter().any(changes_demand) {
+            self.demand.send_modify(|n| *n = n.wrapping_add(1));
+        }
         let mut inner = self.lock();
         for event in events {
             match event {
@@ -333,8 +386,9 @@ impl Hub {
         }
     }
 
-    /// The grid was replaced by a snapshot: every waiter and every session looks again.
+    /// The grid was replaced by a snapshot: every waiter, session and watcher looks again.
     pub fn reset(&self) {
+        self.demand.send_modify(|n| *n = n.wrapping_add(1));
         let inner = self.lock();
         for waiters in inner.waiters.values() {
             for tx in waiters.values() {
@@ -352,6 +406,21 @@ impl Hub {
                 let _ = tx.try_send(());
             }
         }
+    }
+}
+
+/// Whether an event changes what a demand watcher sees: executions (created, assigned, given
+/// back, finished), sessions, instances (their executions change with them) and listeners of
+/// generator streams. Deliveries and stream changes do not.
+fn changes_demand(event: &Event) -> bool {
+    match event {
+        Event::Changed { .. }
+        | Event::Assigned { .. }
+        | Event::Revoked { .. }
+        | Event::SessionClosed { .. }
+        | Event::ListenerEnded { .. }
+        | Event::WorkChanged => true,
+        Event::StreamChanged { .. } | Event::Delivered { .. } => false,
     }
 }
 
@@ -410,6 +479,33 @@ mod tests {
             panic!("B gets it")
         };
         assert_eq!(Some(token), execution.lease.map(|l| l.token));
+    }
+
+    /// Demand watchers count against max_listeners, wake once for any number of changes that
+    /// touch the demand (and on a snapshot install), and not for stream traffic.
+    #[tokio::test]
+    async fn demand_watchers_are_bounded_and_woken_by_work_changes_only() {
+        use std::time::Duration;
+        let hub = Hub::new(1, 10).with_max_listeners(2);
+        let _reader = hub.watch_stream("s").unwrap();
+        let mut watch = hub.watch_demand().unwrap();
+        let refused = hub.watch_demand().err().expect("the third listener is refused");
+        assert!(refused.to_string().contains("max_listeners"), "{refused}");
+        assert_eq!(hub.demand_watcher_count(), 1);
+
+        let quiet = |watch: &mut DemandWatch| !watch.rx.has_changed().unwrap_or(false);
+        hub.publish(&Grid::default(), vec![Event::StreamChanged { stream: "s".into() }]);
+        assert!(quiet(&mut watch), "stream traffic is no demand");
+        hub.publish(&Grid::default(), vec![Event::WorkChanged, Event::Changed { execution: 1 }]);
+        hub.publish(&Grid::default(), vec![Event::Changed { execution: 2 }]);
+        tokio::time::timeout(Duration::from_secs(1), watch.changed()).await.expect("woken");
+        assert!(quiet(&mut watch), "three changes, one wake-up");
+        hub.reset();
+        tokio::time::timeout(Duration::from_secs(1), watch.changed()).await.expect("a snapshot wakes it");
+
+        drop(watch);
+        assert_eq!(hub.demand_watcher_count(), 0, "dropping unregisters");
+        assert!(hub.watch_demand().is_ok(), "room again");
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 //! workers and clients over real sockets on 127.0.0.1.
 
 mod calls;
+mod demand;
 mod faults;
 mod instances;
+mod leases;
 mod streams;
 mod support;

@@ -1,5 +1,5 @@
 //! The gRPC services agents and tools call: `weft.fabric.v1.{State, Cluster, Executions,
-//! Instances, Streams}`.
+//! Instances, Streams, Scaling, Leases}`.
 //!
 //! Each service checks its input, turns a request into grid commands or reads, and sends
 //! them down the one path to the leader, [`crate::routing`]; generated types become domain
@@ -8,19 +8,24 @@
 //! [`crate::sessions`].
 //!
 //! # Layout
-//! - [`state_service`]: key/value state: writes are proposed, linearizable reads wait for a
-//!   read barrier, stale reads read this node's replica.
+//! - [`state_service`]: key/value state: writes (fenced by a lease when they carry a fence)
+//!   are proposed, linearizable reads wait for a read barrier, stale reads read this node's
+//!   replica.
+//! - [`lease_service`]: leases with fencing tokens: acquire, renew, release, get.
 //! - [`execution_service`]: create, call, wait for, read, list and cancel executions;
 //!   completions outside a session.
 //! - [`instance_service`]: start and stop agent instances, read and list them.
 //! - [`stream_service`]: streams and cursors: create, append, read, close, delete, acks;
 //!   listeners (`Listen`) are served by [`crate::sessions::listener`].
+//! - [`scaling_service`]: the demand for agent processes, pushed to scalers (`WatchDemand`).
 //! - [`cluster_service`]: the cluster's status and the gossip view.
 //! - [`wait`]: waiting on this node's replica for an execution to change or finish.
 
 pub mod cluster_service;
 pub mod execution_service;
 pub mod instance_service;
+pub mod lease_service;
+pub mod scaling_service;
 pub mod state_service;
 pub mod stream_service;
 pub mod wait;
@@ -28,5 +33,7 @@ pub mod wait;
 pub use cluster_service::ClusterService;
 pub use execution_service::ExecutionService;
 pub use instance_service::InstanceService;
+pub use lease_service::LeaseService;
+pub use scaling_service::ScalingService;
 pub use state_service::StateService;
 pub use stream_service::StreamService;

@@ -12,6 +12,7 @@ use super::Error;
 use super::cursor::{ListenerId, NewCursor, NewListener};
 use super::execution::{self, Completion, ExecutionId, NewExecution, SessionId};
 use super::instance::NewInstance;
+use super::lease::{self, Lease};
 use super::namespace;
 use super::session::NewSession;
 use super::stream::{Append, NewStream, Seq, validate_stream_name};
@@ -136,6 +137,19 @@ pub enum Command {
     Credit { listener: ListenerId, items: u32 },
     /// Start a generator stream's execution, unless it has started (a plain reader attached).
     StartGenerator { stream: String },
+    /// Take the lease `name` for `holder` for `ttl_ms` if it is free (with a new fencing
+    /// token); renew it if `holder` holds it.
+    AcquireLease { name: String, holder: String, ttl_ms: u64 },
+    /// Extend the grant `token` of lease `name` to `ttl_ms` from the entry's time.
+    RenewLease { name: String, token: u64, ttl_ms: u64 },
+    /// Give lease `name` up, if the grant `token` holds it.
+    ReleaseLease { name: String, token: u64 },
+    /// A key/value write (`Put`, `CompareAndSet` or `Delete`; nothing else) applied only
+    /// while the grant `token` holds `lease` at the entry's time.
+    Fenced { lease: String, token: u64, command: Box<Command> },
+    /// Register an agent session that serves, of each agent it claims instances of, only
+    /// those instances (`OpenSession` entries from before the flag existed decode as before).
+    OpenSessionOnlyClaimed(Box<NewSession>),
 }
 
 impl Command {
@@ -154,6 +168,7 @@ impl Command {
                 Ok(())
             }
             Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
+            Command::Fenced { command, .. } => command.validate(limits),
             Command::CreateExecution(new) => validate_new_execution(new, limits),
             Command::StartInstance(new) => check_payload_size(new.payload.data.len(), limits),
             Command::Append(a) => validate_append(a, limits),
@@ -195,7 +210,11 @@ impl Command {
             | Command::Detach { .. }
             | Command::Nack { .. }
             | Command::Credit { .. }
-            | Command::StartGenerator { .. } => Ok(()),
+            | Command::StartGenerator { .. }
+            | Command::AcquireLease { .. }
+            | Command::RenewLease { .. }
+            | Command::ReleaseLease { .. }
+            | Command::OpenSessionOnlyClaimed(_) => Ok(()),
             Command::CreateStream(new) => match &new.config.generator {
                 Some(g) => validate_new_execution(&g.call, limits),
                 None => Ok(()),
@@ -244,7 +263,7 @@ impl Command {
             }
             Command::SetClusterUid { .. } => Ok(()),
             Command::CreateExecution(new) => new.validate_shape(),
-            Command::OpenSession(new) => new.validate_shape(),
+            Command::OpenSession(new) | Command::OpenSessionOnlyClaimed(new) => new.validate_shape(),
             Command::StartInstance(new) => {
                 validate_name("agent", &new.agent)?;
                 if let Some(id) = &new.instance {
@@ -304,6 +323,25 @@ impl Command {
                     config.validate()?;
                 }
                 Ok(())
+            }
+            Command::AcquireLease { name, holder, ttl_ms } => {
+                lease::validate_lease_name(name)?;
+                lease::validate_holder(holder)?;
+                lease::validate_ttl(*ttl_ms)
+            }
+            Command::RenewLease { name, ttl_ms, .. } => {
+                lease::validate_lease_name(name)?;
+                lease::validate_ttl(*ttl_ms)
+            }
+            Command::ReleaseLease { name, .. } => lease::validate_lease_name(name),
+            Command::Fenced { lease: name, command, .. } => {
+                lease::validate_lease_name(name)?;
+                match **command {
+                    Command::Put { .. } | Command::CompareAndSet { .. } | Command::Delete { .. } => {
+                        command.validate_shape()
+                    }
+                    _ => Err(Error::InvalidLease { reason: super::leases::FENCE_REFUSAL.into() }),
+                }
             }
         }
     }
@@ -477,6 +515,10 @@ pub enum Output {
     Credited,
     /// The generator's execution (`None`: the stream has no generator, or it has ended).
     Generator { execution: Option<ExecutionId> },
+    /// The lease is held by this grant (acquired or renewed).
+    Leased(Lease),
+    /// Whether a release gave the lease up (false: the grant did not hold it).
+    LeaseReleased { released: bool },
 }
 
 /// How a completion was taken.

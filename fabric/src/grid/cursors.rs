@@ -120,6 +120,10 @@ impl Grid {
         listeners.insert(id, listener);
         out.streams.insert(new.stream.clone());
         let uid = stream.uid;
+        if stream.config.generator.is_some() {
+            // One more listener waits for the generator's process.
+            out.events.push(Event::WorkChanged);
+        }
         self.start_generator(&new.stream, out)?;
         Ok(Output::Listener { id, cursor: name, uid })
     }

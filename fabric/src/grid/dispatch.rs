@@ -16,6 +16,11 @@
 //! Where a pending execution waits: in `delayed` until its `not_before_ms`; then in
 //! `ready[(agent, delegate)]` (no instance) or in its instance's queue, whose head alone is
 //! offered in `ready` while the instance may run it.
+//!
+//! A session opened *only claimed* is never given an execution of an agent it claims
+//! instances of unless the execution belongs to one of those instances
+//! ([`Session::may_run`](super::session::Session::may_run)); an instance head no session may
+//! take waits in `ready` while the queue's other heads are assigned past it.
 
 use std::ops::Bound;
 
@@ -73,7 +78,7 @@ impl Grid {
                 ids.iter()
                     .filter(|id| **id != s)
                     .filter_map(|id| self.work.sessions.get(id))
-                    .any(|other| !other.draining && other.serves(&key.0, &e.delegate))
+                    .any(|other| !other.draining && other.may_run(&key.0, Some(&key.1), &e.delegate))
             });
             if session.serves(&key.0, &e.delegate) || elsewhere {
                 continue;
@@ -164,7 +169,7 @@ impl Grid {
                 ids.iter()
                     .filter(|id| **id != holder)
                     .filter_map(|id| self.work.sessions.get(id))
-                    .any(|s| !s.draining && s.serves(&key.0, &delegate))
+                    .any(|s| !s.draining && s.may_run(&key.0, Some(&key.1), &delegate))
             });
             if !elsewhere {
                 // Nobody may run it while the holder keeps the instance (single activation),
@@ -187,17 +192,26 @@ impl Grid {
         out.dirty.insert(key.0.clone());
     }
 
-    /// The session serving `(agent, delegate)` with the most free slots (ties: the least
-    /// recently assigned).
-    fn best_session(&self, agent: &str, delegate: &str) -> Option<SessionId> {
+    /// The session that may run `(agent, delegate)` on `instance` (`None`: no instance) with
+    /// the most free slots (ties: the least recently assigned).
+    fn best_session(&self, agent: &str, instance: Option<&str>, delegate: &str) -> Option<SessionId> {
         self.work
             .serving
             .get(agent)?
             .iter()
             .filter_map(|id| self.work.sessions.get(id))
-            .filter(|s| s.free() > 0 && s.serves(agent, delegate))
+            .filter(|s| s.free() > 0 && s.may_run(agent, instance, delegate))
             .max_by(|a, b| a.free().cmp(&b.free()).then(b.last_token.cmp(&a.last_token)))
             .map(|s| s.id)
+    }
+
+    /// Whether some session serving `(agent, delegate)` has a free slot, whatever it claims.
+    fn any_free_session(&self, agent: &str, delegate: &str) -> bool {
+        self.work.serving.get(agent).is_some_and(|ids| {
+            ids.iter()
+                .filter_map(|id| self.work.sessions.get(id))
+                .any(|s| s.free() > 0 && s.serves(agent, delegate))
+        })
     }
 
     /// Assigns the executions of one `(agent, delegate)` queue, in order, while a session can
@@ -227,8 +241,11 @@ impl Grid {
                     .get(&s)
                     .filter(|s| s.free() > 0 && s.serves(agent, delegate))
                     .map(|s| s.id),
-                None => match self.best_session(agent, delegate) {
+                None => match self.best_session(agent, e.instance.as_deref(), delegate) {
                     Some(s) => Some(s),
+                    // Only sessions that claim other instances have room: a later head (of
+                    // one of their instances) may be theirs.
+                    None if self.any_free_session(agent, delegate) => None,
                     // No session of this queue has a free slot: nothing more to do here.
                     None => return,
                 },

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 
 use super::execution::*;
 use super::instance::NewInstance;
+use super::session::NewSession;
 use super::test_harness::*;
 use super::*;
 use crate::codec;
@@ -65,6 +66,95 @@ fn undeliverable_after_max_deliveries() {
     assert!(matches!(&e.outcome, Some(Err(Failure { kind: FailureKind::Undeliverable, .. }))));
 }
 
+#[test]
+fn an_only_claimed_session_gets_only_its_instances_of_the_agents_it_claims() {
+    let mut h = Harness::new();
+    // Queued before the session opens, ahead of what it may take: another instance's Start
+    // and a call without an instance, in the same queues as its own instance's.
+    let y_start = h.start("w", "y");
+    let stateless = h.create(new_exec("w", "job"));
+    let x_start = h.start("w", "x");
+    let other_agent = h.create(new_exec("v", "job"));
+    let claims = vec![("w".to_owned(), "x".to_owned())];
+    let s = h.open_only_claimed(NewSession { claims, ..new_session(&["w", "v"], 10) });
+    assert_eq!(h.holder(x_start), Some(s), "its claimed instance's Start runs on it");
+    assert_eq!(h.holder(other_agent), Some(s), "an agent it claims nothing of is served as usual");
+    assert_eq!(h.exec(y_start).status, Status::Pending, "another instance's Start waits");
+    assert_eq!(h.exec(stateless).status, Status::Pending, "a call without an instance waits");
+    assert!(h.grid.session(s).unwrap().only_claimed);
+
+    h.complete(x_start, "{}");
+    let on_x = h.create(on_instance("w", "x", "job"));
+    assert_eq!(h.holder(on_x), Some(s), "past the stateless call waiting ahead of it");
+    let on_y = h.create(on_instance("w", "y", "job"));
+    assert_eq!(h.exec(on_y).status, Status::Pending);
+
+    // A plain session takes what the claiming one may not.
+    let plain = h.open(&["w"], 10);
+    assert_eq!(h.holder(y_start), Some(plain));
+    assert_eq!(h.holder(stateless), Some(plain));
+    h.complete(y_start, "{}");
+    assert_eq!(h.holder(on_y), Some(plain));
+
+    // Its instance stopped and gone, it still takes no other instance of the agent.
+    h.ok(Command::StopInstance { agent: "w".into(), instance: "x".into() });
+    h.complete(on_x, "1");
+    let stop = h.grid.instance("w", "x").unwrap().stop_execution.unwrap();
+    assert_eq!(h.holder(stop), Some(s), "its Stop runs on it too");
+    h.complete(stop, "{}");
+    assert!(h.grid.instance("w", "x").is_none());
+    h.ok(Command::CloseSession { session: plain, reason: "gone".into() });
+    let z_start = h.start("w", "z");
+    assert_eq!(h.exec(z_start).status, Status::Pending);
+    let held = &h.grid.session(s).unwrap().assigned;
+    assert!(held.iter().all(|id| h.exec(*id).agent == "v"), "it holds only v's work: {held:?}");
+}
+
+#[test]
+fn a_plain_open_serves_every_instance_and_claims_of_missing_instances_refuse_the_open() {
+    let mut h = Harness::new();
+    h.start("w", "x");
+    let y_start = h.start("w", "y");
+    let claims = vec![("w".to_owned(), "x".to_owned())];
+    let s = h.open_with(NewSession { claims: claims.clone(), ..new_session(&["w"], 10) });
+    assert_eq!(h.holder(y_start), Some(s), "without only-claimed, a claim takes nothing away");
+    // Claiming an instance that was never started (or is gone) opens nothing.
+    let before = h.grid.clone();
+    let missing = vec![("w".to_owned(), "never".to_owned())];
+    let refused = h.apply(Command::OpenSessionOnlyClaimed(Box::new(NewSession {
+        claims: missing,
+        ..new_session(&["w"], 1)
+    })));
+    assert!(matches!(refused, Err(Error::UnknownInstance { .. })), "{refused:?}");
+    // Claiming one activated elsewhere is refused too (single activation).
+    let taken =
+        h.apply(Command::OpenSessionOnlyClaimed(Box::new(NewSession { claims, ..new_session(&["w"], 1) })));
+    assert!(matches!(taken, Err(Error::InstanceClaimed { .. })), "{taken:?}");
+    assert_eq!(h.grid, before);
+}
+
+#[test]
+fn an_instance_head_no_session_may_take_fails_only_when_nobody_may_run_it() {
+    let mut h = Harness::new();
+    let x_start = h.start("w", "x");
+    let y_start = h.start("w", "y");
+    let claims = vec![("w".to_owned(), "y".to_owned())];
+    let s2 = h.open_only_claimed(NewSession { claims, ..new_session(&["w"], 5) });
+    assert_eq!(h.holder(y_start), Some(s2));
+    assert_eq!(h.exec(x_start).status, Status::Pending);
+    let mut narrow = new_session(&["w"], 5);
+    narrow.agents[0].delegates = vec!["job".into()];
+    let s = h.open_with(narrow);
+    assert_eq!(h.holder(x_start), Some(s), "Start is always served");
+    h.complete(x_start, "{}");
+    // s2 serves `other`, but only-claimed keeps it from x: x's `other` call has nowhere to
+    // run while x is activated on s, so it fails rather than block x's queue.
+    let other = h.create(on_instance("w", "x", "other"));
+    let e = h.exec(other);
+    assert_eq!(e.status, Status::Failed);
+    assert!(matches!(&e.outcome, Some(Err(Failure { kind: FailureKind::Undeliverable, .. }))));
+}
+
 // ---- property tests -------------------------------------------------------------------------
 
 const AGENTS: [&str; 2] = ["a", "b"];
@@ -89,6 +179,9 @@ enum Step {
         concurrent: bool,
         delegates: Option<usize>,
         lease: bool,
+        only_claimed: bool,
+        /// (which of its agents, which instance)
+        claim: Option<(usize, usize)>,
     },
     Close {
         pick: usize,
@@ -128,8 +221,8 @@ fn arb_step() -> impl Strategy<Value = Step> {
     prop_oneof![
         5 => (0..2usize, 0..2usize, prop::option::weighted(0.4, 0..2usize), -1..2i32, prop::option::weighted(0.2, 1..500u64), prop::option::weighted(0.3, 0..4u8))
             .prop_map(|(agent, delegate, instance, priority, delay, key)| Step::Create { agent, delegate, instance, priority, delay, key }),
-        2 => (prop::collection::vec(0..2usize, 1..3), 1..4u32, any::<bool>(), prop::option::weighted(0.2, 0..2usize), any::<bool>())
-            .prop_map(|(agents, capacity, concurrent, delegates, lease)| Step::Open { agents, capacity, concurrent, delegates, lease }),
+        2 => (prop::collection::vec(0..2usize, 1..3), 1..4u32, any::<bool>(), prop::option::weighted(0.2, 0..2usize), any::<bool>(), prop::bool::weighted(0.4), prop::option::weighted(0.5, (0..2usize, 0..2usize)))
+            .prop_map(|(agents, capacity, concurrent, delegates, lease, only_claimed, claim)| Step::Open { agents, capacity, concurrent, delegates, lease, only_claimed, claim }),
         1 => any::<usize>().prop_map(|pick| Step::Close { pick }),
         6 => (any::<usize>(), prop::bool::weighted(0.8), prop::bool::weighted(0.1), any::<bool>())
             .prop_map(|(pick, ok, stale, effect)| Step::Complete { pick, ok, stale, effect }),
@@ -170,9 +263,13 @@ impl Harness {
                 });
                 Command::CreateExecution(Box::new(new))
             }
-            Step::Open { agents, capacity, concurrent, delegates, lease } => {
-                let names: BTreeSet<&str> = agents.iter().map(|a| AGENTS[*a]).collect();
-                let mut new = new_session(&names.into_iter().collect::<Vec<_>>(), *capacity);
+            Step::Open { agents, capacity, concurrent, delegates, lease, only_claimed, claim } => {
+                let names: Vec<&str> =
+                    agents.iter().map(|a| AGENTS[*a]).collect::<BTreeSet<_>>().into_iter().collect();
+                let mut new = new_session(&names, *capacity);
+                if let Some((agent, instance)) = claim {
+                    new.claims = vec![(names[agent % names.len()].into(), INSTANCES[*instance].into())];
+                }
                 for spec in &mut new.agents {
                     spec.concurrent_instances = *concurrent;
                     if let Some(d) = delegates {
@@ -180,7 +277,11 @@ impl Harness {
                     }
                 }
                 new.lease_ms = if *lease { 300 } else { 0 };
-                Command::OpenSession(Box::new(new))
+                if *only_claimed {
+                    Command::OpenSessionOnlyClaimed(Box::new(new))
+                } else {
+                    Command::OpenSession(Box::new(new))
+                }
             }
             Step::Close { pick: p } => {
                 let ids: Vec<_> = self.grid.sessions().map(|s| s.id).collect();
@@ -310,6 +411,12 @@ impl Harness {
             prop_assert!(s.assigned.len() <= s.capacity as usize, "session {} over capacity", s.id);
             for key in &s.activated {
                 prop_assert_eq!(w.instances.get(key).and_then(|i| i.session), Some(s.id));
+                prop_assert!(s.may_take(&key.0, Some(&key.1)), "only-claimed {} activates {key:?}", s.id);
+            }
+            // An only-claimed session holds nothing of an agent it claims but its instances'.
+            for id in &s.assigned {
+                let e = &w.executions[id];
+                prop_assert!(s.may_take(&e.agent, e.instance.as_deref()), "only-claimed {} holds {id}", s.id);
             }
         }
         for (key, inst) in &w.instances {
@@ -344,19 +451,23 @@ impl Harness {
                 }
             }
         }
-        // Work conservation: a runnable stateless execution never waits while a session that
-        // serves it has a free slot.
+        // Work conservation: a runnable execution (stateless, or its instance's head) never
+        // waits while a session that may run it has a free slot.
         for ((agent, delegate), queue) in &w.ready {
             for (_, id) in queue {
                 let e = &w.executions[id];
                 prop_assert!(e.status == Status::Pending, "ready {id} is {:?}", e.status);
-                if e.instance.is_none() {
-                    let idle = w.sessions.values().any(|s| s.free() > 0 && s.serves(agent, delegate));
-                    prop_assert!(!idle, "ready {id} waits beside an idle session");
-                }
+                let idle = match e.instance_key().and_then(|k| w.instances.get(&k)).and_then(|i| i.session) {
+                    Some(s) => w.sessions.get(&s).is_some_and(|s| s.free() > 0 && s.serves(agent, delegate)),
+                    None => w
+                        .sessions
+                        .values()
+                        .any(|s| s.free() > 0 && s.may_run(agent, e.instance.as_deref(), delegate)),
+                };
+                prop_assert!(!idle, "ready {id} waits beside an idle session that may run it");
             }
         }
-        Ok(())
+        super::demand_test::check_against_executions(&self.grid)
     }
 }
 

@@ -126,4 +126,17 @@ pub enum Error {
     /// A resuming listener's stream was deleted (and maybe created again). Nothing changed.
     #[error("stream '{name}' was deleted (a stream of that name now is another one)")]
     StreamReplaced { name: String },
+    /// A lease request is malformed (holder, time to live, a fenced command that may not be
+    /// fenced). Nothing changed.
+    #[error("invalid lease request: {reason}")]
+    InvalidLease { reason: String },
+    /// Another holder holds the lease. Nothing changed.
+    #[error(
+        "lease '{lease}' is held by '{holder}' (token {token}) for {remaining_ms} ms more, until {expires_at_ms}"
+    )]
+    LeaseHeld { lease: String, holder: String, token: u64, expires_at_ms: u64, remaining_ms: u64 },
+    /// A renew or a fenced write named a grant that does not hold the lease now (it expired,
+    /// was released or another holder took it over). Nothing changed.
+    #[error("lease '{lease}' is not held with token {token}: {reason}")]
+    LeaseLost { lease: String, token: u64, reason: String },
 }

@@ -1,6 +1,7 @@
 //! What applying an entry tells the nodes besides its `Output`: [`Event`]s (an execution
-//! assigned to a session, a result ready, a stream item delivered to a listener). They are not state: every replica computes the
-//! same ones, and each node acts on those of its own sessions and waiting callers.
+//! assigned to a session, a result ready, a stream item delivered to a listener, the demand
+//! changed). They are not state: every replica computes the same ones, and each node acts on
+//! those of its own sessions, waiting callers and watchers.
 //!
 //! While a command applies it fills an [`Outbox`]: its events, and what dispatch must look at
 //! once the command is done.
@@ -36,6 +37,11 @@ pub enum Event {
     /// `listener` will get nothing more: the stream closed and it has everything, or the
     /// stream or cursor is gone, or the fabric removed it.
     ListenerEnded { host: Host, listener: ListenerId, end: ListenerEnd },
+    /// The demand for agent processes changed in a way no other event tells: a session opened
+    /// or began draining, a listener attached to a generator stream, delayed executions became
+    /// ready. Demand watchers on every node look again (with [`Event::Changed`],
+    /// [`Event::SessionClosed`] and [`Event::ListenerEnded`], which change it too).
+    WorkChanged,
 }
 
 /// Why a listener ends.

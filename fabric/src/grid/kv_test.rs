@@ -228,9 +228,11 @@ fn arb_command() -> impl Strategy<Value = Command> {
     ]
 }
 
-/// A log: batches of commands, each stamped with a time that may jump back (leader changes).
+/// A log: batches of key/value commands, leases and fenced writes, each stamped with a time
+/// that may jump back (leader changes).
 fn arb_log() -> impl Strategy<Value = Vec<(u64, Vec<Command>)>> {
-    prop::collection::vec((0u64..200, prop::collection::vec(arb_command(), 0..5)), 0..40)
+    let command = prop_oneof![3 => arb_command(), 1 => super::leases_test::arb_command()];
+    prop::collection::vec((0u64..200, prop::collection::vec(command, 0..5)), 0..40)
 }
 
 fn replay(grid: &mut Grid, log: &[(u64, Vec<Command>)]) -> Vec<Vec<Result<Output, Error>>> {

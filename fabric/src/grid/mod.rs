@@ -23,7 +23,10 @@
 //! - `error`: [`Error`], why a command or a query was refused.
 //! - `events`: [`Event`]s for the nodes, and the outbox a command fills while it applies.
 //! - `queries`: every read (keys, executions, sessions, instances, totals, next timer).
-//! - `snapshot`: older snapshot formats ([`GridV1`]) and how they load.
+//! - [`demand`]: what a scaler sees per agent (pending, running, delayed, instances, generator
+//!   listeners, sessions), read from the dispatch and timer indexes.
+//! - `snapshot`: older snapshot formats ([`GridV1`], [`GridV2`], [`GridV3`]) and how they
+//!   load.
 //! - [`namespace`]: namespace names, and the rule for agent, delegate and instance names.
 //!
 //! Each concept has one file for how `apply` changes it (an `impl Grid` block); a concept
@@ -38,16 +41,19 @@
 //!   delete, items leaving by age.
 //! - `cursors` (types: [`cursor`]): cursors, listeners, acks, and the delivery pass that
 //!   hands stream items to listeners with room.
-//! - `timers`: what a `Tick` fires: delays, deadlines, leases, retention, ack waits, idle
-//!   cursors, items past their age.
+//! - `leases` (types: [`lease`]): acquire, renew, release, writes fenced by a grant.
+//! - `timers`: what a `Tick` fires: delays, deadlines, execution leases, retention, ack
+//!   waits, idle cursors, items past their age, expired leases.
 //!
 //! A new concept adds its file beside these, its commands to `command` and one arm per command
 //! to [`Grid::apply_with_events`]. Tests sit beside what they test: `<file>_test.rs` (the work
 //! tests drive a grid through `test_harness`), or inline when small.
 
 pub mod cursor;
+pub mod demand;
 pub mod execution;
 pub mod instance;
+pub mod lease;
 pub mod namespace;
 pub mod session;
 pub mod stream;
@@ -60,12 +66,15 @@ mod events;
 mod executions;
 mod instances;
 mod kv;
+mod leases;
 mod queries;
 mod sessions;
 mod snapshot;
 mod streams;
 mod timers;
 
+#[cfg(test)]
+mod demand_test;
 #[cfg(test)]
 mod dispatch_test;
 #[cfg(test)]
@@ -74,6 +83,8 @@ mod executions_test;
 mod instances_test;
 #[cfg(test)]
 mod kv_test;
+#[cfg(test)]
+mod leases_test;
 #[cfg(test)]
 mod streams_test;
 #[cfg(test)]
@@ -91,13 +102,14 @@ pub use self::error::Error;
 pub use self::events::{Event, ListenerEnd};
 pub use self::kv::Value;
 pub use self::queries::{ExecutionPage, Page, Totals};
-pub use self::snapshot::{GridV1, GridV2};
+pub use self::snapshot::{GridV1, GridV2, GridV3};
 
 use self::command::clip_reason;
 use self::cursor::{Listener, ListenerId};
 use self::events::Outbox;
 use self::execution::{Execution, ExecutionId, SessionId};
 use self::instance::Instance;
+use self::lease::Lease;
 use self::session::Session;
 use self::stream::{Seq, Stream};
 
@@ -118,6 +130,21 @@ pub struct Grid {
     /// Streams, cursors and listeners. Snapshots from before streams load through
     /// [`Grid::from_v2`].
     streams: Streams,
+    /// Leases and their fencing tokens. Snapshots from before leases (whose sessions have no
+    /// only-claimed flag either) load through [`Grid::from_v3`].
+    leases: Leases,
+}
+
+/// Held leases, when they run out, and the last fencing token granted. Part of the grid's
+/// snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Leases {
+    /// Every lease held now (and ones expired that no `Tick` has removed yet), by name.
+    held: BTreeMap<String, Lease>,
+    /// (expires_at_ms, name) of every lease in `held`.
+    timers: BTreeSet<(u64, String)>,
+    /// The last fencing token granted, to any lease.
+    last_token: u64,
 }
 
 /// Streams, their cursors and the listeners attached. Part of the grid's snapshot.
@@ -221,11 +248,12 @@ impl Grid {
             Command::GiveBack { execution, token } => self.give_back(*execution, *token, &mut out),
             Command::Cancel { execution, reason } => self.cancel(*execution, &clip_reason(reason), &mut out),
             // Sessions (sessions.rs).
-            Command::OpenSession(new) => self.open_session(new, &mut out),
+            Command::OpenSession(new) => self.open_session(new, false, &mut out),
+            Command::OpenSessionOnlyClaimed(new) => self.open_session(new, true, &mut out),
             Command::CloseSession { session, reason } => {
                 Ok(self.close_session(*session, &clip_reason(reason), &mut out))
             }
-            Command::DrainSession { session } => self.drain_session(*session),
+            Command::DrainSession { session } => self.drain_session(*session, &mut out),
             // Instances (instances.rs).
             Command::StartInstance(new) => self.start_instance(new, &mut out),
             Command::StopInstance { agent, instance } => self.stop_instance(agent, instance, &mut out),
@@ -249,6 +277,11 @@ impl Grid {
             }
             Command::Nack { stream, cursor, seq, token } => self.nack(stream, cursor, *seq, *token, &mut out),
             Command::Credit { listener, items } => self.credit(*listener, *items, &mut out),
+            // Leases (leases.rs).
+            Command::AcquireLease { name, holder, ttl_ms } => self.acquire_lease(name, holder, *ttl_ms),
+            Command::RenewLease { name, token, ttl_ms } => self.renew_lease(name, *token, *ttl_ms),
+            Command::ReleaseLease { name, token } => Ok(self.release_lease(name, *token)),
+            Command::Fenced { lease, token, command } => self.fenced(lease, *token, command),
         };
         // Assign what the command made runnable (dispatch.rs) and hand stream items to the
         // listeners with room (cursors.rs); a key/value command leaves nothing to do.

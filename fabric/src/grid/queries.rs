@@ -9,6 +9,7 @@ use super::cursor::{Listener, ListenerId};
 use super::execution::{Execution, ExecutionId, SessionId, Status};
 use super::instance::Instance;
 use super::kv::{CLUSTER_UID_KEY, SYSTEM_NAMESPACE, Value, uid_of};
+use super::lease::Lease;
 use super::session::Session;
 use super::stream::{Item, Seq, Stream, filter_matches};
 use super::{Error, Grid, Limits, namespace};
@@ -234,6 +235,19 @@ impl Grid {
         (out, None)
     }
 
+    // ---- leases ----------------------------------------------------------------------------------
+
+    /// The lease `name` if it is held at the grid's clock (one expired but not yet removed is
+    /// not).
+    pub fn lease(&self, name: &str) -> Option<&Lease> {
+        self.leases.held.get(name).filter(|l| l.held_at(self.now_ms))
+    }
+
+    /// How many leases are held at the grid's clock.
+    pub fn lease_count(&self) -> usize {
+        self.leases.held.values().filter(|l| l.held_at(self.now_ms)).count()
+    }
+
     // ---- totals and timers --------------------------------------------------------------------
 
     /// Counts for `/metrics`.
@@ -250,8 +264,9 @@ impl Grid {
         }
     }
 
-    /// The earliest time a timer is due (a delayed execution, a deadline, a lease, a
-    /// retention), if any: the leader proposes [`super::Command::Tick`] then.
+    /// The earliest time a timer is due (a delayed execution, a deadline, an execution's
+    /// lease, a retention, a cursor's timer, an item's age, a lease's expiry), if any: the
+    /// leader proposes [`super::Command::Tick`] then.
     pub fn next_timer_ms(&self) -> Option<u64> {
         let w = &self.work;
         [w.delayed.first(), w.deadlines.first(), w.leases.first(), w.retained.first()]
@@ -260,6 +275,7 @@ impl Grid {
             .map(|(at, _)| *at)
             .chain(self.next_cursor_timer_ms())
             .chain(self.next_item_expiry_ms())
+            .chain(self.next_lease_expiry_ms())
             .min()
     }
 

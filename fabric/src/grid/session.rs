@@ -5,6 +5,15 @@
 //! stream closes, when its host is declared dead, or when its host restarts; whatever it
 //! still held then goes back to pending.
 //!
+//! A session may claim instances when it opens: they must exist (a claim of an instance that
+//! was never started, or has been removed, refuses the open) and be activated on no other
+//! session; they are activated on it at once, so their queues, `Start` included, run there.
+//! Opened *only claimed*, it serves of each agent it claims instances of only those
+//! instances: no other instance of such an agent, and no call to such an agent without an
+//! instance, is ever given to it, even once its claimed instances are gone. Agents it
+//! serves without claims are served as usual. That is a per-instance process: started for
+//! one instance, it serves that one.
+//!
 //! This file holds the types (`NewSession` as the log stores it, `Session` as the grid keeps
 //! it) and their shape checks. How `apply` opens, closes and drains sessions is in
 //! `sessions.rs`.
@@ -146,6 +155,10 @@ pub struct Session {
     pub draining: bool,
     /// The token of its latest assignment (spreads work round-robin among equal sessions).
     pub last_token: u64,
+    /// It serves, of the agents in `claims`, only the instances in `claims`.
+    pub only_claimed: bool,
+    /// The instances it claimed when it opened.
+    pub claims: BTreeSet<(String, String)>,
 }
 
 impl Session {
@@ -157,6 +170,23 @@ impl Session {
     /// Whether the session serves `delegate` of `agent`.
     pub fn serves(&self, agent: &str, delegate: &str) -> bool {
         self.spec(agent).is_some_and(|s| s.serves(delegate))
+    }
+
+    /// Whether dispatch may give it `delegate` of `agent` on `instance` (`None`: a call
+    /// without an instance): it serves the delegate, and only-claimed does not keep it from
+    /// the instance.
+    pub fn may_run(&self, agent: &str, instance: Option<&str>, delegate: &str) -> bool {
+        self.serves(agent, delegate) && self.may_take(agent, instance)
+    }
+
+    /// Whether only-claimed keeps it from `instance` of `agent` (`None`: calls without an
+    /// instance): true unless it is only-claimed, claims instances of `agent`, and this is not
+    /// one of them.
+    pub fn may_take(&self, agent: &str, instance: Option<&str>) -> bool {
+        if !self.only_claimed || !self.claims.iter().any(|(a, _)| a == agent) {
+            return true;
+        }
+        instance.is_some_and(|i| self.claims.iter().any(|(a, c)| a == agent && c == i))
     }
 
     /// How many more executions it may take now.

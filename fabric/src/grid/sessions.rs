@@ -10,8 +10,14 @@ use super::session::{NewSession, Session};
 use super::{Error, Grid, Output, remove_pair};
 
 impl Grid {
-    /// Applies `OpenSession`: registers the session and activates the instances it claims.
-    pub(super) fn open_session(&mut self, new: &NewSession, out: &mut Outbox) -> Result<Output, Error> {
+    /// Applies `OpenSession` and `OpenSessionOnlyClaimed`: registers the session and
+    /// activates the instances it claims (which must exist and be activated nowhere else).
+    pub(super) fn open_session(
+        &mut self,
+        new: &NewSession,
+        only_claimed: bool,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
         new.validate_shape()?;
         for (agent, instance) in &new.claims {
             match self.work.instances.get(&(agent.clone(), instance.clone())) {
@@ -42,12 +48,15 @@ impl Grid {
             activated: BTreeSet::new(),
             draining: false,
             last_token: 0,
+            only_claimed,
+            claims: new.claims.iter().cloned().collect(),
         };
         for spec in &session.agents {
             self.work.serving.entry(spec.name.clone()).or_default().insert(id);
             out.dirty.insert(spec.name.clone());
         }
         self.work.sessions.insert(id, session);
+        out.events.push(Event::WorkChanged);
         for claim in &new.claims {
             if let Some(inst) = self.work.instances.get_mut(claim) {
                 inst.session = Some(id);
@@ -92,9 +101,12 @@ impl Grid {
     }
 
     /// Applies `DrainSession`: the session gets no new work.
-    pub(super) fn drain_session(&mut self, id: SessionId) -> Result<Output, Error> {
+    pub(super) fn drain_session(&mut self, id: SessionId, out: &mut Outbox) -> Result<Output, Error> {
         let session = self.work.sessions.get_mut(&id).ok_or(Error::UnknownSession { id })?;
-        session.draining = true;
+        if !session.draining {
+            session.draining = true;
+            out.events.push(Event::WorkChanged);
+        }
         Ok(Output::Drained)
     }
 }

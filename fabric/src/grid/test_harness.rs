@@ -55,6 +55,14 @@ impl Harness {
         }
     }
 
+    /// Opens a session that serves only its claimed instances of the agents it claims.
+    pub(super) fn open_only_claimed(&mut self, new: NewSession) -> SessionId {
+        match self.ok(Command::OpenSessionOnlyClaimed(Box::new(new))) {
+            Output::Session { id } => id,
+            other => panic!("open gave {other:?}"),
+        }
+    }
+
     pub(super) fn exec(&self, id: ExecutionId) -> &Execution {
         self.grid.execution(id).expect("execution exists")
     }

@@ -2,16 +2,18 @@
 //! runnable, deadlines fail executions (and cancel their children), expired leases release
 //! their execution and close the session that stopped renewing, and finished executions are
 //! forgotten once their retention has run out; stream deliveries whose ack wait ran out are
-//! delivered again, idle unnamed cursors removed, items past their stream's age dropped. The leader proposes a `Tick` at
-//! [`Grid::next_timer_ms`]; keys with a time to live are dropped by `Expire` (`kv.rs`).
+//! delivered again, idle unnamed cursors removed, items past their stream's age dropped, and
+//! leases that ran out removed. The leader proposes a `Tick` at [`Grid::next_timer_ms`]; keys
+//! with a time to live are dropped by `Expire` (`kv.rs`).
 
-use super::events::Outbox;
+use super::events::{Event, Outbox};
 use super::execution::{Failure, FailureKind, Status};
 use super::{Grid, Output};
 
 impl Grid {
     /// Applies `Tick`: fires what is due at the grid's clock, at most `limit` timers: delays,
-    /// then deadlines, leases, retention, ack waits, idle cursors, and items past their age.
+    /// then deadlines, execution leases, retention, ack waits, idle cursors, items past their
+    /// age, and expired leases.
     pub(super) fn tick(&mut self, limit: u64, out: &mut Outbox) -> Output {
         let now = self.now_ms;
         let mut fired = 0;
@@ -22,6 +24,10 @@ impl Grid {
             self.work.delayed.remove(&(at, id));
             self.enqueue(id, out);
             fired += 1;
+        }
+        if fired > 0 {
+            // Delayed became pending: the demand changed even if nothing was assigned.
+            out.events.push(Event::WorkChanged);
         }
         while fired < limit
             && let Some(&(at, id)) = self.work.deadlines.first()
@@ -64,6 +70,9 @@ impl Grid {
         }
         if fired < limit {
             fired += self.expire_items(limit - fired, out);
+        }
+        if fired < limit {
+            fired += self.expire_leases(limit - fired);
         }
         Output::Ticked { fired }
     }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
-use crate::grid::{Grid, GridV1, GridV2};
+use crate::grid::{Grid, GridV1, GridV2, GridV3};
 use crate::watch;
 
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -49,13 +49,25 @@ struct SnapshotFileV2 {
     grid: GridV2,
 }
 
-/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V3`] (today's grid),
-/// [`codec::FORMAT_SNAPSHOT_V2`] (before streams; read with none) or
+/// A snapshot file written before the grid held leases.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV3 {
+    meta: Meta,
+    grid: GridV3,
+}
+
+/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V4`] (today's grid),
+/// [`codec::FORMAT_SNAPSHOT_V3`] (before leases; read with none, and no session
+/// only-claimed), [`codec::FORMAT_SNAPSHOT_V2`] (before streams; read with none) or
 /// [`codec::FORMAT_BINCODE_V1`] (written before the grid held executions; read into an empty
 /// work state).
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
     match codec::split_tag(bytes)? {
-        (codec::FORMAT_SNAPSHOT_V3, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V4, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V3, body) => {
+            let old: SnapshotFileV3 = codec::decode_body(body)?;
+            Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v3(old.grid) })
+        }
         (codec::FORMAT_SNAPSHOT_V2, body) => {
             let old: SnapshotFileV2 = codec::decode_body(body)?;
             Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v2(old.grid) })
@@ -70,7 +82,7 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
 
 /// Encodes a snapshot file in today's format.
 fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
-    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V3, file)
+    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V4, file)
 }
 
 /// The applied state shared between the state machine and readers.
@@ -471,6 +483,35 @@ mod tests {
         let mut unknown = encode_snapshot(&restored);
         unknown[0] = 9;
         assert!(matches!(decode_snapshot(&unknown), Err(codec::Error::UnknownFormat(9))));
+    }
+
+    /// A snapshot file written before leases existed (format 3) loads: no leases, no session
+    /// only-claimed; written again, it is format 4.
+    #[test]
+    fn format_three_snapshots_still_load() {
+        #[derive(Serialize)]
+        struct OldFile {
+            meta: Meta,
+            grid: GridV3,
+        }
+        let mut grid = Grid::default();
+        let put = crate::grid::Command::Put {
+            namespace: "shared/a".into(),
+            key: "k".into(),
+            value: b"v".to_vec(),
+            ttl_ms: None,
+            if_absent: false,
+        };
+        let open =
+            crate::grid::Command::OpenSession(Box::new(crate::grid::test_harness::new_session(&["w"], 2)));
+        let results = grid.apply_batch(5, &[put, open]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let old =
+            codec::encode_tagged(codec::FORMAT_SNAPSHOT_V3, &OldFile { meta: meta(9), grid: grid.to_v3() });
+        let restored = decode_snapshot(&old).unwrap();
+        assert_eq!(restored.grid, grid);
+        assert_eq!(restored.meta, meta(9));
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V4);
     }
 
     /// File names come from log ids, never from the id a peer sent.

@@ -53,7 +53,8 @@ impl Error {
                 | G::InvalidStream { .. }
                 | G::InvalidItem { .. }
                 | G::InvalidFilter { .. }
-                | G::InvalidCursor { .. }),
+                | G::InvalidCursor { .. }
+                | G::InvalidLease { .. }),
             ) => tonic::Status::invalid_argument(e.to_string()),
             Error::Grid(
                 e @ (G::VersionMismatch { .. }
@@ -65,7 +66,9 @@ impl Error {
                 | G::StreamClosed { .. }
                 | G::LastSeqMismatch { .. }
                 | G::ProducerRefused { .. }
-                | G::StaleAck { .. }),
+                | G::StaleAck { .. }
+                | G::LeaseHeld { .. }
+                | G::LeaseLost { .. }),
             ) => tonic::Status::failed_precondition(e.to_string()),
             Error::Grid(
                 e @ (G::AlreadyExists { .. }

@@ -110,7 +110,9 @@ fn command_bytes(command: &Command) -> usize {
                 .sum();
             result + effects + 32
         }
-        Command::OpenSession(new) => 64 + new.agents.iter().map(|a| a.name.len() + 16).sum::<usize>(),
+        Command::OpenSession(new) | Command::OpenSessionOnlyClaimed(new) => {
+            64 + new.agents.iter().map(|a| a.name.len() + 16).sum::<usize>()
+        }
         Command::CloseSession { reason, .. } | Command::Cancel { reason, .. } => reason.len() + 16,
         Command::StopInstance { agent, instance } => agent.len() + instance.len() + 16,
         Command::Expire { .. }
@@ -135,6 +137,9 @@ fn command_bytes(command: &Command) -> usize {
         Command::Nack { stream, cursor, .. } => stream.len() + cursor.len() + 32,
         Command::Credit { .. } => 16,
         Command::StartGenerator { stream } => stream.len() + 16,
+        Command::AcquireLease { name, holder, .. } => name.len() + holder.len() + 32,
+        Command::RenewLease { name, .. } | Command::ReleaseLease { name, .. } => name.len() + 32,
+        Command::Fenced { lease, command, .. } => lease.len() + 16 + command_bytes(command),
     }
 }
 

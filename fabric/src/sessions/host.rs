@@ -94,7 +94,12 @@ pub async fn open(
         lease_ms: open.lease_ms,
         name: open.name,
     };
-    let command = Command::OpenSession(Box::new(new));
+    // A session that serves every instance is proposed as before the flag existed.
+    let command = if open.only_claimed {
+        Command::OpenSessionOnlyClaimed(Box::new(new))
+    } else {
+        Command::OpenSession(Box::new(new))
+    };
     command.validate(&ctx.limits).map_err(|e| Error::Grid(e).into_status())?;
     // Registered before the open is proposed: the entry that opens it may assign it work.
     let events = ctx.hub.register_session(key, capacity);

@@ -307,6 +307,16 @@ impl Backend {
         })
     }
 
+    /// Starts `launch`'s replica from its `image`, `command` and `args`: see
+    /// [`start`](Self::start).
+    pub async fn start_launch(&self, launch: &Launch) -> Result<String, Error> {
+        let image = launch.image.clone().ok_or_else(|| Error::Invalid {
+            field: "image",
+            reason: format!("agent '{}' has no image to run", launch.agent),
+        })?;
+        self.start(launch, &Spec { image, command: launch.command.clone(), args: launch.args.clone() }).await
+    }
+
     /// Starts `launch`'s replica in a container from `spec`. Returns the container's id. An
     /// error leaves no container behind (but [`Error::Exists`], which leaves the existing one).
     #[tracing::instrument(skip_all, fields(replica = %launch.replica, agent = %launch.agent, image = %spec.image))]

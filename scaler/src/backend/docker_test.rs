@@ -167,7 +167,15 @@ fn launch(replica: &str, agent: &str, instance: Option<&str>, extra: &[(&str, &s
         env.push(("WEFT_INSTANCE".to_string(), instance.to_string()));
     }
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Launch { replica: replica.into(), agent: agent.into(), instance: instance.map(str::to_string), env }
+    Launch {
+        replica: replica.into(),
+        agent: agent.into(),
+        instance: instance.map(str::to_string),
+        env,
+        command: None,
+        args: Vec::new(),
+        image: None,
+    }
 }
 
 fn fixture() -> Spec {
@@ -485,4 +493,52 @@ fn exit_codes_above_128_are_signals() {
     assert_eq!(exit_status(137), (None, Some(9)));
     assert_eq!(exit_status(143), (None, Some(15)));
     assert_eq!(exit_status(255), (Some(255), None));
+}
+
+#[tokio::test]
+async fn the_scalers_backend_runs_a_launchs_image_and_names_a_missing_one() {
+    let group = Group::new("enum");
+    let (tx, mut exits) = mpsc::channel(16);
+    let backend = super::super::Backend::Docker(Backend::new(group.options(), tx).unwrap());
+    let mut one = launch("work-abab0001", "work", None, &[("FIXTURE_EXIT", "0")]);
+    one.image = Some(fixture_image().to_string());
+    backend.start(&one).await.expect("started");
+    assert_eq!(next_exit(&mut exits).await.code, Some(0));
+
+    let mut missing = launch("work-abab0002", "work", None, &[]);
+    missing.image = Some("weft-no-such-image:absent".into());
+    match backend.start(&missing).await {
+        Err(super::super::Error::Start { what, reason }) => {
+            assert_eq!(what, "weft-no-such-image:absent");
+            assert!(reason.contains("not found on the docker engine"), "{reason}");
+        }
+        other => panic!("expected a failed start, got {other:?}"),
+    }
+    missing.image = None;
+    let err = backend.start(&missing).await.unwrap_err();
+    assert!(err.to_string().contains("agent 'work' has no image to run"), "{err}");
+    assert!(matches!(backend.stop("work-abab0001", Duration::from_secs(1)).await, Err(super::super::Error::Unknown(_))));
+    assert!(group.containers().is_empty());
+}
+
+#[test]
+fn the_docker_table_of_the_scalers_configuration() {
+    use crate::config::Config;
+    let agent = "[agents.work]\nbackend = \"docker\"\nimage = \"weft-example-scaled:latest\"\nmax_replicas = 2\n";
+    let config = Config::parse(&format!("group = \"compose\"\n[docker]\nnetwork = \"weft-compose\"\n{agent}")).unwrap();
+    config.validate().unwrap();
+    let options = config.docker_options();
+    assert_eq!(options.group, "compose");
+    assert_eq!(options.settings.network.as_deref(), Some("weft-compose"));
+    assert_eq!(options.settings.host, DEFAULT_HOST);
+
+    let blank = Config::parse(&format!("[docker]\nnetwork = \"\"\n{agent}")).unwrap();
+    let err = blank.validate().unwrap_err().to_string();
+    assert_eq!(err, "field 'docker.network': is empty (leave it unset for the default)");
+    let host = Config::parse(&format!("[docker]\nhost = \"/var/run/docker.sock\"\n{agent}")).unwrap();
+    assert!(host.validate().unwrap_err().to_string().starts_with("field 'docker.host': '/var/run/docker.sock' is not"));
+    // Only agents on the Docker backend make the table matter.
+    Config::parse("[docker]\nnetwork = \"\"\n").unwrap().validate().unwrap();
+    let typo = Config::parse("[docker]\nnetwrok = \"x\"\n").unwrap_err().to_string();
+    assert!(typo.contains("netwrok"), "{typo}");
 }

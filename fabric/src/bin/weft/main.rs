@@ -1,8 +1,8 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams` and `cursors` talk to any node of a running cluster over gRPC. This
-//! file parses the command line, sets up tracing and turns the command's result into the exit
+//! `instances`, `streams`, `cursors`, `leases` and `scaler` talk to any node of a running
+//! cluster over gRPC. This file parses the command line, sets up tracing and turns the command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
 //!
 //! # Layout
@@ -16,6 +16,8 @@
 //! - [`streams`]: `weft streams create|list|info|append|close|delete`.
 //! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
+//! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
+//! - [`scaler`]: `weft scaler status`: what the active scaler of a group reports.
 //! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
 //!   file or stdin, headers, `--all`.
@@ -30,8 +32,10 @@ mod dev;
 mod executions;
 mod instances;
 mod items;
+mod leases;
 mod node_cmd;
 mod render;
+mod scaler;
 mod state;
 mod status;
 mod streams;
@@ -82,6 +86,19 @@ enum Command {
     Streams(streams::Args),
     /// List, show, create and delete the cursors of a stream.
     Cursors(cursors::Args),
+    /// Show who holds a lease (the active scaler holds one), or release it.
+    ///
+    ///   weft leases get scaler
+    ///   weft leases release scaler --token 42
+    #[command(verbatim_doc_comment)]
+    Leases(leases::Args),
+    /// Show what the active scaler of a group reports: per agent, desired and actual
+    /// replicas and crash loops.
+    ///
+    ///   weft scaler status
+    ///   weft scaler status --group edge --json
+    #[command(verbatim_doc_comment)]
+    Scaler(scaler::Args),
 }
 
 impl Command {
@@ -103,6 +120,8 @@ impl Command {
             Command::Instances(args) => instances::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
+            Command::Leases(args) => leases::run(args).await,
+            Command::Scaler(args) => scaler::run(args).await,
         }
     }
 }

@@ -197,7 +197,16 @@ fn now_ms() -> u64 {
 
 /// How long ago a leader-stamped time was, for people: 850ms, 12s, 5m, 3h, 2d.
 pub fn age(at_ms: u64) -> String {
-    let ms = now_ms().saturating_sub(at_ms);
+    span(now_ms().saturating_sub(at_ms))
+}
+
+/// How long until a leader-stamped time, by this machine's clock, for people (0ms once past).
+pub fn until(at_ms: u64) -> String {
+    span(at_ms.saturating_sub(now_ms()))
+}
+
+/// A span of time in its largest whole unit.
+fn span(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms}ms"),
         1_000..60_000 => format!("{}s", ms / 1_000),

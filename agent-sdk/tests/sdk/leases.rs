@@ -1,0 +1,96 @@
+//! Leases from the SDK: one holder at a time, renewals that keep the token, a takeover after
+//! expiry with a greater token, fenced state writes refused once the lease is lost, release;
+//! `State::list` across pages.
+
+use std::time::{Duration, Instant};
+
+use weft_agent::{Client, Error, Fence};
+
+use crate::support::*;
+
+fn refused_precondition(result: Result<impl std::fmt::Debug, Error>) -> String {
+    match result {
+        Err(Error::Refused { code: tonic::Code::FailedPrecondition, message }) => message,
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_holder_at_a_time_and_fenced_writes_stop_with_the_lease() {
+    init_tracing();
+    let c = TestCluster::start(3, |config| config.max_list_page = 2).await;
+    let a = Client::new(c.endpoints()).unwrap();
+    let b = Client::new(c.endpoints()).unwrap();
+
+    tracing::info!("a acquires and writes fenced by its grant");
+    let lease = a.lease("scaler");
+    assert_eq!(lease.name(), "scaler");
+    let first = lease.acquire("a", Duration::from_millis(1_500)).await.unwrap();
+    assert_eq!((first.name.as_str(), first.holder.as_str()), ("scaler", "a"));
+    assert_eq!(lease.get().await.unwrap(), Some(first.clone()));
+    let a_state = a.state("shared/scaler").fenced(first.fence());
+    let v1 = a_state.put("intent/1", &"start").await.unwrap();
+    a_state.put("intent/2", &"start").await.unwrap();
+    a_state.put("intent/3", &"stop").await.unwrap();
+    let renewed = lease.renew(first.token, Duration::from_millis(1_500)).await.unwrap();
+    assert_eq!(renewed.token, first.token, "a renewal keeps the token");
+
+    tracing::info!("b is refused while a holds it, and told who does");
+    let message = refused_precondition(b.lease("scaler").acquire("b", Duration::from_secs(60)).await);
+    assert!(message.contains("held by 'a'"), "{message}");
+
+    tracing::info!("a stops renewing; b takes over once the lease runs out");
+    let deadline = Instant::now() + PATIENCE;
+    let taken = loop {
+        match b.lease("scaler").acquire("b", Duration::from_secs(60)).await {
+            Ok(grant) => break grant,
+            Err(Error::Refused { code: tonic::Code::FailedPrecondition, .. })
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("b could not take over: {e}"),
+        }
+    };
+    assert_eq!(taken.holder, "b");
+    assert!(taken.token > first.token);
+    assert_eq!(taken.fence(), Fence { lease: "scaler".into(), token: taken.token });
+
+    tracing::info!("a's fenced writes are refused and change nothing");
+    let message = refused_precondition(a_state.put("intent/1", &"duplicate").await);
+    assert!(message.contains("scaler"), "{message}");
+    refused_precondition(a_state.compare_and_set("intent/1", &"duplicate", v1).await);
+    refused_precondition(a_state.delete("intent/2").await);
+    let intents: Vec<(String, String, u64)> = a.state("shared/scaler").list("intent/").await.unwrap();
+    let keys: Vec<(&str, &str)> = intents.iter().map(|(k, v, _)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        keys,
+        [("intent/1", "start"), ("intent/2", "start"), ("intent/3", "stop")],
+        "three pages of 2"
+    );
+    assert_eq!(intents[0].2, v1);
+    assert!(a.state("shared/scaler").list::<String>("nothing/").await.unwrap().is_empty());
+
+    tracing::info!("b's fenced writes apply; stale renew and release do nothing");
+    let b_state = b.state("shared/scaler").fenced(taken.fence());
+    b_state.compare_and_set("intent/1", &"adopted", v1).await.unwrap();
+    assert!(b_state.delete("intent/3").await.unwrap());
+    refused_precondition(lease.renew(first.token, Duration::from_secs(1)).await);
+    assert!(!lease.release(first.token).await.unwrap());
+    assert_eq!(lease.get().await.unwrap().map(|g| g.holder), Some("b".into()));
+    assert!(b.lease("scaler").release(taken.token).await.unwrap());
+    assert_eq!(lease.get().await.unwrap(), None);
+    refused_precondition(b_state.put("intent/4", &"late").await);
+
+    tracing::info!("bad input is refused with a clear error");
+    match a.lease("scaler").acquire("a", Duration::ZERO).await {
+        Err(Error::Refused { code: tonic::Code::InvalidArgument, message }) => {
+            assert!(message.contains("ttl_ms 0"), "{message}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    match a.lease("not a name").get().await {
+        Err(Error::Refused { code: tonic::Code::InvalidArgument, .. }) => {}
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}

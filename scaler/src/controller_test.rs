@@ -1,0 +1,340 @@
+//! The controller on the in-memory fabric and the fake backend, in tokio's paused time.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::backend::fake;
+use crate::config::AgentConfig;
+use crate::fabric::fake::Fake;
+use crate::fabric::{InstanceDemand, SessionLoad, no_demand, picture};
+
+const START: u64 = 1_700_000_000_000;
+
+struct Scaler {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    configs: watch::Sender<Arc<Config>>,
+}
+
+fn config(agent: AgentConfig) -> Config {
+    let mut c = Config::parse("").unwrap();
+    c.lease_ttl_ms = 1500;
+    c.agents.insert("work".into(), agent);
+    c
+}
+
+fn agent(max: u32) -> AgentConfig {
+    AgentConfig {
+        restart_initial_ms: 1000,
+        restart_cap_ms: 4000,
+        crash_loop_threshold: 2,
+        start_timeout_ms: 5000,
+        idle_ms: 2000,
+        backlog_per_replica: 10,
+        ..AgentConfig::process("scaled", max)
+    }
+}
+
+fn start(
+    fabric: &Fake,
+    backend: &fake::Backend,
+    config: Config,
+    holder: &str,
+    clock: Clock,
+) -> (Scaler, fake::Backend) {
+    let (exits_tx, exits) = mpsc::channel(MAX_PENDING_EXITS);
+    let backend = backend.sharing(exits_tx);
+    let backends = BTreeMap::from([(BackendKind::Process, Backend::Fake(backend.clone()))]);
+    let (configs, rx) = watch::channel(Arc::new(config));
+    let options =
+        Options { holder: holder.into(), host: "here".into(), endpoints: vec!["127.0.0.1:1".into()] };
+    let controller = Controller::new(fabric.clone(), backends, exits, rx, clock, options, Metrics::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(controller.run(stop.clone()));
+    (Scaler { stop, task, configs }, backend)
+}
+
+fn rig(config: Config) -> (Fake, fake::Backend, Scaler, Clock) {
+    let clock = Clock::at(START);
+    let fabric = Fake::new(clock);
+    let (tx, _rx) = mpsc::channel(1);
+    let backend = fake::Backend::new(tx);
+    let (scaler, backend) = start(&fabric, &backend, config, "a", clock);
+    (fabric, backend, scaler, clock)
+}
+
+/// The demand of agent `work`: `pending` executions and a session per name in `sessions`.
+fn demand(pending: u64, sessions: &[String]) -> Demand {
+    picture(vec![AgentDemand {
+        pending,
+        sessions: sessions
+            .iter()
+            .enumerate()
+            .map(|(i, name)| SessionLoad {
+                id: i as u64 + 1,
+                name: name.clone(),
+                node_id: 1,
+                capacity: 16,
+                assigned: 0,
+                draining: false,
+                only_claimed: false,
+                claimed: Vec::new(),
+            })
+            .collect(),
+        ..no_demand("work")
+    }])
+}
+
+/// Waits (in paused time) until `cond` holds, at most a virtual minute.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within a minute: {what}");
+}
+
+fn ids(launches: &[Launch]) -> Vec<String> {
+    launches.iter().map(|l| l.replica.clone()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn scales_from_zero_recording_the_intent_first() {
+    let (fabric, backend, _scaler, _) = rig(config(agent(3)));
+    fabric.set_demand(demand(0, &[]));
+    until("the lease", || fabric.holder().as_deref() == Some("a")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(backend.running().is_empty(), "no demand, no replica");
+
+    fabric.set_demand(demand(1, &[]));
+    until("a replica", || backend.running().len() == 1).await;
+    let launch = &backend.running()[0];
+    let env: BTreeMap<_, _> = launch.env.iter().cloned().collect();
+    assert_eq!(env["WEFT_SESSION_NAME"], launch.replica);
+    assert_eq!(env["WEFT_SCALER_REPLICA"], launch.replica);
+    assert_eq!(env["WEFT_ENDPOINT"], "127.0.0.1:1");
+    assert_eq!(env["WEFT_CAPACITY"], "16");
+    assert!(!env.contains_key("WEFT_INSTANCE"));
+    until("the handle recorded", || {
+        fabric.intents().get(&launch.replica).is_some_and(|i| !i.handle.is_empty())
+    })
+    .await;
+    assert_eq!(fabric.intents()[&launch.replica].phase, intent::Phase::Starting);
+
+    fabric.set_demand(demand(1, std::slice::from_ref(&launch.replica)));
+    until("running", || fabric.intents()[&launch.replica].phase == intent::Phase::Running).await;
+    until("status", || fabric.status().is_some_and(|s| s.agents["work"].running == 1)).await;
+    let status = fabric.status().unwrap();
+    assert_eq!((status.holder.as_str(), status.agents["work"].desired), ("a", 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(backend.starts().len(), 1, "no second start");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_backs_off_and_a_crash_loop_is_reported() {
+    let (fabric, backend, _scaler, clock) = rig(config(agent(1)));
+    fabric.set_demand(demand(1, &[]));
+    until("a replica", || backend.running().len() == 1).await;
+    let first = backend.running()[0].replica.clone();
+    backend.crash(&first, 3, "boom\n");
+    let crashed_at = clock.now_ms();
+    until("a restart", || backend.running().len() == 1).await;
+    assert!(clock.now_ms() - crashed_at >= 1000, "restarted after the initial delay");
+    assert!(!fabric.intents().contains_key(&first), "the crashed replica's record goes");
+    let status = fabric.status().unwrap();
+    assert!(status.agents["work"].crash_looping.is_none(), "one failure is not a loop");
+
+    let second = backend.running()[0].replica.clone();
+    backend.crash(&second, 3, "boom again\n");
+    until("a crash loop", || fabric.status().is_some_and(|s| s.agents["work"].crash_looping.is_some())).await;
+    let lp = fabric.status().unwrap().agents["work"].crash_looping.clone().unwrap();
+    assert_eq!((lp.failures, lp.exit_code), (2, Some(3)));
+    assert_eq!(lp.output_tail, "boom again\n");
+    assert_eq!(lp.reason, "exited with code 3");
+    let waited = lp.next_retry_at_ms - clock.now_ms();
+    assert!((1500..=2000).contains(&waited), "the second delay doubles: {waited}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_is_reported_with_its_cause_and_never_retried_in_a_tight_loop() {
+    let (fabric, backend, _scaler, _) = rig(config(agent(2)));
+    backend.fail_starts(Some("No such file or directory (os error 2)"));
+    fabric.set_demand(demand(1, &[]));
+    until("a crash loop", || fabric.status().is_some_and(|s| s.agents["work"].crash_looping.is_some())).await;
+    let status = fabric.status().unwrap();
+    let work = &status.agents["work"];
+    assert!(work.last_error.as_deref().unwrap().contains("command 'scaled'"), "{work:?}");
+    assert!(work.crash_looping.as_ref().unwrap().reason.contains("No such file"), "{work:?}");
+    assert!(fabric.intents().is_empty());
+    // 20 s: delays 1, 2, 4, 4, 4 … s: a handful of tries, not thousands.
+    let tries = || fabric.status().unwrap().agents["work"].crash_looping.as_ref().unwrap().failures;
+    let before = tries();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = tries();
+    assert!((4..=7).contains(&(after - before)), "{before} -> {after}");
+    backend.fail_starts(None);
+    until("it starts once the command exists", || backend.running().len() == 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_session_within_the_start_timeout_is_a_failed_start() {
+    let (fabric, backend, _scaler, _) = rig(config(agent(1)));
+    fabric.set_demand(demand(1, &[]));
+    until("a replica", || backend.running().len() == 1).await;
+    let first = backend.running()[0].replica.clone();
+    until("stopped", || backend.stops().contains(&first)).await;
+    until("reported", || {
+        fabric.status().is_some_and(|s| {
+            s.agents["work"]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no session within start_timeout_ms"))
+        })
+    })
+    .await;
+    until("started again", || backend.starts().len() == 2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn backlog_scales_up_to_max_and_idle_back_down() {
+    let (fabric, backend, _scaler, _) = rig(config(AgentConfig { min_replicas: 1, ..agent(3) }));
+    fabric.set_demand(demand(0, &[]));
+    until("min replicas", || backend.running().len() == 1).await;
+    fabric.set_demand(demand(500, &ids(&backend.running())));
+    until("max replicas", || backend.running().len() == 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(backend.starts().len(), 3, "never beyond max");
+    fabric.set_demand(demand(0, &ids(&backend.running())));
+    until("back to min", || backend.running().len() == 1).await;
+    assert_eq!(fabric.intents().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_stops_all_action_and_keeps_the_processes() {
+    let (fabric, backend, _scaler, _) = rig(config(agent(3)));
+    fabric.set_demand(demand(1, &[]));
+    until("a replica", || backend.running().len() == 1).await;
+    fabric.steal_lease("b");
+    fabric.set_demand(demand(500, &ids(&backend.running())));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(backend.starts().len(), 1, "nothing started without the lease");
+    assert!(backend.stops().is_empty(), "nothing stopped either");
+    assert_eq!(backend.running().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_takes_over_adopts_and_starts_no_duplicates() {
+    let clock = Clock::at(START);
+    let fabric = Fake::new(clock);
+    let (tx, _rx) = mpsc::channel(1);
+    let shared = fake::Backend::new(tx);
+    let (a, backend) = start(&fabric, &shared, config(agent(3)), "a", clock);
+    fabric.set_demand(demand(25, &[]));
+    until("three replicas", || backend.running().len() == 3).await;
+    let running = ids(&backend.running());
+    fabric.set_demand(demand(25, &running));
+    until("recorded running", || fabric.intents().values().all(|i| i.phase == intent::Phase::Running)).await;
+    let (_b, _) = start(&fabric, &shared, config(agent(3)), "b", clock);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fabric.holder().as_deref(), Some("a"), "b stands by");
+
+    // a dies (kill -9: no shutdown). A process it spawned but never recorded, and a record
+    // of a start whose process never came, are left behind.
+    a.task.abort();
+    let orphan =
+        Launch { replica: "work-orphan".into(), agent: "work".into(), ..backend.running()[0].clone() };
+    backend.plant(orphan);
+    let ghost = Intent {
+        agent: "work".into(),
+        instance: None,
+        backend: BackendKind::Process,
+        handle: String::new(),
+        host: "here".into(),
+        phase: intent::Phase::Starting,
+        started_at_ms: clock.now_ms(),
+        slot: Some(7),
+    };
+    {
+        let token = fabric.status().unwrap().token;
+        let fence = crate::fabric::Fence { lease: "weft.scaler.test".into(), token };
+        fabric.put_intent(&fence, "work-ghost", &ghost).await.unwrap();
+    }
+    until("b holds the lease", || fabric.holder().as_deref() == Some("b")).await;
+    until("adopted", || {
+        fabric.intents().contains_key("work-orphan") && !fabric.intents().contains_key("work-ghost")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(backend.starts().len(), 3, "no duplicate started");
+    // Four ran with max 3 (the orphan was a surprise): b stops one, never starts one.
+    until("back to max", || backend.running().len() == 3).await;
+    let mut expected = running.clone();
+    expected.push("work-orphan".into());
+    assert!(ids(&backend.running()).iter().all(|id| expected.contains(id)));
+    assert_eq!(backend.starts().len(), 3);
+    let status = fabric.status().unwrap();
+    assert_eq!(status.holder, "b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_instance_follows_instances() {
+    let c = config(AgentConfig { mode: Mode::PerInstance, ..agent(5) });
+    let (fabric, backend, _scaler, _) = rig(c);
+    let with = |instances: Vec<InstanceDemand>| picture(vec![AgentDemand { instances, ..no_demand("work") }]);
+    let i1 = InstanceDemand { id: "i1".into(), lifecycle: "running".into(), session: None, unfinished: 1 };
+    fabric.set_demand(with(vec![i1.clone()]));
+    until("a replica for i1", || backend.running().len() == 1).await;
+    let env: BTreeMap<_, _> = backend.running()[0].env.iter().cloned().collect();
+    assert_eq!((env["WEFT_AGENT"].as_str(), env["WEFT_INSTANCE"].as_str()), ("work", "i1"));
+    fabric.set_demand(with(vec![]));
+    until("stopped with its instance", || backend.running().is_empty()).await;
+    assert!(fabric.intents().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_the_replicas_and_releases_the_lease_unless_told_to_leave_them() {
+    let (fabric, backend, scaler, _) = rig(config(agent(2)));
+    fabric.set_demand(demand(15, &[]));
+    until("two replicas", || backend.running().len() == 2).await;
+    scaler.stop.cancel();
+    scaler.task.await.unwrap();
+    assert!(backend.running().is_empty());
+    assert!(fabric.intents().is_empty());
+    assert_eq!(fabric.holder(), None);
+
+    let mut c = config(agent(2));
+    c.leave_running_on_exit = true;
+    let (fabric, backend, scaler, _) = rig(c);
+    fabric.set_demand(demand(15, &[]));
+    until("two replicas", || backend.running().len() == 2).await;
+    scaler.stop.cancel();
+    scaler.task.await.unwrap();
+    assert_eq!(backend.running().len(), 2);
+    assert_eq!(fabric.intents().len(), 2, "kept for the successor");
+    assert_eq!(fabric.holder(), None, "released: a standby need not wait for it to expire");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_applies_new_limits() {
+    let (fabric, backend, scaler, _) = rig(config(agent(1)));
+    fabric.set_demand(demand(50, &[]));
+    until("one replica", || backend.running().len() == 1).await;
+    scaler.configs.send_replace(Arc::new(config(agent(4))));
+    until("four", || backend.running().len() == 4).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_fabric_stops_action_until_the_lease_is_back() {
+    let (fabric, backend, _scaler, _) = rig(config(agent(3)));
+    fabric.set_demand(demand(1, &[]));
+    until("a replica", || backend.running().len() == 1).await;
+    fabric.set_unavailable(true);
+    fabric.set_demand(demand(500, &ids(&backend.running())));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(backend.starts().len(), 1);
+    fabric.set_unavailable(false);
+    until("acting again", || backend.running().len() == 3).await;
+    assert_eq!(fabric.intents().len(), 3, "the first replica was adopted again, not duplicated");
+}

@@ -1,0 +1,214 @@
+//! Wires the scaler for the binary: loads the configuration, connects to the fabric, builds
+//! the backends and the controller, serves metrics, watches the file for reloads, and opens
+//! the scaler's own agent session (agent `weft.scaler`, delegate `status`), then runs until
+//! shutdown.
+//!
+//! ```text
+//!   run(options, shutdown)
+//!     ├─ Config::load + command-line overrides ─► watch channel ◄─ reload::watch_file
+//!     ├─ Client ─► fabric::Sdk (demand, lease, intents, status)
+//!     ├─ backend::process::Backend ─► exits (mpsc) ─┐
+//!     ├─ Controller::run ◄──────────────────────────┘
+//!     ├─ metrics::serve (optional)
+//!     └─ Worker: agent weft.scaler, delegate status ─► the published status
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use weft_agent::{Agent, Client, Context, Fail, Worker};
+
+use crate::backend::{self, Backend};
+use crate::clock::Clock;
+use crate::config::{self, BackendKind, Config};
+use crate::controller::{self, Controller};
+use crate::fabric::{Fabric, Sdk};
+use crate::metrics::{self, Metrics};
+
+/// The agent every scaler serves.
+pub const AGENT: &str = "weft.scaler";
+/// Its delegate that returns the group's published status (JSON; null before the first).
+pub const STATUS_DELEGATE: &str = "status";
+
+/// Why the scaler could not start. Nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// No endpoints anywhere.
+    #[error("no endpoints: give --endpoints, set WEFT_ENDPOINT, or set endpoints in the configuration")]
+    NoEndpoints,
+    /// The SDK refused the endpoints.
+    #[error("cannot use the endpoints: {0}")]
+    Client(weft_agent::Error),
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What the command line adds to the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// Endpoints that replace the file's (`--endpoints`, `WEFT_ENDPOINT`).
+    pub endpoints: Vec<String>,
+    /// A metrics address that replaces the file's.
+    pub metrics_addr: Option<String>,
+}
+
+impl Options {
+    /// Applies the command line to a configuration read from the file.
+    pub fn apply(&self, config: &mut Config) {
+        if !self.endpoints.is_empty() {
+            config.endpoints = self.endpoints.clone();
+        }
+        if self.metrics_addr.is_some() {
+            config.metrics_addr = self.metrics_addr.clone();
+        }
+    }
+
+    /// Loads and validates the configuration with the command line applied.
+    pub fn load(&self) -> Result<Config, Error> {
+        let mut config = Config::load(&self.config)?;
+        self.apply(&mut config);
+        config.validate()?;
+        if config.endpoints.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        Ok(config)
+    }
+}
+
+/// This host's name (for intents and the lease holder).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Runs the scaler until `shutdown` (see the module docs).
+pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
+    let config = options.load()?;
+    let client = Client::builder(config.endpoints.clone()).build().map_err(Error::Client)?;
+    let fabric = Sdk::new(client, &config.group);
+    let metrics = Metrics::default();
+    let metrics_task = match config.metrics_socket() {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Metrics { addr: addr.to_string(), source })?;
+            tracing::info!(%addr, "serving metrics");
+            Some(tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone())))
+        }
+        None => None,
+    };
+    let host = host_name();
+    let holder = format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    tracing::info!(%holder, group = %config.group, agents = config.agents.len(), "scaler starting");
+
+    let (exits_tx, exits) = mpsc::channel(controller::MAX_PENDING_EXITS);
+    let docker_exits = exits_tx.clone();
+    let process = backend::process::Backend::new(
+        backend::process::Options {
+            group: config.group.clone(),
+            run_dir: config.run_dir(),
+            log_dir: config.log_dir.clone(),
+            max_log_bytes: config.max_log_bytes,
+        },
+        exits_tx,
+    );
+    // The Docker backend is built whatever the agents use now, so a reload may move an agent
+    // to it; it contacts the engine only when an agent needs it.
+    let docker = backend::docker::Backend::new(config.docker_options(), docker_exits).map_err(|e| {
+        Error::Config(config::Error::Invalid { agent: None, field: "docker", reason: e.to_string() })
+    })?;
+    if config.agents.values().any(|a| a.backend == BackendKind::Docker) {
+        match docker.check().await {
+            Ok(engine) => tracing::info!(host = %config.docker.host, version = %engine.version,
+                api_version = %engine.api_version, "docker engine reached"),
+            Err(e) => tracing::error!(error = %e,
+                "the docker backend cannot reach its engine; its agents start once it answers"),
+        }
+    }
+    let backends = BTreeMap::from([
+        (BackendKind::Process, Backend::Process(process)),
+        (BackendKind::Docker, Backend::Docker(docker)),
+    ]);
+
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let reload = {
+        let options = options.clone();
+        tokio::spawn(crate::reload::watch_file(
+            options.config.clone(),
+            config_tx,
+            move |c| options.apply(c),
+            shutdown.clone(),
+        ))
+    };
+
+    let status_worker = own_session(&config, fabric.clone(), &holder);
+    let controller_options =
+        controller::Options { holder: holder.clone(), host, endpoints: config.endpoints.clone() };
+    let controller =
+        Controller::new(fabric, backends, exits, config_rx, Clock::system(), controller_options, metrics);
+    controller.run(shutdown.clone()).await;
+
+    if let Some((stopper, task)) = status_worker {
+        stopper.stop();
+        let _ = task.await;
+    }
+    reload.abort();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    tracing::info!("scaler stopped");
+    Ok(())
+}
+
+/// The scaler's own session: agent `weft.scaler`, whose `status` delegate returns the
+/// group's published status, so the scaler is an agent like any other.
+fn own_session<F: Fabric>(
+    config: &Config,
+    fabric: F,
+    holder: &str,
+) -> Option<(weft_agent::Stopper, tokio::task::JoinHandle<()>)> {
+    let status = move |_ctx: Context, _args: serde_json::Value| {
+        let fabric = fabric.clone();
+        async move {
+            fabric.read_status().await.map(|s| s.unwrap_or_default()).map_err(|e| Fail::new(e.to_string()))
+        }
+    };
+    let worker = Worker::builder(config.endpoints.clone())
+        .agent(Agent::new(AGENT).delegate(STATUS_DELEGATE, status))
+        .name(holder)
+        .capacity(4)
+        .build();
+    match worker {
+        Ok(worker) => {
+            let stopper = worker.stopper();
+            let task = tokio::spawn(async move {
+                if let Err(e) = worker.run().await {
+                    tracing::warn!(error = %e, "the scaler's own agent session ended");
+                }
+            });
+            Some((stopper, task))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the scaler's own agent session");
+            None
+        }
+    }
+}
