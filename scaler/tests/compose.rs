@@ -125,7 +125,7 @@ impl Drop for Deploy {
         {
             eprintln!("docker-compose down failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        for image in ["weft", "weft-scaler", "weft-example-scaled"] {
+        for image in ["weft", "weft-scaler", "weft-example-scaled", "weft-bundle"] {
             let _ = Command::new("docker").args(["rmi", &format!("{image}:{}", self.tag)]).output();
         }
         let _ = std::fs::remove_dir_all(self.config.parent().unwrap());
@@ -248,4 +248,29 @@ async fn compose_cluster_scales_work_from_zero_and_survives_a_killed_node() {
         eprintln!("call after the kill answered in {:.1} s", took.as_secs_f64());
     }
     drop(deploy);
+}
+
+/// The scaler configurations the deploys ship are valid: compose's file, and the TOML inside
+/// the Kubernetes ConfigMap.
+#[test]
+fn the_deploys_scaler_configurations_are_valid() {
+    use weft_scaler::config::{BackendKind, Config};
+    let compose = std::fs::read_to_string(root().join("examples/compose/scaler.toml")).unwrap();
+    let config = Config::parse(&compose).expect("compose's scaler.toml parses");
+    config.validate().expect("compose's scaler.toml is valid");
+    assert_eq!(config.agents["work"].backend, BackendKind::Docker);
+    assert_eq!(config.docker.network.as_deref(), Some("weft-compose"), "the network docker-compose.yml names");
+
+    let manifest = std::fs::read_to_string(root().join("examples/kubernetes/scaler.yaml")).unwrap();
+    let toml: String = manifest
+        .split("scaler.toml: |\n")
+        .nth(1)
+        .expect("the ConfigMap holds scaler.toml")
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let config = Config::parse(&toml).unwrap_or_else(|e| panic!("the ConfigMap's TOML parses: {e}\n{toml}"));
+    config.validate().expect("the ConfigMap's TOML is valid");
+    assert_eq!(config.agents["work"].backend, BackendKind::Process);
 }
