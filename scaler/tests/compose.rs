@@ -98,10 +98,15 @@ impl Deploy {
 
     /// Containers the scaler started (labelled with the group), running or not.
     fn agent_containers(&self) -> Vec<String> {
-        run(Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=weft.scaler.group={}", self.project)]))
-            .lines()
-            .map(str::to_string)
-            .collect()
+        run(Command::new("docker").args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=weft.scaler.group={}", self.project),
+        ]))
+        .lines()
+        .map(str::to_string)
+        .collect()
     }
 }
 
@@ -203,11 +208,16 @@ async fn compose_cluster_scales_work_from_zero_and_survives_a_killed_node() {
         for endpoint in &endpoints {
             answers.push(readyz(endpoint).await);
         }
-        let ready: Vec<(String, String)> =
-            answers.iter().flatten().filter(|(code, _)| *code == 200).filter_map(|(_, body)| ids(body)).collect();
+        let ready: Vec<(String, String)> = answers
+            .iter()
+            .flatten()
+            .filter(|(code, _)| *code == 200)
+            .filter_map(|(_, body)| ids(body))
+            .collect();
         if ready.len() == 3 && ready.iter().all(|(_, leader)| *leader == ready[0].1) {
             let leader = &ready[0].1;
-            break services[ready.iter().position(|(me, _)| me == leader).expect("the leader is one of the three")];
+            break services
+                [ready.iter().position(|(me, _)| me == leader).expect("the leader is one of the three")];
         }
         assert!(Instant::now() < deadline, "the cluster did not form within {FORM_TIMEOUT:?}: {answers:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -224,9 +234,11 @@ async fn compose_cluster_scales_work_from_zero_and_survives_a_killed_node() {
         async move {
             let started = Instant::now();
             let reply: String =
-                client.request("work", "echo").args(&text).wait(CALL_TIMEOUT).call().await.unwrap_or_else(|e| {
-                    panic!("work.echo({text}) failed after {:.1} s: {e}", started.elapsed().as_secs_f64())
-                });
+                client.request("work", "echo").args(&text).wait(CALL_TIMEOUT).call().await.unwrap_or_else(
+                    |e| {
+                        panic!("work.echo({text}) failed after {:.1} s: {e}", started.elapsed().as_secs_f64())
+                    },
+                );
             assert_eq!(reply, text);
             started.elapsed()
         }
@@ -259,7 +271,11 @@ fn the_deploys_scaler_configurations_are_valid() {
     let config = Config::parse(&compose).expect("compose's scaler.toml parses");
     config.validate().expect("compose's scaler.toml is valid");
     assert_eq!(config.agents["work"].backend, BackendKind::Docker);
-    assert_eq!(config.docker.network.as_deref(), Some("weft-compose"), "the network docker-compose.yml names");
+    assert_eq!(
+        config.docker.network.as_deref(),
+        Some("weft-compose"),
+        "the network docker-compose.yml names"
+    );
 
     let manifest = std::fs::read_to_string(root().join("examples/kubernetes/scaler.yaml")).unwrap();
     let toml: String = manifest

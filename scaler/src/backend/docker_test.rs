@@ -517,15 +517,21 @@ async fn the_scalers_backend_runs_a_launchs_image_and_names_a_missing_one() {
     missing.image = None;
     let err = backend.start(&missing).await.unwrap_err();
     assert!(err.to_string().contains("agent 'work' has no image to run"), "{err}");
-    assert!(matches!(backend.stop("work-abab0001", Duration::from_secs(1)).await, Err(super::super::Error::Unknown(_))));
+    assert!(matches!(
+        backend.stop("work-abab0001", Duration::from_secs(1)).await,
+        Err(super::super::Error::Unknown(_))
+    ));
     assert!(group.containers().is_empty());
 }
 
 #[test]
 fn the_docker_table_of_the_scalers_configuration() {
     use crate::config::Config;
-    let agent = "[agents.work]\nbackend = \"docker\"\nimage = \"weft-example-scaled:latest\"\nmax_replicas = 2\n";
-    let config = Config::parse(&format!("group = \"compose\"\n[docker]\nnetwork = \"weft-compose\"\n{agent}")).unwrap();
+    let agent =
+        "[agents.work]\nbackend = \"docker\"\nimage = \"weft-example-scaled:latest\"\nmax_replicas = 2\n";
+    let config =
+        Config::parse(&format!("group = \"compose\"\n[docker]\nnetwork = \"weft-compose\"\n{agent}"))
+            .unwrap();
     config.validate().unwrap();
     let options = config.docker_options();
     assert_eq!(options.group, "compose");
@@ -536,7 +542,12 @@ fn the_docker_table_of_the_scalers_configuration() {
     let err = blank.validate().unwrap_err().to_string();
     assert_eq!(err, "field 'docker.network': is empty (leave it unset for the default)");
     let host = Config::parse(&format!("[docker]\nhost = \"/var/run/docker.sock\"\n{agent}")).unwrap();
-    assert!(host.validate().unwrap_err().to_string().starts_with("field 'docker.host': '/var/run/docker.sock' is not"));
+    assert!(
+        host.validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("field 'docker.host': '/var/run/docker.sock' is not")
+    );
     // Only agents on the Docker backend make the table matter.
     Config::parse("[docker]\nnetwork = \"\"\n").unwrap().validate().unwrap();
     let typo = Config::parse("[docker]\nnetwrok = \"x\"\n").unwrap_err().to_string();

@@ -207,11 +207,17 @@ impl Backend {
 impl From<docker::Error> for Error {
     fn from(e: docker::Error) -> Self {
         match e {
-            docker::Error::ImageMissing { ref image, .. } => Error::Start { what: image.clone(), reason: e.to_string() },
-            docker::Error::Unreachable { .. } => Error::Unavailable { backend: "docker", reason: e.to_string() },
+            docker::Error::ImageMissing { ref image, .. } => {
+                Error::Start { what: image.clone(), reason: e.to_string() }
+            }
+            docker::Error::Unreachable { .. } => {
+                Error::Unavailable { backend: "docker", reason: e.to_string() }
+            }
             docker::Error::Unknown(replica) => Error::Unknown(replica),
             docker::Error::Gone { replica, handle } => Error::Gone { replica, handle },
-            docker::Error::Exists { ref name, .. } => Error::Start { what: name.clone(), reason: e.to_string() },
+            docker::Error::Exists { ref name, .. } => {
+                Error::Start { what: name.clone(), reason: e.to_string() }
+            }
             docker::Error::Refused { .. } | docker::Error::Invalid { .. } => {
                 Error::Start { what: "a container".into(), reason: e.to_string() }
             }
