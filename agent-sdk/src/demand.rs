@@ -251,11 +251,9 @@ impl DemandWatch {
                 },
                 None => {
                     let (i, channel) = self.conn.current();
-                    let client = ScalingClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+                    let mut client = ScalingClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
                     let attempt = self.conn.options().attempt_timeout;
-                    match tokio::time::timeout(attempt, client.clone().watch_demand(self.request.clone()))
-                        .await
-                    {
+                    match tokio::time::timeout(attempt, client.watch_demand(self.request.clone())).await {
                         Ok(Ok(response)) => {
                             self.stream = Some((i, response.into_inner()));
                             continue;

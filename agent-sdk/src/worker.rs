@@ -187,11 +187,11 @@ impl WorkerBuilder {
     /// # }
     /// ```
     pub fn from_env(self) -> Result<Self, Error> {
-        self.from_vars(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        self.with_vars(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
     }
 
     /// [`from_env`](Self::from_env) over any source of variables (tests give a map).
-    fn from_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+    fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         if let Some(endpoints) = var(env::ENDPOINT) {
             self.endpoints =
                 endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
@@ -789,7 +789,7 @@ mod tests {
 
     fn from(vars: &[(&str, &str)]) -> Result<WorkerBuilder, Error> {
         let vars: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        Worker::builder(Vec::<String>::new()).from_vars(|name| vars.get(name).cloned())
+        Worker::builder(Vec::<String>::new()).with_vars(|name| vars.get(name).cloned())
     }
 
     #[test]

@@ -166,7 +166,8 @@ pub struct Config {
     /// Most bytes all streams' items may hold together (every node keeps them in memory);
     /// appends beyond it are refused (RESOURCE_EXHAUSTED) until items leave.
     pub max_stream_bytes: u64,
-    /// Most listeners attached to this node at once.
+    /// Most listeners attached to this node at once: stream listeners (on cursors, and plain
+    /// readers) and demand watchers (`Scaling/WatchDemand`) together.
     pub max_listeners: usize,
     /// How often a listener is sent a heartbeat with its lag.
     pub listener_heartbeat_ms: u64,

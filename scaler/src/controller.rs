@@ -337,9 +337,7 @@ impl<F: Fabric> Controller<F> {
                 replica.handle = f.handle.clone();
                 if intent.handle != f.handle {
                     let updated = Intent { handle: f.handle.clone(), ..intent.clone() };
-                    if let Err(e) = self.fabric.put_intent(&fence, &id, &updated).await {
-                        return Err(e);
-                    }
+                    self.fabric.put_intent(&fence, &id, &updated).await?;
                 }
                 let stopping = replica.phase == Phase::Stopping;
                 self.replicas.insert(id.clone(), replica);
@@ -648,9 +646,14 @@ impl<F: Fabric> Controller<F> {
     ) {
         let now = self.now();
         let Some(backend) = self.backends.get(&config.backend).cloned() else {
-            let e = format!("the {} backend is not available in this scaler", config.backend.as_str());
-            tracing::warn!(agent, "{e}");
-            self.agents.entry(agent.to_owned()).or_default().last_error = Some(e);
+            // Counted like any failed start, so it is tried again at the back-off's pace.
+            let e = backend::Error::Unavailable {
+                backend: config.backend.as_str(),
+                reason: "not built into this scaler".into(),
+            };
+            // A waiting replica being restarted gives way to the new waiting one.
+            self.replicas.remove(&id);
+            self.failed_start(agent, config, slot, instance, &e);
             return;
         };
         self.replicas.insert(
@@ -687,18 +690,30 @@ impl<F: Fabric> Controller<F> {
                 self.record(&id, intent::Phase::Starting).await;
             }
             Err(e) => {
-                tracing::warn!(replica = %id, agent, error = %e, "failed start");
-                self.metrics.failed_start(agent);
-                let failure = Failure { reason: e.to_string(), at_ms: now, ..Failure::default() };
-                let key = slot_key(slot, instance.as_deref());
-                let state = self.agents.entry(agent.to_owned()).or_default();
-                state.last_error = Some(e.to_string());
-                let not_before = state.backoff.entry(key).or_default().failed(&config.backoff(), 0, failure);
                 self.forget(&id).await;
-                self.replicas
-                    .insert(new_replica_id(agent), waiting(agent, slot, instance, not_before, config));
+                self.failed_start(agent, config, slot, instance, &e);
             }
         }
+    }
+
+    /// A start that failed before any process ran: the slot backs off and waits.
+    fn failed_start(
+        &mut self,
+        agent: &str,
+        config: &AgentConfig,
+        slot: Option<u32>,
+        instance: Option<String>,
+        e: &backend::Error,
+    ) {
+        let now = self.now();
+        tracing::warn!(agent, error = %e, "failed start");
+        self.metrics.failed_start(agent);
+        let failure = Failure { reason: e.to_string(), at_ms: now, ..Failure::default() };
+        let key = slot_key(slot, instance.as_deref());
+        let state = self.agents.entry(agent.to_owned()).or_default();
+        state.last_error = Some(e.to_string());
+        let not_before = state.backoff.entry(key).or_default().failed(&config.backoff(), 0, failure);
+        self.replicas.insert(new_replica_id(agent), waiting(agent, slot, instance, not_before, config));
     }
 
     fn launch(&self, agent: &str, config: &AgentConfig, id: &str, instance: Option<&str>) -> Launch {

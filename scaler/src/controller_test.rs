@@ -338,3 +338,27 @@ async fn an_unreachable_fabric_stops_action_until_the_lease_is_back() {
     until("acting again", || backend.running().len() == 3).await;
     assert_eq!(fabric.intents().len(), 3, "the first replica was adopted again, not duplicated");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_on_a_backend_this_scaler_lacks_backs_off_like_a_failed_start() {
+    let docker = AgentConfig {
+        backend: BackendKind::Docker,
+        command: None,
+        image: Some("weft/scaled".into()),
+        ..agent(1)
+    };
+    let (fabric, backend, _scaler, _) = rig(config(docker));
+    fabric.set_demand(demand(1, &[]));
+    until("reported", || {
+        fabric
+            .status()
+            .is_some_and(|s| s.agents["work"].last_error.as_deref().is_some_and(|e| e.contains("docker")))
+    })
+    .await;
+    let failures =
+        || fabric.status().unwrap().agents["work"].crash_looping.as_ref().map_or(0, |c| c.failures);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!((3..=8).contains(&failures()), "backed off, not a tight loop: {}", failures());
+    assert!(backend.starts().is_empty());
+    assert!(fabric.intents().is_empty());
+}

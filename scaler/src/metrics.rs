@@ -60,16 +60,6 @@ impl Metrics {
         });
     }
 
-    /// Forgets an agent no longer configured... its counters stay (they are counters).
-    pub fn clear_replicas(&self, agent: &str) {
-        self.with(|m| {
-            if let Some(a) = m.agents.get_mut(agent) {
-                a.desired = 0;
-                a.phases.clear();
-            }
-        });
-    }
-
     /// A replica was started.
     pub fn started(&self, agent: &str) {
         self.with(|m| m.agents.entry(agent.to_owned()).or_default().starts += 1);

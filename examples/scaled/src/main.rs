@@ -43,7 +43,7 @@ async fn sleep(ctx: Context, ms: u64) -> Result<u64, Fail> {
     }
 }
 
-async fn whoami(ctx: Context, _: serde_json::Value) -> Result<Whoami, Fail> {
+async fn whoami(ctx: Context, _: ()) -> Result<Whoami, Fail> {
     Ok(Whoami {
         session: std::env::var("WEFT_SESSION_NAME").ok(),
         instance: ctx.instance().map(str::to_owned),

@@ -301,3 +301,52 @@ async fn bad_watch_requests_are_refused_with_a_clear_error() {
     next(&mut again).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weft_demand_shows_what_a_scaler_sees_once_or_as_it_changes() {
+    init_tracing();
+    let cluster = Cluster::start(1, |_| {}).await;
+    let addr = cluster.addrs[0].clone();
+    let mut caller = ExecutionsClient::new(channel(&addr).await);
+    caller.create(create_req("worker")).await.expect("create");
+
+    tracing::info!("one picture, as JSON and as a table");
+    let (code, v) = weft_json(&addr, &["demand"]).await;
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["node_id"], 1);
+    assert_eq!(v["agents"][0]["agent"], "worker");
+    assert_eq!(v["agents"][0]["pending"], 1);
+    let (code, out, err) = weft(&addr, &["demand", "--agent", "nobody", "--agent", "worker"]).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("AGENT") && lines[0].contains("PENDING"), "{out}");
+    let row = |agent: &str| {
+        lines.iter().find(|l| l.starts_with(agent)).map(|l| l.split_whitespace().collect::<Vec<_>>())
+    };
+    assert_eq!(row("nobody"), Some(vec!["nobody", "0", "0", "0", "0", "0", "0", "0", "0"]), "{out}");
+    assert_eq!(row("worker").map(|r| r[1].to_owned()), Some("1".into()), "{out}");
+
+    tracing::info!("a bad agent name is refused");
+    let (code, out, err) = weft(&addr, &["demand", "--agent", "no way"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("InvalidArgument") && err.contains("invalid agent name 'no way'"), "{err}");
+
+    tracing::info!("--watch prints each change: a session takes the call");
+    let mut watching = WeftProcess::spawn(&addr, &["demand", "--agent", "worker", "--watch", "--json"]);
+    assert_eq!(watching.next_json().await["agents"][0]["pending"], 1);
+    let (_tx, mut inbound) = listen(&addr, open_msg("worker", 2)).await.unwrap();
+    let _opened = next_kind(&mut inbound).await;
+    loop {
+        let picture = watching.next_json().await;
+        let d = &picture["agents"][0];
+        if d["running"] == 1 {
+            assert_eq!(d["pending"], 0);
+            assert_eq!(d["sessions"][0]["capacity"], 2);
+            break;
+        }
+    }
+    watching.signal("INT");
+    let (code, _, err) = watching.finish().await;
+    assert_eq!(code, 130, "ended by ctrl-c: {err}");
+    cluster.shutdown().await;
+}

@@ -115,7 +115,11 @@ fn signal_group(pid: u32, ticks: u64, signal: rustix::process::Signal) -> std::i
     if !alive(pid, ticks) {
         return Ok(());
     }
-    let raw = i32::try_from(pid).map_err(|_| std::io::Error::other(format!("pid {pid} out of range")))?;
+    // Group 1 would be kill(-1): every process this user may signal. Never.
+    let raw = i32::try_from(pid)
+        .ok()
+        .filter(|p| *p > 1)
+        .ok_or_else(|| std::io::Error::other(format!("pid {pid} is not a replica's process group")))?;
     let pid = rustix::process::Pid::from_raw(raw).ok_or_else(|| std::io::Error::other("pid 0"))?;
     match rustix::process::kill_process_group(pid, signal) {
         Ok(()) => Ok(()),
@@ -351,6 +355,13 @@ impl OutputFile {
             self.offset = 0;
         }
     }
+}
+
+/// The replicas of scaler group `group` running on this host (process-group leaders whose
+/// environment names a replica and the group): what [`Backend::find`] returns, for tools
+/// and tests.
+pub fn find_running(group: &str) -> Result<Vec<Found>, Error> {
+    scan_proc(Path::new("/proc"), group)
 }
 
 /// The replicas of `group` among the processes under `proc`.

@@ -24,6 +24,7 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
 use weft_proto::wire::Outcome;
 
+use crate::INTERRUPTED_EXIT;
 use crate::args::MAX_LIST_ALL_ITEMS;
 use crate::connect::{self, Conn, REQUEST_TIMEOUT, consistency};
 use crate::render::{age, error_json, fail, item_json, item_line, non_empty, out, outln, payload_text};
@@ -57,8 +58,6 @@ const RESUME_PAUSE: Duration = Duration::from_millis(250);
 const RESUME_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// How long an interrupted cursor follow waits for the answers to its last acks.
 const ACK_DRAIN: Duration = Duration::from_secs(3);
-/// The exit status after ctrl-c or SIGTERM, as a shell reports a process killed by SIGINT.
-const INTERRUPTED_EXIT: i32 = 130;
 
 /// Flags of `weft streams get`.
 #[derive(Debug, clap::Args)]

@@ -1,8 +1,9 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams`, `cursors`, `leases` and `scaler` talk to any node of a running
-//! cluster over gRPC. This file parses the command line, sets up tracing and turns the command's result into the exit
+//! `instances`, `streams`, `cursors`, `leases`, `scaler` and `demand` talk to any node of a
+//! running cluster over gRPC. This file parses the command line, sets up tracing and turns the
+//! command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
 //!
 //! # Layout
@@ -18,6 +19,7 @@
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
 //! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
 //! - [`scaler`]: `weft scaler status`: what the active scaler of a group reports.
+//! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
 //! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
 //!   file or stdin, headers, `--all`.
@@ -28,6 +30,7 @@ mod args;
 mod call;
 mod connect;
 mod cursors;
+mod demand;
 mod dev;
 mod executions;
 mod instances;
@@ -99,6 +102,13 @@ enum Command {
     ///   weft scaler status --group edge --json
     #[command(verbatim_doc_comment)]
     Scaler(scaler::Args),
+    /// Show the demand for agent processes, as a scaler sees it: per agent what waits, runs
+    /// and is delayed, instances no session serves, and the sessions with their load.
+    ///
+    ///   weft demand
+    ///   weft demand --agent resizer --watch
+    #[command(verbatim_doc_comment)]
+    Demand(demand::Args),
 }
 
 impl Command {
@@ -122,6 +132,7 @@ impl Command {
             Command::Cursors(args) => cursors::run(args).await,
             Command::Leases(args) => leases::run(args).await,
             Command::Scaler(args) => scaler::run(args).await,
+            Command::Demand(args) => demand::run(args).await,
         }
     }
 }
@@ -144,6 +155,10 @@ async fn main() {
     };
     std::process::exit(code);
 }
+
+/// The exit status after ctrl-c or SIGTERM ends a command that follows (`streams tail
+/// --follow`, `demand --watch`), as a shell reports a process killed by SIGINT.
+const INTERRUPTED_EXIT: i32 = 130;
 
 /// Waits for ctrl-c or SIGTERM: how `weft node` and `weft dev` are told to stop.
 async fn shutdown_signal() {
