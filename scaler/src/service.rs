@@ -130,23 +130,25 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         },
         exits_tx,
     );
+    let mut backends = BTreeMap::from([(BackendKind::Process, Backend::Process(process))]);
     // The Docker backend is built whatever the agents use now, so a reload may move an agent
-    // to it; it contacts the engine only when an agent needs it.
-    let docker = backend::docker::Backend::new(config.docker_options(), docker_exits).map_err(|e| {
-        Error::Config(config::Error::Invalid { agent: None, field: "docker", reason: e.to_string() })
-    })?;
-    if config.agents.values().any(|a| a.backend == BackendKind::Docker) {
-        match docker.check().await {
-            Ok(engine) => tracing::info!(host = %config.docker.host, version = %engine.version,
-                api_version = %engine.api_version, "docker engine reached"),
-            Err(e) => tracing::error!(error = %e,
-                "the docker backend cannot reach its engine; its agents start once it answers"),
+    // to it; it contacts the engine only when an agent needs it. Its options were validated
+    // with the configuration when an agent uses it; otherwise (a group that makes no container
+    // name) the scaler runs without it, and an agent moved to it later fails to start.
+    match backend::docker::Backend::new(config.docker_options(), docker_exits) {
+        Ok(docker) => {
+            if config.agents.values().any(|a| a.backend == BackendKind::Docker) {
+                match docker.check().await {
+                    Ok(engine) => tracing::info!(host = %config.docker.host, version = %engine.version,
+                        api_version = %engine.api_version, "docker engine reached"),
+                    Err(e) => tracing::error!(error = %e,
+                        "the docker backend cannot reach its engine; its agents start once it answers"),
+                }
+            }
+            backends.insert(BackendKind::Docker, Backend::Docker(docker));
         }
+        Err(e) => tracing::warn!(error = %e, "no docker backend in this scaler"),
     }
-    let backends = BTreeMap::from([
-        (BackendKind::Process, Backend::Process(process)),
-        (BackendKind::Docker, Backend::Docker(docker)),
-    ]);
 
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let reload = {
