@@ -157,11 +157,22 @@ pub struct Options {
     pub membership: Membership,
 }
 
-/// Finds the `weft` binary: `explicit` if given, else the newer of `target/release/weft`
-/// and `target/debug/weft` under the current directory or the workspace.
+/// Finds the `weft` binary: `explicit` if given, else the one of the same build as the running
+/// executable (beside it, or one directory up from cargo's `deps/`, where tests live; CI
+/// builds for a named target, into `target/<triple>/debug/`), else the newer of
+/// `target/release/weft` and `target/debug/weft` under the current directory or the workspace.
 pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
         return if p.is_file() { Ok(p.to_path_buf()) } else { Err(Error::NoBinary(p.display().to_string())) };
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
+        let sibling = dir.join("weft");
+        if sibling.is_file() {
+            return Ok(sibling);
+        }
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target_dirs: Vec<PathBuf> = std::env::var_os("CARGO_TARGET_DIR")

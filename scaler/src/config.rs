@@ -168,6 +168,10 @@ pub struct Config {
     /// 10 MiB.
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: u64,
+    /// The Docker backend (`[docker]`): the engine's address, the network its containers
+    /// join, whether they get an init. Used by agents with `backend = "docker"`.
+    #[serde(default)]
+    pub docker: crate::backend::docker::Settings,
     /// The agents to scale, by agent name.
     #[serde(default)]
     pub agents: BTreeMap<String, AgentConfig>,
@@ -383,7 +387,26 @@ impl Config {
         for (name, agent) in &self.agents {
             agent.validate(name)?;
         }
+        if self.agents.values().any(|a| a.backend == BackendKind::Docker) {
+            self.docker_options().validate().map_err(|e| match e {
+                crate::backend::docker::Error::Invalid { field, reason } => Error::Invalid {
+                    agent: None,
+                    field: match field {
+                        "host" => "docker.host",
+                        "network" => "docker.network",
+                        other => other,
+                    },
+                    reason,
+                },
+                other => Error::Invalid { agent: None, field: "docker", reason: other.to_string() },
+            })?;
+        }
         Ok(())
+    }
+
+    /// The Docker backend's options: `[docker]` and the group.
+    pub fn docker_options(&self) -> crate::backend::docker::Options {
+        crate::backend::docker::Options { group: self.group.clone(), settings: self.docker.clone() }
     }
 }
 

@@ -120,6 +120,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     tracing::info!(%holder, group = %config.group, agents = config.agents.len(), "scaler starting");
 
     let (exits_tx, exits) = mpsc::channel(controller::MAX_PENDING_EXITS);
+    let docker_exits = exits_tx.clone();
     let process = backend::process::Backend::new(
         backend::process::Options {
             group: config.group.clone(),
@@ -129,8 +130,25 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         },
         exits_tx,
     );
-    // The Docker backend joins this map when it is built in.
-    let backends = BTreeMap::from([(BackendKind::Process, Backend::Process(process))]);
+    let mut backends = BTreeMap::from([(BackendKind::Process, Backend::Process(process))]);
+    // The Docker backend is built whatever the agents use now, so a reload may move an agent
+    // to it; it contacts the engine only when an agent needs it. Its options were validated
+    // with the configuration when an agent uses it; otherwise (a group that makes no container
+    // name) the scaler runs without it, and an agent moved to it later fails to start.
+    match backend::docker::Backend::new(config.docker_options(), docker_exits) {
+        Ok(docker) => {
+            if config.agents.values().any(|a| a.backend == BackendKind::Docker) {
+                match docker.check().await {
+                    Ok(engine) => tracing::info!(host = %config.docker.host, version = %engine.version,
+                        api_version = %engine.api_version, "docker engine reached"),
+                    Err(e) => tracing::error!(error = %e,
+                        "the docker backend cannot reach its engine; its agents start once it answers"),
+                }
+            }
+            backends.insert(BackendKind::Docker, Backend::Docker(docker));
+        }
+        Err(e) => tracing::warn!(error = %e, "no docker backend in this scaler"),
+    }
 
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let reload = {

@@ -101,7 +101,8 @@ struct RunArgs {
     /// Seed for every random choice (keys, values, targets).
     #[arg(long)]
     seed: Option<u64>,
-    /// The weft binary (default: the newer of target/release/weft and target/debug/weft).
+    /// The weft binary (default: the one beside weft-jepsen, else the newer of
+    /// target/release/weft and target/debug/weft).
     #[arg(long)]
     weft_bin: Option<PathBuf>,
     /// Where run folders go.

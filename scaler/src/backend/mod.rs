@@ -8,15 +8,17 @@
 //!
 //! ```text
 //!   controller ── start(Launch) ──► Backend::Process ── spawn, process group, output file
-//!              ── stop(id, grace) ─►   (Backend::Docker slots in beside it: container,
-//!              ── find() / adopt() ─►   labels, the engine's API)
+//!              ── stop(id, grace) ─►  Backend::Docker ── container from the image, labels,
+//!              ── find() / adopt() ─►   the engine's API (bollard)
 //!              ◄── Exited (mpsc, given at construction) ── every exit, asked for or not
 //! ```
 //!
 //! # Layout
 //! - `process`: [`process::Backend`], local processes (tokio, one process group each).
 //! - `output`: the bounded output ring per replica and the rotated log file per agent.
+//! - [`docker`]: [`docker::Backend`], containers on the machine's Docker engine.
 
+pub mod docker;
 pub mod output;
 pub mod process;
 
@@ -136,11 +138,13 @@ pub enum Error {
     },
 }
 
-/// A backend. `Docker(docker::Backend)` slots in next to `Process`, with the same methods.
+/// A backend: local processes or Docker containers, with the same methods.
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// Local processes.
     Process(process::Backend),
+    /// Containers on a Docker engine.
+    Docker(docker::Backend),
     /// A scripted backend for the controller's unit tests.
     #[cfg(test)]
     Fake(fake::Backend),
@@ -151,6 +155,7 @@ impl Backend {
     pub async fn start(&self, launch: &Launch) -> Result<String, Error> {
         match self {
             Backend::Process(b) => b.start(launch).await,
+            Backend::Docker(b) => Ok(b.start_launch(launch).await?),
             #[cfg(test)]
             Backend::Fake(b) => b.start(launch),
         }
@@ -161,6 +166,7 @@ impl Backend {
     pub async fn stop(&self, replica: &str, grace: Duration) -> Result<(), Error> {
         match self {
             Backend::Process(b) => b.stop(replica, grace),
+            Backend::Docker(b) => Ok(b.stop(replica, grace)?),
             #[cfg(test)]
             Backend::Fake(b) => b.stop(replica, grace),
         }
@@ -170,6 +176,7 @@ impl Backend {
     pub async fn find(&self) -> Result<Vec<Found>, Error> {
         match self {
             Backend::Process(b) => b.find().await,
+            Backend::Docker(b) => Ok(b.find().await?),
             #[cfg(test)]
             Backend::Fake(b) => Ok(b.find()),
         }
@@ -179,6 +186,7 @@ impl Backend {
     pub async fn adopt(&self, found: &Found) -> Result<(), Error> {
         match self {
             Backend::Process(b) => b.adopt(found),
+            Backend::Docker(b) => Ok(b.adopt(found).await?),
             #[cfg(test)]
             Backend::Fake(b) => b.adopt(found),
         }
@@ -188,8 +196,31 @@ impl Backend {
     pub fn output_tail(&self, replica: &str) -> Option<String> {
         match self {
             Backend::Process(b) => b.output_tail(replica),
+            // The engine keeps a container's output; its tail comes with the exit report.
+            Backend::Docker(_) => None,
             #[cfg(test)]
             Backend::Fake(_) => None,
+        }
+    }
+}
+
+impl From<docker::Error> for Error {
+    fn from(e: docker::Error) -> Self {
+        match e {
+            docker::Error::ImageMissing { ref image, .. } => {
+                Error::Start { what: image.clone(), reason: e.to_string() }
+            }
+            docker::Error::Unreachable { .. } => {
+                Error::Unavailable { backend: "docker", reason: e.to_string() }
+            }
+            docker::Error::Unknown(replica) => Error::Unknown(replica),
+            docker::Error::Gone { replica, handle } => Error::Gone { replica, handle },
+            docker::Error::Exists { ref name, .. } => {
+                Error::Start { what: name.clone(), reason: e.to_string() }
+            }
+            docker::Error::Refused { .. } | docker::Error::Invalid { .. } => {
+                Error::Start { what: "a container".into(), reason: e.to_string() }
+            }
         }
     }
 }

@@ -51,6 +51,13 @@ pub fn binaries() -> &'static Binaries {
             if dir.ends_with("release") {
                 build.arg("--release");
             }
+            // A build for a named target (CI's static build: `target/<triple>/debug/`) is
+            // brought up to date for that target, with the flags the environment gives it.
+            if let Some(triple) = dir.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str())
+                && triple.matches('-').count() >= 2
+            {
+                build.args(["--target", triple]);
+            }
             for (package, bin) in &missing {
                 build.args(["-p", package, "--bin", bin]);
             }
