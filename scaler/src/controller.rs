@@ -8,7 +8,8 @@
 //!        ▼ granted                                                                 │
 //!      adopt: intents (grid) × backend.find()                                      │
 //!        recorded + found ─► adopt   found only ─► adopt + record                  │
-//!        recorded only ─► session with its name? keep (remote) : delete record     │
+//!        recorded only ─► session, starting or other host? keep (remote) until  │
+//!          unseen for its start timeout : delete record                            │
 //!        ▼                                                                         │
 //!      active: renew every ttl/3 ──────────────────────────────────────────────────┘
 //!        on demand / exit / config / tick: sessions ─► running; start timeouts;
@@ -50,6 +51,8 @@ pub const ORPHAN_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_PENDING_EXITS: usize = 1024;
 /// How long a stopping scaler waits, past the longest drain grace, for its replicas to exit.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+/// The start timeout for a replica of an agent no longer configured.
+const DEFAULT_START_TIMEOUT_MS: u64 = 30_000;
 
 /// A replica the controller knows.
 #[derive(Debug, Clone)]
@@ -66,8 +69,12 @@ struct Replica {
     running_since_ms: Option<u64>,
     /// Stopped because it opened no session in time: its exit is a failed start.
     timed_out: bool,
-    /// Not on this host (or not visible to the backend): known only by its session.
+    /// Not on this host (or not visible to the backend): known only by its session, or by
+    /// its record while it may still be starting or its worker reconnecting.
     remote: bool,
+    /// When it was last known alive (its session seen, its recorded start, its adoption): a
+    /// remote replica unseen for its agent's start timeout is gone.
+    seen_ms: u64,
     /// What its intent says now (`None`: no intent recorded).
     recorded: Option<intent::Phase>,
 }
@@ -325,6 +332,7 @@ impl<F: Fabric> Controller<F> {
                 running_since_ms: session.map(|_| now),
                 timed_out: false,
                 remote: false,
+                seen_ms: now,
                 recorded: Some(intent.phase),
             };
             if let Some((kind, f)) = found.get(&id) {
@@ -345,11 +353,24 @@ impl<F: Fabric> Controller<F> {
                     let grace = self.grace(&intent.agent);
                     let _ = backend.stop(&id, grace).await;
                 }
-            } else if session.is_some() {
-                // Alive where this scaler cannot see it (another host): it counts, and goes
-                // from the books when its session does.
-                tracing::info!(replica = %id, agent = %intent.agent, host = %intent.host, "recorded replica has a session but is not visible here; counted as remote");
+            } else if session.is_some()
+                || intent.phase == intent::Phase::Starting
+                || intent.host != self.options.host
+            {
+                // Alive where this scaler cannot see it (another host), or maybe: a start
+                // whose process is not seen yet, a worker reconnecting after a node failed.
+                // It counts (towards max) until it has been unseen for its start timeout:
+                // a start since its recorded start, anything else since now.
                 replica.remote = true;
+                if session.is_none() && intent.phase == intent::Phase::Starting {
+                    replica.seen_ms = intent.started_at_ms;
+                }
+                if self.unseen_too_long(&replica, now) {
+                    tracing::info!(replica = %id, agent = %intent.agent, phase = ?intent.phase, "recorded replica never showed up; removing its record");
+                    self.fabric.delete_intent(&fence, &id).await?;
+                    continue;
+                }
+                tracing::info!(replica = %id, agent = %intent.agent, host = %intent.host, session = session.is_some(), "recorded replica is not visible here; counted as remote");
                 self.replicas.insert(id.clone(), replica);
             } else {
                 tracing::info!(replica = %id, agent = %intent.agent, phase = ?intent.phase, "recorded replica is gone; removing its record");
@@ -372,7 +393,23 @@ impl<F: Fabric> Controller<F> {
     /// adopt it and record it.
     async fn adopt_unrecorded(&mut self, kind: BackendKind, f: Found) -> Result<(), FabricError> {
         let Some(fence) = self.grant.as_ref().map(Grant::fence) else { return Ok(()) };
-        if self.replicas.contains_key(&f.replica) {
+        if let Some(r) = self.replicas.get(&f.replica) {
+            // Counted as remote (recorded, not seen) and now visible here: take charge of it.
+            if r.remote && r.backend == kind {
+                if let Err(e) = self.backends[&kind].adopt(&f).await {
+                    tracing::warn!(replica = %f.replica, error = %e, "cannot adopt a recorded replica");
+                    return Ok(());
+                }
+                let now = self.now();
+                let phase = r.recorded.unwrap_or(intent::Phase::Starting);
+                if let Some(r) = self.replicas.get_mut(&f.replica) {
+                    r.remote = false;
+                    r.handle = f.handle.clone();
+                    r.seen_ms = now;
+                }
+                tracing::info!(replica = %f.replica, agent = %f.agent, handle = %f.handle, "a recorded replica showed up here: adopted");
+                self.record(&f.replica, phase).await;
+            }
             return Ok(());
         }
         if let Err(e) = self.backends[&kind].adopt(&f).await {
@@ -409,10 +446,18 @@ impl<F: Fabric> Controller<F> {
                 running_since_ms: session.map(|_| now),
                 timed_out: false,
                 remote: false,
+                seen_ms: now,
                 recorded: Some(phase),
             },
         );
         Ok(())
+    }
+
+    /// Whether a remote replica has been unseen (no session) for its agent's start timeout.
+    fn unseen_too_long(&self, r: &Replica, now: u64) -> bool {
+        let timeout =
+            self.config.agents.get(&r.agent).map_or(DEFAULT_START_TIMEOUT_MS, |a| a.start_timeout_ms);
+        r.session.is_none() && now.saturating_sub(r.seen_ms) >= timeout
     }
 
     fn grace(&self, agent: &str) -> Duration {
@@ -453,7 +498,7 @@ impl<F: Fabric> Controller<F> {
                     orphans.extend(
                         found
                             .into_iter()
-                            .filter(|f| !self.replicas.contains_key(&f.replica))
+                            .filter(|f| self.replicas.get(&f.replica).is_none_or(|r| r.remote))
                             .map(|f| (*kind, f)),
                     );
                 }
@@ -495,8 +540,12 @@ impl<F: Fabric> Controller<F> {
             let Some(r) = self.replicas.get(&id) else { continue };
             let session = self.session_named(&r.agent, &id);
             let (agent, phase, remote) = (r.agent.clone(), r.phase, r.remote);
-            if remote && session.is_none() {
-                // A remote replica is known only by its session: gone with it.
+            let unseen = Replica { session, ..r.clone() };
+            if remote && self.unseen_too_long(&unseen, now) {
+                // A remote replica is known only by its session (or its record while it
+                // starts): gone once unseen for a start timeout, not on one picture without
+                // it (a worker reconnecting after a node failed is briefly sessionless).
+                tracing::info!(replica = %id, agent = %agent, "remote replica unseen for its start timeout; removing its record");
                 self.replicas.remove(&id);
                 if let Some(fence) = self.grant.as_ref().map(Grant::fence)
                     && let Err(e) = self.fabric.delete_intent(&fence, &id).await
@@ -507,6 +556,9 @@ impl<F: Fabric> Controller<F> {
             }
             let Some(r) = self.replicas.get_mut(&id) else { continue };
             r.session = session;
+            if session.is_some() {
+                r.seen_ms = now;
+            }
             if phase == Phase::Starting && session.is_some() {
                 r.phase = Phase::Running;
                 r.running_since_ms = Some(now);
@@ -670,12 +722,21 @@ impl<F: Fabric> Controller<F> {
                 running_since_ms: None,
                 timed_out: false,
                 remote: false,
+                seen_ms: now,
                 recorded: None,
             },
         );
         // The intent first: a successor must know of a process before it can exist.
         if !self.record(&id, intent::Phase::Starting).await {
             self.replicas.remove(&id);
+            return;
+        }
+        if !self.lease_valid() {
+            // The write took long enough for the lease to lapse by this scaler's reckoning:
+            // a successor may act already. Spawn nothing; the record (counted by a successor
+            // until its start timeout) and this book entry (timed out here if the lease
+            // holds after all) clean up after themselves.
+            tracing::warn!(replica = %id, agent, "lease not valid after recording the start; not spawning");
             return;
         }
         self.agents.entry(agent.to_owned()).or_default().starts.push_back(now);
@@ -984,6 +1045,7 @@ fn waiting(
         running_since_ms: None,
         timed_out: false,
         remote: false,
+        seen_ms: 0,
         recorded: None,
     }
 }
