@@ -9,7 +9,9 @@
 //!                 up at once; down only after need stayed below the target for idle_ms,
 //!                 then to the most needed meanwhile; stops: waiting, idle, starting, busy
 //!  per-instance:  one replica per live instance that no session serves (not stopping);
-//!                 a replica whose instance is gone is stopped
+//!                 a replica whose instance is gone is stopped; above max_replicas
+//!                 (a reload lowered it, more were adopted) the excess is stopped:
+//!                 starting ones first, then the newest
 //!  both:          alive (starting + running + stopping) never above max_replicas; at most
 //!                 `starts_allowed` starts (the scale-up rate)
 //! ```
@@ -191,6 +193,7 @@ fn per_instance(input: Input<'_>) -> Decision {
     let mut sorted: Vec<&Replica> = replicas.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut due = Vec::new();
+    let mut kept_alive: Vec<&Replica> = Vec::new();
     for r in sorted {
         let Some(instance) = r.instance.as_deref() else {
             // A replica without an instance does not belong to a per-instance agent (the mode
@@ -212,6 +215,9 @@ fn per_instance(input: Input<'_>) -> Decision {
         if keep {
             covered.insert(instance);
             kept += 1;
+            if r.alive() {
+                kept_alive.push(r);
+            }
             if let Phase::Waiting { not_before_ms } = r.phase
                 && not_before_ms <= now_ms
             {
@@ -220,6 +226,19 @@ fn per_instance(input: Input<'_>) -> Decision {
         } else {
             decision.stop.push(r.id.clone());
         }
+    }
+    // More kept processes than max (a reload lowered it, more were adopted): the excess goes,
+    // starting ones first (no work yet), then the newest.
+    let excess = (kept_alive.len() as u32).saturating_sub(max);
+    if excess > 0 {
+        kept_alive.sort_by_key(|r| (r.phase != Phase::Starting, std::cmp::Reverse(r.id.clone())));
+        for r in kept_alive.iter().take(excess as usize) {
+            decision.stop.push(r.id.clone());
+            if let Some(instance) = r.instance.as_deref() {
+                covered.remove(instance);
+            }
+        }
+        kept -= excess;
     }
     let mut room = max.saturating_sub(alive).min(starts_allowed);
     for id in due {

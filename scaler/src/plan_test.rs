@@ -177,6 +177,28 @@ fn per_instance_starts_one_per_unserved_instance_and_stops_gone_ones() {
     assert!(d.stop.is_empty(), "an instance missing from a truncated list may be live");
 }
 
+#[test]
+fn per_instance_trims_down_to_max() {
+    let config = AgentConfig { mode: Mode::PerInstance, ..pool_config(0, 2, 10) };
+    let demand = AgentDemand {
+        agent: "room".into(),
+        instances: ["i1", "i2", "i3", "i4"].iter().map(|i| instance(i, "running", None)).collect(),
+        ..crate::fabric::no_demand("a")
+    };
+    // Max lowered to 2 by a reload (or four adopted): two go, the starting one first, then
+    // the newest; nothing starts in their place.
+    let replicas = [
+        per_instance_replica("r1", "i1", Phase::Running),
+        per_instance_replica("r2", "i2", Phase::Starting),
+        per_instance_replica("r3", "i3", Phase::Running),
+        per_instance_replica("r4", "i4", Phase::Running),
+    ];
+    let d = run(&config, &demand, &replicas, 0, &mut Memory::default());
+    assert_eq!(d.stop, ["r2", "r4"]);
+    assert!(d.start.is_empty() && d.restart.is_empty(), "{d:?}");
+    assert_eq!(d.desired, 2);
+}
+
 fn arb_phase() -> impl Strategy<Value = Phase> {
     prop_oneof![
         (0u64..3000).prop_map(|t| Phase::Waiting { not_before_ms: t }),
@@ -247,6 +269,11 @@ proptest! {
             prop_assert!(starts <= starts_allowed);
             prop_assert!(alive <= max && alive + starts <= max || starts == 0,
                 "alive {} + starts {} above max {}", alive, starts, max);
+            let staying = replicas
+                .iter()
+                .filter(|r| r.alive() && r.phase != Phase::Stopping && !d.stop.contains(&r.id))
+                .count() as u32;
+            prop_assert!(staying <= max, "{} processes stay, above max {}", staying, max);
             for id in d.stop.iter().chain(&d.restart) {
                 prop_assert!(replicas.iter().any(|r| &r.id == id));
             }
