@@ -519,6 +519,10 @@ impl<F: Fabric> Controller<F> {
             }
             self.act_on(&agent).await;
         }
+        // The state of agents no longer configured goes with their last replica.
+        let replicas = &self.replicas;
+        let configured = &self.config.agents;
+        self.agents.retain(|a, _| configured.contains_key(a) || replicas.values().any(|r| &r.agent == a));
         // Replicas of agents no longer configured go.
         let orphaned: Vec<ReplicaId> = self
             .replicas
@@ -657,6 +661,26 @@ impl<F: Fabric> Controller<F> {
             }
             self.start_replica(agent, &config, new_replica_id(agent), slot, instance).await;
         }
+        self.prune_backoff(agent, &demand);
+    }
+
+    /// Forgets the back-off of slots that no longer exist: a pool slot no replica holds (it
+    /// was scaled away), an instance no replica holds that the demand no longer lists. The
+    /// map stays bounded, and the status shows no crash loop of something gone.
+    fn prune_backoff(&mut self, agent: &str, demand: &AgentDemand) {
+        let held: BTreeSet<String> = self
+            .replicas
+            .values()
+            .filter(|r| r.agent == agent)
+            .map(|r| slot_key(r.slot, r.instance.as_deref()))
+            .collect();
+        let Some(state) = self.agents.get_mut(agent) else { return };
+        state.backoff.retain(|key, _| {
+            held.contains(key)
+                || key
+                    .strip_prefix("instance/")
+                    .is_some_and(|i| demand.instances_truncated || demand.instances.iter().any(|d| d.id == i))
+        });
     }
 
     /// Records `id`'s new phase (fenced); a refusal means the lease is gone.

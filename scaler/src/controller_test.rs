@@ -432,3 +432,29 @@ async fn the_lease_is_checked_again_between_the_record_and_the_spawn() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(backend.running().len(), 1, "max 1");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_back_off_of_a_gone_instance_is_forgotten() {
+    let c = config(AgentConfig { mode: Mode::PerInstance, ..agent(5) });
+    let (fabric, backend, _scaler, _) = rig(c);
+    let with = |instances: Vec<InstanceDemand>| picture(vec![AgentDemand { instances, ..no_demand("work") }]);
+    let i1 = InstanceDemand { id: "i1".into(), lifecycle: "running".into(), session: None, unfinished: 1 };
+    fabric.set_demand(with(vec![i1.clone()]));
+    for _ in 0..2 {
+        until("a replica for i1", || backend.running().len() == 1).await;
+        backend.crash(&backend.running()[0].replica, 3, "boom\n");
+        until("the failure counted", || {
+            fabric.status().is_some_and(|s| s.agents["work"].waiting == 1 && s.agents["work"].starting == 0)
+        })
+        .await;
+    }
+    until("a crash loop", || fabric.status().is_some_and(|s| s.agents["work"].crash_looping.is_some())).await;
+    // The instance is stopped: its waiting replica goes, and so does its crash loop.
+    fabric.set_demand(with(vec![]));
+    until("no crash loop of a gone instance", || {
+        fabric
+            .status()
+            .is_some_and(|s| s.agents["work"].waiting == 0 && s.agents["work"].crash_looping.is_none())
+    })
+    .await;
+}
