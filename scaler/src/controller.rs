@@ -51,6 +51,8 @@ pub const ORPHAN_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_PENDING_EXITS: usize = 1024;
 /// How long a stopping scaler waits, past the longest drain grace, for its replicas to exit.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+/// How often a replica that cannot be stopped here (remote) is warned about, at most.
+const CANNOT_STOP_WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// The start timeout for a replica of an agent no longer configured.
 const DEFAULT_START_TIMEOUT_MS: u64 = 30_000;
 
@@ -75,6 +77,8 @@ struct Replica {
     /// When it was last known alive (its session seen, its recorded start, its adoption): a
     /// remote replica unseen for its agent's start timeout is gone.
     seen_ms: u64,
+    /// When a stop of it (remote) was last refused with a warning.
+    warned_ms: Option<u64>,
     /// What its intent says now (`None`: no intent recorded).
     recorded: Option<intent::Phase>,
 }
@@ -333,6 +337,7 @@ impl<F: Fabric> Controller<F> {
                 timed_out: false,
                 remote: false,
                 seen_ms: now,
+                warned_ms: None,
                 recorded: Some(intent.phase),
             };
             if let Some((kind, f)) = found.get(&id) {
@@ -447,6 +452,7 @@ impl<F: Fabric> Controller<F> {
                 timed_out: false,
                 remote: false,
                 seen_ms: now,
+                warned_ms: None,
                 recorded: Some(phase),
             },
         );
@@ -619,6 +625,7 @@ impl<F: Fabric> Controller<F> {
                 instance: r.instance.clone(),
                 phase: r.phase,
                 assigned: r.session.map(|(_, a)| a),
+                remote: r.remote,
             })
             .collect();
         let state = self.agents.entry(agent.to_owned()).or_default();
@@ -747,6 +754,7 @@ impl<F: Fabric> Controller<F> {
                 timed_out: false,
                 remote: false,
                 seen_ms: now,
+                warned_ms: None,
                 recorded: None,
             },
         );
@@ -847,7 +855,17 @@ impl<F: Fabric> Controller<F> {
             return;
         }
         if r.remote {
-            tracing::warn!(replica = %id, host = ?r.handle, "cannot stop a replica on another host");
+            // Chosen only when no other would do; the plan asks again every tick, so the
+            // warning is rate-limited per replica.
+            let now = self.now();
+            if r.warned_ms
+                .is_none_or(|t| now.saturating_sub(t) >= CANNOT_STOP_WARN_INTERVAL.as_millis() as u64)
+            {
+                tracing::warn!(replica = %id, agent = %r.agent, "cannot stop a replica this scaler cannot see (another host); it is counted until its session ends");
+                if let Some(r) = self.replicas.get_mut(id) {
+                    r.warned_ms = Some(now);
+                }
+            }
             return;
         }
         if !self.record(id, intent::Phase::Stopping).await {
@@ -1070,6 +1088,7 @@ fn waiting(
         timed_out: false,
         remote: false,
         seen_ms: 0,
+        warned_ms: None,
         recorded: None,
     }
 }
