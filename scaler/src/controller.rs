@@ -51,6 +51,26 @@ pub const ORPHAN_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_PENDING_EXITS: usize = 1024;
 /// How long a stopping scaler waits, past the longest drain grace, for its replicas to exit.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+/// The first and the longest wait before adoption is tried again after it failed (doubling).
+const ADOPT_RETRY_INITIAL_MS: u64 = 500;
+const ADOPT_RETRY_CAP_MS: u64 = 10_000;
+
+/// Why adoption could not be done (nothing was adopted or forgotten).
+#[derive(Debug, thiserror::Error)]
+enum AdoptError {
+    /// The grid refused or did not answer.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+    /// A backend could not look for running replicas.
+    #[error("the {} backend cannot look for running replicas: {source}", kind.as_str())]
+    Backend {
+        /// The backend.
+        kind: BackendKind,
+        /// What it said.
+        source: backend::Error,
+    },
+}
+
 /// How often a replica that cannot be stopped here (remote) is warned about, at most.
 const CANNOT_STOP_WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// The start timeout for a replica of an agent no longer configured.
@@ -128,6 +148,9 @@ pub struct Controller<F: Fabric> {
     /// When the last successful acquire or renew was sent (local clock).
     lease_sent_at_ms: u64,
     adopted: bool,
+    /// When adoption may be tried again after a failure, and the delay it waited.
+    adopt_retry_at_ms: u64,
+    adopt_retry_ms: u64,
     last_orphan_scan_ms: u64,
     replicas: BTreeMap<ReplicaId, Replica>,
     agents: BTreeMap<String, AgentState>,
@@ -160,6 +183,8 @@ impl<F: Fabric> Controller<F> {
             grant: None,
             lease_sent_at_ms: 0,
             adopted: false,
+            adopt_retry_at_ms: 0,
+            adopt_retry_ms: 0,
             last_orphan_scan_ms: 0,
             replicas: BTreeMap::new(),
             agents: BTreeMap::new(),
@@ -304,16 +329,16 @@ impl<F: Fabric> Controller<F> {
     }
 
     /// Adopts what the grid records and the backends find (see the module docs).
-    async fn adopt(&mut self) -> Result<(), FabricError> {
+    async fn adopt(&mut self) -> Result<(), AdoptError> {
         let Some(fence) = self.grant.as_ref().map(Grant::fence) else { return Ok(()) };
         let intents = self.fabric.list_intents().await?;
         let mut found: BTreeMap<ReplicaId, (BackendKind, Found)> = BTreeMap::new();
         for (kind, backend) in &self.backends {
             match backend.find().await {
                 Ok(list) => found.extend(list.into_iter().map(|f| (f.replica.clone(), (*kind, f)))),
-                Err(e) => {
-                    tracing::warn!(backend = kind.as_str(), error = %e, "cannot look for running replicas")
-                }
+                // Without the list every recorded replica would look gone and be replaced:
+                // adoption waits until the backend answers.
+                Err(source) => return Err(AdoptError::Backend { kind: *kind, source }),
             }
         }
         let now = self.now();
@@ -487,13 +512,23 @@ impl<F: Fabric> Controller<F> {
             return;
         }
         if !self.adopted {
+            if self.now() < self.adopt_retry_at_ms {
+                return;
+            }
             if let Err(e) = self.adopt().await {
                 match e {
-                    FabricError::Lease(reason) => self.lose(&reason),
-                    e => tracing::warn!(error = %e, "cannot adopt yet; trying again"),
+                    AdoptError::Fabric(FabricError::Lease(reason)) => self.lose(&reason),
+                    e => {
+                        self.adopt_retry_ms =
+                            (self.adopt_retry_ms * 2).clamp(ADOPT_RETRY_INITIAL_MS, ADOPT_RETRY_CAP_MS);
+                        self.adopt_retry_at_ms = self.now() + self.adopt_retry_ms;
+                        tracing::warn!(error = %e, retry_in_ms = self.adopt_retry_ms, "cannot adopt yet; acting on nothing until adoption succeeds");
+                    }
                 }
                 return;
             }
+            self.adopt_retry_ms = 0;
+            self.adopt_retry_at_ms = 0;
         } else if self.now().saturating_sub(self.last_orphan_scan_ms)
             >= ORPHAN_SCAN_INTERVAL.as_millis() as u64
         {

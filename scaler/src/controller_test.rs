@@ -458,3 +458,38 @@ async fn the_back_off_of_a_gone_instance_is_forgotten() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn adoption_waits_for_a_backend_that_cannot_look() {
+    let clock = Clock::at(START);
+    let fabric = Fake::new(clock);
+    let (tx, _rx) = mpsc::channel(1);
+    let shared = fake::Backend::new(tx);
+    // A predecessor's replica runs and is recorded; the backend cannot look for it yet.
+    let running = Launch {
+        replica: "work-old".into(),
+        agent: "work".into(),
+        instance: None,
+        env: Vec::new(),
+        command: Some("scaled".into()),
+        args: Vec::new(),
+        image: None,
+    };
+    shared.plant(running);
+    fabric.plant_intent("work-old", recorded(intent::Phase::Running, "here", START));
+    shared.fail_finds(true);
+    let (_scaler, backend) = start(&fabric, &shared, config(agent(1)), "a", clock);
+    fabric.set_demand(demand(1, &[]));
+    until("the lease", || fabric.holder().as_deref() == Some("a")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(fabric.intents().contains_key("work-old"), "not taken for gone");
+    assert!(backend.starts().is_empty(), "nothing started on an empty list");
+    backend.fail_finds(false);
+    until("adopted", || {
+        fabric.status().is_some_and(|s| s.agents["work"].replicas.iter().any(|r| r.id == "work-old"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(backend.starts().is_empty(), "no duplicate");
+    assert_eq!(backend.running().len(), 1);
+}

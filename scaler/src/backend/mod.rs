@@ -171,7 +171,7 @@ impl Backend {
         match self {
             Backend::Process(b) => b.find().await,
             #[cfg(test)]
-            Backend::Fake(b) => Ok(b.find()),
+            Backend::Fake(b) => b.find(),
         }
     }
 
