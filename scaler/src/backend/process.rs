@@ -398,9 +398,16 @@ fn scan_proc(proc: &Path, group: &str) -> Result<Vec<Found>, Error> {
         backend: "process",
         reason: format!("cannot read {}: {e}", proc.display()),
     })?;
+    // A scaler started by another scaler of the same group carries its environment: it must
+    // never find (adopt, stop) itself or its own process group.
+    let own_pid = std::process::id();
+    let own_group = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
     let mut found = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == own_pid || pid == own_group {
+            continue;
+        }
         let Some(stat) = std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|t| parse_stat(&t))
         else {
             continue;
@@ -566,6 +573,26 @@ mod tests {
         // CONT: harmless should the guard ever fail.
         assert!(signal_group(own, ticks, rustix::process::Signal::CONT).is_err());
         assert!(signal_group(1, read_stat(1).map_or(0, |s| s.ticks), rustix::process::Signal::CONT).is_err());
+    }
+
+    #[test]
+    fn find_never_returns_the_scaler_itself_or_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = std::process::id();
+        let own_group = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+        // Fake /proc entries: this process and its group leader carry the group's replica
+        // environment (a scaler started by a scaler of the same group), and a real replica.
+        for (pid, replica) in [(own, "self"), (own_group, "leader"), (4_000_000, "work-1")] {
+            let p = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&p).unwrap();
+            let stat = format!("{pid} (x) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 42 0 0");
+            std::fs::write(p.join("stat"), stat).unwrap();
+            let env = format!("{REPLICA_ENV}={replica}\0{GROUP_ENV}=g-self\0{AGENT_ENV}=work\0");
+            std::fs::write(p.join("environ"), env).unwrap();
+        }
+        let found = scan_proc(dir.path(), "g-self").unwrap();
+        let names: Vec<&str> = found.iter().map(|f| f.replica.as_str()).collect();
+        assert_eq!(names, ["work-1"]);
     }
 
     #[tokio::test]
