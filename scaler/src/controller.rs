@@ -8,7 +8,8 @@
 //!        ▼ granted                                                                 │
 //!      adopt: intents (grid) × backend.find()                                      │
 //!        recorded + found ─► adopt   found only ─► adopt + record                  │
-//!        recorded only ─► session with its name? keep (remote) : delete record     │
+//!        recorded only ─► session, starting or other host? keep (remote) until  │
+//!          unseen for its start timeout : delete record                            │
 //!        ▼                                                                         │
 //!      active: renew every ttl/3 ──────────────────────────────────────────────────┘
 //!        on demand / exit / config / tick: sessions ─► running; start timeouts;
@@ -50,6 +51,30 @@ pub const ORPHAN_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_PENDING_EXITS: usize = 1024;
 /// How long a stopping scaler waits, past the longest drain grace, for its replicas to exit.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+/// The first and the longest wait before adoption is tried again after it failed (doubling).
+const ADOPT_RETRY_INITIAL_MS: u64 = 500;
+const ADOPT_RETRY_CAP_MS: u64 = 10_000;
+
+/// Why adoption could not be done (nothing was adopted or forgotten).
+#[derive(Debug, thiserror::Error)]
+enum AdoptError {
+    /// The grid refused or did not answer.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+    /// A backend could not look for running replicas.
+    #[error("the {} backend cannot look for running replicas: {source}", kind.as_str())]
+    Backend {
+        /// The backend.
+        kind: BackendKind,
+        /// What it said.
+        source: backend::Error,
+    },
+}
+
+/// How often a replica that cannot be stopped here (remote) is warned about, at most.
+const CANNOT_STOP_WARN_INTERVAL: Duration = Duration::from_secs(60);
+/// The start timeout for a replica of an agent no longer configured.
+const DEFAULT_START_TIMEOUT_MS: u64 = 30_000;
 
 /// A replica the controller knows.
 #[derive(Debug, Clone)]
@@ -66,8 +91,14 @@ struct Replica {
     running_since_ms: Option<u64>,
     /// Stopped because it opened no session in time: its exit is a failed start.
     timed_out: bool,
-    /// Not on this host (or not visible to the backend): known only by its session.
+    /// Not on this host (or not visible to the backend): known only by its session, or by
+    /// its record while it may still be starting or its worker reconnecting.
     remote: bool,
+    /// When it was last known alive (its session seen, its recorded start, its adoption): a
+    /// remote replica unseen for its agent's start timeout is gone.
+    seen_ms: u64,
+    /// When a stop of it (remote) was last refused with a warning.
+    warned_ms: Option<u64>,
     /// What its intent says now (`None`: no intent recorded).
     recorded: Option<intent::Phase>,
 }
@@ -117,6 +148,9 @@ pub struct Controller<F: Fabric> {
     /// When the last successful acquire or renew was sent (local clock).
     lease_sent_at_ms: u64,
     adopted: bool,
+    /// When adoption may be tried again after a failure, and the delay it waited.
+    adopt_retry_at_ms: u64,
+    adopt_retry_ms: u64,
     last_orphan_scan_ms: u64,
     replicas: BTreeMap<ReplicaId, Replica>,
     agents: BTreeMap<String, AgentState>,
@@ -149,6 +183,8 @@ impl<F: Fabric> Controller<F> {
             grant: None,
             lease_sent_at_ms: 0,
             adopted: false,
+            adopt_retry_at_ms: 0,
+            adopt_retry_ms: 0,
             last_orphan_scan_ms: 0,
             replicas: BTreeMap::new(),
             agents: BTreeMap::new(),
@@ -293,16 +329,16 @@ impl<F: Fabric> Controller<F> {
     }
 
     /// Adopts what the grid records and the backends find (see the module docs).
-    async fn adopt(&mut self) -> Result<(), FabricError> {
+    async fn adopt(&mut self) -> Result<(), AdoptError> {
         let Some(fence) = self.grant.as_ref().map(Grant::fence) else { return Ok(()) };
         let intents = self.fabric.list_intents().await?;
         let mut found: BTreeMap<ReplicaId, (BackendKind, Found)> = BTreeMap::new();
         for (kind, backend) in &self.backends {
             match backend.find().await {
                 Ok(list) => found.extend(list.into_iter().map(|f| (f.replica.clone(), (*kind, f)))),
-                Err(e) => {
-                    tracing::warn!(backend = kind.as_str(), error = %e, "cannot look for running replicas")
-                }
+                // Without the list every recorded replica would look gone and be replaced:
+                // adoption waits until the backend answers.
+                Err(source) => return Err(AdoptError::Backend { kind: *kind, source }),
             }
         }
         let now = self.now();
@@ -325,6 +361,8 @@ impl<F: Fabric> Controller<F> {
                 running_since_ms: session.map(|_| now),
                 timed_out: false,
                 remote: false,
+                seen_ms: now,
+                warned_ms: None,
                 recorded: Some(intent.phase),
             };
             if let Some((kind, f)) = found.get(&id) {
@@ -345,11 +383,24 @@ impl<F: Fabric> Controller<F> {
                     let grace = self.grace(&intent.agent);
                     let _ = backend.stop(&id, grace).await;
                 }
-            } else if session.is_some() {
-                // Alive where this scaler cannot see it (another host): it counts, and goes
-                // from the books when its session does.
-                tracing::info!(replica = %id, agent = %intent.agent, host = %intent.host, "recorded replica has a session but is not visible here; counted as remote");
+            } else if session.is_some()
+                || intent.phase == intent::Phase::Starting
+                || intent.host != self.options.host
+            {
+                // Alive where this scaler cannot see it (another host), or maybe: a start
+                // whose process is not seen yet, a worker reconnecting after a node failed.
+                // It counts (towards max) until it has been unseen for its start timeout:
+                // a start since its recorded start, anything else since now.
                 replica.remote = true;
+                if session.is_none() && intent.phase == intent::Phase::Starting {
+                    replica.seen_ms = intent.started_at_ms;
+                }
+                if self.unseen_too_long(&replica, now) {
+                    tracing::info!(replica = %id, agent = %intent.agent, phase = ?intent.phase, "recorded replica never showed up; removing its record");
+                    self.fabric.delete_intent(&fence, &id).await?;
+                    continue;
+                }
+                tracing::info!(replica = %id, agent = %intent.agent, host = %intent.host, session = session.is_some(), "recorded replica is not visible here; counted as remote");
                 self.replicas.insert(id.clone(), replica);
             } else {
                 tracing::info!(replica = %id, agent = %intent.agent, phase = ?intent.phase, "recorded replica is gone; removing its record");
@@ -372,7 +423,23 @@ impl<F: Fabric> Controller<F> {
     /// adopt it and record it.
     async fn adopt_unrecorded(&mut self, kind: BackendKind, f: Found) -> Result<(), FabricError> {
         let Some(fence) = self.grant.as_ref().map(Grant::fence) else { return Ok(()) };
-        if self.replicas.contains_key(&f.replica) {
+        if let Some(r) = self.replicas.get(&f.replica) {
+            // Counted as remote (recorded, not seen) and now visible here: take charge of it.
+            if r.remote && r.backend == kind {
+                if let Err(e) = self.backends[&kind].adopt(&f).await {
+                    tracing::warn!(replica = %f.replica, error = %e, "cannot adopt a recorded replica");
+                    return Ok(());
+                }
+                let now = self.now();
+                let phase = r.recorded.unwrap_or(intent::Phase::Starting);
+                if let Some(r) = self.replicas.get_mut(&f.replica) {
+                    r.remote = false;
+                    r.handle = f.handle.clone();
+                    r.seen_ms = now;
+                }
+                tracing::info!(replica = %f.replica, agent = %f.agent, handle = %f.handle, "a recorded replica showed up here: adopted");
+                self.record(&f.replica, phase).await;
+            }
             return Ok(());
         }
         if let Err(e) = self.backends[&kind].adopt(&f).await {
@@ -409,10 +476,19 @@ impl<F: Fabric> Controller<F> {
                 running_since_ms: session.map(|_| now),
                 timed_out: false,
                 remote: false,
+                seen_ms: now,
+                warned_ms: None,
                 recorded: Some(phase),
             },
         );
         Ok(())
+    }
+
+    /// Whether a remote replica has been unseen (no session) for its agent's start timeout.
+    fn unseen_too_long(&self, r: &Replica, now: u64) -> bool {
+        let timeout =
+            self.config.agents.get(&r.agent).map_or(DEFAULT_START_TIMEOUT_MS, |a| a.start_timeout_ms);
+        r.session.is_none() && now.saturating_sub(r.seen_ms) >= timeout
     }
 
     fn grace(&self, agent: &str) -> Duration {
@@ -436,13 +512,23 @@ impl<F: Fabric> Controller<F> {
             return;
         }
         if !self.adopted {
+            if self.now() < self.adopt_retry_at_ms {
+                return;
+            }
             if let Err(e) = self.adopt().await {
                 match e {
-                    FabricError::Lease(reason) => self.lose(&reason),
-                    e => tracing::warn!(error = %e, "cannot adopt yet; trying again"),
+                    AdoptError::Fabric(FabricError::Lease(reason)) => self.lose(&reason),
+                    e => {
+                        self.adopt_retry_ms =
+                            (self.adopt_retry_ms * 2).clamp(ADOPT_RETRY_INITIAL_MS, ADOPT_RETRY_CAP_MS);
+                        self.adopt_retry_at_ms = self.now() + self.adopt_retry_ms;
+                        tracing::warn!(error = %e, retry_in_ms = self.adopt_retry_ms, "cannot adopt yet; acting on nothing until adoption succeeds");
+                    }
                 }
                 return;
             }
+            self.adopt_retry_ms = 0;
+            self.adopt_retry_at_ms = 0;
         } else if self.now().saturating_sub(self.last_orphan_scan_ms)
             >= ORPHAN_SCAN_INTERVAL.as_millis() as u64
         {
@@ -453,7 +539,7 @@ impl<F: Fabric> Controller<F> {
                     orphans.extend(
                         found
                             .into_iter()
-                            .filter(|f| !self.replicas.contains_key(&f.replica))
+                            .filter(|f| self.replicas.get(&f.replica).is_none_or(|r| r.remote))
                             .map(|f| (*kind, f)),
                     );
                 }
@@ -474,6 +560,10 @@ impl<F: Fabric> Controller<F> {
             }
             self.act_on(&agent).await;
         }
+        // The state of agents no longer configured goes with their last replica.
+        let replicas = &self.replicas;
+        let configured = &self.config.agents;
+        self.agents.retain(|a, _| configured.contains_key(a) || replicas.values().any(|r| &r.agent == a));
         // Replicas of agents no longer configured go.
         let orphaned: Vec<ReplicaId> = self
             .replicas
@@ -495,8 +585,12 @@ impl<F: Fabric> Controller<F> {
             let Some(r) = self.replicas.get(&id) else { continue };
             let session = self.session_named(&r.agent, &id);
             let (agent, phase, remote) = (r.agent.clone(), r.phase, r.remote);
-            if remote && session.is_none() {
-                // A remote replica is known only by its session: gone with it.
+            let unseen = Replica { session, ..r.clone() };
+            if remote && self.unseen_too_long(&unseen, now) {
+                // A remote replica is known only by its session (or its record while it
+                // starts): gone once unseen for a start timeout, not on one picture without
+                // it (a worker reconnecting after a node failed is briefly sessionless).
+                tracing::info!(replica = %id, agent = %agent, "remote replica unseen for its start timeout; removing its record");
                 self.replicas.remove(&id);
                 if let Some(fence) = self.grant.as_ref().map(Grant::fence)
                     && let Err(e) = self.fabric.delete_intent(&fence, &id).await
@@ -507,6 +601,9 @@ impl<F: Fabric> Controller<F> {
             }
             let Some(r) = self.replicas.get_mut(&id) else { continue };
             r.session = session;
+            if session.is_some() {
+                r.seen_ms = now;
+            }
             if phase == Phase::Starting && session.is_some() {
                 r.phase = Phase::Running;
                 r.running_since_ms = Some(now);
@@ -563,6 +660,7 @@ impl<F: Fabric> Controller<F> {
                 instance: r.instance.clone(),
                 phase: r.phase,
                 assigned: r.session.map(|(_, a)| a),
+                remote: r.remote,
             })
             .collect();
         let state = self.agents.entry(agent.to_owned()).or_default();
@@ -605,6 +703,26 @@ impl<F: Fabric> Controller<F> {
             }
             self.start_replica(agent, &config, new_replica_id(agent), slot, instance).await;
         }
+        self.prune_backoff(agent, &demand);
+    }
+
+    /// Forgets the back-off of slots that no longer exist: a pool slot no replica holds (it
+    /// was scaled away), an instance no replica holds that the demand no longer lists. The
+    /// map stays bounded, and the status shows no crash loop of something gone.
+    fn prune_backoff(&mut self, agent: &str, demand: &AgentDemand) {
+        let held: BTreeSet<String> = self
+            .replicas
+            .values()
+            .filter(|r| r.agent == agent)
+            .map(|r| slot_key(r.slot, r.instance.as_deref()))
+            .collect();
+        let Some(state) = self.agents.get_mut(agent) else { return };
+        state.backoff.retain(|key, _| {
+            held.contains(key)
+                || key
+                    .strip_prefix("instance/")
+                    .is_some_and(|i| demand.instances_truncated || demand.instances.iter().any(|d| d.id == i))
+        });
     }
 
     /// Records `id`'s new phase (fenced); a refusal means the lease is gone.
@@ -670,12 +788,22 @@ impl<F: Fabric> Controller<F> {
                 running_since_ms: None,
                 timed_out: false,
                 remote: false,
+                seen_ms: now,
+                warned_ms: None,
                 recorded: None,
             },
         );
         // The intent first: a successor must know of a process before it can exist.
         if !self.record(&id, intent::Phase::Starting).await {
             self.replicas.remove(&id);
+            return;
+        }
+        if !self.lease_valid() {
+            // The write took long enough for the lease to lapse by this scaler's reckoning:
+            // a successor may act already. Spawn nothing; the record (counted by a successor
+            // until its start timeout) and this book entry (timed out here if the lease
+            // holds after all) clean up after themselves.
+            tracing::warn!(replica = %id, agent, "lease not valid after recording the start; not spawning");
             return;
         }
         self.agents.entry(agent.to_owned()).or_default().starts.push_back(now);
@@ -762,7 +890,17 @@ impl<F: Fabric> Controller<F> {
             return;
         }
         if r.remote {
-            tracing::warn!(replica = %id, host = ?r.handle, "cannot stop a replica on another host");
+            // Chosen only when no other would do; the plan asks again every tick, so the
+            // warning is rate-limited per replica.
+            let now = self.now();
+            if r.warned_ms
+                .is_none_or(|t| now.saturating_sub(t) >= CANNOT_STOP_WARN_INTERVAL.as_millis() as u64)
+            {
+                tracing::warn!(replica = %id, agent = %r.agent, "cannot stop a replica this scaler cannot see (another host); it is counted until its session ends");
+                if let Some(r) = self.replicas.get_mut(id) {
+                    r.warned_ms = Some(now);
+                }
+            }
             return;
         }
         if !self.record(id, intent::Phase::Stopping).await {
@@ -984,6 +1122,8 @@ fn waiting(
         running_since_ms: None,
         timed_out: false,
         remote: false,
+        seen_ms: 0,
+        warned_ms: None,
         recorded: None,
     }
 }

@@ -241,7 +241,8 @@ async fn a_standby_takes_over_adopts_and_starts_no_duplicates() {
     assert_eq!(fabric.holder().as_deref(), Some("a"), "b stands by");
 
     // a dies (kill -9: no shutdown). A process it spawned but never recorded, and a record
-    // of a start whose process never came, are left behind.
+    // of a start whose process never came (older than the start timeout, so it is not
+    // counted any more), are left behind.
     a.task.abort();
     let orphan =
         Launch { replica: "work-orphan".into(), agent: "work".into(), ..backend.running()[0].clone() };
@@ -253,7 +254,7 @@ async fn a_standby_takes_over_adopts_and_starts_no_duplicates() {
         handle: String::new(),
         host: "here".into(),
         phase: intent::Phase::Starting,
-        started_at_ms: clock.now_ms(),
+        started_at_ms: clock.now_ms() - 6000,
         slot: Some(7),
     };
     {
@@ -361,4 +362,134 @@ async fn an_agent_on_a_backend_this_scaler_lacks_backs_off_like_a_failed_start()
     assert!((3..=8).contains(&failures()), "backed off, not a tight loop: {}", failures());
     assert!(backend.starts().is_empty());
     assert!(fabric.intents().is_empty());
+}
+
+fn recorded(phase: intent::Phase, host: &str, started_at_ms: u64) -> Intent {
+    Intent {
+        agent: "work".into(),
+        instance: None,
+        backend: BackendKind::Process,
+        handle: String::new(),
+        host: host.into(),
+        phase,
+        started_at_ms,
+        slot: Some(0),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unconfirmed_start_counts_towards_max_until_its_start_timeout() {
+    let clock = Clock::at(START);
+    let fabric = Fake::new(clock);
+    fabric.plant_intent("work-ghost", recorded(intent::Phase::Starting, "here", START));
+    let (tx, _rx) = mpsc::channel(1);
+    let (_scaler, backend) = start(&fabric, &fake::Backend::new(tx), config(agent(1)), "a", clock);
+    fabric.set_demand(demand(1, &[]));
+    until("the lease", || fabric.holder().as_deref() == Some("a")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(backend.starts().is_empty(), "the recorded start may still come: max 1 is full");
+    assert!(fabric.intents().contains_key("work-ghost"), "its record is kept meanwhile");
+    until("a start once the ghost timed out", || backend.running().len() == 1).await;
+    assert!(clock.now_ms() >= START + 5000, "not before the start timeout");
+    assert!(!fabric.intents().contains_key("work-ghost"));
+    assert_eq!(backend.starts().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_remote_replica_survives_a_picture_without_its_session() {
+    let clock = Clock::at(START);
+    let fabric = Fake::new(clock);
+    fabric.plant_intent("work-far", recorded(intent::Phase::Running, "elsewhere", START));
+    let far = ["work-far".to_owned()];
+    fabric.set_demand(demand(1, &far));
+    let (tx, _rx) = mpsc::channel(1);
+    let (_scaler, backend) = start(&fabric, &fake::Backend::new(tx), config(agent(1)), "a", clock);
+    until("counted", || fabric.status().is_some_and(|s| s.agents["work"].running == 1)).await;
+    // Its worker reconnects (a node failed): one picture without its session, then back.
+    fabric.set_demand(demand(1, &[]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(fabric.intents().contains_key("work-far"), "kept through a missing session");
+    fabric.set_demand(demand(1, &far));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(backend.starts().is_empty(), "max 1 stays full");
+    // Gone for good: after a start timeout unseen it goes, and a replica takes its place.
+    fabric.set_demand(demand(1, &[]));
+    until("replaced", || backend.running().len() == 1).await;
+    assert!(!fabric.intents().contains_key("work-far"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_checked_again_between_the_record_and_the_spawn() {
+    let (fabric, backend, _scaler, _) = rig(config(agent(1)));
+    until("the lease", || fabric.holder().as_deref() == Some("a")).await;
+    // The start's record is accepted but takes longer than the lease to return.
+    fabric.set_slow_writes(Some(Duration::from_secs(2)));
+    fabric.set_demand(demand(1, &[]));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(backend.starts().is_empty(), "nothing spawned on a lapsed lease");
+    fabric.set_slow_writes(None);
+    until("a start once writes are quick", || backend.running().len() == 1).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(backend.running().len(), 1, "max 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_back_off_of_a_gone_instance_is_forgotten() {
+    let c = config(AgentConfig { mode: Mode::PerInstance, ..agent(5) });
+    let (fabric, backend, _scaler, _) = rig(c);
+    let with = |instances: Vec<InstanceDemand>| picture(vec![AgentDemand { instances, ..no_demand("work") }]);
+    let i1 = InstanceDemand { id: "i1".into(), lifecycle: "running".into(), session: None, unfinished: 1 };
+    fabric.set_demand(with(vec![i1.clone()]));
+    for _ in 0..2 {
+        until("a replica for i1", || backend.running().len() == 1).await;
+        backend.crash(&backend.running()[0].replica, 3, "boom\n");
+        until("the failure counted", || {
+            fabric.status().is_some_and(|s| s.agents["work"].waiting == 1 && s.agents["work"].starting == 0)
+        })
+        .await;
+    }
+    until("a crash loop", || fabric.status().is_some_and(|s| s.agents["work"].crash_looping.is_some())).await;
+    // The instance is stopped: its waiting replica goes, and so does its crash loop.
+    fabric.set_demand(with(vec![]));
+    until("no crash loop of a gone instance", || {
+        fabric
+            .status()
+            .is_some_and(|s| s.agents["work"].waiting == 0 && s.agents["work"].crash_looping.is_none())
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn adoption_waits_for_a_backend_that_cannot_look() {
+    let clock = Clock::at(START);
+    let fabric = Fake::new(clock);
+    let (tx, _rx) = mpsc::channel(1);
+    let shared = fake::Backend::new(tx);
+    // A predecessor's replica runs and is recorded; the backend cannot look for it yet.
+    let running = Launch {
+        replica: "work-old".into(),
+        agent: "work".into(),
+        instance: None,
+        env: Vec::new(),
+        command: Some("scaled".into()),
+        args: Vec::new(),
+        image: None,
+    };
+    shared.plant(running);
+    fabric.plant_intent("work-old", recorded(intent::Phase::Running, "here", START));
+    shared.fail_finds(true);
+    let (_scaler, backend) = start(&fabric, &shared, config(agent(1)), "a", clock);
+    fabric.set_demand(demand(1, &[]));
+    until("the lease", || fabric.holder().as_deref() == Some("a")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(fabric.intents().contains_key("work-old"), "not taken for gone");
+    assert!(backend.starts().is_empty(), "nothing started on an empty list");
+    backend.fail_finds(false);
+    until("adopted", || {
+        fabric.status().is_some_and(|s| s.agents["work"].replicas.iter().any(|r| r.id == "work-old"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(backend.starts().is_empty(), "no duplicate");
+    assert_eq!(backend.running().len(), 1);
 }

@@ -8,8 +8,11 @@
 //!                        clamped to [min_replicas, max_replicas] else once load ≥ one backlog)
 //!                 up at once; down only after need stayed below the target for idle_ms,
 //!                 then to the most needed meanwhile; stops: waiting, idle, starting, busy
+//!                 (replicas this scaler can stop before remote ones)
 //!  per-instance:  one replica per live instance that no session serves (not stopping);
-//!                 a replica whose instance is gone is stopped
+//!                 a replica whose instance is gone is stopped; above max_replicas
+//!                 (a reload lowered it, more were adopted) the excess is stopped:
+//!                 starting ones first, then the newest
 //!  both:          alive (starting + running + stopping) never above max_replicas; at most
 //!                 `starts_allowed` starts (the scale-up rate)
 //! ```
@@ -47,6 +50,9 @@ pub struct Replica {
     pub phase: Phase,
     /// Executions its session holds now; `None` without a session.
     pub assigned: Option<u32>,
+    /// Not visible to this scaler (another host): it cannot stop it, so it is chosen for a
+    /// stop only when no other will do.
+    pub remote: bool,
 }
 
 impl Replica {
@@ -144,7 +150,8 @@ fn pool(input: Input<'_>, memory: &mut Memory) -> Decision {
     let have = kept.len() as u32;
     if have > target {
         // Stop the cheapest first: waiting ones (no process), idle ones, ones still
-        // starting, then the least busy; the newest (highest id) among equals.
+        // starting, then the least busy; the newest (highest id) among equals. Remote ones
+        // (this scaler cannot stop them) only when nothing else is left.
         let mut order: Vec<&Replica> = kept.clone();
         order.sort_by_key(|r| {
             let rank = match (r.phase, r.assigned) {
@@ -153,7 +160,7 @@ fn pool(input: Input<'_>, memory: &mut Memory) -> Decision {
                 (Phase::Starting, _) => 2,
                 _ => 3,
             };
-            (rank, r.assigned.unwrap_or(0), std::cmp::Reverse(r.id.clone()))
+            (r.remote, rank, r.assigned.unwrap_or(0), std::cmp::Reverse(r.id.clone()))
         });
         decision.stop = order.iter().take((have - target) as usize).map(|r| r.id.clone()).collect();
     }
@@ -191,6 +198,7 @@ fn per_instance(input: Input<'_>) -> Decision {
     let mut sorted: Vec<&Replica> = replicas.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut due = Vec::new();
+    let mut kept_alive: Vec<&Replica> = Vec::new();
     for r in sorted {
         let Some(instance) = r.instance.as_deref() else {
             // A replica without an instance does not belong to a per-instance agent (the mode
@@ -212,6 +220,9 @@ fn per_instance(input: Input<'_>) -> Decision {
         if keep {
             covered.insert(instance);
             kept += 1;
+            if r.alive() {
+                kept_alive.push(r);
+            }
             if let Phase::Waiting { not_before_ms } = r.phase
                 && not_before_ms <= now_ms
             {
@@ -220,6 +231,19 @@ fn per_instance(input: Input<'_>) -> Decision {
         } else {
             decision.stop.push(r.id.clone());
         }
+    }
+    // More kept processes than max (a reload lowered it, more were adopted): the excess goes,
+    // starting ones first (no work yet), then the newest.
+    let excess = (kept_alive.len() as u32).saturating_sub(max);
+    if excess > 0 {
+        kept_alive.sort_by_key(|r| (r.remote, r.phase != Phase::Starting, std::cmp::Reverse(r.id.clone())));
+        for r in kept_alive.iter().take(excess as usize) {
+            decision.stop.push(r.id.clone());
+            if let Some(instance) = r.instance.as_deref() {
+                covered.remove(instance);
+            }
+        }
+        kept -= excess;
     }
     let mut room = max.saturating_sub(alive).min(starts_allowed);
     for id in due {

@@ -17,7 +17,7 @@ fn load(pending: u64, running: u64) -> AgentDemand {
 }
 
 fn replica(id: &str, phase: Phase, assigned: Option<u32>) -> Replica {
-    Replica { id: id.into(), instance: None, phase, assigned }
+    Replica { id: id.into(), instance: None, phase, assigned, remote: false }
 }
 
 fn run(
@@ -146,7 +146,7 @@ fn instance(id: &str, lifecycle: &str, session: Option<u64>) -> InstanceDemand {
 }
 
 fn per_instance_replica(id: &str, instance: &str, phase: Phase) -> Replica {
-    Replica { id: id.into(), instance: Some(instance.into()), phase, assigned: None }
+    Replica { id: id.into(), instance: Some(instance.into()), phase, assigned: None, remote: false }
 }
 
 #[test]
@@ -175,6 +175,54 @@ fn per_instance_starts_one_per_unserved_instance_and_stops_gone_ones() {
     let truncated = AgentDemand { instances_truncated: true, ..demand.clone() };
     let d = run(&config, &truncated, &replicas, 0, &mut Memory::default());
     assert!(d.stop.is_empty(), "an instance missing from a truncated list may be live");
+}
+
+#[test]
+fn per_instance_trims_down_to_max() {
+    let config = AgentConfig { mode: Mode::PerInstance, ..pool_config(0, 2, 10) };
+    let demand = AgentDemand {
+        agent: "room".into(),
+        instances: ["i1", "i2", "i3", "i4"].iter().map(|i| instance(i, "running", None)).collect(),
+        ..crate::fabric::no_demand("a")
+    };
+    // Max lowered to 2 by a reload (or four adopted): two go, the starting one first, then
+    // the newest; nothing starts in their place.
+    let replicas = [
+        per_instance_replica("r1", "i1", Phase::Running),
+        per_instance_replica("r2", "i2", Phase::Starting),
+        per_instance_replica("r3", "i3", Phase::Running),
+        per_instance_replica("r4", "i4", Phase::Running),
+    ];
+    let d = run(&config, &demand, &replicas, 0, &mut Memory::default());
+    assert_eq!(d.stop, ["r2", "r4"]);
+    assert!(d.start.is_empty() && d.restart.is_empty(), "{d:?}");
+    assert_eq!(d.desired, 2);
+}
+
+#[test]
+fn scale_down_stops_what_this_scaler_can_stop_before_remote_replicas() {
+    let config = pool_config(0, 3, 10);
+    let mut memory = Memory::default();
+    // Two idle replicas; the newest (first choice otherwise) runs on another host.
+    let replicas = [
+        replica("a", Phase::Running, Some(0)),
+        Replica { remote: true, ..replica("b", Phase::Running, Some(0)) },
+    ];
+    run(&config, &load(20, 0), &replicas, 0, &mut memory);
+    let d = run(&config, &load(1, 0), &replicas, 0, &mut memory);
+    let d = if d.stop.is_empty() { run(&config, &load(1, 0), &replicas, 3100, &mut memory) } else { d };
+    assert_eq!(d.stop, ["a"]);
+    // Per-instance trimming too.
+    let config = AgentConfig { mode: Mode::PerInstance, ..pool_config(0, 1, 10) };
+    let demand = AgentDemand {
+        instances: vec![instance("i1", "running", None), instance("i2", "running", None)],
+        ..crate::fabric::no_demand("a")
+    };
+    let replicas = [
+        per_instance_replica("r1", "i1", Phase::Running),
+        Replica { remote: true, ..per_instance_replica("r2", "i2", Phase::Starting) },
+    ];
+    assert_eq!(run(&config, &demand, &replicas, 0, &mut Memory::default()).stop, ["r1"]);
 }
 
 fn arb_phase() -> impl Strategy<Value = Phase> {
@@ -217,6 +265,7 @@ proptest! {
                     instance: per_instance.then(|| format!("i{inst}")),
                     phase,
                     assigned: Some(assigned),
+                    remote: i % 3 == 2,
                 })
                 .collect();
             let demand = AgentDemand {
@@ -247,6 +296,11 @@ proptest! {
             prop_assert!(starts <= starts_allowed);
             prop_assert!(alive <= max && alive + starts <= max || starts == 0,
                 "alive {} + starts {} above max {}", alive, starts, max);
+            let staying = replicas
+                .iter()
+                .filter(|r| r.alive() && r.phase != Phase::Stopping && !d.stop.contains(&r.id))
+                .count() as u32;
+            prop_assert!(staying <= max, "{} processes stay, above max {}", staying, max);
             for id in d.stop.iter().chain(&d.restart) {
                 prop_assert!(replicas.iter().any(|r| &r.id == id));
             }

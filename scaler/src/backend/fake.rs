@@ -15,6 +15,7 @@ struct State {
     starts: Vec<Launch>,
     stops: Vec<ReplicaId>,
     fail_start: Option<String>,
+    fail_find: bool,
     next_pid: u32,
 }
 
@@ -72,8 +73,12 @@ impl Backend {
         Ok(())
     }
 
-    pub fn find(&self) -> Vec<Found> {
-        self.state()
+    pub fn find(&self) -> Result<Vec<Found>, Error> {
+        if self.state().fail_find {
+            return Err(Error::Unavailable { backend: "fake", reason: "cannot look".into() });
+        }
+        Ok(self
+            .state()
             .running
             .values()
             .map(|(l, handle)| Found {
@@ -82,7 +87,12 @@ impl Backend {
                 instance: l.instance.clone(),
                 handle: handle.clone(),
             })
-            .collect()
+            .collect())
+    }
+
+    /// Test control: looking for running replicas fails (`true`) or works.
+    pub fn fail_finds(&self, fail: bool) {
+        self.state().fail_find = fail;
     }
 
     pub fn adopt(&self, found: &Found) -> Result<(), Error> {

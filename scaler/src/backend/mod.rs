@@ -178,7 +178,7 @@ impl Backend {
             Backend::Process(b) => b.find().await,
             Backend::Docker(b) => Ok(b.find().await?),
             #[cfg(test)]
-            Backend::Fake(b) => Ok(b.find()),
+            Backend::Fake(b) => b.find(),
         }
     }
 

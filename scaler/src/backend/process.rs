@@ -10,13 +10,16 @@
 //!
 //! ```text
 //!   start: open RUN_DIR/ID.out ─► spawn (env, process group) ─► handle PID@TICKS ─► watcher
-//!   stop:  SIGTERM to the group ─► grace ─► SIGKILL to the group (if the same process runs)
+//!   stop:  SIGTERM to the group ─► grace ─► SIGKILL to the group (while any member runs)
 //!   find:  /proc/*/stat (group leader, not a zombie) + /proc/*/environ (replica, group)
 //! ```
 //!
 //! A handle is `PID@TICKS`, the process's start time in clock ticks since boot
 //! (`/proc/PID/stat`), so a pid reused by another process never matches it: nothing is
-//! signalled or adopted unless both agree.
+//! signalled or adopted unless both agree. A group outlives its leader (`sh -c 'prog'`: TERM
+//! ends `sh`, `prog` drains on): it is signalled while any process of it runs, which is safe
+//! because Linux does not reuse a pid while it is a live process group's id. A pid that now
+//! names another process means the group emptied before: nothing is signalled.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -111,14 +114,39 @@ fn parse_handle(handle: &str) -> Option<(u32, u64)> {
     Some((pid.parse().ok()?, ticks.parse().ok()?))
 }
 
+/// Whether the process group led by `pid` (started at `ticks`) still has a live member: its
+/// leader, or (the leader gone or a zombie, its pid not reused) any process of the group.
+fn group_alive(pid: u32, ticks: u64) -> bool {
+    match read_stat(pid) {
+        // The pid names another process: our group emptied before it could be reused.
+        Some(s) if s.ticks != ticks => false,
+        Some(s) if s.state != 'Z' && s.state != 'X' => true,
+        _ => group_members(Path::new("/proc"), pid),
+    }
+}
+
+/// Whether any live (not zombie) process under `proc` is in process group `pgid`.
+fn group_members(proc: &Path, pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir(proc) else { return false };
+    dir.flatten().any(|entry| {
+        entry.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok())
+            && std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|t| parse_stat(&t))
+                .is_some_and(|s| s.pgrp == pgid && s.state != 'Z' && s.state != 'X')
+    })
+}
+
 fn signal_group(pid: u32, ticks: u64, signal: rustix::process::Signal) -> std::io::Result<()> {
-    if !alive(pid, ticks) {
+    if !group_alive(pid, ticks) {
         return Ok(());
     }
-    // Group 1 would be kill(-1): every process this user may signal. Never.
+    // Group 0 is the scaler's own, group 1 would be kill(-1): every process this user may
+    // signal; the scaler's own group by number too. Never.
+    let own = rustix::process::getpgrp().as_raw_nonzero().get();
     let raw = i32::try_from(pid)
         .ok()
-        .filter(|p| *p > 1)
+        .filter(|p| *p > 1 && *p != own)
         .ok_or_else(|| std::io::Error::other(format!("pid {pid} is not a replica's process group")))?;
     let pid = rustix::process::Pid::from_raw(raw).ok_or_else(|| std::io::Error::other("pid 0"))?;
     match rustix::process::kill_process_group(pid, signal) {
@@ -256,8 +284,8 @@ impl Backend {
         let _ = self.inner.exits.send(exited).await;
     }
 
-    /// TERM to the replica's process group now, KILL after `grace` if the same process
-    /// still runs.
+    /// TERM to the replica's process group now, KILL after `grace` if any process of the
+    /// group still runs (its leader may be gone while what it started drains on).
     pub fn stop(&self, replica: &str, grace: Duration) -> Result<(), Error> {
         let entry = self
             .inner
@@ -273,7 +301,7 @@ impl Backend {
         let replica = replica.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            if alive(entry.pid, entry.ticks) {
+            if group_alive(entry.pid, entry.ticks) {
                 tracing::info!(%replica, pid = entry.pid, "still running after the drain grace; killing it");
                 if let Err(e) = signal_group(entry.pid, entry.ticks, rustix::process::Signal::KILL) {
                     tracing::warn!(%replica, error = %e, "cannot kill the replica");
@@ -370,9 +398,16 @@ fn scan_proc(proc: &Path, group: &str) -> Result<Vec<Found>, Error> {
         backend: "process",
         reason: format!("cannot read {}: {e}", proc.display()),
     })?;
+    // A scaler started by another scaler of the same group carries its environment: it must
+    // never find (adopt, stop) itself or its own process group.
+    let own_pid = std::process::id();
+    let own_group = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
     let mut found = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == own_pid || pid == own_group {
+            continue;
+        }
         let Some(stat) = std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|t| parse_stat(&t))
         else {
             continue;
@@ -500,15 +535,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stop_kills_what_the_group_leader_left_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, mut rx) = backend(dir.path(), "g-left");
+        // sh dies of TERM; the subshell it started ignores TERM and runs on in the group.
+        let script = "(trap '' TERM; while true; do sleep 0.05; done) & echo child $!; wait";
+        b.start(&launch("shell", "g-left", script)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.stop("shell", Duration::from_millis(300)).unwrap();
+        let e = exit(&mut rx).await;
+        assert_eq!((e.replica.as_str(), e.stopped), ("shell", true));
+        let child: u32 = e
+            .output_tail
+            .split_whitespace()
+            .skip_while(|w| *w != "child")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no child pid in {:?}", e.output_tail));
+        let gone = || read_stat(child).is_none_or(|s| s.state == 'Z' || s.state == 'X');
+        let started = Instant::now();
+        while !gone() && started.elapsed() < BOUND {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !gone() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(child as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+            panic!("the leader's child {child} still runs after the grace");
+        }
+    }
+
+    #[test]
+    fn the_scalers_own_group_is_never_signalled() {
+        let own = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+        let ticks = read_stat(own).map_or(0, |s| s.ticks);
+        // CONT: harmless should the guard ever fail.
+        assert!(signal_group(own, ticks, rustix::process::Signal::CONT).is_err());
+        assert!(signal_group(1, read_stat(1).map_or(0, |s| s.ticks), rustix::process::Signal::CONT).is_err());
+    }
+
+    #[test]
+    fn find_never_returns_the_scaler_itself_or_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = std::process::id();
+        let own_group = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+        // Fake /proc entries: this process and its group leader carry the group's replica
+        // environment (a scaler started by a scaler of the same group), and a real replica.
+        for (pid, replica) in [(own, "self"), (own_group, "leader"), (4_000_000, "work-1")] {
+            let p = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&p).unwrap();
+            let stat = format!("{pid} (x) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 42 0 0");
+            std::fs::write(p.join("stat"), stat).unwrap();
+            let env = format!("{REPLICA_ENV}={replica}\0{GROUP_ENV}=g-self\0{AGENT_ENV}=work\0");
+            std::fs::write(p.join("environ"), env).unwrap();
+        }
+        let found = scan_proc(dir.path(), "g-self").unwrap();
+        let names: Vec<&str> = found.iter().map(|f| f.replica.as_str()).collect();
+        assert_eq!(names, ["work-1"]);
+    }
+
+    #[tokio::test]
     async fn find_sees_only_its_groups_running_replicas_and_adoption_watches_them() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, _rx1) = backend(dir.path(), "g1");
+        let (first, _rx1) = backend(dir.path(), "g-find");
         let (other, _rx2) = backend(dir.path(), "g2");
         let script = "echo up; while true; do sleep 0.05; done";
-        let handle = first.start(&launch("work-a", "g1", script)).await.unwrap();
+        let handle = first.start(&launch("work-a", "g-find", script)).await.unwrap();
         other.start(&launch("work-b", "g2", script)).await.unwrap();
         // A successor in group g1: it sees work-a only, adopts it, and reports its exit.
-        let (successor, mut rx) = backend(dir.path(), "g1");
+        let (successor, mut rx) = backend(dir.path(), "g-find");
         let found = successor.find().await.unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!((found[0].replica.as_str(), found[0].agent.as_str()), ("work-a", "work"));

@@ -21,6 +21,8 @@ struct Inner {
     intents: BTreeMap<ReplicaId, Intent>,
     status: Option<Status>,
     unavailable: bool,
+    /// How long an accepted intent write takes to return.
+    slow_writes: Option<Duration>,
 }
 
 /// The fake fabric; clones share it.
@@ -77,6 +79,16 @@ impl Fake {
         let mut i = self.inner();
         i.last_token += 1;
         i.lease = Some((holder.to_owned(), i.last_token, u64::MAX));
+    }
+
+    /// Test control: an accepted intent write returns only after `delay`.
+    pub fn set_slow_writes(&self, delay: Option<Duration>) {
+        self.inner().slow_writes = delay;
+    }
+
+    /// Test control: a record some earlier scaler left.
+    pub fn plant_intent(&self, id: &str, intent: Intent) {
+        self.inner().intents.insert(id.to_owned(), intent);
     }
 
     pub fn set_unavailable(&self, down: bool) {
@@ -158,9 +170,15 @@ impl Fabric for Fake {
     }
 
     async fn put_intent(&self, fence: &Fence, id: &str, intent: &Intent) -> Result<(), Error> {
-        let mut i = self.inner();
-        self.check(&i, fence)?;
-        i.intents.insert(id.to_owned(), intent.clone());
+        let slow = {
+            let mut i = self.inner();
+            self.check(&i, fence)?;
+            i.intents.insert(id.to_owned(), intent.clone());
+            i.slow_writes
+        };
+        if let Some(delay) = slow {
+            tokio::time::sleep(delay).await;
+        }
         Ok(())
     }
 
