@@ -155,7 +155,9 @@ async fn wait_for_sessions(client: &Client, agent: &str, n: usize) -> anyhow::Re
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_BENCH_TRACE").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_BENCH_TRACE").unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let root = tempfile::tempdir()?;
     let result = run(&args, root.path()).await;
@@ -181,8 +183,10 @@ async fn run(args: &Args, root: &Path) -> anyhow::Result<()> {
 
     let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     let mut config = format!(
-        "endpoints = [{}]\ngroup = \"bench\"\nrun_dir = \"{}\"\n",
+        "endpoints = [{}]\ngroup = \"bench-{}\"\nrun_dir = \"{}\"\n",
         quoted.join(", "),
+        // A group of its own: a scaler adopts what runs on this host under its group's name.
+        std::process::id(),
         root.join("run").display()
     );
     if args.backend == "docker" {
@@ -212,6 +216,15 @@ async fn run(args: &Args, root: &Path) -> anyhow::Result<()> {
         .env("RUST_LOG", &log)
         .spawn()?;
 
+    // Stop the scaler gracefully whatever happens, so that it stops its replicas (a kill -9
+    // would leave them running).
+    let measured = measure(args, &client).await;
+    scaler.stop(Duration::from_secs(10)).await?;
+    cluster.kill9_all();
+    measured
+}
+
+async fn measure(args: &Args, client: &Client) -> anyhow::Result<()> {
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -230,7 +243,7 @@ async fn run(args: &Args, root: &Path) -> anyhow::Result<()> {
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for round in 0..args.rounds {
-        wait_for_zero(&client, "work").await.with_context(|| format!("round {round}"))?;
+        wait_for_zero(client, "work").await.with_context(|| format!("round {round}"))?;
         let t = Instant::now();
         let _: serde_json::Value =
             client.request("work", "echo").args(&round).timeout(PATIENCE).call().await?;
@@ -247,10 +260,10 @@ async fn run(args: &Args, root: &Path) -> anyhow::Result<()> {
     let mut to_max = Vec::new();
     let mut all_done = Vec::new();
     for round in 0..args.scale_rounds {
-        wait_for_zero(&client, "burst").await.with_context(|| format!("scale round {round}"))?;
+        wait_for_zero(client, "burst").await.with_context(|| format!("scale round {round}"))?;
         let sessions = {
             let client = client.clone();
-            tokio::spawn(async move { wait_for_sessions(&client, "burst", BURST_MAX as usize).await })
+            tokio::spawn(async move { wait_for_sessions(client, "burst", BURST_MAX as usize).await })
         };
         // Let the watch register before the backlog appears.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -282,7 +295,5 @@ async fn run(args: &Args, root: &Path) -> anyhow::Result<()> {
         BURST_CALLS as u64 / BURST_MAX as u64 * BURST_SLEEP_MS
     );
 
-    scaler.stop(Duration::from_secs(10)).await?;
-    cluster.kill9_all();
     Ok(())
 }
