@@ -128,10 +128,8 @@ async fn wait_for_zero(client: &Client, agent: &str) -> anyhow::Result<()> {
         let demand: Demand = tokio::time::timeout_at(deadline.into(), watch.next())
             .await
             .context("waiting for zero replicas")??;
-        if let Some(d) = demand.agent(agent) {
-            if d.sessions.is_empty() && d.pending == 0 && d.running == 0 {
-                return Ok(());
-            }
+        if demand.agent(agent).is_some_and(|d| d.sessions.is_empty() && d.pending == 0 && d.running == 0) {
+            return Ok(());
         }
     }
 }
@@ -263,7 +261,7 @@ async fn measure(args: &Args, client: &Client) -> anyhow::Result<()> {
         wait_for_zero(client, "burst").await.with_context(|| format!("scale round {round}"))?;
         let sessions = {
             let client = client.clone();
-            tokio::spawn(async move { wait_for_sessions(client, "burst", BURST_MAX as usize).await })
+            tokio::spawn(async move { wait_for_sessions(&client, "burst", BURST_MAX as usize).await })
         };
         // Let the watch register before the backlog appears.
         tokio::time::sleep(Duration::from_millis(100)).await;
