@@ -44,6 +44,10 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Longest time any `*_ms` duration may be set to (one day).
 pub const MAX_DURATION_MS: u64 = 86_400_000;
 
+/// Room a worker needs after its drain timeout, in milliseconds: the SDK's worker waits up to
+/// 2 s for the fabric to acknowledge its last completions before it exits.
+pub const WORKER_FINAL_ACK_MS: u64 = 2500;
+
 /// Variables the scaler sets for every replica; an agent's `env` may not set them.
 pub const RESERVED_ENV: [&str; 7] =
     ["WEFT_SESSION_NAME", "WEFT_AGENT", "WEFT_INSTANCE", "WEFT_CAPACITY", REPLICA_ENV, GROUP_ENV, AGENT_ENV];
@@ -533,11 +537,14 @@ impl AgentConfig {
         }
     }
 
-    /// The drain timeout its workers are told: a little under the drain grace, so they
-    /// finish before the KILL.
+    /// The drain timeout its workers are told: under the drain grace by a tenth of it, and at
+    /// least by [`WORKER_FINAL_ACK_MS`] (after its drain timeout a worker waits up to 2 s for
+    /// the fabric to take its last completions), but never below half the grace. So a worker
+    /// finishes, completions sent and acknowledged, before the KILL, unless the grace is under
+    /// twice that margin.
     pub fn worker_drain_timeout_ms(&self) -> u64 {
-        self.drain_grace_ms
-            .saturating_sub((self.drain_grace_ms / 10).clamp(100.min(self.drain_grace_ms), 2000))
+        let margin = (self.drain_grace_ms / 10).max(WORKER_FINAL_ACK_MS).min(self.drain_grace_ms / 2);
+        self.drain_grace_ms - margin
     }
 }
 
@@ -586,7 +593,11 @@ mod tests {
         );
         assert_eq!(c.agents["room"].mode, Mode::PerInstance);
         assert_eq!(c.agents["room"].env["RUST_LOG"], "info");
-        assert_eq!(work.worker_drain_timeout_ms(), 13_500);
+        assert_eq!(work.worker_drain_timeout_ms(), 12_500, "15 s grace: 2.5 s left for the final acks");
+        for (grace, drain) in [(60_000, 54_000), (5_000, 2_500), (2_000, 1_000), (0, 0)] {
+            let a = AgentConfig { drain_grace_ms: grace, ..work.clone() };
+            assert_eq!(a.worker_drain_timeout_ms(), drain, "grace {grace} ms");
+        }
     }
 
     #[test]
