@@ -292,7 +292,16 @@ impl<F: Fabric> Controller<F> {
         }
         self.adopted = false;
         self.replicas.clear();
-        self.agents.clear();
+        // Back-off and the start rate are this process's memory of failures: a lease that
+        // lapses and comes back must not reset them, or a flapping lease would restart crash
+        // loops at once. Slots that are gone by then are pruned as usual.
+        for state in self.agents.values_mut() {
+            *state = AgentState {
+                backoff: std::mem::take(&mut state.backoff),
+                starts: std::mem::take(&mut state.starts),
+                ..AgentState::default()
+            };
+        }
         self.published = None;
         self.metrics.set_active(false);
     }

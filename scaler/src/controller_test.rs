@@ -493,3 +493,28 @@ async fn adoption_waits_for_a_backend_that_cannot_look() {
     assert!(backend.starts().is_empty(), "no duplicate");
     assert_eq!(backend.running().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_blip_keeps_the_back_off() {
+    let slow = AgentConfig { restart_initial_ms: 20_000, restart_cap_ms: 60_000, ..agent(1) };
+    let (fabric, backend, _scaler, clock) = rig(config(slow));
+    fabric.set_demand(demand(1, &[]));
+    until("a replica", || backend.running().len() == 1).await;
+    let first = backend.running()[0].replica.clone();
+    backend.crash(&first, 3, "boom\n");
+    let crashed_at = clock.now_ms();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    tracing::info!("phase: the fabric is out of reach past the lease, then back");
+    fabric.set_unavailable(true);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fabric.set_unavailable(false);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(backend.running().is_empty(), "the slot still backs off: a lease blip is not a fresh start");
+    until("the restart after the delay", || backend.running().len() == 1).await;
+    assert!(
+        clock.now_ms() - crashed_at >= 20_000,
+        "restarted {} ms after the crash",
+        clock.now_ms() - crashed_at
+    );
+}
