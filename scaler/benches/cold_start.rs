@@ -202,7 +202,7 @@ async fn run(args: &Args, root: &Path) -> anyhow::Result<()> {
         &scaled,
         "burst",
         &format!(
-            "{agent_env}max_replicas = {BURST_MAX}\nbacklog_per_replica = 1\ncapacity = 1\nidle_ms = 500\n\
+            "env = {{ RUST_LOG = \"{log}\", SCALED_AGENT = \"burst\" }}\nmax_replicas = {BURST_MAX}\nbacklog_per_replica = 1\ncapacity = 1\nidle_ms = 500\n\
              drain_grace_ms = 2000\nmax_starts_per_interval = {BURST_MAX}\nstart_interval_ms = 1000"
         ),
     );

@@ -91,6 +91,8 @@ struct Replica {
     running_since_ms: Option<u64>,
     /// Stopped because it opened no session in time: its exit is a failed start.
     timed_out: bool,
+    /// When it timed out: the agent its session served instead of its own.
+    serves_other: Option<String>,
     /// Not on this host (or not visible to the backend): known only by its session, or by
     /// its record while it may still be starting or its worker reconnecting.
     remote: bool,
@@ -326,15 +328,28 @@ impl<F: Fabric> Controller<F> {
 
     fn session_named(&self, agent: &str, name: &str) -> Option<(u64, u32)> {
         let demand = self.demand.as_ref()?;
-        // Any agent's list will do: a replica's session serves its agent, but a stale
-        // intent may name an agent no longer configured.
-        let lists = demand.agents.iter().filter(|a| a.agent == agent).chain(demand.agents.iter());
-        for a in lists {
-            if let Some(s) = a.sessions.iter().find(|s| s.name == name) {
-                return Some((s.id, s.assigned));
-            }
+        let found = |a: &AgentDemand| a.sessions.iter().find(|s| s.name == name).map(|s| (s.id, s.assigned));
+        if let Some(s) = demand.agents.iter().filter(|a| a.agent == agent).find_map(found) {
+            return Some(s);
         }
-        None
+        // A configured agent's replica counts only by a session that serves that agent: one
+        // that serves another (a command that runs the wrong agent) is no start at all, and
+        // times out as a failed start naming it. A stale intent of an agent no longer
+        // configured matches any agent's list.
+        if self.config.agents.contains_key(agent) {
+            return None;
+        }
+        demand.agents.iter().find_map(found)
+    }
+
+    /// The agent a session named `name` serves, when it is not `agent`.
+    fn serves_other(&self, agent: &str, name: &str) -> Option<String> {
+        let demand = self.demand.as_ref()?;
+        demand
+            .agents
+            .iter()
+            .find(|a| a.agent != agent && a.sessions.iter().any(|s| s.name == name))
+            .map(|a| a.agent.clone())
     }
 
     /// Adopts what the grid records and the backends find (see the module docs).
@@ -369,6 +384,7 @@ impl<F: Fabric> Controller<F> {
                 session,
                 running_since_ms: session.map(|_| now),
                 timed_out: false,
+                serves_other: None,
                 remote: false,
                 seen_ms: now,
                 warned_ms: None,
@@ -484,6 +500,7 @@ impl<F: Fabric> Controller<F> {
                 session,
                 running_since_ms: session.map(|_| now),
                 timed_out: false,
+                serves_other: None,
                 remote: false,
                 seen_ms: now,
                 warned_ms: None,
@@ -649,8 +666,10 @@ impl<F: Fabric> Controller<F> {
             .collect();
         for id in late {
             tracing::warn!(replica = %id, "no session within the start timeout: a failed start");
+            let other = self.replicas.get(&id).and_then(|r| self.serves_other(&r.agent, &id));
             if let Some(r) = self.replicas.get_mut(&id) {
                 r.timed_out = true;
+                r.serves_other = other;
             }
             self.stop_replica(&id).await;
         }
@@ -796,6 +815,7 @@ impl<F: Fabric> Controller<F> {
                 session: None,
                 running_since_ms: None,
                 timed_out: false,
+                serves_other: None,
                 remote: false,
                 seen_ms: now,
                 warned_ms: None,
@@ -946,7 +966,14 @@ impl<F: Fabric> Controller<F> {
         let Some(config) = self.config.agents.get(&r.agent).cloned() else { return };
         let reason = if r.timed_out {
             self.metrics.failed_start(&r.agent);
-            format!("opened no session within start_timeout_ms ({} ms)", config.start_timeout_ms)
+            match &r.serves_other {
+                Some(other) => format!(
+                    "opened a session for agent '{other}', not '{}', within start_timeout_ms ({} ms): \
+                     its command serves the wrong agent",
+                    r.agent, config.start_timeout_ms
+                ),
+                None => format!("opened no session within start_timeout_ms ({} ms)", config.start_timeout_ms),
+            }
         } else {
             self.metrics.crashed(&r.agent);
             match (exit.code, exit.signal) {
@@ -1130,6 +1157,7 @@ fn waiting(
         session: None,
         running_since_ms: None,
         timed_out: false,
+        serves_other: None,
         remote: false,
         seen_ms: 0,
         warned_ms: None,

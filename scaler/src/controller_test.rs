@@ -518,3 +518,31 @@ async fn a_lease_blip_keeps_the_back_off() {
         clock.now_ms() - crashed_at
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_session_for_another_agent_is_no_start_and_the_failure_names_it() {
+    let (fabric, backend, _scaler, _) = rig(config(agent(1)));
+    fabric.set_demand(demand(1, &[]));
+    until("a replica", || backend.running().len() == 1).await;
+    let first = backend.running()[0].replica.clone();
+
+    tracing::info!("phase: its process opens a session named after it, but serving agent 'other'");
+    let mut wrong = demand(1, &[]);
+    let other =
+        AgentDemand { agent: "other".into(), ..demand(0, std::slice::from_ref(&first)).agents[0].clone() };
+    wrong.agents.push(other);
+    fabric.set_demand(wrong);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fabric.intents()[&first].phase, intent::Phase::Starting, "not running: work has no session");
+
+    until("stopped as a failed start", || backend.stops().contains(&first)).await;
+    until("reported, naming the agent it serves", || {
+        fabric.status().is_some_and(|s| {
+            s.agents["work"]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("session for agent 'other', not 'work'"))
+        })
+    })
+    .await;
+}
