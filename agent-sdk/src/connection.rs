@@ -122,6 +122,23 @@ impl Connection {
         self.inner.options
     }
 
+    /// Runs one unary call of `req` as [`Connection::run`] does, each attempt a fresh request
+    /// bounded by the attempt timeout.
+    pub async fn call<Req, T, F, Fut>(&self, idempotent: bool, req: &Req, mut op: F) -> Result<T, Error>
+    where
+        Req: Clone,
+        F: FnMut(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let attempt = self.inner.options.attempt_timeout;
+        self.run(idempotent, |channel| {
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(attempt);
+            op(channel, request)
+        })
+        .await
+    }
+
     /// Runs `op` on the current endpoint, failing over as the module docs say, until
     /// `retry_for` passes. `idempotent`: whether an unknown outcome may be retried.
     pub async fn run<T, F, Fut>(&self, idempotent: bool, mut op: F) -> Result<T, Error>

@@ -124,7 +124,6 @@ impl Lease {
     /// Retried across nodes like a read: if an attempt was applied but its answer lost, the
     /// retry finds `holder` holding the lease and renews it.
     pub async fn acquire(&self, holder: &str, ttl: Duration) -> Result<Grant, Error> {
-        let attempt = self.conn.options().attempt_timeout;
         let req = pb::AcquireLeaseRequest {
             name: self.name.clone(),
             holder: holder.to_owned(),
@@ -132,13 +131,8 @@ impl Lease {
         };
         let grant = self
             .conn
-            .run(true, |channel| {
-                let req = req.clone();
-                async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(attempt);
-                    Ok(LeasesClient::new(channel).acquire(request).await?.into_inner())
-                }
+            .call(true, &req, |channel, request| async move {
+                Ok(LeasesClient::new(channel).acquire(request).await?.into_inner())
             })
             .await?;
         Ok(Grant::from_pb(grant))
@@ -148,17 +142,11 @@ impl Lease {
     /// was released, or another holder took it): [`Error::Refused`] with
     /// `FailedPrecondition`, saying which.
     pub async fn renew(&self, token: u64, ttl: Duration) -> Result<Grant, Error> {
-        let attempt = self.conn.options().attempt_timeout;
         let req = pb::RenewLeaseRequest { name: self.name.clone(), token, ttl_ms: ttl_ms(ttl) };
         let grant = self
             .conn
-            .run(true, |channel| {
-                let req = req.clone();
-                async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(attempt);
-                    Ok(LeasesClient::new(channel).renew(request).await?.into_inner())
-                }
+            .call(true, &req, |channel, request| async move {
+                Ok(LeasesClient::new(channel).renew(request).await?.into_inner())
             })
             .await?;
         Ok(Grant::from_pb(grant))
@@ -168,36 +156,24 @@ impl Lease {
     /// `false` when the grant `token` did not hold it (already lost or released; an attempt
     /// retried after a lost answer may also find it released by the attempt before).
     pub async fn release(&self, token: u64) -> Result<bool, Error> {
-        let attempt = self.conn.options().attempt_timeout;
         let req = pb::ReleaseLeaseRequest { name: self.name.clone(), token };
         self.conn
-            .run(true, |channel| {
-                let req = req.clone();
-                async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(attempt);
-                    Ok(LeasesClient::new(channel).release(request).await?.into_inner().released)
-                }
+            .call(true, &req, |channel, request| async move {
+                Ok(LeasesClient::new(channel).release(request).await?.into_inner().released)
             })
             .await
     }
 
     /// Who holds the lease now (a linearizable read); `None` when nobody does.
     pub async fn get(&self) -> Result<Option<Grant>, Error> {
-        let attempt = self.conn.options().attempt_timeout;
         let req = pb::GetLeaseRequest {
             name: self.name.clone(),
             consistency: pb::Consistency::Linearizable as i32,
         };
         let grant = self
             .conn
-            .run(true, |channel| {
-                let req = req.clone();
-                async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(attempt);
-                    Ok(LeasesClient::new(channel).get(request).await?.into_inner().grant)
-                }
+            .call(true, &req, |channel, request| async move {
+                Ok(LeasesClient::new(channel).get(request).await?.into_inner().grant)
             })
             .await?;
         Ok(grant.map(Grant::from_pb))

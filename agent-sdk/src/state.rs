@@ -179,7 +179,6 @@ impl State {
     /// # Ok(()) }
     /// ```
     pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T, u64)>, Error> {
-        let attempt = self.conn.options().attempt_timeout;
         let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -192,13 +191,8 @@ impl State {
             };
             let page = self
                 .conn
-                .run(true, |channel| {
-                    let req = req.clone();
-                    async move {
-                        let mut request = tonic::Request::new(req);
-                        request.set_timeout(attempt);
-                        Ok(Self::grpc(channel).list(request).await?.into_inner())
-                    }
+                .call(true, &req, |channel, request| async move {
+                    Ok(Self::grpc(channel).list(request).await?.into_inner())
                 })
                 .await?;
             if out.len() + page.entries.len() > MAX_LIST_KEYS {
