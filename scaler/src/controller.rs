@@ -360,9 +360,19 @@ impl<F: Fabric> Controller<F> {
         for (kind, backend) in &self.backends {
             match backend.find().await {
                 Ok(list) => found.extend(list.into_iter().map(|f| (f.replica.clone(), (*kind, f)))),
-                // Without the list every recorded replica would look gone and be replaced:
-                // adoption waits until the backend answers.
-                Err(source) => return Err(AdoptError::Backend { kind: *kind, source }),
+                // Without the list every recorded replica of it would look gone and be
+                // replaced: adoption waits until a backend that matters answers. One that no
+                // agent uses and no intent names (the Docker backend of a scaler of processes,
+                // with no engine running) is skipped: whatever unrecorded it runs is adopted
+                // by the orphan scan once it answers.
+                Err(source) => {
+                    let used = self.config.agents.values().any(|a| a.backend == *kind)
+                        || intents.iter().any(|(_, i)| i.backend == *kind);
+                    if used {
+                        return Err(AdoptError::Backend { kind: *kind, source });
+                    }
+                    tracing::debug!(backend = ?kind, error = %source, "an unused backend cannot look; adopting without it");
+                }
             }
         }
         let now = self.now();

@@ -495,6 +495,30 @@ async fn adoption_waits_for_a_backend_that_cannot_look() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_backend_no_agent_uses_does_not_hold_adoption_up() {
+    // The Docker backend of a scaler whose agents are all processes, with no engine to ask.
+    let clock = Clock::at(START);
+    let fabric = Fake::new(clock);
+    let (exits_tx, exits) = mpsc::channel(MAX_PENDING_EXITS);
+    let process = fake::Backend::new(exits_tx.clone());
+    let unused = fake::Backend::new(exits_tx);
+    unused.fail_finds(true);
+    let backends = BTreeMap::from([
+        (BackendKind::Process, Backend::Fake(process.clone())),
+        (BackendKind::Docker, Backend::Fake(unused)),
+    ]);
+    let (_configs, rx) = watch::channel(Arc::new(config(agent(1))));
+    let options =
+        Options { holder: "a".into(), host: "here".into(), endpoints: vec!["127.0.0.1:1".into()] };
+    let controller = Controller::new(fabric.clone(), backends, exits, rx, clock, options, Metrics::default());
+    let stop = CancellationToken::new();
+    let _task = tokio::spawn(controller.run(stop.clone()));
+    fabric.set_demand(demand(1, &[]));
+    until("a replica started", || process.starts().len() == 1).await;
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lease_blip_keeps_the_back_off() {
     let slow = AgentConfig { restart_initial_ms: 20_000, restart_cap_ms: 60_000, ..agent(1) };
     let (fabric, backend, _scaler, clock) = rig(config(slow));

@@ -14,8 +14,12 @@ async fn a_call_to_an_agent_at_zero_starts_a_replica_and_returns_its_result() {
     let fabric = Fabric::start().await;
     let group = Group::new("zero");
     let metrics_addr = weft_fabric::testing::free_addrs(1).unwrap().remove(0);
+    // An engine address where none listens: a scaler of processes must not need Docker (CI
+    // once ran these tests with no engine started, and adoption waited for it forever).
+    let no_engine = fabric.root().join("no-docker.sock");
     let config = config_head(&fabric, &group)
         + &format!("metrics_addr = \"{metrics_addr}\"\n")
+        + &format!("\n[docker]\nhost = \"unix://{}\"\n", no_engine.display())
         + &scaled_agent("work", "max_replicas = 2\nidle_ms = 600000");
     let _scaler = start_scaler(&fabric, "scaler", &config);
     let client = fabric.client();
