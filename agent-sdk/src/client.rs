@@ -502,6 +502,15 @@ impl Call<'_> {
         self
     }
 
+    /// Wait, pending, for a session that serves this delegate when the agent's connected
+    /// sessions do not (during a rolling deploy that adds it). Without it such a call is
+    /// refused at once ([`Error::Refused`]) with the delegates those sessions serve. With no
+    /// session of the agent at all a call always waits (a scaler may start one).
+    pub fn wait_for_delegate(mut self) -> Self {
+        self.req.wait_for_delegate = true;
+        self
+    }
+
     /// How long [`Call::call`] waits for the result (default a minute). The execution goes
     /// on after that; the error names it.
     pub fn wait(mut self, d: Duration) -> Self {

@@ -137,6 +137,11 @@ pub struct Config {
     /// again with the same key within this time returns the same execution. With
     /// `max_executions` it bounds the sustained rate: 1 000 000 / 300 s = 3 333 executions/s.
     pub execution_retention_ms: u64,
+    /// The timeout of an execution created without a timeout or a deadline (through any
+    /// API): it fails with kind "deadline" if it has not finished this long after it was
+    /// created, so a call nobody serves does not stay pending forever. 0: no default (such
+    /// executions wait until cancelled). Default 24 h.
+    pub default_execution_timeout_ms: u64,
     /// Most times an execution is delivered to a session before it fails as undeliverable
     /// (sessions that keep dying while they hold it; a crash loop).
     pub max_deliveries: u32,
@@ -218,6 +223,7 @@ impl Default for Config {
             max_payload_bytes: limits.max_payload_bytes,
             max_effects: limits.max_effects,
             execution_retention_ms: 300_000,
+            default_execution_timeout_ms: 86_400_000,
             max_deliveries: 50,
             max_executions: 1_000_000,
             max_sessions: 10_000,
@@ -538,6 +544,7 @@ impl Config {
     pub fn work_options(&self) -> WorkOptions {
         WorkOptions {
             execution_retention_ms: self.execution_retention_ms,
+            default_execution_timeout_ms: self.default_execution_timeout_ms,
             max_deliveries: self.max_deliveries,
             max_executions: self.max_executions,
             max_sessions: self.max_sessions,
@@ -629,6 +636,8 @@ fn check_host_port(s: &str) -> Result<(), String> {
 pub struct WorkOptions {
     /// How long a finished execution is kept.
     pub execution_retention_ms: u64,
+    /// The timeout of an execution created without a timeout or deadline; 0: none.
+    pub default_execution_timeout_ms: u64,
     /// Deliveries before an execution fails as undeliverable.
     pub max_deliveries: u32,
     /// Most executions stored.

@@ -139,7 +139,12 @@ pub fn new_execution(
         delegate: req.delegate,
         payload: payload(req.payload)?,
         idempotency_key: none_if_empty(req.idempotency_key),
-        timeout_ms: req.timeout_ms,
+        // Without a timeout or a deadline, the node's default timeout (if any): nothing waits
+        // pending forever.
+        timeout_ms: match (req.timeout_ms, req.deadline_ms, work.default_execution_timeout_ms) {
+            (None, None, default) if default > 0 => Some(default),
+            (timeout, _, _) => timeout,
+        },
         deadline_ms: req.deadline_ms,
         delay_ms: req.delay_ms,
         not_before_ms: req.not_before_ms,
@@ -309,6 +314,32 @@ pub fn pb_instance(i: Instance) -> pb::Instance {
     }
 }
 
+/// A live session as `ListSessions` shows it.
+pub fn pb_session(s: crate::grid::session::Session) -> pb::SessionInfo {
+    pb::SessionInfo {
+        id: s.id,
+        name: s.name,
+        node_id: s.host.node,
+        agents: s
+            .agents
+            .into_iter()
+            .map(|a| pb::AgentSpec {
+                name: a.name,
+                delegates: a.delegates,
+                concurrent_instances: a.concurrent_instances,
+            })
+            .collect(),
+        capacity: s.capacity,
+        in_flight: u32::try_from(s.assigned.len()).unwrap_or(u32::MAX),
+        opened_ms: s.opened_ms,
+        draining: s.draining,
+        lease_ms: s.lease_ms,
+        only_claimed: s.only_claimed,
+        claims: s.claims.into_iter().map(instance_ref).collect(),
+        instances: u32::try_from(s.activated.len()).unwrap_or(u32::MAX),
+    }
+}
+
 // ---- streams and cursors ------------------------------------------------------------------
 
 use crate::grid::cursor::{AckPolicy, Cursor, CursorConfig, DeliverPolicy};
@@ -428,6 +459,7 @@ fn pb_new_execution(n: &NewExecution) -> pb::CreateExecutionRequest {
         }),
         parent_id: 0,
         parent_token: 0,
+        wait_for_delegate: false,
     }
 }
 

@@ -43,8 +43,13 @@ impl ExecutionService {
     }
 
     async fn create(&self, req: pb::CreateExecutionRequest) -> Result<(ExecutionId, bool), Error> {
+        let wait_for_delegate = req.wait_for_delegate;
         let new = convert::new_execution(req, &self.ctx.work)?;
-        let command = Command::CreateExecution(Box::new(new));
+        let command = if wait_for_delegate {
+            Command::CreateExecution(Box::new(new))
+        } else {
+            Command::CreateServedExecution(Box::new(new))
+        };
         command.validate(&self.ctx.limits)?;
         self.ctx.check_room()?;
         created_id(routing::propose(&self.ctx, command).await?)
@@ -60,6 +65,18 @@ impl ExecutionService {
             .applied
             .read(|a| a.grid.execution(id).cloned())
             .ok_or_else(|| Error::Grid(grid::Error::UnknownExecution { id }).into_status())
+    }
+
+    /// A list request's page size: 0 is the largest, more than that is refused.
+    fn page_limit(&self, requested: u32) -> Result<usize, Status> {
+        let max = self.ctx.limits.max_list_page;
+        match requested as usize {
+            0 => Ok(max),
+            n if n > max => {
+                Err(Error::Grid(grid::Error::InvalidPageSize { requested: n, limit: max }).into_status())
+            }
+            n => Ok(n),
+        }
     }
 
     async fn consistent(&self, consistency: i32) -> Result<(), Status> {
@@ -184,17 +201,7 @@ impl pb::executions_server::Executions for ExecutionService {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = request.into_inner();
         let result = async {
-            let limit = match req.limit as usize {
-                0 => self.ctx.limits.max_list_page,
-                n if n > self.ctx.limits.max_list_page => {
-                    return Err(Error::Grid(grid::Error::InvalidPageSize {
-                        requested: n,
-                        limit: self.ctx.limits.max_list_page,
-                    })
-                    .into_status());
-                }
-                n => n,
-            };
+            let limit = self.page_limit(req.limit)?;
             let status = match req.status.as_str() {
                 "" => None,
                 name => Some(ExecStatus::parse(name).ok_or_else(|| {
@@ -268,6 +275,27 @@ impl pb::executions_server::Executions for ExecutionService {
                 Err(Error::Grid(_)) | Ok(_) => Ok(Response::new(convert::completion_ack(id, token, &answer))),
                 Err(e) => Err(e.into_status()),
             }
+        }
+        .await;
+        self.counted(result)
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let req = request.into_inner();
+        let result = async {
+            let limit = self.page_limit(req.limit)?;
+            let agent = (!req.agent.is_empty()).then_some(req.agent.as_str());
+            let after = (req.page_token != 0).then_some(req.page_token);
+            self.consistent(req.consistency).await?;
+            let (sessions, next) = self.ctx.applied.read(|a| a.grid.list_sessions(agent, after, limit));
+            Ok(Response::new(pb::ListSessionsResponse {
+                sessions: sessions.into_iter().map(convert::pb_session).collect(),
+                next_page_token: next.unwrap_or(0),
+            }))
         }
         .await;
         self.counted(result)

@@ -150,6 +150,10 @@ pub enum Command {
     /// Register an agent session that serves, of each agent it claims instances of, only
     /// those instances (`OpenSession` entries from before the flag existed decode as before).
     OpenSessionOnlyClaimed(Box<NewSession>),
+    /// Create an execution as `CreateExecution` does, but refuse it when sessions of its
+    /// agent are connected and none of them serves its delegate (`CreateExecution` waits for
+    /// one: a caller that asked to, during a rolling deploy).
+    CreateServedExecution(Box<NewExecution>),
 }
 
 impl Command {
@@ -169,7 +173,9 @@ impl Command {
             }
             Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
             Command::Fenced { command, .. } => command.validate(limits),
-            Command::CreateExecution(new) => validate_new_execution(new, limits),
+            Command::CreateExecution(new) | Command::CreateServedExecution(new) => {
+                validate_new_execution(new, limits)
+            }
             Command::StartInstance(new) => check_payload_size(new.payload.data.len(), limits),
             Command::Append(a) => validate_append(a, limits),
             Command::Complete(c) => {
@@ -262,7 +268,7 @@ impl Command {
                 Err(Error::InvalidKey { reason: "a cluster uid must not be 0".into() })
             }
             Command::SetClusterUid { .. } => Ok(()),
-            Command::CreateExecution(new) => new.validate_shape(),
+            Command::CreateExecution(new) | Command::CreateServedExecution(new) => new.validate_shape(),
             Command::OpenSession(new) | Command::OpenSessionOnlyClaimed(new) => new.validate_shape(),
             Command::StartInstance(new) => {
                 validate_name("agent", &new.agent)?;

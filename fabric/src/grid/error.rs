@@ -139,4 +139,10 @@ pub enum Error {
     /// was released or another holder took it over). Nothing changed.
     #[error("lease '{lease}' is not held with token {token}: {reason}")]
     LeaseLost { lease: String, token: u64, reason: String },
+    /// Sessions of the agent are connected and none serves the delegate: the call would wait
+    /// for one that may never come. Nothing changed.
+    #[error(
+        "no connected session of agent '{agent}' serves delegate '{delegate}'; its {sessions} session(s) serve: {served}. To wait for a session that serves it (a rolling deploy), create the call with wait_for_delegate (weft call --wait-for-delegate)"
+    )]
+    DelegateNotServed { agent: String, delegate: String, sessions: usize, served: String },
 }

@@ -15,10 +15,18 @@ use super::instance::Lifecycle;
 use super::instances::instance_namespace;
 use super::{Completed, Error, Grid, Output, namespace};
 
+/// Most delegate names a `DelegateNotServed` error lists.
+const MAX_DELEGATES_NAMED: usize = 32;
+
 impl Grid {
-    /// Applies `CreateExecution`: stores a new execution, or finds the one its idempotency key
-    /// names.
-    pub(super) fn create_execution(&mut self, new: &NewExecution, out: &mut Outbox) -> Result<Output, Error> {
+    /// Applies `CreateExecution` and `CreateServedExecution` (`served`): stores a new
+    /// execution, or finds the one its idempotency key names.
+    pub(super) fn create_execution(
+        &mut self,
+        new: &NewExecution,
+        served: bool,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
         new.validate_shape()?;
         if new.delegate == START_DELEGATE || new.delegate == STOP_DELEGATE {
             return Err(Error::InvalidExecution {
@@ -40,8 +48,39 @@ impl Grid {
             });
         }
         self.check_instance_open(new)?;
+        if served {
+            self.check_delegate_served(&new.agent, &new.delegate)?;
+        }
         let id = self.insert_execution(new, parent, false, out);
         Ok(Output::Execution { id, created: true })
+    }
+
+    /// Refuses `delegate` of `agent` when sessions of the agent are connected and none serves
+    /// it. With no session of the agent at all the call waits (a scaler starts one).
+    fn check_delegate_served(&self, agent: &str, delegate: &str) -> Result<(), Error> {
+        let mut sessions = 0;
+        let mut served = BTreeSet::new();
+        for spec in self.work.sessions.values().filter_map(|s| s.spec(agent)) {
+            if spec.serves(delegate) {
+                return Ok(());
+            }
+            sessions += 1;
+            served.extend(spec.delegates.iter().map(String::as_str));
+        }
+        if sessions == 0 {
+            return Ok(());
+        }
+        // Bounded: delegates per session and sessions are bounded, the message is clipped.
+        let mut list = served.into_iter().take(MAX_DELEGATES_NAMED).collect::<Vec<_>>().join(", ");
+        if list.is_empty() {
+            list = "(none)".into();
+        }
+        Err(Error::DelegateNotServed {
+            agent: namespace::clip(agent),
+            delegate: namespace::clip(delegate),
+            sessions,
+            served: list,
+        })
     }
 
     /// Applies `Complete`: a session reports a result or an error, with effects, under the token

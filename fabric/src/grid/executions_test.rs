@@ -264,3 +264,45 @@ fn bad_work_commands_name_the_problem_and_change_nothing() {
     }));
     assert!(matches!(big.validate(&limits), Err(Error::PayloadTooLarge { size: 5, limit: 4 })));
 }
+
+/// A session of `agent` that serves only `delegates`.
+fn serving(agent: &str, delegates: &[&str]) -> session::NewSession {
+    let mut new = new_session(&[agent], 4);
+    new.agents[0].delegates = delegates.iter().map(|d| (*d).to_owned()).collect();
+    new
+}
+
+#[test]
+fn a_delegate_no_connected_session_serves_is_refused_unless_the_caller_waits() {
+    let mut h = Harness::new();
+    let served = |new: NewExecution| Command::CreateServedExecution(Box::new(new));
+    // No session of the agent at all: the call waits (a scaler may start one).
+    let early = match h.ok(served(new_exec("img", "resize"))) {
+        Output::Execution { id, .. } => id,
+        other => panic!("create gave {other:?}"),
+    };
+    assert_eq!(h.exec(early).status, Status::Pending);
+
+    h.open_with(serving("img", &["crop", "thumb"]));
+    h.open_with(serving("img", &["crop"]));
+    let before = h.grid.work_totals();
+    match h.apply(served(new_exec("img", "rotate"))) {
+        Err(Error::DelegateNotServed { agent, delegate, sessions, served }) => {
+            assert_eq!((agent.as_str(), delegate.as_str(), sessions), ("img", "rotate", 2));
+            assert_eq!(served, "crop, thumb");
+        }
+        other => panic!("expected DelegateNotServed, got {other:?}"),
+    }
+    assert_eq!(h.grid.work_totals(), before, "a refusal changes nothing");
+    let message = h.apply(served(new_exec("img", "rotate"))).unwrap_err().to_string();
+    assert!(message.contains("serve: crop, thumb") && message.contains("wait_for_delegate"), "{message}");
+
+    // A delegate one of them serves is taken; the caller that waits gets a pending call.
+    assert!(matches!(h.ok(served(new_exec("img", "thumb"))), Output::Execution { created: true, .. }));
+    let waiting = h.create(new_exec("img", "rotate"));
+    assert_eq!(h.exec(waiting).status, Status::Pending);
+    // Sessions of other agents do not count, and one that serves every delegate serves it.
+    assert!(h.apply(served(new_exec("other", "rotate"))).is_ok());
+    h.open(&["img"], 1);
+    assert!(h.apply(served(new_exec("img", "rotate"))).is_ok());
+}

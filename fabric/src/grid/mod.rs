@@ -243,7 +243,8 @@ impl Grid {
             Command::Expire { limit } => Ok(self.expire(*limit)),
             Command::SetClusterUid { uid } => Ok(self.set_cluster_uid(*uid)),
             // Executions (executions.rs).
-            Command::CreateExecution(new) => self.create_execution(new, &mut out),
+            Command::CreateExecution(new) => self.create_execution(new, false, &mut out),
+            Command::CreateServedExecution(new) => self.create_execution(new, true, &mut out),
             Command::Complete(c) => self.complete(c, &mut out),
             Command::Renew { execution, token } => self.renew(*execution, *token),
             Command::GiveBack { execution, token } => self.give_back(*execution, *token, &mut out),

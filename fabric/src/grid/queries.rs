@@ -207,6 +207,29 @@ impl Grid {
         self.work.instances.get(&(agent.to_owned(), id.to_owned()))
     }
 
+    /// Live sessions with ids after `after`, serving `agent` if given, up to `limit`; and the
+    /// id to continue after when there are more.
+    pub fn list_sessions(
+        &self,
+        agent: Option<&str>,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> (Vec<Session>, Option<SessionId>) {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out: Vec<Session> = Vec::new();
+        for s in self.work.sessions.range((lower, Bound::Unbounded)).map(|(_, s)| s) {
+            if agent.is_some_and(|a| s.spec(a).is_none()) {
+                continue;
+            }
+            if out.len() == limit {
+                let last = out.last().map(|s| s.id);
+                return (out, last);
+            }
+            out.push(s.clone());
+        }
+        (out, None)
+    }
+
     /// Instances after `after`, of `agent` if given, up to `limit`.
     pub fn list_instances(
         &self,

@@ -68,7 +68,8 @@ impl Error {
                 | G::ProducerRefused { .. }
                 | G::StaleAck { .. }
                 | G::LeaseHeld { .. }
-                | G::LeaseLost { .. }),
+                | G::LeaseLost { .. }
+                | G::DelegateNotServed { .. }),
             ) => tonic::Status::failed_precondition(e.to_string()),
             Error::Grid(
                 e @ (G::AlreadyExists { .. }

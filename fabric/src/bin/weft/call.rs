@@ -50,6 +50,10 @@ pub struct Args {
     /// from 100 ms, doubling, at most 5 s. Without it a handler error is final.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=weft_proto::wire::MAX_RETRY_ATTEMPTS as i64))]
     pub retries: Option<u32>,
+    /// When the agent's connected sessions do not serve DELEGATE, wait for one that does
+    /// (a rolling deploy) instead of failing at once with the delegates they serve.
+    #[arg(long)]
+    pub wait_for_delegate: bool,
 }
 
 /// `weft call`.
@@ -74,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         delay_ms: args.delay,
         priority: args.priority,
         retry,
+        wait_for_delegate: args.wait_for_delegate,
         ..Default::default()
     };
     let mut client: ExecutionsClient<_> = connect::client(&args.conn.endpoint, waiting(args.timeout)).await?;

@@ -1,7 +1,7 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
-//! `instances`, `streams`, `cursors`, `leases`, `scaler` and `demand` talk to any node of a
+//! `agents`, `instances`, `streams`, `cursors`, `leases`, `scaler` and `demand` talk to any node of a
 //! running cluster over gRPC. This file parses the command line, sets up tracing and turns the
 //! command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
@@ -13,6 +13,7 @@
 //! - [`state`]: `weft state get|put|cas|delete|list`: key/value state in the grid.
 //! - [`call`]: `weft call`: run an agent's delegate and print its outcome.
 //! - [`executions`]: `weft executions list|get|wait|cancel`.
+//! - [`agents`]: `weft agents`: the live agent sessions, what each serves and holds.
 //! - [`instances`]: `weft instances list|get|start|stop`.
 //! - [`streams`]: `weft streams create|list|info|append|close|delete`.
 //! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
@@ -26,6 +27,7 @@
 //! - [`render`]: output: `outln!` for a closed stdout, failed calls, payloads, executions,
 //!   stream items.
 
+mod agents;
 mod args;
 mod call;
 mod connect;
@@ -78,6 +80,13 @@ enum Command {
     Call(call::Args),
     /// List, show, wait for and cancel executions (calls of agents' delegates).
     Executions(executions::Args),
+    /// Show the connected agent sessions: node, the agents and delegates each serves,
+    /// capacity, work in flight, connected since.
+    ///
+    ///   weft agents
+    ///   weft agents resizer --json
+    #[command(verbatim_doc_comment)]
+    Agents(agents::Args),
     /// Start, stop, show and list agent instances.
     Instances(instances::Args),
     /// Create, append to, read, follow, close and delete streams.
@@ -127,6 +136,7 @@ impl Command {
             Command::State(args) => state::run(args).await,
             Command::Call(args) => call::run(args).await,
             Command::Executions(args) => executions::run(args).await,
+            Command::Agents(args) => agents::run(args).await,
             Command::Instances(args) => instances::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
