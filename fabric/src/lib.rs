@@ -40,6 +40,7 @@ pub(crate) mod http;
 pub mod membership;
 pub mod node;
 pub mod raft;
+pub(crate) mod rest;
 pub(crate) mod routing;
 pub(crate) mod sessions;
 pub mod testing;

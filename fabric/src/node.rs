@@ -289,7 +289,10 @@ impl Node {
         )
         .into_axum_router();
         let quorum_timeout = Duration::from_millis(2 * config.election_timeout_max_ms);
-        let app = grpc.merge(http::router(ctx, quorum_timeout));
+        let app = grpc
+            .merge(http::router(ctx.clone(), quorum_timeout))
+            .merge(crate::rest::router(ctx, shutdown.clone(), config.max_message_bytes))
+            .fallback(crate::rest::not_found);
         let listener = listener.tap_io(|tcp| {
             // Small RPCs must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);

@@ -508,8 +508,7 @@ async fn a_backend_no_agent_uses_does_not_hold_adoption_up() {
         (BackendKind::Docker, Backend::Fake(unused)),
     ]);
     let (_configs, rx) = watch::channel(Arc::new(config(agent(1))));
-    let options =
-        Options { holder: "a".into(), host: "here".into(), endpoints: vec!["127.0.0.1:1".into()] };
+    let options = Options { holder: "a".into(), host: "here".into(), endpoints: vec!["127.0.0.1:1".into()] };
     let controller = Controller::new(fabric.clone(), backends, exits, rx, clock, options, Metrics::default());
     let stop = CancellationToken::new();
     let _task = tokio::spawn(controller.run(stop.clone()));

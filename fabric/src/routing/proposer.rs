@@ -86,7 +86,9 @@ fn command_bytes(command: &Command) -> usize {
             namespace.len() + key.len() + value.len() + 32
         }
         Command::Delete { namespace, key, .. } => namespace.len() + key.len() + 32,
-        Command::CreateExecution(new) | Command::CreateServedExecution(new) => new.payload.data.len() + new.agent.len() + new.delegate.len() + 96,
+        Command::CreateExecution(new) | Command::CreateServedExecution(new) => {
+            new.payload.data.len() + new.agent.len() + new.delegate.len() + 96
+        }
         Command::StartInstance(new) => new.payload.data.len() + new.agent.len() + 96,
         Command::Complete(c) => {
             let result = match &c.outcome {

@@ -22,8 +22,11 @@ async fn sessions_are_listed_and_an_unserved_delegate_is_refused_at_once() {
     init_tracing();
     let cluster = Cluster::start(3, |c| c.default_execution_timeout_ms = 2_000).await;
     let on = cluster.addrs[1].clone();
-    let (_tx, mut inbound) = listen(&on, open_serving("img", &["crop", "thumb"], "img-worker-1")).await.unwrap();
-    let pb::fabric_message::Kind::Opened(opened) = next_kind(&mut inbound).await else { panic!("not opened") };
+    let (_tx, mut inbound) =
+        listen(&on, open_serving("img", &["crop", "thumb"], "img-worker-1")).await.unwrap();
+    let pb::fabric_message::Kind::Opened(opened) = next_kind(&mut inbound).await else {
+        panic!("not opened")
+    };
 
     tracing::info!("weft agents shows the session, through another node");
     let other = &cluster.addrs[2];
@@ -51,7 +54,8 @@ async fn sessions_are_listed_and_an_unserved_delegate_is_refused_at_once() {
     assert!(err.contains("FailedPrecondition") && err.contains("serve: crop, thumb"), "{err}");
     assert!(err.contains("--wait-for-delegate"), "says how to wait: {err}");
     let mut client = ExecutionsClient::new(channel(other).await);
-    let page = client.list(pb::ListExecutionsRequest { agent: "img".into(), ..Default::default() }).await.unwrap();
+    let page =
+        client.list(pb::ListExecutionsRequest { agent: "img".into(), ..Default::default() }).await.unwrap();
     assert!(page.into_inner().executions.is_empty(), "a refused call leaves no execution");
 
     tracing::info!("a caller that waits gets a pending execution, failed by the default timeout");
@@ -70,7 +74,8 @@ async fn sessions_are_listed_and_an_unserved_delegate_is_refused_at_once() {
         .unwrap();
     assert_eq!(created.status, "pending");
     assert_eq!(created.deadline_ms, Some(created.created_ms + 2_000), "the default timeout");
-    let mut wait = client.wait(pb::WaitRequest { id: created.id, timeout_ms: 30_000 }).await.unwrap().into_inner();
+    let mut wait =
+        client.wait(pb::WaitRequest { id: created.id, timeout_ms: 30_000 }).await.unwrap().into_inner();
     let mut last = None;
     while let Some(e) = wait.message().await.expect("wait stream") {
         last = Some(e);

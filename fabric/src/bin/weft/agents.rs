@@ -78,7 +78,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
 
 /// `agent(delegate, ...)`, or `agent(*)` for one that serves every delegate.
 fn served(a: &pb::AgentSpec) -> String {
-    if a.delegates.is_empty() { format!("{}(*)", a.name) } else { format!("{}({})", a.name, a.delegates.join(",")) }
+    if a.delegates.is_empty() {
+        format!("{}(*)", a.name)
+    } else {
+        format!("{}({})", a.name, a.delegates.join(","))
+    }
 }
 
 fn session_json(s: &pb::SessionInfo) -> serde_json::Value {

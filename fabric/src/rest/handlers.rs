@@ -1,0 +1,713 @@
+//! The routes of the HTTP/JSON API: each reads its request, calls the gRPC service's method
+//! in process, and shapes the answer (see the module docs of [`super`]).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use tonic::Request;
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::cluster_server::Cluster as _;
+use weft_proto::fabric::v1::executions_server::Executions as _;
+use weft_proto::fabric::v1::instances_server::Instances as _;
+use weft_proto::fabric::v1::state_server::State as _;
+use weft_proto::fabric::v1::streams_server::Streams as _;
+
+use super::Api;
+use super::body::{JsonBody, PathOf, QueryOf};
+use super::error::{ApiError, ErrorBody};
+use super::model::{self, required};
+
+/// How long a call or a wait waits for the outcome when the request does not say.
+const DEFAULT_WAIT_MS: u64 = 30_000;
+/// The header of an idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// How often a live tail sends a comment when nothing happens (proxies close idle streams).
+const TAIL_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+type Answer<T> = Result<Json<T>, ApiError>;
+
+fn consistency(stale: bool) -> i32 {
+    if stale { pb::Consistency::Stale as i32 } else { pb::Consistency::Linearizable as i32 }
+}
+
+/// An optional body's text as a JSON value (empty: null), checked as the API's JSON bodies.
+fn args_of(body: Option<serde_json::Value>) -> serde_json::Value {
+    body.unwrap_or(serde_json::Value::Null)
+}
+
+// ---- cluster ---------------------------------------------------------------------------------
+
+/// The cluster as Raft sees it: leader, term, and each member's role, progress and gossip
+/// state.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    responses((status = 200, body = model::Cluster), (status = 503, body = ErrorBody)))]
+pub async fn cluster(State(api): State<Api>) -> Answer<model::Cluster> {
+    let status = api.cluster.status(Request::new(pb::StatusRequest {})).await?.into_inner();
+    Ok(Json(status.into()))
+}
+
+/// Every node the answering node's gossip knows, and its state.
+#[utoipa::path(get, path = "/v1/cluster/members", tag = "cluster",
+    responses((status = 200, body = model::Members)))]
+pub async fn members(State(api): State<Api>) -> Answer<model::Members> {
+    let members = api.cluster.members(Request::new(pb::MembersRequest {})).await?.into_inner();
+    Ok(Json(members.into()))
+}
+
+/// The live agent sessions: node, agents and delegates served, capacity, work held.
+#[utoipa::path(get, path = "/v1/sessions", tag = "executions", params(model::ListSessionsQuery),
+    responses((status = 200, body = model::SessionPage), (status = 400, body = ErrorBody)))]
+pub async fn sessions(
+    State(api): State<Api>,
+    QueryOf(q): QueryOf<model::ListSessionsQuery>,
+) -> Answer<model::SessionPage> {
+    let req = pb::ListSessionsRequest {
+        agent: q.agent.unwrap_or_default(),
+        page_token: q.page_token.unwrap_or(0),
+        limit: q.limit.unwrap_or(0),
+        consistency: consistency(false),
+    };
+    let page = api.executions.list_sessions(Request::new(req)).await?.into_inner();
+    Ok(Json(model::SessionPage {
+        sessions: page.sessions.into_iter().map(Into::into).collect(),
+        next_page_token: (page.next_page_token != 0).then_some(page.next_page_token),
+    }))
+}
+
+// ---- executions ------------------------------------------------------------------------------
+
+/// Executions by id, filtered by agent and status.
+#[utoipa::path(get, path = "/v1/executions", tag = "executions", params(model::ListExecutionsQuery),
+    responses((status = 200, body = model::ExecutionPage), (status = 400, body = ErrorBody)))]
+pub async fn list_executions(
+    State(api): State<Api>,
+    QueryOf(q): QueryOf<model::ListExecutionsQuery>,
+) -> Answer<model::ExecutionPage> {
+    let req = pb::ListExecutionsRequest {
+        agent: q.agent.unwrap_or_default(),
+        status: q.status.unwrap_or_default(),
+        page_token: q.page_token.unwrap_or(0),
+        limit: q.limit.unwrap_or(0),
+        consistency: consistency(q.stale),
+    };
+    let page = api.executions.list(Request::new(req)).await?.into_inner();
+    Ok(Json(model::ExecutionPage {
+        executions: page.executions.into_iter().map(Into::into).collect(),
+        next_page_token: (page.next_page_token != 0).then_some(page.next_page_token),
+    }))
+}
+
+/// The `Idempotency-Key` header, if any.
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(String::new()),
+        Some(v) => v
+            .to_str()
+            .map(str::to_owned)
+            .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII")),
+    }
+}
+
+/// Creates an execution (201), or returns the one its `Idempotency-Key` names (200).
+#[utoipa::path(post, path = "/v1/executions", tag = "executions",
+    request_body = model::CreateExecution,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Creating again with this key returns the first execution")),
+    responses((status = 201, body = model::Created), (status = 200, body = model::Created),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn create_execution(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<model::CreateExecution>,
+) -> Result<Response, ApiError> {
+    required("agent", &body.agent)?;
+    required("delegate", &body.delegate)?;
+    let req = body.into_pb(idempotency_key(&headers)?);
+    let answer = api.executions.create(Request::new(req)).await?.into_inner();
+    let execution =
+        answer.execution.ok_or_else(|| tonic::Status::internal("a create answered no execution"))?;
+    let status = if answer.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(model::Created { execution: execution.into(), created: answer.created }))
+        .into_response())
+}
+
+/// One execution.
+#[utoipa::path(get, path = "/v1/executions/{id}", tag = "executions",
+    params(("id" = u64, Path, description = "The execution's id")),
+    responses((status = 200, body = model::Execution), (status = 404, body = ErrorBody)))]
+pub async fn get_execution(State(api): State<Api>, PathOf(id): PathOf<u64>) -> Answer<model::Execution> {
+    let req = pb::GetExecutionRequest { id, consistency: consistency(false) };
+    Ok(Json(api.executions.get(Request::new(req)).await?.into_inner().into()))
+}
+
+/// The execution as it is when the wait ended: 200 when final, 202 while it goes on.
+async fn outcome_or_progress(
+    api: &Api,
+    result: Result<pb::Execution, tonic::Status>,
+) -> Result<Response, ApiError> {
+    match result {
+        Ok(e) => Ok((StatusCode::OK, Json(model::Execution::from(e))).into_response()),
+        Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+            let id = status
+                .metadata()
+                .get(weft_proto::wire::EXECUTION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or(ApiError(status))?;
+            let req = pb::GetExecutionRequest { id, consistency: consistency(true) };
+            let now = api.executions.get(Request::new(req)).await?.into_inner();
+            Ok((StatusCode::ACCEPTED, Json(model::Execution::from(now))).into_response())
+        }
+        Err(status) => Err(ApiError(status)),
+    }
+}
+
+/// Waits for an execution to finish: 200 with it once final, 202 with it as it is when the
+/// wait runs out (it goes on).
+#[utoipa::path(get, path = "/v1/executions/{id}/wait", tag = "executions",
+    params(("id" = u64, Path, description = "The execution's id"), model::WaitQuery),
+    responses((status = 200, body = model::Execution), (status = 202, body = model::Execution),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn wait_execution(
+    State(api): State<Api>,
+    PathOf(id): PathOf<u64>,
+    QueryOf(q): QueryOf<model::WaitQuery>,
+) -> Result<Response, ApiError> {
+    let req = pb::WaitRequest { id, timeout_ms: q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS) };
+    let mut stream = api.executions.wait(Request::new(req)).await?.into_inner();
+    let mut last = None;
+    while let Some(change) = stream.next().await {
+        match change {
+            Ok(e) if e.status == "pending" || e.status == "assigned" => last = Some(e),
+            Ok(e) => return outcome_or_progress(&api, Ok(e)).await,
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                return match last {
+                    Some(e) => Ok((StatusCode::ACCEPTED, Json(model::Execution::from(e))).into_response()),
+                    None => outcome_or_progress(&api, Err(status)).await,
+                };
+            }
+            Err(status) => return Err(ApiError(status)),
+        }
+    }
+    Err(ApiError(tonic::Status::unavailable("the wait ended without an outcome (the node is stopping)")))
+}
+
+/// Cancels an unfinished execution and its unfinished children.
+#[utoipa::path(post, path = "/v1/executions/{id}/cancel", tag = "executions",
+    params(("id" = u64, Path, description = "The execution's id")),
+    request_body(content = Option<model::CancelBody>, description = "Optional: why"),
+    responses((status = 200, body = model::Cancelled), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn cancel_execution(
+    State(api): State<Api>,
+    PathOf(id): PathOf<u64>,
+    JsonBody(body): JsonBody<Option<model::CancelBody>>,
+) -> Answer<model::Cancelled> {
+    let reason = body.unwrap_or_default().reason;
+    let req = pb::CancelExecutionRequest { id, reason };
+    let answer = api.executions.cancel(Request::new(req)).await?.into_inner();
+    Ok(Json(model::Cancelled { cancelled: answer.cancelled }))
+}
+
+/// Calls an agent's delegate with the body as its arguments (JSON; empty: null) and waits:
+/// 200 with the execution once final (completed, failed or cancelled), 202 with it while it
+/// goes on after `timeout_ms`.
+#[utoipa::path(post, path = "/v1/call/{agent}/{delegate}", tag = "executions",
+    params(("agent" = String, Path), ("delegate" = String, Path), model::CallQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "Calling again with this key returns the first call's execution")),
+    request_body(content = Option<serde_json::Value>, description = "The arguments, any JSON value"),
+    responses((status = 200, body = model::Execution), (status = 202, body = model::Execution),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn call(
+    State(api): State<Api>,
+    PathOf((agent, delegate)): PathOf<(String, String)>,
+    QueryOf(q): QueryOf<model::CallQuery>,
+    headers: HeaderMap,
+    JsonBody(args): JsonBody<Option<serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    let create = model::CreateExecution {
+        agent,
+        delegate,
+        args: args_of(args),
+        instance: q.instance,
+        timeout_ms: None,
+        delay_ms: None,
+        priority: 0,
+        wait_for_delegate: q.wait_for_delegate,
+    };
+    let req = pb::CallRequest {
+        create: Some(create.into_pb(idempotency_key(&headers)?)),
+        timeout_ms: q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS),
+    };
+    let result = api.executions.call(Request::new(req)).await.map(tonic::Response::into_inner);
+    outcome_or_progress(&api, result).await
+}
+
+// ---- instances -------------------------------------------------------------------------------
+
+/// Instances in order of agent and id.
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(model::ListInstancesQuery),
+    responses((status = 200, body = model::InstancePage), (status = 400, body = ErrorBody)))]
+pub async fn list_instances(
+    State(api): State<Api>,
+    QueryOf(q): QueryOf<model::ListInstancesQuery>,
+) -> Answer<model::InstancePage> {
+    let page_token = match q.page_token.as_deref() {
+        None | Some("") => None,
+        Some(t) => match t.split_once('/') {
+            Some((agent, instance)) if !agent.is_empty() && !instance.is_empty() => {
+                Some(pb::InstanceRef { agent: agent.into(), instance: instance.into() })
+            }
+            _ => return Err(ApiError::invalid(format!("page_token '{t}' is not AGENT/ID"))),
+        },
+    };
+    let req = pb::ListInstancesRequest {
+        agent: q.agent.unwrap_or_default(),
+        page_token,
+        limit: q.limit.unwrap_or(0),
+        consistency: consistency(false),
+    };
+    let page = api.instances.list(Request::new(req)).await?.into_inner();
+    Ok(Json(model::InstancePage {
+        instances: page.instances.into_iter().map(Into::into).collect(),
+        next_page_token: page.next_page_token.map(|t| format!("{}/{}", t.agent, t.instance)),
+    }))
+}
+
+/// One instance.
+#[utoipa::path(get, path = "/v1/instances/{agent}/{id}", tag = "instances",
+    params(("agent" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = model::Instance), (status = 404, body = ErrorBody)))]
+pub async fn get_instance(
+    State(api): State<Api>,
+    PathOf((agent, instance)): PathOf<(String, String)>,
+) -> Answer<model::Instance> {
+    let req = pb::GetInstanceRequest { agent, instance, consistency: consistency(false) };
+    Ok(Json(api.instances.get(Request::new(req)).await?.into_inner().into()))
+}
+
+/// Starts an instance with the body as its Start arguments and waits for Start's outcome.
+#[utoipa::path(post, path = "/v1/instances/{agent}/{id}", tag = "instances",
+    params(("agent" = String, Path), ("id" = String, Path), model::WaitQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "Starting again with this key returns the first start")),
+    request_body(content = Option<serde_json::Value>, description = "The Start arguments, any JSON value"),
+    responses((status = 200, body = model::InstanceOutcome), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn start_instance(
+    State(api): State<Api>,
+    PathOf((agent, instance)): PathOf<(String, String)>,
+    QueryOf(q): QueryOf<model::WaitQuery>,
+    headers: HeaderMap,
+    JsonBody(args): JsonBody<Option<serde_json::Value>>,
+) -> Answer<model::InstanceOutcome> {
+    let req = pb::StartInstanceRequest {
+        agent,
+        instance,
+        payload: Some(model::json_payload(&args_of(args))),
+        idempotency_key: idempotency_key(&headers)?,
+        parent: None,
+        timeout_ms: q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS),
+    };
+    let answer = api.instances.start(Request::new(req)).await?.into_inner();
+    let start = answer.start.ok_or_else(|| tonic::Status::internal("a start answered no execution"))?;
+    Ok(Json(model::InstanceOutcome { execution: start.into() }))
+}
+
+/// Stops an instance: waits for its Stop delegate; then it, its state and its children are
+/// removed.
+#[utoipa::path(delete, path = "/v1/instances/{agent}/{id}", tag = "instances",
+    params(("agent" = String, Path), ("id" = String, Path), model::WaitQuery),
+    responses((status = 200, body = model::InstanceOutcome), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn stop_instance(
+    State(api): State<Api>,
+    PathOf((agent, instance)): PathOf<(String, String)>,
+    QueryOf(q): QueryOf<model::WaitQuery>,
+) -> Answer<model::InstanceOutcome> {
+    let req =
+        pb::StopInstanceRequest { agent, instance, timeout_ms: q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS) };
+    let answer = api.instances.stop(Request::new(req)).await?.into_inner();
+    let stop = answer.stop.ok_or_else(|| tonic::Status::internal("a stop answered no execution"))?;
+    Ok(Json(model::InstanceOutcome { execution: stop.into() }))
+}
+
+// ---- state -----------------------------------------------------------------------------------
+//
+// A namespace is `shared/<name>` or `instance/<agent>/<instance>`; each kind has its routes, so
+// no path segment carries a slash.
+
+fn shared(name: &str) -> String {
+    format!("shared/{name}")
+}
+
+fn of_instance(agent: &str, instance: &str) -> String {
+    format!("instance/{agent}/{instance}")
+}
+
+async fn list_in(api: &Api, namespace: String, q: model::ListKeysQuery) -> Answer<model::KeyPage> {
+    let req = pb::ListRequest {
+        namespace,
+        prefix: q.prefix.unwrap_or_default(),
+        page_token: q.page_token.unwrap_or_default(),
+        limit: q.limit.unwrap_or(0),
+        consistency: consistency(q.stale),
+    };
+    let page = api.state.list(Request::new(req)).await?.into_inner();
+    Ok(Json(model::KeyPage {
+        entries: page.entries.into_iter().map(|kv| model::KeyValue::new(kv, q.keys_only)).collect(),
+        next_page_token: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+    }))
+}
+
+async fn get_in(api: &Api, namespace: String, key: String, q: model::GetKeyQuery) -> Answer<model::KeyValue> {
+    let req =
+        pb::GetRequest { namespace: namespace.clone(), key: key.clone(), consistency: consistency(q.stale) };
+    match api.state.get(Request::new(req)).await?.into_inner().entry {
+        Some(kv) => Ok(Json(model::KeyValue::new(kv, false))),
+        None => Err(ApiError(tonic::Status::not_found(format!(
+            "no key '{}' in namespace '{}'",
+            crate::grid::namespace::clip(&key),
+            crate::grid::namespace::clip(&namespace)
+        )))),
+    }
+}
+
+async fn put_in(
+    api: &Api,
+    namespace: String,
+    key: String,
+    q: model::PutQuery,
+    value: Bytes,
+) -> Answer<model::Written> {
+    let version = match q.expected_version {
+        Some(expected_version) => {
+            if q.if_absent {
+                return Err(ApiError::invalid("give if_absent or expected_version, not both"));
+            }
+            let req = pb::CompareAndSetRequest {
+                namespace,
+                key,
+                expected_version,
+                value: value.to_vec(),
+                ttl_ms: q.ttl_ms,
+                fence: None,
+            };
+            api.state.compare_and_set(Request::new(req)).await?.into_inner().version
+        }
+        None => {
+            let req = pb::PutRequest {
+                namespace,
+                key,
+                value: value.to_vec(),
+                ttl_ms: q.ttl_ms,
+                if_absent: q.if_absent,
+                fence: None,
+            };
+            api.state.put(Request::new(req)).await?.into_inner().version
+        }
+    };
+    Ok(Json(model::Written { version }))
+}
+
+async fn delete_in(
+    api: &Api,
+    namespace: String,
+    key: String,
+    q: model::DeleteQuery,
+) -> Answer<model::Deleted> {
+    let req = pb::DeleteRequest { namespace, key, expected_version: q.expected_version, fence: None };
+    let answer = api.state.delete(Request::new(req)).await?.into_inner();
+    Ok(Json(model::Deleted { deleted: answer.deleted }))
+}
+
+/// Keys of the shared namespace `shared/{name}` in order, optionally by prefix.
+#[utoipa::path(get, path = "/v1/state/shared/{name}", tag = "state",
+    params(("name" = String, Path), model::ListKeysQuery),
+    responses((status = 200, body = model::KeyPage), (status = 400, body = ErrorBody)))]
+pub async fn list_shared(
+    State(api): State<Api>,
+    PathOf(name): PathOf<String>,
+    QueryOf(q): QueryOf<model::ListKeysQuery>,
+) -> Answer<model::KeyPage> {
+    list_in(&api, shared(&name), q).await
+}
+
+/// One key of `shared/{name}`.
+#[utoipa::path(get, path = "/v1/state/shared/{name}/{key}", tag = "state",
+    params(("name" = String, Path), ("key" = String, Path), model::GetKeyQuery),
+    responses((status = 200, body = model::KeyValue), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
+pub async fn get_shared(
+    State(api): State<Api>,
+    PathOf((name, key)): PathOf<(String, String)>,
+    QueryOf(q): QueryOf<model::GetKeyQuery>,
+) -> Answer<model::KeyValue> {
+    get_in(&api, shared(&name), key, q).await
+}
+
+/// Writes a key of `shared/{name}`: the body is the value, stored as sent (any bytes; JSON
+/// is usual).
+#[utoipa::path(put, path = "/v1/state/shared/{name}/{key}", tag = "state",
+    params(("name" = String, Path), ("key" = String, Path), model::PutQuery),
+    request_body(content = String, description = "The value, stored as sent", content_type = "application/octet-stream"),
+    responses((status = 200, body = model::Written), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn put_shared(
+    State(api): State<Api>,
+    PathOf((name, key)): PathOf<(String, String)>,
+    QueryOf(q): QueryOf<model::PutQuery>,
+    value: Bytes,
+) -> Answer<model::Written> {
+    put_in(&api, shared(&name), key, q, value).await
+}
+
+/// Deletes a key of `shared/{name}`.
+#[utoipa::path(delete, path = "/v1/state/shared/{name}/{key}", tag = "state",
+    params(("name" = String, Path), ("key" = String, Path), model::DeleteQuery),
+    responses((status = 200, body = model::Deleted), (status = 400, body = ErrorBody)))]
+pub async fn delete_shared(
+    State(api): State<Api>,
+    PathOf((name, key)): PathOf<(String, String)>,
+    QueryOf(q): QueryOf<model::DeleteQuery>,
+) -> Answer<model::Deleted> {
+    delete_in(&api, shared(&name), key, q).await
+}
+
+/// Keys of an instance's namespace in order, optionally by prefix.
+#[utoipa::path(get, path = "/v1/state/instance/{agent}/{instance}", tag = "state",
+    params(("agent" = String, Path), ("instance" = String, Path), model::ListKeysQuery),
+    responses((status = 200, body = model::KeyPage), (status = 400, body = ErrorBody)))]
+pub async fn list_instance_keys(
+    State(api): State<Api>,
+    PathOf((agent, instance)): PathOf<(String, String)>,
+    QueryOf(q): QueryOf<model::ListKeysQuery>,
+) -> Answer<model::KeyPage> {
+    list_in(&api, of_instance(&agent, &instance), q).await
+}
+
+/// One key of an instance's namespace.
+#[utoipa::path(get, path = "/v1/state/instance/{agent}/{instance}/{key}", tag = "state",
+    params(("agent" = String, Path), ("instance" = String, Path), ("key" = String, Path), model::GetKeyQuery),
+    responses((status = 200, body = model::KeyValue), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
+pub async fn get_instance_key(
+    State(api): State<Api>,
+    PathOf((agent, instance, key)): PathOf<(String, String, String)>,
+    QueryOf(q): QueryOf<model::GetKeyQuery>,
+) -> Answer<model::KeyValue> {
+    get_in(&api, of_instance(&agent, &instance), key, q).await
+}
+
+/// Writes a key of an instance's namespace (the instance must exist).
+#[utoipa::path(put, path = "/v1/state/instance/{agent}/{instance}/{key}", tag = "state",
+    params(("agent" = String, Path), ("instance" = String, Path), ("key" = String, Path), model::PutQuery),
+    request_body(content = String, description = "The value, stored as sent", content_type = "application/octet-stream"),
+    responses((status = 200, body = model::Written), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn put_instance_key(
+    State(api): State<Api>,
+    PathOf((agent, instance, key)): PathOf<(String, String, String)>,
+    QueryOf(q): QueryOf<model::PutQuery>,
+    value: Bytes,
+) -> Answer<model::Written> {
+    put_in(&api, of_instance(&agent, &instance), key, q, value).await
+}
+
+/// Deletes a key of an instance's namespace.
+#[utoipa::path(delete, path = "/v1/state/instance/{agent}/{instance}/{key}", tag = "state",
+    params(("agent" = String, Path), ("instance" = String, Path), ("key" = String, Path), model::DeleteQuery),
+    responses((status = 200, body = model::Deleted), (status = 400, body = ErrorBody)))]
+pub async fn delete_instance_key(
+    State(api): State<Api>,
+    PathOf((agent, instance, key)): PathOf<(String, String, String)>,
+    QueryOf(q): QueryOf<model::DeleteQuery>,
+) -> Answer<model::Deleted> {
+    delete_in(&api, of_instance(&agent, &instance), key, q).await
+}
+
+// ---- streams ---------------------------------------------------------------------------------
+
+/// Streams by name.
+#[utoipa::path(get, path = "/v1/streams", tag = "streams", params(model::ListStreamsQuery),
+    responses((status = 200, body = model::StreamPage), (status = 400, body = ErrorBody)))]
+pub async fn list_streams(
+    State(api): State<Api>,
+    QueryOf(q): QueryOf<model::ListStreamsQuery>,
+) -> Answer<model::StreamPage> {
+    let req = pb::ListStreamsRequest {
+        page_token: q.page_token.unwrap_or_default(),
+        limit: q.limit.unwrap_or(0),
+        consistency: consistency(false),
+    };
+    let page = api.streams.list(Request::new(req)).await?.into_inner();
+    Ok(Json(model::StreamPage {
+        streams: page
+            .streams
+            .into_iter()
+            .map(|s| model::StreamSummary {
+                name: s.name,
+                first_seq: s.first_seq,
+                last_seq: s.last_seq,
+                items: s.items,
+                bytes: s.bytes,
+                closed: s.closed,
+            })
+            .collect(),
+        next_page_token: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+    }))
+}
+
+/// Appends items to a stream, atomically.
+#[utoipa::path(post, path = "/v1/streams/{name}/items", tag = "streams",
+    params(("name" = String, Path)), request_body = model::Append,
+    responses((status = 200, body = model::Appended), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn append(
+    State(api): State<Api>,
+    PathOf(stream): PathOf<String>,
+    JsonBody(body): JsonBody<model::Append>,
+) -> Answer<model::Appended> {
+    let items = body
+        .items
+        .into_iter()
+        .map(|i| pb::NewItem {
+            key: i.key.unwrap_or_default(),
+            payload: Some(model::json_payload(&i.payload)),
+            headers: i.headers.into_iter().map(|(name, value)| pb::Header { name, value }).collect(),
+        })
+        .collect();
+    let req = pb::AppendRequest {
+        stream,
+        items,
+        expected_last_seq: body.expected_last_seq,
+        producer: None,
+        msg_id: String::new(),
+    };
+    let answer = api.streams.append(Request::new(req)).await?.into_inner();
+    Ok(Json(model::Appended { first_seq: answer.first_seq, last_seq: answer.last_seq }))
+}
+
+/// Reads stored items in order.
+#[utoipa::path(get, path = "/v1/streams/{name}/items", tag = "streams",
+    params(("name" = String, Path), model::ReadQuery),
+    responses((status = 200, body = model::ItemPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn read_items(
+    State(api): State<Api>,
+    PathOf(stream): PathOf<String>,
+    QueryOf(q): QueryOf<model::ReadQuery>,
+) -> Answer<model::ItemPage> {
+    let req = pb::ReadRequest {
+        stream,
+        from_seq: q.from_seq.unwrap_or(0),
+        limit: q.limit.unwrap_or(0),
+        filter: q.filter.unwrap_or_default(),
+        consistency: consistency(q.stale),
+    };
+    let page = api.streams.read(Request::new(req)).await?.into_inner();
+    Ok(Json(model::ItemPage {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_seq: (page.next_seq != 0).then_some(page.next_seq),
+    }))
+}
+
+/// Follows a stream live as Server-Sent Events: one `item` event per item (its JSON, with
+/// `id:` its seq), from `from_seq` or from the next append; an `end` event when the stream
+/// is closed or deleted. A client that reconnects with `Last-Event-ID` goes on after it.
+#[utoipa::path(get, path = "/v1/streams/{name}/tail", tag = "streams",
+    params(("name" = String, Path), model::TailQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Go on after this seq")),
+    responses((status = 200, content_type = "text/event-stream", body = String, description = "item events"),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn tail(
+    State(api): State<Api>,
+    PathOf(stream): PathOf<String>,
+    QueryOf(q): QueryOf<model::TailQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let permit = api.tails.clone().try_acquire_owned().map_err(|_| {
+        tonic::Status::resource_exhausted(format!(
+            "this node serves {} live tails already; retry later or on another node",
+            super::MAX_TAILS
+        ))
+    })?;
+    let last_event: Option<u64> =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+    let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(false) };
+    let info = api.streams.info(Request::new(info_req)).await?.into_inner();
+    let filter = q.filter.unwrap_or_default();
+    let mut next = match (last_event, q.from_seq) {
+        (Some(seen), _) => seen.saturating_add(1),
+        (None, Some(from)) => from,
+        (None, None) => info.last_seq.saturating_add(1),
+    };
+    let uid = info.uid;
+    let events = async_stream(move |tx| async move {
+        let _permit = permit;
+        let mut applied = api.ctx.raft.metrics();
+        loop {
+            let req = pb::ReadRequest {
+                stream: stream.clone(),
+                from_seq: next,
+                limit: 0,
+                filter: filter.clone(),
+                consistency: consistency(true),
+            };
+            let page = match api.streams.read(Request::new(req)).await {
+                Ok(page) => page.into_inner(),
+                Err(status) => {
+                    let body = serde_json::to_string(&super::error::body(&status)).unwrap_or_default();
+                    let _ = tx.send(Event::default().event("end").data(body)).await;
+                    return;
+                }
+            };
+            for item in page.items {
+                next = item.seq.saturating_add(1);
+                let id = item.seq.to_string();
+                let data = serde_json::to_string(&model::Item::from(item)).unwrap_or_default();
+                if tx.send(Event::default().event("item").id(id).data(data)).await.is_err() {
+                    return;
+                }
+            }
+            if page.next_seq != 0 {
+                next = next.max(page.next_seq);
+                continue;
+            }
+            // Caught up: a closed or replaced stream ends the tail; else wait for a change.
+            let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(true) };
+            match api.streams.info(Request::new(info_req)).await {
+                Ok(i) if i.get_ref().uid == uid && !i.get_ref().closed => {}
+                Ok(i) => {
+                    let why = if i.get_ref().closed { "closed" } else { "deleted and created again" };
+                    let _ = tx
+                        .send(Event::default().event("end").data(format!("{{\"reason\":\"{why}\"}}")))
+                        .await;
+                    return;
+                }
+                Err(status) => {
+                    let body = serde_json::to_string(&super::error::body(&status)).unwrap_or_default();
+                    let _ = tx.send(Event::default().event("end").data(body)).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = api.shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                changed = applied.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)))
+}
+
+/// Events a tail may have waiting for a slow client.
+const TAIL_BUFFER: usize = 64;
+
+/// A stream fed by `produce` through a bounded channel; it ends when `produce` returns.
+fn async_stream<F, Fut>(produce: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(TAIL_BUFFER);
+    tokio::spawn(produce(tx));
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok)))
+}
