@@ -11,7 +11,8 @@
 //!                ├─ gRPC weft.cluster.v1.Forward   (writes and read indexes from peers)
 //!                └─ HTTP /healthz /readyz /metrics
 //!   UDP listen ──── gossip (foca) ──► membership view ──► bootstrap (no cluster yet)
-//!                                                    └──► reconciler (leader) ──► raft membership
+//!                                                    ├──► reconciler (leader) ──► raft membership
+//!                                                    └──► relocation ──► addresses ──► raft network
 //! ```
 
 use std::collections::BTreeMap;
@@ -143,9 +144,11 @@ impl Node {
         let applied = state_machine.handle();
 
         let raft_config = Arc::new(config.raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
+        let addresses = crate::raft::addresses::Addresses::default();
         let network = NetworkFactory::new(
             config.cluster.clone(),
             applied.clone(),
+            addresses.clone(),
             config.max_raft_message_bytes,
             config.max_append_bytes,
         );
@@ -202,8 +205,17 @@ impl Node {
             gossip: gossip.clone(),
             bootstrap: bootstrap::State::new(config.node_id, config.cluster.clone(), mode, !seeds.is_empty()),
             reconciler: Arc::default(),
+            addresses: addresses.clone(),
         };
         tasks.spawn(gossip_service.run(shutdown.clone()));
+        tasks.spawn(membership::relocation::run(
+            raft.clone(),
+            applied.clone(),
+            gossip.clone(),
+            addresses,
+            config.cluster.clone(),
+            shutdown.clone(),
+        ));
         if mode != bootstrap::Mode::Static {
             tasks.spawn(bootstrap::run(
                 membership.bootstrap.clone(),
@@ -223,6 +235,7 @@ impl Node {
             applied.clone(),
             gossip.clone(),
             reconciler::Options {
+                cluster: config.cluster.clone(),
                 target_voters,
                 grace: Duration::from_millis(config.dead_node_grace_ms),
                 interval: RECONCILE_INTERVAL,
@@ -251,9 +264,14 @@ impl Node {
         tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
 
         let grpc = tonic::service::Routes::new(
-            RaftServer::new(RaftService::new(raft.clone(), config.cluster.clone(), applied.clone()))
-                .max_decoding_message_size(config.max_raft_message_bytes)
-                .max_encoding_message_size(config.max_raft_message_bytes),
+            RaftServer::new(RaftService::new(
+                config.node_id,
+                raft.clone(),
+                config.cluster.clone(),
+                applied.clone(),
+            ))
+            .max_decoding_message_size(config.max_raft_message_bytes)
+            .max_encoding_message_size(config.max_raft_message_bytes),
         )
         .add_service(
             StateServer::new(StateService::new(ctx.clone()))

@@ -5,6 +5,7 @@
 //!   node A ◄──UDP gossip──► node B ◄──UDP gossip──► node C      (every node: gossip::Service)
 //!     │ no Raft log yet?  bootstrap: wait for N, one node initializes Raft with N voters
 //!     │ leader?           reconciler: alive → learner → voter; down > grace (or left) → removed
+//!     │ member moved?     relocation: reach it at its new address; the reconciler rewrites it
 //!     ▼
 //!   openraft membership (replicated in the log)
 //! ```
@@ -16,6 +17,7 @@
 //! - `bootstrap`: forming a cluster (`--bootstrap-expect`) or waiting to be added.
 //! - `election_guard`: a node removed while away does not disrupt the cluster on return.
 //! - `reconciler`: on the leader, one membership change at a time.
+//! - `relocation`: a member restarted at another address is reached there at once.
 
 pub(crate) mod bootstrap;
 pub mod codec;
@@ -23,6 +25,7 @@ pub(crate) mod election_guard;
 pub mod gossip;
 pub mod identity;
 pub(crate) mod reconciler;
+pub(crate) mod relocation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +43,8 @@ pub struct Handle {
     pub(crate) bootstrap: Arc<bootstrap::State>,
     /// The reconciler's counters.
     pub(crate) reconciler: Arc<reconciler::Counters>,
+    /// Verified current addresses of members whose Raft membership entry is stale.
+    pub(crate) addresses: crate::raft::addresses::Addresses,
 }
 
 /// A lazily connecting channel to a peer's gRPC port, every call bounded by `timeout`.

@@ -20,7 +20,10 @@
 //!
 //! Gossip alone never removes or adds a node: before a removal the driver asks the node over
 //! TCP and keeps it if it answers (its UDP may be blocked), and before an addition it checks
-//! that the node is not of another cluster instance (same name, different cluster uid).
+//! that the node is not of another cluster instance (same name, different cluster uid). An
+//! address is rewritten only once the node at the new address proves to be that member
+//! ([`relocation::verify_move`](super::relocation::verify_move)); the leader's own entry is
+//! rewritten too (a lone node restarted on another port).
 //!
 //! It never proposes a change after which the old or the new voters lack a majority that is
 //! up: such a change could not commit, and would leave the cluster stuck in a joint config.
@@ -39,6 +42,8 @@ use crate::raft::Raft;
 /// How the reconciler acts.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// This node's cluster name (a moved member must answer as one of it).
+    pub cluster: String,
     /// Voters the cluster should have (odd).
     pub target_voters: usize,
     /// How long a node must be down before it is removed (a node that left goes at once).
@@ -190,7 +195,7 @@ pub fn plan(inputs: &Inputs<'_>, options: &Options) -> Option<Change> {
         if let (Ok(known), Some(m)) = (known.parse::<std::net::SocketAddr>(), inputs.view.members.get(&id))
             && m.health == Health::Alive
             && m.addr != known
-            && id != inputs.leader
+            && !inputs.excluded.contains(&id)
         {
             return Some(Change::UpdateAddress { id, addr: m.addr.to_string() });
         }
@@ -289,7 +294,9 @@ pub async fn run(
             now,
         };
         let Some(change) = plan(&inputs, &options) else { continue };
-        if let Some((id, until, why)) = vet(&change, &view, &state.addrs, applied.cluster_uid()).await {
+        if let Some((id, until, why)) =
+            vet(&change, me, &view, &state.addrs, &options.cluster, applied.cluster_uid()).await
+        {
             tracing::warn!(node_id = id, reason = %why, "membership: not changing the membership for this node now");
             excluded_until.insert(id, until);
             continue;
@@ -374,11 +381,26 @@ async fn record_cluster_uid(raft: &Raft, options: &Options) {
 /// node to leave alone, until when, and why.
 async fn vet(
     change: &Change,
+    me: NodeId,
     view: &View,
     addrs: &BTreeMap<NodeId, String>,
+    cluster: &str,
     our_uid: u64,
 ) -> Option<(NodeId, Instant, String)> {
     let now = Instant::now();
+    if let Change::UpdateAddress { id, addr } = change {
+        let old = addrs.get(id).and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        let new = addr.parse::<std::net::SocketAddr>().ok();
+        return match (old, new) {
+            _ if *id == me => None,
+            (Some(old), Some(new)) => super::relocation::verify_move(*id, old, new, cluster, our_uid)
+                .await
+                .err()
+                .map(|why| (*id, now + SILENT_RECHECK, why)),
+            // plan() compares IP:PORT addresses only.
+            _ => Some((*id, now + FOREIGN_RECHECK, format!("not an IP:PORT address: {addr}"))),
+        };
+    }
     let (id, removing) = match change {
         Change::ReplaceVoter { remove, .. } => (*remove, true),
         Change::RemoveLearner { id } => (*id, true),
@@ -453,6 +475,7 @@ mod tests {
 
     fn options() -> Options {
         Options {
+            cluster: "c".into(),
             target_voters: 3,
             grace: GRACE,
             interval: Duration::from_millis(100),
@@ -648,6 +671,14 @@ mod tests {
         assert_eq!(w.plan(), Some(Change::UpdateAddress { id: 2, addr: "127.0.0.1:7402".into() }));
         w.addrs.insert(2, "node-2.example:7402".into());
         assert_eq!(w.plan(), None, "host names are left alone");
+        w.addrs.insert(1, "127.0.0.1:9998".into());
+        assert_eq!(
+            w.plan(),
+            Some(Change::UpdateAddress { id: 1, addr: "127.0.0.1:7401".into() }),
+            "the leader's own entry is rewritten too (a lone node restarted on another port)"
+        );
+        w.excluded = set(&[1]);
+        assert_eq!(w.plan(), None, "a move the driver refused waits");
     }
 
     #[test]

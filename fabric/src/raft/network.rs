@@ -2,6 +2,10 @@
 //!
 //! Raft messages travel as versioned opaque payloads (see `weft.cluster.v1.Raft`); snapshots
 //! go in chunks of `snapshot_max_chunk_size` bytes, which openraft cuts for us.
+//!
+//! Every RPC resolves the target's address again through [`Addresses`] (a peer may have moved
+//! since openraft made the connection), and names the node it is meant for, so a node that now
+//! listens at a peer's old address refuses it instead of answering in that peer's name.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,14 +24,19 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use weft_proto::cluster::v1::{RaftPayload, SnapshotChunk, raft_client::RaftClient};
 
+use super::addresses::Addresses;
 use super::{NodeId, TypeConfig};
 use crate::codec;
+
+/// Most distinct peer addresses whose channels are kept; past it the cache starts afresh.
+const MAX_CHANNELS: usize = 64;
 
 /// Creates connections to peers; channels are shared by address and reconnect on their own.
 #[derive(Clone)]
 pub struct NetworkFactory {
     cluster: String,
     applied: super::state_machine::Handle,
+    addresses: Addresses,
     max_message_bytes: usize,
     max_append_bytes: usize,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
@@ -37,19 +46,24 @@ impl NetworkFactory {
     /// A factory for the cluster named `cluster`; messages are limited to `max_message_bytes`,
     /// and a replication message holds several entries only while it stays under
     /// `max_append_bytes`. Every message carries the cluster instance id `applied` knows.
+    /// A peer is reached at its address in `addresses` when it has one there.
     pub fn new(
         cluster: String,
         applied: super::state_machine::Handle,
+        addresses: Addresses,
         max_message_bytes: usize,
         max_append_bytes: usize,
     ) -> Self {
-        Self { cluster, applied, max_message_bytes, max_append_bytes, channels: Arc::default() }
+        Self { cluster, applied, addresses, max_message_bytes, max_append_bytes, channels: Arc::default() }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
+        }
+        if channels.len() >= MAX_CHANNELS {
+            channels.clear();
         }
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
@@ -66,41 +80,37 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
-        let client = self
-            .channel(&node.addr)
-            .map(|channel| {
-                RaftClient::new(channel)
-                    .max_decoding_message_size(self.max_message_bytes)
-                    .max_encoding_message_size(self.max_message_bytes)
-            })
-            .map_err(|e| format!("bad peer address '{}': {e}", node.addr));
-        Connection {
-            target,
-            addr: node.addr.clone(),
-            cluster: self.cluster.clone(),
-            applied: self.applied.clone(),
-            max_append_bytes: self.max_append_bytes,
-            client,
-        }
+        Connection { target, stored_addr: node.addr.clone(), addr: String::new(), factory: self.clone() }
     }
 }
 
 /// A connection to one peer.
 pub struct Connection {
     target: NodeId,
+    /// The peer's address in the membership openraft made this connection from.
+    stored_addr: String,
+    /// Where the last RPC went (for logs).
     addr: String,
-    cluster: String,
-    applied: super::state_machine::Handle,
-    max_append_bytes: usize,
-    /// The error says why no client could be made (an address that is not a valid URI).
-    client: Result<RaftClient<Channel>, String>,
+    factory: NetworkFactory,
 }
 
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl Connection {
-    fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
-        self.client.clone().map_err(|e| Unreachable::new(&std::io::Error::other(e)))
+    /// A client for the peer at its current address.
+    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
+        let addr = self.factory.addresses.resolve(self.target, &self.stored_addr);
+        let f = &self.factory;
+        let client = f
+            .channel(&addr)
+            .map(|channel| {
+                RaftClient::new(channel)
+                    .max_decoding_message_size(f.max_message_bytes)
+                    .max_encoding_message_size(f.max_message_bytes)
+            })
+            .map_err(|e| Unreachable::new(&std::io::Error::other(format!("bad peer address '{addr}': {e}"))));
+        self.addr = addr;
+        client
     }
 
     fn request<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
@@ -113,8 +123,9 @@ impl Connection {
         RaftPayload {
             format: u32::from(codec::FORMAT_BINCODE_V1),
             payload: codec::encode(msg),
-            cluster: self.cluster.clone(),
-            cluster_uid: self.applied.cluster_uid(),
+            cluster: self.factory.cluster.clone(),
+            cluster_uid: self.factory.applied.cluster_uid(),
+            target_id: self.target,
         }
     }
 
@@ -131,8 +142,9 @@ impl Connection {
 
 fn status_to_rpc_error<E: std::error::Error>(addr: &str, status: tonic::Status) -> RpcError<E> {
     match status.code() {
-        // The peer is down or its port is closed: back off instead of retrying hot.
-        tonic::Code::Unavailable | tonic::Code::Unknown => {
+        // The peer is down or its port is closed, or another node listens there now: back off
+        // instead of retrying hot.
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
             tracing::debug!(%addr, %status, "peer unreachable");
             RPCError::Unreachable(Unreachable::new(&status))
         }
@@ -152,14 +164,15 @@ impl RaftNetwork<TypeConfig> for Connection {
         // follower's fsync) and resends the same range on timeout; only PayloadTooLarge makes
         // it send fewer entries. So a message over the byte budget is refused here with a
         // hint of how many entries fit; a single entry always goes.
-        if payload.payload.len() > self.max_append_bytes && rpc.entries.len() > 1 {
+        let max_append_bytes = self.factory.max_append_bytes;
+        if payload.payload.len() > max_append_bytes && rpc.entries.len() > 1 {
             let mut total = 0;
             let fit = rpc
                 .entries
                 .iter()
                 .take_while(|e| {
                     total += codec::encode(e).len();
-                    total <= self.max_append_bytes
+                    total <= max_append_bytes
                 })
                 .count();
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit.max(1) as u64)));
@@ -190,8 +203,9 @@ impl RaftNetwork<TypeConfig> for Connection {
             offset: rpc.offset,
             data: rpc.data,
             done: rpc.done,
-            cluster: self.cluster.clone(),
-            cluster_uid: self.applied.cluster_uid(),
+            cluster: self.factory.cluster.clone(),
+            cluster_uid: self.factory.applied.cluster_uid(),
+            target_id: self.target,
         };
         let req = self.request(chunk, &option);
         self.reply(client.install_snapshot(req).await)

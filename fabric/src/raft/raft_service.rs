@@ -11,19 +11,30 @@ use crate::codec;
 
 /// Serves `weft.cluster.v1.Raft` for one node.
 pub struct RaftService {
+    id: NodeId,
     raft: Raft,
     cluster: String,
     applied: super::state_machine::Handle,
 }
 
 impl RaftService {
-    /// A service feeding `raft`, refusing messages from clusters other than `cluster`, and from
-    /// other instances of it once `applied` knows this cluster's instance id.
-    pub fn new(raft: Raft, cluster: String, applied: super::state_machine::Handle) -> Self {
-        Self { raft, cluster, applied }
+    /// A service feeding `raft` of node `id`, refusing messages meant for another node id, from
+    /// clusters other than `cluster`, and from other instances of it once `applied` knows this
+    /// cluster's instance id.
+    pub fn new(id: NodeId, raft: Raft, cluster: String, applied: super::state_machine::Handle) -> Self {
+        Self { id, raft, cluster, applied }
     }
 
-    fn check(&self, format: u32, cluster: &str, uid: u64) -> Result<(), Status> {
+    fn check(&self, format: u32, cluster: &str, uid: u64, target: NodeId) -> Result<(), Status> {
+        // Checked first: a node that took over another's old address must not answer (vote,
+        // acknowledge entries) in that node's name, whatever else the message says.
+        if target != 0 && target != self.id {
+            tracing::debug!(target, "refused a Raft message meant for another node");
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {target}: the sender has a stale address for node {target}",
+                self.id
+            )));
+        }
         if cluster != self.cluster {
             tracing::warn!(from_cluster = cluster, "refused Raft message from another cluster");
             return Err(Status::permission_denied(format!(
@@ -54,7 +65,7 @@ impl RaftService {
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, msg: &RaftPayload) -> Result<T, Status> {
-        self.check(msg.format, &msg.cluster, msg.cluster_uid)?;
+        self.check(msg.format, &msg.cluster, msg.cluster_uid, msg.target_id)?;
         codec::decode(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("malformed Raft payload: {e}")))
     }
@@ -67,6 +78,7 @@ impl RaftService {
             payload: codec::encode(result),
             cluster: self.cluster.clone(),
             cluster_uid: self.applied.cluster_uid(),
+            target_id: 0,
         }))
     }
 }
@@ -88,7 +100,7 @@ impl raft_server::Raft for RaftService {
         request: Request<SnapshotChunk>,
     ) -> Result<Response<RaftPayload>, Status> {
         let chunk = request.into_inner();
-        self.check(chunk.format, &chunk.cluster, chunk.cluster_uid)?;
+        self.check(chunk.format, &chunk.cluster, chunk.cluster_uid, chunk.target_id)?;
         let (vote, meta): (Vote<NodeId>, SnapshotMeta<NodeId, openraft::BasicNode>) =
             codec::decode(&chunk.meta)
                 .map_err(|e| Status::invalid_argument(format!("malformed snapshot meta: {e}")))?;

@@ -120,11 +120,21 @@ impl Context {
         match m.current_leader {
             Some(id) if id == self.node_id => Leader::Local,
             Some(id) => match m.membership_config.membership().get_node(&id) {
-                Some(node) => Leader::Remote { id, addr: node.addr.clone() },
+                Some(node) => Leader::Remote { id, addr: self.membership.addresses.resolve(id, &node.addr) },
                 None => Leader::Unknown,
             },
             None => Leader::Unknown,
         }
+    }
+
+    /// Where a client should go for leader `id`, known at `node` in the membership: its
+    /// current address when it moved.
+    pub fn leader_hint(&self, id: Option<NodeId>, node: Option<openraft::BasicNode>) -> Option<String> {
+        let node = node?;
+        Some(match id {
+            Some(id) => self.membership.addresses.resolve(id, &node.addr),
+            None => node.addr,
+        })
     }
 
     /// A shared channel to a peer's API, for forwarding.
@@ -185,7 +195,7 @@ impl Context {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { leader: f.leader_node.map(|n| n.addr) })
+                Err(Error::NotLeader { leader: self.leader_hint(f.leader_id, f.leader_node) })
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
                 Err(Error::Unavailable(format!("leader cannot reach a quorum: {q}")))

@@ -84,7 +84,8 @@ impl cpb::forward_server::Forward for ForwardService {
                 Ok(Response::new(cpb::ReadIndexReply { index: read_log_id.map_or(0, |l| l.index) }))
             }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { leader: f.leader_node.map(|n| n.addr) }.into_status())
+                Err(Error::NotLeader { leader: self.ctx.leader_hint(f.leader_id, f.leader_node) }
+                    .into_status())
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
                 Err(Error::Unavailable(format!("leader cannot reach a quorum: {q}")).into_status())

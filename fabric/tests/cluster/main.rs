@@ -1,6 +1,7 @@
 //! Integration tests: real nodes over real sockets on 127.0.0.1 with ephemeral ports. Each
 //! test builds its own cluster, so they run in parallel.
 
+mod addresses;
 mod bad_input;
 mod cli;
 mod cli_executions;
