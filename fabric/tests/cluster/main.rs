@@ -10,6 +10,7 @@ mod delegates;
 mod demand;
 mod executions;
 mod failover;
+mod http_api;
 mod leases;
 mod membership;
 mod membership_process;
