@@ -21,6 +21,7 @@
 //!   `tonic::Status`.
 //! - `convert`: generated protobuf types to domain types and back, in one place.
 //! - `http`: `/healthz`, `/readyz`, `/metrics`.
+//! - `readiness`: whether this node can serve now (the rule `/readyz` and gRPC health share).
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
@@ -40,6 +41,7 @@ pub(crate) mod http;
 pub mod membership;
 pub mod node;
 pub mod raft;
+pub(crate) mod readiness;
 pub(crate) mod routing;
 pub(crate) mod sessions;
 pub mod testing;

@@ -43,12 +43,13 @@ use crate::data_dir::{self, DataDir};
 use crate::http;
 use crate::membership::{self, bootstrap, gossip, reconciler};
 use crate::raft::Raft;
+use crate::raft::leader_contact::LeaderContact;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::raft_service::RaftService;
 use crate::raft::state_machine::{self, StateMachine};
 use crate::routing::{self, ForwardService, proposer};
-use crate::{sessions, watch};
+use crate::{readiness, sessions, watch};
 
 /// A member other than the lowest-id one initializes the cluster itself after this many
 /// election timeouts without hearing from a leader.
@@ -83,6 +84,10 @@ pub enum Error {
     #[error(transparent)]
     Gossip(#[from] gossip::Error),
 }
+
+/// A leader not acked by a quorum, or a follower not contacted by its leader, for this many
+/// `election_timeout_max_ms` is not ready (see [`readiness`]).
+pub const QUORUM_TIMEOUT_ELECTION_TIMEOUTS: u64 = 2;
 
 /// How often the leader's reconciler looks for a membership change to make.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
@@ -249,11 +254,25 @@ impl Node {
         );
         tasks.spawn(proposer.run(shutdown.clone()));
         tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
+        let leader_contact = LeaderContact::default();
+        let probe = readiness::Probe::new(
+            raft.clone(),
+            config.cluster.clone(),
+            membership.clone(),
+            leader_contact.clone(),
+            Duration::from_millis(QUORUM_TIMEOUT_ELECTION_TIMEOUTS * config.election_timeout_max_ms),
+        );
+        tasks.spawn(readiness::run(probe.clone(), shutdown.clone()));
 
         let grpc = tonic::service::Routes::new(
-            RaftServer::new(RaftService::new(raft.clone(), config.cluster.clone(), applied.clone()))
-                .max_decoding_message_size(config.max_raft_message_bytes)
-                .max_encoding_message_size(config.max_raft_message_bytes),
+            RaftServer::new(RaftService::new(
+                raft.clone(),
+                config.cluster.clone(),
+                applied.clone(),
+                leader_contact.clone(),
+            ))
+            .max_decoding_message_size(config.max_raft_message_bytes)
+            .max_encoding_message_size(config.max_raft_message_bytes),
         )
         .add_service(
             StateServer::new(StateService::new(ctx.clone()))
@@ -288,8 +307,7 @@ impl Node {
                 .max_encoding_message_size(config.max_message_bytes),
         )
         .into_axum_router();
-        let quorum_timeout = Duration::from_millis(2 * config.election_timeout_max_ms);
-        let app = grpc.merge(http::router(ctx, quorum_timeout));
+        let app = grpc.merge(http::router(ctx, probe));
         let listener = listener.tap_io(|tcp| {
             // Small RPCs must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);

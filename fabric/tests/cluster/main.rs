@@ -8,6 +8,7 @@ mod cli_streams;
 mod demand;
 mod executions;
 mod failover;
+mod health;
 mod leases;
 mod membership;
 mod membership_process;
