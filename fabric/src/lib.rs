@@ -22,6 +22,7 @@
 //! - `convert`: generated protobuf types to domain types and back, in one place.
 //! - `http`: `/healthz`, `/readyz`, `/metrics`.
 //! - `readiness`: whether this node can serve now (the rule `/readyz` and gRPC health share).
+//! - `health`: `grpc.health.v1.Health`, kept in step with readiness.
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
@@ -37,6 +38,7 @@ pub mod config;
 pub(crate) mod convert;
 pub mod data_dir;
 pub mod grid;
+pub(crate) mod health;
 pub(crate) mod http;
 pub mod membership;
 pub mod node;
