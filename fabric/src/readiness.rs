@@ -18,8 +18,9 @@
 //! `quorum_timeout` is 2 × `election_timeout_max_ms` (1 s by default): a leader heartbeats
 //! every `heartbeat_interval_ms`, so a live leader and its followers never come near it.
 //!
-//! [`run`] re-judges on every Raft metrics change and every [`TICK`], so that a leader's start
-//! is noticed when it happens and [`Probe::subscribe`] sees a change within a tick.
+//! [`run`] re-judges on Raft metrics changes (at most every [`MIN_CHECK_GAP`]) and every
+//! [`TICK`], so that a leader's start is noticed when it happens and [`Probe::subscribe`] sees
+//! a change within a tick.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,9 @@ use crate::raft::leader_contact::{Contact, LeaderContact};
 
 /// How often [`run`] judges readiness when Raft's metrics do not change.
 pub const TICK: Duration = Duration::from_millis(250);
+/// The least time between two judgements of [`run`]: openraft publishes its metrics after
+/// every batch of messages it handles, thousands of times a second under load.
+pub const MIN_CHECK_GAP: Duration = Duration::from_millis(50);
 
 /// Whether this node can serve, and why (a line for an operator).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +139,8 @@ impl Probe {
     }
 }
 
-/// Judges readiness until `shutdown`: on every Raft metrics change and every [`TICK`].
+/// Judges readiness until `shutdown`: on a Raft metrics change and every [`TICK`], at most
+/// once per [`MIN_CHECK_GAP`].
 pub async fn run(probe: Probe, shutdown: CancellationToken) {
     let mut metrics = probe.0.raft.metrics();
     loop {
@@ -143,11 +148,16 @@ pub async fn run(probe: Probe, shutdown: CancellationToken) {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(MIN_CHECK_GAP) => {}
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() {
                 // Raft stopped: the node is shutting down.
                 return;
             },
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(TICK - MIN_CHECK_GAP) => {}
         }
     }
 }
