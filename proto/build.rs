@@ -1,5 +1,6 @@
-//! Compiles the `.proto` files with protox (pure Rust, no system `protoc`) and generates the
-//! tonic clients and servers.
+//! Compiles the `.proto` files with protox (pure Rust, no system `protoc`), generates the
+//! tonic clients and servers, and writes the encoded file descriptor set that the node's gRPC
+//! reflection service serves (`FILE_DESCRIPTOR_SET`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -16,7 +17,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }
-    let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_source_info(true).include_imports(true).open_files(files)?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("weft_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

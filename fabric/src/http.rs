@@ -1,62 +1,30 @@
 //! HTTP endpoints served on the gRPC port: `/healthz` (the process is up), `/readyz` (the node
-//! knows a leader and can serve requests) and `/metrics` (Prometheus text format).
+//! can serve requests: see [`crate::readiness`]) and `/metrics` (Prometheus text format).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
+use crate::readiness::Probe;
 use crate::routing::Context;
 
-/// The HTTP routes of a node.
-///
-/// A leader that has not heard from a quorum for `quorum_timeout` reports not ready: it
-/// cannot commit, so requests sent to it would only wait.
-pub fn router(ctx: Context, quorum_timeout: Duration) -> Router {
+/// The HTTP routes of a node; `/readyz` answers what `probe` judges.
+pub fn router(ctx: Context, probe: Probe) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(move |state| readyz(state, quorum_timeout)))
+        .route("/readyz", get(move || readyz(probe)))
         .route("/metrics", get(metrics))
         .with_state(ctx)
 }
 
-async fn readyz(State(ctx): State<Context>, quorum_timeout: Duration) -> (StatusCode, String) {
-    let metrics = ctx.raft.metrics();
-    let m = metrics.borrow();
-    if let Some(ms) = m.millis_since_quorum_ack
-        && m.current_leader == Some(m.id)
-        && u128::from(ms) > quorum_timeout.as_millis()
-    {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: node {} leads but has not heard from a quorum for {ms} ms\n", m.id),
-        );
-    }
-    match m.current_leader {
-        Some(leader) => (
-            StatusCode::OK,
-            format!("ready: node {} of cluster '{}', leader is node {leader}\n", m.id, ctx.cluster),
-        ),
-        None if !crate::membership::bootstrap::initialized_in(&m) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: node {} is in no cluster yet: {}\n",
-                m.id,
-                ctx.membership.bootstrap.join_state()
-            ),
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: node {} knows no leader (term {}); waiting for an election or for peers\n",
-                m.id, m.current_term
-            ),
-        ),
-    }
+async fn readyz(probe: Probe) -> (StatusCode, String) {
+    let verdict = probe.check();
+    let code = if verdict.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, verdict.reason)
 }
 
 async fn metrics(State(ctx): State<Context>) -> String {

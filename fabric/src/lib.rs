@@ -21,6 +21,8 @@
 //!   `tonic::Status`.
 //! - `convert`: generated protobuf types to domain types and back, in one place.
 //! - `http`: `/healthz`, `/readyz`, `/metrics`.
+//! - `readiness`: whether this node can serve now (the rule `/readyz` and gRPC health share).
+//! - `health`: `grpc.health.v1.Health`, kept in step with readiness.
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
@@ -36,10 +38,12 @@ pub mod config;
 pub(crate) mod convert;
 pub mod data_dir;
 pub mod grid;
+pub(crate) mod health;
 pub(crate) mod http;
 pub mod membership;
 pub mod node;
 pub mod raft;
+pub(crate) mod readiness;
 pub(crate) mod rest;
 pub(crate) mod routing;
 pub(crate) mod sessions;

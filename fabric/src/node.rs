@@ -9,6 +9,8 @@
 //!                ├─ gRPC weft.fabric.v1.Instances
 //!                ├─ gRPC weft.fabric.v1.Scaling   (WatchDemand) ◄── watch hub
 //!                ├─ gRPC weft.cluster.v1.Forward   (writes and read indexes from peers)
+//!                ├─ gRPC grpc.health.v1.Health    ◄── health ◄── readiness ──► HTTP /readyz
+//!                ├─ gRPC grpc.reflection.v1 and v1alpha (weft_proto::FILE_DESCRIPTOR_SET)
 //!                └─ HTTP /healthz /readyz /metrics
 //!   UDP listen ──── gossip (foca) ──► membership view ──► bootstrap (no cluster yet)
 //!                                                    ├──► reconciler (leader) ──► raft membership
@@ -24,6 +26,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 use weft_proto::cluster::v1::forward_server::ForwardServer;
 use weft_proto::cluster::v1::raft_server::RaftServer;
 use weft_proto::fabric::v1::cluster_server::ClusterServer;
@@ -44,12 +47,13 @@ use crate::data_dir::{self, DataDir};
 use crate::http;
 use crate::membership::{self, bootstrap, gossip, reconciler};
 use crate::raft::Raft;
+use crate::raft::leader_contact::LeaderContact;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::raft_service::RaftService;
 use crate::raft::state_machine::{self, StateMachine};
 use crate::routing::{self, ForwardService, proposer};
-use crate::{sessions, watch};
+use crate::{health, readiness, sessions, watch};
 
 /// A member other than the lowest-id one initializes the cluster itself after this many
 /// election timeouts without hearing from a leader.
@@ -83,7 +87,30 @@ pub enum Error {
     /// Gossip could not start.
     #[error(transparent)]
     Gossip(#[from] gossip::Error),
+    /// The gRPC reflection service refused the compiled protos (a build defect).
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
+
+/// The full gRPC names of the Weft services a node serves: each has a `grpc.health.v1.Health`
+/// status of its own (the same as the whole server's).
+fn weft_service_names() -> Vec<&'static str> {
+    vec![
+        <RaftServer<RaftService> as NamedService>::NAME,
+        <StateServer<StateService> as NamedService>::NAME,
+        <ClusterServer<ClusterService> as NamedService>::NAME,
+        <ExecutionsServer<ExecutionService> as NamedService>::NAME,
+        <InstancesServer<InstanceService> as NamedService>::NAME,
+        <StreamsServer<StreamService> as NamedService>::NAME,
+        <LeasesServer<LeaseService> as NamedService>::NAME,
+        <ScalingServer<ScalingService> as NamedService>::NAME,
+        <ForwardServer<ForwardService> as NamedService>::NAME,
+    ]
+}
+
+/// A leader not acked by a quorum, or a follower not contacted by its leader, for this many
+/// `election_timeout_max_ms` is not ready (see [`readiness`]).
+pub const QUORUM_TIMEOUT_ELECTION_TIMEOUTS: u64 = 2;
 
 /// How often the leader's reconciler looks for a membership change to make.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
@@ -262,6 +289,25 @@ impl Node {
         );
         tasks.spawn(proposer.run(shutdown.clone()));
         tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
+        let leader_contact = LeaderContact::default();
+        let probe = readiness::Probe::new(
+            raft.clone(),
+            config.cluster.clone(),
+            membership.clone(),
+            leader_contact.clone(),
+            Duration::from_millis(QUORUM_TIMEOUT_ELECTION_TIMEOUTS * config.election_timeout_max_ms),
+        );
+        tasks.spawn(readiness::run(probe.clone(), shutdown.clone()));
+        let (health_server, health) = health::Service::new(probe.clone(), weft_service_names()).await;
+        tasks.spawn(health.run(shutdown.clone()));
+        // Reflection serves the Weft protos and the health service's, so grpcurl needs none.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let grpc = tonic::service::Routes::new(
             RaftServer::new(RaftService::new(
@@ -269,6 +315,7 @@ impl Node {
                 raft.clone(),
                 config.cluster.clone(),
                 applied.clone(),
+                leader_contact.clone(),
             ))
             .max_decoding_message_size(config.max_raft_message_bytes)
             .max_encoding_message_size(config.max_raft_message_bytes),
@@ -305,10 +352,12 @@ impl Node {
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )
+        .add_service(health_server)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .into_axum_router();
-        let quorum_timeout = Duration::from_millis(2 * config.election_timeout_max_ms);
         let app = grpc
-            .merge(http::router(ctx.clone(), quorum_timeout))
+            .merge(http::router(ctx.clone(), probe))
             .merge(crate::rest::router(ctx, shutdown.clone(), config.max_message_bytes))
             .fallback(crate::rest::not_found);
         let listener = listener.tap_io(|tcp| {

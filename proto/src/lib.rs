@@ -7,11 +7,17 @@
 //!   `Executions`, `Instances`, `Streams`, `Leases`, `Scaling`).
 //! - [`wire`]: the contract beyond the `.proto` files: metadata names, what a failed call's
 //!   status says about whether it was applied, and limits clients check before sending.
+//! - [`FILE_DESCRIPTOR_SET`]: every `.proto` file above, compiled, for gRPC server reflection.
 //!
 //! The generated types stay at the edge: the fabric converts them to its domain types in one
 //! place (`weft_fabric::convert`).
 
 pub mod wire;
+
+/// The encoded `google.protobuf.FileDescriptorSet` of every Weft `.proto` file (with source
+/// comments and imports): what a node's gRPC reflection service serves, so tools such as
+/// `grpcurl` need no `.proto` files.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weft_descriptor.bin"));
 
 /// Node-to-node services.
 pub mod cluster {

@@ -2,14 +2,16 @@
 //!
 //! The split follows openraft's examples: `log_store` (sled-backed log and vote),
 //! [`state_machine`] (the grid plus snapshot files), `network` (tonic client to peers) and
-//! `raft_service` (the gRPC service that receives peers' Raft RPCs); `addresses` holds where
-//! peers whose membership entry is stale are now.
+//! `raft_service` (the gRPC service that receives peers' Raft RPCs, recording in
+//! [`leader_contact`] when a leader was last heard from); `addresses` holds where peers whose
+//! membership entry is stale are now.
 //!
 //! A log entry's application payload is a [`Request`]: a batch of grid commands stamped with
 //! the leader's clock. Batching many client writes into one entry is how the leader turns
 //! 64 concurrent clients into one fsync'd append.
 
 pub(crate) mod addresses;
+pub mod leader_contact;
 pub(crate) mod log_store;
 pub(crate) mod network;
 pub(crate) mod raft_service;

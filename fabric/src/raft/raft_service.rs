@@ -1,11 +1,12 @@
 //! The gRPC service that receives peers' Raft RPCs and hands them to the local Raft node.
 
-use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
 use openraft::{SnapshotMeta, Vote};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 use weft_proto::cluster::v1::{RaftPayload, SnapshotChunk, raft_server};
 
+use super::leader_contact::LeaderContact;
 use super::{NodeId, Raft, TypeConfig};
 use crate::codec;
 
@@ -15,14 +16,22 @@ pub struct RaftService {
     raft: Raft,
     cluster: String,
     applied: super::state_machine::Handle,
+    contact: LeaderContact,
 }
 
 impl RaftService {
     /// A service feeding `raft` of node `id`, refusing messages meant for another node id, from
     /// clusters other than `cluster`, and from other instances of it once `applied` knows this
-    /// cluster's instance id.
-    pub fn new(id: NodeId, raft: Raft, cluster: String, applied: super::state_machine::Handle) -> Self {
-        Self { id, raft, cluster, applied }
+    /// cluster's instance id. It records in `contact` each message from a leader that `raft`
+    /// accepts.
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        cluster: String,
+        applied: super::state_machine::Handle,
+        contact: LeaderContact,
+    ) -> Self {
+        Self { id, raft, cluster, applied, contact }
     }
 
     fn check(&self, format: u32, cluster: &str, uid: u64, target: NodeId) -> Result<(), Status> {
@@ -91,8 +100,17 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let req = self.decode(request.get_ref())?;
-        self.reply(&self.raft.append_entries(req).await)
+        let req: AppendEntriesRequest<TypeConfig> = self.decode(request.get_ref())?;
+        let leader = req.vote.leader_id().voted_for();
+        let result = self.raft.append_entries(req).await;
+        // Any answer but "my vote is higher" means this node took the sender as its leader
+        // (a conflicting log is still the leader's to repair).
+        if let (Some(leader), Ok(resp)) = (leader, &result)
+            && !matches!(resp, AppendEntriesResponse::HigherVote(_))
+        {
+            self.contact.record(leader);
+        }
+        self.reply(&result)
     }
 
     async fn install_snapshot(
@@ -104,6 +122,7 @@ impl raft_server::Raft for RaftService {
         let (vote, meta): (Vote<NodeId>, SnapshotMeta<NodeId, openraft::BasicNode>) =
             codec::decode(&chunk.meta)
                 .map_err(|e| Status::invalid_argument(format!("malformed snapshot meta: {e}")))?;
+        let leader = vote.leader_id().voted_for();
         let req = InstallSnapshotRequest::<TypeConfig> {
             vote,
             meta,
@@ -111,6 +130,13 @@ impl raft_server::Raft for RaftService {
             data: chunk.data,
             done: chunk.done,
         };
-        self.reply(&self.raft.install_snapshot(req).await)
+        let result = self.raft.install_snapshot(req).await;
+        // Accepted when this node's vote is now the sender's.
+        if let (Some(leader), Ok(resp)) = (leader, &result)
+            && resp.vote.leader_id() == vote.leader_id()
+        {
+            self.contact.record(leader);
+        }
+        self.reply(&result)
     }
 }

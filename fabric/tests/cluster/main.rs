@@ -10,6 +10,7 @@ mod delegates;
 mod demand;
 mod executions;
 mod failover;
+mod health;
 mod http_api;
 mod leases;
 mod membership;
