@@ -193,8 +193,8 @@ impl WorkerBuilder {
     /// [`from_env`](Self::from_env) over any source of variables (tests give a map).
     fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         if let Some(endpoints) = var(env::ENDPOINT) {
-            self.endpoints =
-                endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+            self.endpoints = crate::parse_endpoints(&endpoints)
+                .map_err(|e| Error::Usage(format!("{}='{endpoints}': {e}", env::ENDPOINT)))?;
         }
         if self.endpoints.is_empty() {
             return Err(Error::Usage(format!(
@@ -823,6 +823,8 @@ mod tests {
         assert!(e.to_string().contains("WEFT_CAPACITY='many'"), "{e}");
         let e = from(&[(env::ENDPOINT, "a:1"), (env::AGENT, "counter")]).unwrap_err();
         assert!(e.to_string().contains("WEFT_INSTANCE"), "{e}");
+        let e = from(&[(env::ENDPOINT, "127.0.0.1:1,127.0.0.1")]).unwrap_err().to_string();
+        assert!(e.contains("WEFT_ENDPOINT=") && e.contains("'127.0.0.1' has no port"), "{e}");
         let e = from(&[(env::ENDPOINT, "a:1"), (env::DRAIN_TIMEOUT_MS, "-1")]).unwrap_err();
         assert!(e.to_string().contains(env::DRAIN_TIMEOUT_MS), "{e}");
     }

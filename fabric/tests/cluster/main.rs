@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod cli_endpoints;
 mod cli_executions;
 mod cli_streams;
 mod demand;
