@@ -10,6 +10,7 @@ mod demand;
 mod executions;
 mod failover;
 mod leases;
+mod logs;
 mod membership;
 mod membership_process;
 mod process;
