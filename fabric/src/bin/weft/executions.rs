@@ -7,7 +7,7 @@ use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 
 use crate::args::{DEFAULT_WAIT, parse_duration_ms};
 use crate::connect::{self, REQUEST_TIMEOUT, consistency};
-use crate::render::{age, execution_json, fail, non_empty, outcome, outln, payload_text};
+use crate::render::{age, execution_json, fail, non_empty, outcome, outln, payload_text, until};
 
 /// Execution statuses `executions list --status` accepts.
 const STATUSES: [&str; 5] = ["pending", "assigned", "completed", "failed", "cancelled"];
@@ -68,7 +68,7 @@ pub enum Op {
 /// Executions as a table, one line each.
 fn print_executions(executions: &[pb::Execution]) {
     outln!(
-        "{:>8} {:<16} {:<12} {:<16} {:<10} {:>8} {:>6}",
+        "{:>8} {:<16} {:<12} {:<16} {:<22} {:>8} {:>6}",
         "ID",
         "AGENT",
         "INSTANCE",
@@ -79,21 +79,29 @@ fn print_executions(executions: &[pb::Execution]) {
     );
     for e in executions {
         outln!(
-            "{:>8} {:<16} {:<12} {:<16} {:<10} {:>8} {:>6}",
+            "{:>8} {:<16} {:<12} {:<16} {:<22} {:>8} {:>6}",
             e.id,
             e.agent,
             non_empty(&e.instance).unwrap_or("-"),
             e.delegate,
-            e.status,
+            status_text(e),
             e.attempts,
             age(e.created_ms)
         );
     }
 }
 
+/// Its status, and for a pending execution delayed into the future, when it runs.
+fn status_text(e: &pb::Execution) -> String {
+    match e.not_before_ms {
+        Some(at) if e.status == "pending" && until(at) != "0ms" => format!("pending, runs in {}", until(at)),
+        _ => e.status.clone(),
+    }
+}
+
 /// One execution in detail: a headline, then one line per field it has.
 fn print_execution(e: &pb::Execution) {
-    outln!("execution {}  {}/{}  {}  attempts {}", e.id, e.agent, e.delegate, e.status, e.attempts);
+    outln!("execution {}  {}/{}  {}  attempts {}", e.id, e.agent, e.delegate, status_text(e), e.attempts);
     let line = |name: &str, value: String| outln!("  {name:<16} {value}");
     if let Some(instance) = non_empty(&e.instance) {
         line("instance", instance.to_owned());
@@ -103,7 +111,8 @@ fn print_execution(e: &pb::Execution) {
     }
     line("created_ms", format!("{} ({} ago)", e.created_ms, age(e.created_ms)));
     if let Some(at) = e.not_before_ms {
-        line("not_before_ms", at.to_string());
+        let when = if until(at) == "0ms" { "due".to_owned() } else { format!("runs in {}", until(at)) };
+        line("not_before_ms", format!("{at} ({when})"));
     }
     if let Some(at) = e.deadline_ms {
         line("deadline_ms", at.to_string());
