@@ -110,8 +110,9 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, Error> {
 /// ```
 pub fn check_endpoint(endpoint: &str) -> Result<String, Error> {
     let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    let parsed: tonic::codegen::http::Uri =
-        uri.parse().map_err(|e| Error::Usage(format!("invalid endpoint '{endpoint}': {e} (expected HOST:PORT)")))?;
+    let parsed: tonic::codegen::http::Uri = uri
+        .parse()
+        .map_err(|e| Error::Usage(format!("invalid endpoint '{endpoint}': {e} (expected HOST:PORT)")))?;
     if parsed.host().is_none_or(str::is_empty) {
         return Err(Error::Usage(format!("invalid endpoint '{endpoint}': no host (expected HOST:PORT)")));
     }

@@ -59,8 +59,8 @@ impl RepeatLimit {
         Self { every, seen: Mutex::new(HashMap::new()) }
     }
 
-    /// Whether an occurrence of `key` at `now` is logged; `Some(n)` when `n` repeats were
-    /// dropped before it and a summary should say so.
+    /// Whether an occurrence of `key` at `now` is logged, and how many repeats were dropped
+    /// before it (a summary says so when that is more than 0).
     fn admit(&self, key: u64, now: Instant) -> (bool, u64) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = seen.get_mut(&key) {
@@ -108,11 +108,16 @@ impl PeerOf {
         if let Some(f) = &self.field {
             return Some(f);
         }
-        self.text.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')' || c == '"').find(|w| {
-            w.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && host.contains('.') && !port.is_empty() && port.chars().all(|c| c.is_ascii_digit())
-            })
-        })
+        self.text.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')' || c == '"').find(
+            |w| {
+                w.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty()
+                        && host.contains('.')
+                        && !port.is_empty()
+                        && port.chars().all(|c| c.is_ascii_digit())
+                })
+            },
+        )
     }
 }
 
@@ -176,7 +181,10 @@ mod tests {
 
     #[test]
     fn the_peer_is_a_field_or_an_address_in_the_text() {
-        let p = PeerOf { field: None, text: " heartbeat error: ConnectError(\"tcp\", 127.0.0.1:17433, Os".into() };
+        let p = PeerOf {
+            field: None,
+            text: " heartbeat error: ConnectError(\"tcp\", 127.0.0.1:17433, Os".into(),
+        };
         assert_eq!(p.peer(), Some("127.0.0.1:17433"));
         let p = PeerOf { field: Some("3".into()), text: String::new() };
         assert_eq!(p.peer(), Some("3"));

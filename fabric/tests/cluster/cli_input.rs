@@ -16,7 +16,8 @@ async fn values_come_from_files_and_stdin_and_keys_list_alone() {
     tracing::info!("phase: state put from a file and from stdin; @@ keeps a literal @");
     let (code, _, err) = weft(&ep, &["state", "put", "shared/in", "a", &at_file]).await;
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = weft_with_stdin(&ep, &["state", "put", "shared/in", "b", "-"], Some("from stdin")).await;
+    let (code, _, err) =
+        weft_with_stdin(&ep, &["state", "put", "shared/in", "b", "-"], Some("from stdin")).await;
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = weft(&ep, &["state", "put", "shared/in", "c", "@@handle"]).await;
     assert_eq!(code, 0, "{err}");
@@ -48,7 +49,8 @@ async fn values_come_from_files_and_stdin_and_keys_list_alone() {
     assert!(out.contains("\"big\""), "{out}");
 
     tracing::info!("phase: a delayed execution shows when it runs, its args from a file");
-    let (code, v) = weft_json(&ep, &["call", "nobody", "later", &at_file, "--delay", "1h", "--timeout", "1"]).await;
+    let (code, v) =
+        weft_json(&ep, &["call", "nobody", "later", &at_file, "--delay", "1h", "--timeout", "1"]).await;
     assert_eq!(code, 1);
     let id = v["error"]["execution_id"].as_u64().unwrap_or_else(|| panic!("{v}"));
     let (code, out, err) = weft(&ep, &["executions", "get", &id.to_string()]).await;

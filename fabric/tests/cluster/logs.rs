@@ -77,5 +77,9 @@ async fn log_format_json_writes_one_json_object_per_line() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let json_lines = err.lines().filter(|l| l.starts_with('{')).count();
-    assert!(json_lines > 0 && err.lines().filter(|l| !l.is_empty()).all(|l| l.starts_with('{') || l.starts_with("error")), "{err}");
+    assert!(
+        json_lines > 0
+            && err.lines().filter(|l| !l.is_empty()).all(|l| l.starts_with('{') || l.starts_with("error")),
+        "{err}"
+    );
 }

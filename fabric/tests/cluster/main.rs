@@ -4,8 +4,8 @@
 mod bad_input;
 mod cli;
 mod cli_endpoints;
-mod cli_input;
 mod cli_executions;
+mod cli_input;
 mod cli_streams;
 mod demand;
 mod executions;

@@ -94,7 +94,10 @@ async fn channel_with_timeout(endpoints: &str, timeout: Option<Duration>) -> any
             }
         }
     }
-    anyhow::bail!("cannot reach a Weft node at {} (set --endpoint or WEFT_ENDPOINT)", failures.join("; nor at "))
+    anyhow::bail!(
+        "cannot reach a Weft node at {} (set --endpoint or WEFT_ENDPOINT)",
+        failures.join("; nor at ")
+    )
 }
 
 /// The channel timeout for a request the server holds for up to `wait_ms` (0: its longest):

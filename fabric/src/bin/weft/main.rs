@@ -78,7 +78,9 @@ fn init_logging(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = match format {
-        LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).with_filter(RepeatLimit::default()).boxed(),
+        LogFormat::Text => {
+            layer.with_ansi(std::io::stderr().is_terminal()).with_filter(RepeatLimit::default()).boxed()
+        }
         LogFormat::Json => layer.json().with_filter(RepeatLimit::default()).boxed(),
     };
     tracing_subscriber::registry().with(filter).with(layer).init();

@@ -50,7 +50,9 @@ pub fn error_json(status: &tonic::Status) -> serde_json::Value {
 /// channel's timeout) names the endpoint it waited on.
 pub fn fail(status: tonic::Status, json_out: bool) -> i32 {
     let status = match crate::connect::reached() {
-        Some(endpoint) if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" => {
+        Some(endpoint)
+            if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
+        {
             tonic::Status::with_metadata(
                 tonic::Code::Cancelled,
                 format!("timed out waiting for an answer from {endpoint}"),

@@ -229,7 +229,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             };
             if keys_only && json_out {
                 let keys: Vec<&str> = entries.iter().map(|kv| kv.key.as_str()).collect();
-                outln!("{}", json!({"keys": keys, "next_page_token": (!page_token.is_empty()).then_some(&page_token)}));
+                outln!(
+                    "{}",
+                    json!({"keys": keys, "next_page_token": (!page_token.is_empty()).then_some(&page_token)})
+                );
             } else if json_out {
                 let items: Vec<_> = entries.iter().map(|kv| kv_json(&namespace, kv)).collect();
                 outln!(
