@@ -60,5 +60,27 @@ async fn values_come_from_files_and_stdin_and_keys_list_alone() {
     let (code, out, _) = weft(&ep, &["executions", "list", "--agent", "nobody"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("pending, runs in"), "{out}");
+
+    tracing::info!("phase: executions list: newest first, --oldest-first, --since, --status");
+    let (_, v) = weft_json(&ep, &["call", "nobody", "later", "2", "--delay", "1h", "--timeout", "1"]).await;
+    let second = v["error"]["execution_id"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    let ids = |v: &serde_json::Value| -> Vec<u64> {
+        v["executions"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect()
+    };
+    let (_, v) = weft_json(&ep, &["executions", "list", "--agent", "nobody"]).await;
+    assert_eq!(ids(&v), [second, id]);
+    let (_, v) = weft_json(&ep, &["executions", "list", "--agent", "nobody", "--oldest-first"]).await;
+    assert_eq!(ids(&v), [id, second]);
+    let (_, v) = weft_json(&ep, &["executions", "list", "--agent", "nobody", "--limit", "1"]).await;
+    assert_eq!((ids(&v), v["next_page_token"].as_u64()), (vec![second], Some(second)));
+    let token = second.to_string();
+    let (_, v) = weft_json(&ep, &["executions", "list", "--agent", "nobody", "--page-token", &token]).await;
+    assert_eq!(ids(&v), [id], "the next page continues before the token");
+    let (_, v) = weft_json(&ep, &["executions", "list", "--since", "10m", "--status", "pending"]).await;
+    assert_eq!(ids(&v), [second, id]);
+    // Both were created over a second ago (the leader's clock is this machine's).
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (_, v) = weft_json(&ep, &["executions", "list", "--since", "1s"]).await;
+    assert_eq!(ids(&v), Vec::<u64>::new());
     c.shutdown().await;
 }

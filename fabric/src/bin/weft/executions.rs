@@ -18,7 +18,7 @@ pub type Args = connect::Group<Op>;
 /// Operations on executions (calls of agents' delegates). ID is an execution id.
 #[derive(Debug, clap::Subcommand)]
 pub enum Op {
-    /// List executions, oldest first.
+    /// List executions, newest first.
     List {
         /// Only this agent's.
         #[arg(long)]
@@ -26,10 +26,16 @@ pub enum Op {
         /// Only those with this status.
         #[arg(long, value_parser = STATUSES)]
         status: Option<String>,
+        /// Only those created within this long before now: 30s, 10m, 2h, 7d.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration_ms)]
+        since: Option<u64>,
+        /// Oldest first instead.
+        #[arg(long)]
+        oldest_first: bool,
         /// Executions per page (default: the server's page size).
         #[arg(long, default_value_t = 0)]
         limit: u32,
-        /// Continue after this execution id (printed at the end of the previous page).
+        /// Continue from this execution id (printed at the end of the previous page).
         #[arg(long, value_name = "ID", default_value_t = 0)]
         page_token: u64,
         /// Fetch every page.
@@ -89,6 +95,10 @@ fn print_executions(executions: &[pb::Execution]) {
             age(e.created_ms)
         );
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Its status, and for a pending execution delayed into the future, when it runs.
@@ -154,7 +164,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
     let endpoint = args.conn.endpoint;
     match args.op {
-        Op::List { agent, status, limit, page_token, all, stale } => {
+        Op::List { agent, status, since, oldest_first, limit, page_token, all, stale } => {
+            let created_since_ms = since.map_or(0, |ago| now_ms().saturating_sub(ago).max(1));
             let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
             let listed = connect::pages(page_token, all, async |page_token| {
                 let req = pb::ListExecutionsRequest {
@@ -163,6 +174,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                     page_token,
                     limit,
                     consistency: consistency(stale),
+                    created_since_ms,
+                    newest_first: !oldest_first,
                 };
                 let page = client.list(req).await?.into_inner();
                 Ok((page.executions, page.next_page_token))
