@@ -1,6 +1,7 @@
 //! How the `weft` command line reaches a cluster: a list of endpoints in `WEFT_ENDPOINT` or
 //! `--endpoint` (the SDK's syntax), moving past nodes that do not answer; an endpoint without
-//! a port refused; a request that times out naming the endpoint it waited on.
+//! a port refused; a request that times out naming the endpoint it waited on; a node that has
+//! not joined a cluster saying why it cannot serve.
 
 use crate::support::*;
 
@@ -58,4 +59,34 @@ async fn a_request_that_times_out_names_the_endpoint() {
     assert!(err.contains(&addr), "the error names the endpoint it waited on: {err}");
     assert!(out.contains(&addr), "and so does --json: {out}");
     holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unformed_node_says_why_it_has_no_leader() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = listeners(1).await.into_iter().next().unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dead_seed = format!("127.0.0.1:{}", free_port());
+    let config = weft_fabric::Config {
+        node_id: 1,
+        cluster: "unformed".into(),
+        data_dir: dir.path().join("node-1"),
+        listen: addr.clone(),
+        seeds: dead_seed,
+        bootstrap_expect: 3,
+        gossip_preset: "test".into(),
+        request_timeout_ms: 1_000,
+        ..weft_fabric::Config::default()
+    };
+    let node = weft_fabric::Node::start_on(config, listener).await.unwrap();
+    // Past the first seed round, so the join state is "waiting for seeds to answer".
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (code, _, err) = weft(&addr, &["state", "put", "shared/u", "k", "v"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("has not joined a cluster yet") && err.contains("waiting for seeds"),
+        "the error says why: {err}"
+    );
+    node.shutdown().await;
 }
