@@ -78,7 +78,7 @@ pub(crate) fn next_backoff(pause: Duration) -> Duration {
 
 /// Parses a comma-separated list of endpoints (`HOST:PORT` or `http://HOST:PORT`; spaces
 /// around the commas and empty entries are ignored), checking each with [`check_endpoint`]
-/// and the list against [`MAX_ENDPOINTS`]. This is the syntax of `WEFT_ENDPOINT`.
+/// and the list against a bound (64 endpoints). This is the syntax of `WEFT_ENDPOINT`.
 ///
 /// ```
 /// let list = weft_agent::parse_endpoints("127.0.0.1:7400, 127.0.0.1:7401").unwrap();

@@ -57,7 +57,8 @@ const STUCK_COMPLETION: Duration = Duration::from_secs(5);
 /// The environment variables [`WorkerBuilder::from_env`] reads: what a scaler (or any
 /// supervisor) sets for the processes it starts.
 pub mod env {
-    /// The fabric's endpoints, comma-separated `HOST:PORT`s (required).
+    /// The fabric's endpoints, comma-separated `HOST:PORT`s, each with its port (required;
+    /// parsed by [`crate::parse_endpoints`]).
     pub const ENDPOINT: &str = "WEFT_ENDPOINT";
     /// The session's name ([`WorkerBuilder::name`](super::WorkerBuilder::name)); a scaler
     /// recognises its processes' sessions by it.
