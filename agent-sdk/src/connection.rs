@@ -5,6 +5,13 @@
 //! connection that never opened) goes to the next node at once; a request whose outcome is
 //! unknown is sent again only when it is idempotent (reads, and creates that carry an
 //! idempotency key). Every retry loop ends after `retry_for`.
+//!
+//! Endpoints are `HOST:PORT` or `http://HOST:PORT`, and a list of them is comma-separated
+//! ([`parse_endpoints`], as `WEFT_ENDPOINT` gives it to workers and to the `weft` CLI). The
+//! port is required: without one a URI would mean port 80, which no node listens on.
+//!
+//! An error that gives up on the fabric (no answer in time, no node reachable) names the
+//! endpoint it last waited on.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,8 +76,71 @@ pub(crate) fn next_backoff(pause: Duration) -> Duration {
     doubled + Duration::from_millis(jitter)
 }
 
+/// Parses a comma-separated list of endpoints (`HOST:PORT` or `http://HOST:PORT`; spaces
+/// around the commas and empty entries are ignored), checking each with [`check_endpoint`]
+/// and the list against a bound (64 endpoints). This is the syntax of `WEFT_ENDPOINT`.
+///
+/// ```
+/// let list = weft_agent::parse_endpoints("127.0.0.1:7400, 127.0.0.1:7401").unwrap();
+/// assert_eq!(list, ["127.0.0.1:7400", "127.0.0.1:7401"]);
+/// assert!(weft_agent::parse_endpoints("127.0.0.1").unwrap_err().to_string().contains("no port"));
+/// ```
+pub fn parse_endpoints(list: &str) -> Result<Vec<String>, Error> {
+    let endpoints: Vec<String> =
+        list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+    if endpoints.is_empty() {
+        return Err(Error::Usage(format!("no endpoints in '{list}': give at least one node's HOST:PORT")));
+    }
+    if endpoints.len() > MAX_ENDPOINTS {
+        return Err(Error::Usage(format!("{} endpoints; at most {MAX_ENDPOINTS}", endpoints.len())));
+    }
+    for endpoint in &endpoints {
+        check_endpoint(endpoint)?;
+    }
+    Ok(endpoints)
+}
+
+/// Checks one endpoint and returns its URI (`http://` added when it has no scheme): it must
+/// parse, and name a host and a port.
+///
+/// ```
+/// assert_eq!(weft_agent::check_endpoint("127.0.0.1:7400").unwrap(), "http://127.0.0.1:7400");
+/// let e = weft_agent::check_endpoint("127.0.0.1").unwrap_err().to_string();
+/// assert!(e.contains("'127.0.0.1' has no port"), "{e}");
+/// ```
+pub fn check_endpoint(endpoint: &str) -> Result<String, Error> {
+    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    let parsed: tonic::codegen::http::Uri = uri
+        .parse()
+        .map_err(|e| Error::Usage(format!("invalid endpoint '{endpoint}': {e} (expected HOST:PORT)")))?;
+    if parsed.host().is_none_or(str::is_empty) {
+        return Err(Error::Usage(format!("invalid endpoint '{endpoint}': no host (expected HOST:PORT)")));
+    }
+    if parsed.port_u16().is_none() {
+        return Err(Error::Usage(format!(
+            "endpoint '{endpoint}' has no port: add the node's port, as in {}:7400 (without one it \
+             would mean port 80)",
+            endpoint.trim_end_matches('/')
+        )));
+    }
+    Ok(uri)
+}
+
+/// `error` with the endpoint it came from added to its message, when it is one that gives up
+/// on the fabric (no answer, no node, unknown outcome); others already say what is wrong.
+fn naming_endpoint(error: Error, endpoint: &str) -> Error {
+    let at = |message: String| format!("{message} (endpoint {endpoint})");
+    match error {
+        Error::Unavailable(m) => Error::Unavailable(at(m)),
+        Error::Overloaded(m) => Error::Overloaded(at(m)),
+        Error::Unknown(m) => Error::Unknown(at(m)),
+        other => other,
+    }
+}
+
 impl Connection {
-    /// Channels to `endpoints` (`HOST:PORT` or `http://HOST:PORT`), none opened yet.
+    /// Channels to `endpoints` (`HOST:PORT` or `http://HOST:PORT`, see [`check_endpoint`]),
+    /// none opened yet.
     pub fn new(endpoints: Vec<String>, options: Options) -> Result<Self, Error> {
         if endpoints.is_empty() {
             return Err(Error::Usage("no endpoints: give at least one node's HOST:PORT".into()));
@@ -81,7 +151,7 @@ impl Connection {
         let mut channels = Vec::with_capacity(endpoints.len());
         let mut addrs = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
+            let uri = check_endpoint(&endpoint)?;
             let channel = Endpoint::from_shared(uri)
                 .map_err(|e| Error::Usage(format!("invalid endpoint '{endpoint}': {e}")))?
                 .connect_timeout(Duration::from_secs(1))
@@ -160,7 +230,7 @@ impl Connection {
                 _ => false,
             };
             if !retry || Instant::now() + pause >= until {
-                return Err(error);
+                return Err(naming_endpoint(error, self.addr(i)));
             }
             tracing::debug!(endpoint = self.addr(i), error = %error, "trying the next node");
             self.failed(i);
@@ -179,6 +249,18 @@ mod tests {
         assert!(matches!(Connection::new(vec![], Options::default()), Err(Error::Usage(_))));
         let e = Connection::new(vec!["not a uri \n".into()], Options::default()).unwrap_err();
         assert!(e.to_string().contains("invalid endpoint"), "{e}");
+        for no_port in ["127.0.0.1", "http://127.0.0.1", "localhost/"] {
+            let e = Connection::new(vec![no_port.into()], Options::default()).unwrap_err();
+            assert!(matches!(e, Error::Usage(_)), "{no_port}: {e}");
+            assert!(e.to_string().contains(&format!("'{no_port}' has no port")), "{e}");
+        }
+        assert_eq!(check_endpoint("[::1]:7400").unwrap(), "http://[::1]:7400");
+        assert_eq!(check_endpoint("http://h:1").unwrap(), "http://h:1");
+        let list = parse_endpoints(" 127.0.0.1:1 ,, 127.0.0.1:2,").unwrap();
+        assert_eq!(list, ["127.0.0.1:1", "127.0.0.1:2"]);
+        let e = parse_endpoints("127.0.0.1:1,127.0.0.1").unwrap_err().to_string();
+        assert!(e.contains("'127.0.0.1' has no port"), "{e}");
+        assert!(parse_endpoints(" , ").is_err());
     }
 
     #[tokio::test]
@@ -195,7 +277,8 @@ mod tests {
                 async move { Err(status) }
             })
             .await;
-        assert!(matches!(out, Err(Error::Unavailable(_))));
+        let Err(Error::Unavailable(message)) = out else { panic!("{out:?}") };
+        assert!(message.contains("(endpoint 127.0.0.1:"), "names the endpoint: {message}");
         assert!(seen.len() >= 3, "retried: {seen:?}");
         assert!(seen.windows(2).all(|w| w[0] != w[1]), "each retry on the next node: {seen:?}");
         let mut tries = 0;

@@ -57,7 +57,8 @@ const STUCK_COMPLETION: Duration = Duration::from_secs(5);
 /// The environment variables [`WorkerBuilder::from_env`] reads: what a scaler (or any
 /// supervisor) sets for the processes it starts.
 pub mod env {
-    /// The fabric's endpoints, comma-separated `HOST:PORT`s (required).
+    /// The fabric's endpoints, comma-separated `HOST:PORT`s, each with its port (required;
+    /// parsed by [`crate::parse_endpoints`]).
     pub const ENDPOINT: &str = "WEFT_ENDPOINT";
     /// The session's name ([`WorkerBuilder::name`](super::WorkerBuilder::name)); a scaler
     /// recognises its processes' sessions by it.
@@ -193,8 +194,8 @@ impl WorkerBuilder {
     /// [`from_env`](Self::from_env) over any source of variables (tests give a map).
     fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         if let Some(endpoints) = var(env::ENDPOINT) {
-            self.endpoints =
-                endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+            self.endpoints = crate::parse_endpoints(&endpoints)
+                .map_err(|e| Error::Usage(format!("{}='{endpoints}': {e}", env::ENDPOINT)))?;
         }
         if self.endpoints.is_empty() {
             return Err(Error::Usage(format!(
@@ -823,6 +824,8 @@ mod tests {
         assert!(e.to_string().contains("WEFT_CAPACITY='many'"), "{e}");
         let e = from(&[(env::ENDPOINT, "a:1"), (env::AGENT, "counter")]).unwrap_err();
         assert!(e.to_string().contains("WEFT_INSTANCE"), "{e}");
+        let e = from(&[(env::ENDPOINT, "127.0.0.1:1,127.0.0.1")]).unwrap_err().to_string();
+        assert!(e.contains("WEFT_ENDPOINT=") && e.contains("'127.0.0.1' has no port"), "{e}");
         let e = from(&[(env::ENDPOINT, "a:1"), (env::DRAIN_TIMEOUT_MS, "-1")]).unwrap_err();
         assert!(e.to_string().contains(env::DRAIN_TIMEOUT_MS), "{e}");
     }

@@ -21,7 +21,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 pub const ENV_PREFIX: &str = "WEFT_";
 
 /// `WEFT_*` variables that are not node settings (the CLI reads them).
-const NON_NODE_ENV: &[&str] = &["WEFT_ENDPOINT"];
+const NON_NODE_ENV: &[&str] = &["WEFT_ENDPOINT", "WEFT_LOG_FORMAT"];
 
 /// A node's configuration. Field names are the TOML keys; the environment variable of a field
 /// is `WEFT_` + its name in capitals.

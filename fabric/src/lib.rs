@@ -25,6 +25,7 @@
 //! - `health`: `grpc.health.v1.Health`, kept in step with readiness.
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
+//! - [`log_limit`]: the `weft` binary's log filter that rate-limits repeated peer errors.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
 //! - [`testing`]: the one harness for tests and benchmarks: in-process clusters, and `weft node`
 //!   processes on free ports (spawn, kill, restart, ask for the leader).
@@ -40,6 +41,7 @@ pub mod data_dir;
 pub mod grid;
 pub(crate) mod health;
 pub(crate) mod http;
+pub mod log_limit;
 pub mod membership;
 pub mod node;
 pub mod raft;

@@ -247,6 +247,7 @@ async fn any_with_status(
             page_token: token,
             limit: 1,
             consistency: pb::Consistency::Linearizable as i32,
+            ..Default::default()
         });
         r.set_timeout(READ_TIMEOUT);
         let page = client.list(r).await?.into_inner();

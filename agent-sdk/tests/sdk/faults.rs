@@ -110,3 +110,34 @@ async fn a_leader_killed_mid_call_still_gives_the_caller_one_result() {
     assert_eq!(again, 2);
     worker.stop().await.unwrap();
 }
+
+/// A node that accepts connections and never answers: the error names the endpoint the
+/// client waited on. An endpoint without a port is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_names_the_endpoint_and_a_missing_port_is_refused() {
+    init_tracing();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    // Holds every connection open, reading nothing and sending nothing.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+
+    tracing::info!("a read against a node that never answers");
+    let client = Client::builder([addr.as_str()])
+        .attempt_timeout(Duration::from_millis(300))
+        .retry_for(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let e = client.state("shared/t").get::<String>("k").await.unwrap_err().to_string();
+    assert!(e.contains(&format!("(endpoint {addr})")), "the error names the endpoint: {e}");
+    holder.abort();
+
+    tracing::info!("an endpoint without a port");
+    let e = Client::new(["127.0.0.1"]).unwrap_err();
+    assert!(matches!(e, weft_agent::Error::Usage(_)), "{e}");
+    assert!(e.to_string().contains("'127.0.0.1' has no port"), "{e}");
+}

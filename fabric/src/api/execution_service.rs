@@ -214,7 +214,13 @@ impl pb::executions_server::Executions for ExecutionService {
             let agent = (!req.agent.is_empty()).then_some(req.agent.as_str());
             let after = (req.page_token != 0).then_some(req.page_token);
             self.consistent(req.consistency).await?;
-            let page = self.ctx.applied.read(|a| a.grid.list_executions(agent, status, after, limit));
+            let query = grid::ExecutionQuery {
+                agent,
+                status,
+                created_since_ms: req.created_since_ms,
+                newest_first: req.newest_first,
+            };
+            let page = self.ctx.applied.read(|a| a.grid.list_executions(&query, after, limit));
             Ok(Response::new(pb::ListExecutionsResponse {
                 executions: page.executions.into_iter().map(convert::pb_execution).collect(),
                 next_page_token: page.next.unwrap_or(0),

@@ -324,7 +324,7 @@ impl Harness {
             Step::Cancel { pick: p } => {
                 let live: Vec<_> = self
                     .grid
-                    .list_executions(None, None, None, 10_000)
+                    .list_executions(&Default::default(), None, 10_000)
                     .executions
                     .iter()
                     .filter(|e| !e.status.is_final())

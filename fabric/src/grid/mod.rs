@@ -102,7 +102,7 @@ pub use self::command::{
 pub use self::error::Error;
 pub use self::events::{Event, ListenerEnd};
 pub use self::kv::Value;
-pub use self::queries::{ExecutionPage, Page, Totals};
+pub use self::queries::{ExecutionPage, ExecutionQuery, Page, Totals};
 pub use self::snapshot::{GridV1, GridV2, GridV3};
 
 use self::command::clip_reason;

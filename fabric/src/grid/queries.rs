@@ -32,10 +32,31 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// Which executions a listing returns, and in which order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecutionQuery<'a> {
+    /// Only this agent's.
+    pub agent: Option<&'a str>,
+    /// Only those with this status.
+    pub status: Option<Status>,
+    /// Only those created at or after this time (ms since the Unix epoch); 0: any.
+    pub created_since_ms: u64,
+    /// Highest id first (newest), instead of lowest.
+    pub newest_first: bool,
+}
+
+impl ExecutionQuery<'_> {
+    fn matches(&self, e: &Execution) -> bool {
+        self.agent.is_none_or(|a| a == e.agent)
+            && self.status.is_none_or(|s| s == e.status)
+            && e.created_ms >= self.created_since_ms
+    }
+}
+
 /// A page of executions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutionPage {
-    /// In id order.
+    /// In id order (descending for a newest-first query).
     pub executions: Vec<Execution>,
     /// The last id scanned, when more may follow.
     pub next: Option<ExecutionId>,
@@ -144,25 +165,32 @@ impl Grid {
         self.work.executions.get(&id)
     }
 
-    /// Executions after `after` (by id), filtered by agent and status, up to `limit`.
+    /// Executions after `after` (by id; with `query.newest_first`, before it, highest id
+    /// first), filtered by `query`, up to `limit`.
     pub fn list_executions(
         &self,
-        agent: Option<&str>,
-        status: Option<Status>,
+        query: &ExecutionQuery<'_>,
         after: Option<ExecutionId>,
         limit: usize,
     ) -> ExecutionPage {
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = if query.newest_first {
+            let upper = after.map_or(Bound::Unbounded, Bound::Excluded);
+            Box::new(self.work.executions.range((Bound::Unbounded, upper)).rev())
+                as Box<dyn Iterator<Item = (&ExecutionId, &Execution)>>
+        } else {
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            Box::new(self.work.executions.range((lower, Bound::Unbounded)))
+        };
         let mut executions = Vec::new();
         let mut next = None;
         let mut last = None;
-        for (scanned, (id, e)) in self.work.executions.range((lower, Bound::Unbounded)).enumerate() {
+        for (scanned, (id, e)) in range.enumerate() {
             if executions.len() == limit || scanned == MAX_LIST_SCAN {
                 next = last;
                 break;
             }
             last = Some(*id);
-            if agent.is_some_and(|a| a != e.agent) || status.is_some_and(|s| s != e.status) {
+            if !query.matches(e) {
                 continue;
             }
             executions.push(e.clone());

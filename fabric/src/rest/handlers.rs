@@ -96,6 +96,8 @@ pub async fn list_executions(
         page_token: q.page_token.unwrap_or(0),
         limit: q.limit.unwrap_or(0),
         consistency: consistency(q.stale),
+        created_since_ms: q.created_since_ms.unwrap_or(0),
+        newest_first: q.newest_first,
     };
     let page = api.executions.list(Request::new(req)).await?.into_inner();
     Ok(Json(model::ExecutionPage {

@@ -191,10 +191,16 @@ pub struct ListExecutionsQuery {
     pub agent: Option<String>,
     /// Only `pending`, `assigned`, `completed`, `failed` or `cancelled` ones.
     pub status: Option<String>,
-    /// Continue after this id (the previous page's `next_page_token`).
+    /// Continue after this id (the previous page's `next_page_token`; with `newest_first`,
+    /// before it).
     pub page_token: Option<u64>,
     /// Page size (default and most: the node's `max_list_page`).
     pub limit: Option<u32>,
+    /// Only executions created at or after this time (ms since the Unix epoch).
+    pub created_since_ms: Option<u64>,
+    /// Newest first (default: oldest first).
+    #[serde(default)]
+    pub newest_first: bool,
     /// Read this node's replica without asking the leader (may lag).
     #[serde(default)]
     pub stale: bool,

@@ -31,10 +31,19 @@ fn forward_client(ctx: &Context, addr: &str) -> Result<ForwardClient<tonic::tran
         .max_encoding_message_size(ctx.max_message_bytes))
 }
 
+/// No leader before the deadline. A node that has not joined a cluster yet says why (its
+/// join state: "waiting for seeds to answer", "waiting for 2 more node(s) ..."), since no
+/// majority coming up would help it.
 fn no_leader(ctx: &Context) -> Error {
+    let within = ctx.request_timeout.as_millis();
+    let join_state = ctx.membership.bootstrap.join_state();
+    if join_state.starts_with("member") || join_state == "static membership" {
+        return Error::Unavailable(format!(
+            "no leader was elected within {within} ms; is a majority of the cluster up?"
+        ));
+    }
     Error::Unavailable(format!(
-        "no leader was elected within {} ms; is a majority of the cluster up?",
-        ctx.request_timeout.as_millis()
+        "this node has not joined a cluster yet: {join_state} (no leader within {within} ms)"
     ))
 }
 

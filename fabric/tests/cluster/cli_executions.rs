@@ -221,13 +221,14 @@ async fn cli_executions_list_get_wait_cancel() {
     assert_eq!(header, ["ID", "AGENT", "INSTANCE", "DELEGATE", "STATUS", "ATTEMPTS", "AGE"]);
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.len(), 5, "{out}");
-    assert_eq!(&rows[0][1..6], ["echo", "-", "say", "completed", "1"], "{out}");
-    assert_eq!(&rows[4][1..6], ["idle", "-", "wait", "pending", "0"], "{out}");
+    // Newest first.
+    assert_eq!(&rows[0][1..6], ["idle", "-", "wait", "pending", "0"], "{out}");
+    assert_eq!(&rows[4][1..6], ["echo", "-", "say", "completed", "1"], "{out}");
     let (code, v) = weft_json(ep, &["executions", "list", "--agent", "idle", "--status", "pending"]).await;
     assert_eq!(code, 0);
     let ids: Vec<u64> =
         v["executions"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
-    assert_eq!(ids, pending);
+    assert_eq!(ids, pending.iter().rev().copied().collect::<Vec<_>>());
     assert!(v["next_page_token"].is_null(), "{v}");
     let (code, out, err) = weft(ep, &["executions", "list", "--agent", "echo", "--limit", "2"]).await;
     assert_eq!(code, 0, "{err}");
@@ -236,14 +237,14 @@ async fn cli_executions_list_get_wait_cancel() {
     let token = token.unwrap_or_else(|| panic!("a page token in {err:?}"));
     let (code, v) = weft_json(ep, &["executions", "list", "--agent", "echo", "--page-token", token]).await;
     assert_eq!((code, v["executions"].as_array().unwrap().len()), (0, 1), "{v}");
-    assert_eq!(v["executions"][0]["args"], 3);
+    assert_eq!(v["executions"][0]["args"], 1, "the oldest comes last");
     let (code, v) = weft_json(ep, &["executions", "list", "--limit", "1", "--all"]).await;
     assert_eq!((code, v["executions"].as_array().unwrap().len()), (0, 5), "{v}");
     let (code, _, err) = weft(ep, &["executions", "list", "--status", "lost"]).await;
     assert_eq!(code, 2, "clap refuses an unknown status: {err}");
 
     tracing::info!("phase: get, text and JSON; an unknown id");
-    let first = rows[0][0];
+    let first = rows[4][0];
     let (code, out, err) = weft(ep, &["executions", "get", first]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with(&format!("execution {first}  echo/say  completed  attempts 1")), "{out}");

@@ -4,7 +4,9 @@
 mod addresses;
 mod bad_input;
 mod cli;
+mod cli_endpoints;
 mod cli_executions;
+mod cli_input;
 mod cli_streams;
 mod delegates;
 mod demand;
@@ -13,6 +15,7 @@ mod failover;
 mod health;
 mod http_api;
 mod leases;
+mod logs;
 mod membership;
 mod membership_process;
 mod process;

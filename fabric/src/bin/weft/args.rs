@@ -64,14 +64,25 @@ pub enum Input {
 }
 
 impl Input {
-    /// The input named by a positional VALUE (`-`: stdin) or `--file` (clap lets one through).
+    /// The input named by a positional VALUE (see [`Input::arg`]) or `--file` (clap lets one
+    /// through).
     pub fn of(value: Option<String>, file: Option<PathBuf>) -> Option<Self> {
         match (value, file) {
-            (Some(v), _) if v == "-" => Some(Input::Stdin),
-            (Some(v), _) => Some(Input::Inline(v)),
+            (Some(v), _) => Some(Input::arg(&v)),
             (None, Some(f)) if f.as_os_str() == "-" => Some(Input::Stdin),
             (None, Some(f)) => Some(Input::File(f)),
             (None, None) => None,
+        }
+    }
+
+    /// The input a positional value names: `-` is stdin, `@FILE` a file, `@@TEXT` the text
+    /// `@TEXT`, anything else itself.
+    pub fn arg(value: &str) -> Self {
+        match value {
+            "-" => Input::Stdin,
+            v if v.starts_with("@@") => Input::Inline(v[1..].to_owned()),
+            v if v.len() > 1 && v.starts_with('@') => Input::File(PathBuf::from(&v[1..])),
+            v => Input::Inline(v.to_owned()),
         }
     }
 
@@ -109,13 +120,20 @@ impl Input {
 
 /// The JSON payload of the positional ARGS or `--args` (clap lets at most one through);
 /// `null` without either. Refused here, before anything is sent, if it is not JSON.
+///
+/// Either may be `@FILE` (the JSON is read from the file) or `-` (from stdin).
 pub fn json_payload(positional: Option<String>, flag: Option<String>) -> Result<pb::Payload, tonic::Status> {
     let (text, source) = match (positional, flag) {
         (Some(text), _) => (text, "ARGS"),
         (None, Some(text)) => (text, "--args"),
         (None, None) => ("null".to_owned(), ""),
     };
-    json_text(text, source)
+    let input = Input::arg(&text);
+    let source = match &input {
+        Input::Inline(_) => source.to_owned(),
+        other => format!("{source} ({})", other.name()),
+    };
+    json_text(input.read()?, &source)
 }
 
 /// `text` as a JSON payload; `source` names it in the error if it is not JSON.
@@ -168,6 +186,13 @@ mod tests {
         assert_eq!(Input::of(Some("1".into()), None), Some(Input::Inline("1".into())));
         let missing = Input::File("/nonexistent/weft-input".into()).read().unwrap_err();
         assert!(missing.message().starts_with("cannot read file /nonexistent/weft-input: "), "{missing}");
+        assert_eq!(Input::arg("-"), Input::Stdin);
+        assert_eq!(Input::arg("@args.json"), Input::File("args.json".into()));
+        assert_eq!(Input::arg("@@home"), Input::Inline("@home".into()));
+        assert_eq!(Input::arg("@"), Input::Inline("@".into()));
+        assert_eq!(Input::arg("{}"), Input::Inline("{}".into()));
+        let missing = json_payload(Some("@/nonexistent/args.json".into()), None).unwrap_err();
+        assert!(missing.message().contains("cannot read file /nonexistent/args.json"), "{missing}");
         let bad = json_text("{x".into(), "line 3 of stdin").unwrap_err();
         assert!(bad.message().starts_with("line 3 of stdin is not valid JSON"), "{bad}");
     }

@@ -24,10 +24,12 @@ pub struct Args {
     pub agent: String,
     /// The delegate (handler) of the agent to run.
     pub delegate: String,
-    /// The arguments as JSON, e.g. '"hi"' or '{"n": 1}' (same as --args).
+    /// The arguments as JSON, e.g. '"hi"' or '{"n": 1}' (same as --args); @FILE reads them
+    /// from a file, - from stdin.
     #[arg(value_name = "ARGS", conflicts_with = "args", allow_negative_numbers = true)]
     pub args_json: Option<String>,
-    /// The arguments as JSON (default: null). Quote for the shell: --args '{"n": 1}'.
+    /// The arguments as JSON (default: null). Quote for the shell: --args '{"n": 1}'; @FILE
+    /// or - reads them from a file or stdin.
     #[arg(long, value_name = "JSON", allow_negative_numbers = true)]
     pub args: Option<String>,
     /// The instance of the agent to run on (default: none, any session of the agent).

@@ -2,7 +2,14 @@
 //! takes ([`Conn`]), channels and how long their requests may take, the message size limit,
 //! the read consistency `--stale` asks for, and the other nodes a long-lived command can move
 //! to ([`cluster_endpoints`]).
+//!
+//! `--endpoint` and `WEFT_ENDPOINT` take one node or a comma-separated list, in the SDK's
+//! syntax ([`weft_agent::parse_endpoints`]: `HOST:PORT`, the port required). A command
+//! connects to the first node of the list that answers, trying each in turn, as the SDK moves
+//! to the next endpoint when a connection cannot be opened; it fails only when none answers,
+//! naming each endpoint and why.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,8 +24,9 @@ use weft_proto::fabric::v1::streams_client::StreamsClient;
 /// How to reach the cluster.
 #[derive(Debug, clap::Args)]
 pub struct Conn {
-    /// Any node of the cluster.
-    #[arg(long, env = "WEFT_ENDPOINT", default_value = weft_fabric::config::DEFAULT_LISTEN, global = true)]
+    /// Any node of the cluster as HOST:PORT, or a comma-separated list of nodes tried in
+    /// order until one answers.
+    #[arg(long, value_name = "HOST:PORT[,...]", env = "WEFT_ENDPOINT", default_value = weft_fabric::config::DEFAULT_LISTEN, global = true)]
     pub endpoint: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -48,19 +56,48 @@ pub async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
     channel_with_timeout(endpoint, Some(REQUEST_TIMEOUT)).await
 }
 
-/// A channel whose requests may take `timeout` (`None`: as long as the server lets them).
-async fn channel_with_timeout(endpoint: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
-    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    let mut builder = Endpoint::from_shared(uri)
-        .with_context(|| format!("'{endpoint}' is not a valid endpoint (expected HOST:PORT)"))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    if let Some(timeout) = timeout {
-        builder = builder.timeout(timeout);
+/// The endpoint this command reached: errors of requests that gave up waiting name it.
+static REACHED: OnceLock<String> = OnceLock::new();
+
+/// The endpoint the command's channel reached, once it has one.
+pub fn reached() -> Option<&'static str> {
+    REACHED.get().map(String::as_str)
+}
+
+/// The endpoints `list` (`--endpoint`, `WEFT_ENDPOINT`) names; refused, naming the problem,
+/// if one has no port or does not parse.
+pub fn endpoints(list: &str) -> anyhow::Result<Vec<String>> {
+    weft_agent::parse_endpoints(list).map_err(|e| anyhow::anyhow!("--endpoint / WEFT_ENDPOINT: {e}"))
+}
+
+/// A channel to the first node of the `endpoints` list that answers, whose requests may take
+/// `timeout` (`None`: as long as the server lets them).
+async fn channel_with_timeout(endpoints: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
+    let list = self::endpoints(endpoints)?;
+    let mut failures = Vec::with_capacity(list.len());
+    for endpoint in &list {
+        let uri = weft_agent::check_endpoint(endpoint)?;
+        let mut builder = Endpoint::from_shared(uri)
+            .with_context(|| format!("'{endpoint}' is not a valid endpoint (expected HOST:PORT)"))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        match builder.connect().await {
+            Ok(channel) => {
+                let _ = REACHED.set(endpoint.clone());
+                return Ok(channel);
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %endpoint, error = %e, "trying the next endpoint");
+                failures.push(format!("{endpoint}: {}", anyhow::Error::from(e).root_cause()));
+            }
+        }
     }
-    builder
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach a Weft node at {endpoint} (set --endpoint or WEFT_ENDPOINT)"))
+    anyhow::bail!(
+        "cannot reach a Weft node at {} (set --endpoint or WEFT_ENDPOINT)",
+        failures.join("; nor at ")
+    )
 }
 
 /// The channel timeout for a request the server holds for up to `wait_ms` (0: its longest):
@@ -97,19 +134,20 @@ pub async fn client<C: Limited>(endpoint: &str, timeout: Option<Duration>) -> an
     Ok(C::on(channel_with_timeout(endpoint, timeout).await?))
 }
 
-/// `endpoint` first, then the address of every other member `endpoint` knows (best effort: just
-/// `endpoint` if it does not answer): where a command that outlives a node resumes.
-pub async fn cluster_endpoints(endpoint: &str) -> Vec<String> {
-    let mut endpoints = vec![endpoint.to_owned()];
-    let Ok(channel) = channel(endpoint).await else { return endpoints };
-    let Ok(status) = ClusterClient::new(channel).status(pb::StatusRequest {}).await else { return endpoints };
+/// The endpoints of the `endpoints` list first, then the address of every other member the
+/// first that answers knows (best effort: just the list if none answers): where a command that
+/// outlives a node resumes.
+pub async fn cluster_endpoints(endpoints: &str) -> Vec<String> {
+    let mut list = self::endpoints(endpoints).unwrap_or_else(|_| vec![endpoints.to_owned()]);
+    let Ok(channel) = channel(endpoints).await else { return list };
+    let Ok(status) = ClusterClient::new(channel).status(pb::StatusRequest {}).await else { return list };
     let bare = |e: &str| e.split_once("://").map_or(e, |(_, rest)| rest).trim_end_matches('/').to_owned();
     for m in status.into_inner().members {
-        if !m.address.is_empty() && !endpoints.iter().any(|e| bare(e) == bare(&m.address)) {
-            endpoints.push(m.address);
+        if !m.address.is_empty() && !list.iter().any(|e| bare(e) == bare(&m.address)) {
+            list.push(m.address);
         }
     }
-    endpoints
+    list
 }
 
 /// The consistency of a read: `--stale` reads the contacted node's replica.

@@ -17,6 +17,7 @@ pub type Args = connect::Group<Op>;
 pub enum Op {
     /// List a stream's cursors, with their position and what they hold.
     List {
+        /// The stream whose cursors to list.
         stream: String,
         /// Read the contacted node's replica without asking the leader.
         #[arg(long)]
@@ -24,7 +25,9 @@ pub enum Op {
     },
     /// Show one cursor: its settings, position and counters.
     Info {
+        /// The stream the cursor reads.
         stream: String,
+        /// The cursor's name.
         name: String,
         /// Read the contacted node's replica without asking the leader.
         #[arg(long)]
@@ -32,13 +35,20 @@ pub enum Op {
     },
     /// Create a cursor (or find it, if one of that name has the same settings).
     Create {
+        /// The stream the cursor reads.
         stream: String,
+        /// The cursor's name.
         name: String,
         #[command(flatten)]
         config: ConfigFlags,
     },
     /// Delete a cursor; its listeners end ("deleted").
-    Delete { stream: String, name: String },
+    Delete {
+        /// The stream the cursor reads.
+        stream: String,
+        /// The cursor's name.
+        name: String,
+    },
 }
 
 /// A cursor's settings as flags.

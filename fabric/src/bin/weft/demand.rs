@@ -51,7 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let (endpoints, retry_for) = if args.watch {
         (connect::cluster_endpoints(&args.conn.endpoint).await, RESUME_FOR)
     } else {
-        (vec![args.conn.endpoint.clone()], REQUEST_TIMEOUT)
+        (connect::endpoints(&args.conn.endpoint)?, REQUEST_TIMEOUT)
     };
     let client = Client::builder(endpoints).retry_for(retry_for).build()?;
     let mut watch = client.watch_demand(&args.agents);

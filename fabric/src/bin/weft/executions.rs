@@ -7,7 +7,7 @@ use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 
 use crate::args::{DEFAULT_WAIT, parse_duration_ms};
 use crate::connect::{self, REQUEST_TIMEOUT, consistency};
-use crate::render::{age, execution_json, fail, non_empty, outcome, outln, payload_text};
+use crate::render::{age, execution_json, fail, non_empty, outcome, outln, payload_text, until};
 
 /// Execution statuses `executions list --status` accepts.
 const STATUSES: [&str; 5] = ["pending", "assigned", "completed", "failed", "cancelled"];
@@ -18,7 +18,7 @@ pub type Args = connect::Group<Op>;
 /// Operations on executions (calls of agents' delegates). ID is an execution id.
 #[derive(Debug, clap::Subcommand)]
 pub enum Op {
-    /// List executions, oldest first.
+    /// List executions, newest first.
     List {
         /// Only this agent's.
         #[arg(long)]
@@ -26,10 +26,16 @@ pub enum Op {
         /// Only those with this status.
         #[arg(long, value_parser = STATUSES)]
         status: Option<String>,
+        /// Only those created within this long before now: 30s, 10m, 2h, 7d.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration_ms)]
+        since: Option<u64>,
+        /// Oldest first instead.
+        #[arg(long)]
+        oldest_first: bool,
         /// Executions per page (default: the server's page size).
         #[arg(long, default_value_t = 0)]
         limit: u32,
-        /// Continue after this execution id (printed at the end of the previous page).
+        /// Continue from this execution id (printed at the end of the previous page).
         #[arg(long, value_name = "ID", default_value_t = 0)]
         page_token: u64,
         /// Fetch every page.
@@ -68,7 +74,7 @@ pub enum Op {
 /// Executions as a table, one line each.
 fn print_executions(executions: &[pb::Execution]) {
     outln!(
-        "{:>8} {:<16} {:<12} {:<16} {:<10} {:>8} {:>6}",
+        "{:>8} {:<16} {:<12} {:<16} {:<22} {:>8} {:>6}",
         "ID",
         "AGENT",
         "INSTANCE",
@@ -79,21 +85,33 @@ fn print_executions(executions: &[pb::Execution]) {
     );
     for e in executions {
         outln!(
-            "{:>8} {:<16} {:<12} {:<16} {:<10} {:>8} {:>6}",
+            "{:>8} {:<16} {:<12} {:<16} {:<22} {:>8} {:>6}",
             e.id,
             e.agent,
             non_empty(&e.instance).unwrap_or("-"),
             e.delegate,
-            e.status,
+            status_text(e),
             e.attempts,
             age(e.created_ms)
         );
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Its status, and for a pending execution delayed into the future, when it runs.
+fn status_text(e: &pb::Execution) -> String {
+    match e.not_before_ms {
+        Some(at) if e.status == "pending" && until(at) != "0ms" => format!("pending, runs in {}", until(at)),
+        _ => e.status.clone(),
+    }
+}
+
 /// One execution in detail: a headline, then one line per field it has.
 fn print_execution(e: &pb::Execution) {
-    outln!("execution {}  {}/{}  {}  attempts {}", e.id, e.agent, e.delegate, e.status, e.attempts);
+    outln!("execution {}  {}/{}  {}  attempts {}", e.id, e.agent, e.delegate, status_text(e), e.attempts);
     let line = |name: &str, value: String| outln!("  {name:<16} {value}");
     if let Some(instance) = non_empty(&e.instance) {
         line("instance", instance.to_owned());
@@ -103,7 +121,8 @@ fn print_execution(e: &pb::Execution) {
     }
     line("created_ms", format!("{} ({} ago)", e.created_ms, age(e.created_ms)));
     if let Some(at) = e.not_before_ms {
-        line("not_before_ms", at.to_string());
+        let when = if until(at) == "0ms" { "due".to_owned() } else { format!("runs in {}", until(at)) };
+        line("not_before_ms", format!("{at} ({when})"));
     }
     if let Some(at) = e.deadline_ms {
         line("deadline_ms", at.to_string());
@@ -145,7 +164,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
     let endpoint = args.conn.endpoint;
     match args.op {
-        Op::List { agent, status, limit, page_token, all, stale } => {
+        Op::List { agent, status, since, oldest_first, limit, page_token, all, stale } => {
+            let created_since_ms = since.map_or(0, |ago| now_ms().saturating_sub(ago).max(1));
             let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
             let listed = connect::pages(page_token, all, async |page_token| {
                 let req = pb::ListExecutionsRequest {
@@ -154,6 +174,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                     page_token,
                     limit,
                     consistency: consistency(stale),
+                    created_since_ms,
+                    newest_first: !oldest_first,
                 };
                 let page = client.list(req).await?.into_inner();
                 Ok((page.executions, page.next_page_token))

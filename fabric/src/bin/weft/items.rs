@@ -482,7 +482,7 @@ impl Follow {
         // The other nodes, learned while the first listener starts: where to resume.
         let first = endpoint.to_owned();
         let mut learning = Some(tokio::spawn(async move { connect::cluster_endpoints(&first).await }));
-        let mut endpoints = vec![endpoint.to_owned()];
+        let mut endpoints = connect::endpoints(endpoint).unwrap_or_else(|_| vec![endpoint.to_owned()]);
         let (mut at, mut ever_started, mut pause) = (0, false, RESUME_PAUSE);
         let mut lost_since: Option<Instant> = None;
         loop {

@@ -45,15 +45,47 @@ mod state;
 mod status;
 mod streams;
 
+use std::io::IsTerminal as _;
+
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+use weft_fabric::log_limit::RepeatLimit;
 
 /// Weft: a peer-to-peer clustered fabric for agent processes.
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, propagate_version = true)]
 struct Cli {
+    /// How log lines (on stderr) are written: text, coloured only on a terminal, or one JSON
+    /// object per line.
+    #[arg(long, value_enum, env = "WEFT_LOG_FORMAT", default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`, `spans`).
+    Json,
+}
+
+/// Logs to stderr at `default_level` unless `RUST_LOG` says otherwise, in `format`, with
+/// repeated warnings and errors rate-limited ([`RepeatLimit`]).
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Text => {
+            layer.with_ansi(std::io::stderr().is_terminal()).with_filter(RepeatLimit::default()).boxed()
+        }
+        LogFormat::Json => layer.json().with_filter(RepeatLimit::default()).boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(layer).init();
 }
 
 /// The `weft` subcommands.
@@ -152,10 +184,7 @@ async fn main() {
     let cli = Cli::parse();
     // openraft is chatty at info (and logs routine retries as errors): keep it to warnings.
     let default_level = if cli.command.runs_nodes() { "info,openraft=warn" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format, default_level);
     let code = match cli.command.run().await {
         Ok(code) => code,
         Err(e) => {
@@ -184,4 +213,27 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every positional argument of every command says what it is in `--help`.
+    #[test]
+    fn every_positional_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments().filter(|a| a.is_positional()) {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} <{}>", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "weft", &mut missing);
+        assert!(missing.is_empty(), "positional arguments without help:\n{}", missing.join("\n"));
+    }
 }

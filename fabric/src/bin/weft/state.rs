@@ -4,7 +4,7 @@ use serde_json::json;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::args::parse_duration_ms;
+use crate::args::{Input, parse_duration_ms};
 use crate::connect::{self, REQUEST_TIMEOUT, consistency};
 use crate::render::{fail, hex, outln, value_text};
 
@@ -16,7 +16,9 @@ pub type Args = connect::Group<Op>;
 pub enum Op {
     /// Read a key (linearizable unless --stale).
     Get {
+        /// `shared/<name>` or `instance/<agent>/<instance-id>`.
         namespace: String,
+        /// The key.
         key: String,
         /// Read the contacted node's replica without asking the leader.
         #[arg(long)]
@@ -24,8 +26,12 @@ pub enum Op {
     },
     /// Write a key.
     Put {
+        /// `shared/<name>` or `instance/<agent>/<instance-id>`.
         namespace: String,
+        /// The key.
         key: String,
+        /// The value as text; `@FILE` reads it from a file, `-` from stdin (`@@...` for a
+        /// value that starts with `@`).
         value: String,
         /// Time to live: 500ms, 30s, 5m, 2h (a bare number is milliseconds).
         #[arg(long, value_parser = parse_duration_ms)]
@@ -36,7 +42,9 @@ pub enum Op {
     },
     /// Remove a key.
     Delete {
+        /// `shared/<name>` or `instance/<agent>/<instance-id>`.
         namespace: String,
+        /// The key.
         key: String,
         /// Only delete if the key is at this version.
         #[arg(long, value_name = "VERSION")]
@@ -44,8 +52,12 @@ pub enum Op {
     },
     /// Write a key only if it is at the expected version (0: only if absent).
     Cas {
+        /// `shared/<name>` or `instance/<agent>/<instance-id>`.
         namespace: String,
+        /// The key.
         key: String,
+        /// The value as text; `@FILE` reads it from a file, `-` from stdin (`@@...` for a
+        /// value that starts with `@`).
         value: String,
         /// The version last seen (from get); 0 means the key must not exist.
         #[arg(long, value_name = "VERSION")]
@@ -56,6 +68,7 @@ pub enum Op {
     },
     /// List keys of a namespace, in order.
     List {
+        /// `shared/<name>` or `instance/<agent>/<instance-id>`.
         namespace: String,
         /// Only keys starting with this.
         #[arg(long, default_value = "")]
@@ -72,6 +85,9 @@ pub enum Op {
         /// Read the contacted node's replica without asking the leader.
         #[arg(long)]
         stale: bool,
+        /// Print only the keys, one per line (with --json, a list of strings).
+        #[arg(long)]
+        keys_only: bool,
     },
 }
 
@@ -150,6 +166,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
         Op::Put { namespace, key, value, ttl, if_absent } => {
+            let value = match Input::arg(&value).read() {
+                Ok(value) => value,
+                Err(e) => return Ok(fail(e, json_out)),
+            };
             let req = pb::PutRequest {
                 namespace,
                 key,
@@ -161,6 +181,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             Ok(written(client.put(req).await.map(|r| r.into_inner().version), json_out))
         }
         Op::Cas { namespace, key, value, expect, ttl } => {
+            let value = match Input::arg(&value).read() {
+                Ok(value) => value,
+                Err(e) => return Ok(fail(e, json_out)),
+            };
             let req = pb::CompareAndSetRequest {
                 namespace,
                 key,
@@ -186,7 +210,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 }
             }
         }
-        Op::List { namespace, prefix, limit, page_token, all, stale } => {
+        Op::List { namespace, prefix, limit, page_token, all, stale, keys_only } => {
             let listed = connect::pages(page_token, all, async |page_token| {
                 let req = pb::ListRequest {
                     namespace: namespace.clone(),
@@ -203,7 +227,13 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 Ok(listed) => listed,
                 Err(e) => return Ok(fail(e, json_out)),
             };
-            if json_out {
+            if keys_only && json_out {
+                let keys: Vec<&str> = entries.iter().map(|kv| kv.key.as_str()).collect();
+                outln!(
+                    "{}",
+                    json!({"keys": keys, "next_page_token": (!page_token.is_empty()).then_some(&page_token)})
+                );
+            } else if json_out {
                 let items: Vec<_> = entries.iter().map(|kv| kv_json(&namespace, kv)).collect();
                 outln!(
                     "{}",
@@ -211,7 +241,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 );
             } else {
                 for kv in &entries {
-                    outln!("{}", kv_text(kv));
+                    if keys_only {
+                        outln!("{}", kv.key);
+                    } else {
+                        outln!("{}", kv_text(kv));
+                    }
                 }
                 if entries.is_empty() {
                     eprintln!("(no keys)");

@@ -29,6 +29,7 @@ pub type Args = connect::Group<Op>;
 pub enum Op {
     /// Create a stream (or find it, if one of that name has the same settings).
     Create {
+        /// The stream's name.
         name: String,
         /// persistent: kept until a limit removes items; ephemeral: removed once every
         /// cursor acked them; workqueue: each item goes to one consumer, removed when acked.
@@ -67,6 +68,7 @@ pub enum Op {
     },
     /// Show a stream: its settings, seqs, size, status and cursors.
     Info {
+        /// The stream's name.
         name: String,
         /// Read the contacted node's replica without asking the leader.
         #[arg(long)]
@@ -87,13 +89,17 @@ pub enum Op {
     Tail(items::TailArgs),
     /// Close a stream: no more appends; listeners get what is left, then the end.
     Close {
+        /// The stream's name.
         name: String,
         /// End the stream with this error (listeners see it; `tail --follow` exits 1).
         #[arg(long, value_name = "MSG")]
         error: Option<String>,
     },
     /// Delete a stream, its items and its cursors; listeners end ("deleted").
-    Delete { name: String },
+    Delete {
+        /// The stream's name.
+        name: String,
+    },
 }
 
 /// Flags of `weft streams append`.
