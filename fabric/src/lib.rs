@@ -21,6 +21,8 @@
 //!   `tonic::Status`.
 //! - `convert`: generated protobuf types to domain types and back, in one place.
 //! - `http`: `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: the Prometheus metrics the layers fill (histograms, execution counters)
+//!   and the text format `/metrics` writes.
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
@@ -38,6 +40,7 @@ pub mod data_dir;
 pub mod grid;
 pub(crate) mod http;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub(crate) mod routing;

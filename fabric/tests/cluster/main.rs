@@ -11,6 +11,7 @@ mod failover;
 mod leases;
 mod membership;
 mod membership_process;
+mod metrics;
 mod process;
 mod restart;
 mod streams;
