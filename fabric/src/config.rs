@@ -76,7 +76,8 @@ pub struct Config {
     /// once. Set false for rolling restarts, where the node comes back with its data.
     pub leave_on_shutdown: bool,
     /// Time every gRPC request for `weft_grpc_server_handling_seconds` (by method and status
-    /// code). Costs within noise on the put path (docs/benchmarks.md); false turns it off.
+    /// code). It costs up to about 5 % of peak put throughput on 2 busy cores, within noise
+    /// with one client (docs/benchmarks.md); false turns it off.
     pub rpc_metrics: bool,
 
     /// Leader heartbeat period, and the time each replication message has to complete
