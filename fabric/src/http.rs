@@ -1,7 +1,6 @@
 //! HTTP endpoints served on the gRPC port: `/healthz` (the process is up), `/readyz` (the node
 //! can serve requests: see [`crate::readiness`]) and `/metrics` (Prometheus text format).
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
@@ -27,8 +26,11 @@ async fn readyz(probe: Probe) -> (StatusCode, String) {
     (code, verdict.reason)
 }
 
-async fn metrics(State(ctx): State<Context>) -> String {
-    let (id, term, is_leader, last_log, applied, snapshot, purged, members) = {
+/// `/metrics`: the Prometheus text format (see `crate::metrics`), with its content type.
+async fn metrics(
+    State(ctx): State<Context>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let (id, term, is_leader, last_log, applied, snapshot, purged, members, quorum_ack_ms) = {
         let metrics = ctx.raft.metrics();
         let m = metrics.borrow();
         (
@@ -40,15 +42,19 @@ async fn metrics(State(ctx): State<Context>) -> String {
             m.snapshot.map_or(0, |l| l.index),
             m.purged.map_or(0, |l| l.index),
             m.membership_config.membership().nodes().count() as u64,
+            m.millis_since_quorum_ack.filter(|_| m.current_leader == Some(m.id)),
         )
     };
     let (keys, revision, work) =
         ctx.applied.read(|a| (a.grid.key_count(), a.grid.revision(), a.grid.work_totals()));
     let sm = ctx.applied.counters();
     let api = &ctx.counters;
-    let mut out = String::new();
+    let node = id.to_string();
+    let mut text = crate::metrics::Text::default();
     let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{id}\"}} {value}");
+        let kind =
+            if kind == "counter" { crate::metrics::Kind::Counter } else { crate::metrics::Kind::Gauge };
+        text.single(name, help, kind, &[("node", &node)], value);
     };
     gauge("weft_raft_term", "Current Raft term.", "gauge", term);
     gauge("weft_raft_is_leader", "1 when this node leads.", "gauge", u64::from(is_leader));
@@ -58,7 +64,7 @@ async fn metrics(State(ctx): State<Context>) -> String {
     gauge("weft_raft_purged_index", "Last purged log index.", "gauge", purged);
     gauge("weft_raft_members", "Members (voters and learners).", "gauge", members);
     gauge("weft_grid_keys", "Keys stored in the grid.", "gauge", keys as u64);
-    gauge("weft_grid_revision", "Writes applied to the grid.", "counter", revision);
+    gauge("weft_grid_revision", "Writes applied to the grid (a revision number).", "gauge", revision);
     gauge(
         "weft_executions_stored",
         "Executions in the grid, finished ones within their retention included.",
@@ -182,5 +188,38 @@ async fn metrics(State(ctx): State<Context>) -> String {
         "counter",
         load(&r.failed),
     );
-    out
+    let name = "weft_raft_quorum_ack_age_seconds";
+    text.family(
+        name,
+        "On the leader only: time since a quorum last acknowledged it (grows while it cannot commit).",
+        crate::metrics::Kind::Gauge,
+    );
+    if let Some(ms) = quorum_ack_ms {
+        text.sample(name, &[("node", &node)], ms as f64 / 1000.0);
+    }
+    let (sessions, pending) = ctx.applied.read(|a| {
+        let mut sessions = std::collections::BTreeMap::<String, u64>::new();
+        for s in a.grid.sessions() {
+            for agent in &s.agents {
+                *sessions.entry(agent.name.clone()).or_default() += 1;
+            }
+        }
+        (sessions, a.grid.pending_by_agent())
+    });
+    crate::metrics::agent_gauge(
+        &mut text,
+        &node,
+        "weft_agent_sessions",
+        "Live sessions that serve the agent, in the cluster.",
+        sessions.into_iter(),
+    );
+    crate::metrics::agent_gauge(
+        &mut text,
+        &node,
+        "weft_agent_executions_pending",
+        "Executions of the agent waiting for a session (its backlog), in the cluster.",
+        pending.into_iter().map(|(a, n)| (a, n as u64)),
+    );
+    ctx.metrics.render(&mut text, &node);
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text.finish())
 }

@@ -23,6 +23,8 @@
 //! - `http`: `/healthz`, `/readyz`, `/metrics`.
 //! - `readiness`: whether this node can serve now (the rule `/readyz` and gRPC health share).
 //! - `health`: `grpc.health.v1.Health`, kept in step with readiness.
+//! - [`metrics`]: the Prometheus metrics the layers fill (histograms, execution counters)
+//!   and the text format `/metrics` writes.
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - [`log_limit`]: the `weft` binary's log filter that rate-limits repeated peer errors.
@@ -43,6 +45,7 @@ pub(crate) mod health;
 pub(crate) mod http;
 pub mod log_limit;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub(crate) mod readiness;

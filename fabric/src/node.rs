@@ -163,11 +163,26 @@ impl Node {
         };
         let data_dir = DataDir::open(&config.data_dir, &config.cluster, config.node_id)?;
         config.node_id = data_dir.node_id();
-        let log_store = LogStore::open(&data_dir.raft_dir())
+        let metrics = Arc::new(crate::metrics::Registry::new(vec![
+            weft_proto::cluster::v1::raft_server::SERVICE_NAME,
+            weft_proto::cluster::v1::forward_server::SERVICE_NAME,
+            weft_proto::fabric::v1::state_server::SERVICE_NAME,
+            weft_proto::fabric::v1::cluster_server::SERVICE_NAME,
+            weft_proto::fabric::v1::executions_server::SERVICE_NAME,
+            weft_proto::fabric::v1::instances_server::SERVICE_NAME,
+            weft_proto::fabric::v1::streams_server::SERVICE_NAME,
+            weft_proto::fabric::v1::leases_server::SERVICE_NAME,
+            weft_proto::fabric::v1::scaling_server::SERVICE_NAME,
+        ]));
+        let mut log_store = LogStore::open_observed(&data_dir.raft_dir(), metrics.log_fsync.clone())
             .map_err(|source| Error::Log { path: data_dir.raft_dir().display().to_string(), source })?;
+        // What was committed before this start is applied again from the log: not new work.
+        let committed = openraft::storage::RaftLogStorage::read_committed(&mut log_store).await?;
+        metrics.set_replayed_until(committed.map_or(0, |c| c.index));
         let hub =
             watch::Hub::new(config.node_id, config.max_waiters).with_max_listeners(config.max_listeners);
-        let state_machine = StateMachine::open(&data_dir.snapshot_dir(), hub.clone())?;
+        let state_machine =
+            StateMachine::open_observed(&data_dir.snapshot_dir(), hub.clone(), metrics.clone())?;
         let applied = state_machine.handle();
 
         let raft_config = Arc::new(config.raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
@@ -200,6 +215,7 @@ impl Node {
                 ttl_check_interval: Duration::from_millis(config.ttl_check_interval_ms),
                 commit_timeout: Duration::from_millis(config.request_timeout_ms),
             },
+            metrics.clone(),
         );
         let mode = config.join_mode()?;
         let members = config.members()?;
@@ -286,6 +302,7 @@ impl Node {
             hub,
             config.work_options(),
             config.stream_options(),
+            metrics.clone(),
         );
         tasks.spawn(proposer.run(shutdown.clone()));
         tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
@@ -356,6 +373,14 @@ impl Node {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router();
+        let grpc = if config.rpc_metrics {
+            grpc.layer(axum::middleware::from_fn_with_state(
+                metrics.rpcs.clone(),
+                crate::metrics::grpc::track,
+            ))
+        } else {
+            grpc
+        };
         let app = grpc
             .merge(http::router(ctx.clone(), probe))
             .merge(crate::rest::router(ctx, shutdown.clone(), config.max_message_bytes))

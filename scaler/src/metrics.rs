@@ -195,4 +195,35 @@ mod tests {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
     }
+
+    /// The example alert rules (`examples/grafana/alerts.yml`) name only `weft_scaler_*`
+    /// metrics the scaler exports (the fabric's own test checks the rest), so a rename here
+    /// cannot silently break an alert.
+    #[test]
+    fn the_example_alerts_name_only_metrics_the_scaler_exports() {
+        let m = Metrics::default();
+        m.cold_start("work", 120);
+        let text = m.render();
+        let families: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        let exists = |name: &str| {
+            families.contains(&name)
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s).is_some_and(|f| families.contains(&f)))
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana/alerts.yml");
+        let alerts = std::fs::read_to_string(path).unwrap();
+        let mut checked = 0;
+        for expr in alerts.lines().filter_map(|l| l.trim().strip_prefix("expr:")) {
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .filter(|w| w.starts_with("weft_scaler_"))
+            {
+                assert!(exists(name), "alerts.yml names {name}, which the scaler does not export");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2, "the alerts name {checked} scaler metrics");
+    }
 }

@@ -209,6 +209,12 @@ impl Grid {
         self.work.children.range((id, 0)..=(id, u64::MAX)).map(|(_, c)| *c).collect()
     }
 
+    /// The id of the newest execution (0: none yet); ids are dense, so executions above
+    /// it are new.
+    pub fn last_execution_id(&self) -> ExecutionId {
+        self.work.last_execution_id
+    }
+
     /// Pending executions per agent (for scaling and `/metrics`).
     pub fn pending_by_agent(&self) -> BTreeMap<String, usize> {
         let mut out: BTreeMap<String, usize> = BTreeMap::new();

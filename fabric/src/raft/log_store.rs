@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 
 use super::{NodeId, StorageError, TypeConfig};
 use crate::codec;
+use crate::metrics::Histogram;
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -81,7 +82,13 @@ impl Closed {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir` and starts its flusher task on the current runtime.
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Self, sled::Error> {
+        Self::open_observed(dir, Arc::new(Histogram::new(crate::metrics::histogram::FSYNC_BUCKETS_S)))
+    }
+
+    /// [`LogStore::open`], timing every flush into `fsync`.
+    pub fn open_observed(dir: &Path, fsync: Arc<Histogram>) -> Result<Self, sled::Error> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
         let tree = db.open_tree("raft")?;
         let durable = Durable {
@@ -89,6 +96,7 @@ impl LogStore {
             db: db.clone(),
             dir: dir.to_owned(),
             synced_blobs: Arc::default(),
+            fsync,
         };
         let (tx, rx) = mpsc::channel(MAX_PENDING_FLUSHES);
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
@@ -129,6 +137,8 @@ struct Durable {
     log_file: Arc<std::fs::File>,
     /// Blob files already synced; rebuilt from the directory listing at every sync.
     synced_blobs: Arc<Mutex<HashSet<OsString>>>,
+    /// How long each flush takes.
+    fsync: Arc<Histogram>,
 }
 
 impl Durable {
@@ -140,8 +150,11 @@ impl Durable {
     /// sled's flush writes its buffers (with `sync_file_range`); `fdatasync` then makes them,
     /// and the file's size, durable.
     fn flush_blocking(&self) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
         self.db.flush().map_err(std::io::Error::other)?;
-        self.sync_files()
+        self.sync_files()?;
+        self.fsync.observe(started.elapsed());
+        Ok(())
     }
 
     fn sync_files(&self) -> std::io::Result<()> {

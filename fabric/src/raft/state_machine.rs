@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
 use crate::grid::{Grid, GridV1, GridV2, GridV3};
+use crate::metrics::Registry;
 use crate::watch;
 
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -159,12 +160,23 @@ pub struct StateMachine {
     handle: Handle,
     store: Arc<SnapshotStore>,
     hub: watch::Hub,
+    metrics: Arc<Registry>,
 }
 
 impl StateMachine {
     /// Opens the snapshot directory and restores the newest snapshot in it, if any. Applied
     /// entries' events go to `hub`.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path, hub: watch::Hub) -> Result<Self, StorageError> {
+        Self::open_observed(dir, hub, Arc::default())
+    }
+
+    /// [`StateMachine::open`], filling `metrics` (snapshots, executions) as it works.
+    pub(crate) fn open_observed(
+        dir: &Path,
+        hub: watch::Hub,
+        metrics: Arc<Registry>,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| read_err(None, e))?;
         let sm = Self {
             handle: Handle {
@@ -180,11 +192,13 @@ impl StateMachine {
                 tmp_seq: AtomicU64::new(0),
             }),
             hub,
+            metrics,
         };
         if let Some(path) = newest_snapshot(dir).map_err(|e| read_err(None, e))? {
             let bytes = std::fs::read(&path).map_err(|e| read_err(None, e))?;
             let file = decode_snapshot(&bytes).map_err(|e| read_err(None, e))?;
             tracing::info!(path = %path.display(), last_log_id = ?file.meta.last_log_id, "restored snapshot");
+            sm.metrics.snapshot_bytes.store(bytes.len() as u64, Ordering::Relaxed);
             *sm.store.current.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((file.meta.clone(), Arc::new(bytes)));
             sm.restore(file);
@@ -294,10 +308,12 @@ pub struct Builder {
     handle: Handle,
     store: Arc<SnapshotStore>,
     seq: u64,
+    metrics: Arc<Registry>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::time::Instant::now();
         let (grid, last_log_id, last_membership) =
             self.handle.read(|a| (a.grid.clone(), a.last_applied, a.last_membership.clone()));
         let meta = Meta { last_log_id, last_membership, snapshot_id: snapshot_id(last_log_id, self.seq) };
@@ -320,6 +336,8 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             }
         }
         self.handle.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        self.metrics.snapshot_build.observe(started.elapsed());
+        self.metrics.snapshot_bytes.store(bytes.len() as u64, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes.as_ref().clone())) })
     }
@@ -348,7 +366,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(Request::Batch { now_ms, commands }) => {
                     self.handle.counters.commands_applied.fetch_add(commands.len() as u64, Ordering::Relaxed);
-                    Response { results: applied.grid.apply_batch_with_events(now_ms, &commands, &mut events) }
+                    let (created_after, first_event) = (applied.grid.last_execution_id(), events.len());
+                    let results = applied.grid.apply_batch_with_events(now_ms, &commands, &mut events);
+                    if self.metrics.counts_entry(entry.log_id.index) {
+                        self.metrics.executions.entry_applied(
+                            &applied.grid,
+                            created_after,
+                            &events[first_event..],
+                        );
+                    }
+                    Response { results }
                 }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -366,7 +393,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let seq = self.handle.counters.snapshots_built.load(Ordering::Relaxed);
-        Builder { handle: self.handle.clone(), store: self.store.clone(), seq }
+        Builder { handle: self.handle.clone(), store: self.store.clone(), seq, metrics: self.metrics.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -380,6 +407,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let bytes = Arc::new(snapshot.into_inner());
         let file = decode_snapshot(&bytes).map_err(|e| read_err(Some(meta), e))?;
+        self.metrics.snapshot_bytes.store(bytes.len() as u64, Ordering::Relaxed);
         let store = self.store.clone();
         let meta_w = meta.clone();
         tokio::task::spawn_blocking(move || store.save(&meta_w, bytes))
@@ -387,6 +415,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| write_err(meta, e))??;
         self.restore(SnapshotFile { meta: meta.clone(), grid: file.grid });
         self.hub.reset();
+        self.metrics.executions.grid_replaced();
         self.handle.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot from leader");
         Ok(())

@@ -72,6 +72,8 @@ pub struct Context {
     pub work: WorkOptions,
     /// Settings of streams and listeners.
     pub streams: StreamOptions,
+    /// The node's Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Registry>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -94,6 +96,7 @@ impl Context {
         hub: crate::watch::Hub,
         work: WorkOptions,
         streams: StreamOptions,
+        metrics: Arc<crate::metrics::Registry>,
     ) -> Self {
         Self {
             node_id,
@@ -109,6 +112,7 @@ impl Context {
             hub,
             work,
             streams,
+            metrics,
             channels: Arc::default(),
         }
     }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::Error;
 use crate::NodeId;
 use crate::grid::{Command, Output};
+use crate::metrics::Registry;
 use crate::raft::state_machine;
 use crate::raft::{Raft, Request};
 
@@ -149,6 +150,8 @@ fn command_bytes(command: &Command) -> usize {
 pub struct Service {
     node_id: NodeId,
     raft: Raft,
+    /// Where commit latencies go.
+    metrics: Arc<Registry>,
     applied: state_machine::Handle,
     options: Options,
     rx: mpsc::Receiver<Proposal>,
@@ -166,9 +169,10 @@ impl Service {
         raft: Raft,
         applied: state_machine::Handle,
         options: Options,
+        metrics: Arc<Registry>,
     ) -> (Self, Handle) {
         let (tx, rx) = mpsc::channel(options.max_pending_writes);
-        (Self { node_id, raft, applied, options, rx }, Handle { tx })
+        (Self { node_id, raft, metrics, applied, options, rx }, Handle { tx })
     }
 
     /// Runs until `shutdown`; writes still queued then are answered "not applied".
@@ -228,13 +232,18 @@ impl Service {
                 }
             }
             let raft = self.raft.clone();
+            let metrics = self.metrics.clone();
             let commit_timeout = self.options.commit_timeout;
             tokio::spawn(async move {
                 let (commands, replies): (Vec<_>, Vec<_>) =
                     batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+                let proposed = std::time::Instant::now();
                 let write = raft.client_write(Request::Batch { now_ms: now_ms(), commands });
                 let result = tokio::time::timeout(commit_timeout, write).await;
                 drop(permit);
+                if let Ok(Ok(_)) = &result {
+                    metrics.raft_commit.observe(proposed.elapsed());
+                }
                 match result {
                     Ok(result) => deliver(result, replies),
                     Err(_) => {

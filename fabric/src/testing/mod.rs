@@ -18,8 +18,11 @@
 //! - `status`: asking nodes for the cluster status ([`status_at`], [`cluster_status`]) and
 //!   bounded waits on it ([`wait_for_status`], [`wait_for_leader`]).
 //! - `error`: [`Error`], what starting, stopping or waiting for a process can run into.
+//! - [`exposition`]: a strict reader of the Prometheus text format, for tests that scrape
+//!   `/metrics`.
 
 mod error;
+pub mod exposition;
 mod local;
 mod process;
 mod process_cluster;

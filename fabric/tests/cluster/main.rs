@@ -18,6 +18,7 @@ mod leases;
 mod logs;
 mod membership;
 mod membership_process;
+mod metrics;
 mod process;
 mod restart;
 mod streams;

@@ -73,10 +73,25 @@ impl Cluster {
         snapshot_after_entries: u64,
         keep: bool,
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(weft, root, n, snapshot_after_entries, keep, &[])
+    }
+
+    /// [`Cluster::start`] with extra environment for every node (`WEFT_*` settings).
+    pub fn start_with_env(
+        weft: &Path,
+        root: &Path,
+        n: usize,
+        snapshot_after_entries: u64,
+        keep: bool,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut options = ClusterOptions::new(weft, root, n)
             .args(["--cluster", "bench"])
             .env("WEFT_SNAPSHOT_AFTER_ENTRIES", snapshot_after_entries.to_string())
             .env("NO_COLOR", "1");
+        for (k, v) in env {
+            options = options.env(k, v);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             options = options.env("RUST_LOG", "info");
         }

@@ -184,17 +184,17 @@ pub struct ClientTally {
 
 /// One row to measure: a workload, its concurrency and the node the clients talk to.
 #[derive(Debug, Clone, Copy)]
-struct Case {
-    nodes: usize,
-    op: Op,
-    leader: u64,
-    target: u64,
-    via_follower: bool,
-    clients: usize,
+pub struct Case {
+    pub nodes: usize,
+    pub op: Op,
+    pub leader: u64,
+    pub target: u64,
+    pub via_follower: bool,
+    pub clients: usize,
 }
 
 /// Runs one workload with `clients` clients against node `target` and measures it.
-async fn measure_row(args: &Args, cluster: &Cluster, case: Case) -> anyhow::Result<Row> {
+pub async fn measure_row(args: &Args, cluster: &Cluster, case: Case) -> anyhow::Result<Row> {
     let Case { nodes, op, leader, target, via_follower, clients } = case;
     let addr = cluster.addr(target)?.to_owned();
     let channels = connect(&addr, args.channels.min(clients)).await?;

@@ -33,6 +33,7 @@
 //! - [`membership`]: gossip formation, traffic, failure detection and replacement.
 //! - [`streams`]: append throughput, append → listener latency, memory per million items;
 //!   Weft and NATS JetStream interleaved.
+//! - [`metrics_cost`]: puts with the request-latency metrics on and off, interleaved.
 //! - [`cluster`]: the clusters of `weft node` processes and the scratch dir they live in.
 //! - [`probes`]: `/metrics`, `/proc` RSS and CPU time, disk use, load average.
 //! - [`report`]: markdown tables, medians and percentiles.
@@ -50,6 +51,7 @@ mod cluster;
 mod executions;
 mod kv;
 mod membership;
+mod metrics_cost;
 mod million;
 mod probes;
 mod report;
@@ -142,11 +144,14 @@ enum Workload {
     /// Streams: append throughput, append → listener latency and memory per million items,
     /// against NATS JetStream R3 when nats-server is available.
     Streams,
+    /// Puts with the request-latency metrics (`rpc_metrics`) on and off, interleaved: what
+    /// the metrics cost on the put path. Only when asked for (`--only metrics-cost`).
+    MetricsCost,
 }
 
 impl Args {
     fn wants(&self, w: Workload) -> bool {
-        self.only.is_empty() || self.only.contains(&w)
+        (self.only.is_empty() && w != Workload::MetricsCost) || self.only.contains(&w)
     }
 
     fn secs(&self) -> Duration {
@@ -267,6 +272,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants(Workload::Streams) {
         streams::measure(&args, &weft, &scratch).await?;
+    }
+    if args.wants(Workload::MetricsCost) {
+        eprintln!("== metrics cost: puts with rpc_metrics on and off (load average {})", load_average());
+        let samples = metrics_cost::measure(&args, &weft, &scratch).await?;
+        print!("{}", metrics_cost::markdown(&args, &samples));
     }
     let total = started.elapsed();
     println!("\nTotal time: {:.0} s for {} run(s).", total.as_secs_f64(), args.runs);

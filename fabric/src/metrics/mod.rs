@@ -1,0 +1,151 @@
+//! A node's Prometheus metrics: the histograms and counters the layers fill, and the text
+//! format `/metrics` serves them in.
+//!
+//! Conventions (Prometheus): base units (seconds, bytes), counters end in `_total`, latency
+//! histograms in `_seconds`; every family has `# HELP` and `# TYPE`; every `weft_*` series
+//! has a `node` label. Every label set is bounded (see each part), so memory is too.
+//!
+//! # Layout
+//! - [`Registry`] (here): one per node, shared by the layers that fill it.
+//! - [`histogram`]: a lock-free fixed-bucket histogram and the bucket sets.
+//! - [`grpc`]: the middleware that times gRPC requests by method and status code.
+//! - [`executions`]: executions created, finished and retried by agent and delegate, queue
+//!   wait and run time by agent, counted as the grid applies them.
+//! - [`process`]: `process_*` from `/proc`.
+//! - [`text`]: the exposition writer.
+//!
+//! Who fills what: the proposer times commits, the log store's flusher its fsyncs, the state
+//! machine snapshot builds and executions, the gRPC middleware requests. `/metrics` (in
+//! `http`) reads the rest from Raft, the grid and the hub when scraped.
+
+pub mod executions;
+pub mod grpc;
+pub mod histogram;
+pub mod process;
+pub mod text;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use histogram::Histogram;
+pub use text::{Kind, Text};
+
+/// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metrics one node fills as it works. Cheap to share (`Arc`); every part bounds its
+/// memory.
+#[derive(Debug)]
+pub struct Registry {
+    /// Request latency by RPC and code.
+    pub rpcs: Arc<grpc::Rpcs>,
+    /// From proposing a batch (one log entry) to its result on the leader: commit on a quorum
+    /// and apply.
+    pub raft_commit: Histogram,
+    /// One flush of the Raft log (sled's flush plus fsyncs).
+    pub log_fsync: Arc<Histogram>,
+    /// Building a snapshot: serialising the grid, writing and fsyncing the file.
+    pub snapshot_build: Histogram,
+    /// Size of the current snapshot (built here or installed from the leader).
+    pub snapshot_bytes: AtomicU64,
+    /// Executions, as the grid applies them.
+    pub executions: executions::Tracker,
+    /// Entries up to this index were applied before the process started (a restart replays
+    /// them): they are not counted again.
+    replayed_until: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl Registry {
+    /// Metrics for a node serving the gRPC `services` (their paths become `rpc` labels).
+    pub fn new(services: Vec<&'static str>) -> Self {
+        Self {
+            rpcs: Arc::new(grpc::Rpcs::new(services)),
+            raft_commit: Histogram::new(histogram::LATENCY_BUCKETS_S),
+            log_fsync: Arc::new(Histogram::new(histogram::FSYNC_BUCKETS_S)),
+            snapshot_build: Histogram::new(histogram::SNAPSHOT_BUCKETS_S),
+            snapshot_bytes: AtomicU64::new(0),
+            executions: executions::Tracker::default(),
+            replayed_until: AtomicU64::new(0),
+        }
+    }
+
+    /// Entries up to `index` were committed before this process started: replaying them
+    /// does not count executions again.
+    pub fn set_replayed_until(&self, index: u64) {
+        self.replayed_until.store(index, Ordering::Relaxed);
+    }
+
+    /// Whether the entry at `index` counts (it is not a replay).
+    pub fn counts_entry(&self, index: u64) -> bool {
+        index > self.replayed_until.load(Ordering::Relaxed)
+    }
+
+    /// Writes what the registry holds, and the process metrics.
+    pub fn render(&self, t: &mut Text, node: &str) {
+        let n = [("node", node)];
+        self.rpcs.render(t, node);
+        t.family(
+            "weft_raft_commit_seconds",
+            "On the leader, from proposing a log entry (a batch of writes) to its result: commit on a quorum, then apply.",
+            Kind::Histogram,
+        );
+        t.histogram("weft_raft_commit_seconds", &n, &self.raft_commit.snapshot());
+        t.family(
+            "weft_raft_log_fsync_seconds",
+            "One durable flush of the Raft log (sled flush and fsync).",
+            Kind::Histogram,
+        );
+        t.histogram("weft_raft_log_fsync_seconds", &n, &self.log_fsync.snapshot());
+        t.family(
+            "weft_snapshot_build_seconds",
+            "Building a snapshot: serialising the grid, writing and fsyncing the file.",
+            Kind::Histogram,
+        );
+        t.histogram("weft_snapshot_build_seconds", &n, &self.snapshot_build.snapshot());
+        t.single(
+            "weft_snapshot_bytes",
+            "Size of the current snapshot, built here or installed from the leader (0: none yet).",
+            Kind::Gauge,
+            &n,
+            self.snapshot_bytes.load(Ordering::Relaxed),
+        );
+        self.executions.render(t, node);
+        t.single(
+            "weft_build_info",
+            "Always 1; the labels say which build of weft this node runs.",
+            Kind::Gauge,
+            &[("node", node), ("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+        process::render(t);
+    }
+}
+
+/// A gauge family by agent: at most [`executions::MAX_AGENTS`] agents get a series of their
+/// own, the rest are summed as `agent="other"`.
+pub fn agent_gauge(
+    text: &mut Text,
+    node: &str,
+    name: &str,
+    help: &str,
+    by_agent: impl Iterator<Item = (String, u64)>,
+) {
+    text.family(name, help, Kind::Gauge);
+    let mut other = None;
+    for (i, (agent, n)) in by_agent.enumerate() {
+        if i < executions::MAX_AGENTS {
+            text.sample(name, &[("node", node), ("agent", &agent)], n);
+        } else {
+            *other.get_or_insert(0) += n;
+        }
+    }
+    if let Some(n) = other {
+        text.sample(name, &[("node", node), ("agent", executions::OTHER)], n);
+    }
+}
