@@ -33,6 +33,11 @@ const TAIL_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 type Answer<T> = Result<Json<T>, ApiError>;
 
+/// A wait's length: absent or 0 is the default; the node caps it at its `max_wait_ms`.
+fn wait_ms(asked: Option<u64>) -> u64 {
+    asked.filter(|ms| *ms > 0).unwrap_or(DEFAULT_WAIT_MS)
+}
+
 fn consistency(stale: bool) -> i32 {
     if stale { pb::Consistency::Stale as i32 } else { pb::Consistency::Linearizable as i32 }
 }
@@ -149,12 +154,19 @@ pub async fn get_execution(State(api): State<Api>, PathOf(id): PathOf<u64>) -> A
 }
 
 /// The execution as it is when the wait ended: 200 when final, 202 while it goes on.
-async fn outcome_or_progress(
+async fn outcome_or_progress(api: &Api, result: Result<pb::Execution, tonic::Status>) -> Result<Response, ApiError> {
+    let (status, e) = settled(api, result).await?;
+    Ok((status, Json(model::Execution::from(e))).into_response())
+}
+
+/// 200 and the execution a wait returned; or, when the wait ran out (DEADLINE_EXCEEDED naming
+/// the execution, which goes on), 202 and the execution as it is now.
+async fn settled(
     api: &Api,
     result: Result<pb::Execution, tonic::Status>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, pb::Execution), ApiError> {
     match result {
-        Ok(e) => Ok((StatusCode::OK, Json(model::Execution::from(e))).into_response()),
+        Ok(e) => Ok((StatusCode::OK, e)),
         Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
             let id = status
                 .metadata()
@@ -163,8 +175,7 @@ async fn outcome_or_progress(
                 .and_then(|v| v.parse().ok())
                 .ok_or(ApiError(status))?;
             let req = pb::GetExecutionRequest { id, consistency: consistency(true) };
-            let now = api.executions.get(Request::new(req)).await?.into_inner();
-            Ok((StatusCode::ACCEPTED, Json(model::Execution::from(now))).into_response())
+            Ok((StatusCode::ACCEPTED, api.executions.get(Request::new(req)).await?.into_inner()))
         }
         Err(status) => Err(ApiError(status)),
     }
@@ -181,7 +192,7 @@ pub async fn wait_execution(
     PathOf(id): PathOf<u64>,
     QueryOf(q): QueryOf<model::WaitQuery>,
 ) -> Result<Response, ApiError> {
-    let req = pb::WaitRequest { id, timeout_ms: q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS) };
+    let req = pb::WaitRequest { id, timeout_ms: wait_ms(q.timeout_ms) };
     let mut stream = api.executions.wait(Request::new(req)).await?.into_inner();
     let mut last = None;
     while let Some(change) = stream.next().await {
@@ -244,7 +255,7 @@ pub async fn call(
     };
     let req = pb::CallRequest {
         create: Some(create.into_pb(idempotency_key(&headers)?)),
-        timeout_ms: q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS),
+        timeout_ms: wait_ms(q.timeout_ms),
     };
     let result = api.executions.call(Request::new(req)).await.map(tonic::Response::into_inner);
     outcome_or_progress(&api, result).await
@@ -293,48 +304,55 @@ pub async fn get_instance(
     Ok(Json(api.instances.get(Request::new(req)).await?.into_inner().into()))
 }
 
-/// Starts an instance with the body as its Start arguments and waits for Start's outcome.
+/// Starts an instance with the body as its Start arguments and waits for Start's outcome:
+/// 200 once it finished, 202 while it goes on.
 #[utoipa::path(post, path = "/v1/instances/{agent}/{id}", tag = "instances",
     params(("agent" = String, Path), ("id" = String, Path), model::WaitQuery,
         ("Idempotency-Key" = Option<String>, Header, description = "Starting again with this key returns the first start")),
     request_body(content = Option<serde_json::Value>, description = "The Start arguments, any JSON value"),
     responses((status = 200, body = model::InstanceOutcome), (status = 400, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 504, body = ErrorBody)))]
+        (status = 409, body = ErrorBody),
+        (status = 202, body = model::InstanceOutcome, description = "Start still running when the wait ran out; it goes on")))]
 pub async fn start_instance(
     State(api): State<Api>,
     PathOf((agent, instance)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::WaitQuery>,
     headers: HeaderMap,
     JsonBody(args): JsonBody<Option<serde_json::Value>>,
-) -> Answer<model::InstanceOutcome> {
+) -> Result<Response, ApiError> {
     let req = pb::StartInstanceRequest {
         agent,
         instance,
         payload: Some(model::json_payload(&args_of(args))),
         idempotency_key: idempotency_key(&headers)?,
         parent: None,
-        timeout_ms: q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS),
+        timeout_ms: wait_ms(q.timeout_ms),
     };
-    let answer = api.instances.start(Request::new(req)).await?.into_inner();
-    let start = answer.start.ok_or_else(|| tonic::Status::internal("a start answered no execution"))?;
-    Ok(Json(model::InstanceOutcome { execution: start.into() }))
+    let result = api.instances.start(Request::new(req)).await.and_then(|answer| {
+        answer.into_inner().start.ok_or_else(|| tonic::Status::internal("a start answered no execution"))
+    });
+    let (status, start) = settled(&api, result).await?;
+    Ok((status, Json(model::InstanceOutcome { execution: start.into() })).into_response())
 }
 
 /// Stops an instance: waits for its Stop delegate; then it, its state and its children are
 /// removed.
 #[utoipa::path(delete, path = "/v1/instances/{agent}/{id}", tag = "instances",
     params(("agent" = String, Path), ("id" = String, Path), model::WaitQuery),
-    responses((status = 200, body = model::InstanceOutcome), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody)))]
+    responses((status = 200, body = model::InstanceOutcome), (status = 404, body = ErrorBody),
+        (status = 202, body = model::InstanceOutcome, description = "Stop still running when the wait ran out; it goes on")))]
 pub async fn stop_instance(
     State(api): State<Api>,
     PathOf((agent, instance)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::WaitQuery>,
-) -> Answer<model::InstanceOutcome> {
+) -> Result<Response, ApiError> {
     let req =
-        pb::StopInstanceRequest { agent, instance, timeout_ms: q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS) };
-    let answer = api.instances.stop(Request::new(req)).await?.into_inner();
-    let stop = answer.stop.ok_or_else(|| tonic::Status::internal("a stop answered no execution"))?;
-    Ok(Json(model::InstanceOutcome { execution: stop.into() }))
+        pb::StopInstanceRequest { agent, instance, timeout_ms: wait_ms(q.timeout_ms) };
+    let result = api.instances.stop(Request::new(req)).await.and_then(|answer| {
+        answer.into_inner().stop.ok_or_else(|| tonic::Status::internal("a stop answered no execution"))
+    });
+    let (status, stop) = settled(&api, result).await?;
+    Ok((status, Json(model::InstanceOutcome { execution: stop.into() })).into_response())
 }
 
 // ---- state -----------------------------------------------------------------------------------

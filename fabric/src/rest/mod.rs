@@ -94,6 +94,7 @@ Every operation calls the same service a gRPC caller reaches; errors carry the g
         handlers::tail,
     ),
     components(schemas(ErrorBody, error::ErrorDetail)),
+    modifiers(&CommonErrors),
     tags(
         (name = "cluster", description = "Members, leader, gossip"),
         (name = "executions", description = "Calls of agents' delegates"),
@@ -103,6 +104,36 @@ Every operation calls the same service a gRPC caller reaches; errors carry the g
     )
 )]
 pub struct ApiDoc;
+
+/// Adds the errors any operation may answer to every operation of the document: bad input
+/// (400, 413, 415), overload (429) and no leader or quorum (503).
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .build()
+        };
+        let common = [
+            ("400", "Bad input: the message names the problem; nothing changed"),
+            ("413", "The body is over the node's max_message_bytes"),
+            ("415", "The body is not JSON"),
+            ("429", "Overloaded (a bound such as max_waiters or max_pending_writes); nothing changed"),
+            ("503", "No leader, no quorum, or the node is stopping; see not_applied"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
+                for (code, description) in common {
+                    op.responses.responses.entry(code.to_owned()).or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
+}
 
 /// The routes of the API, and the OpenAPI document.
 pub fn router(ctx: Context, shutdown: CancellationToken, max_body_bytes: usize) -> Router {

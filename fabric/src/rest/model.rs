@@ -65,14 +65,12 @@ pub struct Execution {
     pub parent_id: Option<u64>,
     pub idempotency_key: Option<String>,
     /// The arguments (JSON codec); null with `args_codec` and `args_hex` for another codec.
-    #[schema(value_type = Object)]
     pub args: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args_codec: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args_hex: Option<String>,
     /// The result once completed (same rule as `args`).
-    #[schema(value_type = Object)]
     pub result: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result_codec: Option<String>,
@@ -128,7 +126,6 @@ pub struct CreateExecution {
     pub delegate: String,
     /// The arguments, any JSON value (default null).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub args: serde_json::Value,
     /// An instance of the agent (it must exist).
     #[serde(default)]
@@ -210,8 +207,8 @@ pub struct ListExecutionsQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Milliseconds to wait for the outcome (default 30 s; at most the node's `max_wait_ms`).
-    /// Still running then: 202 with the execution as it is.
+    /// Milliseconds to wait for the outcome (absent or 0: 30 s; at most the node's
+    /// `max_wait_ms`). Still running then: 202 with the execution as it is.
     pub timeout_ms: Option<u64>,
 }
 
@@ -221,8 +218,8 @@ pub struct WaitQuery {
 pub struct CallQuery {
     /// An instance of the agent.
     pub instance: Option<String>,
-    /// Milliseconds to wait for the outcome (default 30 s; at most the node's `max_wait_ms`).
-    /// Still running then: 202 with the execution, which goes on.
+    /// Milliseconds to wait for the outcome (absent or 0: 30 s; at most the node's
+    /// `max_wait_ms`). Still running then: 202 with the execution, which goes on.
     pub timeout_ms: Option<u64>,
     /// Wait for a session that serves the delegate (see `POST /v1/executions`).
     #[serde(default)]
@@ -530,7 +527,6 @@ pub struct Instance {
     /// Its parent instance, `agent/id`.
     pub parent: Option<String>,
     /// What its Start delegate returned (JSON codec).
-    #[schema(value_type = Object)]
     pub start_result: Option<serde_json::Value>,
 }
 
@@ -583,7 +579,6 @@ pub struct Item {
     pub seq: u64,
     pub key: Option<String>,
     /// The payload (JSON codec; see `Execution.args` for others).
-    #[schema(value_type = Object)]
     pub payload: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_codec: Option<String>,
@@ -618,7 +613,6 @@ pub struct NewItem {
     pub key: Option<String>,
     /// Any JSON value.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
