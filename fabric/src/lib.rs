@@ -21,6 +21,7 @@
 //!   `tonic::Status`.
 //! - `convert`: generated protobuf types to domain types and back, in one place.
 //! - `http`: `/healthz`, `/readyz`, `/metrics`.
+//! - `dashboard`: the web dashboard (`/ui/`): embedded page, snapshots as JSON and as SSE.
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
@@ -34,6 +35,7 @@ pub(crate) mod api;
 pub(crate) mod codec;
 pub mod config;
 pub(crate) mod convert;
+pub(crate) mod dashboard;
 pub mod data_dir;
 pub mod grid;
 pub(crate) mod http;

@@ -289,7 +289,9 @@ impl Node {
         )
         .into_axum_router();
         let quorum_timeout = Duration::from_millis(2 * config.election_timeout_max_ms);
-        let app = grpc.merge(http::router(ctx, quorum_timeout));
+        let app = grpc
+            .merge(crate::dashboard::router(ctx.clone(), shutdown.clone()))
+            .merge(http::router(ctx, quorum_timeout));
         let listener = listener.tap_io(|tcp| {
             // Small RPCs must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod cli_executions;
 mod cli_streams;
+mod dashboard;
 mod delegates;
 mod demand;
 mod executions;
