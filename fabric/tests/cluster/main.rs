@@ -6,6 +6,7 @@ mod cli;
 mod cli_executions;
 mod cli_streams;
 mod dashboard;
+mod dashboard_browser;
 mod delegates;
 mod demand;
 mod executions;

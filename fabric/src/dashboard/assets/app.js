@@ -236,26 +236,36 @@ function renderScalers(s, now) {
     box.replaceChildren(el("p", { class: "empty" }, "no scaler has published a status"));
     return;
   }
-  box.replaceChildren(...s.scalers.map((g) => {
-    const st = g.status || {};
-    const agents = Object.entries(st.agents || {});
-    return el("div", { class: "scaler", data: { group: g.group } },
-      el("h3", {}, "group " + g.group,
-        g.problem ? pill(g.problem, "warn") : pill("active: " + (g.lease_holder || st.holder || "?"), "ok"),
-        st.updated_at_ms ? el("span", { class: "muted" }, " published " + ago(st.updated_at_ms, now)) : null),
-      el("table", {},
-        el("thead", {}, el("tr", {}, ["agent", "mode", "backend", "desired", "running", "starting", "stopping", "waiting", "problem"]
-          .map((h) => el("th", {}, h)))),
-        el("tbody", {}, agents.length === 0 ? el("tr", {}, el("td", { class: "empty", colspan: 9 }, "no agents")) :
-          agents.map(([name, a]) => el("tr", { data: { agent: name } },
-            el("td", {}, name), el("td", {}, a.mode), el("td", {}, a.backend),
-            el("td", { class: "num" }, a.desired), el("td", { class: "num" }, a.running),
-            el("td", { class: "num" }, a.starting), el("td", { class: "num" }, a.stopping),
-            el("td", { class: "num" }, a.waiting),
-            el("td", {}, a.crash_looping ? el("span", { class: "pill bad", title: a.crash_looping.output_tail || "" },
-              "crash loop: " + a.crash_looping.failures + " failures, " + a.crash_looping.reason)
-              : (a.last_error ? el("span", { class: "muted" }, a.last_error) : ""))))));
-  }));
+  box.replaceChildren(...s.scalers.map((g) => scalerGroup(g, now)));
+}
+
+function scalerGroup(g, now) {
+  const st = g.status || {};
+  const agents = Object.entries(st.agents || {});
+  const head = el("tr", {}, ["agent", "mode", "backend", "desired", "running", "starting", "stopping", "waiting", "problem"]
+    .map((h) => el("th", {}, h)));
+  const rows = agents.length === 0
+    ? [el("tr", {}, el("td", { class: "empty", colspan: 9 }, "no agents"))]
+    : agents.map(([name, a]) => el("tr", { data: { agent: name } },
+      el("td", {}, name), el("td", {}, a.mode), el("td", {}, a.backend),
+      el("td", { class: "num desired" }, a.desired), el("td", { class: "num running" }, a.running),
+      el("td", { class: "num" }, a.starting), el("td", { class: "num" }, a.stopping),
+      el("td", { class: "num" }, a.waiting),
+      el("td", {}, scalerProblem(a))));
+  return el("div", { class: "scaler", data: { group: g.group } },
+    el("h3", {}, "group " + g.group,
+      g.problem ? pill(g.problem, "warn") : pill("active: " + (g.lease_holder || st.holder || "?"), "ok"),
+      st.updated_at_ms ? el("span", { class: "muted" }, " published " + ago(st.updated_at_ms, now)) : null),
+    el("table", {}, el("thead", {}, head), el("tbody", {}, rows)));
+}
+
+function scalerProblem(a) {
+  const c = a.crash_looping;
+  if (c) {
+    return el("span", { class: "pill bad", title: c.output_tail || "" },
+      "crash loop: " + c.failures + " failures, " + c.reason);
+  }
+  return a.last_error ? el("span", { class: "muted" }, a.last_error) : "";
 }
 
 // ---- execution detail ------------------------------------------------------------------------
