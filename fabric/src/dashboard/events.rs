@@ -34,7 +34,7 @@ pub(super) async fn events(
 ) -> Response {
     let filter = match FilterQuery::parse(query) {
         Ok(f) => f,
-        Err(response) => return response,
+        Err(message) => return json_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message),
     };
     let Ok(permit) = d.streams.clone().try_acquire_owned() else {
         let message = format!(

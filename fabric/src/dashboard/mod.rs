@@ -152,11 +152,9 @@ pub struct FilterQuery {
 impl FilterQuery {
     fn parse(
         query: Result<Query<FilterQuery>, axum::extract::rejection::QueryRejection>,
-    ) -> Result<Filter, Response> {
-        let Query(q) =
-            query.map_err(|e| json_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &e.body_text()))?;
+    ) -> Result<Filter, String> {
+        let Query(q) = query.map_err(|e| e.body_text())?;
         Filter::parse(q.status.as_deref(), q.agent.as_deref(), q.limit.as_deref())
-            .map_err(|m| json_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &m))
     }
 }
 
@@ -197,7 +195,7 @@ async fn snapshot_json(
 ) -> Response {
     match FilterQuery::parse(query) {
         Ok(filter) => json_ok(&d.snapshot(filter).await.stamped()),
-        Err(response) => response,
+        Err(message) => json_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message),
     }
 }
 
