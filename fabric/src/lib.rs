@@ -25,6 +25,7 @@
 //! - `health`: `grpc.health.v1.Health`, kept in step with readiness.
 //! - [`metrics`]: the Prometheus metrics the layers fill (histograms, execution counters)
 //!   and the text format `/metrics` writes.
+//! - `dashboard`: the web dashboard (`/ui/`): embedded page, snapshots as JSON and as SSE.
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - [`log_limit`]: the `weft` binary's log filter that rate-limits repeated peer errors.
@@ -39,6 +40,7 @@ pub(crate) mod api;
 pub(crate) mod codec;
 pub mod config;
 pub(crate) mod convert;
+pub(crate) mod dashboard;
 pub mod data_dir;
 pub mod grid;
 pub(crate) mod health;

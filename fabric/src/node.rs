@@ -382,6 +382,7 @@ impl Node {
             grpc
         };
         let app = grpc
+            .merge(crate::dashboard::router(ctx.clone(), shutdown.clone()))
             .merge(http::router(ctx.clone(), probe))
             .merge(crate::rest::router(ctx, shutdown.clone(), config.max_message_bytes))
             .fallback(crate::rest::not_found);

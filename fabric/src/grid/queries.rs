@@ -130,6 +130,17 @@ impl Grid {
         Ok(Page { entries, next })
     }
 
+    /// Up to `limit` namespaces whose names start with `prefix`, in name order (expired keys
+    /// not yet dropped may keep a namespace listed).
+    pub fn namespaces_with_prefix(&self, prefix: &str, limit: usize) -> Vec<&str> {
+        self.namespaces
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .map(|(ns, _)| ns.as_str())
+            .take_while(|ns| ns.starts_with(prefix))
+            .take(limit)
+            .collect()
+    }
+
     /// The grid's clock: the latest leader-stamped time applied.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
@@ -196,6 +207,24 @@ impl Grid {
             executions.push(e.clone());
         }
         ExecutionPage { executions, next }
+    }
+
+    /// The newest executions (highest ids first), filtered by agent and status, up to
+    /// `limit`; scans at most [`MAX_LIST_SCAN`] executions past the filter.
+    pub fn recent_executions(
+        &self,
+        agent: Option<&str>,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Vec<&Execution> {
+        self.work
+            .executions
+            .values()
+            .rev()
+            .take(MAX_LIST_SCAN)
+            .filter(|e| agent.is_none_or(|a| a == e.agent) && status.is_none_or(|s| s == e.status))
+            .take(limit)
+            .collect()
     }
 
     /// The execution created with `key` (top level, or under `parent`).

@@ -154,7 +154,10 @@ pub async fn get_execution(State(api): State<Api>, PathOf(id): PathOf<u64>) -> A
 }
 
 /// The execution as it is when the wait ended: 200 when final, 202 while it goes on.
-async fn outcome_or_progress(api: &Api, result: Result<pb::Execution, tonic::Status>) -> Result<Response, ApiError> {
+async fn outcome_or_progress(
+    api: &Api,
+    result: Result<pb::Execution, tonic::Status>,
+) -> Result<Response, ApiError> {
     let (status, e) = settled(api, result).await?;
     Ok((status, Json(model::Execution::from(e))).into_response())
 }
@@ -346,8 +349,7 @@ pub async fn stop_instance(
     PathOf((agent, instance)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::WaitQuery>,
 ) -> Result<Response, ApiError> {
-    let req =
-        pb::StopInstanceRequest { agent, instance, timeout_ms: wait_ms(q.timeout_ms) };
+    let req = pb::StopInstanceRequest { agent, instance, timeout_ms: wait_ms(q.timeout_ms) };
     let result = api.instances.stop(Request::new(req)).await.and_then(|answer| {
         answer.into_inner().stop.ok_or_else(|| tonic::Status::internal("a stop answered no execution"))
     });

@@ -115,7 +115,10 @@ impl utoipa::Modify for CommonErrors {
         let error = |description: &str| {
             ResponseBuilder::new()
                 .description(description)
-                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
                 .build()
         };
         let common = [
@@ -128,7 +131,10 @@ impl utoipa::Modify for CommonErrors {
         for item in openapi.paths.paths.values_mut() {
             for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
                 for (code, description) in common {
-                    op.responses.responses.entry(code.to_owned()).or_insert_with(|| error(description).into());
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(description).into());
                 }
             }
         }

@@ -8,6 +8,8 @@ mod cli_endpoints;
 mod cli_executions;
 mod cli_input;
 mod cli_streams;
+mod dashboard;
+mod dashboard_browser;
 mod delegates;
 mod demand;
 mod executions;
