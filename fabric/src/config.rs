@@ -403,6 +403,12 @@ impl Config {
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err(invalid("election_timeout_max_ms", "must be more than election_timeout_min_ms"));
         }
+        if self.default_execution_timeout_ms > crate::grid::execution::MAX_RELATIVE_MS {
+            return Err(invalid(
+                "default_execution_timeout_ms",
+                "must be at most a year (31536000000); 0 means no default",
+            ));
+        }
         for (field, value) in [
             ("snapshot_after_entries", self.snapshot_after_entries),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),

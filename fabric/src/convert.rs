@@ -139,12 +139,7 @@ pub fn new_execution(
         delegate: req.delegate,
         payload: payload(req.payload)?,
         idempotency_key: none_if_empty(req.idempotency_key),
-        // Without a timeout or a deadline, the node's default timeout (if any): nothing waits
-        // pending forever.
-        timeout_ms: match (req.timeout_ms, req.deadline_ms, work.default_execution_timeout_ms) {
-            (None, None, default) if default > 0 => Some(default),
-            (timeout, _, _) => timeout,
-        },
+        timeout_ms: req.timeout_ms,
         deadline_ms: req.deadline_ms,
         delay_ms: req.delay_ms,
         not_before_ms: req.not_before_ms,

@@ -93,6 +93,18 @@ impl Probe {
             let metrics = self.0.raft.metrics();
             let m = metrics.borrow();
             let leader = m.current_leader;
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let gossip = self.0.membership.gossip.view();
+            let voters_alive = voters
+                .iter()
+                .filter(|v| {
+                    **v == m.id
+                        || gossip
+                            .members
+                            .get(v)
+                            .is_some_and(|g| g.health == membership::gossip::Health::Alive)
+                })
+                .count();
             let view = View {
                 id: m.id,
                 cluster: &self.0.cluster,
@@ -102,6 +114,8 @@ impl Probe {
                 leading_since: self.leading_since(leader == Some(m.id), m.current_term, now),
                 contact: self.0.contact.last(),
                 initialized: membership::bootstrap::initialized_in(&m),
+                voters: voters.len(),
+                voters_alive,
             };
             assess(&view, now, self.0.quorum_timeout, || self.0.membership.bootstrap.join_state())
         };
@@ -173,6 +187,10 @@ struct View<'a> {
     leading_since: Option<Instant>,
     contact: Option<Contact>,
     initialized: bool,
+    /// Voters of the membership this node holds, and how many of them its gossip sees alive
+    /// (itself included).
+    voters: usize,
+    voters_alive: usize,
 }
 
 /// The rule (see the module doc); pure, so it can be tested on any clock.
@@ -226,6 +244,16 @@ fn assess(
                 ));
             }
         }
+        // openraft's leader does not step down without a quorum and keeps sending heartbeats
+        // to whom it still reaches: a follower (or learner) cut off with it would otherwise
+        // stay ready while every write through it fails.
+        if view.voters > 0 && view.voters_alive * 2 <= view.voters {
+            return not_ready(format!(
+                "follows node {leader}, but gossip sees only {} of the {} voters alive: the \
+                 leader cannot reach a quorum",
+                view.voters_alive, view.voters
+            ));
+        }
     }
     Verdict {
         ready: true,
@@ -249,6 +277,8 @@ mod tests {
             leading_since: None,
             contact: None,
             initialized: true,
+            voters: 3,
+            voters_alive: 3,
         }
     }
 
@@ -302,6 +332,24 @@ mod tests {
         // A message from an earlier leader says nothing about this one.
         v.contact = Some(Contact { leader: 3, at: now });
         assert!(!judge(&v, now).ready);
+    }
+
+    #[test]
+    fn a_follower_of_a_leader_without_a_quorum_is_not_ready() {
+        // The leader still sends heartbeats to the followers it reaches, but most voters are
+        // gone: writes through this node would fail.
+        let now = Instant::now();
+        let mut v = view(Some(2));
+        v.contact = Some(Contact { leader: 2, at: now - Duration::from_millis(50) });
+        v.voters = 5;
+        v.voters_alive = 3;
+        assert!(judge(&v, now).ready, "3 of 5 alive: a quorum");
+        v.voters_alive = 2;
+        let verdict = judge(&v, now);
+        assert!(!verdict.ready);
+        assert!(verdict.reason.contains("gossip sees only 2 of the 5 voters alive"), "{verdict:?}");
+        v.voters = 4;
+        assert!(!judge(&v, now).ready, "2 of 4 is no majority");
     }
 
     #[test]

@@ -29,6 +29,23 @@ fn created_id(output: Output) -> Result<(ExecutionId, bool), Error> {
     }
 }
 
+/// Gives an execution created without a timeout or a deadline the node's default timeout
+/// (`default_ms`, 0: none), counted from when it may first run: nothing waits pending
+/// forever, and a delayed call is not failed before it is due. Only calls from the API get
+/// it: a generator's call runs as long as its stream, and a handler's children are its own.
+fn default_timeout(new: &mut grid::execution::NewExecution, default_ms: u64) {
+    if default_ms == 0 || new.timeout_ms.is_some() || new.deadline_ms.is_some() {
+        return;
+    }
+    match new.not_before_ms {
+        Some(at) => new.deadline_ms = Some(at.saturating_add(default_ms)),
+        None => {
+            let from_creation = default_ms.saturating_add(new.delay_ms.unwrap_or(0));
+            new.timeout_ms = Some(from_creation.min(grid::execution::MAX_RELATIVE_MS));
+        }
+    }
+}
+
 /// Serves `weft.fabric.v1.Executions` on one node.
 #[derive(Clone)]
 pub struct ExecutionService {
@@ -44,7 +61,8 @@ impl ExecutionService {
 
     async fn create(&self, req: pb::CreateExecutionRequest) -> Result<(ExecutionId, bool), Error> {
         let wait_for_delegate = req.wait_for_delegate;
-        let new = convert::new_execution(req, &self.ctx.work)?;
+        let mut new = convert::new_execution(req, &self.ctx.work)?;
+        default_timeout(&mut new, self.ctx.work.default_execution_timeout_ms);
         let command = if wait_for_delegate {
             Command::CreateExecution(Box::new(new))
         } else {

@@ -16,6 +16,9 @@ use super::error::plain;
 /// JSON `null`, so optional bodies may be left out.
 pub struct JsonBody<T>(pub T);
 
+/// A body as sent (a state value), its size bounded by the router's body limit.
+pub struct RawBody(pub Bytes);
+
 /// A query string parsed into `T`.
 pub struct QueryOf<T>(pub T);
 
@@ -41,15 +44,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let content_type =
             req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
-            let status = e.status();
-            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                tonic::Code::OutOfRange
-            } else {
-                tonic::Code::InvalidArgument
-            };
-            Refused(plain(status, code, format!("cannot read the body: {}", e.body_text())))
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         if let Some(ct) = content_type.filter(|_| !bytes.is_empty()) {
             let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
             if essence != "application/json" && !essence.ends_with("+json") {
@@ -64,6 +59,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         serde_json::from_slice(text)
             .map(JsonBody)
             .map_err(|e| bad(format!("the body is not valid here: {e}")))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Refused;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|e: BytesRejection| {
+            let status = e.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                tonic::Code::OutOfRange
+            } else {
+                tonic::Code::InvalidArgument
+            };
+            Refused(plain(status, code, format!("cannot read the body: {}", e.body_text())))
+        })
     }
 }
 

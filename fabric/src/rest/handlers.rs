@@ -20,7 +20,7 @@ use weft_proto::fabric::v1::state_server::State as _;
 use weft_proto::fabric::v1::streams_server::Streams as _;
 
 use super::Api;
-use super::body::{JsonBody, PathOf, QueryOf};
+use super::body::{JsonBody, PathOf, QueryOf, RawBody};
 use super::error::{ApiError, ErrorBody};
 use super::model::{self, required};
 
@@ -480,7 +480,7 @@ pub async fn put_shared(
     State(api): State<Api>,
     PathOf((name, key)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::PutQuery>,
-    value: Bytes,
+    RawBody(value): RawBody,
 ) -> Answer<model::Written> {
     put_in(&api, shared(&name), key, q, value).await
 }
@@ -530,7 +530,7 @@ pub async fn put_instance_key(
     State(api): State<Api>,
     PathOf((agent, instance, key)): PathOf<(String, String, String)>,
     QueryOf(q): QueryOf<model::PutQuery>,
-    value: Bytes,
+    RawBody(value): RawBody,
 ) -> Answer<model::Written> {
     put_in(&api, of_instance(&agent, &instance), key, q, value).await
 }
@@ -665,7 +665,27 @@ pub async fn tail(
     let events = async_stream(move |tx| async move {
         let _permit = permit;
         let mut applied = api.ctx.raft.metrics();
+        let end = |status: tonic::Status| {
+            Event::default()
+                .event("end")
+                .data(serde_json::to_string(&super::error::body(&status)).unwrap_or_default())
+        };
         loop {
+            // The stream as it is before the read: once the read is caught up, every item up
+            // to `last_seq` has been looked at (a filter may have passed over some), so the
+            // next read starts after it and does not scan them again.
+            let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(true) };
+            let info = match api.streams.info(Request::new(info_req)).await {
+                Ok(i) => i.into_inner(),
+                Err(status) => {
+                    let _ = tx.send(end(status)).await;
+                    return;
+                }
+            };
+            if info.uid != uid {
+                let _ = tx.send(Event::default().event("end").data("{\"reason\":\"deleted\"}")).await;
+                return;
+            }
             let req = pb::ReadRequest {
                 stream: stream.clone(),
                 from_seq: next,
@@ -676,8 +696,7 @@ pub async fn tail(
             let page = match api.streams.read(Request::new(req)).await {
                 Ok(page) => page.into_inner(),
                 Err(status) => {
-                    let body = serde_json::to_string(&super::error::body(&status)).unwrap_or_default();
-                    let _ = tx.send(Event::default().event("end").data(body)).await;
+                    let _ = tx.send(end(status)).await;
                     return;
                 }
             };
@@ -693,27 +712,23 @@ pub async fn tail(
                 next = next.max(page.next_seq);
                 continue;
             }
-            // Caught up: a closed or replaced stream ends the tail; else wait for a change.
-            let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(true) };
-            match api.streams.info(Request::new(info_req)).await {
-                Ok(i) if i.get_ref().uid == uid && !i.get_ref().closed => {}
-                Ok(i) => {
-                    let why = if i.get_ref().closed { "closed" } else { "deleted and created again" };
-                    let _ = tx
-                        .send(Event::default().event("end").data(format!("{{\"reason\":\"{why}\"}}")))
-                        .await;
-                    return;
-                }
-                Err(status) => {
-                    let body = serde_json::to_string(&super::error::body(&status)).unwrap_or_default();
-                    let _ = tx.send(Event::default().event("end").data(body)).await;
-                    return;
-                }
+            next = next.max(info.last_seq.saturating_add(1));
+            if info.closed {
+                let _ = tx.send(Event::default().event("end").data("{\"reason\":\"closed\"}")).await;
+                return;
             }
-            tokio::select! {
-                _ = api.shutdown.cancelled() => return,
-                _ = tx.closed() => return,
-                changed = applied.changed() => if changed.is_err() { return },
+            // Wait until this node applies another entry (Raft publishes metrics far more often:
+            // heartbeats, ticks).
+            let seen = applied.borrow().last_applied.map(|l| l.index);
+            loop {
+                tokio::select! {
+                    _ = api.shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    changed = applied.changed() => if changed.is_err() { return },
+                }
+                if applied.borrow().last_applied.map(|l| l.index) != seen {
+                    break;
+                }
             }
         }
     });

@@ -84,6 +84,22 @@ async fn sessions_are_listed_and_an_unserved_delegate_is_refused_at_once() {
     assert_eq!(last.status, "failed");
     assert_eq!(last.error.as_ref().map(|e| e.kind.as_str()), Some("deadline"), "{last:?}");
 
+    tracing::info!("a delayed call's default timeout counts from when it is due");
+    let delayed = client
+        .create(pb::CreateExecutionRequest {
+            agent: "img".into(),
+            delegate: "thumb".into(),
+            payload: json("1"),
+            delay_ms: Some(600_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .execution
+        .unwrap();
+    assert_eq!(delayed.deadline_ms, Some(delayed.created_ms + 600_000 + 2_000));
+
     tracing::info!("an explicit timeout wins over the default");
     let explicit = client
         .create(pb::CreateExecutionRequest {

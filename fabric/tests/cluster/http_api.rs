@@ -161,6 +161,11 @@ async fn state_cluster_and_errors_through_a_follower() {
             400,
         ),
         ("oversized body", http(&follower, "POST", "/v1/call/a/d", &[JSON], &vec![b' '; 9 << 20]).await, 413),
+        (
+            "oversized value",
+            http(&follower, "PUT", "/v1/state/shared/app/big", &[], &vec![b'x'; 9 << 20]).await,
+            413,
+        ),
         ("bad query", get(&follower, "/v1/executions?limit=many").await, 400),
         ("bad path", get(&follower, "/v1/executions/not-a-number").await, 400),
         ("unknown path", get(&follower, "/v1/nothing/here").await, 404),
