@@ -34,6 +34,7 @@
 //! - [`streams`]: append throughput, append → listener latency, memory per million items;
 //!   Weft and NATS JetStream interleaved.
 //! - [`metrics_cost`]: puts with the request-latency metrics on and off, interleaved.
+//! - [`http_call`]: a call's round trip through the HTTP/JSON API next to gRPC, interleaved.
 //! - [`cluster`]: the clusters of `weft node` processes and the scratch dir they live in.
 //! - [`probes`]: `/metrics`, `/proc` RSS and CPU time, disk use, load average.
 //! - [`report`]: markdown tables, medians and percentiles.
@@ -49,6 +50,7 @@ use crate::probes::load_average;
 
 mod cluster;
 mod executions;
+mod http_call;
 mod kv;
 mod membership;
 mod metrics_cost;
@@ -147,6 +149,9 @@ enum Workload {
     /// Puts with the request-latency metrics (`rpc_metrics`) on and off, interleaved: what
     /// the metrics cost on the put path. Only when asked for (`--only metrics-cost`).
     MetricsCost,
+    /// A call's round trip through the HTTP/JSON API (`POST /v1/call`) next to gRPC, one
+    /// caller, interleaved.
+    HttpCall,
 }
 
 impl Args {
@@ -277,6 +282,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("== metrics cost: puts with rpc_metrics on and off (load average {})", load_average());
         let samples = metrics_cost::measure(&args, &weft, &scratch).await?;
         print!("{}", metrics_cost::markdown(&args, &samples));
+    }
+    if args.wants(Workload::HttpCall) {
+        eprintln!("== a call over HTTP and over gRPC (load average {})", load_average());
+        let mut sides = Vec::new();
+        for _ in 0..args.runs {
+            sides.extend(http_call::measure(&args, &weft, &scratch).await?);
+        }
+        print!("{}", http_call::markdown(&sides));
     }
     let total = started.elapsed();
     println!("\nTotal time: {:.0} s for {} run(s).", total.as_secs_f64(), args.runs);
