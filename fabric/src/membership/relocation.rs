@@ -75,6 +75,22 @@ pub async fn run(
             let new = seen.addr;
             // Host names in the membership are left alone, as the reconciler does.
             let Ok(old) = stored_addr.parse::<SocketAddr>() else { continue };
+            if id != me
+                && old == new
+                && let Some(elsewhere) = addresses.get(id)
+            {
+                // Back at its stored address before the leader rewrote the entry: the override
+                // would keep every message for it going to where it no longer is.
+                if let Some(s) = super::peer_status(new, PROBE_TIMEOUT).await
+                    && s.id == id
+                    && s.cluster == cluster
+                {
+                    tracing::info!(node_id = id, at = %new, was = %elsewhere,
+                        "membership: a member answers at its stored address again; reaching it there");
+                    addresses.remove(id);
+                }
+                continue;
+            }
             if id == me
                 || old == new
                 || addresses.get(id).as_deref() == Some(new.to_string().as_str())
