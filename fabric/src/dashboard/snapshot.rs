@@ -239,7 +239,7 @@ impl PayloadView {
                 Err(_) => (None, Some(String::from_utf8_lossy(shown).into_owned()), None),
             },
             Codec::Json => (None, Some(String::from_utf8_lossy(shown).into_owned()), None),
-            Codec::Bincode => (None, None, Some(shown.iter().map(|b| format!("{b:02x}")).collect())),
+            Codec::Bincode => (None, None, Some(crate::rest::model::hex(shown))),
         };
         Self { codec: p.codec.as_str(), bytes: p.data.len(), json, text, hex, truncated }
     }

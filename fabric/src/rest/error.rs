@@ -52,27 +52,10 @@ impl From<tonic::Status> for ApiError {
     }
 }
 
-/// The gRPC code's canonical name (`INVALID_ARGUMENT`).
+/// The gRPC code's canonical name (`INVALID_ARGUMENT`), from the table the metrics label
+/// requests with.
 pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    crate::metrics::grpc::CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
 }
 
 /// The HTTP status of a gRPC code (grpc-gateway's table).

@@ -21,7 +21,7 @@
 mod body;
 mod error;
 mod handlers;
-mod model;
+pub(crate) mod model;
 
 use std::sync::Arc;
 
