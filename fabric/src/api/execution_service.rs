@@ -253,9 +253,10 @@ impl pb::executions_server::Executions for ExecutionService {
         request: Request<pb::CancelExecutionRequest>,
     ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let actor = super::actor(&self.ctx, &request);
         let req = request.into_inner();
         let result = async {
-            let command = Command::Cancel { execution: req.id, reason: req.reason };
+            let command = super::audited(actor, Command::Cancel { execution: req.id, reason: req.reason });
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Cancelled { count } => {
                     Ok(Response::new(pb::CancelExecutionResponse { cancelled: count }))

@@ -57,12 +57,13 @@ impl pb::instances_server::Instances for InstanceService {
         request: Request<pb::StartInstanceRequest>,
     ) -> Result<Response<pb::StartInstanceResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let actor = super::actor(&self.ctx, &request);
         let req = request.into_inner();
         let started = Instant::now();
         let deadline = wait_deadline(&self.ctx, req.timeout_ms);
         let result = async {
             let new = convert::new_instance(req, &self.ctx.work).map_err(bad)?;
-            let command = Command::StartInstance(Box::new(new));
+            let command = super::audited(actor, Command::StartInstance(Box::new(new)));
             command.validate(&self.ctx.limits).map_err(bad)?;
             self.ctx.check_room().map_err(Error::into_status)?;
             check_waiters(&self.ctx).map_err(Error::into_status)?;
@@ -89,11 +90,13 @@ impl pb::instances_server::Instances for InstanceService {
         request: Request<pb::StopInstanceRequest>,
     ) -> Result<Response<pb::StopInstanceResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let actor = super::actor(&self.ctx, &request);
         let req = request.into_inner();
         let started = Instant::now();
         let deadline = wait_deadline(&self.ctx, req.timeout_ms);
         let result = async {
-            let command = Command::StopInstance { agent: req.agent, instance: req.instance };
+            let command =
+                super::audited(actor, Command::StopInstance { agent: req.agent, instance: req.instance });
             command.validate(&self.ctx.limits).map_err(bad)?;
             check_waiters(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {

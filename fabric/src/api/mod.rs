@@ -20,6 +20,10 @@
 //! - [`scaling_service`]: the demand for agent processes, pushed to scalers (`WatchDemand`).
 //! - [`cluster_service`]: the cluster's status and the gossip view.
 //! - [`wait`]: waiting on this node's replica for an execution to change or finish.
+//!
+//! Control operations (cancel, instance start and stop, stream close and delete, cursor
+//! delete) are proposed [`audited`]: the grid records who asked and the outcome in the audit
+//! stream (`grid::audit`).
 
 pub mod cluster_service;
 pub mod execution_service;
@@ -37,3 +41,18 @@ pub use lease_service::LeaseService;
 pub use scaling_service::ScalingService;
 pub use state_service::StateService;
 pub use stream_service::StreamService;
+
+use crate::grid::Command;
+use crate::grid::audit::Actor;
+
+/// Who sent `request`, for the audit trail: the node that took it, and (until tokens are on)
+/// `anonymous`.
+pub(crate) fn actor<T>(ctx: &crate::routing::Context, _request: &tonic::Request<T>) -> Actor {
+    Actor { principal: "anonymous".into(), role: String::new(), node: ctx.node_id }
+}
+
+/// `command`, a control operation, wrapped so that applying it records it in the audit
+/// stream with `actor` and the outcome.
+pub(crate) fn audited(actor: Actor, command: Command) -> Command {
+    Command::Audited { actor, command: Box::new(command) }
+}

@@ -250,10 +250,12 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::CloseStreamRequest>,
     ) -> Result<Response<pb::StreamInfo>, Status> {
+        let actor = super::actor(&self.ctx, &request);
         let req = request.into_inner();
         let result = async {
             let error = (!req.error.is_empty()).then(|| req.error.clone());
-            self.write(Command::CloseStream { stream: req.name.clone(), error }).await?;
+            self.write(super::audited(actor, Command::CloseStream { stream: req.name.clone(), error }))
+                .await?;
             routing::read_barrier(&self.ctx).await?;
             self.info(&req.name)
         }
@@ -265,10 +267,11 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::DeleteStreamRequest>,
     ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
+        let actor = super::actor(&self.ctx, &request);
         let req = request.into_inner();
         let result = async {
             let existed = matches!(
-                self.write(Command::DeleteStream { stream: req.name }).await?,
+                self.write(super::audited(actor, Command::DeleteStream { stream: req.name })).await?,
                 Output::Deleted { existed: true }
             );
             Ok(pb::DeleteStreamResponse { existed })
@@ -332,9 +335,11 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::DeleteCursorRequest>,
     ) -> Result<Response<pb::DeleteCursorResponse>, Status> {
+        let actor = super::actor(&self.ctx, &request);
         let req = request.into_inner();
         let result = async {
-            let command = Command::DeleteCursor { stream: req.stream, cursor: req.name };
+            let command =
+                super::audited(actor, Command::DeleteCursor { stream: req.stream, cursor: req.name });
             let existed = matches!(self.write(command).await?, Output::Deleted { existed: true });
             Ok(pb::DeleteCursorResponse { existed })
         }

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use super::audit::{self, Actor, AuditNote};
 use super::cursor::{ListenerId, NewCursor, NewListener};
 use super::execution::{self, Completion, ExecutionId, NewExecution, SessionId};
 use super::instance::NewInstance;
@@ -154,6 +155,11 @@ pub enum Command {
     /// agent are connected and none of them serves its delegate (`CreateExecution` waits for
     /// one: a caller that asked to, during a rolling deploy).
     CreateServedExecution(Box<NewExecution>),
+    /// A control operation (see [`audit::is_control`]) recorded in the audit stream with who
+    /// asked and its outcome, in the same entry.
+    Audited { actor: Actor, command: Box<Command> },
+    /// A record for the audit stream of something done outside the grid's commands.
+    AuditNote(Box<AuditNote>),
 }
 
 impl Command {
@@ -173,6 +179,7 @@ impl Command {
             }
             Command::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
             Command::Fenced { command, .. } => command.validate(limits),
+            Command::Audited { command, .. } => command.validate(limits),
             Command::CreateExecution(new) | Command::CreateServedExecution(new) => {
                 validate_new_execution(new, limits)
             }
@@ -208,8 +215,6 @@ impl Command {
             | Command::Cancel { .. }
             | Command::StopInstance { .. }
             | Command::Tick { .. }
-            | Command::CloseStream { .. }
-            | Command::DeleteStream { .. }
             | Command::CreateCursor(_)
             | Command::DeleteCursor { .. }
             | Command::Attach(_)
@@ -221,10 +226,17 @@ impl Command {
             | Command::RenewLease { .. }
             | Command::ReleaseLease { .. }
             | Command::OpenSessionOnlyClaimed(_) => Ok(()),
-            Command::CreateStream(new) => match &new.config.generator {
-                Some(g) => validate_new_execution(&g.call, limits),
-                None => Ok(()),
-            },
+            Command::CreateStream(new) => {
+                audit::check_not_reserved(&new.name)?;
+                match &new.config.generator {
+                    Some(g) => validate_new_execution(&g.call, limits),
+                    None => Ok(()),
+                }
+            }
+            Command::CloseStream { stream, .. } | Command::DeleteStream { stream } => {
+                audit::check_not_reserved(stream)
+            }
+            Command::AuditNote(_) => Ok(()),
             Command::Ack { acks, effects, .. } => {
                 if acks.is_empty() || acks.len() > limits.max_batch_items {
                     return Err(Error::InvalidCursor {
@@ -340,6 +352,16 @@ impl Command {
                 lease::validate_ttl(*ttl_ms)
             }
             Command::ReleaseLease { name, .. } => lease::validate_lease_name(name),
+            Command::Audited { command, .. } if audit::is_control(command) => command.validate_shape(),
+            Command::Audited { .. } => {
+                Err(Error::InvalidItem { reason: "only a control operation can be audited".into() })
+            }
+            Command::AuditNote(note) => {
+                if note.operation.is_empty() {
+                    return Err(Error::InvalidItem { reason: "an audit note needs an operation".into() });
+                }
+                Ok(())
+            }
             Command::Fenced { lease: name, command, .. } => {
                 lease::validate_lease_name(name)?;
                 match **command {
@@ -381,6 +403,7 @@ fn validate_effect(effect: &execution::Effect, limits: &Limits) -> Result<(), Er
         Effect::Delete { namespace, key, .. } => validate_key(namespace, key, limits),
         Effect::Call(new) => validate_new_execution(new, limits),
         Effect::Append { stream, items } => {
+            audit::check_not_reserved(stream)?;
             validate_items(items, limits).and_then(|_| validate_stream_name(stream))
         }
         Effect::Ack { stream, .. } => validate_stream_name(stream),
@@ -388,6 +411,7 @@ fn validate_effect(effect: &execution::Effect, limits: &Limits) -> Result<(), Er
 }
 
 fn validate_append(a: &Append, limits: &Limits) -> Result<(), Error> {
+    audit::check_not_reserved(&a.stream)?;
     validate_items(&a.items, limits)
 }
 
@@ -525,6 +549,8 @@ pub enum Output {
     Leased(Lease),
     /// Whether a release gave the lease up (false: the grant did not hold it).
     LeaseReleased { released: bool },
+    /// An audit note was recorded.
+    Noted,
 }
 
 /// How a completion was taken.

@@ -50,6 +50,7 @@
 //! to [`Grid::apply_with_events`]. Tests sit beside what they test: `<file>_test.rs` (the work
 //! tests drive a grid through `test_harness`), or inline when small.
 
+pub mod audit;
 pub mod cursor;
 pub mod demand;
 pub mod execution;
@@ -74,6 +75,8 @@ mod snapshot;
 mod streams;
 mod timers;
 
+#[cfg(test)]
+mod audit_test;
 #[cfg(test)]
 mod demand_test;
 #[cfg(test)]
@@ -229,7 +232,20 @@ impl Grid {
     pub fn apply_with_events(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<Output, Error> {
         command.validate_shape()?;
         let mut out = Outbox::new(events);
-        let result = match command {
+        let result = self.apply_command(command, &mut out);
+        // Assign what the command made runnable (dispatch.rs) and hand stream items to the
+        // listeners with room (cursors.rs); a key/value command leaves nothing to do.
+        self.dispatch(&mut out);
+        while let Some(stream) = out.streams.pop_first() {
+            self.deliver(&stream, &mut out);
+        }
+        result
+    }
+
+    /// The table of contents: each command applied by the file of its concept (shape already
+    /// checked; dispatch and delivery follow in [`Grid::apply_with_events`]).
+    fn apply_command(&mut self, command: &Command, out: &mut Outbox) -> Result<Output, Error> {
+        match command {
             // Key/value state (kv.rs).
             Command::Put { namespace, key, value, ttl_ms, if_absent } => {
                 self.put(namespace, key, value, *ttl_ms, *if_absent)
@@ -243,55 +259,47 @@ impl Grid {
             Command::Expire { limit } => Ok(self.expire(*limit)),
             Command::SetClusterUid { uid } => Ok(self.set_cluster_uid(*uid)),
             // Executions (executions.rs).
-            Command::CreateExecution(new) => self.create_execution(new, false, &mut out),
-            Command::CreateServedExecution(new) => self.create_execution(new, true, &mut out),
-            Command::Complete(c) => self.complete(c, &mut out),
+            Command::CreateExecution(new) => self.create_execution(new, false, out),
+            Command::CreateServedExecution(new) => self.create_execution(new, true, out),
+            Command::Complete(c) => self.complete(c, out),
             Command::Renew { execution, token } => self.renew(*execution, *token),
-            Command::GiveBack { execution, token } => self.give_back(*execution, *token, &mut out),
-            Command::Cancel { execution, reason } => self.cancel(*execution, &clip_reason(reason), &mut out),
+            Command::GiveBack { execution, token } => self.give_back(*execution, *token, out),
+            Command::Cancel { execution, reason } => self.cancel(*execution, &clip_reason(reason), out),
             // Sessions (sessions.rs).
-            Command::OpenSession(new) => self.open_session(new, false, &mut out),
-            Command::OpenSessionOnlyClaimed(new) => self.open_session(new, true, &mut out),
+            Command::OpenSession(new) => self.open_session(new, false, out),
+            Command::OpenSessionOnlyClaimed(new) => self.open_session(new, true, out),
             Command::CloseSession { session, reason } => {
-                Ok(self.close_session(*session, &clip_reason(reason), &mut out))
+                Ok(self.close_session(*session, &clip_reason(reason), out))
             }
-            Command::DrainSession { session } => self.drain_session(*session, &mut out),
+            Command::DrainSession { session } => self.drain_session(*session, out),
             // Instances (instances.rs).
-            Command::StartInstance(new) => self.start_instance(new, &mut out),
-            Command::StopInstance { agent, instance } => self.stop_instance(agent, instance, &mut out),
+            Command::StartInstance(new) => self.start_instance(new, out),
+            Command::StopInstance { agent, instance } => self.stop_instance(agent, instance, out),
             // Timers (timers.rs).
-            Command::Tick { limit } => Ok(self.tick(*limit, &mut out)),
+            Command::Tick { limit } => Ok(self.tick(*limit, out)),
             // Streams (streams.rs).
-            Command::CreateStream(new) => self.create_stream(new, &mut out),
-            Command::Append(a) => self.append(a, &mut out),
-            Command::CloseStream { stream, error } => self.close_stream(stream, error.as_deref(), &mut out),
-            Command::DeleteStream { stream } => Ok(self.delete_stream(stream, &mut out)),
-            Command::StartGenerator { stream } => self.start_generator(stream, &mut out),
+            Command::CreateStream(new) => self.create_stream(new, out),
+            Command::Append(a) => self.append(a, out),
+            Command::CloseStream { stream, error } => self.close_stream(stream, error.as_deref(), out),
+            Command::DeleteStream { stream } => Ok(self.delete_stream(stream, out)),
+            Command::StartGenerator { stream } => self.start_generator(stream, out),
             // Cursors and listeners (cursors.rs).
-            Command::CreateCursor(new) => self.create_cursor(new, &mut out),
-            Command::DeleteCursor { stream, cursor } => self.delete_cursor(stream, cursor, &mut out),
-            Command::Attach(new) => self.attach(new, &mut out),
-            Command::Detach { listener, reason } => {
-                Ok(self.detach(*listener, &clip_reason(reason), &mut out))
-            }
-            Command::Ack { stream, cursor, acks, effects } => {
-                self.ack(stream, cursor, acks, effects, &mut out)
-            }
-            Command::Nack { stream, cursor, seq, token } => self.nack(stream, cursor, *seq, *token, &mut out),
-            Command::Credit { listener, items } => self.credit(*listener, *items, &mut out),
+            Command::CreateCursor(new) => self.create_cursor(new, out),
+            Command::DeleteCursor { stream, cursor } => self.delete_cursor(stream, cursor, out),
+            Command::Attach(new) => self.attach(new, out),
+            Command::Detach { listener, reason } => Ok(self.detach(*listener, &clip_reason(reason), out)),
+            Command::Ack { stream, cursor, acks, effects } => self.ack(stream, cursor, acks, effects, out),
+            Command::Nack { stream, cursor, seq, token } => self.nack(stream, cursor, *seq, *token, out),
+            Command::Credit { listener, items } => self.credit(*listener, *items, out),
             // Leases (leases.rs).
             Command::AcquireLease { name, holder, ttl_ms } => self.acquire_lease(name, holder, *ttl_ms),
             Command::RenewLease { name, token, ttl_ms } => self.renew_lease(name, *token, *ttl_ms),
             Command::ReleaseLease { name, token } => Ok(self.release_lease(name, *token)),
             Command::Fenced { lease, token, command } => self.fenced(lease, *token, command),
-        };
-        // Assign what the command made runnable (dispatch.rs) and hand stream items to the
-        // listeners with room (cursors.rs); a key/value command leaves nothing to do.
-        self.dispatch(&mut out);
-        while let Some(stream) = out.streams.pop_first() {
-            self.deliver(&stream, &mut out);
+            // The audit trail (audit.rs).
+            Command::Audited { actor, command } => self.audited(actor, command, out),
+            Command::AuditNote(note) => Ok(self.audit_note(note, out)),
         }
-        result
     }
 }
 

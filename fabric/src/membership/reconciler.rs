@@ -304,14 +304,16 @@ pub async fn run(
         tracing::info!(?change, "membership: changing the Raft membership");
         let result = tokio::time::timeout(options.change_timeout, apply(&raft, &change)).await;
         counters.changes.fetch_add(1, Ordering::Relaxed);
-        match result {
+        let outcome = match result {
             Ok(Ok(())) => {
                 tracing::info!(?change, "membership: change committed");
                 again = true;
+                "ok".to_owned()
             }
             Ok(Err(e)) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(?change, error = %e, "membership: change failed");
+                e
             }
             Err(_) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -320,8 +322,47 @@ pub async fn run(
                     timeout_ms = options.change_timeout.as_millis() as u64,
                     "membership: change did not commit in time"
                 );
+                format!("did not commit within {} ms", options.change_timeout.as_millis())
             }
+        };
+        record_change(&raft, me, &change, outcome, &options).await;
+    }
+}
+
+/// Records a membership change and its outcome in the audit trail (best effort: a leader
+/// that lost its quorum cannot record it).
+async fn record_change(raft: &Raft, me: NodeId, change: &Change, outcome: String, options: &Options) {
+    let (operation, target) = match change {
+        Change::FinishJoint { voters } => ("membership.finish_joint", format!("voters {voters:?}")),
+        Change::ReplaceVoter { remove, promote, voters } => (
+            "membership.replace_voter",
+            format!("remove node {remove}, promote {promote:?}: voters {voters:?}"),
+        ),
+        Change::RemoveLearner { id } => ("membership.remove_learner", format!("node {id}")),
+        Change::AddLearner { id, addr } => ("membership.add_learner", format!("node {id} at {addr}")),
+        Change::Promote { ids, voters } => {
+            ("membership.promote", format!("nodes {ids:?}: voters {voters:?}"))
         }
+        Change::UpdateAddress { id, addr } => ("membership.update_address", format!("node {id} to {addr}")),
+        Change::Demote { id, voters } => ("membership.demote", format!("node {id}: voters {voters:?}")),
+    };
+    let note = crate::grid::audit::AuditNote {
+        actor: crate::grid::audit::Actor::fabric(me),
+        operation: operation.into(),
+        target,
+        outcome,
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let request = crate::raft::Request::Batch {
+        now_ms,
+        commands: vec![crate::grid::Command::AuditNote(Box::new(note))],
+    };
+    match tokio::time::timeout(options.change_timeout, raft.client_write(request)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "cannot record a membership change in the audit trail"),
+        Err(_) => tracing::debug!("recording a membership change in the audit trail timed out"),
     }
 }
 

@@ -143,6 +143,17 @@ fn command_bytes(command: &Command) -> usize {
         Command::AcquireLease { name, holder, .. } => name.len() + holder.len() + 32,
         Command::RenewLease { name, .. } | Command::ReleaseLease { name, .. } => name.len() + 32,
         Command::Fenced { lease, command, .. } => lease.len() + 16 + command_bytes(command),
+        Command::Audited { actor, command } => {
+            actor.principal.len() + actor.role.len() + 16 + command_bytes(command)
+        }
+        Command::AuditNote(note) => {
+            note.actor.principal.len()
+                + note.actor.role.len()
+                + note.operation.len()
+                + note.target.len()
+                + note.outcome.len()
+                + 32
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! test builds its own cluster, so they run in parallel.
 
 mod addresses;
+mod audit;
 mod bad_input;
 mod cli;
 mod cli_endpoints;

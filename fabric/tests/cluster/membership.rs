@@ -12,7 +12,7 @@ use crate::writes::http_get;
 
 /// A gossip-mode config: no static members, the test timing preset. The cluster is named
 /// after the data dir, so clusters of tests running side by side never meet.
-fn gossip_config(root: &std::path::Path, id: u64, addr: &str, seeds: &str, expect: u32) -> Config {
+pub fn gossip_config(root: &std::path::Path, id: u64, addr: &str, seeds: &str, expect: u32) -> Config {
     let name: String =
         root.file_name().unwrap().to_string_lossy().chars().filter(char::is_ascii_alphanumeric).collect();
     Config {
