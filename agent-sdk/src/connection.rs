@@ -69,8 +69,17 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// Doubles a pause up to [`MAX_BACKOFF`], with up to a quarter of jitter.
-pub(crate) fn next_backoff(pause: Duration) -> Duration {
+/// The pause before the next try: `pause` doubled up to [`MAX_BACKOFF`], with up to a quarter
+/// of jitter. Tries start with [`INITIAL_BACKOFF`]. The SDK pauses so between nodes when it
+/// fails over, and the `weft` CLI does the same.
+///
+/// ```
+/// use weft_agent::{INITIAL_BACKOFF, MAX_BACKOFF, next_backoff};
+/// let pause = next_backoff(INITIAL_BACKOFF);
+/// assert!(pause >= INITIAL_BACKOFF * 2 && pause <= INITIAL_BACKOFF * 2 + INITIAL_BACKOFF / 2);
+/// assert!(next_backoff(MAX_BACKOFF) <= MAX_BACKOFF + MAX_BACKOFF / 4);
+/// ```
+pub fn next_backoff(pause: Duration) -> Duration {
     let doubled = (pause * 2).min(MAX_BACKOFF);
     let jitter = rand::random::<u64>() % (doubled.as_millis() as u64 / 4 + 1);
     doubled + Duration::from_millis(jitter)

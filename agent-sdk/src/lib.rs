@@ -79,7 +79,7 @@ pub mod worker;
 pub use agent::Agent;
 pub use client::{Call, Client, ClientBuilder};
 pub use codec::Codec;
-pub use connection::{check_endpoint, parse_endpoints};
+pub use connection::{INITIAL_BACKOFF, MAX_BACKOFF, check_endpoint, next_backoff, parse_endpoints};
 pub use context::Context;
 pub use demand::{AgentDemand, Demand, DemandWatch, InstanceDemand, SessionLoad};
 pub use error::{Error, Fail};

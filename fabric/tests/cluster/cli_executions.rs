@@ -30,13 +30,13 @@ fn answer(e: &pb::Execution) -> pb::completion::Outcome {
     }
 }
 
-/// Serves `agent` on a raw session at `addr` until dropped.
-struct Agent {
+/// Serves `agent` on a raw session at `addr` until dropped (other CLI tests use it too).
+pub struct Agent {
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Agent {
-    async fn serve(addr: &str, agent: &str) -> Self {
+    pub async fn serve(addr: &str, agent: &str) -> Self {
         let (tx, mut inbound) = listen(addr, open_msg(agent, 8)).await.expect("session opens");
         let pb::fabric_message::Kind::Opened(opened) = next_kind(&mut inbound).await else {
             panic!("the session did not open")

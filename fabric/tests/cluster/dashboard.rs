@@ -127,10 +127,15 @@ impl Events {
     }
 }
 
-/// A worker serving agent `echo` (delegate `say`: returns its arguments) on `endpoints`.
+/// A worker serving agent `echo` on `endpoints`: delegate `say` returns its arguments, `wait`
+/// runs until its execution is cancelled.
 pub fn echo_worker(endpoints: Vec<String>) -> (weft_agent::Stopper, tokio::task::JoinHandle<()>) {
     let agent = Agent::new("echo")
-        .delegate("say", |_ctx: Context, args: serde_json::Value| async move { Ok::<_, String>(args) });
+        .delegate("say", |_ctx: Context, args: serde_json::Value| async move { Ok::<_, String>(args) })
+        .delegate("wait", |ctx: Context, _args: serde_json::Value| async move {
+            ctx.cancelled().await;
+            Err::<serde_json::Value, _>("cancelled".to_owned())
+        });
     let worker =
         Worker::builder(endpoints).agent(agent).name("echo-worker").capacity(4).build().expect("worker");
     let stopper = worker.stopper();

@@ -1,8 +1,10 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`) driven over WebDriver. The page of one node of a 3-node cluster shows
 //! the members and the leader, then, without reloading, a worker's session, a call made
-//! through the SDK reaching `completed`, its payload as text (markup in it stays text), and a
-//! stopped node shown down.
+//! through the SDK reaching `completed`, its payload as text (markup in it stays text), a
+//! call run from the page's own form with its result, an execution that waits until
+//! cancelled cancelled by the detail's cancel button (live in the page, and in the fabric),
+//! and a stopped node shown down.
 //!
 //! `WEFT_SCREENSHOTS=docs/dashboard` (relative to the workspace root) saves screenshots there.
 
@@ -108,6 +110,50 @@ async fn until(browser: &Browser, what: &str, script: &str) -> Value {
     }
 }
 
+/// Clicks what `css` finds, as a user would; again if the page redrew it meanwhile (a
+/// snapshot replaces the tables' rows).
+async fn click(browser: &Browser, css: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let clicked = match browser.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(css, error = %e, "clicking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot click {css}: {e}"),
+        }
+    }
+}
+
+/// Types `value` into the input `css` finds, in place of what it held.
+async fn fill(browser: &Browser, css: &str, value: &str) {
+    let input = browser.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"));
+    input.clear().await.expect("the input clears");
+    input.send_keys(value).await.expect("the input takes the keys");
+}
+
+/// A script: the id of the first execution of `delegate` the executions table shows, once it
+/// shows it as `status`; else null.
+fn row_of(delegate: &str, status: &str) -> String {
+    format!(
+        "const r = [...document.querySelectorAll('#executions tr[data-execution-id]')]
+            .find(r => r.querySelector('.delegate').textContent === '{delegate}');
+         return r && r.querySelector('.status').textContent === '{status}' ? Number(r.dataset.executionId) : null;"
+    )
+}
+
+/// A script expression: the status the executions table shows for execution `id`.
+fn row_status(id: u64) -> String {
+    format!(
+        "(document.querySelector(\"#executions tr[data-execution-id='{id}'] .status\") || {{}}).textContent"
+    )
+}
+
 /// Saves a screenshot as `NAME.png` under `WEFT_SCREENSHOTS`, if that is set.
 async fn screenshot(browser: &Browser, name: &str) {
     let Ok(dir) = std::env::var("WEFT_SCREENSHOTS") else { return };
@@ -182,14 +228,7 @@ async fn scenario(browser: &Browser, cluster: &mut Cluster) {
     let args = json!({ "text": HOSTILE });
     let reply: Value = client.call("echo", "say", &args).await.expect("the call completes");
     assert_eq!(reply, args);
-    let id = until(
-        browser,
-        "the call completed",
-        "const r = [...document.querySelectorAll('#executions tr[data-execution-id]')]
-            .find(r => r.querySelector('.delegate').textContent === 'say');
-         return r && r.querySelector('.status').textContent === 'completed' ? Number(r.dataset.executionId) : null;",
-    )
-    .await;
+    let id = until(browser, "the call completed", &row_of("say", "completed")).await;
 
     screenshot(browser, "overview").await;
 
@@ -206,13 +245,7 @@ async fn scenario(browser: &Browser, cluster: &mut Cluster) {
         .unwrap();
     assert!(shown["args"].as_str().unwrap().contains(HOSTILE_SHOWN), "{shown}");
     assert_eq!((&shown["elements"], &shown["xss"]), (&json!(0), &Value::Null), "{shown}");
-    browser
-        .find(Locator::Css(&format!("#executions tr[data-execution-id='{id}']")))
-        .await
-        .expect("the execution's row")
-        .click()
-        .await
-        .expect("a click on the row");
+    click(browser, &format!("#executions tr[data-execution-id='{id}']")).await;
     let detail = until(
         browser,
         "the execution's detail",
@@ -226,6 +259,77 @@ async fn scenario(browser: &Browser, cluster: &mut Cluster) {
     assert!(detail["out"].as_str().unwrap().contains(HOSTILE_SHOWN), "the result too: {detail}");
     assert_eq!(detail["elements"], 0, "{detail}");
     screenshot(browser, "execution-detail").await;
+    let disabled = browser.execute("return document.getElementById('detail-cancel').disabled;", vec![]).await;
+    assert_eq!(disabled.unwrap(), true, "a finished execution cannot be cancelled");
+
+    tracing::info!("the page's call form runs a call and shows its result");
+    click(browser, "#call-box summary").await;
+    fill(browser, "#call-agent", "echo").await;
+    fill(browser, "#call-delegate", "say").await;
+    fill(browser, "#call-args", r#"{"from": "the page"}"#).await;
+    click(browser, "#call button[type=submit]").await;
+    let shown = until(
+        browser,
+        "the call's result",
+        r"const t = document.getElementById('call-result').textContent;
+          return /^execution \d+ completed: /.test(t) ? t : null;",
+    )
+    .await;
+    let shown = shown.as_str().unwrap();
+    assert!(shown.ends_with(r#"completed: {"from":"the page"}"#), "{shown}");
+    let called: u64 = shown.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("an execution id");
+    let e = client.execution(called).await.expect("the called execution");
+    assert_eq!((e.delegate.as_str(), e.status), ("say", weft_agent::Status::Completed), "{e:?}");
+    assert_eq!(e.result::<Value>().unwrap(), json!({"from": "the page"}));
+    until(browser, "the call's row completed", &format!("return {} === 'completed';", row_status(called)))
+        .await;
+
+    tracing::info!("a call that waits until cancelled: the detail's cancel button cancels it");
+    fill(browser, "#call-delegate", "wait").await;
+    fill(browser, "#call-args", "null").await;
+    click(browser, "#call button[type=submit]").await;
+    let waiting = until(browser, "the waiting call assigned", &row_of("wait", "assigned")).await;
+    let waiting = waiting.as_u64().unwrap();
+    click(browser, &format!("#executions tr[data-execution-id='{waiting}']")).await;
+    let detail_status = "document.querySelector('#detail-fields [data-field=status]').textContent";
+    until(
+        browser,
+        "its detail, with cancel enabled",
+        &format!(
+            "return !document.getElementById('detail').hidden
+                && document.getElementById('detail-id').textContent === '#{waiting}'
+                && {detail_status} === 'assigned' && !document.getElementById('detail-cancel').disabled;"
+        ),
+    )
+    .await;
+    let before = client.execution(waiting).await.expect("the waiting execution");
+    assert_eq!(before.status, weft_agent::Status::Assigned, "its handler runs: {before:?}");
+    let calling = browser.execute("return document.getElementById('call-result').textContent;", vec![]).await;
+    assert_eq!(calling.unwrap(), "calling…", "the page's call waits for it");
+    click(browser, "#detail-cancel").await;
+    let cancelled = until(
+        browser,
+        "the execution cancelled, in the list and the detail",
+        &format!(
+            "const shown = {{ row: {}, detail: {detail_status},
+                 message: document.getElementById('detail-message').textContent,
+                 disabled: document.getElementById('detail-cancel').disabled,
+                 call: document.getElementById('call-result').textContent }};
+             return shown.row === 'cancelled' && shown.detail === 'cancelled' ? shown : null;",
+            row_status(waiting)
+        ),
+    )
+    .await;
+    assert_eq!(cancelled["message"], "cancelled 1 execution(s)", "{cancelled}");
+    assert_eq!(cancelled["disabled"], true, "{cancelled}");
+    until(
+        browser,
+        "the page's call ended cancelled",
+        &format!("return document.getElementById('call-result').textContent.startsWith('execution {waiting} cancelled');"),
+    )
+    .await;
+    let after = client.execution(waiting).await.expect("the cancelled execution");
+    assert_eq!(after.status, weft_agent::Status::Cancelled, "cancelled in the fabric: {after:?}");
 
     tracing::info!(stopped, "a stopped node shows down");
     cluster.stop(stopped).await;

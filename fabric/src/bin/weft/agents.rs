@@ -40,7 +40,7 @@ pub struct Args {
 /// `weft agents`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
-    let mut client: ExecutionsClient<_> = connect::client(&args.conn.endpoint, Some(REQUEST_TIMEOUT)).await?;
+    let mut client: ExecutionsClient<_> = connect::client(&args.conn.endpoint, Some(REQUEST_TIMEOUT))?;
     let listed = connect::pages(args.page_token.unwrap_or(0), args.all, async |page_token| {
         let req = pb::ListSessionsRequest {
             agent: args.agent.clone().unwrap_or_default(),

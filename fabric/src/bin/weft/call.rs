@@ -83,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         wait_for_delegate: args.wait_for_delegate,
         ..Default::default()
     };
-    let mut client: ExecutionsClient<_> = connect::client(&args.conn.endpoint, waiting(args.timeout)).await?;
+    let mut client: ExecutionsClient<_> = connect::client(&args.conn.endpoint, waiting(args.timeout))?;
     match client.call(pb::CallRequest { create: Some(create), timeout_ms: args.timeout }).await {
         Err(e) => Ok(fail(e, json_out)),
         Ok(r) => Ok(outcome(&r.into_inner(), json_out)),

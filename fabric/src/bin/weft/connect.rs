@@ -1,19 +1,22 @@
 //! How a command reaches the cluster: the `--endpoint` and `--json` flags every client command
-//! takes ([`Conn`]), channels and how long their requests may take, the message size limit,
+//! takes ([`Conn`]), its clients and how long their requests may take, the message size limit,
 //! the read consistency `--stale` asks for, and the other nodes a long-lived command can move
 //! to ([`cluster_endpoints`]).
 //!
 //! `--endpoint` and `WEFT_ENDPOINT` take one node or a comma-separated list, in the SDK's
-//! syntax ([`weft_agent::parse_endpoints`]: `HOST:PORT`, the port required). A command
-//! connects to the first node of the list that answers, trying each in turn, as the SDK moves
-//! to the next endpoint when a connection cannot be opened; it fails only when none answers,
-//! naming each endpoint and why.
+//! syntax ([`weft_agent::parse_endpoints`]: `HOST:PORT`, the port required). Every request of
+//! every command goes through one [`Failover`] channel, which moves over the list as the SDK
+//! does: past a node it cannot connect to at once, and past a node that answers that it did
+//! not apply the request (`UNAVAILABLE` with `weft-not-applied: true`: no leader, not part of
+//! a formed cluster) after a pause, round the list until the request's time budget runs out.
+//! A request whose outcome is unknown is never sent again. When no node takes it, the error
+//! names each endpoint and what it said; a request that times out names the endpoint it
+//! waited on. See [`crate::failover`].
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
@@ -21,11 +24,13 @@ use weft_proto::fabric::v1::instances_client::InstancesClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
 
+pub use crate::failover::Failover;
+
 /// How to reach the cluster.
 #[derive(Debug, clap::Args)]
 pub struct Conn {
-    /// Any node of the cluster as HOST:PORT, or a comma-separated list of nodes tried in
-    /// order until one answers.
+    /// Any node of the cluster as HOST:PORT, or a comma-separated list of nodes: a request
+    /// moves to the next node when one cannot be reached or answers that it did not apply it.
     #[arg(long, value_name = "HOST:PORT[,...]", env = "WEFT_ENDPOINT", default_value = weft_fabric::config::DEFAULT_LISTEN, global = true)]
     pub endpoint: String,
     /// Print JSON instead of text.
@@ -43,25 +48,17 @@ pub struct Group<O: clap::Subcommand> {
 }
 
 /// Most bytes a CLI call sends or receives.
-const MAX_CLI_MESSAGE_BYTES: usize = 64 << 20;
+pub const MAX_CLI_MESSAGE_BYTES: usize = 64 << 20;
 
 /// How long a request that does not wait for an execution may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long connecting to the endpoint may take.
+/// How long connecting to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A channel to `endpoint` whose requests may take [`REQUEST_TIMEOUT`].
-pub async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    channel_with_timeout(endpoint, Some(REQUEST_TIMEOUT)).await
-}
-
-/// The endpoint this command reached: errors of requests that gave up waiting name it.
-static REACHED: OnceLock<String> = OnceLock::new();
-
-/// The endpoint the command's channel reached, once it has one.
-pub fn reached() -> Option<&'static str> {
-    REACHED.get().map(String::as_str)
+/// A channel to the nodes of `endpoints` whose requests may take [`REQUEST_TIMEOUT`].
+pub fn channel(endpoints: &str) -> anyhow::Result<Failover> {
+    failover(endpoints, Some(REQUEST_TIMEOUT), true)
 }
 
 /// The endpoints `list` (`--endpoint`, `WEFT_ENDPOINT`) names; refused, naming the problem,
@@ -70,34 +67,21 @@ pub fn endpoints(list: &str) -> anyhow::Result<Vec<String>> {
     weft_agent::parse_endpoints(list).map_err(|e| anyhow::anyhow!("--endpoint / WEFT_ENDPOINT: {e}"))
 }
 
-/// A channel to the first node of the `endpoints` list that answers, whose requests may take
-/// `timeout` (`None`: as long as the server lets them).
-async fn channel_with_timeout(endpoints: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
-    let list = self::endpoints(endpoints)?;
-    let mut failures = Vec::with_capacity(list.len());
-    for endpoint in &list {
-        let uri = weft_agent::check_endpoint(endpoint)?;
-        let mut builder = Endpoint::from_shared(uri)
-            .with_context(|| format!("'{endpoint}' is not a valid endpoint (expected HOST:PORT)"))?
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(timeout) = timeout {
-            builder = builder.timeout(timeout);
-        }
-        match builder.connect().await {
-            Ok(channel) => {
-                let _ = REACHED.set(endpoint.clone());
-                return Ok(channel);
-            }
-            Err(e) => {
-                tracing::debug!(endpoint = %endpoint, error = %e, "trying the next endpoint");
-                failures.push(format!("{endpoint}: {}", anyhow::Error::from(e).root_cause()));
-            }
-        }
-    }
-    anyhow::bail!(
-        "cannot reach a Weft node at {} (set --endpoint or WEFT_ENDPOINT)",
-        failures.join("; nor at ")
-    )
+/// A channel to the nodes of the `endpoints` list, none connected yet, whose requests may take
+/// `timeout` (`None`: as long as the server lets them, and they move on for at most
+/// [`REQUEST_TIMEOUT`]); `resend`: see [`Failover`].
+fn failover(endpoints: &str, timeout: Option<Duration>, resend: bool) -> anyhow::Result<Failover> {
+    let nodes = self::endpoints(endpoints)?
+        .into_iter()
+        .map(|endpoint| {
+            let uri = weft_agent::check_endpoint(&endpoint)?;
+            let builder = Endpoint::from_shared(uri)
+                .with_context(|| format!("'{endpoint}' is not a valid endpoint (expected HOST:PORT)"))?
+                .connect_timeout(CONNECT_TIMEOUT);
+            Ok((endpoint, builder))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Failover::new(nodes, timeout, timeout.unwrap_or(REQUEST_TIMEOUT), resend))
 }
 
 /// The channel timeout for a request the server holds for up to `wait_ms` (0: its longest):
@@ -110,14 +94,14 @@ pub fn waiting(wait_ms: u64) -> Option<Duration> {
 /// [`MAX_CLI_MESSAGE_BYTES`] rather than tonic's default.
 pub trait Limited {
     /// The client on `channel`, with [`MAX_CLI_MESSAGE_BYTES`] each way.
-    fn on(channel: Channel) -> Self;
+    fn on(channel: Failover) -> Self;
 }
 
 // The generated clients share no trait for their message limits, so one impl each.
 macro_rules! limited {
     ($($client:ident),*) => {$(
-        impl Limited for $client<Channel> {
-            fn on(channel: Channel) -> Self {
+        impl Limited for $client<Failover> {
+            fn on(channel: Failover) -> Self {
                 $client::new(channel)
                     .max_decoding_message_size(MAX_CLI_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_CLI_MESSAGE_BYTES)
@@ -128,10 +112,17 @@ macro_rules! limited {
 
 limited!(StateClient, ExecutionsClient, InstancesClient, StreamsClient);
 
-/// A client of `endpoint` (see [`Limited`]) whose requests may take `timeout` (`None`: as long
-/// as the server lets them).
-pub async fn client<C: Limited>(endpoint: &str, timeout: Option<Duration>) -> anyhow::Result<C> {
-    Ok(C::on(channel_with_timeout(endpoint, timeout).await?))
+/// A client of the nodes of `endpoints` (see [`Limited`]) whose requests may take `timeout`
+/// (`None`: as long as the server lets them).
+pub fn client<C: Limited>(endpoints: &str, timeout: Option<Duration>) -> anyhow::Result<C> {
+    Ok(C::on(failover(endpoints, timeout, true)?))
+}
+
+/// [`client`] for a call whose request is a stream that stays open (`tail --follow`'s Listen):
+/// it moves past nodes it cannot connect to, but is sent once, so the caller decides where it
+/// goes after a node did not apply it.
+pub fn streaming_client<C: Limited>(endpoints: &str, timeout: Option<Duration>) -> anyhow::Result<C> {
+    Ok(C::on(failover(endpoints, timeout, false)?))
 }
 
 /// The endpoints of the `endpoints` list first, then the address of every other member the
@@ -139,7 +130,7 @@ pub async fn client<C: Limited>(endpoint: &str, timeout: Option<Duration>) -> an
 /// outlives a node resumes.
 pub async fn cluster_endpoints(endpoints: &str) -> Vec<String> {
     let mut list = self::endpoints(endpoints).unwrap_or_else(|_| vec![endpoints.to_owned()]);
-    let Ok(channel) = channel(endpoints).await else { return list };
+    let Ok(channel) = channel(endpoints) else { return list };
     let Ok(status) = ClusterClient::new(channel).status(pb::StatusRequest {}).await else { return list };
     let bare = |e: &str| e.split_once("://").map_or(e, |(_, rest)| rest).trim_end_matches('/').to_owned();
     for m in status.into_inner().members {

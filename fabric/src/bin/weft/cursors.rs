@@ -279,7 +279,7 @@ fn show(c: &pb::CursorInfo, json_out: bool) {
 /// `weft cursors ...`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
-    let mut client: StreamsClient<_> = connect::client(&args.conn.endpoint, Some(REQUEST_TIMEOUT)).await?;
+    let mut client: StreamsClient<_> = connect::client(&args.conn.endpoint, Some(REQUEST_TIMEOUT))?;
     match args.op {
         Op::List { stream, stale } => {
             let req = pb::ListCursorsRequest { stream, consistency: consistency(stale) };

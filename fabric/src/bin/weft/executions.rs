@@ -166,7 +166,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     match args.op {
         Op::List { agent, status, since, oldest_first, limit, page_token, all, stale } => {
             let created_since_ms = since.map_or(0, |ago| now_ms().saturating_sub(ago).max(1));
-            let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
+            let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT))?;
             let listed = connect::pages(page_token, all, async |page_token| {
                 let req = pb::ListExecutionsRequest {
                     agent: agent.clone().unwrap_or_default(),
@@ -204,7 +204,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             Ok(0)
         }
         Op::Get { id, stale } => {
-            let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
+            let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT))?;
             match client.get(pb::GetExecutionRequest { id, consistency: consistency(stale) }).await {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) if json_out => {
@@ -219,7 +219,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         }
         Op::Wait { id, timeout } => {
             // The stream's headers come at once; only they are bound by the channel timeout.
-            let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
+            let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT))?;
             let mut stream = match client.wait(pb::WaitRequest { id, timeout_ms: timeout }).await {
                 Err(e) => return Ok(fail(e, json_out)),
                 Ok(r) => r.into_inner(),
@@ -247,7 +247,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
         Op::Cancel { id, reason } => {
-            let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
+            let mut client: ExecutionsClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT))?;
             match client.cancel(pb::CancelExecutionRequest { id, reason }).await {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) => {

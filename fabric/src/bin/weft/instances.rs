@@ -166,7 +166,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 Ok(t) => t,
                 Err(e) => return Ok(fail(e, json_out)),
             };
-            let mut client: InstancesClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
+            let mut client: InstancesClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT))?;
             let listed = connect::pages(page_token, all, async |page_token| {
                 let req = pb::ListInstancesRequest {
                     agent: agent.clone().unwrap_or_default(),
@@ -199,7 +199,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             Ok(0)
         }
         Op::Get { agent, id, stale } => {
-            let mut client: InstancesClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await?;
+            let mut client: InstancesClient<_> = connect::client(&endpoint, Some(REQUEST_TIMEOUT))?;
             let req = pb::GetInstanceRequest { agent, instance: id, consistency: consistency(stale) };
             match client.get(req).await {
                 Err(e) => Ok(fail(e, json_out)),
@@ -218,7 +218,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 Ok(p) => p,
                 Err(e) => return Ok(fail(e, json_out)),
             };
-            let mut client: InstancesClient<_> = connect::client(&endpoint, waiting(timeout)).await?;
+            let mut client: InstancesClient<_> = connect::client(&endpoint, waiting(timeout))?;
             let req = pb::StartInstanceRequest {
                 agent,
                 instance: id.unwrap_or_default(),
@@ -264,7 +264,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
         Op::Stop { agent, id, timeout } => {
-            let mut client: InstancesClient<_> = connect::client(&endpoint, waiting(timeout)).await?;
+            let mut client: InstancesClient<_> = connect::client(&endpoint, waiting(timeout))?;
             let req =
                 pb::StopInstanceRequest { agent: agent.clone(), instance: id.clone(), timeout_ms: timeout };
             let stop = match client.stop(req).await {

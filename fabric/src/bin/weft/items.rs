@@ -9,6 +9,8 @@
 //!     ──► the next endpoint (the cluster's members, learned at the start): a reader from the
 //!         last printed seq + 1, a cursor listener at the cursor (what it had not acked comes
 //!         again), for up to RESUME_FOR without a sign of life
+//!   not started yet, and not applied (or not reached) ──► the next endpoint of the list given,
+//!         after a pause; the last one's error fails the command
 //!   end ──► closed: exit 0 · closed with an error, deleted: exit 1 · ctrl-c, SIGTERM: 130
 //! ```
 
@@ -19,14 +21,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::transport::Channel;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
 use weft_proto::wire::Outcome;
 
 use crate::INTERRUPTED_EXIT;
 use crate::args::MAX_LIST_ALL_ITEMS;
-use crate::connect::{self, Conn, REQUEST_TIMEOUT, consistency};
+use crate::connect::{self, Conn, Failover, REQUEST_TIMEOUT, consistency};
 use crate::render::{age, error_json, fail, item_json, item_line, non_empty, out, outln, payload_text};
 
 /// Items one read asks for. Small enough for any sane `max_list_page`, and for pages of large
@@ -128,7 +129,7 @@ pub struct TailArgs {
 /// `weft streams get`.
 pub async fn get(conn: Conn, args: GetArgs) -> anyhow::Result<i32> {
     let json_out = conn.json;
-    let mut client: StreamsClient<Channel> = connect::client(&conn.endpoint, Some(REQUEST_TIMEOUT)).await?;
+    let mut client: StreamsClient<Failover> = connect::client(&conn.endpoint, Some(REQUEST_TIMEOUT))?;
     let item = match (args.key, args.seq) {
         (Some(key), _) => {
             let req = pb::LastByKeyRequest { stream: args.name, key, consistency: consistency(args.stale) };
@@ -166,7 +167,7 @@ pub async fn get(conn: Conn, args: GetArgs) -> anyhow::Result<i32> {
 }
 
 /// The NOT_FOUND of a seq a stream does not hold, with the seqs it holds.
-async fn no_item(client: &mut StreamsClient<Channel>, stream: &str, seq: u64, stale: bool) -> Status {
+async fn no_item(client: &mut StreamsClient<Failover>, stream: &str, seq: u64, stale: bool) -> Status {
     let req = pb::StreamInfoRequest { name: stream.to_owned(), consistency: consistency(stale) };
     let holds = match client.info(req).await.map(|r| r.into_inner()) {
         Ok(s) if s.items == 0 => format!("; it holds none (the next is {})", s.last_seq + 1),
@@ -189,7 +190,7 @@ fn print_item(i: &pb::Item) {
 
 /// `weft streams read`.
 pub async fn read(conn: Conn, args: ReadArgs) -> anyhow::Result<i32> {
-    let mut client: StreamsClient<Channel> = connect::client(&conn.endpoint, Some(REQUEST_TIMEOUT)).await?;
+    let mut client: StreamsClient<Failover> = connect::client(&conn.endpoint, Some(REQUEST_TIMEOUT))?;
     let range = Range {
         stream: &args.name,
         from: args.from,
@@ -231,7 +232,7 @@ pub async fn tail(conn: Conn, args: TailArgs) -> anyhow::Result<i32> {
         };
         return Ok(follow.run(&conn.endpoint).await);
     }
-    let mut client: StreamsClient<Channel> = connect::client(&conn.endpoint, Some(REQUEST_TIMEOUT)).await?;
+    let mut client: StreamsClient<Failover> = connect::client(&conn.endpoint, Some(REQUEST_TIMEOUT))?;
     let info =
         client.info(pb::StreamInfoRequest { name: args.name.clone(), consistency: consistency(false) });
     let info = match info.await {
@@ -266,7 +267,7 @@ pub async fn tail(conn: Conn, args: TailArgs) -> anyhow::Result<i32> {
 /// Where the last `n` items matching `filter` begin (`last_seq + 1` for none); the first
 /// stored seq if fewer match.
 async fn start_of_last(
-    client: &mut StreamsClient<Channel>,
+    client: &mut StreamsClient<Failover>,
     info: &pb::StreamInfo,
     n: u64,
     filter: &str,
@@ -299,7 +300,7 @@ async fn start_of_last(
 
 /// The seqs in `start..=end` whose keys match `filter`.
 async fn matching_seqs(
-    client: &mut StreamsClient<Channel>,
+    client: &mut StreamsClient<Failover>,
     stream: &str,
     start: u64,
     end: u64,
@@ -341,7 +342,7 @@ impl Range<'_> {
     /// Prints the items as they come, as text lines or one JSON document written as it goes
     /// (`{"items": [...], "next_seq": N}`, with `"error"` if a later page failed); returns the
     /// exit code.
-    async fn print(&self, client: &mut StreamsClient<Channel>, json_out: bool) -> i32 {
+    async fn print(&self, client: &mut StreamsClient<Failover>, json_out: bool) -> i32 {
         let mut printer = Printer { json_out, printed: 0, opened: false };
         let mut next = self.from;
         let more = loop {
@@ -483,7 +484,9 @@ impl Follow {
         let first = endpoint.to_owned();
         let mut learning = Some(tokio::spawn(async move { connect::cluster_endpoints(&first).await }));
         let mut endpoints = connect::endpoints(endpoint).unwrap_or_else(|_| vec![endpoint.to_owned()]);
+        let given = endpoints.len();
         let (mut at, mut ever_started, mut pause) = (0, false, RESUME_PAUSE);
+        let mut opening_pause = weft_agent::INITIAL_BACKOFF;
         let mut lost_since: Option<Instant> = None;
         loop {
             let here = endpoints[at].clone();
@@ -492,8 +495,22 @@ impl Follow {
                 Stop::Interrupted => return INTERRUPTED_EXIT,
                 Stop::Refused(status) => return fail(status, self.json_out),
                 // A follow that never started fails as any command does; only a started one
-                // resumes.
-                Stop::Lost { why, started: false, .. } if !ever_started => return fail(why, self.json_out),
+                // resumes. As any request does, its opening moves along the list given past a
+                // node that did not apply it (or could not be reached).
+                Stop::Lost { why, started: false, .. } if !ever_started => {
+                    if Outcome::of(&why) != Outcome::NotApplied || at + 1 >= given {
+                        return fail(why, self.json_out);
+                    }
+                    tracing::debug!(endpoint = %here, why = why.message(), "not applied; trying the next endpoint");
+                    at += 1;
+                    tokio::select! {
+                        biased;
+                        _ = interrupt.as_mut() => return INTERRUPTED_EXIT,
+                        _ = tokio::time::sleep(opening_pause) => {}
+                    }
+                    opening_pause = weft_agent::next_backoff(opening_pause);
+                    continue;
+                }
                 Stop::Lost { why, started, alive } => {
                     ever_started |= started;
                     (why, alive)
@@ -553,11 +570,11 @@ impl Follow {
         resuming: bool,
     ) -> Stop {
         let mut session = Session::default();
-        let mut client: StreamsClient<Channel> = match connect::client(endpoint, Some(REQUEST_TIMEOUT)).await
-        {
-            Ok(client) => client,
-            Err(e) => return session.lost(Status::unavailable(format!("{e:#}"))),
-        };
+        let mut client: StreamsClient<Failover> =
+            match connect::streaming_client(endpoint, Some(REQUEST_TIMEOUT)) {
+                Ok(client) => client,
+                Err(e) => return session.lost(Status::unavailable(format!("{e:#}"))),
+            };
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let (cursor, config) = self.cursor.clone().unwrap_or_default();
         let start = pb::StartListener {

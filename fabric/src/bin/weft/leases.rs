@@ -48,7 +48,7 @@ fn grant_json(g: &pb::LeaseGrant) -> serde_json::Value {
 /// `weft leases ...`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
-    let mut client = LeasesClient::new(connect::channel(&args.conn.endpoint).await?);
+    let mut client = LeasesClient::new(connect::channel(&args.conn.endpoint)?);
     match args.op {
         Op::Get { name, stale } => {
             let req = pb::GetLeaseRequest { name: name.clone(), consistency: consistency(stale) };

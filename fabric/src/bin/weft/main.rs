@@ -21,7 +21,9 @@
 //! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
 //! - [`scaler`]: `weft scaler status`: what the active scaler of a group reports.
 //! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
-//! - [`connect`]: how a command reaches the cluster: `--endpoint`, channels, timeouts, limits.
+//! - [`connect`]: how a command reaches the cluster: `--endpoint`, clients, timeouts, limits.
+//! - [`failover`]: the channel every client sends through: a request moves over the
+//!   `--endpoint` list past nodes it cannot reach or that did not apply it.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
 //!   file or stdin, headers, `--all`.
 //! - [`render`]: output: `outln!` for a closed stdout, failed calls, payloads, executions,
@@ -35,6 +37,7 @@ mod cursors;
 mod demand;
 mod dev;
 mod executions;
+mod failover;
 mod instances;
 mod items;
 mod leases;

@@ -46,21 +46,8 @@ pub fn error_json(status: &tonic::Status) -> serde_json::Value {
     error
 }
 
-/// Prints a failed call and returns the exit code. A request that gave up waiting (the
-/// channel's timeout) names the endpoint it waited on.
+/// Prints a failed call and returns the exit code.
 pub fn fail(status: tonic::Status, json_out: bool) -> i32 {
-    let status = match crate::connect::reached() {
-        Some(endpoint)
-            if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
-        {
-            tonic::Status::with_metadata(
-                tonic::Code::Cancelled,
-                format!("timed out waiting for an answer from {endpoint}"),
-                status.metadata().clone(),
-            )
-        }
-        _ => status,
-    };
     if json_out {
         outln!("{}", json!({ "error": error_json(&status) }));
     } else {

@@ -128,7 +128,7 @@ fn print_table(status: &Value) {
 /// `weft scaler ...`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
-    let channel = connect::channel(&args.conn.endpoint).await?;
+    let channel = connect::channel(&args.conn.endpoint)?;
     match args.op {
         Op::Status { group, stale } => {
             let lease = format!("weft.scaler.{group}");

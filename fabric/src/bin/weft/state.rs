@@ -135,7 +135,7 @@ fn written(result: Result<u64, tonic::Status>, json_out: bool) -> i32 {
 /// `weft state ...`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
-    let mut client: StateClient<_> = connect::client(&args.conn.endpoint, Some(REQUEST_TIMEOUT)).await?;
+    let mut client: StateClient<_> = connect::client(&args.conn.endpoint, Some(REQUEST_TIMEOUT))?;
     match args.op {
         Op::Get { namespace, key, stale } => {
             let req = pb::GetRequest {

@@ -24,7 +24,7 @@ pub struct MembersArgs {
 
 /// `weft status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
-    let mut client = ClusterClient::new(connect::channel(&args.conn.endpoint).await?);
+    let mut client = ClusterClient::new(connect::channel(&args.conn.endpoint)?);
     let s = match client.status(pb::StatusRequest {}).await {
         Ok(r) => r.into_inner(),
         Err(e) => return Ok(fail(e, args.conn.json)),
@@ -78,7 +78,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
 
 /// `weft members`: the contacted node's gossip view.
 pub async fn members(args: MembersArgs) -> anyhow::Result<i32> {
-    let mut client = ClusterClient::new(connect::channel(&args.conn.endpoint).await?);
+    let mut client = ClusterClient::new(connect::channel(&args.conn.endpoint)?);
     let r = match client.members(pb::MembersRequest {}).await {
         Ok(r) => r.into_inner(),
         Err(e) => return Ok(fail(e, args.conn.json)),

@@ -4,12 +4,11 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use tonic::transport::Channel;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
 
 use crate::args::{Input, json_text, parse_header, parse_positive_duration_ms};
-use crate::connect::{self, REQUEST_TIMEOUT, consistency};
+use crate::connect::{self, Failover, REQUEST_TIMEOUT, consistency};
 use crate::cursors::{cursor_json, print_cursors};
 use crate::items;
 use crate::render::{age, duration_text, error_json, fail, non_empty, outln};
@@ -294,8 +293,8 @@ fn show(s: &pb::StreamInfo, json_out: bool) {
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
     let endpoint = args.conn.endpoint.clone();
-    let client = async || -> anyhow::Result<StreamsClient<Channel>> {
-        connect::client(&endpoint, Some(REQUEST_TIMEOUT)).await
+    let client = async || -> anyhow::Result<StreamsClient<Failover>> {
+        connect::client(&endpoint, Some(REQUEST_TIMEOUT))
     };
     match args.op {
         Op::Get(get) => items::get(args.conn, get).await,
@@ -494,7 +493,7 @@ async fn append(conn: connect::Conn, args: AppendArgs) -> anyhow::Result<i32> {
         );
         return Ok(fail(tonic::Status::invalid_argument(why), json_out));
     }
-    let mut client: StreamsClient<_> = connect::client(&conn.endpoint, Some(REQUEST_TIMEOUT)).await?;
+    let mut client: StreamsClient<_> = connect::client(&conn.endpoint, Some(REQUEST_TIMEOUT))?;
     let mut done: Vec<(pb::AppendResponse, usize)> = Vec::new();
     let mut expected_last_seq = args.expected_last_seq;
     let count = batches.len();
