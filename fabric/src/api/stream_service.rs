@@ -123,7 +123,7 @@ impl pb::streams_server::Streams for StreamService {
             }
             self.write(command).await?;
             // The entry is applied on the leader; wait until this replica has it too.
-            routing::read_barrier(&self.ctx).await?;
+            routing::read_barrier(&self.ctx).await.map_err(read_back_failed)?;
             self.info(&req.name)
         }
         .await;
@@ -256,7 +256,7 @@ impl pb::streams_server::Streams for StreamService {
             let error = (!req.error.is_empty()).then(|| req.error.clone());
             self.write(super::audited(actor, Command::CloseStream { stream: req.name.clone(), error }))
                 .await?;
-            routing::read_barrier(&self.ctx).await?;
+            routing::read_barrier(&self.ctx).await.map_err(read_back_failed)?;
             self.info(&req.name)
         }
         .await;
@@ -289,7 +289,7 @@ impl pb::streams_server::Streams for StreamService {
             let config = convert::cursor_config(req.config.unwrap_or_default(), None)?;
             let new = NewCursor { stream: req.stream.clone(), name: req.name.clone(), config };
             self.write(Command::CreateCursor(Box::new(new))).await?;
-            routing::read_barrier(&self.ctx).await?;
+            routing::read_barrier(&self.ctx).await.map_err(read_back_failed)?;
             self.cursor_info(&req.stream, &req.name)
         }
         .await;
@@ -378,4 +378,11 @@ impl pb::streams_server::Streams for StreamService {
         let rx = listener::start(self.ctx.clone(), request.into_inner(), self.shutdown.clone()).await?;
         Ok(Response::new(Box::pin(super::execution_service::tokio_stream_from(rx))))
     }
+}
+
+/// After a committed write, this node could not catch up to read back what it wrote: the
+/// write is applied, so the answer must not say "not applied" (a client would send it again
+/// elsewhere); it says the outcome is unknown to this node.
+fn read_back_failed(e: Error) -> Error {
+    Error::Indeterminate(format!("this node could not read back the write it committed: {e}"))
 }

@@ -26,8 +26,10 @@ pub const AUDIT_STREAM: &str = "weft.audit";
 pub const RESERVED_PREFIX: &str = "weft.";
 /// The audit stream keeps at most this many records (the oldest go first)...
 pub const AUDIT_MAX_ITEMS: u64 = 100_000;
-/// ... and none older than this (90 days).
+/// ... and none older than this (90 days) ...
 pub const AUDIT_MAX_AGE_MS: u64 = 90 * 24 * 3600 * 1000;
+/// ... and at most this many bytes of them (64 MiB).
+pub const AUDIT_MAX_BYTES: u64 = 64 << 20;
 /// Longest text of one field of a record (principal, target, outcome), in bytes.
 const MAX_FIELD_BYTES: usize = 512;
 
@@ -158,6 +160,7 @@ impl Grid {
                 kind: Kind::Persistent,
                 max_items: Some(AUDIT_MAX_ITEMS),
                 max_age_ms: Some(AUDIT_MAX_AGE_MS),
+                max_bytes: Some(AUDIT_MAX_BYTES),
                 discard: Discard::Old,
                 ..StreamConfig::default()
             };

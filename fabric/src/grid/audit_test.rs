@@ -4,6 +4,7 @@
 //! the fabric's streams.
 
 use super::audit::{AUDIT_STREAM, Actor, AuditNote, Record};
+use super::cursor::{CursorConfig, NewCursor};
 use super::execution::Payload;
 use super::stream::{Append, NewItem, NewStream, StreamConfig};
 use super::test_harness::{Harness, new_exec};
@@ -113,4 +114,24 @@ fn callers_cannot_write_to_the_fabrics_streams() {
         assert!(e.contains("belong to the fabric"), "{command:?}: {e}");
     }
     assert!(Command::DeleteStream { stream: "weftish".into() }.validate(&limits).is_ok());
+    let note = AuditNote {
+        actor: Actor::fabric(1),
+        operation: "membership.add_learner".into(),
+        target: "node 9".into(),
+        outcome: "ok".into(),
+    };
+    let e = Command::AuditNote(Box::new(note)).validate(&limits).unwrap_err().to_string();
+    assert!(e.contains("written by the fabric itself"), "a proposed note is a forgery: {e}");
+}
+
+#[test]
+fn a_cursor_cannot_dead_letter_into_the_fabrics_streams() {
+    let config = CursorConfig {
+        max_deliveries: Some(1),
+        dead_letter: Some(AUDIT_STREAM.into()),
+        ..CursorConfig::default()
+    };
+    let new = NewCursor { stream: "s".into(), name: "c".into(), config };
+    let e = Command::CreateCursor(Box::new(new)).validate_shape().unwrap_err().to_string();
+    assert!(e.contains("belong to the fabric"), "{e}");
 }

@@ -236,7 +236,11 @@ impl Command {
             Command::CloseStream { stream, .. } | Command::DeleteStream { stream } => {
                 audit::check_not_reserved(stream)
             }
-            Command::AuditNote(_) => Ok(()),
+            // Only the leader's own tasks write notes, straight to Raft (no validate): a note
+            // that arrives as a proposal (forwarded, or from an API) is a forgery.
+            Command::AuditNote(_) => {
+                Err(Error::InvalidItem { reason: "audit notes are written by the fabric itself".into() })
+            }
             Command::Ack { acks, effects, .. } => {
                 if acks.is_empty() || acks.len() > limits.max_batch_items {
                     return Err(Error::InvalidCursor {

@@ -111,6 +111,7 @@ impl CursorConfig {
         }
         if let Some(dlq) = &self.dead_letter {
             validate_stream_name(dlq)?;
+            super::audit::check_not_reserved(dlq)?;
         }
         if self.idle_ms == Some(0) {
             return bad("idle_ms of 0 is not allowed".into());

@@ -355,8 +355,12 @@ impl Grid {
     }
 
     /// Appends a copy of `item` to `target`, with headers that say where it came from; a
-    /// missing, closed or full target drops it.
+    /// missing, closed or full target drops it, and so does one of the fabric's streams
+    /// (`weft.`: refused at proposal too), which callers must not be able to write into.
     fn dead_letter(&mut self, target: &str, stream: &str, item: Item, count: u32, out: &mut Outbox) {
+        if target.starts_with(super::audit::RESERVED_PREFIX) {
+            return;
+        }
         let mut headers = item.headers;
         headers.retain(|(n, _)| !n.starts_with("weft-dead-letter-"));
         headers.push((DEAD_LETTER_STREAM_HEADER.into(), stream.to_owned()));

@@ -228,7 +228,8 @@ impl Grid {
     }
 
     /// Applies one command at the grid's current time; appends its events to `events`. A
-    /// refused command changes nothing and yields no events.
+    /// refused command changes nothing and yields no events, except that a refused `Audited`
+    /// operation is still recorded in the audit stream (with its error).
     pub fn apply_with_events(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<Output, Error> {
         command.validate_shape()?;
         let mut out = Outbox::new(events);

@@ -252,6 +252,8 @@ pub async fn run(
     let mut absent_since: BTreeMap<NodeId, Instant> = BTreeMap::new();
     let mut excluded_until: BTreeMap<NodeId, Instant> = BTreeMap::new();
     let mut again = false;
+    // The last change that failed, and why: its repeats are not recorded again.
+    let mut last_failure: Option<(String, String)> = None;
     loop {
         // Right after a committed change, look again at once (a cluster forming adds several
         // learners in a row); otherwise wait for the interval.
@@ -308,6 +310,7 @@ pub async fn run(
             Ok(Ok(())) => {
                 tracing::info!(?change, "membership: change committed");
                 again = true;
+                last_failure = None;
                 "ok".to_owned()
             }
             Ok(Err(e)) => {
@@ -322,16 +325,31 @@ pub async fn run(
                     timeout_ms = options.change_timeout.as_millis() as u64,
                     "membership: change did not commit in time"
                 );
-                format!("did not commit within {} ms", options.change_timeout.as_millis())
+                format!(
+                    "not committed within {} ms (it may still commit)",
+                    options.change_timeout.as_millis()
+                )
             }
         };
-        record_change(&raft, me, &change, outcome, &options).await;
+        // A change that keeps failing is tried again every interval: its first failure is
+        // recorded, not each repeat.
+        if outcome != "ok" {
+            let failure = (format!("{change:?}"), outcome.clone());
+            if last_failure.as_ref() == Some(&failure) {
+                continue;
+            }
+            last_failure = Some(failure);
+        }
+        record_change(&raft, me, &change, outcome).await;
     }
 }
 
+/// How long recording a membership change in the audit trail may hold the reconciler up.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Records a membership change and its outcome in the audit trail (best effort: a leader
 /// that lost its quorum cannot record it).
-async fn record_change(raft: &Raft, me: NodeId, change: &Change, outcome: String, options: &Options) {
+async fn record_change(raft: &Raft, me: NodeId, change: &Change, outcome: String) {
     let (operation, target) = match change {
         Change::FinishJoint { voters } => ("membership.finish_joint", format!("voters {voters:?}")),
         Change::ReplaceVoter { remove, promote, voters } => (
@@ -359,7 +377,7 @@ async fn record_change(raft: &Raft, me: NodeId, change: &Change, outcome: String
         now_ms,
         commands: vec![crate::grid::Command::AuditNote(Box::new(note))],
     };
-    match tokio::time::timeout(options.change_timeout, raft.client_write(request)).await {
+    match tokio::time::timeout(RECORD_TIMEOUT, raft.client_write(request)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "cannot record a membership change in the audit trail"),
         Err(_) => tracing::debug!("recording a membership change in the audit trail timed out"),

@@ -73,6 +73,8 @@ pub async fn run(
         }
         let now = Instant::now();
         refused.retain(|id, (_, until)| stored.contains_key(id) && *until > now);
+        // (node, stored address, address gossip sees): moves to check, one per member.
+        let mut moves: Vec<(NodeId, SocketAddr, SocketAddr)> = Vec::new();
         for (&id, stored_addr) in &stored {
             let Some(seen) = view.members.get(&id).filter(|m| m.health == Health::Alive) else { continue };
             let new = seen.addr;
@@ -111,7 +113,17 @@ pub async fn run(
             {
                 continue;
             }
-            match verify_move(id, old, new, &cluster, applied.cluster_uid()).await {
+            moves.push((id, old, new));
+        }
+        // Each check takes a second or more (the old address is probed over time): members
+        // that moved together are checked together.
+        let uid = applied.cluster_uid();
+        let checks = moves.drain(..).map(|(id, old, new)| {
+            let cluster = &cluster;
+            async move { (id, old, new, verify_move(id, old, new, cluster, uid).await) }
+        });
+        for (id, old, new, verdict) in futures::future::join_all(checks).await {
+            match verdict {
                 Ok(()) => {
                     tracing::info!(node_id = id, from = %old, to = %new,
                         "membership: a member answers at a new address; reaching it there");
@@ -120,7 +132,7 @@ pub async fn run(
                 Err(why) => {
                     tracing::warn!(node_id = id, from = %old, to = %new, reason = %why,
                         "membership: not following a member to a new address");
-                    refused.insert(id, (new, now + REFUSED_RECHECK));
+                    refused.insert(id, (new, Instant::now() + REFUSED_RECHECK));
                 }
             }
         }
