@@ -840,6 +840,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's large error
     fn gossip_keys_are_checked_by_field_and_line_and_never_shown() {
         use base64::Engine as _;
         let good = crate::membership::keys::generate();

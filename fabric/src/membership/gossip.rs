@@ -380,7 +380,6 @@ impl Service {
         if let Some(keys) = options.auth.keys() {
             tracing::info!(sends = options.auth.sends(), key_ids = ?keys.ids(), "gossip authentication on");
         }
-        let key_file_seen = options.key_file.as_deref().map(key_file_digest);
         let now = Instant::now();
         let mut members = BTreeMap::new();
         members.insert(
@@ -418,7 +417,8 @@ impl Service {
             drop_log: DropLog::default(),
             auth_tx,
             next_key_check: now + KEY_FILE_CHECK_PERIOD,
-            key_file_seen,
+            // The first check reads the file again: a change since the config read it is seen.
+            key_file_seen: None,
             scratch: Vec::with_capacity(MAX_PACKET_BYTES),
         };
         Ok((service, handle))
@@ -539,25 +539,23 @@ impl Service {
     async fn check_key_file(&mut self) {
         self.next_key_check = Instant::now() + KEY_FILE_CHECK_PERIOD;
         let Some(path) = self.options.key_file.clone() else { return };
-        let (digest, parsed) = match tokio::task::spawn_blocking(move || {
-            let text = super::keys::read_key_file(&path);
-            let digest = key_file_digest_of(&text);
-            (digest, text.and_then(|t| Keys::parse_file(&t)))
-        })
-        .await
-        {
+        let read = tokio::task::spawn_blocking(move || super::keys::read_key_file(&path)).await;
+        let read = match read {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = %e, "gossip key file check failed");
                 return;
             }
         };
+        let digest = key_file_digest(&read);
         if self.key_file_seen.as_ref() == Some(&digest) {
             return;
         }
         self.key_file_seen = Some(digest);
         let file = self.options.key_file.as_deref().map(|p| p.display().to_string());
-        match parsed {
+        match read.and_then(|text| Keys::parse_file(&text)) {
+            // Only comments changed, or the file was written again as it was.
+            Ok(keys) if self.options.auth.keys().map(Keys::ids) == Some(keys.ids()) => {}
             Ok(keys) => {
                 tracing::info!(file, key_ids = ?keys.ids(), "gossip key file changed: keys reloaded");
                 self.counters.keys.store(keys.all().len() as u64, Ordering::Relaxed);
@@ -685,12 +683,9 @@ impl Service {
     }
 }
 
-/// What a key file holds, as a digest (so a change is seen without keeping a copy of the keys).
-fn key_file_digest(path: &std::path::Path) -> Vec<u8> {
-    key_file_digest_of(&super::keys::read_key_file(path))
-}
-
-fn key_file_digest_of(read: &Result<String, super::keys::Error>) -> Vec<u8> {
+/// A digest of what reading the key file gave (its text, or the error), so a change is seen
+/// without keeping a copy of the keys.
+fn key_file_digest(read: &Result<String, super::keys::Error>) -> Vec<u8> {
     let digest = |bytes: &[u8]| ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().to_vec();
     match read {
         Ok(text) => digest(text.as_bytes()),
