@@ -68,6 +68,25 @@ pub struct Config {
     pub gossip_probe_rtt_ms: Option<u64>,
     /// Overrides the preset: how long a suspected node has to refute before it is declared down.
     pub gossip_suspect_to_down_ms: Option<u64>,
+    /// File of gossip keys: one base64 key of 32 bytes per line (`weft gossip-key` makes one;
+    /// blank lines and `#` comments are skipped). The first key authenticates what this node
+    /// sends; every key is accepted on receive, so keys rotate without a flag day. Re-read
+    /// within a second when it changes (a version that does not parse is refused and the keys
+    /// in use stay). Unset, and no `gossip_keys`: gossip is not authenticated. Keep the file
+    /// readable by the node's user only.
+    pub gossip_key_file: Option<PathBuf>,
+    /// Gossip keys inline, comma-separated, the sending one first: the environment's form
+    /// (`WEFT_GOSSIP_KEYS`). Not with `gossip_key_file`; read once at start. Shown as
+    /// `<redacted>` by `--dump-config`.
+    pub gossip_keys: Option<Secret>,
+    /// Encrypt gossip packets (ChaCha20-Poly1305) instead of only authenticating them
+    /// (HMAC-SHA256). Needs gossip keys. A node with keys reads both forms, so encryption can
+    /// be turned on one node at a time.
+    pub gossip_encrypt: bool,
+    /// Unauthenticated gossip, for turning keys on (or off) one node at a time: `refuse` (the
+    /// default: send authenticated, drop plain packets), `accept` (send authenticated, accept
+    /// plain too) or `send` (send plain, accept both). Anything but `refuse` needs keys.
+    pub gossip_unauthenticated: String,
     /// How long gossip must have declared a node down before the leader removes it from Raft
     /// (and promotes a learner in a voter's place). A node that leaves gracefully is removed
     /// at once.
@@ -202,6 +221,10 @@ impl Default for Config {
             gossip_probe_period_ms: None,
             gossip_probe_rtt_ms: None,
             gossip_suspect_to_down_ms: None,
+            gossip_key_file: None,
+            gossip_keys: None,
+            gossip_encrypt: false,
+            gossip_unauthenticated: "refuse".into(),
             dead_node_grace_ms: 30_000,
             leave_on_shutdown: true,
             rpc_metrics: true,
@@ -257,6 +280,35 @@ pub enum Error {
     /// The config file or an environment variable could not be read or parsed.
     #[error("invalid configuration: {0}")]
     Load(String),
+}
+
+/// A secret setting: `Debug` and `--dump-config` show `<redacted>`, never the value.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
@@ -388,6 +440,7 @@ impl Config {
         if timing.probe_rtt >= timing.probe_period {
             return Err(invalid("gossip_probe_rtt_ms", "must be less than gossip_probe_period_ms"));
         }
+        self.gossip_auth()?;
         if self.dead_node_grace_ms == 0 {
             return Err(invalid("dead_node_grace_ms", "must be more than 0"));
         }
@@ -549,6 +602,46 @@ impl Config {
             t.suspect_to_down = ms(v);
         }
         Ok(t)
+    }
+
+    /// Gossip authentication: the keys (read from `gossip_key_file` now), encryption, and what
+    /// to do with unauthenticated packets. Errors name the field and the line, never a key.
+    pub fn gossip_auth(&self) -> Result<crate::membership::packet::Auth, Error> {
+        use crate::membership::keys::Keys;
+        use crate::membership::packet::{Auth, Unauthenticated};
+        let unauthenticated = Unauthenticated::parse(&self.gossip_unauthenticated).ok_or_else(|| {
+            invalid(
+                "gossip_unauthenticated",
+                format!("'{}' is not 'refuse', 'accept' or 'send'", self.gossip_unauthenticated),
+            )
+        })?;
+        let keys = match (&self.gossip_key_file, &self.gossip_keys) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("gossip_keys", "set gossip_key_file or gossip_keys, not both"));
+            }
+            (Some(path), None) => {
+                Keys::read_file(path).map_err(|e| invalid("gossip_key_file", e.to_string()))?
+            }
+            (None, Some(list)) => {
+                Keys::parse_list(list.expose()).map_err(|e| invalid("gossip_keys", e.to_string()))?
+            }
+            (None, None) => {
+                if self.gossip_encrypt {
+                    return Err(invalid(
+                        "gossip_encrypt",
+                        "needs gossip keys (gossip_key_file or gossip_keys)",
+                    ));
+                }
+                if unauthenticated != Unauthenticated::Refuse {
+                    return Err(invalid(
+                        "gossip_unauthenticated",
+                        "is for turning gossip keys on or off and needs keys (gossip_key_file or gossip_keys)",
+                    ));
+                }
+                return Ok(Auth::off());
+            }
+        };
+        Ok(Auth::new(keys, self.gossip_encrypt, unauthenticated))
     }
 
     /// The execution and session settings this configuration sets.
@@ -744,6 +837,58 @@ mod tests {
             "initial_members lists node 1 at 'a:1'",
         );
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's large error
+    fn gossip_keys_are_checked_by_field_and_line_and_never_shown() {
+        use base64::Engine as _;
+        let good = crate::membership::keys::generate();
+        let short = base64::engine::general_purpose::STANDARD.encode([9u8; 16]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gossip.keys");
+        std::fs::write(&file, format!("# keys\n{good}\n{short}\n")).unwrap();
+        let with_file = Config { gossip_key_file: Some(file.clone()), ..Default::default() };
+        let inline = |keys: &str| Config { gossip_keys: Some(Secret::new(keys)), ..Default::default() };
+        let cases = [
+            (with_file.clone(), "gossip_key_file: line 3: decodes to 16 bytes"),
+            (inline(&format!("{good},{short}")), "gossip_keys: key 2: decodes to 16 bytes"),
+            (inline(&format!("{good},%%%")), "gossip_keys: key 2: not a base64 key"),
+            (
+                Config { gossip_keys: Some(Secret::new(&good)), ..with_file.clone() },
+                "gossip_keys: set gossip_key_file or",
+            ),
+            (Config { gossip_encrypt: true, ..Default::default() }, "gossip_encrypt: needs gossip keys"),
+            (
+                Config { gossip_unauthenticated: "send".into(), ..Default::default() },
+                "gossip_unauthenticated: is for",
+            ),
+            (
+                Config { gossip_unauthenticated: "sometimes".into(), ..inline(&good) },
+                "gossip_unauthenticated: 'sometimes' is not",
+            ),
+        ];
+        for (config, expected) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} should say {expected:?}");
+            assert!(!err.contains(&good) && !err.contains(&short), "the error shows a key: {err}");
+        }
+        std::fs::write(&file, format!("{good}\n")).unwrap();
+        assert_eq!(with_file.gossip_auth().unwrap().sends(), "mac");
+        let config = Config { gossip_encrypt: true, ..inline(&good) };
+        assert_eq!(config.gossip_auth().unwrap().sends(), "encrypted");
+        for shown in [format!("{config:?}"), config.to_toml(), format!("{:?}", config.gossip_auth().unwrap())]
+        {
+            assert!(!shown.contains(&good), "a key is shown: {shown}");
+        }
+        assert!(config.to_toml().contains("gossip_keys = \"<redacted>\""), "{}", config.to_toml());
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WEFT_GOSSIP_KEYS", &good);
+            let c = Config::load(None, Flags::default()).unwrap();
+            assert_eq!(c.gossip_keys.as_ref().map(Secret::expose), Some(good.as_str()));
+            assert_eq!(c.gossip_auth().unwrap().keys().map(|k| k.all().len()), Some(1));
+            Ok(())
+        });
     }
 
     #[test]

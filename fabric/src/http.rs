@@ -175,6 +175,25 @@ async fn metrics(
         "counter",
         load(&g.dropped_foreign_cluster),
     );
+    gauge(
+        "weft_gossip_dropped_unauthenticated_total",
+        "Gossip datagrams refused: plain (no MAC) while this node requires the gossip key.",
+        "counter",
+        load(&g.dropped_unauthenticated),
+    );
+    gauge(
+        "weft_gossip_dropped_bad_mac_total",
+        "Gossip datagrams refused: no gossip key of this node verifies their MAC or tag (another key, changed or cut off).",
+        "counter",
+        load(&g.dropped_bad_mac),
+    );
+    gauge("weft_gossip_keys", "Gossip keys in use (0: gossip is not authenticated).", "gauge", load(&g.keys));
+    gauge(
+        "weft_gossip_key_reload_failures_total",
+        "Changes of the gossip key file that were refused (the keys in use stayed).",
+        "counter",
+        load(&g.key_reload_failures),
+    );
     let r = &ctx.membership.reconciler;
     gauge(
         "weft_membership_changes_total",

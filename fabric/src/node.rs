@@ -152,6 +152,11 @@ impl Node {
     /// every address before any node starts).
     pub async fn start_on(mut config: Config, listener: TcpListener) -> Result<Self, Error> {
         config.validate()?;
+        if let Some(path) =
+            config.gossip_key_file.as_deref().filter(|p| membership::keys::readable_by_others(p))
+        {
+            tracing::warn!(file = %path.display(), "the gossip key file is readable by other users (chmod 600 it)");
+        }
         let addr =
             listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
@@ -239,6 +244,8 @@ impl Node {
                 },
                 seeds: seeds.clone(),
                 timing: config.gossip_timing()?,
+                auth: config.gossip_auth()?,
+                key_file: config.gossip_key_file.clone(),
             },
             addr,
             generation ^ config.node_id,

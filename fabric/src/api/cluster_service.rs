@@ -168,6 +168,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             })
             .collect();
         let c = self.ctx.membership.gossip.counters();
+        let auth = self.ctx.membership.gossip.auth();
         Ok(Response::new(pb::MembersReply {
             cluster: self.ctx.cluster.clone(),
             reporter_id: self.ctx.node_id,
@@ -175,6 +176,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             dropped_malformed: c.dropped_malformed.load(Relaxed),
             dropped_oversized: c.dropped_oversized.load(Relaxed),
             dropped_foreign_cluster: c.dropped_foreign_cluster.load(Relaxed),
+            dropped_unauthenticated: c.dropped_unauthenticated.load(Relaxed),
+            dropped_bad_mac: c.dropped_bad_mac.load(Relaxed),
+            gossip_sends: auth.sends.into(),
+            gossip_key_ids: auth.key_ids,
         }))
     }
 

@@ -1,79 +1,17 @@
-//! Gossip on the wire: foca's messages encoded with bincode, inside a small frame that names
-//! the format and the cluster.
-//!
-//! ```text
-//!   ┌────┬────┬────────┬─────────────┬──────────────┬─────────────────────────────┐
-//!   │ 'W'│ 'g'│ format │ cluster len │ cluster name │ foca header + updates (bincode) │
-//!   └────┴────┴────────┴─────────────┴──────────────┴─────────────────────────────┘
-//! ```
-//!
-//! A packet from another cluster is refused before foca sees it, so two clusters on one
-//! network never merge.
+//! foca's messages on the wire: a foca codec on bincode. The frame around them (format,
+//! cluster, MAC or encryption) is [`super::packet`]'s.
 
 use bytes::{Buf, BufMut};
 use foca::{Header, Member};
 
 use super::identity::Peer;
 
-/// First bytes of every gossip packet.
-const MAGIC: [u8; 2] = *b"Wg";
-/// Version of the frame and of the bincode encoding inside it.
-pub const FORMAT: u8 = 1;
-/// Longest cluster name (the config allows 64 characters).
-pub const MAX_CLUSTER_BYTES: usize = 64;
-/// Bytes the frame adds in front of foca's payload, at most.
-pub const MAX_FRAME_BYTES: usize = 4 + MAX_CLUSTER_BYTES;
 /// No single header or member decodes from more than this (a garbage length prefix cannot make
 /// bincode allocate more).
 const DECODE_LIMIT: usize = 4096;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
-}
-
-/// Why a gossip packet was dropped. Nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// Not a Weft gossip packet, or a format this build does not know.
-    #[error("malformed gossip packet: {0}")]
-    Malformed(&'static str),
-    /// A Weft gossip packet from another cluster.
-    #[error("gossip from cluster '{0}'")]
-    ForeignCluster(String),
-}
-
-/// Wraps foca's payload in the frame for `cluster`.
-pub fn frame(cluster: &str, payload: &[u8]) -> Vec<u8> {
-    let name = &cluster.as_bytes()[..cluster.len().min(MAX_CLUSTER_BYTES)];
-    let mut out = Vec::with_capacity(4 + name.len() + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(FORMAT);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(payload);
-    out
-}
-
-/// foca's payload of a packet framed for `cluster`.
-pub fn unframe<'a>(cluster: &str, packet: &'a [u8]) -> Result<&'a [u8], Refused> {
-    let [m0, m1, format, len, rest @ ..] = packet else {
-        return Err(Refused::Malformed("shorter than the frame"));
-    };
-    if [*m0, *m1] != MAGIC {
-        return Err(Refused::Malformed("bad magic"));
-    }
-    if *format != FORMAT {
-        return Err(Refused::Malformed("unknown format"));
-    }
-    let len = usize::from(*len);
-    if len > MAX_CLUSTER_BYTES || rest.len() < len {
-        return Err(Refused::Malformed("bad cluster name length"));
-    }
-    let (name, payload) = rest.split_at(len);
-    if name != cluster.as_bytes() {
-        return Err(Refused::ForeignCluster(String::from_utf8_lossy(name).into_owned()));
-    }
-    Ok(payload)
 }
 
 /// A foca codec on bincode (serde mode).
@@ -186,17 +124,7 @@ mod tests {
         }
 
         #[test]
-        fn frames_round_trip(cluster in "[a-z0-9_-]{1,64}", payload in proptest::collection::vec(any::<u8>(), 0..1400)) {
-            let packet = frame(&cluster, &payload);
-            prop_assert!(packet.len() <= payload.len() + MAX_FRAME_BYTES);
-            prop_assert_eq!(unframe(&cluster, &packet).unwrap(), &payload[..]);
-            let other = format!("{cluster}x");
-            prop_assert_eq!(unframe(&other, &packet), Err(Refused::ForeignCluster(cluster.clone())));
-        }
-
-        #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = unframe("weft", &bytes);
             let mut slice = &bytes[..];
             let _ = Codec.decode_header(&mut slice);
             let mut slice = &bytes[..];
@@ -211,15 +139,5 @@ mod tests {
         let mut buf = &mut small[..];
         assert!(matches!(Codec.encode_member(&m, &mut buf), Err(Error::Full)));
         assert_eq!(small, [0u8; 3]);
-    }
-
-    #[test]
-    fn short_and_foreign_packets_are_named() {
-        assert_eq!(unframe("a", b"Wg"), Err(Refused::Malformed("shorter than the frame")));
-        assert_eq!(unframe("a", b"XX\x01\x00"), Err(Refused::Malformed("bad magic")));
-        assert_eq!(unframe("a", b"Wg\x09\x00"), Err(Refused::Malformed("unknown format")));
-        assert_eq!(unframe("a", b"Wg\x01\x05ab"), Err(Refused::Malformed("bad cluster name length")));
-        assert_eq!(unframe("a", b"Wg\x01\x01bxyz"), Err(Refused::ForeignCluster("b".into())));
-        assert_eq!(unframe("a", b"Wg\x01\x01axyz"), Ok(&b"xyz"[..]));
     }
 }

@@ -12,7 +12,10 @@
 //!
 //! # Layout
 //! - [`identity`]: a node's gossip identity (id, address, generation, leaving).
-//! - [`codec`]: foca's messages on bincode inside a frame naming the format and cluster.
+//! - [`codec`]: foca's messages on bincode.
+//! - [`packet`]: the frame around them on the wire: format, cluster, and the MAC or encryption
+//!   with the cluster's gossip key; refuses what fails before foca sees it.
+//! - [`keys`]: gossip keys: parsing (file or list), derivation, making a fresh one.
 //! - [`gossip`]: the UDP service driving foca; publishes the [`gossip::View`].
 //! - `bootstrap`: forming a cluster (`--bootstrap-expect`) or waiting to be added.
 //! - `election_guard`: a node removed while away does not disrupt the cluster on return.
@@ -24,6 +27,8 @@ pub mod codec;
 pub(crate) mod election_guard;
 pub mod gossip;
 pub mod identity;
+pub mod keys;
+pub mod packet;
 pub(crate) mod reconciler;
 pub(crate) mod relocation;
 

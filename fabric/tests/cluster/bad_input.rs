@@ -216,6 +216,36 @@ fn dump_config_shows_the_layers() {
     assert!(text.contains("max_list_page = 77"), "file beats default: {text}");
 }
 
+#[test]
+fn gossip_keys_are_made_checked_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(weft_bin()).arg("gossip-key").output().unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let id = weft_fabric::membership::keys::Keys::parse_list(&key).expect("a valid key").sender().id();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&id), "the id goes to stderr");
+
+    let file = dir.path().join("gossip.keys");
+    std::fs::write(&file, format!("{key}\n{}\n", &key[..20])).unwrap();
+    let (code, text) = weft(&["node", "--gossip-key-file", file.to_str().unwrap(), "--dump-config"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("gossip_key_file: line 2: decodes to 15 bytes"), "{text}");
+    assert!(!text.contains(&key[..20]), "the error shows the key: {text}");
+
+    let out = Command::new(weft_bin())
+        .args(["node", "--gossip-encrypt", "--dump-config"])
+        .env("WEFT_GOSSIP_KEYS", &key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("gossip_keys = \"<redacted>\"") && text.contains("gossip_encrypt = true"),
+        "{text}"
+    );
+    assert!(!text.contains(&key), "--dump-config shows the key: {text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_in_use_and_foreign_data_dirs_are_refused() {
     let dir = tempfile::tempdir().unwrap();

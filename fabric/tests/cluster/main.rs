@@ -15,6 +15,7 @@ mod delegates;
 mod demand;
 mod executions;
 mod failover;
+mod gossip_keys;
 mod health;
 mod http_api;
 mod leases;

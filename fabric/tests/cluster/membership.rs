@@ -12,7 +12,7 @@ use crate::writes::http_get;
 
 /// A gossip-mode config: no static members, the test timing preset. The cluster is named
 /// after the data dir, so clusters of tests running side by side never meet.
-pub fn gossip_config(root: &std::path::Path, id: u64, addr: &str, seeds: &str, expect: u32) -> Config {
+pub(crate) fn gossip_config(root: &std::path::Path, id: u64, addr: &str, seeds: &str, expect: u32) -> Config {
     let name: String =
         root.file_name().unwrap().to_string_lossy().chars().filter(char::is_ascii_alphanumeric).collect();
     Config {
@@ -30,7 +30,7 @@ pub fn gossip_config(root: &std::path::Path, id: u64, addr: &str, seeds: &str, e
 }
 
 /// (voters, learners) as node `node` sees the Raft membership.
-fn raft_members(node: &Node) -> (BTreeSet<u64>, BTreeSet<u64>) {
+pub(crate) fn raft_members(node: &Node) -> (BTreeSet<u64>, BTreeSet<u64>) {
     let metrics = node.raft().metrics();
     let m = metrics.borrow();
     let membership = m.membership_config.membership();
@@ -39,7 +39,7 @@ fn raft_members(node: &Node) -> (BTreeSet<u64>, BTreeSet<u64>) {
     (voters, learners)
 }
 
-fn leader_of(nodes: &[Option<Node>]) -> Option<u64> {
+pub(crate) fn leader_of(nodes: &[Option<Node>]) -> Option<u64> {
     let leaders: Vec<Option<u64>> =
         nodes.iter().flatten().map(|n| n.raft().metrics().borrow().current_leader).collect();
     match leaders.first() {
@@ -48,7 +48,7 @@ fn leader_of(nodes: &[Option<Node>]) -> Option<u64> {
     }
 }
 
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !check() {
         assert!(Instant::now() < deadline, "not within {PATIENCE:?}: {what}");
@@ -219,8 +219,10 @@ async fn silent_seeds_foreign_clusters_and_garbage_are_refused() {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.send_to(b"not gossip at all", &addrs[0]).await.unwrap();
     // A well-framed packet of our cluster whose foca payload is garbage.
-    let framed =
-        weft_fabric::membership::codec::frame(&members(addrs[0].clone()).await.cluster, b"\xff\xff\xff");
+    let framed = weft_fabric::membership::packet::frame_plain(
+        &members(addrs[0].clone()).await.cluster,
+        b"\xff\xff\xff",
+    );
     sock.send_to(&framed, &addrs[0]).await.unwrap();
     sock.send_to(&vec![0u8; 4000], &addrs[0]).await.unwrap();
     let deadline = Instant::now() + PATIENCE;

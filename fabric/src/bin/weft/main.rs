@@ -1,6 +1,6 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
-//! `node` and `dev` run fabric nodes; `status`, `members`, `state`, `call`, `executions`,
+//! `node` and `dev` run fabric nodes; `gossip-key` makes a gossip key; `status`, `members`, `state`, `call`, `executions`,
 //! `agents`, `instances`, `streams`, `cursors`, `leases`, `scaler` and `demand` talk to any node of a
 //! running cluster over gRPC. This file parses the command line, sets up tracing and turns the
 //! command's result into the exit
@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`node_cmd`]: `weft node`: one fabric node from layered configuration.
 //! - [`dev`]: `weft dev`: a local cluster of N nodes in one process.
+//! - [`gossip_key`]: `weft gossip-key`: a fresh random key for authenticated gossip.
 //! - [`status`]: `weft status` (the cluster as Raft sees it) and `weft members` (as gossip does).
 //! - [`state`]: `weft state get|put|cas|delete|list`: key/value state in the grid.
 //! - [`call`]: `weft call`: run an agent's delegate and print its outcome.
@@ -38,6 +39,7 @@ mod demand;
 mod dev;
 mod executions;
 mod failover;
+mod gossip_key;
 mod instances;
 mod items;
 mod leases;
@@ -98,6 +100,17 @@ enum Command {
     Node(node_cmd::Args),
     /// Run a local development cluster in this one process: N nodes on localhost ports.
     Dev(dev::Args),
+    /// Print a fresh random gossip key (32 bytes, base64) on stdout, its id on stderr.
+    ///
+    /// Every node of a cluster gets the same key file (gossip_key_file), one key per line:
+    ///
+    ///   weft gossip-key > gossip.keys && chmod 600 gossip.keys
+    ///   weft node --gossip-key-file gossip.keys ...
+    ///
+    /// To rotate, add a new key second everywhere, then move it first, then remove the old
+    /// one (docs/operations.md, "Gossip keys").
+    #[command(verbatim_doc_comment)]
+    GossipKey(gossip_key::Args),
     /// Show the cluster: leader, term, and each member's role and progress.
     Status(status::StatusArgs),
     /// Show the gossip view of the contacted node: every node it knows and its state.
@@ -166,6 +179,7 @@ impl Command {
         match self {
             Command::Node(args) => node_cmd::run(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::GossipKey(args) => gossip_key::run(args),
             Command::Status(args) => status::status(args).await,
             Command::Members(args) => status::members(args).await,
             Command::State(args) => state::run(args).await,

@@ -58,6 +58,15 @@ pub struct Args {
     #[arg(long, value_name = "PRESET")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gossip_preset: Option<String>,
+    /// File of gossip keys, one base64 key per line, the sending one first (`weft gossip-key`
+    /// makes one); without it (or WEFT_GOSSIP_KEYS) gossip is not authenticated.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_key_file: Option<PathBuf>,
+    /// Encrypt gossip with the gossip key (ChaCha20-Poly1305) instead of only authenticating it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gossip_encrypt: bool,
     /// How long a node must be down before the leader removes it (e.g. 30000).
     #[arg(long, value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]

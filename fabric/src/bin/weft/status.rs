@@ -96,7 +96,9 @@ pub async fn members(args: MembersArgs) -> anyhow::Result<i32> {
             "{}",
             json!({"cluster": r.cluster, "reporter_id": r.reporter_id, "members": members,
                    "dropped": {"malformed": r.dropped_malformed, "oversized": r.dropped_oversized,
-                               "foreign_cluster": r.dropped_foreign_cluster}})
+                               "foreign_cluster": r.dropped_foreign_cluster,
+                               "unauthenticated": r.dropped_unauthenticated, "bad_mac": r.dropped_bad_mac},
+                   "gossip_auth": {"sends": r.gossip_sends, "key_ids": r.gossip_key_ids}})
         );
         return Ok(0);
     }
@@ -114,13 +116,27 @@ pub async fn members(args: MembersArgs) -> anyhow::Result<i32> {
             m.incarnation
         );
     }
-    let dropped = r.dropped_malformed + r.dropped_oversized + r.dropped_foreign_cluster;
+    if !r.gossip_key_ids.is_empty() {
+        outln!(
+            "gossip authenticated: sends {}; key ids {} (the first sends)",
+            r.gossip_sends,
+            r.gossip_key_ids.join(", ")
+        );
+    }
+    let dropped = r.dropped_malformed
+        + r.dropped_oversized
+        + r.dropped_foreign_cluster
+        + r.dropped_unauthenticated
+        + r.dropped_bad_mac;
     if dropped > 0 {
         outln!(
-            "dropped gossip packets: {} malformed, {} oversized, {} from other clusters",
+            "dropped gossip packets: {} malformed, {} oversized, {} from other clusters, {} unauthenticated, {} \
+             failing the gossip key",
             r.dropped_malformed,
             r.dropped_oversized,
-            r.dropped_foreign_cluster
+            r.dropped_foreign_cluster,
+            r.dropped_unauthenticated,
+            r.dropped_bad_mac
         );
     }
     Ok(0)

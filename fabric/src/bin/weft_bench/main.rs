@@ -35,6 +35,7 @@
 //!   Weft and NATS JetStream interleaved.
 //! - [`metrics_cost`]: puts with the request-latency metrics on and off, interleaved.
 //! - [`http_call`]: a call's round trip through the HTTP/JSON API next to gRPC, interleaved.
+//! - [`gossip_packets`]: the cost per gossip packet of a MAC or encryption (no nodes).
 //! - [`cluster`]: the clusters of `weft node` processes and the scratch dir they live in.
 //! - [`probes`]: `/metrics`, `/proc` RSS and CPU time, disk use, load average.
 //! - [`report`]: markdown tables, medians and percentiles.
@@ -50,6 +51,7 @@ use crate::probes::load_average;
 
 mod cluster;
 mod executions;
+mod gossip_packets;
 mod http_call;
 mod kv;
 mod membership;
@@ -152,6 +154,9 @@ enum Workload {
     /// A call's round trip through the HTTP/JSON API (`POST /v1/call`) next to gRPC, one
     /// caller, interleaved.
     HttpCall,
+    /// Gossip packets sealed and opened plain, with a MAC and encrypted, in this process:
+    /// ns per packet (each case runs a tenth of --secs).
+    GossipPackets,
 }
 
 impl Args {
@@ -290,6 +295,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sides.extend(http_call::measure(&args, &weft, &scratch).await?);
         }
         print!("{}", http_call::markdown(&sides));
+    }
+    if args.wants(Workload::GossipPackets) {
+        eprintln!("== gossip packets: plain, MAC, encrypted (load average {})", load_average());
+        let rows = gossip_packets::measure(Duration::from_secs_f64((args.secs / 10.0).max(0.1)));
+        print!("{}", gossip_packets::markdown(&rows));
     }
     let total = started.elapsed();
     println!("\nTotal time: {:.0} s for {} run(s).", total.as_secs_f64(), args.runs);
