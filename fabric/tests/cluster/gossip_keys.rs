@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use weft_fabric::membership::keys::{Keys, generate};
 use weft_fabric::{Config, Node};
 use weft_proto::fabric::v1 as pb;
@@ -16,6 +17,20 @@ use crate::writes::http_get;
 /// Probe periods of the `test` preset a refused node is given to get in, after its packets
 /// are first seen dropped: several suspicion timeouts' worth.
 const REFUSED_FOR: Duration = Duration::from_millis(200 * 15);
+
+/// A temp dir for the nodes' data and key files, and `n` bound ports with their addresses.
+async fn setup(n: usize) -> (tempfile::TempDir, Vec<String>, std::vec::IntoIter<TcpListener>) {
+    init_tracing();
+    let ls = listeners(n).await;
+    let addrs = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    (tempfile::tempdir().unwrap(), addrs, ls.into_iter())
+}
+
+async fn stop(nodes: Vec<Option<Node>>) {
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+}
 
 fn key_id(key: &str) -> String {
     Keys::parse_list(key).unwrap().sender().id()
@@ -50,7 +65,7 @@ fn in_raft(node: &Node, id: u64) -> bool {
 async fn start_nodes(
     root: &Path,
     addrs: &[String],
-    listeners: &mut impl Iterator<Item = tokio::net::TcpListener>,
+    listeners: &mut impl Iterator<Item = TcpListener>,
     n: usize,
     configure: impl Fn(u64, Config) -> Config,
 ) -> Vec<Option<Node>> {
@@ -103,15 +118,11 @@ async fn assert_never_joins(nodes: &[Option<Node>], addrs: &[String], outsider: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_with_a_gossip_key_forms_and_nodes_without_it_never_join() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, addrs, mut ls) = setup(5).await;
     let root = dir.path();
-    let ls = listeners(5).await;
-    let addrs: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-    let mut ls = ls.into_iter();
     let key = generate();
     tracing::info!("phase: three nodes sharing a gossip key form a cluster by gossip");
-    let mut nodes = start_nodes(root, &addrs, &mut ls, 3, |id, c| Config {
+    let nodes = start_nodes(root, &addrs, &mut ls, 3, |id, c| Config {
         gossip_key_file: Some(write_keys(root, id, &[&key])),
         ..c
     })
@@ -139,21 +150,16 @@ async fn a_cluster_with_a_gossip_key_forms_and_nodes_without_it_never_join() {
     keyless.shutdown().await;
 
     put_retrying(&addrs[0], "shared/k", "k2", "v").await.unwrap().expect("the cluster still serves");
-    for node in nodes.iter_mut().filter_map(Option::take) {
-        node.shutdown().await;
-    }
+    stop(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_encrypted_cluster_forms_by_gossip() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, addrs, mut ls) = setup(3).await;
     let root = dir.path();
-    let ls = listeners(3).await;
-    let addrs: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
     let key = generate();
     tracing::info!("phase: three nodes with gossip encryption form a cluster by gossip");
-    let mut nodes = start_nodes(root, &addrs, &mut ls.into_iter(), 3, |id, c| Config {
+    let nodes = start_nodes(root, &addrs, &mut ls, 3, |id, c| Config {
         gossip_key_file: Some(write_keys(root, id, &[&key])),
         gossip_encrypt: true,
         ..c
@@ -168,19 +174,13 @@ async fn an_encrypted_cluster_forms_by_gossip() {
         assert_eq!(m.members.iter().filter(|x| x.state == "alive").count(), 3, "{m:?}");
         assert!(m.dropped_bad_mac == 0 && m.dropped_malformed == 0, "{m:?}");
     }
-    for node in nodes.iter_mut().filter_map(Option::take) {
-        node.shutdown().await;
-    }
+    stop(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gossip_keys_rotate_while_the_cluster_runs() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, addrs, mut ls) = setup(5).await;
     let root = dir.path();
-    let ls = listeners(5).await;
-    let addrs: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-    let mut ls = ls.into_iter();
     let (k1, k2) = (generate(), generate());
     let (id1, id2) = (key_id(&k1), key_id(&k2));
     tracing::info!("phase: three nodes with [k1] form a cluster");
@@ -240,7 +240,5 @@ async fn gossip_keys_rotate_while_the_cluster_runs() {
     let stale = Node::start_on(config, ls.next().unwrap()).await.unwrap();
     assert_never_joins(&nodes, &addrs, &stale, "bad_mac").await;
     stale.shutdown().await;
-    for node in nodes.iter_mut().filter_map(Option::take) {
-        node.shutdown().await;
-    }
+    stop(nodes).await;
 }
