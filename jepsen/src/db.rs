@@ -284,6 +284,8 @@ impl Db {
             addr.clone(),
             "--data-dir".into(),
             data_dir.display().to_string(),
+            // The hosts live in network namespaces of this machine only.
+            "--insecure".into(),
         ];
         args.extend(membership);
         if self.options.membership == Membership::Gossip {

@@ -46,6 +46,7 @@ pub async fn run(
     gossip: gossip::Handle,
     addresses: Addresses,
     cluster: String,
+    dialer: crate::tls::Dialer,
     shutdown: CancellationToken,
 ) {
     let me = gossip.node_id();
@@ -81,7 +82,7 @@ pub async fn run(
             {
                 // Back at its stored address before the leader rewrote the entry: the override
                 // would keep every message for it going to where it no longer is.
-                if let Some(s) = super::peer_status(new, PROBE_TIMEOUT).await
+                if let Some(s) = super::peer_status(&dialer, new, PROBE_TIMEOUT).await
                     && s.id == id
                     && s.cluster == cluster
                 {
@@ -98,7 +99,7 @@ pub async fn run(
             {
                 continue;
             }
-            match verify_move(id, old, new, &cluster, applied.cluster_uid()).await {
+            match verify_move(&dialer, id, old, new, &cluster, applied.cluster_uid()).await {
                 Ok(()) => {
                     tracing::info!(node_id = id, from = %old, to = %new,
                         "membership: a member answers at a new address; reaching it there");
@@ -119,13 +120,14 @@ pub async fn run(
 /// known yet), holding a Raft log; and `old` must no longer answer as `id`. The error says why
 /// not.
 pub async fn verify_move(
+    dialer: &crate::tls::Dialer,
     id: NodeId,
     old: SocketAddr,
     new: SocketAddr,
     cluster: &str,
     our_uid: u64,
 ) -> Result<(), String> {
-    let Some(s) = super::peer_status(new, PROBE_TIMEOUT).await else {
+    let Some(s) = super::peer_status(dialer, new, PROBE_TIMEOUT).await else {
         return Err(format!("nothing answers over TCP at {new}"));
     };
     if s.id != id {
@@ -146,7 +148,7 @@ pub async fn verify_move(
             s.cluster_uid
         ));
     }
-    if let Some(still) = super::peer_status(old, PROBE_TIMEOUT).await
+    if let Some(still) = super::peer_status(dialer, old, PROBE_TIMEOUT).await
         && still.id == id
     {
         return Err(format!(

@@ -25,4 +25,5 @@ mod process;
 mod restart;
 mod streams;
 mod support;
+mod tls;
 mod writes;

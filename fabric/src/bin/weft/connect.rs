@@ -8,7 +8,11 @@
 //! connects to the first node of the list that answers, trying each in turn, as the SDK moves
 //! to the next endpoint when a connection cannot be opened; it fails only when none answers,
 //! naming each endpoint and why.
+//!
+//! With `--tls-ca` (or `WEFT_TLS_CA`) every endpoint is reached over TLS, checking the node's
+//! certificate against that CA; `--tls-cert` and `--tls-key` add a client certificate.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -31,6 +35,53 @@ pub struct Conn {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// TLS settings of client commands (global flags; `weft node` has its own `--tls-*-file`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Client commands: PEM file of the CA that signed the nodes' certificates. Turns TLS on:
+    /// endpoints given as HOST:PORT then mean https://HOST:PORT.
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client commands: PEM file of a client certificate to present (with --tls-key).
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Client commands: PEM file of the client certificate's key.
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The command line's TLS settings, set once by `main`.
+static TLS_ARGS: OnceLock<TlsArgs> = OnceLock::new();
+
+/// Records the command line's TLS settings for [`tls`].
+pub fn set_tls_args(args: TlsArgs) {
+    let _ = TLS_ARGS.set(args);
+}
+
+/// The TLS settings of client commands, read from their files; `None` without `--tls-ca`.
+pub fn tls() -> anyhow::Result<Option<weft_agent::Tls>> {
+    static TLS: OnceLock<Result<Option<weft_agent::Tls>, String>> = OnceLock::new();
+    let tls = TLS.get_or_init(|| {
+        let args = TLS_ARGS.get().cloned().unwrap_or_default();
+        let identity = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key (WEFT_TLS_CERT, WEFT_TLS_KEY) go together".into()),
+        };
+        match args.tls_ca {
+            Some(ca) => {
+                weft_agent::Tls::from_files(ca, identity).map(Some).map_err(|e| format!("--tls-ca: {e}"))
+            }
+            None if identity.is_some() => {
+                Err("--tls-cert needs --tls-ca (WEFT_TLS_CA): the CA that signed the nodes' certificates"
+                    .into())
+            }
+            None => Ok(None),
+        }
+    });
+    tls.clone().map_err(|e| anyhow::anyhow!(e))
 }
 
 /// A command group's flags: how to reach the cluster, and the operation to run.
@@ -74,16 +125,21 @@ pub fn endpoints(list: &str) -> anyhow::Result<Vec<String>> {
 /// `timeout` (`None`: as long as the server lets them).
 async fn channel_with_timeout(endpoints: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
     let list = self::endpoints(endpoints)?;
+    let tls = tls()?;
     let mut failures = Vec::with_capacity(list.len());
     for endpoint in &list {
-        let uri = weft_agent::check_endpoint(endpoint)?;
+        let uri = weft_agent::endpoint_uri(endpoint, tls.is_some())?;
         let mut builder = Endpoint::from_shared(uri)
             .with_context(|| format!("'{endpoint}' is not a valid endpoint (expected HOST:PORT)"))?
             .connect_timeout(CONNECT_TIMEOUT);
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
-        match builder.connect().await {
+        let connected = match &tls {
+            Some(tls) => tls.connect(builder).await,
+            None => builder.connect().await,
+        };
+        match connected {
             Ok(channel) => {
                 let _ = REACHED.set(endpoint.clone());
                 return Ok(channel);
@@ -94,8 +150,9 @@ async fn channel_with_timeout(endpoints: &str, timeout: Option<Duration>) -> any
             }
         }
     }
+    let hint = if tls.is_some() { "; TLS: --tls-ca, WEFT_TLS_CA" } else { "" };
     anyhow::bail!(
-        "cannot reach a Weft node at {} (set --endpoint or WEFT_ENDPOINT)",
+        "cannot reach a Weft node at {} (set --endpoint or WEFT_ENDPOINT{hint})",
         failures.join("; nor at ")
     )
 }

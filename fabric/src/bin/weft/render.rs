@@ -49,6 +49,10 @@ pub fn error_json(status: &tonic::Status) -> serde_json::Value {
 /// Prints a failed call and returns the exit code. A request that gave up waiting (the
 /// channel's timeout) names the endpoint it waited on.
 pub fn fail(status: tonic::Status, json_out: bool) -> i32 {
+    if let Some(problem) = weft_agent::tls::setup_problem(&status) {
+        let status = tonic::Status::unavailable(format!("{problem} (client TLS: --tls-ca, WEFT_TLS_CA)"));
+        return fail(status, json_out);
+    }
     let status = match crate::connect::reached() {
         Some(endpoint)
             if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
