@@ -50,7 +50,7 @@ const ALPN_H2: &[u8] = b"h2";
 /// # fn demo() -> Result<(), weft_agent::Error> {
 /// use weft_agent::{Client, Tls};
 /// let tls = Tls::from_files("certs/ca.pem", None)?;
-/// let client = Client::builder(["node1.example:7400"]).tls(tls).build()?;
+/// let client = Client::builder(["node1.example:7400"]).tls(Some(tls)).build()?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

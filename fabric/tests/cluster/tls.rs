@@ -438,3 +438,143 @@ fn a_broken_replacement_is_refused_naming_the_file() {
     let e = weft_fabric::tls::Store::load(files).unwrap_err().to_string();
     assert!(e.contains("is not the key of"), "a node refuses to start on them: {e}");
 }
+
+/// `weft ARGS` without any `WEFT_*` variable of the test's environment: (exit code, stdout,
+/// stderr).
+async fn weft_cmd(args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(weft_bin());
+    command.args(args).env_remove("RUST_LOG").kill_on_drop(true);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WEFT_") {
+            command.env_remove(key);
+        }
+    }
+    let out =
+        tokio::time::timeout(CLI_PATIENCE, command.output()).await.expect("weft in time").expect("run weft");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_certs_files_run_a_node_that_the_cli_reaches_over_tls() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let d = certs.to_str().unwrap();
+    tracing::info!("phase: weft certs makes a CA, a node certificate and a client certificate");
+    for args in [
+        &["certs", "ca", "--dir", d][..],
+        &["certs", "node", "n1", "--dir", d, "--host", "127.0.0.1,localhost"],
+        &["certs", "client", "cli", "--dir", d],
+    ] {
+        let (code, out, err) = weft_cmd(args).await;
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.contains("mode 0600"), "{out}");
+    }
+    #[cfg(unix)]
+    for key in ["ca.key", "n1.key", "cli.key"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(certs.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let (code, _, err) = weft_cmd(&["certs", "node", "n1", "--dir", d]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("exists already"), "{err}");
+    let (code, _, err) =
+        weft_cmd(&["certs", "node", "x", "--dir", dir.path().join("none").to_str().unwrap()]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("make a CA first"), "{err}");
+
+    tracing::info!(
+        "phase: a node started on them; the CLI reaches it with the CA (and a client certificate)"
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let file = |n: &str| certs.join(n).display().to_string();
+    let _node = spawn_node(
+        vec![
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--tls-ca-file".into(),
+            file("ca.pem"),
+            "--tls-cert-file".into(),
+            file("n1.pem"),
+            "--tls-key-file".into(),
+            file("n1.key"),
+        ],
+        dir.path().join("n1.log"),
+    );
+    let ca = file("ca.pem");
+    wait_for("the node answers over TLS", async || {
+        let (code, out, _) = weft_cmd(&["--tls-ca", &ca, "status", "--endpoint", &addr]).await;
+        (code == 0 && out.contains("leader")).then_some(())
+    })
+    .await;
+    let (cert, key) = (file("cli.pem"), file("cli.key"));
+    let tls = ["--tls-ca", ca.as_str(), "--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    let (code, out, err) =
+        weft_cmd(&[&tls[..], &["state", "put", "shared/c", "k", "v", "--endpoint", &addr]].concat()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) =
+        weft_cmd(&["--tls-ca", &ca, "state", "get", "shared/c", "k", "--endpoint", &addr]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("k = v"), "{out}");
+
+    tracing::info!("phase: without the CA the CLI is told the node requires TLS; with a wrong one, why");
+    let (code, _, err) = weft_cmd(&["state", "get", "shared/c", "k", "--endpoint", &addr]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("requires TLS") && err.contains("--tls-ca"), "{err}");
+    let (code, _, err) = weft_cmd(&["--tls-ca", &file("cli.pem"), "status", "--endpoint", &addr]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not signed by the CA"), "{err}");
+
+    tracing::info!("phase: a client certificate will not do as a node's own");
+    let (code, _, err) = weft_cmd(&[
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data2").to_str().unwrap(),
+        "--tls-ca-file",
+        &ca,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+    ])
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a node certificate") && err.contains("weft certs node"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_node_on_an_exposed_address_needs_tls_or_insecure() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let advertise = format!("127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let args = ["node", "--listen", &listen, "--advertise", &advertise, "--data-dir", data.to_str().unwrap()];
+
+    tracing::info!("phase: 0.0.0.0 without TLS is refused, saying what to do, and nothing is created");
+    let (code, out, err) = weft_cmd(&args).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("reachable from other machines but TLS is off"), "{err}");
+    assert!(err.contains("tls_ca_file") && err.contains("--insecure"), "{err}");
+    assert!(!data.exists(), "a refused node creates no data dir");
+
+    tracing::info!("phase: with --insecure it starts");
+    let _node = spawn_node(
+        args[1..].iter().map(|a| (*a).to_owned()).chain(["--insecure".to_owned()]).collect(),
+        dir.path().join("n.log"),
+    );
+    wait_for("the node answers", async || {
+        let s = tokio::net::TcpStream::connect(&advertise).await.ok()?;
+        drop(s);
+        let (code, _) = crate::writes::http_get(&advertise, "/healthz").await;
+        (code == 200).then_some(())
+    })
+    .await;
+}
