@@ -208,6 +208,12 @@ impl Tls {
         Ok(Self { config: Arc::new(config) })
     }
 
+    /// The rustls configuration (for a caller's own TLS connections, an HTTP client say;
+    /// it offers ALPN `h2` only).
+    pub fn rustls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     /// A lazily connecting channel over TLS for `endpoint` (its URI's host is the name the
     /// node's certificate must carry). The endpoint's connect timeout covers the handshake.
     pub fn channel(&self, endpoint: Endpoint) -> Channel {

@@ -35,6 +35,7 @@
 //!   Weft and NATS JetStream interleaved.
 //! - [`metrics_cost`]: puts with the request-latency metrics on and off, interleaved.
 //! - [`http_call`]: a call's round trip through the HTTP/JSON API next to gRPC, interleaved.
+//! - [`tls_cost`]: puts and execution round trips with TLS on and off, interleaved.
 //! - [`cluster`]: the clusters of `weft node` processes and the scratch dir they live in.
 //! - [`probes`]: `/metrics`, `/proc` RSS and CPU time, disk use, load average.
 //! - [`report`]: markdown tables, medians and percentiles.
@@ -58,6 +59,7 @@ mod million;
 mod probes;
 mod report;
 mod streams;
+mod tls_cost;
 
 /// Deadline of one benchmark request; a slower one counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,11 +154,15 @@ enum Workload {
     /// A call's round trip through the HTTP/JSON API (`POST /v1/call`) next to gRPC, one
     /// caller, interleaved.
     HttpCall,
+    /// Puts and execution round trips on clusters with TLS (and mutual TLS between nodes)
+    /// on and off, interleaved: what TLS costs. Only when asked for (`--only tls-cost`).
+    TlsCost,
 }
 
 impl Args {
     fn wants(&self, w: Workload) -> bool {
-        (self.only.is_empty() && w != Workload::MetricsCost) || self.only.contains(&w)
+        (self.only.is_empty() && !matches!(w, Workload::MetricsCost | Workload::TlsCost))
+            || self.only.contains(&w)
     }
 
     fn secs(&self) -> Duration {
@@ -290,6 +296,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sides.extend(http_call::measure(&args, &weft, &scratch).await?);
         }
         print!("{}", http_call::markdown(&sides));
+    }
+    if args.wants(Workload::TlsCost) {
+        eprintln!("== TLS cost: puts and executions with TLS on and off (load average {})", load_average());
+        let samples = tls_cost::measure(&args, &weft, &scratch).await?;
+        print!("{}", tls_cost::markdown(&args, &samples));
     }
     let total = started.elapsed();
     println!("\nTotal time: {:.0} s for {} run(s).", total.as_secs_f64(), args.runs);
