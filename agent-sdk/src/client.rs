@@ -13,6 +13,7 @@ use crate::connection::{self, Connection};
 use crate::lease::Lease;
 use crate::state::State;
 use crate::streams::{self, Stream, StreamRef};
+use crate::tls::Tls;
 use crate::types::{Execution, RetryPolicy, Started, outcome};
 use crate::{Codec, Error, codec};
 
@@ -51,6 +52,7 @@ pub struct ClientBuilder {
     endpoints: Vec<String>,
     options: connection::Options,
     codec: Codec,
+    tls: Option<Tls>,
 }
 
 impl ClientBuilder {
@@ -73,9 +75,29 @@ impl ClientBuilder {
         self
     }
 
+    /// Reach the nodes over TLS with these settings (see [`Tls`]): endpoints given as
+    /// `HOST:PORT` then mean `https://HOST:PORT`. `None` (the default): plain connections,
+    /// unless [`tls_from_env`](Self::tls_from_env) finds settings.
+    pub fn tls(mut self, tls: Option<Tls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// TLS settings from the environment (`WEFT_TLS_CA`, `WEFT_TLS_CERT`, `WEFT_TLS_KEY`; see
+    /// [`Tls::from_env`]) when `WEFT_TLS_CA` is set; otherwise what was set before.
+    pub fn tls_from_env(mut self) -> Result<Self, Error> {
+        if let Some(tls) = Tls::from_env()? {
+            self.tls = Some(tls);
+        }
+        Ok(self)
+    }
+
     /// The client. No connection is opened until the first request.
     pub fn build(self) -> Result<Client, Error> {
-        Ok(Client { conn: Connection::new(self.endpoints, self.options)?, codec: self.codec })
+        Ok(Client {
+            conn: Connection::new(self.endpoints, self.options, self.tls.as_ref())?,
+            codec: self.codec,
+        })
     }
 }
 
@@ -132,6 +154,7 @@ impl Client {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             options: connection::Options::default(),
             codec: Codec::default(),
+            tls: None,
         }
     }
 

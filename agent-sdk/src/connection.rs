@@ -6,9 +6,12 @@
 //! unknown is sent again only when it is idempotent (reads, and creates that carry an
 //! idempotency key). Every retry loop ends after `retry_for`.
 //!
-//! Endpoints are `HOST:PORT` or `http://HOST:PORT`, and a list of them is comma-separated
-//! ([`parse_endpoints`], as `WEFT_ENDPOINT` gives it to workers and to the `weft` CLI). The
-//! port is required: without one a URI would mean port 80, which no node listens on.
+//! Endpoints are `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`, and a list of them
+//! is comma-separated ([`parse_endpoints`], as `WEFT_ENDPOINT` gives it to workers and to the
+//! `weft` CLI). The port is required: without one a URI would mean port 80, which no node
+//! listens on. With [`Tls`] settings every endpoint is reached over TLS (`HOST:PORT` means
+//! `https://HOST:PORT`); without them an `https://` endpoint is refused, naming what is
+//! missing.
 //!
 //! An error that gives up on the fabric (no answer in time, no node reachable) names the
 //! endpoint it last waited on.
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
+use crate::tls::Tls;
 
 /// First pause before trying again.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
@@ -85,7 +89,7 @@ pub fn next_backoff(pause: Duration) -> Duration {
     doubled + Duration::from_millis(jitter)
 }
 
-/// Parses a comma-separated list of endpoints (`HOST:PORT` or `http://HOST:PORT`; spaces
+/// Parses a comma-separated list of endpoints (`HOST:PORT`, `http://` or `https://HOST:PORT`; spaces
 /// around the commas and empty entries are ignored), checking each with [`check_endpoint`]
 /// and the list against a bound (64 endpoints). This is the syntax of `WEFT_ENDPOINT`.
 ///
@@ -110,7 +114,7 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, Error> {
 }
 
 /// Checks one endpoint and returns its URI (`http://` added when it has no scheme): it must
-/// parse, and name a host and a port.
+/// parse, name a host and a port, and use `http` or `https`.
 ///
 /// ```
 /// assert_eq!(weft_agent::check_endpoint("127.0.0.1:7400").unwrap(), "http://127.0.0.1:7400");
@@ -122,6 +126,11 @@ pub fn check_endpoint(endpoint: &str) -> Result<String, Error> {
     let parsed: tonic::codegen::http::Uri = uri
         .parse()
         .map_err(|e| Error::Usage(format!("invalid endpoint '{endpoint}': {e} (expected HOST:PORT)")))?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) {
+        return Err(Error::Usage(format!(
+            "invalid endpoint '{endpoint}': only http:// and https:// (or HOST:PORT) are understood"
+        )));
+    }
     if parsed.host().is_none_or(str::is_empty) {
         return Err(Error::Usage(format!("invalid endpoint '{endpoint}': no host (expected HOST:PORT)")));
     }
@@ -135,6 +144,30 @@ pub fn check_endpoint(endpoint: &str) -> Result<String, Error> {
     Ok(uri)
 }
 
+/// The URI to dial for `endpoint` ([`check_endpoint`]): `https://` when `tls` is on. A
+/// scheme that contradicts the TLS settings is refused, naming what to change.
+///
+/// ```
+/// assert_eq!(weft_agent::endpoint_uri("127.0.0.1:7400", true).unwrap(), "https://127.0.0.1:7400");
+/// assert!(weft_agent::endpoint_uri("https://127.0.0.1:7400", false).is_err());
+/// ```
+pub fn endpoint_uri(endpoint: &str, tls: bool) -> Result<String, Error> {
+    let uri = check_endpoint(endpoint)?;
+    let explicit = endpoint.contains("://");
+    match (uri.strip_prefix("http://"), uri.strip_prefix("https://"), tls) {
+        (Some(rest), _, true) if !explicit => Ok(format!("https://{rest}")),
+        (Some(_), _, true) => Err(Error::Usage(format!(
+            "endpoint '{endpoint}' is plain http:// but TLS settings were given: write HOST:PORT or https://"
+        ))),
+        (_, Some(_), false) => Err(Error::Usage(format!(
+            "endpoint '{endpoint}' is https:// but no TLS settings were given: give the CA that signed the \
+             nodes' certificates ({} or Tls::from_files)",
+            crate::tls::env::CA
+        ))),
+        _ => Ok(uri),
+    }
+}
+
 /// `error` with the endpoint it came from added to its message, when it is one that gives up
 /// on the fabric (no answer, no node, unknown outcome); others already say what is wrong.
 fn naming_endpoint(error: Error, endpoint: &str) -> Error {
@@ -143,14 +176,15 @@ fn naming_endpoint(error: Error, endpoint: &str) -> Error {
         Error::Unavailable(m) => Error::Unavailable(at(m)),
         Error::Overloaded(m) => Error::Overloaded(at(m)),
         Error::Unknown(m) => Error::Unknown(at(m)),
+        Error::Tls(m) => Error::Tls(at(m)),
         other => other,
     }
 }
 
 impl Connection {
-    /// Channels to `endpoints` (`HOST:PORT` or `http://HOST:PORT`, see [`check_endpoint`]),
-    /// none opened yet.
-    pub fn new(endpoints: Vec<String>, options: Options) -> Result<Self, Error> {
+    /// Channels to `endpoints` (see [`check_endpoint`]), over TLS when `tls` is given, none
+    /// opened yet.
+    pub fn new(endpoints: Vec<String>, options: Options, tls: Option<&Tls>) -> Result<Self, Error> {
         if endpoints.is_empty() {
             return Err(Error::Usage("no endpoints: give at least one node's HOST:PORT".into()));
         }
@@ -160,8 +194,8 @@ impl Connection {
         let mut channels = Vec::with_capacity(endpoints.len());
         let mut addrs = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let uri = check_endpoint(&endpoint)?;
-            let channel = Endpoint::from_shared(uri)
+            let uri = endpoint_uri(&endpoint, tls.is_some())?;
+            let builder = Endpoint::from_shared(uri)
                 .map_err(|e| Error::Usage(format!("invalid endpoint '{endpoint}': {e}")))?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
@@ -169,8 +203,11 @@ impl Connection {
                 // KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT, and the stream moves on.
                 .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
                 .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .connect_lazy();
+                .keep_alive_while_idle(true);
+            let channel = match tls {
+                Some(tls) => tls.channel(builder),
+                None => builder.connect_lazy(),
+            };
             channels.push(channel);
             addrs.push(endpoint);
         }
@@ -255,11 +292,11 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked() {
-        assert!(matches!(Connection::new(vec![], Options::default()), Err(Error::Usage(_))));
-        let e = Connection::new(vec!["not a uri \n".into()], Options::default()).unwrap_err();
+        assert!(matches!(Connection::new(vec![], Options::default(), None), Err(Error::Usage(_))));
+        let e = Connection::new(vec!["not a uri \n".into()], Options::default(), None).unwrap_err();
         assert!(e.to_string().contains("invalid endpoint"), "{e}");
         for no_port in ["127.0.0.1", "http://127.0.0.1", "localhost/"] {
-            let e = Connection::new(vec![no_port.into()], Options::default()).unwrap_err();
+            let e = Connection::new(vec![no_port.into()], Options::default(), None).unwrap_err();
             assert!(matches!(e, Error::Usage(_)), "{no_port}: {e}");
             assert!(e.to_string().contains(&format!("'{no_port}' has no port")), "{e}");
         }
@@ -270,13 +307,21 @@ mod tests {
         let e = parse_endpoints("127.0.0.1:1,127.0.0.1").unwrap_err().to_string();
         assert!(e.contains("'127.0.0.1' has no port"), "{e}");
         assert!(parse_endpoints(" , ").is_err());
+        assert!(check_endpoint("ftp://h:1").unwrap_err().to_string().contains("only http:// and https://"));
+        assert_eq!(endpoint_uri("h:1", true).unwrap(), "https://h:1");
+        assert_eq!(endpoint_uri("https://h:1", true).unwrap(), "https://h:1");
+        assert_eq!(endpoint_uri("h:1", false).unwrap(), "http://h:1");
+        let e = endpoint_uri("http://h:1", true).unwrap_err().to_string();
+        assert!(e.contains("plain http://"), "{e}");
+        let e = endpoint_uri("https://h:1", false).unwrap_err().to_string();
+        assert!(e.contains("no TLS settings") && e.contains("WEFT_TLS_CA"), "{e}");
     }
 
     #[tokio::test]
     async fn fails_over_until_the_deadline_and_keeps_unknown_outcomes_of_writes() {
         let options =
             Options { retry_for: Duration::from_millis(300), attempt_timeout: Duration::from_secs(1) };
-        let conn = Connection::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()], options).unwrap();
+        let conn = Connection::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()], options, None).unwrap();
         let mut seen = Vec::new();
         let out: Result<(), Error> = conn
             .run(false, |_| {

@@ -73,6 +73,12 @@ pub enum Error {
     /// Arguments or a result could not be encoded or decoded.
     #[error("codec: {0}")]
     Codec(String),
+    /// A TLS connection to a node could not be made because of how TLS is set up (the node's
+    /// certificate is not signed by the CA the client trusts, names another host, the node
+    /// refused the client's certificate, or the node requires TLS and the client has none).
+    /// Not retried: the message says what to change. Nothing changed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The SDK was used in a way that cannot work (for example instance state outside an
     /// instance execution, or a worker with no agents).
     #[error("{0}")]
@@ -84,6 +90,9 @@ impl Error {
     /// ([`weft_proto::wire::Outcome`]).
     pub(crate) fn from_status(status: &tonic::Status) -> Self {
         use weft_proto::wire::Outcome;
+        if let Some(problem) = crate::tls::setup_problem(status) {
+            return Error::Tls(problem);
+        }
         let message = status.message().to_owned();
         match Outcome::of(status) {
             Outcome::NotApplied => Error::Unavailable(message),

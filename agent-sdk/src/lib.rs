@@ -59,6 +59,8 @@
 //! - [`codec`]: payload encodings (bincode, JSON).
 //! - [`types`]: executions as the fabric reports them, retry policies.
 //! - [`error`]: [`Error`] and [`Fail`].
+//! - [`tls`]: [`Tls`], TLS settings (the cluster's CA, an optional client certificate) and
+//!   the connector that reaches nodes over `https://`.
 //! - `connection`: endpoints, failover and back-off.
 
 #![deny(missing_docs)]
@@ -73,18 +75,20 @@ pub mod error;
 pub mod lease;
 pub mod state;
 pub mod streams;
+pub mod tls;
 pub mod types;
 pub mod worker;
 
 pub use agent::Agent;
 pub use client::{Call, Client, ClientBuilder};
 pub use codec::Codec;
-pub use connection::{INITIAL_BACKOFF, MAX_BACKOFF, check_endpoint, next_backoff, parse_endpoints};
+pub use connection::{INITIAL_BACKOFF, MAX_BACKOFF, check_endpoint, endpoint_uri, next_backoff, parse_endpoints};
 pub use context::Context;
 pub use demand::{AgentDemand, Demand, DemandWatch, InstanceDemand, SessionLoad};
 pub use error::{Error, Fail};
 pub use lease::{Fence, Grant, Lease};
 pub use state::{Scope, State};
 pub use streams::{Emitter, Producer, Stream, StreamRef};
+pub use tls::Tls;
 pub use types::{Execution, RetryPolicy, Started, Status};
 pub use worker::{Stopper, Worker, WorkerBuilder};

@@ -36,6 +36,7 @@ use crate::client::Client;
 use crate::connection::{self, INITIAL_BACKOFF, next_backoff};
 use crate::context::Context;
 use crate::streams::Delivery;
+use crate::tls::Tls;
 use crate::{Codec, Error};
 
 /// Messages to the fabric that may wait while the stream is busy, beyond the capacity.
@@ -71,6 +72,13 @@ pub mod env {
     pub const DRAIN_TIMEOUT_MS: &str = "WEFT_DRAIN_TIMEOUT_MS";
     /// With [`INSTANCE`]: the agent of the one instance this process serves.
     pub const AGENT: &str = "WEFT_AGENT";
+    /// PEM file of the CA that signed the nodes' certificates: turns TLS on
+    /// ([`crate::tls::env`]).
+    pub const TLS_CA: &str = crate::tls::env::CA;
+    /// PEM file of this process's client certificate (optional, with [`TLS_KEY`]).
+    pub const TLS_CERT: &str = crate::tls::env::CERT;
+    /// PEM file of the key of [`TLS_CERT`].
+    pub const TLS_KEY: &str = crate::tls::env::KEY;
     /// With [`AGENT`]: the one instance this process claims and serves alone
     /// ([`WorkerBuilder::claim`](super::WorkerBuilder::claim) and
     /// [`WorkerBuilder::only_claimed`](super::WorkerBuilder::only_claimed)).
@@ -101,9 +109,18 @@ pub struct WorkerBuilder {
     options: connection::Options,
     claims: Vec<(String, String)>,
     only_claimed: bool,
+    tls: Option<Tls>,
 }
 
 impl WorkerBuilder {
+    /// Reach the nodes over TLS with these settings (see [`Tls`]); `None` (the default):
+    /// plain connections. [`from_env`](Self::from_env) sets them from `WEFT_TLS_CA`,
+    /// `WEFT_TLS_CERT` and `WEFT_TLS_KEY`.
+    pub fn tls(mut self, tls: Option<Tls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Serves `agent` (several agents may share one worker).
     pub fn agent(mut self, agent: Agent) -> Self {
         self.agents.push(agent);
@@ -177,8 +194,9 @@ impl WorkerBuilder {
 
     /// Takes settings from the environment (the variables in [`env`]), on top of what was
     /// set before: `WEFT_ENDPOINT` (comma-separated; required unless endpoints were given),
-    /// `WEFT_SESSION_NAME`, `WEFT_CAPACITY`, `WEFT_DRAIN_TIMEOUT_MS`, and `WEFT_AGENT` with
-    /// `WEFT_INSTANCE` (claim that instance and serve only it). A variable that is set but
+    /// `WEFT_SESSION_NAME`, `WEFT_CAPACITY`, `WEFT_DRAIN_TIMEOUT_MS`, `WEFT_AGENT` with
+    /// `WEFT_INSTANCE` (claim that instance and serve only it), and TLS: `WEFT_TLS_CA`, with
+    /// `WEFT_TLS_CERT` and `WEFT_TLS_KEY` for a client certificate ([`Tls::from_env`]). A variable that is set but
     /// empty counts as unset. A bad value is [`Error::Usage`] naming the variable.
     ///
     /// ```no_run
@@ -220,6 +238,9 @@ impl WorkerBuilder {
         if let Some(drain) = var(env::DRAIN_TIMEOUT_MS) {
             self.drain_timeout = Duration::from_millis(number(env::DRAIN_TIMEOUT_MS, drain)?);
         }
+        if let Some(tls) = Tls::from_vars(&var)? {
+            self.tls = Some(tls);
+        }
         match (var(env::AGENT), var(env::INSTANCE)) {
             (Some(agent), Some(instance)) => {
                 self = self.claim(&agent, &instance).only_claimed(true);
@@ -248,6 +269,7 @@ impl WorkerBuilder {
             .retry_for(self.options.retry_for)
             .attempt_timeout(self.options.attempt_timeout)
             .codec(self.codec)
+            .tls(self.tls)
             .build()?;
         let agents = self.agents.into_iter().map(|a| (a.name.clone(), a)).collect();
         Ok(Worker {
@@ -365,6 +387,7 @@ impl Worker {
             options: connection::Options::default(),
             claims: Vec::new(),
             only_claimed: false,
+            tls: None,
         }
     }
 
@@ -439,6 +462,10 @@ impl Worker {
                 // Bad agent names, a capacity over the limit, a claimed instance: retrying
                 // cannot help. Overload and unavailability can: they are retried below.
                 Err(e @ Error::Refused { .. }) | Err(e @ Error::Usage(_)) => return Err(e),
+                // A node with a bad certificate may be alone in it: the next one may do.
+                Err(e @ Error::Tls(_)) => {
+                    tracing::warn!(error = %e, "cannot open an agent session; trying the next node")
+                }
                 Err(e) => tracing::info!(error = %e, "cannot open an agent session; trying the next node"),
             }
             if started.elapsed() >= STABLE_SESSION {

@@ -21,7 +21,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 pub const ENV_PREFIX: &str = "WEFT_";
 
 /// `WEFT_*` variables that are not node settings (the CLI reads them).
-const NON_NODE_ENV: &[&str] = &["WEFT_ENDPOINT", "WEFT_LOG_FORMAT"];
+const NON_NODE_ENV: &[&str] =
+    &["WEFT_ENDPOINT", "WEFT_LOG_FORMAT", "WEFT_TLS_CA", "WEFT_TLS_CERT", "WEFT_TLS_KEY"];
 
 /// A node's configuration. Field names are the TOML keys; the environment variable of a field
 /// is `WEFT_` + its name in capitals.
@@ -98,6 +99,29 @@ pub struct Config {
     /// code). It costs up to about 5 % of peak put throughput on 2 busy cores, within noise
     /// with one client (docs/benchmarks.md); false turns it off.
     pub rpc_metrics: bool,
+
+    /// PEM file of the cluster CA. With `tls_cert_file` and `tls_key_file` (all three or
+    /// none) it turns on TLS for the node's port, gRPC and HTTP alike, and mutual TLS between
+    /// nodes: node-to-node services (Raft, forwarding, bootstrap) take only node certificates
+    /// of this CA, and a certificate of another CA fails the handshake. Clients and agents
+    /// must trust this CA; their certificates are optional. `weft certs` makes development
+    /// ones.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of this node's certificate (then any intermediates): a node certificate of
+    /// the CA (URI SAN `urn:weft:node`, as `weft certs node` makes) naming every host and IP
+    /// peers and clients dial (`advertise`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of the certificate's private key. Keep it readable by the node only (0600).
+    pub tls_key_file: Option<PathBuf>,
+    /// How often the TLS files are checked for changes (mtime and size). Changed files are
+    /// read again and used for new connections; a set that does not load (a half-written
+    /// file, a key that does not match) is refused with a warning and the old one kept. At
+    /// least 100. Replace files by renaming new ones over them.
+    pub tls_reload_interval_ms: u64,
+    /// Run without TLS on an address other machines can reach (not loopback). Without it
+    /// such a node refuses to start: anyone who reaches the port could join the cluster and
+    /// read or change anything.
+    pub insecure: bool,
 
     /// Leader heartbeat period, and the time each replication message has to complete
     /// (openraft's rule). At most half of `election_timeout_min_ms`.
@@ -228,6 +252,11 @@ impl Default for Config {
             dead_node_grace_ms: 30_000,
             leave_on_shutdown: true,
             rpc_metrics: true,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_reload_interval_ms: 5_000,
+            insecure: false,
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
@@ -518,6 +547,16 @@ impl Config {
                 ),
             ));
         }
+        self.tls_files()?;
+        if self.tls_reload_interval_ms < crate::tls::MIN_RELOAD_INTERVAL.as_millis() as u64 {
+            return Err(invalid(
+                "tls_reload_interval_ms",
+                format!("must be at least {}", crate::tls::MIN_RELOAD_INTERVAL.as_millis()),
+            ));
+        }
+        if let Some(problem) = self.exposure_problems().into_iter().next() {
+            return Err(invalid("listen", problem));
+        }
         let largest_append = (self.max_batch_bytes.max(largest_request) as u64)
             .saturating_mul(self.max_entries_per_append)
             .max(self.snapshot_chunk_bytes)
@@ -532,6 +571,58 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The TLS files, when TLS is on; refused unless all three are set or none.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::Files>, Error> {
+        match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Ok(Some(crate::tls::Files { ca: ca.clone(), cert: cert.clone(), key: key.clone() }))
+            }
+            (None, None, None) => Ok(None),
+            (ca, cert, key) => {
+                let missing: Vec<&str> =
+                    [("tls_ca_file", ca), ("tls_cert_file", cert), ("tls_key_file", key)]
+                        .into_iter()
+                        .filter(|(_, v)| v.is_none())
+                        .map(|(k, _)| k)
+                        .collect();
+                Err(invalid(
+                    if ca.is_none() {
+                        "tls_ca_file"
+                    } else if cert.is_none() {
+                        "tls_cert_file"
+                    } else {
+                        "tls_key_file"
+                    },
+                    format!(
+                        "tls_ca_file, tls_cert_file and tls_key_file go together; {} missing",
+                        missing.join(" and ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// What would make this node unsafe to reach from other machines, each as a sentence
+    /// saying what to do; empty when it listens on loopback only, is protected, or `insecure`
+    /// says to run anyway. Today the one protection is TLS (with mutual TLS between nodes);
+    /// when nodes authenticate callers, a missing authentication setting belongs here too.
+    pub fn exposure_problems(&self) -> Vec<String> {
+        let Ok(listen) = self.listen_addr() else { return Vec::new() };
+        if listen.ip().is_loopback() || self.insecure {
+            return Vec::new();
+        }
+        let mut problems = Vec::new();
+        if self.tls_ca_file.is_none() && self.tls_cert_file.is_none() && self.tls_key_file.is_none() {
+            problems.push(format!(
+                "{listen} is reachable from other machines but TLS is off, so anyone who reaches it could join the \
+                 cluster and read or change anything: set tls_ca_file, tls_cert_file and tls_key_file (`weft \
+                 certs` makes development ones), or pass --insecure (insecure = true, WEFT_INSECURE=true) to run \
+                 without TLS anyway"
+            ));
+        }
+        problems
     }
 
     /// The socket address to bind.
@@ -806,6 +897,34 @@ mod tests {
         check(Config { node_id: 0, initial_members: "1=a:1".into(), ..Default::default() }, "node_id");
         check(Config { seeds: "nope".into(), ..Default::default() }, "seeds");
         check(Config { listen: "0.0.0.0:7400".into(), ..Default::default() }, "advertise");
+        check(
+            Config { listen: "0.0.0.0:7400".into(), advertise: Some("h:7400".into()), ..Default::default() },
+            "--insecure",
+        );
+        check(
+            Config { listen: "10.1.2.3:7400".into(), ..Default::default() },
+            "reachable from other machines but TLS is off",
+        );
+        check(
+            Config { tls_ca_file: Some("ca.pem".into()), ..Default::default() },
+            "tls_cert_file and tls_key_file missing",
+        );
+        check(Config { tls_reload_interval_ms: 10, ..Default::default() }, "tls_reload_interval_ms");
+        Config {
+            listen: "0.0.0.0:7400".into(),
+            advertise: Some("h:7400".into()),
+            insecure: true,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let tls = |c: Config| Config {
+            tls_ca_file: Some("ca.pem".into()),
+            tls_cert_file: Some("n.pem".into()),
+            tls_key_file: Some("n.key".into()),
+            ..c
+        };
+        tls(Config { listen: "10.1.2.3:7400".into(), ..Default::default() }).validate().unwrap();
         check(Config { voters: 2, ..Default::default() }, "voters");
         check(Config { gossip_preset: "wan".into(), ..Default::default() }, "gossip_preset");
         check(Config { gossip_probe_rtt_ms: Some(5_000), ..Default::default() }, "gossip_probe_rtt_ms");

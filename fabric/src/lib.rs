@@ -29,6 +29,9 @@
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - [`log_limit`]: the `weft` binary's log filter that rate-limits repeated peer errors.
+//! - [`tls`]: TLS on the node's port from files read again when they change, mutual TLS
+//!   between nodes (only node certificates reach Raft and forwarding), the dialer for
+//!   peers, and development certificates (`weft certs`).
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
 //! - [`testing`]: the one harness for tests and benchmarks: in-process clusters, and `weft node`
 //!   processes on free ports (spawn, kill, restart, ask for the leader).
@@ -55,6 +58,7 @@ pub(crate) mod rest;
 pub(crate) mod routing;
 pub(crate) mod sessions;
 pub mod testing;
+pub mod tls;
 pub(crate) mod watch;
 
 pub use config::Config;

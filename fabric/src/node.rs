@@ -1,7 +1,9 @@
 //! A fabric node: every subsystem wired together in [`Node::start`], stopped by one signal.
 //!
 //! ```text
-//!   TCP listen ──┬─ gRPC weft.cluster.v1.Raft    ──► raft (openraft) ─► log_store (sled)
+//!   TCP listen (tls::Listener: plain, or TLS with the certificate tls::Store re-reads)
+//!                │  node-only methods (Raft, Forward, PrepareBootstrap) need a node certificate
+//!                ├─ gRPC weft.cluster.v1.Raft    ──► raft (openraft) ─► log_store (sled)
 //!                ├─ gRPC weft.fabric.v1.State    ──► api ─► proposer ─┘   state_machine (grid)
 //!                ├─ gRPC weft.fabric.v1.Cluster
 //!                ├─ gRPC weft.fabric.v1.Executions ─► routing ─► leader's proposer
@@ -22,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +88,9 @@ pub enum Error {
     /// Gossip could not start.
     #[error(transparent)]
     Gossip(#[from] gossip::Error),
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::Error),
     /// The gRPC reflection service refused the compiled protos (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -160,6 +164,8 @@ impl Node {
         let addr =
             listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let tls = config.tls_files()?.map(crate::tls::Store::load).transpose()?;
+        let dialer = tls.as_ref().map_or_else(crate::tls::Dialer::plain, crate::tls::Dialer::tls);
         let gossip_addr = match tokio::net::lookup_host(advertise.as_str()).await {
             Ok(mut addrs) => addrs
                 .next()
@@ -198,6 +204,7 @@ impl Node {
             addresses.clone(),
             config.max_raft_message_bytes,
             config.max_append_bytes,
+            dialer.clone(),
         );
         let raft = Raft::new(config.node_id, raft_config, network, log_store.clone(), state_machine)
             .await
@@ -256,6 +263,7 @@ impl Node {
             bootstrap: bootstrap::State::new(config.node_id, config.cluster.clone(), mode, !seeds.is_empty()),
             reconciler: Arc::default(),
             addresses: addresses.clone(),
+            dialer: dialer.clone(),
         };
         tasks.spawn(gossip_service.run(shutdown.clone()));
         tasks.spawn(membership::relocation::run(
@@ -264,6 +272,7 @@ impl Node {
             gossip.clone(),
             addresses,
             config.cluster.clone(),
+            dialer.clone(),
             shutdown.clone(),
         ));
         if mode != bootstrap::Mode::Static {
@@ -271,10 +280,16 @@ impl Node {
                 membership.bootstrap.clone(),
                 raft.clone(),
                 gossip.clone(),
+                dialer.clone(),
                 shutdown.clone(),
             ));
         }
-        tasks.spawn(membership::election_guard::run(raft.clone(), gossip.clone(), shutdown.clone()));
+        tasks.spawn(membership::election_guard::run(
+            raft.clone(),
+            gossip.clone(),
+            dialer.clone(),
+            shutdown.clone(),
+        ));
         // A static cluster keeps as many voters as it was formed with (at least `voters`).
         let target_voters = match mode {
             bootstrap::Mode::Static => (config.voters as usize).max(members.len()),
@@ -291,6 +306,7 @@ impl Node {
                 interval: RECONCILE_INTERVAL,
                 change_timeout: MEMBERSHIP_CHANGE_TIMEOUT,
                 caught_up_lag: CAUGHT_UP_LAG_ENTRIES,
+                dialer,
             },
             membership.reconciler.clone(),
             shutdown.clone(),
@@ -380,6 +396,13 @@ impl Node {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router();
+        // Node-only methods are refused before their body is read (inside the metrics layer,
+        // so refusals are counted with their code).
+        let grpc = if tls.is_some() {
+            grpc.layer(axum::middleware::from_fn(crate::tls::require_node))
+        } else {
+            grpc
+        };
         let grpc = if config.rpc_metrics {
             grpc.layer(axum::middleware::from_fn_with_state(
                 metrics.rpcs.clone(),
@@ -393,12 +416,19 @@ impl Node {
             .merge(http::router(ctx.clone(), probe))
             .merge(crate::rest::router(ctx, shutdown.clone(), config.max_message_bytes))
             .fallback(crate::rest::not_found);
-        let listener = listener.tap_io(|tcp| {
-            // Small RPCs must not wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
-        });
+        let listener = match &tls {
+            Some(store) => {
+                tasks.spawn(
+                    store.clone().run(Duration::from_millis(config.tls_reload_interval_ms), shutdown.clone()),
+                );
+                crate::tls::Listener::tls(listener, store.clone())
+            }
+            None => crate::tls::Listener::plain(listener),
+        }
+        .map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
         let stop = shutdown.clone();
         tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<crate::tls::PeerAddr>();
             if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
                 tracing::error!(error = %e, "server stopped");
             }
@@ -418,7 +448,16 @@ impl Node {
         if mode == bootstrap::Mode::Static {
             node.initialize(&members, config.election_timeout_max_ms).await?;
         }
-        tracing::info!(node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster, "node started");
+        match &tls {
+            Some(store) => tracing::info!(
+                node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster,
+                tls = true, serial = %store.serial(), "node started (TLS, mutual TLS between nodes)"
+            ),
+            None => tracing::info!(
+                node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster,
+                tls = false, "node started"
+            ),
+        }
         Ok(node)
     }
 

@@ -47,6 +47,8 @@ pub struct Options {
     pub work: Duration,
     /// Each assignment's lease (renewed while its handler runs).
     pub lease: Duration,
+    /// The CA agents trust to reach the nodes over TLS (`WEFT_TLS_CA`), with `--tls`.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Finds the agent binary: `explicit` if given, else the one next to the running
@@ -151,7 +153,11 @@ impl Agents {
         let agent = self.agent_mut(id);
         let spawn_err = |source| Error::Spawn { id, source };
         let log = OpenOptions::new().create(true).append(true).open(&agent.log).map_err(spawn_err)?;
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        if let Some(ca) = &options.tls_ca {
+            command.env(weft_agent::tls::env::CA, ca);
+        }
+        let child = command
             .args(["netns", "exec", &agent.host.netns])
             .arg(&options.binary)
             .args(["--endpoints", &endpoints, "--name", &name, "--number", &id.to_string()])

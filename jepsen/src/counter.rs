@@ -199,7 +199,10 @@ pub fn call_deadline(timeout: Duration) -> Duration {
 /// Starts the counter instance (idempotent: its start carries [`START_KEY`]), trying for up
 /// to `patience`; it needs an agent session to run its `Start`.
 pub async fn start_instance(addrs: &[String], patience: Duration) -> Result<(), weft_agent::Error> {
-    let client = weft_agent::Client::builder(addrs.iter().cloned()).retry_for(patience).build()?;
+    let client = weft_agent::Client::builder(addrs.iter().cloned())
+        .retry_for(patience)
+        .tls(crate::db::client_tls())
+        .build()?;
     let deadline = Instant::now() + patience;
     loop {
         match client.start_instance_with::<_, ()>(AGENT, Some(INSTANCE), &(), Some(START_KEY), None).await {

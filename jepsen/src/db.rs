@@ -140,6 +140,9 @@ pub enum Error {
     /// No leader was agreed within the time given; the nodes keep running.
     #[error("no leader within {0:?}; see the node logs")]
     NoLeader(Duration),
+    /// The run's TLS certificates could not be made (`--tls`); nothing was started.
+    #[error("cannot make the TLS certificates: {0}")]
+    Certs(String),
 }
 
 /// How to run the nodes.
@@ -155,6 +158,68 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Static or gossip membership.
     pub membership: Membership,
+    /// TLS files every node gets (`--tls-*-file`); without them nodes run `--insecure` (the
+    /// hosts are network namespaces of this machine).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A run's TLS files: the CA and one node certificate naming every host's IP.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA (clients and agents trust it).
+    pub ca: PathBuf,
+    /// The node certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a development CA and a node certificate for `ips` in `dir` with `weft certs` of
+    /// `binary`.
+    pub fn make(binary: &Path, dir: &Path, ips: &[String]) -> Result<Self, Error> {
+        let d = dir.display().to_string();
+        let hosts = ips.join(",");
+        for args in [
+            vec!["certs", "ca", "--dir", &d],
+            vec!["certs", "node", "jepsen-node", "--dir", &d, "--host", &hosts],
+        ] {
+            let out = std::process::Command::new(binary)
+                .args(&args)
+                .output()
+                .map_err(|e| Error::Certs(format!("cannot run {}: {e}", binary.display())))?;
+            if !out.status.success() {
+                return Err(Error::Certs(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+            }
+        }
+        let tls = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("jepsen-node.pem"),
+            key: dir.join("jepsen-node.key"),
+        };
+        let client = weft_agent::Tls::from_files(&tls.ca, None).map_err(|e| Error::Certs(e.to_string()))?;
+        let _ = CLIENT_TLS.set(client);
+        Ok(tls)
+    }
+}
+
+/// The TLS settings of this process's clients, once a run made its certificates; every
+/// channel of the harness uses them.
+static CLIENT_TLS: std::sync::OnceLock<weft_agent::Tls> = std::sync::OnceLock::new();
+
+/// The clients' TLS settings (`None`: plain connections).
+pub fn client_tls() -> Option<weft_agent::Tls> {
+    CLIENT_TLS.get().cloned()
+}
+
+fn lazy(endpoint: &str, configure: impl FnOnce(Endpoint) -> Endpoint) -> Channel {
+    let tls = CLIENT_TLS.get();
+    let uri = weft_agent::endpoint_uri(endpoint, tls.is_some()).expect("IP:PORT is a valid endpoint");
+    let endpoint = configure(Endpoint::from_shared(uri).expect("IP:PORT is a valid URI"));
+    match tls {
+        Some(tls) => tls.channel(endpoint),
+        None => endpoint.connect_lazy(),
+    }
 }
 
 /// Finds the `weft` binary: `explicit` if given, else the one of the same build as the running
@@ -285,6 +350,17 @@ impl Db {
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
+        match &self.options.tls {
+            Some(tls) => {
+                for (flag, path) in
+                    [("--tls-ca-file", &tls.ca), ("--tls-cert-file", &tls.cert), ("--tls-key-file", &tls.key)]
+                {
+                    args.extend([flag.to_string(), path.display().to_string()]);
+                }
+            }
+            // The hosts live in network namespaces of this machine only.
+            None => args.push("--insecure".into()),
+        }
         args.extend(membership);
         if self.options.membership == Membership::Gossip {
             args.extend([
@@ -535,11 +611,7 @@ impl Drop for Db {
 
 /// A lazily connecting channel to `addr` with the given per-request timeout.
 pub fn channel(addr: &str, timeout: Duration) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("IP:PORT is a valid URI")
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(timeout)
-        .connect_lazy()
+    lazy(addr, |e| e.connect_timeout(Duration::from_millis(500)).timeout(timeout))
 }
 
 /// How often a long-lived call's connection is pinged (HTTP/2 keep-alive).
@@ -551,13 +623,12 @@ pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A lazily connecting channel to `addr` for long-lived calls (a stream listener): no
 /// per-request timeout, and keep-alive pings, so a paused or vanished node is noticed.
 pub fn stream_channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("IP:PORT is a valid URI")
-        .connect_timeout(Duration::from_millis(500))
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_lazy()
+    lazy(addr, |e| {
+        e.connect_timeout(Duration::from_millis(500))
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+    })
 }
 
 /// One node's own status, or `None` if it does not answer quickly.

@@ -126,6 +126,9 @@ pub struct Options {
     pub ack_wait: Duration,
     /// Streams: each listener's credit (its window of unacknowledged items).
     pub credit: u32,
+    /// TLS on the nodes (a development CA and node certificate made for the run with
+    /// `weft certs`), mutual TLS between them, and every client and agent over TLS.
+    pub tls: bool,
 }
 
 /// Streams: most consumers of one run.
@@ -233,6 +236,13 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         if executions { Some(agents::find_binary(options.agent_bin.as_deref())?) } else { None };
     let agent_hosts = if executions { options.agents } else { 0 };
     let mut network = Network::create_with_agents(&run_id, options.nodes, options.spares(), agent_hosts)?;
+    let tls = if options.tls {
+        let ips: Vec<String> =
+            network.hosts().iter().chain(network.spares()).map(|h| h.ip.to_string()).collect();
+        Some(db::TlsFiles::make(&binary, &dir.join("certs"), &ips)?)
+    } else {
+        None
+    };
     let mut database = Db::start(
         &network,
         db::Options {
@@ -241,6 +251,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             log_dir: dir.clone(),
             env: options.node_env.clone(),
             membership: options.membership,
+            tls: tls.clone(),
         },
     )?;
     let leader = database.wait_for_leader(LEADER_PATIENCE).await?;
@@ -258,6 +269,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
                     effects: options.effects,
                     work: options.agent_work,
                     lease: options.agent_lease,
+                    tls_ca: tls.as_ref().map(|t| t.ca.clone()),
                 },
             )?;
             counter::start_instance(&database.addrs(), INSTANCE_PATIENCE)

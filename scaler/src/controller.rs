@@ -134,6 +134,9 @@ pub struct Options {
     pub host: String,
     /// The endpoints replicas are given (`WEFT_ENDPOINT`).
     pub endpoints: Vec<String>,
+    /// TLS settings replicas are given (`WEFT_TLS_CA`, ...) unless their agent's `env` sets
+    /// them.
+    pub tls_env: Vec<(String, String)>,
 }
 
 /// The controller: see the module docs.
@@ -887,6 +890,7 @@ impl<F: Fabric> Controller<F> {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         env.insert("WEFT_ENDPOINT".into(), self.options.endpoints.join(","));
         env.insert("WEFT_DRAIN_TIMEOUT_MS".into(), config.worker_drain_timeout_ms().to_string());
+        env.extend(self.options.tls_env.iter().cloned());
         env.extend(config.env.clone());
         env.insert("WEFT_SESSION_NAME".into(), id.to_owned());
         env.insert("WEFT_CAPACITY".into(), config.capacity.to_string());

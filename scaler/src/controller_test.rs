@@ -46,8 +46,12 @@ fn start(
     let backend = backend.sharing(exits_tx);
     let backends = BTreeMap::from([(BackendKind::Process, Backend::Fake(backend.clone()))]);
     let (configs, rx) = watch::channel(Arc::new(config));
-    let options =
-        Options { holder: holder.into(), host: "here".into(), endpoints: vec!["127.0.0.1:1".into()] };
+    let options = Options {
+        holder: holder.into(),
+        host: "here".into(),
+        endpoints: vec!["127.0.0.1:1".into()],
+        tls_env: vec![("WEFT_TLS_CA".into(), "/etc/weft/ca.pem".into())],
+    };
     let controller = Controller::new(fabric.clone(), backends, exits, rx, clock, options, Metrics::default());
     let stop = CancellationToken::new();
     let task = tokio::spawn(controller.run(stop.clone()));
@@ -115,6 +119,7 @@ async fn scales_from_zero_recording_the_intent_first() {
     assert_eq!(env["WEFT_SESSION_NAME"], launch.replica);
     assert_eq!(env["WEFT_SCALER_REPLICA"], launch.replica);
     assert_eq!(env["WEFT_ENDPOINT"], "127.0.0.1:1");
+    assert_eq!(env["WEFT_TLS_CA"], "/etc/weft/ca.pem", "replicas get the scaler's TLS settings");
     assert_eq!(env["WEFT_CAPACITY"], "16");
     assert!(!env.contains_key("WEFT_INSTANCE"));
     until("the handle recorded", || {
@@ -508,7 +513,12 @@ async fn a_backend_no_agent_uses_does_not_hold_adoption_up() {
         (BackendKind::Docker, Backend::Fake(unused)),
     ]);
     let (_configs, rx) = watch::channel(Arc::new(config(agent(1))));
-    let options = Options { holder: "a".into(), host: "here".into(), endpoints: vec!["127.0.0.1:1".into()] };
+    let options = Options {
+        holder: "a".into(),
+        host: "here".into(),
+        endpoints: vec!["127.0.0.1:1".into()],
+        tls_env: Vec::new(),
+    };
     let controller = Controller::new(fabric.clone(), backends, exits, rx, clock, options, Metrics::default());
     let stop = CancellationToken::new();
     let _task = tokio::spawn(controller.run(stop.clone()));

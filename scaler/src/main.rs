@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! weft-scaler --config scaler.toml [--endpoints HOST:PORT,...] [--metrics-addr IP:PORT]
+//!             [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
 //! weft-scaler --config scaler.toml --check      # validate the configuration and exit
 //! ```
 //!
@@ -28,6 +29,16 @@ struct Args {
     /// Serve Prometheus metrics here (IP:PORT); replaces the file's `metrics_addr`.
     #[arg(long, value_name = "IP:PORT")]
     metrics_addr: Option<String>,
+    /// PEM file of the cluster's CA: reach the fabric over TLS (and give replicas
+    /// WEFT_TLS_CA, unless their agent's env sets it).
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM file of a client certificate (with --tls-key); replicas get it too.
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's key.
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Validate the configuration and exit: 0 when valid, 1 (with the agent, field and
     /// reason) when not.
     #[arg(long)]
@@ -60,6 +71,7 @@ async fn main() {
             .filter(|e| !e.is_empty())
             .collect(),
         metrics_addr: args.metrics_addr,
+        tls: service::TlsFiles { ca: args.tls_ca, cert: args.tls_cert, key: args.tls_key },
     };
     if args.check {
         let code = match options.load() {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use weft_agent::{Agent, Client, Context, Fail, Worker};
+use weft_agent::{Agent, Client, Context, Fail, Tls, Worker};
 
 use crate::backend::{self, Backend};
 use crate::clock::Clock;
@@ -45,6 +45,9 @@ pub enum Error {
     /// The SDK refused the endpoints.
     #[error("cannot use the endpoints: {0}")]
     Client(weft_agent::Error),
+    /// The TLS settings cannot be used (a missing file, a certificate without its key).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -64,6 +67,51 @@ pub struct Options {
     pub endpoints: Vec<String>,
     /// A metrics address that replaces the file's.
     pub metrics_addr: Option<String>,
+    /// TLS to the fabric (`--tls-ca`, `WEFT_TLS_CA`, ...): used by the scaler, and passed to
+    /// the replicas it starts.
+    pub tls: TlsFiles,
+}
+
+/// The TLS files of the scaler's connection to the fabric; with `ca` set, the scaler uses
+/// TLS and gives each replica `WEFT_TLS_CA` (and `WEFT_TLS_CERT` / `WEFT_TLS_KEY` with a
+/// client certificate) as absolute paths, unless the agent's `env` sets them itself.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// The cluster's CA.
+    pub ca: Option<PathBuf>,
+    /// A client certificate (with `key`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The SDK's settings from these files; `None` without a CA.
+    pub fn settings(&self) -> Result<Option<Tls>, Error> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => return Err(Error::Tls("--tls-cert and --tls-key go together".into())),
+        };
+        match &self.ca {
+            Some(ca) => Tls::from_files(ca, identity).map(Some).map_err(|e| Error::Tls(e.to_string())),
+            None if identity.is_some() => Err(Error::Tls("--tls-cert needs --tls-ca".into())),
+            None => Ok(None),
+        }
+    }
+
+    /// The environment replicas get: the same files, as absolute paths.
+    pub fn replica_env(&self) -> Vec<(String, String)> {
+        let absolute =
+            |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string();
+        let Some(ca) = &self.ca else { return Vec::new() };
+        let mut env = vec![(weft_agent::tls::env::CA.to_owned(), absolute(ca))];
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            env.push((weft_agent::tls::env::CERT.to_owned(), absolute(cert)));
+            env.push((weft_agent::tls::env::KEY.to_owned(), absolute(key)));
+        }
+        env
+    }
 }
 
 impl Options {
@@ -102,7 +150,8 @@ pub fn host_name() -> String {
 /// Runs the scaler until `shutdown` (see the module docs).
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
     let config = options.load()?;
-    let client = Client::builder(config.endpoints.clone()).build().map_err(Error::Client)?;
+    let tls = options.tls.settings()?;
+    let client = Client::builder(config.endpoints.clone()).tls(tls.clone()).build().map_err(Error::Client)?;
     let fabric = Sdk::new(client, &config.group);
     let metrics = Metrics::default();
     let metrics_task = match config.metrics_socket() {
@@ -161,9 +210,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         ))
     };
 
-    let status_worker = own_session(&config, fabric.clone(), &holder);
-    let controller_options =
-        controller::Options { holder: holder.clone(), host, endpoints: config.endpoints.clone() };
+    let status_worker = own_session(&config, fabric.clone(), &holder, tls);
+    let controller_options = controller::Options {
+        holder: holder.clone(),
+        host,
+        endpoints: config.endpoints.clone(),
+        tls_env: options.tls.replica_env(),
+    };
     let controller =
         Controller::new(fabric, backends, exits, config_rx, Clock::system(), controller_options, metrics);
     controller.run(shutdown.clone()).await;
@@ -186,6 +239,7 @@ fn own_session<F: Fabric>(
     config: &Config,
     fabric: F,
     holder: &str,
+    tls: Option<Tls>,
 ) -> Option<(weft_agent::Stopper, tokio::task::JoinHandle<()>)> {
     let status = move |_ctx: Context, _args: serde_json::Value| {
         let fabric = fabric.clone();
@@ -194,6 +248,7 @@ fn own_session<F: Fabric>(
         }
     };
     let worker = Worker::builder(config.endpoints.clone())
+        .tls(tls)
         .agent(Agent::new(AGENT).delegate(STATUS_DELEGATE, status))
         .name(holder)
         .capacity(4)

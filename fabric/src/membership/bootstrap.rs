@@ -181,7 +181,13 @@ pub fn initialized_in(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) ->
 }
 
 /// Runs until this node belongs to a cluster (formed by it or another) or `shutdown`.
-pub async fn run(state: Arc<State>, raft: Raft, gossip: gossip::Handle, shutdown: CancellationToken) {
+pub async fn run(
+    state: Arc<State>,
+    raft: Raft,
+    gossip: gossip::Handle,
+    dialer: crate::tls::Dialer,
+    shutdown: CancellationToken,
+) {
     let started = Instant::now();
     let mut backoff = CHECK_INTERVAL;
     loop {
@@ -189,7 +195,7 @@ pub async fn run(state: Arc<State>, raft: Raft, gossip: gossip::Handle, shutdown
             state.set_join_state("member".into());
             return;
         }
-        let words = step(&state, &raft, &gossip, started).await;
+        let words = step(&state, &raft, &gossip, &dialer, started).await;
         match words {
             Ok(()) => {
                 state.set_join_state("member (formed the cluster)".into());
@@ -207,7 +213,13 @@ pub async fn run(state: Arc<State>, raft: Raft, gossip: gossip::Handle, shutdown
 }
 
 /// One look: forms the cluster (Ok) or says why not yet (Err, in words).
-async fn step(state: &State, raft: &Raft, gossip: &gossip::Handle, started: Instant) -> Result<(), String> {
+async fn step(
+    state: &State,
+    raft: &Raft,
+    gossip: &gossip::Handle,
+    dialer: &crate::tls::Dialer,
+    started: Instant,
+) -> Result<(), String> {
     let view = gossip.view();
     if let Some(since) = view.seeds_silent_since
         && view.members.len() <= 1
@@ -222,7 +234,9 @@ async fn step(state: &State, raft: &Raft, gossip: &gossip::Handle, started: Inst
     // Anyone already in a cluster? Then we join it: its leader adds us as a learner. Who may
     // found a new one? Only nodes that expect to (join-only nodes never initialize).
     let statuses = futures::future::join_all(
-        up.iter().filter(|(id, _)| *id != state.me).map(|(_, addr)| super::peer_status(*addr, PEER_TIMEOUT)),
+        up.iter()
+            .filter(|(id, _)| *id != state.me)
+            .map(|(_, addr)| super::peer_status(dialer, *addr, PEER_TIMEOUT)),
     )
     .await;
     let mut founders: Vec<(NodeId, SocketAddr)> = Vec::new();
@@ -284,7 +298,7 @@ async fn step(state: &State, raft: &Raft, gossip: &gossip::Handle, started: Inst
         futures::future::join_all(chosen.iter().filter(|(id, _)| *id != state.me).map(|(id, addr)| {
             let req = req.clone();
             async move {
-                let mut c = ClusterClient::new(super::peer_channel(*addr, PEER_TIMEOUT));
+                let mut c = ClusterClient::new(super::peer_channel(dialer, *addr, PEER_TIMEOUT));
                 let answer = tokio::time::timeout(PEER_TIMEOUT, c.prepare_bootstrap(req)).await;
                 let refused = match answer {
                     Ok(Ok(r)) if r.get_ref().accepted => None,

@@ -34,12 +34,17 @@ const PEER_TIMEOUT: Duration = Duration::from_millis(500);
 pub const QUIET_START: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown`. Call [`hold`] first on a node that restarts with a log.
-pub async fn run(raft: Raft, gossip: gossip::Handle, shutdown: CancellationToken) {
+pub async fn run(
+    raft: Raft,
+    gossip: gossip::Handle,
+    dialer: crate::tls::Dialer,
+    shutdown: CancellationToken,
+) {
     let me = gossip.node_id();
     let started = Instant::now();
     let mut enabled: Option<bool> = None;
     loop {
-        let decision = decide(&raft, &gossip, me, started).await;
+        let decision = decide(&raft, &gossip, &dialer, me, started).await;
         if let Some(on) = decision
             && enabled != Some(on)
         {
@@ -68,7 +73,13 @@ pub fn hold(raft: &Raft) {
     raft.runtime_config().elect(false);
 }
 
-async fn decide(raft: &Raft, gossip: &gossip::Handle, me: NodeId, started: Instant) -> Option<bool> {
+async fn decide(
+    raft: &Raft,
+    gossip: &gossip::Handle,
+    dialer: &crate::tls::Dialer,
+    me: NodeId,
+    started: Instant,
+) -> Option<bool> {
     let (leader_known, voters, my_index) = {
         let metrics = raft.metrics();
         let m = metrics.borrow();
@@ -89,8 +100,10 @@ async fn decide(raft: &Raft, gossip: &gossip::Handle, me: NodeId, started: Insta
     if peers.is_empty() {
         return (started.elapsed() >= QUIET_START).then_some(true);
     }
-    let replies =
-        futures::future::join_all(peers.into_iter().map(|addr| super::peer_status(addr, PEER_TIMEOUT))).await;
+    let replies = futures::future::join_all(
+        peers.into_iter().map(|addr| super::peer_status(dialer, addr, PEER_TIMEOUT)),
+    )
+    .await;
     let removed = replies
         .iter()
         .flatten()

@@ -50,21 +50,28 @@ pub struct Handle {
     pub(crate) reconciler: Arc<reconciler::Counters>,
     /// Verified current addresses of members whose Raft membership entry is stale.
     pub(crate) addresses: crate::raft::addresses::Addresses,
+    /// How this node dials its peers (plain, or mutual TLS).
+    pub(crate) dialer: crate::tls::Dialer,
 }
 
 /// A lazily connecting channel to a peer's gRPC port, every call bounded by `timeout`.
-fn peer_channel(addr: SocketAddr, timeout: Duration) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from(
-        format!("http://{addr}").parse::<tonic::transport::Uri>().expect("a socket address is a valid URI"),
-    )
-    .connect_timeout(timeout)
-    .timeout(timeout)
-    .connect_lazy()
+fn peer_channel(
+    dialer: &crate::tls::Dialer,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> tonic::transport::Channel {
+    dialer
+        .channel(&addr.to_string(), |e| e.connect_timeout(timeout).timeout(timeout))
+        .expect("a socket address is a valid URI")
 }
 
 /// A peer's own status, or None if it does not answer within `timeout`.
-async fn peer_status(addr: SocketAddr, timeout: Duration) -> Option<pb::NodeStatusReply> {
-    let mut client = ClusterClient::new(peer_channel(addr, timeout));
+async fn peer_status(
+    dialer: &crate::tls::Dialer,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Option<pb::NodeStatusReply> {
+    let mut client = ClusterClient::new(peer_channel(dialer, addr, timeout));
     let reply = tokio::time::timeout(timeout, client.node_status(pb::StatusRequest {})).await.ok()?.ok()?;
     Some(reply.into_inner())
 }

@@ -54,6 +54,8 @@ pub struct Options {
     pub change_timeout: Duration,
     /// A learner within this many entries of the leader's log counts as caught up.
     pub caught_up_lag: u64,
+    /// How the leader dials the nodes it vets.
+    pub dialer: crate::tls::Dialer,
 }
 
 /// Everything [`plan`] looks at.
@@ -297,7 +299,7 @@ pub async fn run(
         };
         let Some(change) = plan(&inputs, &options) else { continue };
         if let Some((id, until, why)) =
-            vet(&change, me, &view, &state.addrs, &options.cluster, applied.cluster_uid()).await
+            vet(&change, me, &view, &state.addrs, &options, applied.cluster_uid()).await
         {
             tracing::warn!(node_id = id, reason = %why, "membership: not changing the membership for this node now");
             excluded_until.insert(id, until);
@@ -443,19 +445,22 @@ async fn vet(
     me: NodeId,
     view: &View,
     addrs: &BTreeMap<NodeId, String>,
-    cluster: &str,
+    options: &Options,
     our_uid: u64,
 ) -> Option<(NodeId, Instant, String)> {
+    let dialer = &options.dialer;
     let now = Instant::now();
     if let Change::UpdateAddress { id, addr } = change {
         let old = addrs.get(id).and_then(|a| a.parse::<std::net::SocketAddr>().ok());
         let new = addr.parse::<std::net::SocketAddr>().ok();
         return match (old, new) {
             _ if *id == me => None,
-            (Some(old), Some(new)) => super::relocation::verify_move(*id, old, new, cluster, our_uid)
-                .await
-                .err()
-                .map(|why| (*id, now + SILENT_RECHECK, why)),
+            (Some(old), Some(new)) => {
+                super::relocation::verify_move(dialer, *id, old, new, &options.cluster, our_uid)
+                    .await
+                    .err()
+                    .map(|why| (*id, now + SILENT_RECHECK, why))
+            }
             // plan() compares IP:PORT addresses only.
             _ => Some((*id, now + FOREIGN_RECHECK, format!("not an IP:PORT address: {addr}"))),
         };
@@ -473,7 +478,7 @@ async fn vet(
         }
         let raft_addr = addrs.get(&id).and_then(|a| a.parse::<std::net::SocketAddr>().ok());
         for addr in [raft_addr, gossip_addr].into_iter().flatten() {
-            if let Some(status) = super::peer_status(addr, PROBE_TIMEOUT).await
+            if let Some(status) = super::peer_status(dialer, addr, PROBE_TIMEOUT).await
                 && status.id == id
             {
                 return Some((
@@ -488,7 +493,7 @@ async fn vet(
     let Some(addr) = gossip_addr else {
         return Some((id, now + SILENT_RECHECK, "not in the gossip view".into()));
     };
-    match super::peer_status(addr, PROBE_TIMEOUT).await {
+    match super::peer_status(dialer, addr, PROBE_TIMEOUT).await {
         None => Some((id, now + SILENT_RECHECK, "alive in gossip but does not answer over TCP".into())),
         Some(s) if s.id != id => Some((id, now + SILENT_RECHECK, format!("answers as node {}", s.id))),
         Some(s) if s.cluster_uid != 0 && s.cluster_uid != our_uid => Some((
@@ -540,6 +545,7 @@ mod tests {
             interval: Duration::from_millis(100),
             change_timeout: Duration::from_secs(5),
             caught_up_lag: 10,
+            dialer: crate::tls::Dialer::plain(),
         }
     }
 

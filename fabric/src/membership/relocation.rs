@@ -49,6 +49,7 @@ pub async fn run(
     gossip: gossip::Handle,
     addresses: Addresses,
     cluster: String,
+    dialer: crate::tls::Dialer,
     shutdown: CancellationToken,
 ) {
     let me = gossip.node_id();
@@ -86,12 +87,12 @@ pub async fn run(
             {
                 // Back at its stored address before the leader rewrote the entry: the override
                 // would keep every message for it going to where it no longer is.
-                if let Some(s) = super::peer_status(new, PROBE_TIMEOUT).await
+                if let Some(s) = super::peer_status(&dialer, new, PROBE_TIMEOUT).await
                     && s.id == id
                     && s.cluster == cluster
                 {
                     let twin = match elsewhere.parse::<SocketAddr>() {
-                        Ok(e) => super::peer_status(e, PROBE_TIMEOUT).await.is_some_and(|t| t.id == id),
+                        Ok(e) => super::peer_status(&dialer, e, PROBE_TIMEOUT).await.is_some_and(|t| t.id == id),
                         Err(_) => false,
                     };
                     if twin {
@@ -119,8 +120,8 @@ pub async fn run(
         // that moved together are checked together.
         let uid = applied.cluster_uid();
         let checks = moves.drain(..).map(|(id, old, new)| {
-            let cluster = &cluster;
-            async move { (id, old, new, verify_move(id, old, new, cluster, uid).await) }
+            let (cluster, dialer) = (&cluster, &dialer);
+            async move { (id, old, new, verify_move(dialer, id, old, new, cluster, uid).await) }
         });
         for (id, old, new, verdict) in futures::future::join_all(checks).await {
             match verdict {
@@ -146,13 +147,14 @@ pub async fn run(
 /// member that only blipped (paused, restarting in place) is not taken for gone while a copy
 /// of its data dir answers elsewhere. The error says why not.
 pub async fn verify_move(
+    dialer: &crate::tls::Dialer,
     id: NodeId,
     old: SocketAddr,
     new: SocketAddr,
     cluster: &str,
     our_uid: u64,
 ) -> Result<(), String> {
-    verify_move_with(id, old, new, cluster, our_uid, |addr| super::peer_status(addr, PROBE_TIMEOUT)).await
+    verify_move_with(id, old, new, cluster, our_uid, |addr| super::peer_status(dialer, addr, PROBE_TIMEOUT)).await
 }
 
 /// How many times the old address is asked, and must not answer as the node, before a move

@@ -21,7 +21,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_proto::cluster::v1::{RaftPayload, SnapshotChunk, raft_client::RaftClient};
 
 use super::addresses::Addresses;
@@ -39,6 +39,7 @@ pub struct NetworkFactory {
     addresses: Addresses,
     max_message_bytes: usize,
     max_append_bytes: usize,
+    dialer: crate::tls::Dialer,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -46,15 +47,25 @@ impl NetworkFactory {
     /// A factory for the cluster named `cluster`; messages are limited to `max_message_bytes`,
     /// and a replication message holds several entries only while it stays under
     /// `max_append_bytes`. Every message carries the cluster instance id `applied` knows.
-    /// A peer is reached at its address in `addresses` when it has one there.
+    /// A peer is reached at its address in `addresses` when it has one there, through
+    /// `dialer` (mutual TLS when the node has TLS on).
     pub fn new(
         cluster: String,
         applied: super::state_machine::Handle,
         addresses: Addresses,
         max_message_bytes: usize,
         max_append_bytes: usize,
+        dialer: crate::tls::Dialer,
     ) -> Self {
-        Self { cluster, applied, addresses, max_message_bytes, max_append_bytes, channels: Arc::default() }
+        Self {
+            cluster,
+            applied,
+            addresses,
+            max_message_bytes,
+            max_append_bytes,
+            dialer,
+            channels: Arc::default(),
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -65,12 +76,12 @@ impl NetworkFactory {
         if channels.len() >= MAX_CHANNELS {
             channels.clear();
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel = self.dialer.channel(addr, |e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+        })?;
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{Error, proposer};
 use crate::NodeId;
@@ -150,11 +150,11 @@ impl Context {
         if channels.len() >= MAX_CACHED_CHANNELS {
             channels.clear();
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Unavailable(format!("bad leader address '{addr}': {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self
+            .membership
+            .dialer
+            .channel(addr, |e| e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true))
+            .map_err(|e| Error::Unavailable(format!("bad leader address '{addr}': {e}")))?;
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }

@@ -20,6 +20,9 @@ pub enum Error {
     /// The path of the running executable is unknown, so the `weft` next to it cannot be found.
     #[error("cannot find the running executable: {0}")]
     CurrentExe(#[source] std::io::Error),
+    /// The development CA or the nodes' certificates could not be made; nothing was started.
+    #[error("cannot make the cluster's TLS certificates: {0}")]
+    Certs(String),
     /// No free port could be taken on 127.0.0.1; nothing was started.
     #[error("cannot bind a free port on 127.0.0.1: {0}")]
     Port(#[source] std::io::Error),

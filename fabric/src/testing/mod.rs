@@ -33,5 +33,5 @@ pub use local::{LocalCluster, listeners, members_of, test_config};
 pub use process::{NodeCommand, NodeProcess, weft_binary};
 pub use process_cluster::{ClusterOptions, Membership, ProcessCluster, free_addrs, free_ports};
 pub use status::{
-    POLL_INTERVAL, STATUS_TIMEOUT, cluster_status, status_at, wait_for_leader, wait_for_status,
+    POLL_INTERVAL, STATUS_TIMEOUT, cluster_status, status_at, status_over, wait_for_leader, wait_for_status,
 };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use weft_proto::fabric::v1 as pb;
 
-use super::status::{POLL_INTERVAL, status_at};
+use super::status::{POLL_INTERVAL, status_over};
 use super::{Error, NodeCommand, NodeProcess, members_of};
 
 /// Lines of each node's log an error shows.
@@ -44,6 +44,8 @@ pub struct ClusterOptions {
     pub args: Vec<OsString>,
     /// Extra environment of every node: `RUST_LOG`, `WEFT_SNAPSHOT_AFTER_ENTRIES`, ...
     pub env: Vec<(OsString, OsString)>,
+    /// Whether the nodes use TLS (see [`ClusterOptions::tls`]).
+    pub tls: bool,
 }
 
 impl ClusterOptions {
@@ -57,7 +59,17 @@ impl ClusterOptions {
             membership: Membership::Static,
             args: Vec::new(),
             env: Vec::new(),
+            tls: false,
         }
+    }
+
+    /// With `on`, TLS: a development CA and a certificate for each node are made in
+    /// `root/certs` (`ca.pem`, `n1.pem` + `n1.key`, ...; for 127.0.0.1 and localhost), every
+    /// node gets its files (`--tls-*-file`), and clients need
+    /// [`ProcessCluster::client_tls`].
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
     }
 
     /// Another way to find each other.
@@ -94,6 +106,23 @@ pub struct ProcessCluster {
     root: PathBuf,
     addrs: Vec<String>,
     nodes: Vec<NodeProcess>,
+    /// The CA file and client settings, with TLS on.
+    tls: Option<(PathBuf, weft_agent::Tls)>,
+}
+
+/// Makes a CA and `n` node certificates in `dir` (see [`ClusterOptions::tls`]); the CA file.
+fn make_certs(dir: &Path, n: usize) -> Result<PathBuf, Error> {
+    use crate::tls::issue::{self, Kind};
+    let err = |e: issue::Error| Error::Certs(e.to_string());
+    let ca = issue::ca("Weft test cluster CA", 30).map_err(err)?;
+    let (ca_file, _) = issue::write(dir, "ca", &ca, true).map_err(err)?;
+    let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+    for id in 1..=n {
+        let name = format!("n{id}");
+        let node = issue::leaf(Kind::Node, &ca.cert_pem, &ca.key_pem, &name, &hosts, 30).map_err(err)?;
+        issue::write(dir, &name, &node, true).map_err(err)?;
+    }
+    Ok(ca_file)
 }
 
 impl ProcessCluster {
@@ -101,8 +130,16 @@ impl ProcessCluster {
     /// ([`wait_for_leader`](Self::wait_for_leader)). Nodes started before a failure are
     /// killed.
     pub fn start(options: ClusterOptions) -> Result<Self, Error> {
-        let ClusterOptions { binary, root, nodes: n, membership, args, env } = options;
+        let ClusterOptions { binary, root, nodes: n, membership, args, env, tls } = options;
         std::fs::create_dir_all(&root).map_err(|source| Error::CreateDir { path: root.clone(), source })?;
+        let certs = root.join("certs");
+        let tls = if tls {
+            let ca = make_certs(&certs, n)?;
+            let client = weft_agent::Tls::from_files(&ca, None).map_err(|e| Error::Certs(e.to_string()))?;
+            Some((ca, client))
+        } else {
+            None
+        };
         let addrs = free_addrs(n)?;
         let members = members_of(&addrs);
         let mut nodes = Vec::with_capacity(n);
@@ -121,12 +158,31 @@ impl ProcessCluster {
                     command.args(["--seeds", &addrs[0], "--bootstrap-expect", &bootstrap_expect.to_string()])
                 }
             };
+            if let Some((ca, _)) = &tls {
+                command = command
+                    .arg("--tls-ca-file")
+                    .arg(ca)
+                    .arg("--tls-cert-file")
+                    .arg(certs.join(format!("n{id}.pem")))
+                    .arg("--tls-key-file")
+                    .arg(certs.join(format!("n{id}.key")));
+            }
             command.args.extend(args.iter().cloned());
             command.env.extend(env.iter().cloned());
             // On an error, the nodes started so far are dropped, so killed.
             nodes.push(command.spawn()?);
         }
-        Ok(Self { root, addrs, nodes })
+        Ok(Self { root, addrs, nodes, tls })
+    }
+
+    /// With TLS on, the CA file clients must trust (`--tls-ca`, `WEFT_TLS_CA`).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(ca, _)| ca.as_path())
+    }
+
+    /// With TLS on, SDK settings that trust the cluster's CA.
+    pub fn client_tls(&self) -> Option<weft_agent::Tls> {
+        self.tls.as_ref().map(|(_, tls)| tls.clone())
     }
 
     /// The directory the nodes' data dirs and logs are in.
@@ -178,7 +234,7 @@ impl ProcessCluster {
             }
             for (node, addr) in self.nodes.iter().zip(&self.addrs) {
                 if node.pid().is_some()
-                    && let Some(status) = status_at(addr).await
+                    && let Some(status) = status_over(addr, self.client_tls().as_ref()).await
                     && check(&status)
                 {
                     return Ok(status);

@@ -18,13 +18,19 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The cluster status as the node at `addr` reports it; `None` if it does not answer within
 /// [`STATUS_TIMEOUT`].
 pub async fn status_at(addr: &str) -> Option<pb::ClusterStatus> {
+    status_over(addr, None).await
+}
+
+/// [`status_at`] over TLS with `tls` when given.
+pub async fn status_over(addr: &str, tls: Option<&weft_agent::Tls>) -> Option<pb::ClusterStatus> {
     let ask = async {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(weft_agent::endpoint_uri(addr, tls.is_some()).ok()?)
             .ok()?
-            .connect_timeout(STATUS_TIMEOUT)
-            .connect()
-            .await
-            .ok()?;
+            .connect_timeout(STATUS_TIMEOUT);
+        let channel = match tls {
+            Some(tls) => tls.connect(endpoint).await.ok()?,
+            None => endpoint.connect().await.ok()?,
+        };
         let mut request = tonic::Request::new(pb::StatusRequest {});
         // The node gives up too, rather than keep asking its members for a caller that left.
         request.set_timeout(STATUS_TIMEOUT);

@@ -27,4 +27,5 @@ mod process;
 mod restart;
 mod streams;
 mod support;
+mod tls;
 mod writes;

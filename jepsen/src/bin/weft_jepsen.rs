@@ -114,6 +114,11 @@ struct RunArgs {
     /// Keep the nodes' data directories in the run folder.
     #[arg(long)]
     keep_data: bool,
+    /// Run the nodes with TLS (a development CA and node certificate made for the run with
+    /// `weft certs`, in the run folder) and mutual TLS between them; clients and agents
+    /// connect over TLS.
+    #[arg(long)]
+    tls: bool,
     /// Most linearizability search steps per key before the verdict is unknown.
     #[arg(long, default_value_t = 20_000_000)]
     max_search_steps: u64,
@@ -225,6 +230,7 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
         appends: a.appends,
         ack_wait: Duration::from_millis(a.ack_wait_ms),
         credit: a.credit,
+        tls: a.tls,
     })
 }
 

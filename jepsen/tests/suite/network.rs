@@ -36,6 +36,7 @@ async fn partitions_drop_node_traffic_but_not_clients_and_heal_restores_it() {
             log_dir: dir.path().to_path_buf(),
             env: vec![],
             membership: db::Membership::Static,
+            tls: None,
         },
     )
     .unwrap();

@@ -12,7 +12,12 @@
 //! A request whose outcome is unknown is never sent again. When no node takes it, the error
 //! names each endpoint and what it said; a request that times out names the endpoint it
 //! waited on. See [`crate::failover`].
+//!
+//! With `--tls-ca` (or `WEFT_TLS_CA`) every endpoint is reached over TLS, checking the node's
+//! certificate against that CA; `--tls-cert` and `--tls-key` add a client certificate.
 
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -36,6 +41,53 @@ pub struct Conn {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// TLS settings of client commands (global flags; `weft node` has its own `--tls-*-file`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Client commands: PEM file of the CA that signed the nodes' certificates. Turns TLS on:
+    /// endpoints given as HOST:PORT then mean https://HOST:PORT.
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client commands: PEM file of a client certificate to present (with --tls-key).
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Client commands: PEM file of the client certificate's key.
+    #[arg(long, value_name = "FILE", env = "WEFT_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The command line's TLS settings, set once by `main`.
+static TLS_ARGS: OnceLock<TlsArgs> = OnceLock::new();
+
+/// Records the command line's TLS settings for [`tls`].
+pub fn set_tls_args(args: TlsArgs) {
+    let _ = TLS_ARGS.set(args);
+}
+
+/// The TLS settings of client commands, read from their files; `None` without `--tls-ca`.
+pub fn tls() -> anyhow::Result<Option<weft_agent::Tls>> {
+    static TLS: OnceLock<Result<Option<weft_agent::Tls>, String>> = OnceLock::new();
+    let tls = TLS.get_or_init(|| {
+        let args = TLS_ARGS.get().cloned().unwrap_or_default();
+        let identity = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key (WEFT_TLS_CERT, WEFT_TLS_KEY) go together".into()),
+        };
+        match args.tls_ca {
+            Some(ca) => {
+                weft_agent::Tls::from_files(ca, identity).map(Some).map_err(|e| format!("--tls-ca: {e}"))
+            }
+            None if identity.is_some() => {
+                Err("--tls-cert needs --tls-ca (WEFT_TLS_CA): the CA that signed the nodes' certificates"
+                    .into())
+            }
+            None => Ok(None),
+        }
+    });
+    tls.clone().map_err(|e| anyhow::anyhow!(e))
 }
 
 /// A command group's flags: how to reach the cluster, and the operation to run.
@@ -69,19 +121,20 @@ pub fn endpoints(list: &str) -> anyhow::Result<Vec<String>> {
 
 /// A channel to the nodes of the `endpoints` list, none connected yet, whose requests may take
 /// `timeout` (`None`: as long as the server lets them, and they move on for at most
-/// [`REQUEST_TIMEOUT`]); `resend`: see [`Failover`].
+/// [`REQUEST_TIMEOUT`]); `resend`: see [`Failover`]. Over TLS when `--tls-ca` is given.
 fn failover(endpoints: &str, timeout: Option<Duration>, resend: bool) -> anyhow::Result<Failover> {
+    let tls = tls()?;
     let nodes = self::endpoints(endpoints)?
         .into_iter()
         .map(|endpoint| {
-            let uri = weft_agent::check_endpoint(&endpoint)?;
+            let uri = weft_agent::endpoint_uri(&endpoint, tls.is_some())?;
             let builder = Endpoint::from_shared(uri)
                 .with_context(|| format!("'{endpoint}' is not a valid endpoint (expected HOST:PORT)"))?
                 .connect_timeout(CONNECT_TIMEOUT);
             Ok((endpoint, builder))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Failover::new(nodes, timeout, timeout.unwrap_or(REQUEST_TIMEOUT), resend))
+    Ok(Failover::new(nodes, tls, timeout, timeout.unwrap_or(REQUEST_TIMEOUT), resend))
 }
 
 /// The channel timeout for a request the server holds for up to `wait_ms` (0: its longest):

@@ -53,7 +53,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     } else {
         (connect::endpoints(&args.conn.endpoint)?, REQUEST_TIMEOUT)
     };
-    let client = Client::builder(endpoints).retry_for(retry_for).build()?;
+    let client = Client::builder(endpoints).retry_for(retry_for).tls(crate::connect::tls()?).build()?;
     let mut watch = client.watch_demand(&args.agents);
     let interrupt = crate::shutdown_signal();
     tokio::pin!(interrupt);

@@ -81,11 +81,17 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         format!("  export WEFT_ENDPOINT={endpoint}\n")
     };
     use std::fmt::Write as _;
+    tracing::warn!("weft dev runs open: no TLS and no authentication, on 127.0.0.1 only");
     let mut banner = format!("Weft dev cluster 'dev' is up with {n} node(s):\n");
     for (i, node) in nodes.iter().enumerate() {
         let data = args.data_dir.join(format!("node-{}", i + 1));
         let _ = writeln!(banner, "  node {}  grpc+http {}  data {}", node.id(), node.addr(), data.display());
     }
+    let _ = writeln!(
+        banner,
+        "\nIt runs open: no TLS and no authentication. It listens on 127.0.0.1 only, so only this \
+         machine reaches it;\nfor anything else run `weft node` with TLS (docs/operations.md, `weft certs`)."
+    );
     let _ = writeln!(
         banner,
         "\nTry, in another terminal:\n{export}  weft status\n  weft state put shared/demo greeting hello\n  \

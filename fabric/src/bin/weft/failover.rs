@@ -70,17 +70,27 @@ struct Nodes {
     last: AtomicUsize,
 }
 
-/// One node of the list: its endpoint as given, and its channel once connected.
+/// One node of the list: its endpoint as given, its TLS settings if any, and its channel once
+/// connected.
 struct Node {
     addr: String,
     endpoint: Endpoint,
+    tls: Option<weft_agent::Tls>,
     channel: OnceCell<Channel>,
 }
 
 impl Node {
     /// The node's channel, connected on first use; else why not (the root cause).
     async fn channel(&self) -> Result<Channel, String> {
-        let connected = self.channel.get_or_try_init(|| self.endpoint.connect()).await;
+        let connected = self
+            .channel
+            .get_or_try_init(|| async {
+                match &self.tls {
+                    Some(tls) => tls.connect(self.endpoint.clone()).await,
+                    None => self.endpoint.connect().await,
+                }
+            })
+            .await;
         connected.cloned().map_err(|e| anyhow::Error::from(e).root_cause().to_string())
     }
 }
@@ -90,6 +100,7 @@ impl Failover {
     /// it; at least one); see the fields for the rest.
     pub fn new(
         nodes: Vec<(String, Endpoint)>,
+        tls: Option<weft_agent::Tls>,
         timeout: Option<Duration>,
         retry_for: Duration,
         resend: bool,
@@ -97,7 +108,7 @@ impl Failover {
         assert!(!nodes.is_empty(), "a list of endpoints is never empty");
         let list = nodes
             .into_iter()
-            .map(|(addr, endpoint)| Node { addr, endpoint, channel: OnceCell::new() })
+            .map(|(addr, endpoint)| Node { addr, endpoint, tls: tls.clone(), channel: OnceCell::new() })
             .collect();
         Self { nodes: Arc::new(Nodes { list, last: AtomicUsize::new(0) }), timeout, retry_for, resend }
     }

@@ -10,6 +10,7 @@
 //! - [`node_cmd`]: `weft node`: one fabric node from layered configuration.
 //! - [`dev`]: `weft dev`: a local cluster of N nodes in one process.
 //! - [`gossip_key`]: `weft gossip-key`: a fresh random key for authenticated gossip.
+//! - [`certs`]: `weft certs ca|node|client`: development certificates for TLS.
 //! - [`status`]: `weft status` (the cluster as Raft sees it) and `weft members` (as gossip does).
 //! - [`state`]: `weft state get|put|cas|delete|list`: key/value state in the grid.
 //! - [`call`]: `weft call`: run an agent's delegate and print its outcome.
@@ -33,6 +34,7 @@
 mod agents;
 mod args;
 mod call;
+mod certs;
 mod connect;
 mod cursors;
 mod demand;
@@ -66,6 +68,8 @@ struct Cli {
     /// object per line.
     #[arg(long, value_enum, env = "WEFT_LOG_FORMAT", default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    #[command(flatten)]
+    tls: connect::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +115,15 @@ enum Command {
     /// one (docs/operations.md, "Gossip keys").
     #[command(verbatim_doc_comment)]
     GossipKey(gossip_key::Args),
+    /// Make development TLS certificates: a CA, node certificates, client certificates.
+    ///
+    ///   weft certs ca
+    ///   weft certs node n1 --host 10.0.0.1,n1.example
+    ///   weft certs client alice
+    ///   weft node --tls-ca-file certs/ca.pem --tls-cert-file certs/n1.pem --tls-key-file certs/n1.key ...
+    ///   weft --tls-ca certs/ca.pem status
+    #[command(verbatim_doc_comment)]
+    Certs(certs::Args),
     /// Show the cluster: leader, term, and each member's role and progress.
     Status(status::StatusArgs),
     /// Show the gossip view of the contacted node: every node it knows and its state.
@@ -180,6 +193,7 @@ impl Command {
             Command::Node(args) => node_cmd::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::GossipKey(args) => gossip_key::run(args),
+            Command::Certs(args) => certs::run(args),
             Command::Status(args) => status::status(args).await,
             Command::Members(args) => status::members(args).await,
             Command::State(args) => state::run(args).await,
@@ -202,6 +216,7 @@ async fn main() {
     // openraft is chatty at info (and logs routine retries as errors): keep it to warnings.
     let default_level = if cli.command.runs_nodes() { "info,openraft=warn" } else { "warn" };
     init_logging(cli.log_format, default_level);
+    connect::set_tls_args(cli.tls);
     let code = match cli.command.run().await {
         Ok(code) => code,
         Err(e) => {

@@ -71,6 +71,24 @@ pub struct Args {
     #[arg(long, value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_node_grace_ms: Option<u64>,
+    /// PEM file of the cluster CA; with --tls-cert-file and --tls-key-file turns TLS on (and
+    /// mutual TLS between nodes). `weft certs` makes development files.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of this node's certificate (a node certificate of the CA: `weft certs node`).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of the certificate's private key.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Run without TLS even on an address other machines can reach (without it, such a node
+    /// refuses to start).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// Runs a node until ctrl-c or SIGTERM.

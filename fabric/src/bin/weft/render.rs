@@ -48,6 +48,10 @@ pub fn error_json(status: &tonic::Status) -> serde_json::Value {
 
 /// Prints a failed call and returns the exit code.
 pub fn fail(status: tonic::Status, json_out: bool) -> i32 {
+    if let Some(problem) = weft_agent::tls::setup_problem(&status) {
+        let status = tonic::Status::unavailable(format!("{problem} (client TLS: --tls-ca, WEFT_TLS_CA)"));
+        return fail(status, json_out);
+    }
     if json_out {
         outln!("{}", json!({ "error": error_json(&status) }));
     } else {

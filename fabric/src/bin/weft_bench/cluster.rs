@@ -85,7 +85,22 @@ impl Cluster {
         keep: bool,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_with(weft, root, n, snapshot_after_entries, keep, env, false)
+    }
+
+    /// [`Cluster::start_with_env`], with TLS on when `tls` (a development CA and node
+    /// certificates under `root/certs`; clients use [`Cluster::tls`]).
+    pub fn start_with(
+        weft: &Path,
+        root: &Path,
+        n: usize,
+        snapshot_after_entries: u64,
+        keep: bool,
+        env: &[(&str, &str)],
+        tls: bool,
+    ) -> anyhow::Result<Self> {
         let mut options = ClusterOptions::new(weft, root, n)
+            .tls(tls)
             .args(["--cluster", "bench"])
             .env("WEFT_SNAPSHOT_AFTER_ENTRIES", snapshot_after_entries.to_string())
             .env("NO_COLOR", "1");
@@ -119,6 +134,11 @@ impl Cluster {
         }
         let processes = ProcessCluster::start(options)?;
         Ok(Self { processes, ids: vec![0; n], keep })
+    }
+
+    /// With TLS on, the SDK settings clients use (trusting the cluster's CA).
+    pub fn tls(&self) -> Option<weft_agent::Tls> {
+        self.processes.client_tls()
     }
 
     /// The nodes, in start order.

@@ -36,7 +36,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use weft_agent::{Agent, Client, Context, Fail, Worker};
 
 use crate::cluster::{Cluster, Scratch};
-use crate::probes::{CpuTicks, Metrics, TICKS_PER_SEC, cpu_ticks, load_average, metrics};
+use crate::probes::{CpuTicks, Metrics, TICKS_PER_SEC, cpu_ticks, load_average, metrics_over};
 use crate::report::{median, ms, percentile_ms};
 use crate::{Args, ERROR_PAUSE, REQUEST_TIMEOUT};
 
@@ -94,6 +94,34 @@ pub struct Row {
 }
 
 type RowKey = (usize, bool, usize);
+
+/// A row's figures as other workloads compare them.
+pub struct Summary {
+    pub nodes: usize,
+    pub callers: usize,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+impl Figures {
+    /// The rows whose worker was on the leader.
+    pub fn on_leader(&self) -> Vec<Summary> {
+        self.rows
+            .iter()
+            .filter(|r| !r.worker_on_follower)
+            .map(|r| Summary {
+                nodes: r.nodes,
+                callers: r.callers,
+                ops_per_sec: r.ops_per_sec,
+                p50_ms: r.p50_ms,
+                p99_ms: r.p99_ms,
+                errors: r.errors,
+            })
+            .collect()
+    }
+}
 
 impl Row {
     fn key(&self) -> RowKey {
@@ -166,12 +194,13 @@ struct EchoWorker {
 }
 
 impl EchoWorker {
-    fn start(addr: &str, stamps: Stamps) -> anyhow::Result<Self> {
+    fn start(addr: &str, stamps: Stamps, tls: Option<weft_agent::Tls>) -> anyhow::Result<Self> {
         let echo = move |_ctx: Context, x: u64| {
             stamps.mark(x);
             async move { Ok::<_, Fail>(x) }
         };
         let worker = Worker::builder([addr])
+            .tls(tls)
             .agent(Agent::new(AGENT).delegate(DELEGATE, echo))
             .capacity(WORKER_CAPACITY)
             .drain_timeout(WORKER_DRAIN)
@@ -203,15 +232,30 @@ impl Drop for EchoWorker {
 
 /// One run: for each cluster size, each place of the worker and each number of callers.
 pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) -> anyhow::Result<Figures> {
+    measure_over(args, weft, scratch, run, false, "").await
+}
+
+/// [`measure`] on clusters with TLS on when `tls` (callers and worker over TLS too), their
+/// dirs named starting with `label`.
+pub async fn measure_over(
+    args: &Args,
+    weft: &Path,
+    scratch: &Scratch,
+    run: usize,
+    tls: bool,
+    label: &str,
+) -> anyhow::Result<Figures> {
     let started = Instant::now();
     let mut figures = Figures { load_before: load_average(), ..Default::default() };
     for &n in &args.nodes {
-        let mut cluster = Cluster::start(
+        let mut cluster = Cluster::start_with(
             weft,
-            &scratch.path.join(format!("run{run}-executions-{n}nodes")),
+            &scratch.path.join(format!("{label}run{run}-executions-{n}nodes")),
             n,
             args.snapshot_after_entries,
             args.keep,
+            &[],
+            tls,
         )?;
         let leader = cluster.wait_for_leader().await?;
         eprintln!("   {n} node(s) up, leader n{leader}");
@@ -221,9 +265,9 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) ->
         }
         for (on_follower, worker_node) in places {
             let stamps = Stamps::new(args.clients.iter().copied().max().unwrap_or(1));
-            let worker = EchoWorker::start(cluster.addr(worker_node)?, stamps.clone())?;
+            let worker = EchoWorker::start(cluster.addr(worker_node)?, stamps.clone(), cluster.tls())?;
             let callers_addr = cluster.addr(leader)?.to_owned();
-            wait_until_served(&callers_addr).await.with_context(|| {
+            wait_until_served(&callers_addr, cluster.tls()).await.with_context(|| {
                 format!("the echo worker on n{worker_node} of {n} node(s) does not answer")
             })?;
             for &callers in &args.clients {
@@ -274,8 +318,8 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) ->
 
 /// Calls `bench.echo` on `addr` until one call answers, so that measuring starts with the
 /// worker's session open.
-async fn wait_until_served(addr: &str) -> anyhow::Result<()> {
-    let client = Client::new([addr]).context("cannot build a client")?;
+async fn wait_until_served(addr: &str, tls: Option<weft_agent::Tls>) -> anyhow::Result<()> {
+    let client = Client::builder([addr]).tls(tls).build().context("cannot build a client")?;
     let probe = client.request(AGENT, DELEGATE).args(&0u64).wait(WORKER_READY_TIMEOUT).call::<u64>();
     match tokio::time::timeout(WORKER_READY_TIMEOUT, probe).await {
         Ok(Ok(0)) => Ok(()),
@@ -293,7 +337,7 @@ async fn leftovers(cluster: &Cluster) -> Vec<String> {
     loop {
         let mut found = Vec::new();
         for node in cluster.nodes() {
-            match metrics(node.addr).await {
+            match metrics_over(node.addr, cluster.tls().as_ref()).await {
                 Ok(m) => {
                     if m.waiters > 0 {
                         found.push(format!("n{} still has {} waiting caller(s)", node.id, m.waiters));
@@ -336,8 +380,9 @@ async fn measure_row(
     stamps: &Stamps,
 ) -> anyhow::Result<Row> {
     let addr = cluster.addr(leader)?.to_owned();
+    let tls = cluster.tls();
     let clients = (0..args.channels.min(callers))
-        .map(|_| Client::new([addr.as_str()]))
+        .map(|_| Client::builder([addr.as_str()]).tls(tls.clone()).build())
         .collect::<Result<Vec<_>, _>>()
         .context("cannot build a client")?;
 
@@ -347,7 +392,7 @@ async fn measure_row(
     let sampler = tokio::spawn(async move {
         let sample = async || {
             let ticks: Vec<(bool, CpuTicks)> = pids.iter().map(|(l, p)| (*l, cpu_ticks(&[*p]))).collect();
-            (ticks, metrics(&addr).await.ok())
+            (ticks, metrics_over(&addr, tls.as_ref()).await.ok())
         };
         tokio::time::sleep_until(measure_from.into()).await;
         let before = sample().await;

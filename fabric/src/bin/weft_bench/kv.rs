@@ -12,7 +12,7 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
 use crate::cluster::{Cluster, Scratch};
-use crate::probes::{CpuTicks, TICKS_PER_SEC, cpu_ticks, metrics};
+use crate::probes::{CpuTicks, TICKS_PER_SEC, cpu_ticks, metrics_over};
 use crate::report::percentile_ms;
 use crate::{Args, ERROR_PAUSE, REQUEST_TIMEOUT, Workload};
 
@@ -142,15 +142,26 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) ->
 
 /// Connects `count` channels to `addr`.
 pub async fn connect(addr: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
+    connect_over(addr, count, None).await
+}
+
+/// [`connect`], over TLS with `tls` when given.
+pub async fn connect_over(
+    addr: &str,
+    count: usize,
+    tls: Option<&weft_agent::Tls>,
+) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(weft_agent::endpoint_uri(addr, tls.is_some())?)?
             .connect_timeout(Duration::from_secs(3))
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
+            .tcp_nodelay(true);
+        let channel = match tls {
+            Some(tls) => tls.connect(endpoint).await,
+            None => endpoint.connect().await,
+        }
+        .with_context(|| format!("cannot connect to {addr}"))?;
         channels.push(channel);
     }
     Ok(channels)
@@ -197,7 +208,8 @@ pub struct Case {
 pub async fn measure_row(args: &Args, cluster: &Cluster, case: Case) -> anyhow::Result<Row> {
     let Case { nodes, op, leader, target, via_follower, clients } = case;
     let addr = cluster.addr(target)?.to_owned();
-    let channels = connect(&addr, args.channels.min(clients)).await?;
+    let tls = cluster.tls();
+    let channels = connect_over(&addr, args.channels.min(clients), tls.as_ref()).await?;
     let value = value(args);
     let tag = format!(
         "{}-{}-c{clients}",
@@ -244,7 +256,8 @@ pub async fn measure_row(args: &Args, cluster: &Cluster, case: Case) -> anyhow::
     let pids = cluster.pids();
     let leader_addr = cluster.addr(leader)?.to_owned();
     let sampler = tokio::spawn(async move {
-        let log_index = async || metrics(&leader_addr).await.ok().map(|m| (m.last_log_index, m.term));
+        let log_index =
+            async || metrics_over(&leader_addr, tls.as_ref()).await.ok().map(|m| (m.last_log_index, m.term));
         tokio::time::sleep_until(measure_from.into()).await;
         let before = (cpu_ticks(&pids), log_index().await);
         tokio::time::sleep_until(measure_until.into()).await;

@@ -36,6 +36,7 @@
 //! - [`metrics_cost`]: puts with the request-latency metrics on and off, interleaved.
 //! - [`http_call`]: a call's round trip through the HTTP/JSON API next to gRPC, interleaved.
 //! - [`gossip_packets`]: the cost per gossip packet of a MAC or encryption (no nodes).
+//! - [`tls_cost`]: puts and execution round trips with TLS on and off, interleaved.
 //! - [`cluster`]: the clusters of `weft node` processes and the scratch dir they live in.
 //! - [`probes`]: `/metrics`, `/proc` RSS and CPU time, disk use, load average.
 //! - [`report`]: markdown tables, medians and percentiles.
@@ -60,6 +61,7 @@ mod million;
 mod probes;
 mod report;
 mod streams;
+mod tls_cost;
 
 /// Deadline of one benchmark request; a slower one counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,11 +159,15 @@ enum Workload {
     /// Gossip packets sealed and opened plain, with a MAC and encrypted, in this process:
     /// ns per packet (each case runs a tenth of --secs).
     GossipPackets,
+    /// Puts and execution round trips on clusters with TLS (and mutual TLS between nodes)
+    /// on and off, interleaved: what TLS costs. Only when asked for (`--only tls-cost`).
+    TlsCost,
 }
 
 impl Args {
     fn wants(&self, w: Workload) -> bool {
-        (self.only.is_empty() && w != Workload::MetricsCost) || self.only.contains(&w)
+        (self.only.is_empty() && !matches!(w, Workload::MetricsCost | Workload::TlsCost))
+            || self.only.contains(&w)
     }
 
     fn secs(&self) -> Duration {
@@ -300,6 +306,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("== gossip packets: plain, MAC, encrypted (load average {})", load_average());
         let rows = gossip_packets::measure(Duration::from_secs_f64((args.secs / 10.0).max(0.1)));
         print!("{}", gossip_packets::markdown(&rows));
+    }
+    if args.wants(Workload::TlsCost) {
+        eprintln!("== TLS cost: puts and executions with TLS on and off (load average {})", load_average());
+        let samples = tls_cost::measure(&args, &weft, &scratch).await?;
+        print!("{}", tls_cost::markdown(&args, &samples));
     }
     let total = started.elapsed();
     println!("\nTotal time: {:.0} s for {} run(s).", total.as_secs_f64(), args.runs);

@@ -31,7 +31,12 @@ pub struct Metrics {
 
 /// Reads `http://ADDR/metrics` (plain HTTP/1.1 on the node's one port).
 pub async fn metrics(addr: &str) -> anyhow::Result<Metrics> {
-    let text = metrics_text(addr).await?;
+    metrics_over(addr, None).await
+}
+
+/// [`metrics`] over TLS with `tls` when given.
+pub async fn metrics_over(addr: &str, tls: Option<&weft_agent::Tls>) -> anyhow::Result<Metrics> {
+    let text = metrics_text_over(addr, tls).await?;
     let mut values = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("weft_")) {
         if let (Some((name, _)), Some(v)) = (line.split_once('{'), line.rsplit(' ').next()) {
@@ -62,8 +67,15 @@ pub async fn metrics(addr: &str) -> anyhow::Result<Metrics> {
 
 /// The text of `http://ADDR/metrics` (plain HTTP/1.1 on the node's one port).
 pub async fn metrics_text(addr: &str) -> anyhow::Result<String> {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    metrics_text_over(addr, None).await
+}
+
+/// [`metrics_text`] over TLS (`https://ADDR/metrics`) with `tls` when given.
+pub async fn metrics_text_over(addr: &str, tls: Option<&weft_agent::Tls>) -> anyhow::Result<String> {
+    async fn get(
+        mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        addr: &str,
+    ) -> std::io::Result<String> {
         stream
             .write_all(
                 format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -71,7 +83,17 @@ pub async fn metrics_text(addr: &str) -> anyhow::Result<String> {
             .await?;
         let mut text = String::new();
         stream.read_to_string(&mut text).await?;
-        Ok::<_, std::io::Error>(text)
+        Ok(text)
+    }
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let Some(tls) = tls else { return get(tcp, addr).await };
+        let mut config = (*tls.rustls_config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']).to_owned();
+        let name = rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+        get(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?, addr)
+            .await
     })
     .await
     .with_context(|| format!("{addr}/metrics timed out"))?
