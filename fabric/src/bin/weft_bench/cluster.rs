@@ -73,23 +73,12 @@ impl Cluster {
         snapshot_after_entries: u64,
         keep: bool,
     ) -> anyhow::Result<Self> {
-        Self::start_with_env(weft, root, n, snapshot_after_entries, keep, &[])
+        Self::start_with(weft, root, n, snapshot_after_entries, keep, &[], false)
     }
 
-    /// [`Cluster::start`] with extra environment for every node (`WEFT_*` settings).
-    pub fn start_with_env(
-        weft: &Path,
-        root: &Path,
-        n: usize,
-        snapshot_after_entries: u64,
-        keep: bool,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
-        Self::start_with(weft, root, n, snapshot_after_entries, keep, env, false)
-    }
-
-    /// [`Cluster::start_with_env`], with TLS on when `tls` (a development CA and node
-    /// certificates under `root/certs`; clients use [`Cluster::tls`]).
+    /// [`Cluster::start`] with extra environment for every node (`WEFT_*` settings), and TLS
+    /// on when `tls` (a development CA and node certificates under `root/certs`; clients use
+    /// [`Cluster::tls`]).
     pub fn start_with(
         weft: &Path,
         root: &Path,

@@ -140,6 +140,33 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) ->
     Ok(rows)
 }
 
+/// Puts to the leader of a fresh cluster of `n` nodes under `root` (extra node environment
+/// `env`, TLS on when `tls`), one row per client count of `--clients`; `label` names the
+/// setting in the progress lines.
+pub async fn leader_puts(
+    args: &Args,
+    weft: &Path,
+    root: &Path,
+    n: usize,
+    (env, tls): (&[(&str, &str)], bool),
+    label: &str,
+) -> anyhow::Result<Vec<Row>> {
+    let mut cluster = Cluster::start_with(weft, root, n, args.snapshot_after_entries, args.keep, env, tls)?;
+    let leader = cluster.wait_for_leader().await?;
+    let mut rows = Vec::new();
+    for &clients in &args.clients {
+        let case = Case { nodes: n, op: Op::Put, leader, target: leader, via_follower: false, clients };
+        let row = measure_row(args, &cluster, case).await?;
+        eprintln!(
+            "   {n} node(s), {clients} client(s), {label}: {:.0} puts/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
+            row.ops_per_sec, row.p50_ms, row.p99_ms, row.errors
+        );
+        rows.push(row);
+    }
+    cluster.report_log_problems();
+    Ok(rows)
+}
+
 /// Connects `count` channels to `addr`.
 pub async fn connect(addr: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
     connect_over(addr, count, None).await

@@ -2,13 +2,12 @@
 //! fresh cluster with `rpc_metrics` on and off, alternating which goes first in each run so
 //! that drift in the machine's load (it may be shared) falls on both alike; medians over runs.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::Args;
-use crate::cluster::{Cluster, Scratch};
-use crate::kv::{Case, Op, Row, measure_row};
-use crate::report::{median, ms};
+use crate::cluster::Scratch;
+use crate::kv::{Row, leader_puts};
+use crate::report::{Side, compare_rows};
 
 /// One measured row and whether the middleware was on.
 pub struct Sample {
@@ -27,23 +26,10 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Res
                 let env = [("WEFT_RPC_METRICS", if on { "true" } else { "false" })];
                 let root =
                     scratch.path.join(format!("metrics-run{run}-{n}nodes-{}", if on { "on" } else { "off" }));
-                let mut cluster =
-                    Cluster::start_with_env(weft, &root, n, args.snapshot_after_entries, args.keep, &env)?;
-                let leader = cluster.wait_for_leader().await?;
-                for &clients in &args.clients {
-                    let case =
-                        Case { nodes: n, op: Op::Put, leader, target: leader, via_follower: false, clients };
-                    let row = measure_row(args, &cluster, case).await?;
-                    eprintln!(
-                        "   run {run}: {n} node(s), {clients} client(s), rpc_metrics {}: {:.0} puts/s, p50 {:.3} ms, p99 {:.3} ms",
-                        if on { "on " } else { "off" },
-                        row.ops_per_sec,
-                        row.p50_ms,
-                        row.p99_ms
-                    );
+                let label = format!("run {run}, rpc_metrics {}", if on { "on " } else { "off" });
+                for row in leader_puts(args, weft, &root, n, (&env, false), &label).await? {
                     samples.push(Sample { run, rpc_metrics: on, row });
                 }
-                cluster.report_log_problems();
             }
         }
     }
@@ -59,34 +45,15 @@ pub fn markdown(args: &Args, samples: &[Sample]) -> String {
     );
     for &n in &args.nodes {
         for &clients in &args.clients {
-            let mut medians = Vec::new();
-            for on in [true, false] {
-                let rows: Vec<&Sample> = samples
+            let side = |on: bool| Side {
+                label: if on { "on" } else { "off" },
+                runs: samples
                     .iter()
                     .filter(|s| s.rpc_metrics == on && s.row.nodes == n && s.row.clients == clients)
-                    .collect();
-                let ops = median(rows.iter().map(|s| s.row.ops_per_sec).collect());
-                let p50 = median(rows.iter().map(|s| s.row.p50_ms).collect());
-                let p99 = median(rows.iter().map(|s| s.row.p99_ms).collect());
-                let per_run: Vec<String> =
-                    rows.iter().map(|s| format!("r{}: {:.0}", s.run, s.row.ops_per_sec)).collect();
-                let _ = writeln!(
-                    out,
-                    "| {n} | {clients} | {} | {ops:.0} | {} | {} | {} |",
-                    if on { "on" } else { "off" },
-                    ms(p50),
-                    ms(p99),
-                    per_run.join(", ")
-                );
-                medians.push((ops, p50));
-            }
-            let (on, off) = (medians[0], medians[1]);
-            let _ = writeln!(
-                out,
-                "| {n} | {clients} | on vs off | {:+.1} % | {:+.1} % | | |",
-                (on.0 / off.0 - 1.0) * 100.0,
-                (on.1 / off.1 - 1.0) * 100.0
-            );
+                    .map(|s| (s.run, s.row.ops_per_sec, s.row.p50_ms, s.row.p99_ms))
+                    .collect(),
+            };
+            compare_rows(&mut out, &format!("| {n} | {clients} |"), [side(true), side(false)]);
         }
     }
     out

@@ -145,6 +145,45 @@ pub fn run_markdown(args: &Args, run: usize, f: &RunFigures) -> String {
 }
 
 /// The median of the values that are figures (NaN is skipped); NaN when none is.
+/// One side of an interleaved comparison of one case: its label and each run's figures
+/// `(run, ops/s, p50 ms, p99 ms)`.
+pub struct Side<'a> {
+    pub label: &'a str,
+    pub runs: Vec<(usize, f64, f64, f64)>,
+}
+
+/// Markdown rows comparing two sides of one case: each side's medians and ops/s per run,
+/// after the case's own cells `lead` (`"| 3 | 64 |"`), then a row `first vs second` with the
+/// change in median ops/s and p50 from the second side to the first.
+pub fn compare_rows(out: &mut String, lead: &str, sides: [Side<'_>; 2]) {
+    use std::fmt::Write as _;
+    let mut medians = Vec::new();
+    for side in &sides {
+        let ops = median(side.runs.iter().map(|r| r.1).collect());
+        let p50 = median(side.runs.iter().map(|r| r.2).collect());
+        let p99 = median(side.runs.iter().map(|r| r.3).collect());
+        let per_run: Vec<String> = side.runs.iter().map(|r| format!("r{}: {:.0}", r.0, r.1)).collect();
+        let _ = writeln!(
+            out,
+            "{lead} {} | {ops:.0} | {} | {} | {} |",
+            side.label,
+            ms(p50),
+            ms(p99),
+            per_run.join(", ")
+        );
+        medians.push((ops, p50));
+    }
+    let (first, second) = (medians[0], medians[1]);
+    let _ = writeln!(
+        out,
+        "{lead} {} vs {} | {:+.1} % | {:+.1} % | | |",
+        sides[0].label,
+        sides[1].label,
+        (first.0 / second.0 - 1.0) * 100.0,
+        (first.1 / second.1 - 1.0) * 100.0
+    );
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| !v.is_nan());
     if values.is_empty() {

@@ -4,14 +4,13 @@
 //! Each run alternates which goes first, so drift in the machine's load (it may be shared)
 //! falls on both alike; medians over runs.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::Args;
-use crate::cluster::{Cluster, Scratch};
+use crate::cluster::Scratch;
 use crate::executions;
-use crate::kv::{Case, Op, measure_row};
-use crate::report::{median, ms};
+use crate::kv::leader_puts;
+use crate::report::{Side, compare_rows};
 
 /// One measured case.
 pub struct Sample {
@@ -38,33 +37,19 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Res
         for &n in &args.nodes {
             for tls in order {
                 let root = scratch.path.join(format!("tls-run{run}-{n}nodes-{}", word(tls).trim()));
-                let mut cluster =
-                    Cluster::start_with(weft, &root, n, args.snapshot_after_entries, args.keep, &[], tls)?;
-                let leader = cluster.wait_for_leader().await?;
-                for &clients in &args.clients {
-                    let case =
-                        Case { nodes: n, op: Op::Put, leader, target: leader, via_follower: false, clients };
-                    let row = measure_row(args, &cluster, case).await?;
-                    eprintln!(
-                        "   run {run}: {n} node(s), {clients} client(s), TLS {}: {:.0} puts/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
-                        word(tls),
-                        row.ops_per_sec,
-                        row.p50_ms,
-                        row.p99_ms,
-                        row.errors
-                    );
+                let label = format!("run {run}, TLS {}", word(tls));
+                for row in leader_puts(args, weft, &root, n, (&[], tls), &label).await? {
                     samples.push(Sample {
                         run,
                         tls,
                         kind: "puts",
                         nodes: n,
-                        clients,
+                        clients: row.clients,
                         ops_per_sec: row.ops_per_sec,
                         p50_ms: row.p50_ms,
                         p99_ms: row.p99_ms,
                     });
                 }
-                cluster.report_log_problems();
             }
         }
         for tls in order {
@@ -99,7 +84,7 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Res
 /// Medians of TLS off and on per workload, cluster size and client count, with the ratio.
 pub fn markdown(args: &Args, samples: &[Sample]) -> String {
     let mut out = format!(
-        "\n## Cost of TLS (median of {} run(s), off/on alternating; executions: worker on the leader)\n\n\
+        "\n## Cost of TLS (median of {} run(s), on/off alternating; executions: worker on the leader)\n\n\
          | workload | nodes | clients | TLS | ops/s | p50 ms | p99 ms | ops/s per run |\n\
          |---|---:|---:|---|---:|---:|---:|---|\n",
         args.runs
@@ -107,37 +92,17 @@ pub fn markdown(args: &Args, samples: &[Sample]) -> String {
     for kind in ["puts", "executions"] {
         for &n in &args.nodes {
             for &clients in &args.clients {
-                let mut medians = Vec::new();
-                for tls in [false, true] {
-                    let rows: Vec<&Sample> = samples
+                let side = |tls: bool| Side {
+                    label: word(tls).trim(),
+                    runs: samples
                         .iter()
                         .filter(|s| s.kind == kind && s.tls == tls && s.nodes == n && s.clients == clients)
-                        .collect();
-                    if rows.is_empty() {
-                        continue;
-                    }
-                    let ops = median(rows.iter().map(|s| s.ops_per_sec).collect());
-                    let p50 = median(rows.iter().map(|s| s.p50_ms).collect());
-                    let p99 = median(rows.iter().map(|s| s.p99_ms).collect());
-                    let per_run: Vec<String> =
-                        rows.iter().map(|s| format!("r{}: {:.0}", s.run, s.ops_per_sec)).collect();
-                    let _ = writeln!(
-                        out,
-                        "| {kind} | {n} | {clients} | {} | {ops:.0} | {} | {} | {} |",
-                        word(tls).trim(),
-                        ms(p50),
-                        ms(p99),
-                        per_run.join(", ")
-                    );
-                    medians.push((ops, p50));
-                }
-                if let [off, on] = medians[..] {
-                    let _ = writeln!(
-                        out,
-                        "| {kind} | {n} | {clients} | on vs off | {:+.1} % | {:+.1} % | | |",
-                        (on.0 / off.0 - 1.0) * 100.0,
-                        (on.1 / off.1 - 1.0) * 100.0
-                    );
+                        .map(|s| (s.run, s.ops_per_sec, s.p50_ms, s.p99_ms))
+                        .collect(),
+                };
+                let (on, off) = (side(true), side(false));
+                if !on.runs.is_empty() && !off.runs.is_empty() {
+                    compare_rows(&mut out, &format!("| {kind} | {n} | {clients} |"), [on, off]);
                 }
             }
         }
