@@ -21,6 +21,32 @@ use super::stream::{Append, NewStream, Seq, validate_stream_name};
 /// Longest reason a cancel or a session close may give, in bytes (longer ones are clipped).
 const MAX_REASON_BYTES: usize = 1024;
 
+/// Deepest nesting of [`Command::Fenced`] that decodes. One level is all `apply` accepts (a
+/// fenced command is a key/value write); bincode has no depth limit of its own, so without
+/// this a peer's few hundred kilobytes of nested fences overflow the decoding thread's stack.
+const MAX_FENCED_DEPTH: usize = 4;
+
+/// Decodes the command inside a [`Command::Fenced`], refusing one nested deeper than
+/// [`MAX_FENCED_DEPTH`] before reading it.
+fn fenced_command<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Box<Command>, D::Error> {
+    thread_local!(static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+    /// Leaves the level on the way out, however the decode ends.
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.set(DEPTH.get() - 1);
+        }
+    }
+    if DEPTH.get() >= MAX_FENCED_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "fenced commands nested more than {MAX_FENCED_DEPTH} deep"
+        )));
+    }
+    DEPTH.set(DEPTH.get() + 1);
+    let _level = Level;
+    Box::<Command>::deserialize(deserializer)
+}
+
 /// Limits on commands and queries. The node that receives a write checks them before
 /// proposing it ([`Command::validate`]); `apply` does not, so replicas configured with other
 /// limits still apply the same log the same way.
@@ -147,7 +173,12 @@ pub enum Command {
     ReleaseLease { name: String, token: u64 },
     /// A key/value write (`Put`, `CompareAndSet` or `Delete`; nothing else) applied only
     /// while the grant `token` holds `lease` at the entry's time.
-    Fenced { lease: String, token: u64, command: Box<Command> },
+    Fenced {
+        lease: String,
+        token: u64,
+        #[serde(deserialize_with = "fenced_command")]
+        command: Box<Command>,
+    },
     /// Register an agent session that serves, of each agent it claims instances of, only
     /// those instances (`OpenSession` entries from before the flag existed decode as before).
     OpenSessionOnlyClaimed(Box<NewSession>),
@@ -569,4 +600,48 @@ pub enum Completed {
     Conflict { namespace: String, key: String, expected: u64, current: u64 },
     /// The handler's error will be retried at `not_before_ms` (its retry policy).
     Retrying { not_before_ms: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// The bytes of `depth` fences around an `Expire`, written level by level (building the
+    /// value would recurse as deep as decoding it).
+    fn nested_fences(depth: usize) -> Vec<u8> {
+        let inner = Command::Expire { limit: 0 };
+        let once = Command::Fenced { lease: String::new(), token: 0, command: Box::new(inner.clone()) };
+        let (once, inner) = (codec::encode(&once), codec::encode(&inner));
+        let level = &once[1..once.len() - (inner.len() - 1)];
+        [&once[..1], &level.repeat(depth), &inner[1..]].concat()
+    }
+
+    #[test]
+    fn fences_nested_a_little_decode() {
+        let bytes = nested_fences(MAX_FENCED_DEPTH);
+        let Ok(Command::Fenced { command, .. }) = codec::decode::<Command>(&bytes) else {
+            panic!("{MAX_FENCED_DEPTH} nested fences decode")
+        };
+        assert!(matches!(*command, Command::Fenced { .. }));
+        let refused = codec::decode::<Command>(&nested_fences(MAX_FENCED_DEPTH + 1)).unwrap_err();
+        assert!(refused.to_string().contains("fenced commands nested more than 4 deep"), "{refused}");
+        // The depth is per decode: the next one starts from zero.
+        assert!(codec::decode::<Command>(&bytes).is_ok());
+    }
+
+    /// A forwarded command (or an entry a leader sends) of 300 kB of nested fences, decoded on
+    /// a thread with a tokio worker's stack, is refused; it used to overflow the stack and
+    /// abort the node.
+    #[test]
+    fn deeply_nested_fences_are_refused_not_a_stack_overflow() {
+        let bytes = nested_fences(100_000);
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || codec::decode::<Command>(&bytes).map(|_| ()).map_err(|e| e.to_string()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(decoded.unwrap_err().contains("nested more than"));
+    }
 }
