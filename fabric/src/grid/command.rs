@@ -21,13 +21,14 @@ use super::stream::{Append, NewStream, Seq, validate_stream_name};
 /// Longest reason a cancel or a session close may give, in bytes (longer ones are clipped).
 const MAX_REASON_BYTES: usize = 1024;
 
-/// Deepest nesting of [`Command::Fenced`] that decodes. One level is all `apply` accepts (a
-/// fenced command is a key/value write); bincode has no depth limit of its own, so without
-/// this a peer's few hundred kilobytes of nested fences overflow the decoding thread's stack.
+/// Deepest nesting of [`Command::Fenced`] and [`Command::Audited`] (together) that decodes.
+/// One level is all `apply` accepts (a fenced command is a key/value write, an audited one a
+/// control operation); bincode has no depth limit of its own, so without this a peer's few
+/// hundred kilobytes of nested wrappers overflow the decoding thread's stack.
 const MAX_FENCED_DEPTH: usize = 4;
 
-/// Decodes the command inside a [`Command::Fenced`], refusing one nested deeper than
-/// [`MAX_FENCED_DEPTH`] before reading it.
+/// Decodes the command inside a [`Command::Fenced`] or [`Command::Audited`], refusing one
+/// nested deeper than [`MAX_FENCED_DEPTH`] before reading it.
 fn fenced_command<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Box<Command>, D::Error> {
     thread_local!(static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
     /// Leaves the level on the way out, however the decode ends.
@@ -39,7 +40,7 @@ fn fenced_command<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<B
     }
     if DEPTH.get() >= MAX_FENCED_DEPTH {
         return Err(serde::de::Error::custom(format!(
-            "fenced commands nested more than {MAX_FENCED_DEPTH} deep"
+            "fenced or audited commands nested more than {MAX_FENCED_DEPTH} deep"
         )));
     }
     DEPTH.set(DEPTH.get() + 1);
@@ -188,7 +189,11 @@ pub enum Command {
     CreateServedExecution(Box<NewExecution>),
     /// A control operation (see [`audit::is_control`]) recorded in the audit stream with who
     /// asked and its outcome, in the same entry.
-    Audited { actor: Actor, command: Box<Command> },
+    Audited {
+        actor: Actor,
+        #[serde(deserialize_with = "fenced_command")]
+        command: Box<Command>,
+    },
     /// A record for the audit stream of something done outside the grid's commands.
     AuditNote(Box<AuditNote>),
 }
@@ -625,7 +630,7 @@ mod tests {
         };
         assert!(matches!(*command, Command::Fenced { .. }));
         let refused = codec::decode::<Command>(&nested_fences(MAX_FENCED_DEPTH + 1)).unwrap_err();
-        assert!(refused.to_string().contains("fenced commands nested more than 4 deep"), "{refused}");
+        assert!(refused.to_string().contains("commands nested more than 4 deep"), "{refused}");
         // The depth is per decode: the next one starts from zero.
         assert!(codec::decode::<Command>(&bytes).is_ok());
     }
@@ -633,6 +638,26 @@ mod tests {
     /// A forwarded command (or an entry a leader sends) of 300 kB of nested fences, decoded on
     /// a thread with a tokio worker's stack, is refused; it used to overflow the stack and
     /// abort the node.
+    /// The same for audited commands.
+    #[test]
+    fn deeply_nested_audited_commands_are_refused_not_a_stack_overflow() {
+        let inner = Command::Expire { limit: 0 };
+        let once = Command::Audited { actor: Actor::fabric(1), command: Box::new(inner.clone()) };
+        let (once, inner) = (codec::encode(&once), codec::encode(&inner));
+        let level = &once[1..once.len() - (inner.len() - 1)];
+        let few = [&once[..1], &level.repeat(MAX_FENCED_DEPTH), &inner[1..]].concat();
+        assert!(codec::decode::<Command>(&few).is_ok(), "{MAX_FENCED_DEPTH} nested audits decode");
+        let bytes = [&once[..1], &level.repeat(100_000), &inner[1..]].concat();
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || codec::decode::<Command>(&bytes).map(|_| ()).map_err(|e| e.to_string()))
+            .unwrap()
+            .join()
+            .unwrap();
+        let e = decoded.unwrap_err();
+        assert!(e.contains("nested more than"), "{e}");
+    }
+
     #[test]
     fn deeply_nested_fences_are_refused_not_a_stack_overflow() {
         let bytes = nested_fences(100_000);

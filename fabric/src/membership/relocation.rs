@@ -92,7 +92,9 @@ pub async fn run(
                     && s.cluster == cluster
                 {
                     let twin = match elsewhere.parse::<SocketAddr>() {
-                        Ok(e) => super::peer_status(&dialer, e, PROBE_TIMEOUT).await.is_some_and(|t| t.id == id),
+                        Ok(e) => {
+                            super::peer_status(&dialer, e, PROBE_TIMEOUT).await.is_some_and(|t| t.id == id)
+                        }
                         Err(_) => false,
                     };
                     if twin {
@@ -154,7 +156,8 @@ pub async fn verify_move(
     cluster: &str,
     our_uid: u64,
 ) -> Result<(), String> {
-    verify_move_with(id, old, new, cluster, our_uid, |addr| super::peer_status(dialer, addr, PROBE_TIMEOUT)).await
+    verify_move_with(id, old, new, cluster, our_uid, |addr| super::peer_status(dialer, addr, PROBE_TIMEOUT))
+        .await
 }
 
 /// How many times the old address is asked, and must not answer as the node, before a move
