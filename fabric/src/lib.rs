@@ -29,6 +29,8 @@
 //! - `sessions`: agent sessions hosted here (`Listen` streams) and the reaper of dead ones.
 //! - `watch`: the hub applied entries fill: assignments to push, results to wake callers.
 //! - [`log_limit`]: the `weft` binary's log filter that rate-limits repeated peer errors.
+//! - [`auth`]: tokens with scopes: roles, scopes, and the one check (`authorize`) every
+//!   handler asks for the permission its operation needs.
 //! - [`tls`]: TLS on the node's port from files read again when they change, mutual TLS
 //!   between nodes (only node certificates reach Raft and forwarding), the dialer for
 //!   peers, and development certificates (`weft certs`).
@@ -40,6 +42,7 @@
 #![warn(unnameable_types)]
 
 pub(crate) mod api;
+pub mod auth;
 pub(crate) mod codec;
 pub mod config;
 pub(crate) mod convert;
