@@ -45,10 +45,13 @@ pub use stream_service::StreamService;
 use crate::grid::Command;
 use crate::grid::audit::Actor;
 
-/// Who sent `request`, for the audit trail: the node that took it, and (until tokens are on)
-/// `anonymous`.
-pub(crate) fn actor<T>(ctx: &crate::routing::Context, _request: &tonic::Request<T>) -> Actor {
-    Actor { principal: "anonymous".into(), role: String::new(), node: ctx.node_id }
+/// Who sent `request`, for the audit trail: the principal the auth gate found (`anonymous`
+/// with auth off) and the node that took it.
+pub(crate) fn actor<T>(ctx: &crate::routing::Context, request: &tonic::Request<T>) -> Actor {
+    let (principal, role) = crate::auth::Caller::of(request)
+        .map(|c| c.audit_identity())
+        .unwrap_or_else(|_| ("anonymous".into(), String::new()));
+    Actor { principal, role, node: ctx.node_id }
 }
 
 /// `command`, a control operation, wrapped so that applying it records it in the audit

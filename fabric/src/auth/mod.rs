@@ -29,6 +29,10 @@
 //! `shared/orders-eu`). Streams whose names start with `weft.` (the audit trail) are readable
 //! by admins and operators only, whatever the prefixes say.
 
+mod gate;
+
+pub use gate::{Gate, Unauthenticated, Verifier, gate};
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -112,6 +116,47 @@ pub enum Caller {
     Open,
     /// A caller with a valid token.
     Token(Arc<Principal>),
+}
+
+impl Caller {
+    /// The caller the gate left on `request`. A request the gate did not see (which would be
+    /// a wiring mistake) is refused rather than let through.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+        request.extensions().get::<Caller>().cloned().ok_or_else(no_caller)
+    }
+
+    /// What the audit trail records as the principal and the role.
+    pub fn audit_identity(&self) -> (String, String) {
+        match self {
+            Caller::Open => ("anonymous".into(), String::new()),
+            Caller::Token(p) => (p.audit_name(), p.role.as_str().into()),
+        }
+    }
+}
+
+fn no_caller() -> tonic::Status {
+    tonic::Status::unauthenticated("no credentials were checked for this request (the auth gate did not run)")
+}
+
+/// Checks that the caller of `request` may do what `permission` names.
+pub fn check<T>(request: &tonic::Request<T>, permission: Permission<'_>) -> Result<(), tonic::Status> {
+    authorize(&Caller::of(request)?, permission).map_err(Into::into)
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse as _;
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| crate::rest::error::ApiError(no_caller()).into_response())
+    }
 }
 
 /// What one operation needs. Handlers name the most specific permission they can: the agent

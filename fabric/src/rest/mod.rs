@@ -19,7 +19,7 @@
 //! - [`body`]: reading JSON bodies and query strings with clear 4xx errors.
 
 mod body;
-mod error;
+pub(crate) mod error;
 mod handlers;
 pub(crate) mod model;
 
