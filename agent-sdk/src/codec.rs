@@ -87,6 +87,27 @@ fn decode_bincode<T: DeserializeOwned>(data: &[u8]) -> Result<(T, usize), bincod
     }
 }
 
+/// The decoder handlers and callers use on a payload, for the fuzz targets (feature
+/// `fuzzing`): what [`crate::Agent`] handlers do with the arguments they receive.
+///
+/// ```
+/// # #[cfg(feature = "fuzzing")] {
+/// use weft_agent::codec::{Codec, decode_payload, encode_payload};
+/// let payload = encode_payload(Codec::Json, &(1u8, "a")).unwrap();
+/// assert_eq!(decode_payload::<(u8, String)>(&payload).unwrap(), (1, "a".to_owned()));
+/// # }
+/// ```
+#[cfg(feature = "fuzzing")]
+pub fn decode_payload<T: DeserializeOwned>(payload: &pb::Payload) -> Result<T, Error> {
+    decode(payload)
+}
+
+/// The encoder of [`decode_payload`]'s payloads, for the fuzz targets (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub fn encode_payload<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<pb::Payload, Error> {
+    encode(codec, value)
+}
+
 /// The codec a payload uses (bincode when it names none this SDK knows).
 pub(crate) fn codec_of(payload: &pb::Payload) -> Codec {
     Codec::of(payload).unwrap_or_default()

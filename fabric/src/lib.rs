@@ -35,6 +35,8 @@
 //!   between nodes (only node certificates reach Raft and forwarding), the dialer for
 //!   peers, and development certificates (`weft certs`).
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
+//! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets in `fuzz/`, one per
+//!   decoder fed from outside.
 //! - [`testing`]: the one harness for tests and benchmarks: in-process clusters, and `weft node`
 //!   processes on free ports (spawn, kill, restart, ask for the leader).
 
@@ -47,6 +49,8 @@ pub(crate) mod codec;
 pub mod config;
 pub(crate) mod convert;
 pub(crate) mod dashboard;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod data_dir;
 pub mod grid;
 pub(crate) mod health;
