@@ -1,5 +1,6 @@
 //! The agent payload target: the SDK's decoder (what a handler does with its arguments, a
-//! caller with a result) on a type with something of most serde shapes, in both codecs; and
+//! caller with a result) on types with something of most serde shapes, a recursive one among
+//! them, in both codecs; and
 //! the fabric's own reading of the same bytes (its JSON check, the HTTP API's display).
 
 use std::collections::BTreeMap;
@@ -44,6 +45,18 @@ pub(super) enum State {
     Held(Option<Box<Line>>),
 }
 
+/// A recursive argument type: a caller controls how deep it nests.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Tree {
+    Leaf(u8),
+    Node(Vec<Tree>),
+}
+
+/// A tree a few levels deep, for the seeds.
+pub(super) fn tree() -> Tree {
+    Tree::Node(vec![Tree::Leaf(1), Tree::Node(vec![Tree::Node(vec![Tree::Leaf(2)]), Tree::Leaf(3)])])
+}
+
 /// An order with every field set, for the seeds.
 pub(super) fn order() -> Order {
     Order {
@@ -82,6 +95,7 @@ pub(super) fn check(name: &str, data: &[u8]) -> bool {
     let mut accepted = sdk_decode::<Order>(&payload).is_some();
     accepted |= sdk_decode::<Vec<State>>(&payload).is_some();
     accepted |= sdk_decode::<(String, Option<u32>)>(&payload).is_some();
+    accepted |= sdk_decode::<Tree>(&payload).is_some();
     accepted |= sdk_decode::<()>(&payload).is_some();
     if name == "json" {
         let value = decode_payload::<serde_json::Value>(&payload).ok();

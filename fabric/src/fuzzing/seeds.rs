@@ -214,8 +214,8 @@ fn agent_payloads() -> Vec<Vec<u8>> {
         State::Held(None),
     ];
     let pair = ("pair".to_owned(), Some(7u32));
-    let order = payloads::order();
-    let values: [&dyn erased::Encode; 3] = [&order, &states, &pair];
+    let (order, tree) = (payloads::order(), payloads::tree());
+    let values: [&dyn erased::Encode; 4] = [&order, &states, &pair, &tree];
     let mut seeds = Vec::new();
     for value in values {
         seeds.push(bincode(value));
