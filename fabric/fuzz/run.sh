@@ -9,7 +9,8 @@
 #   fabric/fuzz/run.sh --merge [target ...]    run, then minimize corpus/<target> with what it found
 #
 # Environment: FUZZ_SECONDS (per target), FUZZ_JOBS (cargo build jobs; default cargo's),
-# FUZZ_ARGS (more libFuzzer flags). Single-threaded: one fuzzing process at a time.
+# FUZZ_ARGS (more libFuzzer flags), FUZZ_LOG_DIR (keep each target's log there). A crash's
+# input and log stay in fabric/fuzz/artifacts/<target>/. Single-threaded: one process at a time.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -70,25 +71,36 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   status=0
   # New inputs go to the first directory (scratch); the kept corpus is read, never written.
+  # Each line of the log gets the seconds since the start, to see when coverage stopped growing.
+  SECONDS=0
+  set +e
   # shellcheck disable=SC2086
   "$bin/$t" "$work/$t" "corpus/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-    -max_len=65536 -print_final_stats=1 -artifact_prefix="artifacts/$t/" ${FUZZ_ARGS:-} >"$log" 2>&1 || status=$?
-  stats=$(grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -n 1 || true)
-  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    -max_len=65536 -print_final_stats=1 -artifact_prefix="artifacts/$t/" ${FUZZ_ARGS:-} 2>&1 |
+    while IFS= read -r line; do printf '%ss %s\n' "$SECONDS" "$line"; done >"$log"
+  status=${PIPESTATUS[0]}
+  set -e
+  [ -n "${FUZZ_LOG_DIR:-}" ] && mkdir -p "$FUZZ_LOG_DIR" && cp "$log" "$FUZZ_LOG_DIR/"
+  stats=$(grep -E '^[0-9]+s #[0-9]+.*(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -n 1 | cut -d' ' -f2- || true)
+  runs=$(sed -n 's/^[0-9]*s stat::number_of_executed_units: *//p' "$log")
+  # When the final coverage was first reached.
+  plateau=$(awk '/ cov: / { for (i = 1; i < NF; i++) if ($i == "cov:") c = $(i + 1) + 0;
+    if (c > best) { best = c; at = $1 } } END { print at }' "$log")
   if [ "$status" -ne 0 ]; then
     crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
+    cp "$log" "artifacts/$t/log.txt"
     echo "fuzz $t ... FAILED after $(( $(date +%s) - start )) s; input: fabric/fuzz/${crash:-artifacts/$t/}"
-    grep -E "panicked at|^thread '|ERROR: libFuzzer|SUMMARY" "$log" | head -n 8 | sed 's/^/    /'
+    { grep -E -A1 "panicked at" "$log" | head -n 2 | cut -c1-400; grep -E "SUMMARY" "$log"; } | sed 's/^/    /'
     echo "    reproduce: fabric/fuzz/run.sh --build && fabric/fuzz/target/$triple/release/$t fabric/fuzz/${crash:-artifacts/$t/<input>}"
     failed+=("$t")
   else
-    echo "fuzz $t ... ok: ${runs:-?} runs in $(( $(date +%s) - start )) s; ${stats:-no stats}"
+    echo "fuzz $t ... ok: ${runs:-?} runs in $(( $(date +%s) - start )) s, coverage last grew at ${plateau:-?}; ${stats:-no stats}"
   fi
   if [ "$mode" = merge ] && [ "$status" -eq 0 ]; then
     rm -rf "$work/$t.min" && mkdir "$work/$t.min"
     "$bin/$t" -merge=1 "$work/$t.min" "corpus/$t" "$work/$t" >"$work/$t.merge.log" 2>&1
     rm -rf "corpus/$t" && mv "$work/$t.min" "corpus/$t"
-    echo "fuzz $t: corpus minimized to $(ls "corpus/$t" | wc -l) inputs ($(du -sk "corpus/$t" | cut -f1) KiB)"
+    echo "fuzz $t: corpus minimized to $(ls "corpus/$t" | wc -l) inputs ($(du -sk --apparent-size "corpus/$t" | cut -f1) KiB)"
   fi
 done
 rmdir artifacts/* artifacts 2>/dev/null || true

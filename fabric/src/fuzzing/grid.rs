@@ -72,22 +72,7 @@ fn json(text: &str) -> Payload {
 }
 
 fn new_exec(agent: &str, delegate: &str) -> NewExecution {
-    NewExecution {
-        agent: agent.into(),
-        instance: None,
-        delegate: delegate.into(),
-        payload: json(r#"{"n":1}"#),
-        idempotency_key: None,
-        timeout_ms: None,
-        deadline_ms: None,
-        delay_ms: None,
-        not_before_ms: None,
-        priority: 0,
-        retry: None,
-        parent: None,
-        retention_ms: 60_000,
-        max_deliveries: 5,
-    }
+    NewExecution { payload: json(r#"{"n":1}"#), ..NewExecution::example(agent, delegate) }
 }
 
 fn spec(name: &str, delegates: &[&str]) -> AgentSpec {
