@@ -250,6 +250,7 @@ impl Node {
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
+        let (notes, notes_rx) = crate::audit_notes::channel(config.node_id);
         let (gossip_service, gossip) = gossip::Service::bind(
             gossip::Options {
                 cluster: config.cluster.clone(),
@@ -263,6 +264,7 @@ impl Node {
                 timing: config.gossip_timing()?,
                 auth: config.gossip_auth()?,
                 key_file: config.gossip_key_file.clone(),
+                notes: notes.clone(),
             },
             addr,
             generation ^ config.node_id,
@@ -338,6 +340,7 @@ impl Node {
             metrics.clone(),
         );
         tasks.spawn(proposer.run(shutdown.clone()));
+        tasks.spawn(crate::audit_notes::run(ctx.clone(), notes_rx, shutdown.clone()));
         tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
         // With auth on, the gate checks tokens against this node's replica of the grid.
         let gate: crate::auth::Gate = if config.auth {
@@ -443,9 +446,11 @@ impl Node {
             .layer(axum::middleware::from_fn_with_state(gate, crate::auth::gate));
         let listener = match &tls {
             Some(store) => {
-                tasks.spawn(
-                    store.clone().run(Duration::from_millis(config.tls_reload_interval_ms), shutdown.clone()),
-                );
+                tasks.spawn(store.clone().run(
+                    Duration::from_millis(config.tls_reload_interval_ms),
+                    notes,
+                    shutdown.clone(),
+                ));
                 crate::tls::Listener::tls(listener, store.clone())
             }
             None => crate::tls::Listener::plain(listener),

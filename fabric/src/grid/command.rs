@@ -279,10 +279,16 @@ impl Command {
             Command::CloseStream { stream, .. } | Command::DeleteStream { stream } => {
                 audit::check_not_reserved(stream)
             }
-            // Only the leader's own tasks write notes, straight to Raft (no validate): a note
-            // that arrives as a proposal (forwarded, or from an API) is a forgery.
-            Command::AuditNote(_) => {
-                Err(Error::InvalidItem { reason: "audit notes are written by the fabric itself".into() })
+            // Notes come from the nodes' own tasks (membership changes, reloads), forwarded to
+            // the leader like any write (Forward is node-only with TLS on): a note that claims
+            // anyone but the fabric is a forgery.
+            Command::AuditNote(note) => {
+                if note.actor.principal != "fabric" {
+                    return Err(Error::InvalidItem {
+                        reason: "audit notes are written by the fabric itself".into(),
+                    });
+                }
+                self.validate_shape()
             }
             Command::Ack { acks, effects, .. } => {
                 if acks.is_empty() || acks.len() > limits.max_batch_items {

@@ -249,7 +249,7 @@ impl Attempt {
                     // A channel whose connection dropped connects again for its next request;
                     // when that fails, the request never left.
                     if !wire::never_sent(&status) {
-                        return Err(status.into());
+                        return Err(why_plain_failed(node, status).await.into());
                     }
                     tracing::debug!(endpoint = %node.addr, why = status.message(), "trying the next endpoint");
                     unreached.push((i, status.message().to_owned()));
@@ -264,6 +264,22 @@ impl Attempt {
         ))
         .into())
     }
+}
+
+/// `status`, or what really happened when a plain-text call to a node that requires TLS
+/// was cut short before its GOAWAY was read (the call then only says it was cancelled).
+async fn why_plain_failed(node: &Node, status: Status) -> Status {
+    if node.tls.is_some()
+        || status.code() != tonic::Code::Cancelled
+        || weft_agent::tls::setup_problem(&status).is_some()
+        || !weft_agent::tls::requires_tls(&node.addr).await
+    {
+        return status;
+    }
+    Status::unavailable(format!(
+        "{} (client TLS: --tls-ca, WEFT_TLS_CA)",
+        weft_agent::tls::requires_tls_problem()
+    ))
 }
 
 /// The error of a request that had no answer from `addr` within its time budget.
