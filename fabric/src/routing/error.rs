@@ -54,7 +54,8 @@ impl Error {
                 | G::InvalidItem { .. }
                 | G::InvalidFilter { .. }
                 | G::InvalidCursor { .. }
-                | G::InvalidLease { .. }),
+                | G::InvalidLease { .. }
+                | G::InvalidToken { .. }),
             ) => tonic::Status::invalid_argument(e.to_string()),
             Error::Grid(
                 e @ (G::VersionMismatch { .. }
@@ -75,7 +76,8 @@ impl Error {
                 e @ (G::AlreadyExists { .. }
                 | G::InstanceExists { .. }
                 | G::StreamExists { .. }
-                | G::CursorExists { .. }),
+                | G::CursorExists { .. }
+                | G::TokenExists { .. }),
             ) => tonic::Status::already_exists(e.to_string()),
             Error::Grid(
                 e @ (G::UnknownExecution { .. }
@@ -84,7 +86,8 @@ impl Error {
                 | G::UnknownStream { .. }
                 | G::UnknownCursor { .. }
                 | G::UnknownListener { .. }
-                | G::StreamReplaced { .. }),
+                | G::StreamReplaced { .. }
+                | G::UnknownToken { .. }),
             ) => tonic::Status::not_found(e.to_string()),
             Error::Grid(e @ (G::TooMany { .. } | G::StreamLimit { .. })) => {
                 tonic::Status::resource_exhausted(e.to_string())
