@@ -165,6 +165,24 @@ async fn screenshot(browser: &Browser, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).expect("the screenshot is written");
 }
 
+/// Calls `echo.say` with `args` (JSON) from the page's call form; what the page shows once
+/// the call completed.
+async fn call_from_the_page(browser: &Browser, args: &str) -> String {
+    click(browser, "#call-box summary").await;
+    fill(browser, "#call-agent", "echo").await;
+    fill(browser, "#call-delegate", "say").await;
+    fill(browser, "#call-args", args).await;
+    click(browser, "#call button[type=submit]").await;
+    let shown = until(
+        browser,
+        "the call's result",
+        r"const t = document.getElementById('call-result').textContent;
+          return /^execution \d+ completed: /.test(t) ? t : null;",
+    )
+    .await;
+    shown.as_str().unwrap().to_owned()
+}
+
 /// Sets `m` to the members the page shows: `[{id, role, gossip}]`.
 const MEMBERS: &str =
     "const m = [...document.querySelectorAll('#members tbody tr[data-member-id]')].map(r => ({
@@ -265,19 +283,8 @@ async fn scenario(browser: &Browser, cluster: &mut Cluster) {
     assert_eq!(disabled.unwrap(), true, "a finished execution cannot be cancelled");
 
     tracing::info!("the page's call form runs a call and shows its result");
-    click(browser, "#call-box summary").await;
-    fill(browser, "#call-agent", "echo").await;
-    fill(browser, "#call-delegate", "say").await;
-    fill(browser, "#call-args", r#"{"from": "the page"}"#).await;
-    click(browser, "#call button[type=submit]").await;
-    let shown = until(
-        browser,
-        "the call's result",
-        r"const t = document.getElementById('call-result').textContent;
-          return /^execution \d+ completed: /.test(t) ? t : null;",
-    )
-    .await;
-    let shown = shown.as_str().unwrap();
+    let shown = call_from_the_page(browser, r#"{"from": "the page"}"#).await;
+    let shown = shown.as_str();
     assert!(shown.ends_with(r#"completed: {"from":"the page"}"#), "{shown}");
     let called: u64 = shown.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("an execution id");
     let e = client.execution(called).await.expect("the called execution");
@@ -430,19 +437,8 @@ async fn with_auth(browser: &Browser, cluster: &mut Cluster, admin: &str) {
         .unwrap();
     let stopper = worker.stopper();
     let serving = tokio::spawn(worker.run());
-    click(browser, "#call-box summary").await;
-    fill(browser, "#call-agent", "echo").await;
-    fill(browser, "#call-delegate", "say").await;
-    fill(browser, "#call-args", r#"{"with": "a token"}"#).await;
-    click(browser, "#call button[type=submit]").await;
-    let shown = until(
-        browser,
-        "the call's result",
-        r"const t = document.getElementById('call-result').textContent;
-          return /^execution \d+ completed: /.test(t) ? t : null;",
-    )
-    .await;
-    assert!(shown.as_str().unwrap().ends_with(r#"{"with":"a token"}"#), "{shown}");
+    let shown = call_from_the_page(browser, r#"{"with": "a token"}"#).await;
+    assert!(shown.ends_with(r#"{"with":"a token"}"#), "{shown}");
     screenshot(browser, "auth-token").await;
 
     tracing::info!("the token stays out of every URL the page asked for, and survives a reload of the tab");
