@@ -100,23 +100,42 @@ pub fn set_auth_args(args: AuthArgs) {
 pub fn authorization() -> anyhow::Result<Option<HeaderValue>> {
     static VALUE: OnceLock<Result<Option<HeaderValue>, String>> = OnceLock::new();
     let value = VALUE.get_or_init(|| {
-        let args = AUTH_ARGS.get().cloned().unwrap_or_default();
-        let (text, from) = match (args.auth_token, args.auth_token_file) {
-            (Some(token), _) => (token, "--auth-token (WEFT_TOKEN)".to_owned()),
-            (None, Some(file)) => {
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|e| format!("--auth-token-file {}: {e}", file.display()))?;
-                (text, format!("--auth-token-file {}", file.display()))
-            }
-            (None, None) => return Ok(None),
-        };
-        let credential = weft_fabric::auth::Credential::parse(&text).map_err(|e| format!("{from}: {e}"))?;
+        let Some((credential, from)) = credential()? else { return Ok(None) };
         let mut value = HeaderValue::from_str(&format!("Bearer {}", credential.reveal()))
             .map_err(|_| format!("{from}: not a valid header value"))?;
         value.set_sensitive(true);
         Ok(Some(value))
     });
     value.clone().map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The token for commands that talk through the SDK's client (`weft demand`).
+pub fn sdk_token() -> anyhow::Result<Option<weft_agent::Token>> {
+    let Some((credential, from)) = credential().map_err(|e| anyhow::anyhow!(e))? else { return Ok(None) };
+    weft_agent::Token::new(credential.reveal()).map(Some).map_err(|e| anyhow::anyhow!("{from}: {e}"))
+}
+
+/// The command line's token, parsed, and where it came from.
+fn credential() -> Result<Option<(weft_fabric::auth::Credential, String)>, String> {
+    static CREDENTIAL: OnceLock<Result<Option<(weft_fabric::auth::Credential, String)>, String>> =
+        OnceLock::new();
+    CREDENTIAL
+        .get_or_init(|| {
+            let args = AUTH_ARGS.get().cloned().unwrap_or_default();
+            let (text, from) = match (args.auth_token, args.auth_token_file) {
+                (Some(token), _) => (token, "--auth-token (WEFT_TOKEN)".to_owned()),
+                (None, Some(file)) => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| format!("--auth-token-file {}: {e}", file.display()))?;
+                    (text, format!("--auth-token-file {}", file.display()))
+                }
+                (None, None) => return Ok(None),
+            };
+            let credential =
+                weft_fabric::auth::Credential::parse(&text).map_err(|e| format!("{from}: {e}"))?;
+            Ok(Some((credential, from)))
+        })
+        .clone()
 }
 
 /// Records the command line's TLS settings for [`tls`].
