@@ -25,6 +25,7 @@
 //! delete) are proposed [`audited`]: the grid records who asked and the outcome in the audit
 //! stream (`grid::audit`).
 
+pub(crate) mod authz;
 pub mod cluster_service;
 pub mod execution_service;
 pub mod instance_service;
