@@ -34,6 +34,8 @@
 //! - [`tls`]: TLS on the node's port from files read again when they change, mutual TLS
 //!   between nodes (only node certificates reach Raft and forwarding), the dialer for
 //!   peers, and development certificates (`weft certs`).
+//! - [`audit_notes`]: configuration reloads (TLS files, gossip keys) queued, bounded, for the
+//!   audit trail.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
 //! - [`testing`]: the one harness for tests and benchmarks: in-process clusters, and `weft node`
 //!   processes on free ports (spawn, kill, restart, ask for the leader).
@@ -42,6 +44,7 @@
 #![warn(unnameable_types)]
 
 pub(crate) mod api;
+pub mod audit_notes;
 pub mod auth;
 pub(crate) mod codec;
 pub mod config;

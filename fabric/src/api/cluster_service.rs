@@ -54,7 +54,8 @@ impl ClusterService {
         }
     }
 
-    async fn ask(&self, addr: &str) -> Option<pb::NodeStatusReply> {
+    /// The member at `addr`'s own report, or `None` if it does not answer in time.
+    pub(crate) async fn ask(&self, addr: &str) -> Option<pb::NodeStatusReply> {
         let channel = self.ctx.channel(addr).ok()?;
         let mut req = Request::new(pb::StatusRequest {});
         req.set_timeout(MEMBER_TIMEOUT);

@@ -57,7 +57,8 @@ impl Error {
                 | G::InvalidItem { .. }
                 | G::InvalidFilter { .. }
                 | G::InvalidCursor { .. }
-                | G::InvalidLease { .. }),
+                | G::InvalidLease { .. }
+                | G::InvalidToken { .. }),
             ) => tonic::Status::invalid_argument(e.to_string()),
             Error::Grid(
                 e @ (G::VersionMismatch { .. }
@@ -78,7 +79,8 @@ impl Error {
                 e @ (G::AlreadyExists { .. }
                 | G::InstanceExists { .. }
                 | G::StreamExists { .. }
-                | G::CursorExists { .. }),
+                | G::CursorExists { .. }
+                | G::TokenExists { .. }),
             ) => tonic::Status::already_exists(e.to_string()),
             Error::Grid(
                 e @ (G::UnknownExecution { .. }
@@ -87,7 +89,8 @@ impl Error {
                 | G::UnknownStream { .. }
                 | G::UnknownCursor { .. }
                 | G::UnknownListener { .. }
-                | G::StreamReplaced { .. }),
+                | G::StreamReplaced { .. }
+                | G::UnknownToken { .. }),
             ) => tonic::Status::not_found(e.to_string()),
             Error::Grid(e @ (G::TooMany { .. } | G::StreamLimit { .. })) => {
                 tonic::Status::resource_exhausted(e.to_string())

@@ -28,4 +28,5 @@ mod restart;
 mod streams;
 mod support;
 mod tls;
+mod tokens;
 mod writes;

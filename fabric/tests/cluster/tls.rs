@@ -399,6 +399,20 @@ async fn certificates_changed_on_disk_are_used_and_broken_ones_refused() {
     let c = Client::builder([addr.clone()]).tls(Some(certs.client(None))).build().unwrap();
     c.state("shared/rot").put("k", &1u32).await.expect("still serving");
 
+    tracing::info!("phase: both reloads, the taken one and the refused one, are in the audit trail");
+    wait_for("the reloads in weft.audit", async || {
+        let records: Vec<serde_json::Value> =
+            c.stream("weft.audit").read(1, 100).await.ok()?.into_iter().map(|i| i.value).collect();
+        let reloads: Vec<_> =
+            records.iter().filter(|r| r["operation"] == "config.reload" && r["node"] == 1).collect();
+        let taken = reloads
+            .iter()
+            .any(|r| r["outcome"] == "ok" && r["target"].as_str().is_some_and(|t| t.contains("TLS files")));
+        let refused = reloads.iter().any(|r| r["outcome"].as_str().is_some_and(|o| o.starts_with("refused")));
+        (taken && refused).then_some(())
+    })
+    .await;
+
     tracing::info!("phase: a client certificate (not a node's) is refused as the node's own");
     let (client_cert, client_key) = certs.issue(Kind::Client, "not-a-node");
     std::fs::copy(&client_key, certs.dir.join("n1.key")).unwrap();
@@ -528,11 +542,8 @@ async fn weft_certs_files_run_a_node_that_the_cli_reaches_over_tls() {
     let (code, _, err) = weft_cmd(&["state", "get", "shared/c", "k", "--endpoint", &addr]).await;
     assert_eq!(code, 1);
     // Under load hyper sometimes ends the request "operation was canceled" before it reads the
-    // node's GOAWAY that says why (a known gap, issue 14); either way nothing is served.
-    assert!(
-        (err.contains("requires TLS") && err.contains("--tls-ca")) || err.contains("operation was canceled"),
-        "{err}"
-    );
+    // node's GOAWAY; the CLI then asks the node again (weft_agent::tls::requires_tls).
+    assert!(err.contains("requires TLS") && err.contains("--tls-ca"), "{err}");
     let (code, _, err) = weft_cmd(&["--tls-ca", &file("cli.pem"), "status", "--endpoint", &addr]).await;
     assert_eq!(code, 1);
     assert!(err.contains("not signed by the CA"), "{err}");
