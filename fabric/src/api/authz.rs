@@ -94,9 +94,12 @@ pub(crate) fn check_cursor(caller: &Caller, config: &CursorConfig) -> Result<(),
 /// [`Permission::ReadAgent`] for it. `agent` is empty for every agent.
 pub(crate) fn check_list(caller: &Caller, agent: &str, what: &str) -> Result<(), Status> {
     if agent.is_empty() {
-        authorize(caller, Permission::ReadAll).map_err(|d| {
-            Status::permission_denied(format!("{d}; or list the {what} of one agent it may read"))
-        })
+        authorize(caller, Permission::ReadAll)
+            .map_err(|d| Denied {
+                hint: format!("{}; or list the {what} of one agent it may read", d.hint),
+                ..d
+            })
+            .map_err(Into::into)
     } else {
         authorize(caller, Permission::ReadAgent { agent }).map_err(Into::into)
     }
