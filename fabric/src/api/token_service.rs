@@ -2,14 +2,15 @@
 //!
 //! A create makes the secret here (the grid gets its SHA-256 only) and proposes the token
 //! audited, so the audit trail says who made which token (never its secret or hash). A revoke
-//! is audited too, and then waits until every member of the cluster has applied it: the
-//! verifier on each node reads its own replica, so once every member has applied the revoke,
-//! every node refuses the token.
+//! is audited too. Both then wait until every member of the cluster has applied them: the
+//! verifier on each node reads its own replica, so once every member has applied the entry,
+//! every node accepts the new token, or refuses the revoked one.
 //!
 //! ```text
-//!   Revoke(id) ─► propose audited RevokeToken ─► read barrier: this node has applied it,
-//!                 at index i ─► ask every voter and learner its applied index (NodeStatus)
-//!                 until all ≥ i, or REVOKE_WAIT ─► { existed, not_applied: [members behind] }
+//!   Create / Revoke ─► propose audited CreateToken / RevokeToken ─► read barrier: this node
+//!                      has applied it, at index i ─► ask every voter and learner its applied
+//!                      index (NodeStatus) until all ≥ i, or APPLY_WAIT
+//!                   ─► { ..., not_applied: [members behind] }
 //! ```
 
 use std::sync::atomic::Ordering;
@@ -23,10 +24,10 @@ use crate::convert;
 use crate::grid::{self, Command, Output, token};
 use crate::routing::{self, Context, Error};
 
-/// Longest a revoke waits for every member to apply it.
-pub const REVOKE_WAIT: Duration = Duration::from_secs(10);
-/// How often a revoke asks the members how far they have applied.
-const REVOKE_POLL: Duration = Duration::from_millis(50);
+/// Longest a create or a revoke waits for every member to apply it.
+pub const APPLY_WAIT: Duration = Duration::from_secs(10);
+/// How often a create or a revoke asks the members how far they have applied.
+const APPLY_POLL: Duration = Duration::from_millis(50);
 /// Most tokens in one page of `List` (each may carry a few kilobytes of scopes).
 pub const MAX_TOKEN_PAGE: usize = 100;
 
@@ -79,8 +80,17 @@ impl TokenService {
             if behind.is_empty() || now >= deadline {
                 return behind;
             }
-            tokio::time::sleep(REVOKE_POLL.min(deadline - now)).await;
+            tokio::time::sleep(APPLY_POLL.min(deadline - now)).await;
         }
+    }
+
+    /// After a write this node sent: waits until this node, then every member (up to
+    /// [`APPLY_WAIT`]), has applied it; the members that had not by then.
+    async fn applied_everywhere(&self) -> Result<Vec<u64>, Error> {
+        // The write is applied here once the leader's commit index at the barrier is.
+        routing::read_barrier(&self.ctx).await?;
+        let index = self.ctx.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        Ok(self.not_applied_by(index, Instant::now() + APPLY_WAIT).await)
     }
 }
 
@@ -106,10 +116,13 @@ impl pb::tokens_server::Tokens for TokenService {
                 other => return Err(unexpected("create", other)),
             };
             tracing::info!(token = %id, %name, %role, "token created");
-            // The record as the grid stamped it, once this node has applied the create.
-            routing::read_barrier(&self.ctx).await?;
+            let not_applied = self.applied_everywhere().await?;
+            if !not_applied.is_empty() {
+                tracing::warn!(token = %id, ?not_applied, "members had not applied a token's create in time");
+            }
+            // The record as the grid stamped it.
             let record = self.ctx.applied.read(|a| a.grid.token(&id).cloned()).map(convert::pb_token);
-            Ok(Response::new(pb::CreateTokenReply { token: credential.reveal(), record }))
+            Ok(Response::new(pb::CreateTokenReply { token: credential.reveal(), record, not_applied }))
         }
         .await
         .map_err(Error::into_status);
@@ -170,10 +183,7 @@ impl pb::tokens_server::Tokens for TokenService {
                 other => return Err(unexpected("revoke", other)),
             };
             tracing::info!(token = %id, existed, "token revoked");
-            // Applied here at `index` or before; then everywhere else.
-            routing::read_barrier(&self.ctx).await?;
-            let index = self.ctx.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-            let not_applied = self.not_applied_by(index, Instant::now() + REVOKE_WAIT).await;
+            let not_applied = self.applied_everywhere().await?;
             if !not_applied.is_empty() {
                 tracing::warn!(token = %id, ?not_applied, "members had not applied a token's revoke in time");
             }

@@ -280,6 +280,12 @@ async fn raft_takes_only_node_certificates_of_the_clusters_ca() {
     let follower = if leader == 1 { 2 } else { 1 };
     let addr = cluster.addrs[follower as usize - 1].clone();
     put_retrying_tls(&certs, &cluster.addrs[leader as usize - 1]).await;
+    // The first leader records the cluster's instance id in an entry of its own, which may
+    // come after the put: wait for it, so that the follower's log is quiet from here on.
+    wait_for("the cluster's instance id recorded", async || {
+        (cluster.node(leader).applied().read(|a| a.grid.cluster_uid()) != 0).then_some(())
+    })
+    .await;
     cluster.wait_caught_up(follower).await;
     let node = cluster.node(follower);
     let before = node.raft().metrics().borrow().clone();

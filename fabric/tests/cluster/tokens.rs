@@ -350,3 +350,50 @@ async fn tokens_and_revokes_survive_a_restart_of_the_whole_cluster() {
     assert_eq!(audit.matches(&boot).count(), 1, "{audit}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_dev_auth_writes_an_admin_token_and_requires_it() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let log = dir.path().join("dev.log");
+    let _dev = NodeCommand::new(weft_bin(), &log)
+        .args(["dev", "--auth", "--port", &port.to_string(), "--data-dir"])
+        .arg(&data)
+        .spawn()
+        .unwrap();
+    let endpoint = format!("127.0.0.1:{port}");
+    let token_file = data.join("admin.token");
+
+    tracing::info!("phase: the banner names the token file; the file is the user's only");
+    let export = format!("export WEFT_TOKEN_FILE={}", token_file.display());
+    let banner = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(&export) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("weft dev --auth prints where its token is");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let credential = Credential::parse(&token).expect("a token");
+    let secret = &token.trim()[5 + credential.id().len() + 1..];
+    assert!(!banner.contains(secret), "the secret is printed or logged: {banner}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token file is readable by others");
+
+    tracing::info!("phase: requests need the token, and the token works");
+    let (code, _, err) = weft(&endpoint, &["status"]).await;
+    assert!(code == 1 && err.contains("no credentials"), "{err}");
+    let (code, out, err) = weft_as(&token_file, &endpoint, &["status"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, listed) =
+        weft_json(&endpoint, &["--auth-token-file", token_file.to_str().unwrap(), "tokens", "list"]).await;
+    assert_eq!(code, 0, "{listed}");
+    assert_eq!(listed["tokens"][0]["name"], "bootstrap");
+}

@@ -110,6 +110,19 @@ fn generate() -> i32 {
     0
 }
 
+/// Warns that the members `not_applied` had not applied a create or a revoke (`what`) when
+/// the node stopped waiting.
+fn warn_not_applied(what: &str, not_applied: &[u64]) {
+    if !not_applied.is_empty() {
+        let ids: Vec<String> = not_applied.iter().map(u64::to_string).collect();
+        eprintln!(
+            "warning: node(s) {} had not applied the {what} within 10 s (down or behind); each does once it \
+             catches up",
+            ids.join(", ")
+        );
+    }
+}
+
 /// `weft tokens ...`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
@@ -134,8 +147,12 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 Ok(r) => {
                     let r = r.into_inner();
                     let record = r.record.unwrap_or_default();
+                    warn_not_applied("create", &r.not_applied);
                     if json_out {
-                        outln!("{}", json!({"token": r.token, "record": record_json(&record)}));
+                        outln!(
+                            "{}",
+                            json!({"token": r.token, "record": record_json(&record), "not_applied": r.not_applied})
+                        );
                     } else {
                         outln!("{}", r.token);
                         eprintln!(
@@ -191,14 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 } else {
                     outln!("token {id} was revoked already");
                 }
-                if !r.not_applied.is_empty() {
-                    let ids: Vec<String> = r.not_applied.iter().map(u64::to_string).collect();
-                    eprintln!(
-                        "warning: node(s) {} had not applied the revoke within 10 s (down or behind); each \
-                         refuses the token once it catches up",
-                        ids.join(", ")
-                    );
-                }
+                warn_not_applied("revoke", &r.not_applied);
                 Ok(0)
             }
         },
