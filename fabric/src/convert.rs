@@ -271,6 +271,7 @@ pub fn completion_ack(
             e @ (G::StaleLease { .. } | G::ExecutionFinished { .. } | G::UnknownExecution { .. }),
         )) => ("stale", e.to_string()),
         Err(crate::routing::Error::Grid(e)) => ("invalid", e.to_string()),
+        Err(e @ crate::routing::Error::Denied(_)) => ("invalid", e.to_string()),
         Err(e) => ("unavailable", e.to_string()),
     };
     pb::CompletionAck { execution_id, outcome: outcome.to_owned(), error, token }

@@ -27,6 +27,7 @@
 //! delete, token create and revoke) are proposed [`audited`]: the grid records who asked and the outcome in the audit
 //! stream (`grid::audit`).
 
+pub(crate) mod authz;
 pub mod cluster_service;
 pub mod execution_service;
 pub mod instance_service;

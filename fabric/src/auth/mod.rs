@@ -254,6 +254,7 @@ pub struct Denied {
 
 impl From<Denied> for tonic::Status {
     fn from(d: Denied) -> Self {
+        tracing::debug!(principal = %d.principal, permission = %d.permission, "permission denied");
         tonic::Status::permission_denied(d.to_string())
     }
 }

@@ -31,6 +31,9 @@ pub enum Error {
     /// shutdown). It may or may not be applied.
     #[error("outcome unknown: {0}")]
     Indeterminate(String),
+    /// The caller's token does not allow the request (`crate::auth`). Nothing changed.
+    #[error(transparent)]
+    Denied(#[from] crate::auth::Denied),
 }
 
 impl Error {
@@ -105,6 +108,7 @@ impl Error {
             Error::Overloaded(m) => tonic::Status::resource_exhausted(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::Indeterminate(m) => tonic::Status::unavailable(format!("{UNKNOWN_PREFIX}{m}")),
+            Error::Denied(d) => d.into(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod addresses;
 mod audit;
+mod authz;
 mod bad_input;
 mod cli;
 mod cli_endpoints;
