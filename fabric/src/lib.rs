@@ -37,6 +37,8 @@
 //! - [`audit_notes`]: configuration reloads (TLS files, gossip keys) queued, bounded, for the
 //!   audit trail.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
+//! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets in `fuzz/`, one per
+//!   decoder fed from outside.
 //! - [`testing`]: the one harness for tests and benchmarks: in-process clusters, and `weft node`
 //!   processes on free ports (spawn, kill, restart, ask for the leader).
 
@@ -50,6 +52,8 @@ pub(crate) mod codec;
 pub mod config;
 pub(crate) mod convert;
 pub(crate) mod dashboard;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod data_dir;
 pub mod grid;
 pub(crate) mod health;

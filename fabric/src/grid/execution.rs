@@ -348,6 +348,31 @@ impl NewExecution {
     }
 }
 
+/// What the grid's tests and the fuzz targets build executions from.
+#[cfg(any(test, feature = "fuzzing"))]
+impl NewExecution {
+    /// A call of `agent`'s `delegate` with JSON `1`, no options, a minute's retention and five
+    /// deliveries.
+    pub(crate) fn example(agent: &str, delegate: &str) -> Self {
+        Self {
+            agent: agent.into(),
+            instance: None,
+            delegate: delegate.into(),
+            payload: Payload::json("1"),
+            idempotency_key: None,
+            timeout_ms: None,
+            deadline_ms: None,
+            delay_ms: None,
+            not_before_ms: None,
+            priority: 0,
+            retry: None,
+            parent: None,
+            retention_ms: 60_000,
+            max_deliveries: 5,
+        }
+    }
+}
+
 /// A session's report that an execution finished, as stored in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {

@@ -21,6 +21,7 @@ use super::{Grid, Leases, Streams, Tokens, Work};
 
 /// The grid as snapshots of Weft before executions stored it.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
 pub struct GridV1 {
     revision: u64,
     now_ms: u64,
@@ -30,7 +31,7 @@ pub struct GridV1 {
 
 /// The grid as snapshots of Weft before streams stored it.
 #[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(serde::Serialize))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
 pub struct GridV2 {
     revision: u64,
     now_ms: u64,
@@ -41,7 +42,7 @@ pub struct GridV2 {
 
 /// The grid as snapshots of Weft before leases stored it.
 #[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(serde::Serialize))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
 pub struct GridV3 {
     revision: u64,
     now_ms: u64,
@@ -53,7 +54,7 @@ pub struct GridV3 {
 
 /// The grid as snapshots of Weft before tokens stored it.
 #[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(serde::Serialize))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
 pub struct GridV4 {
     revision: u64,
     now_ms: u64,
@@ -67,7 +68,7 @@ pub struct GridV4 {
 /// Executions, sessions and instances as formats 2 and 3 stored them: sessions without the
 /// only-claimed flag.
 #[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(serde::Serialize))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
 struct WorkV3 {
     last_execution_id: ExecutionId,
     last_session_id: SessionId,
@@ -87,7 +88,7 @@ struct WorkV3 {
 
 /// A session as formats 2 and 3 stored it.
 #[derive(Debug, Deserialize)]
-#[cfg_attr(test, derive(serde::Serialize))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
 struct SessionV3 {
     id: SessionId,
     host: Host,
@@ -204,7 +205,8 @@ impl Grid {
     }
 }
 
-#[cfg(test)]
+/// Older layouts of a grid, for tests and the fuzz targets' seed snapshots.
+#[cfg(any(test, feature = "fuzzing"))]
 impl Grid {
     /// This grid in format 4's layout (as Weft before tokens wrote it): only for a grid that
     /// holds no token and remembers no revoked one, which format 4 cannot express.
@@ -218,6 +220,28 @@ impl Grid {
             work: self.work.clone(),
             streams: self.streams.clone(),
             leases: self.leases.clone(),
+        }
+    }
+
+    /// This grid in format 1's layout (key/value state only).
+    pub(crate) fn to_v1(&self) -> GridV1 {
+        GridV1 {
+            revision: self.revision,
+            now_ms: self.now_ms,
+            namespaces: self.namespaces.clone(),
+            expiries: self.expiries.clone(),
+        }
+    }
+
+    /// This grid in format 2's layout (no streams): as [`Grid::to_v3`] without them.
+    pub(crate) fn to_v2(&self) -> GridV2 {
+        let v3 = self.to_v3();
+        GridV2 {
+            revision: v3.revision,
+            now_ms: v3.now_ms,
+            namespaces: v3.namespaces,
+            expiries: v3.expiries,
+            work: v3.work,
         }
     }
 

@@ -77,9 +77,11 @@ impl Grid {
         if stream.closed.is_some() {
             return Err(Error::StreamClosed { name: a.stream.clone() });
         }
-        forget_old_msg_ids(stream, now);
+        // A message id past its dedup window no longer counts; it is forgotten below, once the
+        // append is stored (a refused command changes nothing).
         if let Some(id) = &a.msg_id
-            && let Some(&(first_seq, last_seq, _)) = stream.msg_ids.get(id)
+            && let Some(&(first_seq, last_seq, at)) = stream.msg_ids.get(id)
+            && at.saturating_add(stream.config.dedup_window_ms) > now
         {
             return Ok(Output::Appended { first_seq, last_seq, duplicate: true });
         }
@@ -136,6 +138,7 @@ impl Grid {
             });
         }
         check_limits(stream, a)?;
+        forget_old_msg_ids(stream, now);
 
         let first_seq = stream.last_seq + 1;
         for new in &a.items {

@@ -187,6 +187,31 @@ fn expected_last_seq_producers_and_msg_ids() {
     assert_eq!(h.grid.stream("s").unwrap().last_seq, 6);
 }
 
+/// A refused append changes nothing, not even the message ids whose dedup window has passed
+/// (found by the `log_entry` fuzz target: they were forgotten before the append was checked).
+#[test]
+fn a_refused_append_forgets_no_message_id() {
+    let mut h = Harness::new();
+    create(&mut h, "s", StreamConfig::default());
+    let with = |expected_last_seq| {
+        Command::Append(Box::new(Append {
+            stream: "s".into(),
+            items: vec![item("x")],
+            expected_last_seq,
+            producer: None,
+            msg_id: Some("m".into()),
+        }))
+    };
+    h.ok(with(None));
+    h.grid.advance_clock(1_000 + DEFAULT_DEDUP_WINDOW_MS);
+    let before = h.grid.clone();
+    assert!(matches!(h.grid.apply(&with(Some(7))), Err(Error::LastSeqMismatch { .. })));
+    assert!(h.grid == before, "a refused append changed the grid");
+    // The message id is past its window all the same: the next append is stored.
+    h.at(1_000 + DEFAULT_DEDUP_WINDOW_MS);
+    assert_eq!(h.ok(with(None)), Output::Appended { first_seq: 2, last_seq: 2, duplicate: false });
+}
+
 #[test]
 fn limits_discard_old_or_refuse_new() {
     let mut h = Harness::new();

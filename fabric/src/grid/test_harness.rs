@@ -125,22 +125,7 @@ impl Harness {
 }
 
 pub(crate) fn new_exec(agent: &str, delegate: &str) -> NewExecution {
-    NewExecution {
-        agent: agent.into(),
-        instance: None,
-        delegate: delegate.into(),
-        payload: Payload::json("1"),
-        idempotency_key: None,
-        timeout_ms: None,
-        deadline_ms: None,
-        delay_ms: None,
-        not_before_ms: None,
-        priority: 0,
-        retry: None,
-        parent: None,
-        retention_ms: 60_000,
-        max_deliveries: 5,
-    }
+    NewExecution::example(agent, delegate)
 }
 
 pub(super) fn on_instance(agent: &str, instance: &str, delegate: &str) -> NewExecution {

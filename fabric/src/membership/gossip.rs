@@ -130,7 +130,7 @@ pub struct Options {
 }
 
 impl Options {
-    fn foca_config(&self) -> foca::Config {
+    pub(crate) fn foca_config(&self) -> foca::Config {
         let t = self.timing;
         foca::Config {
             probe_period: t.probe_period,

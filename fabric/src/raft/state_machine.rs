@@ -31,9 +31,9 @@ type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 
 /// What a snapshot file holds.
 #[derive(Debug, Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: Meta,
-    grid: Grid,
+pub(crate) struct SnapshotFile {
+    pub(crate) meta: Meta,
+    pub(crate) grid: Grid,
 }
 
 /// A snapshot file written before the grid held executions.
@@ -69,7 +69,7 @@ struct SnapshotFileV4 {
 /// (before leases; read with none, and no session only-claimed), [`codec::FORMAT_SNAPSHOT_V2`]
 /// (before streams; read with none) or [`codec::FORMAT_BINCODE_V1`] (written before the grid
 /// held executions; read into an empty work state).
-fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
     match codec::split_tag(bytes)? {
         (codec::FORMAT_SNAPSHOT_V5, body) => codec::decode_body(body),
         (codec::FORMAT_SNAPSHOT_V4, body) => {
@@ -93,7 +93,7 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
 }
 
 /// Encodes a snapshot file in today's format.
-fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
+pub(crate) fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
     codec::encode_tagged(codec::FORMAT_SNAPSHOT_V5, file)
 }
 

@@ -627,22 +627,7 @@ pub async fn append(
     PathOf(stream): PathOf<String>,
     JsonBody(body): JsonBody<model::Append>,
 ) -> Answer<model::Appended> {
-    let items = body
-        .items
-        .into_iter()
-        .map(|i| pb::NewItem {
-            key: i.key.unwrap_or_default(),
-            payload: Some(model::json_payload(&i.payload)),
-            headers: i.headers.into_iter().map(|(name, value)| pb::Header { name, value }).collect(),
-        })
-        .collect();
-    let req = pb::AppendRequest {
-        stream,
-        items,
-        expected_last_seq: body.expected_last_seq,
-        producer: None,
-        msg_id: String::new(),
-    };
+    let req = body.into_pb(stream);
     let answer = api.streams.append(request(&caller, req)).await?.into_inner();
     Ok(Json(model::Appended { first_seq: answer.first_seq, last_seq: answer.last_seq }))
 }

@@ -20,7 +20,7 @@
 //! - [`handlers`]: the routes.
 //! - [`body`]: reading JSON bodies and query strings with clear 4xx errors.
 
-mod body;
+pub(crate) mod body;
 pub(crate) mod error;
 mod handlers;
 pub(crate) mod model;

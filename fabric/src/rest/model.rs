@@ -628,6 +628,28 @@ pub struct Append {
     pub expected_last_seq: Option<u64>,
 }
 
+impl Append {
+    /// The protocol's request to append these items to `stream`.
+    pub fn into_pb(self, stream: String) -> pb::AppendRequest {
+        let items = self
+            .items
+            .into_iter()
+            .map(|i| pb::NewItem {
+                key: i.key.unwrap_or_default(),
+                payload: Some(json_payload(&i.payload)),
+                headers: i.headers.into_iter().map(|(name, value)| pb::Header { name, value }).collect(),
+            })
+            .collect();
+        pb::AppendRequest {
+            stream,
+            items,
+            expected_last_seq: self.expected_last_seq,
+            producer: None,
+            msg_id: String::new(),
+        }
+    }
+}
+
 /// The answer to an append.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Appended {

@@ -1,6 +1,8 @@
 //! Payload encodings. Every payload names its codec, so a handler decodes whatever the caller
 //! sent (bincode from Rust, JSON from the command line) and answers in the same codec.
 
+mod depth;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weft_proto::fabric::v1 as pb;
@@ -76,15 +78,39 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &pb::Payload) -> Result<T, Er
 /// bincode allocates a string's or a byte vector's buffer as soon as it has read its length, so
 /// a garbage length would ask for exabytes and abort the process. Its limit on the bytes one
 /// decode may claim prevents that; strings and byte vectors are all in the input, so a limit
-/// no smaller than the input never refuses a real payload.
+/// no smaller than the input never refuses a real payload. Nesting deeper than
+/// [`depth::MAX_DEPTH`] is refused too, before it overflows the stack.
 fn decode_bincode<T: DeserializeOwned>(data: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
     const SMALL: usize = 1 << 24;
     const LARGE: usize = 1 << 32;
+    let left = std::cell::Cell::new(depth::MAX_DEPTH);
+    let seed = depth::Seed { seed: std::marker::PhantomData::<T>, left: &left };
     if data.len() <= SMALL {
-        bincode::serde::decode_from_slice(data, bincode::config::standard().with_limit::<SMALL>())
+        bincode::serde::seed_decode_from_slice(seed, data, bincode::config::standard().with_limit::<SMALL>())
     } else {
-        bincode::serde::decode_from_slice(data, bincode::config::standard().with_limit::<LARGE>())
+        bincode::serde::seed_decode_from_slice(seed, data, bincode::config::standard().with_limit::<LARGE>())
     }
+}
+
+/// The decoder handlers and callers use on a payload, for the fuzz targets (feature
+/// `fuzzing`): what [`crate::Agent`] handlers do with the arguments they receive.
+///
+/// ```
+/// # #[cfg(feature = "fuzzing")] {
+/// use weft_agent::codec::{Codec, decode_payload, encode_payload};
+/// let payload = encode_payload(Codec::Json, &(1u8, "a")).unwrap();
+/// assert_eq!(decode_payload::<(u8, String)>(&payload).unwrap(), (1, "a".to_owned()));
+/// # }
+/// ```
+#[cfg(feature = "fuzzing")]
+pub fn decode_payload<T: DeserializeOwned>(payload: &pb::Payload) -> Result<T, Error> {
+    decode(payload)
+}
+
+/// The encoder of [`decode_payload`]'s payloads, for the fuzz targets (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub fn encode_payload<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<pb::Payload, Error> {
+    encode(codec, value)
 }
 
 /// The codec a payload uses (bincode when it names none this SDK knows).
@@ -121,6 +147,37 @@ mod tests {
         let data = vec![7, 1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f];
         let p = pb::Payload { codec: "bincode".into(), data };
         assert!(decode::<Order>(&p).unwrap_err().to_string().contains("cannot decode the bincode"));
+    }
+
+    /// A recursive argument type, as a user may declare one.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Tree {
+        Leaf(u8),
+        Node(Vec<Tree>),
+    }
+
+    /// `Tree` nested `depth` levels deep in bincode, written out by hand (encoding or dropping
+    /// a deep tree would recurse as deep itself): `Node([` … `Leaf(7)` … `])`.
+    fn nested_tree(depth: usize) -> Vec<u8> {
+        let mut data = [1u8, 1].repeat(depth);
+        data.extend([0, 7]);
+        data
+    }
+
+    #[test]
+    fn deep_bincode_nesting_is_a_codec_error_not_a_stack_overflow() {
+        let p = |data| pb::Payload { codec: "bincode".into(), data };
+        let shallow: Tree = decode(&p(nested_tree(50))).unwrap();
+        let mut depth = 0;
+        let mut t = &shallow;
+        while let Tree::Node(children) = t {
+            (depth, t) = (depth + 1, &children[0]);
+        }
+        assert_eq!((depth, t), (50, &Tree::Leaf(7)));
+        // 100 000 levels in 200 kB: without the limit this overflows the stack (the test
+        // process dies with SIGSEGV).
+        let e = decode::<Tree>(&p(nested_tree(100_000))).unwrap_err().to_string();
+        assert!(e.contains("nested more than 128 levels deep"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,6 @@
+#![no_main]
+//! See `weft_fabric::fuzzing::gossip_packet`.
+
+libfuzzer_sys::fuzz_target!(init: weft_fabric::fuzzing::init(), |data: &[u8]| {
+    weft_fabric::fuzzing::gossip_packet(data);
+});
