@@ -224,6 +224,7 @@ impl Grid {
     }
 
     /// This grid in format 1's layout (key/value state only).
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn to_v1(&self) -> GridV1 {
         GridV1 {
             revision: self.revision,
@@ -234,6 +235,7 @@ impl Grid {
     }
 
     /// This grid in format 2's layout (no streams): as [`Grid::to_v3`] without them.
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn to_v2(&self) -> GridV2 {
         let v3 = self.to_v3();
         GridV2 {
