@@ -37,7 +37,7 @@ fn key_id(key: &str) -> String {
 }
 
 /// Writes `keys` (sending one first) to node `id`'s key file; returns the file.
-fn write_keys(root: &Path, id: u64, keys: &[&str]) -> PathBuf {
+pub(crate) fn write_keys(root: &Path, id: u64, keys: &[&str]) -> PathBuf {
     let file = root.join(format!("node-{id}.keys"));
     // Written whole and renamed in place, as an operator's tooling should.
     let tmp = root.join(format!("node-{id}.keys.tmp"));
@@ -51,11 +51,11 @@ async fn members(addr: &str) -> pb::MembersReply {
 }
 
 /// Node ids gossip on `node` knows of, itself included.
-fn gossip_ids(node: &Node) -> BTreeSet<u64> {
+pub(crate) fn gossip_ids(node: &Node) -> BTreeSet<u64> {
     node.membership().gossip.view().members.keys().copied().collect()
 }
 
-fn in_raft(node: &Node, id: u64) -> bool {
+pub(crate) fn in_raft(node: &Node, id: u64) -> bool {
     let (voters, learners) = raft_members(node);
     voters.contains(&id) || learners.contains(&id)
 }
