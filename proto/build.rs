@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/fabric/v1/streams.proto",
         "proto/weft/fabric/v1/leases.proto",
         "proto/weft/fabric/v1/scaling.proto",
+        "proto/weft/fabric/v1/tokens.proto",
         "proto/weft/cluster/v1/forward.proto",
     ];
     for file in &files {

@@ -9,11 +9,12 @@ use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 
-use crate::connection::{self, Connection};
+use crate::connection::{self, Channel, Connection};
 use crate::lease::Lease;
 use crate::state::State;
 use crate::streams::{self, Stream, StreamRef};
 use crate::tls::Tls;
+use crate::token::Token;
 use crate::types::{Execution, RetryPolicy, Started, outcome};
 use crate::{Codec, Error, codec};
 
@@ -53,6 +54,7 @@ pub struct ClientBuilder {
     options: connection::Options,
     codec: Codec,
     tls: Option<Tls>,
+    token: Option<Token>,
 }
 
 impl ClientBuilder {
@@ -92,10 +94,35 @@ impl ClientBuilder {
         Ok(self)
     }
 
+    /// Send this bearer token on every request (see [`Token`]), for nodes with auth on.
+    /// `None` (the default): no token, unless [`token_from_env`](Self::token_from_env) finds
+    /// one.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), weft_agent::Error> {
+    /// use weft_agent::{Client, Token};
+    /// let token = Token::from_file("secrets/orders-client.token")?;
+    /// let client = Client::builder(["10.0.0.1:7400"]).token(Some(token)).build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn token(mut self, token: Option<Token>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The token of the environment (`WEFT_TOKEN`, or the file `WEFT_TOKEN_FILE` names; see
+    /// [`Token::from_env`]) when one is set; otherwise what was set before.
+    pub fn token_from_env(mut self) -> Result<Self, Error> {
+        if let Some(token) = Token::from_env()? {
+            self.token = Some(token);
+        }
+        Ok(self)
+    }
+
     /// The client. No connection is opened until the first request.
     pub fn build(self) -> Result<Client, Error> {
         Ok(Client {
-            conn: Connection::new(self.endpoints, self.options, self.tls.as_ref())?,
+            conn: Connection::new(self.endpoints, self.options, self.tls.as_ref(), self.token.as_ref())?,
             codec: self.codec,
         })
     }
@@ -155,19 +182,17 @@ impl Client {
             options: connection::Options::default(),
             codec: Codec::default(),
             tls: None,
+            token: None,
         }
     }
 
-    pub(crate) fn executions(
-        &self,
-        channel: tonic::transport::Channel,
-    ) -> ExecutionsClient<tonic::transport::Channel> {
+    pub(crate) fn executions(&self, channel: Channel) -> ExecutionsClient<Channel> {
         ExecutionsClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn instances(&self, channel: tonic::transport::Channel) -> InstancesClient<tonic::transport::Channel> {
+    fn instances(&self, channel: Channel) -> InstancesClient<Channel> {
         InstancesClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)

@@ -13,6 +13,10 @@
 //! `https://HOST:PORT`); without them an `https://` endpoint is refused, naming what is
 //! missing.
 //!
+//! With a [`Token`] every request on every channel carries it (see [`crate::token`]); a node
+//! that refuses the token (`UNAUTHENTICATED`, `PERMISSION_DENIED`) is not asked again, nor is
+//! the next one.
+//!
 //! An error that gives up on the fabric (no answer in time, no node reachable) names the
 //! endpoint it last waited on.
 
@@ -21,10 +25,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::Error;
 use crate::tls::Tls;
+use crate::token::{Authorized, Token};
+
+/// A channel to one node that carries the client's token (if any) on every request.
+pub(crate) type Channel = Authorized<tonic::transport::Channel>;
 
 /// First pause before trying again.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
@@ -182,9 +190,14 @@ fn naming_endpoint(error: Error, endpoint: &str) -> Error {
 }
 
 impl Connection {
-    /// Channels to `endpoints` (see [`check_endpoint`]), over TLS when `tls` is given, none
-    /// opened yet.
-    pub fn new(endpoints: Vec<String>, options: Options, tls: Option<&Tls>) -> Result<Self, Error> {
+    /// Channels to `endpoints` (see [`check_endpoint`]), over TLS when `tls` is given, with
+    /// `token` on every request when given; none opened yet.
+    pub fn new(
+        endpoints: Vec<String>,
+        options: Options,
+        tls: Option<&Tls>,
+        token: Option<&Token>,
+    ) -> Result<Self, Error> {
         if endpoints.is_empty() {
             return Err(Error::Usage("no endpoints: give at least one node's HOST:PORT".into()));
         }
@@ -208,7 +221,7 @@ impl Connection {
                 Some(tls) => tls.channel(builder),
                 None => builder.connect_lazy(),
             };
-            channels.push(channel);
+            channels.push(Authorized::new(channel, token.cloned()));
             addrs.push(endpoint);
         }
         // Clients of one process spread over the nodes instead of all starting on the first.
@@ -292,11 +305,11 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked() {
-        assert!(matches!(Connection::new(vec![], Options::default(), None), Err(Error::Usage(_))));
-        let e = Connection::new(vec!["not a uri \n".into()], Options::default(), None).unwrap_err();
+        assert!(matches!(Connection::new(vec![], Options::default(), None, None), Err(Error::Usage(_))));
+        let e = Connection::new(vec!["not a uri \n".into()], Options::default(), None, None).unwrap_err();
         assert!(e.to_string().contains("invalid endpoint"), "{e}");
         for no_port in ["127.0.0.1", "http://127.0.0.1", "localhost/"] {
-            let e = Connection::new(vec![no_port.into()], Options::default(), None).unwrap_err();
+            let e = Connection::new(vec![no_port.into()], Options::default(), None, None).unwrap_err();
             assert!(matches!(e, Error::Usage(_)), "{no_port}: {e}");
             assert!(e.to_string().contains(&format!("'{no_port}' has no port")), "{e}");
         }
@@ -321,7 +334,8 @@ mod tests {
     async fn fails_over_until_the_deadline_and_keeps_unknown_outcomes_of_writes() {
         let options =
             Options { retry_for: Duration::from_millis(300), attempt_timeout: Duration::from_secs(1) };
-        let conn = Connection::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()], options, None).unwrap();
+        let conn =
+            Connection::new(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()], options, None, None).unwrap();
         let mut seen = Vec::new();
         let out: Result<(), Error> = conn
             .run(false, |_| {

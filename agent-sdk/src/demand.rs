@@ -266,7 +266,7 @@ impl DemandWatch {
                 }
             };
             self.stream = None;
-            if matches!(lost, Error::Refused { .. }) {
+            if lost.is_refusal() {
                 return Err(lost);
             }
             let retry_for = self.conn.options().retry_for;

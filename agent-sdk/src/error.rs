@@ -79,6 +79,17 @@ pub enum Error {
     /// Not retried: the message says what to change. Nothing changed.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The node did not accept this client's credentials: no token was given to a node with
+    /// auth on, or the token is malformed, unknown, expired or revoked (see
+    /// [`Token`](crate::Token)). The message names what is missing. Not retried, on this node
+    /// or another. Nothing changed.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The token is valid but its role or scopes do not allow this request; the message
+    /// names the token, what it may not do and what would allow it. Not retried. Nothing
+    /// changed.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The SDK was used in a way that cannot work (for example instance state outside an
     /// instance execution, or a worker with no agents).
     #[error("{0}")]
@@ -94,12 +105,35 @@ impl Error {
             return Error::Tls(problem);
         }
         let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::Unauthenticated => return Error::Unauthenticated(message),
+            tonic::Code::PermissionDenied => {
+                // The fabric's message already says "permission denied: ...".
+                let message =
+                    message.strip_prefix("permission denied: ").map_or(message.clone(), str::to_owned);
+                return Error::PermissionDenied(message);
+            }
+            _ => {}
+        }
         match Outcome::of(status) {
             Outcome::NotApplied => Error::Unavailable(message),
             Outcome::Overloaded => Error::Overloaded(message),
             Outcome::Refused => Error::Refused { code: status.code(), message },
             Outcome::Unknown => Error::Unknown(message),
         }
+    }
+
+    /// Whether the fabric refused the request by its rules ([`Error::Refused`],
+    /// [`Error::Unauthenticated`], [`Error::PermissionDenied`]): nothing changed, and the same
+    /// request, on this node or another, gets the same answer.
+    ///
+    /// ```
+    /// use weft_agent::Error;
+    /// assert!(Error::PermissionDenied("token t1 may not".into()).is_refusal());
+    /// assert!(!Error::Unavailable("no leader".into()).is_refusal());
+    /// ```
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Refused { .. } | Error::Unauthenticated(_) | Error::PermissionDenied(_))
     }
 }
 
@@ -153,14 +187,11 @@ impl From<Error> for Fail {
     /// An SDK error inside a handler (a failed child call, a state read) becomes a
     /// retryable handler failure, unless the child itself failed for good.
     fn from(e: Error) -> Self {
-        let retryable = !matches!(
-            e,
-            Error::Refused { .. }
-                | Error::Codec(_)
-                | Error::Usage(_)
-                | Error::StreamFailed { .. }
-                | Error::StreamDeleted { .. }
-        );
+        let retryable = !e.is_refusal()
+            && !matches!(
+                e,
+                Error::Codec(_) | Error::Usage(_) | Error::StreamFailed { .. } | Error::StreamDeleted { .. }
+            );
         Self { message: e.to_string(), retryable }
     }
 }

@@ -61,6 +61,8 @@
 //! - [`error`]: [`Error`] and [`Fail`].
 //! - [`tls`]: [`Tls`], TLS settings (the cluster's CA, an optional client certificate) and
 //!   the connector that reaches nodes over `https://`.
+//! - [`token`]: [`Token`], the bearer token sent on every request to nodes with auth on, and
+//!   the channel wrapper that sends it.
 //! - `connection`: endpoints, failover and back-off.
 
 #![deny(missing_docs)]
@@ -76,13 +78,16 @@ pub mod lease;
 pub mod state;
 pub mod streams;
 pub mod tls;
+pub mod token;
 pub mod types;
 pub mod worker;
 
 pub use agent::Agent;
 pub use client::{Call, Client, ClientBuilder};
 pub use codec::Codec;
-pub use connection::{INITIAL_BACKOFF, MAX_BACKOFF, check_endpoint, endpoint_uri, next_backoff, parse_endpoints};
+pub use connection::{
+    INITIAL_BACKOFF, MAX_BACKOFF, check_endpoint, endpoint_uri, next_backoff, parse_endpoints,
+};
 pub use context::Context;
 pub use demand::{AgentDemand, Demand, DemandWatch, InstanceDemand, SessionLoad};
 pub use error::{Error, Fail};
@@ -90,5 +95,6 @@ pub use lease::{Fence, Grant, Lease};
 pub use state::{Scope, State};
 pub use streams::{Emitter, Producer, Stream, StreamRef};
 pub use tls::Tls;
+pub use token::Token;
 pub use types::{Execution, RetryPolicy, Started, Status};
 pub use worker::{Stopper, Worker, WorkerBuilder};

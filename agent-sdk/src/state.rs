@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::connection::{Connection, MAX_MESSAGE_BYTES};
+use crate::connection::{Channel, Connection, MAX_MESSAGE_BYTES};
 use crate::{Error, Fence};
 
 /// Most keys [`State::list`] returns; a prefix that holds more is refused (list a narrower
@@ -80,7 +80,7 @@ impl State {
         self.fence.as_ref().map(Fence::to_pb)
     }
 
-    fn grpc(channel: tonic::transport::Channel) -> StateClient<tonic::transport::Channel> {
+    fn grpc(channel: Channel) -> StateClient<Channel> {
         StateClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)

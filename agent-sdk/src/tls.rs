@@ -344,13 +344,61 @@ pub fn setup_problem(status: &tonic::Status) -> Option<String> {
         if let Some(h2) = err.downcast_ref::<h2::Error>()
             && h2.reason() == Some(h2::Reason::INADEQUATE_SECURITY)
         {
-            return Some(format!(
-                "the node requires TLS: give the CA that signed its certificate ({} or Tls::from_files) and \
-                 use https:// endpoints",
-                env::CA
-            ));
+            return Some(requires_tls_problem());
         }
         source = err.source();
+    }
+    None
+}
+
+/// What to tell a user whose plain-text client reached a node that requires TLS.
+pub fn requires_tls_problem() -> String {
+    format!(
+        "the node requires TLS: give the CA that signed its certificate ({} or Tls::from_files) and use https:// \
+         endpoints",
+        env::CA
+    )
+}
+
+/// Longest wait of [`requires_tls`] for the node's answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the node at `endpoint` (`HOST:PORT` or `http://HOST:PORT`) refuses plain HTTP/2
+/// because it requires TLS: a fresh connection sends the HTTP/2 preface and looks for the
+/// node's GOAWAY with INADEQUATE_SECURITY. For telling a user why a plain-text call failed
+/// when the failure itself did not say (a client that saw the connection end before it read
+/// the GOAWAY reports a cancelled call); bounded by a 2 s timeout, false when unsure.
+pub async fn requires_tls(endpoint: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = endpoint.strip_prefix("http://").unwrap_or(endpoint).trim_end_matches('/');
+    let probe = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        // The client preface, then an empty SETTINGS frame.
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.ok()?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        while seen.len() < 4096 {
+            let n = tcp.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        Some(goaway_code(&seen) == Some(u32::from(h2::Reason::INADEQUATE_SECURITY)))
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe).await.ok().flatten().unwrap_or(false)
+}
+
+/// The error code of the first GOAWAY frame in `frames` (HTTP/2 frames from the server).
+fn goaway_code(mut frames: &[u8]) -> Option<u32> {
+    while frames.len() >= 9 {
+        let len = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
+        let kind = frames[3];
+        let payload = frames.get(9..9 + len)?;
+        if kind == 0x7 && payload.len() >= 8 {
+            return Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+        }
+        frames = &frames[9 + len..];
     }
     None
 }
@@ -371,6 +419,15 @@ mod tests {
         assert!(e.contains("WEFT_TLS_CA is not"), "{e}");
         let e = Tls::from_vars(vars(&[(env::CA, "/nonexistent/ca.pem")])).unwrap_err().to_string();
         assert!(e.contains("WEFT_TLS_CA") && e.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_goaway_is_found_after_other_frames() {
+        let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0]; // SETTINGS
+        frames.extend_from_slice(&[0, 0, 10, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc, b'h', b'i']);
+        assert_eq!(goaway_code(&frames), Some(0xc));
+        assert_eq!(goaway_code(&frames[..9]), None);
+        assert_eq!(goaway_code(&frames[..15]), None, "a cut frame is not read past");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::connection::{self, INITIAL_BACKOFF, next_backoff};
 use crate::context::Context;
 use crate::streams::Delivery;
 use crate::tls::Tls;
+use crate::token::Token;
 use crate::{Codec, Error};
 
 /// Messages to the fabric that may wait while the stream is busy, beyond the capacity.
@@ -79,6 +80,10 @@ pub mod env {
     pub const TLS_CERT: &str = crate::tls::env::CERT;
     /// PEM file of the key of [`TLS_CERT`].
     pub const TLS_KEY: &str = crate::tls::env::KEY;
+    /// The bearer token to send ([`crate::token::env`]): its text.
+    pub const TOKEN: &str = crate::token::env::TOKEN;
+    /// A file holding the bearer token (instead of [`TOKEN`]).
+    pub const TOKEN_FILE: &str = crate::token::env::TOKEN_FILE;
     /// With [`AGENT`]: the one instance this process claims and serves alone
     /// ([`WorkerBuilder::claim`](super::WorkerBuilder::claim) and
     /// [`WorkerBuilder::only_claimed`](super::WorkerBuilder::only_claimed)).
@@ -110,6 +115,7 @@ pub struct WorkerBuilder {
     claims: Vec<(String, String)>,
     only_claimed: bool,
     tls: Option<Tls>,
+    token: Option<Token>,
 }
 
 impl WorkerBuilder {
@@ -118,6 +124,15 @@ impl WorkerBuilder {
     /// `WEFT_TLS_CERT` and `WEFT_TLS_KEY`.
     pub fn tls(mut self, tls: Option<Tls>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Send this bearer token on every request (the Listen stream, its reconnects and the
+    /// handlers' calls; see [`Token`]), for nodes with auth on: an `agent` token whose serve
+    /// list names this worker's agents. `None` (the default): no token.
+    /// [`from_env`](Self::from_env) sets it from `WEFT_TOKEN` or `WEFT_TOKEN_FILE`.
+    pub fn token(mut self, token: Option<Token>) -> Self {
+        self.token = token;
         self
     }
 
@@ -195,8 +210,9 @@ impl WorkerBuilder {
     /// Takes settings from the environment (the variables in [`env`]), on top of what was
     /// set before: `WEFT_ENDPOINT` (comma-separated; required unless endpoints were given),
     /// `WEFT_SESSION_NAME`, `WEFT_CAPACITY`, `WEFT_DRAIN_TIMEOUT_MS`, `WEFT_AGENT` with
-    /// `WEFT_INSTANCE` (claim that instance and serve only it), and TLS: `WEFT_TLS_CA`, with
-    /// `WEFT_TLS_CERT` and `WEFT_TLS_KEY` for a client certificate ([`Tls::from_env`]). A variable that is set but
+    /// `WEFT_INSTANCE` (claim that instance and serve only it), TLS: `WEFT_TLS_CA`, with
+    /// `WEFT_TLS_CERT` and `WEFT_TLS_KEY` for a client certificate ([`Tls::from_env`]), and the
+    /// bearer token: `WEFT_TOKEN` or `WEFT_TOKEN_FILE` ([`Token::from_env`]). A variable that is set but
     /// empty counts as unset. A bad value is [`Error::Usage`] naming the variable.
     ///
     /// ```no_run
@@ -241,6 +257,9 @@ impl WorkerBuilder {
         if let Some(tls) = Tls::from_vars(&var)? {
             self.tls = Some(tls);
         }
+        if let Some(token) = Token::from_vars(&var)? {
+            self.token = Some(token);
+        }
         match (var(env::AGENT), var(env::INSTANCE)) {
             (Some(agent), Some(instance)) => {
                 self = self.claim(&agent, &instance).only_claimed(true);
@@ -270,6 +289,7 @@ impl WorkerBuilder {
             .attempt_timeout(self.options.attempt_timeout)
             .codec(self.codec)
             .tls(self.tls)
+            .token(self.token)
             .build()?;
         let agents = self.agents.into_iter().map(|a| (a.name.clone(), a)).collect();
         Ok(Worker {
@@ -388,6 +408,7 @@ impl Worker {
             claims: Vec::new(),
             only_claimed: false,
             tls: None,
+            token: None,
         }
     }
 
@@ -459,9 +480,9 @@ impl Worker {
                 Ok(SessionEnd::Lost(reason)) => {
                     tracing::info!(%reason, "agent session lost; reconnecting");
                 }
-                // Bad agent names, a capacity over the limit, a claimed instance: retrying
-                // cannot help. Overload and unavailability can: they are retried below.
-                Err(e @ Error::Refused { .. }) | Err(e @ Error::Usage(_)) => return Err(e),
+                // Bad agent names, a capacity over the limit, a claimed instance, a token the
+                // fabric does not accept for these agents: retrying cannot help. Overload and unavailability can: they are retried below.
+                Err(e) if e.is_refusal() || matches!(e, Error::Usage(_)) => return Err(e),
                 // A node with a bad certificate may be alone in it: the next one may do.
                 Err(e @ Error::Tls(_)) => {
                     tracing::warn!(error = %e, "cannot open an agent session; trying the next node")
@@ -829,8 +850,10 @@ mod tests {
             (env::DRAIN_TIMEOUT_MS, "1500"),
             (env::AGENT, "counter"),
             (env::INSTANCE, "c-1"),
+            (env::TOKEN, "weft_0123456789ab_00112233445566778899aabbccddeeff"),
         ])
         .unwrap();
+        assert_eq!(b.token.as_ref().and_then(|t| t.id()), Some("0123456789ab"));
         assert_eq!(b.endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(b.name, "work-1a2b");
         assert_eq!(b.capacity, 4);
@@ -839,7 +862,7 @@ mod tests {
         assert!(b.only_claimed);
 
         let plain = from(&[(env::ENDPOINT, "127.0.0.1:1")]).unwrap();
-        assert!(plain.claims.is_empty() && !plain.only_claimed);
+        assert!(plain.claims.is_empty() && !plain.only_claimed && plain.token.is_none());
         assert_eq!(plain.capacity, 16, "defaults stay");
     }
 
@@ -855,6 +878,8 @@ mod tests {
         assert!(e.contains("WEFT_ENDPOINT=") && e.contains("'127.0.0.1' has no port"), "{e}");
         let e = from(&[(env::ENDPOINT, "a:1"), (env::DRAIN_TIMEOUT_MS, "-1")]).unwrap_err();
         assert!(e.to_string().contains(env::DRAIN_TIMEOUT_MS), "{e}");
+        let e = from(&[(env::ENDPOINT, "a:1"), (env::TOKEN_FILE, "/nonexistent/agent.token")]).unwrap_err();
+        assert!(e.to_string().contains("WEFT_TOKEN_FILE: token file /nonexistent/agent.token"), "{e}");
     }
 
     #[tokio::test]

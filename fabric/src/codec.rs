@@ -19,6 +19,8 @@ pub const FORMAT_SNAPSHOT_V3: u8 = 3;
 /// The same encoding again, for a snapshot whose grid holds leases (and sessions that may
 /// serve only their claimed instances).
 pub const FORMAT_SNAPSHOT_V4: u8 = 4;
+/// The same encoding again, for a snapshot whose grid holds bearer tokens.
+pub const FORMAT_SNAPSHOT_V5: u8 = 5;
 
 /// Why bytes could not be decoded. Decoding never changes state.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +30,7 @@ pub enum Error {
     Empty,
     /// The format tag is not one this version of Weft knows (for this kind of value).
     #[error(
-        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} to {FORMAT_SNAPSHOT_V4} for snapshots)"
+        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} to {FORMAT_SNAPSHOT_V5} for snapshots)"
     )]
     UnknownFormat(u8),
     /// The bytes do not decode as the expected type.

@@ -21,8 +21,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 pub const ENV_PREFIX: &str = "WEFT_";
 
 /// `WEFT_*` variables that are not node settings (the CLI reads them).
-const NON_NODE_ENV: &[&str] =
-    &["WEFT_ENDPOINT", "WEFT_LOG_FORMAT", "WEFT_TLS_CA", "WEFT_TLS_CERT", "WEFT_TLS_KEY"];
+const NON_NODE_ENV: &[&str] = &[
+    "WEFT_ENDPOINT",
+    "WEFT_LOG_FORMAT",
+    "WEFT_TLS_CA",
+    "WEFT_TLS_CERT",
+    "WEFT_TLS_KEY",
+    "WEFT_TOKEN",
+    "WEFT_TOKEN_FILE",
+];
 
 /// A node's configuration. Field names are the TOML keys; the environment variable of a field
 /// is `WEFT_` + its name in capitals.
@@ -118,10 +125,20 @@ pub struct Config {
     /// file, a key that does not match) is refused with a warning and the old one kept. At
     /// least 100. Replace files by renaming new ones over them.
     pub tls_reload_interval_ms: u64,
-    /// Run without TLS on an address other machines can reach (not loopback). Without it
-    /// such a node refuses to start: anyone who reaches the port could join the cluster and
-    /// read or change anything.
+    /// Run without TLS or without auth on an address other machines can reach (not
+    /// loopback). Without it such a node refuses to start: anyone who reaches the port could
+    /// join the cluster, or call any API, and read or change anything.
     pub insecure: bool,
+    /// Require a bearer token (`authorization: Bearer weft_<id>_<secret>`) on every gRPC
+    /// method and HTTP route but health, readiness, the dashboard's page and node-to-node
+    /// methods. Tokens live in the grid (`weft tokens create|list|revoke`); the first admin
+    /// token comes from `auth_bootstrap_token_file`. Turn it on on every node of a cluster.
+    pub auth: bool,
+    /// File holding one admin token, `weft_<id>_<secret>` (`weft tokens generate` makes one).
+    /// With `auth` on, the leader creates it (role admin, name `bootstrap`) unless the grid
+    /// holds that id already (or revoked it): how the first admin token of a cluster is made.
+    /// Keep it readable by the node's user only; revoke it once other admin tokens exist.
+    pub auth_bootstrap_token_file: Option<PathBuf>,
 
     /// Leader heartbeat period, and the time each replication message has to complete
     /// (openraft's rule). At most half of `election_timeout_min_ms`.
@@ -257,6 +274,8 @@ impl Default for Config {
             tls_key_file: None,
             tls_reload_interval_ms: 5_000,
             insecure: false,
+            auth: false,
+            auth_bootstrap_token_file: None,
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
@@ -554,6 +573,7 @@ impl Config {
                 format!("must be at least {}", crate::tls::MIN_RELOAD_INTERVAL.as_millis()),
             ));
         }
+        self.bootstrap_credential()?;
         if let Some(problem) = self.exposure_problems().into_iter().next() {
             return Err(invalid("listen", problem));
         }
@@ -604,10 +624,24 @@ impl Config {
         }
     }
 
+    /// The admin token of `auth_bootstrap_token_file`, read now (`None` without the file).
+    /// Errors name the field and what is wrong, never the token.
+    pub fn bootstrap_credential(&self) -> Result<Option<crate::auth::Credential>, Error> {
+        let Some(path) = &self.auth_bootstrap_token_file else { return Ok(None) };
+        const FIELD: &str = "auth_bootstrap_token_file";
+        if !self.auth {
+            return Err(invalid(FIELD, "is only used with auth = true (--auth, WEFT_AUTH=true)"));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(FIELD, format!("cannot read {}: {e}", path.display())))?;
+        crate::auth::Credential::parse(&text)
+            .map(Some)
+            .map_err(|e| invalid(FIELD, format!("{}: {e}", path.display())))
+    }
+
     /// What would make this node unsafe to reach from other machines, each as a sentence
     /// saying what to do; empty when it listens on loopback only, is protected, or `insecure`
-    /// says to run anyway. Today the one protection is TLS (with mutual TLS between nodes);
-    /// when nodes authenticate callers, a missing authentication setting belongs here too.
+    /// says to run anyway. The protections: TLS (with mutual TLS between nodes) and auth.
     pub fn exposure_problems(&self) -> Vec<String> {
         let Ok(listen) = self.listen_addr() else { return Vec::new() };
         if listen.ip().is_loopback() || self.insecure {
@@ -620,6 +654,14 @@ impl Config {
                  cluster and read or change anything: set tls_ca_file, tls_cert_file and tls_key_file (`weft \
                  certs` makes development ones), or pass --insecure (insecure = true, WEFT_INSECURE=true) to run \
                  without TLS anyway"
+            ));
+        }
+        if !self.auth {
+            problems.push(format!(
+                "{listen} is reachable from other machines but auth is off, so anyone who reaches it could call \
+                 any API: set auth = true (--auth, WEFT_AUTH=true) with auth_bootstrap_token_file for the first \
+                 admin token (`weft tokens generate` makes one), or pass --insecure (insecure = true, \
+                 WEFT_INSECURE=true) to run without auth anyway"
             ));
         }
         problems
@@ -924,7 +966,17 @@ mod tests {
             tls_key_file: Some("n.key".into()),
             ..c
         };
-        tls(Config { listen: "10.1.2.3:7400".into(), ..Default::default() }).validate().unwrap();
+        check(
+            tls(Config { listen: "10.1.2.3:7400".into(), ..Default::default() }),
+            "reachable from other machines but auth is off",
+        );
+        tls(Config { listen: "10.1.2.3:7400".into(), auth: true, ..Default::default() }).validate().unwrap();
+        // Auth without TLS is allowed on loopback, and not enough elsewhere.
+        Config { auth: true, ..Default::default() }.validate().unwrap();
+        check(
+            Config { listen: "10.1.2.3:7400".into(), auth: true, ..Default::default() },
+            "reachable from other machines but TLS is off",
+        );
         check(Config { voters: 2, ..Default::default() }, "voters");
         check(Config { gossip_preset: "wan".into(), ..Default::default() }, "gossip_preset");
         check(Config { gossip_probe_rtt_ms: Some(5_000), ..Default::default() }, "gossip_probe_rtt_ms");
@@ -1008,6 +1060,35 @@ mod tests {
             assert_eq!(c.gossip_auth().unwrap().keys().map(|k| k.all().len()), Some(1));
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_bootstrap_token_file_is_checked_by_field_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin.token");
+        let token = crate::auth::Credential::generate().reveal();
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let with = |auth: bool, path: &Path| Config {
+            auth,
+            auth_bootstrap_token_file: Some(path.to_owned()),
+            ..Default::default()
+        };
+        let good = with(true, &file);
+        assert_eq!(good.bootstrap_credential().unwrap().map(|c| c.reveal()), Some(token.clone()));
+        for shown in [format!("{good:?}"), good.to_toml()] {
+            assert!(!shown.contains(&token), "the token is shown: {shown}");
+        }
+        let bad = dir.path().join("bad.token");
+        std::fs::write(&bad, "weft_abcd_tooshort").unwrap();
+        for (config, expected) in [
+            (with(false, &file), "auth_bootstrap_token_file: is only used with auth = true"),
+            (with(true, &dir.path().join("none")), "auth_bootstrap_token_file: cannot read"),
+            (with(true, &bad), "secret is not 16 or more characters"),
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} should say {expected:?}");
+            assert!(!err.contains("tooshort"), "{err}");
+        }
     }
 
     #[test]

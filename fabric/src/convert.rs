@@ -271,6 +271,7 @@ pub fn completion_ack(
             e @ (G::StaleLease { .. } | G::ExecutionFinished { .. } | G::UnknownExecution { .. }),
         )) => ("stale", e.to_string()),
         Err(crate::routing::Error::Grid(e)) => ("invalid", e.to_string()),
+        Err(e @ crate::routing::Error::Denied(_)) => ("invalid", e.to_string()),
         Err(e) => ("unavailable", e.to_string()),
     };
     pb::CompletionAck { execution_id, outcome: outcome.to_owned(), error, token }
@@ -623,4 +624,39 @@ pub fn pb_demand(
         })
         .collect();
     pb::Demand { node_id, applied_index, now_ms, agents }
+}
+
+// ---- tokens ----------------------------------------------------------------------------------
+
+use crate::auth::{Credential, Role, Scopes};
+use crate::grid::token::{NewToken, Token};
+
+/// The token a create request asks for, with `credential`'s id and hash. A bad role is
+/// refused naming the field; the grid checks the rest.
+pub fn new_token(req: pb::CreateTokenRequest, credential: &Credential) -> Result<NewToken, grid::Error> {
+    let role: Role =
+        req.role.parse().map_err(|e: String| grid::Error::InvalidToken { reason: format!("role: {e}") })?;
+    Ok(NewToken {
+        id: credential.id().to_owned(),
+        name: req.name,
+        role,
+        scopes: Scopes { serve: req.serve, call: req.call, namespaces: req.namespaces, streams: req.streams },
+        secret_hash: credential.hash(),
+        expires_in_ms: req.expires_in_ms,
+    })
+}
+
+/// A token as the protocol shows it: never its hash.
+pub fn pb_token(t: Token) -> pb::TokenRecord {
+    pb::TokenRecord {
+        id: t.id,
+        name: t.name,
+        role: t.role.as_str().to_owned(),
+        serve: t.scopes.serve,
+        call: t.scopes.call,
+        namespaces: t.scopes.namespaces,
+        streams: t.scopes.streams,
+        created_at_ms: t.created_at_ms,
+        expires_at_ms: t.expires_at_ms,
+    }
 }

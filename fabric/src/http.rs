@@ -6,8 +6,10 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 
+use crate::auth::{Caller, Permission, authorize};
 use crate::readiness::Probe;
 use crate::routing::Context;
 
@@ -26,10 +28,16 @@ async fn readyz(probe: Probe) -> (StatusCode, String) {
     (code, verdict.reason)
 }
 
-/// `/metrics`: the Prometheus text format (see `crate::metrics`), with its content type.
-async fn metrics(
-    State(ctx): State<Context>,
-) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+/// `/metrics`: the Prometheus text format (see `crate::metrics`), with its content type, for
+/// a caller allowed to read metrics (with auth on: an admin or operator token).
+async fn metrics(State(ctx): State<Context>, caller: Caller) -> Response {
+    match authorize(&caller, Permission::ReadMetrics) {
+        Ok(()) => render(&ctx).into_response(),
+        Err(denied) => crate::rest::error::ApiError(denied.into()).into_response(),
+    }
+}
+
+fn render(ctx: &Context) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     let (id, term, is_leader, last_log, applied, snapshot, purged, members, quorum_ack_ms) = {
         let metrics = ctx.raft.metrics();
         let m = metrics.borrow();

@@ -34,6 +34,8 @@
 //! - [`tls`]: TLS on the node's port from files read again when they change, mutual TLS
 //!   between nodes (only node certificates reach Raft and forwarding), the dialer for
 //!   peers, and development certificates (`weft certs`).
+//! - [`audit_notes`]: configuration reloads (TLS files, gossip keys) queued, bounded, for the
+//!   audit trail.
 //! - `codec`: versioned binary encoding of everything persisted or sent between nodes.
 //! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets in `fuzz/`, one per
 //!   decoder fed from outside.
@@ -44,6 +46,7 @@
 #![warn(unnameable_types)]
 
 pub(crate) mod api;
+pub mod audit_notes;
 pub mod auth;
 pub(crate) mod codec;
 pub mod config;

@@ -10,6 +10,7 @@
 //!                │        (Listen: sessions::host) ◄── watch hub ◄── state machine events
 //!                ├─ gRPC weft.fabric.v1.Instances
 //!                ├─ gRPC weft.fabric.v1.Scaling   (WatchDemand) ◄── watch hub
+//!                ├─ gRPC weft.fabric.v1.Tokens    (bearer tokens; auth::bootstrap makes the first)
 //!                ├─ gRPC weft.cluster.v1.Forward   (writes and read indexes from peers)
 //!                ├─ gRPC grpc.health.v1.Health    ◄── health ◄── readiness ──► HTTP /readyz
 //!                ├─ gRPC grpc.reflection.v1 and v1alpha (weft_proto::FILE_DESCRIPTOR_SET)
@@ -37,11 +38,12 @@ use weft_proto::fabric::v1::leases_server::LeasesServer;
 use weft_proto::fabric::v1::scaling_server::ScalingServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 use weft_proto::fabric::v1::streams_server::StreamsServer;
+use weft_proto::fabric::v1::tokens_server::TokensServer;
 
 use crate::NodeId;
 use crate::api::{
     ClusterService, ExecutionService, InstanceService, LeaseService, ScalingService, StateService,
-    StreamService,
+    StreamService, TokenService,
 };
 use crate::config::Config;
 use crate::data_dir::{self, DataDir};
@@ -108,6 +110,7 @@ fn weft_service_names() -> Vec<&'static str> {
         <StreamsServer<StreamService> as NamedService>::NAME,
         <LeasesServer<LeaseService> as NamedService>::NAME,
         <ScalingServer<ScalingService> as NamedService>::NAME,
+        <TokensServer<TokenService> as NamedService>::NAME,
         <ForwardServer<ForwardService> as NamedService>::NAME,
     ]
 }
@@ -161,6 +164,12 @@ impl Node {
         {
             tracing::warn!(file = %path.display(), "the gossip key file is readable by other users (chmod 600 it)");
         }
+        let bootstrap_token = config.bootstrap_credential()?;
+        if let Some(path) =
+            config.auth_bootstrap_token_file.as_deref().filter(|p| membership::keys::readable_by_others(p))
+        {
+            tracing::warn!(file = %path.display(), "the bootstrap token file is readable by other users (chmod 600 it)");
+        }
         let addr =
             listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
@@ -184,6 +193,7 @@ impl Node {
             weft_proto::fabric::v1::streams_server::SERVICE_NAME,
             weft_proto::fabric::v1::leases_server::SERVICE_NAME,
             weft_proto::fabric::v1::scaling_server::SERVICE_NAME,
+            weft_proto::fabric::v1::tokens_server::SERVICE_NAME,
         ]));
         let mut log_store = LogStore::open_observed(&data_dir.raft_dir(), metrics.log_fsync.clone())
             .map_err(|source| Error::Log { path: data_dir.raft_dir().display().to_string(), source })?;
@@ -240,6 +250,7 @@ impl Node {
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
+        let (notes, notes_rx) = crate::audit_notes::channel(config.node_id);
         let (gossip_service, gossip) = gossip::Service::bind(
             gossip::Options {
                 cluster: config.cluster.clone(),
@@ -253,6 +264,7 @@ impl Node {
                 timing: config.gossip_timing()?,
                 auth: config.gossip_auth()?,
                 key_file: config.gossip_key_file.clone(),
+                notes: notes.clone(),
             },
             addr,
             generation ^ config.node_id,
@@ -328,7 +340,15 @@ impl Node {
             metrics.clone(),
         );
         tasks.spawn(proposer.run(shutdown.clone()));
+        tasks.spawn(crate::audit_notes::run(ctx.clone(), notes_rx, shutdown.clone()));
         tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
+        // With auth on, the gate checks tokens against this node's replica of the grid.
+        let gate: crate::auth::Gate = if config.auth {
+            tasks.spawn(crate::auth::bootstrap::run(ctx.clone(), bootstrap_token, shutdown.clone()));
+            Some(Arc::new(crate::auth::TokenVerifier::new(applied.clone(), metrics.clone())))
+        } else {
+            None
+        };
         let leader_contact = LeaderContact::default();
         let probe = readiness::Probe::new(
             raft.clone(),
@@ -388,6 +408,11 @@ impl Node {
                 .max_encoding_message_size(config.max_message_bytes),
         )
         .add_service(
+            TokensServer::new(TokenService::new(ctx.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(
             ForwardServer::new(ForwardService::new(ctx.clone()))
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
@@ -418,12 +443,14 @@ impl Node {
             .fallback(crate::rest::not_found)
             // Every request passes the auth gate, which leaves the caller for the handlers'
             // checks (everyone is let in while auth is off).
-            .layer(axum::middleware::from_fn_with_state(None as crate::auth::Gate, crate::auth::gate));
+            .layer(axum::middleware::from_fn_with_state(gate, crate::auth::gate));
         let listener = match &tls {
             Some(store) => {
-                tasks.spawn(
-                    store.clone().run(Duration::from_millis(config.tls_reload_interval_ms), shutdown.clone()),
-                );
+                tasks.spawn(store.clone().run(
+                    Duration::from_millis(config.tls_reload_interval_ms),
+                    notes,
+                    shutdown.clone(),
+                ));
                 crate::tls::Listener::tls(listener, store.clone())
             }
             None => crate::tls::Listener::plain(listener),
@@ -454,11 +481,12 @@ impl Node {
         match &tls {
             Some(store) => tracing::info!(
                 node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster,
-                tls = true, serial = %store.serial(), "node started (TLS, mutual TLS between nodes)"
+                tls = true, serial = %store.serial(), auth = config.auth,
+                "node started (TLS, mutual TLS between nodes)"
             ),
             None => tracing::info!(
                 node_id = node.id, %addr, advertise = %node.advertise, cluster = %config.cluster,
-                tls = false, "node started"
+                tls = false, auth = config.auth, "node started"
             ),
         }
         Ok(node)

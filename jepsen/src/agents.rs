@@ -49,6 +49,8 @@ pub struct Options {
     pub lease: Duration,
     /// The CA agents trust to reach the nodes over TLS (`WEFT_TLS_CA`), with `--tls`.
     pub tls_ca: Option<PathBuf>,
+    /// The file of the agent token agents present (`WEFT_TOKEN_FILE`), with `--auth`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Finds the agent binary: `explicit` if given, else the one next to the running
@@ -156,6 +158,9 @@ impl Agents {
         let mut command = Command::new("ip");
         if let Some(ca) = &options.tls_ca {
             command.env(weft_agent::tls::env::CA, ca);
+        }
+        if let Some(file) = &options.token_file {
+            command.env(weft_agent::token::env::TOKEN_FILE, file);
         }
         let child = command
             .args(["netns", "exec", &agent.host.netns])

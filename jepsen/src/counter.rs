@@ -33,7 +33,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::db::Channel;
 use weft_agent::{Agent, Context, Fail};
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
@@ -202,6 +202,7 @@ pub async fn start_instance(addrs: &[String], patience: Duration) -> Result<(), 
     let client = weft_agent::Client::builder(addrs.iter().cloned())
         .retry_for(patience)
         .tls(crate::db::client_tls())
+        .token(crate::db::client_token())
         .build()?;
     let deadline = Instant::now() + patience;
     loop {

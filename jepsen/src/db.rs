@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 
@@ -212,14 +212,41 @@ pub fn client_tls() -> Option<weft_agent::Tls> {
     CLIENT_TLS.get().cloned()
 }
 
+/// The bearer token this process's clients send (`--auth`): the run's admin token while the
+/// harness sets the run up, then the workload's client token. Each channel takes the one in
+/// force when it is made.
+static CLIENT_TOKEN: RwLock<Option<weft_agent::Token>> = RwLock::new(None);
+
+/// Sets the token channels made from now on send.
+pub fn set_client_token(token: Option<weft_agent::Token>) {
+    *CLIENT_TOKEN.write().unwrap_or_else(|p| p.into_inner()) = token;
+}
+
+/// The token channels made now send (`None`: no auth).
+pub fn client_token() -> Option<weft_agent::Token> {
+    CLIENT_TOKEN.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// A channel of the harness: TLS as the run says, and the client token on every request.
+pub type Channel = weft_agent::token::Authorized<tonic::transport::Channel>;
+
 fn lazy(endpoint: &str, configure: impl FnOnce(Endpoint) -> Endpoint) -> Channel {
+    lazy_with(endpoint, configure, client_token())
+}
+
+fn lazy_with(
+    endpoint: &str,
+    configure: impl FnOnce(Endpoint) -> Endpoint,
+    token: Option<weft_agent::Token>,
+) -> Channel {
     let tls = CLIENT_TLS.get();
     let uri = weft_agent::endpoint_uri(endpoint, tls.is_some()).expect("IP:PORT is a valid endpoint");
     let endpoint = configure(Endpoint::from_shared(uri).expect("IP:PORT is a valid URI"));
-    match tls {
+    let channel = match tls {
         Some(tls) => tls.channel(endpoint),
         None => endpoint.connect_lazy(),
-    }
+    };
+    weft_agent::token::Authorized::new(channel, token)
 }
 
 /// Finds the `weft` binary: `explicit` if given, else the one of the same build as the running
@@ -612,6 +639,11 @@ impl Drop for Db {
 /// A lazily connecting channel to `addr` with the given per-request timeout.
 pub fn channel(addr: &str, timeout: Duration) -> Channel {
     lazy(addr, |e| e.connect_timeout(Duration::from_millis(500)).timeout(timeout))
+}
+
+/// [`channel`] that sends `token` rather than the client token.
+pub fn channel_with(addr: &str, timeout: Duration, token: weft_agent::Token) -> Channel {
+    lazy_with(addr, |e| e.connect_timeout(Duration::from_millis(500)).timeout(timeout), Some(token))
 }
 
 /// How often a long-lived call's connection is pinged (HTTP/2 keep-alive).

@@ -20,6 +20,7 @@
 //! # Layout
 //! - [`net`]: namespaces (spare hosts included), veth pairs and the bridge; partitions;
 //!   cleanup of leftovers.
+//! - [`auth`]: `--auth`: the run's admin, agent and client tokens.
 //! - [`agents`]: the executions workload's agent processes: start, kill, restart.
 //! - [`counter`]: the executions workload's counter agent, how `Call` outcomes are
 //!   recorded, and the final read of its state.
@@ -40,6 +41,7 @@
 //! - [`rng`]: the seeded random number generator every choice uses.
 
 pub mod agents;
+pub mod auth;
 pub mod checker;
 pub mod client;
 pub mod counter;

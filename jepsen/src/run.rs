@@ -59,6 +59,8 @@ pub enum Error {
     Db(#[from] db::Error),
     #[error(transparent)]
     Agents(#[from] agents::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Error),
     /// The counter instance did not start; see the agent and node logs.
     #[error("the counter instance did not start within {INSTANCE_PATIENCE:?}: {0}")]
     Instance(String),
@@ -129,6 +131,9 @@ pub struct Options {
     /// TLS on the nodes (a development CA and node certificate made for the run with
     /// `weft certs`), mutual TLS between them, and every client and agent over TLS.
     pub tls: bool,
+    /// Auth on the nodes (see [`crate::auth`]): agents present an agent token, the workload's
+    /// clients a client token.
+    pub auth: bool,
 }
 
 /// Streams: most consumers of one run.
@@ -243,13 +248,19 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     } else {
         None
     };
+    let auth = if options.auth { Some(crate::auth::Auth::make(&binary, &dir.join("auth"))?) } else { None };
+    let mut node_env = options.node_env.clone();
+    if let Some(auth) = &auth {
+        node_env.extend(auth.node_env());
+        db::set_client_token(Some(auth.admin()));
+    }
     let mut database = Db::start(
         &network,
         db::Options {
             binary: binary.clone(),
             data_root: data_root.clone(),
             log_dir: dir.clone(),
-            env: options.node_env.clone(),
+            env: node_env,
             membership: options.membership,
             tls: tls.clone(),
         },
@@ -258,6 +269,36 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     tracing::info!(leader, "cluster up");
 
     let roster = database.roster();
+    // With --auth: the agents' and the workload's tokens, made with the admin token.
+    let (agent_token_file, client_token) = match &auth {
+        Some(auth) => {
+            let addrs = database.addrs();
+            let (_, agent_file) = auth
+                .create(
+                    &addrs,
+                    "agent",
+                    "agent",
+                    crate::auth::Scopes { serve: vec![counter::AGENT.into()], ..Default::default() },
+                )
+                .await?;
+            let everything = vec!["*".to_string()];
+            let (client, _) = auth
+                .create(
+                    &addrs,
+                    "client",
+                    "client",
+                    crate::auth::Scopes {
+                        call: vec![counter::AGENT.into()],
+                        namespaces: everything.clone(),
+                        streams: everything,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            (Some(agent_file), Some(client))
+        }
+        None => (None, None),
+    };
     let mut agent_processes = match agent_binary {
         Some(binary) => {
             let agents = Agents::start(
@@ -270,6 +311,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
                     work: options.agent_work,
                     lease: options.agent_lease,
                     tls_ca: tls.as_ref().map(|t| t.ca.clone()),
+                    token_file: agent_token_file,
                 },
             )?;
             counter::start_instance(&database.addrs(), INSTANCE_PATIENCE)
@@ -288,6 +330,10 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             .map_err(Error::StreamSetup)?;
     }
 
+    if client_token.is_some() {
+        // The workload runs with the client token alone.
+        db::set_client_token(client_token);
+    }
     let recorder = Recorder::create(&dir.join("history.jsonl"))?;
     let mut rng = Rng::new(options.seed);
     let client_options = client::Options {

@@ -4,7 +4,7 @@
 //! - [`cluster::v1`]: node-to-node services (`Raft`: vote, append entries, chunked snapshots;
 //!   `Forward`: writes handed to the leader, read indexes).
 //! - [`fabric::v1`]: services for agents, tools and operators (`State`, `Cluster`,
-//!   `Executions`, `Instances`, `Streams`, `Leases`, `Scaling`).
+//!   `Executions`, `Instances`, `Streams`, `Leases`, `Scaling`, `Tokens`).
 //! - [`wire`]: the contract beyond the `.proto` files: metadata names, what a failed call's
 //!   status says about whether it was applied, and limits clients check before sending.
 //! - [`FILE_DESCRIPTOR_SET`]: every `.proto` file above, compiled, for gRPC server reflection.

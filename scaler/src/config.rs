@@ -52,6 +52,10 @@ pub const WORKER_FINAL_ACK_MS: u64 = 2500;
 pub const RESERVED_ENV: [&str; 7] =
     ["WEFT_SESSION_NAME", "WEFT_AGENT", "WEFT_INSTANCE", "WEFT_CAPACITY", REPLICA_ENV, GROUP_ENV, AGENT_ENV];
 
+/// The SDK's token variables: replicas get `WEFT_TOKEN_FILE` from `token_file` only, and never
+/// inherit the scaler's own token.
+pub const TOKEN_ENV: [&str; 2] = [weft_agent::token::env::TOKEN, weft_agent::token::env::TOKEN_FILE];
+
 /// What can be wrong with a configuration. Nothing was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -205,6 +209,15 @@ pub struct AgentConfig {
     /// `WEFT_DRAIN_TIMEOUT_MS` of those may be overridden here.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A file holding the bearer token its processes present to nodes with auth on (an
+    /// `agent` token whose serve list names this agent). Each process is given the file, not
+    /// the secret: `WEFT_TOKEN_FILE` with its absolute path (process backend), or the file
+    /// mounted read-only at [`crate::backend::CONTAINER_TOKEN_FILE`] (Docker backend; the
+    /// path is then one on the engine's host). A file that cannot be read or holds no token
+    /// is refused when the configuration is loaded. Default: none, and the processes do not
+    /// inherit the scaler's own token either.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// `pool` (default): interchangeable replicas, as many as the backlog needs.
     /// `per-instance`: one replica per live instance that no session serves.
     #[serde(default)]
@@ -423,6 +436,7 @@ impl AgentConfig {
             args: Vec::new(),
             image: None,
             env: BTreeMap::new(),
+            token_file: None,
             mode: Mode::Pool,
             min_replicas: 0,
             max_replicas,
@@ -520,11 +534,33 @@ impl AgentConfig {
             if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
                 return bad("env", format!("'{key}' is not a valid variable (no '=' or NUL, not empty)"));
             }
+            if TOKEN_ENV.contains(&key.as_str()) {
+                return bad(
+                    "env",
+                    format!(
+                        "{key}: give the token's file as token_file instead (a token in the configuration \
+                         would be a secret in a file many read, and in every replica's environment)"
+                    ),
+                );
+            }
             if RESERVED_ENV.contains(&key.as_str()) {
                 return bad("env", format!("{key} is set by the scaler and cannot be overridden"));
             }
         }
+        if let Some(path) = &self.token_file {
+            weft_agent::Token::from_file(path).map_err(|e| Error::Invalid {
+                agent: Some(agent.to_owned()),
+                field: "token_file",
+                reason: e.to_string(),
+            })?;
+        }
         Ok(())
+    }
+
+    /// The token file as its processes are given it: an absolute path (relative ones are
+    /// relative to the scaler's working directory).
+    pub fn token_file_absolute(&self) -> Option<PathBuf> {
+        self.token_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
     }
 
     /// The restart back-off this agent's replicas follow.
@@ -651,6 +687,42 @@ mod tests {
         let e = Config::parse("[agents.w]\ncommand = \"x\"\nmax_replicas = 1\nmode = \"sometimes\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn token_files_are_read_at_load_and_tokens_stay_out_of_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("work.token");
+        std::fs::write(&token, "weft_0123456789ab_00112233445566778899aabbccddeeff\n").unwrap();
+        let with = |path: &Path| {
+            format!(
+                "[agents.work]\ncommand = \"x\"\nmax_replicas = 1\ntoken_file = {:?}\n",
+                path.display().to_string()
+            )
+        };
+        let c = Config::parse(&with(&token)).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.agents["work"].token_file_absolute().as_deref(), Some(token.as_path()));
+
+        let missing = dir.path().join("missing.token");
+        let (agent, field, reason) = invalid(&with(&missing));
+        assert_eq!((agent.as_deref(), field), (Some("work"), "token_file"));
+        assert!(
+            reason.contains(&missing.display().to_string()) && reason.contains("cannot read"),
+            "{reason}"
+        );
+        std::fs::write(&token, "  \n").unwrap();
+        let (_, field, reason) = invalid(&with(&token));
+        assert_eq!(field, "token_file");
+        assert!(reason.contains("empty") && reason.contains("work.token"), "{reason}");
+
+        for key in ["WEFT_TOKEN", "WEFT_TOKEN_FILE"] {
+            let (_, field, reason) = invalid(&format!(
+                "[agents.w]\ncommand = \"x\"\nmax_replicas = 1\nenv = {{ {key} = \"x\" }}\n"
+            ));
+            assert_eq!(field, "env");
+            assert!(reason.contains(key) && reason.contains("token_file"), "{reason}");
+        }
     }
 
     #[test]

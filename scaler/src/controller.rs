@@ -911,6 +911,7 @@ impl<F: Fabric> Controller<F> {
             command: config.command.clone(),
             args: config.args.clone(),
             image: config.image.clone(),
+            token_file: config.token_file_absolute(),
         }
     }
 

@@ -122,6 +122,7 @@ async fn scales_from_zero_recording_the_intent_first() {
     assert_eq!(env["WEFT_TLS_CA"], "/etc/weft/ca.pem", "replicas get the scaler's TLS settings");
     assert_eq!(env["WEFT_CAPACITY"], "16");
     assert!(!env.contains_key("WEFT_INSTANCE"));
+    assert_eq!(launch.token_file, None, "no token_file: no token");
     until("the handle recorded", || {
         fabric.intents().get(&launch.replica).is_some_and(|i| !i.handle.is_empty())
     })
@@ -465,6 +466,16 @@ async fn the_back_off_of_a_gone_instance_is_forgotten() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn replicas_get_their_agents_token_file_as_an_absolute_path() {
+    let (fabric, backend, _scaler, _) =
+        rig(config(AgentConfig { token_file: Some("secrets/work.token".into()), ..agent(1) }));
+    fabric.set_demand(demand(1, &[]));
+    until("a replica", || backend.running().len() == 1).await;
+    let expected = std::env::current_dir().unwrap().join("secrets/work.token");
+    assert_eq!(backend.running()[0].token_file.as_deref(), Some(expected.as_path()));
+}
+
+#[tokio::test(start_paused = true)]
 async fn adoption_waits_for_a_backend_that_cannot_look() {
     let clock = Clock::at(START);
     let fabric = Fake::new(clock);
@@ -479,6 +490,7 @@ async fn adoption_waits_for_a_backend_that_cannot_look() {
         command: Some("scaled".into()),
         args: Vec::new(),
         image: None,
+        token_file: None,
     };
     shared.plant(running);
     fabric.plant_intent("work-old", recorded(intent::Phase::Running, "here", START));

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! weft-scaler --config scaler.toml [--endpoints HOST:PORT,...] [--metrics-addr IP:PORT]
-//!             [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
+//!             [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--auth-token-file FILE]
 //! weft-scaler --config scaler.toml --check      # validate the configuration and exit
 //! ```
 //!
@@ -39,6 +39,13 @@ struct Args {
     /// PEM file of the client certificate's key.
     #[arg(long, value_name = "FILE", env = "WEFT_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// The scaler's bearer token, for nodes with auth on (prefer --auth-token-file: a flag's
+    /// value shows in the process list). Replicas do not get it.
+    #[arg(long, value_name = "TOKEN", env = "WEFT_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// A file holding the scaler's bearer token (whitespace around it ignored).
+    #[arg(long, value_name = "FILE", env = "WEFT_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
     /// Validate the configuration and exit: 0 when valid, 1 (with the agent, field and
     /// reason) when not.
     #[arg(long)]
@@ -62,6 +69,13 @@ async fn main() {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
+    let token = match service::token(args.auth_token.as_deref(), args.auth_token_file.as_deref()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     let options = Options {
         config: args.config,
         endpoints: args
@@ -72,6 +86,7 @@ async fn main() {
             .collect(),
         metrics_addr: args.metrics_addr,
         tls: service::TlsFiles { ca: args.tls_ca, cert: args.tls_cert, key: args.tls_key },
+        token,
     };
     if args.check {
         let code = match options.load() {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use weft_agent::{Agent, Client, Context, Fail, Tls, Worker};
+use weft_agent::{Agent, Client, Context, Fail, Tls, Token, Worker};
 
 use crate::backend::{self, Backend};
 use crate::clock::Clock;
@@ -48,6 +48,10 @@ pub enum Error {
     /// The TLS settings cannot be used (a missing file, a certificate without its key).
     #[error("TLS: {0}")]
     Tls(String),
+    /// The scaler's own token cannot be used (both the text and a file given, a file that
+    /// cannot be read or holds no token).
+    #[error("token: {0}")]
+    Token(String),
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -70,6 +74,26 @@ pub struct Options {
     /// TLS to the fabric (`--tls-ca`, `WEFT_TLS_CA`, ...): used by the scaler, and passed to
     /// the replicas it starts.
     pub tls: TlsFiles,
+    /// The scaler's own bearer token (`--auth-token-file`, `WEFT_TOKEN_FILE`, `WEFT_TOKEN`),
+    /// sent on its requests and its own agent session. Never passed to replicas: they get
+    /// their agent's `token_file`.
+    pub token: Option<Token>,
+}
+
+/// The scaler's own token from the command line: its text or a file holding it (not both).
+pub fn token(text: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<Token>, Error> {
+    match (text, file) {
+        (Some(_), Some(_)) => Err(Error::Token(
+            "give --auth-token (WEFT_TOKEN) or --auth-token-file (WEFT_TOKEN_FILE), not both".into(),
+        )),
+        (Some(text), None) => {
+            Token::new(text).map(Some).map_err(|e| Error::Token(format!("--auth-token: {e}")))
+        }
+        (None, Some(file)) => {
+            Token::from_file(file).map(Some).map_err(|e| Error::Token(format!("--auth-token-file: {e}")))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The TLS files of the scaler's connection to the fabric; with `ca` set, the scaler uses
@@ -151,7 +175,11 @@ pub fn host_name() -> String {
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
     let config = options.load()?;
     let tls = options.tls.settings()?;
-    let client = Client::builder(config.endpoints.clone()).tls(tls.clone()).build().map_err(Error::Client)?;
+    let client = Client::builder(config.endpoints.clone())
+        .tls(tls.clone())
+        .token(options.token.clone())
+        .build()
+        .map_err(Error::Client)?;
     let fabric = Sdk::new(client, &config.group);
     let metrics = Metrics::default();
     let metrics_task = match config.metrics_socket() {
@@ -210,7 +238,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         ))
     };
 
-    let status_worker = own_session(&config, fabric.clone(), &holder, tls);
+    let status_worker = own_session(&config, fabric.clone(), &holder, tls, options.token.clone());
     let controller_options = controller::Options {
         holder: holder.clone(),
         host,
@@ -240,6 +268,7 @@ fn own_session<F: Fabric>(
     fabric: F,
     holder: &str,
     tls: Option<Tls>,
+    token: Option<Token>,
 ) -> Option<(weft_agent::Stopper, tokio::task::JoinHandle<()>)> {
     let status = move |_ctx: Context, _args: serde_json::Value| {
         let fabric = fabric.clone();
@@ -249,6 +278,7 @@ fn own_session<F: Fabric>(
     };
     let worker = Worker::builder(config.endpoints.clone())
         .tls(tls)
+        .token(token)
         .agent(Agent::new(AGENT).delegate(STATUS_DELEGATE, status))
         .name(holder)
         .capacity(4)
@@ -267,5 +297,29 @@ fn own_session<F: Fabric>(
             tracing::warn!(error = %e, "cannot open the scaler's own agent session");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scalers_token_comes_from_its_text_or_a_file_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("scaler.token");
+        std::fs::write(&file, "weft_0123456789ab_00112233445566778899aabbccddeeff\n").unwrap();
+        assert!(token(None, None).unwrap().is_none());
+        let t = token(None, Some(&file)).unwrap().unwrap();
+        assert_eq!(t.id(), Some("0123456789ab"));
+        let t = token(Some("weft_0123456789ab_00112233445566778899aabbccddeeff"), None).unwrap().unwrap();
+        assert_eq!(t.id(), Some("0123456789ab"));
+        let e = token(Some("x"), Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let missing = dir.path().join("missing");
+        let e = token(None, Some(&missing)).unwrap_err().to_string();
+        assert!(e.contains("--auth-token-file") && e.contains(&missing.display().to_string()), "{e}");
+        let options = Options { token: Some(t), ..Options::default() };
+        assert!(!format!("{options:?}").contains("00112233"), "the secret stays out of Debug");
     }
 }

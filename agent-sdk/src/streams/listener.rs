@@ -35,7 +35,7 @@ use weft_proto::wire::Outcome;
 use super::config::CursorConfig;
 use super::item::Item;
 use super::stream::{Stream, grpc};
-use crate::connection::{INITIAL_BACKOFF, next_backoff};
+use crate::connection::{Channel, INITIAL_BACKOFF, next_backoff};
 use crate::{Client, Error};
 
 /// Items a listener holds when not told otherwise: what the fabric may send before the
@@ -542,9 +542,9 @@ pub(crate) async fn ack_with_effects(client: &Client, req: pb::AckRequest) -> Re
         })
         .await;
     match result {
-        Err(Error::Refused { message, .. }) if maybe_applied.load(Ordering::Relaxed) => {
+        Err(refused) if refused.is_refusal() && maybe_applied.load(Ordering::Relaxed) => {
             Err(Error::Unknown(format!(
-                "a try's outcome was unknown and sending it again was refused ({message}): it may have been applied"
+                "a try's outcome was unknown and sending it again was refused ({refused}): it may have been applied"
             )))
         }
         other => other,
@@ -647,7 +647,7 @@ impl Task {
             Error::Refused { code: tonic::Code::NotFound, message } if self.started || self.uid != 0 => {
                 Ended::Done(Some(Error::StreamDeleted { stream: self.core.stream.clone(), message }))
             }
-            Error::Refused { .. } => Ended::Done(Some(error)),
+            refused if refused.is_refusal() => Ended::Done(Some(refused)),
             other => Ended::Lost { reason: other.to_string(), lasted: None },
         }
     }
@@ -655,7 +655,7 @@ impl Task {
     /// One connection, from its start until it ends or is lost.
     async fn connection(
         &mut self,
-        channel: tonic::transport::Channel,
+        channel: Channel,
         started_tx: &mut Option<oneshot::Sender<Result<u64, Error>>>,
     ) -> Ended {
         let (tx, rx) = mpsc::channel(self.buffer as usize + OUTBOUND_SLACK);

@@ -149,7 +149,7 @@ impl Producer {
         match &result {
             Ok(_) => state.next = state.next.max(sequence + 1),
             // Refused by the fabric's rules: nothing was appended, the number is free.
-            Err(Error::Refused { .. }) => {}
+            Err(refused) if refused.is_refusal() => {}
             Err(_) => state.pending = Some((sequence, items)),
         }
         result

@@ -12,11 +12,11 @@ use super::item::{Item, NewItem};
 use super::listener::Listen;
 use super::producer::Producer;
 use super::reference::StreamRef;
-use crate::connection::MAX_MESSAGE_BYTES;
+use crate::connection::{Channel, MAX_MESSAGE_BYTES};
 use crate::{Client, Error};
 
 /// The Streams service on `channel`, with the SDK's message limits.
-pub(crate) fn grpc(channel: tonic::transport::Channel) -> StreamsClient<tonic::transport::Channel> {
+pub(crate) fn grpc(channel: Channel) -> StreamsClient<Channel> {
     StreamsClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -71,7 +71,7 @@ impl Stream {
     /// twice), failing over between nodes.
     async fn request<T, F, Fut>(&self, op: F) -> Result<T, Error>
     where
-        F: Fn(StreamsClient<tonic::transport::Channel>, std::time::Duration) -> Fut,
+        F: Fn(StreamsClient<Channel>, std::time::Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let attempt = self.client.conn.options().attempt_timeout;

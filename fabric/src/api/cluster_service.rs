@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
 
+use crate::auth::{Permission, check};
 use crate::routing::Context;
 
 /// How long `Status` waits for each member's own report.
@@ -53,7 +54,8 @@ impl ClusterService {
         }
     }
 
-    async fn ask(&self, addr: &str) -> Option<pb::NodeStatusReply> {
+    /// The member at `addr`'s own report, or `None` if it does not answer in time.
+    pub(crate) async fn ask(&self, addr: &str) -> Option<pb::NodeStatusReply> {
         let channel = self.ctx.channel(addr).ok()?;
         let mut req = Request::new(pb::StatusRequest {});
         req.set_timeout(MEMBER_TIMEOUT);
@@ -65,7 +67,11 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        check(&request, Permission::ReadCluster)?;
         let me = self.local();
         let membership = self.ctx.raft.metrics().borrow().membership_config.membership().clone();
         let voters: Vec<u64> = membership.voter_ids().collect();
@@ -136,13 +142,20 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn node_status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::NodeStatusReply>, Status> {
+        // The auth gate lets this through without a token (nodes ask it of each other, and
+        // hold none): then the caller is open and this passes.
+        check(&request, Permission::ReadCluster)?;
         Ok(Response::new(self.local()))
     }
 
-    async fn members(&self, _: Request<pb::MembersRequest>) -> Result<Response<pb::MembersReply>, Status> {
+    async fn members(
+        &self,
+        request: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersReply>, Status> {
         use std::sync::atomic::Ordering::Relaxed;
+        check(&request, Permission::ReadCluster)?;
         let view = self.ctx.membership.gossip.view();
         let membership = self.ctx.raft.metrics().borrow().membership_config.membership().clone();
         let voters: Vec<u64> = membership.voter_ids().collect();
@@ -183,6 +196,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
+    /// Node-only: not behind tokens (with TLS on, only a node certificate reaches it).
     async fn prepare_bootstrap(
         &self,
         request: Request<pb::PrepareBootstrapRequest>,

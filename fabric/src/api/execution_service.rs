@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::fabric::v1 as pb;
 
+use super::authz;
 use super::wait::{Watch, check_waiters, created_but, still_running, wait_deadline};
+use crate::auth::{Caller, Permission, authorize};
 use crate::convert;
 use crate::grid::execution::{Execution, ExecutionId, Status as ExecStatus};
 use crate::grid::{self, Command, Output};
@@ -59,16 +61,24 @@ impl ExecutionService {
         Self { ctx, shutdown }
     }
 
-    async fn create(&self, req: pb::CreateExecutionRequest) -> Result<(ExecutionId, bool), Error> {
+    /// Creates an execution `caller` may call (checked once the request is, before anything is
+    /// proposed).
+    async fn create(
+        &self,
+        caller: &Caller,
+        req: pb::CreateExecutionRequest,
+    ) -> Result<(ExecutionId, bool), Error> {
         let wait_for_delegate = req.wait_for_delegate;
         let mut new = convert::new_execution(req, &self.ctx.work)?;
         default_timeout(&mut new, self.ctx.work.default_execution_timeout_ms);
+        let agent = new.agent.clone();
         let command = if wait_for_delegate {
             Command::CreateExecution(Box::new(new))
         } else {
             Command::CreateServedExecution(Box::new(new))
         };
         command.validate(&self.ctx.limits)?;
+        authorize(caller, Permission::Call { agent: &agent })?;
         self.ctx.check_room()?;
         created_id(routing::propose(&self.ctx, command).await?)
     }
@@ -83,6 +93,13 @@ impl ExecutionService {
             .applied
             .read(|a| a.grid.execution(id).cloned())
             .ok_or_else(|| Error::Grid(grid::Error::UnknownExecution { id }).into_status())
+    }
+
+    /// Execution `id` from this replica, if `caller` may read its agent's executions.
+    fn read_for(&self, caller: &Caller, id: ExecutionId) -> Result<Execution, Status> {
+        let e = self.read(id)?;
+        authorize(caller, Permission::ReadAgent { agent: &e.agent })?;
+        Ok(e)
     }
 
     /// A list request's page size: 0 is the largest, more than that is refused.
@@ -116,8 +133,10 @@ impl pb::executions_server::Executions for ExecutionService {
     ) -> Result<Response<pb::CreateExecutionResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = async {
+            let caller = Caller::of(&request)?;
             check_waiters(&self.ctx).map_err(Error::into_status)?;
-            let (id, created) = self.create(request.into_inner()).await.map_err(Error::into_status)?;
+            let (id, created) =
+                self.create(&caller, request.into_inner()).await.map_err(Error::into_status)?;
             // The entry is applied on the leader; wait until this replica has it too.
             let mut watch = Watch::after_create(&self.ctx, id)?;
             let deadline = Instant::now() + self.ctx.request_timeout;
@@ -140,13 +159,14 @@ impl pb::executions_server::Executions for ExecutionService {
     async fn call(&self, request: Request<pb::CallRequest>) -> Result<Response<pb::Execution>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = async {
+            let caller = Caller::of(&request)?;
             let req = request.into_inner();
             let create =
                 req.create.ok_or_else(|| Status::invalid_argument("a call needs a create request"))?;
             let started = Instant::now();
             let deadline = wait_deadline(&self.ctx, req.timeout_ms);
             check_waiters(&self.ctx).map_err(Error::into_status)?;
-            let (id, _) = self.create(create).await.map_err(Error::into_status)?;
+            let (id, _) = self.create(&caller, create).await.map_err(Error::into_status)?;
             let mut watch = Watch::after_create(&self.ctx, id)?;
             match watch.until_final(&self.ctx, deadline).await {
                 Ok(e) => Ok(Response::new(convert::pb_execution(e))),
@@ -160,15 +180,20 @@ impl pb::executions_server::Executions for ExecutionService {
     type WaitStream = WaitStream;
 
     async fn wait(&self, request: Request<pb::WaitRequest>) -> Result<Response<Self::WaitStream>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let started = Instant::now();
         let deadline = wait_deadline(&self.ctx, req.timeout_ms);
         let mut watch = Watch::new(&self.ctx, req.id).map_err(Error::into_status)?;
-        if watch.current(&self.ctx).is_none() {
-            // Perhaps created an instant ago through another node: confirm with the leader.
-            self.consistent(0).await?;
-            self.read(req.id)?;
-        }
+        let agent = match watch.current(&self.ctx) {
+            Some(e) => e.agent,
+            None => {
+                // Perhaps created an instant ago through another node: confirm with the leader.
+                self.consistent(0).await?;
+                self.read(req.id)?.agent
+            }
+        };
+        authorize(&caller, Permission::ReadAgent { agent: &agent })?;
         let (tx, rx) = mpsc::channel(WAIT_STREAM_BUFFER);
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
@@ -203,10 +228,11 @@ impl pb::executions_server::Executions for ExecutionService {
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let req = request.into_inner();
         let result = async {
+            let caller = Caller::of(&request)?;
+            let req = request.into_inner();
             self.consistent(req.consistency).await?;
-            Ok(Response::new(convert::pb_execution(self.read(req.id)?)))
+            Ok(Response::new(convert::pb_execution(self.read_for(&caller, req.id)?)))
         }
         .await;
         self.counted(result)
@@ -217,8 +243,9 @@ impl pb::executions_server::Executions for ExecutionService {
         request: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let req = request.into_inner();
         let result = async {
+            let caller = Caller::of(&request)?;
+            let req = request.into_inner();
             let limit = self.page_limit(req.limit)?;
             let status = match req.status.as_str() {
                 "" => None,
@@ -229,6 +256,10 @@ impl pb::executions_server::Executions for ExecutionService {
                     ))
                 })?),
             };
+            if !req.agent.is_empty() {
+                grid::validate_name("agent", &req.agent).map_err(|e| Error::Grid(e).into_status())?;
+            }
+            authz::check_list(&caller, &req.agent, "executions")?;
             let agent = (!req.agent.is_empty()).then_some(req.agent.as_str());
             let after = (req.page_token != 0).then_some(req.page_token);
             self.consistent(req.consistency).await?;
@@ -254,8 +285,11 @@ impl pb::executions_server::Executions for ExecutionService {
     ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let actor = super::actor(&self.ctx, &request);
-        let req = request.into_inner();
         let result = async {
+            let caller = Caller::of(&request)?;
+            let req = request.into_inner();
+            let agent = authz::execution_agent(&self.ctx, req.id).await.map_err(Error::into_status)?;
+            authorize(&caller, Permission::Cancel { agent: &agent })?;
             let command = super::audited(actor, Command::Cancel { execution: req.id, reason: req.reason });
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Cancelled { count } => {
@@ -274,8 +308,14 @@ impl pb::executions_server::Executions for ExecutionService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ListenStream>, Status> {
-        let rx = crate::sessions::host::open(self.ctx.clone(), request.into_inner(), self.shutdown.clone())
-            .await?;
+        let caller = Caller::of(&request)?;
+        let rx = crate::sessions::host::open(
+            self.ctx.clone(),
+            caller,
+            request.into_inner(),
+            self.shutdown.clone(),
+        )
+        .await?;
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
 
@@ -284,14 +324,20 @@ impl pb::executions_server::Executions for ExecutionService {
         request: Request<pb::Completion>,
     ) -> Result<Response<pb::CompletionAck>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let req = request.into_inner();
-        let (id, token) = (req.execution_id, req.token);
-        let creates = req.effects.iter().any(|e| matches!(e.kind, Some(pb::effect::Kind::Call(_))));
         let result = async {
+            let caller = Caller::of(&request)?;
+            let req = request.into_inner();
+            let (id, token) = (req.execution_id, req.token);
+            let creates = req.effects.iter().any(|e| matches!(e.kind, Some(pb::effect::Kind::Call(_))));
             let completion =
                 convert::completion(req, &self.ctx.work).map_err(|e| Error::Grid(e).into_status())?;
             let command = Command::Complete(Box::new(completion));
             command.validate(&self.ctx.limits).map_err(|e| Error::Grid(e).into_status())?;
+            if let Command::Complete(c) = &command {
+                authz::check_completion(&self.ctx, &caller, id, &c.effects)
+                    .await
+                    .map_err(Error::into_status)?;
+            }
             if creates {
                 self.ctx.check_room().map_err(Error::into_status)?;
             }
@@ -310,8 +356,9 @@ impl pb::executions_server::Executions for ExecutionService {
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let req = request.into_inner();
         let result = async {
+            crate::auth::check(&request, Permission::ReadCluster)?;
+            let req = request.into_inner();
             let limit = self.page_limit(req.limit)?;
             let agent = (!req.agent.is_empty()).then_some(req.agent.as_str());
             let after = (req.page_token != 0).then_some(req.page_token);

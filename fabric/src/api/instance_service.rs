@@ -6,7 +6,9 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 
+use super::authz::{self, permits};
 use super::wait::{Watch, check_waiters, still_running, wait_deadline};
+use crate::auth::Permission;
 use crate::convert;
 use crate::grid::execution::ExecutionId;
 use crate::grid::{self, Command, Output};
@@ -58,6 +60,7 @@ impl pb::instances_server::Instances for InstanceService {
     ) -> Result<Response<pb::StartInstanceResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let actor = super::actor(&self.ctx, &request);
+        let allowed = permits(&request, Permission::ManageInstances { agent: &request.get_ref().agent })?;
         let req = request.into_inner();
         let started = Instant::now();
         let deadline = wait_deadline(&self.ctx, req.timeout_ms);
@@ -65,6 +68,7 @@ impl pb::instances_server::Instances for InstanceService {
             let new = convert::new_instance(req, &self.ctx.work).map_err(bad)?;
             let command = super::audited(actor, Command::StartInstance(Box::new(new)));
             command.validate(&self.ctx.limits).map_err(bad)?;
+            allowed?;
             self.ctx.check_room().map_err(Error::into_status)?;
             check_waiters(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
@@ -91,6 +95,7 @@ impl pb::instances_server::Instances for InstanceService {
     ) -> Result<Response<pb::StopInstanceResponse>, Status> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let actor = super::actor(&self.ctx, &request);
+        let allowed = permits(&request, Permission::ManageInstances { agent: &request.get_ref().agent })?;
         let req = request.into_inner();
         let started = Instant::now();
         let deadline = wait_deadline(&self.ctx, req.timeout_ms);
@@ -98,6 +103,7 @@ impl pb::instances_server::Instances for InstanceService {
             let command =
                 super::audited(actor, Command::StopInstance { agent: req.agent, instance: req.instance });
             command.validate(&self.ctx.limits).map_err(bad)?;
+            allowed?;
             check_waiters(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Stopping { stop_execution } => {
@@ -114,10 +120,12 @@ impl pb::instances_server::Instances for InstanceService {
 
     async fn get(&self, request: Request<pb::GetInstanceRequest>) -> Result<Response<pb::Instance>, Status> {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let allowed = permits(&request, Permission::ReadAgent { agent: &request.get_ref().agent })?;
         let req = request.into_inner();
         let result = async {
             grid::validate_name("agent", &req.agent).map_err(bad)?;
             grid::validate_name("instance", &req.instance).map_err(bad)?;
+            allowed?;
             self.consistent(req.consistency).await?;
             self.ctx
                 .applied
@@ -140,6 +148,7 @@ impl pb::instances_server::Instances for InstanceService {
         request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let caller = crate::auth::Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             let max = self.ctx.limits.max_list_page;
@@ -151,6 +160,7 @@ impl pb::instances_server::Instances for InstanceService {
             if !req.agent.is_empty() {
                 grid::validate_name("agent", &req.agent).map_err(bad)?;
             }
+            authz::check_list(&caller, &req.agent, "instances")?;
             self.consistent(req.consistency).await?;
             let agent = (!req.agent.is_empty()).then_some(req.agent.as_str());
             let after = req.page_token.map(|p| (p.agent, p.instance));

@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering;
 use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 
+use super::authz::permits;
+use crate::auth::{Denied, Permission};
 use crate::convert;
 use crate::grid::{self, Command, Output};
 use crate::routing::{self, Context, Error};
@@ -28,11 +30,13 @@ impl LeaseService {
         Self { ctx }
     }
 
-    /// Checks `command` and proposes it where the leader is.
-    async fn write(&self, command: Command) -> Result<Output, Status> {
+    /// Checks `command`, then whether the caller may use the lease (`allowed`), and proposes
+    /// it where the leader is.
+    async fn write(&self, command: Command, allowed: Result<(), Denied>) -> Result<Output, Status> {
         self.ctx.counters.writes.fetch_add(1, Ordering::Relaxed);
         let result = async {
             command.validate(&self.ctx.limits)?;
+            allowed?;
             routing::propose(&self.ctx, command).await
         }
         .await
@@ -56,25 +60,28 @@ impl pb::leases_server::Leases for LeaseService {
         &self,
         request: Request<pb::AcquireLeaseRequest>,
     ) -> Result<Response<pb::LeaseGrant>, Status> {
+        let allowed = permits(&request, Permission::Lease { name: &request.get_ref().name })?;
         let req = request.into_inner();
         tracing::debug!(lease = %req.name, holder = %req.holder, ttl_ms = req.ttl_ms, "acquire lease");
-        Self::grant(self.write(convert::acquire_lease(req)).await?)
+        Self::grant(self.write(convert::acquire_lease(req), allowed).await?)
     }
 
     async fn renew(
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::LeaseGrant>, Status> {
-        Self::grant(self.write(convert::renew_lease(request.into_inner())).await?)
+        let allowed = permits(&request, Permission::Lease { name: &request.get_ref().name })?;
+        Self::grant(self.write(convert::renew_lease(request.into_inner()), allowed).await?)
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseLeaseRequest>,
     ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        let allowed = permits(&request, Permission::Lease { name: &request.get_ref().name })?;
         let req = request.into_inner();
         tracing::debug!(lease = %req.name, token = req.token, "release lease");
-        match self.write(convert::release_lease(req)).await? {
+        match self.write(convert::release_lease(req), allowed).await? {
             Output::LeaseReleased { released } => Ok(Response::new(pb::ReleaseLeaseResponse { released })),
             other => Err(Status::internal(format!("unexpected answer to a lease release: {other:?}"))),
         }
@@ -85,9 +92,11 @@ impl pb::leases_server::Leases for LeaseService {
         request: Request<pb::GetLeaseRequest>,
     ) -> Result<Response<pb::GetLeaseResponse>, Status> {
         self.ctx.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let allowed = permits(&request, Permission::Lease { name: &request.get_ref().name })?;
         let req = request.into_inner();
         let result = async {
             grid::lease::validate_lease_name(&req.name)?;
+            allowed?;
             if !convert::is_stale(req.consistency) {
                 routing::read_barrier(&self.ctx).await?;
             }

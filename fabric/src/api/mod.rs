@@ -1,5 +1,5 @@
 //! The gRPC services agents and tools call: `weft.fabric.v1.{State, Cluster, Executions,
-//! Instances, Streams, Scaling, Leases}`.
+//! Instances, Streams, Scaling, Leases, Tokens}`.
 //!
 //! Each service checks its input, turns a request into grid commands or reads, and sends
 //! them down the one path to the leader, [`crate::routing`]; generated types become domain
@@ -19,12 +19,15 @@
 //!   listeners (`Listen`) are served by [`crate::sessions::listener`].
 //! - [`scaling_service`]: the demand for agent processes, pushed to scalers (`WatchDemand`).
 //! - [`cluster_service`]: the cluster's status and the gossip view.
+//! - [`token_service`]: bearer tokens: create (the secret shown once), list, revoke (and wait
+//!   until every member applied it).
 //! - [`wait`]: waiting on this node's replica for an execution to change or finish.
 //!
 //! Control operations (cancel, instance start and stop, stream close and delete, cursor
-//! delete) are proposed [`audited`]: the grid records who asked and the outcome in the audit
+//! delete, token create and revoke) are proposed [`audited`]: the grid records who asked and the outcome in the audit
 //! stream (`grid::audit`).
 
+pub(crate) mod authz;
 pub mod cluster_service;
 pub mod execution_service;
 pub mod instance_service;
@@ -32,6 +35,7 @@ pub mod lease_service;
 pub mod scaling_service;
 pub mod state_service;
 pub mod stream_service;
+pub mod token_service;
 pub mod wait;
 
 pub use cluster_service::ClusterService;
@@ -41,6 +45,7 @@ pub use lease_service::LeaseService;
 pub use scaling_service::ScalingService;
 pub use state_service::StateService;
 pub use stream_service::StreamService;
+pub use token_service::TokenService;
 
 use crate::grid::Command;
 use crate::grid::audit::Actor;

@@ -114,15 +114,20 @@ impl pb::scaling_server::Scaling for ScalingService {
         request: Request<pb::WatchDemandRequest>,
     ) -> Result<Response<DemandStream>, Status> {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let result = parse(request.into_inner()).and_then(|watch| {
-            let signal =
-                self.ctx.hub.watch_demand().map_err(|e| Error::Overloaded(e.to_string()).into_status())?;
-            let (tx, rx) = mpsc::channel(OUTBOUND_PICTURES);
-            let watcher =
-                Watcher { ctx: self.ctx.clone(), watch, signal, tx, shutdown: self.shutdown.clone() };
-            tokio::spawn(watcher.run());
-            Ok(Response::new(Box::pin(super::execution_service::tokio_stream_from(rx)) as DemandStream))
-        });
+        let result = crate::auth::check(&request, crate::auth::Permission::WatchDemand)
+            .and_then(|()| parse(request.into_inner()))
+            .and_then(|watch| {
+                let signal = self
+                    .ctx
+                    .hub
+                    .watch_demand()
+                    .map_err(|e| Error::Overloaded(e.to_string()).into_status())?;
+                let (tx, rx) = mpsc::channel(OUTBOUND_PICTURES);
+                let watcher =
+                    Watcher { ctx: self.ctx.clone(), watch, signal, tx, shutdown: self.shutdown.clone() };
+                tokio::spawn(watcher.run());
+                Ok(Response::new(Box::pin(super::execution_service::tokio_stream_from(rx)) as DemandStream))
+            });
         self.ctx.count(&result);
         result
     }

@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 
+use super::authz::permits;
+use crate::auth::{Denied, Permission};
 use crate::convert;
 use crate::grid::{self, Command, Output};
 use crate::routing::{self, Context, Error};
@@ -25,11 +27,13 @@ impl StateService {
         Self { ctx }
     }
 
-    /// Checks `command` and proposes it where the leader is.
-    async fn write(&self, command: Command) -> Result<Output, Status> {
+    /// Checks `command`, then whether the caller may make it (`allowed`: its permission to
+    /// write the namespace), and proposes it where the leader is.
+    async fn write(&self, command: Command, allowed: Result<(), Denied>) -> Result<Output, Status> {
         self.ctx.counters.writes.fetch_add(1, Ordering::Relaxed);
         let result = async {
             command.validate(&self.ctx.limits)?;
+            allowed?;
             routing::propose(&self.ctx, command).await
         }
         .await
@@ -38,17 +42,20 @@ impl StateService {
         result
     }
 
-    /// Checks a read, waits until this replica may serve it (unless it asked for a stale
+    /// Checks a read, then whether the caller may make it (`allowed`: its permission to read
+    /// the namespace), waits until this replica may serve it (unless it asked for a stale
     /// read) and reads.
     async fn read<T>(
         &self,
         consistency: i32,
         check: impl FnOnce() -> Result<(), grid::Error>,
+        allowed: Result<(), Denied>,
         read: impl FnOnce(&Context) -> Result<T, Error>,
     ) -> Result<Response<T>, Status> {
         self.ctx.counters.reads.fetch_add(1, Ordering::Relaxed);
         let result = async {
             check()?;
+            allowed?;
             if !convert::is_stale(consistency) {
                 routing::read_barrier(&self.ctx).await?;
             }
@@ -76,10 +83,12 @@ fn page_size(ctx: &Context, req: &pb::ListRequest) -> usize {
 #[tonic::async_trait]
 impl pb::state_server::State for StateService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let allowed = permits(&request, Permission::ReadState { namespace: &request.get_ref().namespace })?;
         let req = request.into_inner();
         self.read(
             req.consistency,
             || grid::validate_key(&req.namespace, &req.key, &self.ctx.limits),
+            allowed,
             |ctx| {
                 let entry = ctx.applied.read(|a| a.grid.get(&req.namespace, &req.key).cloned());
                 Ok(pb::GetResponse { entry: entry.map(|v| convert::key_value(req.key.clone(), v)) })
@@ -89,7 +98,8 @@ impl pb::state_server::State for StateService {
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let output = self.write(convert::put(request.into_inner())).await?;
+        let allowed = permits(&request, Permission::WriteState { namespace: &request.get_ref().namespace })?;
+        let output = self.write(convert::put(request.into_inner()), allowed).await?;
         Ok(Response::new(pb::PutResponse { version: version_of(output) }))
     }
 
@@ -97,7 +107,8 @@ impl pb::state_server::State for StateService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let output = self.write(convert::delete(request.into_inner())).await?;
+        let allowed = permits(&request, Permission::WriteState { namespace: &request.get_ref().namespace })?;
+        let output = self.write(convert::delete(request.into_inner()), allowed).await?;
         Ok(Response::new(pb::DeleteResponse { deleted: matches!(output, Output::Deleted { existed: true }) }))
     }
 
@@ -105,11 +116,13 @@ impl pb::state_server::State for StateService {
         &self,
         request: Request<pb::CompareAndSetRequest>,
     ) -> Result<Response<pb::CompareAndSetResponse>, Status> {
-        let output = self.write(convert::compare_and_set(request.into_inner())).await?;
+        let allowed = permits(&request, Permission::WriteState { namespace: &request.get_ref().namespace })?;
+        let output = self.write(convert::compare_and_set(request.into_inner()), allowed).await?;
         Ok(Response::new(pb::CompareAndSetResponse { version: version_of(output) }))
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let allowed = permits(&request, Permission::ReadState { namespace: &request.get_ref().namespace })?;
         let req = request.into_inner();
         let limit = page_size(&self.ctx, &req);
         let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
@@ -121,6 +134,7 @@ impl pb::state_server::State for StateService {
                     .list(&req.namespace, &req.prefix, None, limit, &self.ctx.limits)
                     .map(drop)
             },
+            allowed,
             |ctx| {
                 let page = ctx
                     .applied

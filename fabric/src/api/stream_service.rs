@@ -11,6 +11,8 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::fabric::v1 as pb;
 
+use super::authz;
+use crate::auth::{Caller, Denied, Permission, authorize};
 use crate::convert;
 use crate::grid::cursor::NewCursor;
 use crate::grid::stream::{NewStream, validate_filter, validate_item_key, validate_stream_name};
@@ -36,10 +38,12 @@ impl StreamService {
         Self { ctx, shutdown }
     }
 
-    /// Checks `command` and proposes it where the leader is.
-    async fn write(&self, command: Command) -> Result<Output, Error> {
+    /// Checks `command`, then whether the caller may make it (`allowed`, the caller's
+    /// permission for what the command names), and proposes it where the leader is.
+    async fn write(&self, command: Command, allowed: Result<(), Denied>) -> Result<Output, Error> {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         command.validate(&self.ctx.limits)?;
+        allowed?;
         routing::propose(&self.ctx, command).await
     }
 
@@ -106,11 +110,21 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::CreateStreamRequest>,
     ) -> Result<Response<pb::StreamInfo>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             let config = convert::stream_config(req.kind, req.limits, req.generator, &self.ctx.work)?;
+            // A generator stream calls its agent when it starts.
+            let allowed =
+                authorize(&caller, Permission::WriteStream { stream: &req.name }).and_then(
+                    |()| match &config.generator {
+                        Some(g) => authorize(&caller, Permission::Call { agent: &g.call.agent }),
+                        None => Ok(()),
+                    },
+                );
             let command = Command::CreateStream(Box::new(NewStream { name: req.name.clone(), config }));
             command.validate(&self.ctx.limits)?;
+            allowed.clone()?;
             let (count, _) = self.ctx.applied.read(|a| a.grid.stream_totals());
             let exists = self.ctx.applied.read(|a| a.grid.stream(&req.name).is_some());
             if !exists && count >= self.ctx.streams.max_streams {
@@ -121,7 +135,7 @@ impl pb::streams_server::Streams for StreamService {
                     setting: "max_streams".into(),
                 }));
             }
-            self.write(command).await?;
+            self.write(command, allowed).await?;
             // The entry is applied on the leader; wait until this replica has it too.
             routing::read_barrier(&self.ctx).await.map_err(read_back_failed)?;
             self.info(&req.name)
@@ -134,10 +148,12 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let result = async {
             let append = convert::append(request.into_inner())?;
+            let allowed = authorize(&caller, Permission::WriteStream { stream: &append.stream });
             self.check_stream_bytes(append.size())?;
-            match self.write(Command::Append(Box::new(append))).await? {
+            match self.write(Command::Append(Box::new(append)), allowed).await? {
                 Output::Appended { first_seq, last_seq, duplicate } => {
                     Ok(pb::AppendResponse { first_seq, last_seq, duplicate })
                 }
@@ -149,9 +165,11 @@ impl pb::streams_server::Streams for StreamService {
     }
 
     async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             validate_stream_name(&req.stream)?;
+            authorize(&caller, Permission::ReadStream { stream: &req.stream })?;
             let filter = (!req.filter.is_empty()).then_some(req.filter.as_str());
             if let Some(f) = filter {
                 validate_filter(f)?;
@@ -188,10 +206,12 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::LastByKeyRequest>,
     ) -> Result<Response<pb::Item>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             validate_stream_name(&req.stream)?;
             validate_item_key(&req.key)?;
+            authorize(&caller, Permission::ReadStream { stream: &req.stream })?;
             self.consistent(req.consistency).await?;
             self.with_stream(&req.stream, |s| {
                 s.last_by_key(&req.key).map(convert::pb_item).ok_or_else(|| {
@@ -207,9 +227,11 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::StreamInfoRequest>,
     ) -> Result<Response<pb::StreamInfo>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             validate_stream_name(&req.name)?;
+            authorize(&caller, Permission::ReadStream { stream: &req.name })?;
             self.consistent(req.consistency).await?;
             self.info(&req.name)
         }
@@ -221,6 +243,7 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::ListStreamsRequest>,
     ) -> Result<Response<pb::ListStreamsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             let max = self.ctx.limits.max_list_page;
@@ -230,15 +253,10 @@ impl pb::streams_server::Streams for StreamService {
             }
             self.consistent(req.consistency).await?;
             let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+            // Every stream with ReadAll; else those the caller may read.
             Ok(self.ctx.applied.read(|a| {
-                let page = a.grid.streams_after(after, limit + 1);
-                let more = page.len() > limit;
-                let streams: Vec<_> = page.into_iter().take(limit).map(convert::pb_stream_info).collect();
-                let next_page_token = if more {
-                    streams.last().map(|s| s.name.clone()).unwrap_or_default()
-                } else {
-                    String::new()
-                };
+                let (page, next_page_token) = authz::readable_streams(&a.grid, &caller, after, limit);
+                let streams = page.into_iter().map(convert::pb_stream_info).collect();
                 pb::ListStreamsResponse { streams, next_page_token }
             }))
         }
@@ -251,11 +269,13 @@ impl pb::streams_server::Streams for StreamService {
         request: Request<pb::CloseStreamRequest>,
     ) -> Result<Response<pb::StreamInfo>, Status> {
         let actor = super::actor(&self.ctx, &request);
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             let error = (!req.error.is_empty()).then(|| req.error.clone());
-            self.write(super::audited(actor, Command::CloseStream { stream: req.name.clone(), error }))
-                .await?;
+            let allowed = authorize(&caller, Permission::ManageStream { stream: &req.name });
+            let command = super::audited(actor, Command::CloseStream { stream: req.name.clone(), error });
+            self.write(command, allowed).await?;
             routing::read_barrier(&self.ctx).await.map_err(read_back_failed)?;
             self.info(&req.name)
         }
@@ -268,12 +288,12 @@ impl pb::streams_server::Streams for StreamService {
         request: Request<pb::DeleteStreamRequest>,
     ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
         let actor = super::actor(&self.ctx, &request);
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
-            let existed = matches!(
-                self.write(super::audited(actor, Command::DeleteStream { stream: req.name })).await?,
-                Output::Deleted { existed: true }
-            );
+            let allowed = authorize(&caller, Permission::ManageStream { stream: &req.name });
+            let command = super::audited(actor, Command::DeleteStream { stream: req.name.clone() });
+            let existed = matches!(self.write(command, allowed).await?, Output::Deleted { existed: true });
             Ok(pb::DeleteStreamResponse { existed })
         }
         .await;
@@ -284,11 +304,14 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::CreateCursorRequest>,
     ) -> Result<Response<pb::CursorInfo>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             let config = convert::cursor_config(req.config.unwrap_or_default(), None)?;
+            let allowed = authorize(&caller, Permission::ReadStream { stream: &req.stream })
+                .and_then(|()| authz::check_cursor(&caller, &config));
             let new = NewCursor { stream: req.stream.clone(), name: req.name.clone(), config };
-            self.write(Command::CreateCursor(Box::new(new))).await?;
+            self.write(Command::CreateCursor(Box::new(new)), allowed).await?;
             routing::read_barrier(&self.ctx).await.map_err(read_back_failed)?;
             self.cursor_info(&req.stream, &req.name)
         }
@@ -300,12 +323,14 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::CursorInfoRequest>,
     ) -> Result<Response<pb::CursorInfo>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             validate_stream_name(&req.stream)?;
             if !req.name.starts_with(grid::cursor::UNNAMED_PREFIX) {
                 validate_cursor_name(&req.name)?;
             }
+            authorize(&caller, Permission::ReadStream { stream: &req.stream })?;
             self.consistent(req.consistency).await?;
             self.cursor_info(&req.stream, &req.name)
         }
@@ -317,9 +342,11 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<pb::ListCursorsRequest>,
     ) -> Result<Response<pb::ListCursorsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             validate_stream_name(&req.stream)?;
+            authorize(&caller, Permission::ReadStream { stream: &req.stream })?;
             self.consistent(req.consistency).await?;
             self.with_stream(&req.stream, |s| {
                 Ok(pb::ListCursorsResponse {
@@ -336,11 +363,13 @@ impl pb::streams_server::Streams for StreamService {
         request: Request<pb::DeleteCursorRequest>,
     ) -> Result<Response<pb::DeleteCursorResponse>, Status> {
         let actor = super::actor(&self.ctx, &request);
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
+            let allowed = authorize(&caller, Permission::ManageStream { stream: &req.stream });
             let command =
-                super::audited(actor, Command::DeleteCursor { stream: req.stream, cursor: req.name });
-            let existed = matches!(self.write(command).await?, Output::Deleted { existed: true });
+                super::audited(actor, Command::DeleteCursor { stream: req.stream.clone(), cursor: req.name });
+            let existed = matches!(self.write(command, allowed).await?, Output::Deleted { existed: true });
             Ok(pb::DeleteCursorResponse { existed })
         }
         .await;
@@ -348,10 +377,13 @@ impl pb::streams_server::Streams for StreamService {
     }
 
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
             let acks = req.acks.iter().map(|d| (d.seq, d.token)).collect();
             let effects = convert::effects(req.effects, &self.ctx.work)?;
+            let allowed = authorize(&caller, Permission::ReadStream { stream: &req.stream })
+                .and_then(|()| authz::check_effects(&caller, &effects));
             let appends: usize = effects
                 .iter()
                 .map(|e| match e {
@@ -362,7 +394,8 @@ impl pb::streams_server::Streams for StreamService {
             if appends > 0 {
                 self.check_stream_bytes(appends)?;
             }
-            self.write(Command::Ack { stream: req.stream, cursor: req.cursor, acks, effects }).await?;
+            self.write(Command::Ack { stream: req.stream, cursor: req.cursor, acks, effects }, allowed)
+                .await?;
             Ok(pb::AckResponse {})
         }
         .await;
@@ -375,7 +408,9 @@ impl pb::streams_server::Streams for StreamService {
         &self,
         request: Request<Streaming<pb::ListenerMessage>>,
     ) -> Result<Response<Self::ListenStream>, Status> {
-        let rx = listener::start(self.ctx.clone(), request.into_inner(), self.shutdown.clone()).await?;
+        let caller = Caller::of(&request)?;
+        let rx =
+            listener::start(self.ctx.clone(), caller, request.into_inner(), self.shutdown.clone()).await?;
         Ok(Response::new(Box::pin(super::execution_service::tokio_stream_from(rx))))
     }
 }

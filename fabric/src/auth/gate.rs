@@ -51,15 +51,28 @@ impl Unauthenticated {
 /// Checks a presented token (the text after `Bearer `) and says who it belongs to.
 pub trait Verifier: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Principal, Unauthenticated>;
+
+    /// Told of every request the gate refused (for metrics); by default nothing.
+    fn refused(&self, _why: &Unauthenticated) {}
 }
 
 /// What the gate checks tokens with: `None` when auth is off.
 pub type Gate = Option<Arc<dyn Verifier>>;
 
-/// Paths served without a token.
+/// Paths served without a token. `Cluster/NodeStatus` is one: nodes ask it of each other
+/// (joining, elections, relocation, the cluster's status), and they hold no token.
 fn is_open_path(path: &str) -> bool {
     crate::tls::is_node_only(path)
-        || matches!(path, "/healthz" | "/readyz" | "/" | "/ui" | "/ui/" | "/openapi.json")
+        || matches!(
+            path,
+            "/healthz"
+                | "/readyz"
+                | "/"
+                | "/ui"
+                | "/ui/"
+                | "/openapi.json"
+                | "/weft.fabric.v1.Cluster/NodeStatus"
+        )
         || path.starts_with("/ui/")
         || path.starts_with("/grpc.health.v1.Health/")
 }
@@ -107,6 +120,7 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
             match checked {
                 Ok(principal) => Caller::Token(Arc::new(principal)),
                 Err(why) => {
+                    verifier.refused(&why);
                     tracing::debug!(path = %request.uri().path(), reason = why.reason(), "refused a request without valid credentials");
                     return refuse(is_grpc(&request), &why);
                 }

@@ -28,10 +28,24 @@
 //! stream lists match by prefix (`shared/orders` matches `shared/orders` and
 //! `shared/orders-eu`). Streams whose names start with `weft.` (the audit trail) are readable
 //! by admins and operators only, whatever the prefixes say.
+//!
+//! # Layout
+//! - here: roles, scopes, [`Principal`], [`Caller`], [`Permission`] and [`authorize`].
+//! - `gate`: the middleware in front of every route, the [`Verifier`] it asks, and why a
+//!   credential was refused ([`Unauthenticated`]).
+//! - `credential`: [`Credential`], the token text `weft_<id>_<secret>`: made, read, hashed,
+//!   compared in constant time.
+//! - `verify`: [`TokenVerifier`], the verifier over this node's replica of the grid.
+//! - `bootstrap`: the first admin token of a cluster, from `auth_bootstrap_token_file`.
 
+pub(crate) mod bootstrap;
+mod credential;
 mod gate;
+mod verify;
 
+pub use credential::Credential;
 pub use gate::{Gate, Unauthenticated, Verifier, gate};
+pub use verify::{Clock, TokenVerifier, wall_clock_ms};
 
 use std::fmt;
 use std::sync::Arc;
@@ -240,6 +254,7 @@ pub struct Denied {
 
 impl From<Denied> for tonic::Status {
     fn from(d: Denied) -> Self {
+        tracing::debug!(principal = %d.principal, permission = %d.permission, "permission denied");
         tonic::Status::permission_denied(d.to_string())
     }
 }

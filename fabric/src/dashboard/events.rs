@@ -19,7 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::snapshot::{Filter, Snapshot};
-use super::{Dashboard, FilterQuery, MAX_EVENT_STREAMS, json_error};
+use super::{Dashboard, FilterQuery, MAX_EVENT_STREAMS, json_error, refused};
 
 /// Least time between two snapshot events of one stream.
 pub const MIN_EVENT_INTERVAL: Duration = Duration::from_millis(250);
@@ -30,8 +30,12 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(super) async fn events(
     State(d): State<Dashboard>,
+    caller: crate::auth::Caller,
     query: Result<Query<FilterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if let Some(refusal) = refused(&caller) {
+        return refusal;
+    }
     let filter = match FilterQuery::parse(query) {
         Ok(f) => f,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message),
@@ -48,6 +52,7 @@ pub(super) async fn events(
         metrics: d.ctx.raft.metrics(),
         seen: None,
         dashboard: d,
+        caller,
         filter,
         tick,
         last: None,
@@ -64,6 +69,8 @@ pub(super) async fn events(
 /// One client's stream: what it was sent last, and what wakes it.
 struct Feed {
     dashboard: Dashboard,
+    /// Checked when the stream opened (a token revoked later ends nothing already open).
+    caller: crate::auth::Caller,
     filter: Filter,
     metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<crate::NodeId, openraft::BasicNode>>,
     /// Applied index, leader and term as of the last wake-up.
@@ -108,7 +115,7 @@ impl Feed {
             let snapshot = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return None,
-                s = self.dashboard.snapshot(self.filter.clone()) => s,
+                s = self.dashboard.snapshot(self.filter.clone(), &self.caller) => s,
             };
             if self.last.as_ref() == Some(&snapshot) {
                 continue;

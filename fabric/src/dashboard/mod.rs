@@ -18,7 +18,9 @@
 //! ([`snapshot`]'s constants). The page builds its DOM with `textContent` only: payloads,
 //! names and errors are user data.
 //!
-//! The page's two actions (cancel an execution, call a delegate) use the HTTP/JSON API
+//! The JSON routes show everything (every agent's executions, every stream): with auth on
+//! they need [`Permission::ReadAll`] (an admin or operator token); the page and its assets
+//! are open. The page's two actions (cancel an execution, call a delegate) use the HTTP/JSON API
 //! (`POST /v1/executions/{id}/cancel`, `POST /v1/call/{agent}/{delegate}`), not routes of
 //! this module.
 //!
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_server::Cluster as _;
 
+use crate::auth::{Caller, Permission, authorize};
 use crate::routing::Context;
 use snapshot::{DETAIL_PAYLOAD_BYTES, ExecutionView, Filter, GridPart, Snapshot};
 
@@ -158,10 +161,16 @@ impl FilterQuery {
     }
 }
 
+/// The refusal (403) of a caller that may not read everything, which the JSON routes show.
+fn refused(caller: &Caller) -> Option<Response> {
+    let denied = authorize(caller, Permission::ReadAll).err()?;
+    Some(crate::rest::error::ApiError(denied.into()).into_response())
+}
+
 impl Dashboard {
     /// A snapshot as of now, not stamped with the time (so two can be compared).
-    async fn snapshot(&self, filter: Filter) -> Snapshot {
-        let status = self.cluster_status().await;
+    async fn snapshot(&self, filter: Filter, caller: &Caller) -> Snapshot {
+        let status = self.cluster_status(caller).await;
         let applied_index = self.ctx.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         let grid = self.ctx.applied.read(|a| GridPart::read(&a.grid, &filter));
         Snapshot::assemble(self.ctx.node_id, self.ctx.cluster.clone(), applied_index, &status, filter, grid)
@@ -169,7 +178,7 @@ impl Dashboard {
 
     /// The cluster status `weft status` prints (every member asked for its progress, each
     /// within a short timeout), reused for [`CLUSTER_REFRESH`].
-    async fn cluster_status(&self) -> pb::ClusterStatus {
+    async fn cluster_status(&self, caller: &Caller) -> pb::ClusterStatus {
         let mut cached = self.cluster.lock().await;
         if let Some((at, status)) = cached.as_ref()
             && at.elapsed() < CLUSTER_REFRESH
@@ -177,7 +186,7 @@ impl Dashboard {
             return status.clone();
         }
         let service = crate::api::ClusterService::new(self.ctx.clone());
-        let status = match service.status(tonic::Request::new(pb::StatusRequest {})).await {
+        let status = match service.status(crate::rest::request(caller, pb::StatusRequest {})).await {
             Ok(reply) => reply.into_inner(),
             Err(e) => {
                 tracing::debug!(error = %e, "dashboard: no cluster status");
@@ -191,15 +200,22 @@ impl Dashboard {
 
 async fn snapshot_json(
     State(d): State<Dashboard>,
+    caller: Caller,
     query: Result<Query<FilterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if let Some(refusal) = refused(&caller) {
+        return refusal;
+    }
     match FilterQuery::parse(query) {
-        Ok(filter) => json_ok(&d.snapshot(filter).await.stamped()),
+        Ok(filter) => json_ok(&d.snapshot(filter, &caller).await.stamped()),
         Err(message) => json_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message),
     }
 }
 
-async fn execution_json(State(d): State<Dashboard>, Path(id): Path<String>) -> Response {
+async fn execution_json(State(d): State<Dashboard>, caller: Caller, Path(id): Path<String>) -> Response {
+    if let Some(refusal) = refused(&caller) {
+        return refusal;
+    }
     let Ok(id) = id.parse::<u64>() else {
         let message = format!("execution id must be a number, not '{}'", snapshot::clip(&id, 64));
         return json_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message);

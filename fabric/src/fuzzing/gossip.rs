@@ -54,6 +54,7 @@ pub(super) fn foca(me: Peer) -> Foca<Peer, Codec, StdRng, NoCustomBroadcast> {
         timing: Preset::Test.timing(),
         auth: Auth::off(),
         key_file: None,
+        notes: crate::audit_notes::Notes::none(),
     };
     Foca::new(me, options.foca_config(), StdRng::seed_from_u64(7), Codec)
 }

@@ -143,8 +143,8 @@ fn log_values(commands: &[Command]) -> Vec<Vec<u8>> {
     seeds
 }
 
-/// The fuzz grid in today's format; the grid without leases in formats 3, 2 and 1 (what
-/// older nodes wrote); and an empty one.
+/// The fuzz grid in today's format; the grid without leases or tokens in formats 4, 3, 2 and 1
+/// (what older nodes wrote); and an empty one.
 fn snapshots(built: &Built) -> Vec<Vec<u8>> {
     let meta = snapshot_meta();
     let file = |grid: &crate::grid::Grid| SnapshotFile { meta: meta.clone(), grid: grid.clone() };
@@ -152,6 +152,7 @@ fn snapshots(built: &Built) -> Vec<Vec<u8>> {
     vec![
         encode_snapshot(&file(&built.grid)),
         encode_snapshot(&file(&crate::grid::Grid::default())),
+        codec::encode_tagged(codec::FORMAT_SNAPSHOT_V4, &(&meta, basic.to_v4())),
         codec::encode_tagged(codec::FORMAT_SNAPSHOT_V3, &(&meta, basic.to_v3())),
         codec::encode_tagged(codec::FORMAT_SNAPSHOT_V2, &(&meta, basic.to_v2())),
         codec::encode_tagged(codec::FORMAT_BINCODE_V1, &(&meta, basic.to_v1())),

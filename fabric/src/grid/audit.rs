@@ -88,6 +88,8 @@ pub fn is_control(command: &Command) -> bool {
             | Command::CloseStream { .. }
             | Command::DeleteStream { .. }
             | Command::DeleteCursor { .. }
+            | Command::CreateToken(_)
+            | Command::RevokeToken { .. }
     )
 }
 
@@ -105,6 +107,11 @@ fn describe(command: &Command) -> (&'static str, String) {
         Command::CloseStream { stream, .. } => ("stream.close", format!("stream {stream}")),
         Command::DeleteStream { stream } => ("stream.delete", format!("stream {stream}")),
         Command::DeleteCursor { stream, cursor } => ("cursor.delete", format!("cursor {stream}/{cursor}")),
+        // Never the secret's hash: who the token is for and what it may do.
+        Command::CreateToken(new) => {
+            ("token.create", format!("token {} ({}), role {}", new.id, new.name, new.role))
+        }
+        Command::RevokeToken { id } => ("token.revoke", format!("token {id}")),
         _ => ("other", String::new()),
     }
 }
@@ -140,6 +147,8 @@ impl Grid {
         let outcome = match &result {
             Ok(Output::Cancelled { count: 0 }) => "ok: nothing to cancel".to_owned(),
             Ok(Output::Deleted { existed: false }) => "ok: there was none".to_owned(),
+            Ok(Output::Token { created: false, .. }) => "ok: it existed already".to_owned(),
+            Ok(Output::TokenRevoked { existed: false }) => "ok: it was revoked already".to_owned(),
             Ok(_) => "ok".to_owned(),
             Err(e) => e.to_string(),
         };

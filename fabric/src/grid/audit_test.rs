@@ -120,8 +120,11 @@ fn callers_cannot_write_to_the_fabrics_streams() {
         target: "node 9".into(),
         outcome: "ok".into(),
     };
-    let e = Command::AuditNote(Box::new(note)).validate(&limits).unwrap_err().to_string();
-    assert!(e.contains("written by the fabric itself"), "a proposed note is a forgery: {e}");
+    assert!(Command::AuditNote(Box::new(note.clone())).validate(&limits).is_ok(), "a node's own note");
+    let forged =
+        AuditNote { actor: Actor { principal: "token x (admin)".into(), ..note.actor.clone() }, ..note };
+    let e = Command::AuditNote(Box::new(forged)).validate(&limits).unwrap_err().to_string();
+    assert!(e.contains("written by the fabric itself"), "a note that claims a caller is a forgery: {e}");
 }
 
 #[test]

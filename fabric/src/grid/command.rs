@@ -17,6 +17,7 @@ use super::lease::{self, Lease};
 use super::namespace;
 use super::session::NewSession;
 use super::stream::{Append, NewStream, Seq, validate_stream_name};
+use super::token::{self, NewToken};
 
 /// Longest reason a cancel or a session close may give, in bytes (longer ones are clipped).
 const MAX_REASON_BYTES: usize = 1024;
@@ -196,6 +197,10 @@ pub enum Command {
     },
     /// A record for the audit stream of something done outside the grid's commands.
     AuditNote(Box<AuditNote>),
+    /// Store a bearer token (its secret's hash, never the secret), or find the same one.
+    CreateToken(Box<NewToken>),
+    /// Remove a token: from the entry on, every node refuses it.
+    RevokeToken { id: String },
 }
 
 impl Command {
@@ -261,7 +266,9 @@ impl Command {
             | Command::AcquireLease { .. }
             | Command::RenewLease { .. }
             | Command::ReleaseLease { .. }
-            | Command::OpenSessionOnlyClaimed(_) => Ok(()),
+            | Command::OpenSessionOnlyClaimed(_)
+            | Command::CreateToken(_)
+            | Command::RevokeToken { .. } => Ok(()),
             Command::CreateStream(new) => {
                 audit::check_not_reserved(&new.name)?;
                 match &new.config.generator {
@@ -272,10 +279,16 @@ impl Command {
             Command::CloseStream { stream, .. } | Command::DeleteStream { stream } => {
                 audit::check_not_reserved(stream)
             }
-            // Only the leader's own tasks write notes, straight to Raft (no validate): a note
-            // that arrives as a proposal (forwarded, or from an API) is a forgery.
-            Command::AuditNote(_) => {
-                Err(Error::InvalidItem { reason: "audit notes are written by the fabric itself".into() })
+            // Notes come from the nodes' own tasks (membership changes, reloads), forwarded to
+            // the leader like any write (Forward is node-only with TLS on): a note that claims
+            // anyone but the fabric is a forgery.
+            Command::AuditNote(note) => {
+                if note.actor.principal != "fabric" {
+                    return Err(Error::InvalidItem {
+                        reason: "audit notes are written by the fabric itself".into(),
+                    });
+                }
+                self.validate_shape()
             }
             Command::Ack { acks, effects, .. } => {
                 if acks.is_empty() || acks.len() > limits.max_batch_items {
@@ -402,6 +415,8 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::CreateToken(new) => new.validate_shape(),
+            Command::RevokeToken { id } => token::validate_id(id),
             Command::Fenced { lease: name, command, .. } => {
                 lease::validate_lease_name(name)?;
                 match **command {
@@ -591,6 +606,10 @@ pub enum Output {
     LeaseReleased { released: bool },
     /// An audit note was recorded.
     Noted,
+    /// The token a create stored (`created: false`: the same one was stored already).
+    Token { id: String, created: bool },
+    /// Whether a revoke removed a token now (false: it was revoked before).
+    TokenRevoked { existed: bool },
 }
 
 /// How a completion was taken.

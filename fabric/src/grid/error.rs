@@ -145,4 +145,13 @@ pub enum Error {
         "no connected session of agent '{agent}' serves delegate '{delegate}'; its {sessions} session(s) serve: {served}. To wait for a session that serves it (a rolling deploy), create the call with wait_for_delegate (weft call --wait-for-delegate)"
     )]
     DelegateNotServed { agent: String, delegate: String, sessions: usize, served: String },
+    /// A token request is malformed (id, name, scopes, lifetime). Nothing changed.
+    #[error("invalid token: {reason}")]
+    InvalidToken { reason: String },
+    /// No token has this id (never created, or revoked long ago). Nothing changed.
+    #[error("no token '{id}' (never created, or revoked)")]
+    UnknownToken { id: String },
+    /// A token with this id exists with another secret, name, role or scopes. Nothing changed.
+    #[error("token '{id}' exists already (with another secret, name, role or scopes)")]
+    TokenExists { id: String },
 }

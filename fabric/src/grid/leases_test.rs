@@ -10,7 +10,6 @@ use proptest::prelude::*;
 use super::lease::{Lease, MAX_HOLDER_BYTES, MAX_LEASE_TTL_MS, MAX_LEASES};
 use super::test_harness::*;
 use super::*;
-use crate::codec;
 
 const NS: &str = "shared/s";
 
@@ -282,22 +281,7 @@ proptest! {
     /// log (grid and responses), and two replicas agree.
     #[test]
     fn replay_equals_snapshot_plus_replay(log in arb_log(), cut in any::<prop::sample::Index>()) {
-        let cut = cut.index(log.len() + 1);
-        let mut full = Grid::default();
-        let full_out: Vec<_> = log.iter().map(|(now, cmds)| full.apply_batch(*now, cmds)).collect();
-        let mut twin = Grid::default();
-        let twin_out: Vec<_> = log.iter().map(|(now, cmds)| twin.apply_batch(*now, cmds)).collect();
-        prop_assert_eq!(&twin, &full);
-        prop_assert_eq!(&twin_out, &full_out);
-
-        let mut before = Grid::default();
-        for (now, cmds) in &log[..cut] {
-            before.apply_batch(*now, cmds);
-        }
-        let mut restored: Grid = codec::decode(&codec::encode(&before)).unwrap();
-        let rest_out: Vec<_> = log[cut..].iter().map(|(now, cmds)| restored.apply_batch(*now, cmds)).collect();
-        prop_assert_eq!(&restored, &full);
-        prop_assert_eq!(&rest_out[..], &full_out[cut..]);
+        check_replay(&log, cut.index(log.len() + 1))?;
     }
 
     /// Against a model of who holds each lease: grants, renewals, refusals and releases agree;

@@ -11,8 +11,8 @@
 //! ```
 //!
 //! The grid holds key/value state in namespaces, the work of agents (executions, the
-//! sessions that run them and agent instances), streams with their cursors, and leases with
-//! their fencing tokens. [`Grid::apply_with_events`] is the table of
+//! sessions that run them and agent instances), streams with their cursors, leases with
+//! their fencing tokens, and the bearer tokens callers present (hashed). [`Grid::apply_with_events`] is the table of
 //! contents: one line per command, each applied by the file of its concept, then dispatch.
 //! Applying an entry also yields [`Event`]s (an execution assigned to a session, a result
 //! ready): not state, but what the nodes act on once the entry is applied.
@@ -26,8 +26,8 @@
 //! - `queries`: every read (keys, executions, sessions, instances, totals, next timer).
 //! - [`demand`]: what a scaler sees per agent (pending, running, delayed, instances, generator
 //!   listeners, sessions), read from the dispatch and timer indexes.
-//! - `snapshot`: older snapshot formats ([`GridV1`], [`GridV2`], [`GridV3`]) and how they
-//!   load.
+//! - `snapshot`: older snapshot formats ([`GridV1`], [`GridV2`], [`GridV3`], [`GridV4`]) and
+//!   how they load.
 //! - [`namespace`]: namespace names, and the rule for agent, delegate and instance names.
 //!
 //! Each concept has one file for how `apply` changes it (an `impl Grid` block); a concept
@@ -43,6 +43,7 @@
 //! - `cursors` (types: [`cursor`]): cursors, listeners, acks, and the delivery pass that
 //!   hands stream items to listeners with room.
 //! - `leases` (types: [`lease`]): acquire, renew, release, writes fenced by a grant.
+//! - `tokens` (types: [`token`]): bearer tokens, kept hashed: create, revoke.
 //! - `timers`: what a `Tick` fires: delays, deadlines, execution leases, retention, ack
 //!   waits, idle cursors, items past their age, expired leases.
 //!
@@ -59,6 +60,7 @@ pub mod lease;
 pub mod namespace;
 pub mod session;
 pub mod stream;
+pub mod token;
 
 mod command;
 mod cursors;
@@ -74,6 +76,7 @@ mod sessions;
 mod snapshot;
 mod streams;
 mod timers;
+mod tokens;
 
 #[cfg(test)]
 mod audit_test;
@@ -93,8 +96,10 @@ mod leases_test;
 mod streams_test;
 #[cfg(test)]
 pub(crate) mod test_harness;
+#[cfg(test)]
+mod tokens_test;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,7 +111,7 @@ pub use self::error::Error;
 pub use self::events::{Event, ListenerEnd};
 pub use self::kv::Value;
 pub use self::queries::{ExecutionPage, ExecutionQuery, Page, Totals};
-pub use self::snapshot::{GridV1, GridV2, GridV3};
+pub use self::snapshot::{GridV1, GridV2, GridV3, GridV4};
 
 use self::command::clip_reason;
 use self::cursor::{Listener, ListenerId};
@@ -116,6 +121,7 @@ use self::instance::Instance;
 use self::lease::Lease;
 use self::session::Session;
 use self::stream::{Seq, Stream};
+use self::token::Token;
 
 /// The replicated in-memory state. Snapshots are the bincode of these fields in this order:
 /// never reorder them (older layouts load through `snapshot`).
@@ -137,6 +143,20 @@ pub struct Grid {
     /// Leases and their fencing tokens. Snapshots from before leases (whose sessions have no
     /// only-claimed flag either) load through [`Grid::from_v3`].
     leases: Leases,
+    /// Bearer tokens (hashed) and revoked ids. Snapshots from before tokens load through
+    /// [`Grid::from_v4`].
+    tokens: Tokens,
+}
+
+/// Tokens, and the ids of the newest revoked ones. Part of the grid's snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Tokens {
+    /// Every token held, by id.
+    held: BTreeMap<String, Token>,
+    /// Ids revoked (the newest `token::MAX_REVOKED`), for "revoked" rather than "unknown".
+    revoked: BTreeSet<String>,
+    /// The same ids, oldest first: which one to forget next.
+    revoked_order: VecDeque<String>,
 }
 
 /// Held leases, when they run out, and the last fencing token granted. Part of the grid's
@@ -300,6 +320,9 @@ impl Grid {
             // The audit trail (audit.rs).
             Command::Audited { actor, command } => self.audited(actor, command, out),
             Command::AuditNote(note) => Ok(self.audit_note(note, out)),
+            // Tokens (tokens.rs).
+            Command::CreateToken(new) => self.create_token(new),
+            Command::RevokeToken { id } => self.revoke_token(id),
         }
     }
 }

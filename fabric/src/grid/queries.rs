@@ -12,6 +12,7 @@ use super::kv::{CLUSTER_UID_KEY, SYSTEM_NAMESPACE, Value, uid_of};
 use super::lease::Lease;
 use super::session::Session;
 use super::stream::{Item, Seq, Stream, filter_matches};
+use super::token::Token;
 use super::{Error, Grid, Limits, namespace};
 
 /// Most items a stream read scans past its filter before it ends the page early.
@@ -332,6 +333,29 @@ impl Grid {
     /// How many leases are held at the grid's clock.
     pub fn lease_count(&self) -> usize {
         self.leases.held.values().filter(|l| l.held_at(self.now_ms)).count()
+    }
+
+    // ---- tokens ------------------------------------------------------------------------------
+
+    /// The token with id `id`, expired or not.
+    pub fn token(&self, id: &str) -> Option<&Token> {
+        self.tokens.held.get(id)
+    }
+
+    /// Whether `id` is one of the newest revoked ids the grid remembers.
+    pub fn token_revoked(&self, id: &str) -> bool {
+        self.tokens.revoked.contains(id)
+    }
+
+    /// Tokens in id order, from the first id after `after` (all with `None`).
+    pub fn tokens_after(&self, after: Option<&str>) -> impl Iterator<Item = &Token> {
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        self.tokens.held.range::<String, _>((from, Bound::Unbounded)).map(|(_, t)| t)
+    }
+
+    /// How many tokens the grid holds.
+    pub fn token_count(&self) -> usize {
+        self.tokens.held.len()
     }
 
     // ---- totals and timers --------------------------------------------------------------------

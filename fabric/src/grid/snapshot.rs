@@ -7,6 +7,7 @@
 //! - [`GridV2`]: before streams (no `streams`), format 2.
 //! - [`GridV3`]: before leases (no `leases`, sessions without `only_claimed` and `claims`),
 //!   format 3. Formats 2 and 3 share the old session layout (`WorkV3`).
+//! - [`GridV4`]: before tokens (no `tokens`), format 4.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,7 +17,7 @@ use super::execution::{Execution, ExecutionId, SessionId};
 use super::instance::Instance;
 use super::kv::Value;
 use super::session::{AgentSpec, Host, Session};
-use super::{Grid, Leases, Streams, Work};
+use super::{Grid, Leases, Streams, Tokens, Work};
 
 /// The grid as snapshots of Weft before executions stored it.
 #[derive(Debug, Deserialize)]
@@ -49,6 +50,19 @@ pub struct GridV3 {
     expiries: BTreeMap<(u64, String, String), ()>,
     work: WorkV3,
     streams: Streams,
+}
+
+/// The grid as snapshots of Weft before tokens stored it.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
+pub struct GridV4 {
+    revision: u64,
+    now_ms: u64,
+    namespaces: BTreeMap<String, BTreeMap<String, Value>>,
+    expiries: BTreeMap<(u64, String, String), ()>,
+    work: Work,
+    streams: Streams,
+    leases: Leases,
 }
 
 /// Executions, sessions and instances as formats 2 and 3 stored them: sessions without the
@@ -143,6 +157,7 @@ impl Grid {
             work: Work::default(),
             streams: Streams::default(),
             leases: Leases::default(),
+            tokens: Tokens::default(),
         }
     }
 
@@ -156,6 +171,7 @@ impl Grid {
             work: old.work.into(),
             streams: Streams::default(),
             leases: Leases::default(),
+            tokens: Tokens::default(),
         }
     }
 
@@ -170,6 +186,21 @@ impl Grid {
             work: old.work.into(),
             streams: old.streams,
             leases: Leases::default(),
+            tokens: Tokens::default(),
+        }
+    }
+
+    /// A grid from a snapshot written before tokens existed: none held, none revoked.
+    pub fn from_v4(old: GridV4) -> Self {
+        Self {
+            revision: old.revision,
+            now_ms: old.now_ms,
+            namespaces: old.namespaces,
+            expiries: old.expiries,
+            work: old.work,
+            streams: old.streams,
+            leases: old.leases,
+            tokens: Tokens::default(),
         }
     }
 }
@@ -177,7 +208,23 @@ impl Grid {
 /// Older layouts of a grid, for tests and the fuzz targets' seed snapshots.
 #[cfg(any(test, feature = "fuzzing"))]
 impl Grid {
+    /// This grid in format 4's layout (as Weft before tokens wrote it): only for a grid that
+    /// holds no token and remembers no revoked one, which format 4 cannot express.
+    pub(crate) fn to_v4(&self) -> GridV4 {
+        assert!(self.tokens == Tokens::default(), "format 4 has no tokens");
+        GridV4 {
+            revision: self.revision,
+            now_ms: self.now_ms,
+            namespaces: self.namespaces.clone(),
+            expiries: self.expiries.clone(),
+            work: self.work.clone(),
+            streams: self.streams.clone(),
+            leases: self.leases.clone(),
+        }
+    }
+
     /// This grid in format 1's layout (key/value state only).
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn to_v1(&self) -> GridV1 {
         GridV1 {
             revision: self.revision,
@@ -188,6 +235,7 @@ impl Grid {
     }
 
     /// This grid in format 2's layout (no streams): as [`Grid::to_v3`] without them.
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn to_v2(&self) -> GridV2 {
         let v3 = self.to_v3();
         GridV2 {

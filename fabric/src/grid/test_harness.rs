@@ -1,6 +1,7 @@
 //! A grid under test for the work tests (executions, sessions, instances, dispatch, timers):
 //! applies commands at a clock the test moves, keeps the events and the log, and builds the
-//! requests the tests send. The watch hub's tests build their commands with it too.
+//! requests the tests send. The watch hub's tests build their commands with it too. Also the
+//! replay property the concepts' property tests share ([`check_replay`]).
 
 use super::execution::*;
 use super::instance::NewInstance;
@@ -162,4 +163,30 @@ pub(super) fn put_effect(namespace: &str, key: &str, value: &str, expected_versi
         ttl_ms: None,
         expected_version,
     }
+}
+
+/// The property every concept's log keeps: two replicas that apply `log` (batches stamped with
+/// their times) agree, grid and answers; and restoring a snapshot taken after the first `cut`
+/// batches, then replaying the rest, gives the grid and the answers the whole log gave.
+pub(super) fn check_replay(
+    log: &[(u64, Vec<Command>)],
+    cut: usize,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prop_assert_eq;
+    let replay = |grid: &mut Grid, batches: &[(u64, Vec<Command>)]| -> Vec<Vec<Result<Output, Error>>> {
+        batches.iter().map(|(now, commands)| grid.apply_batch(*now, commands)).collect()
+    };
+    let mut full = Grid::default();
+    let full_out = replay(&mut full, log);
+    let mut twin = Grid::default();
+    let twin_out = replay(&mut twin, log);
+    prop_assert_eq!(&twin, &full);
+    prop_assert_eq!(&twin_out, &full_out);
+    let mut before = Grid::default();
+    replay(&mut before, &log[..cut]);
+    let mut restored: Grid = crate::codec::decode(&crate::codec::encode(&before)).unwrap();
+    let rest_out = replay(&mut restored, &log[cut..]);
+    prop_assert_eq!(&restored, &full);
+    prop_assert_eq!(&rest_out[..], &full_out[cut..]);
+    Ok(())
 }

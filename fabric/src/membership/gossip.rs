@@ -125,6 +125,8 @@ pub struct Options {
     /// The file `auth`'s keys came from: re-read when it changes, so keys rotate without a
     /// restart. A file that no longer parses is refused and the keys in use stay.
     pub key_file: Option<PathBuf>,
+    /// Where a key file reload (taken or refused) is noted for the audit trail.
+    pub notes: crate::audit_notes::Notes,
 }
 
 impl Options {
@@ -559,12 +561,22 @@ impl Service {
             Ok(keys) => {
                 tracing::info!(file, key_ids = ?keys.ids(), "gossip key file changed: keys reloaded");
                 self.counters.keys.store(keys.all().len() as u64, Ordering::Relaxed);
+                self.options.notes.record(
+                    "config.reload",
+                    format!("gossip key file {}: key ids {:?}", file.as_deref().unwrap_or("?"), keys.ids()),
+                    "ok".into(),
+                );
                 self.options.auth.set_keys(keys);
                 self.auth_tx.send_replace(AuthStatus::of(&self.options.auth));
             }
             Err(e) => {
                 self.counters.key_reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(file, error = %e, "gossip key file changed but is refused; the keys in use stay");
+                self.options.notes.record(
+                    "config.reload",
+                    format!("gossip key file {}", file.as_deref().unwrap_or("?")),
+                    format!("refused: {e}"),
+                );
             }
         }
     }
@@ -722,6 +734,7 @@ mod tests {
             timing: Preset::Test.timing(),
             auth,
             key_file,
+            notes: crate::audit_notes::Notes::none(),
         };
         let (service, handle) = Service::bind(options, addr, 1).await.unwrap();
         let shutdown = CancellationToken::new();

@@ -50,6 +50,8 @@ pub struct Registry {
     pub snapshot_bytes: AtomicU64,
     /// Executions, as the grid applies them.
     pub executions: executions::Tracker,
+    /// Requests the auth gate refused, by reason.
+    pub auth_refused: Refusals,
     /// Entries up to this index were applied before the process started (a restart replays
     /// them): they are not counted again.
     replayed_until: AtomicU64,
@@ -71,6 +73,7 @@ impl Registry {
             snapshot_build: Histogram::new(histogram::SNAPSHOT_BUCKETS_S),
             snapshot_bytes: AtomicU64::new(0),
             executions: executions::Tracker::default(),
+            auth_refused: Refusals::default(),
             replayed_until: AtomicU64::new(0),
         }
     }
@@ -116,6 +119,14 @@ impl Registry {
             self.snapshot_bytes.load(Ordering::Relaxed),
         );
         self.executions.render(t, node);
+        t.family(
+            "weft_auth_refused_total",
+            "Requests refused for missing or bad credentials (UNAUTHENTICATED, HTTP 401), by reason.",
+            Kind::Counter,
+        );
+        for (reason, n) in self.auth_refused.snapshot() {
+            t.sample("weft_auth_refused_total", &[("node", node), ("reason", reason)], n);
+        }
         t.single(
             "weft_build_info",
             "Always 1; the labels say which build of weft this node runs.",
@@ -124,6 +135,25 @@ impl Registry {
             1,
         );
         process::render(t);
+    }
+}
+
+/// Counts by a reason from a fixed set of names (`&'static str`, so the set is bounded by the
+/// code that names them).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Refusals {
+    /// Counts one refusal for `reason`.
+    pub fn count(&self, reason: &'static str) {
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    /// Every reason counted so far, with its count.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(r, n)| (*r, *n)).collect()
     }
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
-use crate::grid::{Grid, GridV1, GridV2, GridV3};
+use crate::grid::{Grid, GridV1, GridV2, GridV3, GridV4};
 use crate::metrics::Registry;
 use crate::watch;
 
@@ -57,14 +57,25 @@ struct SnapshotFileV3 {
     grid: GridV3,
 }
 
-/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V4`] (today's grid),
-/// [`codec::FORMAT_SNAPSHOT_V3`] (before leases; read with none, and no session
-/// only-claimed), [`codec::FORMAT_SNAPSHOT_V2`] (before streams; read with none) or
-/// [`codec::FORMAT_BINCODE_V1`] (written before the grid held executions; read into an empty
-/// work state).
+/// A snapshot file written before the grid held tokens.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV4 {
+    meta: Meta,
+    grid: GridV4,
+}
+
+/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V5`] (today's grid),
+/// [`codec::FORMAT_SNAPSHOT_V4`] (before tokens; read with none), [`codec::FORMAT_SNAPSHOT_V3`]
+/// (before leases; read with none, and no session only-claimed), [`codec::FORMAT_SNAPSHOT_V2`]
+/// (before streams; read with none) or [`codec::FORMAT_BINCODE_V1`] (written before the grid
+/// held executions; read into an empty work state).
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
     match codec::split_tag(bytes)? {
-        (codec::FORMAT_SNAPSHOT_V4, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V5, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V4, body) => {
+            let old: SnapshotFileV4 = codec::decode_body(body)?;
+            Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v4(old.grid) })
+        }
         (codec::FORMAT_SNAPSHOT_V3, body) => {
             let old: SnapshotFileV3 = codec::decode_body(body)?;
             Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v3(old.grid) })
@@ -83,7 +94,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error
 
 /// Encodes a snapshot file in today's format.
 pub(crate) fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
-    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V4, file)
+    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V5, file)
 }
 
 /// The applied state shared between the state machine and readers.
@@ -124,6 +135,17 @@ impl Handle {
     /// Runs `f` with the applied state under a read lock. Keep `f` short: applies wait for it.
     pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
         f(&self.applied.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// A handle over `grid` alone, as if it were applied (tests of what reads it).
+    #[cfg(test)]
+    pub(crate) fn with_grid(grid: Grid) -> Self {
+        Self {
+            applied: Arc::new(RwLock::new(Applied { grid, ..Applied::default() })),
+            counters: Arc::default(),
+            cluster_uid: Arc::default(),
+            claimed_uid: Arc::default(),
+        }
     }
 
     /// The state machine's counters.
@@ -540,7 +562,29 @@ mod tests {
         let restored = decode_snapshot(&old).unwrap();
         assert_eq!(restored.grid, grid);
         assert_eq!(restored.meta, meta(9));
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V4);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V5);
+    }
+
+    /// A snapshot file written before tokens existed (format 4) loads with none; written
+    /// again, it is format 5.
+    #[test]
+    fn format_four_snapshots_still_load() {
+        #[derive(Serialize)]
+        struct OldFile {
+            meta: Meta,
+            grid: GridV4,
+        }
+        let mut grid = Grid::default();
+        let acquire =
+            crate::grid::Command::AcquireLease { name: "l".into(), holder: "h".into(), ttl_ms: 100 };
+        assert!(grid.apply_batch(5, &[acquire]).iter().all(Result::is_ok));
+        let old =
+            codec::encode_tagged(codec::FORMAT_SNAPSHOT_V4, &OldFile { meta: meta(9), grid: grid.to_v4() });
+        let restored = decode_snapshot(&old).unwrap();
+        assert_eq!(restored.grid, grid);
+        assert_eq!(restored.grid.token_count(), 0);
+        assert!(restored.grid.lease("l").is_some(), "what format 4 held is kept");
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V5);
     }
 
     /// File names come from log ids, never from the id a peer sent.

@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use tonic::Request;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_server::Cluster as _;
 use weft_proto::fabric::v1::executions_server::Executions as _;
@@ -19,10 +18,11 @@ use weft_proto::fabric::v1::instances_server::Instances as _;
 use weft_proto::fabric::v1::state_server::State as _;
 use weft_proto::fabric::v1::streams_server::Streams as _;
 
-use super::Api;
 use super::body::{JsonBody, PathOf, QueryOf, RawBody};
 use super::error::{ApiError, ErrorBody};
 use super::model::{self, required};
+use super::{Api, request};
+use crate::auth::Caller;
 
 /// How long a call or a wait waits for the outcome when the request does not say.
 const DEFAULT_WAIT_MS: u64 = 30_000;
@@ -53,16 +53,16 @@ fn args_of(body: Option<serde_json::Value>) -> serde_json::Value {
 /// state.
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
     responses((status = 200, body = model::Cluster), (status = 503, body = ErrorBody)))]
-pub async fn cluster(State(api): State<Api>) -> Answer<model::Cluster> {
-    let status = api.cluster.status(Request::new(pb::StatusRequest {})).await?.into_inner();
+pub async fn cluster(State(api): State<Api>, caller: Caller) -> Answer<model::Cluster> {
+    let status = api.cluster.status(request(&caller, pb::StatusRequest {})).await?.into_inner();
     Ok(Json(status.into()))
 }
 
 /// Every node the answering node's gossip knows, and its state.
 #[utoipa::path(get, path = "/v1/cluster/members", tag = "cluster",
     responses((status = 200, body = model::Members)))]
-pub async fn members(State(api): State<Api>) -> Answer<model::Members> {
-    let members = api.cluster.members(Request::new(pb::MembersRequest {})).await?.into_inner();
+pub async fn members(State(api): State<Api>, caller: Caller) -> Answer<model::Members> {
+    let members = api.cluster.members(request(&caller, pb::MembersRequest {})).await?.into_inner();
     Ok(Json(members.into()))
 }
 
@@ -71,6 +71,7 @@ pub async fn members(State(api): State<Api>) -> Answer<model::Members> {
     responses((status = 200, body = model::SessionPage), (status = 400, body = ErrorBody)))]
 pub async fn sessions(
     State(api): State<Api>,
+    caller: Caller,
     QueryOf(q): QueryOf<model::ListSessionsQuery>,
 ) -> Answer<model::SessionPage> {
     let req = pb::ListSessionsRequest {
@@ -79,7 +80,7 @@ pub async fn sessions(
         limit: q.limit.unwrap_or(0),
         consistency: consistency(false),
     };
-    let page = api.executions.list_sessions(Request::new(req)).await?.into_inner();
+    let page = api.executions.list_sessions(request(&caller, req)).await?.into_inner();
     Ok(Json(model::SessionPage {
         sessions: page.sessions.into_iter().map(Into::into).collect(),
         next_page_token: (page.next_page_token != 0).then_some(page.next_page_token),
@@ -93,6 +94,7 @@ pub async fn sessions(
     responses((status = 200, body = model::ExecutionPage), (status = 400, body = ErrorBody)))]
 pub async fn list_executions(
     State(api): State<Api>,
+    caller: Caller,
     QueryOf(q): QueryOf<model::ListExecutionsQuery>,
 ) -> Answer<model::ExecutionPage> {
     let req = pb::ListExecutionsRequest {
@@ -104,7 +106,7 @@ pub async fn list_executions(
         created_since_ms: q.created_since_ms.unwrap_or(0),
         newest_first: q.newest_first,
     };
-    let page = api.executions.list(Request::new(req)).await?.into_inner();
+    let page = api.executions.list(request(&caller, req)).await?.into_inner();
     Ok(Json(model::ExecutionPage {
         executions: page.executions.into_iter().map(Into::into).collect(),
         next_page_token: (page.next_page_token != 0).then_some(page.next_page_token),
@@ -130,13 +132,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create_execution(
     State(api): State<Api>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<model::CreateExecution>,
 ) -> Result<Response, ApiError> {
     required("agent", &body.agent)?;
     required("delegate", &body.delegate)?;
     let req = body.into_pb(idempotency_key(&headers)?);
-    let answer = api.executions.create(Request::new(req)).await?.into_inner();
+    let answer = api.executions.create(request(&caller, req)).await?.into_inner();
     let execution =
         answer.execution.ok_or_else(|| tonic::Status::internal("a create answered no execution"))?;
     let status = if answer.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -148,17 +151,22 @@ pub async fn create_execution(
 #[utoipa::path(get, path = "/v1/executions/{id}", tag = "executions",
     params(("id" = u64, Path, description = "The execution's id")),
     responses((status = 200, body = model::Execution), (status = 404, body = ErrorBody)))]
-pub async fn get_execution(State(api): State<Api>, PathOf(id): PathOf<u64>) -> Answer<model::Execution> {
+pub async fn get_execution(
+    State(api): State<Api>,
+    caller: Caller,
+    PathOf(id): PathOf<u64>,
+) -> Answer<model::Execution> {
     let req = pb::GetExecutionRequest { id, consistency: consistency(false) };
-    Ok(Json(api.executions.get(Request::new(req)).await?.into_inner().into()))
+    Ok(Json(api.executions.get(request(&caller, req)).await?.into_inner().into()))
 }
 
 /// The execution as it is when the wait ended: 200 when final, 202 while it goes on.
 async fn outcome_or_progress(
     api: &Api,
+    caller: &Caller,
     result: Result<pb::Execution, tonic::Status>,
 ) -> Result<Response, ApiError> {
-    let (status, e) = settled(api, result).await?;
+    let (status, e) = settled(api, caller, result).await?;
     Ok((status, Json(model::Execution::from(e))).into_response())
 }
 
@@ -166,6 +174,7 @@ async fn outcome_or_progress(
 /// the execution, which goes on), 202 and the execution as it is now.
 async fn settled(
     api: &Api,
+    caller: &Caller,
     result: Result<pb::Execution, tonic::Status>,
 ) -> Result<(StatusCode, pb::Execution), ApiError> {
     match result {
@@ -178,7 +187,7 @@ async fn settled(
                 .and_then(|v| v.parse().ok())
                 .ok_or(ApiError(status))?;
             let req = pb::GetExecutionRequest { id, consistency: consistency(true) };
-            Ok((StatusCode::ACCEPTED, api.executions.get(Request::new(req)).await?.into_inner()))
+            Ok((StatusCode::ACCEPTED, api.executions.get(request(caller, req)).await?.into_inner()))
         }
         Err(status) => Err(ApiError(status)),
     }
@@ -192,20 +201,21 @@ async fn settled(
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn wait_execution(
     State(api): State<Api>,
+    caller: Caller,
     PathOf(id): PathOf<u64>,
     QueryOf(q): QueryOf<model::WaitQuery>,
 ) -> Result<Response, ApiError> {
     let req = pb::WaitRequest { id, timeout_ms: wait_ms(q.timeout_ms) };
-    let mut stream = api.executions.wait(Request::new(req)).await?.into_inner();
+    let mut stream = api.executions.wait(request(&caller, req)).await?.into_inner();
     let mut last = None;
     while let Some(change) = stream.next().await {
         match change {
             Ok(e) if e.status == "pending" || e.status == "assigned" => last = Some(e),
-            Ok(e) => return outcome_or_progress(&api, Ok(e)).await,
+            Ok(e) => return outcome_or_progress(&api, &caller, Ok(e)).await,
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
                 return match last {
                     Some(e) => Ok((StatusCode::ACCEPTED, Json(model::Execution::from(e))).into_response()),
-                    None => outcome_or_progress(&api, Err(status)).await,
+                    None => outcome_or_progress(&api, &caller, Err(status)).await,
                 };
             }
             Err(status) => return Err(ApiError(status)),
@@ -221,12 +231,13 @@ pub async fn wait_execution(
     responses((status = 200, body = model::Cancelled), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn cancel_execution(
     State(api): State<Api>,
+    caller: Caller,
     PathOf(id): PathOf<u64>,
     JsonBody(body): JsonBody<Option<model::CancelBody>>,
 ) -> Answer<model::Cancelled> {
     let reason = body.unwrap_or_default().reason;
     let req = pb::CancelExecutionRequest { id, reason };
-    let answer = api.executions.cancel(Request::new(req)).await?.into_inner();
+    let answer = api.executions.cancel(request(&caller, req)).await?.into_inner();
     Ok(Json(model::Cancelled { cancelled: answer.cancelled }))
 }
 
@@ -241,6 +252,7 @@ pub async fn cancel_execution(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn call(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((agent, delegate)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::CallQuery>,
     headers: HeaderMap,
@@ -260,8 +272,8 @@ pub async fn call(
         create: Some(create.into_pb(idempotency_key(&headers)?)),
         timeout_ms: wait_ms(q.timeout_ms),
     };
-    let result = api.executions.call(Request::new(req)).await.map(tonic::Response::into_inner);
-    outcome_or_progress(&api, result).await
+    let result = api.executions.call(request(&caller, req)).await.map(tonic::Response::into_inner);
+    outcome_or_progress(&api, &caller, result).await
 }
 
 // ---- instances -------------------------------------------------------------------------------
@@ -271,6 +283,7 @@ pub async fn call(
     responses((status = 200, body = model::InstancePage), (status = 400, body = ErrorBody)))]
 pub async fn list_instances(
     State(api): State<Api>,
+    caller: Caller,
     QueryOf(q): QueryOf<model::ListInstancesQuery>,
 ) -> Answer<model::InstancePage> {
     let page_token = match q.page_token.as_deref() {
@@ -288,7 +301,7 @@ pub async fn list_instances(
         limit: q.limit.unwrap_or(0),
         consistency: consistency(false),
     };
-    let page = api.instances.list(Request::new(req)).await?.into_inner();
+    let page = api.instances.list(request(&caller, req)).await?.into_inner();
     Ok(Json(model::InstancePage {
         instances: page.instances.into_iter().map(Into::into).collect(),
         next_page_token: page.next_page_token.map(|t| format!("{}/{}", t.agent, t.instance)),
@@ -301,10 +314,11 @@ pub async fn list_instances(
     responses((status = 200, body = model::Instance), (status = 404, body = ErrorBody)))]
 pub async fn get_instance(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((agent, instance)): PathOf<(String, String)>,
 ) -> Answer<model::Instance> {
     let req = pb::GetInstanceRequest { agent, instance, consistency: consistency(false) };
-    Ok(Json(api.instances.get(Request::new(req)).await?.into_inner().into()))
+    Ok(Json(api.instances.get(request(&caller, req)).await?.into_inner().into()))
 }
 
 /// Starts an instance with the body as its Start arguments and waits for Start's outcome:
@@ -318,6 +332,7 @@ pub async fn get_instance(
         (status = 202, body = model::InstanceOutcome, description = "Start still running when the wait ran out; it goes on")))]
 pub async fn start_instance(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((agent, instance)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::WaitQuery>,
     headers: HeaderMap,
@@ -331,10 +346,10 @@ pub async fn start_instance(
         parent: None,
         timeout_ms: wait_ms(q.timeout_ms),
     };
-    let result = api.instances.start(Request::new(req)).await.and_then(|answer| {
+    let result = api.instances.start(request(&caller, req)).await.and_then(|answer| {
         answer.into_inner().start.ok_or_else(|| tonic::Status::internal("a start answered no execution"))
     });
-    let (status, start) = settled(&api, result).await?;
+    let (status, start) = settled(&api, &caller, result).await?;
     Ok((status, Json(model::InstanceOutcome { execution: start.into() })).into_response())
 }
 
@@ -346,14 +361,15 @@ pub async fn start_instance(
         (status = 202, body = model::InstanceOutcome, description = "Stop still running when the wait ran out; it goes on")))]
 pub async fn stop_instance(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((agent, instance)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::WaitQuery>,
 ) -> Result<Response, ApiError> {
     let req = pb::StopInstanceRequest { agent, instance, timeout_ms: wait_ms(q.timeout_ms) };
-    let result = api.instances.stop(Request::new(req)).await.and_then(|answer| {
+    let result = api.instances.stop(request(&caller, req)).await.and_then(|answer| {
         answer.into_inner().stop.ok_or_else(|| tonic::Status::internal("a stop answered no execution"))
     });
-    let (status, stop) = settled(&api, result).await?;
+    let (status, stop) = settled(&api, &caller, result).await?;
     Ok((status, Json(model::InstanceOutcome { execution: stop.into() })).into_response())
 }
 
@@ -370,7 +386,12 @@ fn of_instance(agent: &str, instance: &str) -> String {
     format!("instance/{agent}/{instance}")
 }
 
-async fn list_in(api: &Api, namespace: String, q: model::ListKeysQuery) -> Answer<model::KeyPage> {
+async fn list_in(
+    api: &Api,
+    caller: &Caller,
+    namespace: String,
+    q: model::ListKeysQuery,
+) -> Answer<model::KeyPage> {
     let req = pb::ListRequest {
         namespace,
         prefix: q.prefix.unwrap_or_default(),
@@ -378,17 +399,23 @@ async fn list_in(api: &Api, namespace: String, q: model::ListKeysQuery) -> Answe
         limit: q.limit.unwrap_or(0),
         consistency: consistency(q.stale),
     };
-    let page = api.state.list(Request::new(req)).await?.into_inner();
+    let page = api.state.list(request(caller, req)).await?.into_inner();
     Ok(Json(model::KeyPage {
         entries: page.entries.into_iter().map(|kv| model::KeyValue::new(kv, q.keys_only)).collect(),
         next_page_token: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
     }))
 }
 
-async fn get_in(api: &Api, namespace: String, key: String, q: model::GetKeyQuery) -> Answer<model::KeyValue> {
+async fn get_in(
+    api: &Api,
+    caller: &Caller,
+    namespace: String,
+    key: String,
+    q: model::GetKeyQuery,
+) -> Answer<model::KeyValue> {
     let req =
         pb::GetRequest { namespace: namespace.clone(), key: key.clone(), consistency: consistency(q.stale) };
-    match api.state.get(Request::new(req)).await?.into_inner().entry {
+    match api.state.get(request(caller, req)).await?.into_inner().entry {
         Some(kv) => Ok(Json(model::KeyValue::new(kv, false))),
         None => Err(ApiError(tonic::Status::not_found(format!(
             "no key '{}' in namespace '{}'",
@@ -400,6 +427,7 @@ async fn get_in(api: &Api, namespace: String, key: String, q: model::GetKeyQuery
 
 async fn put_in(
     api: &Api,
+    caller: &Caller,
     namespace: String,
     key: String,
     q: model::PutQuery,
@@ -418,7 +446,7 @@ async fn put_in(
                 ttl_ms: q.ttl_ms,
                 fence: None,
             };
-            api.state.compare_and_set(Request::new(req)).await?.into_inner().version
+            api.state.compare_and_set(request(caller, req)).await?.into_inner().version
         }
         None => {
             let req = pb::PutRequest {
@@ -429,7 +457,7 @@ async fn put_in(
                 if_absent: q.if_absent,
                 fence: None,
             };
-            api.state.put(Request::new(req)).await?.into_inner().version
+            api.state.put(request(caller, req)).await?.into_inner().version
         }
     };
     Ok(Json(model::Written { version }))
@@ -437,12 +465,13 @@ async fn put_in(
 
 async fn delete_in(
     api: &Api,
+    caller: &Caller,
     namespace: String,
     key: String,
     q: model::DeleteQuery,
 ) -> Answer<model::Deleted> {
     let req = pb::DeleteRequest { namespace, key, expected_version: q.expected_version, fence: None };
-    let answer = api.state.delete(Request::new(req)).await?.into_inner();
+    let answer = api.state.delete(request(caller, req)).await?.into_inner();
     Ok(Json(model::Deleted { deleted: answer.deleted }))
 }
 
@@ -452,10 +481,11 @@ async fn delete_in(
     responses((status = 200, body = model::KeyPage), (status = 400, body = ErrorBody)))]
 pub async fn list_shared(
     State(api): State<Api>,
+    caller: Caller,
     PathOf(name): PathOf<String>,
     QueryOf(q): QueryOf<model::ListKeysQuery>,
 ) -> Answer<model::KeyPage> {
-    list_in(&api, shared(&name), q).await
+    list_in(&api, &caller, shared(&name), q).await
 }
 
 /// One key of `shared/{name}`.
@@ -464,10 +494,11 @@ pub async fn list_shared(
     responses((status = 200, body = model::KeyValue), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn get_shared(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((name, key)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::GetKeyQuery>,
 ) -> Answer<model::KeyValue> {
-    get_in(&api, shared(&name), key, q).await
+    get_in(&api, &caller, shared(&name), key, q).await
 }
 
 /// Writes a key of `shared/{name}`: the body is the value, stored as sent (any bytes; JSON
@@ -478,11 +509,12 @@ pub async fn get_shared(
     responses((status = 200, body = model::Written), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn put_shared(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((name, key)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::PutQuery>,
     RawBody(value): RawBody,
 ) -> Answer<model::Written> {
-    put_in(&api, shared(&name), key, q, value).await
+    put_in(&api, &caller, shared(&name), key, q, value).await
 }
 
 /// Deletes a key of `shared/{name}`.
@@ -491,10 +523,11 @@ pub async fn put_shared(
     responses((status = 200, body = model::Deleted), (status = 400, body = ErrorBody)))]
 pub async fn delete_shared(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((name, key)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::DeleteQuery>,
 ) -> Answer<model::Deleted> {
-    delete_in(&api, shared(&name), key, q).await
+    delete_in(&api, &caller, shared(&name), key, q).await
 }
 
 /// Keys of an instance's namespace in order, optionally by prefix.
@@ -503,10 +536,11 @@ pub async fn delete_shared(
     responses((status = 200, body = model::KeyPage), (status = 400, body = ErrorBody)))]
 pub async fn list_instance_keys(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((agent, instance)): PathOf<(String, String)>,
     QueryOf(q): QueryOf<model::ListKeysQuery>,
 ) -> Answer<model::KeyPage> {
-    list_in(&api, of_instance(&agent, &instance), q).await
+    list_in(&api, &caller, of_instance(&agent, &instance), q).await
 }
 
 /// One key of an instance's namespace.
@@ -515,10 +549,11 @@ pub async fn list_instance_keys(
     responses((status = 200, body = model::KeyValue), (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn get_instance_key(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((agent, instance, key)): PathOf<(String, String, String)>,
     QueryOf(q): QueryOf<model::GetKeyQuery>,
 ) -> Answer<model::KeyValue> {
-    get_in(&api, of_instance(&agent, &instance), key, q).await
+    get_in(&api, &caller, of_instance(&agent, &instance), key, q).await
 }
 
 /// Writes a key of an instance's namespace (the instance must exist).
@@ -528,11 +563,12 @@ pub async fn get_instance_key(
     responses((status = 200, body = model::Written), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn put_instance_key(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((agent, instance, key)): PathOf<(String, String, String)>,
     QueryOf(q): QueryOf<model::PutQuery>,
     RawBody(value): RawBody,
 ) -> Answer<model::Written> {
-    put_in(&api, of_instance(&agent, &instance), key, q, value).await
+    put_in(&api, &caller, of_instance(&agent, &instance), key, q, value).await
 }
 
 /// Deletes a key of an instance's namespace.
@@ -541,10 +577,11 @@ pub async fn put_instance_key(
     responses((status = 200, body = model::Deleted), (status = 400, body = ErrorBody)))]
 pub async fn delete_instance_key(
     State(api): State<Api>,
+    caller: Caller,
     PathOf((agent, instance, key)): PathOf<(String, String, String)>,
     QueryOf(q): QueryOf<model::DeleteQuery>,
 ) -> Answer<model::Deleted> {
-    delete_in(&api, of_instance(&agent, &instance), key, q).await
+    delete_in(&api, &caller, of_instance(&agent, &instance), key, q).await
 }
 
 // ---- streams ---------------------------------------------------------------------------------
@@ -554,6 +591,7 @@ pub async fn delete_instance_key(
     responses((status = 200, body = model::StreamPage), (status = 400, body = ErrorBody)))]
 pub async fn list_streams(
     State(api): State<Api>,
+    caller: Caller,
     QueryOf(q): QueryOf<model::ListStreamsQuery>,
 ) -> Answer<model::StreamPage> {
     let req = pb::ListStreamsRequest {
@@ -561,7 +599,7 @@ pub async fn list_streams(
         limit: q.limit.unwrap_or(0),
         consistency: consistency(false),
     };
-    let page = api.streams.list(Request::new(req)).await?.into_inner();
+    let page = api.streams.list(request(&caller, req)).await?.into_inner();
     Ok(Json(model::StreamPage {
         streams: page
             .streams
@@ -585,11 +623,12 @@ pub async fn list_streams(
     responses((status = 200, body = model::Appended), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn append(
     State(api): State<Api>,
+    caller: Caller,
     PathOf(stream): PathOf<String>,
     JsonBody(body): JsonBody<model::Append>,
 ) -> Answer<model::Appended> {
     let req = body.into_pb(stream);
-    let answer = api.streams.append(Request::new(req)).await?.into_inner();
+    let answer = api.streams.append(request(&caller, req)).await?.into_inner();
     Ok(Json(model::Appended { first_seq: answer.first_seq, last_seq: answer.last_seq }))
 }
 
@@ -599,6 +638,7 @@ pub async fn append(
     responses((status = 200, body = model::ItemPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn read_items(
     State(api): State<Api>,
+    caller: Caller,
     PathOf(stream): PathOf<String>,
     QueryOf(q): QueryOf<model::ReadQuery>,
 ) -> Answer<model::ItemPage> {
@@ -609,7 +649,7 @@ pub async fn read_items(
         filter: q.filter.unwrap_or_default(),
         consistency: consistency(q.stale),
     };
-    let page = api.streams.read(Request::new(req)).await?.into_inner();
+    let page = api.streams.read(request(&caller, req)).await?.into_inner();
     Ok(Json(model::ItemPage {
         items: page.items.into_iter().map(Into::into).collect(),
         next_seq: (page.next_seq != 0).then_some(page.next_seq),
@@ -626,6 +666,7 @@ pub async fn read_items(
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn tail(
     State(api): State<Api>,
+    caller: Caller,
     PathOf(stream): PathOf<String>,
     QueryOf(q): QueryOf<model::TailQuery>,
     headers: HeaderMap,
@@ -639,7 +680,7 @@ pub async fn tail(
     let last_event: Option<u64> =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
     let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(false) };
-    let info = api.streams.info(Request::new(info_req)).await?.into_inner();
+    let info = api.streams.info(request(&caller, info_req)).await?.into_inner();
     let filter = q.filter.unwrap_or_default();
     let mut next = match (last_event, q.from_seq) {
         (Some(seen), _) => seen.saturating_add(1),
@@ -660,7 +701,7 @@ pub async fn tail(
             // to `last_seq` has been looked at (a filter may have passed over some), so the
             // next read starts after it and does not scan them again.
             let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(true) };
-            let info = match api.streams.info(Request::new(info_req)).await {
+            let info = match api.streams.info(request(&caller, info_req)).await {
                 Ok(i) => i.into_inner(),
                 Err(status) => {
                     let _ = tx.send(end(status)).await;
@@ -678,7 +719,7 @@ pub async fn tail(
                 filter: filter.clone(),
                 consistency: consistency(true),
             };
-            let page = match api.streams.read(Request::new(req)).await {
+            let page = match api.streams.read(request(&caller, req)).await {
                 Ok(page) => page.into_inner(),
                 Err(status) => {
                     let _ = tx.send(end(status)).await;

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Every handler calls the same service method a gRPC caller reaches, so checks, limits,
-//! routing to the leader and errors are the gRPC API's; only the shapes differ.
+//! routing to the leader and errors are the gRPC API's; only the shapes differ. That includes
+//! token scopes: a handler takes the [`Caller`] the auth gate found and hands it to the service
+//! in the request ([`request`]), so a refusal is the service's (403, or 401 from the gate).
 //!
 //! # Layout
 //! - [`model`]: the JSON shapes and how protocol messages become them.
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::api::{ClusterService, ExecutionService, InstanceService, StateService, StreamService};
+use crate::auth::Caller;
 use crate::routing::Context;
 
 pub use error::ErrorBody;
@@ -55,6 +58,14 @@ pub struct Api {
     pub(crate) cluster: ClusterService,
     pub(crate) tails: Arc<tokio::sync::Semaphore>,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// A request to a gRPC service, made in process on behalf of `caller` (the service checks its
+/// permissions as for a gRPC caller).
+pub(crate) fn request<T>(caller: &Caller, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(caller.clone());
+    request
 }
 
 /// The OpenAPI document of this API.
@@ -106,11 +117,14 @@ Every operation calls the same service a gRPC caller reaches; errors carry the g
 pub struct ApiDoc;
 
 /// Adds the errors any operation may answer to every operation of the document: bad input
-/// (400, 413, 415), overload (429) and no leader or quorum (503).
+/// (400, 413, 415), no or a bad token (401), a token without the permission (403), overload
+/// (429) and no leader or quorum (503); and the bearer token scheme, required by every
+/// operation when the node runs with auth on.
 struct CommonErrors;
 
 impl utoipa::Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let error = |description: &str| {
             ResponseBuilder::new()
@@ -125,9 +139,27 @@ impl utoipa::Modify for CommonErrors {
             ("400", "Bad input: the message names the problem; nothing changed"),
             ("413", "The body is over the node's max_message_bytes"),
             ("415", "The body is not JSON"),
+            ("401", "Auth is on and the bearer token is missing, malformed, unknown, expired or revoked"),
+            (
+                "403",
+                "The token's role and scopes do not allow this; the message names the permission; nothing changed",
+            ),
             ("429", "Overloaded (a bound such as max_waiters or max_pending_writes); nothing changed"),
             ("503", "No leader, no quorum, or the node is stopping; see not_applied"),
         ];
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A Weft token (`weft_<id>_<secret>`), needed when the node runs with auth on",
+                    ))
+                    .build(),
+            ),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
         for item in openapi.paths.paths.values_mut() {
             for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
                 for (code, description) in common {

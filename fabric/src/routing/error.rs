@@ -31,6 +31,9 @@ pub enum Error {
     /// shutdown). It may or may not be applied.
     #[error("outcome unknown: {0}")]
     Indeterminate(String),
+    /// The caller's token does not allow the request (`crate::auth`). Nothing changed.
+    #[error(transparent)]
+    Denied(#[from] crate::auth::Denied),
 }
 
 impl Error {
@@ -54,7 +57,8 @@ impl Error {
                 | G::InvalidItem { .. }
                 | G::InvalidFilter { .. }
                 | G::InvalidCursor { .. }
-                | G::InvalidLease { .. }),
+                | G::InvalidLease { .. }
+                | G::InvalidToken { .. }),
             ) => tonic::Status::invalid_argument(e.to_string()),
             Error::Grid(
                 e @ (G::VersionMismatch { .. }
@@ -75,7 +79,8 @@ impl Error {
                 e @ (G::AlreadyExists { .. }
                 | G::InstanceExists { .. }
                 | G::StreamExists { .. }
-                | G::CursorExists { .. }),
+                | G::CursorExists { .. }
+                | G::TokenExists { .. }),
             ) => tonic::Status::already_exists(e.to_string()),
             Error::Grid(
                 e @ (G::UnknownExecution { .. }
@@ -84,7 +89,8 @@ impl Error {
                 | G::UnknownStream { .. }
                 | G::UnknownCursor { .. }
                 | G::UnknownListener { .. }
-                | G::StreamReplaced { .. }),
+                | G::StreamReplaced { .. }
+                | G::UnknownToken { .. }),
             ) => tonic::Status::not_found(e.to_string()),
             Error::Grid(e @ (G::TooMany { .. } | G::StreamLimit { .. })) => {
                 tonic::Status::resource_exhausted(e.to_string())
@@ -102,6 +108,7 @@ impl Error {
             Error::Overloaded(m) => tonic::Status::resource_exhausted(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::Indeterminate(m) => tonic::Status::unavailable(format!("{UNKNOWN_PREFIX}{m}")),
+            Error::Denied(d) => d.into(),
         }
     }
 }

@@ -154,6 +154,16 @@ fn command_bytes(command: &Command) -> usize {
                 + note.outcome.len()
                 + 32
         }
+        Command::CreateToken(new) => {
+            let s = &new.scopes;
+            let scopes: usize = [&s.serve, &s.call, &s.namespaces, &s.streams]
+                .iter()
+                .flat_map(|l| l.iter())
+                .map(|e| e.len() + 8)
+                .sum();
+            new.id.len() + new.name.len() + scopes + 64
+        }
+        Command::RevokeToken { id } => id.len() + 16,
     }
 }
 

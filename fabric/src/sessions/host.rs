@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use weft_proto::fabric::v1 as pb;
 
+use crate::auth::{Caller, Permission, authorize};
 use crate::convert;
 use crate::grid::execution::{ExecutionId, SessionId};
 use crate::grid::session::{Host, NewSession};
@@ -46,9 +47,11 @@ fn message(kind: pb::fabric_message::Kind) -> Result<pb::FabricMessage, Status> 
 }
 
 /// Opens a session from the stream's first message and starts serving it; returns what the
-/// fabric sends to the agent.
+/// fabric sends to the agent. `caller` must be allowed to serve every agent the session
+/// names (and claims instances of); its completions are checked against it too.
 pub async fn open(
     ctx: Context,
+    caller: Caller,
     mut inbound: Streaming<pb::AgentMessage>,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<Result<pb::FabricMessage, Status>>, Status> {
@@ -101,6 +104,13 @@ pub async fn open(
         Command::OpenSession(Box::new(new))
     };
     command.validate(&ctx.limits).map_err(|e| Error::Grid(e).into_status())?;
+    let (Command::OpenSession(new) | Command::OpenSessionOnlyClaimed(new)) = &command else {
+        unreachable!("a session open is one of the two commands above")
+    };
+    let served = new.agents.iter().map(|a| &a.name).chain(new.claims.iter().map(|(agent, _)| agent));
+    for agent in served {
+        authorize(&caller, Permission::Serve { agent })?;
+    }
     // Registered before the open is proposed: the entry that opens it may assign it work.
     let events = ctx.hub.register_session(key, capacity);
     let id = match routing::propose(&ctx, command).await {
@@ -124,6 +134,7 @@ pub async fn open(
     let _ = tx.try_send(message(pb::fabric_message::Kind::Opened(opened)));
     tracing::debug!(session = id, node_id = ctx.node_id, "session opened");
     let session = Session {
+        caller,
         inflight: Arc::new(Semaphore::new(capacity + INFLIGHT_SLACK)),
         ctx,
         id,
@@ -149,6 +160,8 @@ enum Ending {
 
 struct Session {
     ctx: Context,
+    /// Who opened it: what its completions may do.
+    caller: Caller,
     id: SessionId,
     key: u64,
     capacity: usize,
@@ -326,6 +339,14 @@ impl Session {
                     }
                     Ok(command)
                 });
+                let command = match command {
+                    Ok(Command::Complete(c)) => {
+                        crate::api::authz::check_completion(&self.ctx, &self.caller, id, &c.effects)
+                            .await
+                            .map(|()| Command::Complete(c))
+                    }
+                    other => other,
+                };
                 match command {
                     Ok(command) => self.propose(command, ProposalKind::Complete(id, token)).await,
                     Err(e) => {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use weft_proto::fabric::v1 as pb;
 
+use crate::auth::{Caller, Permission, authorize};
 use crate::convert;
 use crate::grid::cursor::{AckCheck, ListenerId, MAX_WINDOW, NewListener};
 use crate::grid::session::Host;
@@ -58,9 +59,11 @@ fn end_message(end: &ListenerEnd) -> pb::stream_message::Kind {
     pb::stream_message::Kind::End(pb::StreamEnd { reason: reason.into(), error })
 }
 
-/// Starts a listener from the stream's first message; returns what the fabric sends.
+/// Starts a listener from the stream's first message, if `caller` may read its stream (and
+/// write the dead-letter stream of the cursor it creates); returns what the fabric sends.
 pub async fn start(
     ctx: Context,
+    caller: Caller,
     mut inbound: Streaming<pb::ListenerMessage>,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<Result<pb::StreamMessage, Status>>, Status> {
@@ -86,9 +89,17 @@ pub async fn start(
         if !start.filter.is_empty() {
             validate_filter(&start.filter)?;
         }
+        let dead_letter = start.config.as_ref().map_or("", |c| c.dead_letter.as_str());
+        if !dead_letter.is_empty() {
+            validate_stream_name(dead_letter)?;
+        }
         Ok(())
     })();
     checked.map_err(|e| Error::Grid(e).into_status())?;
+    authorize(&caller, Permission::ReadStream { stream: &start.stream })?;
+    if let Some(stream) = start.config.as_ref().map(|c| c.dead_letter.as_str()).filter(|d| !d.is_empty()) {
+        authorize(&caller, Permission::WriteStream { stream })?;
+    }
     let (tx, rx) = mpsc::channel(window as usize + OUTBOUND_SLACK);
     if start.cursor.is_empty() && start.config.is_none() {
         let reader = Reader::new(ctx, start, window, inbound, tx, shutdown).await?;

@@ -220,7 +220,13 @@ impl Store {
     }
 
     /// Looks at the files every `interval` until `shutdown`, logging what changed.
-    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
+    /// Each change (taken or refused) is a configuration reload, noted in the audit trail.
+    pub(crate) async fn run(
+        self,
+        interval: Duration,
+        notes: crate::audit_notes::Notes,
+        shutdown: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 biased;
@@ -235,13 +241,25 @@ impl Store {
             match outcome {
                 Reload::Unchanged => {}
                 Reload::Reloaded(serial) => {
-                    tracing::info!(%serial, "TLS files changed: new connections use the new certificate")
+                    tracing::info!(%serial, "TLS files changed: new connections use the new certificate");
+                    notes.record(
+                        "config.reload",
+                        format!("TLS files: certificate serial {serial}"),
+                        "ok".into(),
+                    );
                 }
-                Reload::Refused(error) => tracing::warn!(
-                    %error,
-                    serial = %self.serial(),
-                    "TLS files changed but were refused; keeping the current certificate"
-                ),
+                Reload::Refused(error) => {
+                    tracing::warn!(
+                        %error,
+                        serial = %self.serial(),
+                        "TLS files changed but were refused; keeping the current certificate"
+                    );
+                    notes.record(
+                        "config.reload",
+                        format!("TLS files: kept certificate serial {}", self.serial()),
+                        format!("refused: {error}"),
+                    );
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use crate::membership::gossip_config;
 use crate::support::*;
 
 /// The audit records (their JSON payloads) as `endpoint` reads them.
-async fn records(endpoint: &str) -> Vec<serde_json::Value> {
+pub(crate) async fn records(endpoint: &str) -> Vec<serde_json::Value> {
     let (code, v) = weft_json(endpoint, &["streams", "read", "weft.audit"]).await;
     if code != 0 {
         return Vec::new();

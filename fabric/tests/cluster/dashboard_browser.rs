@@ -4,7 +4,8 @@
 //! through the SDK reaching `completed`, its payload as text (markup in it stays text), a
 //! call run from the page's own form with its result, an execution that waits until
 //! cancelled cancelled by the detail's cancel button (live in the page, and in the fabric),
-//! and a stopped node shown down.
+//! and a stopped node shown down. On a node with auth on, the page asks for a token, shows the
+//! node's refusals, and works once given one (which it keeps out of every URL).
 //!
 //! `WEFT_SCREENSHOTS=docs/dashboard` (relative to the workspace root) saves screenshots there.
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use futures::FutureExt;
 use serde_json::{Value, json};
+use weft_agent::{Agent, Context, Fail, Worker};
 
 use super::dashboard::{echo_worker, json_client};
 use crate::support::*;
@@ -163,6 +165,24 @@ async fn screenshot(browser: &Browser, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).expect("the screenshot is written");
 }
 
+/// Calls `echo.say` with `args` (JSON) from the page's call form; what the page shows once
+/// the call completed.
+async fn call_from_the_page(browser: &Browser, args: &str) -> String {
+    click(browser, "#call-box summary").await;
+    fill(browser, "#call-agent", "echo").await;
+    fill(browser, "#call-delegate", "say").await;
+    fill(browser, "#call-args", args).await;
+    click(browser, "#call button[type=submit]").await;
+    let shown = until(
+        browser,
+        "the call's result",
+        r"const t = document.getElementById('call-result').textContent;
+          return /^execution \d+ completed: /.test(t) ? t : null;",
+    )
+    .await;
+    shown.as_str().unwrap().to_owned()
+}
+
 /// Sets `m` to the members the page shows: `[{id, role, gossip}]`.
 const MEMBERS: &str =
     "const m = [...document.querySelectorAll('#members tbody tr[data-member-id]')].map(r => ({
@@ -263,19 +283,8 @@ async fn scenario(browser: &Browser, cluster: &mut Cluster) {
     assert_eq!(disabled.unwrap(), true, "a finished execution cannot be cancelled");
 
     tracing::info!("the page's call form runs a call and shows its result");
-    click(browser, "#call-box summary").await;
-    fill(browser, "#call-agent", "echo").await;
-    fill(browser, "#call-delegate", "say").await;
-    fill(browser, "#call-args", r#"{"from": "the page"}"#).await;
-    click(browser, "#call button[type=submit]").await;
-    let shown = until(
-        browser,
-        "the call's result",
-        r"const t = document.getElementById('call-result').textContent;
-          return /^execution \d+ completed: /.test(t) ? t : null;",
-    )
-    .await;
-    let shown = shown.as_str().unwrap();
+    let shown = call_from_the_page(browser, r#"{"from": "the page"}"#).await;
+    let shown = shown.as_str();
     assert!(shown.ends_with(r#"completed: {"from":"the page"}"#), "{shown}");
     let called: u64 = shown.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("an execution id");
     let e = client.execution(called).await.expect("the called execution");
@@ -344,4 +353,117 @@ async fn scenario(browser: &Browser, cluster: &mut Cluster) {
     assert_eq!(still, "yes", "the page updated without a reload");
     stopper.stop();
     let _ = tokio::time::timeout(PATIENCE, worker).await;
+}
+
+/// The page's auth banner: its text while shown, else null.
+const AUTH_BANNER: &str =
+    "const b = document.getElementById('auth-message'); return b.hidden ? null : b.textContent;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_asks_for_a_token_on_a_node_with_auth() {
+    init_tracing();
+    let driver = Chromedriver::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let admin = weft_fabric::auth::Credential::generate().reveal();
+    let file = secrets.path().join("admin.token");
+    std::fs::write(&file, format!("{admin}\n")).unwrap();
+    let mut cluster = Cluster::start(1, |c| {
+        c.auth = true;
+        c.auth_bootstrap_token_file = Some(file.clone());
+    })
+    .await;
+    let browser = driver.browser().await;
+    let outcome = AssertUnwindSafe(with_auth(&browser, &mut cluster, &admin)).catch_unwind().await;
+    let _ = browser.close().await;
+    drop(driver);
+    cluster.shutdown().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn with_auth(browser: &Browser, cluster: &mut Cluster, admin: &str) {
+    cluster.wait_for_leader().await;
+    let url = format!("http://{}/ui/", cluster.addrs[0]);
+    let token = weft_agent::Token::new(admin).unwrap();
+    let id = token.id().unwrap().to_owned();
+
+    tracing::info!("without a token the page loads and says what is missing");
+    browser.goto(&url).await.expect("the page loads");
+    let shown = until(browser, "the refusal", AUTH_BANNER).await;
+    assert!(shown.as_str().unwrap().contains("requires a bearer token"), "{shown}");
+    assert!(shown.as_str().unwrap().contains("enter a token"), "{shown}");
+    let live = browser.find(Locator::Id("live")).await.unwrap().text().await.unwrap();
+    assert_eq!(live, "not authorized");
+    screenshot(browser, "auth-no-token").await;
+
+    tracing::info!("a token the cluster does not know: the node's message");
+    let stranger = weft_fabric::auth::Credential::generate().reveal();
+    fill(browser, "#auth-token", &stranger).await;
+    click(browser, "#auth button[type=submit]").await;
+    let shown = until(
+        browser,
+        "the unknown token refused",
+        "const b = document.getElementById('auth-message');
+         return !b.hidden && b.textContent.includes('unknown token') ? b.textContent : null;",
+    )
+    .await;
+    assert!(!shown.as_str().unwrap().contains(&stranger), "the secret is not shown: {shown}");
+
+    tracing::info!("the admin token: the page works, and shows the token's id only");
+    fill(browser, "#auth-token", admin).await;
+    click(browser, "#auth button[type=submit]").await;
+    until(
+        browser,
+        "the member shown",
+        &format!(
+            "{MEMBERS} return m.length === 1 && document.getElementById('auth-message').hidden ? m : null;"
+        ),
+    )
+    .await;
+    let state = browser.find(Locator::Id("auth-state")).await.unwrap().text().await.unwrap();
+    assert_eq!(state, format!("token {id}"));
+    let input = browser.execute("return document.getElementById('auth-token').value;", vec![]).await.unwrap();
+    assert_eq!(input, "", "the field is cleared once the token is in use");
+
+    tracing::info!("the page's call form sends the token too");
+    let worker = Worker::builder(cluster.endpoints())
+        .token(Some(token))
+        .agent(
+            Agent::new("echo")
+                .delegate("say", |_ctx: Context, args: Value| async move { Ok::<_, Fail>(args) }),
+        )
+        .build()
+        .unwrap();
+    let stopper = worker.stopper();
+    let serving = tokio::spawn(worker.run());
+    let shown = call_from_the_page(browser, r#"{"with": "a token"}"#).await;
+    assert!(shown.ends_with(r#"{"with":"a token"}"#), "{shown}");
+    screenshot(browser, "auth-token").await;
+
+    tracing::info!("the token stays out of every URL the page asked for, and survives a reload of the tab");
+    let urls = browser
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(!urls.to_string().contains(admin), "{urls}");
+    browser.refresh().await.expect("the page reloads");
+    until(
+        browser,
+        "the member shown after a reload",
+        &format!("{MEMBERS} return m.length === 1 ? m : null;"),
+    )
+    .await;
+
+    tracing::info!("forget: the page is refused again");
+    click(browser, "#auth-forget").await;
+    let shown = until(browser, "the refusal after forget", AUTH_BANNER).await;
+    assert!(shown.as_str().unwrap().contains("requires a bearer token"), "{shown}");
+    let stored = browser.execute("return sessionStorage.getItem('weft.token');", vec![]).await.unwrap();
+    assert_eq!(stored, Value::Null);
+    stopper.stop();
+    let _ = tokio::time::timeout(PATIENCE, serving).await;
 }

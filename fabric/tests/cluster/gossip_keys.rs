@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use weft_fabric::membership::keys::{Keys, generate};
@@ -37,7 +37,7 @@ fn key_id(key: &str) -> String {
 }
 
 /// Writes `keys` (sending one first) to node `id`'s key file; returns the file.
-fn write_keys(root: &Path, id: u64, keys: &[&str]) -> PathBuf {
+pub(crate) fn write_keys(root: &Path, id: u64, keys: &[&str]) -> PathBuf {
     let file = root.join(format!("node-{id}.keys"));
     // Written whole and renamed in place, as an operator's tooling should.
     let tmp = root.join(format!("node-{id}.keys.tmp"));
@@ -51,11 +51,11 @@ async fn members(addr: &str) -> pb::MembersReply {
 }
 
 /// Node ids gossip on `node` knows of, itself included.
-fn gossip_ids(node: &Node) -> BTreeSet<u64> {
+pub(crate) fn gossip_ids(node: &Node) -> BTreeSet<u64> {
     node.membership().gossip.view().members.keys().copied().collect()
 }
 
-fn in_raft(node: &Node, id: u64) -> bool {
+pub(crate) fn in_raft(node: &Node, id: u64) -> bool {
     let (voters, learners) = raft_members(node);
     voters.contains(&id) || learners.contains(&id)
 }
@@ -199,6 +199,28 @@ async fn gossip_keys_rotate_while_the_cluster_runs() {
         write_keys(root, id, &[&k1, &k2]);
     }
     wait_until("every node reloaded [k1, k2]", || all_hold(&nodes, vec![id1.clone(), id2.clone()])).await;
+    tracing::info!("phase: each node's reload is in the audit trail, naming key ids only");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let records = crate::audit::records(&addrs[0]).await;
+        let reloaded: Vec<u64> = records
+            .iter()
+            .filter(|r| r["operation"] == "config.reload" && r["outcome"] == "ok")
+            .filter(|r| {
+                r["target"].as_str().is_some_and(|t| t.contains("gossip key file") && t.contains(&id2))
+            })
+            .filter_map(|r| r["node"].as_u64())
+            .collect();
+        assert!(
+            !records.iter().any(|r| r.to_string().contains(&k2)),
+            "a key in the audit trail: {records:#?}"
+        );
+        if (1..=3).all(|id| reloaded.contains(&id)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reloads of nodes 1-3 not audited: {records:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     tracing::info!("phase: node 4 joins with [k2, k1]: it sends with k2, the others accept it");
     let config = Config {

@@ -3,6 +3,7 @@
 
 mod addresses;
 mod audit;
+mod authz;
 mod bad_input;
 mod cli;
 mod cli_endpoints;
@@ -28,4 +29,5 @@ mod restart;
 mod streams;
 mod support;
 mod tls;
+mod tokens;
 mod writes;

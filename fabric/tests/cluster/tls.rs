@@ -145,13 +145,18 @@ async fn three_nodes_form_by_gossip_over_mutual_tls_and_serve_the_sdk_and_http()
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::new(&dir.path().join("certs"));
-    let listeners = listeners(3).await;
-    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-    tracing::info!("phase: three TLS nodes told only of node 1 form a cluster by gossip");
+    let mut listeners = listeners(4).await.into_iter();
+    let addrs: Vec<String> =
+        listeners.as_slice().iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    let key = weft_fabric::membership::keys::generate();
+    tracing::info!("phase: three TLS nodes with a gossip key, told only of node 1, form a cluster by gossip");
     let mut nodes: Vec<Node> = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let config = gossip_tls_config(&certs, dir.path(), i as u64 + 1, &addrs[i], &addrs[0]);
-        nodes.push(Node::start_on(config, listener).await.expect("node starts"));
+    for i in 0..3 {
+        let config = Config {
+            gossip_key_file: Some(crate::gossip_keys::write_keys(dir.path(), i as u64 + 1, &[&key])),
+            ..gossip_tls_config(&certs, dir.path(), i as u64 + 1, &addrs[i], &addrs[0])
+        };
+        nodes.push(Node::start_on(config, listeners.next().unwrap()).await.expect("node starts"));
     }
     wait_for("three voters and one leader", async || {
         let leaders: Vec<_> = nodes.iter().map(|n| n.raft().metrics().borrow().current_leader).collect();
@@ -162,13 +167,16 @@ async fn three_nodes_form_by_gossip_over_mutual_tls_and_serve_the_sdk_and_http()
 
     tracing::info!("phase: a write and a call through the SDK over TLS (a worker with a client certificate)");
     certs.issue(Kind::Client, "worker");
-    let client = Client::builder(addrs.clone()).tls(Some(certs.client(None))).build().unwrap();
+    let client = Client::builder(addrs[..3].to_vec()).tls(Some(certs.client(None))).build().unwrap();
     client.state("shared/tls").put("k", &"v".to_owned()).await.expect("put over TLS");
     let read: Option<String> = client.state("shared/tls").get("k").await.expect("get over TLS");
     assert_eq!(read.as_deref(), Some("v"));
     let agent = Agent::new("echo").delegate("say", |_: Context, s: String| async move { Ok::<_, String>(s) });
-    let worker =
-        Worker::builder(addrs.clone()).agent(agent).tls(Some(certs.client(Some("worker")))).build().unwrap();
+    let worker = Worker::builder(addrs[..3].to_vec())
+        .agent(agent)
+        .tls(Some(certs.client(Some("worker"))))
+        .build()
+        .unwrap();
     let stopper = worker.stopper();
     let running = tokio::spawn(worker.run());
     let answer: String =
@@ -185,6 +193,31 @@ async fn three_nodes_form_by_gossip_over_mutual_tls_and_serve_the_sdk_and_http()
     let (code, body) = crate::writes::http_get(&addrs[0], "/readyz").await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("requires TLS"), "{body}");
+
+    tracing::info!("phase: a node with a good certificate but another gossip key never joins");
+    let wrong = weft_fabric::membership::keys::generate();
+    let config = Config {
+        gossip_key_file: Some(crate::gossip_keys::write_keys(dir.path(), 4, &[&wrong])),
+        ..gossip_tls_config(&certs, dir.path(), 4, &addrs[3], &addrs[0])
+    };
+    let outsider = Node::start_on(config, listeners.next().unwrap()).await.expect("node 4 starts");
+    let bad_mac =
+        || nodes[0].membership().gossip.counters().dropped_bad_mac.load(std::sync::atomic::Ordering::Relaxed);
+    wait_for("node 1 drops node 4's packets", async || (bad_mac() >= 3).then_some(())).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // 15 probe periods of the test preset
+    for node in &nodes {
+        assert!(
+            !crate::gossip_keys::gossip_ids(node).contains(&4),
+            "node {} sees node 4 in gossip",
+            node.id()
+        );
+        assert!(
+            !crate::gossip_keys::in_raft(node, 4),
+            "node 4 got into node {}'s Raft membership",
+            node.id()
+        );
+    }
+    outsider.shutdown().await;
 
     stopper.stop();
     let _ = running.await;
@@ -280,6 +313,12 @@ async fn raft_takes_only_node_certificates_of_the_clusters_ca() {
     let follower = if leader == 1 { 2 } else { 1 };
     let addr = cluster.addrs[follower as usize - 1].clone();
     put_retrying_tls(&certs, &cluster.addrs[leader as usize - 1]).await;
+    // The first leader records the cluster's instance id in an entry of its own, which may
+    // come after the put: wait for it, so that the follower's log is quiet from here on.
+    wait_for("the cluster's instance id recorded", async || {
+        (cluster.node(leader).applied().read(|a| a.grid.cluster_uid()) != 0).then_some(())
+    })
+    .await;
     cluster.wait_caught_up(follower).await;
     let node = cluster.node(follower);
     let before = node.raft().metrics().borrow().clone();
@@ -398,6 +437,20 @@ async fn certificates_changed_on_disk_are_used_and_broken_ones_refused() {
     assert_eq!(presented_certificate(&addr, &certs.ca()).await, second);
     let c = Client::builder([addr.clone()]).tls(Some(certs.client(None))).build().unwrap();
     c.state("shared/rot").put("k", &1u32).await.expect("still serving");
+
+    tracing::info!("phase: both reloads, the taken one and the refused one, are in the audit trail");
+    wait_for("the reloads in weft.audit", async || {
+        let records: Vec<serde_json::Value> =
+            c.stream("weft.audit").read(1, 100).await.ok()?.into_iter().map(|i| i.value).collect();
+        let reloads: Vec<_> =
+            records.iter().filter(|r| r["operation"] == "config.reload" && r["node"] == 1).collect();
+        let taken = reloads
+            .iter()
+            .any(|r| r["outcome"] == "ok" && r["target"].as_str().is_some_and(|t| t.contains("TLS files")));
+        let refused = reloads.iter().any(|r| r["outcome"].as_str().is_some_and(|o| o.starts_with("refused")));
+        (taken && refused).then_some(())
+    })
+    .await;
 
     tracing::info!("phase: a client certificate (not a node's) is refused as the node's own");
     let (client_cert, client_key) = certs.issue(Kind::Client, "not-a-node");
@@ -528,11 +581,8 @@ async fn weft_certs_files_run_a_node_that_the_cli_reaches_over_tls() {
     let (code, _, err) = weft_cmd(&["state", "get", "shared/c", "k", "--endpoint", &addr]).await;
     assert_eq!(code, 1);
     // Under load hyper sometimes ends the request "operation was canceled" before it reads the
-    // node's GOAWAY that says why (a known gap, issue 14); either way nothing is served.
-    assert!(
-        (err.contains("requires TLS") && err.contains("--tls-ca")) || err.contains("operation was canceled"),
-        "{err}"
-    );
+    // node's GOAWAY; the CLI then asks the node again (weft_agent::tls::requires_tls).
+    assert!(err.contains("requires TLS") && err.contains("--tls-ca"), "{err}");
     let (code, _, err) = weft_cmd(&["--tls-ca", &file("cli.pem"), "status", "--endpoint", &addr]).await;
     assert_eq!(code, 1);
     assert!(err.contains("not signed by the CA"), "{err}");

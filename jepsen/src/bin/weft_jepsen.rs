@@ -119,6 +119,12 @@ struct RunArgs {
     /// connect over TLS.
     #[arg(long)]
     tls: bool,
+    /// Run the nodes with auth on (an admin token made for the run with `weft tokens
+    /// generate`, created by the leader); agents present an agent token that may serve the
+    /// counter, and the workload's clients a client token that may call it and reach every
+    /// namespace and stream. The tokens are kept in the run folder (auth/).
+    #[arg(long)]
+    auth: bool,
     /// Most linearizability search steps per key before the verdict is unknown.
     #[arg(long, default_value_t = 20_000_000)]
     max_search_steps: u64,
@@ -231,6 +237,7 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
         ack_wait: Duration::from_millis(a.ack_wait_ms),
         credit: a.credit,
         tls: a.tls,
+        auth: a.auth,
     })
 }
 

@@ -44,8 +44,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let a = Args::parse();
     let worker = Worker::builder(a.endpoints)
-        // WEFT_TLS_CA when the run uses TLS.
+        // WEFT_TLS_CA when the run uses TLS; WEFT_TOKEN_FILE (an agent token) with --auth.
         .tls(weft_agent::Tls::from_env()?)
+        .token(weft_agent::Token::from_env()?)
         .agent(counter::agent(a.effects, Duration::from_millis(a.work_ms), a.number))
         .lease(Some(Duration::from_millis(a.lease_ms)))
         .name(&format!("{} (pid {})", a.name, std::process::id()))

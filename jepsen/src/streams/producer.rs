@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::db::Channel;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
 use weft_proto::wire::Outcome;

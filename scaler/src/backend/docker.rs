@@ -50,7 +50,7 @@ use futures::StreamExt;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Exited, Found, KILL_WAIT, Launch, MAX_OUTPUT_TAIL_BYTES, ReplicaId};
+use super::{CONTAINER_TOKEN_FILE, Exited, Found, KILL_WAIT, Launch, MAX_OUTPUT_TAIL_BYTES, ReplicaId};
 
 /// The label naming the scaler group a container belongs to; [`Backend::find`] lists by it.
 pub const GROUP_LABEL: &str = "weft.scaler.group";
@@ -359,9 +359,10 @@ impl Backend {
             image: Some(spec.image.clone()),
             entrypoint: spec.command.clone().map(|c| vec![c]),
             cmd: (spec.command.is_some() || !spec.args.is_empty()).then(|| spec.args.clone()),
-            env: Some(launch.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(container_env(launch)),
             labels: Some(labels),
             host_config: Some(HostConfig {
+                binds: token_bind(launch).map(|b| vec![b]),
                 network_mode: options.settings.network.clone(),
                 init: Some(options.settings.init),
                 restart_policy: Some(RestartPolicy {
@@ -780,6 +781,23 @@ impl Failure {
             Failure::Transport(reason) => Error::Unreachable { host: host.to_string(), reason },
         }
     }
+}
+
+/// A container's environment: the launch's, and `WEFT_TOKEN_FILE` naming the mounted token
+/// file when the agent has one.
+fn container_env(launch: &Launch) -> Vec<String> {
+    let token = weft_agent::token::env::TOKEN_FILE;
+    let mut env: Vec<String> =
+        launch.env.iter().filter(|(k, _)| k != token).map(|(k, v)| format!("{k}={v}")).collect();
+    if launch.token_file.is_some() {
+        env.push(format!("{token}={CONTAINER_TOKEN_FILE}"));
+    }
+    env
+}
+
+/// The read-only mount of the agent's token file (a path on the engine's host), if it has one.
+fn token_bind(launch: &Launch) -> Option<String> {
+    launch.token_file.as_ref().map(|file| format!("{}:{CONTAINER_TOKEN_FILE}:ro", file.display()))
 }
 
 #[cfg(test)]

@@ -25,6 +25,12 @@ fn main() {
         println!("{k}={v}");
     }
     println!("fixture: args {:?}", std::env::args().skip(1).collect::<Vec<_>>());
+    if let Ok(path) = std::env::var("WEFT_TOKEN_FILE") {
+        match std::fs::read_to_string(&path) {
+            Ok(token) => println!("fixture: token file {path} holds {} bytes", token.trim().len()),
+            Err(e) => println!("fixture: token file {path}: {e}"),
+        }
+    }
     if std::env::var_os("FIXTURE_IGNORE_TERM").is_some() {
         unsafe { signal(15, 1) };
         println!("fixture: ignoring SIGTERM");
@@ -178,6 +184,7 @@ fn launch(replica: &str, agent: &str, instance: Option<&str>, extra: &[(&str, &s
         command: None,
         args: Vec::new(),
         image: None,
+        token_file: None,
     }
 }
 
@@ -271,6 +278,30 @@ async fn start_labels_find_stop_and_report() {
     backend.stop(&two.replica, Duration::from_secs(20)).expect("stop asked");
     assert_eq!(next_exit(&mut exits).await.replica, "work-aaaa0002");
     assert!(group.containers().is_empty());
+}
+
+#[tokio::test]
+async fn a_replica_reads_its_agents_token_file_mounted_read_only() {
+    let group = Group::new("token");
+    let (tx, _exits) = mpsc::channel(16);
+    let backend = Backend::new(group.options(), tx).unwrap();
+    let dir = tempfile_dir("token");
+    let file = dir.join("work.token");
+    std::fs::write(&file, "weft_0123456789ab_00112233445566778899aabbccddeeff\n").unwrap();
+    let mut with_token = launch("work-dddd0001", "work", None, &[("WEFT_TOKEN_FILE", "/elsewhere")]);
+    with_token.token_file = Some(file.clone());
+    backend.start(&with_token, &fixture()).await.expect("started");
+    let name = backend.container_name(&with_token.replica).unwrap();
+    wait_for_output(&name, "fixture: running").await;
+    wait_for_output(&name, "WEFT_TOKEN_FILE=/run/weft/token\n").await;
+    wait_for_output(&name, "fixture: token file /run/weft/token holds 50 bytes").await;
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker(&["inspect", &name]).unwrap()).expect("docker inspect prints JSON");
+    let binds = &inspect[0]["HostConfig"]["Binds"];
+    assert_eq!(binds[0], format!("{}:/run/weft/token:ro", file.display()), "{binds}");
+    let env = inspect[0]["Config"]["Env"].to_string();
+    assert!(!env.contains("0011223344"), "the secret is not in the container's environment: {env}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

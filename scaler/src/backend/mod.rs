@@ -22,6 +22,7 @@ pub mod docker;
 pub mod output;
 pub mod process;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A replica's id: unique per scaler cluster, made of the agent's name and a random suffix
@@ -60,7 +61,14 @@ pub struct Launch {
     pub args: Vec<String>,
     /// The image to run (Docker backend).
     pub image: Option<String>,
+    /// The file of the bearer token the replica presents (the agent's `token_file`, an
+    /// absolute path): given as `WEFT_TOKEN_FILE` (process backend), or mounted read-only at
+    /// [`CONTAINER_TOKEN_FILE`] (Docker backend). Replicas never inherit the scaler's token.
+    pub token_file: Option<PathBuf>,
 }
+
+/// Where a container finds its token file (mounted read-only from the agent's `token_file`).
+pub const CONTAINER_TOKEN_FILE: &str = "/run/weft/token";
 
 /// How a replica ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -87,6 +87,19 @@ struct Stat {
     ticks: u64,
 }
 
+/// A replica's environment on top of the scaler's: `launch.env`, and its own token file
+/// (`WEFT_TOKEN_FILE`) or none. The scaler's own token (`WEFT_TOKEN`, `WEFT_TOKEN_FILE`) is
+/// never passed on: a replica gets only the token its agent was given.
+fn replica_env(command: &mut std::process::Command, launch: &Launch) {
+    for key in crate::config::TOKEN_ENV {
+        command.env_remove(key);
+    }
+    command.envs(launch.env.iter().map(|(k, v)| (k, v)));
+    if let Some(file) = &launch.token_file {
+        command.env(weft_agent::token::env::TOKEN_FILE, file);
+    }
+}
+
 fn read_stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&text)
@@ -199,9 +212,9 @@ impl Backend {
             .map_err(|e| failed(format!("cannot open {}: {e}", path.display())))?;
         let err = out.try_clone().map_err(|e| failed(format!("cannot open {}: {e}", path.display())))?;
         let mut command = tokio::process::Command::new(&program);
+        replica_env(command.as_std_mut(), launch);
         command
             .args(&launch.args)
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -472,11 +485,33 @@ mod tests {
             command: Some("/bin/sh".into()),
             args: vec!["-c".into(), script.into()],
             image: None,
+            token_file: None,
         }
     }
 
     async fn exit(rx: &mut mpsc::Receiver<Exited>) -> Exited {
         tokio::time::timeout(BOUND, rx.recv()).await.expect("an exit within the bound").unwrap()
+    }
+
+    #[test]
+    fn a_replica_gets_its_agents_token_file_and_never_the_scalers_token() {
+        let env = |launch: &Launch| {
+            let mut command = std::process::Command::new("true");
+            replica_env(&mut command, launch);
+            command
+                .get_envs()
+                .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned())))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let plain = env(&launch("work-1", "g1", "true"));
+        assert_eq!(plain["WEFT_TOKEN"], None, "removed, not inherited");
+        assert_eq!(plain["WEFT_TOKEN_FILE"], None, "removed, not inherited");
+        assert_eq!(plain[REPLICA_ENV].as_deref(), Some("work-1"));
+        let with_token =
+            Launch { token_file: Some("/etc/weft/work.token".into()), ..launch("work-2", "g1", "true") };
+        let env = env(&with_token);
+        assert_eq!(env["WEFT_TOKEN"], None);
+        assert_eq!(env["WEFT_TOKEN_FILE"].as_deref(), Some("/etc/weft/work.token"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Each test has a scaler group of its own, so its replicas are found (and cleaned up) apart
 //! from every other test's.
 
+mod auth;
 mod bad_config;
 mod failover;
 mod failures;

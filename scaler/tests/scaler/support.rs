@@ -76,8 +76,15 @@ pub struct Fabric {
 
 impl Fabric {
     pub async fn start() -> Self {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// A one-node fabric whose node's configuration `tweak` adjusts (given the data dir's
+    /// parent, where files for it may go).
+    pub async fn start_with(tweak: impl Fn(&mut weft_fabric::Config, &Path)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cluster = LocalCluster::start(dir.path(), 1, |_| {}).await.expect("node starts");
+        let root = dir.path().to_owned();
+        let cluster = LocalCluster::start(dir.path(), 1, |c| tweak(c, &root)).await.expect("node starts");
         cluster.wait_for_leader(PATIENCE).await.expect("a leader");
         Self { cluster, dir }
     }
@@ -154,14 +161,21 @@ pub fn scaled_agent(name: &str, extra: &str) -> String {
 
 /// A `weft-scaler` process on `config` (written next to its log).
 pub fn start_scaler(fabric: &Fabric, name: &str, config: &str) -> NodeProcess {
+    start_scaler_with(fabric, name, config, &[])
+}
+
+/// [`start_scaler`] with `env` added to the scaler's environment.
+pub fn start_scaler_with(fabric: &Fabric, name: &str, config: &str, env: &[(&str, &Path)]) -> NodeProcess {
     let path = fabric.root().join(format!("{name}.toml"));
     std::fs::write(&path, config).expect("write the config");
-    NodeCommand::new(&binaries().scaler, fabric.root().join(format!("{name}.log")))
+    let mut command = NodeCommand::new(&binaries().scaler, fabric.root().join(format!("{name}.log")))
         .arg("--config")
         .arg(&path)
-        .env("RUST_LOG", "info,weft_scaler=debug")
-        .spawn()
-        .expect("weft-scaler starts")
+        .env("RUST_LOG", "info,weft_scaler=debug");
+    for (k, v) in env {
+        command = command.env(k, v);
+    }
+    command.spawn().expect("weft-scaler starts")
 }
 
 /// The group's published status (JSON), if any.

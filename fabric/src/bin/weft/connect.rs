@@ -15,12 +15,16 @@
 //!
 //! With `--tls-ca` (or `WEFT_TLS_CA`) every endpoint is reached over TLS, checking the node's
 //! certificate against that CA; `--tls-cert` and `--tls-key` add a client certificate.
+//!
+//! With `--auth-token` (`WEFT_TOKEN`) or `--auth-token-file` (`WEFT_TOKEN_FILE`) every request
+//! carries `authorization: Bearer <token>`, for nodes that run with auth on.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tonic::codegen::http::HeaderValue;
 use tonic::transport::Endpoint;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::cluster_client::ClusterClient;
@@ -28,6 +32,7 @@ use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
+use weft_proto::fabric::v1::tokens_client::TokensClient;
 
 pub use crate::failover::Failover;
 
@@ -58,8 +63,80 @@ pub struct TlsArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+/// The bearer token of client commands (global flags), for nodes with auth on.
+#[derive(Clone, Default, clap::Args)]
+pub struct AuthArgs {
+    /// Client commands: the bearer token to send (`weft_<id>_<secret>`; `weft tokens create`
+    /// makes one). Prefer --auth-token-file: a flag's value is visible to other local users.
+    #[arg(long, value_name = "TOKEN", env = "WEFT_TOKEN", hide_env_values = true, global = true)]
+    pub auth_token: Option<String>,
+    /// Client commands: a file holding the bearer token to send (--auth-token wins when both
+    /// are given).
+    #[arg(long, value_name = "FILE", env = "WEFT_TOKEN_FILE", global = true)]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
+            .field("auth_token_file", &self.auth_token_file)
+            .finish()
+    }
+}
+
 /// The command line's TLS settings, set once by `main`.
 static TLS_ARGS: OnceLock<TlsArgs> = OnceLock::new();
+/// The command line's token settings, set once by `main`.
+static AUTH_ARGS: OnceLock<AuthArgs> = OnceLock::new();
+
+/// Records the command line's token settings for [`authorization`].
+pub fn set_auth_args(args: AuthArgs) {
+    let _ = AUTH_ARGS.set(args);
+}
+
+/// The `authorization` header value every request carries (marked sensitive), read and
+/// checked once; `None` without a token.
+pub fn authorization() -> anyhow::Result<Option<HeaderValue>> {
+    static VALUE: OnceLock<Result<Option<HeaderValue>, String>> = OnceLock::new();
+    let value = VALUE.get_or_init(|| {
+        let Some((credential, from)) = credential()? else { return Ok(None) };
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", credential.reveal()))
+            .map_err(|_| format!("{from}: not a valid header value"))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    });
+    value.clone().map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The token for commands that talk through the SDK's client (`weft demand`).
+pub fn sdk_token() -> anyhow::Result<Option<weft_agent::Token>> {
+    let Some((credential, from)) = credential().map_err(|e| anyhow::anyhow!(e))? else { return Ok(None) };
+    weft_agent::Token::new(credential.reveal()).map(Some).map_err(|e| anyhow::anyhow!("{from}: {e}"))
+}
+
+/// The command line's token, parsed, and where it came from.
+fn credential() -> Result<Option<(weft_fabric::auth::Credential, String)>, String> {
+    static CREDENTIAL: OnceLock<Result<Option<(weft_fabric::auth::Credential, String)>, String>> =
+        OnceLock::new();
+    CREDENTIAL
+        .get_or_init(|| {
+            let args = AUTH_ARGS.get().cloned().unwrap_or_default();
+            let (text, from) = match (args.auth_token, args.auth_token_file) {
+                (Some(token), _) => (token, "--auth-token (WEFT_TOKEN)".to_owned()),
+                (None, Some(file)) => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| format!("--auth-token-file {}: {e}", file.display()))?;
+                    (text, format!("--auth-token-file {}", file.display()))
+                }
+                (None, None) => return Ok(None),
+            };
+            let credential =
+                weft_fabric::auth::Credential::parse(&text).map_err(|e| format!("{from}: {e}"))?;
+            Ok(Some((credential, from)))
+        })
+        .clone()
+}
 
 /// Records the command line's TLS settings for [`tls`].
 pub fn set_tls_args(args: TlsArgs) {
@@ -121,7 +198,8 @@ pub fn endpoints(list: &str) -> anyhow::Result<Vec<String>> {
 
 /// A channel to the nodes of the `endpoints` list, none connected yet, whose requests may take
 /// `timeout` (`None`: as long as the server lets them, and they move on for at most
-/// [`REQUEST_TIMEOUT`]); `resend`: see [`Failover`]. Over TLS when `--tls-ca` is given.
+/// [`REQUEST_TIMEOUT`]); `resend`: see [`Failover`]. Over TLS when `--tls-ca` is given, with the
+/// bearer token when one is given.
 fn failover(endpoints: &str, timeout: Option<Duration>, resend: bool) -> anyhow::Result<Failover> {
     let tls = tls()?;
     let nodes = self::endpoints(endpoints)?
@@ -134,7 +212,7 @@ fn failover(endpoints: &str, timeout: Option<Duration>, resend: bool) -> anyhow:
             Ok((endpoint, builder))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Failover::new(nodes, tls, timeout, timeout.unwrap_or(REQUEST_TIMEOUT), resend))
+    Ok(Failover::new(nodes, tls, authorization()?, timeout, timeout.unwrap_or(REQUEST_TIMEOUT), resend))
 }
 
 /// The channel timeout for a request the server holds for up to `wait_ms` (0: its longest):
@@ -163,7 +241,7 @@ macro_rules! limited {
     )*};
 }
 
-limited!(StateClient, ExecutionsClient, InstancesClient, StreamsClient);
+limited!(StateClient, ExecutionsClient, InstancesClient, StreamsClient, TokensClient);
 
 /// A client of the nodes of `endpoints` (see [`Limited`]) whose requests may take `timeout`
 /// (`None`: as long as the server lets them).

@@ -41,6 +41,8 @@ fn status_of(e: &Error) -> tonic::Status {
     match e {
         Error::Refused { code, message } => tonic::Status::new(*code, message.clone()),
         Error::Overloaded(m) => tonic::Status::resource_exhausted(m.clone()),
+        Error::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
+        Error::PermissionDenied(m) => tonic::Status::permission_denied(m.clone()),
         other => tonic::Status::unavailable(other.to_string()),
     }
 }
@@ -53,7 +55,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     } else {
         (connect::endpoints(&args.conn.endpoint)?, REQUEST_TIMEOUT)
     };
-    let client = Client::builder(endpoints).retry_for(retry_for).tls(crate::connect::tls()?).build()?;
+    let client = Client::builder(endpoints)
+        .retry_for(retry_for)
+        .tls(crate::connect::tls()?)
+        .token(crate::connect::sdk_token()?)
+        .build()?;
     let mut watch = client.watch_demand(&args.agents);
     let interrupt = crate::shutdown_signal();
     tokio::pin!(interrupt);

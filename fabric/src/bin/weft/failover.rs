@@ -62,6 +62,8 @@ pub struct Failover {
     retry_for: Duration,
     /// Whether requests are read whole, so that one a node did not apply can go to the next.
     resend: bool,
+    /// The `authorization` header every request carries (`--auth-token`), if any.
+    authorization: Option<http::HeaderValue>,
 }
 
 /// The nodes of the list, and the one that answered last: where the next request starts.
@@ -101,6 +103,7 @@ impl Failover {
     pub fn new(
         nodes: Vec<(String, Endpoint)>,
         tls: Option<weft_agent::Tls>,
+        authorization: Option<http::HeaderValue>,
         timeout: Option<Duration>,
         retry_for: Duration,
         resend: bool,
@@ -110,13 +113,22 @@ impl Failover {
             .into_iter()
             .map(|(addr, endpoint)| Node { addr, endpoint, tls: tls.clone(), channel: OnceCell::new() })
             .collect();
-        Self { nodes: Arc::new(Nodes { list, last: AtomicUsize::new(0) }), timeout, retry_for, resend }
+        Self {
+            nodes: Arc::new(Nodes { list, last: AtomicUsize::new(0) }),
+            timeout,
+            retry_for,
+            resend,
+            authorization,
+        }
     }
 
     async fn send(self, request: http::Request<Body>) -> Answer {
         let started = Instant::now();
         let deadline = self.timeout.map(|t| started + t);
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        if let Some(value) = &self.authorization {
+            parts.headers.insert(http::header::AUTHORIZATION, value.clone());
+        }
         let payload = if self.resend {
             Payload::Buffered(read_whole(body, deadline).await?)
         } else {
@@ -237,7 +249,7 @@ impl Attempt {
                     // A channel whose connection dropped connects again for its next request;
                     // when that fails, the request never left.
                     if !wire::never_sent(&status) {
-                        return Err(status.into());
+                        return Err(why_plain_failed(node, status).await.into());
                     }
                     tracing::debug!(endpoint = %node.addr, why = status.message(), "trying the next endpoint");
                     unreached.push((i, status.message().to_owned()));
@@ -252,6 +264,22 @@ impl Attempt {
         ))
         .into())
     }
+}
+
+/// `status`, or what really happened when a plain-text call to a node that requires TLS
+/// was cut short before its GOAWAY was read (the call then only says it was cancelled).
+async fn why_plain_failed(node: &Node, status: Status) -> Status {
+    if node.tls.is_some()
+        || status.code() != tonic::Code::Cancelled
+        || weft_agent::tls::setup_problem(&status).is_some()
+        || !weft_agent::tls::requires_tls(&node.addr).await
+    {
+        return status;
+    }
+    Status::unavailable(format!(
+        "{} (client TLS: --tls-ca, WEFT_TLS_CA)",
+        weft_agent::tls::requires_tls_problem()
+    ))
 }
 
 /// The error of a request that had no answer from `addr` within its time budget.

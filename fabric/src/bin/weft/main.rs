@@ -1,7 +1,7 @@
 //! The `weft` binary: fabric node, development cluster and command-line client.
 //!
 //! `node` and `dev` run fabric nodes; `gossip-key` makes a gossip key; `status`, `members`, `state`, `call`, `executions`,
-//! `agents`, `instances`, `streams`, `cursors`, `leases`, `scaler` and `demand` talk to any node of a
+//! `agents`, `instances`, `streams`, `cursors`, `leases`, `scaler`, `demand` and `tokens` talk to any node of a
 //! running cluster over gRPC. This file parses the command line, sets up tracing and turns the
 //! command's result into the exit
 //! status; the commands use only the `weft-fabric` library's public items.
@@ -23,7 +23,9 @@
 //! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
 //! - [`scaler`]: `weft scaler status`: what the active scaler of a group reports.
 //! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
-//! - [`connect`]: how a command reaches the cluster: `--endpoint`, clients, timeouts, limits.
+//! - [`tokens`]: `weft tokens create|list|revoke|generate`: bearer tokens for auth.
+//! - [`connect`]: how a command reaches the cluster: `--endpoint`, TLS, the bearer token,
+//!   clients, timeouts, limits.
 //! - [`failover`]: the channel every client sends through: a request moves over the
 //!   `--endpoint` list past nodes it cannot reach or that did not apply it.
 //! - [`args`]: argument values several commands share: durations, JSON values inline, from a
@@ -51,6 +53,7 @@ mod scaler;
 mod state;
 mod status;
 mod streams;
+mod tokens;
 
 use std::io::IsTerminal as _;
 
@@ -70,6 +73,8 @@ struct Cli {
     log_format: LogFormat,
     #[command(flatten)]
     tls: connect::TlsArgs,
+    #[command(flatten)]
+    auth: connect::AuthArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -179,6 +184,15 @@ enum Command {
     ///   weft demand --agent resizer --watch
     #[command(verbatim_doc_comment)]
     Demand(demand::Args),
+    /// Create, list and revoke the bearer tokens of a cluster with auth on (role admin), or
+    /// generate the first admin token for --auth-bootstrap-token-file.
+    ///
+    ///   weft tokens generate > admin.token
+    ///   weft --auth-token-file admin.token tokens create --name ci --role operator
+    ///   weft tokens list
+    ///   weft tokens revoke 3f9a0c2e71d4
+    #[command(verbatim_doc_comment)]
+    Tokens(tokens::Args),
 }
 
 impl Command {
@@ -206,6 +220,7 @@ impl Command {
             Command::Leases(args) => leases::run(args).await,
             Command::Scaler(args) => scaler::run(args).await,
             Command::Demand(args) => demand::run(args).await,
+            Command::Tokens(args) => tokens::run(args).await,
         }
     }
 }
@@ -217,6 +232,7 @@ async fn main() {
     let default_level = if cli.command.runs_nodes() { "info,openraft=warn" } else { "warn" };
     init_logging(cli.log_format, default_level);
     connect::set_tls_args(cli.tls);
+    connect::set_auth_args(cli.auth);
     let code = match cli.command.run().await {
         Ok(code) => code,
         Err(e) => {

@@ -84,11 +84,20 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<PathBuf>,
-    /// Run without TLS even on an address other machines can reach (without it, such a node
-    /// refuses to start).
+    /// Run without TLS or auth even on an address other machines can reach (without it, such
+    /// a node refuses to start).
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    /// Require a bearer token on every request (`weft tokens`); turn it on on every node.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auth: bool,
+    /// File holding the first admin token (`weft tokens generate` makes one): created in the
+    /// grid by the leader unless it is there already. Needs --auth.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_bootstrap_token_file: Option<PathBuf>,
 }
 
 /// Runs a node until ctrl-c or SIGTERM.

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use weft_agent::{Client, ClientBuilder, Tls, Token, Worker, WorkerBuilder};
 use weft_fabric::testing::{ClusterOptions, Membership, ProcessCluster};
 use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::cluster_client::ClusterClient;
 
 /// How long a new cluster may take to elect a leader that sees every member.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +45,63 @@ impl Drop for Scratch {
     }
 }
 
+/// What protects a cluster's nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Security {
+    /// TLS on the nodes (a development CA and node certificates; mutual TLS between nodes);
+    /// clients over TLS, without client certificates.
+    pub tls: bool,
+    /// Auth on the nodes, with an admin token made for the cluster (`weft tokens generate`,
+    /// created by the leader) that every client of the benchmark presents.
+    pub auth: bool,
+}
+
+/// How the benchmark's clients reach a cluster: its TLS settings and token, if any.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub tls: Option<Tls>,
+    pub token: Option<Token>,
+}
+
+impl Access {
+    /// An SDK client's settings for `addr`.
+    pub fn client(&self, addr: &str) -> ClientBuilder {
+        Client::builder([addr]).tls(self.tls.clone()).token(self.token.clone())
+    }
+
+    /// An SDK worker's settings for `addr`.
+    pub fn worker(&self, addr: &str) -> WorkerBuilder {
+        Worker::builder([addr]).tls(self.tls.clone()).token(self.token.clone())
+    }
+}
+
+/// Makes an admin token in `dir` with `weft tokens generate` of `weft`: the token and its file.
+fn admin_token(weft: &Path, dir: &Path) -> anyhow::Result<(Token, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let out = std::process::Command::new(weft)
+        .args(["tokens", "generate"])
+        .output()
+        .with_context(|| format!("cannot run {} tokens generate", weft.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "weft tokens generate failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let token = Token::new(&text)?;
+    let file = dir.join("admin.token");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok((token, file))
+}
+
 /// One node of a [`Cluster`], as the workloads see it.
 pub struct Node<'a> {
     /// Its id (0 while a gossip cluster has not formed).
@@ -61,6 +120,8 @@ pub struct Cluster {
     /// gossip ([`learn_ids`](Self::learn_ids)).
     ids: Vec<u64>,
     keep: bool,
+    /// With auth on, the admin token every client presents.
+    token: Option<Token>,
 }
 
 impl Cluster {
@@ -73,12 +134,12 @@ impl Cluster {
         snapshot_after_entries: u64,
         keep: bool,
     ) -> anyhow::Result<Self> {
-        Self::start_with(weft, root, n, snapshot_after_entries, keep, &[], false)
+        Self::start_with(weft, root, n, snapshot_after_entries, keep, &[], Security::default())
     }
 
     /// [`Cluster::start`] with extra environment for every node (`WEFT_*` settings), and TLS
-    /// on when `tls` (a development CA and node certificates under `root/certs`; clients use
-    /// [`Cluster::tls`]).
+    /// and auth as `security` says (certificates under `root/certs`, the admin token under
+    /// `root/auth`; clients use [`Cluster::access`]).
     pub fn start_with(
         weft: &Path,
         root: &Path,
@@ -86,21 +147,27 @@ impl Cluster {
         snapshot_after_entries: u64,
         keep: bool,
         env: &[(&str, &str)],
-        tls: bool,
+        security: Security,
     ) -> anyhow::Result<Self> {
         let mut options = ClusterOptions::new(weft, root, n)
-            .tls(tls)
+            .tls(security.tls)
             .args(["--cluster", "bench"])
             .env("WEFT_SNAPSHOT_AFTER_ENTRIES", snapshot_after_entries.to_string())
             .env("NO_COLOR", "1");
         for (k, v) in env {
             options = options.env(k, v);
         }
+        let mut token = None;
+        if security.auth {
+            let (admin, file) = admin_token(weft, &root.join("auth"))?;
+            options = options.env("WEFT_AUTH", "true").env("WEFT_AUTH_BOOTSTRAP_TOKEN_FILE", file);
+            token = Some(admin);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             options = options.env("RUST_LOG", "info");
         }
         let processes = ProcessCluster::start(options)?;
-        Ok(Self { processes, ids: (1..=n as u64).collect(), keep })
+        Ok(Self { processes, ids: (1..=n as u64).collect(), keep, token })
     }
 
     /// Starts `n` gossip-mode nodes under `root` (generated ids, the first node the seed of
@@ -122,12 +189,13 @@ impl Cluster {
             options = options.env("RUST_LOG", "info");
         }
         let processes = ProcessCluster::start(options)?;
-        Ok(Self { processes, ids: vec![0; n], keep })
+        Ok(Self { processes, ids: vec![0; n], keep, token: None })
     }
 
-    /// With TLS on, the SDK settings clients use (trusting the cluster's CA).
-    pub fn tls(&self) -> Option<weft_agent::Tls> {
-        self.processes.client_tls()
+    /// How clients reach it: with TLS on, trusting the cluster's CA; with auth on, with the
+    /// admin token.
+    pub fn access(&self) -> Access {
+        Access { tls: self.processes.client_tls(), token: self.token.clone() }
     }
 
     /// The nodes, in start order.
@@ -156,13 +224,34 @@ impl Cluster {
     /// Waits until a node reports a leader and every member reachable; returns the leader.
     pub async fn wait_for_leader(&mut self) -> anyhow::Result<u64> {
         let n = self.ids.len();
-        let status = self
-            .processes
-            .wait_for(LEADER_TIMEOUT, "a leader that sees every member", |s| {
-                s.leader_id != 0 && s.members.len() == n && s.members.iter().all(|m| m.reachable)
-            })
-            .await?;
-        Ok(status.leader_id)
+        let settled = move |s: &pb::ClusterStatus| {
+            s.leader_id != 0 && s.members.len() == n && s.members.iter().all(|m| m.reachable)
+        };
+        if self.token.is_none() {
+            let status =
+                self.processes.wait_for(LEADER_TIMEOUT, "a leader that sees every member", settled).await?;
+            return Ok(status.leader_id);
+        }
+        // The shared harness asks without a token; with auth on the benchmark asks itself,
+        // until the leader has created the admin token and reports every member.
+        let access = self.access();
+        let deadline = std::time::Instant::now() + LEADER_TIMEOUT;
+        let mut last = String::from("no answer yet");
+        loop {
+            for addr in self.processes.addrs() {
+                match status(addr, &access).await {
+                    Ok(s) if settled(&s) => return Ok(s.leader_id),
+                    Ok(s) => last = format!("{addr}: leader {}, {} member(s)", s.leader_id, s.members.len()),
+                    Err(e) => last = format!("{addr}: {e:#}"),
+                }
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no leader that sees every member within {LEADER_TIMEOUT:?} ({last}); node logs:\n{}",
+                self.log_tails()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Takes each node's id from a status that lists every member.
@@ -224,6 +313,14 @@ impl Cluster {
             }
         }
     }
+}
+
+/// `Cluster.Status` of the node at `addr`.
+async fn status(addr: &str, access: &Access) -> anyhow::Result<pb::ClusterStatus> {
+    let channel = crate::kv::connect_over(addr, 1, access).await?.remove(0);
+    let mut request = tonic::Request::new(pb::StatusRequest {});
+    request.set_timeout(Duration::from_secs(2));
+    Ok(ClusterClient::new(channel).status(request).await?.into_inner())
 }
 
 impl Drop for Cluster {

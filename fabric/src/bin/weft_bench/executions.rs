@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::task::{JoinHandle, JoinSet};
-use weft_agent::{Agent, Client, Context, Fail, Worker};
+use weft_agent::{Agent, Context, Fail};
 
-use crate::cluster::{Cluster, Scratch};
+use crate::cluster::{Access, Cluster, Scratch, Security};
 use crate::probes::{CpuTicks, Metrics, TICKS_PER_SEC, cpu_ticks, load_average, metrics_over};
 use crate::report::{median, ms, percentile_ms};
 use crate::{Args, ERROR_PAUSE, REQUEST_TIMEOUT};
@@ -194,13 +194,13 @@ struct EchoWorker {
 }
 
 impl EchoWorker {
-    fn start(addr: &str, stamps: Stamps, tls: Option<weft_agent::Tls>) -> anyhow::Result<Self> {
+    fn start(addr: &str, stamps: Stamps, access: &Access) -> anyhow::Result<Self> {
         let echo = move |_ctx: Context, x: u64| {
             stamps.mark(x);
             async move { Ok::<_, Fail>(x) }
         };
-        let worker = Worker::builder([addr])
-            .tls(tls)
+        let worker = access
+            .worker(addr)
             .agent(Agent::new(AGENT).delegate(DELEGATE, echo))
             .capacity(WORKER_CAPACITY)
             .drain_timeout(WORKER_DRAIN)
@@ -232,17 +232,17 @@ impl Drop for EchoWorker {
 
 /// One run: for each cluster size, each place of the worker and each number of callers.
 pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) -> anyhow::Result<Figures> {
-    measure_over(args, weft, scratch, run, false, "").await
+    measure_over(args, weft, scratch, run, Security::default(), "").await
 }
 
-/// [`measure`] on clusters with TLS on when `tls` (callers and worker over TLS too), their
-/// dirs named starting with `label`.
+/// [`measure`] on clusters with TLS and auth as `security` says (callers and worker over
+/// TLS too, with the admin token), their dirs named starting with `label`.
 pub async fn measure_over(
     args: &Args,
     weft: &Path,
     scratch: &Scratch,
     run: usize,
-    tls: bool,
+    security: Security,
     label: &str,
 ) -> anyhow::Result<Figures> {
     let started = Instant::now();
@@ -255,7 +255,7 @@ pub async fn measure_over(
             args.snapshot_after_entries,
             args.keep,
             &[],
-            tls,
+            security,
         )?;
         let leader = cluster.wait_for_leader().await?;
         eprintln!("   {n} node(s) up, leader n{leader}");
@@ -265,9 +265,9 @@ pub async fn measure_over(
         }
         for (on_follower, worker_node) in places {
             let stamps = Stamps::new(args.clients.iter().copied().max().unwrap_or(1));
-            let worker = EchoWorker::start(cluster.addr(worker_node)?, stamps.clone(), cluster.tls())?;
+            let worker = EchoWorker::start(cluster.addr(worker_node)?, stamps.clone(), &cluster.access())?;
             let callers_addr = cluster.addr(leader)?.to_owned();
-            wait_until_served(&callers_addr, cluster.tls()).await.with_context(|| {
+            wait_until_served(&callers_addr, &cluster.access()).await.with_context(|| {
                 format!("the echo worker on n{worker_node} of {n} node(s) does not answer")
             })?;
             for &callers in &args.clients {
@@ -318,8 +318,8 @@ pub async fn measure_over(
 
 /// Calls `bench.echo` on `addr` until one call answers, so that measuring starts with the
 /// worker's session open.
-async fn wait_until_served(addr: &str, tls: Option<weft_agent::Tls>) -> anyhow::Result<()> {
-    let client = Client::builder([addr]).tls(tls).build().context("cannot build a client")?;
+async fn wait_until_served(addr: &str, access: &Access) -> anyhow::Result<()> {
+    let client = access.client(addr).build().context("cannot build a client")?;
     let probe = client.request(AGENT, DELEGATE).args(&0u64).wait(WORKER_READY_TIMEOUT).call::<u64>();
     match tokio::time::timeout(WORKER_READY_TIMEOUT, probe).await {
         Ok(Ok(0)) => Ok(()),
@@ -337,7 +337,7 @@ async fn leftovers(cluster: &Cluster) -> Vec<String> {
     loop {
         let mut found = Vec::new();
         for node in cluster.nodes() {
-            match metrics_over(node.addr, cluster.tls().as_ref()).await {
+            match metrics_over(node.addr, &cluster.access()).await {
                 Ok(m) => {
                     if m.waiters > 0 {
                         found.push(format!("n{} still has {} waiting caller(s)", node.id, m.waiters));
@@ -380,9 +380,9 @@ async fn measure_row(
     stamps: &Stamps,
 ) -> anyhow::Result<Row> {
     let addr = cluster.addr(leader)?.to_owned();
-    let tls = cluster.tls();
+    let access = cluster.access();
     let clients = (0..args.channels.min(callers))
-        .map(|_| Client::builder([addr.as_str()]).tls(tls.clone()).build())
+        .map(|_| access.client(&addr).build())
         .collect::<Result<Vec<_>, _>>()
         .context("cannot build a client")?;
 
@@ -392,7 +392,7 @@ async fn measure_row(
     let sampler = tokio::spawn(async move {
         let sample = async || {
             let ticks: Vec<(bool, CpuTicks)> = pids.iter().map(|(l, p)| (*l, cpu_ticks(&[*p]))).collect();
-            (ticks, metrics_over(&addr, tls.as_ref()).await.ok())
+            (ticks, metrics_over(&addr, &access).await.ok())
         };
         tokio::time::sleep_until(measure_from.into()).await;
         let before = sample().await;

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::state_client::StateClient;
 
-use crate::cluster::{Cluster, Scratch};
+use crate::cluster::{Access, Cluster, Scratch, Security};
 use crate::probes::{CpuTicks, TICKS_PER_SEC, cpu_ticks, metrics_over};
 use crate::report::percentile_ms;
 use crate::{Args, ERROR_PAUSE, REQUEST_TIMEOUT, Workload};
@@ -141,17 +141,18 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) ->
 }
 
 /// Puts to the leader of a fresh cluster of `n` nodes under `root` (extra node environment
-/// `env`, TLS on when `tls`), one row per client count of `--clients`; `label` names the
+/// `env`, TLS and auth as `security` says), one row per client count of `--clients`; `label` names the
 /// setting in the progress lines.
 pub async fn leader_puts(
     args: &Args,
     weft: &Path,
     root: &Path,
     n: usize,
-    (env, tls): (&[(&str, &str)], bool),
+    (env, security): (&[(&str, &str)], Security),
     label: &str,
 ) -> anyhow::Result<Vec<Row>> {
-    let mut cluster = Cluster::start_with(weft, root, n, args.snapshot_after_entries, args.keep, env, tls)?;
+    let mut cluster =
+        Cluster::start_with(weft, root, n, args.snapshot_after_entries, args.keep, env, security)?;
     let leader = cluster.wait_for_leader().await?;
     let mut rows = Vec::new();
     for &clients in &args.clients {
@@ -167,17 +168,17 @@ pub async fn leader_puts(
     Ok(rows)
 }
 
+/// A channel of the benchmark: the token, if any, on every request.
+pub type Channel = weft_agent::token::Authorized<tonic::transport::Channel>;
+
 /// Connects `count` channels to `addr`.
 pub async fn connect(addr: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
-    connect_over(addr, count, None).await
+    connect_over(addr, count, &Access::default()).await
 }
 
-/// [`connect`], over TLS with `tls` when given.
-pub async fn connect_over(
-    addr: &str,
-    count: usize,
-    tls: Option<&weft_agent::Tls>,
-) -> anyhow::Result<Vec<Channel>> {
+/// [`connect`], over TLS and with the token as `access` says.
+pub async fn connect_over(addr: &str, count: usize, access: &Access) -> anyhow::Result<Vec<Channel>> {
+    let tls = access.tls.as_ref();
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
         let endpoint = Endpoint::from_shared(weft_agent::endpoint_uri(addr, tls.is_some())?)?
@@ -189,7 +190,7 @@ pub async fn connect_over(
             None => endpoint.connect().await,
         }
         .with_context(|| format!("cannot connect to {addr}"))?;
-        channels.push(channel);
+        channels.push(weft_agent::token::Authorized::new(channel, access.token.clone()));
     }
     Ok(channels)
 }
@@ -235,8 +236,8 @@ pub struct Case {
 pub async fn measure_row(args: &Args, cluster: &Cluster, case: Case) -> anyhow::Result<Row> {
     let Case { nodes, op, leader, target, via_follower, clients } = case;
     let addr = cluster.addr(target)?.to_owned();
-    let tls = cluster.tls();
-    let channels = connect_over(&addr, args.channels.min(clients), tls.as_ref()).await?;
+    let access = cluster.access();
+    let channels = connect_over(&addr, args.channels.min(clients), &access).await?;
     let value = value(args);
     let tag = format!(
         "{}-{}-c{clients}",
@@ -284,7 +285,7 @@ pub async fn measure_row(args: &Args, cluster: &Cluster, case: Case) -> anyhow::
     let leader_addr = cluster.addr(leader)?.to_owned();
     let sampler = tokio::spawn(async move {
         let log_index =
-            async || metrics_over(&leader_addr, tls.as_ref()).await.ok().map(|m| (m.last_log_index, m.term));
+            async || metrics_over(&leader_addr, &access).await.ok().map(|m| (m.last_log_index, m.term));
         tokio::time::sleep_until(measure_from.into()).await;
         let before = (cpu_ticks(&pids), log_index().await);
         tokio::time::sleep_until(measure_until.into()).await;

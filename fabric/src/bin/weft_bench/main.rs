@@ -36,7 +36,8 @@
 //! - [`metrics_cost`]: puts with the request-latency metrics on and off, interleaved.
 //! - [`http_call`]: a call's round trip through the HTTP/JSON API next to gRPC, interleaved.
 //! - [`gossip_packets`]: the cost per gossip packet of a MAC or encryption (no nodes).
-//! - [`tls_cost`]: puts and execution round trips with TLS on and off, interleaved.
+//! - [`security_cost`]: puts and execution round trips with TLS on and off, and with auth on
+//!   and off, interleaved.
 //! - [`cluster`]: the clusters of `weft node` processes and the scratch dir they live in.
 //! - [`probes`]: `/metrics`, `/proc` RSS and CPU time, disk use, load average.
 //! - [`report`]: markdown tables, medians and percentiles.
@@ -60,8 +61,8 @@ mod metrics_cost;
 mod million;
 mod probes;
 mod report;
+mod security_cost;
 mod streams;
-mod tls_cost;
 
 /// Deadline of one benchmark request; a slower one counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,11 +163,15 @@ enum Workload {
     /// Puts and execution round trips on clusters with TLS (and mutual TLS between nodes)
     /// on and off, interleaved: what TLS costs. Only when asked for (`--only tls-cost`).
     TlsCost,
+    /// Puts and execution round trips on clusters with auth on (every request carries a
+    /// bearer token the node checks) and off, interleaved: what auth costs. Only when asked
+    /// for (`--only auth-cost`).
+    AuthCost,
 }
 
 impl Args {
     fn wants(&self, w: Workload) -> bool {
-        (self.only.is_empty() && !matches!(w, Workload::MetricsCost | Workload::TlsCost))
+        (self.only.is_empty() && !matches!(w, Workload::MetricsCost | Workload::TlsCost | Workload::AuthCost))
             || self.only.contains(&w)
     }
 
@@ -309,8 +314,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants(Workload::TlsCost) {
         eprintln!("== TLS cost: puts and executions with TLS on and off (load average {})", load_average());
-        let samples = tls_cost::measure(&args, &weft, &scratch).await?;
-        print!("{}", tls_cost::markdown(&args, &samples));
+        let samples = security_cost::measure(&args, &weft, &scratch, security_cost::Setting::Tls).await?;
+        print!("{}", security_cost::markdown(&args, security_cost::Setting::Tls, &samples));
+    }
+    if args.wants(Workload::AuthCost) {
+        eprintln!("== auth cost: puts and executions with auth on and off (load average {})", load_average());
+        let samples = security_cost::measure(&args, &weft, &scratch, security_cost::Setting::Auth).await?;
+        print!("{}", security_cost::markdown(&args, security_cost::Setting::Auth, &samples));
     }
     let total = started.elapsed();
     println!("\nTotal time: {:.0} s for {} run(s).", total.as_secs_f64(), args.runs);

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::Args;
 use crate::cluster::Scratch;
+use crate::cluster::Security;
 use crate::kv::{Row, leader_puts};
 use crate::report::{Side, compare_rows};
 
@@ -27,7 +28,7 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Res
                 let root =
                     scratch.path.join(format!("metrics-run{run}-{n}nodes-{}", if on { "on" } else { "off" }));
                 let label = format!("run {run}, rpc_metrics {}", if on { "on " } else { "off" });
-                for row in leader_puts(args, weft, &root, n, (&env, false), &label).await? {
+                for row in leader_puts(args, weft, &root, n, (&env, Security::default()), &label).await? {
                     samples.push(Sample { run, rpc_metrics: on, row });
                 }
             }

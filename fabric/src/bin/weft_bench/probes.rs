@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cluster::Access;
+
 /// Linux reports process CPU time in clock ticks of 1/100 s (USER_HZ).
 pub const TICKS_PER_SEC: f64 = 100.0;
 
@@ -31,12 +33,12 @@ pub struct Metrics {
 
 /// Reads `http://ADDR/metrics` (plain HTTP/1.1 on the node's one port).
 pub async fn metrics(addr: &str) -> anyhow::Result<Metrics> {
-    metrics_over(addr, None).await
+    metrics_over(addr, &Access::default()).await
 }
 
-/// [`metrics`] over TLS with `tls` when given.
-pub async fn metrics_over(addr: &str, tls: Option<&weft_agent::Tls>) -> anyhow::Result<Metrics> {
-    let text = metrics_text_over(addr, tls).await?;
+/// [`metrics`] over TLS and with the token as `access` says.
+pub async fn metrics_over(addr: &str, access: &Access) -> anyhow::Result<Metrics> {
+    let text = metrics_text_over(addr, access).await?;
     let mut values = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("weft_")) {
         if let (Some((name, _)), Some(v)) = (line.split_once('{'), line.rsplit(' ').next()) {
@@ -67,18 +69,25 @@ pub async fn metrics_over(addr: &str, tls: Option<&weft_agent::Tls>) -> anyhow::
 
 /// The text of `http://ADDR/metrics` (plain HTTP/1.1 on the node's one port).
 pub async fn metrics_text(addr: &str) -> anyhow::Result<String> {
-    metrics_text_over(addr, None).await
+    metrics_text_over(addr, &Access::default()).await
 }
 
-/// [`metrics_text`] over TLS (`https://ADDR/metrics`) with `tls` when given.
-pub async fn metrics_text_over(addr: &str, tls: Option<&weft_agent::Tls>) -> anyhow::Result<String> {
+/// [`metrics_text`] over TLS (`https://ADDR/metrics`) and with the token (`authorization:
+/// Bearer`) as `access` says.
+pub async fn metrics_text_over(addr: &str, access: &Access) -> anyhow::Result<String> {
+    let authorization = match &access.token {
+        Some(token) => format!("Authorization: Bearer {}\r\n", token.secret()),
+        None => String::new(),
+    };
     async fn get(
         mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         addr: &str,
+        authorization: &str,
     ) -> std::io::Result<String> {
         stream
             .write_all(
-                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n")
+                    .as_bytes(),
             )
             .await?;
         let mut text = String::new();
@@ -87,13 +96,13 @@ pub async fn metrics_text_over(addr: &str, tls: Option<&weft_agent::Tls>) -> any
     }
     tokio::time::timeout(Duration::from_secs(5), async {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let Some(tls) = tls else { return get(tcp, addr).await };
+        let Some(tls) = &access.tls else { return get(tcp, addr, &authorization).await };
         let mut config = (*tls.rustls_config()).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']).to_owned();
         let name = rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
-        get(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?, addr)
-            .await
+        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?;
+        get(stream, addr, &authorization).await
     })
     .await
     .with_context(|| format!("{addr}/metrics timed out"))?

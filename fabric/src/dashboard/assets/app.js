@@ -2,7 +2,68 @@
 // Server-Sent Events) and draws them. Everything shown comes from users (agent names,
 // payloads, errors), so the DOM is built with createElement and textContent only: no
 // innerHTML, no markup built from strings.
+//
+// On a node with auth on, every request carries the bearer token the user entered, as an
+// `authorization` header: never in a URL, where it would reach logs and history. That is
+// why the live view reads its Server-Sent Events with fetch and a streamed body rather than
+// EventSource, which cannot send headers. The token is kept in sessionStorage: this tab
+// only, gone when it closes.
 "use strict";
+
+// ---- the bearer token ------------------------------------------------------------------------
+
+const TOKEN_KEY = "weft.token";
+
+const token = {
+  get() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || token.memory; } catch (_) { return token.memory; }
+  },
+  set(value) {
+    try {
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage off: the token lasts until the page reloads */ }
+    token.memory = value;
+  },
+  memory: "",
+  /** What the page says about the token: its id (the public part), never the secret. */
+  describe() {
+    const t = token.get();
+    if (!t) return "no token";
+    const m = /^weft_([0-9a-z]+)_/.exec(t);
+    return m ? "token " + m[1] : "token set";
+  },
+};
+
+/**
+ * fetch() with the token. A 401 (no or bad credentials) shows the node's message at the top
+ * of the page; so does a 403 on a page-wide read (`page`), where nothing else would show it.
+ */
+async function send(path, init, page) {
+  const headers = new Headers((init && init.headers) || {});
+  const t = token.get();
+  if (t) headers.set("authorization", "Bearer " + t);
+  const response = await fetch(path, { ...init, headers, credentials: "omit", referrerPolicy: "no-referrer" });
+  if (response.status === 401 || (page && response.status === 403)) {
+    const text = await response.clone().text().catch(() => "");
+    let json = null;
+    try { json = JSON.parse(text); } catch (_) { /* not JSON */ }
+    showAuthProblem(apiError(response.status, json, text));
+  }
+  return response;
+}
+
+function showAuthProblem(message) {
+  const hint = token.get() ? " (check the token above)" : " (enter a token above)";
+  const banner = $("auth-message");
+  banner.textContent = message + hint;
+  banner.hidden = false;
+}
+
+function clearAuthProblem() {
+  $("auth-message").hidden = true;
+  $("auth-message").textContent = "";
+}
 
 // ---- the HTTP/JSON API: the page's only two writes ------------------------------------------
 // Both answer errors as {"error": {"code", "message"}}; apiError turns that into text.
@@ -20,7 +81,7 @@ const api = {
 async function request(method, path, body) {
   let response;
   try {
-    response = await fetch(path, {
+    response = await send(path, {
       method,
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
@@ -117,7 +178,7 @@ const state = {
   selected: null,     // the execution whose detail is open
   detail: null,       // its last fetched view
   snapshot: null,
-  source: null,       // the EventSource
+  stream: null,       // the AbortController of the live event stream
   retry: null,
 };
 
@@ -284,7 +345,7 @@ function select(id) {
 async function loadDetail(id) {
   let e;
   try {
-    const response = await fetch("/v1/dashboard/executions/" + encodeURIComponent(id));
+    const response = await send("/v1/dashboard/executions/" + encodeURIComponent(id));
     const body = await response.text();
     let json = null;
     try { json = JSON.parse(body); } catch (_) { /* not JSON */ }
@@ -332,38 +393,115 @@ function showMessage(id, message, bad) {
 
 // ---- live updates ----------------------------------------------------------------------------
 
-function connect() {
-  if (state.source) state.source.close();
+/** Longest Server-Sent Event the page takes (a snapshot is well under it). */
+const MAX_EVENT_CHARS = 16 << 20;
+/** Pause before opening the stream again after it ended, and after a refusal. */
+const RECONNECT_MS = 1000;
+const REFUSED_RETRY_MS = 5000;
+
+function setLive(textValue, kind) {
+  const live = $("live");
+  live.textContent = textValue;
+  live.className = "pill " + kind;
+}
+
+/** Opens the live stream (closing the one before), and keeps it open. */
+async function connect() {
+  if (state.stream) state.stream.abort();
   clearTimeout(state.retry);
   const q = new URLSearchParams();
   if (state.filter.status) q.set("status", state.filter.status);
   if (state.filter.agent) q.set("agent", state.filter.agent);
-  const source = new EventSource("/v1/dashboard/events" + (q.toString() ? "?" + q : ""));
-  state.source = source;
-  const live = $("live");
-  source.addEventListener("open", () => { live.textContent = "live"; live.className = "pill ok"; });
-  source.addEventListener("snapshot", (event) => {
-    live.textContent = "live";
-    live.className = "pill ok";
-    render(JSON.parse(event.data));
-  });
-  source.addEventListener("error", () => {
-    if (source.readyState === EventSource.CLOSED) {
-      // Refused (for example 503: too many dashboards on this node): say why, try later.
-      live.textContent = "disconnected; retrying";
-      live.className = "pill bad";
-      explainRefusal(q);
-      state.retry = setTimeout(connect, 5000);
-    } else {
-      live.textContent = "reconnecting";
-      live.className = "pill warn";
+  const stream = new AbortController();
+  state.stream = stream;
+  const current = () => state.stream === stream && !stream.signal.aborted;
+  let response;
+  try {
+    response = await send(
+      "/v1/dashboard/events" + (q.toString() ? "?" + q : ""),
+      { headers: { accept: "text/event-stream" }, cache: "no-store", signal: stream.signal },
+      true,
+    );
+  } catch (_) {
+    if (!current()) return;
+    setLive("disconnected; retrying", "bad");
+    state.retry = setTimeout(connect, REFUSED_RETRY_MS);
+    return;
+  }
+  if (!current()) return;
+  if (!response.ok) {
+    const body = await response.text().catch(() => "");
+    let json = null;
+    try { json = JSON.parse(body); } catch (_) { /* not JSON */ }
+    $("live").title = apiError(response.status, json, body);
+    if (response.status === 401 || response.status === 403) {
+      // Trying again cannot help: it waits for another token (the banner says why).
+      setLive("not authorized", "bad");
+      return;
     }
-  });
+    // Refused (for example 503: too many dashboards on this node): say why, try later.
+    setLive("disconnected; retrying", "bad");
+    explainRefusal(q);
+    state.retry = setTimeout(connect, REFUSED_RETRY_MS);
+    return;
+  }
+  clearAuthProblem();
+  $("live").title = "";
+  setLive("live", "ok");
+  try {
+    await readEvents(response.body, (type, data) => {
+      if (type !== "snapshot" || !current()) return;
+      setLive("live", "ok");
+      render(JSON.parse(data));
+    });
+  } catch (_) { /* cut off, or closed by connect(): handled below */ }
+  if (!current()) return;
+  setLive("reconnecting", "warn");
+  state.retry = setTimeout(connect, RECONNECT_MS);
+}
+
+/**
+ * Reads a text/event-stream body, calling onEvent(type, data) for each event; comments
+ * (the server's keep-alives) are skipped. Resolves when the stream ends.
+ */
+async function readEvents(body, onEvent) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let carry = ""; // a "\r" that ended a chunk: the next may start with its "\n"
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    let chunk = carry + value;
+    carry = chunk.endsWith("\r") ? "\r" : "";
+    if (carry) chunk = chunk.slice(0, -1);
+    buffer += chunk.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let type = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line === "" || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let v = colon < 0 ? "" : line.slice(colon + 1);
+        if (v.startsWith(" ")) v = v.slice(1);
+        if (field === "event") type = v;
+        else if (field === "data") data.push(v);
+      }
+      if (data.length) onEvent(type, data.join("\n"));
+    }
+    if (buffer.length > MAX_EVENT_CHARS) {
+      reader.cancel();
+      throw new Error("an event over " + MAX_EVENT_CHARS + " characters");
+    }
+  }
 }
 
 async function explainRefusal(q) {
   try {
-    const response = await fetch("/v1/dashboard/snapshot" + (q.toString() ? "?" + q : ""));
+    const response = await send("/v1/dashboard/snapshot" + (q.toString() ? "?" + q : ""), {}, true);
     const body = await response.text();
     if (response.ok) render(JSON.parse(body));
     else $("live").title = apiError(response.status, null, body);
@@ -373,6 +511,24 @@ async function explainRefusal(q) {
 // ---- wiring ----------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
+  text("auth-state", token.describe());
+  $("auth").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const value = $("auth-token").value.trim();
+    $("auth-token").value = "";
+    if (!value) return;
+    token.set(value);
+    text("auth-state", token.describe());
+    clearAuthProblem();
+    connect();
+    if (state.selected !== null) loadDetail(state.selected);
+  });
+  $("auth-forget").addEventListener("click", () => {
+    token.set("");
+    text("auth-state", token.describe());
+    clearAuthProblem();
+    connect();
+  });
   $("filter").addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.filter = { status: $("filter-status").value, agent: $("filter-agent").value.trim() };

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::kv::Channel;
 use anyhow::Context as _;
 use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc};
-use tonic::transport::Channel;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
 

@@ -1,0 +1,399 @@
+//! Bearer tokens on real nodes: a 3-node cluster with auth on and a bootstrap admin token;
+//! tokens made, listed and revoked with the CLI; missing, malformed, unknown, wrong-secret,
+//! expired and revoked tokens refused on gRPC (UNAUTHENTICATED) and HTTP (401) naming why; a
+//! token made through one node works on another; a revoke through one node is refused by
+//! every node once the CLI returns; creates and revokes in the audit trail without secrets;
+//! refusals counted in `/metrics`; tokens kept across a restart of the whole cluster.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::Request;
+use weft_fabric::Config;
+use weft_fabric::auth::Credential;
+use weft_proto::fabric::v1 as pb;
+
+use crate::http_api::http;
+use crate::support::*;
+
+/// Writes a fresh admin token to `dir/admin.token`; returns the file and the token.
+fn bootstrap_file(dir: &Path) -> (PathBuf, Credential) {
+    let credential = Credential::generate();
+    let path = dir.join("admin.token");
+    std::fs::write(&path, format!("{}\n", credential.reveal())).unwrap();
+    (path, credential)
+}
+
+fn auth_on(file: &Path) -> impl Fn(&mut Config) + '_ {
+    move |c: &mut Config| {
+        c.auth = true;
+        c.auth_bootstrap_token_file = Some(file.to_owned());
+    }
+}
+
+/// Waits until node `id` of `cluster` holds token `id`.
+async fn wait_for_token(cluster: &Cluster, node: u64, id: &str) {
+    let held = tokio::time::timeout(PATIENCE, async {
+        while !cluster.node(node).applied().read(|a| a.grid.token(id).is_some()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(held.is_ok(), "node {node} does not hold token {id} within {PATIENCE:?}");
+}
+
+/// `weft ARGS` against `endpoint` with the token in `file`.
+async fn weft_as(file: &Path, endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--auth-token-file", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    weft(endpoint, &all).await
+}
+
+/// `Cluster/Status` on `addr` over gRPC with `authorization: <header>` (none: no header).
+async fn grpc_status(addr: &str, header: Option<&str>) -> Result<(), tonic::Status> {
+    let mut request = Request::new(pb::StatusRequest {});
+    if let Some(h) = header {
+        request.metadata_mut().insert("authorization", h.parse().unwrap());
+    }
+    cluster_client(addr).await.status(request).await.map(|_| ())
+}
+
+/// `GET /v1/cluster` on `addr` with `authorization: <header>`: (status, error message).
+async fn http_status(addr: &str, header: Option<&str>) -> (u16, String) {
+    let headers: Vec<(&str, &str)> = header.map(|h| ("Authorization", h)).into_iter().collect();
+    let answer = http(addr, "GET", "/v1/cluster", &headers, b"").await;
+    let message = match answer.status {
+        200 => String::new(),
+        _ => answer.json()["error"]["message"].as_str().unwrap_or_default().to_owned(),
+    };
+    (answer.status, message)
+}
+
+/// Asserts that `header` is refused by `addr` on gRPC and HTTP with a message that says
+/// `why`, and never repeats `secret`.
+async fn refused_everywhere(addr: &str, header: Option<&str>, why: &str, secret: &str) {
+    let status = grpc_status(addr, header).await.expect_err("refused over gRPC");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{header:?} at {addr}: {status:?}");
+    assert!(status.message().contains(why), "{header:?} at {addr}: {} should say {why:?}", status.message());
+    let (code, message) = http_status(addr, header).await;
+    assert_eq!(code, 401, "{header:?} at {addr} over HTTP: {message}");
+    assert!(message.contains(why), "{header:?} at {addr} over HTTP: {message} should say {why:?}");
+    assert!(!status.message().contains(secret) && !message.contains(secret), "a refusal shows the secret");
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The audit trail's records, read with the admin token through `endpoint`, as raw JSON text.
+async fn audit_text(file: &Path, endpoint: &str) -> String {
+    let (code, out, err) = weft_as(file, endpoint, &["streams", "read", "weft.audit", "--json"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_made_used_refused_and_revoked_on_every_node() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_file, admin) = bootstrap_file(dir.path());
+    let cluster = Cluster::start(3, auth_on(&admin_file)).await;
+    let addrs = cluster.addrs.clone();
+
+    tracing::info!("phase: the leader creates the bootstrap admin token; every node holds it");
+    for node in 1..=3 {
+        wait_for_token(&cluster, node, admin.id()).await;
+    }
+    let (code, out, err) = weft_as(&admin_file, &addrs[2], &["status"]).await;
+    assert_eq!(code, 0, "the admin token works on node 3: {out} {err}");
+
+    tracing::info!("phase: without a token the CLI, gRPC and HTTP are refused, saying so");
+    let (code, out, err) = weft(&addrs[0], &["status"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("Unauthenticated") && err.contains("no credentials"), "{err}");
+    refused_everywhere(&addrs[0], None, "no credentials", "-").await;
+    let (code, out, _) = weft(&addrs[0], &["tokens", "list"]).await;
+    assert_eq!(code, 1, "tokens list without a token: {out}");
+    // Health stays open (load balancers and probes hold no token).
+    assert_eq!(http(&addrs[0], "GET", "/healthz", &[], b"").await.status, 200);
+
+    tracing::info!("phase: an admin creates a client token through node 1; it works on node 3");
+    let (code, created) = weft_json(
+        &addrs[0],
+        &[
+            "--auth-token-file",
+            admin_file.to_str().unwrap(),
+            "tokens",
+            "create",
+            "--name",
+            "app",
+            "--role",
+            "client",
+            "--call",
+            "echo,billing",
+            "--namespaces",
+            "shared/app",
+            "--expires-in",
+            "30d",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{created}");
+    let client = created["token"].as_str().expect("the token text").to_owned();
+    let client = Credential::parse(&client).expect("a well-formed token");
+    let record = &created["record"];
+    assert_eq!(record["id"], client.id());
+    assert_eq!((record["name"].as_str(), record["role"].as_str()), (Some("app"), Some("client")));
+    assert_eq!(record["call"], serde_json::json!(["echo", "billing"]));
+    let expires = record["expires_at_ms"].as_u64().expect("an expiry");
+    let created_at = record["created_at_ms"].as_u64().unwrap();
+    assert_eq!(expires - created_at, 30 * 86_400_000);
+    assert!(record.get("secret_hash").is_none() && !created["record"].to_string().contains("hash"));
+    grpc_status(&addrs[2], Some(&bearer(&client.reveal()))).await.expect("the client token works on node 3");
+    assert_eq!(http_status(&addrs[2], Some(&bearer(&client.reveal()))).await.0, 200);
+    // The Tokens service wants an admin.
+    let client_text = client.reveal();
+    for op in [&["tokens", "list"][..], &["tokens", "create", "--name", "mine", "--role", "admin"]] {
+        let mut args = vec!["--auth-token", client_text.as_str()];
+        args.extend_from_slice(op);
+        let (code, out, err) = weft(&addrs[2], &args).await;
+        assert_eq!(code, 1, "{op:?}: {out}");
+        assert!(err.contains("PermissionDenied") && err.contains("needs role admin"), "{op:?}: {err}");
+    }
+
+    tracing::info!("phase: malformed, unknown, wrong-secret and expired tokens are refused, naming why");
+    let (code, short, err) = weft_as(
+        &admin_file,
+        &addrs[1],
+        &["tokens", "create", "--name", "short", "--role", "client", "--expires-in", "1s"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let short = Credential::parse(short.trim()).unwrap();
+    let unknown = Credential::generate();
+    let wrong_secret = format!("weft_{}_{}", client.id(), "5".repeat(64));
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let secret_of = |c: &Credential| c.reveal()[5 + c.id().len() + 1..].to_owned();
+    for addr in &addrs {
+        refused_everywhere(addr, Some("Bearer nonsense"), "malformed credentials", "nonsense").await;
+        refused_everywhere(addr, Some("Basic abc"), "must be `Bearer <token>`", "abc").await;
+        refused_everywhere(addr, Some(&bearer(&unknown.reveal())), "unknown token", &secret_of(&unknown))
+            .await;
+        refused_everywhere(addr, Some(&bearer(&wrong_secret)), "the secret does not match", "5555555555")
+            .await;
+        refused_everywhere(addr, Some(&bearer(&short.reveal())), "expired at", &secret_of(&short)).await;
+    }
+    let (code, _, err) = weft(&addrs[0], &["--auth-token", &short.reveal(), "status"]).await;
+    assert!(code == 1 && err.contains("Unauthenticated") && err.contains("expired at"), "{err}");
+
+    tracing::info!("phase: bad create requests are refused naming the field");
+    for (args, expected) in [
+        (vec!["--name", "x y", "--role", "client"], "invalid token name 'x y'"),
+        (vec!["--name", "x", "--role", "boss"], "role: unknown role \"boss\""),
+        (vec!["--name", "x", "--role", "client", "--serve", "echo"], "serve: only role agent"),
+        (vec!["--name", "x", "--role", "client", "--streams", "a b"], "streams: 'a b'"),
+    ] {
+        let mut all = vec!["tokens", "create"];
+        all.extend(args);
+        let (code, out, err) = weft_as(&admin_file, &addrs[0], &all).await;
+        assert_eq!(code, 1, "{out}");
+        assert!(err.contains("InvalidArgument") && err.contains(expected), "{err} should say {expected:?}");
+    }
+
+    tracing::info!("phase: the list shows every token, and no secret");
+    let (code, listed) =
+        weft_json(&addrs[1], &["--auth-token-file", admin_file.to_str().unwrap(), "tokens", "list"]).await;
+    assert_eq!(code, 0, "{listed}");
+    let ids: Vec<&str> =
+        listed["tokens"].as_array().unwrap().iter().filter_map(|t| t["id"].as_str()).collect();
+    for id in [admin.id(), client.id(), short.id()] {
+        assert!(ids.contains(&id), "{id} listed: {listed}");
+    }
+    let text = listed.to_string();
+    assert!(!text.contains(&secret_of(&client)) && !text.contains(&secret_of(&admin)), "{text}");
+    let bootstrap = listed["tokens"].as_array().unwrap().iter().find(|t| t["id"] == admin.id()).unwrap();
+    assert_eq!((bootstrap["name"].as_str(), bootstrap["role"].as_str()), (Some("bootstrap"), Some("admin")));
+
+    tracing::info!("phase: revoked through node 2, every node refuses it as soon as the CLI returns");
+    let (code, out, err) = weft_as(&admin_file, &addrs[1], &["tokens", "revoke", client.id()]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains(&format!("revoked token {}", client.id())), "{out}");
+    assert!(!err.contains("had not applied"), "every member applied it: {err}");
+    for addr in &addrs {
+        refused_everywhere(addr, Some(&bearer(&client.reveal())), "was revoked", &secret_of(&client)).await;
+    }
+    let (code, again) = weft_json(
+        &addrs[2],
+        &["--auth-token-file", admin_file.to_str().unwrap(), "tokens", "revoke", client.id()],
+    )
+    .await;
+    assert_eq!((code, again["existed"].as_bool()), (0, Some(false)), "{again}");
+    let (code, _, err) = weft_as(&admin_file, &addrs[0], &["tokens", "revoke", "nosuchid"]).await;
+    assert!(code == 1 && err.contains("NotFound") && err.contains("no token 'nosuchid'"), "{err}");
+
+    tracing::info!("phase: creates and revokes are in the audit trail with the admin, and no secret");
+    let audit = audit_text(&admin_file, &addrs[2]).await;
+    let records: Vec<serde_json::Value> = serde_json::from_str::<serde_json::Value>(&audit).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["payload"].clone())
+        .collect();
+    let find = |op: &str, target: &str| {
+        records
+            .iter()
+            .find(|r| r["operation"] == op && r["target"].as_str().is_some_and(|t| t.starts_with(target)))
+            .unwrap_or_else(|| panic!("no {op} of {target} in {records:#?}"))
+            .clone()
+    };
+    let admin_name = format!("token {} (bootstrap)", admin.id());
+    let made = find("token.create", &format!("token {} (app), role client", client.id()));
+    assert_eq!(
+        (made["principal"].as_str(), made["role"].as_str()),
+        (Some(admin_name.as_str()), Some("admin"))
+    );
+    assert_eq!(made["outcome"], "ok");
+    let gone = find("token.revoke", &format!("token {}", client.id()));
+    assert_eq!((gone["principal"].as_str(), gone["node"].as_u64()), (Some(admin_name.as_str()), Some(2)));
+    let boot = find("token.create", &format!("token {} (bootstrap), role admin", admin.id()));
+    assert_eq!(boot["principal"], "fabric");
+    let hash_hex: String = client.hash().0.iter().map(|b| format!("{b:02x}")).collect();
+    for secret in [secret_of(&client), secret_of(&admin), secret_of(&short), hash_hex] {
+        assert!(!audit.contains(&secret), "the audit trail holds a secret or a hash");
+    }
+
+    tracing::info!("phase: refusals are counted by reason in /metrics (which itself needs a token)");
+    assert_eq!(http(&addrs[0], "GET", "/metrics", &[], b"").await.status, 401);
+    let admin_header = bearer(&admin.reveal());
+    let metrics = http(&addrs[0], "GET", "/metrics", &[("Authorization", &admin_header)], b"").await;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for reason in ["missing", "malformed", "unknown", "bad_secret", "expired", "revoked"] {
+        let line = format!("weft_auth_refused_total{{node=\"1\",reason=\"{reason}\"}}");
+        assert!(text.lines().any(|l| l.starts_with(&line)), "{line} missing:\n{text}");
+    }
+    assert!(!text.contains(&secret_of(&admin)), "metrics show a secret");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_and_revokes_survive_a_restart_of_the_whole_cluster() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_file, admin) = bootstrap_file(dir.path());
+    let mut cluster = Cluster::start(3, |c| {
+        auth_on(&admin_file)(c);
+        // Snapshots every few entries, so the restart loads tokens from a snapshot.
+        c.snapshot_after_entries = 8;
+        c.log_entries_kept_after_snapshot = 0;
+    })
+    .await;
+    let addrs = cluster.addrs.clone();
+    wait_for_token(&cluster, 1, admin.id()).await;
+
+    tracing::info!("phase: make two tokens; with node 3 down, revoke one: the answer names node 3");
+    let make = async |name: &str| {
+        let (code, out, err) =
+            weft_as(&admin_file, &addrs[0], &["tokens", "create", "--name", name, "--role", "operator"])
+                .await;
+        assert_eq!(code, 0, "{err}");
+        Credential::parse(out.trim()).unwrap()
+    };
+    let kept = make("kept").await;
+    let revoked = make("revoked").await;
+    cluster.stop(3).await;
+    let started = std::time::Instant::now();
+    let (code, out, err) =
+        weft_as(&admin_file, &addrs[1], &["tokens", "revoke", revoked.id(), "--json"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((answer["existed"].as_bool(), &answer["not_applied"]), (Some(true), &serde_json::json!([3])));
+    assert!(err.contains("node(s) 3 had not applied the revoke"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(9), "it waited for node 3: {:?}", started.elapsed());
+    cluster.restart(3).await;
+
+    tracing::info!("phase: write until every node has snapshotted");
+    for i in 0..12 {
+        let (code, _, err) =
+            weft_as(&admin_file, &addrs[0], &["state", "put", "shared/fill", &format!("k{i}"), "v"]).await;
+        assert_eq!(code, 0, "{err}");
+    }
+    for node in 1..=3 {
+        cluster.wait_caught_up(node).await;
+    }
+    let snapshots = (1..=3)
+        .map(|n| {
+            cluster.node(n).applied().counters().snapshots_built.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum::<u64>();
+    assert!(snapshots > 0, "some node built a snapshot");
+
+    tracing::info!("phase: stop and start every node");
+    for node in 1..=3 {
+        cluster.stop(node).await;
+    }
+    for node in 1..=3 {
+        cluster.restart(node).await;
+    }
+    cluster.wait_for_leader().await;
+
+    tracing::info!("phase: the kept token works on every node, the revoked one is refused as revoked");
+    for (i, addr) in addrs.iter().enumerate() {
+        wait_for_token(&cluster, i as u64 + 1, kept.id()).await;
+        grpc_status(addr, Some(&bearer(&kept.reveal()))).await.expect("the kept token works");
+        let status = grpc_status(addr, Some(&bearer(&revoked.reveal()))).await.expect_err("refused");
+        assert!(status.message().contains("was revoked"), "{status:?}");
+    }
+    tracing::info!("phase: the bootstrap token was not created again: one create record");
+    let audit = audit_text(&admin_file, &addrs[2]).await;
+    let boot = format!("token {} (bootstrap), role admin", admin.id());
+    assert_eq!(audit.matches(&boot).count(), 1, "{audit}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_dev_auth_writes_an_admin_token_and_requires_it() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let log = dir.path().join("dev.log");
+    let _dev = NodeCommand::new(weft_bin(), &log)
+        .args(["dev", "--auth", "--port", &port.to_string(), "--data-dir"])
+        .arg(&data)
+        .spawn()
+        .unwrap();
+    let endpoint = format!("127.0.0.1:{port}");
+    let token_file = data.join("admin.token");
+
+    tracing::info!("phase: the banner names the token file; the file is the user's only");
+    let export = format!("export WEFT_TOKEN_FILE={}", token_file.display());
+    let banner = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(&export) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("weft dev --auth prints where its token is");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let credential = Credential::parse(&token).expect("a token");
+    let secret = &token.trim()[5 + credential.id().len() + 1..];
+    assert!(!banner.contains(secret), "the secret is printed or logged: {banner}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token file is readable by others");
+
+    tracing::info!("phase: requests need the token, and the token works");
+    let (code, _, err) = weft(&endpoint, &["status"]).await;
+    assert!(code == 1 && err.contains("no credentials"), "{err}");
+    let (code, out, err) = weft_as(&token_file, &endpoint, &["status"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, listed) =
+        weft_json(&endpoint, &["--auth-token-file", token_file.to_str().unwrap(), "tokens", "list"]).await;
+    assert_eq!(code, 0, "{listed}");
+    assert_eq!(listed["tokens"][0]["name"], "bootstrap");
+}

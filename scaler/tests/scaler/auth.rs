@@ -1,0 +1,118 @@
+//! Auth: against a node with auth on, the scaler presents its own token (`WEFT_TOKEN_FILE`),
+//! each agent's replicas the token of their agent's `token_file`, and a replica of an agent
+//! without one has no token: it never inherits the scaler's.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_agent::token::Authorized;
+use weft_agent::{Client, Codec, Token};
+use weft_proto::fabric::v1 as pb;
+use weft_proto::fabric::v1::tokens_client::TokensClient;
+
+use crate::support::*;
+
+/// Creates a token with `admin` (retried while the leader has not created the admin token
+/// yet) and writes it to `file`.
+async fn create(fabric: &Fabric, admin: &Token, request: pb::CreateTokenRequest, file: &Path) -> Token {
+    let endpoint = format!("http://{}", fabric.endpoints()[0]);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect_lazy();
+    let mut tokens = TokensClient::new(Authorized::new(channel, Some(admin.clone())));
+    let deadline = Instant::now() + PATIENCE;
+    let text = loop {
+        match tokens.create(request.clone()).await {
+            Ok(reply) => break reply.into_inner().token,
+            Err(status) => {
+                assert!(Instant::now() < deadline, "no token {}: {status:?}", request.name);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    std::fs::write(file, format!("{text}\n")).unwrap();
+    Token::new(text).unwrap()
+}
+
+fn client(fabric: &Fabric, token: &Token) -> Client {
+    Client::builder(fabric.endpoints())
+        .retry_for(PATIENCE)
+        .codec(Codec::Json)
+        .token(Some(token.clone()))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_present_their_agents_token_and_never_the_scalers() {
+    init_tracing();
+    let admin_text = weft_fabric::auth::Credential::generate().reveal();
+    let fabric = Fabric::start_with(|c, root| {
+        let file = root.join("admin.token");
+        std::fs::write(&file, format!("{admin_text}\n")).unwrap();
+        c.auth = true;
+        c.auth_bootstrap_token_file = Some(file);
+    })
+    .await;
+    let admin_file = fabric.root().join("admin.token");
+    let admin = Token::new(&admin_text).unwrap();
+    let work_file = fabric.root().join("work.token");
+    create(
+        &fabric,
+        &admin,
+        pb::CreateTokenRequest {
+            name: "work-agent".into(),
+            role: "agent".into(),
+            serve: vec!["work".into()],
+            ..Default::default()
+        },
+        &work_file,
+    )
+    .await;
+    let caller = create(
+        &fabric,
+        &admin,
+        pb::CreateTokenRequest {
+            name: "caller".into(),
+            role: "client".into(),
+            call: vec!["work".into(), "other".into()],
+            ..Default::default()
+        },
+        &fabric.root().join("caller.token"),
+    )
+    .await;
+
+    let group = Group::new("auth");
+    let backoff =
+        "max_replicas = 1\nrestart_initial_ms = 300\nrestart_cap_ms = 1000\ncrash_loop_threshold = 2";
+    let config = config_head(&fabric, &group)
+        + &scaled_agent("work", &format!("max_replicas = 1\ntoken_file = \"{}\"", work_file.display()))
+        + &scaled_agent("other", backoff);
+    // The scaler's own token comes from its environment, which its replicas would inherit.
+    let _scaler = start_scaler_with(&fabric, "scaler", &config, &[("WEFT_TOKEN_FILE", &admin_file)]);
+    let operator = client(&fabric, &admin);
+    wait_status(&operator, &group, "the scaler publishes with its token", |s| {
+        s["agents"]["work"].is_object()
+    })
+    .await;
+
+    tracing::info!("phase: a caller with a client token starts a replica, which serves with its agent token");
+    let who: Value = client(&fabric, &caller)
+        .request("work", "whoami")
+        .timeout(PATIENCE)
+        .call()
+        .await
+        .expect("the call is served");
+    assert!(who["session"].as_str().is_some_and(|s| s.starts_with("work-")), "{who}");
+
+    tracing::info!("phase: the replica of an agent without token_file has no token, and says so");
+    client(&fabric, &caller).request("other", "echo").args(&1).send().await.expect("a pending call");
+    wait_status(&operator, &group, "other crash-looping", |s| {
+        s["agents"]["other"]["crash_looping"].is_object()
+    })
+    .await;
+    let log = std::fs::read_to_string(fabric.root().join("logs/other.log")).expect("the agent's log");
+    assert!(log.contains("unauthenticated: no credentials"), "{log}");
+    assert!(!log.contains(&admin_text), "the scaler's token never reached it");
+    let work_log = std::fs::read_to_string(fabric.root().join("logs/work.log")).expect("the agent's log");
+    assert!(!work_log.contains("unauthenticated"), "{work_log}");
+}
