@@ -42,7 +42,10 @@ targets=("$@")
 jobs=()
 [ -n "${FUZZ_JOBS:-}" ] && jobs=(-j "$FUZZ_JOBS")
 build_start=$(date +%s)
-cargo build --release --locked --target "$triple" --bins ${jobs[@]+"${jobs[@]}"}
+# The workspace's lock file, so the targets build the versions the node ships with; cargo adds
+# libFuzzer's crates to it (and drops what the fuzz build does not use). Not kept in git.
+cp ../../Cargo.lock Cargo.lock
+cargo build --release --target "$triple" --bins ${jobs[@]+"${jobs[@]}"}
 echo "fuzz build: $(( $(date +%s) - build_start )) s"
 bin="$CARGO_TARGET_DIR/$triple/release"
 [ "$mode" = build ] && exit 0
@@ -90,7 +93,7 @@ for t in "${targets[@]}"; do
     crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
     cp "$log" "artifacts/$t/log.txt"
     echo "fuzz $t ... FAILED after $(( $(date +%s) - start )) s; input: fabric/fuzz/${crash:-artifacts/$t/}"
-    { grep -E -A1 "panicked at" "$log" | head -n 2 | cut -c1-400; grep -E "SUMMARY" "$log"; } | sed 's/^/    /'
+    { grep -E -A1 "panicked at" "$log" | head -n 2 | cut -c1-400; grep -E "SUMMARY" "$log"; } | sed 's/^/    /' || true
     echo "    reproduce: fabric/fuzz/run.sh --build && fabric/fuzz/target/$triple/release/$t fabric/fuzz/${crash:-artifacts/$t/<input>}"
     failed+=("$t")
   else
@@ -98,7 +101,9 @@ for t in "${targets[@]}"; do
   fi
   if [ "$mode" = merge ] && [ "$status" -eq 0 ]; then
     rm -rf "$work/$t.min" && mkdir "$work/$t.min"
-    "$bin/$t" -merge=1 "$work/$t.min" "corpus/$t" "$work/$t" >"$work/$t.merge.log" 2>&1
+    # Set cover: the fewest inputs that keep every feature (about half of what -merge=1 keeps).
+    "$bin/$t" -set_cover_merge=1 "$work/$t.min" "corpus/$t" "$work/$t" >"$work/$t.merge.log" 2>&1
+    cp corpus/"$t"/regression-* "$work/$t.min/" 2>/dev/null || true
     rm -rf "corpus/$t" && mv "$work/$t.min" "corpus/$t"
     echo "fuzz $t: corpus minimized to $(ls "corpus/$t" | wc -l) inputs ($(du -sk --apparent-size "corpus/$t" | cut -f1) KiB)"
   fi
