@@ -52,9 +52,9 @@ pub(crate) mod codec;
 pub mod config;
 pub(crate) mod convert;
 pub(crate) mod dashboard;
+pub mod data_dir;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod data_dir;
 pub mod grid;
 pub(crate) mod health;
 pub(crate) mod http;
