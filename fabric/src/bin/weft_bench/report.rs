@@ -333,52 +333,46 @@ fn million_versus_markdown(runs: &[RunFigures]) -> String {
         weft[0].snapshot_after_entries,
         etcd[0].snapshot_after_entries
     );
-    let row =
-        |out: &mut String, name: &str, f: &dyn Fn(&MillionFigures) -> f64, show: &dyn Fn(f64) -> String| {
-            let w = median(weft.iter().map(|m| f(m)).collect());
-            let e = median(etcd.iter().map(|m| f(m)).collect());
-            let _ = writeln!(out, "| {name} | {} | {} | **{}** |", show(w), show(e), times(ratio(w, e)));
-        };
-    let node_median = |m: &MillionFigures, leader: bool, f: fn(&NodeFigures) -> u64| {
-        median(m.nodes.iter().filter(|n| n.leader == leader).map(|n| f(n) as f64).collect())
+    let row = |out: &mut String,
+               name: &str,
+               f: &dyn Fn(&[&MillionFigures]) -> f64,
+               show: &dyn Fn(f64) -> String| {
+        let (w, e) = (f(&weft), f(&etcd));
+        let _ = writeln!(out, "| {name} | {} | {} | **{}** |", show(w), show(e), times(ratio(w, e)));
+    };
+    // Of every run's figure (phase rows) or of every node in that role over the runs (node
+    // rows), as the medians above.
+    let phase = |f: fn(&MillionFigures) -> f64| {
+        move |ms: &[&MillionFigures]| median(ms.iter().map(|m| f(m)).collect())
+    };
+    let nodes = |leader: bool, f: fn(&NodeFigures) -> u64| {
+        move |ms: &[&MillionFigures]| {
+            median(
+                ms.iter()
+                    .flat_map(|m| &m.nodes)
+                    .filter(|n| n.leader == leader)
+                    .map(|n| f(n) as f64)
+                    .collect(),
+            )
+        }
     };
     let as_mib = |v: f64| if v.is_nan() { "-".to_owned() } else { format!("{:.1}", v / (1024.0 * 1024.0)) };
     let as_count = |v: f64| format!("{v:.0}");
-    row(&mut out, "puts/s", &|m| m.puts_per_sec, &as_count);
-    row(&mut out, "p50 ms", &|m| m.p50_ms, &|v| ms(v));
-    row(&mut out, "p99 ms", &|m| m.p99_ms, &|v| ms(v));
-    row(&mut out, "log entries", &|m| m.entries as f64, &as_count);
+    row(&mut out, "puts/s", &phase(|m| m.puts_per_sec), &as_count);
+    row(&mut out, "p50 ms", &phase(|m| m.p50_ms), &|v| ms(v));
+    row(&mut out, "p99 ms", &phase(|m| m.p99_ms), &|v| ms(v));
+    row(&mut out, "log entries", &phase(|m| m.entries as f64), &as_count);
     for (role, leader) in [("leader", true), ("follower", false)] {
-        row(
-            &mut out,
-            &format!("{role} RSS after (MiB)"),
-            &|m| node_median(m, leader, |n| n.rss_kib * 1024),
-            &as_mib,
-        );
-        row(
-            &mut out,
-            &format!("{role} peak RSS (MiB)"),
-            &|m| node_median(m, leader, |n| n.peak_rss_kib * 1024),
-            &as_mib,
-        );
-        row(
-            &mut out,
-            &format!("{role} log dir (MiB)"),
-            &|m| node_median(m, leader, |n| n.raft_dir.allocated),
-            &as_mib,
-        );
+        row(&mut out, &format!("{role} RSS after (MiB)"), &nodes(leader, |n| n.rss_kib * 1024), &as_mib);
+        row(&mut out, &format!("{role} peak RSS (MiB)"), &nodes(leader, |n| n.peak_rss_kib * 1024), &as_mib);
+        row(&mut out, &format!("{role} log dir (MiB)"), &nodes(leader, |n| n.raft_dir.allocated), &as_mib);
         row(
             &mut out,
             &format!("{role} state dir (MiB)"),
-            &|m| node_median(m, leader, |n| n.snapshot_dir.allocated),
+            &nodes(leader, |n| n.snapshot_dir.allocated),
             &as_mib,
         );
-        row(
-            &mut out,
-            &format!("{role} data dir (MiB)"),
-            &|m| node_median(m, leader, |n| n.total.allocated),
-            &as_mib,
-        );
+        row(&mut out, &format!("{role} data dir (MiB)"), &nodes(leader, |n| n.total.allocated), &as_mib);
     }
     out
 }
@@ -484,6 +478,7 @@ pub fn percentile_ms(sorted_ns: &[u64], p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::{DiskUse, Metrics};
 
     #[test]
     fn the_median_skips_missing_figures_and_averages_the_middle_pair() {
@@ -554,5 +549,58 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("| cas |"), "{text}");
+    }
+
+    fn million(system: System, puts_per_sec: f64, follower_rss_mib: [u64; 2]) -> MillionFigures {
+        let node = |leader: bool, rss_mib: u64| NodeFigures {
+            name: "n1".into(),
+            leader,
+            rss_before_kib: 0,
+            rss_kib: rss_mib * 1024,
+            peak_rss_kib: rss_mib * 1024,
+            raft_dir: DiskUse::default(),
+            snapshot_dir: DiskUse::default(),
+            total: DiskUse::default(),
+            metrics: Metrics::default(),
+        };
+        MillionFigures {
+            system,
+            puts: 1000,
+            value_bytes: 100,
+            clients: 64,
+            channels: 8,
+            secs: 1.0,
+            puts_per_sec,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            max_ms: 3.0,
+            errors: 0,
+            entries: 10,
+            terms: (1, 1),
+            leaders: (1, 1),
+            settle_secs: 0.0,
+            snapshot_after_entries: 100,
+            nodes: vec![node(true, 100), node(false, follower_rss_mib[0]), node(false, follower_rss_mib[1])],
+        }
+    }
+
+    #[test]
+    fn the_million_keys_beside_etcd_pool_every_follower_of_every_run() {
+        let runs = [
+            RunFigures {
+                millions: vec![million(System::Weft, 900.0, [10, 20]), million(System::Etcd, 300.0, [5, 5])],
+                ..Default::default()
+            },
+            RunFigures {
+                millions: vec![million(System::Etcd, 600.0, [5, 5]), million(System::Weft, 1200.0, [30, 40])],
+                ..Default::default()
+            },
+        ];
+        let text = versus_markdown(&runs);
+        // Weft's followers 10, 20, 30, 40 MiB: median 25; etcd's 5.
+        assert!(text.contains("| follower RSS after (MiB) | 25.0 | 5.0 | **5.00x** |"), "{text}");
+        assert!(text.contains("| puts/s | 1050 | 450 | **2.33x** |"), "{text}");
+        // No put or get rows were measured on etcd: no table for them.
+        assert!(!text.contains("| nodes | workload |"), "{text}");
     }
 }
