@@ -453,7 +453,9 @@ impl Worker {
 
     /// Runs until stopped. Connection failures are retried forever, with back-off; a
     /// session the fabric refuses (bad agent names, a claimed instance) ends the run with
-    /// that error.
+    /// that error, and so does, for a worker without TLS settings, every endpoint answering
+    /// that it requires TLS ([`Error::Tls`]: "the node requires TLS: give the CA ... and use
+    /// https:// endpoints"). A node whose certificate is refused is passed over for the next.
     pub async fn run(self) -> Result<(), Error> {
         let mut state = LoopState {
             running: HashMap::new(),
@@ -463,6 +465,8 @@ impl Worker {
         };
         let mut pause = INITIAL_BACKOFF;
         let mut stop_by: Option<Instant> = None;
+        // The endpoints that answered that they require TLS since a session last opened.
+        let mut require_tls = vec![false; self.client.conn.endpoint_count()];
         loop {
             if self.stop.is_cancelled() {
                 let by = *stop_by.get_or_insert_with(|| Instant::now() + self.drain_timeout + FINAL_ACK_WAIT);
@@ -475,14 +479,26 @@ impl Worker {
                 }
             }
             let started = Instant::now();
+            let (endpoint, _) = self.client.conn.current();
             match self.session(&mut state).await {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Ok(SessionEnd::Lost(reason)) => {
+                    require_tls.fill(false);
                     tracing::info!(%reason, "agent session lost; reconnecting");
                 }
                 // Bad agent names, a capacity over the limit, a claimed instance, a token the
                 // fabric does not accept for these agents: retrying cannot help. Overload and unavailability can: they are retried below.
                 Err(e) if e.is_refusal() || matches!(e, Error::Usage(_)) => return Err(e),
+                // Without TLS settings the one TLS problem is a node that requires TLS: once
+                // every endpoint has said so, no retry can help.
+                Err(Error::Tls(problem)) if !self.client.conn.tls() => {
+                    require_tls[endpoint] = true;
+                    if require_tls.iter().all(|r| *r) {
+                        return Err(Error::Tls(format!("{problem} ({})", self.endpoints_named())));
+                    }
+                    let endpoint = self.client.conn.addr(endpoint);
+                    tracing::warn!(error = %problem, endpoint, "cannot open an agent session; trying the next node");
+                }
                 // A node with a bad certificate may be alone in it: the next one may do.
                 Err(e @ Error::Tls(_)) => {
                     tracing::warn!(error = %e, "cannot open an agent session; trying the next node")
@@ -500,6 +516,16 @@ impl Worker {
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = next_backoff(pause);
+        }
+    }
+
+    /// The endpoints, for an error about every one of them.
+    fn endpoints_named(&self) -> String {
+        let conn = &self.client.conn;
+        let all: Vec<&str> = (0..conn.endpoint_count()).map(|i| conn.addr(i)).collect();
+        match all.as_slice() {
+            [one] => format!("endpoint {one}"),
+            _ => format!("every endpoint: {}", all.join(", ")),
         }
     }
 
@@ -521,18 +547,21 @@ impl Worker {
 
     /// One session on the current endpoint, until it is lost or the worker stops.
     async fn session(&self, state: &mut LoopState) -> Result<SessionEnd, Error> {
-        let (_, channel) = self.client.conn.current();
+        let (endpoint, channel) = self.client.conn.current();
         let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(self.capacity as usize * 2 + OUTBOUND_SLACK);
         out.try_send(self.open_message())
             .map_err(|_| Error::Usage("cannot queue the open message".into()))?;
         let outbound =
             futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut grpc = self.client.executions(channel);
-        let mut inbound = grpc.listen(outbound).await.map_err(|s| Error::from_status(&s))?.into_inner();
+        let mut inbound = match grpc.listen(outbound).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.client.conn.error_of(endpoint, &status).await),
+        };
         let opened = match inbound.message().await {
             Ok(Some(pb::FabricMessage { kind: Some(pb::fabric_message::Kind::Opened(o)) })) => o,
             Ok(_) => return Ok(SessionEnd::Lost("the fabric did not open the session".into())),
-            Err(status) => return Err(Error::from_status(&status)),
+            Err(status) => return Err(self.client.conn.error_of(endpoint, &status).await),
         };
         tracing::info!(session = opened.session_id, node = opened.node_id, "agent session open");
         for u in state.unacked.values_mut() {
