@@ -129,8 +129,9 @@ impl WorkerBuilder {
 
     /// Send this bearer token on every request (the Listen stream, its reconnects and the
     /// handlers' calls; see [`Token`]), for nodes with auth on: an `agent` token whose serve
-    /// list names this worker's agents. `None` (the default): no token.
-    /// [`from_env`](Self::from_env) sets it from `WEFT_TOKEN` or `WEFT_TOKEN_FILE`.
+    /// list names this worker's agents. `None` (the default): no token, unless
+    /// [`from_env`](Self::from_env) finds `WEFT_TOKEN` or `WEFT_TOKEN_FILE`; a token given
+    /// here wins over those.
     pub fn token(mut self, token: Option<Token>) -> Self {
         self.token = token;
         self
@@ -212,8 +213,10 @@ impl WorkerBuilder {
     /// `WEFT_SESSION_NAME`, `WEFT_CAPACITY`, `WEFT_DRAIN_TIMEOUT_MS`, `WEFT_AGENT` with
     /// `WEFT_INSTANCE` (claim that instance and serve only it), TLS: `WEFT_TLS_CA`, with
     /// `WEFT_TLS_CERT` and `WEFT_TLS_KEY` for a client certificate ([`Tls::from_env`]), and the
-    /// bearer token: `WEFT_TOKEN` or `WEFT_TOKEN_FILE` ([`Token::from_env`]). A variable that is set but
-    /// empty counts as unset. A bad value is [`Error::Usage`] naming the variable.
+    /// bearer token: `WEFT_TOKEN` or `WEFT_TOKEN_FILE` ([`Token::from_env`]; both set is an
+    /// error), unless a token was given to the builder, which wins ([`Token::explicit_or_env`]).
+    /// A variable that is set but empty counts as unset. A bad value is [`Error::Usage`]
+    /// naming the variable.
     ///
     /// ```no_run
     /// # use weft_agent::{Agent, Worker};
@@ -257,9 +260,8 @@ impl WorkerBuilder {
         if let Some(tls) = Tls::from_vars(&var)? {
             self.tls = Some(tls);
         }
-        if let Some(token) = Token::from_vars(&var)? {
-            self.token = Some(token);
-        }
+        // A token given to the builder wins over the environment's (crate::token's rule).
+        self.token = Token::explicit_or_vars(self.token.take(), &var)?;
         match (var(env::AGENT), var(env::INSTANCE)) {
             (Some(agent), Some(instance)) => {
                 self = self.claim(&agent, &instance).only_claimed(true);
@@ -893,6 +895,32 @@ mod tests {
         let plain = from(&[(env::ENDPOINT, "127.0.0.1:1")]).unwrap();
         assert!(plain.claims.is_empty() && !plain.only_claimed && plain.token.is_none());
         assert_eq!(plain.capacity, 16, "defaults stay");
+    }
+
+    #[test]
+    fn a_token_given_to_the_builder_beats_the_environments() {
+        let mine = Token::new("weft_aaaaaaaaaaaa_00112233445566778899aabbccddeeff").unwrap();
+        let env_token = (env::TOKEN, "weft_0123456789ab_00112233445566778899aabbccddeeff");
+        let with = |vars: &[(&str, &str)]| {
+            let vars: HashMap<String, String> =
+                vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+            Worker::builder(["127.0.0.1:1"])
+                .token(Some(mine.clone()))
+                .with_vars(|name| vars.get(name).cloned())
+        };
+        let b = with(&[env_token]).unwrap();
+        assert_eq!(b.token.as_ref().and_then(|t| t.id()), Some("aaaaaaaaaaaa"), "the builder's token");
+        let b = with(&[env_token, (env::TOKEN_FILE, "/nonexistent/agent.token")]).unwrap();
+        assert_eq!(
+            b.token.as_ref().and_then(|t| t.id()),
+            Some("aaaaaaaaaaaa"),
+            "the environment is not read"
+        );
+        // Without one, both variables set is an error naming both.
+        let e = from(&[(env::ENDPOINT, "a:1"), env_token, (env::TOKEN_FILE, "/nonexistent/agent.token")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WEFT_TOKEN and WEFT_TOKEN_FILE are both set"), "{e}");
     }
 
     #[test]

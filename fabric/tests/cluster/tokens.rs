@@ -4,7 +4,8 @@
 //! token made through one node works on another; a revoke through one node is refused by
 //! every node once the CLI returns; creates and revokes in the audit trail without secrets;
 //! refusals counted in `/metrics`; tokens kept across a restart of the whole cluster; the same
-//! through the HTTP API (`POST /v1/tokens`, `GET /v1/tokens`, `DELETE /v1/tokens/{id}`).
+//! through the HTTP API (`POST /v1/tokens`, `GET /v1/tokens`, `DELETE /v1/tokens/{id}`); the
+//! CLI taking a flag's token over the environment's, and refusing two at once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -548,5 +549,73 @@ async fn tokens_are_made_listed_and_revoked_over_http() {
         assert!(audit.contains(&target), "{target} in the audit trail: {audit}");
     }
     assert!(audit.contains(&admin_name) && !audit.contains(&secret), "{audit}");
+    cluster.shutdown().await;
+}
+
+/// `weft ARGS` against `endpoint` with exactly the token variables `vars` in its environment:
+/// (exit code, stdout, stderr).
+async fn weft_with_env(endpoint: &str, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(weft_bin());
+    command
+        .args(args)
+        .env("WEFT_ENDPOINT", endpoint)
+        .env_remove("RUST_LOG")
+        .env_remove("WEFT_TOKEN")
+        .env_remove("WEFT_TOKEN_FILE")
+        .envs(vars.iter().copied())
+        .kill_on_drop(true);
+    let out =
+        tokio::time::timeout(CLI_PATIENCE, command.output()).await.expect("weft in time").expect("run weft");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_takes_a_flags_token_over_the_environments_and_refuses_two_at_once() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_file, admin) = bootstrap_file(dir.path());
+    let cluster = Cluster::start(1, auth_on(&admin_file)).await;
+    wait_for_token(&cluster, 1, admin.id()).await;
+    let addr = cluster.addrs[0].clone();
+    let admin_path = admin_file.to_str().unwrap();
+    let unknown = Credential::generate().reveal();
+    let unknown_file = dir.path().join("unknown.token");
+    std::fs::write(&unknown_file, &unknown).unwrap();
+    let unknown_path = unknown_file.to_str().unwrap();
+
+    tracing::info!("phase: a flag wins over either variable");
+    for (vars, flag) in [
+        (vec![("WEFT_TOKEN", unknown.as_str())], ["--auth-token-file", admin_path]),
+        (vec![("WEFT_TOKEN_FILE", unknown_path)], ["--auth-token", &admin.reveal()]),
+        (
+            vec![("WEFT_TOKEN", unknown.as_str()), ("WEFT_TOKEN_FILE", unknown_path)],
+            ["--auth-token-file", admin_path],
+        ),
+    ] {
+        let (code, out, err) = weft_with_env(&addr, &vars, &[flag[0], flag[1], "tokens", "list"]).await;
+        assert_eq!(code, 0, "{vars:?} {}: {out} {err}", flag[0]);
+    }
+
+    tracing::info!("phase: without a flag, the one variable set is used");
+    let (code, _, err) = weft_with_env(&addr, &[("WEFT_TOKEN_FILE", admin_path)], &["tokens", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = weft_with_env(&addr, &[("WEFT_TOKEN", unknown.as_str())], &["status"]).await;
+    assert!(code == 1 && err.contains("unknown token"), "the variable's token was sent: {err}");
+
+    tracing::info!("phase: both variables, or both flags, are refused naming both, before anything is sent");
+    let both = [("WEFT_TOKEN", admin.reveal()), ("WEFT_TOKEN_FILE", admin_path.to_owned())];
+    let both: Vec<(&str, &str)> = both.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = weft_with_env(&addr, &both, &["status"]).await;
+    assert!(code == 1 && err.contains("WEFT_TOKEN and WEFT_TOKEN_FILE are both set"), "{err}");
+    let (code, _, err) = weft_with_env(
+        &addr,
+        &[],
+        &["--auth-token", &admin.reveal(), "--auth-token-file", admin_path, "status"],
+    )
+    .await;
+    assert!(code == 1 && err.contains("--auth-token and --auth-token-file are both given"), "{err}");
+    let secret = &admin.reveal()[5 + admin.id().len() + 1..];
+    assert!(!err.contains(secret), "the refusal repeats no secret: {err}");
     cluster.shutdown().await;
 }
