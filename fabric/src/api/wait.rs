@@ -24,7 +24,7 @@ pub struct Watch {
 #[derive(Debug)]
 pub enum Unfinished {
     /// The deadline passed first; the execution as this replica has it then.
-    Deadline(Option<Execution>),
+    Deadline(Option<Box<Execution>>),
     /// The token of the caller who waits was revoked or expired.
     Lapsed(Unauthenticated),
 }
@@ -73,7 +73,7 @@ impl Watch {
             }
             match self.changed(deadline).await {
                 Ok(true) => {}
-                Ok(false) => return Err(Unfinished::Deadline(self.current(ctx))),
+                Ok(false) => return Err(Unfinished::Deadline(self.current(ctx).map(Box::new))),
                 Err(why) => return Err(Unfinished::Lapsed(why)),
             }
         }
@@ -86,7 +86,7 @@ impl Watch {
 /// goes on ([`created_but`]), and the message names the token and why.
 pub fn unfinished(id: ExecutionId, why: Unfinished, waited: Duration) -> Status {
     match why {
-        Unfinished::Deadline(latest) => still_running(id, latest, waited),
+        Unfinished::Deadline(latest) => still_running(id, latest.map(|e| *e), waited),
         Unfinished::Lapsed(why) => created_but(id, &format!("{why} while the call waited")),
     }
 }

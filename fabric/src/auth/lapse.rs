@@ -70,7 +70,7 @@ struct Watched {
 impl Lapse {
     /// The lapse of `caller`'s token on this node: `hub` tells of revocations applied to
     /// `applied`; an ending is counted in `metrics` (`weft_auth_streams_ended_total`).
-    pub fn new(
+    pub(crate) fn new(
         caller: &Caller,
         hub: &crate::watch::Hub,
         applied: &state_machine::Handle,

@@ -50,7 +50,7 @@ mod verify;
 
 pub use credential::Credential;
 pub use gate::{Gate, Unauthenticated, Verifier, gate};
-pub use lapse::{END_SEND_WAIT, Lapse, MAX_EXPIRY_SLEEP, end_stream};
+pub(crate) use lapse::{END_SEND_WAIT, Lapse, end_stream};
 pub use verify::{Clock, TokenVerifier, wall_clock_ms};
 
 use std::fmt;
