@@ -68,7 +68,7 @@ fn long_channel(addr: &str) -> Channel {
 }
 
 /// Revokes token `id` as `admin` through `ch`; every member has applied it when this returns.
-async fn revoke(ch: &Channel, admin: &str, id: &str) {
+pub(crate) async fn revoke(ch: &Channel, admin: &str, id: &str) {
     let reply = TokensClient::new(ch.clone())
         .revoke(req(&Some(admin.to_owned()), pb::RevokeTokenRequest { id: id.into() }))
         .await
