@@ -7,7 +7,9 @@
 //! for the one [`Permission`] its operation needs. A refusal is `UNAUTHENTICATED` (HTTP 401)
 //! when the credential is missing, malformed, unknown, expired or revoked, and
 //! `PERMISSION_DENIED` (HTTP 403) when the principal lacks the permission; either way the
-//! message names what is missing and nothing changes.
+//! message names what is missing and nothing changes. A long call (an agent session, a wait,
+//! a listener, a watch, a tail) ends with `UNAUTHENTICATED` when its token is revoked or
+//! expires while it runs ([`Lapse`]).
 //!
 //! With auth off every caller is [`Caller::Open`] and everything is allowed (`weft dev` on
 //! loopback says so). Node-only methods (Raft, Forward, PrepareBootstrap) are not behind
@@ -36,15 +38,19 @@
 //! - `credential`: [`Credential`], the token text `weft_<id>_<secret>`: made, read, hashed,
 //!   compared in constant time.
 //! - `verify`: [`TokenVerifier`], the verifier over this node's replica of the grid.
+//! - `lapse`: [`Lapse`], when the token behind a long call (a session, a wait, a listener, a
+//!   watch, a tail) is revoked or expires, so the call ends then rather than live on.
 //! - `bootstrap`: the first admin token of a cluster, from `auth_bootstrap_token_file`.
 
 pub(crate) mod bootstrap;
 mod credential;
 mod gate;
+mod lapse;
 mod verify;
 
 pub use credential::Credential;
 pub use gate::{Gate, Unauthenticated, Verifier, gate};
+pub(crate) use lapse::{END_SEND_WAIT, Lapse, end_stream};
 pub use verify::{Clock, TokenVerifier, wall_clock_ms};
 
 use std::fmt;
