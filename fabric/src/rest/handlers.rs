@@ -17,6 +17,7 @@ use weft_proto::fabric::v1::executions_server::Executions as _;
 use weft_proto::fabric::v1::instances_server::Instances as _;
 use weft_proto::fabric::v1::state_server::State as _;
 use weft_proto::fabric::v1::streams_server::Streams as _;
+use weft_proto::fabric::v1::tokens_server::Tokens as _;
 
 use super::body::{JsonBody, PathOf, QueryOf, RawBody};
 use super::error::{ApiError, ErrorBody};
@@ -664,7 +665,8 @@ pub async fn read_items(
 #[utoipa::path(get, path = "/v1/streams/{name}/tail", tag = "streams",
     params(("name" = String, Path), model::TailQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Go on after this seq")),
-    responses((status = 200, content_type = "text/event-stream", body = String, description = "item events"),
+    responses((status = 200, content_type = "text/event-stream", body = model::TailEvent,
+            description = "Server-Sent Events: the schema is that of one event"),
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn tail(
     State(api): State<Api>,
@@ -769,6 +771,64 @@ pub async fn tail(
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)))
+}
+
+// ---- tokens ----------------------------------------------------------------------------------
+
+/// Makes a bearer token (admins only): 201 with its text, shown this once, and its record.
+/// Answers once every member has applied it (waiting up to 10 s; `not_applied` names those
+/// that had not), so the token works on any node at once.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = model::CreateToken,
+    responses((status = 201, body = model::CreatedToken), (status = 400, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "The cluster holds its most tokens (10 000)")))]
+pub async fn create_token(
+    State(api): State<Api>,
+    caller: Caller,
+    JsonBody(body): JsonBody<model::CreateToken>,
+) -> Result<Response, ApiError> {
+    let answer = api.tokens.create(request(&caller, body.into_pb())).await?.into_inner();
+    let created = model::CreatedToken {
+        token: answer.token,
+        record: answer.record.map(Into::into),
+        not_applied: answer.not_applied,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// The cluster's tokens in id order (admins only), never a secret or a hash.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(model::ListTokensQuery),
+    responses((status = 200, body = model::TokenPage), (status = 400, body = ErrorBody)))]
+pub async fn list_tokens(
+    State(api): State<Api>,
+    caller: Caller,
+    QueryOf(q): QueryOf<model::ListTokensQuery>,
+) -> Answer<model::TokenPage> {
+    let req = pb::ListTokensRequest {
+        page_size: q.limit.unwrap_or(0),
+        page_token: q.page_token.unwrap_or_default(),
+        consistency: consistency(q.stale),
+    };
+    let page = api.tokens.list(request(&caller, req)).await?.into_inner();
+    Ok(Json(model::TokenPage {
+        tokens: page.tokens.into_iter().map(Into::into).collect(),
+        next_page_token: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+    }))
+}
+
+/// Revokes a token (admins only), then waits (up to 10 s) until every member has applied the
+/// revoke, so that every node refuses the token once this answers.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9]{4,64}$",
+        description = "The token's id (the part after `weft_`, before the secret)")),
+    responses((status = 200, body = model::RevokedToken), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No token ever had this id")))]
+pub async fn revoke_token(
+    State(api): State<Api>,
+    caller: Caller,
+    PathOf(id): PathOf<String>,
+) -> Answer<model::RevokedToken> {
+    let answer = api.tokens.revoke(request(&caller, pb::RevokeTokenRequest { id })).await?.into_inner();
+    Ok(Json(model::RevokedToken { existed: answer.existed, not_applied: answer.not_applied }))
 }
 
 /// Events a tail may have waiting for a slow client.

@@ -51,8 +51,10 @@ struct Fixture {
     execution: u64,
     /// Another execution of `echo` the agent's session holds, and its fencing token: completed.
     assigned: (u64, u64),
-    /// A token id the admin may revoke.
+    /// A token id the admin may revoke (over gRPC).
     spare_token: String,
+    /// Another, for the HTTP route that revokes.
+    spare_http_token: String,
     /// Keeps the agent's session open.
     _session: (tokio::sync::mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::FabricMessage>),
 }
@@ -528,6 +530,23 @@ fn http_routes(f: &Fixture) -> Vec<Route> {
             Some(Outsider),
             Client,
         ),
+        route(
+            "POST",
+            "/v1/tokens",
+            "/v1/tokens".into(),
+            r#"{"name":"made-http","role":"client"}"#,
+            Some(Operator),
+            Admin,
+        ),
+        route("GET", "/v1/tokens", "/v1/tokens".into(), "", Some(Operator), Admin),
+        route(
+            "DELETE",
+            "/v1/tokens/{id}",
+            format!("/v1/tokens/{}", f.spare_http_token),
+            "",
+            Some(Operator),
+            Admin,
+        ),
         // Outside the OpenAPI document.
         route("GET", "/metrics", "/metrics".into(), "", Some(Client), Operator),
         route("GET", "/v1/dashboard/snapshot", "/v1/dashboard/snapshot".into(), "", Some(Client), Operator),
@@ -702,6 +721,8 @@ async fn setup(cluster: &Cluster, admin: String) -> Fixture {
     )
     .await;
     let (_, spare_token) = make_token(&channel, &admin, "spare", "client", [none, none, none, none]).await;
+    let (_, spare_http_token) =
+        make_token(&channel, &admin, "spare-http", "client", [none, none, none, none]).await;
 
     tracing::info!("fixtures: streams, a cursor, an execution, an agent session holding another");
     let streams = StreamsClient::new(channel.clone());
@@ -769,6 +790,7 @@ async fn setup(cluster: &Cluster, admin: String) -> Fixture {
         execution,
         assigned: assigned.expect("an assignment"),
         spare_token,
+        spare_http_token,
         _session: (tx, inbound),
     }
 }
