@@ -110,12 +110,11 @@ impl ClientBuilder {
         self
     }
 
-    /// The token of the environment (`WEFT_TOKEN`, or the file `WEFT_TOKEN_FILE` names; see
-    /// [`Token::from_env`]) when one is set; otherwise what was set before.
+    /// Unless a token was given with [`token`](Self::token) (which wins, called before or
+    /// after), the token of the environment: `WEFT_TOKEN`, or the file `WEFT_TOKEN_FILE` names
+    /// ([`Token::explicit_or_env`]; both set is an error naming both).
     pub fn token_from_env(mut self) -> Result<Self, Error> {
-        if let Some(token) = Token::from_env()? {
-            self.token = Some(token);
-        }
+        self.token = Token::explicit_or_env(self.token.take())?;
         Ok(self)
     }
 

@@ -13,6 +13,12 @@
 //! `https://HOST:PORT`); without them an `https://` endpoint is refused, naming what is
 //! missing.
 //!
+//! Without TLS settings, a call whose connection ended under it (hyper's "operation was
+//! canceled", a reset) may have reached a node that requires TLS before the node's GOAWAY
+//! saying so was read: the node is asked once more ([`crate::tls::plain_failure_requires_tls`],
+//! as the `weft` CLI does), and if it requires TLS the error is [`Error::Tls`] saying so,
+//! which is not retried.
+//!
 //! With a [`Token`] every request on every channel carries it (see [`crate::token`]); a node
 //! that refuses the token (`UNAUTHENTICATED`, `PERMISSION_DENIED`) is not asked again, nor is
 //! the next one.
@@ -67,6 +73,8 @@ struct Inner {
     channels: Vec<Channel>,
     current: AtomicUsize,
     options: Options,
+    /// Whether the channels use TLS.
+    tls: bool,
 }
 
 /// Channels to every endpoint; cheap to clone.
@@ -226,7 +234,8 @@ impl Connection {
         }
         // Clients of one process spread over the nodes instead of all starting on the first.
         let start = rand::random::<u64>() as usize % channels.len();
-        Ok(Self { inner: Arc::new(Inner { addrs, channels, current: AtomicUsize::new(start), options }) })
+        let inner = Inner { addrs, channels, current: AtomicUsize::new(start), options, tls: tls.is_some() };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The endpoint to use now, and its index.
@@ -249,6 +258,27 @@ impl Connection {
     /// The retry settings.
     pub fn options(&self) -> Options {
         self.inner.options
+    }
+
+    /// How many endpoints there are.
+    pub fn endpoint_count(&self) -> usize {
+        self.inner.channels.len()
+    }
+
+    /// Whether the channels use TLS.
+    pub fn tls(&self) -> bool {
+        self.inner.tls
+    }
+
+    /// What a call that failed with `status` on endpoint `i` means ([`Error::from_status`]);
+    /// without TLS settings, a connection that ended under the call is first checked for a
+    /// node that requires TLS ([`crate::tls::plain_failure_requires_tls`], the `weft` CLI's
+    /// check), which is then the error: [`Error::Tls`] saying so, not an unknown outcome.
+    pub async fn error_of(&self, i: usize, status: &tonic::Status) -> Error {
+        if !self.inner.tls && crate::tls::plain_failure_requires_tls(self.addr(i), status).await {
+            return Error::Tls(crate::tls::requires_tls_problem());
+        }
+        Error::from_status(status)
     }
 
     /// Runs one unary call of `req` as [`Connection::run`] does, each attempt a fresh request
@@ -281,7 +311,7 @@ impl Connection {
             let (i, channel) = self.current();
             let error = match op(channel).await {
                 Ok(value) => return Ok(value),
-                Err(status) => Error::from_status(&status),
+                Err(status) => self.error_of(i, &status).await,
             };
             let retry = match &error {
                 Error::Unavailable(_) | Error::Overloaded(_) => true,
@@ -328,6 +358,71 @@ mod tests {
         assert!(e.contains("plain http://"), "{e}");
         let e = endpoint_uri("https://h:1", false).unwrap_err().to_string();
         assert!(e.contains("no TLS settings") && e.contains("WEFT_TLS_CA"), "{e}");
+    }
+
+    /// A fake node on 127.0.0.1 that drops the first connection once it has read the client's
+    /// preface (a call cut short, as when a client sees the connection end before it reads a
+    /// node's GOAWAY), and answers each later one, the SDK's probe, as a node that requires TLS
+    /// (an empty SETTINGS, then GOAWAY INADEQUATE_SECURITY) or as one that speaks plain HTTP/2
+    /// (SETTINGS and an ack of the client's).
+    async fn cutting_node(requires_tls: bool) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let cut = std::mem::replace(&mut first, false);
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 24];
+                    if tcp.read_exact(&mut preface).await.is_err() || cut {
+                        return;
+                    }
+                    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0]; // SETTINGS
+                    if requires_tls {
+                        frames.extend_from_slice(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc]);
+                    } else {
+                        frames.extend_from_slice(&[0, 0, 0, 0x4, 0x1, 0, 0, 0, 0]); // SETTINGS ack
+                    }
+                    let _ = tcp.write_all(&frames).await;
+                    let mut buf = [0u8; 1024];
+                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_plain_call_cut_short_asks_the_node_whether_it_requires_tls() {
+        let options =
+            Options { retry_for: Duration::from_millis(500), attempt_timeout: Duration::from_secs(2) };
+        let write = |conn: Connection| async move {
+            let req = weft_proto::fabric::v1::PutRequest {
+                namespace: "shared/t".into(),
+                key: "k".into(),
+                value: b"1".to_vec(),
+                ..Default::default()
+            };
+            conn.call(false, &req, |channel, request| async move {
+                weft_proto::fabric::v1::state_client::StateClient::new(channel).put(request).await
+            })
+            .await
+        };
+        let addr = cutting_node(true).await;
+        let conn = Connection::new(vec![addr.clone()], options, None, None).unwrap();
+        let e = write(conn).await.unwrap_err();
+        let Error::Tls(message) = &e else { panic!("a node that requires TLS: {e:?}") };
+        assert!(message.contains("the node requires TLS") && message.contains("https://"), "{message}");
+        assert!(message.contains(&addr), "names the endpoint: {message}");
+
+        let addr = cutting_node(false).await;
+        let conn = Connection::new(vec![addr], options, None, None).unwrap();
+        let e = write(conn).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Unknown(_)),
+            "a plain node that cut a write short: unknown outcome: {e:?}"
+        );
     }
 
     #[tokio::test]

@@ -362,12 +362,16 @@ pub fn requires_tls_problem() -> String {
 
 /// Longest wait of [`requires_tls`] for the node's answer.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most bytes of the node's answer [`requires_tls`] reads.
+const PROBE_MAX_BYTES: usize = 4096;
 
 /// Whether the node at `endpoint` (`HOST:PORT` or `http://HOST:PORT`) refuses plain HTTP/2
 /// because it requires TLS: a fresh connection sends the HTTP/2 preface and looks for the
-/// node's GOAWAY with INADEQUATE_SECURITY. For telling a user why a plain-text call failed
-/// when the failure itself did not say (a client that saw the connection end before it read
-/// the GOAWAY reports a cancelled call); bounded by a 2 s timeout, false when unsure.
+/// node's GOAWAY with INADEQUATE_SECURITY (a node that speaks plain HTTP/2 acknowledges the
+/// preface's SETTINGS instead, which ends the probe at once). For telling a user why a
+/// plain-text call failed when the failure itself did not say (a client that saw the
+/// connection end before it read the GOAWAY reports a cancelled call); bounded by a 2 s
+/// timeout, false when unsure. [`plain_failure_requires_tls`] decides when to ask.
 pub async fn requires_tls(endpoint: &str) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let addr = endpoint.strip_prefix("http://").unwrap_or(endpoint).trim_end_matches('/');
@@ -377,26 +381,70 @@ pub async fn requires_tls(endpoint: &str) -> bool {
         tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.ok()?;
         let mut seen = Vec::new();
         let mut buf = [0u8; 512];
-        while seen.len() < 4096 {
+        while seen.len() < PROBE_MAX_BYTES {
             let n = tcp.read(&mut buf).await.ok()?;
             if n == 0 {
                 break;
             }
             seen.extend_from_slice(&buf[..n]);
+            if let Some(verdict) = h2_verdict(&seen) {
+                return Some(verdict);
+            }
         }
-        Some(goaway_code(&seen) == Some(u32::from(h2::Reason::INADEQUATE_SECURITY)))
+        h2_verdict(&seen)
     };
     tokio::time::timeout(PROBE_TIMEOUT, probe).await.ok().flatten().unwrap_or(false)
 }
 
-/// The error code of the first GOAWAY frame in `frames` (HTTP/2 frames from the server).
-fn goaway_code(mut frames: &[u8]) -> Option<u32> {
+/// Whether a call made without TLS to `endpoint` that failed with `status` failed because the
+/// node requires TLS, though the status does not say so: when the connection ended under the
+/// call (hyper's "operation was canceled", a transport error) rather than the node answering,
+/// the caller's own deadline running out or the status already naming a TLS problem
+/// ([`setup_problem`]), it asks the node with [`requires_tls`] (at most 2 s). The `weft` CLI
+/// and the SDK's client and worker decide alike with it; a true answer is reported as
+/// [`requires_tls_problem`].
+pub async fn plain_failure_requires_tls(endpoint: &str, status: &tonic::Status) -> bool {
+    connection_cut(status) && setup_problem(status).is_none() && requires_tls(endpoint).await
+}
+
+/// Whether `status` says that the connection failed under the call, not that a node answered
+/// or that the caller's deadline passed: a transport error behind it (its source), with code
+/// CANCELLED (hyper's "operation was canceled"), UNKNOWN or INTERNAL (a connection closed or
+/// reset mid-call). UNAVAILABLE is left out: a connection that never opened, a keep-alive that
+/// went unanswered, or a node's own answer.
+fn connection_cut(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    if source.is_none() {
+        return false;
+    }
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return false;
+        }
+        source = err.source();
+    }
+    matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Internal)
+}
+
+/// What the HTTP/2 frames a node sent in answer to a plain preface say: `Some(true)` for a
+/// GOAWAY with INADEQUATE_SECURITY (the node requires TLS), `Some(false)` for another GOAWAY
+/// or an acknowledgement of the client's SETTINGS (the node speaks plain HTTP/2), `None` while
+/// neither has come (a frame cut short is not read past).
+fn h2_verdict(mut frames: &[u8]) -> Option<bool> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ACK: u8 = 0x1;
     while frames.len() >= 9 {
         let len = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
-        let kind = frames[3];
+        let (kind, flags) = (frames[3], frames[4]);
         let payload = frames.get(9..9 + len)?;
-        if kind == 0x7 && payload.len() >= 8 {
-            return Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+        match kind {
+            GOAWAY if payload.len() >= 8 => {
+                let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                return Some(code == u32::from(h2::Reason::INADEQUATE_SECURITY));
+            }
+            SETTINGS if flags & ACK != 0 => return Some(false),
+            _ => {}
         }
         frames = &frames[9 + len..];
     }
@@ -422,12 +470,36 @@ mod tests {
     }
 
     #[test]
-    fn a_goaway_is_found_after_other_frames() {
+    fn a_goaway_or_a_settings_ack_decides_after_other_frames() {
         let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0]; // SETTINGS
         frames.extend_from_slice(&[0, 0, 10, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc, b'h', b'i']);
-        assert_eq!(goaway_code(&frames), Some(0xc));
-        assert_eq!(goaway_code(&frames[..9]), None);
-        assert_eq!(goaway_code(&frames[..15]), None, "a cut frame is not read past");
+        assert_eq!(h2_verdict(&frames), Some(true), "GOAWAY INADEQUATE_SECURITY");
+        assert_eq!(h2_verdict(&frames[..9]), None, "a SETTINGS that is no ack says nothing yet");
+        assert_eq!(h2_verdict(&frames[..15]), None, "a cut frame is not read past");
+        let mut other = frames.clone();
+        other[9 + 9 + 7] = 0x2; // INTERNAL_ERROR
+        assert_eq!(h2_verdict(&other), Some(false), "another GOAWAY");
+        let mut plain = vec![0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]; // SETTINGS, one value
+        plain.extend_from_slice(&[0, 0, 0, 0x4, 0x1, 0, 0, 0, 0]); // SETTINGS ack
+        assert_eq!(h2_verdict(&plain), Some(false), "a node that speaks plain HTTP/2");
+    }
+
+    #[test]
+    fn only_a_connection_cut_under_the_call_is_probed() {
+        let transport = |code: tonic::Code, source: Box<dyn std::error::Error + Send + Sync>| {
+            let mut status = tonic::Status::new(code, "x");
+            status.set_source(source.into());
+            status
+        };
+        let io = || Box::new(std::io::Error::other("connection closed"));
+        assert!(connection_cut(&transport(tonic::Code::Cancelled, io())));
+        assert!(connection_cut(&transport(tonic::Code::Unknown, io())));
+        assert!(!connection_cut(&tonic::Status::cancelled("the node's own answer")), "no transport error");
+        assert!(!connection_cut(&transport(tonic::Code::Unavailable, io())), "never connected, or no ping");
+        assert!(!connection_cut(&transport(tonic::Code::PermissionDenied, io())));
+        let timeout = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(timeout.code(), tonic::Code::Cancelled);
+        assert!(!connection_cut(&timeout), "the caller's own deadline");
     }
 
     #[test]

@@ -11,6 +11,19 @@
 //! Neither refusal is retried on another node: every node would give the same answer. The
 //! secret never appears in `Debug` or `Display` output, logs or errors; only the token's id
 //! (the public part before the secret) may.
+//!
+//! # Where the token comes from
+//!
+//! One rule for every Weft program (the SDK's builders, the `weft` CLI, `weft-scaler`):
+//! - a token given explicitly (a builder's [`token`](crate::ClientBuilder::token), a flag such
+//!   as `--auth-token` or `--auth-token-file`, a configuration) is used, and the environment
+//!   is not read;
+//! - otherwise the environment's: `WEFT_TOKEN` (the text) or `WEFT_TOKEN_FILE` (a file holding
+//!   it). Both set is an error that names both, as are two explicit sources at once (both
+//!   flags).
+//!
+//! [`Token::explicit_or_env`] applies it to a builder's token, [`from_flags_or_env`] to a
+//! program's two flags.
 
 use std::path::Path;
 use std::task::{Context, Poll};
@@ -98,27 +111,41 @@ impl Token {
     }
 
     /// The token of the environment ([`env`]): `WEFT_TOKEN`, or the file `WEFT_TOKEN_FILE`
-    /// names (not both). `None` when neither is set (or both are empty).
+    /// names (not both: that is an error naming both). `None` when neither is set (or both
+    /// are empty).
     pub fn from_env() -> Result<Option<Self>, Error> {
-        Self::from_vars(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        Self::from_vars(env_var)
+    }
+
+    /// `explicit` when given, else the environment's ([`Token::from_env`]): the rule of the
+    /// [module](self#where-the-token-comes-from). With an explicit token the environment is
+    /// not read.
+    ///
+    /// ```
+    /// use weft_agent::Token;
+    /// let mine = Token::new("weft_0123456789ab_00112233445566778899aabbccddeeff")?;
+    /// let chosen = Token::explicit_or_env(Some(mine))?.expect("the explicit token");
+    /// assert_eq!(chosen.id(), Some("0123456789ab"));
+    /// # Ok::<(), weft_agent::Error>(())
+    /// ```
+    pub fn explicit_or_env(explicit: Option<Token>) -> Result<Option<Self>, Error> {
+        Self::explicit_or_vars(explicit, env_var)
+    }
+
+    /// [`explicit_or_env`](Self::explicit_or_env) over any source of variables.
+    pub(crate) fn explicit_or_vars(
+        explicit: Option<Token>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, Error> {
+        match explicit {
+            Some(token) => Ok(Some(token)),
+            None => Self::from_vars(var),
+        }
     }
 
     /// [`from_env`](Self::from_env) over any source of variables.
     pub(crate) fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, Error> {
-        match (var(env::TOKEN), var(env::TOKEN_FILE)) {
-            (Some(_), Some(_)) => Err(Error::Usage(format!(
-                "{} and {} are both set: set one (the file keeps the secret out of the environment)",
-                env::TOKEN,
-                env::TOKEN_FILE
-            ))),
-            (Some(text), None) => {
-                Self::new(text).map(Some).map_err(|e| Error::Usage(format!("{}: {e}", env::TOKEN)))
-            }
-            (None, Some(path)) => Self::from_file(path.trim())
-                .map(Some)
-                .map_err(|e| Error::Usage(format!("{}: {e}", env::TOKEN_FILE))),
-            (None, None) => Ok(None),
-        }
+        Ok(sourced_from_vars(var)?.map(|(token, _)| token))
     }
 
     /// The token's text, for a caller's own requests (an HTTP client, say). Keep it out of
@@ -142,6 +169,78 @@ impl Token {
     fn text(&self) -> &str {
         // Built from a `&str` in `new`, so it is ASCII.
         self.header.to_str().unwrap_or_default().trim_start_matches("Bearer ")
+    }
+}
+
+/// A variable of the process's environment; set but empty (or blank) counts as unset.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The environment's token and which variable gave it (`WEFT_TOKEN`, `WEFT_TOKEN_FILE PATH`).
+fn sourced_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<(Token, String)>, Error> {
+    match (var(env::TOKEN), var(env::TOKEN_FILE)) {
+        (Some(_), Some(_)) => Err(Error::Usage(format!(
+            "{} and {} are both set: set one (the file keeps the secret out of the environment)",
+            env::TOKEN,
+            env::TOKEN_FILE
+        ))),
+        (Some(text), None) => Token::new(text)
+            .map(|t| Some((t, env::TOKEN.to_owned())))
+            .map_err(|e| Error::Usage(format!("{}: {e}", env::TOKEN))),
+        (None, Some(path)) => Token::from_file(path.trim())
+            .map(|t| Some((t, format!("{} {}", env::TOKEN_FILE, path.trim()))))
+            .map_err(|e| Error::Usage(format!("{}: {e}", env::TOKEN_FILE))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A program's token from its two flags, `text` (the token) and `file` (a file holding it),
+/// named `flags` (`["--auth-token", "--auth-token-file"]`), else from the environment: the
+/// rule of the [module](self#where-the-token-comes-from). Both flags given is an error naming
+/// both; a flag wins over the environment, which is then not read. Returns the token and
+/// where it came from (`--auth-token-file PATH`, `WEFT_TOKEN`, ...) for messages; errors name
+/// the flag or the variable, never the secret.
+///
+/// ```
+/// # fn demo() -> Result<(), weft_agent::Error> {
+/// let flags = ["--auth-token", "--auth-token-file"];
+/// let text = "weft_0123456789ab_00112233445566778899aabbccddeeff";
+/// let (token, from) = weft_agent::token::from_flags_or_env(Some(text), None, flags)?.unwrap();
+/// assert_eq!((token.id(), from.as_str()), (Some("0123456789ab"), "--auth-token"));
+/// let both = weft_agent::token::from_flags_or_env(Some(text), Some("t.token".as_ref()), flags);
+/// assert!(both.unwrap_err().to_string().contains("--auth-token and --auth-token-file"));
+/// # Ok(()) }
+/// ```
+pub fn from_flags_or_env(
+    text: Option<&str>,
+    file: Option<&Path>,
+    flags: [&str; 2],
+) -> Result<Option<(Token, String)>, Error> {
+    from_flags_or_vars(text, file, flags, env_var)
+}
+
+/// [`from_flags_or_env`] over any source of variables (`var(name)`: the value, `None` when
+/// unset or empty), for programs that test their flags without touching the process's
+/// environment.
+pub fn from_flags_or_vars(
+    text: Option<&str>,
+    file: Option<&Path>,
+    [text_flag, file_flag]: [&str; 2],
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<(Token, String)>, Error> {
+    match (text, file) {
+        (Some(_), Some(_)) => Err(Error::Usage(format!(
+            "{text_flag} and {file_flag} are both given: give one (the file keeps the secret out of the \
+             process list)"
+        ))),
+        (Some(text), None) => Token::new(text)
+            .map(|t| Some((t, text_flag.to_owned())))
+            .map_err(|e| Error::Usage(format!("{text_flag}: {e}"))),
+        (None, Some(path)) => Token::from_file(path)
+            .map(|t| Some((t, format!("{file_flag} {}", path.display()))))
+            .map_err(|e| Error::Usage(format!("{file_flag}: {e}"))),
+        (None, None) => sourced_from_vars(var),
     }
 }
 
@@ -217,6 +316,7 @@ mod tests {
     use super::*;
 
     const TEXT: &str = "weft_0123456789ab_00112233445566778899aabbccddeeff";
+    const SECRET_PART: &str = "00112233";
 
     fn vars(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
         move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
@@ -243,6 +343,58 @@ mod tests {
         let e = Token::new("weft_ab_s3cr3t x").unwrap_err().to_string();
         assert!(e.contains("cannot be sent in a header") && !e.contains("s3cr3t"), "{e}");
         assert!(Token::new("x".repeat(MAX_TOKEN_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn explicit_beats_the_environment_and_the_environment_holds_one() {
+        const OTHER: &str = "weft_aaaaaaaaaaaa_ffeeddccbbaa99887766554433221100";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{TEXT}\n")).unwrap();
+        let path = file.display().to_string();
+        let flags = ["--auth-token", "--auth-token-file"];
+        let both_vars = || vars(vec![(env::TOKEN, OTHER.into()), (env::TOKEN_FILE, "/nonexistent".into())]);
+        let id = |t: Option<Token>| t.and_then(|t| t.id().map(str::to_owned));
+
+        // A builder's token wins, and the environment (even a bad one) is not read.
+        let mine = Token::new(TEXT).unwrap();
+        assert_eq!(
+            id(Token::explicit_or_vars(Some(mine.clone()), both_vars()).unwrap()).as_deref(),
+            Some("0123456789ab")
+        );
+        let e = Token::explicit_or_vars(None, both_vars()).unwrap_err().to_string();
+        assert!(e.contains("WEFT_TOKEN and WEFT_TOKEN_FILE are both set"), "{e}");
+        let from_env = Token::explicit_or_vars(None, vars(vec![(env::TOKEN, OTHER.into())])).unwrap();
+        assert_eq!(id(from_env).as_deref(), Some("aaaaaaaaaaaa"));
+
+        // A flag wins over either variable.
+        let (t, from) = from_flags_or_vars(Some(TEXT), None, flags, both_vars()).unwrap().unwrap();
+        assert_eq!((t.id(), from.as_str()), (Some("0123456789ab"), "--auth-token"));
+        let (t, from) = from_flags_or_vars(None, Some(&file), flags, vars(vec![(env::TOKEN, OTHER.into())]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((t.id(), from), (Some("0123456789ab"), format!("--auth-token-file {path}")));
+        // Two explicit sources, or two in the environment, are errors naming both.
+        let e = from_flags_or_vars(Some(TEXT), Some(&file), flags, vars(vec![])).unwrap_err().to_string();
+        assert!(
+            e.contains("--auth-token and --auth-token-file are both given") && !e.contains(SECRET_PART),
+            "{e}"
+        );
+        let e = from_flags_or_vars(None, None, flags, both_vars()).unwrap_err().to_string();
+        assert!(e.contains("WEFT_TOKEN and WEFT_TOKEN_FILE are both set"), "{e}");
+        // Without a flag, the environment's, saying which variable.
+        let (t, from) = from_flags_or_vars(None, None, flags, vars(vec![(env::TOKEN_FILE, path.clone())]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((t.id(), from), (Some("0123456789ab"), format!("WEFT_TOKEN_FILE {path}")));
+        assert!(from_flags_or_vars(None, None, flags, vars(vec![])).unwrap().is_none());
+        // A bad flag is named, its text is not repeated.
+        let e =
+            from_flags_or_vars(Some("weft_ab_s3cr3t x"), None, flags, vars(vec![])).unwrap_err().to_string();
+        assert!(e.starts_with("--auth-token:") && !e.contains("s3cr3t"), "{e}");
+        let missing = dir.path().join("missing");
+        let e = from_flags_or_vars(None, Some(&missing), flags, vars(vec![])).unwrap_err().to_string();
+        assert!(e.starts_with("--auth-token-file:") && e.contains(&missing.display().to_string()), "{e}");
     }
 
     #[test]

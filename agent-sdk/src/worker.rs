@@ -129,8 +129,9 @@ impl WorkerBuilder {
 
     /// Send this bearer token on every request (the Listen stream, its reconnects and the
     /// handlers' calls; see [`Token`]), for nodes with auth on: an `agent` token whose serve
-    /// list names this worker's agents. `None` (the default): no token.
-    /// [`from_env`](Self::from_env) sets it from `WEFT_TOKEN` or `WEFT_TOKEN_FILE`.
+    /// list names this worker's agents. `None` (the default): no token, unless
+    /// [`from_env`](Self::from_env) finds `WEFT_TOKEN` or `WEFT_TOKEN_FILE`; a token given
+    /// here wins over those.
     pub fn token(mut self, token: Option<Token>) -> Self {
         self.token = token;
         self
@@ -212,8 +213,10 @@ impl WorkerBuilder {
     /// `WEFT_SESSION_NAME`, `WEFT_CAPACITY`, `WEFT_DRAIN_TIMEOUT_MS`, `WEFT_AGENT` with
     /// `WEFT_INSTANCE` (claim that instance and serve only it), TLS: `WEFT_TLS_CA`, with
     /// `WEFT_TLS_CERT` and `WEFT_TLS_KEY` for a client certificate ([`Tls::from_env`]), and the
-    /// bearer token: `WEFT_TOKEN` or `WEFT_TOKEN_FILE` ([`Token::from_env`]). A variable that is set but
-    /// empty counts as unset. A bad value is [`Error::Usage`] naming the variable.
+    /// bearer token: `WEFT_TOKEN` or `WEFT_TOKEN_FILE` ([`Token::from_env`]; both set is an
+    /// error), unless a token was given to the builder, which wins ([`Token::explicit_or_env`]).
+    /// A variable that is set but empty counts as unset. A bad value is [`Error::Usage`]
+    /// naming the variable.
     ///
     /// ```no_run
     /// # use weft_agent::{Agent, Worker};
@@ -257,9 +260,8 @@ impl WorkerBuilder {
         if let Some(tls) = Tls::from_vars(&var)? {
             self.tls = Some(tls);
         }
-        if let Some(token) = Token::from_vars(&var)? {
-            self.token = Some(token);
-        }
+        // A token given to the builder wins over the environment's (crate::token's rule).
+        self.token = Token::explicit_or_vars(self.token.take(), &var)?;
         match (var(env::AGENT), var(env::INSTANCE)) {
             (Some(agent), Some(instance)) => {
                 self = self.claim(&agent, &instance).only_claimed(true);
@@ -452,8 +454,13 @@ impl Worker {
     }
 
     /// Runs until stopped. Connection failures are retried forever, with back-off; a
-    /// session the fabric refuses (bad agent names, a claimed instance) ends the run with
-    /// that error.
+    /// session the fabric refuses (bad agent names, a claimed instance, a token it does not
+    /// accept) ends the run with that error, and so does a token revoked or expired while the
+    /// session runs ([`Error::Unauthenticated`], naming the token and why): the fabric ends
+    /// the session, gives its work to other sessions, and would refuse a new one. A worker
+    /// without TLS settings also stops once every endpoint has answered that it requires TLS
+    /// ([`Error::Tls`]: "the node requires TLS: give the CA ... and use https:// endpoints"); a
+    /// node whose certificate is refused is passed over for the next.
     pub async fn run(self) -> Result<(), Error> {
         let mut state = LoopState {
             running: HashMap::new(),
@@ -463,6 +470,8 @@ impl Worker {
         };
         let mut pause = INITIAL_BACKOFF;
         let mut stop_by: Option<Instant> = None;
+        // The endpoints that answered that they require TLS since a session last opened.
+        let mut require_tls = vec![false; self.client.conn.endpoint_count()];
         loop {
             if self.stop.is_cancelled() {
                 let by = *stop_by.get_or_insert_with(|| Instant::now() + self.drain_timeout + FINAL_ACK_WAIT);
@@ -475,14 +484,33 @@ impl Worker {
                 }
             }
             let started = Instant::now();
+            let (endpoint, _) = self.client.conn.current();
             match self.session(&mut state).await {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Ok(SessionEnd::Lost(reason)) => {
+                    require_tls.fill(false);
                     tracing::info!(%reason, "agent session lost; reconnecting");
                 }
                 // Bad agent names, a capacity over the limit, a claimed instance, a token the
-                // fabric does not accept for these agents: retrying cannot help. Overload and unavailability can: they are retried below.
-                Err(e) if e.is_refusal() || matches!(e, Error::Usage(_)) => return Err(e),
+                // fabric does not accept for these agents (or revoked, or expired, while the
+                // session ran): retrying cannot help. Overload and unavailability can: they are
+                // retried below. The handlers still running hold leases the fabric released.
+                Err(e) if e.is_refusal() || matches!(e, Error::Usage(_)) => {
+                    for r in state.running.values() {
+                        r.cancel.cancel();
+                    }
+                    return Err(e);
+                }
+                // Without TLS settings the one TLS problem is a node that requires TLS: once
+                // every endpoint has said so, no retry can help.
+                Err(Error::Tls(problem)) if !self.client.conn.tls() => {
+                    require_tls[endpoint] = true;
+                    if require_tls.iter().all(|r| *r) {
+                        return Err(Error::Tls(format!("{problem} ({})", self.endpoints_named())));
+                    }
+                    let endpoint = self.client.conn.addr(endpoint);
+                    tracing::warn!(error = %problem, endpoint, "cannot open an agent session; trying the next node");
+                }
                 // A node with a bad certificate may be alone in it: the next one may do.
                 Err(e @ Error::Tls(_)) => {
                     tracing::warn!(error = %e, "cannot open an agent session; trying the next node")
@@ -500,6 +528,16 @@ impl Worker {
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = next_backoff(pause);
+        }
+    }
+
+    /// The endpoints, for an error about every one of them.
+    fn endpoints_named(&self) -> String {
+        let conn = &self.client.conn;
+        let all: Vec<&str> = (0..conn.endpoint_count()).map(|i| conn.addr(i)).collect();
+        match all.as_slice() {
+            [one] => format!("endpoint {one}"),
+            _ => format!("every endpoint: {}", all.join(", ")),
         }
     }
 
@@ -521,18 +559,21 @@ impl Worker {
 
     /// One session on the current endpoint, until it is lost or the worker stops.
     async fn session(&self, state: &mut LoopState) -> Result<SessionEnd, Error> {
-        let (_, channel) = self.client.conn.current();
+        let (endpoint, channel) = self.client.conn.current();
         let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(self.capacity as usize * 2 + OUTBOUND_SLACK);
         out.try_send(self.open_message())
             .map_err(|_| Error::Usage("cannot queue the open message".into()))?;
         let outbound =
             futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut grpc = self.client.executions(channel);
-        let mut inbound = grpc.listen(outbound).await.map_err(|s| Error::from_status(&s))?.into_inner();
+        let mut inbound = match grpc.listen(outbound).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.client.conn.error_of(endpoint, &status).await),
+        };
         let opened = match inbound.message().await {
             Ok(Some(pb::FabricMessage { kind: Some(pb::fabric_message::Kind::Opened(o)) })) => o,
             Ok(_) => return Ok(SessionEnd::Lost("the fabric did not open the session".into())),
-            Err(status) => return Err(Error::from_status(&status)),
+            Err(status) => return Err(self.client.conn.error_of(endpoint, &status).await),
         };
         tracing::info!(session = opened.session_id, node = opened.node_id, "agent session open");
         for u in state.unacked.values_mut() {
@@ -576,7 +617,16 @@ impl Worker {
                         }
                     }
                     Ok(None) => return Ok(SessionEnd::Lost("the fabric ended the stream".into())),
-                    Err(status) => return Ok(SessionEnd::Lost(format!("stream error: {}", status.message()))),
+                    Err(status) => {
+                        let error = Error::from_status(&status);
+                        // The token was revoked or expired while the session ran: the fabric
+                        // closed the session (its work goes to other sessions), and every node
+                        // would refuse a new one.
+                        if matches!(error, Error::Unauthenticated(_) | Error::PermissionDenied(_)) {
+                            return Err(error);
+                        }
+                        return Ok(SessionEnd::Lost(format!("stream error: {}", status.message())));
+                    }
                 },
                 Some(done) = state.done.1.recv() => {
                     if state.running.get(&done.execution).is_some_and(|r| r.token == done.token) {
@@ -864,6 +914,32 @@ mod tests {
         let plain = from(&[(env::ENDPOINT, "127.0.0.1:1")]).unwrap();
         assert!(plain.claims.is_empty() && !plain.only_claimed && plain.token.is_none());
         assert_eq!(plain.capacity, 16, "defaults stay");
+    }
+
+    #[test]
+    fn a_token_given_to_the_builder_beats_the_environments() {
+        let mine = Token::new("weft_aaaaaaaaaaaa_00112233445566778899aabbccddeeff").unwrap();
+        let env_token = (env::TOKEN, "weft_0123456789ab_00112233445566778899aabbccddeeff");
+        let with = |vars: &[(&str, &str)]| {
+            let vars: HashMap<String, String> =
+                vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+            Worker::builder(["127.0.0.1:1"])
+                .token(Some(mine.clone()))
+                .with_vars(|name| vars.get(name).cloned())
+        };
+        let b = with(&[env_token]).unwrap();
+        assert_eq!(b.token.as_ref().and_then(|t| t.id()), Some("aaaaaaaaaaaa"), "the builder's token");
+        let b = with(&[env_token, (env::TOKEN_FILE, "/nonexistent/agent.token")]).unwrap();
+        assert_eq!(
+            b.token.as_ref().and_then(|t| t.id()),
+            Some("aaaaaaaaaaaa"),
+            "the environment is not read"
+        );
+        // Without one, both variables set is an error naming both.
+        let e = from(&[(env::ENDPOINT, "a:1"), env_token, (env::TOKEN_FILE, "/nonexistent/agent.token")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WEFT_TOKEN and WEFT_TOKEN_FILE are both set"), "{e}");
     }
 
     #[test]

@@ -40,11 +40,13 @@ struct Args {
     #[arg(long, value_name = "FILE", env = "WEFT_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// The scaler's bearer token, for nodes with auth on (prefer --auth-token-file: a flag's
-    /// value shows in the process list). Replicas do not get it.
-    #[arg(long, value_name = "TOKEN", env = "WEFT_TOKEN", hide_env_values = true)]
+    /// value shows in the process list). Replicas do not get it. Without either flag,
+    /// WEFT_TOKEN or WEFT_TOKEN_FILE (not both) is used.
+    #[arg(long, value_name = "TOKEN")]
     auth_token: Option<String>,
-    /// A file holding the scaler's bearer token (whitespace around it ignored).
-    #[arg(long, value_name = "FILE", env = "WEFT_TOKEN_FILE")]
+    /// A file holding the scaler's bearer token (whitespace around it ignored; not with
+    /// --auth-token). Either flag wins over WEFT_TOKEN and WEFT_TOKEN_FILE.
+    #[arg(long, value_name = "FILE")]
     auth_token_file: Option<PathBuf>,
     /// Validate the configuration and exit: 0 when valid, 1 (with the agent, field and
     /// reason) when not.

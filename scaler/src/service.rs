@@ -80,20 +80,16 @@ pub struct Options {
     pub token: Option<Token>,
 }
 
-/// The scaler's own token from the command line: its text or a file holding it (not both).
+/// The flags that give the scaler's own token.
+const TOKEN_FLAGS: [&str; 2] = ["--auth-token", "--auth-token-file"];
+
+/// The scaler's own token: from `--auth-token` (`text`) or `--auth-token-file` (`file`), else
+/// from `WEFT_TOKEN` or `WEFT_TOKEN_FILE`; both flags, or both variables, are an error naming
+/// both (the SDK's rule, [`weft_agent::token::from_flags_or_env`]).
 pub fn token(text: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<Token>, Error> {
-    match (text, file) {
-        (Some(_), Some(_)) => Err(Error::Token(
-            "give --auth-token (WEFT_TOKEN) or --auth-token-file (WEFT_TOKEN_FILE), not both".into(),
-        )),
-        (Some(text), None) => {
-            Token::new(text).map(Some).map_err(|e| Error::Token(format!("--auth-token: {e}")))
-        }
-        (None, Some(file)) => {
-            Token::from_file(file).map(Some).map_err(|e| Error::Token(format!("--auth-token-file: {e}")))
-        }
-        (None, None) => Ok(None),
-    }
+    weft_agent::token::from_flags_or_env(text, file, TOKEN_FLAGS)
+        .map(|found| found.map(|(token, _)| token))
+        .map_err(|e| Error::Token(e.to_string()))
 }
 
 /// The TLS files of the scaler's connection to the fabric; with `ca` set, the scaler uses
@@ -309,17 +305,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("scaler.token");
         std::fs::write(&file, "weft_0123456789ab_00112233445566778899aabbccddeeff\n").unwrap();
-        assert!(token(None, None).unwrap().is_none());
         let t = token(None, Some(&file)).unwrap().unwrap();
         assert_eq!(t.id(), Some("0123456789ab"));
         let t = token(Some("weft_0123456789ab_00112233445566778899aabbccddeeff"), None).unwrap().unwrap();
         assert_eq!(t.id(), Some("0123456789ab"));
         let e = token(Some("x"), Some(&file)).unwrap_err().to_string();
-        assert!(e.contains("not both"), "{e}");
+        assert!(e.contains("--auth-token and --auth-token-file are both given"), "{e}");
         let missing = dir.path().join("missing");
         let e = token(None, Some(&missing)).unwrap_err().to_string();
         assert!(e.contains("--auth-token-file") && e.contains(&missing.display().to_string()), "{e}");
         let options = Options { token: Some(t), ..Options::default() };
         assert!(!format!("{options:?}").contains("00112233"), "the secret stays out of Debug");
+    }
+
+    #[test]
+    fn a_flag_beats_the_environment_which_holds_one_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("scaler.token");
+        std::fs::write(&file, "weft_0123456789ab_00112233445566778899aabbccddeeff\n").unwrap();
+        let env_text = "weft_aaaaaaaaaaaa_ffeeddccbbaa99887766554433221100";
+        let vars = |pairs: Vec<(&'static str, String)>| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+        };
+        let id = |found: Option<(Token, String)>| found.and_then(|(t, _)| t.id().map(str::to_owned));
+        let env = || vars(vec![("WEFT_TOKEN", env_text.to_owned())]);
+        let from = |text, file, var| weft_agent::token::from_flags_or_vars(text, file, TOKEN_FLAGS, var);
+        assert_eq!(id(from(None, Some(file.as_path()), env()).unwrap()).as_deref(), Some("0123456789ab"));
+        assert_eq!(id(from(None, None, env()).unwrap()).as_deref(), Some("aaaaaaaaaaaa"));
+        let both =
+            vars(vec![("WEFT_TOKEN", env_text.to_owned()), ("WEFT_TOKEN_FILE", file.display().to_string())]);
+        let e = from(None, None, both).unwrap_err().to_string();
+        assert!(e.contains("WEFT_TOKEN and WEFT_TOKEN_FILE are both set"), "{e}");
+        let both =
+            vars(vec![("WEFT_TOKEN", env_text.to_owned()), ("WEFT_TOKEN_FILE", "/nonexistent".into())]);
+        assert_eq!(id(from(None, Some(file.as_path()), both).unwrap()).as_deref(), Some("0123456789ab"));
     }
 }

@@ -17,6 +17,7 @@ use weft_proto::fabric::v1::executions_server::Executions as _;
 use weft_proto::fabric::v1::instances_server::Instances as _;
 use weft_proto::fabric::v1::state_server::State as _;
 use weft_proto::fabric::v1::streams_server::Streams as _;
+use weft_proto::fabric::v1::tokens_server::Tokens as _;
 
 use super::body::{JsonBody, PathOf, QueryOf, RawBody};
 use super::error::{ApiError, ErrorBody};
@@ -658,11 +659,14 @@ pub async fn read_items(
 
 /// Follows a stream live as Server-Sent Events: one `item` event per item (its JSON, with
 /// `id:` its seq), from `from_seq` or from the next append; an `end` event when the stream
-/// is closed or deleted. A client that reconnects with `Last-Event-ID` goes on after it.
+/// is closed or deleted, or with the error (`{"error": {"code": "UNAUTHENTICATED", ...}}`)
+/// when the token that opened the tail is revoked or expires. A client that reconnects with
+/// `Last-Event-ID` goes on after it.
 #[utoipa::path(get, path = "/v1/streams/{name}/tail", tag = "streams",
     params(("name" = String, Path), model::TailQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Go on after this seq")),
-    responses((status = 200, content_type = "text/event-stream", body = String, description = "item events"),
+    responses((status = 200, content_type = "text/event-stream", body = model::TailEvent,
+            description = "Server-Sent Events: the schema is that of one event"),
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn tail(
     State(api): State<Api>,
@@ -688,77 +692,143 @@ pub async fn tail(
         (None, None) => info.last_seq.saturating_add(1),
     };
     let uid = info.uid;
+    // Ends the tail when the caller's token is revoked or expires.
+    let mut lapse = api.ctx.lapse(&caller);
     let events = async_stream(move |tx| async move {
         let _permit = permit;
-        let mut applied = api.ctx.raft.metrics();
         let end = |status: tonic::Status| {
             Event::default()
                 .event("end")
                 .data(serde_json::to_string(&super::error::body(&status)).unwrap_or_default())
         };
-        loop {
-            // The stream as it is before the read: once the read is caught up, every item up
-            // to `last_seq` has been looked at (a filter may have passed over some), so the
-            // next read starts after it and does not scan them again.
-            let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(true) };
-            let info = match api.streams.info(request(&caller, info_req)).await {
-                Ok(i) => i.into_inner(),
-                Err(status) => {
-                    let _ = tx.send(end(status)).await;
-                    return;
-                }
-            };
-            if info.uid != uid {
-                let _ = tx.send(Event::default().event("end").data("{\"reason\":\"deleted\"}")).await;
-                return;
-            }
-            let req = pb::ReadRequest {
-                stream: stream.clone(),
-                from_seq: next,
-                limit: 0,
-                filter: filter.clone(),
-                consistency: consistency(true),
-            };
-            let page = match api.streams.read(request(&caller, req)).await {
-                Ok(page) => page.into_inner(),
-                Err(status) => {
-                    let _ = tx.send(end(status)).await;
-                    return;
-                }
-            };
-            for item in page.items {
-                next = item.seq.saturating_add(1);
-                let id = item.seq.to_string();
-                let data = serde_json::to_string(&model::Item::from(item)).unwrap_or_default();
-                if tx.send(Event::default().event("item").id(id).data(data)).await.is_err() {
-                    return;
-                }
-            }
-            if page.next_seq != 0 {
-                next = next.max(page.next_seq);
-                continue;
-            }
-            next = next.max(info.last_seq.saturating_add(1));
-            if info.closed {
-                let _ = tx.send(Event::default().event("end").data("{\"reason\":\"closed\"}")).await;
-                return;
-            }
-            // Wait until this node applies another entry (Raft publishes metrics far more often:
-            // heartbeats, ticks).
-            let seen = applied.borrow().last_applied.map(|l| l.index);
+        let tail = async {
+            let mut applied = api.ctx.raft.metrics();
             loop {
-                tokio::select! {
-                    _ = api.shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    changed = applied.changed() => if changed.is_err() { return },
+                // The stream as it is before the read: once the read is caught up, every item up
+                // to `last_seq` has been looked at (a filter may have passed over some), so the
+                // next read starts after it and does not scan them again.
+                let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(true) };
+                let info = match api.streams.info(request(&caller, info_req)).await {
+                    Ok(i) => i.into_inner(),
+                    Err(status) => {
+                        let _ = tx.send(end(status)).await;
+                        return;
+                    }
+                };
+                if info.uid != uid {
+                    let _ = tx.send(Event::default().event("end").data("{\"reason\":\"deleted\"}")).await;
+                    return;
                 }
-                if applied.borrow().last_applied.map(|l| l.index) != seen {
-                    break;
+                let req = pb::ReadRequest {
+                    stream: stream.clone(),
+                    from_seq: next,
+                    limit: 0,
+                    filter: filter.clone(),
+                    consistency: consistency(true),
+                };
+                let page = match api.streams.read(request(&caller, req)).await {
+                    Ok(page) => page.into_inner(),
+                    Err(status) => {
+                        let _ = tx.send(end(status)).await;
+                        return;
+                    }
+                };
+                for item in page.items {
+                    next = item.seq.saturating_add(1);
+                    let id = item.seq.to_string();
+                    let data = serde_json::to_string(&model::Item::from(item)).unwrap_or_default();
+                    if tx.send(Event::default().event("item").id(id).data(data)).await.is_err() {
+                        return;
+                    }
+                }
+                if page.next_seq != 0 {
+                    next = next.max(page.next_seq);
+                    continue;
+                }
+                next = next.max(info.last_seq.saturating_add(1));
+                if info.closed {
+                    let _ = tx.send(Event::default().event("end").data("{\"reason\":\"closed\"}")).await;
+                    return;
+                }
+                // Wait until this node applies another entry (Raft publishes metrics far more often:
+                // heartbeats, ticks).
+                let seen = applied.borrow().last_applied.map(|l| l.index);
+                loop {
+                    tokio::select! {
+                        _ = api.shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        changed = applied.changed() => if changed.is_err() { return },
+                    }
+                    if applied.borrow().last_applied.map(|l| l.index) != seen {
+                        break;
+                    }
                 }
             }
+        };
+        // The tail holds no state in the grid: it may stop wherever it waits.
+        if let Err(why) = lapse.guard(tail).await {
+            let _ = tokio::time::timeout(crate::auth::END_SEND_WAIT, tx.send(end(why.ending()))).await;
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)))
+}
+
+// ---- tokens ----------------------------------------------------------------------------------
+
+/// Makes a bearer token (admins only): 201 with its text, shown this once, and its record.
+/// Answers once every member has applied it (waiting up to 10 s; `not_applied` names those
+/// that had not), so the token works on any node at once.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = model::CreateToken,
+    responses((status = 201, body = model::CreatedToken), (status = 400, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "The cluster holds its most tokens (10 000)")))]
+pub async fn create_token(
+    State(api): State<Api>,
+    caller: Caller,
+    JsonBody(body): JsonBody<model::CreateToken>,
+) -> Result<Response, ApiError> {
+    let answer = api.tokens.create(request(&caller, body.into_pb())).await?.into_inner();
+    let created = model::CreatedToken {
+        token: answer.token,
+        record: answer.record.map(Into::into),
+        not_applied: answer.not_applied,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// The cluster's tokens in id order (admins only), never a secret or a hash.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(model::ListTokensQuery),
+    responses((status = 200, body = model::TokenPage), (status = 400, body = ErrorBody)))]
+pub async fn list_tokens(
+    State(api): State<Api>,
+    caller: Caller,
+    QueryOf(q): QueryOf<model::ListTokensQuery>,
+) -> Answer<model::TokenPage> {
+    let req = pb::ListTokensRequest {
+        page_size: q.limit.unwrap_or(0),
+        page_token: q.page_token.unwrap_or_default(),
+        consistency: consistency(q.stale),
+    };
+    let page = api.tokens.list(request(&caller, req)).await?.into_inner();
+    Ok(Json(model::TokenPage {
+        tokens: page.tokens.into_iter().map(Into::into).collect(),
+        next_page_token: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+    }))
+}
+
+/// Revokes a token (admins only), then waits (up to 10 s) until every member has applied the
+/// revoke, so that every node refuses the token once this answers.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9]{4,64}$",
+        description = "The token's id (the part after `weft_`, before the secret)")),
+    responses((status = 200, body = model::RevokedToken), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No token ever had this id")))]
+pub async fn revoke_token(
+    State(api): State<Api>,
+    caller: Caller,
+    PathOf(id): PathOf<String>,
+) -> Answer<model::RevokedToken> {
+    let answer = api.tokens.revoke(request(&caller, pb::RevokeTokenRequest { id })).await?.into_inner();
+    Ok(Json(model::RevokedToken { existed: answer.existed, not_applied: answer.not_applied }))
 }
 
 /// Events a tail may have waiting for a slow client.

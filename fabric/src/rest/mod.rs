@@ -1,6 +1,6 @@
 //! The HTTP/JSON API, on the node's one port beside gRPC, for callers in any language: state,
-//! executions, instances, sessions, the cluster and streams (with a live tail as Server-Sent
-//! Events), and the OpenAPI document that describes it, generated from these handlers and
+//! executions, instances, sessions, the cluster, streams (with a live tail as Server-Sent
+//! Events) and bearer tokens, and the OpenAPI document that describes it, generated from these handlers and
 //! types (`GET /openapi.json`).
 //!
 //! ```text
@@ -31,11 +31,13 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-use crate::api::{ClusterService, ExecutionService, InstanceService, StateService, StreamService};
+use crate::api::{
+    ClusterService, ExecutionService, InstanceService, StateService, StreamService, TokenService,
+};
 use crate::auth::Caller;
 use crate::routing::Context;
 
@@ -56,6 +58,7 @@ pub struct Api {
     pub(crate) instances: InstanceService,
     pub(crate) streams: StreamService,
     pub(crate) cluster: ClusterService,
+    pub(crate) tokens: TokenService,
     pub(crate) tails: Arc<tokio::sync::Semaphore>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -73,7 +76,7 @@ pub(crate) fn request<T>(caller: &Caller, message: T) -> tonic::Request<T> {
 #[openapi(
     info(
         title = "Weft HTTP/JSON API",
-        description = "State, executions, instances, sessions, the cluster and streams of a Weft fabric node. \
+        description = "State, executions, instances, sessions, the cluster, streams and bearer tokens of a Weft fabric node. \
 Every operation calls the same service a gRPC caller reaches; errors carry the gRPC code and message.",
         license(name = "Apache-2.0")
     ),
@@ -103,6 +106,9 @@ Every operation calls the same service a gRPC caller reaches; errors carry the g
         handlers::append,
         handlers::read_items,
         handlers::tail,
+        handlers::create_token,
+        handlers::list_tokens,
+        handlers::revoke_token,
     ),
     components(schemas(ErrorBody, error::ErrorDetail)),
     modifiers(&CommonErrors),
@@ -111,7 +117,8 @@ Every operation calls the same service a gRPC caller reaches; errors carry the g
         (name = "executions", description = "Calls of agents' delegates"),
         (name = "instances", description = "Agent instances"),
         (name = "state", description = "Key/value state"),
-        (name = "streams", description = "Streams: append, read, live tail")
+        (name = "streams", description = "Streams: append, read, live tail"),
+        (name = "tokens", description = "Bearer tokens: create (the secret shown once), list, revoke; admins only")
     )
 )]
 pub struct ApiDoc;
@@ -181,6 +188,7 @@ pub fn router(ctx: Context, shutdown: CancellationToken, max_body_bytes: usize) 
         instances: InstanceService::new(ctx.clone()),
         streams: StreamService::new(ctx.clone(), shutdown.clone()),
         cluster: ClusterService::new(ctx.clone()),
+        tokens: TokenService::new(ctx.clone()),
         tails: Arc::new(tokio::sync::Semaphore::new(MAX_TAILS)),
         shutdown,
         ctx,
@@ -216,6 +224,8 @@ pub fn router(ctx: Context, shutdown: CancellationToken, max_body_bytes: usize) 
         .route("/v1/streams", get(handlers::list_streams))
         .route("/v1/streams/{name}/items", get(handlers::read_items).post(handlers::append))
         .route("/v1/streams/{name}/tail", get(handlers::tail))
+        .route("/v1/tokens", get(handlers::list_tokens).post(handlers::create_token))
+        .route("/v1/tokens/{id}", delete(handlers::revoke_token))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(api)

@@ -680,6 +680,21 @@ pub struct ReadQuery {
     pub stale: bool,
 }
 
+/// One Server-Sent Event of a live tail, as an SSE client parses it: `item` events carry an
+/// item's JSON (the `Item` schema) with the item's seq as their `id`; the one `end` event says why the
+/// tail ended (`{"reason": "closed"}`, `{"reason": "deleted"}`, or an error body).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TailEvent {
+    /// `item` or `end`.
+    #[schema(pattern = "^(item|end)$")]
+    pub event: String,
+    /// The seq of the (last) item sent: resume after it with `Last-Event-ID`.
+    pub id: Option<String>,
+    /// JSON text: the item, or why the tail ended.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+}
+
 /// Where a live tail starts.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -716,6 +731,134 @@ pub struct ListStreamsQuery {
     pub page_token: Option<String>,
     /// Page size (default and most: the node's `max_list_page`).
     pub limit: Option<u32>,
+}
+
+/// `POST /v1/tokens`: a new bearer token. Fields as in `weft tokens create`; each bad one is
+/// refused with 400 naming it, and nothing is made.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// What it is for: 1-128 characters of `[A-Za-z0-9._-]` (lists and the audit trail show it).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
+    pub name: String,
+    /// `admin`, `operator`, `agent` or `client`.
+    #[schema(pattern = "^(admin|operator|agent|client)$")]
+    pub role: String,
+    /// Agents it may serve (role `agent` only): agent names or `*`. At most 64 entries per
+    /// list.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub serve: Vec<String>,
+    /// Agents it may call: agent names or `*`.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub call: Vec<String>,
+    /// State namespace prefixes it may read and write (`shared/orders`), or `*`: 1-256 bytes
+    /// without whitespace or commas.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub namespaces: Vec<String>,
+    /// Stream name prefixes it may create, append to and read, or `*` (as `namespaces`).
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub streams: Vec<String>,
+    /// Refused this long after it is made (1 ms to ten years); absent: until revoked.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000000_f64)] // grid::token::MAX_EXPIRES_IN_MS
+    pub expires_in_ms: Option<u64>,
+}
+
+impl CreateToken {
+    /// The protocol's request for this token.
+    pub fn into_pb(self) -> pb::CreateTokenRequest {
+        pb::CreateTokenRequest {
+            name: self.name,
+            role: self.role,
+            serve: self.serve,
+            call: self.call,
+            namespaces: self.namespaces,
+            streams: self.streams,
+            expires_in_ms: self.expires_in_ms,
+        }
+    }
+}
+
+/// A token as lists show it: never its secret or hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenRecord {
+    /// Public: the part of the token text between `weft_` and the secret.
+    pub id: String,
+    pub name: String,
+    /// `admin`, `operator`, `agent` or `client`.
+    pub role: String,
+    pub serve: Vec<String>,
+    pub call: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub streams: Vec<String>,
+    /// Leader-stamped milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When it stops being accepted; null: never.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl From<pb::TokenRecord> for TokenRecord {
+    fn from(t: pb::TokenRecord) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            role: t.role,
+            serve: t.serve,
+            call: t.call,
+            namespaces: t.namespaces,
+            streams: t.streams,
+            created_at_ms: t.created_at_ms,
+            expires_at_ms: t.expires_at_ms,
+        }
+    }
+}
+
+/// The answer to `POST /v1/tokens`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    /// `weft_<id>_<secret>`: give it to its user now; nothing shows it again.
+    pub token: String,
+    /// What lists show of it (null only when it was revoked before this answer).
+    pub record: Option<TokenRecord>,
+    /// Members that had not applied the create when the node stopped waiting (10 s); each
+    /// accepts the token once it catches up. Empty: every node accepts it now.
+    pub not_applied: Vec<u64>,
+}
+
+/// A page of tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPage {
+    pub tokens: Vec<TokenRecord>,
+    /// Pass as `page_token` for the next page; null at the end.
+    pub next_page_token: Option<String>,
+}
+
+/// Paging of `GET /v1/tokens`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListTokensQuery {
+    /// Continue after this token id (the previous page's `next_page_token`).
+    pub page_token: Option<String>,
+    /// Page size (absent or 0: 100, the most).
+    #[param(maximum = 100)]
+    pub limit: Option<u32>,
+    /// Read this node's replica without asking the leader (may lag).
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// The answer to `DELETE /v1/tokens/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedToken {
+    /// False when the token had been revoked before (nothing changed now).
+    pub existed: bool,
+    /// Members that had not applied the revoke when the node stopped waiting (10 s); each
+    /// refuses the token once it catches up. Empty: every node refuses it now.
+    pub not_applied: Vec<u64>,
 }
 
 /// Refuses a body field that must not be empty.

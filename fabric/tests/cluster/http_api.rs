@@ -361,6 +361,8 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/streams", &["get"]),
         ("/v1/streams/{name}/items", &["get", "post"]),
         ("/v1/streams/{name}/tail", &["get"]),
+        ("/v1/tokens", &["get", "post"]),
+        ("/v1/tokens/{id}", &["delete"]),
     ] {
         for method in methods {
             assert!(
@@ -369,7 +371,23 @@ async fn the_openapi_document_covers_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 17, "a documented path the test does not know: {:?}", paths.keys());
+    // The token routes, like every operation, document the bearer scheme and its refusals.
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    for (path, method) in [("/v1/tokens", "get"), ("/v1/tokens", "post"), ("/v1/tokens/{id}", "delete")] {
+        let responses = &paths[path][method]["responses"];
+        for code in ["400", "401", "403"] {
+            assert!(responses.get(code).is_some(), "{method} {path} does not document {code}: {responses}");
+        }
+    }
+    assert!(paths["/v1/tokens/{id}"]["delete"]["responses"].get("404").is_some());
+    assert!(paths["/v1/tokens"]["post"]["responses"].get("201").is_some());
+    let expires = &doc["components"]["schemas"]["CreateToken"]["properties"]["expires_in_ms"];
+    assert_eq!(
+        expires["maximum"].as_f64(),
+        Some(weft_fabric::grid::token::MAX_EXPIRES_IN_MS as f64),
+        "the documented bound is the grid's: {expires}"
+    );
+    assert_eq!(paths.len(), 19, "a documented path the test does not know: {:?}", paths.keys());
     // Every documented operation is served: none answers 404 "no such path".
     for path in paths.keys() {
         let concrete = path.replace("{id}", "1").replace('{', "x").replace('}', "");

@@ -3,7 +3,9 @@
 //! expired and revoked tokens refused on gRPC (UNAUTHENTICATED) and HTTP (401) naming why; a
 //! token made through one node works on another; a revoke through one node is refused by
 //! every node once the CLI returns; creates and revokes in the audit trail without secrets;
-//! refusals counted in `/metrics`; tokens kept across a restart of the whole cluster.
+//! refusals counted in `/metrics`; tokens kept across a restart of the whole cluster; the same
+//! through the HTTP API (`POST /v1/tokens`, `GET /v1/tokens`, `DELETE /v1/tokens/{id}`); the
+//! CLI taking a flag's token over the environment's, and refusing two at once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -396,4 +398,224 @@ async fn weft_dev_auth_writes_an_admin_token_and_requires_it() {
         weft_json(&endpoint, &["--auth-token-file", token_file.to_str().unwrap(), "tokens", "list"]).await;
     assert_eq!(code, 0, "{listed}");
     assert_eq!(listed["tokens"][0]["name"], "bootstrap");
+}
+
+/// `METHOD path` on `addr` with `bearer` as its token and `body` as JSON: (status, JSON body).
+async fn http_as(
+    addr: &str,
+    bearer_token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let auth = bearer(bearer_token);
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let answer = http(addr, method, path, &headers, body.as_bytes()).await;
+    (answer.status, answer.json())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_made_listed_and_revoked_over_http() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_file, admin) = bootstrap_file(dir.path());
+    let cluster = Cluster::start(3, auth_on(&admin_file)).await;
+    let addrs = cluster.addrs.clone();
+    for node in 1..=3 {
+        wait_for_token(&cluster, node, admin.id()).await;
+    }
+    let admin_text = admin.reveal();
+
+    tracing::info!("phase: an admin creates a client token over HTTP through node 1: 201, the secret once");
+    let (status, created) = http_as(
+        &addrs[0],
+        &admin_text,
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "http-app", "role": "client", "call": ["echo"], "namespaces": ["shared/app"],
+            "expires_in_ms": 86400000}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let text = created["token"].as_str().expect("the token text").to_owned();
+    let token = Credential::parse(&text).expect("a well-formed token");
+    let secret = text[5 + token.id().len() + 1..].to_owned();
+    let record = &created["record"];
+    assert_eq!(record["id"], token.id());
+    assert_eq!((record["name"].as_str(), record["role"].as_str()), (Some("http-app"), Some("client")));
+    assert_eq!(record["call"], serde_json::json!(["echo"]));
+    assert_eq!(record["serve"], serde_json::json!([]));
+    let created_at = record["created_at_ms"].as_u64().expect("created_at_ms");
+    assert_eq!(record["expires_at_ms"].as_u64(), Some(created_at + 86_400_000));
+    assert_eq!(created["not_applied"], serde_json::json!([]), "every member applied it");
+    assert!(!record.to_string().contains(&secret) && !record.to_string().contains("hash"), "{record}");
+
+    tracing::info!("phase: the new token works over gRPC and HTTP on every node, within its scopes");
+    for addr in &addrs {
+        grpc_status(addr, Some(&bearer(&text))).await.expect("the new token works over gRPC");
+        assert_eq!(http_status(addr, Some(&bearer(&text))).await.0, 200, "over HTTP at {addr}");
+    }
+    let put =
+        http(&addrs[2], "PUT", "/v1/state/shared/app/k", &[("Authorization", &bearer(&text))], b"v").await;
+    assert_eq!(put.status, 200, "its namespace: {}", String::from_utf8_lossy(&put.body));
+    let (status, body) = http_as(&addrs[2], &text, "GET", "/v1/tokens", "").await;
+    assert_eq!(status, 403, "a client token may not list tokens: {body}");
+    assert_eq!(body["error"]["code"], "PERMISSION_DENIED");
+    assert!(body["error"]["message"].as_str().unwrap().contains("needs role admin"), "{body}");
+
+    tracing::info!("phase: the list (through node 3) shows it, and no secret");
+    let (status, listed) = http_as(&addrs[2], &admin_text, "GET", "/v1/tokens", "").await;
+    assert_eq!(status, 200, "{listed}");
+    let tokens = listed["tokens"].as_array().expect("tokens");
+    let mine = tokens.iter().find(|t| t["id"] == token.id()).unwrap_or_else(|| panic!("listed: {listed}"));
+    assert_eq!(mine, record, "the list shows the record the create answered");
+    assert!(tokens.iter().any(|t| t["id"] == admin.id() && t["name"] == "bootstrap"), "{listed}");
+    assert!(listed["next_page_token"].is_null(), "{listed}");
+    let admin_secret = &admin_text[5 + admin.id().len() + 1..];
+    assert!(!listed.to_string().contains(&secret) && !listed.to_string().contains(admin_secret), "{listed}");
+    let (status, page) = http_as(&addrs[2], &admin_text, "GET", "/v1/tokens?limit=1", "").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["tokens"].as_array().map(Vec::len), Some(1));
+    let next = page["next_page_token"].as_str().expect("a next page").to_owned();
+    let (status, rest) =
+        http_as(&addrs[2], &admin_text, "GET", &format!("/v1/tokens?limit=100&page_token={next}"), "").await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!(rest["tokens"].as_array().map(Vec::len), Some(tokens.len() - 1), "{rest}");
+
+    tracing::info!("phase: bad requests get 400 naming the field, 401, 403 and 404; nothing is made");
+    let count = |cluster: &Cluster| cluster.node(1).applied().read(|a| a.grid.tokens_after(None).count());
+    let before = count(&cluster);
+    for (body, expected) in [
+        (r#"{"name": "x y", "role": "client"}"#, "invalid token name 'x y'"),
+        (r#"{"name": "x", "role": "boss"}"#, "role: unknown role \"boss\""),
+        (r#"{"name": "x", "role": "client", "serve": ["echo"]}"#, "serve: only role agent"),
+        (r#"{"name": "x", "role": "client", "streams": ["a b"]}"#, "streams: 'a b'"),
+        (r#"{"name": "x", "role": "client", "expires_in_ms": 0}"#, "expires_in_ms"),
+        (r#"{"role": "client"}"#, "missing field `name`"),
+        (r#"{"name": "x", "role": "client", "secret": "mine"}"#, "unknown field `secret`"),
+    ] {
+        let (status, answer) = http_as(&addrs[0], &admin_text, "POST", "/v1/tokens", body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{body}: {message} should say {expected:?}");
+    }
+    let none = http(
+        &addrs[0],
+        "POST",
+        "/v1/tokens",
+        &[("Content-Type", "application/json")],
+        br#"{"name": "x", "role": "admin"}"#,
+    )
+    .await;
+    assert_eq!(none.status, 401, "no token");
+    let (status, answer) =
+        http_as(&addrs[0], &text, "POST", "/v1/tokens", r#"{"name": "mine", "role": "admin"}"#).await;
+    assert_eq!(status, 403, "a client token may not make tokens: {answer}");
+    let (status, answer) =
+        http_as(&addrs[0], &text, "DELETE", &format!("/v1/tokens/{}", admin.id()), "").await;
+    assert_eq!(status, 403, "nor revoke them: {answer}");
+    let (status, answer) = http_as(&addrs[0], &admin_text, "DELETE", "/v1/tokens/nosuchid", "").await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("no token 'nosuchid'"), "{answer}");
+    let (status, answer) = http_as(&addrs[0], &admin_text, "DELETE", "/v1/tokens/not-an-id", "").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("id: 'not-an-id'"), "{answer}");
+    let (status, answer) = http_as(&addrs[0], &admin_text, "GET", "/v1/tokens?limit=101", "").await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(count(&cluster), before, "no refused request made a token");
+    grpc_status(&addrs[0], Some(&bearer(&admin_text))).await.expect("the admin token still works");
+
+    tracing::info!("phase: revoked over HTTP through node 2: every node refuses it once the answer is in");
+    let (status, revoked) =
+        http_as(&addrs[1], &admin_text, "DELETE", &format!("/v1/tokens/{}", token.id()), "").await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked, serde_json::json!({"existed": true, "not_applied": []}));
+    for addr in &addrs {
+        refused_everywhere(addr, Some(&bearer(&text)), "was revoked", &secret).await;
+    }
+    let (status, again) =
+        http_as(&addrs[2], &admin_text, "DELETE", &format!("/v1/tokens/{}", token.id()), "").await;
+    assert_eq!((status, &again["existed"]), (200, &serde_json::json!(false)), "{again}");
+    let (_, listed) = http_as(&addrs[0], &admin_text, "GET", "/v1/tokens", "").await;
+    assert!(listed["tokens"].as_array().unwrap().iter().all(|t| t["id"] != token.id()), "{listed}");
+
+    tracing::info!("phase: the HTTP create and revoke are in the audit trail with the admin");
+    let audit = audit_text(&admin_file, &addrs[0]).await;
+    let admin_name = format!("token {} (bootstrap)", admin.id());
+    for target in [format!("token {} (http-app), role client", token.id()), format!("token {}", token.id())] {
+        assert!(audit.contains(&target), "{target} in the audit trail: {audit}");
+    }
+    assert!(audit.contains(&admin_name) && !audit.contains(&secret), "{audit}");
+    cluster.shutdown().await;
+}
+
+/// `weft ARGS` against `endpoint` with exactly the token variables `vars` in its environment:
+/// (exit code, stdout, stderr).
+async fn weft_with_env(endpoint: &str, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(weft_bin());
+    command
+        .args(args)
+        .env("WEFT_ENDPOINT", endpoint)
+        .env_remove("RUST_LOG")
+        .env_remove("WEFT_TOKEN")
+        .env_remove("WEFT_TOKEN_FILE")
+        .envs(vars.iter().copied())
+        .kill_on_drop(true);
+    let out =
+        tokio::time::timeout(CLI_PATIENCE, command.output()).await.expect("weft in time").expect("run weft");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_takes_a_flags_token_over_the_environments_and_refuses_two_at_once() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_file, admin) = bootstrap_file(dir.path());
+    let cluster = Cluster::start(1, auth_on(&admin_file)).await;
+    wait_for_token(&cluster, 1, admin.id()).await;
+    let addr = cluster.addrs[0].clone();
+    let admin_path = admin_file.to_str().unwrap();
+    let unknown = Credential::generate().reveal();
+    let unknown_file = dir.path().join("unknown.token");
+    std::fs::write(&unknown_file, &unknown).unwrap();
+    let unknown_path = unknown_file.to_str().unwrap();
+
+    tracing::info!("phase: a flag wins over either variable");
+    for (vars, flag) in [
+        (vec![("WEFT_TOKEN", unknown.as_str())], ["--auth-token-file", admin_path]),
+        (vec![("WEFT_TOKEN_FILE", unknown_path)], ["--auth-token", &admin.reveal()]),
+        (
+            vec![("WEFT_TOKEN", unknown.as_str()), ("WEFT_TOKEN_FILE", unknown_path)],
+            ["--auth-token-file", admin_path],
+        ),
+    ] {
+        let (code, out, err) = weft_with_env(&addr, &vars, &[flag[0], flag[1], "tokens", "list"]).await;
+        assert_eq!(code, 0, "{vars:?} {}: {out} {err}", flag[0]);
+    }
+
+    tracing::info!("phase: without a flag, the one variable set is used");
+    let (code, _, err) = weft_with_env(&addr, &[("WEFT_TOKEN_FILE", admin_path)], &["tokens", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = weft_with_env(&addr, &[("WEFT_TOKEN", unknown.as_str())], &["status"]).await;
+    assert!(code == 1 && err.contains("unknown token"), "the variable's token was sent: {err}");
+
+    tracing::info!("phase: both variables, or both flags, are refused naming both, before anything is sent");
+    let both = [("WEFT_TOKEN", admin.reveal()), ("WEFT_TOKEN_FILE", admin_path.to_owned())];
+    let both: Vec<(&str, &str)> = both.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = weft_with_env(&addr, &both, &["status"]).await;
+    assert!(code == 1 && err.contains("WEFT_TOKEN and WEFT_TOKEN_FILE are both set"), "{err}");
+    let (code, _, err) = weft_with_env(
+        &addr,
+        &[],
+        &["--auth-token", &admin.reveal(), "--auth-token-file", admin_path, "status"],
+    )
+    .await;
+    assert!(code == 1 && err.contains("--auth-token and --auth-token-file are both given"), "{err}");
+    let secret = &admin.reveal()[5 + admin.id().len() + 1..];
+    assert!(!err.contains(secret), "the refusal repeats no secret: {err}");
+    cluster.shutdown().await;
 }

@@ -16,8 +16,10 @@
 //! With `--tls-ca` (or `WEFT_TLS_CA`) every endpoint is reached over TLS, checking the node's
 //! certificate against that CA; `--tls-cert` and `--tls-key` add a client certificate.
 //!
-//! With `--auth-token` (`WEFT_TOKEN`) or `--auth-token-file` (`WEFT_TOKEN_FILE`) every request
-//! carries `authorization: Bearer <token>`, for nodes that run with auth on.
+//! With `--auth-token` or `--auth-token-file` (else `WEFT_TOKEN` or `WEFT_TOKEN_FILE`) every
+//! request carries `authorization: Bearer <token>`, for nodes that run with auth on. Which one
+//! is the SDK's rule ([`weft_agent::token::from_flags_or_env`]): a flag wins over the
+//! environment; both flags, or both variables, are an error naming both.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -63,16 +65,19 @@ pub struct TlsArgs {
     pub tls_key: Option<PathBuf>,
 }
 
-/// The bearer token of client commands (global flags), for nodes with auth on.
+/// The bearer token of client commands (global flags), for nodes with auth on. The
+/// environment (`WEFT_TOKEN`, `WEFT_TOKEN_FILE`) is read by [`credential`], only without
+/// either flag: clap's own `env` would not tell a flag from a variable.
 #[derive(Clone, Default, clap::Args)]
 pub struct AuthArgs {
     /// Client commands: the bearer token to send (`weft_<id>_<secret>`; `weft tokens create`
     /// makes one). Prefer --auth-token-file: a flag's value is visible to other local users.
-    #[arg(long, value_name = "TOKEN", env = "WEFT_TOKEN", hide_env_values = true, global = true)]
+    /// Without either flag, WEFT_TOKEN or WEFT_TOKEN_FILE (not both) is used.
+    #[arg(long, value_name = "TOKEN", global = true)]
     pub auth_token: Option<String>,
-    /// Client commands: a file holding the bearer token to send (--auth-token wins when both
-    /// are given).
-    #[arg(long, value_name = "FILE", env = "WEFT_TOKEN_FILE", global = true)]
+    /// Client commands: a file holding the bearer token to send (not with --auth-token).
+    /// Either flag wins over WEFT_TOKEN and WEFT_TOKEN_FILE.
+    #[arg(long, value_name = "FILE", global = true)]
     pub auth_token_file: Option<PathBuf>,
 }
 
@@ -115,24 +120,25 @@ pub fn sdk_token() -> anyhow::Result<Option<weft_agent::Token>> {
     weft_agent::Token::new(credential.reveal()).map(Some).map_err(|e| anyhow::anyhow!("{from}: {e}"))
 }
 
-/// The command line's token, parsed, and where it came from.
+/// The command line's token (a flag, else the environment: the SDK's rule), parsed, and where
+/// it came from.
 fn credential() -> Result<Option<(weft_fabric::auth::Credential, String)>, String> {
     static CREDENTIAL: OnceLock<Result<Option<(weft_fabric::auth::Credential, String)>, String>> =
         OnceLock::new();
     CREDENTIAL
         .get_or_init(|| {
             let args = AUTH_ARGS.get().cloned().unwrap_or_default();
-            let (text, from) = match (args.auth_token, args.auth_token_file) {
-                (Some(token), _) => (token, "--auth-token (WEFT_TOKEN)".to_owned()),
-                (None, Some(file)) => {
-                    let text = std::fs::read_to_string(&file)
-                        .map_err(|e| format!("--auth-token-file {}: {e}", file.display()))?;
-                    (text, format!("--auth-token-file {}", file.display()))
-                }
-                (None, None) => return Ok(None),
+            let Some((token, from)) = weft_agent::token::from_flags_or_env(
+                args.auth_token.as_deref(),
+                args.auth_token_file.as_deref(),
+                ["--auth-token", "--auth-token-file"],
+            )
+            .map_err(|e| e.to_string())?
+            else {
+                return Ok(None);
             };
             let credential =
-                weft_fabric::auth::Credential::parse(&text).map_err(|e| format!("{from}: {e}"))?;
+                weft_fabric::auth::Credential::parse(token.secret()).map_err(|e| format!("{from}: {e}"))?;
             Ok(Some((credential, from)))
         })
         .clone()

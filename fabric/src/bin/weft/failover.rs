@@ -267,13 +267,10 @@ impl Attempt {
 }
 
 /// `status`, or what really happened when a plain-text call to a node that requires TLS
-/// was cut short before its GOAWAY was read (the call then only says it was cancelled).
+/// was cut short before its GOAWAY was read (the call then only says it was cancelled): the
+/// SDK's check, [`weft_agent::tls::plain_failure_requires_tls`].
 async fn why_plain_failed(node: &Node, status: Status) -> Status {
-    if node.tls.is_some()
-        || status.code() != tonic::Code::Cancelled
-        || weft_agent::tls::setup_problem(&status).is_some()
-        || !weft_agent::tls::requires_tls(&node.addr).await
-    {
+    if node.tls.is_some() || !weft_agent::tls::plain_failure_requires_tls(&node.addr, &status).await {
         return status;
     }
     Status::unavailable(format!(
