@@ -137,7 +137,8 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     nats_server: Option<PathBuf>,
     /// The `etcd` binary the put, get and million-put workloads are compared with (default:
-    /// $ETCD, then PATH). Without one, Weft is measured alone.
+    /// $ETCD, then PATH). With none on PATH, Weft is measured alone; a --etcd or $ETCD that
+    /// is not a file is an error.
     #[arg(long, value_name = "PATH")]
     etcd: Option<PathBuf>,
     /// Measure Weft alone even when etcd is installed.
@@ -273,7 +274,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let data_runs = if data_workloads.iter().any(|w| args.wants(*w)) { args.runs } else { 0 };
     let etcd_workloads = [Workload::Put, Workload::Get, Workload::Million];
     let etcd = if data_runs > 0 && etcd_workloads.iter().any(|w| args.wants(*w)) {
-        etcd_binary(&args)
+        etcd_binary(&args)?
     } else {
         None
     };
@@ -357,11 +358,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The etcd to compare the key-value workloads with, unless `--no-etcd`; says on stdout
-/// which one, or why there is none and how to install it.
-fn etcd_binary(args: &Args) -> Option<PathBuf> {
+/// which one, or why there is none and how to install it. An etcd named by `--etcd` or `$ETCD`
+/// that is not there is an error: the caller asked for it.
+fn etcd_binary(args: &Args) -> anyhow::Result<Option<PathBuf>> {
     if args.no_etcd {
         println!("\netcd was not measured: --no-etcd.\n");
-        return None;
+        return Ok(None);
     }
     match etcd::find_binary(args.etcd.as_deref()) {
         Ok(path) => {
@@ -371,12 +373,13 @@ fn etcd_binary(args: &Args) -> Option<PathBuf> {
                 "\netcd {version} is measured beside Weft: clusters of the same sizes, the same clients \
                  and client code; the two take turns at going first.\n"
             );
-            Some(path)
+            Ok(Some(path))
         }
+        Err(why) if args.etcd.is_some() || std::env::var_os("ETCD").is_some() => anyhow::bail!(why),
         Err(why) => {
             eprintln!("== etcd is not measured: {why}");
             println!("\netcd was not measured: {why}.\n");
-            None
+            Ok(None)
         }
     }
 }
