@@ -1,6 +1,8 @@
 //! Compiles the `.proto` files with protox (pure Rust, no system `protoc`), generates the
 //! tonic clients and servers, and writes the encoded file descriptor set that the node's gRPC
-//! reflection service serves (`FILE_DESCRIPTOR_SET`).
+//! reflection service serves (`FILE_DESCRIPTOR_SET`). With the `etcd` feature it also
+//! generates tonic clients for the subset of etcd's v3 API in `proto/etcd/` (kept out of the
+//! descriptor set: nodes do not serve it).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -26,5 +28,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;
+    if std::env::var_os("CARGO_FEATURE_ETCD").is_some() {
+        let files = ["proto/etcd/etcdserverpb/rpc.proto", "proto/etcd/mvccpb/kv.proto"];
+        for file in &files {
+            println!("cargo:rerun-if-changed={file}");
+        }
+        let mut compiler = protox::Compiler::new(["proto"])?;
+        compiler.include_imports(true).open_files(files)?;
+        tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(false)
+            .compile_fds(compiler.file_descriptor_set())?;
+    }
     Ok(())
 }

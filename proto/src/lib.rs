@@ -7,6 +7,8 @@
 //!   `Executions`, `Instances`, `Streams`, `Leases`, `Scaling`, `Tokens`).
 //! - [`wire`]: the contract beyond the `.proto` files: metadata names, what a failed call's
 //!   status says about whether it was applied, and limits clients check before sending.
+//! - `etcd` (feature `etcd`): clients for a subset of etcd's v3 API (`etcdserverpb.KV` put and
+//!   range, `etcdserverpb.Maintenance` status), for weft-bench's comparison with etcd.
 //! - [`FILE_DESCRIPTOR_SET`]: every `.proto` file above, compiled, for gRPC server reflection.
 //!
 //! The generated types stay at the edge: the fabric converts them to its domain types in one
@@ -33,5 +35,20 @@ pub mod fabric {
     #[allow(clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("weft.fabric.v1");
+    }
+}
+
+/// A hand-written subset of etcd's v3 API (`proto/etcd/`), wire-compatible with etcd 3.x:
+/// what weft-bench needs to drive etcd with the same tonic client code as Weft.
+#[cfg(feature = "etcd")]
+pub mod etcd {
+    /// `etcdserverpb`: the `KV` and `Maintenance` services (put, range, status).
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+
+    /// `mvccpb`: a stored key and value.
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
     }
 }

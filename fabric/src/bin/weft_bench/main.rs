@@ -7,7 +7,10 @@
 //! fresh 3-node cluster and reports each node's RSS and data-dir size once snapshots have
 //! settled. The `executions` workload ([`executions`]) times calls of an echo agent that runs
 //! in this process with the `weft-agent` SDK; `membership` ([`membership`]) times gossip;
-//! `streams` ([`streams`]) measures streams against NATS JetStream R3 in the same run.
+//! `streams` ([`streams`]) measures streams against NATS JetStream R3 in the same run. When
+//! etcd is installed ([`etcd`]), the put and get workloads and the million-put phase run on
+//! etcd clusters of the same sizes too, with the same client code, and the report sets each
+//! figure beside etcd's with the ratio.
 //!
 //! ```text
 //!   weft-bench ──gRPC (1..8 channels)──► leader ──Raft──► followers
@@ -27,7 +30,9 @@
 //! the node processes come from the shared harness, `weft_fabric::testing`).
 //!
 //! # Layout
-//! - [`kv`]: the put, cas, get and follower workloads.
+//! - [`kv`]: the put, cas, get and follower workloads, on Weft and (put, get) on etcd.
+//! - [`store`]: one client for both stores: Weft's `State` and etcd's `KV` services.
+//! - [`etcd`]: clusters of `etcd` processes, the peer of the key-value workloads.
 //! - [`million`]: the million-put phase, then RSS and disk per node.
 //! - [`executions`]: round trips of calls to an echo agent served by this process.
 //! - [`membership`]: gossip formation, traffic, failure detection and replacement.
@@ -52,6 +57,7 @@ use crate::cluster::Scratch;
 use crate::probes::load_average;
 
 mod cluster;
+mod etcd;
 mod executions;
 mod gossip_packets;
 mod http_call;
@@ -62,6 +68,7 @@ mod million;
 mod probes;
 mod report;
 mod security_cost;
+mod store;
 mod streams;
 
 /// Deadline of one benchmark request; a slower one counts as an error.
@@ -129,6 +136,14 @@ struct Args {
     /// Streams: the `nats-server` binary (default: $NATS_SERVER, then PATH).
     #[arg(long, value_name = "PATH")]
     nats_server: Option<PathBuf>,
+    /// The `etcd` binary the put, get and million-put workloads are compared with (default:
+    /// $ETCD, then PATH). With none on PATH, Weft is measured alone; a --etcd or $ETCD that
+    /// is not a file is an error.
+    #[arg(long, value_name = "PATH")]
+    etcd: Option<PathBuf>,
+    /// Measure Weft alone even when etcd is installed.
+    #[arg(long, conflicts_with = "etcd")]
+    no_etcd: bool,
 }
 
 /// What to measure.
@@ -235,7 +250,8 @@ async fn main() -> std::process::ExitCode {
 #[derive(Debug, Default)]
 struct RunFigures {
     rows: Vec<kv::Row>,
-    million: Option<million::MillionFigures>,
+    /// The million-put phase of each system measured, in the order they ran.
+    millions: Vec<million::MillionFigures>,
     load_before: String,
     load_after: String,
     secs: f64,
@@ -256,14 +272,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     let data_workloads = [Workload::Put, Workload::Cas, Workload::Get, Workload::Follower, Workload::Million];
     let data_runs = if data_workloads.iter().any(|w| args.wants(*w)) { args.runs } else { 0 };
+    let etcd_workloads = [Workload::Put, Workload::Get, Workload::Million];
+    let etcd = if data_runs > 0 && etcd_workloads.iter().any(|w| args.wants(*w)) {
+        etcd_binary(&args)?
+    } else {
+        None
+    };
     for run in 1..=data_runs {
         eprintln!("== run {run} of {} (load average {})", args.runs, load_average());
-        let figures = run_once(&args, &weft, &scratch, run).await?;
+        let figures = run_once(&args, &weft, etcd.as_deref(), &scratch, run).await?;
         print!("{}", report::run_markdown(&args, run, &figures));
         runs.push(figures);
     }
     if runs.len() > 1 {
         print!("{}", report::median_markdown(&args, &runs));
+    }
+    let etcd_measured = |r: &RunFigures| {
+        r.rows.iter().any(|row| row.system == store::System::Etcd)
+            || r.millions.iter().any(|m| m.system == store::System::Etcd)
+    };
+    if runs.iter().any(etcd_measured) {
+        print!("{}", report::versus_markdown(&runs));
     }
     if args.wants(Workload::Executions) {
         let mut figures = Vec::new();
@@ -328,13 +357,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The etcd to compare the key-value workloads with, unless `--no-etcd`; says on stdout
+/// which one, or why there is none and how to install it. An etcd named by `--etcd` or `$ETCD`
+/// that is not there is an error: the caller asked for it.
+fn etcd_binary(args: &Args) -> anyhow::Result<Option<PathBuf>> {
+    if args.no_etcd {
+        println!("\netcd was not measured: --no-etcd.\n");
+        return Ok(None);
+    }
+    match etcd::find_binary(args.etcd.as_deref()) {
+        Ok(path) => {
+            let version = etcd::version(&path);
+            eprintln!("== etcd {version} ({}) is measured beside Weft", path.display());
+            println!(
+                "\netcd {version} is measured beside Weft: clusters of the same sizes, the same clients \
+                 and client code; the two take turns at going first.\n"
+            );
+            Ok(Some(path))
+        }
+        Err(why) if args.etcd.is_some() || std::env::var_os("ETCD").is_some() => anyhow::bail!(why),
+        Err(why) => {
+            eprintln!("== etcd is not measured: {why}");
+            println!("\netcd was not measured: {why}.\n");
+            Ok(None)
+        }
+    }
+}
+
 /// One run of the put, cas, get, follower and million-put workloads the arguments ask for.
-async fn run_once(args: &Args, weft: &Path, scratch: &Scratch, run: usize) -> anyhow::Result<RunFigures> {
+async fn run_once(
+    args: &Args,
+    weft: &Path,
+    etcd: Option<&Path>,
+    scratch: &Scratch,
+    run: usize,
+) -> anyhow::Result<RunFigures> {
     let started = Instant::now();
     let mut figures = RunFigures { load_before: load_average(), ..Default::default() };
-    figures.rows = kv::measure(args, weft, scratch, run).await?;
+    figures.rows = kv::measure(args, weft, etcd, scratch, run).await?;
     if args.wants(Workload::Million) {
-        figures.million = Some(million::measure(args, weft, scratch, run).await?);
+        // etcd first in even runs, so drift in the machine's load falls on both alike.
+        let etcd_first = run.is_multiple_of(2);
+        if let Some(etcd) = etcd.filter(|_| etcd_first) {
+            figures.millions.push(million::measure_etcd(args, etcd, scratch, run).await?);
+        }
+        figures.millions.push(million::measure(args, weft, scratch, run).await?);
+        if let Some(etcd) = etcd.filter(|_| !etcd_first) {
+            figures.millions.push(million::measure_etcd(args, etcd, scratch, run).await?);
+        }
     }
     figures.load_after = load_average();
     figures.secs = started.elapsed().as_secs_f64();

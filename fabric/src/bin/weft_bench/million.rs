@@ -1,6 +1,6 @@
 //! The million-put phase: `--puts` unique keys written into a fresh 3-node cluster, then each
 //! node's RSS, data-dir size and snapshot figures once followers have caught up and snapshots
-//! have settled.
+//! have settled; the same for a 3-member etcd cluster when etcd is measured.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::task::JoinSet;
-use weft_proto::fabric::v1::state_client::StateClient;
 
 use crate::cluster::{Cluster, Scratch};
-use crate::kv::{ClientTally, connect, put_request, value};
+use crate::etcd::{self, EtcdCluster};
+use crate::kv::{ClientTally, connect, value};
 use crate::probes::{DiskUse, Metrics, disk_use, metrics, proc_status_kib};
 use crate::report::percentile_ms;
+use crate::store::{KvClient, System};
 use crate::{Args, ERROR_PAUSE};
 
 /// How long followers may take to apply everything, and nodes to finish their snapshots,
@@ -29,20 +30,27 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// One node after the million-put phase.
 #[derive(Debug, Clone)]
 pub struct NodeFigures {
-    pub id: u64,
+    /// "n1" (Weft) or "m1" (etcd).
+    pub name: String,
     pub leader: bool,
     pub rss_before_kib: u64,
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
+    /// The log: Weft's `raft/` (sled), etcd's `member/wal/`.
     pub raft_dir: DiskUse,
+    /// The state at rest: Weft's `snapshots/`, etcd's `member/snap/` (its bbolt database and
+    /// snapshot files).
     pub snapshot_dir: DiskUse,
     pub total: DiskUse,
+    /// Weft's `/metrics`; for etcd only what its status and files tell: term, leader, last log
+    /// and applied index, snapshot index (the newest `.snap` file) and keys.
     pub metrics: Metrics,
 }
 
 /// The million-put phase.
 #[derive(Debug, Clone)]
 pub struct MillionFigures {
+    pub system: System,
     pub puts: u64,
     pub value_bytes: usize,
     pub clients: usize,
@@ -60,11 +68,13 @@ pub struct MillionFigures {
     /// The leader when the phase started and when it ended.
     pub leaders: (u64, u64),
     pub settle_secs: f64,
+    /// Log entries between snapshots: Weft's `snapshot_after_entries`, etcd's
+    /// `--snapshot-count`.
     pub snapshot_after_entries: u64,
     pub nodes: Vec<NodeFigures>,
 }
 
-/// One run of the phase on a fresh 3-node cluster.
+/// One run of the phase on a fresh 3-node Weft cluster.
 pub async fn measure(
     args: &Args,
     weft: &Path,
@@ -79,22 +89,27 @@ pub async fn measure(
         args.keep,
     )?;
     let leader = cluster.wait_for_leader().await?;
-    eprintln!("   3 nodes up for {} puts, leader n{leader}", args.puts);
+    eprintln!("   Weft: 3 nodes up for {} puts, leader n{leader}", args.puts);
     let figures = million(args, &cluster, leader).await?;
     cluster.report_log_problems();
     Ok(figures)
 }
 
-/// The million-put phase: `--puts` unique keys from `--million-clients` clients, then RSS and
-/// disk per node once followers have caught up and snapshots have settled.
-async fn million(args: &Args, cluster: &Cluster, leader: u64) -> anyhow::Result<MillionFigures> {
-    let addr = cluster.addr(leader)?.to_owned();
-    let rss_before: BTreeMap<u64, u64> = cluster
-        .nodes()
-        .map(|n| (n.id, n.pid.and_then(|p| proc_status_kib(p, "VmRSS:")).unwrap_or(0)))
-        .collect();
-    let before = metrics(&addr).await?;
-    let channels = connect(&addr, args.channels.min(args.million_clients)).await?;
+/// What writing the keys took.
+struct Written {
+    /// Latency of each put (its last attempt), sorted.
+    latencies_ns: Vec<u64>,
+    /// Failed attempts, retried.
+    errors: u64,
+    secs: f64,
+    channels: usize,
+}
+
+/// Writes `--puts` unique keys (`m-000000000`, …) of `--value-bytes` each to the node at
+/// `addr` of `system` from `--million-clients` clients, retrying failed puts (a retried put
+/// of the same key and value is harmless whatever the first attempt's outcome was).
+async fn write_keys(args: &Args, system: System, addr: &str) -> anyhow::Result<Written> {
+    let channels = connect(addr, args.channels.min(args.million_clients)).await?;
     let value = value(args);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -121,7 +136,7 @@ async fn million(args: &Args, cluster: &Cluster, leader: u64) -> anyhow::Result<
     };
     let mut tasks = JoinSet::new();
     for c in 0..args.million_clients {
-        let mut client = StateClient::new(channels[c % channels.len()].clone());
+        let mut client = KvClient::new(system, channels[c % channels.len()].clone());
         let (next, done, value) = (next.clone(), done.clone(), value.clone());
         tasks.spawn(async move {
             let mut tally = ClientTally::default();
@@ -135,14 +150,12 @@ async fn million(args: &Args, cluster: &Cluster, leader: u64) -> anyhow::Result<
                 loop {
                     attempts += 1;
                     let start = Instant::now();
-                    match client.put(put_request(key.clone(), value.clone())).await {
+                    match client.put(key.clone(), value.clone()).await {
                         Ok(_) => {
                             tally.latencies_ns.push(start.elapsed().as_nanos() as u64);
                             done.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        // A retried put of the same key and value is harmless, whatever the
-                        // first attempt's outcome was.
                         Err(status) if attempts < MAX_ATTEMPTS_PER_PUT => {
                             tally.errors += 1;
                             tally
@@ -163,23 +176,46 @@ async fn million(args: &Args, cluster: &Cluster, leader: u64) -> anyhow::Result<
     let mut latencies = Vec::with_capacity(total as usize);
     let mut errors = 0;
     let mut first_error = None;
+    let mut failed = None;
     while let Some(tally) = tasks.join_next().await {
-        let tally = tally.context("a client task panicked")??;
-        latencies.extend(tally.latencies_ns);
-        errors += tally.errors;
-        first_error = first_error.or(tally.first_error);
+        match tally.context("a client task panicked").and_then(|t| t) {
+            Ok(tally) => {
+                latencies.extend(tally.latencies_ns);
+                errors += tally.errors;
+                first_error = first_error.or(tally.first_error);
+            }
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    progress.abort();
+    if let Some(e) = failed {
+        return Err(e);
     }
     let secs = started.elapsed().as_secs_f64();
-    progress.abort();
     if let Some(e) = first_error {
         eprintln!("   first error of the million-put phase: {e}");
     }
     latencies.sort_unstable();
+    Ok(Written { latencies_ns: latencies, errors, secs, channels: channels.len() })
+}
+
+/// The million-put phase: `--puts` unique keys from `--million-clients` clients, then RSS and
+/// disk per node once followers have caught up and snapshots have settled.
+async fn million(args: &Args, cluster: &Cluster, leader: u64) -> anyhow::Result<MillionFigures> {
+    let addr = cluster.addr(leader)?.to_owned();
+    let rss_before: BTreeMap<u64, u64> = cluster
+        .nodes()
+        .map(|n| (n.id, n.pid.and_then(|p| proc_status_kib(p, "VmRSS:")).unwrap_or(0)))
+        .collect();
+    let before = metrics(&addr).await?;
+    let written = write_keys(args, System::Weft, &addr).await?;
+    let total = args.puts;
     let after = metrics(&addr).await?;
     let entries = after.last_log_index.saturating_sub(before.last_log_index);
     eprintln!(
-        "   {total} puts in {secs:.1} s: {:.0} puts/s, {entries} log entries ({:.1} puts per entry)",
-        total as f64 / secs,
+        "   {total} puts in {:.1} s: {:.0} puts/s, {entries} log entries ({:.1} puts per entry)",
+        written.secs,
+        total as f64 / written.secs,
         total as f64 / entries.max(1) as f64
     );
 
@@ -202,7 +238,7 @@ async fn million(args: &Args, cluster: &Cluster, leader: u64) -> anyhow::Result<
     for node in cluster.nodes() {
         let metrics = metrics(node.addr).await?;
         nodes.push(NodeFigures {
-            id: node.id,
+            name: format!("n{}", node.id),
             leader: metrics.is_leader,
             rss_before_kib: rss_before.get(&node.id).copied().unwrap_or(0),
             rss_kib: node.pid.and_then(|p| proc_status_kib(p, "VmRSS:")).unwrap_or(0),
@@ -213,24 +249,134 @@ async fn million(args: &Args, cluster: &Cluster, leader: u64) -> anyhow::Result<
             metrics,
         });
     }
-    Ok(MillionFigures {
-        puts: total,
+    Ok(figures(
+        args,
+        System::Weft,
+        written,
+        entries,
+        (before.term, after.term),
+        (leader, leader_after),
+        settle_secs,
+        args.snapshot_after_entries,
+        nodes,
+    ))
+}
+
+/// The figures of a phase from what was written and measured.
+#[allow(clippy::too_many_arguments)]
+fn figures(
+    args: &Args,
+    system: System,
+    written: Written,
+    entries: u64,
+    terms: (u64, u64),
+    leaders: (u64, u64),
+    settle_secs: f64,
+    snapshot_after_entries: u64,
+    nodes: Vec<NodeFigures>,
+) -> MillionFigures {
+    let latencies = &written.latencies_ns;
+    MillionFigures {
+        system,
+        puts: args.puts,
         value_bytes: args.value_bytes,
         clients: args.million_clients,
-        channels: channels.len(),
-        secs,
-        puts_per_sec: total as f64 / secs,
-        p50_ms: percentile_ms(&latencies, 0.50),
-        p99_ms: percentile_ms(&latencies, 0.99),
-        max_ms: percentile_ms(&latencies, 1.0),
-        errors,
+        channels: written.channels,
+        secs: written.secs,
+        puts_per_sec: args.puts as f64 / written.secs,
+        p50_ms: percentile_ms(latencies, 0.50),
+        p99_ms: percentile_ms(latencies, 0.99),
+        max_ms: percentile_ms(latencies, 1.0),
+        errors: written.errors,
         entries,
-        terms: (before.term, after.term),
-        leaders: (leader, leader_after),
+        terms,
+        leaders,
         settle_secs,
-        snapshot_after_entries: args.snapshot_after_entries,
+        snapshot_after_entries,
         nodes,
-    })
+    }
+}
+
+/// The same phase on a fresh 3-member etcd cluster: the same keys, values and clients; then,
+/// once every member has applied the whole log, each member's RSS, its WAL and snap dirs, its
+/// newest snapshot and the keys the leader counts.
+pub async fn measure_etcd(
+    args: &Args,
+    etcd: &Path,
+    scratch: &Scratch,
+    run: usize,
+) -> anyhow::Result<MillionFigures> {
+    let cluster =
+        EtcdCluster::start(etcd, &scratch.path.join(format!("run{run}-million-etcd")), 3, args.keep)?;
+    let leader = cluster.wait_for_leader().await?;
+    eprintln!("   etcd: 3 members up for {} puts, leader m{leader}", args.puts);
+    let addr = cluster.addr(leader)?.to_owned();
+    let rss = |pick: &str| -> Vec<u64> {
+        cluster
+            .members()
+            .iter()
+            .map(|m| m.pid().and_then(|p| proc_status_kib(p, pick)).unwrap_or(0))
+            .collect()
+    };
+    let rss_before = rss("VmRSS:");
+    let before = etcd::status(&addr).await?;
+    let written = write_keys(args, System::Etcd, &addr).await?;
+    let after = etcd::status(&addr).await?;
+    let entries = after.raft_index.saturating_sub(before.raft_index);
+    eprintln!(
+        "   {} puts in {:.1} s: {:.0} puts/s, {entries} log entries",
+        args.puts,
+        written.secs,
+        args.puts as f64 / written.secs
+    );
+    let settle_started = Instant::now();
+    let statuses = etcd::settle(&cluster, SETTLE_TIMEOUT).await?;
+    let settle_secs = settle_started.elapsed().as_secs_f64();
+    let leader_after = cluster.wait_for_leader().await?;
+    if after.raft_term != before.raft_term || leader_after != leader {
+        eprintln!(
+            "   warning: elections during the phase: term {} -> {}, leader m{leader} -> m{leader_after}",
+            before.raft_term, after.raft_term
+        );
+    }
+    let keys = etcd::count_keys(cluster.addr(leader_after)?, "m-").await?;
+    let (rss_after, peak) = (rss("VmRSS:"), rss("VmHWM:"));
+    let mut nodes = Vec::new();
+    for (i, (member, status)) in cluster.members().iter().zip(&statuses).enumerate() {
+        let member_dir = member.data_dir.join("member");
+        let snap_dir = member_dir.join("snap");
+        nodes.push(NodeFigures {
+            name: member.name.clone(),
+            leader: i as u64 + 1 == leader_after,
+            rss_before_kib: rss_before[i],
+            rss_kib: rss_after[i],
+            peak_rss_kib: peak[i],
+            raft_dir: disk_use(&member_dir.join("wal")),
+            snapshot_dir: disk_use(&snap_dir),
+            total: disk_use(&member.data_dir),
+            metrics: Metrics {
+                term: status.raft_term,
+                is_leader: i as u64 + 1 == leader_after,
+                last_log_index: status.raft_index,
+                applied_index: status.raft_applied_index,
+                snapshot_index: etcd::newest_snapshot_index(&snap_dir).unwrap_or(0),
+                keys,
+                ..Metrics::default()
+            },
+        });
+    }
+    cluster.report_log_problems();
+    Ok(figures(
+        args,
+        System::Etcd,
+        written,
+        entries,
+        (before.raft_term, after.raft_term),
+        (leader, leader_after),
+        settle_secs,
+        etcd::SNAPSHOT_COUNT,
+        nodes,
+    ))
 }
 
 /// Waits until every node has applied the whole log and none is due a snapshot (openraft

@@ -122,25 +122,26 @@ pub struct CpuTicks {
     pub bench: u64,
 }
 
-/// CPU time the processes `pids` used together so far, and this process.
+/// CPU time the processes `pids` used together so far (with all their threads), and this
+/// process. A process that cannot be read (it has exited) counts 0.
 pub fn cpu_ticks(pids: &[u32]) -> CpuTicks {
-    let of = |path: String| -> u64 {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return 0;
-        };
-        // Fields after the parenthesised command name start at field 3 (state); utime and
-        // stime are fields 14 and 15.
-        let Some((_, rest)) = text.rsplit_once(')') else {
-            return 0;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
-        field(14).unwrap_or(0) + field(15).unwrap_or(0)
-    };
+    let of =
+        |path: String| std::fs::read_to_string(path).ok().and_then(|text| stat_ticks(&text)).unwrap_or(0);
     CpuTicks {
         nodes: pids.iter().map(|p| of(format!("/proc/{p}/stat"))).sum(),
         bench: of("/proc/self/stat".into()),
     }
+}
+
+/// utime + stime, in clock ticks, of a `/proc/PID/stat` line (proc(5)); `None` when it does
+/// not parse.
+pub fn stat_ticks(stat: &str) -> Option<u64> {
+    // The command name is in parentheses and may hold spaces and ')': fields resume after the
+    // last ')', at field 3 (state); utime and stime are fields 14 and 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
+    Some(field(14)? + field(15)?)
 }
 
 /// Bytes below a directory: file lengths (`du --apparent-size`) and allocated blocks (`du`).
@@ -179,4 +180,26 @@ pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_after_the_command_name() {
+        // A command name with a space and a parenthesis, as etcd's threads or a renamed
+        // process may have; utime 1234, stime 567.
+        let stat = "4242 (etcd (m1) x) S 1 4242 4242 0 -1 4194560 3366 0 0 0 1234 567 0 0 20 0 \
+                    12 0 1000 1000000 2000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
+        assert_eq!(stat_ticks(stat), Some(1801));
+        assert_eq!(stat_ticks("4242 (cut short) S 1 2"), None);
+        assert_eq!(stat_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_readable_stat() {
+        let text = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(stat_ticks(&text).is_some(), "{text}");
+    }
 }
