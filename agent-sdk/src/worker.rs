@@ -452,8 +452,10 @@ impl Worker {
     }
 
     /// Runs until stopped. Connection failures are retried forever, with back-off; a
-    /// session the fabric refuses (bad agent names, a claimed instance) ends the run with
-    /// that error.
+    /// session the fabric refuses (bad agent names, a claimed instance, a token it does not
+    /// accept) ends the run with that error, and so does a token revoked or expired while the
+    /// session runs ([`Error::Unauthenticated`], naming the token and why): the fabric ends
+    /// the session, gives its work to other sessions, and would refuse a new one.
     pub async fn run(self) -> Result<(), Error> {
         let mut state = LoopState {
             running: HashMap::new(),
@@ -481,8 +483,15 @@ impl Worker {
                     tracing::info!(%reason, "agent session lost; reconnecting");
                 }
                 // Bad agent names, a capacity over the limit, a claimed instance, a token the
-                // fabric does not accept for these agents: retrying cannot help. Overload and unavailability can: they are retried below.
-                Err(e) if e.is_refusal() || matches!(e, Error::Usage(_)) => return Err(e),
+                // fabric does not accept for these agents (or revoked, or expired, while the
+                // session ran): retrying cannot help. Overload and unavailability can: they are
+                // retried below. The handlers still running hold leases the fabric released.
+                Err(e) if e.is_refusal() || matches!(e, Error::Usage(_)) => {
+                    for r in state.running.values() {
+                        r.cancel.cancel();
+                    }
+                    return Err(e);
+                }
                 // A node with a bad certificate may be alone in it: the next one may do.
                 Err(e @ Error::Tls(_)) => {
                     tracing::warn!(error = %e, "cannot open an agent session; trying the next node")
@@ -576,7 +585,16 @@ impl Worker {
                         }
                     }
                     Ok(None) => return Ok(SessionEnd::Lost("the fabric ended the stream".into())),
-                    Err(status) => return Ok(SessionEnd::Lost(format!("stream error: {}", status.message()))),
+                    Err(status) => {
+                        let error = Error::from_status(&status);
+                        // The token was revoked or expired while the session ran: the fabric
+                        // closed the session (its work goes to other sessions), and every node
+                        // would refuse a new one.
+                        if matches!(error, Error::Unauthenticated(_) | Error::PermissionDenied(_)) {
+                            return Err(error);
+                        }
+                        return Ok(SessionEnd::Lost(format!("stream error: {}", status.message())));
+                    }
                 },
                 Some(done) = state.done.1.recv() => {
                     if state.running.get(&done.execution).is_some_and(|r| r.token == done.token) {

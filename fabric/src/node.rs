@@ -220,7 +220,8 @@ impl Node {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
 
-        if bootstrap::is_initialized(&raft) {
+        let held = bootstrap::is_initialized(&raft);
+        if held {
             membership::election_guard::hold(&raft);
         }
         let shutdown = CancellationToken::new();
@@ -300,6 +301,7 @@ impl Node {
             raft.clone(),
             gossip.clone(),
             dialer.clone(),
+            held,
             shutdown.clone(),
         ));
         // A static cluster keeps as many voters as it was formed with (at least `voters`).

@@ -1,14 +1,16 @@
 //! The watch hub: every node fills it from the entries it applies, so listeners on any node
-//! learn of new assignments, revocations, finished executions, stream items and changes of
-//! the demand without polling.
+//! learn of new assignments, revocations, finished executions, stream items, changes of the
+//! demand and revoked bearer tokens without polling.
 //!
 //! ```text
 //!   state machine apply ──events──► Hub ──► session streams hosted here (assignments, revokes)
 //!      (under the grid's           ├──► waiters on this node (an execution changed)
 //!       write lock)                ├──► cursor listeners hosted here (items delivered, the end)
 //!                                  ├──► stream readers on this node (a stream changed)
-//!                                  └──► demand watchers on this node (work, sessions,
-//!                                       instances or listeners changed: one shared signal)
+//!                                  ├──► demand watchers on this node (work, sessions,
+//!                                  │    instances or listeners changed: one shared signal)
+//!                                  └──► long calls opened with a token (a token was revoked:
+//!                                       one shared signal, see `auth::Lapse`)
 //! ```
 //!
 //! The state machine publishes while it holds the grid's write lock, so a waiter that
@@ -17,7 +19,8 @@
 //! cannot: it is private). Every channel is bounded; a session whose stream does not keep up
 //! is dropped from the hub, which ends its stream and so the session. Demand watchers share one
 //! `tokio::sync::watch` signal: a change is a counter bump, so any number of changes between
-//! two looks coalesce into one wake-up and nothing queues.
+//! two looks coalesce into one wake-up and nothing queues. Token revocations are a second such
+//! signal: rare, so every call opened with a token looks again at each.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +101,8 @@ pub struct Hub {
     next_waiter: Arc<AtomicU64>,
     /// Bumped when an applied entry changed the demand (and on a snapshot install).
     demand: Arc<signal::Sender<u64>>,
+    /// Bumped when an applied entry revoked a token (and on a snapshot install).
+    revocations: Arc<signal::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -201,6 +206,7 @@ impl Hub {
             inner: Arc::default(),
             next_waiter: Arc::default(),
             demand: Arc::new(signal::channel(0).0),
+            revocations: Arc::new(signal::channel(0).0),
         }
     }
 
@@ -259,6 +265,14 @@ impl Hub {
         inner.demand_watchers += 1;
         drop(inner);
         Ok(DemandWatch { hub: self.clone(), rx: self.demand.subscribe() })
+    }
+
+    /// The revocation signal: its value changes when an applied entry revoked a token, or a
+    /// snapshot replaced the grid (which may have revoked some). Register first, then read
+    /// the grid: a revoke applied after the read changes it. Costs no registration: a
+    /// receiver of one shared value, nothing queued.
+    pub fn watch_revocations(&self) -> signal::Receiver<u64> {
+        self.revocations.subscribe()
     }
 
     /// How many demand watchers are registered here.
@@ -328,6 +342,9 @@ impl Hub {
         if events.iter().any(changes_demand) {
             self.demand.send_modify(|n| *n = n.wrapping_add(1));
         }
+        if events.iter().any(|e| matches!(e, Event::TokenRevoked { .. })) {
+            self.revocations.send_modify(|n| *n = n.wrapping_add(1));
+        }
         let mut inner = self.lock();
         for event in events {
             match event {
@@ -389,6 +406,7 @@ impl Hub {
     /// The grid was replaced by a snapshot: every waiter, session and watcher looks again.
     pub fn reset(&self) {
         self.demand.send_modify(|n| *n = n.wrapping_add(1));
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
         let inner = self.lock();
         for waiters in inner.waiters.values() {
             for tx in waiters.values() {
@@ -420,7 +438,7 @@ fn changes_demand(event: &Event) -> bool {
         | Event::SessionClosed { .. }
         | Event::ListenerEnded { .. }
         | Event::WorkChanged => true,
-        Event::StreamChanged { .. } | Event::Delivered { .. } => false,
+        Event::StreamChanged { .. } | Event::Delivered { .. } | Event::TokenRevoked { .. } => false,
     }
 }
 
@@ -506,6 +524,23 @@ mod tests {
         drop(watch);
         assert_eq!(hub.demand_watcher_count(), 0, "dropping unregisters");
         assert!(hub.watch_demand().is_ok(), "room again");
+    }
+
+    /// A revoke bumps the revocation signal (once per batch), a snapshot install too;
+    /// other events do not.
+    #[tokio::test]
+    async fn revocations_bump_their_own_signal() {
+        let hub = Hub::new(1, 10);
+        let mut rx = hub.watch_revocations();
+        hub.publish(&Grid::default(), vec![Event::WorkChanged, Event::StreamChanged { stream: "s".into() }]);
+        assert!(!rx.has_changed().unwrap(), "no revoke");
+        let revoked = |id: &str| Event::TokenRevoked { id: id.into() };
+        hub.publish(&Grid::default(), vec![revoked("a"), revoked("b")]);
+        assert!(rx.has_changed().unwrap());
+        let seen = *rx.borrow_and_update();
+        hub.reset();
+        assert!(rx.has_changed().unwrap(), "a snapshot may have revoked tokens");
+        assert_ne!(*rx.borrow_and_update(), seen);
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use weft_proto::fabric::v1 as pb;
 
 use super::authz;
-use super::wait::{Watch, check_waiters, created_but, still_running, wait_deadline};
+use super::wait::{Watch, check_waiters, created_but, still_running, unfinished, wait_deadline};
 use crate::auth::{Caller, Permission, authorize};
 use crate::convert;
 use crate::grid::execution::{Execution, ExecutionId, Status as ExecStatus};
@@ -147,7 +147,8 @@ impl pb::executions_server::Executions for ExecutionService {
                         created,
                     }));
                 }
-                if !watch.changed(deadline).await {
+                // A short wait (the request timeout) with no lapse to end it: never `Err`.
+                if !watch.changed(deadline).await.unwrap_or(false) {
                     return Err(created_but(id, "this node has not applied it yet"));
                 }
             }
@@ -167,10 +168,10 @@ impl pb::executions_server::Executions for ExecutionService {
             let deadline = wait_deadline(&self.ctx, req.timeout_ms);
             check_waiters(&self.ctx).map_err(Error::into_status)?;
             let (id, _) = self.create(&caller, create).await.map_err(Error::into_status)?;
-            let mut watch = Watch::after_create(&self.ctx, id)?;
+            let mut watch = Watch::after_create(&self.ctx, id)?.for_caller(&self.ctx, &caller);
             match watch.until_final(&self.ctx, deadline).await {
                 Ok(e) => Ok(Response::new(convert::pb_execution(e))),
-                Err(latest) => Err(still_running(id, latest, started.elapsed())),
+                Err(why) => Err(unfinished(id, why, started.elapsed())),
             }
         }
         .await;
@@ -184,7 +185,8 @@ impl pb::executions_server::Executions for ExecutionService {
         let req = request.into_inner();
         let started = Instant::now();
         let deadline = wait_deadline(&self.ctx, req.timeout_ms);
-        let mut watch = Watch::new(&self.ctx, req.id).map_err(Error::into_status)?;
+        let mut watch =
+            Watch::new(&self.ctx, req.id).map_err(Error::into_status)?.for_caller(&self.ctx, &caller);
         let agent = match watch.current(&self.ctx) {
             Some(e) => e.agent,
             None => {
@@ -214,9 +216,14 @@ impl pb::executions_server::Executions for ExecutionService {
                     _ = tx.closed() => return,
                     changed = watch.changed(deadline) => changed,
                 };
-                if !changed {
-                    let _ = tx.send(Err(still_running(req.id, last, started.elapsed()))).await;
-                    return;
+                match changed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = tx.send(Err(still_running(req.id, last, started.elapsed()))).await;
+                        return;
+                    }
+                    // Its token was revoked or expired: the stream ends UNAUTHENTICATED.
+                    Err(why) => return crate::auth::end_stream(&tx, &why),
                 }
             }
         });

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use weft_proto::fabric::v1 as pb;
 
 use super::authz::{self, permits};
-use super::wait::{Watch, check_waiters, still_running, wait_deadline};
-use crate::auth::Permission;
+use super::wait::{Watch, check_waiters, unfinished, wait_deadline};
+use crate::auth::{Caller, Permission};
 use crate::convert;
 use crate::grid::execution::ExecutionId;
 use crate::grid::{self, Command, Output};
@@ -26,17 +26,19 @@ impl InstanceService {
         Self { ctx }
     }
 
-    /// Waits until `deadline` for a Start or Stop execution to finish on this replica.
+    /// Waits until `deadline` for a Start or Stop execution to finish on this replica (or
+    /// until `caller`'s token lapses).
     async fn finished(
         &self,
+        caller: &Caller,
         id: ExecutionId,
         started: Instant,
         deadline: Instant,
     ) -> Result<pb::Execution, Status> {
-        let mut watch = Watch::after_create(&self.ctx, id)?;
+        let mut watch = Watch::after_create(&self.ctx, id)?.for_caller(&self.ctx, caller);
         match watch.until_final(&self.ctx, deadline).await {
             Ok(e) => Ok(convert::pb_execution(e)),
-            Err(latest) => Err(still_running(id, latest, started.elapsed())),
+            Err(why) => Err(unfinished(id, why, started.elapsed())),
         }
     }
 
@@ -61,6 +63,7 @@ impl pb::instances_server::Instances for InstanceService {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let actor = super::actor(&self.ctx, &request);
         let allowed = permits(&request, Permission::ManageInstances { agent: &request.get_ref().agent })?;
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let started = Instant::now();
         let deadline = wait_deadline(&self.ctx, req.timeout_ms);
@@ -73,7 +76,7 @@ impl pb::instances_server::Instances for InstanceService {
             check_waiters(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Instance { agent, instance, start_execution, created } => {
-                    let start = self.finished(start_execution, started, deadline).await?;
+                    let start = self.finished(&caller, start_execution, started, deadline).await?;
                     Ok(Response::new(pb::StartInstanceResponse {
                         agent,
                         instance,
@@ -96,6 +99,7 @@ impl pb::instances_server::Instances for InstanceService {
         self.ctx.counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let actor = super::actor(&self.ctx, &request);
         let allowed = permits(&request, Permission::ManageInstances { agent: &request.get_ref().agent })?;
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let started = Instant::now();
         let deadline = wait_deadline(&self.ctx, req.timeout_ms);
@@ -107,7 +111,7 @@ impl pb::instances_server::Instances for InstanceService {
             check_waiters(&self.ctx).map_err(Error::into_status)?;
             match routing::propose(&self.ctx, command).await.map_err(Error::into_status)? {
                 Output::Stopping { stop_execution } => {
-                    let stop = self.finished(stop_execution, started, deadline).await?;
+                    let stop = self.finished(&caller, stop_execution, started, deadline).await?;
                     Ok(Response::new(pb::StopInstanceResponse { stop: Some(stop) }))
                 }
                 other => Err(Status::internal(format!("unexpected answer to a stop: {other:?}"))),

@@ -7,7 +7,9 @@
 //!           │     or heartbeat_ms passed? ──yes──► send (a bounded channel of one picture)
 //!           │   wait min_interval_ms after the last picture (changes meanwhile coalesce)
 //!           └── wait for the hub's signal (an applied entry changed the demand) or the
-//!               heartbeat, whichever first; the node's shutdown or the caller leaving ends it
+//!               heartbeat, whichever first; the node's shutdown or the caller leaving ends it,
+//!               and so does the token that opened it being revoked or expiring (the stream
+//!               ends UNAUTHENTICATED, naming the token and why)
 //! ```
 //!
 //! A picture is compared without its `applied_index` and `now_ms`, so writes that do not touch
@@ -115,16 +117,23 @@ impl pb::scaling_server::Scaling for ScalingService {
     ) -> Result<Response<DemandStream>, Status> {
         self.ctx.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = crate::auth::check(&request, crate::auth::Permission::WatchDemand)
-            .and_then(|()| parse(request.into_inner()))
-            .and_then(|watch| {
+            .and_then(|()| crate::auth::Caller::of(&request))
+            .and_then(|caller| Ok((self.ctx.lapse(&caller), parse(request.into_inner())?)))
+            .and_then(|(lapse, watch)| {
                 let signal = self
                     .ctx
                     .hub
                     .watch_demand()
                     .map_err(|e| Error::Overloaded(e.to_string()).into_status())?;
                 let (tx, rx) = mpsc::channel(OUTBOUND_PICTURES);
-                let watcher =
-                    Watcher { ctx: self.ctx.clone(), watch, signal, tx, shutdown: self.shutdown.clone() };
+                let watcher = Watcher {
+                    ctx: self.ctx.clone(),
+                    watch,
+                    signal,
+                    tx,
+                    shutdown: self.shutdown.clone(),
+                    lapse,
+                };
                 tokio::spawn(watcher.run());
                 Ok(Response::new(Box::pin(super::execution_service::tokio_stream_from(rx)) as DemandStream))
             });
@@ -140,6 +149,8 @@ struct Watcher {
     signal: crate::watch::DemandWatch,
     tx: mpsc::Sender<Result<pb::Demand, Status>>,
     shutdown: CancellationToken,
+    /// Ends the watch when the token that opened it is revoked or expires.
+    lapse: crate::auth::Lapse,
 }
 
 impl Watcher {
@@ -159,6 +170,7 @@ impl Watcher {
                 tokio::select! {
                     biased;
                     _ = self.shutdown.cancelled() => return self.shut_down(),
+                    why = self.lapse.lapsed() => return crate::auth::end_stream(&self.tx, &why),
                     sent = self.tx.send(Ok(picture)) => if sent.is_err() { return },
                 }
                 last = Some((agents, Instant::now()));
@@ -168,12 +180,14 @@ impl Watcher {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return self.shut_down(),
+                why = self.lapse.lapsed() => return crate::auth::end_stream(&self.tx, &why),
                 _ = self.tx.closed() => return,
                 _ = tokio::time::sleep_until(sent_at + self.watch.min_interval) => {}
             }
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return self.shut_down(),
+                why = self.lapse.lapsed() => return crate::auth::end_stream(&self.tx, &why),
                 _ = self.tx.closed() => return,
                 _ = self.signal.changed() => {}
                 _ = tokio::time::sleep_until(sent_at + self.watch.heartbeat) => {}

@@ -46,6 +46,15 @@ impl Unauthenticated {
             Unauthenticated::Revoked { .. } => "revoked",
         }
     }
+
+    /// The status that ends a long call (a stream, a wait) whose token was revoked or expired
+    /// after the call opened: `UNAUTHENTICATED`, naming the token and why, as the gate's
+    /// refusals do.
+    pub fn ending(&self) -> tonic::Status {
+        tonic::Status::unauthenticated(format!(
+            "{self}; the call it opened ends here (open it again with a valid token)"
+        ))
+    }
 }
 
 /// Checks a presented token (the text after `Bearer `) and says who it belongs to.

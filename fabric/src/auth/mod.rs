@@ -7,7 +7,9 @@
 //! for the one [`Permission`] its operation needs. A refusal is `UNAUTHENTICATED` (HTTP 401)
 //! when the credential is missing, malformed, unknown, expired or revoked, and
 //! `PERMISSION_DENIED` (HTTP 403) when the principal lacks the permission; either way the
-//! message names what is missing and nothing changes.
+//! message names what is missing and nothing changes. A long call (an agent session, a wait,
+//! a listener, a watch, a tail) ends with `UNAUTHENTICATED` when its token is revoked or
+//! expires while it runs ([`Lapse`]).
 //!
 //! With auth off every caller is [`Caller::Open`] and everything is allowed (`weft dev` on
 //! loopback says so). Node-only methods (Raft, Forward, PrepareBootstrap) are not behind
@@ -36,15 +38,19 @@
 //! - `credential`: [`Credential`], the token text `weft_<id>_<secret>`: made, read, hashed,
 //!   compared in constant time.
 //! - `verify`: [`TokenVerifier`], the verifier over this node's replica of the grid.
+//! - `lapse`: [`Lapse`], when the token behind a long call (a session, a wait, a listener, a
+//!   watch, a tail) is revoked or expires, so the call ends then rather than live on.
 //! - `bootstrap`: the first admin token of a cluster, from `auth_bootstrap_token_file`.
 
 pub(crate) mod bootstrap;
 mod credential;
 mod gate;
+mod lapse;
 mod verify;
 
 pub use credential::Credential;
 pub use gate::{Gate, Unauthenticated, Verifier, gate};
+pub(crate) use lapse::{END_SEND_WAIT, Lapse, end_stream};
 pub use verify::{Clock, TokenVerifier, wall_clock_ms};
 
 use std::fmt;
@@ -259,6 +265,10 @@ impl From<Denied> for tonic::Status {
     }
 }
 
+/// The agent every scaler serves: an `agent` token that may serve it may also watch demand,
+/// so a scaler needs no admin or operator token.
+pub const SCALER_AGENT: &str = "weft.scaler";
+
 /// Prefix of the streams only admins and operators may read.
 pub const SYSTEM_STREAM_PREFIX: &str = "weft.";
 
@@ -290,9 +300,11 @@ pub fn authorize(caller: &Caller, permission: Permission<'_>) -> Result<(), Deni
         _ if role == Admin => (true, String::new()),
         P::ManageTokens | P::ManageMembership => (false, "needs role admin".into()),
         P::ReadCluster => (true, String::new()),
-        P::ReadMetrics | P::ReadAll | P::WatchDemand => {
-            (role == Operator, "needs role admin or operator".into())
-        }
+        P::ReadMetrics | P::ReadAll => (role == Operator, "needs role admin or operator".into()),
+        P::WatchDemand => (
+            role == Operator || (role == Agent && agent_listed(&s.serve, SCALER_AGENT)),
+            format!("needs role admin or operator, or role agent with {SCALER_AGENT:?} in its serve list"),
+        ),
         P::Serve { agent } => (
             role == Agent && agent_listed(&s.serve, agent),
             format!("needs role agent with {agent:?} in its serve list"),
@@ -396,6 +408,43 @@ mod tests {
         assert!(authorize(&agent, Permission::WriteState { namespace: "instance/orders/i1" }).is_ok());
         assert!(authorize(&agent, Permission::WriteState { namespace: "instance/billing/i1" }).is_err());
         assert!(authorize(&agent, Permission::Call { agent: "orders" }).is_err());
+        assert!(authorize(&agent, Permission::WatchDemand).is_err());
+    }
+
+    #[test]
+    fn a_scaler_needs_only_an_agent_token_that_serves_the_scaler_agent() {
+        // What weft-scaler does: serve weft.scaler, watch demand, hold its group's lease and
+        // write its intents in shared/weft.scaler.<group>.
+        let scaler = caller(
+            Role::Agent,
+            Scopes {
+                serve: list(&[SCALER_AGENT]),
+                namespaces: list(&["shared/weft.scaler.", "weft.scaler."]),
+                ..Scopes::default()
+            },
+        );
+        for ok in [
+            Permission::Serve { agent: SCALER_AGENT },
+            Permission::WatchDemand,
+            Permission::Lease { name: "weft.scaler.prod" },
+            Permission::WriteState { namespace: "shared/weft.scaler.prod" },
+            Permission::ReadState { namespace: "shared/weft.scaler.prod" },
+        ] {
+            assert!(authorize(&scaler, ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            Permission::ReadAll,
+            Permission::ReadMetrics,
+            Permission::ManageInstances { agent: "orders" },
+            Permission::Serve { agent: "orders" },
+            Permission::WriteState { namespace: "shared/orders" },
+        ] {
+            assert!(authorize(&scaler, refused).is_err(), "{refused}");
+        }
+        // The serve list is what grants it, not the role alone; clients never get it.
+        let client = caller(Role::Client, Scopes { serve: list(&[SCALER_AGENT]), ..Scopes::default() });
+        let denied = authorize(&client, Permission::WatchDemand).unwrap_err();
+        assert!(denied.hint.contains("weft.scaler"), "{denied}");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! events are at least [`MIN_EVENT_INTERVAL`] apart, so a busy cluster costs at most 4
 //! snapshots a second per stream. Nothing is queued: each event is built when the client
 //! can take it, so a slow client only sees fewer, newer snapshots. At most
-//! [`super::MAX_EVENT_STREAMS`] streams per node; the stream ends when the node shuts down.
+//! [`super::MAX_EVENT_STREAMS`] streams per node; the stream ends when the node shuts down,
+//! and when the token that opened it is revoked or expires: then with an `end` event whose
+//! data is the error (`{"error": {"code": "UNAUTHENTICATED", "message": "token ... was
+//! revoked; ..."}}`), as a tail ends, and the page shows it rather than reconnecting.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -46,6 +49,7 @@ pub(super) async fn events(
         );
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", &message);
     };
+    let lapse = d.ctx.lapse(&caller);
     let mut tick = tokio::time::interval_at(Instant::now() + REFRESH, REFRESH);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let feed = Feed {
@@ -59,17 +63,28 @@ pub(super) async fn events(
         last_sent: None,
         _permit: permit,
     };
-    let stream = futures::stream::unfold(feed, |mut feed| async move {
-        let event = feed.next().await?;
-        Some((Ok::<_, Infallible>(event), feed))
+    let stream = futures::stream::unfold(Some((feed, lapse)), |state| async move {
+        let (mut feed, mut lapse) = state?;
+        match lapse.guard(feed.next()).await {
+            Ok(event) => Some((Ok::<_, Infallible>(event?), Some((feed, lapse)))),
+            // The token was revoked or expired: say so, then end.
+            Err(why) => Some((Ok(end_event(&why.ending())), None)),
+        }
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+}
+
+/// The last event of a stream that ends with an error: `end`, with the error's JSON body.
+fn end_event(status: &tonic::Status) -> Event {
+    let body = serde_json::to_string(&crate::rest::error::body(status)).unwrap_or_default();
+    Event::default().event("end").data(body)
 }
 
 /// One client's stream: what it was sent last, and what wakes it.
 struct Feed {
     dashboard: Dashboard,
-    /// Checked when the stream opened (a token revoked later ends nothing already open).
+    /// Checked when the stream opened; the stream's lapse ends it if the token is revoked
+    /// or expires later.
     caller: crate::auth::Caller,
     filter: Filter,
     metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<crate::NodeId, openraft::BasicNode>>,

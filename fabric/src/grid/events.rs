@@ -42,6 +42,9 @@ pub enum Event {
     /// ready. Demand watchers on every node look again (with [`Event::Changed`],
     /// [`Event::SessionClosed`] and [`Event::ListenerEnded`], which change it too).
     WorkChanged,
+    /// Token `id` was revoked. Each node ends the long-lived calls (agent sessions, waits,
+    /// listeners, watches, tails) that were opened with it.
+    TokenRevoked { id: String },
 }
 
 /// Why a listener ends.

@@ -322,7 +322,7 @@ impl Grid {
             Command::AuditNote(note) => Ok(self.audit_note(note, out)),
             // Tokens (tokens.rs).
             Command::CreateToken(new) => self.create_token(new),
-            Command::RevokeToken { id } => self.revoke_token(id),
+            Command::RevokeToken { id } => self.revoke_token(id, out),
         }
     }
 }

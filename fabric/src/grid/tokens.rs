@@ -2,6 +2,7 @@
 //! retried after an unknown outcome is harmless) and revoke. The types, the bounds and the
 //! life of a token are in `token.rs`.
 
+use super::events::{Event, Outbox};
 use super::token::{MAX_REVOKED, MAX_TOKENS, NewToken, Token};
 use super::{Error, Grid, Output, Tokens};
 
@@ -51,8 +52,9 @@ impl Grid {
 
     /// Applies `RevokeToken`: the token is removed and its id remembered as revoked (the
     /// oldest remembered id is forgotten past [`MAX_REVOKED`]). Revoking a revoked id again
-    /// answers `existed: false`; an id never seen is refused.
-    pub(super) fn revoke_token(&mut self, id: &str) -> Result<Output, Error> {
+    /// answers `existed: false`; an id never seen is refused. A revoke that removed a token
+    /// tells the nodes ([`Event::TokenRevoked`]), which end what it had opened.
+    pub(super) fn revoke_token(&mut self, id: &str, out: &mut Outbox) -> Result<Output, Error> {
         let Tokens { held, revoked, revoked_order } = &mut self.tokens;
         if held.remove(id).is_none() {
             return if revoked.contains(id) {
@@ -68,6 +70,7 @@ impl Grid {
                 revoked.remove(&oldest);
             }
         }
+        out.events.push(Event::TokenRevoked { id: id.to_owned() });
         Ok(Output::TokenRevoked { existed: true })
     }
 }

@@ -70,9 +70,15 @@ fn revoke_removes_the_token_and_remembers_its_id() {
     assert_eq!(h.grid.token("tok1"), None);
     assert!(h.grid.token_revoked("tok1") && !h.grid.token_revoked("tok2"));
     assert_eq!(h.grid.tokens_after(None).map(|t| t.id.as_str()).collect::<Vec<_>>(), ["tok2"]);
-    // Again: nothing to do, and said so; an id never seen is refused.
+    // The nodes are told, so they end the streams it opened.
+    let told = |h: &Harness| {
+        h.events.iter().filter(|e| matches!(e, Event::TokenRevoked { id } if id == "tok1")).count()
+    };
+    assert_eq!(told(&h), 1);
+    // Again: nothing to do, and said so (and nobody told again); an id never seen is refused.
     assert_eq!(h.ok(revoke("tok1")), Output::TokenRevoked { existed: false });
     assert_eq!(h.apply(revoke("nope")), Err(Error::UnknownToken { id: "nope".into() }));
+    assert_eq!(told(&h), 1);
     // A revoked id is never given to another token.
     let again = h.apply(create(new_token("tok1", 1))).unwrap_err();
     assert!(matches!(&again, Error::InvalidToken { reason } if reason.contains("revoked")), "{again:?}");

@@ -52,6 +52,9 @@ pub struct Registry {
     pub executions: executions::Tracker,
     /// Requests the auth gate refused, by reason.
     pub auth_refused: Refusals,
+    /// Long calls (sessions, waits, listeners, watches, tails) ended because the token that
+    /// opened them was revoked or expired, by reason.
+    pub auth_ended: Refusals,
     /// Entries up to this index were applied before the process started (a restart replays
     /// them): they are not counted again.
     replayed_until: AtomicU64,
@@ -74,6 +77,7 @@ impl Registry {
             snapshot_bytes: AtomicU64::new(0),
             executions: executions::Tracker::default(),
             auth_refused: Refusals::default(),
+            auth_ended: Refusals::default(),
             replayed_until: AtomicU64::new(0),
         }
     }
@@ -126,6 +130,14 @@ impl Registry {
         );
         for (reason, n) in self.auth_refused.snapshot() {
             t.sample("weft_auth_refused_total", &[("node", node), ("reason", reason)], n);
+        }
+        t.family(
+            "weft_auth_streams_ended_total",
+            "Long calls (agent sessions, waits, listeners, demand watches, tails, dashboard streams) ended because the token that opened them was revoked or expired, by reason.",
+            Kind::Counter,
+        );
+        for (reason, n) in self.auth_ended.snapshot() {
+            t.sample("weft_auth_streams_ended_total", &[("node", node), ("reason", reason)], n);
         }
         t.single(
             "weft_build_info",

@@ -148,6 +148,22 @@ impl Handle {
         }
     }
 
+    /// Applies `commands` at `now_ms` to the grid and tells `hub`, as the state machine does
+    /// (tests of what watches the grid change).
+    #[cfg(test)]
+    pub(crate) fn apply_and_publish(
+        &self,
+        hub: &watch::Hub,
+        now_ms: u64,
+        commands: &[crate::grid::Command],
+    ) -> Vec<Result<crate::grid::Output, crate::grid::Error>> {
+        let mut applied = self.applied.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut events = Vec::new();
+        let results = applied.grid.apply_batch_with_events(now_ms, commands, &mut events);
+        hub.publish(&applied.grid, events);
+        results
+    }
+
     /// The state machine's counters.
     pub fn counters(&self) -> &Counters {
         &self.counters

@@ -658,7 +658,9 @@ pub async fn read_items(
 
 /// Follows a stream live as Server-Sent Events: one `item` event per item (its JSON, with
 /// `id:` its seq), from `from_seq` or from the next append; an `end` event when the stream
-/// is closed or deleted. A client that reconnects with `Last-Event-ID` goes on after it.
+/// is closed or deleted, or with the error (`{"error": {"code": "UNAUTHENTICATED", ...}}`)
+/// when the token that opened the tail is revoked or expires. A client that reconnects with
+/// `Last-Event-ID` goes on after it.
 #[utoipa::path(get, path = "/v1/streams/{name}/tail", tag = "streams",
     params(("name" = String, Path), model::TailQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Go on after this seq")),
@@ -688,74 +690,82 @@ pub async fn tail(
         (None, None) => info.last_seq.saturating_add(1),
     };
     let uid = info.uid;
+    // Ends the tail when the caller's token is revoked or expires.
+    let mut lapse = api.ctx.lapse(&caller);
     let events = async_stream(move |tx| async move {
         let _permit = permit;
-        let mut applied = api.ctx.raft.metrics();
         let end = |status: tonic::Status| {
             Event::default()
                 .event("end")
                 .data(serde_json::to_string(&super::error::body(&status)).unwrap_or_default())
         };
-        loop {
-            // The stream as it is before the read: once the read is caught up, every item up
-            // to `last_seq` has been looked at (a filter may have passed over some), so the
-            // next read starts after it and does not scan them again.
-            let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(true) };
-            let info = match api.streams.info(request(&caller, info_req)).await {
-                Ok(i) => i.into_inner(),
-                Err(status) => {
-                    let _ = tx.send(end(status)).await;
-                    return;
-                }
-            };
-            if info.uid != uid {
-                let _ = tx.send(Event::default().event("end").data("{\"reason\":\"deleted\"}")).await;
-                return;
-            }
-            let req = pb::ReadRequest {
-                stream: stream.clone(),
-                from_seq: next,
-                limit: 0,
-                filter: filter.clone(),
-                consistency: consistency(true),
-            };
-            let page = match api.streams.read(request(&caller, req)).await {
-                Ok(page) => page.into_inner(),
-                Err(status) => {
-                    let _ = tx.send(end(status)).await;
-                    return;
-                }
-            };
-            for item in page.items {
-                next = item.seq.saturating_add(1);
-                let id = item.seq.to_string();
-                let data = serde_json::to_string(&model::Item::from(item)).unwrap_or_default();
-                if tx.send(Event::default().event("item").id(id).data(data)).await.is_err() {
-                    return;
-                }
-            }
-            if page.next_seq != 0 {
-                next = next.max(page.next_seq);
-                continue;
-            }
-            next = next.max(info.last_seq.saturating_add(1));
-            if info.closed {
-                let _ = tx.send(Event::default().event("end").data("{\"reason\":\"closed\"}")).await;
-                return;
-            }
-            // Wait until this node applies another entry (Raft publishes metrics far more often:
-            // heartbeats, ticks).
-            let seen = applied.borrow().last_applied.map(|l| l.index);
+        let tail = async {
+            let mut applied = api.ctx.raft.metrics();
             loop {
-                tokio::select! {
-                    _ = api.shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    changed = applied.changed() => if changed.is_err() { return },
+                // The stream as it is before the read: once the read is caught up, every item up
+                // to `last_seq` has been looked at (a filter may have passed over some), so the
+                // next read starts after it and does not scan them again.
+                let info_req = pb::StreamInfoRequest { name: stream.clone(), consistency: consistency(true) };
+                let info = match api.streams.info(request(&caller, info_req)).await {
+                    Ok(i) => i.into_inner(),
+                    Err(status) => {
+                        let _ = tx.send(end(status)).await;
+                        return;
+                    }
+                };
+                if info.uid != uid {
+                    let _ = tx.send(Event::default().event("end").data("{\"reason\":\"deleted\"}")).await;
+                    return;
                 }
-                if applied.borrow().last_applied.map(|l| l.index) != seen {
-                    break;
+                let req = pb::ReadRequest {
+                    stream: stream.clone(),
+                    from_seq: next,
+                    limit: 0,
+                    filter: filter.clone(),
+                    consistency: consistency(true),
+                };
+                let page = match api.streams.read(request(&caller, req)).await {
+                    Ok(page) => page.into_inner(),
+                    Err(status) => {
+                        let _ = tx.send(end(status)).await;
+                        return;
+                    }
+                };
+                for item in page.items {
+                    next = item.seq.saturating_add(1);
+                    let id = item.seq.to_string();
+                    let data = serde_json::to_string(&model::Item::from(item)).unwrap_or_default();
+                    if tx.send(Event::default().event("item").id(id).data(data)).await.is_err() {
+                        return;
+                    }
+                }
+                if page.next_seq != 0 {
+                    next = next.max(page.next_seq);
+                    continue;
+                }
+                next = next.max(info.last_seq.saturating_add(1));
+                if info.closed {
+                    let _ = tx.send(Event::default().event("end").data("{\"reason\":\"closed\"}")).await;
+                    return;
+                }
+                // Wait until this node applies another entry (Raft publishes metrics far more often:
+                // heartbeats, ticks).
+                let seen = applied.borrow().last_applied.map(|l| l.index);
+                loop {
+                    tokio::select! {
+                        _ = api.shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        changed = applied.changed() => if changed.is_err() { return },
+                    }
+                    if applied.borrow().last_applied.map(|l| l.index) != seen {
+                        break;
+                    }
                 }
             }
+        };
+        // The tail holds no state in the grid: it may stop wherever it waits.
+        if let Err(why) = lapse.guard(tail).await {
+            let _ = tokio::time::timeout(crate::auth::END_SEND_WAIT, tx.send(end(why.ending()))).await;
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)))

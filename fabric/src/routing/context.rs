@@ -117,6 +117,12 @@ impl Context {
         }
     }
 
+    /// When `caller`'s token stops being valid on this node: every long call (session, wait,
+    /// listener, watch, tail) selects on it and ends then. Never, for an open caller.
+    pub fn lapse(&self, caller: &crate::auth::Caller) -> crate::auth::Lapse {
+        crate::auth::Lapse::new(caller, &self.hub, &self.applied, &self.metrics)
+    }
+
     /// Where the leader is.
     pub fn leader(&self) -> Leader {
         let metrics = self.raft.metrics();

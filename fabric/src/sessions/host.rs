@@ -5,7 +5,10 @@
 //! answers `opened`. From then on one task serves the stream: it pushes what the hub
 //! delivers (assignments, revocations, the close), proposes what the agent sends
 //! (completions, renewals, give-backs), and closes the session when the stream ends, the
-//! agent goes quiet for `session_timeout_ms`, or the node shuts down.
+//! agent goes quiet for `session_timeout_ms`, the node shuts down, or the token that opened
+//! it is revoked or expires (then the stream ends `UNAUTHENTICATED`, naming the token and
+//! why). However it ends, the close goes through the grid (`CloseSession`), which returns
+//! what the session held to pending for other sessions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,6 +137,7 @@ pub async fn open(
     let _ = tx.try_send(message(pb::fabric_message::Kind::Opened(opened)));
     tracing::debug!(session = id, node_id = ctx.node_id, "session opened");
     let session = Session {
+        lapse: ctx.lapse(&caller),
         caller,
         inflight: Arc::new(Semaphore::new(capacity + INFLIGHT_SLACK)),
         ctx,
@@ -156,12 +160,17 @@ enum Ending {
     Grid,
     /// This node ends it: propose the close.
     Here(String),
+    /// The token that opened it was revoked or expired: propose the close; the stream ends
+    /// with the refusal (sent already) rather than a `closed` message.
+    Lapsed(String),
 }
 
 struct Session {
     ctx: Context,
     /// Who opened it: what its completions may do.
     caller: Caller,
+    /// Ends the session when `caller`'s token is revoked or expires.
+    lapse: crate::auth::Lapse,
     id: SessionId,
     key: u64,
     capacity: usize,
@@ -185,6 +194,10 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break Ending::Here("the node is shutting down".into()),
+                why = self.lapse.lapsed() => {
+                    crate::auth::end_stream(&self.tx, &why);
+                    break Ending::Lapsed(why.to_string());
+                }
                 event = self.events.recv() => match event {
                     Some(event) => {
                         if let Some(ending) = self.on_event(event).await {
@@ -222,13 +235,19 @@ impl Session {
             }
         };
         self.ctx.hub.unregister_session(self.key);
-        if let Ending::Here(reason) = ending {
-            tracing::debug!(session = self.id, %reason, "session ends");
-            let closed = pb::SessionClosed { reason: reason.clone() };
-            let _ = self.tx.try_send(message(pb::fabric_message::Kind::Closed(closed)));
-            let command = Command::CloseSession { session: self.id, reason };
-            tokio::spawn(super::end_in_grid(self.ctx.clone(), command, self.shutdown.clone()));
-        }
+        let reason = match ending {
+            Ending::Grid => return,
+            Ending::Here(reason) => {
+                let closed = pb::SessionClosed { reason: reason.clone() };
+                let _ = self.tx.try_send(message(pb::fabric_message::Kind::Closed(closed)));
+                reason
+            }
+            Ending::Lapsed(reason) => reason,
+        };
+        tracing::debug!(session = self.id, %reason, "session ends");
+        // The one way a session ends in the grid: what it held goes back to pending.
+        let command = Command::CloseSession { session: self.id, reason };
+        tokio::spawn(super::end_in_grid(self.ctx.clone(), command, self.shutdown.clone()));
     }
 
     async fn send(&self, kind: pb::fabric_message::Kind) -> bool {

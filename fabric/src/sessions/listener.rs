@@ -11,7 +11,9 @@
 //! Both send heartbeats with the lag and end with an explicit end: the stream closed (after
 //! every item), or deleted. A cursor listener detaches when its stream ends, the node shuts
 //! down or loses its leader for a while (the client resumes on another node at its cursor);
-//! what it had not acked is delivered again.
+//! what it had not acked is delivered again. Both end with `UNAUTHENTICATED`, naming the
+//! token and why, when the token that started them is revoked or expires (a cursor listener
+//! detaches then too).
 
 use std::time::{Duration, Instant};
 
@@ -101,12 +103,13 @@ pub async fn start(
         authorize(&caller, Permission::WriteStream { stream })?;
     }
     let (tx, rx) = mpsc::channel(window as usize + OUTBOUND_SLACK);
+    let lapse = ctx.lapse(&caller);
     if start.cursor.is_empty() && start.config.is_none() {
         let reader = Reader::new(ctx, start, window, inbound, tx, shutdown).await?;
-        tokio::spawn(reader.run());
+        tokio::spawn(reader.run(lapse));
     } else {
         let listener = CursorListener::attach(ctx, start, window, inbound, tx, shutdown).await?;
-        tokio::spawn(listener.run());
+        tokio::spawn(listener.run(lapse));
     }
     Ok(rx)
 }
@@ -201,7 +204,8 @@ impl CursorListener {
         })
     }
 
-    async fn run(mut self) {
+    /// Serves the listener until it ends; `lapse` ends it when its token does.
+    async fn run(mut self, mut lapse: crate::auth::Lapse) {
         let mut heartbeat = tokio::time::interval(self.ctx.streams.listener_heartbeat);
         let mut leader_check = tokio::time::interval(LEADER_CHECK_EVERY);
         let mut leaderless_since: Option<Instant> = None;
@@ -211,6 +215,10 @@ impl CursorListener {
                 _ = self.shutdown.cancelled() => {
                     let _ = self.tx.try_send(Err(Status::unavailable("the node is shutting down; resume on another node")));
                     break "the node is shutting down".to_owned();
+                }
+                why = lapse.lapsed() => {
+                    crate::auth::end_stream(&self.tx, &why);
+                    break why.to_string();
                 }
                 event = self.events.recv() => match event {
                     Some(ListenerEvent::Item { item, token, count }) => {
@@ -574,11 +582,17 @@ impl Reader {
         })
     }
 
-    async fn run(mut self) {
+    /// Serves the reader until it ends; `lapse` ends it when its token does.
+    async fn run(mut self, mut lapse: crate::auth::Lapse) {
         let mut heartbeat = tokio::time::interval(self.ctx.streams.listener_heartbeat);
         loop {
             match self.look() {
                 Look::Items(items, next) => {
+                    // A client that keeps up with a busy stream may never let this loop reach
+                    // its select below: look at the token here too.
+                    if let Some(why) = lapse.check() {
+                        return crate::auth::end_stream(&self.tx, &why);
+                    }
                     self.next = next;
                     for item in items {
                         self.in_flight += 1;
@@ -601,6 +615,7 @@ impl Reader {
                     let _ = self.tx.try_send(Err(Status::unavailable("the node is shutting down; resume on another node")));
                     return;
                 }
+                why = lapse.lapsed() => return crate::auth::end_stream(&self.tx, &why),
                 _ = self.watch.changed() => {}
                 received = self.inbound.message() => match received {
                     Ok(Some(pb::ListenerMessage { kind: Some(pb::listener_message::Kind::Credit(c)) })) => {

@@ -84,7 +84,7 @@ where
 }
 
 /// `message` with `token` as its bearer token, if any.
-fn req<T>(token: &Option<String>, message: T) -> Request<T> {
+pub(crate) fn req<T>(token: &Option<String>, message: T) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(token) = token {
         request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
@@ -623,7 +623,7 @@ fn refused(code: Code) -> bool {
 }
 
 /// Writes a fresh admin token to a file for `auth_bootstrap_token_file`; returns the token.
-fn bootstrap_token(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+pub(crate) fn bootstrap_token(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let token = weft_fabric::auth::Credential::generate().reveal();
     let path = dir.join("bootstrap.token");
     std::fs::write(&path, &token).expect("write the bootstrap token");
@@ -631,12 +631,15 @@ fn bootstrap_token(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     (path, token)
 }
 
-async fn make_token(
+/// A token of `role` with the scope lists `[serve, call, namespaces, streams]`, made by
+/// `admin`, expiring after `expires_in_ms` if given: (its text, its id).
+pub(crate) async fn create_token(
     channel: &Channel,
     admin: &str,
     name: &str,
     role: &str,
     scopes: [&[&str]; 4],
+    expires_in_ms: Option<u64>,
 ) -> (String, String) {
     let [serve, call, namespaces, streams] =
         scopes.map(|l| l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
@@ -647,7 +650,7 @@ async fn make_token(
         call,
         namespaces,
         streams,
-        expires_in_ms: None,
+        expires_in_ms,
     };
     let reply = TokensClient::new(channel.clone())
         .create(req(&Some(admin.to_owned()), r))
@@ -657,16 +660,32 @@ async fn make_token(
     (reply.token, reply.record.expect("a record").id)
 }
 
-async fn setup(cluster: &Cluster, admin: String) -> Fixture {
-    let addr = cluster.node(1).addr().to_string();
-    let channel = channel(&addr).await;
-    let a = Some(admin.clone());
-    // The leader makes the bootstrap token once it leads: wait until it works.
+async fn make_token(
+    channel: &Channel,
+    admin: &str,
+    name: &str,
+    role: &str,
+    scopes: [&[&str]; 4],
+) -> (String, String) {
+    create_token(channel, admin, name, role, scopes, None).await
+}
+
+/// Waits until the bootstrap `admin` token works through `channel` (the leader makes it once
+/// it leads).
+pub(crate) async fn admin_ready(channel: &Channel, admin: &str) {
+    let a = Some(admin.to_owned());
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while TokensClient::new(channel.clone()).list(req(&a, pb::ListTokensRequest::default())).await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "the bootstrap admin token works in time");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn setup(cluster: &Cluster, admin: String) -> Fixture {
+    let addr = cluster.node(1).addr().to_string();
+    let channel = channel(&addr).await;
+    let a = Some(admin.clone());
+    admin_ready(&channel, &admin).await;
     let none: &[&str] = &[];
     let (operator, _) = make_token(&channel, &admin, "ops", "operator", [none, none, none, none]).await;
     let (agent, _) =

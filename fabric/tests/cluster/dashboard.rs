@@ -62,11 +62,17 @@ pub struct Events {
 
 impl Events {
     pub async fn open(addr: &str, query: &str) -> Self {
+        Self::open_with(addr, &format!("/v1/dashboard/events{query}"), &[]).await
+    }
+
+    /// Any Server-Sent Events route (`path` with its query), with extra `headers`.
+    pub async fn open_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Self {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let request = format!(
-            "GET /v1/dashboard/events{query} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            request += &format!("{k}: {v}\r\n");
+        }
+        stream.write_all((request + "\r\n").as_bytes()).await.unwrap();
         let mut reader = BufReader::new(stream);
         let mut head = String::new();
         loop {

@@ -5,7 +5,8 @@
 //! call run from the page's own form with its result, an execution that waits until
 //! cancelled cancelled by the detail's cancel button (live in the page, and in the fabric),
 //! and a stopped node shown down. On a node with auth on, the page asks for a token, shows the
-//! node's refusals, and works once given one (which it keeps out of every URL).
+//! node's refusals, and works once given one (which it keeps out of every URL); a token
+//! revoked while the page is open ends its live stream, and the page says so and stops.
 //!
 //! `WEFT_SCREENSHOTS=docs/dashboard` (relative to the workspace root) saves screenshots there.
 
@@ -466,4 +467,33 @@ async fn with_auth(browser: &Browser, cluster: &mut Cluster, admin: &str) {
     assert_eq!(stored, Value::Null);
     stopper.stop();
     let _ = tokio::time::timeout(PATIENCE, serving).await;
+
+    tracing::info!("a token revoked while the page is open: its live stream ends, and the page says why");
+    let channel = channel(&cluster.addrs[0]).await;
+    let none: &[&str] = &[];
+    let (viewer, viewer_id) =
+        crate::authz::create_token(&channel, admin, "viewer", "operator", [none; 4], None).await;
+    fill(browser, "#auth-token", &viewer).await;
+    click(browser, "#auth button[type=submit]").await;
+    until(
+        browser,
+        "the member shown with the viewer's token",
+        &format!(
+            "{MEMBERS} return m.length === 1 && document.getElementById('auth-message').hidden ? m : null;"
+        ),
+    )
+    .await;
+    crate::revoke::revoke(&channel, admin, &viewer_id).await;
+    // The stream's own end, not a refused reconnect: it says the call it opened ends here.
+    let shown = until(
+        browser,
+        "the revoke shown",
+        "const b = document.getElementById('auth-message');
+         return !b.hidden && b.textContent.includes('ends here') ? b.textContent : null;",
+    )
+    .await;
+    let shown = shown.as_str().unwrap();
+    assert!(shown.contains(&format!("token \"{viewer_id}\" was revoked")), "{shown}");
+    let live = browser.find(Locator::Id("live")).await.unwrap().text().await.unwrap();
+    assert_eq!(live, "not authorized");
 }

@@ -26,6 +26,7 @@ mod membership_process;
 mod metrics;
 mod process;
 mod restart;
+mod revoke;
 mod streams;
 mod support;
 mod tls;

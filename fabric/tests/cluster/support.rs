@@ -400,11 +400,25 @@ pub async fn listen(
     open: pb::AgentMessage,
 ) -> Result<(tokio::sync::mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::FabricMessage>), tonic::Status>
 {
+    listen_as(addr, None, open).await
+}
+
+/// [`listen`] with `token` as its bearer token, if any.
+pub async fn listen_as(
+    addr: &str,
+    token: Option<&str>,
+    open: pb::AgentMessage,
+) -> Result<(tokio::sync::mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::FabricMessage>), tonic::Status>
+{
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tx.send(open).await.expect("the channel is open");
     let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut request = tonic::Request::new(stream);
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    }
     let mut client = weft_proto::fabric::v1::executions_client::ExecutionsClient::new(channel(addr).await);
-    let inbound = client.listen(stream).await?.into_inner();
+    let inbound = client.listen(request).await?.into_inner();
     Ok((tx, inbound))
 }
 

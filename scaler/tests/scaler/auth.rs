@@ -1,6 +1,7 @@
-//! Auth: against a node with auth on, the scaler presents its own token (`WEFT_TOKEN_FILE`),
-//! each agent's replicas the token of their agent's `token_file`, and a replica of an agent
-//! without one has no token: it never inherits the scaler's.
+//! Auth: against a node with auth on, the scaler presents its own token (`WEFT_TOKEN_FILE`), an
+//! `agent` token that serves `weft.scaler` and nothing else it does not need; each agent's
+//! replicas the token of their agent's `token_file`, and a replica of an agent without one has
+//! no token: it never inherits the scaler's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -53,7 +54,6 @@ async fn replicas_present_their_agents_token_and_never_the_scalers() {
         c.auth_bootstrap_token_file = Some(file);
     })
     .await;
-    let admin_file = fabric.root().join("admin.token");
     let admin = Token::new(&admin_text).unwrap();
     let work_file = fabric.root().join("work.token");
     create(
@@ -81,6 +81,23 @@ async fn replicas_present_their_agents_token_and_never_the_scalers() {
     )
     .await;
 
+    // The least the scaler needs: serve weft.scaler (which lets it watch demand), its group's
+    // lease and intents. No admin or operator token.
+    let scaler_file = fabric.root().join("scaler.token");
+    let scaler_token = create(
+        &fabric,
+        &admin,
+        pb::CreateTokenRequest {
+            name: "scaler".into(),
+            role: "agent".into(),
+            serve: vec!["weft.scaler".into()],
+            namespaces: vec!["shared/weft.scaler.".into(), "weft.scaler.".into()],
+            ..Default::default()
+        },
+        &scaler_file,
+    )
+    .await;
+
     let group = Group::new("auth");
     let backoff =
         "max_replicas = 1\nrestart_initial_ms = 300\nrestart_cap_ms = 1000\ncrash_loop_threshold = 2";
@@ -88,7 +105,7 @@ async fn replicas_present_their_agents_token_and_never_the_scalers() {
         + &scaled_agent("work", &format!("max_replicas = 1\ntoken_file = \"{}\"", work_file.display()))
         + &scaled_agent("other", backoff);
     // The scaler's own token comes from its environment, which its replicas would inherit.
-    let _scaler = start_scaler_with(&fabric, "scaler", &config, &[("WEFT_TOKEN_FILE", &admin_file)]);
+    let _scaler = start_scaler_with(&fabric, "scaler", &config, &[("WEFT_TOKEN_FILE", &scaler_file)]);
     let operator = client(&fabric, &admin);
     wait_status(&operator, &group, "the scaler publishes with its token", |s| {
         s["agents"]["work"].is_object()
@@ -112,7 +129,8 @@ async fn replicas_present_their_agents_token_and_never_the_scalers() {
     .await;
     let log = std::fs::read_to_string(fabric.root().join("logs/other.log")).expect("the agent's log");
     assert!(log.contains("unauthenticated: no credentials"), "{log}");
-    assert!(!log.contains(&admin_text), "the scaler's token never reached it");
+    assert!(!log.contains(scaler_token.secret()), "the scaler's token never reached it");
+    assert!(!log.contains(&admin_text));
     let work_log = std::fs::read_to_string(fabric.root().join("logs/work.log")).expect("the agent's log");
     assert!(!work_log.contains("unauthenticated"), "{work_log}");
 }

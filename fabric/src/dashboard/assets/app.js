@@ -448,14 +448,31 @@ async function connect() {
   clearAuthProblem();
   $("live").title = "";
   setLive("live", "ok");
+  let end = null;
   try {
     await readEvents(response.body, (type, data) => {
-      if (type !== "snapshot" || !current()) return;
+      if (!current()) return;
+      if (type === "end") {
+        end = data;
+        return;
+      }
+      if (type !== "snapshot") return;
       setLive("live", "ok");
       render(JSON.parse(data));
     });
   } catch (_) { /* cut off, or closed by connect(): handled below */ }
   if (!current()) return;
+  if (end !== null) {
+    // The node ended the stream with an error: the token was revoked or expired after the
+    // stream opened. Trying again cannot help: it waits for another token (the banner says why).
+    let json = null;
+    try { json = JSON.parse(end); } catch (_) { /* not JSON */ }
+    const message = apiError(401, json, end);
+    $("live").title = message;
+    showAuthProblem(message);
+    setLive("not authorized", "bad");
+    return;
+  }
   setLive("reconnecting", "warn");
   state.retry = setTimeout(connect, RECONNECT_MS);
 }
