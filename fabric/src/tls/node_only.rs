@@ -26,9 +26,23 @@ pub fn node_only_paths() -> [String; 3] {
     ]
 }
 
-/// Whether `path` names a node-only method.
+/// The services whose every method is node-only.
+const NODE_ONLY_SERVICES: [&str; 2] = {
+    use weft_proto::cluster::v1::{forward_server, raft_server};
+    [raft_server::SERVICE_NAME, forward_server::SERVICE_NAME]
+};
+/// The node-only method of a service that clients may otherwise call: (service, method).
+const NODE_ONLY_METHOD: (&str, &str) =
+    (weft_proto::fabric::v1::cluster_server::SERVICE_NAME, "PrepareBootstrap");
+
+/// Whether `path` names a node-only method (one of [`node_only_paths`]). It runs on every
+/// request of a node with TLS or auth on, so it compares slices and allocates nothing.
 pub fn is_node_only(path: &str) -> bool {
-    node_only_paths().iter().any(|p| path.starts_with(p.as_str()))
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    NODE_ONLY_SERVICES.contains(&service)
+        || (service == NODE_ONLY_METHOD.0 && method.starts_with(NODE_ONLY_METHOD.1))
 }
 
 /// Axum middleware for the gRPC routes of a node with TLS on: refuses node-only methods to
@@ -53,4 +67,34 @@ pub async fn require_node(request: Request, next: Next) -> Response {
     };
     tracing::debug!(path = %request.uri().path(), remote = ?peer.map(|p| p.remote), %status, "refused a node-only call");
     status.into_http::<axum::body::Body>().into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_node_only_agrees_with_the_listed_prefixes() {
+        let paths = [
+            "/weft.cluster.v1.Raft/AppendEntries",
+            "/weft.cluster.v1.Raft/",
+            "/weft.cluster.v1.Forward/Write",
+            "/weft.fabric.v1.Cluster/PrepareBootstrap",
+            "/weft.fabric.v1.Cluster/NodeStatus",
+            "/weft.fabric.v1.Cluster/Status",
+            "/weft.fabric.v1.State/Put",
+            "/weft.cluster.v1.Raft",
+            "/weft.cluster.v1.RaftX/AppendEntries",
+            "weft.cluster.v1.Raft/AppendEntries",
+            "/healthz",
+            "/",
+            "",
+        ];
+        for path in paths {
+            let listed = node_only_paths().iter().any(|p| path.starts_with(p.as_str()));
+            assert_eq!(is_node_only(path), listed, "{path}");
+        }
+        assert!(is_node_only("/weft.cluster.v1.Raft/Vote"));
+        assert!(!is_node_only("/weft.fabric.v1.Executions/Call"));
+    }
 }

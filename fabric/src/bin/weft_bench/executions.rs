@@ -36,6 +36,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use weft_agent::{Agent, Context, Fail};
 
 use crate::cluster::{Access, Cluster, Scratch, Security};
+use crate::lockstep::{self, Lockstep};
 use crate::probes::{CpuTicks, Metrics, TICKS_PER_SEC, cpu_ticks, load_average, metrics_over};
 use crate::report::{median, ms, percentile_ms};
 use crate::{Args, ERROR_PAUSE, REQUEST_TIMEOUT};
@@ -103,6 +104,10 @@ pub struct Summary {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// Cores the nodes used together while measuring.
+    pub node_cores: f64,
+    /// Cores this process used while measuring.
+    pub bench_cores: f64,
 }
 
 impl Figures {
@@ -118,6 +123,8 @@ impl Figures {
                 p50_ms: r.p50_ms,
                 p99_ms: r.p99_ms,
                 errors: r.errors,
+                node_cores: r.leader_cores + r.follower_cores,
+                bench_cores: r.bench_cores,
             })
             .collect()
     }
@@ -232,17 +239,18 @@ impl Drop for EchoWorker {
 
 /// One run: for each cluster size, each place of the worker and each number of callers.
 pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch, run: usize) -> anyhow::Result<Figures> {
-    measure_over(args, weft, scratch, run, Security::default(), "").await
+    measure_over(args, weft, scratch, run, (Security::default(), None), "").await
 }
 
 /// [`measure`] on clusters with TLS and auth as `security` says (callers and worker over
-/// TLS too, with the admin token), their dirs named starting with `label`.
+/// TLS too, with the admin token), their dirs named starting with `label`. With a
+/// `lockstep`, each row starts when the other side's does.
 pub async fn measure_over(
     args: &Args,
     weft: &Path,
     scratch: &Scratch,
     run: usize,
-    security: Security,
+    (security, lockstep): (Security, Option<&Lockstep>),
     label: &str,
 ) -> anyhow::Result<Figures> {
     let started = Instant::now();
@@ -271,6 +279,7 @@ pub async fn measure_over(
                 format!("the echo worker on n{worker_node} of {n} node(s) does not answer")
             })?;
             for &callers in &args.clients {
+                lockstep::meet(lockstep).await;
                 let row =
                     measure_row(args, &cluster, n, leader, (on_follower, worker_node), callers, &stamps)
                         .await

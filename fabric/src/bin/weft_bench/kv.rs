@@ -14,6 +14,7 @@ use tonic::transport::Endpoint;
 
 use crate::cluster::{Access, Cluster, Scratch, Security};
 use crate::etcd::EtcdCluster;
+use crate::lockstep::{self, Lockstep};
 use crate::probes::{CpuTicks, TICKS_PER_SEC, cpu_ticks, metrics_over};
 use crate::report::percentile_ms;
 use crate::store::{KvClient, System};
@@ -288,7 +289,7 @@ async fn measured_row(args: &Args, servers: Servers<'_>, case: Case) -> anyhow::
 
 /// Puts to the leader of a fresh cluster of `n` nodes under `root` (extra node environment
 /// `env`, TLS and auth as `security` says), one row per client count of `--clients`; `label` names the
-/// setting in the progress lines.
+/// setting in the progress lines. With a `lockstep`, each row starts when the other side's does.
 pub async fn leader_puts(
     args: &Args,
     weft: &Path,
@@ -296,17 +297,20 @@ pub async fn leader_puts(
     n: usize,
     (env, security): (&[(&str, &str)], Security),
     label: &str,
+    lockstep: Option<&Lockstep>,
 ) -> anyhow::Result<Vec<Row>> {
     let mut cluster =
         Cluster::start_with(weft, root, n, args.snapshot_after_entries, args.keep, env, security)?;
     let leader = cluster.wait_for_leader().await?;
     let mut rows = Vec::new();
     for &clients in &args.clients {
+        lockstep::meet(lockstep).await;
         let case = Case { nodes: n, op: Op::Put, leader, target: leader, via_follower: false, clients };
         let row = measure_row(args, Servers::Weft(&cluster), case).await?;
         eprintln!(
-            "   {n} node(s), {clients} client(s), {label}: {:.0} puts/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
-            row.ops_per_sec, row.p50_ms, row.p99_ms, row.errors
+            "   {n} node(s), {clients} client(s), {label}: {:.0} puts/s, p50 {:.3} ms, p99 {:.3} ms, errors {}, \
+             cpu nodes {:.2} bench {:.2}",
+            row.ops_per_sec, row.p50_ms, row.p99_ms, row.errors, row.node_cores, row.bench_cores
         );
         rows.push(row);
     }

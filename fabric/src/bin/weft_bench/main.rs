@@ -43,6 +43,7 @@
 //! - [`gossip_packets`]: the cost per gossip packet of a MAC or encryption (no nodes).
 //! - [`security_cost`]: puts and execution round trips with TLS on and off, and with auth on
 //!   and off, interleaved.
+//! - [`lockstep`]: two sides of a comparison measured at the same time (`--side-by-side`).
 //! - [`cluster`]: the clusters of `weft node` processes and the scratch dir they live in.
 //! - [`probes`]: `/metrics`, `/proc` RSS and CPU time, disk use, load average.
 //! - [`report`]: markdown tables, medians and percentiles.
@@ -62,6 +63,7 @@ mod executions;
 mod gossip_packets;
 mod http_call;
 mod kv;
+mod lockstep;
 mod membership;
 mod metrics_cost;
 mod million;
@@ -144,6 +146,12 @@ struct Args {
     /// Measure Weft alone even when etcd is installed.
     #[arg(long, conflicts_with = "etcd")]
     no_etcd: bool,
+    /// tls-cost and auth-cost: measure the setting on and off at the same time, on two
+    /// clusters side by side (each row of one measured while the same row of the other is),
+    /// instead of one after the other. On a machine shared with other work both sides then
+    /// see the same load; CPU per operation then counts the node processes only.
+    #[arg(long)]
+    side_by_side: bool,
 }
 
 /// What to measure.

@@ -8,7 +8,7 @@ use crate::Args;
 use crate::cluster::Scratch;
 use crate::cluster::Security;
 use crate::kv::{Row, leader_puts};
-use crate::report::{Side, compare_rows};
+use crate::report::{Side, SideRun, compare_header, compare_rows};
 
 /// One measured row and whether the middleware was on.
 pub struct Sample {
@@ -28,7 +28,9 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Res
                 let root =
                     scratch.path.join(format!("metrics-run{run}-{n}nodes-{}", if on { "on" } else { "off" }));
                 let label = format!("run {run}, rpc_metrics {}", if on { "on " } else { "off" });
-                for row in leader_puts(args, weft, &root, n, (&env, Security::default()), &label).await? {
+                for row in
+                    leader_puts(args, weft, &root, n, (&env, Security::default()), &label, None).await?
+                {
                     samples.push(Sample { run, rpc_metrics: on, row });
                 }
             }
@@ -40,9 +42,9 @@ pub async fn measure(args: &Args, weft: &Path, scratch: &Scratch) -> anyhow::Res
 /// Medians of on and off per cluster size and client count, with each run's figures.
 pub fn markdown(args: &Args, samples: &[Sample]) -> String {
     let mut out = format!(
-        "\n## Cost of the request-latency metrics (puts to the leader, median of {} run(s), on/off alternating)\n\n\
-         | nodes | clients | rpc_metrics | puts/s | p50 ms | p99 ms | puts/s per run |\n|---:|---:|---|---:|---:|---:|---|\n",
-        args.runs
+        "\n## Cost of the request-latency metrics (puts to the leader, median of {} run(s), on/off alternating)\n\n{}",
+        args.runs,
+        compare_header("| nodes | clients | rpc_metrics", "|---:|---:|---", "puts")
     );
     for &n in &args.nodes {
         for &clients in &args.clients {
@@ -51,7 +53,10 @@ pub fn markdown(args: &Args, samples: &[Sample]) -> String {
                 runs: samples
                     .iter()
                     .filter(|s| s.rpc_metrics == on && s.row.nodes == n && s.row.clients == clients)
-                    .map(|s| (s.run, s.row.ops_per_sec, s.row.p50_ms, s.row.p99_ms))
+                    .map(|s| {
+                        let r = &s.row;
+                        SideRun::new(s.run, r.ops_per_sec, r.p50_ms, r.p99_ms, r.node_cores + r.bench_cores)
+                    })
                     .collect(),
             };
             compare_rows(&mut out, &format!("| {n} | {clients} |"), [side(true), side(false)]);

@@ -152,42 +152,97 @@ pub fn run_markdown(args: &Args, run: usize, f: &RunFigures) -> String {
     out
 }
 
-/// One side of an interleaved comparison of one case: its label and each run's figures
-/// `(run, ops/s, p50 ms, p99 ms)`.
+/// One run's figures of one side of an interleaved comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct SideRun {
+    pub run: usize,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// CPU time the node processes and the benchmark process used together, per operation
+    /// (µs). Unlike ops/s it hardly depends on how much of a shared machine the run got.
+    pub cpu_us_per_op: f64,
+}
+
+impl SideRun {
+    /// A run's figures, with the CPU per operation from the cores used while measuring.
+    pub fn new(run: usize, ops_per_sec: f64, p50_ms: f64, p99_ms: f64, cores: f64) -> Self {
+        let cpu_us_per_op = if ops_per_sec > 0.0 { cores / ops_per_sec * 1e6 } else { f64::NAN };
+        Self { run, ops_per_sec, p50_ms, p99_ms, cpu_us_per_op }
+    }
+}
+
+/// One side of an interleaved comparison of one case: its label and each run's figures.
 pub struct Side<'a> {
     pub label: &'a str,
-    pub runs: Vec<(usize, f64, f64, f64)>,
+    pub runs: Vec<SideRun>,
+}
+
+/// The header of [`compare_rows`]' table: the case's own columns `lead` (`"| nodes | clients
+/// | TLS"`, aligned as `align` says, `"|---:|---:|---"`), then the figures, operations named
+/// `ops` (`"puts"`).
+pub fn compare_header(lead: &str, align: &str, ops: &str) -> String {
+    format!(
+        "{lead} | {ops}/s | p50 ms | p99 ms | CPU µs/op | {ops}/s per run |\n\
+         {align}|---:|---:|---:|---:|---|\n"
+    )
+}
+
+/// The change from `b` to `a` in percent, `+1.5 %`; `-` without figures.
+fn change(a: f64, b: f64) -> String {
+    let c = (a / b - 1.0) * 100.0;
+    if c.is_finite() { format!("{c:+.1} %") } else { "-".into() }
 }
 
 /// Markdown rows comparing two sides of one case: each side's medians and ops/s per run,
 /// after the case's own cells `lead` (`"| 3 | 64 |"`), then a row `first vs second` with the
-/// change in median ops/s and p50 from the second side to the first.
+/// change in the median ops/s, p50 and CPU per operation from the second side to the first,
+/// and (in the last column) the medians of the same changes taken run by run, over the runs
+/// both sides have: the pairs measured next to each other, so under the same load.
 pub fn compare_rows(out: &mut String, lead: &str, sides: [Side<'_>; 2]) {
-    use std::fmt::Write as _;
     let mut medians = Vec::new();
     for side in &sides {
-        let ops = median(side.runs.iter().map(|r| r.1).collect());
-        let p50 = median(side.runs.iter().map(|r| r.2).collect());
-        let p99 = median(side.runs.iter().map(|r| r.3).collect());
-        let per_run: Vec<String> = side.runs.iter().map(|r| format!("r{}: {:.0}", r.0, r.1)).collect();
+        let ops = median(side.runs.iter().map(|r| r.ops_per_sec).collect());
+        let p50 = median(side.runs.iter().map(|r| r.p50_ms).collect());
+        let p99 = median(side.runs.iter().map(|r| r.p99_ms).collect());
+        let cpu = median(side.runs.iter().map(|r| r.cpu_us_per_op).collect());
+        let per_run: Vec<String> =
+            side.runs.iter().map(|r| format!("r{}: {:.0}", r.run, r.ops_per_sec)).collect();
+        let cpu_text = if cpu.is_nan() { "-".to_owned() } else { format!("{cpu:.0}") };
         let _ = writeln!(
             out,
-            "{lead} {} | {ops:.0} | {} | {} | {} |",
+            "{lead} {} | {ops:.0} | {} | {} | {cpu_text} | {} |",
             side.label,
             ms(p50),
             ms(p99),
             per_run.join(", ")
         );
-        medians.push((ops, p50));
+        medians.push((ops, p50, cpu));
     }
     let (first, second) = (medians[0], medians[1]);
+    let paired = |pick: fn(&SideRun) -> f64| {
+        let ratios: Vec<f64> = sides[0]
+            .runs
+            .iter()
+            .filter_map(|a| {
+                let b = sides[1].runs.iter().find(|b| b.run == a.run)?;
+                Some(pick(a) / pick(b))
+            })
+            .filter(|r| r.is_finite())
+            .collect();
+        let m = median(ratios);
+        if m.is_nan() { "-".to_owned() } else { format!("{:+.1} %", (m - 1.0) * 100.0) }
+    };
     let _ = writeln!(
         out,
-        "{lead} {} vs {} | {:+.1} % | {:+.1} % | | |",
+        "{lead} {} vs {} | {} | {} | | {} | run by run: ops/s {}, CPU/op {} |",
         sides[0].label,
         sides[1].label,
-        (first.0 / second.0 - 1.0) * 100.0,
-        (first.1 / second.1 - 1.0) * 100.0
+        change(first.0, second.0),
+        change(first.1, second.1),
+        change(first.2, second.2),
+        paired(|r| r.ops_per_sec),
+        paired(|r| r.cpu_us_per_op),
     );
 }
 
