@@ -36,7 +36,7 @@ use tonic::Streaming;
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::scaling_client::ScalingClient;
 
-use crate::connection::{Connection, INITIAL_BACKOFF, MAX_MESSAGE_BYTES, next_backoff};
+use crate::connection::{Connection, INITIAL_BACKOFF, MAX_MESSAGE_BYTES, RequiresTls, next_backoff};
 use crate::{Client, Error};
 
 /// How often the fabric repeats a picture when nothing changed (asked with every watch).
@@ -198,6 +198,7 @@ impl Client {
                 min_interval_ms: 0,
                 heartbeat_ms: HEARTBEAT.as_millis() as u32,
             },
+            require_tls: RequiresTls::new(&self.conn),
             stream: None,
             pause: INITIAL_BACKOFF,
             failing_since: None,
@@ -216,6 +217,8 @@ pub struct DemandWatch {
     pause: Duration,
     /// Since when no node has served a picture.
     failing_since: Option<Instant>,
+    /// Which endpoints said they require TLS (without TLS settings) since one served.
+    require_tls: RequiresTls,
 }
 
 impl std::fmt::Debug for DemandWatch {
@@ -229,8 +232,11 @@ impl std::fmt::Debug for DemandWatch {
 
 impl DemandWatch {
     /// The next picture: the first one at once (from whichever node answers), then each one
-    /// the fabric pushes. Fails with [`Error::Refused`] when the fabric refuses the watch (a bad
-    /// agent name, more than 1000 agents), and with [`Error::Unavailable`] (or
+    /// the fabric pushes. Fails at once with [`Error::Refused`] when the fabric refuses the
+    /// watch (a bad agent name, more than 1000 agents), with [`Error::Unauthenticated`] or
+    /// [`Error::PermissionDenied`] when the token is refused (also when it is revoked or
+    /// expires while the watch runs), with [`Error::Tls`] once every endpoint has said it
+    /// requires TLS from a client without TLS settings, and with [`Error::Unavailable`] (or
     /// [`Error::Overloaded`], when nodes were at `max_listeners`) once no node served a picture
     /// for the client's `retry_for`; calling it again starts over. Cancel-safe: a call
     /// dropped before it returns loses nothing a later picture does not carry.
@@ -241,6 +247,7 @@ impl DemandWatch {
                     Ok(Ok(Some(picture))) => {
                         self.failing_since = None;
                         self.pause = INITIAL_BACKOFF;
+                        self.require_tls.served();
                         return Ok(Demand::from(picture));
                     }
                     Ok(Ok(None)) => (*i, Error::Unavailable("the node ended the watch".into())),
@@ -258,7 +265,7 @@ impl DemandWatch {
                             self.stream = Some((i, response.into_inner()));
                             continue;
                         }
-                        Ok(Err(status)) => (i, Error::from_status(&status)),
+                        Ok(Err(status)) => (i, self.conn.error_of(i, &status).await),
                         Err(_) => {
                             (i, Error::Unavailable(format!("no answer to the watch within {attempt:?}")))
                         }
@@ -266,8 +273,14 @@ impl DemandWatch {
                 }
             };
             self.stream = None;
+            // Refused: every node answers the same, so trying them changes nothing; nor once
+            // every endpoint has said it requires TLS.
             if lost.is_refusal() {
                 return Err(lost);
+            }
+            if let Some(stop) = self.require_tls.stop_with(&self.conn, i, &lost) {
+                self.require_tls.served();
+                return Err(stop);
             }
             let retry_for = self.conn.options().retry_for;
             let since = *self.failing_since.get_or_insert_with(Instant::now);

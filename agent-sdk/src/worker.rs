@@ -33,7 +33,7 @@ use weft_proto::fabric::v1 as pb;
 
 use crate::agent::Agent;
 use crate::client::Client;
-use crate::connection::{self, INITIAL_BACKOFF, next_backoff};
+use crate::connection::{self, INITIAL_BACKOFF, RequiresTls, next_backoff};
 use crate::context::Context;
 use crate::streams::Delivery;
 use crate::tls::Tls;
@@ -471,7 +471,7 @@ impl Worker {
         let mut pause = INITIAL_BACKOFF;
         let mut stop_by: Option<Instant> = None;
         // The endpoints that answered that they require TLS since a session last opened.
-        let mut require_tls = vec![false; self.client.conn.endpoint_count()];
+        let mut require_tls = RequiresTls::new(&self.client.conn);
         loop {
             if self.stop.is_cancelled() {
                 let by = *stop_by.get_or_insert_with(|| Instant::now() + self.drain_timeout + FINAL_ACK_WAIT);
@@ -488,7 +488,7 @@ impl Worker {
             match self.session(&mut state).await {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Ok(SessionEnd::Lost(reason)) => {
-                    require_tls.fill(false);
+                    require_tls.served();
                     tracing::info!(%reason, "agent session lost; reconnecting");
                 }
                 // Bad agent names, a capacity over the limit, a claimed instance, a token the
@@ -503,13 +503,12 @@ impl Worker {
                 }
                 // Without TLS settings the one TLS problem is a node that requires TLS: once
                 // every endpoint has said so, no retry can help.
-                Err(Error::Tls(problem)) if !self.client.conn.tls() => {
-                    require_tls[endpoint] = true;
-                    if require_tls.iter().all(|r| *r) {
-                        return Err(Error::Tls(format!("{problem} ({})", self.endpoints_named())));
+                Err(e @ Error::Tls(_)) if !self.client.conn.tls() => {
+                    if let Some(stop) = require_tls.stop_with(&self.client.conn, endpoint, &e) {
+                        return Err(stop);
                     }
                     let endpoint = self.client.conn.addr(endpoint);
-                    tracing::warn!(error = %problem, endpoint, "cannot open an agent session; trying the next node");
+                    tracing::warn!(error = %e, endpoint, "cannot open an agent session; trying the next node");
                 }
                 // A node with a bad certificate may be alone in it: the next one may do.
                 Err(e @ Error::Tls(_)) => {
@@ -528,16 +527,6 @@ impl Worker {
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = next_backoff(pause);
-        }
-    }
-
-    /// The endpoints, for an error about every one of them.
-    fn endpoints_named(&self) -> String {
-        let conn = &self.client.conn;
-        let all: Vec<&str> = (0..conn.endpoint_count()).map(|i| conn.addr(i)).collect();
-        match all.as_slice() {
-            [one] => format!("endpoint {one}"),
-            _ => format!("every endpoint: {}", all.join(", ")),
         }
     }
 

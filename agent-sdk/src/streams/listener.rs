@@ -35,7 +35,7 @@ use weft_proto::wire::Outcome;
 use super::config::CursorConfig;
 use super::item::Item;
 use super::stream::{Stream, grpc};
-use crate::connection::{Channel, INITIAL_BACKOFF, next_backoff};
+use crate::connection::{Channel, INITIAL_BACKOFF, RequiresTls, next_backoff};
 use crate::{Client, Error};
 
 /// Items a listener holds when not told otherwise: what the fabric may send before the
@@ -557,6 +557,9 @@ enum Ended {
     Done(Option<Error>),
     /// The connection was lost; `lasted`: how long it served, if it started at all.
     Lost { reason: String, lasted: Option<Duration> },
+    /// The connection could not be made for a TLS reason ([`Error::Tls`]): lost, unless
+    /// every endpoint has said it requires TLS from a client without TLS settings.
+    Tls(Error),
 }
 
 /// The task behind a listener: connects, forwards, and resumes elsewhere.
@@ -579,32 +582,37 @@ impl Task {
         let retry_for = conn.options().retry_for;
         let mut pause = INITIAL_BACKOFF;
         let mut failing_since: Option<Instant> = None;
+        let mut require_tls = RequiresTls::new(&conn);
         let end = loop {
             let (i, channel) = conn.current();
-            match self.connection(channel, &mut started_tx).await {
+            let (reason, lasted) = match self.connection(i, channel, &mut started_tx).await {
                 Ended::Done(end) => break end,
-                Ended::Lost { reason, lasted } => {
-                    // It served: the trouble is new. One that keeps starting and failing
-                    // backs off, but does not give up while it starts.
-                    if let Some(lasted) = lasted {
-                        failing_since = None;
-                        if lasted >= STABLE_CONNECTION {
-                            pause = INITIAL_BACKOFF;
-                        }
-                    }
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() + pause >= retry_for {
-                        break Some(Error::Unavailable(format!(
-                            "listener on stream '{}' could not resume within {retry_for:?}: {reason}",
-                            self.core.stream
-                        )));
-                    }
-                    tracing::debug!(stream = %self.core.stream, endpoint = conn.addr(i), %reason, "listener lost; resuming on the next node");
-                    conn.failed(i);
-                    tokio::time::sleep(pause).await;
-                    pause = next_backoff(pause);
+                Ended::Tls(error) => match require_tls.stop_with(&conn, i, &error) {
+                    Some(stop) => break Some(stop),
+                    None => (error.to_string(), None),
+                },
+                Ended::Lost { reason, lasted } => (reason, lasted),
+            };
+            // It served: the trouble is new. One that keeps starting and failing backs off,
+            // but does not give up while it starts.
+            if let Some(lasted) = lasted {
+                failing_since = None;
+                require_tls.served();
+                if lasted >= STABLE_CONNECTION {
+                    pause = INITIAL_BACKOFF;
                 }
             }
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() + pause >= retry_for {
+                break Some(Error::Unavailable(format!(
+                    "listener on stream '{}' could not resume within {retry_for:?}: {reason}",
+                    self.core.stream
+                )));
+            }
+            tracing::debug!(stream = %self.core.stream, endpoint = conn.addr(i), %reason, "listener lost; resuming on the next node");
+            conn.failed(i);
+            tokio::time::sleep(pause).await;
+            pause = next_backoff(pause);
         };
         match started_tx.take() {
             Some(tx) => {
@@ -640,21 +648,30 @@ impl Task {
         }))
     }
 
-    /// What a refused start means: the stream (or cursor) gone, or another refusal.
-    fn refused(&self, status: &tonic::Status) -> Ended {
-        let error = Error::from_status(status);
+    /// What a failed start or stream means: the stream (or cursor) gone, another refusal, a
+    /// node that requires TLS (nothing else will work either), or a lost connection.
+    fn refused(&self, error: Error) -> Ended {
         match error {
             Error::Refused { code: tonic::Code::NotFound, message } if self.started || self.uid != 0 => {
                 Ended::Done(Some(Error::StreamDeleted { stream: self.core.stream.clone(), message }))
             }
             refused if refused.is_refusal() => Ended::Done(Some(refused)),
+            tls @ Error::Tls(_) => Ended::Tls(tls),
             other => Ended::Lost { reason: other.to_string(), lasted: None },
         }
+    }
+
+    /// What a start that failed with `status` on endpoint `endpoint` means; a plain client's
+    /// start cut off by a node that requires TLS is [`Error::Tls`]
+    /// ([`Connection::error_of`](crate::connection::Connection::error_of)).
+    async fn start_error(&self, endpoint: usize, status: &tonic::Status) -> Error {
+        self.core.client.conn.error_of(endpoint, status).await
     }
 
     /// One connection, from its start until it ends or is lost.
     async fn connection(
         &mut self,
+        endpoint: usize,
         channel: Channel,
         started_tx: &mut Option<oneshot::Sender<Result<u64, Error>>>,
     ) -> Ended {
@@ -666,7 +683,7 @@ impl Task {
             Err(_) => {
                 return Ended::Lost { reason: "no answer to the listener's start".into(), lasted: None };
             }
-            Ok(Err(status)) => return self.refused(&status),
+            Ok(Err(status)) => return self.refused(self.start_error(endpoint, &status).await),
             Ok(Ok(response)) => response.into_inner(),
         };
         let started = match tokio::time::timeout(attempt, inbound.message()).await {
@@ -674,7 +691,7 @@ impl Task {
             Ok(Ok(_)) => {
                 return Ended::Lost { reason: "the fabric did not start the listener".into(), lasted: None };
             }
-            Ok(Err(status)) => return self.refused(&status),
+            Ok(Err(status)) => return self.refused(self.start_error(endpoint, &status).await),
             Err(_) => {
                 return Ended::Lost { reason: "no answer to the listener's start".into(), lasted: None };
             }
@@ -708,7 +725,7 @@ impl Task {
                 Ok(Ok(None)) => {
                     break Ended::Lost { reason: "the fabric ended the stream".into(), lasted: None };
                 }
-                Ok(Err(status)) => match self.refused(&status) {
+                Ok(Err(status)) => match self.refused(Error::from_status(&status)) {
                     Ended::Lost { reason, .. } => break Ended::Lost { reason, lasted: None },
                     done => break done,
                 },

@@ -317,6 +317,20 @@ async fn plain_sdk_clients_and_workers_are_told_the_nodes_require_tls() {
     says_tls_is_required(&e);
     assert!(e.to_string().contains(&format!("(endpoint {})", addrs[1])), "{e}");
 
+    tracing::info!("phase: a plain stream listener and demand watch of both nodes end with that error too");
+    let e = tokio::time::timeout(PATIENCE, client.stream("plain").listener::<u32>().start())
+        .await
+        .expect("the listener gives up")
+        .unwrap_err();
+    says_tls_is_required(&e);
+    assert!(e.to_string().contains(&format!("every endpoint: {}, {}", addrs[0], addrs[1])), "{e}");
+    let e = tokio::time::timeout(PATIENCE, client.watch_demand(&[]).next())
+        .await
+        .expect("the demand watch gives up")
+        .unwrap_err();
+    says_tls_is_required(&e);
+    assert!(e.to_string().contains(&format!("every endpoint: {}, {}", addrs[0], addrs[1])), "{e}");
+
     tracing::info!("phase: with the CA the same worker serves the nodes, and a client calls it");
     let worker = Worker::builder(addrs.clone()).agent(echo()).tls(Some(certs.client(None))).build().unwrap();
     let stopper = worker.stopper();
