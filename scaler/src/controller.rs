@@ -215,8 +215,13 @@ impl<F: Fabric> Controller<F> {
     }
 
     /// Runs until `shutdown`, then stops the replicas (unless told to leave them running)
-    /// and releases the lease.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// and releases the lease. Ends with the error when the fabric refuses the scaler's
+    /// credentials ([`FabricError::Credentials`]: a revoked or expired token, TLS required):
+    /// no retry can help, and a supervisor should see the scaler fail. It then leaves the
+    /// replicas running: it can no longer record what it does (every action is recorded in
+    /// its intents first), and a successor with valid credentials adopts them once the lease
+    /// expires.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), FabricError> {
         let (demand_tx, mut demand_rx) = watch::channel::<Option<Demand>>(None);
         let demand_tx = Arc::new(demand_tx);
         let mut agents: Vec<String> = self.config.agents.keys().cloned().collect();
@@ -225,10 +230,25 @@ impl<F: Fabric> Controller<F> {
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refused = None;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                ended = &mut watcher => {
+                    match ended {
+                        Ok(e) => {
+                            tracing::error!(error = %e, "the fabric refuses this scaler's credentials; stopping");
+                            refused = Some(e);
+                            break;
+                        }
+                        // It panicked: watch again.
+                        Err(e) => {
+                            tracing::error!(error = %e, "the demand watch failed; watching again");
+                            watcher = spawn_watch(&self.fabric, agents.clone(), demand_tx.clone());
+                        }
+                    }
+                }
                 _ = lease_tick.tick() => self.on_lease_tick().await,
                 Some(exit) = self.exits.recv() => {
                     self.on_exit(exit).await;
@@ -254,7 +274,17 @@ impl<F: Fabric> Controller<F> {
             }
         }
         watcher.abort();
-        self.shutdown().await;
+        match refused {
+            None => {
+                self.shutdown().await;
+                Ok(())
+            }
+            Some(e) => {
+                tracing::warn!(replicas = self.replicas.len(), "leaving the replicas running for a successor; the lease expires on its own");
+                self.metrics.set_active(false);
+                Err(e)
+            }
+        }
     }
 
     async fn on_lease_tick(&mut self) {
@@ -1189,12 +1219,13 @@ pub fn new_replica_id(agent: &str) -> ReplicaId {
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// Forwards demand pictures from a watch on `agents` into `tx`; watches again (after
-/// [`WATCH_RETRY`]) when the watch fails.
+/// [`WATCH_RETRY`]) when the watch fails, and ends with the error when the fabric refuses the
+/// scaler's credentials.
 fn spawn_watch<F: Fabric>(
     fabric: &F,
     agents: Vec<String>,
     tx: Arc<watch::Sender<Option<Demand>>>,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<FabricError> {
     let fabric = fabric.clone();
     tokio::spawn(async move {
         loop {
@@ -1204,6 +1235,7 @@ fn spawn_watch<F: Fabric>(
                     Ok(d) => {
                         tx.send_replace(Some(d));
                     }
+                    Err(e @ FabricError::Credentials(_)) => return e,
                     Err(e) => {
                         tracing::warn!(error = %e, "demand watch failed; watching again");
                         break;

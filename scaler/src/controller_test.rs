@@ -12,7 +12,7 @@ const START: u64 = 1_700_000_000_000;
 
 struct Scaler {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), FabricError>>,
     configs: watch::Sender<Arc<Config>>,
 }
 
@@ -306,7 +306,7 @@ async fn shutdown_stops_the_replicas_and_releases_the_lease_unless_told_to_leave
     fabric.set_demand(demand(15, &[]));
     until("two replicas", || backend.running().len() == 2).await;
     scaler.stop.cancel();
-    scaler.task.await.unwrap();
+    scaler.task.await.unwrap().unwrap();
     assert!(backend.running().is_empty());
     assert!(fabric.intents().is_empty());
     assert_eq!(fabric.holder(), None);
@@ -317,7 +317,7 @@ async fn shutdown_stops_the_replicas_and_releases_the_lease_unless_told_to_leave
     fabric.set_demand(demand(15, &[]));
     until("two replicas", || backend.running().len() == 2).await;
     scaler.stop.cancel();
-    scaler.task.await.unwrap();
+    scaler.task.await.unwrap().unwrap();
     assert_eq!(backend.running().len(), 2);
     assert_eq!(fabric.intents().len(), 2, "kept for the successor");
     assert_eq!(fabric.holder(), None, "released: a standby need not wait for it to expire");
@@ -590,4 +590,39 @@ async fn a_session_for_another_agent_is_no_start_and_the_failure_names_it() {
         })
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_stop_the_scaler_with_the_error_and_leave_the_replicas_to_a_successor() {
+    let (fabric, backend, scaler, clock) = rig(config(agent(2)));
+    fabric.set_demand(demand(15, &[]));
+    until("two replicas", || backend.running().len() == 2).await;
+    let running = ids(&backend.running());
+    fabric.set_demand(demand(15, &running));
+    until("recorded running", || fabric.intents().values().all(|i| i.phase == intent::Phase::Running)).await;
+    fabric.refuse_credentials("token 0123456789ab was revoked");
+    let ended = tokio::time::timeout(Duration::from_secs(5), scaler.task)
+        .await
+        .expect("the scaler stops instead of watching again")
+        .unwrap();
+    assert_eq!(ended, Err(FabricError::Credentials("token 0123456789ab was revoked".into())));
+    assert_eq!(backend.running().len(), 2, "nothing it cannot record is done");
+    assert_eq!(fabric.intents().len(), 2, "kept for the successor");
+
+    // A successor with good credentials adopts them once the lease expired.
+    fabric.allow_credentials();
+    let (_successor, _) = start(&fabric, &backend, config(agent(2)), "b", clock);
+    until("the successor holds the lease", || fabric.holder().as_deref() == Some("b")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ids(&backend.running()), running, "adopted");
+    assert_eq!(backend.starts().len(), 2, "none started twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unavailable_demand_watch_is_watched_again_not_fatal() {
+    let (fabric, backend, scaler, _) = rig(config(agent(2)));
+    fabric.fail_watch_once("node 1 is gone");
+    fabric.set_demand(demand(15, &[]));
+    until("two replicas after the watch came back", || backend.running().len() == 2).await;
+    assert!(!scaler.task.is_finished());
 }

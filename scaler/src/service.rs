@@ -52,6 +52,11 @@ pub enum Error {
     /// cannot be read or holds no token).
     #[error("token: {0}")]
     Token(String),
+    /// The fabric refused the scaler's credentials while it ran (a revoked or expired
+    /// token, a token without a permission the scaler needs, TLS required); it stopped as on
+    /// SIGTERM.
+    #[error("the scaler stopped: {0}")]
+    Refused(crate::fabric::Error),
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -243,7 +248,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     };
     let controller =
         Controller::new(fabric, backends, exits, config_rx, Clock::system(), controller_options, metrics);
-    controller.run(shutdown.clone()).await;
+    let ended = controller.run(shutdown.clone()).await;
+    // Ended by refused credentials: everything else stops too.
+    shutdown.cancel();
 
     if let Some((stopper, task)) = status_worker {
         stopper.stop();
@@ -254,7 +261,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         let _ = task.await;
     }
     tracing::info!("scaler stopped");
-    Ok(())
+    ended.map_err(Error::Refused)
 }
 
 /// The scaler's own session: agent `weft.scaler`, whose `status` delegate returns the

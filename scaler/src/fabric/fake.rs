@@ -23,6 +23,10 @@ struct Inner {
     unavailable: bool,
     /// How long an accepted intent write takes to return.
     slow_writes: Option<Duration>,
+    /// The credentials were refused (why): the demand watch ends with it.
+    refused: Option<String>,
+    /// The demand watch's next picture fails with this, once.
+    watch_fails: Option<String>,
 }
 
 /// The fake fabric; clones share it.
@@ -33,16 +37,27 @@ pub struct Fake {
     clock: Clock,
 }
 
-pub struct Watch(watch::Receiver<Demand>, bool);
+pub struct Watch {
+    demand: watch::Receiver<Demand>,
+    first: bool,
+    inner: Arc<Mutex<Inner>>,
+}
 
 impl DemandWatch for Watch {
     async fn next(&mut self) -> Result<Demand, Error> {
-        if self.1 {
-            self.1 = false;
-        } else if self.0.changed().await.is_err() {
+        if self.first {
+            self.first = false;
+        } else if self.demand.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
-        Ok(self.0.borrow_and_update().clone())
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(why) = &inner.refused {
+            return Err(Error::Credentials(why.clone()));
+        }
+        if let Some(why) = inner.watch_fails.take() {
+            return Err(Error::Unavailable(why));
+        }
+        Ok(self.demand.borrow_and_update().clone())
     }
 }
 
@@ -91,6 +106,23 @@ impl Fake {
         self.inner().intents.insert(id.to_owned(), intent);
     }
 
+    /// Test control: the fabric refuses the scaler's credentials from now on (the demand
+    /// watch ends with [`Error::Credentials`] at once).
+    pub fn refuse_credentials(&self, why: &str) {
+        self.inner().refused = Some(why.to_owned());
+        self.demand.send_modify(|_| {});
+    }
+
+    /// Test control: credentials are accepted again (a scaler started with new ones).
+    pub fn allow_credentials(&self) {
+        self.inner().refused = None;
+    }
+
+    /// Test control: the demand watch's next picture fails as a lost node would.
+    pub fn fail_watch_once(&self, why: &str) {
+        self.inner().watch_fails = Some(why.to_owned());
+    }
+
     pub fn set_unavailable(&self, down: bool) {
         self.inner().unavailable = down;
     }
@@ -110,7 +142,7 @@ impl Fabric for Fake {
     type Watch = Watch;
 
     fn watch_demand(&self, _agents: Vec<String>) -> Watch {
-        Watch(self.demand.subscribe(), true)
+        Watch { demand: self.demand.subscribe(), first: true, inner: self.inner.clone() }
     }
 
     async fn acquire(&self, holder: &str, ttl: Duration) -> Result<Grant, Error> {

@@ -42,6 +42,12 @@ pub enum Error {
     /// No node answered, or the outcome of a write is unknown.
     #[error("fabric unavailable: {0}")]
     Unavailable(String),
+    /// The fabric does not accept this scaler's credentials: its token is unknown, revoked or
+    /// expired, lacks a permission the scaler needs, or the nodes require TLS and the scaler
+    /// has no TLS settings. Nothing changed, and nothing will until the scaler is restarted
+    /// with other credentials.
+    #[error("credentials refused: {0}")]
+    Credentials(String),
     /// Anything else the fabric refused (bad input, a value over a limit) or could not
     /// decode. Nothing changed.
     #[error("{0}")]
@@ -70,7 +76,8 @@ pub fn picture(agents: Vec<AgentDemand>) -> Demand {
 
 /// A stream of demand pictures.
 pub trait DemandWatch: Send + 'static {
-    /// The next full picture; an error only once no node answered for a while.
+    /// The next full picture; an error only once no node answered for a while, or at once
+    /// when the fabric refuses the watch ([`Error::Credentials`] among others).
     fn next(&mut self) -> impl Future<Output = Result<Demand, Error>> + Send;
 }
 

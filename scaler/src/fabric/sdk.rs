@@ -19,6 +19,9 @@ fn error(e: weft_agent::Error) -> Error {
         weft_agent::Error::Unavailable(m)
         | weft_agent::Error::Overloaded(m)
         | weft_agent::Error::Unknown(m) => Error::Unavailable(m),
+        e @ (weft_agent::Error::Unauthenticated(_)
+        | weft_agent::Error::PermissionDenied(_)
+        | weft_agent::Error::Tls(_)) => Error::Credentials(e.to_string()),
         other => Error::Other(other.to_string()),
     }
 }

@@ -1,7 +1,8 @@
 //! Auth: against a node with auth on, the scaler presents its own token (`WEFT_TOKEN_FILE`), an
 //! `agent` token that serves `weft.scaler` and nothing else it does not need; each agent's
 //! replicas the token of their agent's `token_file`, and a replica of an agent without one has
-//! no token: it never inherits the scaler's.
+//! no token: it never inherits the scaler's. A revoke of the scaler's token makes it exit 1,
+//! leaving its replicas to a successor.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -105,7 +106,7 @@ async fn replicas_present_their_agents_token_and_never_the_scalers() {
         + &scaled_agent("work", &format!("max_replicas = 1\ntoken_file = \"{}\"", work_file.display()))
         + &scaled_agent("other", backoff);
     // The scaler's own token comes from its environment, which its replicas would inherit.
-    let _scaler = start_scaler_with(&fabric, "scaler", &config, &[("WEFT_TOKEN_FILE", &scaler_file)]);
+    let mut scaler = start_scaler_with(&fabric, "scaler", &config, &[("WEFT_TOKEN_FILE", &scaler_file)]);
     let operator = client(&fabric, &admin);
     wait_status(&operator, &group, "the scaler publishes with its token", |s| {
         s["agents"]["work"].is_object()
@@ -133,4 +134,31 @@ async fn replicas_present_their_agents_token_and_never_the_scalers() {
     assert!(!log.contains(&admin_text));
     let work_log = std::fs::read_to_string(fabric.root().join("logs/work.log")).expect("the agent's log");
     assert!(!work_log.contains("unauthenticated"), "{work_log}");
+
+    tracing::info!("phase: the scaler's token is revoked: it exits 1 saying why, leaving its replicas running");
+    let before: Vec<String> = group.running().into_iter().map(|f| f.handle).collect();
+    assert!(!before.is_empty(), "the work replica runs");
+    let endpoint = format!("http://{}", fabric.endpoints()[0]);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect_lazy();
+    TokensClient::new(Authorized::new(channel, Some(admin.clone())))
+        .revoke(pb::RevokeTokenRequest { id: scaler_token.id().unwrap().to_owned() })
+        .await
+        .expect("revoke the scaler's token");
+    let exit = scaler.wait_exit(PATIENCE).await.expect("the scaler exits instead of watching again");
+    assert_eq!(exit.code(), Some(1), "{}", scaler.log_tail(20));
+    let log = scaler.log_tail(20);
+    assert!(
+        log.contains("the scaler stopped: credentials refused")
+            && log.contains(&format!("token \"{}\" was revoked", scaler_token.id().unwrap())),
+        "{log}"
+    );
+    let after: Vec<String> = group.running().into_iter().map(|f| f.handle).collect();
+    assert!(before.iter().any(|h| after.contains(h)), "left running: {before:?} then {after:?}");
+    let who: Value = client(&fabric, &caller)
+        .request("work", "whoami")
+        .timeout(PATIENCE)
+        .call()
+        .await
+        .expect("the replica, with its own token, still serves");
+    assert!(who["session"].as_str().is_some_and(|s| s.starts_with("work-")), "{who}");
 }
