@@ -339,6 +339,38 @@ impl Connection {
     }
 }
 
+/// Which endpoints told a client without TLS settings that they require TLS, since one last
+/// served: once every endpoint has, no retry can help, and the caller stops with
+/// [`Error::Tls`] naming them. A client with TLS settings never gives up on a TLS problem
+/// here: a node with a bad certificate may be alone in it.
+pub(crate) struct RequiresTls {
+    said: Vec<bool>,
+}
+
+impl RequiresTls {
+    pub(crate) fn new(conn: &Connection) -> Self {
+        Self { said: vec![false; conn.endpoint_count()] }
+    }
+
+    /// Some endpoint served: what the others said may have changed since.
+    pub(crate) fn served(&mut self) {
+        self.said.fill(false);
+    }
+
+    /// Takes `error`, just seen on endpoint `i`; the error to stop with once every endpoint
+    /// has said it requires TLS.
+    pub(crate) fn stop_with(&mut self, conn: &Connection, i: usize, error: &Error) -> Option<Error> {
+        let Error::Tls(problem) = error else { return None };
+        if conn.tls() {
+            return None;
+        }
+        if let Some(said) = self.said.get_mut(i) {
+            *said = true;
+        }
+        self.said.iter().all(|s| *s).then(|| Error::Tls(format!("{problem} ({})", conn.endpoints_named())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,37 +495,5 @@ mod tests {
             .await;
         assert!(matches!(out, Err(Error::Unknown(_))));
         assert_eq!(tries, 1, "a write of unknown outcome is not sent again");
-    }
-}
-
-/// Which endpoints told a client without TLS settings that they require TLS, since one last
-/// served: once every endpoint has, no retry can help, and the caller stops with
-/// [`Error::Tls`] naming them. A client with TLS settings never gives up on a TLS problem
-/// here: a node with a bad certificate may be alone in it.
-pub(crate) struct RequiresTls {
-    said: Vec<bool>,
-}
-
-impl RequiresTls {
-    pub(crate) fn new(conn: &Connection) -> Self {
-        Self { said: vec![false; conn.endpoint_count()] }
-    }
-
-    /// Some endpoint served: what the others said may have changed since.
-    pub(crate) fn served(&mut self) {
-        self.said.fill(false);
-    }
-
-    /// Takes `error`, just seen on endpoint `i`; the error to stop with once every endpoint
-    /// has said it requires TLS.
-    pub(crate) fn stop_with(&mut self, conn: &Connection, i: usize, error: &Error) -> Option<Error> {
-        let Error::Tls(problem) = error else { return None };
-        if conn.tls() {
-            return None;
-        }
-        if let Some(said) = self.said.get_mut(i) {
-            *said = true;
-        }
-        self.said.iter().all(|s| *s).then(|| Error::Tls(format!("{problem} ({})", conn.endpoints_named())))
     }
 }

@@ -280,7 +280,10 @@ impl<F: Fabric> Controller<F> {
                 Ok(())
             }
             Some(e) => {
-                tracing::warn!(replicas = self.replicas.len(), "leaving the replicas running for a successor; the lease expires on its own");
+                tracing::warn!(
+                    replicas = self.replicas.len(),
+                    "leaving the replicas running for a successor; the lease expires on its own"
+                );
                 self.metrics.set_active(false);
                 Err(e)
             }

@@ -12,9 +12,21 @@
 
 pub(crate) mod addresses;
 pub mod leader_contact;
+#[allow(
+    clippy::result_large_err,
+    reason = "openraft's storage and network traits fix these error types (StorageError, RPCError), which are over clippy's size limit"
+)]
 pub(crate) mod log_store;
+#[allow(
+    clippy::result_large_err,
+    reason = "openraft's storage and network traits fix these error types (StorageError, RPCError), which are over clippy's size limit"
+)]
 pub(crate) mod network;
 pub(crate) mod raft_service;
+#[allow(
+    clippy::result_large_err,
+    reason = "openraft's storage and network traits fix these error types (StorageError, RPCError), which are over clippy's size limit"
+)]
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -69,4 +81,8 @@ pub struct Response {
 pub type StorageError = openraft::StorageError<NodeId>;
 
 #[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "openraft's storage and network traits fix these error types (StorageError, RPCError), which are over clippy's size limit"
+)]
 mod suite_test;

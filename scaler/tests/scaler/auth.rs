@@ -135,7 +135,9 @@ async fn replicas_present_their_agents_token_and_never_the_scalers() {
     let work_log = std::fs::read_to_string(fabric.root().join("logs/work.log")).expect("the agent's log");
     assert!(!work_log.contains("unauthenticated"), "{work_log}");
 
-    tracing::info!("phase: the scaler's token is revoked: it exits 1 saying why, leaving its replicas running");
+    tracing::info!(
+        "phase: the scaler's token is revoked: it exits 1 saying why, leaving its replicas running"
+    );
     let before: Vec<String> = group.running().into_iter().map(|f| f.handle).collect();
     assert!(!before.is_empty(), "the work replica runs");
     let endpoint = format!("http://{}", fabric.endpoints()[0]);

@@ -28,7 +28,8 @@ impl Program<'_> {
         env: Option<std::ffi::OsString>,
         path: Option<std::ffi::OsString>,
     ) -> Result<PathBuf, String> {
-        let named = |p: PathBuf, by: String| if p.is_file() { Ok(p) } else { Err(format!("{by} is not a file")) };
+        let named =
+            |p: PathBuf, by: String| if p.is_file() { Ok(p) } else { Err(format!("{by} is not a file")) };
         if let Some(p) = explicit {
             return named(p.to_owned(), format!("{} {}", self.flag, p.display()));
         }
@@ -40,7 +41,9 @@ impl Program<'_> {
             .flat_map(std::env::split_paths)
             .map(|dir| dir.join(self.name))
             .find(|p| p.is_file())
-            .ok_or_else(|| format!("no {} on PATH, in ${} or {}: {}", self.name, self.env, self.flag, self.hint))
+            .ok_or_else(|| {
+                format!("no {} on PATH, in ${} or {}: {}", self.name, self.env, self.flag, self.hint)
+            })
     }
 }
 
