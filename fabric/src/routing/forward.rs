@@ -143,22 +143,17 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
 pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
     let deadline = Instant::now() + ctx.request_timeout;
     loop {
-        let rounds = match ctx.wait_for_leader(deadline).await {
-            Leader::Local => &ctx.reads.leader,
-            Leader::Remote { .. } => &ctx.reads.forwarded,
-            Leader::Unknown => {
-                let last = no_leader(ctx);
-                if Instant::now() + RETRY_PAUSE >= deadline {
-                    return Err(last);
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
-            }
-        };
-        // A full queue refuses at once, as a full write queue does.
-        let ticket = rounds.join()?;
+        let leader = ctx.wait_for_leader(deadline).await;
         let left = deadline.saturating_duration_since(Instant::now());
-        let last = match tokio::time::timeout(left, ticket.wait()).await {
+        let answer = match leader {
+            Leader::Local => tokio::time::timeout(left, leader_read_index(ctx)).await,
+            Leader::Remote { .. } => {
+                let ticket = ctx.reads.forwarded.join()?;
+                tokio::time::timeout(left, ticket.wait()).await
+            }
+            Leader::Unknown => Ok(Err(no_leader(ctx))),
+        };
+        let last = match answer {
             Ok(Ok(index)) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match wait_applied(ctx, index, left).await {
@@ -166,6 +161,8 @@ pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
                     Err(e) => e,
                 }
             }
+            // A full queue refuses at once, as a full write queue does.
+            Ok(Err(e @ Error::Overloaded(_))) => return Err(e),
             Ok(Err(e)) => e,
             Err(_) => Error::Unavailable(format!(
                 "no read index within request_timeout_ms ({} ms); is a majority of the cluster up?",
@@ -177,6 +174,18 @@ pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
+}
+
+/// The read index for a read that this node, as leader, serves or answers a follower with:
+/// from the next shared round ([`super::Context::reads`]`.leader`). With a single voter,
+/// confirming leadership sends no message, so there is nothing to share and the round is
+/// run for this read alone (a queue and a hand-off would only add to its cost).
+pub async fn leader_read_index(ctx: &Context) -> Result<u64, Error> {
+    let single_voter = ctx.raft.metrics().borrow().membership_config.membership().voter_ids().count() == 1;
+    if single_voter {
+        return confirm_read_index(ctx).await;
+    }
+    ctx.reads.leader.confirm().await
 }
 
 /// One leader round: confirms with a quorum that this node still leads and returns the index

@@ -80,7 +80,9 @@ impl cpb::forward_server::Forward for ForwardService {
         self.check_cluster(&request.get_ref().cluster)?;
         // The follower's call joins this leader's next read-index round, with its local reads
         // and other followers' calls: one quorum confirmation answers them all.
-        match tokio::time::timeout(self.ctx.request_timeout, self.ctx.reads.leader.confirm()).await {
+        match tokio::time::timeout(self.ctx.request_timeout, super::forward::leader_read_index(&self.ctx))
+            .await
+        {
             Ok(Ok(index)) => Ok(Response::new(cpb::ReadIndexReply { index })),
             Ok(Err(e)) => Err(e.into_status()),
             Err(_) => Err(Error::Unavailable(format!(
