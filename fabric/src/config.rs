@@ -179,6 +179,11 @@ pub struct Config {
     /// Writes that may wait to be batched on this node before new ones are refused
     /// (RESOURCE_EXHAUSTED).
     pub max_pending_writes: usize,
+    /// Linearizable reads that may wait on this node for a read-index round before new ones
+    /// are refused (RESOURCE_EXHAUSTED); as many may share one round. Bounds the leader's queue
+    /// (local reads and followers' `ReadIndex` calls) and a follower's queue for its calls to
+    /// the leader alike.
+    pub max_pending_reads: usize,
     /// Most commands in one log entry.
     pub max_batch_commands: usize,
     /// Most payload bytes in one log entry (a single larger command still goes alone).
@@ -291,6 +296,7 @@ impl Default for Config {
             max_message_bytes: 8 << 20,
             max_raft_message_bytes: 512 << 20,
             max_pending_writes: 16_384,
+            max_pending_reads: 16_384,
             max_batch_commands: 1_024,
             max_batch_bytes: 1 << 20,
             max_inflight_batches: 2,
@@ -535,6 +541,7 @@ impl Config {
             ("max_key_bytes", self.max_key_bytes),
             ("max_list_page", self.max_list_page),
             ("max_pending_writes", self.max_pending_writes),
+            ("max_pending_reads", self.max_pending_reads),
             ("max_batch_commands", self.max_batch_commands),
             ("max_batch_bytes", self.max_batch_bytes),
             ("max_inflight_batches", self.max_inflight_batches),
@@ -997,6 +1004,7 @@ mod tests {
         check(Config { node_id: 1, initial_members: "x".into(), ..Default::default() }, "initial_members");
         check(Config { election_timeout_max_ms: 100, ..Default::default() }, "election_timeout_max_ms");
         check(Config { max_batch_commands: 0, ..Default::default() }, "max_batch_commands");
+        check(Config { max_pending_reads: 0, ..Default::default() }, "max_pending_reads");
         check(Config { max_message_bytes: 10, ..Default::default() }, "max_message_bytes");
         check(Config { cluster: "a b".into(), ..Default::default() }, "cluster");
         check(

@@ -144,6 +144,12 @@ fn render(ctx: &Context) -> ([(axum::http::header::HeaderName, &'static str); 1]
         api.forwarded.load(Ordering::Relaxed),
     );
     gauge(
+        "weft_read_index_rounds_total",
+        "Read-index rounds run as leader: one quorum confirmation each, shared by every linearizable read waiting when it started.",
+        "counter",
+        api.read_rounds.load(Ordering::Relaxed),
+    );
+    gauge(
         "weft_api_errors_total",
         "Requests answered with an error.",
         "counter",

@@ -326,12 +326,17 @@ impl Node {
             shutdown.clone(),
         ));
 
+        let (leader_reads, leader_reads_handle) =
+            routing::read_rounds::Service::new(config.max_pending_reads, "the leader's read-index round");
+        let (forwarded_reads, forwarded_reads_handle) =
+            routing::read_rounds::Service::new(config.max_pending_reads, "a read index from the leader");
         let ctx = routing::Context::new(
             config.node_id,
             config.cluster.clone(),
             raft.clone(),
             applied.clone(),
             proposer_handle,
+            routing::ReadRounds { leader: leader_reads_handle, forwarded: forwarded_reads_handle },
             config.limits(),
             Duration::from_millis(config.request_timeout_ms),
             config.max_message_bytes,
@@ -342,6 +347,22 @@ impl Node {
             metrics.clone(),
         );
         tasks.spawn(proposer.run(shutdown.clone()));
+        let round_ctx = ctx.clone();
+        tasks.spawn(leader_reads.run(
+            move || {
+                let ctx = round_ctx.clone();
+                async move { routing::forward::confirm_read_index(&ctx).await }
+            },
+            shutdown.clone(),
+        ));
+        let round_ctx = ctx.clone();
+        tasks.spawn(forwarded_reads.run(
+            move || {
+                let ctx = round_ctx.clone();
+                async move { routing::forward::ask_leader_read_index(&ctx).await }
+            },
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::audit_notes::run(ctx.clone(), notes_rx, shutdown.clone()));
         tasks.spawn(sessions::reaper::run(ctx.clone(), shutdown.clone()));
         // With auth on, the gate checks tokens against this node's replica of the grid.

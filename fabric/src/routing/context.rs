@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
-use super::{Error, proposer};
+use super::{Error, proposer, read_rounds};
 use crate::NodeId;
 use crate::config::{StreamOptions, WorkOptions};
 use crate::grid;
@@ -37,10 +37,26 @@ pub struct Counters {
     /// Reads served by this node.
     pub reads: AtomicU64,
     /// Hand-overs to the leader: `Forward/Propose` and `Forward/ReadIndex` calls, retries
-    /// included.
+    /// included (one `Forward/ReadIndex` call serves every read waiting when it is sent).
     pub forwarded: AtomicU64,
+    /// Read-index rounds this node ran as leader: one quorum confirmation each, shared by
+    /// every linearizable read (local or forwarded) waiting when it started.
+    pub read_rounds: AtomicU64,
     /// Requests refused with an error status.
     pub errors: AtomicU64,
+}
+
+/// Where linearizable reads wait for a read index, one round for many reads
+/// ([`read_rounds`]).
+#[derive(Clone)]
+pub struct ReadRounds {
+    /// Rounds this node runs as leader: a quorum confirmation each
+    /// ([`super::forward::confirm_read_index`]). Local reads and `Forward/ReadIndex` calls
+    /// from followers share them.
+    pub leader: read_rounds::Handle<u64>,
+    /// Rounds this node runs as follower: one `Forward/ReadIndex` call to the leader each
+    /// ([`super::forward::ask_leader_read_index`]).
+    pub forwarded: read_rounds::Handle<u64>,
 }
 
 /// What every service needs, cheap to clone.
@@ -56,6 +72,8 @@ pub struct Context {
     pub applied: state_machine::Handle,
     /// The write batcher (used only while this node leads).
     pub proposer: proposer::Handle,
+    /// Where linearizable reads wait for a read index.
+    pub reads: ReadRounds,
     /// Limits on commands and queries.
     pub limits: grid::Limits,
     /// The deadline of one request, including finding the leader.
@@ -89,6 +107,7 @@ impl Context {
         raft: Raft,
         applied: state_machine::Handle,
         proposer: proposer::Handle,
+        reads: ReadRounds,
         limits: grid::Limits,
         request_timeout: Duration,
         max_message_bytes: usize,
@@ -104,6 +123,7 @@ impl Context {
             raft,
             applied,
             proposer,
+            reads,
             limits,
             request_timeout,
             max_message_bytes,
@@ -195,22 +215,6 @@ impl Context {
                 // Raft stopped: never resolve; the request's own deadline ends the wait.
                 std::future::pending::<()>().await;
             }
-        }
-    }
-
-    /// Confirms this node still leads with a quorum and waits until its state machine has
-    /// applied everything committed before now (read-index), so a local read is linearizable.
-    pub async fn read_index(&self) -> Result<(), Error> {
-        use openraft::error::{CheckIsLeaderError, RaftError};
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { leader: self.leader_hint(f.leader_id, f.leader_node) })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(Error::Unavailable(format!("leader cannot reach a quorum: {q}")))
-            }
-            Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!("raft stopped: {f}"))),
         }
     }
 

@@ -9,8 +9,8 @@ pub(crate) const NOT_APPLIED_PREFIX: &str = "not applied: ";
 /// How the message of a status that says "outcome unknown" starts.
 pub(crate) const UNKNOWN_PREFIX: &str = "outcome unknown (the write may or may not have been applied): ";
 
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a call failed. Clone, so that one read-index round's error reaches every read of it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The caller's request was refused by the grid's rules. Nothing changed.
     #[error(transparent)]

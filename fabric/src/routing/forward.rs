@@ -135,50 +135,39 @@ pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -
 
 /// Waits until a read of this node's replica is linearizable: everything committed before
 /// the call is applied here. Retries until the request timeout.
+///
+/// The read index comes from a round shared with every other read waiting on this node
+/// ([`super::read_rounds`]): on the leader a quorum confirmation, on a follower one
+/// `Forward/ReadIndex` call (which the leader answers from its own shared rounds). A round
+/// only serves the reads that were waiting when it started.
 pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
     let deadline = Instant::now() + ctx.request_timeout;
     loop {
-        let last = match ctx.wait_for_leader(deadline).await {
-            Leader::Local => {
+        let leader = ctx.wait_for_leader(deadline).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = match leader {
+            Leader::Local => tokio::time::timeout(left, leader_read_index(ctx)).await,
+            Leader::Remote { .. } => {
+                let ticket = ctx.reads.forwarded.join()?;
+                tokio::time::timeout(left, ticket.wait()).await
+            }
+            Leader::Unknown => Ok(Err(no_leader(ctx))),
+        };
+        let last = match answer {
+            Ok(Ok(index)) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, ctx.read_index()).await {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(e)) => e,
-                    Err(_) => Error::Unavailable(format!(
-                        "no answer within request_timeout_ms ({} ms); is a majority of the cluster up?",
-                        ctx.request_timeout.as_millis()
-                    )),
+                match wait_applied(ctx, index, left).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
                 }
             }
-            Leader::Remote { id, addr } => {
-                let left = deadline.saturating_duration_since(Instant::now()).max(RETRY_PAUSE);
-                let mut request = Request::new(cpb::ReadIndexRequest { cluster: ctx.cluster.clone() });
-                request.set_timeout(left);
-                ctx.counters.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut client = forward_client(ctx, &addr)?;
-                // As for writes: a new leader ends the wait for the old one, and the read asks
-                // the new one.
-                let answer = tokio::select! {
-                    answer = client.read_index(request) => answer,
-                    new = ctx.leader_moved_from(id) => Err(tonic::Status::cancelled(format!(
-                        "node {new} was elected while the read index was asked of the old leader at {addr}"
-                    ))),
-                };
-                match answer {
-                    Ok(reply) => {
-                        let index = reply.into_inner().index;
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match wait_applied(ctx, index, left).await {
-                            Ok(()) => return Ok(()),
-                            Err(e) => e,
-                        }
-                    }
-                    Err(status) => {
-                        Error::Unavailable(format!("read index from {addr}: {}", status.message()))
-                    }
-                }
-            }
-            Leader::Unknown => no_leader(ctx),
+            // A full queue refuses at once, as a full write queue does.
+            Ok(Err(e @ Error::Overloaded(_))) => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => Error::Unavailable(format!(
+                "no read index within request_timeout_ms ({} ms); is a majority of the cluster up?",
+                ctx.request_timeout.as_millis()
+            )),
         };
         if Instant::now() + RETRY_PAUSE >= deadline {
             return Err(last);
@@ -187,7 +176,73 @@ pub async fn read_barrier(ctx: &Context) -> Result<(), Error> {
     }
 }
 
+/// The read index for a read that this node, as leader, serves or answers a follower with:
+/// from the next shared round ([`super::Context::reads`]`.leader`). With a single voter,
+/// confirming leadership sends no message, so there is nothing to share and the round is
+/// run for this read alone (a queue and a hand-off would only add to its cost).
+pub async fn leader_read_index(ctx: &Context) -> Result<u64, Error> {
+    let single_voter = ctx.raft.metrics().borrow().membership_config.membership().voter_ids().count() == 1;
+    if single_voter {
+        return confirm_read_index(ctx).await;
+    }
+    ctx.reads.leader.confirm().await
+}
+
+/// One leader round: confirms with a quorum that this node still leads and returns the index
+/// a read must see applied (openraft's read index: the commit index, or this term's first
+/// entry if that is later). Every read waiting in [`super::Context::reads`]`.leader` when the
+/// round started gets the answer.
+pub async fn confirm_read_index(ctx: &Context) -> Result<u64, Error> {
+    use openraft::error::{CheckIsLeaderError, RaftError};
+    ctx.counters.read_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match tokio::time::timeout(ctx.request_timeout, ctx.raft.get_read_log_id()).await {
+        Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(Error::NotLeader { leader: ctx.leader_hint(f.leader_id, f.leader_node) })
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+            Err(Error::Unavailable(format!("leader cannot reach a quorum: {q}")))
+        }
+        Ok(Err(RaftError::Fatal(f))) => Err(Error::Unavailable(format!("raft stopped: {f}"))),
+        Err(_) => Err(Error::Unavailable(format!(
+            "a quorum did not confirm the leader within request_timeout_ms ({} ms)",
+            ctx.request_timeout.as_millis()
+        ))),
+    }
+}
+
+/// One follower round: a `Forward/ReadIndex` call to the leader this node follows when the
+/// round starts. Every read waiting in [`super::Context::reads`]`.forwarded` then gets the
+/// answer.
+pub async fn ask_leader_read_index(ctx: &Context) -> Result<u64, Error> {
+    let (id, addr) = match ctx.leader() {
+        Leader::Remote { id, addr } => (id, addr),
+        // The reads saw another leader when they joined; they look again and retry.
+        Leader::Local => return Err(Error::Unavailable("this node became the leader".into())),
+        Leader::Unknown => return Err(Error::Unavailable("the leader was lost; no leader is known".into())),
+    };
+    let mut request = Request::new(cpb::ReadIndexRequest { cluster: ctx.cluster.clone() });
+    request.set_timeout(ctx.request_timeout);
+    ctx.counters.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut client = forward_client(ctx, &addr)?;
+    // As for writes: a new leader ends the wait for the old one, and the reads ask the new
+    // one in the next round.
+    let answer = tokio::select! {
+        answer = client.read_index(request) => answer,
+        new = ctx.leader_moved_from(id) => Err(tonic::Status::cancelled(format!(
+            "node {new} was elected while the read index was asked of the old leader at {addr}"
+        ))),
+    };
+    match answer {
+        Ok(reply) => Ok(reply.into_inner().index),
+        Err(status) => Err(Error::Unavailable(format!("read index from {addr}: {}", status.message()))),
+    }
+}
+
 async fn wait_applied(ctx: &Context, index: u64, left: Duration) -> Result<(), Error> {
+    if index == 0 {
+        return Ok(());
+    }
     let mut metrics = ctx.raft.metrics();
     let reached = tokio::time::timeout(left, async {
         loop {

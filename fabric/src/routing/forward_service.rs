@@ -78,19 +78,18 @@ impl cpb::forward_server::Forward for ForwardService {
         request: Request<cpb::ReadIndexRequest>,
     ) -> Result<Response<cpb::ReadIndexReply>, Status> {
         self.check_cluster(&request.get_ref().cluster)?;
-        use openraft::error::{CheckIsLeaderError, RaftError};
-        match self.ctx.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => {
-                Ok(Response::new(cpb::ReadIndexReply { index: read_log_id.map_or(0, |l| l.index) }))
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { leader: self.ctx.leader_hint(f.leader_id, f.leader_node) }
-                    .into_status())
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(Error::Unavailable(format!("leader cannot reach a quorum: {q}")).into_status())
-            }
-            Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!("raft stopped: {f}")).into_status()),
+        // The follower's call joins this leader's next read-index round, with its local reads
+        // and other followers' calls: one quorum confirmation answers them all.
+        match tokio::time::timeout(self.ctx.request_timeout, super::forward::leader_read_index(&self.ctx))
+            .await
+        {
+            Ok(Ok(index)) => Ok(Response::new(cpb::ReadIndexReply { index })),
+            Ok(Err(e)) => Err(e.into_status()),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no read index within request_timeout_ms ({} ms)",
+                self.ctx.request_timeout.as_millis()
+            ))
+            .into_status()),
         }
     }
 }

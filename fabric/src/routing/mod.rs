@@ -10,9 +10,14 @@
 //! ```text
 //!   propose(command) ─► leader here? ─► proposer ─► raft.client_write(Batch) ─► apply
 //!                        └ no ─► Forward/Propose ─► leader's proposer (never forwards again)
-//!   read_barrier()    ─► leader here? ─► ensure_linearizable
-//!                        └ no ─► Forward/ReadIndex ─► wait until applied >= index
+//!   read_barrier()    ─► leader here? ─► leader's read round ─► wait until applied >= index
+//!                        └ no ─► follower's read round: Forward/ReadIndex ─► leader's read round
+//!                                                      └► wait until applied >= index
 //! ```
+//!
+//! A read round ([`read_rounds`]) answers every read that was waiting when it started: on the
+//! leader one quorum confirmation serves all local reads and all followers' `ReadIndex` calls
+//! waiting then; on a follower one `ReadIndex` call serves all its reads waiting then.
 //!
 //! What a failed hand-over means is read with [`weft_proto::wire::Outcome`], the one table the
 //! fabric, the SDK, the CLI and the tests share; what the node answers its caller is decided
@@ -25,14 +30,17 @@
 //! - [`forward`]: [`propose`] and [`read_barrier`], the sending side of the path.
 //! - [`forward_service`]: `weft.cluster.v1.Forward`, the leader's side.
 //! - [`proposer`]: the leader's write batcher: commands in, log entries out.
+//! - [`read_rounds`]: one read-index round (a quorum confirmation, a `ReadIndex` call) for
+//!   every read waiting when it starts.
 
 pub mod context;
 pub mod error;
 pub mod forward;
 pub mod forward_service;
 pub mod proposer;
+pub mod read_rounds;
 
-pub use context::{Context, Leader};
+pub use context::{Context, Leader, ReadRounds};
 pub use error::Error;
 pub use forward::{propose, read_barrier};
 pub use forward_service::ForwardService;

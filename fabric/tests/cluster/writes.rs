@@ -132,6 +132,61 @@ async fn concurrent_writes_are_batched_and_all_applied() {
     cluster.shutdown().await;
 }
 
+/// Sum of a metric over every node of the cluster.
+async fn metric_sum(cluster: &Cluster, name: &str) -> u64 {
+    let mut sum = 0;
+    for addr in &cluster.addrs {
+        sum += metric(&reqwest_metrics(addr).await, name);
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_linearizable_reads_share_rounds_and_see_every_acknowledged_write() {
+    init_tracing();
+    let cluster = Cluster::start(3, |_| {}).await;
+    cluster.wait_for_leader().await;
+    let rounds_before = metric_sum(&cluster, "weft_read_index_rounds_total").await;
+    let forwarded_before = metric_sum(&cluster, "weft_api_forwarded_total").await;
+
+    tracing::info!("phase: 48 clients each write a key through one node, then read it back through another");
+    const CLIENTS: usize = 48;
+    const ROUNDS: usize = 10;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let write_addr = cluster.addrs[c % 3].clone();
+        let read_addr = cluster.addrs[(c + 1) % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut reader = client(&read_addr).await;
+            let key = format!("c{c}");
+            for i in 0..ROUNDS {
+                let value = i.to_string();
+                let acked = put_retrying(&write_addr, "shared/reads", &key, &value).await.unwrap();
+                assert!(acked.is_some(), "put {key}={value} acknowledged in a healthy cluster");
+                // The write was acknowledged before this read began: a linearizable read
+                // through any node sees it (or something newer, and there is nothing newer).
+                let got = reader.get(get_req("shared/reads", &key)).await.expect("linearizable get");
+                let got = got.into_inner().entry.map(|e| String::from_utf8(e.value).unwrap());
+                assert_eq!(got.as_deref(), Some(value.as_str()), "read of {key} through {read_addr}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let reads = (CLIENTS * ROUNDS) as u64;
+    let rounds = metric_sum(&cluster, "weft_read_index_rounds_total").await - rounds_before;
+    let forwarded = metric_sum(&cluster, "weft_api_forwarded_total").await - forwarded_before;
+    tracing::info!(reads, rounds, forwarded, "phase: reads shared read-index rounds");
+    assert!(rounds >= 1, "no read-index round ran");
+    assert!(
+        rounds < reads,
+        "{reads} concurrent linearizable reads should share quorum rounds, but took {rounds} rounds"
+    );
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_cluster_serves_reads_and_writes() {
     init_tracing();
