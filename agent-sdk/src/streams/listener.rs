@@ -725,9 +725,12 @@ impl Task {
                 Ok(Ok(None)) => {
                     break Ended::Lost { reason: "the fabric ended the stream".into(), lasted: None };
                 }
+                // The connection served: a TLS problem now is no node requiring TLS, just a
+                // lost connection.
                 Ok(Err(status)) => match self.refused(Error::from_status(&status)) {
                     Ended::Lost { reason, .. } => break Ended::Lost { reason, lasted: None },
-                    done => break done,
+                    Ended::Tls(e) => break Ended::Lost { reason: e.to_string(), lasted: None },
+                    done @ Ended::Done(_) => break done,
                 },
             };
             if let Some(end) = self.on_message(next) {
