@@ -335,3 +335,26 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The expiry index holds exactly one entry for each stored key that has a time to live,
+    /// and nothing else, after every entry: a stale index entry would let `Expire` drop a key
+    /// that was written again since, and a missing one would keep an expired key forever.
+    #[test]
+    fn the_expiry_index_matches_the_stored_keys(log in arb_log()) {
+        let mut grid = Grid::default();
+        for (now, cmds) in &log {
+            grid.apply_batch(*now, cmds);
+            let from_values: BTreeMap<(u64, String, String), ()> = grid
+                .namespaces
+                .iter()
+                .flat_map(|(ns, keys)| {
+                    keys.iter().filter_map(move |(key, value)| {
+                        value.expires_at_ms.map(|at| ((at, ns.clone(), key.clone()), ()))
+                    })
+                })
+                .collect();
+            prop_assert_eq!(&grid.expiries, &from_values);
+        }
+    }
+}
