@@ -139,8 +139,9 @@ impl Grid {
 
     /// Stores `data` under `key` at a new version, with its expiry.
     ///
-    /// One lookup of the key (the insert returns what it replaces), and no allocation for the
-    /// namespace's name unless the namespace is new: this is the put path.
+    /// One lookup of the key (the insert returns what it replaces), and, for a write without a
+    /// time to live, no allocation for the namespace's name unless the namespace is new: this
+    /// is the put path.
     pub(super) fn write(&mut self, namespace: &str, key: &str, data: Vec<u8>, ttl_ms: Option<u64>) -> Output {
         self.revision += 1;
         let version = self.revision;
