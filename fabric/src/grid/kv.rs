@@ -138,18 +138,27 @@ impl Grid {
     }
 
     /// Stores `data` under `key` at a new version, with its expiry.
+    ///
+    /// One lookup of the key (the insert returns what it replaces), and, for a write without a
+    /// time to live, no allocation for the namespace's name unless the namespace is new: this
+    /// is the put path.
     pub(super) fn write(&mut self, namespace: &str, key: &str, data: Vec<u8>, ttl_ms: Option<u64>) -> Output {
-        self.remove(namespace, key);
         self.revision += 1;
         let version = self.revision;
         let expires_at_ms = ttl_ms.filter(|ttl| *ttl > 0).map(|ttl| self.now_ms.saturating_add(ttl));
         if let Some(at) = expires_at_ms {
             self.expiries.insert((at, namespace.to_owned(), key.to_owned()), ());
         }
-        self.namespaces
-            .entry(namespace.to_owned())
-            .or_default()
-            .insert(key.to_owned(), Value { data, version, expires_at_ms });
+        let map = match self.namespaces.get_mut(namespace) {
+            Some(map) => map,
+            None => self.namespaces.entry(namespace.to_owned()).or_default(),
+        };
+        let replaced = map.insert(key.to_owned(), Value { data, version, expires_at_ms });
+        if let Some(at) = replaced.and_then(|old| old.expires_at_ms)
+            && expires_at_ms != Some(at)
+        {
+            self.expiries.remove(&(at, namespace.to_owned(), key.to_owned()));
+        }
         Output::Written { version }
     }
 

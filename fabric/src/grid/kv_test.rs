@@ -335,3 +335,52 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The expiry index holds exactly one entry for each stored key that has a time to live,
+    /// and nothing else, after every entry: a stale index entry would let `Expire` drop a key
+    /// that was written again since, and a missing one would keep an expired key forever.
+    #[test]
+    fn the_expiry_index_matches_the_stored_keys(log in arb_log()) {
+        let mut grid = Grid::default();
+        for (now, cmds) in &log {
+            grid.apply_batch(*now, cmds);
+            let from_values: BTreeMap<(u64, String, String), ()> = grid
+                .namespaces
+                .iter()
+                .flat_map(|(ns, keys)| {
+                    keys.iter().filter_map(move |(key, value)| {
+                        value.expires_at_ms.map(|at| ((at, ns.clone(), key.clone()), ()))
+                    })
+                })
+                .collect();
+            prop_assert_eq!(&grid.expiries, &from_values);
+        }
+    }
+}
+
+/// A key written again keeps exactly the expiry of its last write: the same expiry twice (the
+/// same time to live in one entry), none, or a different one.
+#[test]
+fn a_rewrite_keeps_the_expiry_of_the_last_write_only() {
+    let put = |ttl_ms| Command::Put {
+        namespace: NS[0].into(),
+        key: "k1".into(),
+        value: b"v".to_vec(),
+        ttl_ms,
+        if_absent: false,
+    };
+    let mut g = Grid::default();
+    g.apply_batch(1_000, &[put(Some(100)), put(Some(100))]);
+    assert_eq!(g.expiries.len(), 1, "the same expiry written twice is one index entry");
+    g.apply_batch(1_010, &[put(None)]);
+    assert!(g.expiries.is_empty(), "a write without a time to live drops the old expiry");
+    g.apply_batch(2_000, &[Command::Expire { limit: 10 }]);
+    assert!(g.get(NS[0], "k1").is_some(), "the key no longer expires");
+    g.apply_batch(2_000, &[put(Some(100))]);
+    g.apply_batch(2_010, &[put(Some(50))]);
+    assert_eq!(g.expiries.keys().map(|(at, _, _)| *at).collect::<Vec<_>>(), [2_060]);
+    g.apply_batch(2_070, &[Command::Expire { limit: 10 }]);
+    assert!(g.get(NS[0], "k1").is_none(), "expired at the later write's expiry");
+    assert!(g.expiries.is_empty());
+}

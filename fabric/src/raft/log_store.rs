@@ -313,11 +313,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&log_key(entry.log_id.index), codec::encode(&entry));
+        let mut entries = entries.into_iter();
+        let first = entries.next();
+        let second = entries.next();
+        match (first, second) {
+            (None, _) => {}
+            // One entry (most appends): a plain insert is atomic on its own. A batch would cost
+            // sled two more writes of its log buffer (`PageCache::pin_log` seals the buffer
+            // before and after reserving the batch's manifest), each a job for its I/O threads.
+            (Some(entry), None) => {
+                self.tree
+                    .insert(log_key(entry.log_id.index), codec::encode(&entry))
+                    .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+            }
+            // Several: one atomic batch, so a crash never keeps a later entry without an
+            // earlier one.
+            (Some(first), Some(second)) => {
+                let mut batch = sled::Batch::default();
+                for entry in [first, second].into_iter().chain(entries) {
+                    batch.insert(&log_key(entry.log_id.index), codec::encode(&entry));
+                }
+                self.tree.apply_batch(batch).map_err(|e| io_err(StorageIOError::write_logs, e))?;
+            }
         }
-        self.tree.apply_batch(batch).map_err(|e| io_err(StorageIOError::write_logs, e))?;
         // The flusher acknowledges once the entries are on disk.
         if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback).await {
             callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));

@@ -252,14 +252,28 @@ impl Service {
                     Err(_) => break,
                 }
             }
-            let raft = self.raft.clone();
             let metrics = self.metrics.clone();
             let commit_timeout = self.options.commit_timeout;
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let proposed = std::time::Instant::now();
+            // The entry goes to RaftCore from this loop, so entries reach the log in the order
+            // they were formed and without a task's hand-off first; only the wait for the
+            // commit runs in a task of its own.
+            let write = match self.raft.client_write_ff(Request::Batch { now_ms: now_ms(), commands }).await {
+                Ok(rx) => rx,
+                Err(fatal) => {
+                    deliver(Err(RaftError::Fatal(fatal)), replies);
+                    continue;
+                }
+            };
             tokio::spawn(async move {
-                let (commands, replies): (Vec<_>, Vec<_>) =
-                    batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-                let proposed = std::time::Instant::now();
-                let write = raft.client_write(Request::Batch { now_ms: now_ms(), commands });
+                let write = async {
+                    match write.await {
+                        Ok(result) => result.map_err(RaftError::APIError),
+                        Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+                    }
+                };
                 let result = tokio::time::timeout(commit_timeout, write).await;
                 drop(permit);
                 if let Ok(Ok(_)) = &result {
