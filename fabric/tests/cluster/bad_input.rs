@@ -132,6 +132,19 @@ async fn a_forwarded_write_is_checked_against_the_leaders_limits_too() {
         let _ = cluster.node(1).raft().trigger().elect().await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
+    // A leader that has just won appends a blank entry of its term; count the log only once
+    // that entry is applied, or it lands after the count and looks like a write that got in.
+    loop {
+        let m = cluster.node(1).raft().metrics().borrow().clone();
+        let settled = m.current_leader == Some(1)
+            && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+            && m.last_applied.map(|l| l.index) == m.last_log_index;
+        if settled {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 1's first entry as leader was not applied");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let follower = &cluster.addrs[1];
     let last_log = cluster.node(1).raft().metrics().borrow().last_log_index;
 
