@@ -433,6 +433,7 @@ impl Hub {
 fn changes_demand(event: &Event) -> bool {
     match event {
         Event::Changed { .. }
+        | Event::Created { .. }
         | Event::Assigned { .. }
         | Event::Revoked { .. }
         | Event::SessionClosed { .. }

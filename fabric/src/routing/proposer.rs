@@ -164,6 +164,10 @@ fn command_bytes(command: &Command) -> usize {
             new.id.len() + new.name.len() + scopes + 64
         }
         Command::RevokeToken { id } => id.len() + 16,
+        Command::ReserveBlock { .. } => 16,
+        Command::CreateReserved(r) => {
+            r.new.payload.data.len() + r.new.agent.len() + r.new.delegate.len() + 128
+        }
     }
 }
 
