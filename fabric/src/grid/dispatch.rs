@@ -304,14 +304,22 @@ impl Grid {
             None => remove_pair(&mut self.work.ready, &(e.agent.clone(), e.delegate.clone()), &order),
         }
         self.work.last_token += 1;
-        self.grant(id, session, self.work.last_token, out);
+        self.grant(id, session, self.work.last_token, false, out);
         if let Some(key) = instance {
             self.offer(&key, out);
         }
     }
 
-    /// Leases a pending execution (taken from where it waited) to `session` under `token`.
-    pub(super) fn grant(&mut self, id: ExecutionId, session: SessionId, token: u64, out: &mut Outbox) {
+    /// Leases a pending execution (taken from where it waited) to `session` under `token`
+    /// (`pushed`: the leader has pushed it there already).
+    pub(super) fn grant(
+        &mut self,
+        id: ExecutionId,
+        session: SessionId,
+        token: u64,
+        pushed: bool,
+        out: &mut Outbox,
+    ) {
         let Some(s) = self.work.sessions.get_mut(&session) else { return };
         s.assigned.insert(id);
         s.last_token = token;
@@ -325,7 +333,7 @@ impl Grid {
             e.attempts += 1;
             e.lease = Some(Lease { session, token, expires_ms });
         }
-        out.events.push(Event::Assigned { host, session, execution: id, token });
+        out.events.push(Event::Assigned { host, session, execution: id, token, pushed });
         out.events.push(Event::Changed { execution: id });
     }
 

@@ -19,8 +19,9 @@ use super::stream::{End, Seq};
 pub enum Event {
     /// `execution` was assigned to `session`, whose stream lives at `host`, under `token`.
     /// By the time a node acts on it a later entry may have moved the execution on: push it
-    /// only while the lease is still `(session, token)`.
-    Assigned { host: Host, session: SessionId, execution: ExecutionId, token: u64 },
+    /// only while the lease is still `(session, token)`. `pushed`: the leader pushed it to the
+    /// session before creating it (an eager call, `reserved.rs`); nobody pushes it again.
+    Assigned { host: Host, session: SessionId, execution: ExecutionId, token: u64, pushed: bool },
     /// `session` no longer holds `execution` (cancelled, deadline, lease expired): its
     /// handler should stop; a completion with `token` will be refused.
     Revoked { host: Host, session: SessionId, execution: ExecutionId, token: u64, reason: String },

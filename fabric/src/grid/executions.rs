@@ -226,32 +226,8 @@ impl Grid {
         reserved: bool,
         out: &mut Outbox,
     ) {
-        let now = self.now_ms;
-        let deadline_ms = new.deadline_ms.or_else(|| new.timeout_ms.map(|t| now.saturating_add(t)));
-        let not_before_ms =
-            new.not_before_ms.or_else(|| new.delay_ms.map(|d| now.saturating_add(d))).filter(|at| *at > now);
-        let execution = Execution {
-            id,
-            agent: new.agent.clone(),
-            instance: new.instance.clone(),
-            delegate: new.delegate.clone(),
-            payload: new.payload.clone(),
-            idempotency_key: new.idempotency_key.clone(),
-            status: Status::Pending,
-            attempts: 0,
-            lease: None,
-            outcome: None,
-            created_ms: now,
-            deadline_ms,
-            not_before_ms,
-            priority: if reserved { new.priority } else { new.priority.clamp(i32::MIN + 1, i32::MAX - 1) },
-            parent,
-            retry: new.retry,
-            finished_ms: None,
-            completed_token: None,
-            retention_ms: new.retention_ms,
-            max_deliveries: new.max_deliveries,
-        };
+        let execution = pending_execution(id, new, parent, reserved, self.now_ms);
+        let deadline_ms = execution.deadline_ms;
         if let Some(key) = &new.idempotency_key {
             self.work.idempotency.insert((parent.unwrap_or(0), key.clone()), id);
         }
@@ -483,5 +459,41 @@ impl Grid {
             }
         }
         Ok(conflict)
+    }
+}
+
+/// A new pending execution `id` for `new` at `now` (`reserved`: a lifecycle call of the
+/// fabric's, whose priority is not clipped).
+pub(super) fn pending_execution(
+    id: ExecutionId,
+    new: &NewExecution,
+    parent: Option<ExecutionId>,
+    reserved: bool,
+    now: u64,
+) -> Execution {
+    let deadline_ms = new.deadline_ms.or_else(|| new.timeout_ms.map(|t| now.saturating_add(t)));
+    let not_before_ms =
+        new.not_before_ms.or_else(|| new.delay_ms.map(|d| now.saturating_add(d))).filter(|at| *at > now);
+    Execution {
+        id,
+        agent: new.agent.clone(),
+        instance: new.instance.clone(),
+        delegate: new.delegate.clone(),
+        payload: new.payload.clone(),
+        idempotency_key: new.idempotency_key.clone(),
+        status: Status::Pending,
+        attempts: 0,
+        lease: None,
+        outcome: None,
+        created_ms: now,
+        deadline_ms,
+        not_before_ms,
+        priority: if reserved { new.priority } else { new.priority.clamp(i32::MIN + 1, i32::MAX - 1) },
+        parent,
+        retry: new.retry,
+        finished_ms: None,
+        completed_token: None,
+        retention_ms: new.retention_ms,
+        max_deliveries: new.max_deliveries,
     }
 }

@@ -20,8 +20,9 @@ use std::collections::{BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::events::{Event, Outbox};
-use super::execution::{ExecutionId, Reserved};
-use super::executions::Creating;
+use super::execution::{Execution, ExecutionId, Lease, NewExecution, Reserved, SessionId, Status};
+use super::executions::{Creating, pending_execution};
+use super::session::Host;
 use super::{Error, Grid, Output};
 
 /// Most ids (and tokens) one block sets aside.
@@ -99,7 +100,7 @@ impl Grid {
         };
         if fresh && self.honours(r, out) {
             self.store_execution(r.id, &r.new, parent, false, out);
-            self.grant(r.id, r.session, r.token, out);
+            self.grant(r.id, r.session, r.token, true, out);
             return Ok(Output::Execution { id: r.id, created: true });
         }
         self.revoke_reserved(r, "the call was created under another id", out);
@@ -148,5 +149,44 @@ impl Grid {
                 reason: reason.into(),
             });
         }
+    }
+}
+
+/// What the leader reads to hold a call (`routing::eager`).
+impl Grid {
+    /// The sessions that may take `new` as an eager call, with their free slots (a draining
+    /// one has none): none while an execution of its `(agent, delegate)` waits ready (the call
+    /// would overtake it), nor when its idempotency key names an execution already.
+    pub fn eager_candidates(&self, new: &NewExecution) -> Vec<(SessionId, Host, u32)> {
+        let queue = (new.agent.clone(), new.delegate.clone());
+        if self.work.ready.get(&queue).is_some_and(|q| !q.is_empty()) {
+            return Vec::new();
+        }
+        if let Some(key) = &new.idempotency_key
+            && self.work.idempotency.contains_key(&(new.parent.map_or(0, |p| p.id), key.clone()))
+        {
+            return Vec::new();
+        }
+        let Some(ids) = self.work.serving.get(&new.agent) else { return Vec::new() };
+        ids.iter()
+            .filter_map(|id| self.work.sessions.get(id))
+            .filter(|s| s.free() > 0 && s.may_run(&new.agent, None, &new.delegate))
+            .map(|s| (s.id, s.host, s.free()))
+            .collect()
+    }
+
+    /// The execution a `CreateReserved` of `r` honoured at `now_ms` holds: what the leader
+    /// pushes to the session (apply stamps its own times, up to the linger later).
+    pub fn reserved_preview(&self, r: &Reserved, now_ms: u64) -> Execution {
+        let mut e = pending_execution(r.id, &r.new, r.new.parent.map(|p| p.id), false, now_ms);
+        let lease_ms = self.work.sessions.get(&r.session).map_or(0, |s| s.lease_ms);
+        e.status = Status::Assigned;
+        e.attempts = 1;
+        e.lease = Some(Lease {
+            session: r.session,
+            token: r.token,
+            expires_ms: (lease_ms > 0).then(|| now_ms.saturating_add(lease_ms)),
+        });
+        e
     }
 }
