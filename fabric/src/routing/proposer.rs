@@ -77,6 +77,8 @@ pub enum Kind {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Proposal>,
+    /// Calls that may be held: the loop takes them in even while every slot is busy.
+    calls: mpsc::Sender<Proposal>,
 }
 
 impl Handle {
@@ -90,7 +92,8 @@ impl Handle {
     pub async fn propose_as(&self, command: Command, kind: Kind) -> Result<Output, Error> {
         let (reply, rx) = oneshot::channel();
         let bytes = command_bytes(&command);
-        self.tx.try_send(Proposal { command, bytes, reply, kind }).map_err(|e| match e {
+        let tx = if kind == Kind::Call { &self.calls } else { &self.tx };
+        tx.try_send(Proposal { command, bytes, reply, kind }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Overloaded(
                 "too many writes waiting on this node (max_pending_writes); retry later".into(),
             ),
@@ -201,6 +204,7 @@ pub struct Service {
     applied: state_machine::Handle,
     options: Options,
     rx: mpsc::Receiver<Proposal>,
+    calls: mpsc::Receiver<Proposal>,
     eager: Eager,
 }
 
@@ -255,8 +259,9 @@ impl Service {
         metrics: Arc<Registry>,
     ) -> (Self, Handle) {
         let (tx, rx) = mpsc::channel(options.max_pending_writes);
+        let (calls_tx, calls) = mpsc::channel(options.max_pending_writes);
         let eager = Eager::new(eager, node_id, hub, applied.clone(), metrics.clone());
-        (Self { node_id, raft, metrics, applied, options, rx, eager }, Handle { tx })
+        (Self { node_id, raft, metrics, applied, options, rx, calls, eager }, Handle { tx, calls: calls_tx })
     }
 
     /// Runs until `shutdown`; writes still queued then are answered "not applied".
@@ -268,34 +273,43 @@ impl Service {
         ttl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut timer_tick = tokio::time::interval(TIMER_CHECK_INTERVAL);
         timer_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // What waits for an entry, in the order it came: the loop takes writes in while every
-        // in-flight slot is busy (a held call's push must not wait for one), up to
-        // `max_pending_writes` commands.
+        // What waits for an entry, in the order it came. As before eager calls, the loop takes
+        // a slot first and then the writes that wait, so writes that arrive while the slots are
+        // busy join the next entry without waking the loop one by one. Calls are the exception:
+        // they are taken in at once (a held call's push must not wait for a slot), up to
+        // `max_pending_writes` commands staged.
         let mut staged: VecDeque<Unit> = VecDeque::new();
         let mut staged_commands = 0usize;
+        let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let mut block: Option<(u64, oneshot::Receiver<Result<Output, Error>>)> = None;
         self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
         'entries: loop {
+            if !staged.is_empty()
+                && let Some(slot) = permit.take()
+            {
+                self.take_waiting(&mut staged, &mut staged_commands);
+                self.propose_entry(slot, &mut staged, &mut staged_commands).await;
+                continue;
+            }
+            let room = staged_commands < self.options.max_pending_writes;
             let linger = self.eager.next_linger();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'entries,
-                permit = inflight.clone().acquire_owned(), if !staged.is_empty() => {
-                    let permit = permit.expect("semaphore never closed");
-                    // Writes that came while the slots were busy join this entry.
-                    while staged_commands < self.options.max_pending_writes {
-                        match self.rx.try_recv() {
-                            Ok(p) => self.intake(p, &mut staged, &mut staged_commands),
-                            Err(_) => break,
-                        }
-                    }
-                    self.propose_entry(permit, &mut staged, &mut staged_commands).await;
+                slot = inflight.clone().acquire_owned(), if permit.is_none() => {
+                    permit = Some(slot.expect("semaphore never closed"));
                 }
-                p = self.rx.recv(), if staged_commands < self.options.max_pending_writes => match p {
+                p = self.rx.recv(), if permit.is_some() && room => match p {
+                    Some(p) => self.intake(p, &mut staged, &mut staged_commands),
+                    None => break 'entries,
+                },
+                p = self.calls.recv(), if room => match p {
                     Some(p) => self.intake(p, &mut staged, &mut staged_commands),
                     None => break 'entries,
                 },
                 _ = tokio::time::sleep_until(linger.unwrap_or_else(Instant::now).into()), if linger.is_some() => {
+                    // A completion waiting for a slot pairs with its call rather than follow it.
+                    self.take_waiting(&mut staged, &mut staged_commands);
                     for held in self.eager.lingered(Instant::now()) {
                         stage(&mut self.eager, &mut staged, &mut staged_commands, Unit::held(held, None));
                     }
@@ -315,9 +329,21 @@ impl Service {
         // Answer what is held or still queued: it was never proposed.
         self.eager.drop_all("the node is shutting down");
         self.rx.close();
+        self.calls.close();
         let queued = staged.into_iter().flat_map(|u| u.proposals);
-        for p in queued.chain(std::iter::from_fn(|| self.rx.try_recv().ok())) {
+        let waiting = std::iter::from_fn(|| self.rx.try_recv().ok().or_else(|| self.calls.try_recv().ok()));
+        for p in queued.chain(waiting) {
             let _ = p.reply.send(Err(Error::Unavailable("node is shutting down".into())));
+        }
+    }
+
+    /// Takes in the writes waiting in both queues, up to `max_pending_writes` staged.
+    fn take_waiting(&mut self, staged: &mut VecDeque<Unit>, staged_commands: &mut usize) {
+        while *staged_commands < self.options.max_pending_writes {
+            match self.rx.try_recv().or_else(|_| self.calls.try_recv()) {
+                Ok(p) => self.intake(p, staged, staged_commands),
+                Err(_) => break,
+            }
         }
     }
 
