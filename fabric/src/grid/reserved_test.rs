@@ -129,8 +129,11 @@ fn a_void_pair_is_never_used() {
         assert_ne!(id, x, "{name}: created under a fresh id");
         assert!(h.exec(id).lease.is_none_or(|l| l.token != t), "{name}: never under the pair's token");
         assert_eq!(h.grid.execution(x).map(|e| e.lease), holder_before, "{name}: the id names nothing new");
+        // The session is told to drop the pair, unless the id names the call an earlier create
+        // honoured under it: then the pair is that call's, not void.
         if h.grid.session(s).is_some() {
-            assert!(h.revoked_events().contains(&x), "{name}: the session is told to drop it");
+            let told = h.revoked_events().contains(&x);
+            assert_eq!(told, holder_before.is_none(), "{name}: the session is told to drop it");
         }
         let late = h.apply(complete_cmd(x, t, Ok(Payload::json("1")), vec![]));
         assert!(
@@ -152,6 +155,28 @@ fn a_known_key_answers_the_first_execution_and_voids_the_pair() {
     assert_eq!(h.ok(reserved(keyed, x, t, s)), Output::Execution { id: first, created: false });
     assert!(h.grid.execution(x).is_none());
     assert_eq!(h.revoked_events(), [x]);
+}
+
+/// A create that repeats an honoured pair (keyed or not) is void, but the pair is the running
+/// call's: its session must not be told to drop it.
+#[test]
+fn a_repeated_pair_never_revokes_the_call_it_names() {
+    for key in [None, Some("k".to_owned())] {
+        let mut h = Harness::new();
+        let s = h.open(&["w"], 2);
+        let (x, t) = reserve(&mut h, 4);
+        let call = NewExecution { idempotency_key: key.clone(), ..new_exec("w", "job") };
+        assert_eq!(h.ok(reserved(call.clone(), x, t, s)), Output::Execution { id: x, created: true });
+        h.events.clear();
+        let again = h.ok(reserved(call, x, t, s));
+        match &key {
+            Some(_) => assert_eq!(again, Output::Execution { id: x, created: false }),
+            None => assert!(matches!(again, Output::Execution { id, created: true } if id != x), "{again:?}"),
+        }
+        assert!(h.revoked_events().is_empty(), "key {key:?}: {:?}", h.events);
+        assert_eq!(h.exec(x).lease.map(|l| (l.session, l.token)), Some((s, t)), "key {key:?}");
+        assert_eq!(h.complete(x, "1"), Output::Completion(Completed::Accepted), "key {key:?}");
+    }
 }
 
 #[test]
