@@ -22,15 +22,6 @@ fn reserved(new: NewExecution, id: ExecutionId, token: u64, session: SessionId) 
     Command::CreateReserved(Box::new(Reserved { new, served: false, id, token, session }))
 }
 
-/// Applies `commands` as one entry stamped with `held`.
-fn apply_held(
-    h: &mut Harness,
-    held: &[(SessionId, u32)],
-    commands: &[Command],
-) -> Vec<Result<Output, Error>> {
-    h.grid.apply_batch_held(h.now, held, commands, &mut h.events)
-}
-
 #[test]
 fn a_block_is_never_minted_by_the_grid() {
     let mut h = Harness::new();
@@ -67,7 +58,7 @@ fn a_create_and_its_completion_in_one_entry() {
     let s = h.open(&["w"], 1);
     let (x, t) = reserve(&mut h, 4);
     let done = complete_cmd(x, t, Ok(Payload::json("7")), vec![put_effect("shared/n", "k", "v", None)]);
-    let out = apply_held(&mut h, &[(s, 1)], &[reserved(new_exec("w", "job"), x, t, s), done]);
+    let out = h.apply_held(&[(s, 1)], &[reserved(new_exec("w", "job"), x, t, s), done]);
     assert_eq!(out[0], Ok(Output::Execution { id: x, created: true }));
     assert_eq!(out[1], Ok(Output::Completion(Completed::Accepted)));
     assert_eq!(h.exec(x).outcome, Some(Ok(Payload::json("7"))));
@@ -198,8 +189,7 @@ fn the_held_stamp_keeps_eager_slots_free() {
     let s = h.open(&["w"], 2);
     let (x, t) = reserve(&mut h, 4);
     // One eager call held on s: of two plain creates, one gets s's other slot.
-    let out = apply_held(
-        &mut h,
+    let out = h.apply_held(
         &[(s, 1)],
         &[
             Command::CreateExecution(Box::new(new_exec("w", "a"))),
@@ -216,8 +206,7 @@ fn the_held_stamp_keeps_eager_slots_free() {
     assert_eq!(h.holder(ids[0]), Some(s));
     assert_eq!(h.exec(ids[1]).status, Status::Pending, "the held call's slot stays free");
     // A plain create before the held call's own create, in the entry that creates it.
-    let out = apply_held(
-        &mut h,
+    let out = h.apply_held(
         &[(s, 1)],
         &[Command::CreateExecution(Box::new(new_exec("w", "c"))), reserved(new_exec("w", "job"), x, t, s)],
     );
