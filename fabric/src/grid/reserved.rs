@@ -138,8 +138,15 @@ impl Grid {
         s.may_run(&new.agent, None, &new.delegate) && room > others
     }
 
-    /// Tells the session `r` was pushed to that its pair is void.
+    /// Tells the session `r` was pushed to that its pair is void. Not when `r.id` names an
+    /// execution: the grid never makes a block's id itself, so an earlier create honoured that
+    /// id with its own token, and this one only repeats it (or names an id that is no block's).
+    /// The agent may be running that execution under the pair now; the grid's own revocations
+    /// speak for it.
     fn revoke_reserved(&self, r: &Reserved, reason: &str, out: &mut Outbox) {
+        if self.work.executions.contains_key(&r.id) {
+            return;
+        }
         if let Some(s) = self.work.sessions.get(&r.session) {
             out.events.push(Event::Revoked {
                 host: s.host,

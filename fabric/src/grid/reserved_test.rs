@@ -22,15 +22,6 @@ fn reserved(new: NewExecution, id: ExecutionId, token: u64, session: SessionId) 
     Command::CreateReserved(Box::new(Reserved { new, served: false, id, token, session }))
 }
 
-/// Applies `commands` as one entry stamped with `held`.
-fn apply_held(
-    h: &mut Harness,
-    held: &[(SessionId, u32)],
-    commands: &[Command],
-) -> Vec<Result<Output, Error>> {
-    h.grid.apply_batch_held(h.now, held, commands, &mut h.events)
-}
-
 #[test]
 fn a_block_is_never_minted_by_the_grid() {
     let mut h = Harness::new();
@@ -67,7 +58,7 @@ fn a_create_and_its_completion_in_one_entry() {
     let s = h.open(&["w"], 1);
     let (x, t) = reserve(&mut h, 4);
     let done = complete_cmd(x, t, Ok(Payload::json("7")), vec![put_effect("shared/n", "k", "v", None)]);
-    let out = apply_held(&mut h, &[(s, 1)], &[reserved(new_exec("w", "job"), x, t, s), done]);
+    let out = h.apply_held(&[(s, 1)], &[reserved(new_exec("w", "job"), x, t, s), done]);
     assert_eq!(out[0], Ok(Output::Execution { id: x, created: true }));
     assert_eq!(out[1], Ok(Output::Completion(Completed::Accepted)));
     assert_eq!(h.exec(x).outcome, Some(Ok(Payload::json("7"))));
@@ -129,8 +120,11 @@ fn a_void_pair_is_never_used() {
         assert_ne!(id, x, "{name}: created under a fresh id");
         assert!(h.exec(id).lease.is_none_or(|l| l.token != t), "{name}: never under the pair's token");
         assert_eq!(h.grid.execution(x).map(|e| e.lease), holder_before, "{name}: the id names nothing new");
+        // The session is told to drop the pair, unless the id names the call an earlier create
+        // honoured under it: then the pair is that call's, not void.
         if h.grid.session(s).is_some() {
-            assert!(h.revoked_events().contains(&x), "{name}: the session is told to drop it");
+            let told = h.revoked_events().contains(&x);
+            assert_eq!(told, holder_before.is_none(), "{name}: the session is told to drop it");
         }
         let late = h.apply(complete_cmd(x, t, Ok(Payload::json("1")), vec![]));
         assert!(
@@ -154,6 +148,28 @@ fn a_known_key_answers_the_first_execution_and_voids_the_pair() {
     assert_eq!(h.revoked_events(), [x]);
 }
 
+/// A create that repeats an honoured pair (keyed or not) is void, but the pair is the running
+/// call's: its session must not be told to drop it.
+#[test]
+fn a_repeated_pair_never_revokes_the_call_it_names() {
+    for key in [None, Some("k".to_owned())] {
+        let mut h = Harness::new();
+        let s = h.open(&["w"], 2);
+        let (x, t) = reserve(&mut h, 4);
+        let call = NewExecution { idempotency_key: key.clone(), ..new_exec("w", "job") };
+        assert_eq!(h.ok(reserved(call.clone(), x, t, s)), Output::Execution { id: x, created: true });
+        h.events.clear();
+        let again = h.ok(reserved(call, x, t, s));
+        match &key {
+            Some(_) => assert_eq!(again, Output::Execution { id: x, created: false }),
+            None => assert!(matches!(again, Output::Execution { id, created: true } if id != x), "{again:?}"),
+        }
+        assert!(h.revoked_events().is_empty(), "key {key:?}: {:?}", h.events);
+        assert_eq!(h.exec(x).lease.map(|l| (l.session, l.token)), Some((s, t)), "key {key:?}");
+        assert_eq!(h.complete(x, "1"), Output::Completion(Completed::Accepted), "key {key:?}");
+    }
+}
+
 #[test]
 fn a_refused_reserved_create_changes_nothing() {
     let mut h = Harness::new();
@@ -173,8 +189,7 @@ fn the_held_stamp_keeps_eager_slots_free() {
     let s = h.open(&["w"], 2);
     let (x, t) = reserve(&mut h, 4);
     // One eager call held on s: of two plain creates, one gets s's other slot.
-    let out = apply_held(
-        &mut h,
+    let out = h.apply_held(
         &[(s, 1)],
         &[
             Command::CreateExecution(Box::new(new_exec("w", "a"))),
@@ -191,8 +206,7 @@ fn the_held_stamp_keeps_eager_slots_free() {
     assert_eq!(h.holder(ids[0]), Some(s));
     assert_eq!(h.exec(ids[1]).status, Status::Pending, "the held call's slot stays free");
     // A plain create before the held call's own create, in the entry that creates it.
-    let out = apply_held(
-        &mut h,
+    let out = h.apply_held(
         &[(s, 1)],
         &[Command::CreateExecution(Box::new(new_exec("w", "c"))), reserved(new_exec("w", "job"), x, t, s)],
     );
