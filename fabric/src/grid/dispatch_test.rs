@@ -590,7 +590,13 @@ impl History {
         h.log.push(Entry { now: h.now, held: held.to_vec(), commands: commands.to_vec() });
         h.grid.advance_clock(h.now);
         let mut left: Held = held.iter().copied().filter(|(_, n)| *n > 0).collect();
-        self.stamped.extend(left.keys().copied());
+        // Slots held by this entry's stamp stay free until the next entry.
+        self.stamped = left.keys().copied().collect();
+        // The entry's start gives back slots the last entry held and this one does not; what
+        // that assigns is checked like a command's (one that writes nothing itself).
+        let from = self.h.events.len();
+        self.h.grid.restamp(&mut left, &mut self.h.events);
+        self.observe(&Command::Expire { limit: 0 }, &Ok(Output::Expired { count: 0 }), from, &left, None)?;
         for command in commands {
             let honourable = match command {
                 Command::CreateReserved(r) => Some(self.honourable(r, &left)),

@@ -253,6 +253,7 @@ impl Grid {
     ) -> Vec<Result<Output, Error>> {
         self.advance_clock(now_ms);
         let mut held: Held = held.iter().copied().filter(|(_, n)| *n > 0).collect();
+        self.restamp(&mut held, events);
         commands.iter().map(|c| self.apply_held(c, events, &mut held)).collect()
     }
 

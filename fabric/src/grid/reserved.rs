@@ -15,11 +15,11 @@
 //! block is young. So a completion under (x, T) is accepted for the call it was pushed for or
 //! for nothing, whatever the leader guessed about the session's room, and across leader changes.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{Event, Outbox};
+use super::events::{Event, Held, Outbox};
 use super::execution::{Execution, ExecutionId, Lease, NewExecution, Reserved, SessionId, Status};
 use super::executions::{Creating, pending_execution};
 use super::session::Host;
@@ -37,6 +37,8 @@ pub const MAX_BLOCK_AGE_MS: u64 = 60_000;
 pub(super) struct Blocks {
     /// The newest [`MAX_BLOCKS`], oldest first.
     blocks: VecDeque<Block>,
+    /// The stamp of the last entry: slots held per session for eager calls.
+    stamped: BTreeMap<SessionId, u32>,
 }
 
 /// Ids `first_id..first_id + count` and tokens `first_token..first_token + count`, paired in
@@ -59,6 +61,26 @@ impl Block {
 }
 
 impl Grid {
+    /// Starts an entry stamped with `held`. A session the entry holds fewer slots on than the
+    /// last entry did gets its agents' queues dispatched again: a held call that is never
+    /// created (its leader stopped leading) leaves no other trace, and work kept from its slot
+    /// would otherwise wait for the next command that touches the agent.
+    pub(super) fn restamp(&mut self, held: &mut Held, events: &mut Vec<Event>) {
+        if self.eager.stamped.is_empty() && held.is_empty() {
+            return;
+        }
+        let before = std::mem::replace(&mut self.eager.stamped, held.clone());
+        let mut out = Outbox::new(events, held);
+        for (s, n) in before {
+            if out.held.get(&s).copied().unwrap_or(0) < n
+                && let Some(session) = self.work.sessions.get(&s)
+            {
+                out.dirty.extend(session.agents.iter().map(|a| a.name.clone()));
+            }
+        }
+        self.dispatch(&mut out);
+    }
+
     /// Applies `ReserveBlock`: the next `count` ids and tokens, which the grid's own counters
     /// skip.
     pub(super) fn reserve_block(&mut self, count: u32) -> Output {

@@ -237,3 +237,24 @@ fn old_blocks_are_forgotten_and_block_sizes_are_bounded() {
         assert_eq!(h.grid, before);
     }
 }
+
+/// A held call that is never created (its leader stopped leading) keeps no slot: the next
+/// entry without it gives the slot to the work that waited, though nothing else touches the
+/// agent.
+#[test]
+fn a_slot_held_for_a_call_never_created_is_given_back() {
+    let mut h = Harness::new();
+    let s = h.open(&["w"], 1);
+    let out = h.apply_held(&[(s, 1)], &[Command::CreateExecution(Box::new(new_exec("w", "a")))]);
+    let Ok(Output::Execution { id, .. }) = out[0] else { panic!("{out:?}") };
+    assert_eq!(h.exec(id).status, Status::Pending, "the held call's slot stays free");
+    let put = Command::Put {
+        namespace: "shared/x".into(),
+        key: "k".into(),
+        value: b"1".to_vec(),
+        ttl_ms: None,
+        if_absent: false,
+    };
+    h.apply_held(&[], &[put]);
+    assert_eq!(h.holder(id), Some(s), "the next entry, which holds nothing, gives the slot back");
+}
