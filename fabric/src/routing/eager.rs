@@ -171,6 +171,9 @@ pub(super) struct Eager {
     spare: Option<Cursor>,
     /// A `ReserveBlock` is on its way.
     pub(super) reserving: bool,
+    /// A call found no block: reserve one (a leader reserves none before calls come, so a
+    /// cluster that makes none has no such entries).
+    asked: bool,
     held: HashMap<ExecutionId, Held>,
     /// Held ids in the order their linger runs out.
     lingers: VecDeque<(Instant, ExecutionId)>,
@@ -202,6 +205,7 @@ impl Eager {
             cursor: None,
             spare: None,
             reserving: false,
+            asked: false,
             held: HashMap::new(),
             lingers: VecDeque::new(),
             per_session: HashMap::new(),
@@ -213,7 +217,8 @@ impl Eager {
     }
 
     /// Follows leadership: on a new term or a lost leadership the blocks go and every held call
-    /// is answered not applied. Returns whether a block should be reserved now.
+    /// is answered not applied. Returns whether a block should be reserved now: a call found
+    /// none, or the one in use is half spent and there is no spare.
     pub(super) fn observe(&mut self, leader: bool, term: u64) -> bool {
         if !self.options.enabled {
             return false;
@@ -227,13 +232,17 @@ impl Eager {
         leader
             && !self.reserving
             && self.spare.is_none()
-            && self.cursor.is_none_or(|c| c.left() < u64::from(BLOCK_SIZE) / 2)
+            && match self.cursor {
+                None => self.asked,
+                Some(c) => c.left() < u64::from(BLOCK_SIZE) / 2,
+            }
     }
 
     /// A `ReserveBlock` proposed in `term` was answered.
     pub(super) fn reserved(&mut self, term: u64, answer: Result<Output, Error>) {
         self.reserving = false;
         let Ok(Output::Block { first_id, first_token, count }) = answer else { return };
+        self.asked = false;
         if self.term != Some(term) {
             return;
         }
@@ -285,7 +294,10 @@ impl Eager {
             return Err(reply);
         }
         let Some((session, host_key)) = self.pick_session(new) else { return Err(reply) };
-        let Some((id, token)) = self.take_pair() else { return Err(reply) };
+        let Some((id, token)) = self.take_pair() else {
+            self.asked = true;
+            return Err(reply);
+        };
         let reserved = Reserved { new: (**new).clone(), served, id, token, session };
         let now = super::proposer::now_ms();
         let execution = self.applied.read(|a| a.grid.reserved_preview(&reserved, now));

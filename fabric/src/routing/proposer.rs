@@ -304,7 +304,11 @@ impl Service {
                     None => break 'entries,
                 },
                 p = self.calls.recv(), if room => match p {
-                    Some(p) => self.intake(p, &mut staged, &mut staged_commands),
+                    Some(p) => {
+                        self.intake(p, &mut staged, &mut staged_commands);
+                        // The first call of a leadership asks for a block at once.
+                        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
+                    }
                     None => break 'entries,
                 },
                 _ = tokio::time::sleep_until(linger.unwrap_or_else(Instant::now).into()), if linger.is_some() => {
