@@ -37,6 +37,8 @@
 //! - [`recorder`]: timestamps and stores events as they happen.
 //! - [`checker`]: the linearizability search and the register, set, executions and streams
 //!   checkers.
+//! - [`metrics`]: the nodes' `/metrics` at the end of an executions run: the eager-call
+//!   counters.
 //! - [`report`]: the run folder: results, failing sub-histories, plots, summary.
 //! - [`run`]: one run from setup to report.
 //! - [`rng`]: the seeded random number generator every choice uses.
@@ -49,6 +51,7 @@ pub mod counter;
 pub mod db;
 pub mod final_read;
 pub mod history;
+pub mod metrics;
 pub mod nemesis;
 pub mod net;
 pub mod outcome;

@@ -6,7 +6,8 @@
 //!   ─► (streams: stream and cursor created, consumers listening)
 //!   ─► workers (clients; streams: producers) ∥ nemesis schedule        for `time`
 //!   ─► heal everything ─► (set, executions, streams: final read; streams: drain, consumers
-//!      stopped) ─► checkers ─► report ─► tear down
+//!      stopped; executions --target shared: every node's eager-call counters)
+//!   ─► checkers ─► report ─► tear down
 //! ```
 //!
 //! The network, the node processes and the agent processes are owned by values whose `Drop`
@@ -24,6 +25,7 @@ use crate::client::{self, Reads, Workload};
 use crate::counter::{self, Effects, Target};
 use crate::db::{self, Db};
 use crate::history::Type;
+use crate::metrics::EagerReport;
 use crate::nemesis::{self, Schedule, Spec};
 use crate::net::{self, Network};
 use crate::recorder::Recorder;
@@ -434,6 +436,14 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         counter::quiesce(&roster.live(), QUIESCE_PATIENCE).await;
         counter::read_counter(&roster.live(), options.target, &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
     }
+    // Before the nodes stop: their counters live in their processes. /metrics wants an admin
+    // (or operator) token with --auth; the workload's client token may not read it.
+    let eager = if executions && options.target == Target::Shared {
+        let admin = auth.as_ref().map(|a| a.admin());
+        Some(EagerReport::scrape(&roster.live(), db::client_tls().as_ref(), admin.as_ref()).await)
+    } else {
+        None
+    };
     if stream_workload {
         if let Err(e) = database.wait_for_leader(LEADER_PATIENCE).await {
             tracing::warn!(error = %e, "no leader after healing; the final read may fail");
@@ -493,7 +503,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         ),
         _ => format!("reads {:?}", options.reads),
     };
-    let summary = format!(
+    let mut summary = format!(
         "{validity}: {} under {} for {:.0}s on {} nodes ({:?} membership, {setting}): {} ops ({} ok, {} fail, {} info), {} nemesis windows; {}",
         options.workload.name(),
         options.nemesis.name(),
@@ -511,6 +521,9 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             .collect::<Vec<_>>()
             .join("; "),
     );
+    if let Some(eager) = &eager {
+        summary.push_str(&format!("; {}", eager.summary()));
+    }
     let described = json!({
         "workload": options.workload.name(), "nemesis": options.nemesis.name(),
         "time_s": options.time.as_secs_f64(), "nodes": options.nodes, "rate": options.rate,
@@ -524,6 +537,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             "count": options.agents, "effects": options.effects.name(), "target": options.target.name(),
             "work_ms": options.agent_work.as_millis() as u64, "lease_ms": options.agent_lease.as_millis() as u64,
         }) } else { serde_json::Value::Null },
+        "eager_calls": eager.as_ref().map_or(serde_json::Value::Null, EagerReport::to_json),
         "streams": if stream_workload { json!({
             "stream": streams::STREAM, "cursor": streams::CURSOR, "producers": options.workers,
             "consumers": options.consumers, "appends": options.appends.name(),
