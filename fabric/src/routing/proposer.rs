@@ -305,8 +305,10 @@ impl Service {
                 },
                 p = self.calls.recv(), if room => match p {
                     Some(p) => {
+                        // The first call of a leadership finds the leadership known, and asks
+                        // for a block at once.
+                        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
                         self.intake(p, &mut staged, &mut staged_commands);
-                        // The first call of a leadership asks for a block at once.
                         self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
                     }
                     None => break 'entries,
