@@ -21,6 +21,8 @@ pub const FORMAT_SNAPSHOT_V3: u8 = 3;
 pub const FORMAT_SNAPSHOT_V4: u8 = 4;
 /// The same encoding again, for a snapshot whose grid holds bearer tokens.
 pub const FORMAT_SNAPSHOT_V5: u8 = 5;
+/// The same encoding again, for a snapshot whose grid holds blocks reserved for eager calls.
+pub const FORMAT_SNAPSHOT_V6: u8 = 6;
 
 /// Why bytes could not be decoded. Decoding never changes state.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +32,7 @@ pub enum Error {
     Empty,
     /// The format tag is not one this version of Weft knows (for this kind of value).
     #[error(
-        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} to {FORMAT_SNAPSHOT_V5} for snapshots)"
+        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} to {FORMAT_SNAPSHOT_V6} for snapshots)"
     )]
     UnknownFormat(u8),
     /// The bytes do not decode as the expected type.

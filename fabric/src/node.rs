@@ -238,6 +238,12 @@ impl Node {
                 ttl_check_interval: Duration::from_millis(config.ttl_check_interval_ms),
                 commit_timeout: Duration::from_millis(config.request_timeout_ms),
             },
+            routing::eager::Options {
+                enabled: config.eager_calls,
+                linger: Duration::from_millis(config.eager_linger_ms),
+                max_held: config.max_eager_calls,
+            },
+            hub.clone(),
             metrics.clone(),
         );
         let mode = config.join_mode()?;

@@ -42,6 +42,9 @@ pub enum SessionEvent {
     /// Run this execution; complete it with `token`. `generator`: the stream it feeds, if it
     /// is a generator's.
     Assigned { execution: Box<Execution>, token: u64, generator: Option<String> },
+    /// Run this call, which the leader holds and has not created yet (an eager call): its
+    /// create follows in the log, or a revocation of `token`.
+    Eager { execution: Box<Execution>, token: u64 },
     /// Stop the handler of this execution.
     Revoked { execution: ExecutionId, token: u64, reason: String },
     /// The session ended in the grid.
@@ -303,6 +306,21 @@ impl Hub {
         self.lock().sessions.remove(&key);
     }
 
+    /// Pushes an eager call to the session stream with host `key` ahead of its create; false if
+    /// the stream is gone or full (the caller then creates the call as any other).
+    pub fn push_eager(&self, key: u64, execution: Execution, token: u64) -> bool {
+        let inner = self.lock();
+        let Some(tx) = inner.sessions.get(&key) else { return false };
+        tx.try_send(SessionEvent::Eager { execution: Box::new(execution), token }).is_ok()
+    }
+
+    /// Tells the session stream with host `key` to drop an eager call that will not be
+    /// created under `token`.
+    pub fn revoke_eager(&self, key: u64, execution: ExecutionId, token: u64, reason: &str) {
+        let mut inner = self.lock();
+        send_or_drop(&mut inner, key, SessionEvent::Revoked { execution, token, reason: reason.into() });
+    }
+
     /// Whether a session stream with host `key` is registered here.
     pub fn has_session(&self, key: u64) -> bool {
         self.lock().sessions.contains_key(&key)
@@ -356,7 +374,9 @@ impl Hub {
                         }
                     }
                 }
-                Event::Assigned { host, session, execution, token } if host.node == self.node_id => {
+                Event::Assigned { host, session, execution, token, pushed: false }
+                    if host.node == self.node_id =>
+                {
                     // The batch may have moved it on since (closed the session, expired the
                     // lease): push it only while this assignment still stands.
                     let Some(e) = grid.execution(execution) else { continue };
@@ -433,6 +453,7 @@ impl Hub {
 fn changes_demand(event: &Event) -> bool {
     match event {
         Event::Changed { .. }
+        | Event::Created { .. }
         | Event::Assigned { .. }
         | Event::Revoked { .. }
         | Event::SessionClosed { .. }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::counter::{self, Effects};
+use crate::counter::{self, Effects, Target};
 use crate::db::Roster;
 use crate::net::{Host, Network};
 use crate::rng::Rng;
@@ -43,6 +43,8 @@ pub struct Options {
     pub log_dir: PathBuf,
     /// How the agent applies increments.
     pub effects: Effects,
+    /// What the workload's increments call (where `kill-agent` reads who serves).
+    pub target: Target,
     /// How long each increment takes on purpose.
     pub work: Duration,
     /// Each assignment's lease (renewed while its handler runs).
@@ -191,14 +193,16 @@ impl Agents {
     }
 
     /// Kills the agent that applied the latest increment (the one the instance is most
-    /// likely activated on, so its kill interrupts an increment), or a random running one
-    /// when that is unknown or not running. What it did, for the history.
+    /// likely activated on, so its kill interrupts an increment; on the shared target, one
+    /// busy with increments), or a random running one when that is unknown or not running.
+    /// What it did, for the history.
     pub async fn kill_serving(&mut self, rng: &mut Rng) -> String {
         let running: Vec<u64> = self.agents.iter().filter(|a| a.is_running()).map(|a| a.id).collect();
         if running.is_empty() {
             return "nobody killed: no agent running".into();
         }
-        let (victim, why) = match counter::serving(&self.roster.live(), SERVING_READ_TIMEOUT).await {
+        let target = self.options.as_ref().map_or(Target::Instance, |o| o.target);
+        let (victim, why) = match counter::serving(&self.roster.live(), target, SERVING_READ_TIMEOUT).await {
             Some(id) if running.contains(&id) => (id, "it applied the latest increment"),
             _ => (running[rng.below(running.len() as u64) as usize], "random: the serving agent is unknown"),
         };

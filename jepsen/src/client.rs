@@ -99,6 +99,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Pause between one worker's operations (each is jittered by ±50%).
     pub pause: Duration,
+    /// Executions: what increments call.
+    pub target: crate::counter::Target,
 }
 
 /// What the worker knows of each key: the value and version it last read or wrote.
@@ -274,7 +276,7 @@ impl Worker {
                 }),
                 (false, None) => return Done::Fail(op, format!("node {node} is gone and no node is left")),
             };
-            return crate::counter::call(client, key, timeout).await;
+            return crate::counter::call(client, self.options.target, key, timeout).await;
         }
         let client = match (self.clients.contains_key(&node), addr) {
             (true, _) => self.clients.get_mut(&node).expect("checked"),

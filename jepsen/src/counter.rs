@@ -8,10 +8,24 @@
 //!    increment(key): read `count` (n) ─► buffer `count` = n + 1, `applied/<key>` =
 //!    {count: n + 1, execution, attempt} and `serving` = its number ─► completion (result
 //!    n + 1 and the writes, one log entry)
+//!
+//!  --target shared: Call(increment_shared, no instance) ─► a leader with a session of its
+//!    own may push it before creating it (eager), and create it in the entry that carries
+//!    its completion; else as above
 //! ```
 //!
-//! The instance `jepsen-counter/jepsen` runs one execution at a time, so increments are
-//! serialized. Its state after the run must hold one `applied/<key>` record per increment
+//! Two targets ([`Target`]), one agent serving both delegates:
+//!
+//! - [`Target::Instance`]: `increment` on the instance `jepsen-counter/jepsen`, which runs one
+//!   execution at a time, so increments are serialized; its state is
+//!   `instance/jepsen-counter/jepsen`.
+//! - [`Target::Shared`]: `increment_shared`, a stateless call (no instance, no delay: what the
+//!   leader may push to a session before creating it, `docs/architecture.md#eager-calls`) over
+//!   the namespace `shared/jepsen-counter`. Increments run concurrently on every agent; the
+//!   count's write is conditional on the version the handler read, so of two concurrent
+//!   increments one completion conflicts, nothing of it is applied, and it runs again.
+//!
+//! Either way the state after the run must hold one `applied/<key>` record per increment
 //! applied, with the counts 1..=count, one each (see [`crate::checker::executions`]).
 //!
 //! | `Call` outcome | history |
@@ -25,16 +39,18 @@
 //! the execution; a failure after the create (no room to register the wait) is UNAVAILABLE
 //! without `weft-not-applied`, naming the execution, so it is `info`.
 //!
-//! [`Effects::Direct`] is unsafe on purpose: the agent writes both keys with plain state
-//! puts from inside the handler, outside the completion, so an agent killed after the puts
-//! and before its completion counts the increment again when another agent reruns it. The
-//! checker must catch it.
+//! [`Effects::Direct`] is unsafe on purpose: the agent writes the keys with plain state
+//! calls from inside the handler, outside the completion, so an agent killed after them and
+//! before its completion counts the increment again when another agent reruns it. The
+//! checker must catch it. On the shared target the count is written with a compare-and-set
+//! on the version read (read again and retried on a mismatch), so concurrent increments do
+//! not lose updates: what the checker catches there is the rerun, as on the instance.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::db::Channel;
-use weft_agent::{Agent, Context, Fail};
+use weft_agent::{Agent, Context, Fail, Scope};
 use weft_proto::fabric::v1 as pb;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::state_client::StateClient;
@@ -46,10 +62,14 @@ use crate::recorder::Recorder;
 
 /// The counter agent.
 pub const AGENT: &str = "jepsen-counter";
-/// The counter instance every increment goes to.
+/// The counter instance every increment of [`Target::Instance`] goes to.
 pub const INSTANCE: &str = "jepsen";
-/// The delegate that increments.
+/// The delegate that increments the instance's count.
 pub const DELEGATE: &str = "increment";
+/// The stateless delegate that increments the shared count ([`Target::Shared`]).
+pub const SHARED_DELEGATE: &str = "increment_shared";
+/// The shared namespace of [`Target::Shared`], as `ctx.shared` names it (without `shared/`).
+pub const SHARED_NAME: &str = "jepsen-counter";
 /// The state key of the count.
 pub const COUNT_KEY: &str = "count";
 /// State keys of the records: this prefix and the increment's idempotency key.
@@ -61,10 +81,53 @@ pub const SERVING_KEY: &str = "serving";
 pub const START_KEY: &str = "jepsen-counter-start";
 /// How long one request of the final read, setup or quiescence check may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`Effects::Direct`] on the shared target: most compare-and-sets of the count one handler
+/// run tries before it gives up (the execution fails; the checker counts it as failed).
+const MAX_DIRECT_CAS_TRIES: u32 = 100;
 
-/// The instance's state namespace.
-pub fn namespace() -> String {
-    format!("instance/{AGENT}/{INSTANCE}")
+/// What increments call, and so where the count lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Target {
+    /// `increment` on the instance `jepsen-counter/jepsen`: one execution at a time.
+    #[default]
+    Instance,
+    /// `increment_shared`, a stateless call over `shared/jepsen-counter`: increments run
+    /// concurrently, and the leader may run them as eager calls.
+    Shared,
+}
+
+impl Target {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Instance => "instance",
+            Target::Shared => "shared",
+        }
+    }
+
+    /// The state namespace that holds the count and the records.
+    pub fn namespace(self) -> String {
+        match self {
+            Target::Instance => format!("instance/{AGENT}/{INSTANCE}"),
+            Target::Shared => format!("shared/{SHARED_NAME}"),
+        }
+    }
+
+    /// The delegate an increment calls.
+    pub fn delegate(self) -> &'static str {
+        match self {
+            Target::Instance => DELEGATE,
+            Target::Shared => SHARED_DELEGATE,
+        }
+    }
+
+    /// The instance an increment calls (empty: none, a stateless call).
+    pub fn instance(self) -> &'static str {
+        match self {
+            Target::Instance => INSTANCE,
+            Target::Shared => "",
+        }
+    }
 }
 
 /// The state key of `key`'s record.
@@ -94,28 +157,44 @@ impl Effects {
     }
 }
 
-/// The counter agent of agent process `number`. `work` is how long each increment takes
-/// after its read (and, with [`Effects::Direct`], after its writes), which widens the window
-/// a kill can hit.
+/// The counter agent of agent process `number`, serving both targets' delegates. `work` is
+/// how long each increment takes after its read (and, with [`Effects::Direct`], after its
+/// writes), which widens the window a kill can hit.
 pub fn agent(effects: Effects, work: Duration, number: u64) -> Agent {
-    Agent::new(AGENT).delegate(DELEGATE, move |ctx, key: String| increment(ctx, key, effects, work, number))
+    Agent::new(AGENT)
+        .delegate(DELEGATE, move |ctx: Context, key: String| async move {
+            let state = ctx.state()?;
+            increment(ctx, state, key, effects, work, number).await
+        })
+        .delegate(SHARED_DELEGATE, move |ctx: Context, key: String| async move {
+            let state = ctx.shared(SHARED_NAME);
+            increment(ctx, state, key, effects, work, number).await
+        })
 }
 
+/// One increment of the count in `state` (the instance's, or the shared namespace).
 async fn increment(
     ctx: Context,
+    state: Scope,
     key: String,
     effects: Effects,
     work: Duration,
     number: u64,
 ) -> Result<u64, Fail> {
-    let state = ctx.state()?;
-    let count: u64 = state.get(COUNT_KEY).await?.unwrap_or(0);
-    let next = count + 1;
+    let next = match effects {
+        Effects::Atomic => state.get::<u64>(COUNT_KEY).await?.unwrap_or(0) + 1,
+        Effects::Direct if ctx.instance().is_some() => {
+            // The instance runs one execution at a time: plain puts cannot race.
+            let next = state.get::<u64>(COUNT_KEY).await?.unwrap_or(0) + 1;
+            ctx.client().state(state.namespace()).put(COUNT_KEY, &next).await?;
+            next
+        }
+        Effects::Direct => claim_next_count(&ctx, state.namespace()).await?,
+    };
     let record = Applied { count: next, execution: ctx.execution_id(), attempt: ctx.attempt() };
     tracing::info!(execution = ctx.execution_id(), attempt = ctx.attempt(), %key, count = next, "increment");
     if effects == Effects::Direct {
         let direct = ctx.client().state(state.namespace());
-        direct.put(COUNT_KEY, &next).await?;
         direct.put(&applied_key(&key), &record).await?;
         direct.put(SERVING_KEY, &number).await?;
     }
@@ -127,12 +206,30 @@ async fn increment(
         }
     }
     if effects == Effects::Atomic {
-        // The record is not read first: an increment applied twice must show, not be hidden.
+        // Conditional on the version read (the SDK makes a write of a key read so). The
+        // record is not read first: an increment applied twice must show, not be hidden.
         state.put(COUNT_KEY, &next)?;
         state.put(&applied_key(&key), &record)?;
         state.put(SERVING_KEY, &number)?;
     }
     Ok(next)
+}
+
+/// [`Effects::Direct`] on the shared namespace `namespace`, where increments run
+/// concurrently: the count a compare-and-set on the version read made, read again and
+/// retried on a mismatch. Each count is claimed by one handler run, so what makes the
+/// history invalid is a run again of an increment applied already, not a lost update.
+async fn claim_next_count(ctx: &Context, namespace: &str) -> Result<u64, Fail> {
+    let direct = ctx.client().state(namespace);
+    for _ in 0..MAX_DIRECT_CAS_TRIES {
+        let (count, version) = direct.get_versioned::<u64>(COUNT_KEY).await?.unwrap_or((0, 0));
+        match direct.compare_and_set(COUNT_KEY, &(count + 1), version).await {
+            Ok(_) => return Ok(count + 1),
+            Err(weft_agent::Error::Refused { code: tonic::Code::FailedPrecondition, .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Fail::new(format!("the count changed under {MAX_DIRECT_CAS_TRIES} compare-and-sets in a row")))
 }
 
 fn increment_op(key: &str, count: Option<u64>, execution: Option<u64>, attempts: Option<u32>) -> Op {
@@ -171,21 +268,33 @@ pub(crate) fn classify(key: &str, reply: Result<pb::Execution, tonic::Status>) -
     }
 }
 
-/// Calls one increment with idempotency key `key`; the fabric waits up to `timeout` for it.
-pub(crate) async fn call(client: &mut ExecutionsClient<Channel>, key: &str, timeout: Duration) -> Done {
+/// The `Call` of one increment of `target` with idempotency key `key` (also its argument),
+/// for which the fabric waits up to `timeout`.
+fn call_request(target: Target, key: &str, timeout: Duration) -> pb::CallRequest {
     let payload =
         pb::Payload { codec: "json".into(), data: serde_json::to_vec(key).expect("a string encodes") };
-    let mut request = tonic::Request::new(pb::CallRequest {
+    pb::CallRequest {
         create: Some(pb::CreateExecutionRequest {
             agent: AGENT.into(),
-            instance: INSTANCE.into(),
-            delegate: DELEGATE.into(),
+            instance: target.instance().into(),
+            delegate: target.delegate().into(),
             payload: Some(payload),
             idempotency_key: key.into(),
             ..Default::default()
         }),
         timeout_ms: timeout.as_millis().max(1) as u64,
-    });
+    }
+}
+
+/// Calls one increment of `target` with idempotency key `key`; the fabric waits up to
+/// `timeout` for it.
+pub(crate) async fn call(
+    client: &mut ExecutionsClient<Channel>,
+    target: Target,
+    key: &str,
+    timeout: Duration,
+) -> Done {
+    let mut request = tonic::Request::new(call_request(target, key, timeout));
     // Longer than the fabric's wait, so its answer (which names the execution) comes first.
     request.set_timeout(call_deadline(timeout));
     classify(key, client.call(request).await.map(tonic::Response::into_inner))
@@ -217,13 +326,13 @@ pub async fn start_instance(addrs: &[String], patience: Duration) -> Result<(), 
     }
 }
 
-/// The agent process that applied the latest increment (the [`SERVING_KEY`] record), read
-/// stale from the first node of `nodes` that answers within `timeout`.
-pub async fn serving(nodes: &[(u64, String)], timeout: Duration) -> Option<u64> {
+/// The agent process that applied the latest increment of `target` (the [`SERVING_KEY`]
+/// record), read stale from the first node of `nodes` that answers within `timeout`.
+pub async fn serving(nodes: &[(u64, String)], target: Target, timeout: Duration) -> Option<u64> {
     for (_, addr) in nodes {
         let mut client = StateClient::new(crate::db::channel(addr, timeout));
         let mut r = tonic::Request::new(pb::GetRequest {
-            namespace: namespace(),
+            namespace: target.namespace(),
             key: SERVING_KEY.into(),
             consistency: pb::Consistency::Stale as i32,
         });
@@ -296,11 +405,15 @@ pub async fn quiesce(nodes: &[(u64, String)], patience: Duration) -> bool {
     }
 }
 
-/// The counter's state: the count (0 when absent) and the records by idempotency key.
-async fn list_counter(addr: &str) -> Result<(u64, BTreeMap<String, Applied>), tonic::Status> {
+/// The counter's state in `namespace`: the count (0 when absent) and the records by
+/// idempotency key.
+async fn list_counter(
+    addr: &str,
+    namespace: &str,
+) -> Result<(u64, BTreeMap<String, Applied>), tonic::Status> {
     let mut count = 0;
     let mut applied = BTreeMap::new();
-    for e in final_read::list_namespace(addr, &namespace()).await? {
+    for e in final_read::list_namespace(addr, namespace).await? {
         if e.key == COUNT_KEY {
             count = serde_json::from_slice(&e.value).unwrap_or(u64::MAX);
         } else if let Some(key) = e.key.strip_prefix(APPLIED_PREFIX) {
@@ -316,13 +429,23 @@ async fn list_counter(addr: &str) -> Result<(u64, BTreeMap<String, Applied>), to
     Ok((count, applied))
 }
 
-/// The final read: a linearizable, paged list of the counter's state, tried on each node in
+/// The final read: a linearizable, paged list of `target`'s namespace, tried on each node in
 /// turn until one answers or `patience` runs out. Recorded as one operation.
-pub async fn read_counter(nodes: &[(u64, String)], recorder: &Recorder, process: u64, patience: Duration) {
+pub async fn read_counter(
+    nodes: &[(u64, String)],
+    target: Target,
+    recorder: &Recorder,
+    process: u64,
+    patience: Duration,
+) {
     let invoke = Op::ReadCounter { count: None, applied: None };
-    final_read::until_answered(nodes, recorder, process, patience, invoke, |addr| async move {
-        let (count, applied) = list_counter(&addr).await?;
-        Ok(Op::ReadCounter { count: Some(count), applied: Some(applied) })
+    let namespace = target.namespace();
+    final_read::until_answered(nodes, recorder, process, patience, invoke, |addr| {
+        let namespace = namespace.clone();
+        async move {
+            let (count, applied) = list_counter(&addr, &namespace).await?;
+            Ok(Op::ReadCounter { count: Some(count), applied: Some(applied) })
+        }
     })
     .await;
 }
@@ -340,6 +463,27 @@ mod tests {
             result: result.map(|r| pb::Payload { codec: "json".into(), data: r.to_vec() }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_shared_target_is_a_stateless_call_over_a_shared_namespace() {
+        let timeout = Duration::from_millis(3000);
+        let shared = call_request(Target::Shared, "w1-7", timeout).create.unwrap();
+        assert_eq!((shared.agent.as_str(), shared.delegate.as_str()), (AGENT, SHARED_DELEGATE));
+        assert_eq!(shared.instance, "", "no instance: eligible for the eager path");
+        assert_eq!(
+            (shared.delay_ms, shared.not_before_ms),
+            (None, None),
+            "no delay: eligible for the eager path"
+        );
+        assert_eq!(shared.idempotency_key, "w1-7");
+        assert_eq!(shared.payload.unwrap().data, br#""w1-7""#);
+        assert_eq!(Target::Shared.namespace(), "shared/jepsen-counter");
+
+        let instance = call_request(Target::Instance, "w1-7", timeout).create.unwrap();
+        assert_eq!((instance.instance.as_str(), instance.delegate.as_str()), (INSTANCE, DELEGATE));
+        assert_eq!(Target::Instance.namespace(), "instance/jepsen-counter/jepsen");
+        assert_eq!(Target::default(), Target::Instance, "today's behaviour stays the default");
     }
 
     #[test]

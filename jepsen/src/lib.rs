@@ -10,6 +10,7 @@
 //!   ├─ nemesis ── kill -9 / SIGSTOP / iptables DROP / churn (stop for good, add) ──► events
 //!   │             └ kill-agent: kill -9 an agent process, restart it
 //!   ├─ executions workload: K agent processes (weft-jepsen-agent, own namespaces) ──► nodes
+//!   │     (--target shared: stateless increments, which the leader may run as eager calls)
 //!   ├─ streams workload: producers append, consumers listen on one durable cursor
 //!   └─ after the run: checkers (register: linearizability; set: no lost acknowledged add;
 //!        executions: each acknowledged increment applied exactly once, none twice;
@@ -22,8 +23,8 @@
 //!   cleanup of leftovers.
 //! - [`auth`]: `--auth`: the run's admin, agent and client tokens.
 //! - [`agents`]: the executions workload's agent processes: start, kill, restart.
-//! - [`counter`]: the executions workload's counter agent, how `Call` outcomes are
-//!   recorded, and the final read of its state.
+//! - [`counter`]: the executions workload's counter agent (instance and shared targets), how
+//!   `Call` outcomes are recorded, and the final read of its state.
 //! - [`db`]: the `weft node` processes in those namespaces (static or gossip membership):
 //!   start, kill, pause, stop for good, add, leader; the roster clients pick nodes from.
 //! - [`nemesis`]: the faults and the schedule that starts and heals them.
@@ -36,6 +37,8 @@
 //! - [`recorder`]: timestamps and stores events as they happen.
 //! - [`checker`]: the linearizability search and the register, set, executions and streams
 //!   checkers.
+//! - [`metrics`]: the nodes' `/metrics` at the end of an executions run: the eager-call
+//!   counters.
 //! - [`report`]: the run folder: results, failing sub-histories, plots, summary.
 //! - [`run`]: one run from setup to report.
 //! - [`rng`]: the seeded random number generator every choice uses.
@@ -48,6 +51,7 @@ pub mod counter;
 pub mod db;
 pub mod final_read;
 pub mod history;
+pub mod metrics;
 pub mod nemesis;
 pub mod net;
 pub mod outcome;

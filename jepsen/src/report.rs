@@ -3,7 +3,8 @@
 //! ```text
 //! <store>/<utc time>-<workload>-<nemesis>-<run>/
 //!   history.jsonl            every event (see `history`)
-//!   results.json             options, counts and each checker's verdict
+//!   results.json             options, counts and each checker's verdict (executions
+//!                            --target shared: the nodes' eager-call counters, `eager_calls`)
 //!   <checker>-failing.jsonl  the smallest failing sub-history, when a checker fails
 //!   latency.png              latency of every operation over time, nemesis windows shaded
 //!   throughput.png           completions per second by outcome, nemesis windows shaded

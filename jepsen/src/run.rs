@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! clean leftovers ─► network (namespaces, bridge) ─► nodes ─► leader agreed
-//!   ─► (executions: agent processes, counter instance started)
+//!   ─► (executions: agent processes, counter instance started unless --target shared)
 //!   ─► (streams: stream and cursor created, consumers listening)
 //!   ─► workers (clients; streams: producers) ∥ nemesis schedule        for `time`
 //!   ─► heal everything ─► (set, executions, streams: final read; streams: drain, consumers
-//!      stopped) ─► checkers ─► report ─► tear down
+//!      stopped; executions --target shared: every node's eager-call counters)
+//!   ─► checkers ─► report ─► tear down
 //! ```
 //!
 //! The network, the node processes and the agent processes are owned by values whose `Drop`
@@ -21,9 +22,10 @@ use serde_json::json;
 use crate::agents::{self, Agents};
 use crate::checker::{self, Validity, Verdict};
 use crate::client::{self, Reads, Workload};
-use crate::counter::{self, Effects};
+use crate::counter::{self, Effects, Target};
 use crate::db::{self, Db};
 use crate::history::Type;
+use crate::metrics::EagerReport;
 use crate::nemesis::{self, Schedule, Spec};
 use crate::net::{self, Network};
 use crate::recorder::Recorder;
@@ -114,6 +116,9 @@ pub struct Options {
     pub agents: usize,
     /// Executions: how the agent applies increments.
     pub effects: Effects,
+    /// Executions: what increments call: the counter instance, or a stateless delegate over
+    /// a shared namespace (which the leader may run as eager calls).
+    pub target: Target,
     /// Executions: how long each increment takes on purpose.
     pub agent_work: Duration,
     /// Executions: the agents' lease per assignment.
@@ -171,6 +176,9 @@ impl Options {
         }
         if self.nemesis.kills_agents() && self.workload != Workload::Executions {
             return bad("--nemesis kill-agent kills agent processes, which only --workload executions runs");
+        }
+        if self.target != Target::Instance && self.workload != Workload::Executions {
+            return bad("--target names what increments call, which only --workload executions makes");
         }
         if self.workload == Workload::Streams {
             if self.consumers == 0 || self.consumers > MAX_CONSUMERS {
@@ -278,7 +286,15 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
                     &addrs,
                     "agent",
                     "agent",
-                    crate::auth::Scopes { serve: vec![counter::AGENT.into()], ..Default::default() },
+                    crate::auth::Scopes {
+                        serve: vec![counter::AGENT.into()],
+                        // The instance's own namespace comes with serving its agent.
+                        namespaces: match options.target {
+                            Target::Instance => Vec::new(),
+                            Target::Shared => vec![Target::Shared.namespace()],
+                        },
+                        ..Default::default()
+                    },
                 )
                 .await?;
             let everything = vec!["*".to_string()];
@@ -308,16 +324,19 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
                     binary,
                     log_dir: dir.clone(),
                     effects: options.effects,
+                    target: options.target,
                     work: options.agent_work,
                     lease: options.agent_lease,
                     tls_ca: tls.as_ref().map(|t| t.ca.clone()),
                     token_file: agent_token_file,
                 },
             )?;
-            counter::start_instance(&database.addrs(), INSTANCE_PATIENCE)
-                .await
-                .map_err(|e| Error::Instance(e.to_string()))?;
-            tracing::info!(agents = options.agents, "agents up, counter instance started");
+            if options.target == Target::Instance {
+                counter::start_instance(&database.addrs(), INSTANCE_PATIENCE)
+                    .await
+                    .map_err(|e| Error::Instance(e.to_string()))?;
+            }
+            tracing::info!(agents = options.agents, target = options.target.name(), "agents up");
             agents
         }
         None => Agents::none(),
@@ -342,6 +361,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         keys: options.keys,
         timeout: options.op_timeout,
         pause: Duration::from_secs_f64(options.workers as f64 / options.rate),
+        target: options.target,
     };
     let stream_options = streams::Options {
         appends: options.appends,
@@ -414,8 +434,16 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             tracing::warn!(error = %e, "no leader after healing; the final read may fail");
         }
         counter::quiesce(&roster.live(), QUIESCE_PATIENCE).await;
-        counter::read_counter(&roster.live(), &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
+        counter::read_counter(&roster.live(), options.target, &recorder, u64::MAX, FINAL_READ_PATIENCE).await;
     }
+    // Before the nodes stop: their counters live in their processes. /metrics wants an admin
+    // (or operator) token with --auth; the workload's client token may not read it.
+    let eager = if executions && options.target == Target::Shared {
+        let admin = auth.as_ref().map(|a| a.admin());
+        Some(EagerReport::scrape(&roster.live(), db::client_tls().as_ref(), admin.as_ref()).await)
+    } else {
+        None
+    };
     if stream_workload {
         if let Err(e) = database.wait_for_leader(LEADER_PATIENCE).await {
             tracing::warn!(error = %e, "no leader after healing; the final read may fail");
@@ -459,7 +487,12 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
     let count = |ty| ops.iter().filter(|o| o.ty == ty).count();
     let windows = crate::history::windows(&events).len();
     let setting = match options.workload {
-        Workload::Executions => format!("{} agents, {} effects", options.agents, options.effects.name()),
+        Workload::Executions => format!(
+            "{} agents, {} effects, target {}",
+            options.agents,
+            options.effects.name(),
+            options.target.name()
+        ),
         Workload::Streams => format!(
             "{} producers, {} consumers, {} appends, ack wait {} ms, credit {}",
             options.workers,
@@ -470,7 +503,7 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         ),
         _ => format!("reads {:?}", options.reads),
     };
-    let summary = format!(
+    let mut summary = format!(
         "{validity}: {} under {} for {:.0}s on {} nodes ({:?} membership, {setting}): {} ops ({} ok, {} fail, {} info), {} nemesis windows; {}",
         options.workload.name(),
         options.nemesis.name(),
@@ -488,6 +521,9 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
             .collect::<Vec<_>>()
             .join("; "),
     );
+    if let Some(eager) = &eager {
+        summary.push_str(&format!("; {}", eager.summary()));
+    }
     let described = json!({
         "workload": options.workload.name(), "nemesis": options.nemesis.name(),
         "time_s": options.time.as_secs_f64(), "nodes": options.nodes, "rate": options.rate,
@@ -498,9 +534,10 @@ pub async fn run(options: Options) -> Result<Outcome, Error> {
         "membership": format!("{:?}", options.membership).to_lowercase(),
         "final_members": final_members,
         "agents": if executions { json!({
-            "count": options.agents, "effects": options.effects.name(),
+            "count": options.agents, "effects": options.effects.name(), "target": options.target.name(),
             "work_ms": options.agent_work.as_millis() as u64, "lease_ms": options.agent_lease.as_millis() as u64,
         }) } else { serde_json::Value::Null },
+        "eager_calls": eager.as_ref().map_or(serde_json::Value::Null, EagerReport::to_json),
         "streams": if stream_workload { json!({
             "stream": streams::STREAM, "cursor": streams::CURSOR, "producers": options.workers,
             "consumers": options.consumers, "appends": options.appends.name(),

@@ -4,6 +4,7 @@
 mod auth;
 mod calls;
 mod demand;
+mod eager;
 mod faults;
 mod instances;
 mod leases;

@@ -67,6 +67,7 @@ impl ExecutionService {
         &self,
         caller: &Caller,
         req: pb::CreateExecutionRequest,
+        kind: routing::Kind,
     ) -> Result<(ExecutionId, bool), Error> {
         let wait_for_delegate = req.wait_for_delegate;
         let mut new = convert::new_execution(req, &self.ctx.work)?;
@@ -80,7 +81,7 @@ impl ExecutionService {
         command.validate(&self.ctx.limits)?;
         authorize(caller, Permission::Call { agent: &agent })?;
         self.ctx.check_room()?;
-        created_id(routing::propose(&self.ctx, command).await?)
+        created_id(routing::propose_as(&self.ctx, command, kind).await?)
     }
 
     fn counted<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
@@ -135,8 +136,10 @@ impl pb::executions_server::Executions for ExecutionService {
         let result = async {
             let caller = Caller::of(&request)?;
             check_waiters(&self.ctx).map_err(Error::into_status)?;
-            let (id, created) =
-                self.create(&caller, request.into_inner()).await.map_err(Error::into_status)?;
+            let (id, created) = self
+                .create(&caller, request.into_inner(), routing::Kind::Plain)
+                .await
+                .map_err(Error::into_status)?;
             // The entry is applied on the leader; wait until this replica has it too.
             let mut watch = Watch::after_create(&self.ctx, id)?;
             let deadline = Instant::now() + self.ctx.request_timeout;
@@ -167,7 +170,10 @@ impl pb::executions_server::Executions for ExecutionService {
             let started = Instant::now();
             let deadline = wait_deadline(&self.ctx, req.timeout_ms);
             check_waiters(&self.ctx).map_err(Error::into_status)?;
-            let (id, _) = self.create(&caller, create).await.map_err(Error::into_status)?;
+            // A call waits for its result: the leader may push it to a session before
+            // creating it, and create it with its completion (eager calls).
+            let (id, _) =
+                self.create(&caller, create, routing::Kind::Call).await.map_err(Error::into_status)?;
             let mut watch = Watch::after_create(&self.ctx, id)?.for_caller(&self.ctx, &caller);
             match watch.until_final(&self.ctx, deadline).await {
                 Ok(e) => Ok(Response::new(convert::pb_execution(e))),

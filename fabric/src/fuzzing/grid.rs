@@ -1,12 +1,15 @@
 //! A grid with something of everything in it (sessions, executions pending, delayed and
 //! assigned, an instance, streams with items, cursors and listeners, a generator, a lease, the
-//! audit stream), for the targets to apply decoded commands to; and the checked apply.
+//! audit stream, a block reserved for eager calls and one created under it), for the targets
+//! to apply decoded commands to; and the checked apply.
 
 use std::sync::OnceLock;
 
 use crate::grid::audit::{Actor, AuditNote};
 use crate::grid::cursor::{AckPolicy, CursorConfig, NewCursor, NewListener};
-use crate::grid::execution::{Codec, Completion, Effect, NewExecution, Payload, RetryPolicy};
+use crate::grid::execution::{
+    Codec, Completion, Effect, ExecutionId, NewExecution, Payload, Reserved, RetryPolicy, SessionId,
+};
 use crate::grid::instance::NewInstance;
 use crate::grid::session::{AgentSpec, Host, NewSession};
 use crate::grid::stream::{Append, Discard, Generator, Kind, NewItem, NewStream, ProducerSeq, StreamConfig};
@@ -18,7 +21,8 @@ pub(super) const NOW_MS: u64 = 1_700_000_000_000;
 const HOST: Host = Host { node: 1, key: 7 };
 
 /// The grid the targets start from: [`basics`], then an only-claimed session, a lease, a
-/// fenced write and the audit stream.
+/// fenced write, the audit stream, and a reserved block with an eager call created under its
+/// first pair (in an entry stamped with the call held).
 pub(super) fn populated() -> &'static Grid {
     static GRID: OnceLock<Grid> = OnceLock::new();
     GRID.get_or_init(|| Built::new().grid)
@@ -31,12 +35,19 @@ pub(super) struct Built {
     pub(super) events: Vec<Event>,
     /// The grid after [`basics`] only: what snapshot formats 1 to 3 can hold.
     pub(super) basic: Grid,
+    /// The grid before its reserved block: what snapshot format 5 can hold.
+    pub(super) before_eager: Grid,
 }
 
 impl Built {
     pub(super) fn new() -> Self {
-        let mut built =
-            Self { grid: Grid::default(), outputs: Vec::new(), events: Vec::new(), basic: Grid::default() };
+        let mut built = Self {
+            grid: Grid::default(),
+            outputs: Vec::new(),
+            events: Vec::new(),
+            basic: Grid::default(),
+            before_eager: Grid::default(),
+        };
         for command in basics() {
             built.apply(command);
         }
@@ -56,15 +67,63 @@ impl Built {
             target: "node 1".into(),
             outcome: "ok".into(),
         })));
+        built.apply(open_eager());
+        built.before_eager = built.grid.clone();
+        built.apply(Command::ReserveBlock { count: 8 });
+        let (id, token) = built.block().expect("the block was just reserved");
+        let session = built.eager_session();
+        built.apply_held(&[(session, 1)], eager_call(id, token, session, Some("eager")));
         built
     }
 
     fn apply(&mut self, command: Command) {
+        self.apply_held(&[], command);
+    }
+
+    /// Applies `command` as an entry stamped with eager calls held per session (`held`).
+    fn apply_held(&mut self, held: &[(SessionId, u32)], command: Command) {
         let what = format!("{command:?}");
-        let mut result = self.grid.apply_batch_with_events(NOW_MS, &[command], &mut self.events);
+        let mut result = self.grid.apply_batch_held(NOW_MS, held, &[command], &mut self.events);
         let output = result.pop().expect("one result per command");
         self.outputs.push(output.unwrap_or_else(|e| panic!("{what} was refused: {e}")));
     }
+
+    /// The first id and token of the last block reserved.
+    pub(super) fn block(&self) -> Option<(ExecutionId, u64)> {
+        self.outputs.iter().rev().find_map(|o| match o {
+            Output::Block { first_id, first_token, .. } => Some((*first_id, *first_token)),
+            _ => None,
+        })
+    }
+
+    /// The session eager calls are pushed to ([`open_eager`]).
+    pub(super) fn eager_session(&self) -> SessionId {
+        self.grid.sessions().find(|s| s.name == "eager").map_or(1, |s| s.id)
+    }
+}
+
+/// A session with room for eager calls: it serves only `worker`'s `eager`, so opening it takes
+/// none of the work waiting in the grid.
+fn open_eager() -> Command {
+    Command::OpenSession(Box::new(NewSession {
+        host: HOST,
+        agents: vec![spec("worker", &["eager"])],
+        capacity: 2,
+        claims: vec![],
+        lease_ms: 30_000,
+        name: "eager".into(),
+    }))
+}
+
+/// `worker`'s `eager` call pushed to `session` under `(id, token)`, as the leader proposes it.
+fn eager_call(id: ExecutionId, token: u64, session: SessionId, key: Option<&str>) -> Command {
+    Command::CreateReserved(Box::new(Reserved {
+        new: NewExecution { idempotency_key: key.map(Into::into), ..new_exec("worker", "eager") },
+        served: true,
+        id,
+        token,
+        session,
+    }))
 }
 
 fn json(text: &str) -> Payload {
@@ -248,6 +307,8 @@ fn start_pinned() -> Command {
 pub(super) fn follow_ups(built: &Built) -> Vec<Command> {
     let mut commands = Vec::new();
     let lease_token = built.grid.lease("leader").map_or(1, |l| l.token);
+    let (block_id, block_token) = built.block().unwrap_or((1, 1));
+    let eager = built.eager_session();
     for event in &built.events {
         match event {
             Event::Assigned { execution, token, session, .. } => {
@@ -324,6 +385,17 @@ pub(super) fn follow_ups(built: &Built) -> Vec<Command> {
         Command::DeleteStream { stream: "jobs".into() },
         Command::StartGenerator { stream: "gen".into() },
         Command::DeleteCursor { stream: "orders".into(), cursor: "billing".into() },
+        // Eager calls: another block; a fresh pair of the built grid's block (honoured: the
+        // session has room); a token not the id's own; an id in no block; the pair the built
+        // grid created already, repeated with its key and without; one pushed to a session
+        // that does not exist.
+        Command::ReserveBlock { count: 16 },
+        eager_call(block_id + 1, block_token + 1, eager, None),
+        eager_call(block_id + 2, block_token + 3, eager, None),
+        eager_call(built.grid.last_execution_id() + 100, block_token + 100, eager, None),
+        eager_call(block_id, block_token, eager, Some("eager")),
+        eager_call(block_id, block_token, eager, None),
+        eager_call(block_id + 3, block_token + 3, 9_999, None),
         Command::RenewLease { name: "leader".into(), token: lease_token, ttl_ms: 20_000 },
         Command::ReleaseLease { name: "leader".into(), token: lease_token },
         Command::Audited {
@@ -356,6 +428,32 @@ pub(super) fn apply_checked(grid: &mut Grid, commands: &[Command]) {
             assert!(events.is_empty(), "{command:?} was refused ({e}) but caused {events:?}");
         }
     }
+    check_snapshot_and_timers(grid, commands);
+}
+
+/// Applies an entry stamped with the eager calls the leader held per session (`held`) as the
+/// state machine does (`Grid::apply_batch_held`), checking that a replica applying it too ends
+/// equal (same results, events and grid); then the checks of [`apply_checked`] after the last
+/// command.
+pub(super) fn apply_checked_held(
+    grid: &mut Grid,
+    now_ms: u64,
+    held: &[(SessionId, u32)],
+    commands: &[Command],
+) {
+    let mut replica = grid.clone();
+    let mut events = Vec::new();
+    let results = grid.apply_batch_held(now_ms, held, commands, &mut events);
+    let mut replica_events = Vec::new();
+    let replica_results = replica.apply_batch_held(now_ms, held, commands, &mut replica_events);
+    assert_eq!(results, replica_results, "two replicas answered {commands:?} held {held:?} differently");
+    assert_eq!(events, replica_events, "two replicas' events differ for {commands:?} held {held:?}");
+    assert!(replica == *grid, "two replicas differ after {commands:?} held {held:?}");
+    check_snapshot_and_timers(grid, commands);
+}
+
+/// The grid survives a snapshot round trip, and its timers fire an hour on.
+fn check_snapshot_and_timers(grid: &mut Grid, commands: &[Command]) {
     let file = SnapshotFile { meta: Default::default(), grid: grid.clone() };
     let restored = decode_snapshot(&encode_snapshot(&file)).expect("a written snapshot reads");
     assert!(restored.grid == *grid, "the grid changed in a snapshot round trip after {commands:?}");

@@ -9,7 +9,9 @@
 //!                                                        changes nothing, snapshot round trip
 //!   raft_message       a Raft RPC or its answer          round trip
 //!   log_entry          a stored log entry, vote, LogId   round trip; a batch applied as above
-//!   snapshot           a snapshot file (formats 1-4)     read again after writing it as format 4
+//!                                                        (a held batch as the state machine
+//!                                                        applies it: deterministic, snapshot)
+//!   snapshot           a snapshot file (formats 1-6)     read again after writing it as format 6
 //!   gossip_packet      a UDP gossip packet               frame and MAC/AEAD checks; sealed
 //!                                                        payloads open unchanged; foca handles it
 //!   agent_payload      an execution's payload            the SDK's decode, round trip in both
@@ -170,12 +172,20 @@ pub fn log_entry(data: &[u8]) -> bool {
     match which {
         0 => {
             let Some(entry) = decoded::<Entry<TypeConfig>>(bytes) else { return false };
-            if let openraft::EntryPayload::Normal(crate::raft::Request::Batch { now_ms, commands }) =
-                entry.payload
-            {
-                let mut grid = grid::populated().clone();
-                grid.advance_clock(now_ms);
-                grid::apply_checked(&mut grid, &commands);
+            match entry.payload {
+                openraft::EntryPayload::Normal(crate::raft::Request::Batch { now_ms, commands }) => {
+                    let mut grid = grid::populated().clone();
+                    grid.advance_clock(now_ms);
+                    grid::apply_checked(&mut grid, &commands);
+                }
+                openraft::EntryPayload::Normal(crate::raft::Request::BatchHeld {
+                    now_ms,
+                    held,
+                    commands,
+                }) => {
+                    grid::apply_checked_held(&mut grid::populated().clone(), now_ms, &held, &commands);
+                }
+                _ => {}
             }
             true
         }

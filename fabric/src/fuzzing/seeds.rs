@@ -75,6 +75,21 @@ fn entries(commands: &[Command]) -> Vec<Entry<TypeConfig>> {
         let request = Request::Batch { now_ms: NOW_MS + i as u64 * 1000, commands: batch.to_vec() };
         entries.push(Entry { log_id: log_id(2, 3 + i as u64), payload: EntryPayload::Normal(request) });
     }
+    // The eager calls' commands in one entry, stamped with them held on their sessions.
+    let eager: Vec<Command> = commands
+        .iter()
+        .filter(|c| matches!(c, Command::ReserveBlock { .. } | Command::CreateReserved(_)))
+        .cloned()
+        .collect();
+    let mut held = std::collections::BTreeMap::new();
+    for command in &eager {
+        if let Command::CreateReserved(r) = command {
+            *held.entry(r.session).or_insert(0) += 1;
+        }
+    }
+    let request = Request::BatchHeld { now_ms: NOW_MS, held: held.into_iter().collect(), commands: eager };
+    let index = entries.len() as u64 + 1;
+    entries.push(Entry { log_id: log_id(2, index), payload: EntryPayload::Normal(request) });
     entries
 }
 
@@ -143,8 +158,8 @@ fn log_values(commands: &[Command]) -> Vec<Vec<u8>> {
     seeds
 }
 
-/// The fuzz grid in today's format; the grid without leases or tokens in formats 4, 3, 2 and 1
-/// (what older nodes wrote); and an empty one.
+/// The fuzz grid in today's format; the grid before its reserved block in format 5, and without
+/// leases or tokens in formats 4, 3, 2 and 1 (what older nodes wrote); and an empty one.
 fn snapshots(built: &Built) -> Vec<Vec<u8>> {
     let meta = snapshot_meta();
     let file = |grid: &crate::grid::Grid| SnapshotFile { meta: meta.clone(), grid: grid.clone() };
@@ -152,6 +167,7 @@ fn snapshots(built: &Built) -> Vec<Vec<u8>> {
     vec![
         encode_snapshot(&file(&built.grid)),
         encode_snapshot(&file(&crate::grid::Grid::default())),
+        codec::encode_tagged(codec::FORMAT_SNAPSHOT_V5, &(&meta, built.before_eager.to_v5())),
         codec::encode_tagged(codec::FORMAT_SNAPSHOT_V4, &(&meta, basic.to_v4())),
         codec::encode_tagged(codec::FORMAT_SNAPSHOT_V3, &(&meta, basic.to_v3())),
         codec::encode_tagged(codec::FORMAT_SNAPSHOT_V2, &(&meta, basic.to_v2())),

@@ -22,3 +22,11 @@ fn garbage_is_refused_without_a_failed_check() {
         }
     }
 }
+
+#[test]
+fn the_fuzz_grid_holds_an_eager_call_honoured_under_its_block() {
+    let built = grid::Built::new();
+    let (id, token) = built.block().expect("the fuzz grid reserves a block");
+    let lease = built.grid.execution(id).and_then(|e| e.lease);
+    assert_eq!(lease.map(|l| (l.session, l.token)), Some((built.eager_session(), token)));
+}

@@ -201,6 +201,14 @@ pub enum Command {
     CreateToken(Box<NewToken>),
     /// Remove a token: from the entry on, every node refuses it.
     RevokeToken { id: String },
+    /// Set aside `count` execution ids and as many fencing tokens that the grid will never
+    /// give out itself: the leader hands them to eager calls (`reserved.rs`). Proposed only by
+    /// the leader's proposer.
+    ReserveBlock { count: u32 },
+    /// Create a call that the leader pushed to a session already, under the id and token it
+    /// gave, if the grid agrees; otherwise create it as `CreateExecution` would, with an id of
+    /// its own (`reserved.rs`). Proposed only by the leader's proposer.
+    CreateReserved(Box<execution::Reserved>),
 }
 
 impl Command {
@@ -224,6 +232,8 @@ impl Command {
             Command::CreateExecution(new) | Command::CreateServedExecution(new) => {
                 validate_new_execution(new, limits)
             }
+            Command::CreateReserved(r) => validate_new_execution(&r.new, limits),
+            Command::ReserveBlock { .. } => self.validate_shape(),
             Command::StartInstance(new) => check_payload_size(new.payload.data.len(), limits),
             Command::Append(a) => validate_append(a, limits),
             Command::Complete(c) => {
@@ -334,6 +344,18 @@ impl Command {
             }
             Command::SetClusterUid { .. } => Ok(()),
             Command::CreateExecution(new) | Command::CreateServedExecution(new) => new.validate_shape(),
+            Command::CreateReserved(r) => r.new.validate_shape(),
+            Command::ReserveBlock { count } => {
+                if *count == 0 || *count > super::reserved::MAX_BLOCK {
+                    return Err(Error::InvalidExecution {
+                        reason: format!(
+                            "a reserved block holds 1 to {} ids; this one {count}",
+                            super::reserved::MAX_BLOCK
+                        ),
+                    });
+                }
+                Ok(())
+            }
             Command::OpenSession(new) | Command::OpenSessionOnlyClaimed(new) => new.validate_shape(),
             Command::StartInstance(new) => {
                 validate_name("agent", &new.agent)?;
@@ -610,6 +632,9 @@ pub enum Output {
     Token { id: String, created: bool },
     /// Whether a revoke removed a token now (false: it was revoked before).
     TokenRevoked { existed: bool },
+    /// Execution ids `first_id..first_id + count` and fencing tokens
+    /// `first_token..first_token + count` are set aside for the leader's eager calls.
+    Block { first_id: ExecutionId, first_token: u64, count: u32 },
 }
 
 /// How a completion was taken.

@@ -24,9 +24,10 @@
 
 use std::ops::Bound;
 
-use super::events::{Event, Outbox};
+use super::events::{Event, Held, Outbox};
 use super::execution::{ExecutionId, Failure, FailureKind, Lease, SessionId, Status};
 use super::instance::Lifecycle;
+use super::session::Session;
 use super::{Grid, remove_pair};
 
 /// Most ready executions one dispatch pass over a queue skips (instance heads whose session
@@ -193,24 +194,31 @@ impl Grid {
     }
 
     /// The session that may run `(agent, delegate)` on `instance` (`None`: no instance) with
-    /// the most free slots (ties: the least recently assigned).
-    fn best_session(&self, agent: &str, instance: Option<&str>, delegate: &str) -> Option<SessionId> {
+    /// the most free slots (ties: the least recently used). Slots the leader's eager calls
+    /// hold (`held`, the entry's stamp) are not free.
+    fn best_session(
+        &self,
+        agent: &str,
+        instance: Option<&str>,
+        delegate: &str,
+        held: &Held,
+    ) -> Option<SessionId> {
         self.work
             .serving
             .get(agent)?
             .iter()
             .filter_map(|id| self.work.sessions.get(id))
-            .filter(|s| s.free() > 0 && s.may_run(agent, instance, delegate))
-            .max_by(|a, b| a.free().cmp(&b.free()).then(b.last_token.cmp(&a.last_token)))
+            .filter(|s| free(s, held) > 0 && s.may_run(agent, instance, delegate))
+            .max_by(|a, b| free(a, held).cmp(&free(b, held)).then(b.last_token.cmp(&a.last_token)))
             .map(|s| s.id)
     }
 
     /// Whether some session serving `(agent, delegate)` has a free slot, whatever it claims.
-    fn any_free_session(&self, agent: &str, delegate: &str) -> bool {
+    fn any_free_session(&self, agent: &str, delegate: &str, held: &Held) -> bool {
         self.work.serving.get(agent).is_some_and(|ids| {
             ids.iter()
                 .filter_map(|id| self.work.sessions.get(id))
-                .any(|s| s.free() > 0 && s.serves(agent, delegate))
+                .any(|s| free(s, held) > 0 && s.serves(agent, delegate))
         })
     }
 
@@ -239,13 +247,13 @@ impl Grid {
                     .work
                     .sessions
                     .get(&s)
-                    .filter(|s| s.free() > 0 && s.serves(agent, delegate))
+                    .filter(|s| free(s, out.held) > 0 && s.serves(agent, delegate))
                     .map(|s| s.id),
-                None => match self.best_session(agent, e.instance.as_deref(), delegate) {
+                None => match self.best_session(agent, e.instance.as_deref(), delegate, out.held) {
                     Some(s) => Some(s),
                     // Only sessions that claim other instances have room: a later head (of
                     // one of their instances) may be theirs.
-                    None if self.any_free_session(agent, delegate) => None,
+                    None if self.any_free_session(agent, delegate, out.held) => None,
                     // No session of this queue has a free slot: nothing more to do here.
                     None => return,
                 },
@@ -296,7 +304,22 @@ impl Grid {
             None => remove_pair(&mut self.work.ready, &(e.agent.clone(), e.delegate.clone()), &order),
         }
         self.work.last_token += 1;
-        let token = self.work.last_token;
+        self.grant(id, session, self.work.last_token, false, out);
+        if let Some(key) = instance {
+            self.offer(&key, out);
+        }
+    }
+
+    /// Leases a pending execution (taken from where it waited) to `session` under `token`
+    /// (`pushed`: the leader has pushed it there already).
+    pub(super) fn grant(
+        &mut self,
+        id: ExecutionId,
+        session: SessionId,
+        token: u64,
+        pushed: bool,
+        out: &mut Outbox,
+    ) {
         let Some(s) = self.work.sessions.get_mut(&session) else { return };
         s.assigned.insert(id);
         s.last_token = token;
@@ -310,11 +333,8 @@ impl Grid {
             e.attempts += 1;
             e.lease = Some(Lease { session, token, expires_ms });
         }
-        out.events.push(Event::Assigned { host, session, execution: id, token });
+        out.events.push(Event::Assigned { host, session, execution: id, token, pushed });
         out.events.push(Event::Changed { execution: id });
-        if let Some(key) = instance {
-            self.offer(&key, out);
-        }
     }
 
     /// Takes an execution from its session, back to pending (at `not_before` if given).
@@ -377,4 +397,9 @@ impl Grid {
             }
         }
     }
+}
+
+/// A session's free slots, less those the leader's eager calls hold on it (`held`).
+pub(super) fn free(s: &Session, held: &Held) -> u32 {
+    s.free().saturating_sub(held.get(&s.id).copied().unwrap_or(0))
 }

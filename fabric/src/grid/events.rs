@@ -6,7 +6,7 @@
 //! While a command applies it fills an [`Outbox`]: its events, and what dispatch must look at
 //! once the command is done.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::cursor::ListenerId;
 use super::execution::{ExecutionId, SessionId};
@@ -19,13 +19,16 @@ use super::stream::{End, Seq};
 pub enum Event {
     /// `execution` was assigned to `session`, whose stream lives at `host`, under `token`.
     /// By the time a node acts on it a later entry may have moved the execution on: push it
-    /// only while the lease is still `(session, token)`.
-    Assigned { host: Host, session: SessionId, execution: ExecutionId, token: u64 },
+    /// only while the lease is still `(session, token)`. `pushed`: the leader pushed it to the
+    /// session before creating it (an eager call, `reserved.rs`); nobody pushes it again.
+    Assigned { host: Host, session: SessionId, execution: ExecutionId, token: u64, pushed: bool },
     /// `session` no longer holds `execution` (cancelled, deadline, lease expired): its
     /// handler should stop; a completion with `token` will be refused.
     Revoked { host: Host, session: SessionId, execution: ExecutionId, token: u64, reason: String },
     /// `execution` changed status.
     Changed { execution: ExecutionId },
+    /// `execution` was created (with a `Changed` too).
+    Created { execution: ExecutionId },
     /// `session` ended.
     SessionClosed { host: Host, session: SessionId, reason: String },
     /// `stream` changed: items appended or removed, closed, or deleted. Readers on every node
@@ -70,10 +73,23 @@ pub(super) struct Outbox<'a> {
     pub(super) unserved: Vec<ExecutionId>,
     /// Streams whose cursors the delivery pass looks at when the command is done.
     pub(super) streams: BTreeSet<String>,
+    /// Slots per session that the leader's eager calls hold and the grid has not created yet:
+    /// the entry's stamp, less each of them created since in the entry (`reserved.rs`).
+    pub(super) held: &'a mut Held,
 }
 
+/// Eager calls held per session, as the leader stamped an entry (see [`Outbox::held`]).
+pub(super) type Held = BTreeMap<SessionId, u32>;
+
 impl<'a> Outbox<'a> {
-    pub(super) fn new(events: &'a mut Vec<Event>) -> Self {
-        Self { events, dirty: BTreeSet::new(), steps: 0, unserved: Vec::new(), streams: BTreeSet::new() }
+    pub(super) fn new(events: &'a mut Vec<Event>, held: &'a mut Held) -> Self {
+        Self {
+            events,
+            dirty: BTreeSet::new(),
+            steps: 0,
+            unserved: Vec::new(),
+            streams: BTreeSet::new(),
+            held,
+        }
     }
 }

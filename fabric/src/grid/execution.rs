@@ -288,6 +288,23 @@ pub struct NewExecution {
     pub max_deliveries: u32,
 }
 
+/// A `Call`'s execution that the leader handed to a session before creating it, from ids and
+/// tokens a [`Command::ReserveBlock`](super::Command::ReserveBlock) set aside ("eager calls",
+/// `docs/architecture.md#eager-calls`). Proposed only by the leader's proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserved {
+    /// The call, as `CreateExecution` would carry it.
+    pub new: NewExecution,
+    /// Refuse it as `CreateServedExecution` does when no connected session serves it.
+    pub served: bool,
+    /// The id the session was given, from a reserved block.
+    pub id: ExecutionId,
+    /// The fencing token the session was given, from the same block.
+    pub token: u64,
+    /// The session it was pushed to.
+    pub session: SessionId,
+}
+
 /// Longest relative time (timeout or delay) an execution may name: one year.
 pub const MAX_RELATIVE_MS: u64 = 365 * 86_400_000;
 /// Longest idempotency key, in bytes.

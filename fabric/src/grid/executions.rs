@@ -15,6 +15,14 @@ use super::instance::Lifecycle;
 use super::instances::instance_namespace;
 use super::{Completed, Error, Grid, Output, namespace};
 
+/// What the checks of a create found.
+pub(super) enum Creating {
+    /// The idempotency key names this execution, for the same call.
+    Existing(ExecutionId),
+    /// A new execution, a child of `parent` if any.
+    New { parent: Option<ExecutionId> },
+}
+
 /// Most delegate names a `DelegateNotServed` error lists.
 const MAX_DELEGATES_NAMED: usize = 32;
 
@@ -27,6 +35,17 @@ impl Grid {
         served: bool,
         out: &mut Outbox,
     ) -> Result<Output, Error> {
+        let parent = match self.check_create(new, served)? {
+            Creating::Existing(id) => return Ok(Output::Execution { id, created: false }),
+            Creating::New { parent } => parent,
+        };
+        let id = self.insert_execution(new, parent, false, out);
+        Ok(Output::Execution { id, created: true })
+    }
+
+    /// The checks of a create (`served`: `CreateServedExecution`'s too): whether the call is
+    /// new, with its parent, or names an existing execution by its idempotency key.
+    pub(super) fn check_create(&self, new: &NewExecution, served: bool) -> Result<Creating, Error> {
         new.validate_shape()?;
         if new.delegate == START_DELEGATE || new.delegate == STOP_DELEGATE {
             return Err(Error::InvalidExecution {
@@ -35,7 +54,7 @@ impl Grid {
         }
         let parent = self.check_parent(new)?;
         if let Some(id) = self.check_idempotency(new, parent)? {
-            return Ok(Output::Execution { id, created: false });
+            return Ok(Creating::Existing(id));
         }
         if let Some(deadline) = new.deadline_ms
             && deadline <= self.now_ms
@@ -51,8 +70,7 @@ impl Grid {
         if served {
             self.check_delegate_served(&new.agent, &new.delegate)?;
         }
-        let id = self.insert_execution(new, parent, false, out);
-        Ok(Output::Execution { id, created: true })
+        Ok(Creating::New { parent })
     }
 
     /// Refuses `delegate` of `agent` when sessions of the agent are connected and none serves
@@ -194,32 +212,22 @@ impl Grid {
     ) -> ExecutionId {
         self.work.last_execution_id += 1;
         let id = self.work.last_execution_id;
-        let now = self.now_ms;
-        let deadline_ms = new.deadline_ms.or_else(|| new.timeout_ms.map(|t| now.saturating_add(t)));
-        let not_before_ms =
-            new.not_before_ms.or_else(|| new.delay_ms.map(|d| now.saturating_add(d))).filter(|at| *at > now);
-        let execution = Execution {
-            id,
-            agent: new.agent.clone(),
-            instance: new.instance.clone(),
-            delegate: new.delegate.clone(),
-            payload: new.payload.clone(),
-            idempotency_key: new.idempotency_key.clone(),
-            status: Status::Pending,
-            attempts: 0,
-            lease: None,
-            outcome: None,
-            created_ms: now,
-            deadline_ms,
-            not_before_ms,
-            priority: if reserved { new.priority } else { new.priority.clamp(i32::MIN + 1, i32::MAX - 1) },
-            parent,
-            retry: new.retry,
-            finished_ms: None,
-            completed_token: None,
-            retention_ms: new.retention_ms,
-            max_deliveries: new.max_deliveries,
-        };
+        self.store_execution(id, new, parent, reserved, out);
+        self.enqueue(id, out);
+        id
+    }
+
+    /// Stores a new pending execution under `id` with its indexes, not yet queued.
+    pub(super) fn store_execution(
+        &mut self,
+        id: ExecutionId,
+        new: &NewExecution,
+        parent: Option<ExecutionId>,
+        reserved: bool,
+        out: &mut Outbox,
+    ) {
+        let execution = pending_execution(id, new, parent, reserved, self.now_ms);
+        let deadline_ms = execution.deadline_ms;
         if let Some(key) = &new.idempotency_key {
             self.work.idempotency.insert((parent.unwrap_or(0), key.clone()), id);
         }
@@ -235,9 +243,8 @@ impl Grid {
             inst.live.insert(id);
         }
         self.work.executions.insert(id, execution);
-        self.enqueue(id, out);
+        out.events.push(Event::Created { execution: id });
         out.events.push(Event::Changed { execution: id });
-        id
     }
 
     /// Gives an unfinished execution its final status and outcome.
@@ -452,5 +459,41 @@ impl Grid {
             }
         }
         Ok(conflict)
+    }
+}
+
+/// A new pending execution `id` for `new` at `now` (`reserved`: a lifecycle call of the
+/// fabric's, whose priority is not clipped).
+pub(super) fn pending_execution(
+    id: ExecutionId,
+    new: &NewExecution,
+    parent: Option<ExecutionId>,
+    reserved: bool,
+    now: u64,
+) -> Execution {
+    let deadline_ms = new.deadline_ms.or_else(|| new.timeout_ms.map(|t| now.saturating_add(t)));
+    let not_before_ms =
+        new.not_before_ms.or_else(|| new.delay_ms.map(|d| now.saturating_add(d))).filter(|at| *at > now);
+    Execution {
+        id,
+        agent: new.agent.clone(),
+        instance: new.instance.clone(),
+        delegate: new.delegate.clone(),
+        payload: new.payload.clone(),
+        idempotency_key: new.idempotency_key.clone(),
+        status: Status::Pending,
+        attempts: 0,
+        lease: None,
+        outcome: None,
+        created_ms: now,
+        deadline_ms,
+        not_before_ms,
+        priority: if reserved { new.priority } else { new.priority.clamp(i32::MIN + 1, i32::MAX - 1) },
+        parent,
+        retry: new.retry,
+        finished_ms: None,
+        completed_token: None,
+        retention_ms: new.retention_ms,
+        max_deliveries: new.max_deliveries,
     }
 }

@@ -26,7 +26,7 @@
 //! - `queries`: every read (keys, executions, sessions, instances, totals, next timer).
 //! - [`demand`]: what a scaler sees per agent (pending, running, delayed, instances, generator
 //!   listeners, sessions), read from the dispatch and timer indexes.
-//! - `snapshot`: older snapshot formats ([`GridV1`], [`GridV2`], [`GridV3`], [`GridV4`]) and
+//! - `snapshot`: older snapshot formats ([`GridV1`] to [`GridV5`]) and
 //!   how they load.
 //! - [`namespace`]: namespace names, and the rule for agent, delegate and instance names.
 //!
@@ -72,6 +72,7 @@ mod instances;
 mod kv;
 mod leases;
 mod queries;
+mod reserved;
 mod sessions;
 mod snapshot;
 mod streams;
@@ -93,6 +94,8 @@ mod kv_test;
 #[cfg(test)]
 mod leases_test;
 #[cfg(test)]
+mod reserved_test;
+#[cfg(test)]
 mod streams_test;
 #[cfg(test)]
 pub(crate) mod test_harness;
@@ -111,11 +114,11 @@ pub use self::error::Error;
 pub use self::events::{Event, ListenerEnd};
 pub use self::kv::Value;
 pub use self::queries::{ExecutionPage, ExecutionQuery, Page, Totals};
-pub use self::snapshot::{GridV1, GridV2, GridV3, GridV4};
+pub use self::snapshot::{GridV1, GridV2, GridV3, GridV4, GridV5};
 
 use self::command::clip_reason;
 use self::cursor::{Listener, ListenerId};
-use self::events::Outbox;
+use self::events::{Held, Outbox};
 use self::execution::{Execution, ExecutionId, SessionId};
 use self::instance::Instance;
 use self::lease::Lease;
@@ -146,6 +149,9 @@ pub struct Grid {
     /// Bearer tokens (hashed) and revoked ids. Snapshots from before tokens load through
     /// [`Grid::from_v4`].
     tokens: Tokens,
+    /// Blocks of execution ids and tokens set aside for the leader's eager calls. Snapshots
+    /// from before them load through [`Grid::from_v5`].
+    eager: reserved::Blocks,
 }
 
 /// Tokens, and the ids of the newest revoked ones. Part of the grid's snapshot.
@@ -232,8 +238,23 @@ impl Grid {
         commands: &[Command],
         events: &mut Vec<Event>,
     ) -> Vec<Result<Output, Error>> {
+        self.apply_batch_held(now_ms, &[], commands, events)
+    }
+
+    /// Applies a batch the leader stamped with the eager calls it held per session (`held`):
+    /// dispatch leaves that many slots of each session free, less each of those calls the
+    /// batch creates (`reserved.rs`).
+    pub fn apply_batch_held(
+        &mut self,
+        now_ms: u64,
+        held: &[(SessionId, u32)],
+        commands: &[Command],
+        events: &mut Vec<Event>,
+    ) -> Vec<Result<Output, Error>> {
         self.advance_clock(now_ms);
-        commands.iter().map(|c| self.apply_with_events(c, events)).collect()
+        let mut held: Held = held.iter().copied().filter(|(_, n)| *n > 0).collect();
+        self.restamp(&mut held, events);
+        commands.iter().map(|c| self.apply_held(c, events, &mut held)).collect()
     }
 
     /// Moves the grid's clock forward to `now_ms` (it never goes back, so a new leader with a
@@ -251,8 +272,17 @@ impl Grid {
     /// refused command changes nothing and yields no events, except that a refused `Audited`
     /// operation is still recorded in the audit stream (with its error).
     pub fn apply_with_events(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<Output, Error> {
+        self.apply_held(command, events, &mut Held::new())
+    }
+
+    fn apply_held(
+        &mut self,
+        command: &Command,
+        events: &mut Vec<Event>,
+        held: &mut Held,
+    ) -> Result<Output, Error> {
         command.validate_shape()?;
-        let mut out = Outbox::new(events);
+        let mut out = Outbox::new(events, held);
         let result = self.apply_command(command, &mut out);
         // Assign what the command made runnable (dispatch.rs) and hand stream items to the
         // listeners with room (cursors.rs); a key/value command leaves nothing to do.
@@ -323,6 +353,9 @@ impl Grid {
             // Tokens (tokens.rs).
             Command::CreateToken(new) => self.create_token(new),
             Command::RevokeToken { id } => self.revoke_token(id, out),
+            // Eager calls (reserved.rs).
+            Command::ReserveBlock { count } => Ok(self.reserve_block(*count)),
+            Command::CreateReserved(r) => self.create_reserved(r, out),
         }
     }
 }

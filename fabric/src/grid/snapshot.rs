@@ -8,6 +8,7 @@
 //! - [`GridV3`]: before leases (no `leases`, sessions without `only_claimed` and `claims`),
 //!   format 3. Formats 2 and 3 share the old session layout (`WorkV3`).
 //! - [`GridV4`]: before tokens (no `tokens`), format 4.
+//! - [`GridV5`]: before blocks for eager calls (no `eager`), format 5.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +18,7 @@ use super::execution::{Execution, ExecutionId, SessionId};
 use super::instance::Instance;
 use super::kv::Value;
 use super::session::{AgentSpec, Host, Session};
-use super::{Grid, Leases, Streams, Tokens, Work};
+use super::{Grid, Leases, Streams, Tokens, Work, reserved};
 
 /// The grid as snapshots of Weft before executions stored it.
 #[derive(Debug, Deserialize)]
@@ -63,6 +64,20 @@ pub struct GridV4 {
     work: Work,
     streams: Streams,
     leases: Leases,
+}
+
+/// The grid as snapshots of Weft before blocks for eager calls stored it.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
+pub struct GridV5 {
+    revision: u64,
+    now_ms: u64,
+    namespaces: BTreeMap<String, BTreeMap<String, Value>>,
+    expiries: BTreeMap<(u64, String, String), ()>,
+    work: Work,
+    streams: Streams,
+    leases: Leases,
+    tokens: Tokens,
 }
 
 /// Executions, sessions and instances as formats 2 and 3 stored them: sessions without the
@@ -158,6 +173,7 @@ impl Grid {
             streams: Streams::default(),
             leases: Leases::default(),
             tokens: Tokens::default(),
+            eager: reserved::Blocks::default(),
         }
     }
 
@@ -172,6 +188,7 @@ impl Grid {
             streams: Streams::default(),
             leases: Leases::default(),
             tokens: Tokens::default(),
+            eager: reserved::Blocks::default(),
         }
     }
 
@@ -187,6 +204,7 @@ impl Grid {
             streams: old.streams,
             leases: Leases::default(),
             tokens: Tokens::default(),
+            eager: reserved::Blocks::default(),
         }
     }
 
@@ -201,6 +219,22 @@ impl Grid {
             streams: old.streams,
             leases: old.leases,
             tokens: Tokens::default(),
+            eager: reserved::Blocks::default(),
+        }
+    }
+
+    /// A grid from a snapshot written before blocks for eager calls existed.
+    pub fn from_v5(old: GridV5) -> Self {
+        Self {
+            revision: old.revision,
+            now_ms: old.now_ms,
+            namespaces: old.namespaces,
+            expiries: old.expiries,
+            work: old.work,
+            streams: old.streams,
+            leases: old.leases,
+            tokens: old.tokens,
+            eager: reserved::Blocks::default(),
         }
     }
 }
@@ -208,6 +242,22 @@ impl Grid {
 /// Older layouts of a grid, for tests and the fuzz targets' seed snapshots.
 #[cfg(any(test, feature = "fuzzing"))]
 impl Grid {
+    /// This grid in format 5's layout (as Weft before eager calls wrote it): only for a grid
+    /// with no reserved block, which format 5 cannot express.
+    pub(crate) fn to_v5(&self) -> GridV5 {
+        assert!(self.eager == reserved::Blocks::default(), "format 5 has no reserved blocks");
+        GridV5 {
+            revision: self.revision,
+            now_ms: self.now_ms,
+            namespaces: self.namespaces.clone(),
+            expiries: self.expiries.clone(),
+            work: self.work.clone(),
+            streams: self.streams.clone(),
+            leases: self.leases.clone(),
+            tokens: self.tokens.clone(),
+        }
+    }
+
     /// This grid in format 4's layout (as Weft before tokens wrote it): only for a grid that
     /// holds no token and remembers no revoked one, which format 4 cannot express.
     pub(crate) fn to_v4(&self) -> GridV4 {

@@ -13,7 +13,17 @@ pub(super) struct Harness {
     pub(super) grid: Grid,
     pub(super) now: u64,
     pub(super) events: Vec<Event>,
-    pub(super) log: Vec<(u64, Command)>,
+    /// Every entry applied, in order: what another replica applies to end equal.
+    pub(super) log: Vec<Entry>,
+}
+
+/// One log entry as the harness applied it: the leader's clock, the eager calls it held per
+/// session (the stamp of `Grid::apply_batch_held`; empty for a plain entry), the commands.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub(super) now: u64,
+    pub(super) held: Vec<(SessionId, u32)>,
+    pub(super) commands: Vec<Command>,
 }
 
 impl Harness {
@@ -27,10 +37,18 @@ impl Harness {
     }
 
     pub(super) fn apply(&mut self, command: Command) -> Result<Output, Error> {
-        self.log.push((self.now, command.clone()));
-        let mut out =
-            self.grid.apply_batch_with_events(self.now, std::slice::from_ref(&command), &mut self.events);
+        let mut out = self.apply_held(&[], std::slice::from_ref(&command));
         out.pop().expect("one result per command")
+    }
+
+    /// Applies `commands` as one entry stamped with `held` (eager calls held per session).
+    pub(super) fn apply_held(
+        &mut self,
+        held: &[(SessionId, u32)],
+        commands: &[Command],
+    ) -> Vec<Result<Output, Error>> {
+        self.log.push(Entry { now: self.now, held: held.to_vec(), commands: commands.to_vec() });
+        self.grid.apply_batch_held(self.now, held, commands, &mut self.events)
     }
 
     pub(super) fn ok(&mut self, command: Command) -> Output {

@@ -105,9 +105,15 @@ impl Tracker {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// One entry was applied: `events` are its events, `grid` is the grid after it, and
-    /// `created_after` the last execution id before it.
-    pub fn entry_applied(&self, grid: &Grid, created_after: ExecutionId, events: &[Event]) {
+    /// One entry was applied: `events` are its events, `grid` is the grid after it.
+    pub fn entry_applied(&self, grid: &Grid, events: &[Event]) {
+        let created: std::collections::HashSet<ExecutionId> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Created { execution } => Some(*execution),
+                _ => None,
+            })
+            .collect();
         let mut ids: Vec<ExecutionId> = events
             .iter()
             .filter_map(|e| match e {
@@ -127,7 +133,7 @@ impl Tracker {
                     m.running.remove(&id);
                     continue;
                 };
-                if id > created_after {
+                if created.contains(&id) {
                     m.counts(&e.agent, &e.delegate).created += 1;
                 }
                 match e.status {

@@ -48,6 +48,8 @@ pub struct Registry {
     pub snapshot_build: Histogram,
     /// Size of the current snapshot (built here or installed from the leader).
     pub snapshot_bytes: AtomicU64,
+    /// Eager calls on this node while it led, by how their create reached the log.
+    pub eager: EagerCounts,
     /// Executions, as the grid applies them.
     pub executions: executions::Tracker,
     /// Requests the auth gate refused, by reason.
@@ -75,6 +77,7 @@ impl Registry {
             log_fsync: Arc::new(Histogram::new(histogram::FSYNC_BUCKETS_S)),
             snapshot_build: Histogram::new(histogram::SNAPSHOT_BUCKETS_S),
             snapshot_bytes: AtomicU64::new(0),
+            eager: EagerCounts::default(),
             executions: executions::Tracker::default(),
             auth_refused: Refusals::default(),
             auth_ended: Refusals::default(),
@@ -122,6 +125,14 @@ impl Registry {
             &n,
             self.snapshot_bytes.load(Ordering::Relaxed),
         );
+        t.family(
+            "weft_eager_calls_total",
+            "Calls the leader pushed to a session before creating them, by how the create reached the log: with the completion in one entry (combined), alone when the linger ran out (lingered), alone because another command named it (named), or answered not applied when this node stopped leading (dropped).",
+            Kind::Counter,
+        );
+        for (outcome, count) in self.eager.snapshot() {
+            t.sample("weft_eager_calls_total", &[("node", node), ("outcome", outcome)], count);
+        }
         self.executions.render(t, node);
         t.family(
             "weft_auth_refused_total",
@@ -189,5 +200,29 @@ pub fn agent_gauge(
     }
     if let Some(n) = other {
         text.sample(name, &[("node", node), ("agent", executions::OTHER)], n);
+    }
+}
+
+/// Counts of eager calls by outcome (see `routing::eager`).
+#[derive(Debug, Default)]
+pub struct EagerCounts {
+    /// Created in one entry with their completion.
+    pub combined: AtomicU64,
+    /// Created alone once the linger ran out.
+    pub lingered: AtomicU64,
+    /// Created alone because another command named them first.
+    pub named: AtomicU64,
+    /// Answered not applied: this node stopped leading (or shut down) while holding them.
+    pub dropped: AtomicU64,
+}
+
+impl EagerCounts {
+    fn snapshot(&self) -> [(&'static str, u64); 4] {
+        [
+            ("combined", self.combined.load(Ordering::Relaxed)),
+            ("lingered", self.lingered.load(Ordering::Relaxed)),
+            ("named", self.named.load(Ordering::Relaxed)),
+            ("dropped", self.dropped.load(Ordering::Relaxed)),
+        ]
     }
 }

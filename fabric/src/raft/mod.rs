@@ -58,6 +58,9 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub enum Request {
     /// Grid commands applied in order at the leader-stamped time `now_ms`.
     Batch { now_ms: u64, commands: Vec<grid::Command> },
+    /// A batch as above, stamped with the eager calls the leader held per session when it
+    /// formed the entry (`Grid::apply_batch_held`): dispatch leaves their slots free.
+    BatchHeld { now_ms: u64, held: Vec<(grid::execution::SessionId, u32)>, commands: Vec<grid::Command> },
 }
 
 impl std::fmt::Display for Request {
@@ -65,6 +68,9 @@ impl std::fmt::Display for Request {
         match self {
             Request::Batch { now_ms, commands } => {
                 write!(f, "Batch(now_ms={now_ms}, commands={})", commands.len())
+            }
+            Request::BatchHeld { now_ms, held, commands } => {
+                write!(f, "BatchHeld(now_ms={now_ms}, held={}, commands={})", held.len(), commands.len())
             }
         }
     }

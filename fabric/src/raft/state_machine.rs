@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
-use crate::grid::{Grid, GridV1, GridV2, GridV3, GridV4};
+use crate::grid::{Grid, GridV1, GridV2, GridV3, GridV4, GridV5};
 use crate::metrics::Registry;
 use crate::watch;
 
@@ -64,14 +64,26 @@ struct SnapshotFileV4 {
     grid: GridV4,
 }
 
-/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V5`] (today's grid),
+/// A snapshot file written before the grid held blocks for eager calls.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV5 {
+    meta: Meta,
+    grid: GridV5,
+}
+
+/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V6`] (today's grid),
+/// [`codec::FORMAT_SNAPSHOT_V5`] (before blocks for eager calls; read with none),
 /// [`codec::FORMAT_SNAPSHOT_V4`] (before tokens; read with none), [`codec::FORMAT_SNAPSHOT_V3`]
 /// (before leases; read with none, and no session only-claimed), [`codec::FORMAT_SNAPSHOT_V2`]
 /// (before streams; read with none) or [`codec::FORMAT_BINCODE_V1`] (written before the grid
 /// held executions; read into an empty work state).
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
     match codec::split_tag(bytes)? {
-        (codec::FORMAT_SNAPSHOT_V5, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V6, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V5, body) => {
+            let old: SnapshotFileV5 = codec::decode_body(body)?;
+            Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v5(old.grid) })
+        }
         (codec::FORMAT_SNAPSHOT_V4, body) => {
             let old: SnapshotFileV4 = codec::decode_body(body)?;
             Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v4(old.grid) })
@@ -94,7 +106,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error
 
 /// Encodes a snapshot file in today's format.
 pub(crate) fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
-    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V5, file)
+    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V6, file)
 }
 
 /// The applied state shared between the state machine and readers.
@@ -402,16 +414,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(Request::Batch { now_ms, commands }) => {
+                EntryPayload::Normal(request) => {
+                    let (now_ms, held, commands) = match request {
+                        Request::Batch { now_ms, commands } => (now_ms, Vec::new(), commands),
+                        Request::BatchHeld { now_ms, held, commands } => (now_ms, held, commands),
+                    };
                     self.handle.counters.commands_applied.fetch_add(commands.len() as u64, Ordering::Relaxed);
-                    let (created_after, first_event) = (applied.grid.last_execution_id(), events.len());
-                    let results = applied.grid.apply_batch_with_events(now_ms, &commands, &mut events);
+                    let first_event = events.len();
+                    let results = applied.grid.apply_batch_held(now_ms, &held, &commands, &mut events);
                     if self.metrics.counts_entry(entry.log_id.index) {
-                        self.metrics.executions.entry_applied(
-                            &applied.grid,
-                            created_after,
-                            &events[first_event..],
-                        );
+                        self.metrics.executions.entry_applied(&applied.grid, &events[first_event..]);
                     }
                     Response { results }
                 }
@@ -578,7 +590,7 @@ mod tests {
         let restored = decode_snapshot(&old).unwrap();
         assert_eq!(restored.grid, grid);
         assert_eq!(restored.meta, meta(9));
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V5);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V6);
     }
 
     /// A snapshot file written before tokens existed (format 4) loads with none; written
@@ -600,7 +612,36 @@ mod tests {
         assert_eq!(restored.grid, grid);
         assert_eq!(restored.grid.token_count(), 0);
         assert!(restored.grid.lease("l").is_some(), "what format 4 held is kept");
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V5);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V6);
+    }
+
+    /// A snapshot file written before blocks for eager calls (format 5) loads with none;
+    /// written again, it is format 6.
+    #[test]
+    fn format_five_snapshots_still_load() {
+        #[derive(Serialize)]
+        struct OldFile {
+            meta: Meta,
+            grid: GridV5,
+        }
+        let mut grid = Grid::default();
+        let put = crate::grid::Command::Put {
+            namespace: "shared/a".into(),
+            key: "k".into(),
+            value: b"v".to_vec(),
+            ttl_ms: None,
+            if_absent: false,
+        };
+        assert!(grid.apply_batch(5, &[put]).iter().all(Result::is_ok));
+        let old =
+            codec::encode_tagged(codec::FORMAT_SNAPSHOT_V5, &OldFile { meta: meta(9), grid: grid.to_v5() });
+        let restored = decode_snapshot(&old).unwrap();
+        assert_eq!(restored.grid, grid);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V6);
+        // And format 6 is not format 5: a grid with a block does not load as one.
+        grid.apply_batch(6, &[crate::grid::Command::ReserveBlock { count: 4 }]);
+        let file = SnapshotFile { meta: meta(10), grid: grid.clone() };
+        assert_eq!(decode_snapshot(&encode_snapshot(&file)).unwrap().grid, grid);
     }
 
     /// File names come from log ids, never from the id a peer sent.

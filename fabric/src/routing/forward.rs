@@ -17,7 +17,7 @@ use weft_proto::wire::Outcome;
 
 use super::context::RETRY_PAUSE;
 use super::error::{NOT_APPLIED_PREFIX, UNKNOWN_PREFIX};
-use super::{Context, Error, Leader};
+use super::{Context, Error, Kind, Leader};
 use crate::codec;
 use crate::grid::{self, Command, Output};
 
@@ -53,14 +53,30 @@ pub async fn propose(ctx: &Context, command: Command) -> Result<Output, Error> {
     propose_until(ctx, command, Instant::now() + ctx.request_timeout).await
 }
 
+/// [`propose`] with what the proposer may do with it if this node leads (a call it may hold
+/// eagerly, a completion the session's host authorized); a forwarded one is plain.
+pub async fn propose_as(ctx: &Context, command: Command, kind: Kind) -> Result<Output, Error> {
+    propose_kind(ctx, command, Instant::now() + ctx.request_timeout, kind).await
+}
+
 /// [`propose`] with an explicit deadline.
 pub async fn propose_until(ctx: &Context, command: Command, deadline: Instant) -> Result<Output, Error> {
+    propose_kind(ctx, command, deadline, Kind::Plain).await
+}
+
+async fn propose_kind(
+    ctx: &Context,
+    command: Command,
+    deadline: Instant,
+    kind: Kind,
+) -> Result<Output, Error> {
     let mut encoded: Option<Vec<u8>> = None;
     loop {
         let last = match ctx.wait_for_leader(deadline).await {
             Leader::Local => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, ctx.proposer.propose(command.clone())).await {
+                match tokio::time::timeout(left, ctx.proposer.propose_as(command.clone(), kind.clone())).await
+                {
                     Ok(Ok(output)) => return Ok(output),
                     Ok(Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_)))) => e,
                     Ok(Err(e)) => return Err(e),

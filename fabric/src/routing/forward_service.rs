@@ -1,7 +1,8 @@
 //! `weft.cluster.v1.Forward`: the leader's side of [`super::forward`]. Writes arrive encoded
-//! and validated by the node that took them; the leader checks them again against its own
-//! limits, proposes them and answers with the grid's result, or with a status that says the
-//! write was certainly not applied.
+//! and validated by the node that took them; the leader refuses the commands only its own
+//! proposer makes ([`leader_only`]), checks the rest again against its own limits, proposes
+//! them and answers with the grid's result, or with a status that says the write was certainly
+//! not applied.
 
 use tonic::{Request, Response, Status};
 use weft_proto::cluster::v1 as cpb;
@@ -34,6 +35,19 @@ impl ForwardService {
     }
 }
 
+/// The name of a command that only the leader's own proposer proposes, looking inside
+/// `Fenced` and `Audited`; `None` for any other. Eager calls (`grid/reserved.rs`) are fenced by
+/// the leader handing each reserved id and token out once, from the block it reserved: a
+/// block reserved for a peer, or a reserved create a peer names, would go around that.
+fn leader_only(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::ReserveBlock { .. } => Some("ReserveBlock"),
+        Command::CreateReserved(_) => Some("CreateReserved"),
+        Command::Fenced { command, .. } | Command::Audited { command, .. } => leader_only(command),
+        _ => None,
+    }
+}
+
 #[tonic::async_trait]
 impl cpb::forward_server::Forward for ForwardService {
     async fn propose(
@@ -44,6 +58,11 @@ impl cpb::forward_server::Forward for ForwardService {
         self.check_cluster(&req.cluster)?;
         let command: Command = codec::decode(&req.command)
             .map_err(|e| Status::invalid_argument(format!("cannot read the forwarded command: {e}")))?;
+        if let Some(name) = leader_only(&command) {
+            return Err(Status::invalid_argument(format!(
+                "{name} is proposed only by the leader's proposer; a peer may not forward it"
+            )));
+        }
         if self.ctx.leader() != Leader::Local {
             let leader = match self.ctx.leader() {
                 Leader::Remote { addr, .. } => Some(addr),

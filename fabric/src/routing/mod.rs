@@ -30,10 +30,12 @@
 //! - [`forward`]: [`propose`] and [`read_barrier`], the sending side of the path.
 //! - [`forward_service`]: `weft.cluster.v1.Forward`, the leader's side.
 //! - [`proposer`]: the leader's write batcher: commands in, log entries out.
+//! - [`eager`]: the calls the proposer holds and pushes before creating them (eager calls).
 //! - [`read_rounds`]: one read-index round (a quorum confirmation, a `ReadIndex` call) for
 //!   every read waiting when it starts.
 
 pub mod context;
+pub mod eager;
 pub mod error;
 pub mod forward;
 pub mod forward_service;
@@ -42,5 +44,6 @@ pub mod read_rounds;
 
 pub use context::{Context, Leader, ReadRounds};
 pub use error::Error;
-pub use forward::{propose, read_barrier};
+pub use forward::{propose, propose_as, read_barrier};
 pub use forward_service::ForwardService;
+pub use proposer::Kind;

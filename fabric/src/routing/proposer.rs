@@ -10,20 +10,23 @@
 //! delay, deadline, lease, retention) has passed by the leader's clock, it proposes
 //! `Command::Expire` (or `Command::Tick`), so time passing is an ordinary replicated entry.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
+use super::eager::{self, Eager, Held, Unapplied, Weight};
 use crate::NodeId;
 use crate::grid::{Command, Output};
 use crate::metrics::Registry;
 use crate::raft::state_machine;
 use crate::raft::{Raft, Request};
+use crate::watch::Hub;
 
 /// Most keys one expiry entry removes; the next check proposes another for the rest.
 pub const MAX_EXPIRED_PER_ENTRY: u64 = 10_000;
@@ -56,20 +59,41 @@ struct Proposal {
     command: Command,
     bytes: usize,
     reply: oneshot::Sender<Result<Output, Error>>,
+    kind: Kind,
+}
+
+/// What the proposer may do with a write besides proposing it (see [`super::eager`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Propose it.
+    Plain,
+    /// A `Call`'s create: it may be held and pushed before it is created.
+    Call,
+    /// A completion the host of its session authorized for `agent` from an eager push.
+    EagerCompletion { agent: String },
 }
 
 /// Submits writes to the proposer.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Proposal>,
+    /// Calls that may be held: the loop takes them in even while every slot is busy.
+    calls: mpsc::Sender<Proposal>,
 }
 
 impl Handle {
     /// Proposes one command and waits for its result. The command must already be validated.
     pub async fn propose(&self, command: Command) -> Result<Output, Error> {
+        self.propose_as(command, Kind::Plain).await
+    }
+
+    /// Proposes one command that the proposer may treat as `kind` says, and waits for its
+    /// result.
+    pub async fn propose_as(&self, command: Command, kind: Kind) -> Result<Output, Error> {
         let (reply, rx) = oneshot::channel();
         let bytes = command_bytes(&command);
-        self.tx.try_send(Proposal { command, bytes, reply }).map_err(|e| match e {
+        let tx = if kind == Kind::Call { &self.calls } else { &self.tx };
+        tx.try_send(Proposal { command, bytes, reply, kind }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Overloaded(
                 "too many writes waiting on this node (max_pending_writes); retry later".into(),
             ),
@@ -164,6 +188,10 @@ fn command_bytes(command: &Command) -> usize {
             new.id.len() + new.name.len() + scopes + 64
         }
         Command::RevokeToken { id } => id.len() + 16,
+        Command::ReserveBlock { .. } => 16,
+        Command::CreateReserved(r) => {
+            r.new.payload.data.len() + r.new.agent.len() + r.new.delegate.len() + 128
+        }
     }
 }
 
@@ -176,24 +204,64 @@ pub struct Service {
     applied: state_machine::Handle,
     options: Options,
     rx: mpsc::Receiver<Proposal>,
+    calls: mpsc::Receiver<Proposal>,
+    eager: Eager,
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Commands that go into one entry together, in order (a held call's create and its
+/// completion), with what they add to the counts of unapplied work.
+struct Unit {
+    proposals: Vec<Proposal>,
+    bytes: usize,
+    weight: Weight,
+}
+
+impl Unit {
+    fn of(p: Proposal) -> Self {
+        let weight = Weight { reserved: None, assigning: eager::assigning(&p.command), key: None };
+        Self { bytes: p.bytes, proposals: vec![p], weight }
+    }
+
+    /// The create of a held call, and the proposal that completes it if any.
+    fn held(held: Held, completion: Option<Proposal>) -> Self {
+        let session = held.reserved.session;
+        let key = eager::idempotency_key(&held.reserved.new);
+        let command = Command::CreateReserved(Box::new(held.reserved));
+        let create =
+            Proposal { bytes: command_bytes(&command), command, reply: held.reply, kind: Kind::Plain };
+        let weight = Weight {
+            reserved: Some(session),
+            assigning: completion.as_ref().map_or(0, |c| eager::assigning(&c.command)),
+            key,
+        };
+        let mut proposals = vec![create];
+        proposals.extend(completion);
+        Self { bytes: proposals.iter().map(|p| p.bytes).sum(), proposals, weight }
+    }
 }
 
 impl Service {
     /// A proposer for `raft` and the handle that submits writes to it. Only handles keep
-    /// the queue open: it closes when the last one is dropped.
+    /// the queue open: it closes when the last one is dropped. Eager calls are pushed through
+    /// `hub`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node_id: NodeId,
         raft: Raft,
         applied: state_machine::Handle,
         options: Options,
+        eager: eager::Options,
+        hub: Hub,
         metrics: Arc<Registry>,
     ) -> (Self, Handle) {
         let (tx, rx) = mpsc::channel(options.max_pending_writes);
-        (Self { node_id, raft, metrics, applied, options, rx }, Handle { tx })
+        let (calls_tx, calls) = mpsc::channel(options.max_pending_writes);
+        let eager = Eager::new(eager, node_id, hub, applied.clone(), metrics.clone());
+        (Self { node_id, raft, metrics, applied, options, rx, calls, eager }, Handle { tx, calls: calls_tx })
     }
 
     /// Runs until `shutdown`; writes still queued then are answered "not applied".
@@ -205,98 +273,222 @@ impl Service {
         ttl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut timer_tick = tokio::time::interval(TIMER_CHECK_INTERVAL);
         timer_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut carry: Option<Proposal> = None;
+        // What waits for an entry, in the order it came. As before eager calls, the loop takes
+        // a slot first and then the writes that wait, so writes that arrive while the slots are
+        // busy join the next entry without waking the loop one by one. Calls are the exception:
+        // they are taken in at once (a held call's push must not wait for a slot), up to
+        // `max_pending_writes` commands staged.
+        let mut staged: VecDeque<Unit> = VecDeque::new();
+        let mut staged_commands = 0usize;
+        let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut block: Option<(u64, oneshot::Receiver<Result<Output, Error>>)> = None;
+        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
         'entries: loop {
-            // The in-flight slot first, then the batch: writes that arrive while the entries
-            // in flight commit join the next entry, rather than waiting behind an entry that
-            // was formed before the slot was free. Expiry and timer checks go on while every
-            // slot is taken (entries that never commit hold theirs up to `commit_timeout`).
-            let permit = loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break 'entries,
-                    permit = inflight.clone().acquire_owned() => {
-                        break permit.expect("semaphore never closed");
-                    }
-                    _ = ttl_tick.tick() => self.maybe_expire(&expiring),
-                    _ = timer_tick.tick() => self.maybe_tick(&ticking),
+            if !staged.is_empty()
+                && let Some(slot) = permit.take()
+            {
+                self.take_waiting(&mut staged, &mut staged_commands);
+                self.propose_entry(slot, &mut staged, &mut staged_commands).await;
+                continue;
+            }
+            let room = staged_commands < self.options.max_pending_writes;
+            let linger = self.eager.next_linger();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'entries,
+                slot = inflight.clone().acquire_owned(), if permit.is_none() => {
+                    permit = Some(slot.expect("semaphore never closed"));
                 }
-            };
-            let first = match carry.take() {
-                Some(p) => p,
-                None => loop {
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => break 'entries,
-                        _ = ttl_tick.tick() => self.maybe_expire(&expiring),
-                        _ = timer_tick.tick() => self.maybe_tick(&ticking),
-                        p = self.rx.recv() => match p {
-                            Some(p) => break p,
-                            None => break 'entries,
-                        },
-                    }
+                p = self.rx.recv(), if permit.is_some() && room => match p {
+                    Some(p) => self.intake(p, &mut staged, &mut staged_commands),
+                    None => break 'entries,
                 },
-            };
-            let mut bytes = first.bytes;
-            let mut batch = vec![first];
-            while batch.len() < self.options.max_batch_commands {
-                match self.rx.try_recv() {
-                    Ok(p) if bytes + p.bytes > self.options.max_batch_bytes => {
-                        carry = Some(p);
-                        break;
+                p = self.calls.recv(), if room => match p {
+                    Some(p) => {
+                        // The first call of a leadership finds the leadership known, and asks
+                        // for a block at once.
+                        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
+                        self.intake(p, &mut staged, &mut staged_commands);
+                        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
                     }
-                    Ok(p) => {
-                        bytes += p.bytes;
-                        batch.push(p);
+                    None => break 'entries,
+                },
+                _ = tokio::time::sleep_until(linger.unwrap_or_else(Instant::now).into()), if linger.is_some() => {
+                    // A completion waiting for a slot pairs with its call rather than follow it.
+                    self.take_waiting(&mut staged, &mut staged_commands);
+                    for held in self.eager.lingered(Instant::now()) {
+                        stage(&mut self.eager, &mut staged, &mut staged_commands, Unit::held(held, None));
                     }
-                    Err(_) => break,
+                }
+                answer = async { (&mut block.as_mut().expect("guarded").1).await }, if block.is_some() => {
+                    let (term, _) = block.take().expect("guarded");
+                    let answer = answer.unwrap_or_else(|_| Err(Error::Unavailable("no answer".into())));
+                    self.eager.reserved(term, answer);
+                }
+                _ = ttl_tick.tick() => self.maybe_expire(&expiring),
+                _ = timer_tick.tick() => {
+                    self.maybe_tick(&ticking);
+                    self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
                 }
             }
-            let metrics = self.metrics.clone();
-            let commit_timeout = self.options.commit_timeout;
-            let (commands, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-            let proposed = std::time::Instant::now();
-            // The entry goes to RaftCore from this loop, so entries reach the log in the order
-            // they were formed and without a task's hand-off first; only the wait for the
-            // commit runs in a task of its own.
-            let write = match self.raft.client_write_ff(Request::Batch { now_ms: now_ms(), commands }).await {
-                Ok(rx) => rx,
-                Err(fatal) => {
-                    deliver(Err(RaftError::Fatal(fatal)), replies);
-                    continue;
-                }
-            };
-            tokio::spawn(async move {
-                let write = async {
-                    match write.await {
-                        Ok(result) => result.map_err(RaftError::APIError),
-                        Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
-                    }
-                };
-                let result = tokio::time::timeout(commit_timeout, write).await;
-                drop(permit);
-                if let Ok(Ok(_)) = &result {
-                    metrics.raft_commit.observe(proposed.elapsed());
-                }
-                match result {
-                    Ok(result) => deliver(result, replies),
-                    Err(_) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(Error::Indeterminate(format!(
-                                "not committed within {} ms; the leader may have lost its quorum",
-                                commit_timeout.as_millis()
-                            ))));
-                        }
-                    }
-                }
-            });
         }
-        // Answer what is still queued: it was never proposed.
+        // Answer what is held or still queued: it was never proposed.
+        self.eager.drop_all("the node is shutting down");
         self.rx.close();
-        for p in carry.into_iter().chain(std::iter::from_fn(|| self.rx.try_recv().ok())) {
+        self.calls.close();
+        let queued = staged.into_iter().flat_map(|u| u.proposals);
+        let waiting = std::iter::from_fn(|| self.rx.try_recv().ok().or_else(|| self.calls.try_recv().ok()));
+        for p in queued.chain(waiting) {
             let _ = p.reply.send(Err(Error::Unavailable("node is shutting down".into())));
         }
+    }
+
+    /// Takes in the writes waiting in both queues, up to `max_pending_writes` staged.
+    fn take_waiting(&mut self, staged: &mut VecDeque<Unit>, staged_commands: &mut usize) {
+        while *staged_commands < self.options.max_pending_writes {
+            match self.rx.try_recv().or_else(|_| self.calls.try_recv()) {
+                Ok(p) => self.intake(p, staged, staged_commands),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Follows leadership for eager calls; stages a `ReserveBlock` when a block is wanted.
+    fn watch_leadership(
+        &mut self,
+        staged: &mut VecDeque<Unit>,
+        staged_commands: &mut usize,
+        block: &mut Option<(u64, oneshot::Receiver<Result<Output, Error>>)>,
+    ) {
+        let (leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader == Some(self.node_id), m.current_term)
+        };
+        if self.eager.observe(leader, term) {
+            let (reply, rx) = oneshot::channel();
+            let command = Command::ReserveBlock { count: eager::BLOCK_SIZE };
+            let p = Proposal { bytes: command_bytes(&command), command, reply, kind: Kind::Plain };
+            self.eager.reserving = true;
+            *block = Some((term, rx));
+            *staged_commands += 1;
+            staged.push_front(Unit::of(p));
+        }
+    }
+
+    /// Takes one write in: pairs a held call's completion with its create, creates first the
+    /// held calls it names, holds a call that may go eagerly, or stages it.
+    fn intake(&mut self, p: Proposal, staged: &mut VecDeque<Unit>, staged_commands: &mut usize) {
+        if let (Kind::EagerCompletion { .. }, Command::Complete(c)) = (&p.kind, &p.command)
+            && let Some(held) = self.eager.take_completed(c.execution, c.token)
+        {
+            stage(&mut self.eager, staged, staged_commands, Unit::held(held, Some(p)));
+            return;
+        }
+        if let Some(held) = self.eager.take_keyed(&p.command) {
+            stage(&mut self.eager, staged, staged_commands, Unit::held(held, None));
+        }
+        let mut named_held = false;
+        for id in eager::named(&p.command) {
+            if let Some(held) = self.eager.take_named(id) {
+                named_held = true;
+                stage(&mut self.eager, staged, staged_commands, Unit::held(held, None));
+            }
+        }
+        if named_held && matches!((&p.kind, &p.command), (Kind::Plain, Command::Complete(_))) {
+            // Its sender was authorized against a grid that did not hold the call yet: it
+            // sends again once it does.
+            let id = eager::named(&p.command)[0];
+            let _ = p.reply.send(Err(Error::Overloaded(format!(
+                "execution {id} is being created; send the completion again"
+            ))));
+            return;
+        }
+        let p = match p.kind {
+            Kind::Call => match self.eager.try_hold(&p.command, p.reply) {
+                Ok(()) => return,
+                Err(reply) => Proposal { reply, ..p },
+            },
+            _ => p,
+        };
+        stage(&mut self.eager, staged, staged_commands, Unit::of(p));
+    }
+
+    /// Proposes the staged units that fit one entry, stamped with the eager calls held.
+    async fn propose_entry(
+        &mut self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        staged: &mut VecDeque<Unit>,
+        staged_commands: &mut usize,
+    ) {
+        let held = self.eager.stamp();
+        let (mut proposals, mut bytes, mut weights) = (Vec::new(), 0usize, Vec::new());
+        while let Some(unit) = staged.front() {
+            let fits = proposals.len() + unit.proposals.len() <= self.options.max_batch_commands
+                && bytes + unit.bytes <= self.options.max_batch_bytes;
+            if !proposals.is_empty() && !fits {
+                break;
+            }
+            let unit = staged.pop_front().expect("front exists");
+            *staged_commands -= unit.proposals.len();
+            bytes += unit.bytes;
+            unstage(&mut self.eager, &unit.weight);
+            weights.push(unit.weight);
+            proposals.extend(unit.proposals);
+        }
+        {
+            let mut unapplied = self.eager.unapplied.lock().unwrap_or_else(|p| p.into_inner());
+            for w in &weights {
+                unapplied.add(w);
+            }
+        }
+        let unapplied = self.eager.unapplied.clone();
+        let metrics = self.metrics.clone();
+        let commit_timeout = self.options.commit_timeout;
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let proposed = std::time::Instant::now();
+        let request = if held.is_empty() {
+            Request::Batch { now_ms: now_ms(), commands }
+        } else {
+            Request::BatchHeld { now_ms: now_ms(), held, commands }
+        };
+        // The entry goes to RaftCore from this loop, so entries reach the log in the order
+        // they were formed (a held call's create before a later completion of it) and without
+        // a task's hand-off first; only the wait for the commit runs in a task of its own.
+        let write = match self.raft.client_write_ff(request).await {
+            Ok(rx) => rx,
+            Err(fatal) => {
+                forget(&unapplied, &weights);
+                deliver(Err(RaftError::Fatal(fatal)), replies);
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let write = async {
+                match write.await {
+                    Ok(result) => result.map_err(RaftError::APIError),
+                    Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+                }
+            };
+            let result = tokio::time::timeout(commit_timeout, write).await;
+            drop(permit);
+            forget(&unapplied, &weights);
+            if let Ok(Ok(_)) = &result {
+                metrics.raft_commit.observe(proposed.elapsed());
+            }
+            match result {
+                Ok(result) => deliver(result, replies),
+                Err(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(Error::Indeterminate(format!(
+                            "not committed within {} ms; the leader may have lost its quorum",
+                            commit_timeout.as_millis()
+                        ))));
+                    }
+                }
+            }
+        });
     }
 
     fn maybe_expire(&self, expiring: &Arc<AtomicBool>) {
@@ -329,6 +521,37 @@ impl Service {
             }
             busy.store(false, Ordering::Release);
         });
+    }
+}
+
+/// Adds a unit to the staged writes and to the counts of what is staged.
+fn stage(eager: &mut Eager, staged: &mut VecDeque<Unit>, staged_commands: &mut usize, unit: Unit) {
+    if let Some(s) = unit.weight.reserved {
+        *eager.staged_reserved.entry(s).or_default() += 1;
+    }
+    eager.staged_assigning = eager.staged_assigning.saturating_add(unit.weight.assigning);
+    *staged_commands += unit.proposals.len();
+    staged.push_back(unit);
+}
+
+/// Takes a unit that goes into an entry off the counts of what is staged.
+fn unstage(eager: &mut Eager, w: &Weight) {
+    if let Some(s) = w.reserved
+        && let Some(n) = eager.staged_reserved.get_mut(&s)
+    {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            eager.staged_reserved.remove(&s);
+        }
+    }
+    eager.staged_assigning = eager.staged_assigning.saturating_sub(w.assigning);
+}
+
+/// An entry was applied (or given up on): its units no longer count as unapplied.
+fn forget(unapplied: &Mutex<Unapplied>, weights: &[Weight]) {
+    let mut unapplied = unapplied.lock().unwrap_or_else(|p| p.into_inner());
+    for w in weights {
+        unapplied.remove(w);
     }
 }
 

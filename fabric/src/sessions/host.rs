@@ -149,6 +149,7 @@ pub async fn open(
         tx,
         shutdown,
         pushed: HashMap::new(),
+        eager: HashMap::new(),
     };
     tokio::spawn(session.run());
     Ok(rx)
@@ -181,6 +182,10 @@ struct Session {
     inflight: Arc<Semaphore>,
     /// Executions pushed to the agent and (as far as this task knows) still held.
     pushed: HashMap<ExecutionId, u64>,
+    /// Eager calls pushed before their create, with their token and agent: their completion
+    /// is authorized from this record (the grid may not hold them yet). An entry leaves with
+    /// the completion or a revocation, or once the grid holds the execution.
+    eager: HashMap<ExecutionId, (u64, String)>,
 }
 
 impl Session {
@@ -258,21 +263,20 @@ impl Session {
         use pb::fabric_message::Kind;
         match event {
             SessionEvent::Assigned { execution, token, generator } => {
-                self.pushed.insert(execution.id, token);
-                if self.pushed.len() > 4 * self.capacity + OUTBOUND_SLACK {
+                return self.push(execution, token, generator).await;
+            }
+            SessionEvent::Eager { execution, token } => {
+                self.eager.insert(execution.id, (token, execution.agent.clone()));
+                if self.eager.len() > 4 * self.capacity + OUTBOUND_SLACK {
                     self.prune();
                 }
-                let assignment = pb::Assignment {
-                    execution: Some(convert::pb_execution(*execution)),
-                    token,
-                    generator_stream: generator.unwrap_or_default(),
-                };
-                if !self.send(Kind::Assignment(assignment)).await {
-                    return Some(Ending::Here("the agent stopped reading the stream".into()));
-                }
+                return self.push(execution, token, None).await;
             }
             SessionEvent::Revoked { execution, token, reason } => {
                 self.pushed.remove(&execution);
+                if self.eager.get(&execution).is_some_and(|(t, _)| *t == token) {
+                    self.eager.remove(&execution);
+                }
                 let revoked = pb::Revocation { execution_id: execution, token, reason };
                 if !self.send(Kind::Revoked(revoked)).await {
                     return Some(Ending::Here("the agent stopped reading the stream".into()));
@@ -287,11 +291,42 @@ impl Session {
         None
     }
 
-    /// Keeps only what the grid says this session holds.
+    /// Sends an assignment to the agent.
+    async fn push(
+        &mut self,
+        execution: Box<crate::grid::execution::Execution>,
+        token: u64,
+        generator: Option<String>,
+    ) -> Option<Ending> {
+        self.pushed.insert(execution.id, token);
+        if self.pushed.len() > 4 * self.capacity + OUTBOUND_SLACK {
+            self.prune();
+        }
+        let assignment = pb::Assignment {
+            execution: Some(convert::pb_execution(*execution)),
+            token,
+            generator_stream: generator.unwrap_or_default(),
+        };
+        if !self.send(pb::fabric_message::Kind::Assignment(assignment)).await {
+            return Some(Ending::Here("the agent stopped reading the stream".into()));
+        }
+        None
+    }
+
+    /// Keeps only what the grid says this session holds (and eager calls it does not hold
+    /// yet).
     fn prune(&mut self) {
-        let held = self.ctx.applied.read(|a| a.grid.session(self.id).map(|s| s.assigned.clone()));
-        let held = held.unwrap_or_default();
-        self.pushed.retain(|id, _| held.contains(id));
+        let (held, created) = self.ctx.applied.read(|a| {
+            let held = a.grid.session(self.id).map(|s| s.assigned.clone()).unwrap_or_default();
+            let created: Vec<ExecutionId> =
+                self.eager.keys().filter(|id| a.grid.execution(**id).is_some()).copied().collect();
+            (held, created)
+        });
+        for id in created {
+            self.eager.remove(&id);
+        }
+        let eager = &self.eager;
+        self.pushed.retain(|id, _| held.contains(id) || eager.contains_key(id));
     }
 
     /// After a snapshot replaced the grid: push what the grid assigned to this session that
@@ -358,16 +393,29 @@ impl Session {
                     }
                     Ok(command)
                 });
-                let command = match command {
-                    Ok(Command::Complete(c)) => {
+                // An eager call's agent is known from its push: no read of the grid, which may
+                // not hold it yet.
+                let eager = self.eager.remove(&id).filter(|(t, _)| *t == token).map(|(_, agent)| agent);
+                let command = match (command, &eager) {
+                    (Ok(Command::Complete(c)), Some(agent)) => {
+                        authorize(&self.caller, Permission::Serve { agent })
+                            .and_then(|()| crate::api::authz::check_effects(&self.caller, &c.effects))
+                            .map(|()| Command::Complete(c))
+                            .map_err(Error::Denied)
+                    }
+                    (Ok(Command::Complete(c)), None) => {
                         crate::api::authz::check_completion(&self.ctx, &self.caller, id, &c.effects)
                             .await
                             .map(|()| Command::Complete(c))
                     }
-                    other => other,
+                    (other, _) => other,
+                };
+                let kind = match eager {
+                    Some(agent) => ProposalKind::EagerComplete(id, token, agent),
+                    None => ProposalKind::Complete(id, token),
                 };
                 match command {
-                    Ok(command) => self.propose(command, ProposalKind::Complete(id, token)).await,
+                    Ok(command) => self.propose(command, kind).await,
                     Err(e) => {
                         let ack = convert::completion_ack(id, token, &Err(e));
                         let _ = self.send(pb::fabric_message::Kind::Completed(ack)).await;
@@ -400,10 +448,20 @@ impl Session {
         let ctx = self.ctx.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let answer = routing::propose(&ctx, command).await;
+            let answer = match &kind {
+                ProposalKind::EagerComplete(_, _, agent) => {
+                    routing::propose_as(
+                        &ctx,
+                        command,
+                        routing::Kind::EagerCompletion { agent: agent.clone() },
+                    )
+                    .await
+                }
+                _ => routing::propose(&ctx, command).await,
+            };
             drop(permit);
             let kind = match (kind, &answer) {
-                (ProposalKind::Complete(id, token), _) => {
+                (ProposalKind::Complete(id, token) | ProposalKind::EagerComplete(id, token, _), _) => {
                     Some(pb::fabric_message::Kind::Completed(convert::completion_ack(id, token, &answer)))
                 }
                 (ProposalKind::Renew(id), Ok(Output::Renewed { expires_ms })) => {
@@ -427,6 +485,9 @@ impl Session {
 
 enum ProposalKind {
     Complete(ExecutionId, u64),
+    /// The completion of an eager call, authorized by this host for the agent it was pushed
+    /// for.
+    EagerComplete(ExecutionId, u64, String),
     Renew(ExecutionId),
     Quiet,
 }

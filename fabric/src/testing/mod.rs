@@ -18,18 +18,22 @@
 //! - `status`: asking nodes for the cluster status ([`status_at`], [`cluster_status`]) and
 //!   bounded waits on it ([`wait_for_status`], [`wait_for_leader`]).
 //! - `error`: [`Error`], what starting, stopping or waiting for a process can run into.
+//! - `peer`: what a peer node sends the node-to-node services ([`forward_request`]), for tests
+//!   of what a node accepts from its peers.
 //! - [`exposition`]: a strict reader of the Prometheus text format, for tests that scrape
 //!   `/metrics`.
 
 mod error;
 pub mod exposition;
 mod local;
+mod peer;
 mod process;
 mod process_cluster;
 mod status;
 
 pub use error::Error;
 pub use local::{LocalCluster, listeners, members_of, test_config};
+pub use peer::{forward_answer, forward_request};
 pub use process::{NodeCommand, NodeProcess, weft_binary};
 pub use process_cluster::{ClusterOptions, Membership, ProcessCluster, free_addrs, free_ports};
 pub use status::{

@@ -132,19 +132,7 @@ async fn a_forwarded_write_is_checked_against_the_leaders_limits_too() {
         let _ = cluster.node(1).raft().trigger().elect().await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    // A leader that has just won appends a blank entry of its term; count the log only once
-    // that entry is applied, or it lands after the count and looks like a write that got in.
-    loop {
-        let m = cluster.node(1).raft().metrics().borrow().clone();
-        let settled = m.current_leader == Some(1)
-            && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
-            && m.last_applied.map(|l| l.index) == m.last_log_index;
-        if settled {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "node 1's first entry as leader was not applied");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    settle(&cluster, 1).await;
     let follower = &cluster.addrs[1];
     let last_log = cluster.node(1).raft().metrics().borrow().last_log_index;
 
@@ -169,6 +157,96 @@ async fn a_forwarded_write_is_checked_against_the_leaders_limits_too() {
     assert_eq!(cluster.node(1).raft().metrics().borrow().last_log_index, last_log);
     put_retrying(follower, "shared/strict", "k", "small").await.unwrap().expect("acknowledged");
     cluster.shutdown().await;
+}
+
+/// Eager calls' commands are made only by the leader's own proposer, from the block it
+/// reserved: forwarded by a peer (alone, audited or fenced), the leader refuses them before it
+/// proposes anything. The same request carrying an ordinary write is applied, so the refusal is
+/// about the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_eager_call_commands_forwarded_by_a_peer() {
+    use weft_fabric::grid::Command;
+    use weft_fabric::grid::audit::Actor;
+    use weft_fabric::grid::execution::{NewExecution, Payload, Reserved};
+    use weft_fabric::testing::{forward_answer, forward_request};
+    use weft_proto::cluster::v1::forward_client::ForwardClient;
+
+    init_tracing();
+    let cluster = Cluster::start(1, |_| {}).await;
+    let leader = cluster.wait_for_leader().await;
+    settle(&cluster, leader).await;
+    let node = cluster.node(leader);
+    let last_log = node.raft().metrics().borrow().last_log_index;
+    let revision = node.applied().read(|a| a.grid.revision());
+    let mut forward = ForwardClient::new(channel(&cluster.addrs[leader as usize - 1]).await);
+
+    tracing::info!("phase: ReserveBlock and CreateReserved from a peer are refused, wrapped or not");
+    let call = NewExecution {
+        agent: "a".into(),
+        instance: None,
+        delegate: "d".into(),
+        payload: Payload::json("1"),
+        idempotency_key: None,
+        timeout_ms: None,
+        deadline_ms: None,
+        delay_ms: None,
+        not_before_ms: None,
+        priority: 0,
+        retry: None,
+        parent: None,
+        retention_ms: 60_000,
+        max_deliveries: 5,
+    };
+    let reserved =
+        Command::CreateReserved(Box::new(Reserved { new: call, served: false, id: 1, token: 1, session: 1 }));
+    let block = Command::ReserveBlock { count: 16 };
+    let cases = [
+        ("ReserveBlock", block.clone()),
+        ("CreateReserved", reserved.clone()),
+        ("CreateReserved", Command::Audited { actor: Actor::fabric(2), command: Box::new(reserved) }),
+        ("ReserveBlock", Command::Fenced { lease: "l".into(), token: 1, command: Box::new(block) }),
+    ];
+    for (name, command) in cases {
+        let status = forward.propose(forward_request("test", &command)).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        let words = format!("{name} is proposed only by the leader's proposer");
+        assert!(status.message().contains(&words), "'{}' should say '{words}'", status.message());
+    }
+
+    tracing::info!("phase: nothing reached the log or the grid");
+    assert_eq!(node.raft().metrics().borrow().last_log_index, last_log, "nothing was proposed");
+    assert_eq!(node.applied().read(|a| a.grid.revision()), revision);
+
+    tracing::info!("phase: an ordinary write forwarded the same way is applied");
+    let put = Command::Put {
+        namespace: "shared/b".into(),
+        key: "k".into(),
+        value: b"v".to_vec(),
+        ttl_ms: None,
+        if_absent: false,
+    };
+    let reply = forward.propose(forward_request("test", &put)).await.expect("accepted").into_inner();
+    assert!(matches!(forward_answer(&reply), Some(Ok(_))), "{:?}", forward_answer(&reply));
+    assert!(node.raft().metrics().borrow().last_log_index > last_log);
+    cluster.shutdown().await;
+}
+
+/// Waits until node `id` leads and has applied its first entry as leader: a leader that has just
+/// won appends a blank entry of its term, which would land after a count of the log taken
+/// earlier and look like a write that got in.
+async fn settle(cluster: &Cluster, id: u64) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let m = cluster.node(id).raft().metrics().borrow().clone();
+        let settled = m.current_leader == Some(id)
+            && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+            && m.last_applied.map(|l| l.index) == m.last_log_index;
+        if settled {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "node {id}'s first entry as leader was not applied");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn weft(args: &[&str]) -> (i32, String) {

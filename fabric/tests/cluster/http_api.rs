@@ -43,9 +43,15 @@ pub(crate) async fn http(
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    // The node may answer (413 for an oversized body) and close before it has read all of
+    // the body: the write then fails with a broken pipe or a reset, and the answer is still
+    // there to read (and what a reset cut short fails `a head` below).
+    let _ = stream.write_all(body).await;
     let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw)).await.expect("an answer in time").unwrap();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw)).await.expect("an answer in time");
+    if let Err(e) = read {
+        tracing::debug!(error = %e, bytes = raw.len(), "the node closed the connection; reading what came");
+    }
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use weft_jepsen::checker::{self, Validity};
 use weft_jepsen::client::{Reads, Workload};
-use weft_jepsen::counter::Effects;
+use weft_jepsen::counter::{Effects, Target};
 use weft_jepsen::db::Membership;
 use weft_jepsen::nemesis::{Schedule, Spec};
 use weft_jepsen::streams::Appends;
@@ -135,6 +135,12 @@ struct RunArgs {
     /// puts from the handler: unsafe on purpose, the checker must catch it).
     #[arg(long, value_enum, default_value = "atomic")]
     effects: Effects,
+    /// Executions: what increments call: instance (`increment` on the counter instance, one
+    /// at a time) or shared (`increment_shared`, a stateless call over the namespace
+    /// shared/jepsen-counter: increments run concurrently, and the leader may run them as
+    /// eager calls; the report shows the nodes' eager-call counters).
+    #[arg(long, value_enum, default_value = "instance")]
+    target: Target,
     /// Executions: how long each increment takes after its read, in milliseconds.
     #[arg(long, default_value_t = 0)]
     agent_work_ms: u64,
@@ -229,6 +235,7 @@ fn options(a: RunArgs) -> anyhow::Result<run::Options> {
         checker: checker::register::Options { max_steps_per_key: a.max_search_steps, ..Default::default() },
         agents: a.agents,
         effects: a.effects,
+        target: a.target,
         agent_work: Duration::from_millis(a.agent_work_ms),
         agent_lease: Duration::from_millis(a.agent_lease_ms),
         agent_bin: a.agent_bin,
@@ -317,5 +324,51 @@ async fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<run::Options, String> {
+        let cli = Cli::try_parse_from(std::iter::once("weft-jepsen").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        options(cli.run).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_target_defaults_to_the_instance_and_takes_shared() {
+        let o = parse(&["--workload", "executions"]).unwrap();
+        assert_eq!(o.target, Target::Instance, "today's behaviour by default");
+        assert!(o.validate().is_ok());
+        let o = parse(&["--workload", "executions", "--target", "shared"]).unwrap();
+        assert_eq!(o.target, Target::Shared);
+        assert_eq!(o.rate, 100.0, "the executions rate");
+        assert!(o.validate().is_ok());
+        let o = parse(&[
+            "--workload",
+            "executions",
+            "--target",
+            "shared",
+            "--effects",
+            "direct",
+            "--agent-work-ms",
+            "300",
+            "--nemesis",
+            "kill-agent",
+        ])
+        .unwrap();
+        assert_eq!((o.target, o.effects), (Target::Shared, Effects::Direct));
+        assert!(o.validate().is_ok(), "the known-bad case is allowed");
+
+        let e = parse(&["--workload", "executions", "--target", "everywhere"]).unwrap_err();
+        assert!(e.contains("--target") && e.contains("instance") && e.contains("shared"), "{e}");
+        let e = parse(&["--workload", "register", "--target", "shared"]).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("--target"), "{e}");
+        assert!(
+            parse(&["--workload", "register"]).unwrap().validate().is_ok(),
+            "the default is fine anywhere"
+        );
     }
 }

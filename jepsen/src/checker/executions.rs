@@ -1,9 +1,11 @@
-//! The executions checker: callers create `increment` executions of the counter instance,
-//! each with its own idempotency key (a retry of an indeterminate one reuses it); after the
-//! faults are healed one final read returns the count and, per key, the record the
-//! increment wrote in the same completion as the count ([`crate::counter`]). Promises 4 and
-//! 5 say each increment is applied at most once, with its record, and an acknowledged one
-//! exactly once; a call retried with the same key gets the same execution and result.
+//! The executions checker: callers create `increment` executions of the counter instance
+//! (or, with `--target shared`, stateless `increment_shared` executions over a shared
+//! namespace, which conflict and run again rather than both apply), each with its own
+//! idempotency key (a retry of an indeterminate one reuses it); after the faults are healed
+//! one final read returns the count and, per key, the record the increment wrote in the
+//! same completion as the count ([`crate::counter`]). Promises 4 and 5 say each increment is
+//! applied at most once, with its record, and an acknowledged one exactly once; a call
+//! retried with the same key gets the same execution and result.
 //!
 //! | what | anomaly when |
 //! |---|---|
