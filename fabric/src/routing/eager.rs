@@ -67,11 +67,23 @@ struct Cursor {
     end_id: ExecutionId,
     /// The token paired with `next_id`.
     next_token: u64,
+    /// After this the block is not used: the grid honours a block's ids only while it is
+    /// younger than `MAX_BLOCK_AGE_MS`, and a pair handed out must reach the log before that.
+    until: Instant,
 }
+
+/// How long after its reservation was answered a block is used: well inside the grid's
+/// `MAX_BLOCK_AGE_MS` (60 s), leaving time for the linger, a wait for a slot and the commit.
+const BLOCK_USE: Duration = Duration::from_secs(40);
 
 impl Cursor {
     fn left(&self) -> u64 {
         self.end_id - self.next_id
+    }
+
+    /// Pairs left, and still young enough to hand out.
+    fn usable(&self, now: Instant) -> bool {
+        self.left() > 0 && now < self.until
     }
 }
 
@@ -229,10 +241,14 @@ impl Eager {
             self.spare = None;
             self.term = leader.then_some(term);
         }
+        let now = Instant::now();
+        if self.spare.is_some_and(|c| !c.usable(now)) {
+            self.spare = None;
+        }
         leader
             && !self.reserving
             && self.spare.is_none()
-            && match self.cursor {
+            && match self.cursor.filter(|c| c.usable(now)) {
                 None => self.asked,
                 Some(c) => c.left() < u64::from(BLOCK_SIZE) / 2,
             }
@@ -246,9 +262,14 @@ impl Eager {
         if self.term != Some(term) {
             return;
         }
-        let block =
-            Cursor { next_id: first_id, end_id: first_id + u64::from(count), next_token: first_token };
-        if self.cursor.is_none_or(|c| c.left() == 0) {
+        let now = Instant::now();
+        let block = Cursor {
+            next_id: first_id,
+            end_id: first_id + u64::from(count),
+            next_token: first_token,
+            until: now + BLOCK_USE,
+        };
+        if self.cursor.is_none_or(|c| !c.usable(now)) {
             self.cursor = Some(block);
         } else {
             self.spare = Some(block);
@@ -256,11 +277,13 @@ impl Eager {
     }
 
     fn take_pair(&mut self) -> Option<(ExecutionId, u64)> {
-        if self.cursor.is_none_or(|c| c.left() == 0) {
+        let now = Instant::now();
+        if self.cursor.is_none_or(|c| !c.usable(now)) {
             self.cursor = self.spare.take();
         }
         let c = self.cursor.as_mut()?;
-        if c.left() == 0 {
+        if !c.usable(now) {
+            self.cursor = None;
             return None;
         }
         let pair = (c.next_id, c.next_token);

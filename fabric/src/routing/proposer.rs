@@ -6,6 +6,11 @@
 //! `max_batch_bytes`, stamps it with the leader's clock and proposes it as one entry. One
 //! fsync'd append then carries many clients' writes.
 //!
+//! Calls (`Executions/Call`) queue in a channel of their own, as big, which the loop reads at
+//! once: it may hold a call and push it to a session before creating it ([`super::eager`]).
+//! What the loop has taken in and not yet proposed waits in `staged`, at most
+//! `max_pending_writes` commands plus the creates of held calls (`max_eager_calls`).
+//!
 //! The loop also expires keys and fires execution timers: when the grid's next expiry (or
 //! delay, deadline, lease, retention) has passed by the leader's clock, it proposes
 //! `Command::Expire` (or `Command::Tick`), so time passing is an ordinary replicated entry.
@@ -299,20 +304,6 @@ impl Service {
                 slot = inflight.clone().acquire_owned(), if permit.is_none() => {
                     permit = Some(slot.expect("semaphore never closed"));
                 }
-                p = self.rx.recv(), if permit.is_some() && room => match p {
-                    Some(p) => self.intake(p, &mut staged, &mut staged_commands),
-                    None => break 'entries,
-                },
-                p = self.calls.recv(), if room => match p {
-                    Some(p) => {
-                        // The first call of a leadership finds the leadership known, and asks
-                        // for a block at once.
-                        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
-                        self.intake(p, &mut staged, &mut staged_commands);
-                        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
-                    }
-                    None => break 'entries,
-                },
                 _ = tokio::time::sleep_until(linger.unwrap_or_else(Instant::now).into()), if linger.is_some() => {
                     // A completion waiting for a slot pairs with its call rather than follow it.
                     self.take_waiting(&mut staged, &mut staged_commands);
@@ -330,6 +321,20 @@ impl Service {
                     self.maybe_tick(&ticking);
                     self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
                 }
+                p = self.rx.recv(), if permit.is_some() && room => match p {
+                    Some(p) => self.intake(p, &mut staged, &mut staged_commands),
+                    None => break 'entries,
+                },
+                p = self.calls.recv(), if room => match p {
+                    Some(p) => {
+                        // The first call of a leadership finds the leadership known, and asks
+                        // for a block at once.
+                        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
+                        self.intake(p, &mut staged, &mut staged_commands);
+                        self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
+                    }
+                    None => break 'entries,
+                },
             }
         }
         // Answer what is held or still queued: it was never proposed.
@@ -512,8 +517,16 @@ impl Service {
         let raft = self.raft.clone();
         let busy = busy.clone();
         let commit_timeout = self.options.commit_timeout;
+        // Stamped like the loop's entries, so what a tick makes runnable does not take the
+        // slots of held calls.
+        let held = self.eager.stamp();
+        let request = if held.is_empty() {
+            Request::Batch { now_ms: now_ms(), commands: vec![command] }
+        } else {
+            Request::BatchHeld { now_ms: now_ms(), held, commands: vec![command] }
+        };
         tokio::spawn(async move {
-            let write = raft.client_write(Request::Batch { now_ms: now_ms(), commands: vec![command] });
+            let write = raft.client_write(request);
             match tokio::time::timeout(commit_timeout, write).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "timer proposal failed; the next check retries"),
