@@ -377,7 +377,9 @@ impl Service {
             self.eager.reserving = true;
             *block = Some((term, rx));
             *staged_commands += 1;
-            staged.push_front(Unit::of(p));
+            // Behind what is staged: the creates already waiting get their ids below the
+            // block's, so ids still follow the order calls came in when nothing is held.
+            staged.push_back(Unit::of(p));
         }
     }
 
