@@ -178,3 +178,36 @@ async fn a_call_held_by_a_worker_that_goes_away_runs_elsewhere() {
     second.stop().await.unwrap();
     c.cluster.shutdown().await;
 }
+
+/// A call with the key of a create not yet applied is not held: the first of two calls with
+/// one key is delayed (never held), the second comes while the first's create waits for its
+/// entry. Held, the second would run at once under a pair the grid then voids (the key names
+/// the delayed call), and the key would run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_waiting_to_be_applied_is_not_held() {
+    init_tracing();
+    let c = TestCluster::start(1, |_| {}).await;
+    let runs: Runs = Arc::default();
+    let worker = spawn_worker(c.endpoints(), vec![counting("later", Duration::ZERO, runs.clone())], 4);
+    let client = Client::new(c.endpoints()).unwrap();
+    let _: u64 = client.call("later", "double", &1u64).await.unwrap();
+    runs.lock().unwrap().clear();
+    let keys = 10u64;
+    for k in 0..keys {
+        let key = format!("d-{k}");
+        let (a, b) = tokio::join!(
+            client
+                .request("later", "double")
+                .args(&k)
+                .idempotency_key(&key)
+                .delay(Duration::from_millis(50))
+                .call::<u64>(),
+            client.request("later", "double").args(&k).idempotency_key(&key).call::<u64>(),
+        );
+        assert_eq!((a.unwrap(), b.unwrap()), (2 * k, 2 * k));
+    }
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), keys as usize, "one run per key: {runs:?}");
+    worker.stop().await.unwrap();
+    c.cluster.shutdown().await;
+}

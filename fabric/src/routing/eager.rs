@@ -60,6 +60,29 @@ pub(super) struct Held {
     pub(super) reply: Reply,
 }
 
+impl Held {
+    /// What tells its session to drop it.
+    pub(super) fn revoke(&self) -> Revoke {
+        Revoke { host_key: self.host_key, execution: self.reserved.id, token: self.reserved.token }
+    }
+}
+
+/// A pair pushed to a session hosted here. Its session is told to drop it when the create is
+/// certainly not applied (refused by the grid, or never appended: this node stopped leading);
+/// not when the outcome is unknown, since an entry that does commit leases the call to it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Revoke {
+    pub(super) host_key: u64,
+    pub(super) execution: ExecutionId,
+    pub(super) token: u64,
+}
+
+impl Revoke {
+    pub(super) fn send(&self, hub: &Hub, why: &str) {
+        hub.revoke_eager(self.host_key, self.execution, self.token, why);
+    }
+}
+
 /// The ids and tokens left of a block.
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
@@ -95,8 +118,9 @@ pub(super) struct Unapplied {
     pub(super) reserved: HashMap<SessionId, u32>,
     /// Other commands that may assign executions anywhere (creates, effects' calls).
     pub(super) assigning: u64,
-    /// (parent or 0, key) of eager calls from their hold until the entry that creates them
-    /// is applied: a second call with the key in that time is not held (it would run twice).
+    /// (parent or 0, key) of creates from their hold (eager calls) or their intake (other
+    /// creates) until the entry that creates them is applied: a call with a key in that time
+    /// is not held (it would run twice: the grid finds the key only once that entry applies).
     pub(super) keys: HashMap<(ExecutionId, String), u32>,
 }
 
@@ -114,6 +138,10 @@ impl Unapplied {
             *self.reserved.entry(s).or_default() += 1;
         }
         self.assigning += w.assigning;
+    }
+
+    pub(super) fn count_key(&mut self, key: (ExecutionId, String)) {
+        *self.keys.entry(key).or_default() += 1;
     }
 
     fn forget_key(&mut self, key: &Option<(ExecutionId, String)>) {
@@ -330,7 +358,7 @@ impl Eager {
         }
         *self.per_session.entry(session).or_default() += 1;
         if let Some(k) = key {
-            *self.unapplied.lock().unwrap_or_else(|p| p.into_inner()).keys.entry(k.clone()).or_default() += 1;
+            self.unapplied.lock().unwrap_or_else(|p| p.into_inner()).count_key(k.clone());
             self.by_key.insert(k, id);
         }
         self.lingers.push_back((Instant::now() + self.options.linger, id));
@@ -443,6 +471,11 @@ impl Eager {
         self.lingers.clear();
     }
 
+    /// The hub eager calls are pushed through.
+    pub(super) fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
     /// Held calls per session plus `CreateReserved` staged: the stamp of an entry formed now.
     pub(super) fn stamp(&self) -> Vec<(SessionId, u32)> {
         let mut stamp: HashMap<SessionId, u32> = self.per_session.clone();
@@ -455,7 +488,60 @@ impl Eager {
     }
 }
 
+/// The (parent or 0, idempotency key) of a create, wrapped or not.
+pub(super) fn create_key(command: &Command) -> Option<(ExecutionId, String)> {
+    match command {
+        Command::CreateExecution(new) | Command::CreateServedExecution(new) => idempotency_key(new),
+        Command::Audited { command, .. } | Command::Fenced { command, .. } => create_key(command),
+        _ => None,
+    }
+}
+
 /// The (parent or 0, key) an idempotency key of `new` is scoped by.
 pub(super) fn idempotency_key(new: &NewExecution) -> Option<(ExecutionId, String)> {
     new.idempotency_key.as_ref().map(|k| (new.parent.map_or(0, |p| p.id), k.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grid::Grid;
+
+    fn eager() -> Eager {
+        let options = Options { enabled: true, linger: Duration::from_millis(10), max_held: 16 };
+        let applied = state_machine::Handle::with_grid(Grid::default());
+        Eager::new(options, 1, Hub::new(1, 16), applied, Arc::new(Registry::default()))
+    }
+
+    fn block(first_id: ExecutionId) -> Result<Output, Error> {
+        Ok(Output::Block { first_id, first_token: first_id + 1000, count: 4 })
+    }
+
+    /// A block is asked for only once a call found none, used for [`BLOCK_USE`] at most (the
+    /// grid honours its ids for 60 s) and only in the term it was reserved in.
+    #[test]
+    fn a_block_is_used_only_while_young_and_in_its_term() {
+        let mut e = eager();
+        assert!(!e.observe(true, 3), "no block before a call asks for one");
+        e.asked = true;
+        assert!(e.observe(true, 3));
+        e.reserving = true;
+        e.reserved(3, block(100));
+        assert_eq!(e.take_pair(), Some((100, 1100)));
+        assert_eq!(e.take_pair(), Some((101, 1101)));
+
+        e.cursor.as_mut().expect("a block").until = Instant::now() - Duration::from_millis(1);
+        assert_eq!(e.take_pair(), None, "a block past its use is not used");
+        e.asked = true;
+        assert!(e.observe(true, 3), "and another is asked for");
+
+        e.reserving = true;
+        e.reserved(2, block(200));
+        assert_eq!(e.take_pair(), None, "a block reserved in an earlier term is not used");
+
+        e.reserving = true;
+        e.reserved(3, block(300));
+        assert!(!e.observe(true, 4), "a new term drops the block");
+        assert_eq!(e.take_pair(), None);
+    }
 }

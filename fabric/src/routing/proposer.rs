@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
-use super::eager::{self, Eager, Held, Unapplied, Weight};
+use super::eager::{self, Eager, Held, Revoke, Unapplied, Weight};
 use crate::NodeId;
 use crate::grid::{Command, Output};
 use crate::metrics::Registry;
@@ -65,6 +65,9 @@ struct Proposal {
     bytes: usize,
     reply: oneshot::Sender<Result<Output, Error>>,
     kind: Kind,
+    /// The create of a held call: the pair its session is told to drop when the create is
+    /// certainly not applied.
+    revoke: Option<Revoke>,
 }
 
 /// What the proposer may do with a write besides proposing it (see [`super::eager`]).
@@ -98,7 +101,7 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         let bytes = command_bytes(&command);
         let tx = if kind == Kind::Call { &self.calls } else { &self.tx };
-        tx.try_send(Proposal { command, bytes, reply, kind }).map_err(|e| match e {
+        tx.try_send(Proposal { command, bytes, reply, kind, revoke: None }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Overloaded(
                 "too many writes waiting on this node (max_pending_writes); retry later".into(),
             ),
@@ -227,7 +230,11 @@ struct Unit {
 
 impl Unit {
     fn of(p: Proposal) -> Self {
-        let weight = Weight { reserved: None, assigning: eager::assigning(&p.command), key: None };
+        let weight = Weight {
+            reserved: None,
+            assigning: eager::assigning(&p.command),
+            key: eager::create_key(&p.command),
+        };
         Self { bytes: p.bytes, proposals: vec![p], weight }
     }
 
@@ -235,9 +242,15 @@ impl Unit {
     fn held(held: Held, completion: Option<Proposal>) -> Self {
         let session = held.reserved.session;
         let key = eager::idempotency_key(&held.reserved.new);
+        let revoke = Some(held.revoke());
         let command = Command::CreateReserved(Box::new(held.reserved));
-        let create =
-            Proposal { bytes: command_bytes(&command), command, reply: held.reply, kind: Kind::Plain };
+        let create = Proposal {
+            bytes: command_bytes(&command),
+            command,
+            reply: held.reply,
+            kind: Kind::Plain,
+            revoke,
+        };
         let weight = Weight {
             reserved: Some(session),
             assigning: completion.as_ref().map_or(0, |c| eager::assigning(&c.command)),
@@ -343,7 +356,11 @@ impl Service {
         self.calls.close();
         let queued = staged.into_iter().flat_map(|u| u.proposals);
         let waiting = std::iter::from_fn(|| self.rx.try_recv().ok().or_else(|| self.calls.try_recv().ok()));
+        let hub = self.eager.hub();
         for p in queued.chain(waiting) {
+            if let Some(revoke) = p.revoke {
+                revoke.send(&hub, "the node is shutting down");
+            }
             let _ = p.reply.send(Err(Error::Unavailable("node is shutting down".into())));
         }
     }
@@ -373,7 +390,8 @@ impl Service {
         if self.eager.observe(leader, term) {
             let (reply, rx) = oneshot::channel();
             let command = Command::ReserveBlock { count: eager::BLOCK_SIZE };
-            let p = Proposal { bytes: command_bytes(&command), command, reply, kind: Kind::Plain };
+            let p =
+                Proposal { bytes: command_bytes(&command), command, reply, kind: Kind::Plain, revoke: None };
             self.eager.reserving = true;
             *block = Some((term, rx));
             *staged_commands += 1;
@@ -450,10 +468,11 @@ impl Service {
             }
         }
         let unapplied = self.eager.unapplied.clone();
+        let hub = self.eager.hub();
         let metrics = self.metrics.clone();
         let commit_timeout = self.options.commit_timeout;
         let (commands, replies): (Vec<_>, Vec<_>) =
-            proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
+            proposals.into_iter().map(|p| (p.command, (p.reply, p.revoke))).unzip();
         let proposed = std::time::Instant::now();
         let request = if held.is_empty() {
             Request::Batch { now_ms: now_ms(), commands }
@@ -467,7 +486,7 @@ impl Service {
             Ok(rx) => rx,
             Err(fatal) => {
                 forget(&unapplied, &weights);
-                deliver(Err(RaftError::Fatal(fatal)), replies);
+                deliver(Err(RaftError::Fatal(fatal)), replies, &hub);
                 return;
             }
         };
@@ -485,9 +504,9 @@ impl Service {
                 metrics.raft_commit.observe(proposed.elapsed());
             }
             match result {
-                Ok(result) => deliver(result, replies),
+                Ok(result) => deliver(result, replies, &hub),
                 Err(_) => {
-                    for reply in replies {
+                    for (reply, _) in replies {
                         let _ = reply.send(Err(Error::Indeterminate(format!(
                             "not committed within {} ms; the leader may have lost its quorum",
                             commit_timeout.as_millis()
@@ -545,6 +564,12 @@ fn stage(eager: &mut Eager, staged: &mut VecDeque<Unit>, staged_commands: &mut u
         *eager.staged_reserved.entry(s).or_default() += 1;
     }
     eager.staged_assigning = eager.staged_assigning.saturating_add(unit.weight.assigning);
+    // A held call's key counts from its hold; another create's from here.
+    if unit.weight.reserved.is_none()
+        && let Some(k) = &unit.weight.key
+    {
+        eager.unapplied.lock().unwrap_or_else(|p| p.into_inner()).count_key(k.clone());
+    }
     *staged_commands += unit.proposals.len();
     staged.push_back(unit);
 }
@@ -575,19 +600,22 @@ type WriteResult = Result<
     RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
 >;
 
-fn deliver(result: WriteResult, replies: Vec<oneshot::Sender<Result<Output, Error>>>) {
-    match result {
+/// A writer's reply, and the pair to revoke if its command is certainly not applied.
+type Reply = (oneshot::Sender<Result<Output, Error>>, Option<Revoke>);
+
+fn deliver(result: WriteResult, replies: Vec<Reply>, hub: &Hub) {
+    let n = replies.len();
+    let results: Vec<Result<Output, Error>> = match result {
         Ok(response) => {
             let mut results = response.data.results.into_iter();
-            for reply in replies {
-                let r = match results.next() {
+            (0..n)
+                .map(|_| match results.next() {
                     Some(r) => r.map_err(Error::Grid),
                     None => {
                         Err(Error::Indeterminate("the entry returned fewer results than commands".into()))
                     }
-                };
-                let _ = reply.send(r);
-            }
+                })
+                .collect()
         }
         Err(e) => {
             let error = || match &e {
@@ -598,9 +626,76 @@ fn deliver(result: WriteResult, replies: Vec<oneshot::Sender<Result<Output, Erro
                 }
                 other => Error::Indeterminate(other.to_string()),
             };
-            for reply in replies {
-                let _ = reply.send(Err(error()));
-            }
+            (0..n).map(|_| Err(error())).collect()
         }
+    };
+    for ((reply, revoke), r) in replies.into_iter().zip(results) {
+        if let (Some(revoke), Err(e @ (Error::Grid(_) | Error::NotLeader { .. }))) = (revoke, &r) {
+            revoke.send(hub, &format!("the call was not created: {e}"));
+        }
+        let _ = reply.send(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::ForwardToLeader;
+    use openraft::raft::ClientWriteResponse;
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+    use crate::grid;
+    use crate::raft::Response;
+    use crate::watch::SessionEvent;
+
+    fn reply(execution: u64) -> (Reply, oneshot::Receiver<Result<Output, Error>>) {
+        let (tx, rx) = oneshot::channel();
+        ((tx, Some(Revoke { host_key: 7, execution, token: execution + 1000 })), rx)
+    }
+
+    fn revoked(events: &mut mpsc::Receiver<SessionEvent>) -> Vec<u64> {
+        std::iter::from_fn(|| events.try_recv().ok())
+            .filter_map(|e| match e {
+                SessionEvent::Revoked { execution, token, .. } => {
+                    assert_eq!(token, execution + 1000);
+                    Some(execution)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A held call's create that the grid refused, or that was never appended, has its pair
+    /// revoked; one that was applied, or whose outcome is unknown, does not.
+    #[test]
+    fn a_create_certainly_not_applied_revokes_its_pair() {
+        let hub = Hub::new(1, 16);
+        let mut events = hub.register_session(7, 16);
+        let (refused, refused_rx) = reply(1);
+        let (created, _created_rx) = reply(2);
+        let response = ClientWriteResponse::<crate::raft::TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 5),
+            data: Response {
+                results: vec![
+                    Err(grid::Error::InvalidKey { reason: "test".into() }),
+                    Ok(Output::Execution { id: 2, created: true }),
+                ],
+            },
+            membership: None,
+        };
+        deliver(Ok(response), vec![refused, created], &hub);
+        assert_eq!(revoked(&mut events), vec![1]);
+        assert!(matches!(refused_rx.blocking_recv(), Ok(Err(Error::Grid(_)))));
+
+        let (not_appended, rx) = reply(3);
+        let forward = ClientWriteError::ForwardToLeader(ForwardToLeader::empty());
+        deliver(Err(RaftError::APIError(forward)), vec![not_appended], &hub);
+        assert_eq!(revoked(&mut events), vec![3]);
+        assert!(matches!(rx.blocking_recv(), Ok(Err(Error::NotLeader { .. }))));
+
+        let (unknown, rx) = reply(4);
+        deliver(Err(RaftError::Fatal(openraft::error::Fatal::Stopped)), vec![unknown], &hub);
+        assert_eq!(revoked(&mut events), Vec::<u64>::new());
+        assert!(matches!(rx.blocking_recv(), Ok(Err(Error::Indeterminate(_)))));
     }
 }
