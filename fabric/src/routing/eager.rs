@@ -111,16 +111,17 @@ impl Cursor {
 }
 
 /// Proposed commands not yet applied that may fill sessions' slots (shared with the tasks that
-/// wait for entries), and the idempotency keys of eager calls not yet applied.
+/// wait for entries), and the idempotency keys of creates not yet applied.
 #[derive(Debug, Default)]
 pub(super) struct Unapplied {
     /// `CreateReserved` per session.
     pub(super) reserved: HashMap<SessionId, u32>,
     /// Other commands that may assign executions anywhere (creates, effects' calls).
     pub(super) assigning: u64,
-    /// (parent or 0, key) of creates from their hold (eager calls) or their intake (other
-    /// creates) until the entry that creates them is applied: a call with a key in that time
-    /// is not held (it would run twice: the grid finds the key only once that entry applies).
+    /// (parent or 0, key) of creates (and of calls a completion's effects make) from their
+    /// hold (eager calls) or their intake (the rest) until the entry that creates them is
+    /// applied, or its commit times out: a call with a key in that time is not held (it would
+    /// run twice: the grid finds the key only once that entry applies).
     pub(super) keys: HashMap<(ExecutionId, String), u32>,
 }
 
@@ -129,7 +130,7 @@ pub(super) struct Unapplied {
 pub(super) struct Weight {
     pub(super) reserved: Option<SessionId>,
     pub(super) assigning: u64,
-    pub(super) key: Option<(ExecutionId, String)>,
+    pub(super) keys: Vec<(ExecutionId, String)>,
 }
 
 impl Unapplied {
@@ -144,19 +145,19 @@ impl Unapplied {
         *self.keys.entry(key).or_default() += 1;
     }
 
-    fn forget_key(&mut self, key: &Option<(ExecutionId, String)>) {
-        if let Some(k) = key
-            && let Some(n) = self.keys.get_mut(k)
-        {
+    fn forget_key(&mut self, key: &(ExecutionId, String)) {
+        if let Some(n) = self.keys.get_mut(key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.keys.remove(k);
+                self.keys.remove(key);
             }
         }
     }
 
     pub(super) fn remove(&mut self, w: &Weight) {
-        self.forget_key(&w.key);
+        for k in &w.keys {
+            self.forget_key(k);
+        }
         if let Some(s) = w.reserved
             && let Some(n) = self.reserved.get_mut(&s)
         {
@@ -465,7 +466,9 @@ impl Eager {
             self.metrics.eager.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.hub.revoke_eager(held.host_key, id, held.reserved.token, why);
             let key = idempotency_key(&held.reserved.new);
-            self.unapplied.lock().unwrap_or_else(|p| p.into_inner()).forget_key(&key);
+            if let Some(k) = &key {
+                self.unapplied.lock().unwrap_or_else(|p| p.into_inner()).forget_key(k);
+            }
             let _ = held.reply.send(Err(Error::NotLeader { leader: None }));
         }
         self.lingers.clear();
@@ -489,11 +492,22 @@ impl Eager {
 }
 
 /// The (parent or 0, idempotency key) of a create, wrapped or not.
-pub(super) fn create_key(command: &Command) -> Option<(ExecutionId, String)> {
+pub(super) fn create_keys(command: &Command) -> Vec<(ExecutionId, String)> {
     match command {
-        Command::CreateExecution(new) | Command::CreateServedExecution(new) => idempotency_key(new),
-        Command::Audited { command, .. } | Command::Fenced { command, .. } => create_key(command),
-        _ => None,
+        Command::CreateExecution(new) | Command::CreateServedExecution(new) => {
+            idempotency_key(new).into_iter().collect()
+        }
+        // A completion's calls are children of the execution it completes.
+        Command::Complete(c) => c
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Call(new) => new.idempotency_key.clone().map(|k| (c.execution, k)),
+                _ => None,
+            })
+            .collect(),
+        Command::Audited { command, .. } | Command::Fenced { command, .. } => create_keys(command),
+        _ => Vec::new(),
     }
 }
 

@@ -226,16 +226,16 @@ struct Unit {
     proposals: Vec<Proposal>,
     bytes: usize,
     weight: Weight,
+    /// The idempotency keys that count from when the unit is staged (a held call's own key
+    /// counts from its hold).
+    new_keys: Vec<(crate::grid::execution::ExecutionId, String)>,
 }
 
 impl Unit {
     fn of(p: Proposal) -> Self {
-        let weight = Weight {
-            reserved: None,
-            assigning: eager::assigning(&p.command),
-            key: eager::create_key(&p.command),
-        };
-        Self { bytes: p.bytes, proposals: vec![p], weight }
+        let keys = eager::create_keys(&p.command);
+        let weight = Weight { reserved: None, assigning: eager::assigning(&p.command), keys: keys.clone() };
+        Self { bytes: p.bytes, proposals: vec![p], weight, new_keys: keys }
     }
 
     /// The create of a held call, and the proposal that completes it if any.
@@ -251,14 +251,15 @@ impl Unit {
             kind: Kind::Plain,
             revoke,
         };
+        let new_keys = completion.as_ref().map_or_else(Vec::new, |c| eager::create_keys(&c.command));
         let weight = Weight {
             reserved: Some(session),
             assigning: completion.as_ref().map_or(0, |c| eager::assigning(&c.command)),
-            key,
+            keys: key.into_iter().chain(new_keys.iter().cloned()).collect(),
         };
         let mut proposals = vec![create];
         proposals.extend(completion);
-        Self { bytes: proposals.iter().map(|p| p.bytes).sum(), proposals, weight }
+        Self { bytes: proposals.iter().map(|p| p.bytes).sum(), proposals, weight, new_keys }
     }
 }
 
@@ -564,11 +565,11 @@ fn stage(eager: &mut Eager, staged: &mut VecDeque<Unit>, staged_commands: &mut u
         *eager.staged_reserved.entry(s).or_default() += 1;
     }
     eager.staged_assigning = eager.staged_assigning.saturating_add(unit.weight.assigning);
-    // A held call's key counts from its hold; another create's from here.
-    if unit.weight.reserved.is_none()
-        && let Some(k) = &unit.weight.key
-    {
-        eager.unapplied.lock().unwrap_or_else(|p| p.into_inner()).count_key(k.clone());
+    if !unit.new_keys.is_empty() {
+        let mut unapplied = eager.unapplied.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &unit.new_keys {
+            unapplied.count_key(k.clone());
+        }
     }
     *staged_commands += unit.proposals.len();
     staged.push_back(unit);
