@@ -355,6 +355,12 @@ impl Grid {
         (out, None)
     }
 
+    /// How many holders wait in lease queues (ones whose wait ran out, until they are skipped,
+    /// too).
+    pub fn lease_waiter_count(&self) -> usize {
+        self.waiting.count
+    }
+
     /// How many leases are held at the grid's clock.
     pub fn lease_count(&self) -> usize {
         self.leases.held.values().filter(|l| l.held_at(self.now_ms)).count()
