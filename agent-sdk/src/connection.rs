@@ -291,6 +291,11 @@ impl Connection {
         Error::from_status(status)
     }
 
+    /// How long one attempt may take.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.inner.options.attempt_timeout
+    }
+
     /// Runs one unary call of `req` as [`Connection::run`] does, each attempt a fresh request
     /// bounded by the attempt timeout.
     pub async fn call<Req, T, F, Fut>(&self, idempotent: bool, req: &Req, mut op: F) -> Result<T, Error>

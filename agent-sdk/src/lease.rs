@@ -128,11 +128,51 @@ impl Lease {
             name: self.name.clone(),
             holder: holder.to_owned(),
             ttl_ms: ttl_ms(ttl),
+            wait_ms: 0,
         };
         let grant = self
             .conn
             .call(true, &req, |channel, request| async move {
                 Ok(LeasesClient::new(channel).acquire(request).await?.into_inner())
+            })
+            .await?;
+        Ok(Grant::from_pb(grant))
+    }
+
+    /// As [`Lease::acquire`], but while another holder holds the lease, waits for it in the
+    /// lease's queue for up to `wait` (at most ten minutes): holders are granted it in the
+    /// order they asked, when it is released or runs out. Not granted within `wait`:
+    /// [`Error::Refused`] with `FailedPrecondition`, naming who holds it. Too many waiting:
+    /// [`Error::Overloaded`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+    /// let lock = client.lease("reports");
+    /// let grant = lock.acquire_waiting("job-7", Duration::from_secs(30), Duration::from_secs(60)).await?;
+    /// // ... the work only one process may do at a time, with writes fenced by grant.fence()
+    /// lock.release(grant.token).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A retry after a lost answer asks again and keeps its place in the queue. If this call
+    /// is dropped while it waits, the holder may still be granted the lease later; the grant
+    /// then runs out after `ttl`.
+    pub async fn acquire_waiting(&self, holder: &str, ttl: Duration, wait: Duration) -> Result<Grant, Error> {
+        let wait_ms = ttl_ms(wait).max(1);
+        let req = pb::AcquireLeaseRequest {
+            name: self.name.clone(),
+            holder: holder.to_owned(),
+            ttl_ms: ttl_ms(ttl),
+            wait_ms,
+        };
+        let timeout = self.conn.attempt_timeout() + wait;
+        let grant = self
+            .conn
+            .run(true, |channel| {
+                let mut request = tonic::Request::new(req.clone());
+                request.set_timeout(timeout);
+                async move { Ok(LeasesClient::new(channel).acquire(request).await?.into_inner()) }
             })
             .await?;
         Ok(Grant::from_pb(grant))

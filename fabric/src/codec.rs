@@ -23,6 +23,8 @@ pub const FORMAT_SNAPSHOT_V4: u8 = 4;
 pub const FORMAT_SNAPSHOT_V5: u8 = 5;
 /// The same encoding again, for a snapshot whose grid holds blocks reserved for eager calls.
 pub const FORMAT_SNAPSHOT_V6: u8 = 6;
+/// The same encoding again, for a snapshot whose grid holds holders waiting for leases.
+pub const FORMAT_SNAPSHOT_V7: u8 = 7;
 
 /// Why bytes could not be decoded. Decoding never changes state.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +34,7 @@ pub enum Error {
     Empty,
     /// The format tag is not one this version of Weft knows (for this kind of value).
     #[error(
-        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} to {FORMAT_SNAPSHOT_V6} for snapshots)"
+        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} to {FORMAT_SNAPSHOT_V7} for snapshots)"
     )]
     UnknownFormat(u8),
     /// The bytes do not decode as the expected type.

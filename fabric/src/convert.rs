@@ -67,8 +67,12 @@ pub fn is_stale(consistency: i32) -> bool {
 use crate::grid::lease::Lease;
 
 /// The grid command an acquire request asks for.
+/// With a wait, the holder queues behind the lease's holder.
 pub fn acquire_lease(req: pb::AcquireLeaseRequest) -> Command {
-    Command::AcquireLease { name: req.name, holder: req.holder, ttl_ms: req.ttl_ms }
+    match req.wait_ms {
+        0 => Command::AcquireLease { name: req.name, holder: req.holder, ttl_ms: req.ttl_ms },
+        wait_ms => Command::AwaitLease { name: req.name, holder: req.holder, ttl_ms: req.ttl_ms, wait_ms },
+    }
 }
 
 /// The grid command a renew request asks for.

@@ -109,8 +109,19 @@ fn render(ctx: &Context) -> ([(axum::http::header::HeaderName, &'static str); 1]
         "gauge",
         ctx.hub.listener_count() as u64,
     );
-    let leases = ctx.applied.read(|a| a.grid.lease_count());
-    gauge("weft_leases_held", "Leases held in the cluster (see weft leases get).", "gauge", leases as u64);
+    let (leases, waiting) = ctx.applied.read(|a| (a.grid.lease_count(), a.grid.lease_waiter_count()));
+    gauge(
+        "weft_leases_held",
+        "Leases (locks) held in the cluster (see weft locks list).",
+        "gauge",
+        leases as u64,
+    );
+    gauge(
+        "weft_lease_waiters",
+        "Holders waiting in lease queues (weft locks acquire --wait), waits run out included until skipped.",
+        "gauge",
+        waiting as u64,
+    );
     gauge(
         "weft_demand_watchers",
         "Demand watchers (Scaling/WatchDemand) this node serves; they count against max_listeners.",

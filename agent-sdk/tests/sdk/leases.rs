@@ -94,3 +94,31 @@ async fn one_holder_at_a_time_and_fenced_writes_stop_with_the_lease() {
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
     }
 }
+
+/// `acquire_waiting` queues behind the holder: released, the lock goes to the waiter at once
+/// with a greater token; a wait that runs out is refused, naming the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_acquire_gets_the_lock_when_it_is_released() {
+    init_tracing();
+    let c = TestCluster::start(3, |_| {}).await;
+    let client = Client::new(c.endpoints()).unwrap();
+    let lock = client.lease("sdk-lock");
+    let ttl = Duration::from_secs(30);
+    let first = lock.acquire("one", ttl).await.unwrap();
+    let waiting = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire_waiting("two", ttl, Duration::from_secs(20)).await }
+    });
+    let late = lock.acquire_waiting("three", ttl, Duration::from_millis(200)).await.unwrap_err();
+    assert!(
+        matches!(&late, Error::Refused { code: tonic::Code::FailedPrecondition, message } if message.contains("'one' holds it")),
+        "{late:?}"
+    );
+    assert!(!waiting.is_finished(), "granted while held");
+    assert!(lock.release(first.token).await.unwrap());
+    let second = tokio::time::timeout(PATIENCE, waiting).await.expect("in time").unwrap().unwrap();
+    assert_eq!(second.holder, "two");
+    assert!(second.token > first.token);
+    assert_eq!(lock.get().await.unwrap().map(|g| g.holder), Some("two".into()));
+    c.cluster.shutdown().await;
+}

@@ -37,6 +37,8 @@ pub(super) struct Built {
     pub(super) basic: Grid,
     /// The grid before its reserved block: what snapshot format 5 can hold.
     pub(super) before_eager: Grid,
+    /// The grid before a holder waits for a lease: what snapshot format 6 can hold.
+    pub(super) before_waiting: Grid,
 }
 
 impl Built {
@@ -47,6 +49,7 @@ impl Built {
             events: Vec::new(),
             basic: Grid::default(),
             before_eager: Grid::default(),
+            before_waiting: Grid::default(),
         };
         for command in basics() {
             built.apply(command);
@@ -73,6 +76,13 @@ impl Built {
         let (id, token) = built.block().expect("the block was just reserved");
         let session = built.eager_session();
         built.apply_held(&[(session, 1)], eager_call(id, token, session, Some("eager")));
+        built.before_waiting = built.grid.clone();
+        built.apply(Command::AwaitLease {
+            name: "leader".into(),
+            holder: "node-2".into(),
+            ttl_ms: 10_000,
+            wait_ms: 60_000,
+        });
         built
     }
 
@@ -397,7 +407,17 @@ pub(super) fn follow_ups(built: &Built) -> Vec<Command> {
         eager_call(block_id, block_token, eager, None),
         eager_call(block_id + 3, block_token + 3, 9_999, None),
         Command::RenewLease { name: "leader".into(), token: lease_token, ttl_ms: 20_000 },
+        // Lease queues: a third holder waits, the queue's second leaves, the lease is released
+        // (the first waiter is granted it), and a holder that never waited stops waiting.
+        Command::AwaitLease {
+            name: "leader".into(),
+            holder: "node-3".into(),
+            ttl_ms: 5_000,
+            wait_ms: 30_000,
+        },
+        Command::StopWaiting { name: "leader".into(), holder: "node-3".into() },
         Command::ReleaseLease { name: "leader".into(), token: lease_token },
+        Command::StopWaiting { name: "leader".into(), holder: "nobody".into() },
         Command::Audited {
             actor: operator(),
             command: Box::new(Command::DeleteCursor { stream: "orders".into(), cursor: "billing".into() }),

@@ -209,6 +209,13 @@ pub enum Command {
     /// gave, if the grid agrees; otherwise create it as `CreateExecution` would, with an id of
     /// its own (`reserved.rs`). Proposed only by the leader's proposer.
     CreateReserved(Box<execution::Reserved>),
+    /// As `AcquireLease`, but a lease held by another holder (or with holders waiting for
+    /// it) puts `holder` in its queue, for `wait_ms`: when the lease is released or expires,
+    /// the first holder still waiting is granted it (with a new token) in the same entry.
+    /// Asked again by a holder in the queue: it keeps its place, with the new times.
+    AwaitLease { name: String, holder: String, ttl_ms: u64, wait_ms: u64 },
+    /// `holder` stops waiting for lease `name`; the answer says whether it holds it now.
+    StopWaiting { name: String, holder: String },
 }
 
 impl Command {
@@ -276,6 +283,8 @@ impl Command {
             | Command::AcquireLease { .. }
             | Command::RenewLease { .. }
             | Command::ReleaseLease { .. }
+            | Command::AwaitLease { .. }
+            | Command::StopWaiting { .. }
             | Command::OpenSessionOnlyClaimed(_)
             | Command::CreateToken(_)
             | Command::RevokeToken { .. } => Ok(()),
@@ -427,6 +436,16 @@ impl Command {
                 lease::validate_ttl(*ttl_ms)
             }
             Command::ReleaseLease { name, .. } => lease::validate_lease_name(name),
+            Command::AwaitLease { name, holder, ttl_ms, wait_ms } => {
+                lease::validate_lease_name(name)?;
+                lease::validate_holder(holder)?;
+                lease::validate_ttl(*ttl_ms)?;
+                lease::validate_wait(*wait_ms)
+            }
+            Command::StopWaiting { name, holder } => {
+                lease::validate_lease_name(name)?;
+                lease::validate_holder(holder)
+            }
             Command::Audited { command, .. } if audit::is_control(command) => command.validate_shape(),
             Command::Audited { .. } => {
                 Err(Error::InvalidItem { reason: "only a control operation can be audited".into() })
@@ -635,6 +654,10 @@ pub enum Output {
     /// Execution ids `first_id..first_id + count` and fencing tokens
     /// `first_token..first_token + count` are set aside for the leader's eager calls.
     Block { first_id: ExecutionId, first_token: u64, count: u32 },
+    /// `holder` waits for the lease, `position`th in its queue (1 is next), until `until_ms`.
+    LeaseQueued { position: u32, until_ms: u64 },
+    /// A holder stopped waiting: the grant it holds now, if the lease was granted to it.
+    WaitEnded { grant: Option<Lease> },
 }
 
 /// How a completion was taken.

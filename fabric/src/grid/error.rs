@@ -154,4 +154,10 @@ pub enum Error {
     /// A token with this id exists with another secret, name, role or scopes. Nothing changed.
     #[error("token '{id}' exists already (with another secret, name, role or scopes)")]
     TokenExists { id: String },
+    /// The lease is free, but holders wait for it: the first is granted it on the next tick
+    /// (within moments), and one who does not wait may not go ahead of them. Nothing changed.
+    #[error(
+        "lease '{lease}' has {waiting} holder(s) waiting for it; '{first}' is granted it next (ask with a wait to queue)"
+    )]
+    LeaseAwaited { lease: String, waiting: usize, first: String },
 }

@@ -31,6 +31,23 @@ pub const MAX_LEASE_TTL_MS: u64 = 3_600_000;
 pub const MAX_HOLDER_BYTES: usize = 256;
 /// Most leases held at once in a cluster (an `Acquire` of a new one past this is refused).
 pub const MAX_LEASES: usize = 10_000;
+/// Most holders waiting for one lease.
+pub const MAX_LEASE_WAITERS: usize = 64;
+/// Most holders waiting for leases in a cluster.
+pub const MAX_WAITERS: usize = 10_000;
+/// Longest a holder may wait for a lease: ten minutes.
+pub const MAX_LEASE_WAIT_MS: u64 = 600_000;
+
+/// A holder waiting for a lease, in the order they asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    /// Who waits.
+    pub holder: String,
+    /// How long its grant will last unless renewed.
+    pub ttl_ms: u64,
+    /// Until when it waits (leader-stamped ms); after that it is skipped.
+    pub until_ms: u64,
+}
 
 /// One held lease, as the grid keeps it (and as `Get` reports it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +84,18 @@ pub fn validate_holder(holder: &str) -> Result<(), Error> {
                 "the holder '{}' is {} bytes; expected 1 to {MAX_HOLDER_BYTES}",
                 namespace::clip(holder),
                 holder.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a wait: 1 ms to [`MAX_LEASE_WAIT_MS`].
+pub fn validate_wait(wait_ms: u64) -> Result<(), Error> {
+    if !(1..=MAX_LEASE_WAIT_MS).contains(&wait_ms) {
+        return Err(Error::InvalidLease {
+            reason: format!(
+                "wait_ms {wait_ms} is out of range; expected 1 to {MAX_LEASE_WAIT_MS} (ten minutes)"
             ),
         });
     }

@@ -2,15 +2,28 @@
 //! writes fenced by a grant, and the expiry a `Tick` fires. The types, the bounds and the
 //! life of a lease are in `lease.rs`.
 
-use super::lease::{Lease, MAX_LEASES};
+use super::lease::{Lease, MAX_LEASE_WAITERS, MAX_LEASES, MAX_WAITERS, Waiter};
 use super::{Command, Error, Grid, Leases, Output};
 
 impl Grid {
     /// Applies `AcquireLease`: a free lease (never held, released, or expired at the entry's
     /// time) is granted with a new token; the holder that holds it renews it (same token);
     /// another holder is refused.
+    /// A free lease that holders wait for (it expired and the tick that hands it on is not
+    /// applied yet) is refused: it goes to the first of them, never to a holder that asks
+    /// without waiting.
     pub(super) fn acquire_lease(&mut self, name: &str, holder: &str, ttl_ms: u64) -> Result<Output, Error> {
         let now = self.now_ms;
+        if !self.leases.held.get(name).is_some_and(|l| l.held_at(now))
+            && let Some(first) =
+                self.waiting.queues.get(name).and_then(|q| q.iter().find(|w| w.until_ms > now))
+        {
+            return Err(Error::LeaseAwaited {
+                lease: name.to_owned(),
+                waiting: self.lease_waiters(name).len(),
+                first: first.holder.clone(),
+            });
+        }
         let Leases { held, timers, last_token } = &mut self.leases;
         let expires_at_ms = now.saturating_add(ttl_ms);
         let count = held.len();
@@ -81,7 +94,117 @@ impl Grid {
         if let Some(lease) = self.leases.held.remove(name) {
             self.leases.timers.remove(&(lease.expires_at_ms, name.to_owned()));
         }
+        self.promote(name);
         Output::LeaseReleased { released: true }
+    }
+
+    /// Applies `AwaitLease`: as `AcquireLease`, but where that would refuse because another
+    /// holder holds the lease, `holder` joins the lease's queue (or keeps its place in it,
+    /// with the new times) until `wait_ms` from the entry's time.
+    pub(super) fn await_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl_ms: u64,
+        wait_ms: u64,
+    ) -> Result<Output, Error> {
+        match self.acquire_lease(name, holder, ttl_ms) {
+            Err(Error::LeaseHeld { .. } | Error::LeaseAwaited { .. }) => {}
+            other => return other,
+        }
+        let now = self.now_ms;
+        let until_ms = now.saturating_add(wait_ms);
+        let queue = self.waiting.queues.get(name);
+        // A holder still waiting keeps its place; one whose wait ran out goes to the back.
+        if let Some(at) = queue.and_then(|q| q.iter().position(|w| w.holder == holder && w.until_ms > now)) {
+            let w = &mut self.waiting.queues.get_mut(name).expect("found")[at];
+            w.ttl_ms = ttl_ms;
+            w.until_ms = until_ms;
+            return Ok(Output::LeaseQueued { position: at as u32 + 1, until_ms });
+        }
+        // Waiters whose wait ran out are skipped when the lease is granted; they still count
+        // against the bounds until then, except here, where they make room.
+        let live = queue.map_or(0, |q| q.iter().filter(|w| w.until_ms > now).count());
+        if live >= MAX_LEASE_WAITERS {
+            return Err(Error::TooMany {
+                what: format!("holders waiting for lease '{name}'"),
+                count: live,
+                limit: MAX_LEASE_WAITERS,
+                setting: "MAX_LEASE_WAITERS, fixed".into(),
+            });
+        }
+        let dead = queue.map_or(0, |q| q.len()) - live;
+        if self.waiting.count - dead >= MAX_WAITERS {
+            return Err(Error::TooMany {
+                what: "holders waiting for leases".into(),
+                count: self.waiting.count - dead,
+                limit: MAX_WAITERS,
+                setting: "MAX_WAITERS, fixed".into(),
+            });
+        }
+        let queue = self.waiting.queues.entry(name.to_owned()).or_default();
+        queue.retain(|w| w.until_ms > now);
+        queue.push_back(Waiter { holder: holder.to_owned(), ttl_ms, until_ms });
+        let position = queue.len() as u32;
+        self.waiting.count = self.waiting.count - dead + 1;
+        Ok(Output::LeaseQueued { position, until_ms })
+    }
+
+    /// Applies `StopWaiting`: `holder` leaves the lease's queue; the answer carries the grant
+    /// it holds now, if the lease went to it before.
+    pub(super) fn stop_waiting(&mut self, name: &str, holder: &str) -> Output {
+        if let Some(queue) = self.waiting.queues.get_mut(name)
+            && let Some(at) = queue.iter().position(|w| w.holder == holder)
+        {
+            queue.remove(at);
+            self.waiting.count -= 1;
+            if queue.is_empty() {
+                self.waiting.queues.remove(name);
+            }
+        }
+        let now = self.now_ms;
+        let grant = self.leases.held.get(name).filter(|l| l.held_at(now) && l.holder == holder).cloned();
+        Output::WaitEnded { grant }
+    }
+
+    /// If lease `name` is free at the grid's clock, grants it to the first holder still
+    /// waiting for it (with a new token); waiters whose wait ran out before leave the queue.
+    /// Called where a lease becomes free: its release and the tick that removes it.
+    fn promote(&mut self, name: &str) {
+        let now = self.now_ms;
+        if self.leases.held.get(name).is_some_and(|l| l.held_at(now)) {
+            return;
+        }
+        let Some(queue) = self.waiting.queues.get_mut(name) else { return };
+        let mut next = None;
+        while let Some(w) = queue.pop_front() {
+            self.waiting.count -= 1;
+            if w.until_ms > now {
+                next = Some(w);
+                break;
+            }
+        }
+        if queue.is_empty() {
+            self.waiting.queues.remove(name);
+        }
+        let Some(w) = next else { return };
+        let Leases { held, timers, last_token } = &mut self.leases;
+        if let Some(old) = held.remove(name) {
+            timers.remove(&(old.expires_at_ms, name.to_owned()));
+        }
+        *last_token += 1;
+        let expires_at_ms = now.saturating_add(w.ttl_ms);
+        timers.insert((expires_at_ms, name.to_owned()));
+        held.insert(
+            name.to_owned(),
+            Lease {
+                name: name.to_owned(),
+                holder: w.holder,
+                token: *last_token,
+                acquired_ms: now,
+                expires_at_ms,
+            },
+        );
     }
 
     /// Applies `Fenced`: the key/value command, only while the grant `token` holds `lease`.
@@ -112,6 +235,7 @@ impl Grid {
             let Some((at, name)) = self.leases.timers.pop_first() else { break };
             if self.leases.held.get(&name).is_some_and(|l| l.expires_at_ms == at) {
                 self.leases.held.remove(&name);
+                self.promote(&name);
             }
             fired += 1;
         }

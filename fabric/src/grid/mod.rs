@@ -26,7 +26,7 @@
 //! - `queries`: every read (keys, executions, sessions, instances, totals, next timer).
 //! - [`demand`]: what a scaler sees per agent (pending, running, delayed, instances, generator
 //!   listeners, sessions), read from the dispatch and timer indexes.
-//! - `snapshot`: older snapshot formats ([`GridV1`] to [`GridV5`]) and
+//! - `snapshot`: older snapshot formats ([`GridV1`] to [`GridV6`]) and
 //!   how they load.
 //! - [`namespace`]: namespace names, and the rule for agent, delegate and instance names.
 //!
@@ -92,6 +92,8 @@ mod instances_test;
 #[cfg(test)]
 mod kv_test;
 #[cfg(test)]
+mod lease_queues_test;
+#[cfg(test)]
 mod leases_test;
 #[cfg(test)]
 mod reserved_test;
@@ -114,7 +116,7 @@ pub use self::error::Error;
 pub use self::events::{Event, ListenerEnd};
 pub use self::kv::Value;
 pub use self::queries::{ExecutionPage, ExecutionQuery, Page, Totals};
-pub use self::snapshot::{GridV1, GridV2, GridV3, GridV4, GridV5};
+pub use self::snapshot::{GridV1, GridV2, GridV3, GridV4, GridV5, GridV6};
 
 use self::command::clip_reason;
 use self::cursor::{Listener, ListenerId};
@@ -152,6 +154,18 @@ pub struct Grid {
     /// Blocks of execution ids and tokens set aside for the leader's eager calls. Snapshots
     /// from before them load through [`Grid::from_v5`].
     eager: reserved::Blocks,
+    /// Holders waiting for leases. Snapshots from before them load through
+    /// [`Grid::from_v6`].
+    waiting: Waiting,
+}
+
+/// Holders waiting for leases, first come first granted. Part of the grid's snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Waiting {
+    /// Each lease's queue (never empty), oldest first.
+    queues: BTreeMap<String, VecDeque<lease::Waiter>>,
+    /// Waiters in all queues.
+    count: usize,
 }
 
 /// Tokens, and the ids of the newest revoked ones. Part of the grid's snapshot.
@@ -346,6 +360,10 @@ impl Grid {
             Command::AcquireLease { name, holder, ttl_ms } => self.acquire_lease(name, holder, *ttl_ms),
             Command::RenewLease { name, token, ttl_ms } => self.renew_lease(name, *token, *ttl_ms),
             Command::ReleaseLease { name, token } => Ok(self.release_lease(name, *token)),
+            Command::AwaitLease { name, holder, ttl_ms, wait_ms } => {
+                self.await_lease(name, holder, *ttl_ms, *wait_ms)
+            }
+            Command::StopWaiting { name, holder } => Ok(self.stop_waiting(name, holder)),
             Command::Fenced { lease, token, command } => self.fenced(lease, *token, command),
             // The audit trail (audit.rs).
             Command::Audited { actor, command } => self.audited(actor, command, out),

@@ -9,7 +9,7 @@ use super::cursor::{Listener, ListenerId};
 use super::execution::{Execution, ExecutionId, SessionId, Status};
 use super::instance::Instance;
 use super::kv::{CLUSTER_UID_KEY, SYSTEM_NAMESPACE, Value, uid_of};
-use super::lease::Lease;
+use super::lease::{self, Lease};
 use super::session::Session;
 use super::stream::{Item, Seq, Stream, filter_matches};
 use super::token::Token;
@@ -328,6 +328,37 @@ impl Grid {
     /// not).
     pub fn lease(&self, name: &str) -> Option<&Lease> {
         self.leases.held.get(name).filter(|l| l.held_at(self.now_ms))
+    }
+
+    /// The holders waiting for lease `name` whose wait has not run out, first first.
+    pub fn lease_waiters(&self, name: &str) -> Vec<&lease::Waiter> {
+        let now = self.now_ms;
+        self.waiting
+            .queues
+            .get(name)
+            .map_or_else(Vec::new, |q| q.iter().filter(|w| w.until_ms > now).collect())
+    }
+
+    /// Up to `limit` leases held at the grid's clock, by name after `after`, each with how
+    /// many holders wait for it; and the name to continue after, if there are more.
+    pub fn leases_page(&self, after: &str, limit: usize) -> (Vec<(&Lease, usize)>, Option<String>) {
+        let now = self.now_ms;
+        let held = self.leases.held.range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+        let mut out: Vec<(&Lease, usize)> = Vec::new();
+        for (_, l) in held.filter(|(_, l)| l.held_at(now)) {
+            if out.len() == limit {
+                let next = out.last().map(|(l, _)| l.name.clone());
+                return (out, next);
+            }
+            out.push((l, self.lease_waiters(&l.name).len()));
+        }
+        (out, None)
+    }
+
+    /// How many holders wait in lease queues (ones whose wait ran out, until they are skipped,
+    /// too).
+    pub fn lease_waiter_count(&self) -> usize {
+        self.waiting.count
     }
 
     /// How many leases are held at the grid's clock.

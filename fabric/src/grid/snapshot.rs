@@ -9,6 +9,7 @@
 //!   format 3. Formats 2 and 3 share the old session layout (`WorkV3`).
 //! - [`GridV4`]: before tokens (no `tokens`), format 4.
 //! - [`GridV5`]: before blocks for eager calls (no `eager`), format 5.
+//! - [`GridV6`]: before holders waiting for leases (no `waiting`), format 6.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,7 +19,7 @@ use super::execution::{Execution, ExecutionId, SessionId};
 use super::instance::Instance;
 use super::kv::Value;
 use super::session::{AgentSpec, Host, Session};
-use super::{Grid, Leases, Streams, Tokens, Work, reserved};
+use super::{Grid, Leases, Streams, Tokens, Waiting, Work, reserved};
 
 /// The grid as snapshots of Weft before executions stored it.
 #[derive(Debug, Deserialize)]
@@ -78,6 +79,21 @@ pub struct GridV5 {
     streams: Streams,
     leases: Leases,
     tokens: Tokens,
+}
+
+/// The grid as snapshots of Weft before holders waited for leases stored it.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
+pub struct GridV6 {
+    revision: u64,
+    now_ms: u64,
+    namespaces: BTreeMap<String, BTreeMap<String, Value>>,
+    expiries: BTreeMap<(u64, String, String), ()>,
+    work: Work,
+    streams: Streams,
+    leases: Leases,
+    tokens: Tokens,
+    eager: reserved::Blocks,
 }
 
 /// Executions, sessions and instances as formats 2 and 3 stored them: sessions without the
@@ -174,6 +190,7 @@ impl Grid {
             leases: Leases::default(),
             tokens: Tokens::default(),
             eager: reserved::Blocks::default(),
+            waiting: Waiting::default(),
         }
     }
 
@@ -189,6 +206,7 @@ impl Grid {
             leases: Leases::default(),
             tokens: Tokens::default(),
             eager: reserved::Blocks::default(),
+            waiting: Waiting::default(),
         }
     }
 
@@ -205,6 +223,7 @@ impl Grid {
             leases: Leases::default(),
             tokens: Tokens::default(),
             eager: reserved::Blocks::default(),
+            waiting: Waiting::default(),
         }
     }
 
@@ -220,6 +239,7 @@ impl Grid {
             leases: old.leases,
             tokens: Tokens::default(),
             eager: reserved::Blocks::default(),
+            waiting: Waiting::default(),
         }
     }
 
@@ -235,6 +255,23 @@ impl Grid {
             leases: old.leases,
             tokens: old.tokens,
             eager: reserved::Blocks::default(),
+            waiting: Waiting::default(),
+        }
+    }
+
+    /// A grid from a snapshot written before holders could wait for leases.
+    pub fn from_v6(old: GridV6) -> Self {
+        Self {
+            revision: old.revision,
+            now_ms: old.now_ms,
+            namespaces: old.namespaces,
+            expiries: old.expiries,
+            work: old.work,
+            streams: old.streams,
+            leases: old.leases,
+            tokens: old.tokens,
+            eager: old.eager,
+            waiting: Waiting::default(),
         }
     }
 }
@@ -242,6 +279,23 @@ impl Grid {
 /// Older layouts of a grid, for tests and the fuzz targets' seed snapshots.
 #[cfg(any(test, feature = "fuzzing"))]
 impl Grid {
+    /// This grid in format 6's layout (as Weft before lease queues wrote it): only for a grid
+    /// with no holder waiting, which format 6 cannot express.
+    pub(crate) fn to_v6(&self) -> GridV6 {
+        assert!(self.waiting == Waiting::default(), "format 6 has no holders waiting for leases");
+        GridV6 {
+            revision: self.revision,
+            now_ms: self.now_ms,
+            namespaces: self.namespaces.clone(),
+            expiries: self.expiries.clone(),
+            work: self.work.clone(),
+            streams: self.streams.clone(),
+            leases: self.leases.clone(),
+            tokens: self.tokens.clone(),
+            eager: self.eager.clone(),
+        }
+    }
+
     /// This grid in format 5's layout (as Weft before eager calls wrote it): only for a grid
     /// with no reserved block, which format 5 cannot express.
     pub(crate) fn to_v5(&self) -> GridV5 {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
-use crate::grid::{Grid, GridV1, GridV2, GridV3, GridV4, GridV5};
+use crate::grid::{Grid, GridV1, GridV2, GridV3, GridV4, GridV5, GridV6};
 use crate::metrics::Registry;
 use crate::watch;
 
@@ -64,6 +64,13 @@ struct SnapshotFileV4 {
     grid: GridV4,
 }
 
+/// A snapshot file written before the grid held holders waiting for leases.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV6 {
+    meta: Meta,
+    grid: GridV6,
+}
+
 /// A snapshot file written before the grid held blocks for eager calls.
 #[derive(Debug, Deserialize)]
 struct SnapshotFileV5 {
@@ -71,7 +78,8 @@ struct SnapshotFileV5 {
     grid: GridV5,
 }
 
-/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V6`] (today's grid),
+/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V7`] (today's grid),
+/// [`codec::FORMAT_SNAPSHOT_V6`] (before lease queues; read with none),
 /// [`codec::FORMAT_SNAPSHOT_V5`] (before blocks for eager calls; read with none),
 /// [`codec::FORMAT_SNAPSHOT_V4`] (before tokens; read with none), [`codec::FORMAT_SNAPSHOT_V3`]
 /// (before leases; read with none, and no session only-claimed), [`codec::FORMAT_SNAPSHOT_V2`]
@@ -79,7 +87,11 @@ struct SnapshotFileV5 {
 /// held executions; read into an empty work state).
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
     match codec::split_tag(bytes)? {
-        (codec::FORMAT_SNAPSHOT_V6, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V7, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V6, body) => {
+            let old: SnapshotFileV6 = codec::decode_body(body)?;
+            Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v6(old.grid) })
+        }
         (codec::FORMAT_SNAPSHOT_V5, body) => {
             let old: SnapshotFileV5 = codec::decode_body(body)?;
             Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v5(old.grid) })
@@ -106,7 +118,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error
 
 /// Encodes a snapshot file in today's format.
 pub(crate) fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
-    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V6, file)
+    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V7, file)
 }
 
 /// The applied state shared between the state machine and readers.
@@ -590,7 +602,7 @@ mod tests {
         let restored = decode_snapshot(&old).unwrap();
         assert_eq!(restored.grid, grid);
         assert_eq!(restored.meta, meta(9));
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V6);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V7);
     }
 
     /// A snapshot file written before tokens existed (format 4) loads with none; written
@@ -612,11 +624,11 @@ mod tests {
         assert_eq!(restored.grid, grid);
         assert_eq!(restored.grid.token_count(), 0);
         assert!(restored.grid.lease("l").is_some(), "what format 4 held is kept");
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V6);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V7);
     }
 
     /// A snapshot file written before blocks for eager calls (format 5) loads with none;
-    /// written again, it is format 6.
+    /// written again, it is today's format.
     #[test]
     fn format_five_snapshots_still_load() {
         #[derive(Serialize)]
@@ -637,11 +649,41 @@ mod tests {
             codec::encode_tagged(codec::FORMAT_SNAPSHOT_V5, &OldFile { meta: meta(9), grid: grid.to_v5() });
         let restored = decode_snapshot(&old).unwrap();
         assert_eq!(restored.grid, grid);
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V6);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V7);
         // And format 6 is not format 5: a grid with a block does not load as one.
         grid.apply_batch(6, &[crate::grid::Command::ReserveBlock { count: 4 }]);
         let file = SnapshotFile { meta: meta(10), grid: grid.clone() };
         assert_eq!(decode_snapshot(&encode_snapshot(&file)).unwrap().grid, grid);
+    }
+
+    /// A snapshot file written before lease queues (format 6) loads with none; a grid with a
+    /// holder waiting is written in format 7 and loads with it.
+    #[test]
+    fn format_six_snapshots_still_load() {
+        #[derive(Serialize)]
+        struct OldFile {
+            meta: Meta,
+            grid: GridV6,
+        }
+        use crate::grid::Command;
+        let mut grid = Grid::default();
+        let acquire = Command::AcquireLease { name: "l".into(), holder: "a".into(), ttl_ms: 100 };
+        let block = Command::ReserveBlock { count: 4 };
+        assert!(grid.apply_batch(5, &[acquire, block]).iter().all(Result::is_ok));
+        let old =
+            codec::encode_tagged(codec::FORMAT_SNAPSHOT_V6, &OldFile { meta: meta(9), grid: grid.to_v6() });
+        let restored = decode_snapshot(&old).unwrap();
+        assert_eq!(restored.grid, grid);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V7);
+        let wait = Command::AwaitLease { name: "l".into(), holder: "b".into(), ttl_ms: 100, wait_ms: 1_000 };
+        assert!(matches!(
+            grid.apply_batch(6, &[wait])[0],
+            Ok(crate::grid::Output::LeaseQueued { position: 1, .. })
+        ));
+        let file = SnapshotFile { meta: meta(10), grid: grid.clone() };
+        let restored = decode_snapshot(&encode_snapshot(&file)).unwrap().grid;
+        assert_eq!(restored, grid);
+        assert_eq!(restored.lease_waiters("l").len(), 1);
     }
 
     /// File names come from log ids, never from the id a peer sent.

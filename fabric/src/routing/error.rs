@@ -72,6 +72,7 @@ impl Error {
                 | G::ProducerRefused { .. }
                 | G::StaleAck { .. }
                 | G::LeaseHeld { .. }
+                | G::LeaseAwaited { .. }
                 | G::LeaseLost { .. }
                 | G::DelegateNotServed { .. }),
             ) => tonic::Status::failed_precondition(e.to_string()),

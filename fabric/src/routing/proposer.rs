@@ -172,7 +172,9 @@ fn command_bytes(command: &Command) -> usize {
         Command::Nack { stream, cursor, .. } => stream.len() + cursor.len() + 32,
         Command::Credit { .. } => 16,
         Command::StartGenerator { stream } => stream.len() + 16,
-        Command::AcquireLease { name, holder, .. } => name.len() + holder.len() + 32,
+        Command::AcquireLease { name, holder, .. }
+        | Command::AwaitLease { name, holder, .. }
+        | Command::StopWaiting { name, holder } => name.len() + holder.len() + 32,
         Command::RenewLease { name, .. } | Command::ReleaseLease { name, .. } => name.len() + 32,
         Command::Fenced { lease, command, .. } => lease.len() + 16 + command_bytes(command),
         Command::Audited { actor, command } => {

@@ -304,8 +304,12 @@ fn grpc_rows() -> Vec<Row> {
         }),
         // ---- Leases
         row("Leases/Acquire", Some(Client), Agent, |f, t| async move {
-            let r =
-                pb::AcquireLeaseRequest { name: "app-lease".into(), holder: "h".into(), ttl_ms: 3_600_000 };
+            let r = pb::AcquireLeaseRequest {
+                name: "app-lease".into(),
+                holder: "h".into(),
+                ttl_ms: 3_600_000,
+                wait_ms: 0,
+            };
             LeasesClient::new(f.channel.clone()).acquire(req(&t, r)).await.map(drop)
         }),
         row("Leases/Renew", Some(Client), Agent, |f, t| async move {
@@ -319,6 +323,13 @@ fn grpc_rows() -> Vec<Row> {
         row("Leases/Get", Some(Client), Agent, |f, t| async move {
             let r = pb::GetLeaseRequest { name: "app-lease".into(), ..Default::default() };
             LeasesClient::new(f.channel.clone()).get(req(&t, r)).await.map(drop)
+        }),
+        // Answers only the leases the caller may use.
+        row("Leases/List", None, Outsider, |f, t| async move {
+            LeasesClient::new(f.channel.clone())
+                .list(req(&t, pb::ListLeasesRequest::default()))
+                .await
+                .map(drop)
         }),
         // ---- Scaling
         row("Scaling/WatchDemand", Some(Client), Operator, |f, t| async move {

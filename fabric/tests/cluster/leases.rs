@@ -17,7 +17,7 @@ async fn leases(addr: &str) -> LeasesClient<tonic::transport::Channel> {
 }
 
 fn acquire_req(holder: &str, ttl_ms: u64) -> pb::AcquireLeaseRequest {
-    pb::AcquireLeaseRequest { name: "scaler".into(), holder: holder.into(), ttl_ms }
+    pb::AcquireLeaseRequest { name: "scaler".into(), holder: holder.into(), ttl_ms, wait_ms: 0 }
 }
 
 fn fenced_put(key: &str, value: &str, token: u64) -> pb::PutRequest {

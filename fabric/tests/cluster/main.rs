@@ -20,6 +20,7 @@ mod gossip_keys;
 mod health;
 mod http_api;
 mod leases;
+mod locks;
 mod logs;
 mod membership;
 mod membership_process;

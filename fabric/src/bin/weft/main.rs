@@ -20,7 +20,8 @@
 //! - [`streams`]: `weft streams create|list|info|append|close|delete`.
 //! - [`items`]: `weft streams get|read|tail`: stored items, and live ones (`tail --follow`).
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
-//! - [`leases`]: `weft leases get|release`: who holds a lease; giving one up.
+//! - [`leases`]: `weft locks acquire|renew|release|get|list` (also `weft leases`): locks
+//!   that holders wait for, with fencing tokens.
 //! - [`scaler`]: `weft scaler status`: what the active scaler of a group reports.
 //! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
 //! - [`tokens`]: `weft tokens create|list|revoke|generate`: bearer tokens for auth.
@@ -164,12 +165,15 @@ enum Command {
     Streams(streams::Args),
     /// List, show, create and delete the cursors of a stream.
     Cursors(cursors::Args),
-    /// Show who holds a lease (the active scaler holds one), or release it.
+    /// Named locks with fencing tokens (leases): take one, waiting in its queue; renew,
+    /// release, show and list them (the active scaler holds one). Also `weft leases`.
     ///
-    ///   weft leases get scaler
-    ///   weft leases release scaler --token 42
-    #[command(verbatim_doc_comment)]
-    Leases(leases::Args),
+    ///   weft locks acquire reports --holder job-7 --ttl 30s --wait 1m
+    ///   weft locks get reports
+    ///   weft locks list
+    ///   weft locks release reports --token 42
+    #[command(verbatim_doc_comment, alias = "leases")]
+    Locks(leases::Args),
     /// Show what the active scaler of a group reports: per agent, desired and actual
     /// replicas and crash loops.
     ///
@@ -217,7 +221,7 @@ impl Command {
             Command::Instances(args) => instances::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
-            Command::Leases(args) => leases::run(args).await,
+            Command::Locks(args) => leases::run(args).await,
             Command::Scaler(args) => scaler::run(args).await,
             Command::Demand(args) => demand::run(args).await,
             Command::Tokens(args) => tokens::run(args).await,
