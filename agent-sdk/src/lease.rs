@@ -156,7 +156,8 @@ impl Lease {
     /// ```
     ///
     /// A retry after a lost answer asks again and keeps its place in the queue. If this call
-    /// is dropped while it waits, the holder may still be granted the lease later; the grant
+    /// is dropped while it waits, the node it reached takes the holder out of the queue; only
+    /// if that node fails too may the holder still be granted the lease later, and the grant
     /// then runs out after `ttl`.
     pub async fn acquire_waiting(&self, holder: &str, ttl: Duration, wait: Duration) -> Result<Grant, Error> {
         let wait_ms = ttl_ms(wait).max(1);

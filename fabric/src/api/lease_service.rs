@@ -35,6 +35,30 @@ pub const MAX_LIST_LIMIT: u32 = 1000;
 /// How often a waiting request looks again even without an entry applied.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
+/// Proposes `StopWaiting` for a holder whose waiting request was dropped, unless disarmed
+/// (`ctx` taken).
+struct LeaveOnDrop {
+    ctx: Option<Context>,
+    name: String,
+    holder: String,
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        let Some(ctx) = self.ctx.take() else { return };
+        let command = Command::StopWaiting {
+            name: std::mem::take(&mut self.name),
+            holder: std::mem::take(&mut self.holder),
+        };
+        tracing::debug!(?command, "a waiting lease request was dropped; leaving the queue");
+        tokio::spawn(async move {
+            if let Err(e) = routing::propose(&ctx, command).await {
+                tracing::debug!(error = %e, "leaving a lease queue failed; the wait runs out instead");
+            }
+        });
+    }
+}
+
 /// Serves `weft.fabric.v1.Leases` on one node.
 #[derive(Clone)]
 pub struct LeaseService {
@@ -59,11 +83,16 @@ impl LeaseService {
     ) -> Result<Response<pb::LeaseGrant>, Status> {
         let mut applied = self.ctx.raft.metrics();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        // A request dropped while it waits (the client went away, its deadline passed) takes
+        // its holder out of the queue, so the lock never goes to a process that left.
+        let mut leave =
+            LeaveOnDrop { ctx: Some(self.ctx.clone()), name: name.clone(), holder: holder.clone() };
         loop {
             let granted = self.ctx.applied.read(|a| {
                 a.grid.lease(&name).filter(|l| l.holder == holder && l.acquired_ms >= queued_ms).cloned()
             });
             if let Some(lease) = granted {
+                leave.ctx = None;
                 return Ok(Response::new(convert::lease_grant(lease)));
             }
             tokio::select! {
@@ -73,6 +102,7 @@ impl LeaseService {
             }
         }
         tracing::debug!(lease = %name, %holder, "wait for lease ran out");
+        leave.ctx = None;
         let stop = Command::StopWaiting { name: name.clone(), holder: holder.clone() };
         match self.write(stop, Ok(())).await? {
             Output::WaitEnded { grant: Some(lease) } => Ok(Response::new(convert::lease_grant(lease))),

@@ -127,8 +127,18 @@ fn queues_are_bounded_and_bad_waits_are_refused_changing_nothing() {
         "{full:?}"
     );
     assert_eq!(h.grid, before);
-    // Waits that ran out make room.
-    h.at(20_000);
+    // Waits that ran out leave at the next tick, and take no room even before it.
+    assert!(matches!(
+        h.at(20_000).ok(wait("l", "early", 100, 10_000)),
+        Output::LeaseQueued { position: 1, .. }
+    ));
+    assert_eq!(h.grid.lease_waiter_count(), 1);
+    h.ok(Command::StopWaiting { name: "l".into(), holder: "early".into() });
+    h.ok(acquire("n", "holder", 100_000));
+    h.ok(wait("n", "brief", 100, 50));
+    assert_eq!(h.grid.lease_waiter_count(), 1);
+    assert_eq!(h.at(20_100).ok(Command::Tick { limit: 10 }), Output::Ticked { fired: 1 });
+    assert_eq!(h.grid.lease_waiter_count(), 0, "the tick removed the wait that ran out");
     assert!(matches!(h.ok(wait("l", "one-more", 100, 10_000)), Output::LeaseQueued { position: 1, .. }));
     for bad in [0, MAX_LEASE_WAIT_MS + 1] {
         let before = h.grid.clone();
@@ -236,6 +246,18 @@ proptest! {
                         queues.entry(name.clone()).or_default().retain(|(h, _)| h != holder);
                     }
                     _ => {}
+                }
+                let queued: usize = grid.waiting.queues.values().map(|q| q.len()).sum();
+                let ends: std::collections::BTreeSet<(u64, String, String)> = grid.waiting.queues.iter()
+                    .flat_map(|(n, q)| q.iter().map(move |w| (w.until_ms, n.clone(), w.holder.clone())))
+                    .collect();
+                prop_assert_eq!(grid.waiting.count, queued, "the count of waiters");
+                prop_assert_eq!(&grid.waiting.ends, &ends, "the end times of waiters");
+                prop_assert!(grid.waiting.queues.values().all(|q| !q.is_empty()), "an empty queue kept");
+                if let (Command::Tick { limit }, Ok(Output::Ticked { fired })) = (cmd, &result)
+                    && fired < limit
+                {
+                    prop_assert!(grid.waiting.ends.first().is_none_or(|(at, ..)| *at > now), "a tick left waits that ran out");
                 }
                 for name in NAMES {
                     let live: Vec<(String, u64)> = queues[name].iter().filter(|(_, u)| *u > now).cloned().collect();

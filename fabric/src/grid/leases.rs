@@ -3,7 +3,7 @@
 //! life of a lease are in `lease.rs`.
 
 use super::lease::{Lease, MAX_LEASE_WAITERS, MAX_LEASES, MAX_WAITERS, Waiter};
-use super::{Command, Error, Grid, Leases, Output};
+use super::{Command, Error, Grid, Leases, Output, Waiting};
 
 impl Grid {
     /// Applies `AcquireLease`: a free lease (never held, released, or expired at the entry's
@@ -117,13 +117,10 @@ impl Grid {
         let queue = self.waiting.queues.get(name);
         // A holder still waiting keeps its place; one whose wait ran out goes to the back.
         if let Some(at) = queue.and_then(|q| q.iter().position(|w| w.holder == holder && w.until_ms > now)) {
-            let w = &mut self.waiting.queues.get_mut(name).expect("found")[at];
-            w.ttl_ms = ttl_ms;
-            w.until_ms = until_ms;
+            self.waiting.refresh(name, at, ttl_ms, until_ms);
             return Ok(Output::LeaseQueued { position: at as u32 + 1, until_ms });
         }
-        // Waiters whose wait ran out are skipped when the lease is granted; they still count
-        // against the bounds until then, except here, where they make room.
+        // Waiters whose wait ran out leave at the next tick; until then they take no room.
         let live = queue.map_or(0, |q| q.iter().filter(|w| w.until_ms > now).count());
         if live >= MAX_LEASE_WAITERS {
             return Err(Error::TooMany {
@@ -133,7 +130,7 @@ impl Grid {
                 setting: "MAX_LEASE_WAITERS, fixed".into(),
             });
         }
-        let dead = queue.map_or(0, |q| q.len()) - live;
+        let dead = self.waiting.ends.iter().take_while(|(at, ..)| *at <= now).count();
         if self.waiting.count - dead >= MAX_WAITERS {
             return Err(Error::TooMany {
                 what: "holders waiting for leases".into(),
@@ -142,25 +139,18 @@ impl Grid {
                 setting: "MAX_WAITERS, fixed".into(),
             });
         }
-        let queue = self.waiting.queues.entry(name.to_owned()).or_default();
-        queue.retain(|w| w.until_ms > now);
-        queue.push_back(Waiter { holder: holder.to_owned(), ttl_ms, until_ms });
-        let position = queue.len() as u32;
-        self.waiting.count = self.waiting.count - dead + 1;
-        Ok(Output::LeaseQueued { position, until_ms })
+        self.waiting.drop_dead(name, now);
+        let position = self.waiting.push(name, Waiter { holder: holder.to_owned(), ttl_ms, until_ms });
+        Ok(Output::LeaseQueued { position: position as u32, until_ms })
     }
 
     /// Applies `StopWaiting`: `holder` leaves the lease's queue; the answer carries the grant
     /// it holds now, if the lease went to it before.
     pub(super) fn stop_waiting(&mut self, name: &str, holder: &str) -> Output {
-        if let Some(queue) = self.waiting.queues.get_mut(name)
-            && let Some(at) = queue.iter().position(|w| w.holder == holder)
+        if let Some(at) =
+            self.waiting.queues.get(name).and_then(|q| q.iter().position(|w| w.holder == holder))
         {
-            queue.remove(at);
-            self.waiting.count -= 1;
-            if queue.is_empty() {
-                self.waiting.queues.remove(name);
-            }
+            self.waiting.remove(name, at);
         }
         let now = self.now_ms;
         let grant = self.leases.held.get(name).filter(|l| l.held_at(now) && l.holder == holder).cloned();
@@ -175,17 +165,12 @@ impl Grid {
         if self.leases.held.get(name).is_some_and(|l| l.held_at(now)) {
             return;
         }
-        let Some(queue) = self.waiting.queues.get_mut(name) else { return };
         let mut next = None;
-        while let Some(w) = queue.pop_front() {
-            self.waiting.count -= 1;
+        while let Some(w) = self.waiting.remove(name, 0) {
             if w.until_ms > now {
                 next = Some(w);
                 break;
             }
-        }
-        if queue.is_empty() {
-            self.waiting.queues.remove(name);
         }
         let Some(w) = next else { return };
         let Leases { held, timers, last_token } = &mut self.leases;
@@ -205,6 +190,34 @@ impl Grid {
                 expires_at_ms,
             },
         );
+    }
+
+    /// Removes waiters whose wait ran out by the grid's clock, at most `limit`; how many.
+    pub(super) fn expire_waits(&mut self, limit: u64) -> u64 {
+        let now = self.now_ms;
+        let mut fired = 0;
+        while fired < limit
+            && let Some((at, name, holder)) = self.waiting.ends.first().cloned()
+            && at <= now
+        {
+            let at = self.waiting.queues.get(&name).and_then(|q| q.iter().position(|w| w.holder == holder));
+            match at {
+                Some(at) => {
+                    self.waiting.remove(&name, at);
+                }
+                // Not reachable while the fields agree; never loop on it.
+                None => {
+                    self.waiting.ends.pop_first();
+                }
+            }
+            fired += 1;
+        }
+        fired
+    }
+
+    /// When the next wait runs out, if any holder waits.
+    pub(super) fn next_wait_end_ms(&self) -> Option<u64> {
+        self.waiting.ends.first().map(|(at, ..)| *at)
     }
 
     /// Applies `Fenced`: the key/value command, only while the grant `token` holds `lease`.
@@ -282,3 +295,43 @@ impl Grid {
 
 /// Why a command other than a key/value write may not be fenced.
 pub(super) const FENCE_REFUSAL: &str = "only Put, CompareAndSet and Delete may be fenced";
+
+/// The only changes to [`Waiting`]: each keeps the queues, the count and the end times agreeing.
+impl Waiting {
+    /// Appends `w` to lease `name`'s queue; its position (1 is next).
+    fn push(&mut self, name: &str, w: Waiter) -> usize {
+        self.ends.insert((w.until_ms, name.to_owned(), w.holder.clone()));
+        let queue = self.queues.entry(name.to_owned()).or_default();
+        queue.push_back(w);
+        self.count += 1;
+        queue.len()
+    }
+
+    /// New times for the waiter at `at` of lease `name`'s queue.
+    fn refresh(&mut self, name: &str, at: usize, ttl_ms: u64, until_ms: u64) {
+        let Some(w) = self.queues.get_mut(name).and_then(|q| q.get_mut(at)) else { return };
+        self.ends.remove(&(w.until_ms, name.to_owned(), w.holder.clone()));
+        w.ttl_ms = ttl_ms;
+        w.until_ms = until_ms;
+        self.ends.insert((until_ms, name.to_owned(), w.holder.clone()));
+    }
+
+    /// Takes the waiter at `at` out of lease `name`'s queue.
+    fn remove(&mut self, name: &str, at: usize) -> Option<Waiter> {
+        let queue = self.queues.get_mut(name)?;
+        let w = queue.remove(at)?;
+        if queue.is_empty() {
+            self.queues.remove(name);
+        }
+        self.ends.remove(&(w.until_ms, name.to_owned(), w.holder.clone()));
+        self.count -= 1;
+        Some(w)
+    }
+
+    /// Takes the waiters of lease `name` whose wait ran out by `now` out of its queue.
+    fn drop_dead(&mut self, name: &str, now: u64) {
+        while let Some(at) = self.queues.get(name).and_then(|q| q.iter().position(|w| w.until_ms <= now)) {
+            self.remove(name, at);
+        }
+    }
+}

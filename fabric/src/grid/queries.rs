@@ -417,6 +417,7 @@ impl Grid {
             .chain(self.next_cursor_timer_ms())
             .chain(self.next_item_expiry_ms())
             .chain(self.next_lease_expiry_ms())
+            .chain(self.next_wait_end_ms())
             .min()
     }
 

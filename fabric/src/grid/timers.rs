@@ -74,6 +74,9 @@ impl Grid {
         if fired < limit {
             fired += self.expire_leases(limit - fired);
         }
+        if fired < limit {
+            fired += self.expire_waits(limit - fired);
+        }
         Output::Ticked { fired }
     }
 }

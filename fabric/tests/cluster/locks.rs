@@ -155,3 +155,38 @@ async fn a_waiting_process_gets_the_lock_of_a_dead_holder_across_a_leader_kill()
     assert_eq!(code, 0);
     assert!(out.contains("held by next"), "{out}");
 }
+
+/// A waiting request that is dropped takes its holder out of the queue at once; and the CLI
+/// waits as long as `--wait` says, past its usual 15 s request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_wait_leaves_the_queue_and_the_cli_waits_past_its_request_timeout() {
+    init_tracing();
+    let cluster = Cluster::start(1, |_| {}).await;
+    cluster.wait_for_leader().await;
+    let addr = cluster.addrs[0].clone();
+    let first = locks(&addr).await.acquire(acquire("long", "a", 120_000, 0)).await.unwrap().into_inner();
+
+    let dropped = tokio::spawn({
+        let addr = addr.clone();
+        async move { locks(&addr).await.acquire(acquire("long", "gone", 60_000, 60_000)).await }
+    });
+    wait_for_waiters(&addr, "long", &["gone"]).await;
+    dropped.abort();
+    wait_for_waiters(&addr, "long", &[]).await;
+
+    let cli = WeftProcess::spawn(
+        &addr,
+        &["locks", "acquire", "long", "--holder", "cli", "--ttl", "10s", "--wait", "40s"],
+    );
+    wait_for_waiters(&addr, "long", &["cli"]).await;
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    locks(&addr)
+        .await
+        .release(pb::ReleaseLeaseRequest { name: "long".into(), token: first.token })
+        .await
+        .unwrap();
+    let (code, lines, err) = cli.finish().await;
+    assert_eq!(code, 0, "{lines:?} {err}");
+    assert!(lines.concat().contains("long held by cli"), "{lines:?}");
+    cluster.shutdown().await;
+}

@@ -108,14 +108,16 @@ fn print_grant(g: &pb::LeaseGrant, json_out: bool) {
 /// `weft locks ...`.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let json_out = args.conn.json;
-    let mut client = LeasesClient::new(connect::channel(&args.conn.endpoint)?);
+    // An acquire that waits may take its wait and then some.
+    let timeout = match &args.op {
+        Op::Acquire { wait: Some(wait_ms), .. } => connect::waiting(*wait_ms),
+        _ => Some(connect::REQUEST_TIMEOUT),
+    };
+    let mut client: LeasesClient<_> = connect::client(&args.conn.endpoint, timeout)?;
     match args.op {
         Op::Acquire { name, holder, ttl, wait } => {
-            let wait_ms = wait.unwrap_or(0);
-            let mut request =
-                tonic::Request::new(pb::AcquireLeaseRequest { name, holder, ttl_ms: ttl, wait_ms });
-            request.set_timeout(std::time::Duration::from_millis(wait_ms.saturating_add(30_000)));
-            match client.acquire(request).await {
+            let req = pb::AcquireLeaseRequest { name, holder, ttl_ms: ttl, wait_ms: wait.unwrap_or(0) };
+            match client.acquire(req).await {
                 Err(e) => Ok(fail(e, json_out)),
                 Ok(r) => {
                     print_grant(&r.into_inner(), json_out);
@@ -189,6 +191,22 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                             outln!("  waiting {}: {} (for {} more)", i + 1, w.holder, until(w.until_ms));
                         }
                         Ok(0)
+                    }
+                    // Run out, with holders waiting: the next tick hands it to the first.
+                    pb::GetLeaseResponse { grant: None, waiters } if !waiters.is_empty() => {
+                        if json_out {
+                            let waiters: Vec<serde_json::Value> = waiters
+                                .iter()
+                                .map(|w| json!({"holder": w.holder, "until_ms": w.until_ms}))
+                                .collect();
+                            outln!("{}", json!({"name": name, "held": false, "waiters": waiters}));
+                        } else {
+                            outln!("{name}: not held; handed to the first waiter next");
+                            for (i, w) in waiters.iter().enumerate() {
+                                outln!("  waiting {}: {} (for {} more)", i + 1, w.holder, until(w.until_ms));
+                            }
+                        }
+                        Ok(1)
                     }
                     pb::GetLeaseResponse { grant: None, .. } => {
                         if json_out {
