@@ -131,10 +131,11 @@ impl Grid {
             });
         }
         let dead = self.waiting.ends.iter().take_while(|(at, ..)| *at <= now).count();
-        if self.waiting.count - dead >= MAX_WAITERS {
+        let waiting = self.waiting.ends.len();
+        if waiting - dead >= MAX_WAITERS {
             return Err(Error::TooMany {
                 what: "holders waiting for leases".into(),
-                count: self.waiting.count - dead,
+                count: waiting - dead,
                 limit: MAX_WAITERS,
                 setting: "MAX_WAITERS, fixed".into(),
             });
@@ -296,14 +297,13 @@ impl Grid {
 /// Why a command other than a key/value write may not be fenced.
 pub(super) const FENCE_REFUSAL: &str = "only Put, CompareAndSet and Delete may be fenced";
 
-/// The only changes to [`Waiting`]: each keeps the queues, the count and the end times agreeing.
+/// The only changes to [`Waiting`]: each keeps the queues and the end times agreeing.
 impl Waiting {
     /// Appends `w` to lease `name`'s queue; its position (1 is next).
     fn push(&mut self, name: &str, w: Waiter) -> usize {
         self.ends.insert((w.until_ms, name.to_owned(), w.holder.clone()));
         let queue = self.queues.entry(name.to_owned()).or_default();
         queue.push_back(w);
-        self.count += 1;
         queue.len()
     }
 
@@ -324,7 +324,6 @@ impl Waiting {
             self.queues.remove(name);
         }
         self.ends.remove(&(w.until_ms, name.to_owned(), w.holder.clone()));
-        self.count -= 1;
         Some(w)
     }
 

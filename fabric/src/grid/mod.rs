@@ -160,14 +160,13 @@ pub struct Grid {
 }
 
 /// Holders waiting for leases, first come first granted. Part of the grid's snapshot. Changed
-/// only through its methods (`leases.rs`), which keep the three fields agreeing.
+/// only through its methods (`leases.rs`), which keep the two fields agreeing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Waiting {
     /// Each lease's queue (never empty), oldest first.
     queues: BTreeMap<String, VecDeque<lease::Waiter>>,
-    /// Waiters in all queues.
-    count: usize,
-    /// (until_ms, lease, holder) of every waiter: a `Tick` removes those whose wait ran out.
+    /// (until_ms, lease, holder) of every waiter, one entry each (so also their count): a
+    /// `Tick` removes those whose wait ran out.
     ends: BTreeSet<(u64, String, String)>,
 }
 

@@ -358,7 +358,7 @@ impl Grid {
     /// How many holders wait in lease queues (ones whose wait ran out, until they are skipped,
     /// too).
     pub fn lease_waiter_count(&self) -> usize {
-        self.waiting.count
+        self.waiting.ends.len()
     }
 
     /// How many leases are held at the grid's clock.
