@@ -365,12 +365,11 @@ impl NewExecution {
     }
 }
 
-/// What the grid's tests and the fuzz targets build executions from.
-#[cfg(any(test, feature = "fuzzing"))]
+/// What tests (the grid's and the cluster's) and the fuzz targets build executions from.
 impl NewExecution {
     /// A call of `agent`'s `delegate` with JSON `1`, no options, a minute's retention and five
     /// deliveries.
-    pub(crate) fn example(agent: &str, delegate: &str) -> Self {
+    pub fn example(agent: &str, delegate: &str) -> Self {
         Self {
             agent: agent.into(),
             instance: None,

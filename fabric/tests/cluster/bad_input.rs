@@ -167,7 +167,7 @@ async fn a_forwarded_write_is_checked_against_the_leaders_limits_too() {
 async fn the_leader_refuses_eager_call_commands_forwarded_by_a_peer() {
     use weft_fabric::grid::Command;
     use weft_fabric::grid::audit::Actor;
-    use weft_fabric::grid::execution::{NewExecution, Payload, Reserved};
+    use weft_fabric::grid::execution::{NewExecution, Reserved};
     use weft_fabric::testing::{forward_answer, forward_request};
     use weft_proto::cluster::v1::forward_client::ForwardClient;
 
@@ -181,22 +181,7 @@ async fn the_leader_refuses_eager_call_commands_forwarded_by_a_peer() {
     let mut forward = ForwardClient::new(channel(&cluster.addrs[leader as usize - 1]).await);
 
     tracing::info!("phase: ReserveBlock and CreateReserved from a peer are refused, wrapped or not");
-    let call = NewExecution {
-        agent: "a".into(),
-        instance: None,
-        delegate: "d".into(),
-        payload: Payload::json("1"),
-        idempotency_key: None,
-        timeout_ms: None,
-        deadline_ms: None,
-        delay_ms: None,
-        not_before_ms: None,
-        priority: 0,
-        retry: None,
-        parent: None,
-        retention_ms: 60_000,
-        max_deliveries: 5,
-    };
+    let call = NewExecution::example("a", "d");
     let reserved =
         Command::CreateReserved(Box::new(Reserved { new: call, served: false, id: 1, token: 1, session: 1 }));
     let block = Command::ReserveBlock { count: 16 };
