@@ -747,6 +747,10 @@ impl Worker {
                 tracing::debug!(execution = id, error = %ack.error, "state conflict; it runs again");
                 state.unacked.remove(&id);
             }
+            "lock_lost" => {
+                tracing::info!(execution = id, error = %ack.error, "the lock its result required was lost; it runs again");
+                state.unacked.remove(&id);
+            }
             "stale" => {
                 tracing::debug!(execution = id, error = %ack.error, "completion too late");
                 state.unacked.remove(&id);
@@ -823,7 +827,7 @@ impl Worker {
                 Ok(payload) => (pb::completion::Outcome::Result(payload), ctx.take_effects()),
                 Err((message, retryable)) => (
                     pb::completion::Outcome::Error(pb::HandlerError { message, retryable }),
-                    Default::default(),
+                    (ctx.take_fences(), Vec::new()),
                 ),
             };
             let completion =

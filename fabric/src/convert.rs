@@ -245,6 +245,7 @@ pub fn effects(effects: Vec<pb::Effect>, work: &WorkOptions) -> Result<Vec<Effec
             Some(pb::effect::Kind::Ack(a)) => {
                 Effect::Ack { stream: a.stream, cursor: a.cursor, seq: a.seq, token: a.token }
             }
+            Some(pb::effect::Kind::Fence(f)) => Effect::Fence { lease: f.lease, token: f.token },
             None => return Err(grid::Error::InvalidCompletion { reason: "an effect of no kind".into() }),
         });
     }
@@ -270,6 +271,12 @@ pub fn completion_ack(
         Ok(grid::Output::Completion(Completed::Retrying { not_before_ms })) => {
             ("retrying", format!("its retry policy runs it again at {not_before_ms} ms"))
         }
+        Ok(grid::Output::Completion(Completed::LockLost { lease, token, reason })) => (
+            "lock_lost",
+            format!(
+                "the grant {token} of lease '{lease}' no longer holds ({reason}); nothing applied, it runs again"
+            ),
+        ),
         Ok(other) => ("unavailable", format!("unexpected answer {other:?}")),
         Err(crate::routing::Error::Grid(
             e @ (G::StaleLease { .. } | G::ExecutionFinished { .. } | G::UnknownExecution { .. }),

@@ -351,7 +351,7 @@ pub(super) fn follow_ups(built: &Built) -> Vec<Command> {
                         message: "boom".into(),
                         retryable: true,
                     }),
-                    effects: vec![],
+                    effects: vec![Effect::Fence { lease: "leader".into(), token: 1 }],
                 })));
                 commands.push(Command::Renew { execution, token });
                 commands.push(Command::GiveBack { execution, token });

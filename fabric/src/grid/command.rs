@@ -503,6 +503,7 @@ fn validate_effect(effect: &execution::Effect, limits: &Limits) -> Result<(), Er
             validate_items(items, limits).and_then(|_| validate_stream_name(stream))
         }
         Effect::Ack { stream, .. } => validate_stream_name(stream),
+        Effect::Fence { lease, .. } => lease::validate_lease_name(lease),
     }
 }
 
@@ -672,6 +673,9 @@ pub enum Completed {
     Conflict { namespace: String, key: String, expected: u64, current: u64 },
     /// The handler's error will be retried at `not_before_ms` (its retry policy).
     Retrying { not_before_ms: u64 },
+    /// A [`execution::Effect::Fence`] did not hold (`reason` says why): nothing was applied
+    /// and the execution is pending again, like a conflict.
+    LockLost { lease: String, token: u64, reason: String },
 }
 
 #[cfg(test)]

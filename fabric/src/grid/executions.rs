@@ -112,17 +112,20 @@ impl Grid {
             return Err(Error::ExecutionFinished { id: c.execution, status: e.status.as_str().into() });
         }
         self.check_lease(c.execution, c.token)?;
-        if c.outcome.is_err() && !c.effects.is_empty() {
+        if c.outcome.is_err() && c.effects.iter().any(Effect::changes) {
             return Err(Error::InvalidCompletion {
-                reason: "effects go only with a successful result".into(),
+                reason: "effects go only with a successful result (an error may carry a fence)".into(),
             });
         }
-        if let Some((namespace, key, expected, current)) = self.check_effects(c)? {
+        let conflict = self.check_effects(c)?;
+        // A lost lock first: the conflict may be the new holder's doing.
+        if let Some(lost) = self.lost_fence(&c.effects).or(conflict) {
             self.release(c.execution, None, None, out);
-            return Ok(Output::Completion(Completed::Conflict { namespace, key, expected, current }));
+            return Ok(Output::Completion(lost));
         }
         for effect in &c.effects {
             match effect {
+                Effect::Fence { .. } => {}
                 Effect::Put { .. } | Effect::Delete { .. } => self.apply_state_effect(effect),
                 Effect::Call(new) => {
                     // Checked above: either a fresh key, or one naming this same call.
@@ -393,9 +396,10 @@ impl Grid {
         }
     }
 
-    /// Checks a completion's effects; the first version conflict, if any.
+    /// Checks a completion's effects; the first version conflict, if any (fences are checked by
+    /// [`Grid::lost_fence`]).
     #[allow(clippy::type_complexity)]
-    fn check_effects(&self, c: &Completion) -> Result<Option<(String, String, u64, u64)>, Error> {
+    fn check_effects(&self, c: &Completion) -> Result<Option<Completed>, Error> {
         let e = &self.work.executions[&c.execution];
         let own = e.instance.as_ref().map(|i| instance_namespace(&e.agent, i));
         let mut touched = BTreeSet::new();
@@ -410,6 +414,10 @@ impl Grid {
                 }
                 Effect::Put { namespace, key, expected_version, .. }
                 | Effect::Delete { namespace, key, expected_version } => (namespace, key, expected_version),
+                Effect::Fence { lease, .. } => {
+                    super::lease::validate_lease_name(lease)?;
+                    continue;
+                }
                 Effect::Call(new) => {
                     new.validate_shape()?;
                     if new.delegate == START_DELEGATE || new.delegate == STOP_DELEGATE {
@@ -454,7 +462,12 @@ impl Grid {
             if let Some(expected) = expected {
                 let current = self.live(ns, key).map_or(0, |v| v.version);
                 if current != *expected && conflict.is_none() {
-                    conflict = Some((ns.clone(), key.clone(), *expected, current));
+                    conflict = Some(Completed::Conflict {
+                        namespace: ns.clone(),
+                        key: key.clone(),
+                        expected: *expected,
+                        current,
+                    });
                 }
             }
         }

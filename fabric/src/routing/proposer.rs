@@ -141,6 +141,7 @@ fn command_bytes(command: &Command) -> usize {
                         stream.len() + items.iter().map(|i| i.size() + 48).sum::<usize>() + 16
                     }
                     Effect::Ack { stream, cursor, .. } => stream.len() + cursor.len() + 32,
+                    Effect::Fence { lease, .. } => lease.len() + 16,
                 })
                 .sum();
             result + effects + 32
