@@ -15,6 +15,7 @@ use super::execution::{self, Completion, ExecutionId, NewExecution, SessionId};
 use super::instance::NewInstance;
 use super::lease::{self, Lease};
 use super::namespace;
+use super::schedule::{NewSchedule, Run, Schedule};
 use super::session::NewSession;
 use super::stream::{Append, NewStream, Seq, validate_stream_name};
 use super::token::{self, NewToken};
@@ -216,6 +217,17 @@ pub enum Command {
     AwaitLease { name: String, holder: String, ttl_ms: u64, wait_ms: u64 },
     /// `holder` stops waiting for lease `name`; the answer says whether it holds it now.
     StopWaiting { name: String, holder: String },
+    /// Create a schedule (or find the same one): from the entry on, each of its due times
+    /// creates an execution in the `Tick` that reaches it.
+    CreateSchedule(Box<NewSchedule>),
+    /// No run of schedule `name` until it is resumed.
+    PauseSchedule { name: String },
+    /// Schedule `name` is due again from its next due time after the entry's time.
+    ResumeSchedule { name: String },
+    /// A run of schedule `name` now, outside its due times (its overlap policy applies).
+    TriggerSchedule { name: String },
+    /// Remove schedule `name`; runs started go on.
+    DeleteSchedule { name: String },
 }
 
 impl Command {
@@ -240,6 +252,7 @@ impl Command {
                 validate_new_execution(new, limits)
             }
             Command::CreateReserved(r) => validate_new_execution(&r.new, limits),
+            Command::CreateSchedule(new) => validate_new_execution(&new.call, limits),
             Command::ReserveBlock { .. } => self.validate_shape(),
             Command::StartInstance(new) => check_payload_size(new.payload.data.len(), limits),
             Command::Append(a) => validate_append(a, limits),
@@ -285,6 +298,10 @@ impl Command {
             | Command::ReleaseLease { .. }
             | Command::AwaitLease { .. }
             | Command::StopWaiting { .. }
+            | Command::PauseSchedule { .. }
+            | Command::ResumeSchedule { .. }
+            | Command::TriggerSchedule { .. }
+            | Command::DeleteSchedule { .. }
             | Command::OpenSessionOnlyClaimed(_)
             | Command::CreateToken(_)
             | Command::RevokeToken { .. } => Ok(()),
@@ -446,6 +463,11 @@ impl Command {
                 lease::validate_lease_name(name)?;
                 lease::validate_holder(holder)
             }
+            Command::CreateSchedule(new) => new.validate_shape(),
+            Command::PauseSchedule { name }
+            | Command::ResumeSchedule { name }
+            | Command::TriggerSchedule { name }
+            | Command::DeleteSchedule { name } => validate_name("schedule", name),
             Command::Audited { command, .. } if audit::is_control(command) => command.validate_shape(),
             Command::Audited { .. } => {
                 Err(Error::InvalidItem { reason: "only a control operation can be audited".into() })
@@ -659,6 +681,10 @@ pub enum Output {
     LeaseQueued { position: u32, until_ms: u64 },
     /// A holder stopped waiting: the grant it holds now, if the lease was granted to it.
     WaitEnded { grant: Option<Lease> },
+    /// A schedule as it is after the command; `created` when this command made it.
+    Schedule { schedule: Box<Schedule>, created: bool },
+    /// What a trigger did.
+    ScheduleRun { run: Run },
 }
 
 /// How a completion was taken.

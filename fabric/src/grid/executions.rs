@@ -292,6 +292,7 @@ impl Grid {
         self.work.retained.insert((retain_until, id));
         out.events.push(Event::Changed { execution: id });
         self.generator_finished(id, generator_error.as_deref(), out);
+        self.schedule_run_finished(id, out);
         let Some(key) = instance else { return };
         let Some(inst) = self.work.instances.get_mut(&key) else { return };
         inst.live.remove(&id);

@@ -177,6 +177,13 @@ fn command_bytes(command: &Command) -> usize {
         | Command::AwaitLease { name, holder, .. }
         | Command::StopWaiting { name, holder } => name.len() + holder.len() + 32,
         Command::RenewLease { name, .. } | Command::ReleaseLease { name, .. } => name.len() + 32,
+        Command::CreateSchedule(new) => {
+            new.name.len() + new.cron.len() + new.call.payload.data.len() + new.call.agent.len() + 160
+        }
+        Command::PauseSchedule { name }
+        | Command::ResumeSchedule { name }
+        | Command::TriggerSchedule { name }
+        | Command::DeleteSchedule { name } => name.len() + 16,
         Command::Fenced { lease, command, .. } => lease.len() + 16 + command_bytes(command),
         Command::Audited { actor, command } => {
             actor.principal.len() + actor.role.len() + 16 + command_bytes(command)
