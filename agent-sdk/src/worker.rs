@@ -763,7 +763,8 @@ impl Worker {
                 let message = format!("the fabric refused the handler's completion: {}", ack.error);
                 waiting.completion.outcome =
                     Some(pb::completion::Outcome::Error(pb::HandlerError { message, retryable: false }));
-                waiting.completion.effects.clear();
+                // Its fences stay: a holder that lost its lock must not fail it either.
+                waiting.completion.effects.retain(|e| matches!(e.kind, Some(pb::effect::Kind::Fence(_))));
                 waiting.sent = Some(Instant::now());
                 let _ = out
                     .send(agent_message(pb::agent_message::Kind::Complete(waiting.completion.clone())))

@@ -63,7 +63,7 @@ impl ScheduleService {
     async fn control(
         &self,
         request: Request<pb::ScheduleRef>,
-        command: fn(String) -> Command,
+        command: fn(String, String) -> Command,
     ) -> Result<Output, Status> {
         let actor = super::actor(&self.ctx, &request);
         let caller = Caller::of(&request)?;
@@ -73,7 +73,9 @@ impl ScheduleService {
                 return Err(Error::Grid(grid::Error::UnknownSchedule { name }));
             };
             let allowed = authorize(&caller, Permission::Call { agent: &agent });
-            self.write(super::audited(actor, command(name)), allowed).await
+            // The agent goes with the command: if the name was deleted and created again
+            // for another agent meanwhile, the grid refuses it.
+            self.write(super::audited(actor, command(name, agent)), allowed).await
         }
         .await
         .map_err(Error::into_status);
@@ -223,17 +225,17 @@ impl pb::schedules_server::Schedules for ScheduleService {
     }
 
     async fn pause(&self, request: Request<pb::ScheduleRef>) -> Result<Response<pb::Schedule>, Status> {
-        let output = self.control(request, |name| Command::PauseSchedule { name }).await?;
+        let output = self.control(request, |name, agent| Command::PauseSchedule { name, agent }).await?;
         Ok(Response::new(self.shown(output)?))
     }
 
     async fn resume(&self, request: Request<pb::ScheduleRef>) -> Result<Response<pb::Schedule>, Status> {
-        let output = self.control(request, |name| Command::ResumeSchedule { name }).await?;
+        let output = self.control(request, |name, agent| Command::ResumeSchedule { name, agent }).await?;
         Ok(Response::new(self.shown(output)?))
     }
 
     async fn trigger(&self, request: Request<pb::ScheduleRef>) -> Result<Response<pb::ScheduleRun>, Status> {
-        match self.control(request, |name| Command::TriggerSchedule { name }).await? {
+        match self.control(request, |name, agent| Command::TriggerSchedule { name, agent }).await? {
             Output::ScheduleRun { run } => Ok(Response::new(
                 self.ctx.applied.read(|a| convert::pb_schedule_run(&run, |id| status(&a.grid, id))),
             )),
@@ -245,7 +247,7 @@ impl pb::schedules_server::Schedules for ScheduleService {
         &self,
         request: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
-        match self.control(request, |name| Command::DeleteSchedule { name }).await {
+        match self.control(request, |name, agent| Command::DeleteSchedule { name, agent }).await {
             Ok(Output::Deleted { existed }) => {
                 Ok(Response::new(pb::DeleteScheduleResponse { deleted: existed }))
             }

@@ -89,7 +89,7 @@ impl Built {
         built.before_schedules = built.grid.clone();
         let schedule = crate::grid::schedule::NewSchedule::example("nightly");
         built.apply(Command::CreateSchedule(Box::new(schedule)));
-        built.apply(Command::TriggerSchedule { name: "nightly".into() });
+        built.apply(Command::TriggerSchedule { name: "nightly".into(), agent: "nightly".into() });
         built
     }
 

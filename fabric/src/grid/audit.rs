@@ -121,10 +121,10 @@ fn describe(command: &Command) -> (&'static str, String) {
             "schedule.create",
             format!("schedule {} ({}, calls {}/{})", new.name, new.cron, new.call.agent, new.call.delegate),
         ),
-        Command::PauseSchedule { name } => ("schedule.pause", format!("schedule {name}")),
-        Command::ResumeSchedule { name } => ("schedule.resume", format!("schedule {name}")),
-        Command::TriggerSchedule { name } => ("schedule.trigger", format!("schedule {name}")),
-        Command::DeleteSchedule { name } => ("schedule.delete", format!("schedule {name}")),
+        Command::PauseSchedule { name, .. } => ("schedule.pause", format!("schedule {name}")),
+        Command::ResumeSchedule { name, .. } => ("schedule.resume", format!("schedule {name}")),
+        Command::TriggerSchedule { name, .. } => ("schedule.trigger", format!("schedule {name}")),
+        Command::DeleteSchedule { name, .. } => ("schedule.delete", format!("schedule {name}")),
         _ => ("other", String::new()),
     }
 }

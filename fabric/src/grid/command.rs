@@ -220,14 +220,16 @@ pub enum Command {
     /// Create a schedule (or find the same one): from the entry on, each of its due times
     /// creates an execution in the `Tick` that reaches it.
     CreateSchedule(Box<NewSchedule>),
-    /// No run of schedule `name` until it is resumed.
-    PauseSchedule { name: String },
+    /// No run of schedule `name` until it is resumed. `agent` in these four is the agent the
+    /// caller was allowed for: a schedule of that name calling another agent (deleted and
+    /// created again meanwhile) counts as none.
+    PauseSchedule { name: String, agent: String },
     /// Schedule `name` is due again from its next due time after the entry's time.
-    ResumeSchedule { name: String },
+    ResumeSchedule { name: String, agent: String },
     /// A run of schedule `name` now, outside its due times (its overlap policy applies).
-    TriggerSchedule { name: String },
+    TriggerSchedule { name: String, agent: String },
     /// Remove schedule `name`; runs started go on.
-    DeleteSchedule { name: String },
+    DeleteSchedule { name: String, agent: String },
 }
 
 impl Command {
@@ -464,10 +466,13 @@ impl Command {
                 lease::validate_holder(holder)
             }
             Command::CreateSchedule(new) => new.validate_shape(),
-            Command::PauseSchedule { name }
-            | Command::ResumeSchedule { name }
-            | Command::TriggerSchedule { name }
-            | Command::DeleteSchedule { name } => validate_name("schedule", name),
+            Command::PauseSchedule { name, agent }
+            | Command::ResumeSchedule { name, agent }
+            | Command::TriggerSchedule { name, agent }
+            | Command::DeleteSchedule { name, agent } => {
+                validate_name("schedule", name)?;
+                validate_name("agent", agent)
+            }
             Command::Audited { command, .. } if audit::is_control(command) => command.validate_shape(),
             Command::Audited { .. } => {
                 Err(Error::InvalidItem { reason: "only a control operation can be audited".into() })
@@ -576,6 +581,16 @@ fn check_payload_size(size: usize, limits: &Limits) -> Result<(), Error> {
 
 fn validate_new_execution(new: &NewExecution, limits: &Limits) -> Result<(), Error> {
     check_payload_size(new.payload.data.len(), limits)?;
+    if let Some(key) = &new.idempotency_key
+        && key.starts_with(super::schedule::RUN_KEY_PREFIX)
+    {
+        return Err(Error::InvalidExecution {
+            reason: format!(
+                "idempotency keys starting with '{}' belong to schedules' runs",
+                super::schedule::RUN_KEY_PREFIX
+            ),
+        });
+    }
     new.validate_shape()
 }
 

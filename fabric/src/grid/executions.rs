@@ -117,11 +117,20 @@ impl Grid {
                 reason: "effects go only with a successful result (an error may carry a fence)".into(),
             });
         }
-        let conflict = self.check_effects(c)?;
-        // A lost lock first: the conflict may be the new holder's doing.
-        if let Some(lost) = self.lost_fence(&c.effects).or(conflict) {
+        // A lost lock first: whatever else is wrong with the effects now (a conflict, a
+        // stale ack, a closed stream) may be the next holder's doing.
+        for effect in &c.effects {
+            if let Effect::Fence { lease, .. } = effect {
+                super::lease::validate_lease_name(lease)?;
+            }
+        }
+        if let Some(lost) = self.lost_fence(&c.effects) {
             self.release(c.execution, None, None, out);
             return Ok(Output::Completion(lost));
+        }
+        if let Some(conflict) = self.check_effects(c)? {
+            self.release(c.execution, None, None, out);
+            return Ok(Output::Completion(conflict));
         }
         for effect in &c.effects {
             match effect {
@@ -399,7 +408,6 @@ impl Grid {
 
     /// Checks a completion's effects; the first version conflict, if any (fences are checked by
     /// [`Grid::lost_fence`]).
-    #[allow(clippy::type_complexity)]
     fn check_effects(&self, c: &Completion) -> Result<Option<Completed>, Error> {
         let e = &self.work.executions[&c.execution];
         let own = e.instance.as_ref().map(|i| instance_namespace(&e.agent, i));
@@ -415,10 +423,8 @@ impl Grid {
                 }
                 Effect::Put { namespace, key, expected_version, .. }
                 | Effect::Delete { namespace, key, expected_version } => (namespace, key, expected_version),
-                Effect::Fence { lease, .. } => {
-                    super::lease::validate_lease_name(lease)?;
-                    continue;
-                }
+                // Checked before (`lost_fence`).
+                Effect::Fence { .. } => continue,
                 Effect::Call(new) => {
                     new.validate_shape()?;
                     if new.delegate == START_DELEGATE || new.delegate == STOP_DELEGATE {

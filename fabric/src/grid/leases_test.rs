@@ -204,6 +204,13 @@ fn completions_fenced_by_a_lock_apply_only_while_it_holds() {
     assert_eq!(h.grid.get(NS, "k").unwrap().data, b"1", "no effect applied");
     assert_eq!(h.exec(second).status, Status::Assigned, "it runs again at once");
     assert_eq!(h.exec(second).attempts, 2);
+    // The lost lock is what it hears, whatever else its effects ran into meanwhile (here an
+    // append to a stream that is gone), so it runs again rather than failing.
+    let token = h.token(second);
+    let append = Effect::Append { stream: "gone".into(), items: vec![] };
+    let out = h.ok(complete_cmd(second, token, Ok(Payload::json("2")), vec![append, fence(old.token)]));
+    assert!(matches!(out, Output::Completion(Completed::LockLost { .. })), "{out:?}");
+    assert_eq!(h.exec(second).attempts, 3);
 
     // An error result carries a fence too (and nothing else); a lost one does not fail it.
     let token = h.token(second);
@@ -215,7 +222,7 @@ fn completions_fenced_by_a_lock_apply_only_while_it_holds() {
         Err(Error::InvalidCompletion { .. })
     ));
     assert!(matches!(h.ok(error(vec![fence(old.token)])), Output::Completion(Completed::LockLost { .. })));
-    assert_eq!(h.exec(second).attempts, 3);
+    assert_eq!(h.exec(second).attempts, 4);
     let token = h.token(second);
     let error = complete_cmd(
         second,

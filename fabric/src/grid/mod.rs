@@ -377,10 +377,10 @@ impl Grid {
             Command::StopWaiting { name, holder } => Ok(self.stop_waiting(name, holder)),
             // Schedules (schedules.rs).
             Command::CreateSchedule(new) => self.create_schedule(new),
-            Command::PauseSchedule { name } => self.pause_schedule(name),
-            Command::ResumeSchedule { name } => self.resume_schedule(name),
-            Command::TriggerSchedule { name } => self.trigger_schedule(name, out),
-            Command::DeleteSchedule { name } => Ok(self.delete_schedule(name)),
+            Command::PauseSchedule { name, agent } => self.pause_schedule(name, agent),
+            Command::ResumeSchedule { name, agent } => self.resume_schedule(name, agent),
+            Command::TriggerSchedule { name, agent } => self.trigger_schedule(name, agent, out),
+            Command::DeleteSchedule { name, agent } => Ok(self.delete_schedule(name, agent)),
             Command::Fenced { lease, token, command } => self.fenced(lease, *token, command),
             // The audit trail (audit.rs).
             Command::Audited { actor, command } => self.audited(actor, command, out),

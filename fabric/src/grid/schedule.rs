@@ -46,7 +46,9 @@ pub const MAX_RUNS_KEPT: usize = 20;
 /// A due time the grid's clock passes by more than this is missed, and its schedule's
 /// catch-up policy decides what to do; one reached sooner runs as usual.
 pub const MISSED_AFTER_MS: u64 = 60_000;
-/// The prefix of the idempotency key of each run's execution: `schedule:<name>:<due_ms>`.
+/// The prefix of the idempotency key of each run's execution: `schedule:<name>:<due_ms>`
+/// (`schedule:<name>:trigger:<id>` for a trigger). Reserved: a caller's create with a key
+/// that starts with it is refused, so nobody can take a run's key before it comes.
 pub const RUN_KEY_PREFIX: &str = "schedule:";
 
 /// What to do with a due time while the previous run's execution is unfinished.
@@ -229,6 +231,11 @@ pub fn run_key(name: &str, due_ms: u64) -> String {
     format!("{RUN_KEY_PREFIX}{name}:{due_ms}")
 }
 
+/// The idempotency key of a triggered run of schedule `name` whose execution gets id `id`.
+pub fn trigger_key(name: &str, id: ExecutionId) -> String {
+    format!("{RUN_KEY_PREFIX}{name}:trigger:{id}")
+}
+
 impl NewSchedule {
     /// Checks what does not depend on the grid's state or configuration: the name, the
     /// expression and time zone (they parse), and a call a schedule may make.
@@ -319,7 +326,12 @@ fn parse_cron(cron: &str) -> Result<croner::Cron, Error> {
             cron.len()
         )));
     }
-    croner::Cron::from_str(cron)
+    // Five fields, or six with seconds first; no year field.
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(cron)
         .map_err(|e| invalid(format!("cron: '{}' is not a cron expression: {e}", namespace::clip(cron))))
 }
 
@@ -365,6 +377,7 @@ mod tests {
     fn bad_expressions_and_zones_are_refused_naming_the_field() {
         for (cron, zone, field) in [
             ("* * *", None, "cron"),
+            ("0 0 0 1 1 * 2030", None, "cron"),
             ("61 * * * *", None, "cron"),
             ("", None, "cron"),
             ("* * * * *", Some("Mars/Olympus"), "time_zone"),

@@ -10,6 +10,7 @@ use super::events::Outbox;
 use super::execution::{ExecutionId, NewExecution};
 use super::schedule::{
     CatchUp, Cause, MAX_SCHEDULES, MISSED_AFTER_MS, NewSchedule, Overlap, Run, RunOutcome, Schedule, run_key,
+    trigger_key,
 };
 use super::{Error, Grid, Output};
 
@@ -94,7 +95,7 @@ impl Grid {
             });
         }
         let next = new.next_due_after(self.now_ms)?;
-        if next.is_none() && !new.paused {
+        if next.is_none() {
             return Err(Error::InvalidSchedule {
                 reason: format!("cron: '{}' is never due after now", new.cron),
             });
@@ -117,20 +118,25 @@ impl Grid {
         Ok(Output::Schedule { schedule: Box::new(self.schedules.by_name[&new.name].clone()), created: true })
     }
 
-    /// Applies `PauseSchedule`: no run until resumed (a queued run is dropped).
-    pub(super) fn pause_schedule(&mut self, name: &str) -> Result<Output, Error> {
-        let s = self.schedule_mut(name)?;
+    /// Applies `PauseSchedule`: no run until resumed (a queued run is dropped, and recorded
+    /// as skipped).
+    pub(super) fn pause_schedule(&mut self, name: &str, agent: &str) -> Result<Output, Error> {
+        let now = self.now_ms;
+        let s = self.schedule_mut(name, agent)?;
         s.paused = true;
-        s.queued = None;
+        if let Some((due, cause)) = s.queued.take() {
+            let reason = "the schedule was paused while it waited".to_owned();
+            s.record(Run { due_ms: due, fired_ms: now, cause, outcome: RunOutcome::Skipped { reason } });
+        }
         self.schedules.set_due(name, None);
         Ok(self.schedule_output(name))
     }
 
     /// Applies `ResumeSchedule`: due again from its next due time after the grid's clock
     /// (what was due while paused is skipped).
-    pub(super) fn resume_schedule(&mut self, name: &str) -> Result<Output, Error> {
+    pub(super) fn resume_schedule(&mut self, name: &str, agent: &str) -> Result<Output, Error> {
         let now = self.now_ms;
-        let s = self.schedule_mut(name)?;
+        let s = self.schedule_mut(name, agent)?;
         if s.paused {
             let next = s.spec.next_due_after(now)?;
             s.paused = false;
@@ -140,15 +146,21 @@ impl Grid {
     }
 
     /// Applies `TriggerSchedule`: a run now, outside the cron times (overlap policy applies).
-    pub(super) fn trigger_schedule(&mut self, name: &str, out: &mut Outbox) -> Result<Output, Error> {
-        self.schedule_mut(name)?;
+    pub(super) fn trigger_schedule(
+        &mut self,
+        name: &str,
+        agent: &str,
+        out: &mut Outbox,
+    ) -> Result<Output, Error> {
+        self.schedule_mut(name, agent)?;
         let run = self.start_run(name, self.now_ms, Cause::Trigger, out);
         Ok(Output::ScheduleRun { run })
     }
 
     /// Applies `DeleteSchedule`: no run from now on; runs started go on.
-    pub(super) fn delete_schedule(&mut self, name: &str) -> Output {
-        Output::Deleted { existed: self.schedules.remove(name).is_some() }
+    pub(super) fn delete_schedule(&mut self, name: &str, agent: &str) -> Output {
+        let existed = self.schedule_mut(name, agent).is_ok() && self.schedules.remove(name).is_some();
+        Output::Deleted { existed }
     }
 
     /// Fires the due times the grid's clock has reached, at most `limit`; how many.
@@ -200,6 +212,9 @@ impl Grid {
     pub(super) fn schedule_run_finished(&mut self, id: ExecutionId, out: &mut Outbox) {
         let Some(name) = self.schedules.running.remove(&id) else { return };
         let Some(s) = self.schedules.by_name.get_mut(&name) else { return };
+        if s.running == Some(id) {
+            s.running = None;
+        }
         if let Some((due, cause)) = s.queued.take() {
             self.start_run(&name, due, if cause == Cause::Trigger { cause } else { Cause::Queued }, out);
         }
@@ -229,11 +244,20 @@ impl Grid {
             },
             (Some(_), Overlap::QueueOne) => RunOutcome::Queued,
             (None, _) | (Some(_), Overlap::Allow) => {
-                let new = NewExecution { idempotency_key: Some(run_key(name, due)), ..s.spec.call.clone() };
+                // A due time's key is its own; a trigger's names the id its execution will
+                // get (ids only grow), so two triggers at one clock reading differ too.
+                let key = match cause {
+                    Cause::Trigger => trigger_key(name, self.work.last_execution_id + 1),
+                    Cause::Due | Cause::CatchUp | Cause::Queued => run_key(name, due),
+                };
+                let new = NewExecution { idempotency_key: Some(key), ..s.spec.call.clone() };
                 match self.create_execution(&new, false, out) {
-                    Ok(Output::Execution { id, .. }) => {
+                    Ok(Output::Execution { id, created: true }) => {
                         self.schedules.set_running(name, id);
                         RunOutcome::Started { execution: id }
+                    }
+                    Ok(Output::Execution { id, created: false }) => {
+                        RunOutcome::Skipped { reason: format!("it ran already, as execution {id}") }
                     }
                     Ok(other) => RunOutcome::Refused { error: format!("unexpected answer {other:?}") },
                     Err(e) => RunOutcome::Refused { error: e.to_string() },
@@ -250,8 +274,13 @@ impl Grid {
         run
     }
 
-    fn schedule_mut(&mut self, name: &str) -> Result<&mut Schedule, Error> {
-        self.schedules.by_name.get_mut(name).ok_or_else(|| Error::UnknownSchedule { name: name.to_owned() })
+    /// Schedule `name`, if it calls `agent` (the agent the caller was allowed for).
+    fn schedule_mut(&mut self, name: &str, agent: &str) -> Result<&mut Schedule, Error> {
+        self.schedules
+            .by_name
+            .get_mut(name)
+            .filter(|s| s.spec.call.agent == agent)
+            .ok_or_else(|| Error::UnknownSchedule { name: name.to_owned() })
     }
 
     fn schedule_output(&self, name: &str) -> Output {

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 
-use super::execution::{Payload, Status};
+use super::execution::{ExecutionId, Payload, Status};
 use super::schedule::*;
 use super::test_harness::*;
 use super::*;
@@ -160,7 +160,7 @@ fn pause_resume_trigger_and_delete() {
     let mut h = Harness::new();
     h.at(MONDAY);
     create(&mut h, every_minute("m", Overlap::Skip, CatchUp::Once));
-    let paused = h.ok(Command::PauseSchedule { name: "m".into() });
+    let paused = h.ok(Command::PauseSchedule { name: "m".into(), agent: "nightly".into() });
     assert!(
         matches!(paused, Output::Schedule { ref schedule, .. } if schedule.paused && schedule.next_due_ms.is_none())
     );
@@ -169,32 +169,117 @@ fn pause_resume_trigger_and_delete() {
     assert!(schedule(&h, "m").runs.is_empty(), "no run while paused");
 
     // Triggered while paused: a run now.
-    let out = h.at(MONDAY + 5 * MINUTE + 10).ok(Command::TriggerSchedule { name: "m".into() });
+    let out = h
+        .at(MONDAY + 5 * MINUTE + 10)
+        .ok(Command::TriggerSchedule { name: "m".into(), agent: "nightly".into() });
     let Output::ScheduleRun { run } = out else { panic!("{out:?}") };
     assert_eq!((run.due_ms, run.cause), (MONDAY + 5 * MINUTE + 10, Cause::Trigger));
     let id = started(&run);
-    assert_eq!(h.exec(id).idempotency_key, Some(run_key("m", MONDAY + 5 * MINUTE + 10)));
+    assert_eq!(h.exec(id).idempotency_key, Some(trigger_key("m", id)));
     // Triggered again while that run is unfinished: the overlap policy skips it.
-    let Output::ScheduleRun { run } = h.ok(Command::TriggerSchedule { name: "m".into() }) else { panic!() };
+    let Output::ScheduleRun { run } =
+        h.ok(Command::TriggerSchedule { name: "m".into(), agent: "nightly".into() })
+    else {
+        panic!()
+    };
     assert!(matches!(run.outcome, RunOutcome::Skipped { .. }));
 
     // Resumed: what was due while paused is not run; it goes on from the clock.
-    let resumed = h.at(MONDAY + 6 * MINUTE + 1).ok(Command::ResumeSchedule { name: "m".into() });
+    let resumed = h
+        .at(MONDAY + 6 * MINUTE + 1)
+        .ok(Command::ResumeSchedule { name: "m".into(), agent: "nightly".into() });
     assert!(
         matches!(resumed, Output::Schedule { ref schedule, .. } if !schedule.paused && schedule.next_due_ms == Some(MONDAY + 7 * MINUTE))
     );
 
-    assert_eq!(h.ok(Command::DeleteSchedule { name: "m".into() }), Output::Deleted { existed: true });
+    assert_eq!(
+        h.ok(Command::DeleteSchedule { name: "m".into(), agent: "nightly".into() }),
+        Output::Deleted { existed: true }
+    );
     assert_eq!(h.grid.next_timer_ms().filter(|&t| t >= MONDAY + 7 * MINUTE), None);
-    assert_eq!(h.ok(Command::DeleteSchedule { name: "m".into() }), Output::Deleted { existed: false });
+    assert_eq!(
+        h.ok(Command::DeleteSchedule { name: "m".into(), agent: "nightly".into() }),
+        Output::Deleted { existed: false }
+    );
     for command in [
-        Command::PauseSchedule { name: "m".into() },
-        Command::ResumeSchedule { name: "m".into() },
-        Command::TriggerSchedule { name: "m".into() },
+        Command::PauseSchedule { name: "m".into(), agent: "nightly".into() },
+        Command::ResumeSchedule { name: "m".into(), agent: "nightly".into() },
+        Command::TriggerSchedule { name: "m".into(), agent: "nightly".into() },
     ] {
         assert_eq!(h.apply(command), Err(Error::UnknownSchedule { name: "m".into() }));
     }
     assert_eq!(h.exec(id).status, Status::Pending, "a deleted schedule's run goes on");
+}
+
+/// A trigger never takes a due time's run (or another trigger's): each gets its own execution,
+/// also two triggers in one entry and a trigger at a due time's very instant.
+#[test]
+fn triggers_and_due_times_never_share_a_run() {
+    let mut h = Harness::new();
+    h.at(MONDAY);
+    create(&mut h, every_minute("m", Overlap::Allow, CatchUp::Skip));
+    let trigger = || Command::TriggerSchedule { name: "m".into(), agent: "nightly".into() };
+    h.at(MONDAY + MINUTE);
+    let answers = h.apply_held(&[], &[trigger(), trigger(), Command::Tick { limit: 10 }]);
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let s = schedule(&h, "m");
+    let ids: std::collections::BTreeSet<ExecutionId> = s.runs.iter().map(started).collect();
+    assert_eq!(ids.len(), 3, "two triggers and the due time, each its own execution: {:?}", s.runs);
+    assert_eq!(s.started, 3);
+}
+
+/// The agent a control command carries must be the one the schedule calls: a schedule of that
+/// name deleted and created again for another agent counts as none, and nothing changes.
+#[test]
+fn a_control_command_for_another_agent_changes_nothing() {
+    let mut h = Harness::new();
+    h.at(MONDAY);
+    create(&mut h, every_minute("m", Overlap::QueueOne, CatchUp::Skip));
+    let before = h.grid.clone();
+    for command in [
+        Command::PauseSchedule { name: "m".into(), agent: "other".into() },
+        Command::ResumeSchedule { name: "m".into(), agent: "other".into() },
+        Command::TriggerSchedule { name: "m".into(), agent: "other".into() },
+    ] {
+        assert_eq!(h.apply(command), Err(Error::UnknownSchedule { name: "m".into() }));
+    }
+    let delete = Command::DeleteSchedule { name: "m".into(), agent: "other".into() };
+    assert_eq!(h.ok(delete), Output::Deleted { existed: false });
+    assert_eq!(h.grid, before);
+
+    // And a caller's own create may not take a run's key before it comes.
+    let taken = execution::NewExecution {
+        idempotency_key: Some(run_key("m", MONDAY + MINUTE)),
+        ..execution::NewExecution::example("nightly", "run")
+    };
+    let refused = Command::CreateExecution(Box::new(taken)).validate(&Limits::default());
+    assert!(
+        matches!(&refused, Err(Error::InvalidExecution { reason }) if reason.contains("schedule:")),
+        "{refused:?}"
+    );
+}
+
+/// Pausing drops a run waiting for the previous one, and records it as skipped.
+#[test]
+fn pausing_drops_a_queued_run_and_says_so() {
+    let mut h = Harness::new();
+    h.at(MONDAY);
+    create(&mut h, every_minute("q", Overlap::QueueOne, CatchUp::Skip));
+    tick(&mut h, MONDAY + MINUTE);
+    tick(&mut h, MONDAY + 2 * MINUTE);
+    assert!(schedule(&h, "q").queued.is_some());
+    h.ok(Command::PauseSchedule { name: "q".into(), agent: "nightly".into() });
+    let s = schedule(&h, "q");
+    assert_eq!(s.queued, None);
+    let last = s.runs.back().unwrap();
+    assert!(matches!(&last.outcome, RunOutcome::Skipped { reason } if reason.contains("paused")), "{last:?}");
+    assert_eq!((s.started, s.skipped), (1, 1));
+    // Its first run finishing starts nothing now.
+    let first = started(&s.runs[0]);
+    h.open(&["nightly"], 1);
+    complete(&mut h, first);
+    assert_eq!(schedule(&h, "q").started, 1);
+    assert_eq!(schedule(&h, "q").running, None, "the finished run is let go");
 }
 
 #[test]
@@ -331,12 +416,12 @@ proptest! {
                     }
                 }
                 Step::Pause => {
-                    h.at(now).ok(Command::PauseSchedule { name: "s".into() });
+                    h.at(now).ok(Command::PauseSchedule { name: "s".into(), agent: "nightly".into() });
                     model.paused = true;
                     model.next = None;
                 }
                 Step::Resume => {
-                    h.at(now).ok(Command::ResumeSchedule { name: "s".into() });
+                    h.at(now).ok(Command::ResumeSchedule { name: "s".into(), agent: "nightly".into() });
                     if model.paused {
                         model.paused = false;
                         model.next = Some(next_after(now));
@@ -375,10 +460,10 @@ proptest! {
                     now += by;
                     Command::Tick { limit: 1_000 }
                 }
-                Step::Pause => Command::PauseSchedule { name: "q".into() },
-                Step::Resume => Command::ResumeSchedule { name: "q".into() },
+                Step::Pause => Command::PauseSchedule { name: "q".into(), agent: "nightly".into() },
+                Step::Resume => Command::ResumeSchedule { name: "q".into(), agent: "nightly".into() },
             };
-            log.push((now, vec![command, Command::TriggerSchedule { name: "o".into() }]));
+            log.push((now, vec![command, Command::TriggerSchedule { name: "o".into(), agent: "nightly".into() }]));
         }
         let cut = cut.index(log.len() + 1);
         check_replay(&log, cut)?;

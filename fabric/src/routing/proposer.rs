@@ -180,10 +180,10 @@ fn command_bytes(command: &Command) -> usize {
         Command::CreateSchedule(new) => {
             new.name.len() + new.cron.len() + new.call.payload.data.len() + new.call.agent.len() + 160
         }
-        Command::PauseSchedule { name }
-        | Command::ResumeSchedule { name }
-        | Command::TriggerSchedule { name }
-        | Command::DeleteSchedule { name } => name.len() + 16,
+        Command::PauseSchedule { name, agent }
+        | Command::ResumeSchedule { name, agent }
+        | Command::TriggerSchedule { name, agent }
+        | Command::DeleteSchedule { name, agent } => name.len() + agent.len() + 16,
         Command::Fenced { lease, command, .. } => lease.len() + 16 + command_bytes(command),
         Command::Audited { actor, command } => {
             actor.principal.len() + actor.role.len() + 16 + command_bytes(command)
