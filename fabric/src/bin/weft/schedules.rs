@@ -39,6 +39,7 @@ pub enum Op {
     /// Show a schedule: its settings, next due times and latest runs with their executions'
     /// status (exit status 1 when there is no such schedule).
     Get {
+        /// The schedule's name.
         name: String,
         /// How many next due times to show (1 to 100).
         #[arg(long, default_value_t = 5)]
@@ -48,13 +49,25 @@ pub enum Op {
         stale: bool,
     },
     /// No run until resumed.
-    Pause { name: String },
+    Pause {
+        /// The schedule's name.
+        name: String,
+    },
     /// Due again from the next due time after now (what was due while paused does not run).
-    Resume { name: String },
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
     /// Run it now, outside its due times (its overlap policy applies): prints the run.
-    Trigger { name: String },
+    Trigger {
+        /// The schedule's name.
+        name: String,
+    },
     /// Remove a schedule (runs already started go on); exit status 1 when there was none.
-    Delete { name: String },
+    Delete {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 /// What `weft schedules create` takes.
