@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/fabric/v1/leases.proto",
         "proto/weft/fabric/v1/scaling.proto",
         "proto/weft/fabric/v1/tokens.proto",
+        "proto/weft/fabric/v1/schedules.proto",
         "proto/weft/cluster/v1/forward.proto",
     ];
     for file in &files {

@@ -411,6 +411,19 @@ impl Client {
         Lease::new(self.conn.clone(), name)
     }
 
+    /// Schedule `name`: create it, see its next due times and runs, pause, resume, trigger,
+    /// delete (see [`Schedule`](crate::Schedule)). Sends nothing until used.
+    ///
+    /// ```no_run
+    /// use weft_agent::schedule::Spec;
+    /// # async fn demo(client: weft_agent::Client) -> Result<(), weft_agent::Error> {
+    /// client.schedule("nightly").create(&Spec::cron("0 2 * * *", "reports", "build"), &()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn schedule(&self, name: &str) -> crate::Schedule {
+        crate::Schedule::new(self.conn.clone(), self.codec, name)
+    }
+
     /// Stream `name`: create it, append, listen, close, delete (see [`Stream`]). Sends
     /// nothing until used.
     ///

@@ -345,4 +345,34 @@ impl Context {
         buffer.held.push(delivery.clone());
         Ok(())
     }
+
+    /// Applies this handler's result only while `fence`'s grant still holds its lease (a
+    /// lock taken with [`Lease::acquire`](crate::Lease::acquire)): once the lock is lost
+    /// (expired, released, taken over), nothing of the result is applied (no state write,
+    /// call, append or ack) and the execution runs again, as after a state conflict. Also
+    /// guards an error result, so a holder that lost its lock cannot fail the execution
+    /// either. Checked when the completion is applied, against the fabric's clock.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use weft_agent::{Context, Fail};
+    ///
+    /// async fn rebuild(ctx: Context, (): ()) -> Result<(), Fail> {
+    ///     let lock = ctx.client().lease("index-rebuild");
+    ///     let grant = lock.acquire(&ctx.execution_id().to_string(), Duration::from_secs(30)).await?;
+    ///     ctx.require(&grant.fence());
+    ///     ctx.shared("index").put("built", &true)?; // applied only while the lock holds
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn require(&self, fence: &crate::Fence) {
+        self.buffer().fences.push(fence.to_pb());
+    }
+
+    /// Takes the fences the handler required, for an error result (which carries no other
+    /// effect).
+    pub(crate) fn take_fences(&self) -> Vec<pb::Effect> {
+        let fences = std::mem::take(&mut self.buffer().fences);
+        fences.into_iter().map(|f| pb::Effect { kind: Some(pb::effect::Kind::Fence(f)) }).collect()
+    }
 }

@@ -52,6 +52,8 @@
 //!   ([`Scope`]).
 //! - [`lease`]: leases with fencing tokens ([`Lease`], [`Grant`], [`Fence`]): one active
 //!   process among several, and writes that stop once it is not.
+//! - [`schedule`]: cron schedules that call a delegate at each due time ([`Schedule`],
+//!   [`schedule::Spec`]).
 //! - [`streams`]: streams ([`Stream`]), appends and [`Producer`]s, listeners, commits,
 //!   generators ([`Emitter`]), [`StreamRef`].
 //! - [`demand`]: the demand for agent processes the fabric pushes ([`Client::watch_demand`],
@@ -75,6 +77,7 @@ pub mod context;
 pub mod demand;
 pub mod error;
 pub mod lease;
+pub mod schedule;
 pub mod state;
 pub mod streams;
 pub mod tls;
@@ -92,6 +95,7 @@ pub use context::Context;
 pub use demand::{AgentDemand, Demand, DemandWatch, InstanceDemand, SessionLoad};
 pub use error::{Error, Fail};
 pub use lease::{Fence, Grant, Lease};
+pub use schedule::Schedule;
 pub use state::{Scope, State};
 pub use streams::{Emitter, Producer, Stream, StreamRef};
 pub use tls::Tls;

@@ -257,6 +257,8 @@ pub(crate) struct Buffer {
     /// Stream appends, in order (consecutive ones to one stream as one effect).
     pub(crate) appends: Vec<pb::AppendEffect>,
     pub(crate) acks: Vec<pb::AckEffect>,
+    /// Leases whose grants must still hold when the result is applied.
+    pub(crate) fences: Vec<pb::Fence>,
     /// The deliveries acked with the result: their listeners must live until it is applied.
     pub(crate) held: Vec<crate::streams::Delivery>,
 }
@@ -289,6 +291,8 @@ impl Buffer {
         effects
             .extend(self.appends.into_iter().map(|a| pb::Effect { kind: Some(pb::effect::Kind::Append(a)) }));
         effects.extend(self.acks.into_iter().map(|a| pb::Effect { kind: Some(pb::effect::Kind::Ack(a)) }));
+        effects
+            .extend(self.fences.into_iter().map(|f| pb::Effect { kind: Some(pb::effect::Kind::Fence(f)) }));
         effects
     }
 

@@ -747,6 +747,10 @@ impl Worker {
                 tracing::debug!(execution = id, error = %ack.error, "state conflict; it runs again");
                 state.unacked.remove(&id);
             }
+            "lock_lost" => {
+                tracing::info!(execution = id, error = %ack.error, "the lock its result required was lost; it runs again");
+                state.unacked.remove(&id);
+            }
             "stale" => {
                 tracing::debug!(execution = id, error = %ack.error, "completion too late");
                 state.unacked.remove(&id);
@@ -759,7 +763,8 @@ impl Worker {
                 let message = format!("the fabric refused the handler's completion: {}", ack.error);
                 waiting.completion.outcome =
                     Some(pb::completion::Outcome::Error(pb::HandlerError { message, retryable: false }));
-                waiting.completion.effects.clear();
+                // Its fences stay: a holder that lost its lock must not fail it either.
+                waiting.completion.effects.retain(|e| matches!(e.kind, Some(pb::effect::Kind::Fence(_))));
                 waiting.sent = Some(Instant::now());
                 let _ = out
                     .send(agent_message(pb::agent_message::Kind::Complete(waiting.completion.clone())))
@@ -823,7 +828,7 @@ impl Worker {
                 Ok(payload) => (pb::completion::Outcome::Result(payload), ctx.take_effects()),
                 Err((message, retryable)) => (
                     pb::completion::Outcome::Error(pb::HandlerError { message, retryable }),
-                    Default::default(),
+                    (ctx.take_fences(), Vec::new()),
                 ),
             };
             let completion =

@@ -25,6 +25,8 @@ pub const FORMAT_SNAPSHOT_V5: u8 = 5;
 pub const FORMAT_SNAPSHOT_V6: u8 = 6;
 /// The same encoding again, for a snapshot whose grid holds holders waiting for leases.
 pub const FORMAT_SNAPSHOT_V7: u8 = 7;
+/// The same encoding again, for a snapshot whose grid holds schedules.
+pub const FORMAT_SNAPSHOT_V8: u8 = 8;
 
 /// Why bytes could not be decoded. Decoding never changes state.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +36,7 @@ pub enum Error {
     Empty,
     /// The format tag is not one this version of Weft knows (for this kind of value).
     #[error(
-        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} to {FORMAT_SNAPSHOT_V7} for snapshots)"
+        "unknown format tag {0}; this build reads format {FORMAT_BINCODE_V1} (and {FORMAT_SNAPSHOT_V2} to {FORMAT_SNAPSHOT_V8} for snapshots)"
     )]
     UnknownFormat(u8),
     /// The bytes do not decode as the expected type.

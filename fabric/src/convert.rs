@@ -245,6 +245,7 @@ pub fn effects(effects: Vec<pb::Effect>, work: &WorkOptions) -> Result<Vec<Effec
             Some(pb::effect::Kind::Ack(a)) => {
                 Effect::Ack { stream: a.stream, cursor: a.cursor, seq: a.seq, token: a.token }
             }
+            Some(pb::effect::Kind::Fence(f)) => Effect::Fence { lease: f.lease, token: f.token },
             None => return Err(grid::Error::InvalidCompletion { reason: "an effect of no kind".into() }),
         });
     }
@@ -270,6 +271,12 @@ pub fn completion_ack(
         Ok(grid::Output::Completion(Completed::Retrying { not_before_ms })) => {
             ("retrying", format!("its retry policy runs it again at {not_before_ms} ms"))
         }
+        Ok(grid::Output::Completion(Completed::LockLost { lease, token, reason })) => (
+            "lock_lost",
+            format!(
+                "the grant {token} of lease '{lease}' no longer holds ({reason}); nothing applied, it runs again"
+            ),
+        ),
         Ok(other) => ("unavailable", format!("unexpected answer {other:?}")),
         Err(crate::routing::Error::Grid(
             e @ (G::StaleLease { .. } | G::ExecutionFinished { .. } | G::UnknownExecution { .. }),
@@ -662,5 +669,68 @@ pub fn pb_token(t: Token) -> pb::TokenRecord {
         streams: t.scopes.streams,
         created_at_ms: t.created_at_ms,
         expires_at_ms: t.expires_at_ms,
+    }
+}
+
+// ---- schedules -----------------------------------------------------------------------------
+
+use crate::grid::schedule::{CatchUp, NewSchedule, Overlap, Run, RunOutcome, Schedule};
+
+/// The schedule a create request asks for, its call with this node's retention and delivery
+/// bound.
+pub fn new_schedule(req: pb::CreateScheduleRequest, work: &WorkOptions) -> Result<NewSchedule, grid::Error> {
+    let Some(call) = req.call else {
+        return Err(grid::Error::InvalidSchedule {
+            reason: "call: a schedule needs the call it makes".into(),
+        });
+    };
+    Ok(NewSchedule {
+        name: req.name,
+        cron: req.cron,
+        time_zone: none_if_empty(req.time_zone),
+        call: new_execution(call, work)?,
+        overlap: Overlap::parse(&req.overlap)?,
+        catch_up: CatchUp::parse(&req.catch_up)?,
+        paused: req.paused,
+    })
+}
+
+/// A schedule as the protocol shows it: `upcoming_ms` its next due times (Get), and each
+/// run's execution status read by `status`.
+pub fn pb_schedule(s: &Schedule, upcoming_ms: Vec<u64>, status: impl Fn(u64) -> String) -> pb::Schedule {
+    pb::Schedule {
+        name: s.spec.name.clone(),
+        cron: s.spec.cron.clone(),
+        time_zone: s.spec.time_zone.clone().unwrap_or_default(),
+        call: Some(pb_new_execution(&s.spec.call)),
+        overlap: s.spec.overlap.as_str().to_owned(),
+        catch_up: s.spec.catch_up.as_str().to_owned(),
+        paused: s.paused,
+        created_ms: s.created_ms,
+        next_due_ms: s.next_due_ms,
+        upcoming_ms,
+        started: s.started,
+        skipped: s.skipped,
+        queued_due_ms: s.queued.map(|(due, _)| due),
+        runs: s.runs.iter().map(|r| pb_schedule_run(r, &status)).collect(),
+    }
+}
+
+/// A run as the protocol shows it, its execution's status read by `status`.
+pub fn pb_schedule_run(r: &Run, status: impl Fn(u64) -> String) -> pb::ScheduleRun {
+    let (outcome, reason, execution_id) = match &r.outcome {
+        RunOutcome::Started { execution } => ("started", String::new(), *execution),
+        RunOutcome::Skipped { reason } => ("skipped", reason.clone(), 0),
+        RunOutcome::Queued => ("queued", "waiting for the previous run to finish".to_owned(), 0),
+        RunOutcome::Refused { error } => ("refused", error.clone(), 0),
+    };
+    pb::ScheduleRun {
+        due_ms: r.due_ms,
+        fired_ms: r.fired_ms,
+        cause: r.cause.as_str().to_owned(),
+        outcome: outcome.to_owned(),
+        reason,
+        execution_id,
+        status: if execution_id == 0 { String::new() } else { status(execution_id) },
     }
 }

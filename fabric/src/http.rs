@@ -122,6 +122,21 @@ fn render(ctx: &Context) -> ([(axum::http::header::HeaderName, &'static str); 1]
         "gauge",
         waiting as u64,
     );
+    let (schedules, paused, started, skipped) = ctx.applied.read(|a| a.grid.schedule_totals());
+    gauge("weft_schedules", "Schedules in the cluster (see weft schedules list).", "gauge", schedules as u64);
+    gauge("weft_schedules_paused", "Schedules paused.", "gauge", paused as u64);
+    gauge(
+        "weft_schedule_runs_started",
+        "Runs the schedules that exist now have started (a deleted schedule's leave the sum).",
+        "gauge",
+        started,
+    );
+    gauge(
+        "weft_schedule_runs_skipped",
+        "Due times the schedules that exist now skipped (overlap, missed while down) or could not start.",
+        "gauge",
+        skipped,
+    );
     gauge(
         "weft_demand_watchers",
         "Demand watchers (Scaling/WatchDemand) this node serves; they count against max_listeners.",

@@ -36,14 +36,15 @@ use weft_proto::fabric::v1::executions_server::ExecutionsServer;
 use weft_proto::fabric::v1::instances_server::InstancesServer;
 use weft_proto::fabric::v1::leases_server::LeasesServer;
 use weft_proto::fabric::v1::scaling_server::ScalingServer;
+use weft_proto::fabric::v1::schedules_server::SchedulesServer;
 use weft_proto::fabric::v1::state_server::StateServer;
 use weft_proto::fabric::v1::streams_server::StreamsServer;
 use weft_proto::fabric::v1::tokens_server::TokensServer;
 
 use crate::NodeId;
 use crate::api::{
-    ClusterService, ExecutionService, InstanceService, LeaseService, ScalingService, StateService,
-    StreamService, TokenService,
+    ClusterService, ExecutionService, InstanceService, LeaseService, ScalingService, ScheduleService,
+    StateService, StreamService, TokenService,
 };
 use crate::config::Config;
 use crate::data_dir::{self, DataDir};
@@ -109,6 +110,7 @@ fn weft_service_names() -> Vec<&'static str> {
         <InstancesServer<InstanceService> as NamedService>::NAME,
         <StreamsServer<StreamService> as NamedService>::NAME,
         <LeasesServer<LeaseService> as NamedService>::NAME,
+        <SchedulesServer<ScheduleService> as NamedService>::NAME,
         <ScalingServer<ScalingService> as NamedService>::NAME,
         <TokensServer<TokenService> as NamedService>::NAME,
         <ForwardServer<ForwardService> as NamedService>::NAME,
@@ -192,6 +194,7 @@ impl Node {
             weft_proto::fabric::v1::instances_server::SERVICE_NAME,
             weft_proto::fabric::v1::streams_server::SERVICE_NAME,
             weft_proto::fabric::v1::leases_server::SERVICE_NAME,
+            weft_proto::fabric::v1::schedules_server::SERVICE_NAME,
             weft_proto::fabric::v1::scaling_server::SERVICE_NAME,
             weft_proto::fabric::v1::tokens_server::SERVICE_NAME,
         ]));
@@ -431,6 +434,11 @@ impl Node {
                 .max_encoding_message_size(config.max_message_bytes),
         )
         .add_service(LeasesServer::new(LeaseService::new(ctx.clone())))
+        .add_service(
+            SchedulesServer::new(ScheduleService::new(ctx.clone()))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
         .add_service(
             ScalingServer::new(ScalingService::new(ctx.clone(), shutdown.clone()))
                 .max_decoding_message_size(config.max_message_bytes)

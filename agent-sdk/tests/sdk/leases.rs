@@ -1,10 +1,14 @@
 //! Leases from the SDK: one holder at a time, renewals that keep the token, a takeover after
 //! expiry with a greater token, fenced state writes refused once the lease is lost, release;
-//! `State::list` across pages.
+//! `State::list` across pages; waiting for a lock; a handler's result that required a lock it
+//! lost is not applied and the handler runs again.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use weft_agent::{Client, Error, Fence};
+use tokio::sync::Notify;
+use weft_agent::{Agent, Client, Context, Error, Fail, Fence};
 
 use crate::support::*;
 
@@ -120,5 +124,53 @@ async fn a_waiting_acquire_gets_the_lock_when_it_is_released() {
     assert_eq!(second.holder, "two");
     assert!(second.token > first.token);
     assert_eq!(lock.get().await.unwrap().map(|g| g.holder), Some("two".into()));
+    c.cluster.shutdown().await;
+}
+
+/// A handler takes a lock and requires it for its result (`Context::require`). The first run's
+/// lock runs out and another holder takes it before the run completes: nothing of its result
+/// is applied and it runs again; the second run, holding the lock, is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_that_required_a_lost_lock_is_not_applied_and_runs_again() {
+    init_tracing();
+    let c = TestCluster::start(3, |_| {}).await;
+    let gate = Arc::new(Notify::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let (g, r) = (gate.clone(), runs.clone());
+    let agent = Agent::new("indexer").delegate("rebuild", move |ctx: Context, (): ()| {
+        let (gate, runs) = (g.clone(), r.clone());
+        async move {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            // The first run's lock is short, and it waits past it.
+            let ttl = if run == 1 { Duration::from_millis(500) } else { Duration::from_secs(30) };
+            let lock = ctx.client().lease("index");
+            let grant = lock.acquire_waiting(&format!("run-{run}"), ttl, Duration::from_secs(20)).await?;
+            ctx.require(&grant.fence());
+            ctx.shared("index").put("built-by", &run)?;
+            if run == 1 {
+                gate.notified().await;
+            }
+            Ok::<_, Fail>(run)
+        }
+    });
+    let worker = spawn_worker(c.endpoints(), vec![agent], 4);
+    let client = Client::new(c.endpoints()).unwrap();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.request("indexer", "rebuild").call::<u32>().await })
+    };
+    eventually("the first run took the lock", || runs.load(Ordering::SeqCst) == 1).await;
+    tracing::info!("the first run's lock runs out; another holder takes it and lets it go");
+    let lock = client.lease("index");
+    let other =
+        lock.acquire_waiting("outsider", Duration::from_secs(30), Duration::from_secs(20)).await.unwrap();
+    assert!(lock.release(other.token).await.unwrap());
+    gate.notify_one();
+    let result = tokio::time::timeout(PATIENCE, call).await.expect("in time").unwrap().unwrap();
+    assert_eq!(result, 2, "the first run's result was not applied; the second run's was");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let built: Option<u32> = client.state("shared/index").get("built-by").await.unwrap();
+    assert_eq!(built, Some(2), "the first run's state write was not applied");
+    worker.stop().await.unwrap();
     c.cluster.shutdown().await;
 }

@@ -8,5 +8,6 @@ mod eager;
 mod faults;
 mod instances;
 mod leases;
+mod schedules;
 mod streams;
 mod support;

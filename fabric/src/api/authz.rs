@@ -59,6 +59,7 @@ pub(crate) fn check_effects(caller: &Caller, effects: &[Effect]) -> Result<(), D
             Effect::Call(new) => Permission::Call { agent: &new.agent },
             Effect::Append { stream, .. } => Permission::WriteStream { stream },
             Effect::Ack { stream, .. } => Permission::ReadStream { stream },
+            Effect::Fence { lease, .. } => Permission::Lease { name: lease },
         };
         authorize(caller, permission)?;
     }

@@ -1,5 +1,5 @@
 //! The gRPC services agents and tools call: `weft.fabric.v1.{State, Cluster, Executions,
-//! Instances, Streams, Scaling, Leases, Tokens}`.
+//! Instances, Streams, Scaling, Leases, Schedules, Tokens}`.
 //!
 //! Each service checks its input, turns a request into grid commands or reads, and sends
 //! them down the one path to the leader, [`crate::routing`]; generated types become domain
@@ -12,6 +12,8 @@
 //!   are proposed, linearizable reads wait for a read barrier, stale reads read this node's
 //!   replica.
 //! - [`lease_service`]: leases with fencing tokens: acquire, renew, release, get.
+//! - [`schedule_service`]: cron schedules that create executions: create, get, list, pause,
+//!   resume, trigger, delete.
 //! - [`execution_service`]: create, call, wait for, read, list and cancel executions;
 //!   completions outside a session.
 //! - [`instance_service`]: start and stop agent instances, read and list them.
@@ -24,7 +26,7 @@
 //! - [`wait`]: waiting on this node's replica for an execution to change or finish.
 //!
 //! Control operations (cancel, instance start and stop, stream close and delete, cursor
-//! delete, token create and revoke) are proposed [`audited`]: the grid records who asked and the outcome in the audit
+//! delete, token create and revoke, schedule changes) are proposed [`audited`]: the grid records who asked and the outcome in the audit
 //! stream (`grid::audit`).
 
 pub(crate) mod authz;
@@ -33,6 +35,7 @@ pub mod execution_service;
 pub mod instance_service;
 pub mod lease_service;
 pub mod scaling_service;
+pub mod schedule_service;
 pub mod state_service;
 pub mod stream_service;
 pub mod token_service;
@@ -43,6 +46,7 @@ pub use execution_service::ExecutionService;
 pub use instance_service::InstanceService;
 pub use lease_service::LeaseService;
 pub use scaling_service::ScalingService;
+pub use schedule_service::ScheduleService;
 pub use state_service::StateService;
 pub use stream_service::StreamService;
 pub use token_service::TokenService;

@@ -39,6 +39,8 @@ pub(super) struct Built {
     pub(super) before_eager: Grid,
     /// The grid before a holder waits for a lease: what snapshot format 6 can hold.
     pub(super) before_waiting: Grid,
+    /// The grid before its schedule: what snapshot format 7 can hold.
+    pub(super) before_schedules: Grid,
 }
 
 impl Built {
@@ -50,6 +52,7 @@ impl Built {
             basic: Grid::default(),
             before_eager: Grid::default(),
             before_waiting: Grid::default(),
+            before_schedules: Grid::default(),
         };
         for command in basics() {
             built.apply(command);
@@ -83,6 +86,10 @@ impl Built {
             ttl_ms: 10_000,
             wait_ms: 60_000,
         });
+        built.before_schedules = built.grid.clone();
+        let schedule = crate::grid::schedule::NewSchedule::example("nightly");
+        built.apply(Command::CreateSchedule(Box::new(schedule)));
+        built.apply(Command::TriggerSchedule { name: "nightly".into(), agent: "nightly".into() });
         built
     }
 
@@ -351,7 +358,7 @@ pub(super) fn follow_ups(built: &Built) -> Vec<Command> {
                         message: "boom".into(),
                         retryable: true,
                     }),
-                    effects: vec![],
+                    effects: vec![Effect::Fence { lease: "leader".into(), token: 1 }],
                 })));
                 commands.push(Command::Renew { execution, token });
                 commands.push(Command::GiveBack { execution, token });

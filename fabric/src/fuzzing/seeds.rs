@@ -158,7 +158,8 @@ fn log_values(commands: &[Command]) -> Vec<Vec<u8>> {
     seeds
 }
 
-/// The fuzz grid in today's format; before its lease queue in format 6; before its reserved
+/// The fuzz grid in today's format; before its schedule in format 7; before its lease queue
+/// in format 6; before its reserved
 /// block in format 5; without leases or tokens in formats 4, 3, 2 and 1 (what older nodes
 /// wrote); and an empty one.
 fn snapshots(built: &Built) -> Vec<Vec<u8>> {
@@ -168,6 +169,7 @@ fn snapshots(built: &Built) -> Vec<Vec<u8>> {
     vec![
         encode_snapshot(&file(&built.grid)),
         encode_snapshot(&file(&crate::grid::Grid::default())),
+        codec::encode_tagged(codec::FORMAT_SNAPSHOT_V7, &(&meta, built.before_schedules.to_v7())),
         codec::encode_tagged(codec::FORMAT_SNAPSHOT_V6, &(&meta, built.before_waiting.to_v6())),
         codec::encode_tagged(codec::FORMAT_SNAPSHOT_V5, &(&meta, built.before_eager.to_v5())),
         codec::encode_tagged(codec::FORMAT_SNAPSHOT_V4, &(&meta, basic.to_v4())),

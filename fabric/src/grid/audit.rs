@@ -90,6 +90,11 @@ pub fn is_control(command: &Command) -> bool {
             | Command::DeleteCursor { .. }
             | Command::CreateToken(_)
             | Command::RevokeToken { .. }
+            | Command::CreateSchedule(_)
+            | Command::PauseSchedule { .. }
+            | Command::ResumeSchedule { .. }
+            | Command::TriggerSchedule { .. }
+            | Command::DeleteSchedule { .. }
     )
 }
 
@@ -112,6 +117,14 @@ fn describe(command: &Command) -> (&'static str, String) {
             ("token.create", format!("token {} ({}), role {}", new.id, new.name, new.role))
         }
         Command::RevokeToken { id } => ("token.revoke", format!("token {id}")),
+        Command::CreateSchedule(new) => (
+            "schedule.create",
+            format!("schedule {} ({}, calls {}/{})", new.name, new.cron, new.call.agent, new.call.delegate),
+        ),
+        Command::PauseSchedule { name, .. } => ("schedule.pause", format!("schedule {name}")),
+        Command::ResumeSchedule { name, .. } => ("schedule.resume", format!("schedule {name}")),
+        Command::TriggerSchedule { name, .. } => ("schedule.trigger", format!("schedule {name}")),
+        Command::DeleteSchedule { name, .. } => ("schedule.delete", format!("schedule {name}")),
         _ => ("other", String::new()),
     }
 }
@@ -149,6 +162,13 @@ impl Grid {
             Ok(Output::Deleted { existed: false }) => "ok: there was none".to_owned(),
             Ok(Output::Token { created: false, .. }) => "ok: it existed already".to_owned(),
             Ok(Output::TokenRevoked { existed: false }) => "ok: it was revoked already".to_owned(),
+            Ok(Output::Schedule { created: false, .. }) if matches!(command, Command::CreateSchedule(_)) => {
+                "ok: it existed already".to_owned()
+            }
+            Ok(Output::ScheduleRun { run }) => match &run.outcome {
+                super::schedule::RunOutcome::Started { execution } => format!("ok: execution {execution}"),
+                other => format!("ok: no run: {other:?}"),
+            },
             Ok(_) => "ok".to_owned(),
             Err(e) => e.to_string(),
         };

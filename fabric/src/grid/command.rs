@@ -15,6 +15,7 @@ use super::execution::{self, Completion, ExecutionId, NewExecution, SessionId};
 use super::instance::NewInstance;
 use super::lease::{self, Lease};
 use super::namespace;
+use super::schedule::{NewSchedule, Run, Schedule};
 use super::session::NewSession;
 use super::stream::{Append, NewStream, Seq, validate_stream_name};
 use super::token::{self, NewToken};
@@ -216,6 +217,19 @@ pub enum Command {
     AwaitLease { name: String, holder: String, ttl_ms: u64, wait_ms: u64 },
     /// `holder` stops waiting for lease `name`; the answer says whether it holds it now.
     StopWaiting { name: String, holder: String },
+    /// Create a schedule (or find the same one): from the entry on, each of its due times
+    /// creates an execution in the `Tick` that reaches it.
+    CreateSchedule(Box<NewSchedule>),
+    /// No run of schedule `name` until it is resumed. `agent` in these four is the agent the
+    /// caller was allowed for: a schedule of that name calling another agent (deleted and
+    /// created again meanwhile) counts as none.
+    PauseSchedule { name: String, agent: String },
+    /// Schedule `name` is due again from its next due time after the entry's time.
+    ResumeSchedule { name: String, agent: String },
+    /// A run of schedule `name` now, outside its due times (its overlap policy applies).
+    TriggerSchedule { name: String, agent: String },
+    /// Remove schedule `name`; runs started go on.
+    DeleteSchedule { name: String, agent: String },
 }
 
 impl Command {
@@ -240,6 +254,7 @@ impl Command {
                 validate_new_execution(new, limits)
             }
             Command::CreateReserved(r) => validate_new_execution(&r.new, limits),
+            Command::CreateSchedule(new) => validate_new_execution(&new.call, limits),
             Command::ReserveBlock { .. } => self.validate_shape(),
             Command::StartInstance(new) => check_payload_size(new.payload.data.len(), limits),
             Command::Append(a) => validate_append(a, limits),
@@ -285,6 +300,10 @@ impl Command {
             | Command::ReleaseLease { .. }
             | Command::AwaitLease { .. }
             | Command::StopWaiting { .. }
+            | Command::PauseSchedule { .. }
+            | Command::ResumeSchedule { .. }
+            | Command::TriggerSchedule { .. }
+            | Command::DeleteSchedule { .. }
             | Command::OpenSessionOnlyClaimed(_)
             | Command::CreateToken(_)
             | Command::RevokeToken { .. } => Ok(()),
@@ -446,6 +465,14 @@ impl Command {
                 lease::validate_lease_name(name)?;
                 lease::validate_holder(holder)
             }
+            Command::CreateSchedule(new) => new.validate_shape(),
+            Command::PauseSchedule { name, agent }
+            | Command::ResumeSchedule { name, agent }
+            | Command::TriggerSchedule { name, agent }
+            | Command::DeleteSchedule { name, agent } => {
+                validate_name("schedule", name)?;
+                validate_name("agent", agent)
+            }
             Command::Audited { command, .. } if audit::is_control(command) => command.validate_shape(),
             Command::Audited { .. } => {
                 Err(Error::InvalidItem { reason: "only a control operation can be audited".into() })
@@ -503,6 +530,7 @@ fn validate_effect(effect: &execution::Effect, limits: &Limits) -> Result<(), Er
             validate_items(items, limits).and_then(|_| validate_stream_name(stream))
         }
         Effect::Ack { stream, .. } => validate_stream_name(stream),
+        Effect::Fence { lease, .. } => lease::validate_lease_name(lease),
     }
 }
 
@@ -553,6 +581,16 @@ fn check_payload_size(size: usize, limits: &Limits) -> Result<(), Error> {
 
 fn validate_new_execution(new: &NewExecution, limits: &Limits) -> Result<(), Error> {
     check_payload_size(new.payload.data.len(), limits)?;
+    if let Some(key) = &new.idempotency_key
+        && key.starts_with(super::schedule::RUN_KEY_PREFIX)
+    {
+        return Err(Error::InvalidExecution {
+            reason: format!(
+                "idempotency keys starting with '{}' belong to schedules' runs",
+                super::schedule::RUN_KEY_PREFIX
+            ),
+        });
+    }
     new.validate_shape()
 }
 
@@ -658,6 +696,10 @@ pub enum Output {
     LeaseQueued { position: u32, until_ms: u64 },
     /// A holder stopped waiting: the grant it holds now, if the lease was granted to it.
     WaitEnded { grant: Option<Lease> },
+    /// A schedule as it is after the command; `created` when this command made it.
+    Schedule { schedule: Box<Schedule>, created: bool },
+    /// What a trigger did.
+    ScheduleRun { run: Run },
 }
 
 /// How a completion was taken.
@@ -672,6 +714,9 @@ pub enum Completed {
     Conflict { namespace: String, key: String, expected: u64, current: u64 },
     /// The handler's error will be retried at `not_before_ms` (its retry policy).
     Retrying { not_before_ms: u64 },
+    /// A [`execution::Effect::Fence`] did not hold (`reason` says why): nothing was applied
+    /// and the execution is pending again, like a conflict.
+    LockLost { lease: String, token: u64, reason: String },
 }
 
 #[cfg(test)]

@@ -290,6 +290,7 @@ impl Grid {
                 Effect::Append { .. } | Effect::Ack { .. } => {
                     self.check_stream_effect(effect, &mut adding)?
                 }
+                Effect::Fence { lease, token } => self.check_fence(lease, *token)?,
             }
         }
         Ok(())
@@ -298,7 +299,7 @@ impl Grid {
     fn apply_ack_effect(&mut self, effect: &Effect, out: &mut Outbox) {
         match effect {
             Effect::Put { .. } | Effect::Delete { .. } => self.apply_state_effect(effect),
-            Effect::Call(_) => {}
+            Effect::Call(_) | Effect::Fence { .. } => {}
             Effect::Append { .. } | Effect::Ack { .. } => self.apply_stream_effect(effect, out),
         }
     }

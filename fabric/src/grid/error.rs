@@ -160,4 +160,14 @@ pub enum Error {
         "lease '{lease}' has {waiting} holder(s) waiting for it; '{first}' is granted it next (ask with a wait to queue)"
     )]
     LeaseAwaited { lease: String, waiting: usize, first: String },
+    /// A schedule is malformed (name, cron expression, time zone, call, policies). Nothing
+    /// changed.
+    #[error("invalid schedule: {reason}")]
+    InvalidSchedule { reason: String },
+    /// No schedule has this name (never created, or deleted). Nothing changed.
+    #[error("no schedule '{name}' (never created, or deleted)")]
+    UnknownSchedule { name: String },
+    /// A schedule of this name exists with other settings. Nothing changed.
+    #[error("schedule '{name}' exists already with other settings (delete it first to replace it)")]
+    ScheduleExists { name: String },
 }

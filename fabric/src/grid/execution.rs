@@ -425,6 +425,19 @@ pub enum Effect {
     /// Acknowledge a delivery of a cursor (refused, with the whole completion, if the token
     /// is not the delivery's current one).
     Ack { stream: String, cursor: String, seq: super::stream::Seq, token: u64 },
+    /// Apply the completion only while the grant `token` holds lease `lease`: a holder that
+    /// lost its lock (expired, released, taken over) has nothing of its completion applied,
+    /// and the execution runs again; an ack with a lost fence is refused. The one effect an
+    /// error result may carry too.
+    Fence { lease: String, token: u64 },
+}
+
+impl Effect {
+    /// Whether this effect changes something (every effect but a [`Effect::Fence`], which
+    /// only guards the others).
+    pub fn changes(&self) -> bool {
+        !matches!(self, Effect::Fence { .. })
+    }
 }
 
 /// One execution, as the grid holds it.

@@ -112,17 +112,29 @@ impl Grid {
             return Err(Error::ExecutionFinished { id: c.execution, status: e.status.as_str().into() });
         }
         self.check_lease(c.execution, c.token)?;
-        if c.outcome.is_err() && !c.effects.is_empty() {
+        if c.outcome.is_err() && c.effects.iter().any(Effect::changes) {
             return Err(Error::InvalidCompletion {
-                reason: "effects go only with a successful result".into(),
+                reason: "effects go only with a successful result (an error may carry a fence)".into(),
             });
         }
-        if let Some((namespace, key, expected, current)) = self.check_effects(c)? {
+        // A lost lock first: whatever else is wrong with the effects now (a conflict, a
+        // stale ack, a closed stream) may be the next holder's doing.
+        for effect in &c.effects {
+            if let Effect::Fence { lease, .. } = effect {
+                super::lease::validate_lease_name(lease)?;
+            }
+        }
+        if let Some(lost) = self.lost_fence(&c.effects) {
             self.release(c.execution, None, None, out);
-            return Ok(Output::Completion(Completed::Conflict { namespace, key, expected, current }));
+            return Ok(Output::Completion(lost));
+        }
+        if let Some(conflict) = self.check_effects(c)? {
+            self.release(c.execution, None, None, out);
+            return Ok(Output::Completion(conflict));
         }
         for effect in &c.effects {
             match effect {
+                Effect::Fence { .. } => {}
                 Effect::Put { .. } | Effect::Delete { .. } => self.apply_state_effect(effect),
                 Effect::Call(new) => {
                     // Checked above: either a fresh key, or one naming this same call.
@@ -289,6 +301,7 @@ impl Grid {
         self.work.retained.insert((retain_until, id));
         out.events.push(Event::Changed { execution: id });
         self.generator_finished(id, generator_error.as_deref(), out);
+        self.schedule_run_finished(id, out);
         let Some(key) = instance else { return };
         let Some(inst) = self.work.instances.get_mut(&key) else { return };
         inst.live.remove(&id);
@@ -393,9 +406,9 @@ impl Grid {
         }
     }
 
-    /// Checks a completion's effects; the first version conflict, if any.
-    #[allow(clippy::type_complexity)]
-    fn check_effects(&self, c: &Completion) -> Result<Option<(String, String, u64, u64)>, Error> {
+    /// Checks a completion's effects; the first version conflict, if any (fences are checked by
+    /// [`Grid::lost_fence`]).
+    fn check_effects(&self, c: &Completion) -> Result<Option<Completed>, Error> {
         let e = &self.work.executions[&c.execution];
         let own = e.instance.as_ref().map(|i| instance_namespace(&e.agent, i));
         let mut touched = BTreeSet::new();
@@ -410,6 +423,8 @@ impl Grid {
                 }
                 Effect::Put { namespace, key, expected_version, .. }
                 | Effect::Delete { namespace, key, expected_version } => (namespace, key, expected_version),
+                // Checked before (`lost_fence`).
+                Effect::Fence { .. } => continue,
                 Effect::Call(new) => {
                     new.validate_shape()?;
                     if new.delegate == START_DELEGATE || new.delegate == STOP_DELEGATE {
@@ -454,7 +469,12 @@ impl Grid {
             if let Some(expected) = expected {
                 let current = self.live(ns, key).map_or(0, |v| v.version);
                 if current != *expected && conflict.is_none() {
-                    conflict = Some((ns.clone(), key.clone(), *expected, current));
+                    conflict = Some(Completed::Conflict {
+                        namespace: ns.clone(),
+                        key: key.clone(),
+                        expected: *expected,
+                        current,
+                    });
                 }
             }
         }

@@ -2,8 +2,9 @@
 //! writes fenced by a grant, and the expiry a `Tick` fires. The types, the bounds and the
 //! life of a lease are in `lease.rs`.
 
+use super::execution::Effect;
 use super::lease::{Lease, MAX_LEASE_WAITERS, MAX_LEASES, MAX_WAITERS, Waiter};
-use super::{Command, Error, Grid, Leases, Output, Waiting};
+use super::{Command, Completed, Error, Grid, Leases, Output, Waiting};
 
 impl Grid {
     /// Applies `AcquireLease`: a free lease (never held, released, or expired at the entry's
@@ -261,8 +262,22 @@ impl Grid {
         self.leases.timers.first().map(|(at, _)| *at)
     }
 
+    /// The first [`Effect::Fence`] of `effects` whose grant does not hold its lease now, as
+    /// the completion's answer.
+    pub(super) fn lost_fence(&self, effects: &[Effect]) -> Option<Completed> {
+        effects.iter().find_map(|effect| match effect {
+            Effect::Fence { lease, token } => match self.check_fence(lease, *token) {
+                Err(Error::LeaseLost { lease, token, reason }) => {
+                    Some(Completed::LockLost { lease, token, reason })
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Whether the grant `token` holds `lease` at the grid's clock.
-    fn check_fence(&self, lease: &str, token: u64) -> Result<(), Error> {
+    pub(super) fn check_fence(&self, lease: &str, token: u64) -> Result<(), Error> {
         match self.leases.held.get(lease) {
             Some(l) if l.token == token && l.held_at(self.now_ms) => Ok(()),
             _ => Err(self.lease_lost(lease, token)),

@@ -163,6 +163,80 @@ fn fenced_writes_apply_while_held_and_change_nothing_once_lost() {
     assert_eq!(h.ok(fenced("l", new.token, del)), Output::Deleted { existed: true });
 }
 
+/// A completion with a fence effect: applied whole while the grant holds; once the lock is
+/// lost, nothing of it is applied and the execution runs again (an error result too); a
+/// completion applied before still answers as repeated.
+#[test]
+fn completions_fenced_by_a_lock_apply_only_while_it_holds() {
+    use super::execution::{Effect, HandlerError, Payload, Status};
+    let mut h = Harness::new();
+    h.open(&["w"], 10);
+    let fence = |token| Effect::Fence { lease: "l".into(), token };
+    let old = granted(h.ok(acquire("l", "old", 100)));
+
+    let first = h.create(new_exec("w", "job"));
+    let first_token = h.token(first);
+    let done = complete_cmd(
+        first,
+        first_token,
+        Ok(Payload::json("1")),
+        vec![put_effect(NS, "k", "1", None), fence(old.token)],
+    );
+    assert_eq!(h.ok(done.clone()), Output::Completion(Completed::Accepted));
+    assert_eq!(h.grid.get(NS, "k").unwrap().data, b"1");
+
+    // The lock runs out and another holder takes it: the old holder's result is not applied.
+    let second = h.create(new_exec("w", "job"));
+    let token = h.token(second);
+    let new = granted(h.at(1_200).ok(acquire("l", "new", 1_000)));
+    let late = complete_cmd(
+        second,
+        token,
+        Ok(Payload::json("2")),
+        vec![put_effect(NS, "k", "2", None), fence(old.token)],
+    );
+    let out = h.ok(late);
+    assert!(
+        matches!(&out, Output::Completion(Completed::LockLost { lease, token, reason })
+            if lease == "l" && *token == old.token && reason.contains("'new'")),
+        "{out:?}"
+    );
+    assert_eq!(h.grid.get(NS, "k").unwrap().data, b"1", "no effect applied");
+    assert_eq!(h.exec(second).status, Status::Assigned, "it runs again at once");
+    assert_eq!(h.exec(second).attempts, 2);
+    // The lost lock is what it hears, whatever else its effects ran into meanwhile (here an
+    // append to a stream that is gone), so it runs again rather than failing.
+    let token = h.token(second);
+    let append = Effect::Append { stream: "gone".into(), items: vec![] };
+    let out = h.ok(complete_cmd(second, token, Ok(Payload::json("2")), vec![append, fence(old.token)]));
+    assert!(matches!(out, Output::Completion(Completed::LockLost { .. })), "{out:?}");
+    assert_eq!(h.exec(second).attempts, 3);
+
+    // An error result carries a fence too (and nothing else); a lost one does not fail it.
+    let token = h.token(second);
+    let error = |fences| {
+        complete_cmd(second, token, Err(HandlerError { message: "no".into(), retryable: false }), fences)
+    };
+    assert!(matches!(
+        h.apply(error(vec![fence(new.token), put_effect(NS, "k", "3", None)])),
+        Err(Error::InvalidCompletion { .. })
+    ));
+    assert!(matches!(h.ok(error(vec![fence(old.token)])), Output::Completion(Completed::LockLost { .. })));
+    assert_eq!(h.exec(second).attempts, 4);
+    let token = h.token(second);
+    let error = complete_cmd(
+        second,
+        token,
+        Err(HandlerError { message: "no".into(), retryable: false }),
+        vec![fence(new.token)],
+    );
+    assert_eq!(h.ok(error), Output::Completion(Completed::Accepted));
+    assert_eq!(h.exec(second).status, Status::Failed);
+
+    // The first completion sent again (its answer was lost) is a repeat, lock or no lock.
+    assert_eq!(h.ok(done), Output::Completion(Completed::Repeated));
+}
+
 #[test]
 fn bad_lease_requests_are_refused_and_change_nothing() {
     let mut h = Harness::new();

@@ -26,7 +26,7 @@
 //! - `queries`: every read (keys, executions, sessions, instances, totals, next timer).
 //! - [`demand`]: what a scaler sees per agent (pending, running, delayed, instances, generator
 //!   listeners, sessions), read from the dispatch and timer indexes.
-//! - `snapshot`: older snapshot formats ([`GridV1`] to [`GridV6`]) and
+//! - `snapshot`: older snapshot formats ([`GridV1`] to [`GridV7`]) and
 //!   how they load.
 //! - [`namespace`]: namespace names, and the rule for agent, delegate and instance names.
 //!
@@ -44,8 +44,10 @@
 //!   hands stream items to listeners with room.
 //! - `leases` (types: [`lease`]): acquire, renew, release, writes fenced by a grant.
 //! - `tokens` (types: [`token`]): bearer tokens, kept hashed: create, revoke.
+//! - `schedules` (types: [`schedule`]): cron schedules that create executions at their due
+//!   times: create, pause, resume, trigger, delete, and the tick that fires them.
 //! - `timers`: what a `Tick` fires: delays, deadlines, execution leases, retention, ack
-//!   waits, idle cursors, items past their age, expired leases.
+//!   waits, idle cursors, items past their age, expired leases, due schedules.
 //!
 //! A new concept adds its file beside these, its commands to `command` and one arm per command
 //! to [`Grid::apply_with_events`]. Tests sit beside what they test: `<file>_test.rs` (the work
@@ -58,6 +60,7 @@ pub mod execution;
 pub mod instance;
 pub mod lease;
 pub mod namespace;
+pub mod schedule;
 pub mod session;
 pub mod stream;
 pub mod token;
@@ -73,6 +76,7 @@ mod kv;
 mod leases;
 mod queries;
 mod reserved;
+mod schedules;
 mod sessions;
 mod snapshot;
 mod streams;
@@ -98,6 +102,8 @@ mod leases_test;
 #[cfg(test)]
 mod reserved_test;
 #[cfg(test)]
+mod schedules_test;
+#[cfg(test)]
 mod streams_test;
 #[cfg(test)]
 pub(crate) mod test_harness;
@@ -116,7 +122,7 @@ pub use self::error::Error;
 pub use self::events::{Event, ListenerEnd};
 pub use self::kv::Value;
 pub use self::queries::{ExecutionPage, ExecutionQuery, Page, Totals};
-pub use self::snapshot::{GridV1, GridV2, GridV3, GridV4, GridV5, GridV6};
+pub use self::snapshot::{GridV1, GridV2, GridV3, GridV4, GridV5, GridV6, GridV7};
 
 use self::command::clip_reason;
 use self::cursor::{Listener, ListenerId};
@@ -157,6 +163,9 @@ pub struct Grid {
     /// Holders waiting for leases. Snapshots from before them load through
     /// [`Grid::from_v6`].
     waiting: Waiting,
+    /// Schedules and their due times. Snapshots from before them load through
+    /// [`Grid::from_v7`].
+    schedules: schedules::Schedules,
 }
 
 /// Holders waiting for leases, first come first granted. Part of the grid's snapshot. Changed
@@ -366,6 +375,12 @@ impl Grid {
                 self.await_lease(name, holder, *ttl_ms, *wait_ms)
             }
             Command::StopWaiting { name, holder } => Ok(self.stop_waiting(name, holder)),
+            // Schedules (schedules.rs).
+            Command::CreateSchedule(new) => self.create_schedule(new),
+            Command::PauseSchedule { name, agent } => self.pause_schedule(name, agent),
+            Command::ResumeSchedule { name, agent } => self.resume_schedule(name, agent),
+            Command::TriggerSchedule { name, agent } => self.trigger_schedule(name, agent, out),
+            Command::DeleteSchedule { name, agent } => Ok(self.delete_schedule(name, agent)),
             Command::Fenced { lease, token, command } => self.fenced(lease, *token, command),
             // The audit trail (audit.rs).
             Command::Audited { actor, command } => self.audited(actor, command, out),

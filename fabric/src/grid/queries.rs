@@ -355,6 +355,28 @@ impl Grid {
         (out, None)
     }
 
+    /// A schedule by name.
+    pub fn schedule(&self, name: &str) -> Option<&super::schedule::Schedule> {
+        self.schedules.get(name)
+    }
+
+    /// Up to `limit` schedules whose names come after `after`, in name order.
+    pub fn schedules_after(&self, after: Option<&str>, limit: usize) -> Vec<&super::schedule::Schedule> {
+        self.schedules.iter_after(after).take(limit).collect()
+    }
+
+    /// How many schedules there are.
+    pub fn schedule_count(&self) -> usize {
+        self.schedules.len()
+    }
+
+    /// Schedules, how many are paused, and the runs they started and due times they skipped.
+    pub fn schedule_totals(&self) -> (usize, usize, u64, u64) {
+        self.schedules.iter_after(None).fold((0, 0, 0, 0), |(n, paused, started, skipped), s| {
+            (n + 1, paused + usize::from(s.paused), started + s.started, skipped + s.skipped)
+        })
+    }
+
     /// How many holders wait in lease queues (ones whose wait ran out, until they are skipped,
     /// too).
     pub fn lease_waiter_count(&self) -> usize {
@@ -418,6 +440,7 @@ impl Grid {
             .chain(self.next_item_expiry_ms())
             .chain(self.next_lease_expiry_ms())
             .chain(self.next_wait_end_ms())
+            .chain(self.next_schedule_due_ms())
             .min()
     }
 

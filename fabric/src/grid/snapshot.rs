@@ -10,6 +10,7 @@
 //! - [`GridV4`]: before tokens (no `tokens`), format 4.
 //! - [`GridV5`]: before blocks for eager calls (no `eager`), format 5.
 //! - [`GridV6`]: before holders waiting for leases (no `waiting`), format 6.
+//! - [`GridV7`]: before schedules (no `schedules`), format 7.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -94,6 +95,22 @@ pub struct GridV6 {
     leases: Leases,
     tokens: Tokens,
     eager: reserved::Blocks,
+}
+
+/// The grid as snapshots of Weft before schedules stored it.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(serde::Serialize))]
+pub struct GridV7 {
+    revision: u64,
+    now_ms: u64,
+    namespaces: BTreeMap<String, BTreeMap<String, Value>>,
+    expiries: BTreeMap<(u64, String, String), ()>,
+    work: Work,
+    streams: Streams,
+    leases: Leases,
+    tokens: Tokens,
+    eager: reserved::Blocks,
+    waiting: Waiting,
 }
 
 /// Executions, sessions and instances as formats 2 and 3 stored them: sessions without the
@@ -191,6 +208,7 @@ impl Grid {
             tokens: Tokens::default(),
             eager: reserved::Blocks::default(),
             waiting: Waiting::default(),
+            schedules: Default::default(),
         }
     }
 
@@ -207,6 +225,7 @@ impl Grid {
             tokens: Tokens::default(),
             eager: reserved::Blocks::default(),
             waiting: Waiting::default(),
+            schedules: Default::default(),
         }
     }
 
@@ -224,6 +243,7 @@ impl Grid {
             tokens: Tokens::default(),
             eager: reserved::Blocks::default(),
             waiting: Waiting::default(),
+            schedules: Default::default(),
         }
     }
 
@@ -240,6 +260,7 @@ impl Grid {
             tokens: Tokens::default(),
             eager: reserved::Blocks::default(),
             waiting: Waiting::default(),
+            schedules: Default::default(),
         }
     }
 
@@ -256,6 +277,7 @@ impl Grid {
             tokens: old.tokens,
             eager: reserved::Blocks::default(),
             waiting: Waiting::default(),
+            schedules: Default::default(),
         }
     }
 
@@ -272,6 +294,23 @@ impl Grid {
             tokens: old.tokens,
             eager: old.eager,
             waiting: Waiting::default(),
+            schedules: Default::default(),
+        }
+    }
+    /// A grid from a snapshot written before schedules.
+    pub fn from_v7(old: GridV7) -> Self {
+        Self {
+            revision: old.revision,
+            now_ms: old.now_ms,
+            namespaces: old.namespaces,
+            expiries: old.expiries,
+            work: old.work,
+            streams: old.streams,
+            leases: old.leases,
+            tokens: old.tokens,
+            eager: old.eager,
+            waiting: old.waiting,
+            schedules: Default::default(),
         }
     }
 }
@@ -279,6 +318,24 @@ impl Grid {
 /// Older layouts of a grid, for tests and the fuzz targets' seed snapshots.
 #[cfg(any(test, feature = "fuzzing"))]
 impl Grid {
+    /// This grid in format 7's layout (as Weft before schedules wrote it): only for a grid
+    /// with no schedule, which format 7 cannot express.
+    pub(crate) fn to_v7(&self) -> GridV7 {
+        assert!(self.schedules == Default::default(), "format 7 has no schedules");
+        GridV7 {
+            revision: self.revision,
+            now_ms: self.now_ms,
+            namespaces: self.namespaces.clone(),
+            expiries: self.expiries.clone(),
+            work: self.work.clone(),
+            streams: self.streams.clone(),
+            leases: self.leases.clone(),
+            tokens: self.tokens.clone(),
+            eager: self.eager.clone(),
+            waiting: self.waiting.clone(),
+        }
+    }
+
     /// This grid in format 6's layout (as Weft before lease queues wrote it): only for a grid
     /// with no holder waiting, which format 6 cannot express.
     pub(crate) fn to_v6(&self) -> GridV6 {

@@ -496,6 +496,9 @@ fn acks_with_effects_are_atomic() {
         expected_version: None,
     }];
     assert!(matches!(h.apply(with(1, d[0].2, instance)), Err(Error::InvalidCompletion { .. })));
+    // A fence whose grant does not hold (nobody holds the lease): nothing at all.
+    let fenced = [effects(None), vec![Effect::Fence { lease: "l".into(), token: 1 }]].concat();
+    assert!(matches!(h.apply(with(1, d[0].2, fenced)), Err(Error::LeaseLost { .. })));
     assert_eq!(h.grid.stream("out").unwrap().last_seq, 0);
     assert!(h.grid.get("shared/totals", "k").is_none());
     assert_eq!(h.grid.stream("in").unwrap().cursors["c"].ack_floor(), 0);

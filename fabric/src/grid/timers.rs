@@ -2,9 +2,10 @@
 //! runnable, deadlines fail executions (and cancel their children), expired leases release
 //! their execution and close the session that stopped renewing, and finished executions are
 //! forgotten once their retention has run out; stream deliveries whose ack wait ran out are
-//! delivered again, idle unnamed cursors removed, items past their stream's age dropped, and
-//! leases that ran out removed. The leader proposes a `Tick` at [`Grid::next_timer_ms`]; keys
-//! with a time to live are dropped by `Expire` (`kv.rs`).
+//! delivered again, idle unnamed cursors removed, items past their stream's age dropped,
+//! leases that ran out removed, and due schedules fired (`schedules.rs`). The leader proposes
+//! a `Tick` at [`Grid::next_timer_ms`]; keys with a time to live are dropped by `Expire`
+//! (`kv.rs`).
 
 use super::events::{Event, Outbox};
 use super::execution::{Failure, FailureKind, Status};
@@ -13,7 +14,7 @@ use super::{Grid, Output};
 impl Grid {
     /// Applies `Tick`: fires what is due at the grid's clock, at most `limit` timers: delays,
     /// then deadlines, execution leases, retention, ack waits, idle cursors, items past their
-    /// age, and expired leases.
+    /// age, expired leases, waits that ran out and due schedules.
     pub(super) fn tick(&mut self, limit: u64, out: &mut Outbox) -> Output {
         let now = self.now_ms;
         let mut fired = 0;
@@ -76,6 +77,9 @@ impl Grid {
         }
         if fired < limit {
             fired += self.expire_waits(limit - fired);
+        }
+        if fired < limit {
+            fired += self.fire_schedules(limit - fired, out);
         }
         Output::Ticked { fired }
     }

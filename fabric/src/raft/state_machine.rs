@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Request, Response, StorageError, TypeConfig};
 use crate::codec;
-use crate::grid::{Grid, GridV1, GridV2, GridV3, GridV4, GridV5, GridV6};
+use crate::grid::{Grid, GridV1, GridV2, GridV3, GridV4, GridV5, GridV6, GridV7};
 use crate::metrics::Registry;
 use crate::watch;
 
@@ -64,6 +64,13 @@ struct SnapshotFileV4 {
     grid: GridV4,
 }
 
+/// A snapshot file written before the grid held schedules.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV7 {
+    meta: Meta,
+    grid: GridV7,
+}
+
 /// A snapshot file written before the grid held holders waiting for leases.
 #[derive(Debug, Deserialize)]
 struct SnapshotFileV6 {
@@ -78,7 +85,8 @@ struct SnapshotFileV5 {
     grid: GridV5,
 }
 
-/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V7`] (today's grid),
+/// Decodes a snapshot file: [`codec::FORMAT_SNAPSHOT_V8`] (today's grid),
+/// [`codec::FORMAT_SNAPSHOT_V7`] (before schedules; read with none),
 /// [`codec::FORMAT_SNAPSHOT_V6`] (before lease queues; read with none),
 /// [`codec::FORMAT_SNAPSHOT_V5`] (before blocks for eager calls; read with none),
 /// [`codec::FORMAT_SNAPSHOT_V4`] (before tokens; read with none), [`codec::FORMAT_SNAPSHOT_V3`]
@@ -87,7 +95,11 @@ struct SnapshotFileV5 {
 /// held executions; read into an empty work state).
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error> {
     match codec::split_tag(bytes)? {
-        (codec::FORMAT_SNAPSHOT_V7, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V8, body) => codec::decode_body(body),
+        (codec::FORMAT_SNAPSHOT_V7, body) => {
+            let old: SnapshotFileV7 = codec::decode_body(body)?;
+            Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v7(old.grid) })
+        }
         (codec::FORMAT_SNAPSHOT_V6, body) => {
             let old: SnapshotFileV6 = codec::decode_body(body)?;
             Ok(SnapshotFile { meta: old.meta, grid: Grid::from_v6(old.grid) })
@@ -118,7 +130,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, codec::Error
 
 /// Encodes a snapshot file in today's format.
 pub(crate) fn encode_snapshot(file: &SnapshotFile) -> Vec<u8> {
-    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V7, file)
+    codec::encode_tagged(codec::FORMAT_SNAPSHOT_V8, file)
 }
 
 /// The applied state shared between the state machine and readers.
@@ -602,7 +614,7 @@ mod tests {
         let restored = decode_snapshot(&old).unwrap();
         assert_eq!(restored.grid, grid);
         assert_eq!(restored.meta, meta(9));
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V7);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V8);
     }
 
     /// A snapshot file written before tokens existed (format 4) loads with none; written
@@ -624,7 +636,7 @@ mod tests {
         assert_eq!(restored.grid, grid);
         assert_eq!(restored.grid.token_count(), 0);
         assert!(restored.grid.lease("l").is_some(), "what format 4 held is kept");
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V7);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V8);
     }
 
     /// A snapshot file written before blocks for eager calls (format 5) loads with none;
@@ -649,7 +661,7 @@ mod tests {
             codec::encode_tagged(codec::FORMAT_SNAPSHOT_V5, &OldFile { meta: meta(9), grid: grid.to_v5() });
         let restored = decode_snapshot(&old).unwrap();
         assert_eq!(restored.grid, grid);
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V7);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V8);
         // And format 6 is not format 5: a grid with a block does not load as one.
         grid.apply_batch(6, &[crate::grid::Command::ReserveBlock { count: 4 }]);
         let file = SnapshotFile { meta: meta(10), grid: grid.clone() };
@@ -674,7 +686,7 @@ mod tests {
             codec::encode_tagged(codec::FORMAT_SNAPSHOT_V6, &OldFile { meta: meta(9), grid: grid.to_v6() });
         let restored = decode_snapshot(&old).unwrap();
         assert_eq!(restored.grid, grid);
-        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V7);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V8);
         let wait = Command::AwaitLease { name: "l".into(), holder: "b".into(), ttl_ms: 100, wait_ms: 1_000 };
         assert!(matches!(
             grid.apply_batch(6, &[wait])[0],
@@ -684,6 +696,34 @@ mod tests {
         let restored = decode_snapshot(&encode_snapshot(&file)).unwrap().grid;
         assert_eq!(restored, grid);
         assert_eq!(restored.lease_waiters("l").len(), 1);
+    }
+
+    /// A snapshot file written before schedules (format 7) loads with none; a grid with a
+    /// schedule is written in format 8 and loads with it.
+    #[test]
+    fn format_seven_snapshots_still_load() {
+        #[derive(Serialize)]
+        struct OldFile {
+            meta: Meta,
+            grid: GridV7,
+        }
+        use crate::grid::Command;
+        let mut grid = Grid::default();
+        let acquire = Command::AcquireLease { name: "l".into(), holder: "a".into(), ttl_ms: 100 };
+        let wait = Command::AwaitLease { name: "l".into(), holder: "b".into(), ttl_ms: 100, wait_ms: 1_000 };
+        assert!(grid.apply_batch(5, &[acquire, wait]).iter().all(Result::is_ok));
+        let old =
+            codec::encode_tagged(codec::FORMAT_SNAPSHOT_V7, &OldFile { meta: meta(9), grid: grid.to_v7() });
+        let restored = decode_snapshot(&old).unwrap();
+        assert_eq!(restored.grid, grid);
+        assert_eq!(encode_snapshot(&restored)[0], codec::FORMAT_SNAPSHOT_V8);
+        let create =
+            Command::CreateSchedule(Box::new(crate::grid::schedule::NewSchedule::example("nightly")));
+        assert!(grid.apply_batch(6, &[create])[0].is_ok());
+        let file = SnapshotFile { meta: meta(10), grid: grid.clone() };
+        let restored = decode_snapshot(&encode_snapshot(&file)).unwrap().grid;
+        assert_eq!(restored, grid);
+        assert!(restored.schedule("nightly").is_some());
     }
 
     /// File names come from log ids, never from the id a peer sent.

@@ -58,7 +58,8 @@ impl Error {
                 | G::InvalidFilter { .. }
                 | G::InvalidCursor { .. }
                 | G::InvalidLease { .. }
-                | G::InvalidToken { .. }),
+                | G::InvalidToken { .. }
+                | G::InvalidSchedule { .. }),
             ) => tonic::Status::invalid_argument(e.to_string()),
             Error::Grid(
                 e @ (G::VersionMismatch { .. }
@@ -81,7 +82,8 @@ impl Error {
                 | G::InstanceExists { .. }
                 | G::StreamExists { .. }
                 | G::CursorExists { .. }
-                | G::TokenExists { .. }),
+                | G::TokenExists { .. }
+                | G::ScheduleExists { .. }),
             ) => tonic::Status::already_exists(e.to_string()),
             Error::Grid(
                 e @ (G::UnknownExecution { .. }
@@ -91,7 +93,8 @@ impl Error {
                 | G::UnknownCursor { .. }
                 | G::UnknownListener { .. }
                 | G::StreamReplaced { .. }
-                | G::UnknownToken { .. }),
+                | G::UnknownToken { .. }
+                | G::UnknownSchedule { .. }),
             ) => tonic::Status::not_found(e.to_string()),
             Error::Grid(e @ (G::TooMany { .. } | G::StreamLimit { .. })) => {
                 tonic::Status::resource_exhausted(e.to_string())

@@ -37,8 +37,8 @@ use crate::watch::Hub;
 pub const MAX_EXPIRED_PER_ENTRY: u64 = 10_000;
 /// Most execution timers one tick entry fires; the next check proposes another.
 pub const MAX_TIMERS_PER_ENTRY: u64 = 10_000;
-/// How often the leader looks for due execution timers (delays, retries' back-off,
-/// deadlines, leases): the precision of those timers.
+/// How often the leader looks for due timers (delays, retries' back-off, deadlines, leases,
+/// schedules); a timer due before the next look is proposed at its time.
 pub const TIMER_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Sizes of the proposer's queue and batches.
@@ -141,6 +141,7 @@ fn command_bytes(command: &Command) -> usize {
                         stream.len() + items.iter().map(|i| i.size() + 48).sum::<usize>() + 16
                     }
                     Effect::Ack { stream, cursor, .. } => stream.len() + cursor.len() + 32,
+                    Effect::Fence { lease, .. } => lease.len() + 16,
                 })
                 .sum();
             result + effects + 32
@@ -176,6 +177,13 @@ fn command_bytes(command: &Command) -> usize {
         | Command::AwaitLease { name, holder, .. }
         | Command::StopWaiting { name, holder } => name.len() + holder.len() + 32,
         Command::RenewLease { name, .. } | Command::ReleaseLease { name, .. } => name.len() + 32,
+        Command::CreateSchedule(new) => {
+            new.name.len() + new.cron.len() + new.call.payload.data.len() + new.call.agent.len() + 160
+        }
+        Command::PauseSchedule { name, agent }
+        | Command::ResumeSchedule { name, agent }
+        | Command::TriggerSchedule { name, agent }
+        | Command::DeleteSchedule { name, agent } => name.len() + agent.len() + 16,
         Command::Fenced { lease, command, .. } => lease.len() + 16 + command_bytes(command),
         Command::Audited { actor, command } => {
             actor.principal.len() + actor.role.len() + 16 + command_bytes(command)
@@ -294,6 +302,9 @@ impl Service {
         ttl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut timer_tick = tokio::time::interval(TIMER_CHECK_INTERVAL);
         timer_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A timer due before the next check: the moment to look again, so that it is proposed
+        // when it is due rather than up to a check interval later.
+        let mut timer_due: Option<Instant> = None;
         // What waits for an entry, in the order it came. As before eager calls, the loop takes
         // a slot first and then the writes that wait, so writes that arrive while the slots are
         // busy join the next entry without waking the loop one by one. Calls are the exception:
@@ -333,8 +344,13 @@ impl Service {
                     self.eager.reserved(term, answer);
                 }
                 _ = ttl_tick.tick() => self.maybe_expire(&expiring),
+                _ = tokio::time::sleep_until(timer_due.unwrap_or_else(Instant::now).into()), if timer_due.is_some() => {
+                    timer_due = None;
+                    self.maybe_tick(&ticking);
+                }
                 _ = timer_tick.tick() => {
                     self.maybe_tick(&ticking);
+                    timer_due = self.timer_due_before_next_check();
                     self.watch_leadership(&mut staged, &mut staged_commands, &mut block);
                 }
                 p = self.rx.recv(), if permit.is_some() && room => match p {
@@ -528,6 +544,15 @@ impl Service {
     fn maybe_tick(&self, ticking: &Arc<AtomicBool>) {
         let due = self.applied.read(|a| a.grid.next_timer_ms());
         self.propose_timer(due, ticking, Command::Tick { limit: MAX_TIMERS_PER_ENTRY });
+    }
+
+    /// When the grid's next timer is due, if that is before the next check (by this
+    /// machine's wall clock, which stamps the entries; a millisecond late so the stamp has
+    /// reached it).
+    fn timer_due_before_next_check(&self) -> Option<Instant> {
+        let due = self.applied.read(|a| a.grid.next_timer_ms())?;
+        let wait = due.checked_sub(now_ms()).filter(|&ms| ms < TIMER_CHECK_INTERVAL.as_millis() as u64)?;
+        Some(Instant::now() + Duration::from_millis(wait + 1))
     }
 
     /// On the leader, proposes `command` when `due` has passed, one at a time per kind.

@@ -22,6 +22,7 @@ use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 use weft_proto::fabric::v1::leases_client::LeasesClient;
 use weft_proto::fabric::v1::scaling_client::ScalingClient;
+use weft_proto::fabric::v1::schedules_client::SchedulesClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
 use weft_proto::fabric::v1::tokens_client::TokensClient;
@@ -99,6 +100,17 @@ fn create(agent: &str) -> pb::CreateExecutionRequest {
         agent: agent.into(),
         delegate: "say".into(),
         payload: json("1"),
+        ..Default::default()
+    }
+}
+
+/// A paused schedule `name` that calls `echo` (once a year).
+fn schedule(name: &str) -> pb::CreateScheduleRequest {
+    pb::CreateScheduleRequest {
+        name: name.into(),
+        cron: "0 0 1 1 *".into(),
+        call: Some(create("echo")),
+        paused: true,
         ..Default::default()
     }
 }
@@ -330,6 +342,35 @@ fn grpc_rows() -> Vec<Row> {
                 .list(req(&t, pb::ListLeasesRequest::default()))
                 .await
                 .map(drop)
+        }),
+        // ---- Schedules (a schedule makes calls: Call of its agent to change, ReadAgent to read)
+        row("Schedules/Create", Some(Outsider), Client, |f, t| async move {
+            SchedulesClient::new(f.channel.clone()).create(req(&t, schedule("app-made"))).await.map(drop)
+        }),
+        row("Schedules/Get", Some(Outsider), Client, |f, t| async move {
+            let r = pb::GetScheduleRequest { name: "app-sched".into(), ..Default::default() };
+            SchedulesClient::new(f.channel.clone()).get(req(&t, r)).await.map(drop)
+        }),
+        // Answers only the schedules the caller may read.
+        row("Schedules/List", None, Outsider, |f, t| async move {
+            let r = pb::ListSchedulesRequest::default();
+            SchedulesClient::new(f.channel.clone()).list(req(&t, r)).await.map(drop)
+        }),
+        row("Schedules/Pause", Some(Outsider), Client, |f, t| async move {
+            let r = pb::ScheduleRef { name: "app-sched".into() };
+            SchedulesClient::new(f.channel.clone()).pause(req(&t, r)).await.map(drop)
+        }),
+        row("Schedules/Resume", Some(Outsider), Client, |f, t| async move {
+            let r = pb::ScheduleRef { name: "app-sched".into() };
+            SchedulesClient::new(f.channel.clone()).resume(req(&t, r)).await.map(drop)
+        }),
+        row("Schedules/Trigger", Some(Outsider), Client, |f, t| async move {
+            let r = pb::ScheduleRef { name: "app-sched".into() };
+            SchedulesClient::new(f.channel.clone()).trigger(req(&t, r)).await.map(drop)
+        }),
+        row("Schedules/Delete", Some(Outsider), Client, |f, t| async move {
+            let r = pb::ScheduleRef { name: "app-sched-gone".into() };
+            SchedulesClient::new(f.channel.clone()).delete(req(&t, r)).await.map(drop)
         }),
         // ---- Scaling
         row("Scaling/WatchDemand", Some(Client), Operator, |f, t| async move {
@@ -788,6 +829,10 @@ async fn setup(cluster: &Cluster, admin: String) -> Fixture {
             assigned = a.execution.filter(|e| e.id == second).map(|e| (e.id, a.token));
         }
     }
+    let schedules = SchedulesClient::new(channel.clone());
+    for name in ["app-sched", "app-sched-gone"] {
+        schedules.clone().create(req(&a, schedule(name))).await.expect("create schedule");
+    }
     Fixture {
         addr,
         channel,
@@ -928,6 +973,18 @@ async fn token_scopes_are_enforced_on_every_rpc_and_http_route() {
         .await
         .expect_err("no such execution");
     assert_eq!(e.code(), Code::NotFound, "an unknown id is NOT_FOUND for everyone: {e:?}");
+    let scheduled = |token: Option<String>| {
+        let channel = f.channel.clone();
+        async move {
+            let page =
+                SchedulesClient::new(channel).list(req(&token, pb::ListSchedulesRequest::default())).await;
+            page.expect("list").into_inner().schedules.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+    };
+    let seen = scheduled(client).await;
+    assert!(seen.contains(&"app-sched".to_owned()), "the client reads echo's schedules: {seen:?}");
+    let seen = scheduled(outsider).await;
+    assert!(seen.is_empty(), "the outsider may read no schedule here: {seen:?}");
 
     cluster.shutdown().await;
 }

@@ -28,6 +28,7 @@ mod metrics;
 mod process;
 mod restart;
 mod revoke;
+mod schedules;
 mod streams;
 mod support;
 mod tls;

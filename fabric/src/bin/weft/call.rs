@@ -8,9 +8,9 @@ use crate::connect::{self, Conn, waiting};
 use crate::render::{fail, outcome};
 
 /// Backoff of the retry policy `--retries` sets: first wait, longest wait, growth per retry.
-const RETRY_INITIAL_BACKOFF_MS: u64 = 100;
-const RETRY_MAX_BACKOFF_MS: u64 = 5_000;
-const RETRY_MULTIPLIER_PERCENT: u32 = 200;
+pub const RETRY_INITIAL_BACKOFF_MS: u64 = 100;
+pub const RETRY_MAX_BACKOFF_MS: u64 = 5_000;
+pub const RETRY_MULTIPLIER_PERCENT: u32 = 200;
 
 /// Flags of `weft call`.
 ///

@@ -33,6 +33,7 @@ use weft_proto::fabric::v1::cluster_client::ClusterClient;
 use weft_proto::fabric::v1::executions_client::ExecutionsClient;
 use weft_proto::fabric::v1::instances_client::InstancesClient;
 use weft_proto::fabric::v1::leases_client::LeasesClient;
+use weft_proto::fabric::v1::schedules_client::SchedulesClient;
 use weft_proto::fabric::v1::state_client::StateClient;
 use weft_proto::fabric::v1::streams_client::StreamsClient;
 use weft_proto::fabric::v1::tokens_client::TokensClient;
@@ -248,7 +249,15 @@ macro_rules! limited {
     )*};
 }
 
-limited!(StateClient, ExecutionsClient, InstancesClient, StreamsClient, TokensClient, LeasesClient);
+limited!(
+    StateClient,
+    ExecutionsClient,
+    InstancesClient,
+    StreamsClient,
+    TokensClient,
+    LeasesClient,
+    SchedulesClient
+);
 
 /// A client of the nodes of `endpoints` (see [`Limited`]) whose requests may take `timeout`
 /// (`None`: as long as the server lets them).

@@ -22,6 +22,8 @@
 //! - [`cursors`]: `weft cursors list|info|create|delete`.
 //! - [`leases`]: `weft locks acquire|renew|release|get|list` (also `weft leases`): locks
 //!   that holders wait for, with fencing tokens.
+//! - [`schedules`]: `weft schedules create|list|get|pause|resume|trigger|delete`: cron
+//!   schedules that call a delegate at each due time.
 //! - [`scaler`]: `weft scaler status`: what the active scaler of a group reports.
 //! - [`demand`]: `weft demand [--watch]`: the demand for agent processes, as a scaler sees it.
 //! - [`tokens`]: `weft tokens create|list|revoke|generate`: bearer tokens for auth.
@@ -51,6 +53,7 @@ mod leases;
 mod node_cmd;
 mod render;
 mod scaler;
+mod schedules;
 mod state;
 mod status;
 mod streams;
@@ -174,6 +177,15 @@ enum Command {
     ///   weft locks release reports --token 42
     #[command(verbatim_doc_comment, alias = "leases")]
     Locks(leases::Args),
+    /// Cron schedules that call an agent's delegate at each due time: create, list, show
+    /// (next due times, latest runs), pause, resume, trigger now, delete.
+    ///
+    ///   weft schedules create nightly reports build '{"full": true}' --cron '0 2 * * *' --tz Europe/Berlin
+    ///   weft schedules get nightly
+    ///   weft schedules trigger nightly
+    ///   weft schedules pause nightly
+    #[command(verbatim_doc_comment)]
+    Schedules(schedules::Args),
     /// Show what the active scaler of a group reports: per agent, desired and actual
     /// replicas and crash loops.
     ///
@@ -222,6 +234,7 @@ impl Command {
             Command::Streams(args) => streams::run(args).await,
             Command::Cursors(args) => cursors::run(args).await,
             Command::Locks(args) => leases::run(args).await,
+            Command::Schedules(args) => schedules::run(args).await,
             Command::Scaler(args) => scaler::run(args).await,
             Command::Demand(args) => demand::run(args).await,
             Command::Tokens(args) => tokens::run(args).await,

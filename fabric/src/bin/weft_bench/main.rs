@@ -38,6 +38,7 @@
 //! - [`membership`]: gossip formation, traffic, failure detection and replacement.
 //! - [`streams`]: append throughput, append → listener latency, memory per million items;
 //!   Weft and NATS JetStream interleaved.
+//! - [`schedules`]: how late cron schedules fire, next to delayed executions.
 //! - [`metrics_cost`]: puts with the request-latency metrics on and off, interleaved.
 //! - [`http_call`]: a call's round trip through the HTTP/JSON API next to gRPC, interleaved.
 //! - [`gossip_packets`]: the cost per gossip packet of a MAC or encryption (no nodes).
@@ -70,6 +71,7 @@ mod million;
 mod probes;
 mod programs;
 mod report;
+mod schedules;
 mod security_cost;
 mod store;
 mod streams;
@@ -175,6 +177,8 @@ enum Workload {
     /// Streams: append throughput, append → listener latency and memory per million items,
     /// against NATS JetStream R3 when nats-server is available.
     Streams,
+    /// Schedules firing every second next to delayed executions: how late each runs.
+    Schedules,
     /// Puts with the request-latency metrics (`rpc_metrics`) on and off, interleaved: what
     /// the metrics cost on the put path. Only when asked for (`--only metrics-cost`).
     MetricsCost,
@@ -331,6 +335,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants(Workload::Streams) {
         streams::measure(&args, &weft, &scratch).await?;
+    }
+    if args.wants(Workload::Schedules) {
+        let mut rows = Vec::new();
+        for run in 1..=args.runs {
+            eprintln!("== schedules run {run} of {} (load average {})", args.runs, load_average());
+            rows.extend(schedules::measure(&args, &weft, &scratch, run).await?);
+        }
+        print!("{}", schedules::markdown(&rows));
     }
     if args.wants(Workload::MetricsCost) {
         eprintln!("== metrics cost: puts with rpc_metrics on and off (load average {})", load_average());
