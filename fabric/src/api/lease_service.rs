@@ -31,7 +31,7 @@ use crate::routing::{self, Context, Error};
 /// Most `Acquire` requests waiting in lease queues at once on one node.
 pub const MAX_WAITING_REQUESTS: usize = 1024;
 /// Most leases one `List` answers.
-pub const MAX_LIST_LIMIT: u32 = 1000;
+pub const MAX_LIST_LIMIT: usize = 1000;
 /// How often a waiting request looks again even without an entry applied.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
@@ -226,21 +226,12 @@ impl pb::leases_server::Leases for LeaseService {
         let caller = crate::auth::Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
-            let limit = match req.limit {
-                0 => 100,
-                n if n <= MAX_LIST_LIMIT => n,
-                n => {
-                    return Err(Error::Grid(grid::Error::InvalidPageSize {
-                        requested: n as usize,
-                        limit: MAX_LIST_LIMIT as usize,
-                    }));
-                }
-            };
+            let limit = super::page_size(req.limit, 100, MAX_LIST_LIMIT)?;
             if !convert::is_stale(req.consistency) {
                 routing::read_barrier(&self.ctx).await?;
             }
             let (leases, next) = self.ctx.applied.read(|a| {
-                let (page, next) = a.grid.leases_page(&req.after, limit as usize);
+                let (page, next) = a.grid.leases_page(&req.after, limit);
                 let leases: Vec<pb::ListedLease> = page
                     .into_iter()
                     // Only the leases the caller may use.

@@ -63,6 +63,18 @@ pub(crate) fn actor<T>(ctx: &crate::routing::Context, request: &tonic::Request<T
     Actor { principal, role, node: ctx.node_id }
 }
 
+/// A list request's page size: `default` for 0, refused (`INVALID_ARGUMENT`, naming the
+/// bound) over `max`.
+pub(crate) fn page_size(requested: u32, default: usize, max: usize) -> Result<usize, crate::routing::Error> {
+    match requested as usize {
+        0 => Ok(default),
+        n if n > max => {
+            Err(crate::routing::Error::Grid(crate::grid::Error::InvalidPageSize { requested: n, limit: max }))
+        }
+        n => Ok(n),
+    }
+}
+
 /// `command`, a control operation, wrapped so that applying it records it in the audit
 /// stream with `actor` and the outcome.
 pub(crate) fn audited(actor: Actor, command: Command) -> Command {

@@ -22,7 +22,7 @@ use crate::grid::{self, Command, Grid, Output};
 use crate::routing::{self, Context, Error};
 
 /// Most schedules one `List` answers.
-pub const MAX_LIST_LIMIT: u32 = 1000;
+pub const MAX_LIST_LIMIT: usize = 1000;
 /// Most next due times one `Get` lists.
 pub const MAX_UPCOMING: u32 = 100;
 
@@ -83,28 +83,11 @@ impl ScheduleService {
         result
     }
 
-    /// Schedule `s` as the protocol shows it, with its next `upcoming` due times.
-    fn show(&self, s: &Schedule, grid: &Grid, upcoming: usize) -> pb::Schedule {
-        let upcoming_ms = match s.next_due_ms {
-            Some(next) if upcoming > 0 => {
-                let mut times = vec![next];
-                times.extend(schedule::upcoming(
-                    &s.spec.cron,
-                    s.spec.time_zone.as_deref(),
-                    next,
-                    upcoming - 1,
-                ));
-                times
-            }
-            _ => Vec::new(),
-        };
-        convert::pb_schedule(s, upcoming_ms, |id| status(grid, id))
-    }
-
+    /// The schedule a create, pause or resume answered, as the protocol shows it.
     fn shown(&self, output: Output) -> Result<pb::Schedule, Status> {
         match output {
             Output::Schedule { schedule, .. } => {
-                Ok(self.ctx.applied.read(|a| self.show(&schedule, &a.grid, DEFAULT_UPCOMING)))
+                Ok(self.ctx.applied.read(|a| show(&schedule, &a.grid, DEFAULT_UPCOMING)))
             }
             other => Err(Status::internal(format!("unexpected answer to a schedule request: {other:?}"))),
         }
@@ -113,6 +96,19 @@ impl ScheduleService {
 
 /// Next due times a create, pause, resume or a `Get` without `upcoming` shows.
 const DEFAULT_UPCOMING: usize = 5;
+
+/// Schedule `s` as the protocol shows it, with its next `upcoming` due times.
+fn show(s: &Schedule, grid: &Grid, upcoming: usize) -> pb::Schedule {
+    let upcoming_ms = match s.next_due_ms {
+        Some(next) if upcoming > 0 => {
+            let mut times = vec![next];
+            times.extend(schedule::upcoming(&s.spec.cron, s.spec.time_zone.as_deref(), next, upcoming - 1));
+            times
+        }
+        _ => Vec::new(),
+    };
+    convert::pb_schedule(s, upcoming_ms, |id| status(grid, id))
+}
 
 /// Execution `id`'s status on this replica ("forgotten" once its retention ran out).
 fn status(grid: &Grid, id: u64) -> String {
@@ -162,7 +158,7 @@ impl pb::schedules_server::Schedules for ScheduleService {
             }
             let shown = self.ctx.applied.read(|a| {
                 let s = a.grid.schedule(&req.name)?;
-                Some((s.spec.call.agent.clone(), self.show(s, &a.grid, upcoming)))
+                Some((s.spec.call.agent.clone(), show(s, &a.grid, upcoming)))
             });
             let Some((agent, schedule)) = shown else {
                 return Err(Error::Grid(grid::Error::UnknownSchedule { name: req.name }));
@@ -184,16 +180,7 @@ impl pb::schedules_server::Schedules for ScheduleService {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let result = async {
-            let limit = match req.limit {
-                0 => 100,
-                n if n <= MAX_LIST_LIMIT => n as usize,
-                n => {
-                    return Err(Error::Grid(grid::Error::InvalidPageSize {
-                        requested: n as usize,
-                        limit: MAX_LIST_LIMIT as usize,
-                    }));
-                }
-            };
+            let limit = super::page_size(req.limit, 100, MAX_LIST_LIMIT)?;
             if !req.agent.is_empty() {
                 grid::validate_name("agent", &req.agent)?;
                 authorize(&caller, Permission::ReadAgent { agent: &req.agent })?;
@@ -212,7 +199,7 @@ impl pb::schedules_server::Schedules for ScheduleService {
                     .filter(|s| {
                         authorize(&caller, Permission::ReadAgent { agent: &s.spec.call.agent }).is_ok()
                     })
-                    .map(|s| self.show(s, &a.grid, 0))
+                    .map(|s| show(s, &a.grid, 0))
                     .collect();
                 (shown, next.unwrap_or_default())
             });

@@ -21,7 +21,7 @@ use weft_proto::fabric::v1 as pb;
 
 use crate::auth::{self, Credential, Permission};
 use crate::convert;
-use crate::grid::{self, Command, Output, token};
+use crate::grid::{Command, Output, token};
 use crate::routing::{self, Context, Error};
 
 /// Longest a create or a revoke waits for every member to apply it.
@@ -138,16 +138,7 @@ impl pb::tokens_server::Tokens for TokenService {
         self.ctx.counters.reads.fetch_add(1, Ordering::Relaxed);
         let req = request.into_inner();
         let result = async {
-            let size = match req.page_size as usize {
-                0 => MAX_TOKEN_PAGE,
-                n if n > MAX_TOKEN_PAGE => {
-                    return Err(Error::Grid(grid::Error::InvalidPageSize {
-                        requested: n,
-                        limit: MAX_TOKEN_PAGE,
-                    }));
-                }
-                n => n,
-            };
+            let size = super::page_size(req.page_size, MAX_TOKEN_PAGE, MAX_TOKEN_PAGE)?;
             if !convert::is_stale(req.consistency) {
                 routing::read_barrier(&self.ctx).await?;
             }

@@ -248,24 +248,21 @@ impl NewSchedule {
         if call.delegate == START_DELEGATE || call.delegate == STOP_DELEGATE {
             return Err(invalid(format!("call.delegate: a schedule cannot call '{}'", call.delegate)));
         }
-        for (field, set) in [
-            ("call.idempotency_key", call.idempotency_key.is_some()),
-            ("call.deadline_ms", call.deadline_ms.is_some()),
-            ("call.not_before_ms", call.not_before_ms.is_some()),
-            ("call.parent", call.parent.is_some()),
-        ] {
-            if set {
-                return Err(invalid(format!(
-                    "{field}: a schedule's call takes no {}",
-                    match field {
-                        "call.idempotency_key" => "idempotency key (each run's is schedule:<name>:<due_ms>)",
-                        "call.parent" => "parent",
-                        _ => "absolute time (give timeout_ms or delay_ms, relative to each run)",
-                    }
-                )));
-            }
+        const ABSOLUTE: &str = "absolute time (give timeout_ms or delay_ms, relative to each run)";
+        let taken = [
+            (
+                call.idempotency_key.is_some(),
+                "call.idempotency_key",
+                "idempotency key (each run's is schedule:<name>:<due_ms>)",
+            ),
+            (call.deadline_ms.is_some(), "call.deadline_ms", ABSOLUTE),
+            (call.not_before_ms.is_some(), "call.not_before_ms", ABSOLUTE),
+            (call.parent.is_some(), "call.parent", "parent"),
+        ];
+        match taken.into_iter().find(|(set, _, _)| *set) {
+            Some((_, field, what)) => Err(invalid(format!("{field}: a schedule's call takes no {what}"))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A schedule `name` that calls `nightly`'s `run` every day at 02:00 UTC, skipping
